@@ -1,0 +1,65 @@
+"""The `mm4ke-ray` console script: one subcommand per module in `mm4ke_ray.commands`.
+
+Each command module defines `NAME`, `HELP`, `add_arguments(parser)` and `run(args) -> int`.
+A `UserError` anywhere prints its message (no traceback) and exits with code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+
+from mm4ke_ray import __version__
+from mm4ke_ray.errors import UserError
+
+# Order here is the order in `--help`.
+COMMANDS = ("demo", "sweep", "validate", "rsft", "merge", "evaluate", "pareto", "export")
+
+
+def _load(name: str):
+    try:
+        return importlib.import_module(f"mm4ke_ray.commands.{name}")
+    except ModuleNotFoundError as exc:
+        if exc.name == f"mm4ke_ray.commands.{name}":
+            return None  # not built yet in this version
+        raise
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mm4ke-ray",
+        description="Knowledge editing by Robust SFT + model merging, swept with Ray Tune + Optuna.",
+    )
+    parser.add_argument("--version", action="version", version=f"mm4ke-ray {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMANDS:
+        module = _load(name)
+        if module is None:
+            continue
+        p = sub.add_parser(name, help=module.HELP, description=module.HELP)
+        module.add_arguments(p)
+        p.set_defaults(_run=module.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "_run", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args._run(args) or 0)
+    except UserError as exc:
+        print(f"mm4ke-ray {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""The embedded default: a tiny base model and a generated world of facts, built locally."""

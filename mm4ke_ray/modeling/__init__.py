@@ -1,0 +1,16 @@
+"""Model plumbing shared by R-SFT, merging and evaluation: loading, layer lookup, encoding."""
+
+from mm4ke_ray.modeling.encoding import EncodedExample, encode_example, format_prompt
+from mm4ke_ray.modeling.layers import decoder_layers, mlp_parameter_names, mlp_prefix
+from mm4ke_ray.modeling.loading import load_model, load_tokenizer
+
+__all__ = [
+    "EncodedExample",
+    "decoder_layers",
+    "encode_example",
+    "format_prompt",
+    "load_model",
+    "load_tokenizer",
+    "mlp_parameter_names",
+    "mlp_prefix",
+]

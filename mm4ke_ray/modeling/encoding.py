@@ -1,0 +1,59 @@
+"""Turn (prompt, answer) into token ids with the answer's position, the same way for training
+and evaluation. `plain` is EasyEdit's `prompt + " " + answer`; `chat` wraps the prompt in the
+tokenizer's chat template as the user turn and appends the answer as the assistant's reply."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+PromptFormat = Literal["plain", "chat"]
+
+
+@dataclass(frozen=True)
+class EncodedExample:
+    input_ids: list[int]
+    answer_start: int  # index of the first answer token in input_ids
+
+    @property
+    def answer_ids(self) -> list[int]:
+        return self.input_ids[self.answer_start :]
+
+
+def format_prompt(tokenizer, prompt: str, prompt_format: PromptFormat = "plain") -> str:
+    """The text that precedes the answer."""
+    if prompt_format == "plain":
+        return prompt
+    if prompt_format == "chat":
+        if not getattr(tokenizer, "chat_template", None):
+            raise ValueError("prompt_format 'chat' needs a tokenizer with a chat template; use 'plain'")
+        return tokenizer.apply_chat_template(
+            [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
+        )
+    raise ValueError(f"prompt_format must be 'plain' or 'chat', got {prompt_format!r}")
+
+
+def _ids(tokenizer, text: str, special: bool) -> list[int]:
+    return list(tokenizer(text, add_special_tokens=special)["input_ids"])
+
+
+def encode_example(tokenizer, prompt: str, answer: str, prompt_format: PromptFormat = "plain") -> EncodedExample:
+    """Token ids of prompt+answer and where the answer starts.
+
+    Tokenizes the joined text (as EasyEdit does) and takes the prompt's own token count as the
+    boundary when the prompt's tokens are a prefix of the joined ones; otherwise (a tokenizer that
+    merges across the boundary) it concatenates the two tokenizations so the boundary is exact.
+    """
+    if prompt_format == "plain":
+        head, joined, special = prompt, f"{prompt} {answer}", True
+    else:
+        head = format_prompt(tokenizer, prompt, "chat")
+        joined, special = head + answer, False  # the template already carries special tokens
+    head_ids = _ids(tokenizer, head, special)
+    full_ids = _ids(tokenizer, joined, special)
+    if full_ids[: len(head_ids)] != head_ids or len(full_ids) <= len(head_ids):
+        tail = _ids(tokenizer, (" " if prompt_format == "plain" else "") + answer, False)
+        full_ids = head_ids + tail
+    if len(full_ids) <= len(head_ids):
+        raise ValueError(f"answer {answer!r} encodes to no tokens")
+    return EncodedExample(input_ids=full_ids, answer_start=len(head_ids))

@@ -1,0 +1,66 @@
+"""Shared fixtures: the real sample data in ../shared/data and tiny models built from configs."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("MM4KE_SHARED", REPO.parent / "shared"))
+KNOWEDIT = SHARED / "data" / "knowedit"
+ZSRE = KNOWEDIT / "ZsRE-test-all.json"
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def _record_texts(records: list[dict]) -> list[str]:
+    texts = []
+    for r in records:
+        texts += [r["prompt"], r["target_new"], r.get("rephrase_prompt", ""), *r.get("ground_truth", [])]
+        for items in (r.get("locality") or {}).values():
+            for it in items:
+                gt = it["ground_truth"]
+                texts += [it["prompt"], gt if isinstance(gt, str) else " ".join(map(str, gt))]
+        for items in (r.get("portability") or {}).values():
+            for it in items:
+                gt = it["ground_truth"]
+                texts += [it["prompt"], gt if isinstance(gt, str) else " ".join(map(str, gt))]
+    return texts
+
+
+@pytest.fixture(scope="session")
+def zsre_raw() -> list[dict]:
+    """The first 50 real ZsRE records (KnowEdit test file)."""
+    return json.loads(ZSRE.read_text())[:50]
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer(zsre_raw):
+    """A word-level tokenizer that knows every word of the first 50 ZsRE records."""
+    from mm4ke_ray.demo.tiny import build_word_tokenizer
+
+    return build_word_tokenizer(_record_texts(zsre_raw))
+
+
+@pytest.fixture(scope="session")
+def tiny_model_factory(tiny_tokenizer):
+    """Build a fresh tiny model: factory(arch='qwen2'|'llama'|'gpt2', hidden=64, layers=4, seed=0)."""
+    from mm4ke_ray.demo.tiny import build_tiny_model
+
+    def make(arch: str = "qwen2", hidden: int = 64, layers: int = 4, seed: int = 0):
+        return build_tiny_model(arch, len(tiny_tokenizer), hidden=hidden, layers=layers, seed=seed)
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory, tiny_tokenizer, tiny_model_factory) -> Path:
+    """A saved tiny Qwen2 (safetensors + tokenizer) as a local Hugging Face directory."""
+    from mm4ke_ray.demo.tiny import save_pretrained_pair
+
+    return save_pretrained_pair(tiny_model_factory("qwen2"), tiny_tokenizer, tmp_path_factory.mktemp("tiny") / "qwen2")
