@@ -1,1 +1,1 @@
-"""tracking"""
+"""MLflow tracking: one parent run per sweep, a nested child run per merge candidate."""

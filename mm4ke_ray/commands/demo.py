@@ -1,0 +1,31 @@
+"""`mm4ke-ray demo`: the embedded default sweep, the same as `mm4ke-ray sweep search_spaces/demo.yaml`."""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+
+NAME = "demo"
+HELP = "Run the embedded demo sweep: no network, no GPU, local Ray, MLflow in ./runs/mlflow.db."
+
+
+def add_arguments(p) -> None:
+    p.add_argument("--smoke-test", action="store_true", help="4 trials × 3 candidates.")
+    p.add_argument("--num-trials", type=int, help="Override search.num_trials.")
+
+
+def demo_config_path() -> Path:
+    """search_spaces/demo.yaml from the checkout, or the copy shipped inside the package."""
+    checkout = Path(__file__).resolve().parents[2] / "search_spaces" / "demo.yaml"
+    if checkout.is_file():
+        return checkout
+    return Path(str(resources.files("mm4ke_ray") / "search_spaces" / "demo.yaml"))
+
+
+def run(args) -> int:
+    from mm4ke_ray.config import load_config
+    from mm4ke_ray.search.driver import run_sweep
+
+    path = demo_config_path()
+    run_sweep(load_config(path), source=str(path), num_trials=args.num_trials, smoke_test=args.smoke_test)
+    return 0

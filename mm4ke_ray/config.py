@@ -1,0 +1,247 @@
+"""The sweep config: frozen pydantic sections composed into one `SweepConfig`.
+
+Every section forbids unknown keys so a YAML typo fails. `load_config` reports every problem
+at once, each naming its field (e.g. `search.space.alpha.high`) and the bad value.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from mm4ke_ray.errors import ConfigError
+
+DEMO = "demo"  # model/data value meaning "the embedded demo world, built locally"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelConfig(_Section):
+    name: str = Field(DEMO, description="Local directory, Hugging Face hub id, or 'demo'.")
+    dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="Weights dtype.")
+    trust_remote_code: bool = Field(False, description="Run the model repo's own code. Off unless you trust it.")
+
+
+class DataConfig(_Section):
+    edits: str = Field(DEMO, description="Edit set: a KnowEdit/zsre_mend file, a hub dataset id, or 'demo'.")
+    format: str | None = Field(None, description="Force a reader (zsre, counterfact, ...); detected when unset.")
+    limit: int | None = Field(None, ge=1, description="Use the first N records.")
+    skip_invalid: bool = Field(False, description="Drop bad records (and report how many) instead of failing.")
+    prompt_format: Literal["plain", "chat"] = Field("plain", description="Same in training and evaluation.")
+
+
+class EvaluationConfig(_Section):
+    batch_size: int = Field(32, ge=1, description="Teacher-forced evaluation batch size.")
+    fluency: bool = Field(False, description="Also compute Fluency (sampled generations; slower).")
+    general_tasks: list[str] = Field(default_factory=list, description="lm-eval task names for general ability.")
+    task_include_path: str | None = Field(None, description="Folder of local lm-eval task YAMLs.")
+    general_limit: int | float | None = Field(None, gt=0, description="lm-eval `limit` per task.")
+    protocol: Literal["sequential"] = Field(
+        "sequential", description="Edit all records, then evaluate the final model on all of them (the paper's)."
+    )
+
+
+class Param(_Section):
+    """One searched parameter: a range (`low`, `high`, optional `log`) or a list of `choices`.
+
+    A bare number in the YAML fixes the parameter (one choice; not searched).
+    """
+
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    choices: list[float] | None = Field(None, min_length=1)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _bare_number(cls, v):
+        if isinstance(v, int | float) and not isinstance(v, bool):
+            return {"choices": [v]}
+        return v
+
+    @model_validator(mode="after")
+    def _shape(self):
+        if self.choices is not None:
+            if self.low is not None or self.high is not None:
+                raise ValueError("give either `choices` or `low`/`high`, not both")
+            return self
+        if self.low is None or self.high is None:
+            raise ValueError("a range needs both `low` and `high` (or give `choices`, or a single number)")
+        if not self.low < self.high:
+            raise ValueError(f"empty range: low ({self.low:g}) must be below high ({self.high:g})")
+        if self.log and self.low <= 0:
+            raise ValueError(f"a log range needs low > 0, got {self.low:g}")
+        return self
+
+    @property
+    def fixed(self) -> bool:
+        return self.choices is not None and len(self.choices) == 1
+
+    def bounds(self) -> list[float]:
+        return list(self.choices) if self.choices is not None else [self.low, self.high]
+
+
+def _check(name: str, param: Param, ok, why: str, integer: bool = False) -> Param:
+    for v in param.bounds():
+        if not math.isfinite(v) or not ok(v):
+            raise ValueError(f"value {v:g} {why}")
+        if integer and v != int(v):
+            raise ValueError(f"value {v:g} must be a whole number")
+    return param
+
+
+class SearchSpace(_Section):
+    """What Optuna searches jointly. A plain number fixes a parameter."""
+
+    threshold: Param = Field(Param(low=0.01, high=0.2, log=True), description="Early-stop τ on answer loss.")
+    steps: Param = Field(Param(low=2, high=8), description="K: max gradient steps per sample.")
+    epochs: Param = Field(Param(low=1, high=5), description="E: passes over the edit set.")
+    lr: Param = Field(Param(low=1e-4, high=1e-3, log=True), description="η: learning rate.")
+    layer: Param = Field(Param(choices=[5]), description="Index of the layer whose MLP is trained.")
+    alpha: Param = Field(Param(low=0.0, high=0.9), description="Base weight α: the delta is scaled by 1-α.")
+    sparsity: Param = Field(Param(low=0.0, high=0.9), description="Fraction of each delta tensor zeroed.")
+
+    _threshold = field_validator("threshold")(lambda p: _check("threshold", p, lambda v: v >= 0, "must be >= 0"))
+    _steps = field_validator("steps")(lambda p: _check("steps", p, lambda v: v >= 1, "must be >= 1", True))
+    _epochs = field_validator("epochs")(lambda p: _check("epochs", p, lambda v: v >= 1, "must be >= 1", True))
+    _lr = field_validator("lr")(lambda p: _check("lr", p, lambda v: v > 0, "must be > 0"))
+    _layer = field_validator("layer")(lambda p: _check("layer", p, lambda v: v >= 0, "must be >= 0", True))
+    _alpha = field_validator("alpha")(
+        lambda p: _check("alpha", p, lambda v: 0 <= v < 1, "must be in [0, 1): alpha = 1 discards the edit")
+    )
+    _sparsity = field_validator("sparsity")(
+        lambda p: _check("sparsity", p, lambda v: 0 <= v < 1, "must be in [0, 1): sparsity = 1 zeroes the delta")
+    )
+
+    def layers(self) -> list[int]:
+        """Every layer index the search may pick."""
+        p = self.layer
+        return sorted({int(v) for v in p.choices}) if p.choices is not None else list(range(int(p.low), int(p.high) + 1))
+
+
+class RSFTFixed(_Section):
+    optimizer: Literal["adamw", "sgd"] = Field("adamw", description="adamw (LLaMA-Factory's) or sgd (eq. 2).")
+    runner: Literal["train", "task"] = Field(
+        "train", description="'train': a Ray Train TorchTrainer per trial; 'task': a plain Ray task (less start-up)."
+    )
+
+
+class SearchConfig(_Section):
+    num_trials: int = Field(8, ge=1, description="R-SFT runs (Tune trials).")
+    sampler: Literal["tpe", "nsga2", "gp", "random"] = Field("tpe", description="Optuna sampler.")
+    seed: int = Field(0, description="Seeds the sampler, R-SFT and the extra merge candidates.")
+    space: SearchSpace = Field(default_factory=SearchSpace)
+    rsft: RSFTFixed = Field(default_factory=RSFTFixed)
+
+
+class MergeConfig(_Section):
+    method: str = Field("magnitude", description="Sparsifier: magnitude (the paper's), dare, ...")
+    extra_candidates: int = Field(4, ge=0, description="Extra (α, sparsity) points evaluated per R-SFT delta.")
+
+
+EditMetric = Literal["edit_succ", "generalization", "portability", "locality"]
+
+
+class ObjectivesConfig(_Section):
+    edit_weights: dict[EditMetric, Annotated[float, Field(ge=0)]] = Field(
+        default_factory=lambda: {"edit_succ": 1.0, "generalization": 1.0, "portability": 1.0, "locality": 1.0},
+        description="Weights of the edit metrics in the edit score (a weighted mean, 0..1).",
+    )
+    combined_edit_weight: float = Field(0.5, ge=0, le=1, description="Combined = w·edit + (1-w)·general.")
+
+    @field_validator("edit_weights")
+    @classmethod
+    def _some_weight(cls, v):
+        if not any(w > 0 for w in v.values()):
+            raise ValueError("at least one edit metric needs a positive weight")
+        return v
+
+
+class ResourcesConfig(_Section):
+    rsft_cpus: float = Field(1, gt=0, description="CPUs per R-SFT worker.")
+    rsft_gpus: float = Field(0, ge=0, description="GPUs per R-SFT worker (1 on a GPU cluster).")
+    eval_actors: int | Literal["auto"] = Field("auto", description="Merge-eval actors in the pool.")
+    eval_cpus: float = Field(1, gt=0, description="CPUs per merge-eval actor.")
+    eval_gpus: float = Field(0, ge=0, description="GPUs per merge-eval actor.")
+    eval_resource: str | None = Field(None, description="Custom Ray resource the merge-eval actors require.")
+    max_concurrent: int | Literal["auto"] = Field("auto", description="Trials at once; auto = what resources allow.")
+
+    @field_validator("eval_actors", "max_concurrent")
+    @classmethod
+    def _positive(cls, v):
+        if v != "auto" and v < 1:
+            raise ValueError(f"must be 'auto' or >= 1, got {v}")
+        return v
+
+
+class TrackingConfig(_Section):
+    uri: str = Field("sqlite:///runs/mlflow.db", description="MLflow tracking URI (SQLite file or http://host:port).")
+    experiment: str = Field("mm4ke-ray", description="MLflow experiment name.")
+    artifact_location: str = Field("runs/mlartifacts", description="Artifact root for a new experiment.")
+
+
+class SweepConfig(_Section):
+    name: str = Field("sweep", min_length=1, description="Sweep name: the MLflow parent run and storage folder.")
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
+    search: SearchConfig = Field(default_factory=SearchConfig)
+    merge: MergeConfig = Field(default_factory=MergeConfig)
+    objectives: ObjectivesConfig = Field(default_factory=ObjectivesConfig)
+    resources: ResourcesConfig = Field(default_factory=ResourcesConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    storage_path: str = Field("runs/ray", description="Tune storage: a folder or a URI (file://, s3://, gs://).")
+    max_failures: int = Field(2, ge=0, description="Retries of a failed trial.")
+
+    def with_overrides(self, **dotted: Any) -> SweepConfig:
+        """A copy with `section.field=value` overrides applied (validated again)."""
+        data = self.model_dump()
+        for key, value in dotted.items():
+            node = data
+            *parents, leaf = key.split(".")
+            for p in parents:
+                node = node[p]
+            node[leaf] = value
+        return validate_config(data, f"{self.name} (overridden)")
+
+
+def _format_error(err: dict) -> str:
+    loc = ".".join(str(p) for p in err["loc"])
+    msg = err["msg"].removeprefix("Value error, ")
+    if err["type"] == "extra_forbidden":
+        msg = "unknown key (check the spelling; see `mm4ke-ray validate --help` for the schema)"
+    value = err.get("input")
+    shown = "" if isinstance(value, dict | list) or err["type"] == "missing" else f" (got {value!r})"
+    return f"{loc or '<top>'}: {msg}{shown}"
+
+
+def validate_config(data: Any, source: str = "<config>") -> SweepConfig:
+    """Validate a parsed YAML mapping; raise one ConfigError listing every problem."""
+    if not isinstance(data, dict):
+        raise ConfigError(source, [f"the top level must be a mapping of sections, got {type(data).__name__}"])
+    try:
+        return SweepConfig.model_validate(data)
+    except ValidationError as exc:
+        problems = list(dict.fromkeys(_format_error(e) for e in exc.errors()))
+        raise ConfigError(source, problems) from None
+
+
+def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> SweepConfig:
+    """Read, validate and return the sweep config in `path`."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(str(path), ["file does not exist"])
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        raise ConfigError(str(path), [f"{where}not valid YAML ({getattr(exc, 'problem', exc)})"]) from None
+    config = validate_config(data, str(path))
+    return config.with_overrides(**overrides) if overrides else config

@@ -1,0 +1,108 @@
+"""Evaluate merge candidates of R-SFT deltas on one resident base model.
+
+A `CandidateEvaluator` loads the base model once, tokenizes the edit set once, computes the base
+model's locality predictions and general scores once, and then for each candidate
+(delta, α, sparsity) applies the merge in place, evaluates, and restores the base bit for bit.
+It knows nothing of Ray: the sweep wraps it in an actor.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from mm4ke_ray.evaluate.scores import objective_values
+
+
+@dataclass(frozen=True)
+class EvalSettings:
+    """Everything a candidate evaluator needs, resolved to local paths / hub ids."""
+
+    model: str
+    edits: str
+    dtype: str = "float32"
+    trust_remote_code: bool = False
+    data_format: str | None = None
+    limit: int | None = None
+    skip_invalid: bool = False
+    prompt_format: str = "plain"
+    batch_size: int = 32
+    fluency: bool = False
+    general_tasks: tuple[str, ...] = ()
+    task_include_path: str | None = None
+    general_limit: int | float | None = None
+    merge_method: str = "magnitude"
+    edit_weights: dict = field(default_factory=dict)
+    combined_edit_weight: float = 0.5
+    device: str = "cpu"
+
+
+@dataclass
+class Reference:
+    """What the base model scores: computed once per sweep and shared by every evaluator."""
+
+    locality: object  # LocalityReference of the base model
+    general: dict[str, float]
+    metrics: dict  # the base model's own edit metrics and objectives
+
+
+class CandidateEvaluator:
+    def __init__(self, settings: EvalSettings, reference: Reference | None = None):
+        from mm4ke_ray.data import load_edit_records
+        from mm4ke_ray.evaluate.edit_metrics import EditEvaluator
+        from mm4ke_ray.modeling import load_model, load_tokenizer
+
+        self.settings = s = settings
+        self.tokenizer = load_tokenizer(s.model, trust_remote_code=s.trust_remote_code)
+        self.model = load_model(s.model, dtype=s.dtype, device=s.device, trust_remote_code=s.trust_remote_code)
+        records = load_edit_records(s.edits, limit=s.limit, skip_invalid=s.skip_invalid, fmt=s.data_format).records
+        self.edit_eval = EditEvaluator(self.tokenizer, records, prompt_format=s.prompt_format, batch_size=s.batch_size)
+        self.general_eval = None
+        if s.general_tasks:
+            from mm4ke_ray.evaluate.general import GeneralEvaluator
+
+            self.general_eval = GeneralEvaluator(
+                self.model, self.tokenizer, list(s.general_tasks), include_path=s.task_include_path, limit=s.general_limit
+            )
+        self.reference = reference or self._compute_reference()
+
+    def _compute_reference(self) -> Reference:
+        locality = self.edit_eval.base_predictions(self.model)
+        general = self.general_eval.evaluate() if self.general_eval else {}
+        ref = Reference(locality=locality, general=general, metrics={})
+        self.reference = ref
+        ref.metrics = self._score(alpha=None, sparsity=None, seconds=0.0)
+        return ref
+
+    def _score(self, alpha, sparsity, seconds: float) -> dict:
+        from mm4ke_ray.evaluate.general import general_score, retention
+
+        start = time.perf_counter()
+        metrics = self.edit_eval.evaluate(self.model, self.reference.locality, fluency=self.settings.fluency).as_dict()
+        out = {k: v for k, v in metrics.items() if v is not None}
+        general = None
+        if self.general_eval:
+            scores = self.general_eval.evaluate()
+            kept = retention(scores, self.reference.general)
+            general = general_score(scores, self.reference.general)
+            out.update({f"general/{k}": v for k, v in scores.items()})
+            out.update({f"retention/{k}": v for k, v in kept.items()})
+        out.update(objective_values(out, general, self.settings.edit_weights, self.settings.combined_edit_weight))
+        out["eval_seconds"] = time.perf_counter() - start + seconds
+        return out
+
+    def evaluate(self, delta: dict[str, torch.Tensor], alpha: float, sparsity: float, seed: int = 0) -> dict:
+        """Merge (in place), evaluate, restore. Returns metrics and objectives of the candidate."""
+        from mm4ke_ray.merge import apply_delta_, restore_
+
+        start = time.perf_counter()
+        snapshot = apply_delta_(self.model, delta, alpha=alpha, sparsity=sparsity, method=self.settings.merge_method, seed=seed)
+        merge_seconds = time.perf_counter() - start
+        try:
+            out = self._score(alpha, sparsity, seconds=merge_seconds)
+        finally:
+            restore_(self.model, snapshot)
+        out["merge_seconds"] = merge_seconds
+        return out

@@ -1,0 +1,178 @@
+"""One Tune trial: R-SFT once (a Ray Train worker), then many merge candidates over the pool.
+
+The trainable only rebuilds configs and calls library code. The delta is the trial's checkpoint;
+R-SFT never re-runs for another α or sparsity.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import ray
+from ray import tune
+
+from mm4ke_ray.config import SearchConfig
+from mm4ke_ray.evaluate.candidate import EvalSettings
+from mm4ke_ray.search.searcher import EXTRA_POINTS_KEY
+from mm4ke_ray.search.space import MERGE_PARAMS, merge_candidates
+from mm4ke_ray.evaluate.scores import OBJECTIVES
+
+RSFT_PARAMS = ("threshold", "steps", "epochs", "lr", "layer")
+
+
+@dataclass(frozen=True)
+class TrialContext:
+    """What every trial shares: resolved settings, the search config and the actor pool."""
+
+    settings: EvalSettings
+    search: SearchConfig
+    extra_candidates: int
+    runner: str  # "train" or "task"
+    rsft_cpus: float
+    rsft_gpus: float
+    storage_path: str
+    actors: tuple
+
+
+def _rsft_config(params: dict, search: SearchConfig, settings: EvalSettings):
+    from mm4ke_ray.rsft import RSFTConfig
+
+    return RSFTConfig(
+        layer=int(params["layer"]), epochs=int(params["epochs"]), steps=int(params["steps"]), lr=float(params["lr"]),
+        threshold=float(params["threshold"]), optimizer=search.rsft.optimizer, prompt_format=settings.prompt_format,
+        seed=search.seed,
+    )
+
+
+def run_rsft_to_dir(settings: EvalSettings, search: SearchConfig, params: dict, out: str, device: str) -> dict:
+    """Load the base model, run R-SFT, write delta + rsft.json into `out`; return a summary."""
+    from mm4ke_ray.data import load_edit_records
+    from mm4ke_ray.delta import save_delta
+    from mm4ke_ray.modeling import load_model, load_tokenizer
+    from mm4ke_ray.rsft import DivergedError, run_rsft
+
+    tok = load_tokenizer(settings.model, trust_remote_code=settings.trust_remote_code)
+    model = load_model(settings.model, dtype=settings.dtype, device=device, trust_remote_code=settings.trust_remote_code)
+    records = load_edit_records(settings.edits, limit=settings.limit, skip_invalid=settings.skip_invalid,
+                                fmt=settings.data_format).records
+    config = _rsft_config(params, search, settings)
+    try:
+        result = run_rsft(model, tok, records, config)
+    except DivergedError as exc:
+        return {"status": "diverged", "reason": str(exc)}
+    meta = {"base_model": settings.model, "rsft": config.model_dump(), "edits": settings.edits, "num_edits": len(records)}
+    save_delta(out, result.delta, meta)
+    (Path(out) / "rsft.json").write_text(json.dumps(result.as_json()))
+    return {"status": "ok", "rsft_updates": result.updates, "rsft_seconds": result.seconds}
+
+
+def _train_loop(cfg: dict) -> None:
+    """Ray Train worker body: R-SFT on this worker's device, the delta reported as checkpoint."""
+    import ray.train
+    import ray.train.torch
+
+    out = tempfile.mkdtemp(prefix="mm4ke-delta-")
+    summary = run_rsft_to_dir(cfg["settings"], cfg["search"], cfg["params"], out, str(ray.train.torch.get_device()))
+    checkpoint = ray.train.Checkpoint.from_directory(out) if summary["status"] == "ok" else None
+    ray.train.report(summary, checkpoint=checkpoint)
+
+
+def _rsft_via_train(ctx: TrialContext, params: dict, trial_id: str) -> tuple[dict, str | None]:
+    from ray.train import RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    trainer = TorchTrainer(
+        _train_loop,
+        train_loop_config={"settings": ctx.settings, "search": ctx.search, "params": params},
+        scaling_config=ScalingConfig(num_workers=1, use_gpu=ctx.rsft_gpus > 0,
+                                     resources_per_worker={"CPU": ctx.rsft_cpus, "GPU": ctx.rsft_gpus}),
+        run_config=RunConfig(storage_path=ctx.storage_path, name=f"rsft-{trial_id}"),
+    )
+    result = trainer.fit()
+    summary = dict(result.metrics or {})
+    if result.checkpoint is None:
+        return summary, None
+    local = tempfile.mkdtemp(prefix="mm4ke-delta-")
+    result.checkpoint.to_directory(local)
+    return summary, local
+
+
+@ray.remote
+def _rsft_task(settings, search, params) -> tuple[dict, dict]:
+    import torch
+
+    out = tempfile.mkdtemp(prefix="mm4ke-delta-")
+    summary = run_rsft_to_dir(settings, search, params, out, "cuda" if torch.cuda.is_available() else "cpu")
+    files = {p.name: p.read_bytes() for p in Path(out).iterdir()} if summary["status"] == "ok" else {}
+    return summary, files
+
+
+def _rsft_via_task(ctx: TrialContext, params: dict) -> tuple[dict, str | None]:
+    task = _rsft_task.options(num_cpus=ctx.rsft_cpus, num_gpus=ctx.rsft_gpus)
+    summary, files = ray.get(task.remote(ctx.settings, ctx.search, params))
+    if not files:
+        return summary, None
+    local = tempfile.mkdtemp(prefix="mm4ke-delta-")
+    for name, data in files.items():
+        (Path(local) / name).write_bytes(data)
+    return summary, local
+
+
+def sweep_trial(params: dict, ctx: TrialContext) -> None:
+    """The Tune function trainable."""
+    from mm4ke_ray.delta import load_delta
+
+    trial_id = tune.get_context().get_trial_id()
+    params = {**_fixed(ctx.search), **params}
+    start = time.perf_counter()
+    if ctx.runner == "train":
+        summary, delta_dir = _rsft_via_train(ctx, params, trial_id)
+    else:
+        summary, delta_dir = _rsft_via_task(ctx, params)
+    rsft_wall = time.perf_counter() - start
+    if delta_dir is None:
+        tune.report({"status": summary.get("status", "failed"), "reason": summary.get("reason", ""),
+                     "rsft_wall_seconds": rsft_wall, "params": params})
+        return
+    delta, _ = load_delta(delta_dir)
+    delta_ref = ray.put(delta)
+    # Seeded by the trial's parameters (not its id, which is random) so a rerun draws the same points.
+    seed = ctx.search.seed + zlib.crc32(json.dumps(params, sort_keys=True).encode()) % 10_000
+    cands = merge_candidates(ctx.search, float(params["alpha"]), float(params["sparsity"]), ctx.extra_candidates, seed)
+    n = len(ctx.actors)
+    offset = zlib.crc32(trial_id.encode()) % n
+    eval_start = time.perf_counter()
+    futures = [ctx.actors[(offset + i) % n].evaluate.remote(delta_ref, c["alpha"], c["sparsity"], ctx.search.seed)
+               for i, c in enumerate(cands)]
+    for cand, metrics in zip(cands, ray.get(futures)):
+        cand["metrics"] = metrics
+    eval_wall = time.perf_counter() - eval_start
+    sampled = cands[0]["metrics"]
+    extra_points = [
+        {"params": {**params, **{k: c[k] for k in MERGE_PARAMS}},
+         "values": [c["metrics"][o.name] for o in OBJECTIVES]}
+        for c in cands[1:] if c["in_space"]
+    ]
+    report = {
+        "status": "ok",
+        **{k: v for k, v in sampled.items() if isinstance(v, int | float)},
+        **{k: v for k, v in summary.items() if k in ("rsft_updates", "rsft_seconds")},
+        "rsft_wall_seconds": rsft_wall,
+        "eval_wall_seconds": eval_wall,
+        "num_candidates": len(cands),
+        "params": params,
+        "candidates": cands,
+        EXTRA_POINTS_KEY: extra_points,
+    }
+    tune.report(report, checkpoint=tune.Checkpoint.from_directory(delta_dir))
+
+
+def _fixed(search: SearchConfig) -> dict:
+    from mm4ke_ray.search.space import split_space
+
+    return split_space(search)[1]
