@@ -1,0 +1,108 @@
+"""`mm4ke-ray merge`: write base + (1 − α) · sparsify(Δ) as a Hugging Face model directory."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from mm4ke_ray.errors import UserError
+
+NAME = "merge"
+HELP = (
+    "Merge a base model with an R-SFT delta (or a fine-tuned model) and save it as an HF directory."
+)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from mm4ke_ray.merge.registry import DEFAULT_SPARSIFIER, SPARSIFIERS
+
+    parser.add_argument("--base", required=True, help="base model: local directory or hub id")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument(
+        "--delta",
+        metavar="DIR",
+        help="R-SFT delta (directory holding delta.safetensors, or the file)",
+    )
+    source.add_argument(
+        "--sft",
+        metavar="PATH",
+        help="fine-tuned model with the base's architecture; Δ = every tensor that differs",
+    )
+    parser.add_argument(
+        "--alpha",
+        type=float,
+        required=True,
+        help="base model's weight α in [0, 1); the delta is scaled by 1 − α",
+    )
+    parser.add_argument(
+        "--sparsity",
+        type=float,
+        required=True,
+        help="fraction of each delta tensor set to zero, in [0, 1); density = 1 − sparsity",
+    )
+    parser.add_argument(
+        "--method",
+        default=DEFAULT_SPARSIFIER,
+        help=f"sparsifier: {', '.join(SPARSIFIERS.names())} (default: {DEFAULT_SPARSIFIER}, the paper's Top_p)",
+    )
+    parser.add_argument(
+        "--seed", type=int, default=0, help="seed for random sparsifiers such as dare (default: 0)"
+    )
+    parser.add_argument(
+        "--dtype",
+        default="float32",
+        choices=["float32", "bfloat16", "float16"],
+        help="dtype to load, merge and save in (default: float32)",
+    )
+    parser.add_argument(
+        "--device", default="cpu", help="device to merge on, e.g. cpu or cuda (default: cpu)"
+    )
+    parser.add_argument(
+        "--out",
+        required=True,
+        metavar="DIR",
+        help="output directory (must be empty unless --force)",
+    )
+    parser.add_argument("--force", action="store_true", help="write into a non-empty --out")
+
+
+def _check_out(out: Path, force: bool) -> None:
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out '{out}' is a file; give a directory")
+    if out.is_dir() and any(out.iterdir()) and not force:
+        raise UserError(
+            f"--out '{out}' is not empty; choose an empty or new directory, or pass --force to write into it"
+        )
+
+
+def run(args: argparse.Namespace) -> int:
+    from mm4ke_ray.merge.apply import validate_merge_params
+    from mm4ke_ray.merge.build import build_merged, save_merged
+    from mm4ke_ray.merge.registry import get_sparsifier
+
+    # Cheap checks first: no model is loaded for a typo.
+    validate_merge_params(args.alpha, args.sparsity)
+    get_sparsifier(args.method)
+    out = Path(args.out)
+    _check_out(out, args.force)
+    result = build_merged(
+        args.base,
+        delta_dir=args.delta,
+        sft=args.sft,
+        alpha=args.alpha,
+        sparsity=args.sparsity,
+        method=args.method,
+        seed=args.seed,
+        dtype=args.dtype,
+        device=args.device,
+    )
+    save_merged(result.model, args.base, out, result.info)
+    info = result.info
+    print(
+        f"merged {info['base']} + {args.delta or args.sft}: {len(info['tensors'])} tensor(s), "
+        f"alpha={info['alpha']:g} (delta scaled by {info['delta_scale']:g}), "
+        f"sparsity={info['sparsity']:g} (density {info['density']:g}), method={info['method']}, "
+        f"kept {info['kept_entries']:,} of {info['total_entries']:,} delta entries"
+    )
+    print(f"wrote {out} (load with AutoModelForCausalLM.from_pretrained)")
+    return 0
