@@ -1,1 +1,35 @@
-"""evaluate"""
+"""Evaluation: edit metrics (EasyEdit/KnowEdit definitions, batched) and general ability.
+
+Names are imported on first use, so `import mm4ke_ray.evaluate` loads neither torch-heavy
+modules nor lm-eval (`mm4ke_ray.evaluate.general`, imported only when asked for).
+"""
+
+from __future__ import annotations
+
+import importlib
+
+_EXPORTS = {
+    "EditEvaluator": "edit_metrics",
+    "EditMetrics": "edit_metrics",
+    "LocalityReference": "edit_metrics",
+    "METRICS": "edit_metrics",
+    "PaddedBatch": "accuracy",
+    "build_batches": "accuracy",
+    "predict_answer_tokens": "accuracy",
+    "token_accuracy": "accuracy",
+    "generate_for_fluency": "fluency",
+    "ngram_entropy": "fluency",
+    "word_tokens": "fluency",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_EXPORTS])

@@ -1,0 +1,269 @@
+"""Edit metrics with EasyEdit/KnowEdit definitions, batched, for one resident model evaluated
+many times (a sweep scores hundreds of merge candidates on one model).
+
+Per record (all teacher-forced token accuracies, see `accuracy.py`):
+- Edit Succ.      acc(prompt, target_new)
+- Generalization  mean over its rephrase prompts of acc(rephrase, target_new)
+- Portability     mean over its portability items of acc(item.prompt, item.answer)
+- Locality        mean over its locality items of the fraction of answer positions where the
+                  model's argmax equals the *base* model's argmax ("unchanged", not "correct")
+- Fluency         n-gram entropy of a top-k sampled generation from the prompt (x 100)
+Each metric is the mean over the records that have it (records without rephrases, portability
+or locality items are left out of that metric), in percent (fluency x 100).
+
+All prompts are encoded and padded once, in `__init__`; `evaluate` only runs forward passes.
+Every forward pass goes through `EditEvaluator._predict(model, batch)`, so a faster path (e.g.
+running only layers >= L on cached hidden states) can replace it in a subclass.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import torch
+
+from mm4ke_ray.data.records import EditRecord
+from mm4ke_ray.errors import UserError
+from mm4ke_ray.evaluate.accuracy import (
+    PaddedBatch,
+    build_batches,
+    model_device,
+    predict_answer_tokens,
+)
+from mm4ke_ray.evaluate.fluency import generate_for_fluency, ngram_entropy
+from mm4ke_ray.modeling import EncodedExample, encode_example
+from mm4ke_ray.modeling.encoding import PromptFormat
+
+METRICS = ("edit_succ", "generalization", "portability", "locality", "fluency")
+
+
+@dataclass(frozen=True)
+class _Probe:
+    """One teacher-forced item: which record and metric it serves, and its answer tokens' span."""
+
+    record: int
+    metric: str  # "edit_succ" | "generalization" | "portability" | "locality"
+    kind: str  # portability/locality kind from the data, e.g. "Reasoning"
+    first: int  # first answer token in the flat numbering of its probe group
+    count: int
+
+
+@dataclass(frozen=True)
+class LocalityReference:
+    """The base model's argmax at every locality answer position of one evaluator's records."""
+
+    predictions: torch.Tensor  # (n locality answer tokens,) long, on CPU
+    signature: str  # fingerprint of the evaluator's locality encodings it belongs to
+
+
+@dataclass
+class EditMetrics:
+    """Edit metrics in percent (fluency: n-gram entropy x 100); None where not applicable."""
+
+    edit_succ: float | None
+    generalization: float | None
+    portability: float | None
+    locality: float | None
+    fluency: float | None
+    per_record: list[dict] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, float | None]:
+        """The five aggregate metrics only, keyed by their names."""
+        return {name: getattr(self, name) for name in METRICS}
+
+
+@contextmanager
+def _eval_mode(model):
+    # Dropout off while scoring (a model fresh from R-SFT may be in training mode); restored after.
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
+
+
+def _mean(values: Sequence[float]) -> float | None:
+    return sum(values) / len(values) if values else None
+
+
+class EditEvaluator:
+    """Scores models on a fixed list of edit records; build once, call `evaluate` per model."""
+
+    def __init__(
+        self,
+        tokenizer,
+        records: list[EditRecord],
+        prompt_format: PromptFormat = "plain",
+        batch_size: int = 32,
+    ):
+        if not records:
+            raise UserError(
+                "no edit records to evaluate: the data set is empty (check the file and --limit)"
+            )
+        if batch_size < 1:
+            raise UserError(f"batch_size must be at least 1, got {batch_size}")
+        self.tokenizer = tokenizer
+        self.records = list(records)
+        self.prompt_format = prompt_format
+        self.batch_size = batch_size
+        acc_examples, self._acc_probes = self._encode(
+            ("edit_succ", "generalization", "portability")
+        )
+        loc_examples, self._loc_probes = self._encode(("locality",))
+        pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        self.accuracy_batches = build_batches(acc_examples, batch_size, pad_id, "accuracy")
+        self.locality_batches = build_batches(loc_examples, batch_size, pad_id, "locality")
+        self._acc_labels = torch.tensor(
+            [t for ex in acc_examples for t in ex.answer_ids], dtype=torch.long
+        )
+        self._n_loc_tokens = sum(len(ex.answer_ids) for ex in loc_examples)
+        digest = hashlib.sha1(prompt_format.encode())
+        for ex in loc_examples:
+            digest.update(repr((ex.input_ids, ex.answer_start)).encode())
+        self.locality_signature = digest.hexdigest()
+        self._on_device: dict[tuple[str, str], list[PaddedBatch]] = {}
+
+    # -- construction -------------------------------------------------------------------------
+
+    def _items(self, index: int, record: EditRecord, metric: str):
+        """(prompt, answer, kind, field name for errors) of one record for one metric."""
+        if metric == "edit_succ":
+            yield record.prompt, record.target_new, "", "prompt/target_new"
+        elif metric == "generalization":
+            for j, rephrase in enumerate(record.rephrase_prompts):
+                yield rephrase, record.target_new, "", f"rephrase_prompts[{j}]"
+        else:
+            for j, qa in enumerate(getattr(record, metric)):
+                yield qa.prompt, qa.answer, qa.kind, f"{metric}[{j}]"
+
+    def _encode(self, metrics: tuple[str, ...]) -> tuple[list[EncodedExample], list[_Probe]]:
+        examples, probes, first = [], [], 0
+        for i, record in enumerate(self.records):
+            for metric in metrics:
+                for prompt, answer, kind, where in self._items(i, record, metric):
+                    try:
+                        ex = encode_example(self.tokenizer, prompt, answer, self.prompt_format)
+                    except ValueError as exc:
+                        source = record.source or f"record {i}"
+                        raise UserError(
+                            f"{source}: field '{where}': {exc}; fix or drop the record (skip_invalid)"
+                        ) from exc
+                    examples.append(ex)
+                    probes.append(_Probe(i, metric, kind, first, len(ex.answer_ids)))
+                    first += len(ex.answer_ids)
+        return examples, probes
+
+    # -- forward passes -----------------------------------------------------------------------
+
+    def _predict(self, model, batch: PaddedBatch) -> torch.Tensor:
+        """Argmax ids at `batch`'s answer positions, in `batch.labels` order. Override to speed up."""
+        return predict_answer_tokens(model, batch)
+
+    def _batches(self, name: str, device: torch.device) -> list[PaddedBatch]:
+        key = (name, str(device))
+        if key not in self._on_device:  # copy once per device, not once per candidate
+            cpu = self.accuracy_batches if name == "accuracy" else self.locality_batches
+            self._on_device[key] = [b.to(device) for b in cpu]
+        return self._on_device[key]
+
+    def _predictions(self, model, name: str, n_tokens: int) -> torch.Tensor:
+        """Argmax ids at every answer position of one probe group, in flat numbering, on CPU."""
+        device = model_device(model)
+        flat = torch.empty(n_tokens, dtype=torch.long, device=device)
+        for batch in self._batches(name, device):
+            flat[batch.token_index] = self._predict(model, batch)
+        return flat.cpu()
+
+    @staticmethod
+    def _per_probe(hits: torch.Tensor, probes: list[_Probe]) -> list[float]:
+        """Mean of `hits` (one bool per answer token) over each probe's span."""
+        if not probes:
+            return []
+        owner = torch.repeat_interleave(
+            torch.arange(len(probes)), torch.tensor([p.count for p in probes])
+        )
+        sums = torch.zeros(len(probes), dtype=torch.float64).index_add_(
+            0, owner, hits.to(torch.float64)
+        )
+        counts = torch.tensor([p.count for p in probes], dtype=torch.float64)
+        return (sums / counts).tolist()
+
+    # -- public API ---------------------------------------------------------------------------
+
+    def base_predictions(self, model) -> LocalityReference:
+        """The base model's argmax on every locality item; compute once per sweep."""
+        with _eval_mode(model):
+            preds = self._predictions(model, "locality", self._n_loc_tokens)
+        return LocalityReference(predictions=preds, signature=self.locality_signature)
+
+    def evaluate(
+        self,
+        model,
+        reference: LocalityReference | None,
+        fluency: bool = False,
+        fluency_seed: int = 0,
+    ) -> EditMetrics:
+        """Score `model` on every record; locality needs the base model's `reference`.
+
+        Fluency (optional, slow: 100-token sampled generations) samples record i's generation
+        with seed `fluency_seed + i`, so a repeated call gives the same texts.
+        """
+        with _eval_mode(model):
+            return self._evaluate(model, reference, fluency, fluency_seed)
+
+    def _evaluate(self, model, reference, fluency: bool, fluency_seed: int) -> EditMetrics:
+        acc_hits = self._predictions(model, "accuracy", len(self._acc_labels)) == self._acc_labels
+        acc = self._per_probe(acc_hits, self._acc_probes)
+        rows = [self._empty_row(i, r) for i, r in enumerate(self.records)]
+        for probe, value in zip(self._acc_probes, acc, strict=True):
+            rows[probe.record]["items"][probe.metric].append(
+                {"kind": probe.kind, "score": 100.0 * value}
+            )
+        if reference is not None:
+            self._check_reference(reference)
+            loc_preds = self._predictions(model, "locality", self._n_loc_tokens)
+            agree = self._per_probe(loc_preds == reference.predictions, self._loc_probes)
+            for probe, value in zip(self._loc_probes, agree, strict=True):
+                rows[probe.record]["items"]["locality"].append(
+                    {"kind": probe.kind, "score": 100.0 * value}
+                )
+        for row in rows:
+            for metric in ("edit_succ", "generalization", "portability", "locality"):
+                row[metric] = _mean([item["score"] for item in row["items"][metric]])
+        if fluency:
+            for i, (row, record) in enumerate(zip(rows, self.records, strict=True)):
+                text = generate_for_fluency(
+                    model,
+                    self.tokenizer,
+                    record.prompt,
+                    fluency_seed + i,
+                    prompt_format=self.prompt_format,
+                )
+                row["fluency"], row["fluency_text"] = 100.0 * ngram_entropy(text), text
+        totals = {m: _mean([row[m] for row in rows if row[m] is not None]) for m in METRICS}
+        return EditMetrics(**totals, per_record=rows)
+
+    def _empty_row(self, index: int, record: EditRecord) -> dict:
+        items = {m: [] for m in ("edit_succ", "generalization", "portability", "locality")}
+        return {
+            "index": index,
+            "source": record.source,
+            "prompt": record.prompt,
+            "target_new": record.target_new,
+            "items": items,
+            **{m: None for m in METRICS},
+        }
+
+    def _check_reference(self, reference: LocalityReference) -> None:
+        if (
+            reference.signature != self.locality_signature
+            or reference.predictions.numel() != self._n_loc_tokens
+        ):
+            raise ValueError(
+                "the locality reference was computed by a different EditEvaluator (other records, "
+                "tokenizer or prompt format); call base_predictions(base_model) on this evaluator"
+            )

@@ -1,0 +1,444 @@
+"""Edit metrics: hand-computed cases on a model whose argmax is set by hand, batched == one at a
+time on real ZsRE records, n-gram entropy by hand, seeded fluency, and the `evaluate` CLI."""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import subprocess
+import sys
+
+import pytest
+import torch
+from conftest import ZSRE
+
+from mm4ke_ray.data import QA, EditRecord, load_edit_records
+from mm4ke_ray.demo.tiny import build_tiny_model, build_word_tokenizer, save_pretrained_pair
+from mm4ke_ray.errors import UserError
+from mm4ke_ray.evaluate import (
+    EditEvaluator,
+    generate_for_fluency,
+    ngram_entropy,
+    predict_answer_tokens,
+    token_accuracy,
+    word_tokens,
+)
+from mm4ke_ray.modeling import decoder_layers, encode_example
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    # Tiny models on a shared 2-core machine run several times faster on one thread.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+# -- a Qwen2 whose next-token argmax is a lookup table ------------------------------------------
+
+# Records written so every metric below can be worked out by hand from two successor tables.
+HAND_RECORDS = [
+    EditRecord(
+        prompt="the capital of france is",
+        target_new="rome",
+        rephrase_prompts=("france has capital", "capital of france"),
+        portability=(
+            QA("the pope lives in", "rome town", "Reasoning"),
+            QA("italy has capital", "rome", "Reasoning"),
+        ),
+        locality=(QA("hamlet was written by", "william shakespeare", "Relation_Specificity"),),
+        source="hand:0",
+    ),
+    EditRecord(
+        prompt="spain has capital",
+        target_new="madrid city",
+        locality=(
+            QA("grass looks", "green", "Relation_Specificity"),
+            QA("the sea is", "blue", "Relation_Specificity"),
+        ),
+        source="hand:1",
+    ),
+]
+# word -> the word the model predicts next; every other word predicts <pad>.
+BASE_NEXT = {
+    "is": "blue",
+    "by": "william",
+    "william": "shakespeare",
+    "looks": "red",
+    "capital": "madrid",
+    "france": "paris",
+    "in": "rome",
+    "rome": "city",
+    "madrid": "city",
+}
+EDITED_NEXT = {**BASE_NEXT, "is": "rome", "capital": "rome", "by": "smith", "william": "jones"}
+
+
+@pytest.fixture(scope="module")
+def hand_tokenizer():
+    words = [r.prompt + " " + r.target_new for r in HAND_RECORDS]
+    words += [p for r in HAND_RECORDS for p in r.rephrase_prompts]
+    words += [
+        f"{qa.prompt} {qa.answer}" for r in HAND_RECORDS for qa in (*r.portability, *r.locality)
+    ]
+    words += [" ".join([*BASE_NEXT, *BASE_NEXT.values(), *EDITED_NEXT.values()])]
+    return build_word_tokenizer(words)
+
+
+def lookup_qwen2(tokenizer, successor: dict[str, str], hidden: int = 48):
+    """A real Qwen2 whose argmax after token a is successor[a] (else <pad>), exactly.
+
+    Embeddings are one-hot, attention and MLP outputs are zeroed (so the residual stream keeps
+    the one-hot vector), the final RMSNorm scales it by sqrt(hidden), and lm_head row b holds 1
+    at column a for each a -> b: the winning logit is sqrt(hidden), every other one is 0.
+    """
+    vocab = len(tokenizer)
+    assert vocab <= hidden, f"vocab {vocab} must fit in hidden {hidden} for one-hot embeddings"
+    model = build_tiny_model("qwen2", vocab, hidden=hidden, layers=2)
+    ids = tokenizer.convert_tokens_to_ids
+    head = torch.zeros(vocab, hidden)
+    for a in range(vocab):
+        head[tokenizer.pad_token_id, a] = 1.0
+    for a, b in successor.items():
+        head[:, ids(a)] = 0.0
+        head[ids(b), ids(a)] = 1.0
+    with torch.no_grad():
+        model.model.embed_tokens.weight.copy_(torch.eye(vocab, hidden))
+        for layer in model.model.layers:
+            layer.self_attn.o_proj.weight.zero_()
+            layer.mlp.down_proj.weight.zero_()
+        model.model.norm.weight.fill_(1.0)
+        model.lm_head.weight.copy_(head)
+    return model
+
+
+@pytest.fixture(scope="module")
+def hand_models(hand_tokenizer):
+    return lookup_qwen2(hand_tokenizer, BASE_NEXT), lookup_qwen2(hand_tokenizer, EDITED_NEXT)
+
+
+def test_token_accuracy_by_hand(hand_tokenizer, hand_models):
+    _, edited = hand_models
+    # "in" -> "rome" (right), "rome" -> "city" but the answer says "town": 1 of 2.
+    assert token_accuracy(edited, hand_tokenizer, "the pope lives in", "rome town") == 0.5
+    assert token_accuracy(edited, hand_tokenizer, "the capital of france is", "rome") == 1.0
+    # "capital" -> "rome" (wrong, answer "madrid"), "madrid" -> "city" (right).
+    assert token_accuracy(edited, hand_tokenizer, "spain has capital", "madrid city") == 0.5
+    assert token_accuracy(edited, hand_tokenizer, "capital of france", "rome") == 0.0
+
+
+def test_edit_metrics_by_hand(hand_tokenizer, hand_models):
+    base, edited = hand_models
+    evaluator = EditEvaluator(hand_tokenizer, HAND_RECORDS, batch_size=3)
+    metrics = evaluator.evaluate(edited, evaluator.base_predictions(base))
+    # Edit Succ: record 0 "is"->"rome" 1/1, record 1 1/2 (see above) -> (100 + 50) / 2.
+    assert metrics.edit_succ == pytest.approx(75.0)
+    # Generalization: only record 0 has rephrases: "capital"->"rome" 1, "france"->"paris" 0.
+    assert metrics.generalization == pytest.approx(50.0)
+    # Portability: only record 0: "rome town" 1/2 and "rome" 1 -> 75.
+    assert metrics.portability == pytest.approx(75.0)
+    # Locality: record 0: "by"->"smith" vs base "william", "william"->"jones" vs "shakespeare": 0.
+    # Record 1: "looks"->"red" in both (agreement, though both are wrong: 1), "is"->"rome" vs
+    # "blue": 0, so 0.5. Per record then over records: (0 + 50) / 2 = 25 (pooled items: 33.3).
+    assert metrics.locality == pytest.approx(25.0)
+    assert metrics.fluency is None
+    assert metrics.as_dict() == {
+        "edit_succ": 75.0,
+        "generalization": 50.0,
+        "portability": 75.0,
+        "locality": 25.0,
+        "fluency": None,
+    }
+
+    first, second = metrics.per_record
+    assert (first["index"], first["source"], second["source"]) == (0, "hand:0", "hand:1")
+    assert [i["score"] for i in first["items"]["generalization"]] == [100.0, 0.0]
+    assert [i["score"] for i in first["items"]["portability"]] == [50.0, 100.0]
+    assert first["items"]["portability"][0]["kind"] == "Reasoning"
+    assert [i["score"] for i in second["items"]["locality"]] == [100.0, 0.0]
+    assert (second["generalization"], second["portability"], second["locality"]) == (
+        None,
+        None,
+        50.0,
+    )
+
+
+def test_locality_needs_a_matching_reference(hand_tokenizer, hand_models):
+    base, edited = hand_models
+    evaluator = EditEvaluator(hand_tokenizer, HAND_RECORDS)
+    assert evaluator.evaluate(edited, None).locality is None
+    assert evaluator.evaluate(base, evaluator.base_predictions(base)).locality == 100.0
+    other = EditEvaluator(hand_tokenizer, HAND_RECORDS[:1])
+    with pytest.raises(ValueError, match="different EditEvaluator"):
+        evaluator.evaluate(edited, other.base_predictions(base))
+
+
+class _NoLogitsToKeep(torch.nn.Module):
+    """A causal LM whose forward takes only ids and mask (no `logits_to_keep`, no KV cache)."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, input_ids, attention_mask=None):
+        return self.inner(input_ids=input_ids, attention_mask=attention_mask)
+
+
+def test_full_logits_fallback_gives_same_predictions(hand_tokenizer, hand_models):
+    _, edited = hand_models
+    evaluator = EditEvaluator(hand_tokenizer, HAND_RECORDS, batch_size=2)
+    for batch in evaluator.accuracy_batches + evaluator.locality_batches:
+        assert torch.equal(
+            predict_answer_tokens(_NoLogitsToKeep(edited), batch),
+            predict_answer_tokens(edited, batch),
+        )
+
+
+def test_bad_answer_names_record_and_field(hand_tokenizer):
+    bad = EditRecord(
+        prompt="spain has capital",
+        target_new="madrid",
+        portability=(QA("italy has capital", ""),),
+        source="f.json:7",
+    )
+    with pytest.raises(UserError, match=r"f\.json:7: field 'portability\[0\]'"):
+        EditEvaluator(hand_tokenizer, [bad])
+    with pytest.raises(UserError, match="empty"):
+        EditEvaluator(hand_tokenizer, [])
+
+
+# -- batched == one at a time on real ZsRE records ----------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def zsre_records():
+    return load_edit_records(ZSRE, limit=20).records
+
+
+NOISE = 0.02  # std of the noise added to the last MLP; moves some but not all argmaxes
+
+
+def _perturbed(model, seed: int, scale: float = NOISE):
+    """A copy of `model` with noise on its last MLP, so its argmax agrees with the original only partly."""
+    edited = copy.deepcopy(model)
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in decoder_layers(edited)[-1].mlp.parameters():
+            p.add_(torch.randn(p.shape, generator=gen) * scale)
+    return edited
+
+
+def _one_at_a_time(model, tokenizer, examples):
+    with torch.no_grad():
+        return [
+            model(input_ids=torch.tensor([ex.input_ids])).logits[0, ex.answer_start - 1 : -1]
+            for ex in examples
+        ]
+
+
+@pytest.mark.parametrize("arch", ["qwen2", "gpt2"])
+def test_batched_equals_one_at_a_time(arch, tiny_tokenizer, zsre_records):
+    base = build_tiny_model(arch, len(tiny_tokenizer), hidden=32, layers=2, seed=0)
+    edited = _perturbed(base, seed=1)
+    evaluator = EditEvaluator(tiny_tokenizer, zsre_records, batch_size=6)
+    metrics = evaluator.evaluate(edited, evaluator.base_predictions(base))
+
+    for record, row in zip(zsre_records, metrics.per_record, strict=True):
+        assert row["edit_succ"] == pytest.approx(
+            100 * token_accuracy(edited, tiny_tokenizer, record.prompt, record.target_new), abs=1e-6
+        )
+        rephrase = [
+            token_accuracy(edited, tiny_tokenizer, p, record.target_new)
+            for p in record.rephrase_prompts
+        ]
+        assert [it["score"] for it in row["items"]["generalization"]] == pytest.approx(
+            [100 * a for a in rephrase], abs=1e-6
+        )
+        port = [
+            token_accuracy(edited, tiny_tokenizer, qa.prompt, qa.answer)
+            for qa in record.portability
+        ]
+        assert [it["score"] for it in row["items"]["portability"]] == pytest.approx(
+            [100 * a for a in port], abs=1e-6
+        )
+        loc_examples = [
+            encode_example(tiny_tokenizer, qa.prompt, qa.answer) for qa in record.locality
+        ]
+        agreement = [
+            (e.argmax(-1) == b.argmax(-1)).sum().item() / len(e)
+            for e, b in zip(
+                _one_at_a_time(edited, tiny_tokenizer, loc_examples),
+                _one_at_a_time(base, tiny_tokenizer, loc_examples),
+                strict=True,
+            )
+        ]
+        assert [it["score"] for it in row["items"]["locality"]] == pytest.approx(
+            [100 * a for a in agreement], abs=1e-6
+        )
+    # The perturbation changes some locality predictions but not all: the comparison has teeth.
+    assert 0.0 < metrics.locality < 100.0
+
+    # Padded logits at answer positions equal the unpadded ones, batch by batch.
+    examples = [encode_example(tiny_tokenizer, r.prompt, r.target_new) for r in zsre_records]
+    from mm4ke_ray.evaluate.accuracy import build_batches
+
+    singles = torch.cat(_one_at_a_time(edited, tiny_tokenizer, examples))
+    for batch in build_batches(examples, 7, tiny_tokenizer.pad_token_id):
+        with torch.no_grad():
+            padded = edited(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits[
+                batch.predict_mask
+            ]
+        assert (
+            batch.attention_mask.sum() < batch.attention_mask.numel()
+            or batch.input_ids.shape[0] == 1
+        )
+        torch.testing.assert_close(padded, singles[batch.token_index], atol=1e-6, rtol=0)
+        assert torch.equal(
+            predict_answer_tokens(edited, batch), singles[batch.token_index].argmax(-1)
+        )
+
+
+@pytest.mark.parametrize("prompt_format", ["plain", "chat"])
+def test_batch_size_does_not_change_results(
+    prompt_format, tiny_tokenizer, zsre_records, tiny_model_factory
+):
+    base = tiny_model_factory("qwen2", hidden=32, layers=2)
+    edited = _perturbed(base, seed=3)
+    one = EditEvaluator(tiny_tokenizer, zsre_records[:8], prompt_format=prompt_format, batch_size=1)
+    many = EditEvaluator(
+        tiny_tokenizer, zsre_records[:8], prompt_format=prompt_format, batch_size=32
+    )
+    a = one.evaluate(edited, one.base_predictions(base))
+    b = many.evaluate(edited, many.base_predictions(base))
+    assert a.per_record == b.per_record and a.as_dict() == b.as_dict()
+    assert 0.0 < a.locality < 100.0
+    assert (
+        many.evaluate(base, many.base_predictions(base)).locality == 100.0
+    )  # the model against itself
+    record = zsre_records[0]
+    single = token_accuracy(edited, tiny_tokenizer, record.prompt, record.target_new, prompt_format)
+    assert a.per_record[0]["edit_succ"] == pytest.approx(100 * single, abs=1e-6)
+
+
+# -- fluency ------------------------------------------------------------------------------------
+
+
+def test_ngram_entropy_by_hand():
+    text = "the cat sat on the cat sat"
+    # Bigrams (6): (the,cat) x2, (cat,sat) x2, (sat,on), (on,the) -> freqs 2/6, 2/6, 1/6, 1/6.
+    h2 = 2 * (1 / 3) * math.log2(3) + 2 * (1 / 6) * math.log2(6)  # = 1.918296...
+    # Trigrams (5): (the,cat,sat) x2, (cat,sat,on), (sat,on,the), (on,the,cat) -> 2/5, 1/5 x 3.
+    h3 = (2 / 5) * math.log2(5 / 2) + 3 * (1 / 5) * math.log2(5)  # = 1.921928...
+    # EasyEdit: mean([2/3 * H2, 4/3 * H3]) = H2/3 + 2*H3/3.
+    assert ngram_entropy(text) == pytest.approx(h2 / 3 + 2 * h3 / 3, abs=1e-12)
+    assert ngram_entropy(text) == pytest.approx(1.920717, abs=1e-6)
+    # Repetition lowers it: one bigram, one trigram -> 0 bits.
+    assert ngram_entropy("go go go go go") == 0.0
+    assert ngram_entropy("") == 0.0 and ngram_entropy("single") == 0.0
+
+
+def test_word_tokens_follow_treebank_rules():
+    assert word_tokens("Don't stop, it's 3.5 well-known cities...") == [
+        "Do",
+        "n't",
+        "stop",
+        ",",
+        "it",
+        "'s",
+        "3.5",
+        "well-known",
+        "cities",
+        "...",
+    ]
+    assert word_tokens("Paris (France) is big.") == ["Paris", "(", "France", ")", "is", "big", "."]
+
+
+def test_fluency_generation_is_seeded(tiny_tokenizer, tiny_model_factory):
+    model = tiny_model_factory("qwen2", hidden=32, layers=2)
+    prompt = "What species is ZIC3 specific to"
+    first = generate_for_fluency(model, tiny_tokenizer, prompt, seed=3, max_length=30)
+    assert first == generate_for_fluency(model, tiny_tokenizer, prompt, seed=3, max_length=30)
+    assert first != generate_for_fluency(model, tiny_tokenizer, prompt, seed=4, max_length=30)
+    assert first.startswith(prompt)
+    # Without a KV cache (full recompute each step) the same seed samples the same text.
+    assert first == generate_for_fluency(
+        _NoLogitsToKeep(model), tiny_tokenizer, prompt, seed=3, max_length=30
+    )
+
+
+def test_evaluate_with_fluency_repeats(tiny_tokenizer, zsre_records, tiny_model_factory):
+    model = tiny_model_factory("gpt2", hidden=32, layers=2)
+    evaluator = EditEvaluator(tiny_tokenizer, zsre_records[:2])
+    model.train()  # GPT-2 has dropout: scoring must switch it off, and restore the mode after
+    a = evaluator.evaluate(model, None, fluency=True, fluency_seed=5)
+    b = evaluator.evaluate(model, None, fluency=True, fluency_seed=5)
+    assert model.training
+    assert a.fluency == b.fluency and [r["fluency_text"] for r in a.per_record] == [
+        r["fluency_text"] for r in b.per_record
+    ]
+    rows = a.per_record
+    assert a.fluency == pytest.approx(sum(r["fluency"] for r in rows) / len(rows))
+    assert rows[0]["fluency"] == pytest.approx(100 * ngram_entropy(rows[0]["fluency_text"]))
+    assert a.fluency > 100  # a sampled 100-token text has several bits of n-gram entropy
+
+
+# -- packaging and CLI --------------------------------------------------------------------------
+
+
+def test_package_import_is_lazy():
+    # Importing the package loads neither torch nor lm-eval (general.py); names load on use.
+    code = "import sys, mm4ke_ray.evaluate; assert not {'torch', 'lm_eval', 'mm4ke_ray.evaluate.general'} & set(sys.modules)"
+    subprocess.run([sys.executable, "-c", code], check=True)
+    import mm4ke_ray.evaluate as ev
+    from mm4ke_ray.evaluate.edit_metrics import EditEvaluator as direct
+
+    assert ev.EditEvaluator is direct and "EditEvaluator" in dir(ev)
+    with pytest.raises(AttributeError):
+        ev.NoSuchName  # noqa: B018
+
+
+def test_evaluate_cli(tmp_path, tiny_tokenizer, tiny_model_dir, capsys):
+    from mm4ke_ray.cli import main
+    from mm4ke_ray.modeling import load_model, load_tokenizer
+
+    edited_dir = save_pretrained_pair(
+        _perturbed(load_model(str(tiny_model_dir)), seed=2), tiny_tokenizer, tmp_path / "edited"
+    )
+    out = tmp_path / "metrics.json"
+    common = [
+        "evaluate",
+        "--model",
+        str(edited_dir),
+        "--data",
+        str(ZSRE),
+        "--limit",
+        "4",
+        "--batch-size",
+        "3",
+    ]
+    assert main([*common, "--base", str(tiny_model_dir), "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert set(report["metrics"]) == {
+        "edit_succ",
+        "generalization",
+        "portability",
+        "locality",
+        "fluency",
+    }
+    assert report["protocol"] == "sequential" and report["prompt_format"] == "plain"
+    assert report["n_records"] == 4 and len(report["per_record"]) == 4
+
+    tokenizer = load_tokenizer(str(edited_dir))
+    evaluator = EditEvaluator(tokenizer, load_edit_records(ZSRE, limit=4).records)
+    expected = evaluator.evaluate(
+        load_model(str(edited_dir)), evaluator.base_predictions(load_model(str(tiny_model_dir)))
+    )
+    assert report["metrics"] == pytest.approx(expected.as_dict())
+
+    assert main([*common, "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["metrics"]["locality"] is None and "--base" in report["notes"][0]
+    assert main([*common, "--batch-size", "0", "--out", str(out)]) == 2
+    assert "--batch-size" in capsys.readouterr().err
