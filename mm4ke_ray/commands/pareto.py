@@ -1,0 +1,119 @@
+"""`mm4ke-ray pareto`: print a sweep's Pareto front, best combined score first, from MLflow alone."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+NAME = "pareto"
+HELP = "Print a sweep's Pareto front (edit score vs. general ability kept) from MLflow, best combined score first."
+
+_TABLE_COLUMNS = (
+    "candidate",
+    "kind",
+    "layer",
+    "lr",
+    "threshold",
+    "steps",
+    "epochs",
+    "alpha",
+    "sparsity",
+    "edit_succ",
+    "generalization",
+    "portability",
+    "locality",
+    "edit_score",
+    "general_score",
+    "combined_score",
+    "run_id",
+)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--tracking-uri",
+        required=True,
+        metavar="URI",
+        help="MLflow tracking URI the sweep logged to: sqlite:///runs/mlflow.db or http://127.0.0.1:5000",
+    )
+    parser.add_argument(
+        "--sweep",
+        required=True,
+        metavar="NAME|RUN_ID",
+        help="sweep name (its newest parent run) or the parent run's id",
+    )
+    parser.add_argument(
+        "--experiment", metavar="NAME", help="MLflow experiment to look in (default: all)"
+    )
+    parser.add_argument(
+        "--format",
+        choices=("table", "csv", "json"),
+        default="table",
+        help="table (default; a readable subset of columns), csv or json (every column, as in pareto/front.csv)",
+    )
+    parser.add_argument(
+        "--all",
+        action="store_true",
+        help="list every candidate, not only the front (with an on_front column)",
+    )
+
+
+def front_rows(sweep, everything: bool = False) -> list[dict]:
+    """The sweep's front (or every candidate, marked), sorted by combined score, best first."""
+    from mm4ke_ray.tracking.pareto_artifacts import sort_by_combined, split_front
+
+    marked, front = split_front(sweep.candidates)
+    return sort_by_combined(marked) if everything else front
+
+
+def _table(rows: list[dict], title: str) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    cols = [c for c in _TABLE_COLUMNS if any(c in r for r in rows)]
+    table = Table(title=title)
+    for c in cols:
+        # Names and run ids are what a user copies into `export --pick`: never wrap them.
+        table.add_column(c, no_wrap=c in ("candidate", "kind", "run_id"))
+    for r in rows:
+        table.add_row(*[_fmt(r.get(c)) for c in cols])
+    console = Console()
+    # Piped output (no terminal) gets room for every column instead of rich's 80-column default.
+    (console if console.is_terminal else Console(width=240)).print(table)
+
+
+def _fmt(v) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return str(v)
+
+
+def run(args: argparse.Namespace) -> int:
+    from mm4ke_ray.tracking.pareto_artifacts import ON_FRONT, columns, to_csv
+    from mm4ke_ray.tracking.query import load_sweep
+
+    sweep = load_sweep(args.tracking_uri, args.sweep, args.experiment)
+    if sweep.others_with_name:
+        print(
+            f"note: {sweep.others_with_name} older sweep run(s) are also named {sweep.name!r}; "
+            f"showing the newest ({sweep.run_id}); pass a run id to pick another",
+            file=sys.stderr,
+        )
+    rows = front_rows(sweep, args.all)
+    if not args.all:
+        rows = [{k: v for k, v in r.items() if k != ON_FRONT} for r in rows]
+    if args.format == "csv":
+        sys.stdout.write(to_csv(rows, columns(rows)))
+    elif args.format == "json":
+        print(json.dumps(rows, indent=2))
+    else:
+        what = "candidates" if args.all else "Pareto front"
+        _table(
+            rows,
+            f"{what} of sweep {sweep.name} (run {sweep.run_id}): {len(rows)} of {len(sweep.candidates)} candidates, "
+            f"{len(sweep.failed)} failed",
+        )
+    return 0

@@ -1,0 +1,61 @@
+"""Register an exported directory in the MLflow Model Registry, as a version of a named model.
+
+The directory (weights, tokenizer, card, recipe, checksums) is logged as artifacts of the
+candidate's own run under `export/`, and a model version is created whose source is that
+artifact folder and whose run is the candidate run, so the registry links back to the sweep. No
+MLflow model flavour is imposed: the version is the plain Hugging Face directory, loadable with
+`from_pretrained` after `mlflow.artifacts.download_artifacts(version.source)`. Works with a
+SQLite backend and with `mlflow server`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+EXPORT_ARTIFACT = "export"
+
+
+def register_export(uri: str, out: str | Path, name: str, recipe: dict):
+    """Log `out` to the candidate run and register it as a new version of model `name`; return the version."""
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    src = recipe["source"]
+    run_id = src["candidate_run_id"]
+    client = MlflowClient(tracking_uri=uri)
+    client.log_artifacts(run_id, str(out), EXPORT_ARTIFACT)
+    source = f"{client.get_run(run_id).info.artifact_uri.rstrip('/')}/{EXPORT_ARTIFACT}"
+    try:
+        client.create_registered_model(
+            name,
+            description="Knowledge-edited models exported by mm4ke-ray (R-SFT + merging).",
+            tags={"mm4ke.kind": "knowledge-edited-llm"},
+        )
+    except MlflowException as exc:
+        if (
+            "already exists" not in str(exc).lower()
+            and getattr(exc, "error_code", "") != "RESOURCE_ALREADY_EXISTS"
+        ):
+            raise
+    m = recipe["merge"]
+    tags = {
+        "mm4ke.sweep": src["sweep_name"],
+        "mm4ke.sweep_run_id": src["sweep_run_id"],
+        "mm4ke.candidate": src["candidate"],
+        "mm4ke.base_model": recipe["base_model"],
+        "mm4ke.alpha": repr(m["alpha"]),
+        "mm4ke.sparsity": repr(m["sparsity"]),
+        **{
+            f"mm4ke.metric.{k}": f"{v:.6g}"
+            for k, v in recipe["recorded_metrics"].items()
+            if k in ("edit_succ", "generalization", "portability", "locality", "combined_score")
+        },
+    }
+    description = (
+        f"{recipe['base_model']} + {recipe['edits']['count']} edits from {recipe['edits']['source']}, "
+        f"α={m['alpha']:.4g}, sparsity={m['sparsity']:.4g}; sweep {src['sweep_name']} candidate {src['candidate']}. "
+        "See README.md in the artifacts."
+    )
+    return client.create_model_version(
+        name, source, run_id=run_id, tags=tags, description=description
+    )

@@ -1,0 +1,268 @@
+"""Export one sweep candidate as a Hugging Face directory, checked against what MLflow recorded.
+
+Order matters: the recipe (`mm4ke_merge.json`, verification pending) is written first so that a
+directory left behind by a failed export is recognisable (and replaceable with `--force`); the
+model card and `checksums.sha256` are written only after every check passed, so a directory
+without them was never verified.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import shutil
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from mm4ke_ray.errors import UserError
+from mm4ke_ray.export.card import model_card
+from mm4ke_ray.export.plan import ExportPlan, plan_export
+from mm4ke_ray.export.verify import (
+    DEFAULT_TOLERANCE,
+    ExportVerificationError,
+    check_weights,
+    compare_metrics,
+    sha256_file,
+    verify_checksums,
+    write_checksums,
+)
+from mm4ke_ray.merge.build import MERGE_INFO_FILE
+
+FAILED_FILE = "VERIFICATION_FAILED.json"
+_METRIC_PREFIXES = ("general.", "retention.")
+_METRICS = (
+    "edit_succ",
+    "generalization",
+    "portability",
+    "locality",
+    "fluency",
+    "edit_score",
+    "general_score",
+    "combined_score",
+)
+
+
+@dataclass
+class ExportResult:
+    out: Path
+    plan: ExportPlan
+    recipe: dict
+    model_version: object | None = None
+
+
+def check_out_dir(out: Path, force: bool) -> None:
+    """Refuse a non-empty `out` without `force`; with it, only an earlier export is replaced.
+
+    An earlier export is recognised by its `mm4ke_merge.json`; any other non-empty directory is
+    refused even with `force`, so a mistyped --out cannot wipe unrelated files.
+    """
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out '{out}' is a file; give a directory")
+    if not out.is_dir() or not any(out.iterdir()):
+        return
+    if not force:
+        raise UserError(
+            f"--out '{out}' is not empty; choose a new directory, or pass --force to replace an earlier export there"
+        )
+    if not (out / MERGE_INFO_FILE).is_file():
+        raise UserError(
+            f"--out '{out}' is not empty and holds no {MERGE_INFO_FILE}: it is not an earlier export, "
+            "so --force will not delete it; choose another directory"
+        )
+
+
+def _clear(out: Path) -> None:
+    for p in out.iterdir():
+        shutil.rmtree(p) if p.is_dir() else p.unlink()
+
+
+def _metrics_only(row: dict | None) -> dict | None:
+    if row is None:
+        return None
+    return {k: v for k, v in row.items() if k in _METRICS or k.startswith(_METRIC_PREFIXES)}
+
+
+def _recipe(
+    plan: ExportPlan, info: dict, delta_file: Path, delta_meta: dict, num_edits: int
+) -> dict:
+    from mm4ke_ray import __version__
+
+    c, sweep = plan.candidate, plan.sweep
+    data = plan.config.get("data", {})
+    return {
+        "format": "mm4ke-ray export recipe",
+        "format_version": 1,
+        "mm4ke_ray_version": __version__,
+        "exported_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "base_model": plan.model,
+        "merge": {
+            "formula": "theta = theta_base + (1 - alpha) * sparsify(delta)",
+            "alpha": plan.alpha,
+            "delta_scale": 1.0 - plan.alpha,
+            "sparsity": plan.sparsity,
+            "density": 1.0 - plan.sparsity,
+            "method": plan.method,
+            "seed": plan.seed,
+            "dtype": plan.settings.dtype,
+            "tensors": info["tensors"],
+            "kept_entries": info["kept_entries"],
+            "total_entries": info["total_entries"],
+        },
+        "rsft": {
+            **{k: c.get(k) for k in ("layer", "threshold", "steps", "epochs", "lr")},
+            **{
+                k: v
+                for k, v in (delta_meta.get("rsft") or {}).items()
+                if k not in ("layer", "threshold", "steps", "epochs", "lr")
+            },
+        },
+        "delta": {
+            "file": delta_file.name,
+            "sha256": sha256_file(delta_file),
+            "metadata": delta_meta,
+        },
+        "edits": {
+            "source": plan.settings.edits,
+            "format": data.get("format"),
+            "limit": data.get("limit"),
+            "skip_invalid": data.get("skip_invalid", False),
+            "count": num_edits,
+        },
+        "evaluation": {
+            "protocol": sweep.params.get("protocol", "sequential"),
+            "prompt_format": plan.settings.prompt_format,
+            **{k: v for k, v in plan.config.get("evaluation", {}).items() if k != "protocol"},
+            "objectives": plan.config.get("objectives", {}),
+        },
+        "source": {
+            "tracking_uri": sweep.uri,
+            "experiment_id": sweep.experiment_id,
+            "sweep_name": sweep.name,
+            "sweep_run_id": sweep.run_id,
+            "candidate": c["candidate"],
+            "candidate_run_id": c["run_id"],
+            "kind": c.get("kind"),
+            "trial_id": c.get("trial_id"),
+            "delta_artifact": plan.delta_artifact,
+            "git_revision": sweep.tags.get("mm4ke.git_revision"),
+        },
+        "recorded_metrics": _metrics_only(c),
+        "compared": {"base": _metrics_only(plan.base), "pure_rsft": _metrics_only(plan.pure_rsft)},
+        "verification": {"status": "pending"},
+    }
+
+
+def _write_json(path: Path, data: dict) -> None:
+    path.write_text(json.dumps(data, indent=2, default=str) + "\n")
+
+
+def _reevaluate(plan: ExportPlan, out: Path, update: dict, log) -> tuple[dict, dict, int]:
+    """(weights check, re-evaluated metrics as MLflow keys, number of edits) for the written directory."""
+    from mm4ke_ray.evaluate.candidate import CandidateEvaluator
+    from mm4ke_ray.tracking.query import normalize_row
+
+    log(f"computing the base model's reference ({plan.model})")
+    base_eval = CandidateEvaluator(plan.settings)
+    weights = check_weights(out, base_eval.model, update)
+    reference = base_eval.reference
+    del base_eval  # one model resident at a time
+    log(f"reloading {out} and re-evaluating {plan.settings.edits}")
+    reloaded = CandidateEvaluator(replace(plan.settings, model=str(out)), reference)
+    measured = normalize_row(
+        reloaded.evaluate({}, 0.0, 0.0)
+    )  # empty delta: the directory's own weights
+    return weights, measured, len(reloaded.edit_eval.records)
+
+
+def export_candidate(
+    uri: str,
+    sweep: str,
+    out: str | Path,
+    *,
+    pick: str = "best",
+    experiment: str | None = None,
+    register: str | None = None,
+    force: bool = False,
+    tolerance: float = DEFAULT_TOLERANCE,
+    device: str = "auto",
+    log: Callable[[str], None] = lambda msg: None,
+) -> ExportResult:
+    """Rebuild a candidate from MLflow, write it to `out`, verify it, optionally register it.
+
+    Raises UserError for bad input (nothing written) and ExportVerificationError when the written
+    directory does not reproduce the recorded candidate (the directory is left for inspection,
+    with `VERIFICATION_FAILED.json` and without a model card or checksums).
+    """
+    from mm4ke_ray.delta import DELTA_FILE, load_delta
+    from mm4ke_ray.merge import build_merged, prepare_delta, save_merged
+
+    out = Path(out).expanduser()
+    check_out_dir(out, force)
+    if not tolerance >= 0:
+        raise UserError(f"--tolerance must be >= 0, got {tolerance}")
+    plan = plan_export(uri, sweep, pick, experiment, device)
+    c = plan.candidate
+    log(
+        f"exporting {c['candidate']} (run {c['run_id']}, combined_score {c.get('combined_score', float('nan')):.4f}) "
+        f"of sweep {plan.sweep.name}: alpha={plan.alpha:g}, sparsity={plan.sparsity:g}, method={plan.method}"
+    )
+    with tempfile.TemporaryDirectory(prefix="mm4ke-export-") as tmp:
+        delta_dir = plan.download_delta(tmp)
+        delta, delta_meta = load_delta(delta_dir)
+        s = plan.settings
+        result = build_merged(
+            plan.model,
+            delta_dir=delta_dir,
+            alpha=plan.alpha,
+            sparsity=plan.sparsity,
+            method=plan.method,
+            seed=plan.seed,
+            dtype=s.dtype,
+            device=s.device,
+            trust_remote_code=s.trust_remote_code,
+        )
+        if out.is_dir():
+            _clear(out)
+        out.mkdir(parents=True, exist_ok=True)
+        recipe = _recipe(plan, result.info, delta_dir / DELTA_FILE, delta_meta, num_edits=0)
+        _write_json(out / MERGE_INFO_FILE, recipe)
+        save_merged(result.model, plan.model, out)
+        del result
+    update = prepare_delta(delta, plan.alpha, plan.sparsity, plan.method, plan.seed)
+    weights, measured, num_edits = _reevaluate(plan, out, update, log)
+    table, problems = compare_metrics(_metrics_only(c), measured, tolerance)
+    recipe["edits"]["count"] = num_edits
+    recipe["verification"] = {
+        "status": "failed" if problems else "passed",
+        "tolerance": tolerance,
+        "max_abs_diff": max((v["abs_diff"] for v in table.values()), default=0.0),
+        "device": s.device,
+        "weights": weights,
+        "metrics": table,
+    }
+    if problems:
+        _write_json(out / FAILED_FILE, {"problems": problems, **recipe["verification"]})
+        _write_json(out / MERGE_INFO_FILE, recipe)
+        raise ExportVerificationError(
+            f"the exported model in {out} does NOT reproduce candidate {c['candidate']} (run {c['run_id']}):\n  "
+            + "\n  ".join(problems)
+            + f"\nDo not ship it; details in {out / FAILED_FILE}."
+        )
+    _write_json(out / MERGE_INFO_FILE, recipe)
+    (out / "README.md").write_text(model_card(recipe))
+    write_checksums(out)
+    bad = verify_checksums(out)
+    if bad:
+        raise ExportVerificationError(f"checksums of {out} do not verify: {bad}")
+    log(
+        f"verified: {len(table)} metrics within {tolerance:g} of MLflow's; {weights['unchanged']} tensors equal the base"
+    )
+    version = None
+    if register:
+        from mm4ke_ray.export.register import register_export
+
+        version = register_export(uri, out, register, recipe)
+        log(f"registered as model {register!r} version {version.version}")
+    return ExportResult(out=out, plan=plan, recipe=recipe, model_version=version)

@@ -1,0 +1,184 @@
+"""The Pareto front on the sweep's parent run, kept current while the sweep runs.
+
+`publish_pareto(tracker, rows, base)` writes, under the parent run's `pareto/` artifacts:
+- `all.csv`    every candidate (base first) with all its parameters and metrics and `on_front`;
+- `front.csv`  the non-dominated candidates over `OBJECTIVES`, sorted by combined score;
+- `front.png`  every candidate, the front highlighted, base and pure R-SFT marked;
+- `front.html` the same, interactive (hover shows a candidate's parameters and metrics);
+and tags the parent with the best candidate by combined score (`mm4ke.best_*`, base excluded:
+it has nothing to export) and every candidate run with `pareto=true|false`, so the MLflow UI can
+filter the front with `tags.pareto = 'true'`. Candidates that leave the front are reset to false.
+
+Rows are normalized (`query.normalize_row`): MLflow keys ('.' instead of '/'), parameters as
+numbers, metrics as floats, so `mm4ke-ray pareto` reading MLflow gives exactly the same rows.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import tempfile
+import warnings
+from pathlib import Path
+
+from mm4ke_ray.evaluate.scores import COMBINED, EDIT, GENERAL, OBJECTIVES
+from mm4ke_ray.search.pareto import hypervolume, pareto_front
+from mm4ke_ray.tracking.query import BASE, ID_COLUMNS, PARAM_COLUMNS, normalize_row
+
+PARETO_DIR = "pareto"
+PARETO_TAG = "pareto"
+ON_FRONT = "on_front"
+BEST_TAGS = ("mm4ke.best_candidate", "mm4ke.best_run_id", "mm4ke.best_combined_score")
+_EDIT_METRICS = ("edit_succ", "generalization", "portability", "locality", "fluency")
+_OBJECTIVE_COLUMNS = (EDIT.name, GENERAL.name, COMBINED.name)
+
+# parent run id → {candidate run id: "true"|"false"} as last written, so a refresh only touches
+# the runs whose membership changed. Empty after a restart: the first refresh then writes all.
+_TAGGED: dict[str, dict[str, str]] = {}
+_BASE_RUN: dict[str, str | None] = {}  # parent run id → its base model's child run id
+
+
+def columns(rows: list[dict]) -> list[str]:
+    """CSV columns for `rows`: identity, parameters, objectives, edit metrics, general, then the rest."""
+    present = {k for r in rows for k in r}
+    fixed = [*ID_COLUMNS, *PARAM_COLUMNS, *_OBJECTIVE_COLUMNS, *_EDIT_METRICS]
+    head = [c for c in fixed if c in present or c in ID_COLUMNS]
+    general = sorted(k for k in present if k.startswith(("general.", "retention.")))
+    rest = sorted(present - set(head) - set(general) - {ON_FRONT})
+    return [*head, *general, *rest, *([ON_FRONT] if ON_FRONT in present else [])]
+
+
+def to_csv(rows: list[dict], cols: list[str] | None = None) -> str:
+    """Rows as CSV text (floats written with repr, so they read back exactly; None as empty)."""
+    cols = cols or columns(rows)
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=cols, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({c: ("" if row.get(c) is None else row.get(c)) for c in cols})
+    return buf.getvalue()
+
+
+def _rank_key(row: dict) -> tuple:
+    # Combined score first, then the objectives, then the name: a stable, documented order.
+    return (
+        -_num(row.get(COMBINED.name)),
+        *(-_num(row.get(o.name)) for o in OBJECTIVES),
+        str(row.get("candidate")),
+    )
+
+
+def _num(value) -> float:
+    return value if isinstance(value, float | int) and math.isfinite(value) else -math.inf
+
+
+def sort_by_combined(rows: list[dict]) -> list[dict]:
+    """Rows by combined score, best first (ties: each objective, then candidate name)."""
+    return sorted(rows, key=_rank_key)
+
+
+def best_candidate(rows: list[dict]) -> dict | None:
+    """The edited candidate (base excluded) with the highest combined score; None if there is none."""
+    edited = [r for r in rows if r.get("kind") != BASE and COMBINED.name in r]
+    return sort_by_combined(edited)[0] if edited else None
+
+
+def split_front(rows: list[dict]) -> tuple[list[dict], list[dict]]:
+    """(every row with `on_front` set, the front sorted by combined score) for normalized rows."""
+    on = set(pareto_front(rows))
+    marked = [{**r, ON_FRONT: i in on} for i, r in enumerate(rows)]
+    return marked, sort_by_combined([r for r in marked if r[ON_FRONT]])
+
+
+def _base_run_id(tracker) -> str | None:
+    # The sweep logs the base model as a child run without handing its run id to the callback.
+    parent = tracker.parent_run_id
+    if _BASE_RUN.get(parent) is None:  # not cached, or not logged yet at the last look
+        runs = tracker.client.search_runs(
+            [tracker.experiment_id],
+            f"tags.`mlflow.parentRunId` = '{parent}' AND tags.`mm4ke.kind` = '{BASE}'",
+            max_results=1,
+        )
+        _BASE_RUN[parent] = runs[0].info.run_id if runs else None
+    return _BASE_RUN[parent]
+
+
+def _tag_candidates(tracker, marked: list[dict]) -> None:
+    seen = _TAGGED.setdefault(tracker.parent_run_id, {})
+    for row in marked:
+        run_id = row.get("run_id")
+        value = "true" if row[ON_FRONT] else "false"
+        if run_id and seen.get(run_id) != value:
+            tracker.client.set_tag(run_id, PARETO_TAG, value)
+            seen[run_id] = value
+
+
+def publish_pareto(tracker, rows: list[dict], base: dict) -> None:
+    """Write the `pareto/` artifacts and tags for the candidates so far (see the module docstring).
+
+    `tracker` is the sweep's `SweepTracker` (its parent run is started), `rows` the candidate dicts
+    of `search.callback.candidate_rows` with each one's child `run_id`, `base` the base model's
+    metrics (`candidate='base'`). Safe to call repeatedly; each call replaces the artifacts.
+    """
+    from mm4ke_ray.tracking.pareto_plots import write_front_html, write_front_png
+
+    base = {**base, "candidate": BASE, "kind": BASE}
+    base.setdefault("run_id", _base_run_id(tracker))
+    normalized = [normalize_row(base), *(normalize_row(r) for r in rows)]
+    marked, front = split_front(normalized)
+    name = tracker.client.get_run(tracker.parent_run_id).info.run_name
+    title = f"{name}: {len(rows)} candidates + base model; {len(front)} on the Pareto front"
+    with tempfile.TemporaryDirectory(prefix="mm4ke-pareto-") as tmp:
+        folder = Path(tmp)
+        cols = columns(marked)
+        (folder / "all.csv").write_text(to_csv(marked, cols))
+        (folder / "front.csv").write_text(to_csv(front, [c for c in cols if c != ON_FRONT]))
+        write_front_png(marked, folder / "front.png", title)
+        write_front_html(marked, folder / "front.html", title)
+        tracker.log_artifacts(folder, PARETO_DIR)
+    best = best_candidate(normalized)
+    tags = {"mm4ke.pareto_size": len(front), "mm4ke.candidates": len(rows)}
+    if best is not None:
+        tags.update(
+            dict(
+                zip(
+                    BEST_TAGS,
+                    (best["candidate"], best.get("run_id") or "", repr(best[COMBINED.name])),
+                    strict=True,
+                )
+            )
+        )
+    tracker.set_sweep_tags(tags)
+    tracker.log_sweep_metrics(
+        {"pareto_size": len(front), "pareto_hypervolume": hypervolume(normalized)}, step=len(rows)
+    )
+    _tag_candidates(tracker, marked)
+
+
+class ParetoPublisher:
+    """Calls `publish_pareto` every `every` updates (for `SweepCallback(on_rows=...)`); `final` always.
+
+    A failed intermediate refresh (e.g. the tracking server briefly away) warns and lets the
+    sweep go on; the final one raises.
+    """
+
+    def __init__(self, tracker, base: dict, every: int = 3):
+        if every < 1:
+            raise ValueError(f"every must be >= 1, got {every}")
+        self.tracker, self.base, self.every = tracker, base, every
+        self.calls = 0
+
+    def __call__(self, rows: list[dict]) -> None:
+        self.calls += 1
+        if self.calls % self.every:
+            return
+        try:
+            publish_pareto(self.tracker, rows, self.base)
+        except Exception as exc:  # noqa: BLE001 - a refresh must not end a long sweep
+            warnings.warn(
+                f"could not refresh the Pareto artifacts ({exc}); will retry", stacklevel=2
+            )
+
+    def final(self, rows: list[dict]) -> None:
+        publish_pareto(self.tracker, rows, self.base)

@@ -1,0 +1,256 @@
+"""Read a sweep back from MLflow alone: its parent run and every candidate's params, metrics, tags.
+
+Nothing here needs Ray, the Tune storage or the machines that ran the sweep: `mm4ke-ray pareto`
+and `mm4ke-ray export` work from the tracking server (or SQLite file) and its artifact store.
+
+Rows come back in the same normalized shape `pareto_artifacts` writes to `pareto/*.csv`: the
+identity columns (`ID_COLUMNS`), the R-SFT and merge parameters (`PARAM_COLUMNS`, numbers), and
+every metric as a float under its MLflow key ('.' where the sweep used '/').
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+
+from mm4ke_ray.errors import UserError
+
+ID_COLUMNS = ("candidate", "kind", "trial_id", "run_id")
+PARAM_COLUMNS = ("threshold", "steps", "epochs", "lr", "layer", "alpha", "sparsity", "density")
+BASE = "base"
+PURE_RSFT = "pure_rsft"
+_RUN_ID = re.compile(r"^[0-9a-f]{32}$")
+_PAGE = 1000
+
+
+def parse_param(text: str | None) -> int | float | str | None:
+    """An MLflow param string back as the number it was logged from (str(3) → 3, str(0.1) → 0.1)."""
+    if text is None:
+        return None
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    return text
+
+
+def normalize_row(row: dict) -> dict:
+    """One candidate in the shape shared by the CSV artifacts and MLflow queries.
+
+    Identity columns are strings (or None), parameters keep their numbers, every other numeric
+    value becomes a float under its MLflow key ('/' → '.'); non-numeric extras are dropped.
+    """
+    out: dict = {}
+    for key in ID_COLUMNS:
+        value = row.get(key)
+        out[key] = None if value is None else str(value)
+    for key in PARAM_COLUMNS:
+        value = row.get(key)
+        if value is not None:
+            out[key] = parse_param(value) if isinstance(value, str) else value
+    for key, value in row.items():
+        if key in ID_COLUMNS or key in PARAM_COLUMNS:
+            continue
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int | float)
+            or not math.isfinite(value)
+        ):
+            continue
+        out[key.replace("/", ".")] = float(value)
+    return out
+
+
+@dataclass
+class Sweep:
+    """A sweep as MLflow holds it. `candidates` are the runs that evaluated fine, base included."""
+
+    uri: str
+    run_id: str
+    name: str
+    experiment_id: str
+    params: dict[str, str]
+    tags: dict[str, str]
+    candidates: list[dict]
+    failed: list[dict] = field(default_factory=list)
+    run_tags: dict[str, dict[str, str]] = field(default_factory=dict)  # run id → that run's tags
+    others_with_name: int = 0  # older parent runs with the same sweep name (the newest is used)
+
+    @property
+    def base(self) -> dict | None:
+        """The base model's row (kind 'base'), if the sweep logged one."""
+        return next((r for r in self.candidates if r.get("kind") == BASE), None)
+
+    @property
+    def edited(self) -> list[dict]:
+        """Every candidate except the base model."""
+        return [r for r in self.candidates if r.get("kind") != BASE]
+
+    def find(self, pick: str) -> dict:
+        """The candidate whose run id or candidate name is `pick`; UserError listing a few otherwise."""
+        for row in self.candidates:
+            if pick in (row["run_id"], row["candidate"]):
+                return row
+        failed = next((r for r in self.failed if pick in (r["run_id"], r["candidate"])), None)
+        if failed is not None:
+            raise UserError(
+                f"candidate {pick!r} of sweep {self.name!r} has status {failed['status']!r}: it has no model to export"
+            )
+        shown = ", ".join(f"{r['candidate']} ({r['run_id']})" for r in self.edited[:5])
+        raise UserError(
+            f"sweep {self.name!r} (run {self.run_id}) has no candidate with run id or name {pick!r}; "
+            f"some of its {len(self.edited)} candidates: {shown or 'none'}. Use `mm4ke-ray pareto` to list them."
+        )
+
+
+def open_client(uri: str):
+    """An MlflowClient for `uri` (a SQLite URI's folder must already hold the database)."""
+    from mlflow import MlflowClient
+
+    if uri.startswith("sqlite:///"):
+        from pathlib import Path
+
+        db = Path(uri.removeprefix("sqlite:///")).expanduser()
+        if not db.is_file():
+            raise UserError(
+                f"--tracking-uri {uri!r}: no MLflow database at '{db}' (check the path; sweeps write runs/mlflow.db by default)"
+            )
+    return MlflowClient(tracking_uri=uri)
+
+
+def _all_runs(
+    client, experiment_ids: list[str], filter_string: str, order_by: list[str] | None = None
+) -> list:
+    runs, token = [], None
+    while True:
+        page = client.search_runs(
+            experiment_ids, filter_string, max_results=_PAGE, order_by=order_by, page_token=token
+        )
+        runs.extend(page)
+        token = page.token
+        if not token:
+            return runs
+
+
+def _experiment_ids(client, experiment: str | None) -> list[str]:
+    if experiment is not None:
+        exp = client.get_experiment_by_name(experiment)
+        if exp is None:
+            names = [e.name for e in client.search_experiments()]
+            raise UserError(
+                f"--experiment {experiment!r} does not exist in this tracking store (it has: {', '.join(names) or 'none'})"
+            )
+        return [exp.experiment_id]
+    return [e.experiment_id for e in client.search_experiments()]
+
+
+def find_sweep_run(client, sweep: str, experiment: str | None = None):
+    """The parent run of `sweep` (a run id, or a sweep name: the newest such run); and how many older ones share the name."""
+    if _RUN_ID.match(sweep):
+        from mlflow.exceptions import MlflowException
+
+        try:
+            run = client.get_run(sweep)
+        except MlflowException:
+            run = None
+        if run is not None:
+            role = run.data.tags.get("mm4ke.role")
+            if role != "sweep":
+                parent = run.data.tags.get("mlflow.parentRunId")
+                hint = f"; its sweep's run id is {parent}" if parent else ""
+                raise UserError(
+                    f"run {sweep} is not a sweep's parent run (mm4ke.role={role!r}){hint}"
+                )
+            return run, 0
+    ids = _experiment_ids(client, experiment)
+    name = sweep.replace("'", "\\'")
+    runs = _all_runs(
+        client,
+        ids,
+        f"tags.`mm4ke.role` = 'sweep' AND attributes.run_name = '{name}'",
+        ["attributes.start_time DESC"],
+    )
+    if not runs:
+        sweeps = _all_runs(
+            client, ids, "tags.`mm4ke.role` = 'sweep'", ["attributes.start_time DESC"]
+        )
+        known = sorted({r.info.run_name for r in sweeps})
+        where = f"experiment {experiment!r}" if experiment else "any experiment"
+        raise UserError(
+            f"--sweep {sweep!r}: no sweep run with that name or run id in {where} of this tracking store "
+            f"(sweeps found: {', '.join(known[:10]) or 'none'})"
+        )
+    return runs[0], len(runs) - 1
+
+
+def candidate_row(run) -> dict:
+    """One child run as a normalized row (see `normalize_row`)."""
+    tags = run.data.tags
+    row = {
+        "candidate": run.info.run_name,
+        "kind": tags.get("mm4ke.kind"),
+        "trial_id": tags.get("mm4ke.trial_id"),
+        "run_id": run.info.run_id,
+        **{k: parse_param(v) for k, v in run.data.params.items()},
+        **run.data.metrics,
+    }
+    return normalize_row(row)
+
+
+def load_sweep(uri: str, sweep: str, experiment: str | None = None) -> Sweep:
+    """Read the sweep `sweep` (name or parent run id) and all its candidate runs from MLflow."""
+    client = open_client(uri)
+    parent, others = find_sweep_run(client, sweep, experiment)
+    children = _all_runs(
+        client,
+        [parent.info.experiment_id],
+        f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'",
+        ["attributes.start_time ASC"],
+    )
+    ok, failed, run_tags = [], [], {}
+    for run in children:
+        tags = run.data.tags
+        if tags.get("mm4ke.role") != "candidate":
+            continue
+        run_tags[run.info.run_id] = dict(tags)
+        status = tags.get("mm4ke.status", "ok")
+        if status == "ok":
+            ok.append(candidate_row(run))
+        else:
+            failed.append(
+                {
+                    "candidate": run.info.run_name,
+                    "run_id": run.info.run_id,
+                    "status": status,
+                    "reason": tags.get("mm4ke.reason", ""),
+                }
+            )
+    # Base first, then in logging order: the order `publish_pareto` writes.
+    ok.sort(key=lambda r: r.get("kind") != BASE)
+    return Sweep(
+        uri=uri,
+        run_id=parent.info.run_id,
+        name=parent.info.run_name,
+        experiment_id=parent.info.experiment_id,
+        params=dict(parent.data.params),
+        tags=dict(parent.data.tags),
+        candidates=ok,
+        failed=failed,
+        run_tags=run_tags,
+        others_with_name=others,
+    )
+
+
+def download_parent_artifact(uri: str, run_id: str, path: str, dst: str) -> str:
+    """Download one artifact file or folder of a run into `dst`; UserError naming it when missing."""
+    from mlflow.exceptions import MlflowException
+
+    client = open_client(uri)
+    try:
+        return client.download_artifacts(run_id, path, dst)
+    except (MlflowException, OSError) as exc:
+        raise UserError(
+            f"artifact {path!r} of run {run_id} could not be read from {uri}: {exc}"
+        ) from exc
