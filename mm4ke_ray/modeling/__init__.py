@@ -3,9 +3,11 @@
 from mm4ke_ray.modeling.encoding import EncodedExample, encode_example, format_prompt
 from mm4ke_ray.modeling.layers import decoder_layers, mlp_parameter_names, mlp_prefix
 from mm4ke_ray.modeling.loading import load_model, load_tokenizer
+from mm4ke_ray.modeling.prefix_cache import capture_prefix, skip_prefix
 
 __all__ = [
     "EncodedExample",
+    "capture_prefix",
     "decoder_layers",
     "encode_example",
     "format_prompt",
@@ -13,4 +15,5 @@ __all__ = [
     "load_tokenizer",
     "mlp_parameter_names",
     "mlp_prefix",
+    "skip_prefix",
 ]

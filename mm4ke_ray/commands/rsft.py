@@ -1,0 +1,199 @@
+"""`mm4ke-ray rsft`: run R-SFT (Algorithm 1) on an edit set and save the delta of the trained MLP."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from contextlib import nullcontext
+from pathlib import Path
+
+from mm4ke_ray.errors import ConfigError, UserError
+
+NAME = "rsft"
+HELP = "Train one layer's MLP on an edit set with R-SFT and save the delta (θ_sft − θ_base)."
+
+
+def _layer(text: str) -> int | list[int]:
+    try:
+        values = [int(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected a block index like 5 or a list like 5,6, got {text!r}"
+        ) from None
+    return values[0] if len(values) == 1 else values
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from mm4ke_ray.rsft.config import RSFTConfig
+
+    fields = RSFTConfig.model_fields
+
+    def default(name: str) -> str:
+        return f"{fields[name].description} Default: {fields[name].default}."
+
+    parser.add_argument("--model", required=True, help="base model: local directory or hub id")
+    parser.add_argument(
+        "--data",
+        required=True,
+        metavar="FILE",
+        help="edit set (KnowEdit JSON/JSONL, zsre_mend, ...)",
+    )
+    parser.add_argument(
+        "--limit", type=int, default=None, metavar="N", help="use the first N valid records"
+    )
+    parser.add_argument(
+        "--skip-invalid", action="store_true", help="drop invalid records instead of failing"
+    )
+    parser.add_argument(
+        "--layer", type=_layer, default=fields["layer"].default, help=default("layer")
+    )
+    parser.add_argument(
+        "--epochs", type=int, default=fields["epochs"].default, help=default("epochs")
+    )
+    parser.add_argument("--steps", type=int, default=fields["steps"].default, help=default("steps"))
+    parser.add_argument("--lr", type=float, default=fields["lr"].default, help=default("lr"))
+    parser.add_argument(
+        "--threshold", type=float, default=fields["threshold"].default, help=default("threshold")
+    )
+    parser.add_argument(
+        "--optimizer", choices=["adamw", "sgd"], default="adamw", help=default("optimizer")
+    )
+    parser.add_argument(
+        "--prompt-format", choices=["plain", "chat"], default="plain", help=default("prompt_format")
+    )
+    parser.add_argument("--seed", type=int, default=0, help=default("seed"))
+    parser.add_argument(
+        "--dtype",
+        default="float32",
+        choices=["float32", "bfloat16", "float16"],
+        help="dtype to load and train in (default: float32)",
+    )
+    parser.add_argument(
+        "--device", default=None, help="cpu or cuda (default: cuda if available, else cpu)"
+    )
+    parser.add_argument(
+        "--trust-remote-code",
+        action="store_true",
+        help="allow the model's own code (only if you trust it)",
+    )
+    parser.add_argument(
+        "--out",
+        required=True,
+        metavar="DIR",
+        help="output directory (must be empty unless --force)",
+    )
+    parser.add_argument("--force", action="store_true", help="write into a non-empty --out")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _config(args: argparse.Namespace):
+    from pydantic import ValidationError
+
+    from mm4ke_ray.rsft.config import RSFTConfig
+
+    try:
+        return RSFTConfig(
+            layer=args.layer,
+            epochs=args.epochs,
+            steps=args.steps,
+            lr=args.lr,
+            threshold=args.threshold,
+            optimizer=args.optimizer,
+            prompt_format=args.prompt_format,
+            seed=args.seed,
+        )
+    except ValidationError as exc:
+        problems = [
+            f"--{'.'.join(map(str, e['loc'])).replace('_', '-')}: {e['msg'].removeprefix('Value error, ')}"
+            for e in exc.errors()
+        ]
+        raise ConfigError("rsft options", problems) from None
+
+
+def _check_out(out: Path, force: bool) -> None:
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out '{out}' is a file; give a directory")
+    if out.is_dir() and any(out.iterdir()) and not force:
+        raise UserError(
+            f"--out '{out}' is not empty; choose an empty or new directory, or pass --force to write into it"
+        )
+
+
+def _device(name: str | None) -> str:
+    import torch
+
+    if name is None:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"--device {name}: no CUDA device is available here; use --device cpu")
+    return name
+
+
+def _progress_bar(total: int, quiet: bool):
+    """A rich progress bar fed by run_rsft's per-record callback (a no-op when quiet)."""
+    if quiet:
+        return None, None
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    bar = Progress(
+        TextColumn("R-SFT"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[info]}"),
+        TimeElapsedColumn(),
+        transient=True,
+    )
+    task = bar.add_task("rsft", total=total, info="")
+
+    def update(entry: dict) -> None:
+        bar.update(
+            task,
+            completed=entry["done"],
+            info=f"epoch {entry['epoch']} loss {entry['losses'][-1]:.3f} updates {entry['updates']}",
+        )
+
+    return bar, update
+
+
+def run(args: argparse.Namespace) -> int:
+    from mm4ke_ray.data import load_edit_records
+    from mm4ke_ray.delta import save_delta
+    from mm4ke_ray.modeling import load_model, load_tokenizer
+    from mm4ke_ray.rsft import DivergedError, run_rsft
+
+    # Cheap checks first: nothing is loaded for a typo.
+    config = _config(args)
+    out = Path(args.out)
+    _check_out(out, args.force)
+    device = _device(args.device)
+    dataset = load_edit_records(args.data, limit=args.limit, skip_invalid=args.skip_invalid)
+    tokenizer = load_tokenizer(args.model, trust_remote_code=args.trust_remote_code)
+    model = load_model(
+        args.model, dtype=args.dtype, device=device, trust_remote_code=args.trust_remote_code
+    )
+
+    bar, update = _progress_bar(config.epochs * len(dataset.records), args.quiet)
+    try:
+        with bar if bar is not None else nullcontext():
+            result = run_rsft(model, tokenizer, dataset.records, config, progress=update)
+    except DivergedError as exc:
+        print(f"mm4ke-ray rsft: {exc}; nothing was written", file=sys.stderr)
+        return 1
+
+    info = {
+        "base_model": args.model,
+        "data": dataset.source,
+        "data_format": dataset.format,
+        "skipped_records": len(dataset.skipped),
+        "dtype": args.dtype,
+        "device": device,
+    }
+    save_delta(out, result.delta, {**info, "layers": result.layers, "config": config.model_dump()})
+    (out / "rsft.json").write_text(json.dumps({**info, **result.as_json()}, indent=2) + "\n")
+    print(
+        f"R-SFT on {result.num_records} record(s), layer(s) {result.layers}: {result.updates} update(s) in "
+        f"{result.seconds:.1f} s; {len(result.delta)} tensor(s) in the delta"
+    )
+    print(f"wrote {out / 'delta.safetensors'} and {out / 'rsft.json'}")
+    return 0
