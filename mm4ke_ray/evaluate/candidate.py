@@ -85,8 +85,11 @@ class CandidateEvaluator:
         general = None
         if self.general_eval:
             scores = self.general_eval.evaluate()
-            kept = retention(scores, self.reference.general)
-            general = general_score(scores, self.reference.general)
+            better = self.general_eval.higher_is_better
+            kept = retention(scores, self.reference.general, better)
+            general = general_score(scores, self.reference.general, better)
+            if general != general:  # NaN: every task's base score was 0; nothing to retain
+                general = 0.0
             out.update({f"general/{k}": v for k, v in scores.items()})
             out.update({f"retention/{k}": v for k, v in kept.items()})
         out.update(objective_values(out, general, self.settings.edit_weights, self.settings.combined_edit_weight))
@@ -98,6 +101,9 @@ class CandidateEvaluator:
         from mm4ke_ray.merge import apply_delta_, restore_
 
         start = time.perf_counter()
+        device = next(self.model.parameters()).device
+        # Sparsify on the model's device: a top-k over a 7B model's MLP takes seconds on CPU, ms on GPU.
+        delta = {k: v.to(device, non_blocking=True) for k, v in delta.items()}
         snapshot = apply_delta_(self.model, delta, alpha=alpha, sparsity=sparsity, method=self.settings.merge_method, seed=seed)
         merge_seconds = time.perf_counter() - start
         try:

@@ -45,6 +45,11 @@ class SweepCallback(Callback):
         self.started = time.time()
         self.logged: set[str] = set()
 
+    def __getstate__(self):
+        # Tune pickles its callbacks with the experiment state; the MLflow client and console are
+        # live handles and are supplied afresh when a sweep is resumed.
+        return {**self.__dict__, "tracker": None, "console": None, "on_rows": None}
+
     def _record(self, trial, result: dict) -> None:
         if trial.trial_id in self.logged or "status" not in result:
             return

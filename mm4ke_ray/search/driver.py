@@ -98,8 +98,9 @@ def run_sweep(config: SweepConfig, *, source: str = "<config>", address: str | N
     from mm4ke_ray.search.resources import plan_resources
     from mm4ke_ray.search.searcher import CandidateAwareOptunaSearch
     from mm4ke_ray.search.space import make_sampler, split_space
-    from mm4ke_ray.search.trial import TrialContext, sweep_trial
+    from mm4ke_ray.search.trial import TRIAL_CPUS, TrialContext, sweep_trial
     from mm4ke_ray.tracking.mlflow_tracker import SweepTracker
+    from mm4ke_ray.tracking.pareto_artifacts import ParetoPublisher
 
     start = time.time()
     if smoke_test:
@@ -119,7 +120,12 @@ def run_sweep(config: SweepConfig, *, source: str = "<config>", address: str | N
     plan = plan_resources(config.resources, cluster)
     device = "cuda" if config.resources.eval_gpus > 0 else "cpu"
 
-    tracker = SweepTracker(config.tracking.uri, config.tracking.experiment, config.tracking.artifact_location)
+    # A tracking server keeps artifacts where its --artifacts-destination says, unless the
+    # config names a location explicitly; a local path would land on the driver's own disk.
+    location = config.tracking.artifact_location
+    if config.tracking.uri.startswith(("http://", "https://")) and "artifact_location" not in config.tracking.model_fields_set:
+        location = None
+    tracker = SweepTracker(config.tracking.uri, config.tracking.experiment, location)
     config_yaml = yaml.safe_dump(config.model_dump(), sort_keys=False)
     parent = tracker.start_sweep(
         config.name,
@@ -145,7 +151,7 @@ def run_sweep(config: SweepConfig, *, source: str = "<config>", address: str | N
     searched, fixed = split_space(config.search)
     searcher = CandidateAwareOptunaSearch(
         space=searched, metric=[o.name for o in OBJECTIVES], mode=[o.mode for o in OBJECTIVES],
-        sampler=make_sampler(config.search), seed=config.search.seed,
+        sampler=make_sampler(config.search),
     )
     storage = _storage(config.storage_path)
     ctx = TrialContext(
@@ -153,10 +159,11 @@ def run_sweep(config: SweepConfig, *, source: str = "<config>", address: str | N
         runner=config.search.rsft.runner, rsft_cpus=config.resources.rsft_cpus, rsft_gpus=config.resources.rsft_gpus,
         storage_path=storage, actors=tuple(actors),
     )
-    callback = SweepCallback(tracker, config.search.num_trials)
+    publisher = ParetoPublisher(tracker, base, every=3)
+    callback = SweepCallback(tracker, config.search.num_trials, on_rows=publisher)
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     tuner = tune.Tuner(
-        tune.with_resources(tune.with_parameters(sweep_trial, ctx=ctx), {"CPU": 0.01}),
+        tune.with_resources(tune.with_parameters(sweep_trial, ctx=ctx), {"CPU": TRIAL_CPUS}),
         tune_config=tune.TuneConfig(search_alg=searcher, num_samples=config.search.num_trials,
                                     max_concurrent_trials=plan.max_concurrent),
         run_config=tune.RunConfig(name=config.name, storage_path=storage, callbacks=[callback], verbose=0,
@@ -165,6 +172,7 @@ def run_sweep(config: SweepConfig, *, source: str = "<config>", address: str | N
     status = "FAILED"
     try:
         grid = tuner.fit()
+        publisher.final(callback.rows)
         status = "FINISHED"
     finally:
         tracker.finish(status)

@@ -23,6 +23,13 @@ from mm4ke_ray.search.space import MERGE_PARAMS, merge_candidates
 from mm4ke_ray.evaluate.scores import OBJECTIVES
 
 RSFT_PARAMS = ("threshold", "steps", "epochs", "lr", "layer")
+# The Tune function trial itself only waits; it holds this sliver of a CPU, taken out of the
+# R-SFT worker's share so trial + worker fit exactly `resources.rsft_cpus`.
+TRIAL_CPUS = 0.01
+
+
+def worker_cpus(rsft_cpus: float) -> float:
+    return max(rsft_cpus - TRIAL_CPUS, TRIAL_CPUS)
 
 
 @dataclass(frozen=True)
@@ -90,7 +97,7 @@ def _rsft_via_train(ctx: TrialContext, params: dict, trial_id: str) -> tuple[dic
         _train_loop,
         train_loop_config={"settings": ctx.settings, "search": ctx.search, "params": params},
         scaling_config=ScalingConfig(num_workers=1, use_gpu=ctx.rsft_gpus > 0,
-                                     resources_per_worker={"CPU": ctx.rsft_cpus, "GPU": ctx.rsft_gpus}),
+                                     resources_per_worker={"CPU": worker_cpus(ctx.rsft_cpus), "GPU": ctx.rsft_gpus}),
         run_config=RunConfig(storage_path=ctx.storage_path, name=f"rsft-{trial_id}"),
     )
     result = trainer.fit()
@@ -113,7 +120,7 @@ def _rsft_task(settings, search, params) -> tuple[dict, dict]:
 
 
 def _rsft_via_task(ctx: TrialContext, params: dict) -> tuple[dict, str | None]:
-    task = _rsft_task.options(num_cpus=ctx.rsft_cpus, num_gpus=ctx.rsft_gpus)
+    task = _rsft_task.options(num_cpus=worker_cpus(ctx.rsft_cpus), num_gpus=ctx.rsft_gpus)
     summary, files = ray.get(task.remote(ctx.settings, ctx.search, params))
     if not files:
         return summary, None

@@ -1,0 +1,124 @@
+"""The sweep end to end on a real local Ray (2 CPUs), real Optuna, real MLflow (SQLite)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from conftest import ZSRE
+
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
+
+
+@pytest.fixture(scope="module")
+def ray_2_cpus():
+    import tempfile
+
+    import ray
+
+    temp = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # short: Ray's socket paths are length-limited
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, _temp_dir=temp)
+    yield
+    ray.shutdown()
+
+
+def _general_task(tmp: Path) -> str:
+    from mm4ke_ray.evaluate.local_tasks import write_multiple_choice_task
+
+    records = json.loads(ZSRE.read_text())[20:44]
+    answers = [r["locality"]["Relation_Specificity"][0]["ground_truth"][0] for r in records]
+    docs = []
+    for i, r in enumerate(records):
+        others = [a for a in answers if a != answers[i]][i % 5 : i % 5 + 3]
+        docs.append({"question": r["locality"]["Relation_Specificity"][0]["prompt"],
+                     "choices": [answers[i], *others], "answer_index": 0})
+    return write_multiple_choice_task("sweeptest_mc", docs, tmp)
+
+
+@pytest.fixture(scope="module")
+def sweep_config(tmp_path_factory, tiny_model_dir):
+    from mm4ke_ray.config import validate_config
+
+    tmp = tmp_path_factory.mktemp("sweep")
+    task = _general_task(tmp / "tasks")
+    return validate_config({
+        "name": "sweeptest",
+        "model": {"name": str(tiny_model_dir)},
+        "data": {"edits": str(ZSRE), "limit": 4},
+        "evaluation": {"general_tasks": [task], "task_include_path": str(tmp / "tasks"), "batch_size": 8},
+        "search": {"num_trials": 4, "sampler": "tpe", "seed": 3, "space": {
+            "threshold": {"low": 0.01, "high": 0.2, "log": True}, "steps": {"low": 1, "high": 3},
+            "epochs": {"low": 1, "high": 2}, "lr": {"low": 1e-4, "high": 1e-3, "log": True},
+            "layer": {"choices": [0, 1, 2, 3]}, "alpha": {"low": 0.0, "high": 0.8},
+            "sparsity": {"low": 0.0, "high": 0.8}}},
+        "merge": {"extra_candidates": 2},
+        "tracking": {"uri": f"sqlite:///{tmp}/mlflow.db", "experiment": "sweeptest",
+                     "artifact_location": str(tmp / "artifacts")},
+        "storage_path": str(tmp / "ray"),
+    }, "test")
+
+
+@pytest.fixture(scope="module")
+def outcome(ray_2_cpus, sweep_config):
+    from mm4ke_ray.search.driver import run_sweep
+
+    return run_sweep(sweep_config)
+
+
+def test_every_trial_evaluates_all_its_candidates(outcome):
+    trials = {r["trial_id"] for r in outcome.rows}
+    assert len(trials) == 4
+    assert len(outcome.rows) == 4 * 3
+    kinds = [r["kind"] for r in outcome.rows]
+    assert kinds.count("sampled") == 4 and kinds.count("pure_rsft") + kinds.count("sampled") >= 4
+
+
+def test_every_hyperparameter_takes_more_than_one_value(outcome):
+    for name in ("threshold", "steps", "epochs", "lr", "layer", "alpha", "sparsity"):
+        assert len({r[name] for r in outcome.rows}) > 1, name
+
+
+def test_rsft_ran_once_per_trial(outcome, sweep_config):
+    # Each R-SFT run is one Ray Train run with its own folder in the sweep's storage.
+    train_runs = [p for p in Path(sweep_config.storage_path).iterdir() if p.name.startswith("rsft-")]
+    assert len(train_runs) == outcome.rsft_runs == 4
+
+
+def test_optuna_was_told_the_extra_points(outcome):
+    in_space = [r for r in outcome.rows if r["kind"] != "sampled"]
+    assert outcome.extra_points_told == len(in_space) == 8
+    assert outcome.optuna_trials == 4 + 8
+
+
+def test_all_candidates_are_child_runs_of_one_parent(outcome, sweep_config):
+    from mlflow import MlflowClient
+
+    client = MlflowClient(sweep_config.tracking.uri)
+    exp = client.get_experiment_by_name("sweeptest")
+    runs = client.search_runs([exp.experiment_id], max_results=1000)
+    parents = [r for r in runs if r.data.tags.get("mm4ke.role") == "sweep"]
+    assert len(parents) == 1 and parents[0].info.run_id == outcome.parent_run_id
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == outcome.parent_run_id]
+    candidates = [r for r in children if r.data.tags.get("mm4ke.kind") != "base"]
+    assert len(candidates) == len(outcome.rows) == 12
+    for run in candidates:
+        for key in ("threshold", "steps", "epochs", "lr", "layer", "alpha", "sparsity", "density"):
+            assert key in run.data.params, key
+        for key in ("edit_succ", "generalization", "locality", "edit_score", "general_score", "combined_score"):
+            assert key in run.data.metrics, key
+    # The delta of each trial is stored once, on the parent run.
+    deltas = client.list_artifacts(outcome.parent_run_id, "deltas")
+    assert len(deltas) == 4
+
+
+def test_front_is_non_dominated(outcome):
+    rows = [outcome.base, *outcome.rows]
+
+    def dominated(a):
+        return any(b["edit_score"] >= a["edit_score"] and b["general_score"] >= a["general_score"]
+                   and (b["edit_score"] > a["edit_score"] or b["general_score"] > a["general_score"]) for b in rows)
+
+    assert outcome.front and all(not dominated(r) for r in outcome.front)
+    assert all(dominated(r) for r in rows if r not in outcome.front)
