@@ -162,6 +162,8 @@ def run_sweep(config: SweepConfig, *, source: str = "<config>", address: str | N
     publisher = ParetoPublisher(tracker, base, every=3)
     callback = SweepCallback(tracker, config.search.num_trials, on_rows=publisher)
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    # Tune's CSV/TensorBoard loggers cannot hold the per-candidate list; MLflow is the record.
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     tuner = tune.Tuner(
         tune.with_resources(tune.with_parameters(sweep_trial, ctx=ctx), {"CPU": TRIAL_CPUS}),
         tune_config=tune.TuneConfig(search_alg=searcher, num_samples=config.search.num_trials,
