@@ -202,7 +202,8 @@ def _print_summary(out: SweepOutcome, config: SweepConfig) -> None:
              *sorted([r for r in out.front if r is not out.base], key=lambda r: -r.get(COMBINED.name, 0))]
     for r in shown:
         table.add_row(*[_fmt(r.get(c)) for c in cols])
-    Console().print(table)
+    out = Console()
+    (out if out.is_terminal else Console(width=200)).print(table)
     uri = config.tracking.uri
     console.print(f"[bold]Open MLflow:[/] mlflow ui --backend-store-uri {uri} --host 127.0.0.1 --port 5000"
                   if uri.startswith("sqlite") else f"[bold]MLflow:[/] {uri}")
