@@ -15,11 +15,8 @@ def add_arguments(p) -> None:
 
 
 def demo_config_path() -> Path:
-    """search_spaces/demo.yaml from the checkout, or the copy shipped inside the package."""
-    checkout = Path(__file__).resolve().parents[2] / "search_spaces" / "demo.yaml"
-    if checkout.is_file():
-        return checkout
-    return Path(str(resources.files("mm4ke_ray") / "search_spaces" / "demo.yaml"))
+    """The demo sweep config shipped in the package (search_spaces/demo.yaml links to it)."""
+    return Path(str(resources.files("mm4ke_ray.demo") / "sweep.yaml"))
 
 
 def run(args) -> int:
