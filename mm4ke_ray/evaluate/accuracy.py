@@ -7,16 +7,22 @@ logits with the answer token; the score is the mean over the answer tokens.
 The batched path right-pads a batch and passes the attention mask. With causal attention and
 right padding, each real position sees exactly the tokens it would see unpadded and keeps its
 position id, so its logits equal the unpadded ones (a test checks this).
+
+`PrefixCache` keeps, per evaluation batch, the hidden state entering block L, so that merge
+candidates which only change blocks >= L run only those blocks (`predict_answer_tokens(...,
+prefix=...)`); the predictions equal the full forward's (a test checks this).
 """
 
 from __future__ import annotations
 
+import weakref
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 
-from mm4ke_ray.modeling import EncodedExample, encode_example
+from mm4ke_ray.modeling import EncodedExample, capture_prefix, encode_example, skip_prefix
 from mm4ke_ray.modeling.encoding import PromptFormat
 
 
@@ -117,13 +123,19 @@ def build_batches(
 
 
 @torch.no_grad()
-def predict_answer_tokens(model, batch: PaddedBatch) -> torch.Tensor:
+def predict_answer_tokens(
+    model, batch: PaddedBatch, prefix: tuple[int, torch.Tensor] | None = None
+) -> torch.Tensor:
     """Argmax token ids at the batch's answer positions, shape (N,), in the order of `batch.labels`.
 
     Only the needed positions go through the LM head (transformers 5's 2-D boolean
     `logits_to_keep`), which matters with 150k-token vocabularies; models without it fall back
-    to full logits.
+    to full logits. `prefix = (layer, hidden)` runs only blocks >= layer, starting from `hidden`
+    (the state entering that block for this very batch, see `PrefixCache`).
     """
+    if prefix is not None and prefix[0] > 0:
+        with skip_prefix(model, prefix[0], prefix[1]):
+            return predict_answer_tokens(model, batch)
     try:
         logits = model(
             input_ids=batch.input_ids,
@@ -137,3 +149,56 @@ def predict_answer_tokens(model, batch: PaddedBatch) -> torch.Tensor:
         pass  # an older transformers or a custom model: compute every position's logits
     logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
     return logits[batch.predict_mask].argmax(-1)
+
+
+class PrefixCache:
+    """Hidden states entering block L for fixed evaluation batches, shared by merge candidates.
+
+    Every candidate whose delta only touches blocks >= L sees, at the input of block L, exactly
+    the base model's hidden state for a given batch; compute it once per (L, batch) and run only
+    blocks >= L afterwards (ideal speedup N / (N - L) for an N-block model). Entries are keyed by
+    (layer, batch.key, device) and belong to one model: asked with another model object, the cache
+    empties itself. Least recently used entries are dropped beyond `max_bytes`.
+
+    The caller vouches that the model's blocks below L are unchanged since the entries were
+    captured (true for in-place merge candidates of deltas on blocks >= L, restored after each).
+    """
+
+    def __init__(self, max_bytes: int = 2 << 30):
+        if max_bytes < 0:
+            raise ValueError(f"max_bytes must be >= 0, got {max_bytes}")
+        self.max_bytes = max_bytes
+        self.nbytes = 0
+        self.hits = 0
+        self.misses = 0
+        self._entries: OrderedDict[tuple, torch.Tensor] = OrderedDict()
+        self._model: weakref.ref | None = None
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def clear(self) -> None:
+        """Drop every entry (e.g. after the base model's low blocks changed for good)."""
+        self._entries.clear()
+        self.nbytes = 0
+
+    def hidden(self, model, layer: int, batch: PaddedBatch) -> torch.Tensor:
+        """The state entering block `layer` for `batch`: cached, or captured now and kept."""
+        if self._model is None or self._model() is not model:
+            self.clear()
+            self._model = weakref.ref(model)
+        key = (layer, batch.key, str(batch.input_ids.device))
+        if key in self._entries:
+            self.hits += 1
+            self._entries.move_to_end(key)
+            return self._entries[key]
+        self.misses += 1
+        hidden = capture_prefix(model, layer, batch.input_ids, batch.attention_mask)
+        size = hidden.numel() * hidden.element_size()
+        if size <= self.max_bytes:
+            while self._entries and self.nbytes + size > self.max_bytes:
+                _, old = self._entries.popitem(last=False)
+                self.nbytes -= old.numel() * old.element_size()
+            self._entries[key] = hidden
+            self.nbytes += size
+        return hidden

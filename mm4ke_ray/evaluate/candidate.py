@@ -4,6 +4,9 @@ A `CandidateEvaluator` loads the base model once, tokenizes the edit set once, c
 model's locality predictions and general scores once, and then for each candidate
 (delta, α, sparsity) applies the merge in place, evaluates, and restores the base bit for bit.
 It knows nothing of Ray: the sweep wraps it in an actor.
+
+A delta on block L's MLP leaves blocks below L as they are, so the edit metrics reuse the hidden
+states entering block L across candidates (`EditEvaluator(prefix_cache=True)`, `first_layer`).
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ class EvalSettings:
     edit_weights: dict = field(default_factory=dict)
     combined_edit_weight: float = 0.5
     device: str = "cpu"
+    prefix_cache: bool = True  # reuse hidden states below the delta's layer (identical metrics)
 
 
 @dataclass
@@ -58,7 +62,8 @@ class CandidateEvaluator:
         self.tokenizer = load_tokenizer(s.model, trust_remote_code=s.trust_remote_code)
         self.model = load_model(s.model, dtype=s.dtype, device=s.device, trust_remote_code=s.trust_remote_code)
         records = load_edit_records(s.edits, limit=s.limit, skip_invalid=s.skip_invalid, fmt=s.data_format).records
-        self.edit_eval = EditEvaluator(self.tokenizer, records, prompt_format=s.prompt_format, batch_size=s.batch_size)
+        self.edit_eval = EditEvaluator(self.tokenizer, records, prompt_format=s.prompt_format, batch_size=s.batch_size,
+                                       prefix_cache=s.prefix_cache)
         self.general_eval = None
         if s.general_tasks:
             from mm4ke_ray.evaluate.general import GeneralEvaluator
@@ -76,11 +81,12 @@ class CandidateEvaluator:
         ref.metrics = self._score(alpha=None, sparsity=None, seconds=0.0)
         return ref
 
-    def _score(self, alpha, sparsity, seconds: float) -> dict:
+    def _score(self, alpha, sparsity, seconds: float, first_layer: int | None = None) -> dict:
         from mm4ke_ray.evaluate.general import general_score, retention
 
         start = time.perf_counter()
-        metrics = self.edit_eval.evaluate(self.model, self.reference.locality, fluency=self.settings.fluency).as_dict()
+        metrics = self.edit_eval.evaluate(self.model, self.reference.locality, fluency=self.settings.fluency,
+                                          first_layer=first_layer).as_dict()
         out = {k: v for k, v in metrics.items() if v is not None}
         general = None
         if self.general_eval:
@@ -107,8 +113,26 @@ class CandidateEvaluator:
         snapshot = apply_delta_(self.model, delta, alpha=alpha, sparsity=sparsity, method=self.settings.merge_method, seed=seed)
         merge_seconds = time.perf_counter() - start
         try:
-            out = self._score(alpha, sparsity, seconds=merge_seconds)
+            out = self._score(alpha, sparsity, seconds=merge_seconds, first_layer=delta_first_layer(self.model, delta))
         finally:
             restore_(self.model, snapshot)
         out["merge_seconds"] = merge_seconds
         return out
+
+
+def delta_first_layer(model, names) -> int | None:
+    """The lowest block whose MLP the delta's tensors (`names`) belong to; None if any tensor is
+    outside every block's MLP (an embedding, attention, ...), when no block's input is unchanged."""
+    from mm4ke_ray.modeling import decoder_layers, mlp_prefix
+
+    try:
+        prefixes = [mlp_prefix(model, i) + "." for i in range(len(decoder_layers(model)))]
+    except ValueError:  # a block without a recognisable MLP: do not guess
+        return None
+    layers = []
+    for name in names:
+        owner = next((i for i, p in enumerate(prefixes) if name.startswith(p)), None)
+        if owner is None:
+            return None
+        layers.append(owner)
+    return min(layers) if layers else None

@@ -12,8 +12,13 @@ Each metric is the mean over the records that have it (records without rephrases
 or locality items are left out of that metric), in percent (fluency x 100).
 
 All prompts are encoded and padded once, in `__init__`; `evaluate` only runs forward passes.
-Every forward pass goes through `EditEvaluator._predict(model, batch)`, so a faster path (e.g.
-running only layers >= L on cached hidden states) can replace it in a subclass.
+Every forward pass goes through `EditEvaluator._predict(model, batch)`.
+
+Opt-in prefix cache (`prefix_cache=True`): `evaluate(model, ..., first_layer=L)` declares that
+`model` differs from the model seen before only in blocks >= L (a merge candidate of a delta on
+block L, applied in place). The hidden states entering block L are then the same for every such
+candidate; they are captured once per (L, batch) and only blocks >= L run. Metrics are identical
+to the uncached path's (a test checks this); the locality reference is always computed in full.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from mm4ke_ray.data.records import EditRecord
 from mm4ke_ray.errors import UserError
 from mm4ke_ray.evaluate.accuracy import (
     PaddedBatch,
+    PrefixCache,
     build_batches,
     model_device,
     predict_answer_tokens,
@@ -99,7 +105,10 @@ class EditEvaluator:
         records: list[EditRecord],
         prompt_format: PromptFormat = "plain",
         batch_size: int = 32,
+        prefix_cache: bool = False,
+        prefix_cache_bytes: int = 2 << 30,
     ):
+        """`prefix_cache` keeps up to `prefix_cache_bytes` of hidden states (see the module doc)."""
         if not records:
             raise UserError(
                 "no edit records to evaluate: the data set is empty (check the file and --limit)"
@@ -126,6 +135,8 @@ class EditEvaluator:
             digest.update(repr((ex.input_ids, ex.answer_start)).encode())
         self.locality_signature = digest.hexdigest()
         self._on_device: dict[tuple[str, str], list[PaddedBatch]] = {}
+        self.prefix_cache = PrefixCache(prefix_cache_bytes) if prefix_cache else None
+        self._first_layer: int | None = None  # set for the duration of one evaluate() call
 
     # -- construction -------------------------------------------------------------------------
 
@@ -160,8 +171,12 @@ class EditEvaluator:
     # -- forward passes -----------------------------------------------------------------------
 
     def _predict(self, model, batch: PaddedBatch) -> torch.Tensor:
-        """Argmax ids at `batch`'s answer positions, in `batch.labels` order. Override to speed up."""
-        return predict_answer_tokens(model, batch)
+        """Argmax ids at `batch`'s answer positions, in `batch.labels` order: the one forward point."""
+        layer = self._first_layer
+        if self.prefix_cache is None or not layer:  # None or 0: nothing below to skip
+            return predict_answer_tokens(model, batch)
+        hidden = self.prefix_cache.hidden(model, layer, batch)
+        return predict_answer_tokens(model, batch, prefix=(layer, hidden))
 
     def _batches(self, name: str, device: torch.device) -> list[PaddedBatch]:
         key = (name, str(device))
@@ -206,14 +221,23 @@ class EditEvaluator:
         reference: LocalityReference | None,
         fluency: bool = False,
         fluency_seed: int = 0,
+        first_layer: int | None = None,
     ) -> EditMetrics:
         """Score `model` on every record; locality needs the base model's `reference`.
 
         Fluency (optional, slow: 100-token sampled generations) samples record i's generation
         with seed `fluency_seed + i`, so a repeated call gives the same texts.
+        `first_layer=L` (with `prefix_cache=True`): the caller vouches that blocks below L are
+        the same as in every earlier call with this model, so their outputs are reused.
         """
-        with _eval_mode(model):
-            return self._evaluate(model, reference, fluency, fluency_seed)
+        if first_layer is not None and first_layer < 0:
+            raise ValueError(f"first_layer must be >= 0 (a block index), got {first_layer}")
+        self._first_layer = first_layer
+        try:
+            with _eval_mode(model):
+                return self._evaluate(model, reference, fluency, fluency_seed)
+        finally:
+            self._first_layer = None
 
     def _evaluate(self, model, reference, fluency: bool, fluency_seed: int) -> EditMetrics:
         acc_hits = self._predictions(model, "accuracy", len(self._acc_labels)) == self._acc_labels
