@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from mm4ke_ray.commands._common import add_sweep_source_arguments
+
 NAME = "export"
 HELP = (
     "Rebuild a sweep's candidate (best by combined score, or a run id) from MLflow alone and write it as a "
@@ -15,21 +17,7 @@ HELP = (
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from mm4ke_ray.export.verify import DEFAULT_TOLERANCE
 
-    parser.add_argument(
-        "--tracking-uri",
-        required=True,
-        metavar="URI",
-        help="MLflow tracking URI the sweep logged to: sqlite:///runs/mlflow.db or http://127.0.0.1:5000",
-    )
-    parser.add_argument(
-        "--sweep",
-        required=True,
-        metavar="NAME|RUN_ID",
-        help="sweep name (its newest parent run) or parent run id",
-    )
-    parser.add_argument(
-        "--experiment", metavar="NAME", help="MLflow experiment to look in (default: all)"
-    )
+    add_sweep_source_arguments(parser)
     parser.add_argument(
         "--pick",
         default="best",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from mm4ke_ray.errors import UserError
+from mm4ke_ray.commands._common import check_out_dir
 
 NAME = "merge"
 HELP = (
@@ -66,15 +66,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--force", action="store_true", help="write into a non-empty --out")
 
 
-def _check_out(out: Path, force: bool) -> None:
-    if out.exists() and not out.is_dir():
-        raise UserError(f"--out '{out}' is a file; give a directory")
-    if out.is_dir() and any(out.iterdir()) and not force:
-        raise UserError(
-            f"--out '{out}' is not empty; choose an empty or new directory, or pass --force to write into it"
-        )
-
-
 def run(args: argparse.Namespace) -> int:
     from mm4ke_ray.merge.apply import validate_merge_params
     from mm4ke_ray.merge.build import build_merged, save_merged
@@ -84,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
     validate_merge_params(args.alpha, args.sparsity)
     get_sparsifier(args.method)
     out = Path(args.out)
-    _check_out(out, args.force)
+    check_out_dir(out, args.force)
     result = build_merged(
         args.base,
         delta_dir=args.delta,

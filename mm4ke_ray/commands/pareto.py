@@ -6,6 +6,8 @@ import argparse
 import json
 import sys
 
+from mm4ke_ray.commands._common import add_sweep_source_arguments
+
 NAME = "pareto"
 HELP = "Print a sweep's Pareto front (edit score vs. general ability kept) from MLflow, best combined score first."
 
@@ -31,21 +33,7 @@ _TABLE_COLUMNS = (
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--tracking-uri",
-        required=True,
-        metavar="URI",
-        help="MLflow tracking URI the sweep logged to: sqlite:///runs/mlflow.db or http://127.0.0.1:5000",
-    )
-    parser.add_argument(
-        "--sweep",
-        required=True,
-        metavar="NAME|RUN_ID",
-        help="sweep name (its newest parent run) or the parent run's id",
-    )
-    parser.add_argument(
-        "--experiment", metavar="NAME", help="MLflow experiment to look in (default: all)"
-    )
+    add_sweep_source_arguments(parser)
     parser.add_argument(
         "--format",
         choices=("table", "csv", "json"),

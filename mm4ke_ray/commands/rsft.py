@@ -8,6 +8,7 @@ import sys
 from contextlib import nullcontext
 from pathlib import Path
 
+from mm4ke_ray.commands._common import check_out_dir
 from mm4ke_ray.errors import ConfigError, UserError
 
 NAME = "rsft"
@@ -111,15 +112,6 @@ def _config(args: argparse.Namespace):
         raise ConfigError("rsft options", problems) from None
 
 
-def _check_out(out: Path, force: bool) -> None:
-    if out.exists() and not out.is_dir():
-        raise UserError(f"--out '{out}' is a file; give a directory")
-    if out.is_dir() and any(out.iterdir()) and not force:
-        raise UserError(
-            f"--out '{out}' is not empty; choose an empty or new directory, or pass --force to write into it"
-        )
-
-
 def _device(name: str | None) -> str:
     import torch
 
@@ -165,7 +157,7 @@ def run(args: argparse.Namespace) -> int:
     # Cheap checks first: nothing is loaded for a typo.
     config = _config(args)
     out = Path(args.out)
-    _check_out(out, args.force)
+    check_out_dir(out, args.force)
     device = _device(args.device)
     dataset = load_edit_records(args.data, limit=args.limit, skip_invalid=args.skip_invalid)
     tokenizer = load_tokenizer(args.model, trust_remote_code=args.trust_remote_code)
