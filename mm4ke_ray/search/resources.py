@@ -5,9 +5,12 @@ waits on actors, so an actor that can never start would hang the sweep. The plan
 resource the two kinds of worker ask for (CPU, GPU and the custom `eval_resource`) against the
 cluster's totals from `ray.cluster_resources()`.
 
-A trial itself is only a coordinator (it starts R-SFT, then waits on actors): it reserves
-TRIAL_RESOURCES, which hold no CPU, so it never takes the CPU an R-SFT worker or an actor needs
-(on 2 CPUs a `{"CPU": 0.01}` trial + a 1-CPU worker + a 1-CPU actor would not fit).
+A trial itself is only a coordinator (it starts R-SFT, then waits on actors), so its own
+reservation must not take a CPU that a worker or an actor needs: on 2 CPUs a `{"CPU": 0.01}`
+trial + a 1-CPU worker + a 1-CPU actor (2.01) leave the worker pending forever. Either the
+worker asks for `rsft_cpus - 0.01` (search/trial.py does; Ray then gives it
+floor(rsft_cpus - 0.01) OpenMP threads, one fewer than rsft_cpus when that is a whole number
+above 1), or the trial reserves TRIAL_RESOURCES, which hold no CPU at all.
 """
 
 from __future__ import annotations
@@ -18,7 +21,8 @@ from dataclasses import dataclass
 from mm4ke_ray.config import ResourcesConfig
 from mm4ke_ray.errors import UserError
 
-# Tune refuses an all-zero request; 1 MiB of Ray's logical "memory" is a non-empty, CPU-free one.
+# A CPU-free trial reservation: Tune refuses an all-zero request, 1 MiB of Ray's logical
+# "memory" is a non-empty one. (Checked: such a trial can wait on a task that needs every CPU.)
 TRIAL_RESOURCES: dict[str, float] = {"CPU": 0, "memory": 1 << 20}
 _EPS = 1e-9
 
@@ -59,7 +63,9 @@ def _auto_actors(cfg: ResourcesConfig, cluster: dict[str, float]) -> int:
     return max(1, _fits(cluster, pair))
 
 
-def plan_resources(cfg: ResourcesConfig, cluster: dict[str, float], candidates_per_trial: int = 1) -> Plan:
+def plan_resources(
+    cfg: ResourcesConfig, cluster: dict[str, float], candidates_per_trial: int = 1
+) -> Plan:
     """Derive pool size and trial concurrency from `ray.cluster_resources()`.
 
     `candidates_per_trial` (merge candidates evaluated per R-SFT delta) sizes
@@ -87,7 +93,9 @@ def plan_resources(cfg: ResourcesConfig, cluster: dict[str, float], candidates_p
     pipelined = slots + math.ceil(actors / max(1, candidates_per_trial))
     # Beyond R-SFT slots + actors, extra trials could only wait: cap an explicit value there.
     concurrent = slots if cfg.max_concurrent == "auto" else min(cfg.max_concurrent, slots + actors)
-    return Plan(actors=actors, max_concurrent=concurrent, rsft_slots=slots, pipelined_concurrency=pipelined)
+    return Plan(
+        actors=actors, max_concurrent=concurrent, rsft_slots=slots, pipelined_concurrency=pipelined
+    )
 
 
 def _show(demand: dict[str, float]) -> str:

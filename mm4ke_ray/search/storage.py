@@ -39,8 +39,10 @@ def storage_problem(value: str) -> str | None:
         return f"{FIELD}: unsupported scheme '{scheme}://' in {value!r}; use a folder or one of {known}{hint}"
     if scheme == "file":
         if parts.netloc not in ("", "localhost") or not parts.path.startswith("/"):
-            return (f"{FIELD}: {value!r} is not an absolute file URI; write file:///absolute/path "
-                    "(three slashes) or just the folder path")
+            return (
+                f"{FIELD}: {value!r} is not an absolute file URI; write file:///absolute/path "
+                "(three slashes) or just the folder path"
+            )
         return None
     if not parts.netloc:
         return f"{FIELD}: {value!r} names no bucket; write {scheme}://BUCKET/prefix"
@@ -49,8 +51,10 @@ def storage_problem(value: str) -> str | None:
 
         getattr(pyarrow.fs, SCHEMES[scheme])
     except (ImportError, AttributeError):
-        return (f"{FIELD}: {value!r} needs pyarrow's {SCHEMES[scheme]}, which this pyarrow build lacks; "
-                "install a pyarrow wheel from PyPI (it includes S3 and GCS)")
+        return (
+            f"{FIELD}: {value!r} needs pyarrow's {SCHEMES[scheme]}, which this pyarrow build lacks; "
+            "install a pyarrow wheel from PyPI (it includes S3 and GCS)"
+        )
     return None
 
 
@@ -71,7 +75,8 @@ def normalize_storage_path(value: str) -> str:
     if scheme == "file":
         return str(Path(unquote(parts.path)).resolve())
     path = parts.path.rstrip("/")
-    query = f"?{parts.query}" if parts.query else ""  # e.g. endpoint_override for S3-compatible stores
+    # Keep the query: e.g. endpoint_override for S3-compatible stores.
+    query = f"?{parts.query}" if parts.query else ""
     return f"{scheme}://{parts.netloc}{path}{query}"
 
 
@@ -83,8 +88,10 @@ def local_storage_warning(storage: str, num_nodes: int) -> str | None:
     """
     if num_nodes <= 1 or is_uri(storage):
         return None
-    return (f"{FIELD}: {storage} is a local folder on a {num_nodes}-node cluster; it must be the same "
-            "shared mount (NFS) on every node, otherwise set storage_path to s3://... or gs://...")
+    return (
+        f"{FIELD}: {storage} is a local folder on a {num_nodes}-node cluster; it must be the same "
+        "shared mount (NFS) on every node, otherwise set storage_path to s3://... or gs://..."
+    )
 
 
 def probe_storage(storage: str) -> None:
@@ -106,5 +113,7 @@ def probe_storage(storage: str) -> None:
             out.write(b"ok")
         fs.delete_file(probe)
     except Exception as exc:  # noqa: BLE001 - any failure means "cannot write there"
-        raise UserError(f"{FIELD}: cannot write to {storage} ({type(exc).__name__}: {exc}); "
-                        "check the path, its permissions or your cloud credentials") from None
+        raise UserError(
+            f"{FIELD}: cannot write to {storage} ({type(exc).__name__}: {exc}); "
+            "check the path, its permissions or your cloud credentials"
+        ) from None
