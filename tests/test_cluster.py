@@ -299,7 +299,7 @@ def test_plan_refuses_what_cannot_run():
 
 
 _TRIAL_WAITS_ON_ALL_CPUS = """
-import sys, tempfile
+import shutil, sys, tempfile
 import ray
 from ray import tune
 from mm4ke_ray.search.resources import TRIAL_RESOURCES
@@ -319,6 +319,7 @@ grid = tune.Tuner(tune.with_resources(trial, resources),
                   run_config=tune.RunConfig(storage_path=temp + "/tune", verbose=0)).fit()
 print("RESULT", grid[0].metrics.get("v") if not grid[0].error else "error")
 ray.shutdown()
+shutil.rmtree(temp, ignore_errors=True)
 """
 
 
@@ -444,6 +445,7 @@ class RayNode:
         self.proc.wait(timeout=15)
         survivors = [p for p in alive if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
         assert not survivors, f"orphaned Ray processes: {survivors}"
+        shutil.rmtree(self.temp_dir, ignore_errors=True)  # session logs; failures quote the job log
 
     def wait_started(self, timeout: float = 120) -> None:
         deadline = time.time() + timeout
