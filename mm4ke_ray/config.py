@@ -26,6 +26,9 @@ class ModelConfig(_Section):
     name: str = Field(DEMO, description="Local directory, Hugging Face hub id, or 'demo'.")
     dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="Weights dtype.")
     trust_remote_code: bool = Field(False, description="Run the model repo's own code. Off unless you trust it.")
+    allow_pickle: bool = Field(
+        False, description="Also load pickle checkpoints (*.bin/*.pt), which can run code. Off: safetensors only."
+    )
 
 
 class DataConfig(_Section):

@@ -1,27 +1,107 @@
-"""Checks a sweep config against the world before any Ray work: paths, layers, tasks, methods.
+"""Checks a sweep config against the world before any Ray work: paths, weights, data, tasks, methods.
 
-Every problem is collected and reported at once, each naming the config field.
+Every problem is collected and reported at once, each naming the config field (and the file or
+record) and saying how to fix it. Nothing here starts Ray, loads weights or writes to MLflow:
+a sweep that fails here leaves no trace.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import re
 from pathlib import Path
 
-from mm4ke_ray.config import DEMO, SweepConfig
+from mm4ke_ray.config import DEMO, ModelConfig, SweepConfig
 from mm4ke_ray.errors import ConfigError, UserError
 
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+_HUB_DATASET = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+(/[^:]+)?(:[^:/]+)?$")
+_DATA_SUFFIXES = (".json", ".jsonl", ".parquet", ".csv", ".arrow")
 
-def _num_layers(model: str) -> int | None:
-    """Layer count from a local model's config.json; None for hub ids (not checked offline)."""
-    cfg = Path(model).expanduser() / "config.json"
+
+def _read_model_config(folder: Path) -> tuple[dict | None, str | None]:
+    """(config.json as a dict, problem) for a local model folder."""
+    cfg = folder / "config.json"
     if not cfg.is_file():
-        return None
-    data = json.loads(cfg.read_text())
+        return None, (f"model.name: '{folder}' has no config.json, so it is not a Hugging Face model folder; "
+                      "give the folder that holds config.json and the *.safetensors weights")
+    try:
+        data = json.loads(cfg.read_text())
+    except (OSError, ValueError) as exc:
+        return None, f"model.name: {cfg} is not valid JSON ({exc}); re-save the model with save_pretrained"
+    if not isinstance(data, dict):
+        return None, f"model.name: {cfg} must hold a JSON object; re-save the model with save_pretrained"
+    return data, None
+
+
+def _num_layers(data: dict | None) -> int | None:
     for key in ("num_hidden_layers", "n_layer", "num_layers"):
-        if key in data:
+        if data and isinstance(data.get(key), int):
             return int(data[key])
     return None
+
+
+def model_problems(model: ModelConfig) -> tuple[list[str], int | None]:
+    """(problems, number of layers) for `model.name` when it is a local folder; hub ids pass."""
+    from mm4ke_ray.modeling.loading import check_model_source
+
+    if model.name == DEMO:
+        return [], None
+    try:
+        check_model_source(model.name)
+    except UserError as exc:
+        return [f"model.name: {exc}"], None
+    folder = Path(model.name).expanduser()
+    if not folder.is_dir():
+        return [], None  # a hub id: checked when it is downloaded
+    data, problem = _read_model_config(folder)
+    if problem:
+        return [problem], None
+    problems = []
+    auto_map = data.get("auto_map")
+    if auto_map and not model.trust_remote_code:
+        classes = ", ".join(sorted(auto_map)) if isinstance(auto_map, dict) else str(auto_map)
+        problems.append(
+            f"model.name: '{model.name}' needs its own Python code (config.json auto_map: {classes}) and "
+            "model.trust_remote_code is off; set model.trust_remote_code: true only if you have read and "
+            "trust that code, or use a model transformers supports natively"
+        )
+    if not any(folder.glob("*.safetensors")):
+        pickles = sorted(p.name for p in folder.iterdir() if p.suffix in PICKLE_SUFFIXES)
+        if not pickles:
+            problems.append(f"model.name: '{model.name}' holds no weights (*.safetensors); "
+                            "save the model there with save_pretrained(safe_serialization=True)")
+        elif not model.allow_pickle:
+            problems.append(
+                f"model.name: '{model.name}' has only pickle weights ({', '.join(pickles[:3])}), which can run "
+                "arbitrary code when loaded; convert them to safetensors, or set model.allow_pickle: true "
+                "if you trust the file"
+            )
+    return problems, _num_layers(data)
+
+
+def _is_hub_dataset(edits: str) -> bool:
+    if edits.startswith("hf:"):
+        return True
+    if Path(edits).expanduser().exists() or edits.startswith((".", "/", "~")):
+        return False
+    return bool(_HUB_DATASET.match(edits)) and not edits.lower().endswith(_DATA_SUFFIXES)
+
+
+def data_problems(config: SweepConfig) -> list[str]:
+    """Read the edit set as the sweep will (a local file only; hub datasets are read later)."""
+    from mm4ke_ray.data import load_edit_records
+
+    data = config.data
+    if data.edits == DEMO or _is_hub_dataset(data.edits):
+        return []
+    try:
+        load_edit_records(data.edits, limit=data.limit, skip_invalid=data.skip_invalid, fmt=data.format)
+    except UserError as exc:
+        text = str(exc).replace("skip_invalid=True", "data.skip_invalid: true")
+        return [f"data.edits: {text}"]
+    return []
 
 
 def _check_tracking(uri: str) -> str | None:
@@ -31,41 +111,38 @@ def _check_tracking(uri: str) -> str | None:
         try:
             urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=5)
         except Exception as exc:  # noqa: BLE001 - any failure means "cannot reach"
-            return f"tracking.uri: cannot reach the MLflow server at {uri} ({exc}); start it or fix the URI"
+            return (f"tracking.uri: cannot reach the MLflow server at {uri} ({exc}); start it "
+                    f"(mlflow server --host 127.0.0.1 --port PORT ...) or fix the URI")
     elif uri.startswith("sqlite:///"):
         folder = Path(uri.removeprefix("sqlite:///")).expanduser().resolve().parent
         probe = folder
         while not probe.exists():
             probe = probe.parent
-        if not probe.is_dir() or not __import__("os").access(probe, __import__("os").W_OK):
-            return f"tracking.uri: cannot create the SQLite file's folder {folder}"
+        if not probe.is_dir() or not os.access(probe, os.W_OK):
+            return f"tracking.uri: cannot create the SQLite file's folder {folder}; choose a writable path"
     elif "://" not in uri:
         return f"tracking.uri: {uri!r} is not a URI; use sqlite:///path/mlflow.db or http://host:port"
     return None
 
 
+def _layer_problem(config: SweepConfig, num_layers: int | None) -> str | None:
+    if num_layers is None:
+        return None
+    bad = [layer for layer in config.search.space.layers() if layer >= num_layers]
+    if not bad:
+        return None
+    return (f"search.space.layer: {bad} out of range: the model has {num_layers} layers; "
+            f"use layers 0..{num_layers - 1}")
+
+
 def preflight(config: SweepConfig, source: str, num_layers: int | None = None, check_tracking: bool = True) -> None:
     """Raise one ConfigError listing every problem found (no Ray, no model weights loaded)."""
-    from mm4ke_ray.modeling.loading import check_model_source
+    from mm4ke_ray.search.storage import storage_problem
 
-    problems: list[str] = []
-    model = config.model.name
-    if model != DEMO:
-        try:
-            check_model_source(model)
-        except UserError as exc:
-            problems.append(f"model.name: {exc}")
-        num_layers = num_layers or _num_layers(model)
-    if num_layers is not None:
-        bad = [layer for layer in config.search.space.layers() if layer >= num_layers]
-        if bad:
-            problems.append(
-                f"search.space.layer: {bad} out of range: the model has {num_layers} layers (0..{num_layers - 1})"
-            )
-    edits = config.data.edits
-    if edits != DEMO and not edits.startswith("hf://") and ("/" not in edits or edits.startswith((".", "/", "~"))):
-        if not Path(edits).expanduser().exists():
-            problems.append(f"data.edits: file '{edits}' does not exist")
+    problems, found_layers = model_problems(config.model)
+    if msg := _layer_problem(config, num_layers or found_layers):
+        problems.append(msg)
+    problems += data_problems(config)
     try:
         from mm4ke_ray.merge.registry import get_sparsifier
 
@@ -80,6 +157,8 @@ def preflight(config: SweepConfig, source: str, num_layers: int | None = None, c
             validate_tasks(tasks, config.evaluation.task_include_path)
         except UserError as exc:
             problems.append(f"evaluation.general_tasks: {exc}")
+    if msg := storage_problem(config.storage_path):
+        problems.append(msg)
     if check_tracking and (msg := _check_tracking(config.tracking.uri)):
         problems.append(msg)
     if problems:

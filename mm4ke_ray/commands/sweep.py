@@ -1,26 +1,35 @@
-"""`mm4ke-ray sweep CONFIG`: run a Ray Tune + Optuna sweep of R-SFT + merging."""
+"""`mm4ke-ray sweep CONFIG`: run a Ray Tune + Optuna sweep of R-SFT + merging.
+
+`--resume FOLDER` continues a sweep whose driver died; `--replay-spool FILE` sends MLflow records
+that a sweep kept on disk while the tracking server was away.
+"""
 
 from __future__ import annotations
 
-from mm4ke_ray.config import load_config
+from mm4ke_ray.errors import UserError
 
 NAME = "sweep"
 HELP = "Run a sweep: R-SFT trials (Ray Train) × merge candidates (actor pool), Optuna multi-objective, MLflow."
 
 
 def add_arguments(p) -> None:
-    p.add_argument("config", metavar="CONFIG", help="Sweep YAML, e.g. search_spaces/demo.yaml.")
+    p.add_argument("config", metavar="CONFIG", nargs="?", help="Sweep YAML, e.g. search_spaces/demo.yaml.")
     p.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else a local Ray).")
     p.add_argument("--num-trials", type=int, help="Override search.num_trials.")
     p.add_argument("--smoke-test", action="store_true", help="4 trials × 3 candidates: a quick end-to-end check.")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="Override a config field, e.g. --set search.seed=3 (YAML value syntax).")
+    p.add_argument("--resume", metavar="FOLDER",
+                   help="Continue an interrupted sweep from its folder (<storage_path>/<name>, printed at its start): "
+                        "finished trials are kept, the rest run, logging goes on in the same MLflow run.")
+    p.add_argument("--replay-spool", metavar="FILE",
+                   help="Send MLflow records a sweep kept on disk while the tracking server was away "
+                        "(the mlflow-spool.jsonl it named), then rebuild its Pareto artifacts.")
+    p.add_argument("--tracking-uri", metavar="URI", help="With --replay-spool: send to this URI instead of the recorded one.")
 
 
 def parse_overrides(items: list[str]) -> dict:
     import yaml
-
-    from mm4ke_ray.errors import UserError
 
     out = {}
     for item in items:
@@ -31,9 +40,37 @@ def parse_overrides(items: list[str]) -> dict:
     return out
 
 
-def run(args) -> int:
-    from mm4ke_ray.search.driver import run_sweep
+def _check_mode(args) -> str:
+    modes = [m for m, on in (("config", args.config), ("resume", args.resume), ("replay", args.replay_spool)) if on]
+    if len(modes) != 1:
+        raise UserError("give exactly one of: CONFIG (a new sweep), --resume FOLDER, or --replay-spool FILE")
+    mode = modes[0]
+    if mode != "config" and (args.set or args.num_trials or args.smoke_test):
+        raise UserError(f"--{mode.replace('replay', 'replay-spool')} continues what was recorded; "
+                        "--set, --num-trials and --smoke-test apply to a new sweep only")
+    if args.tracking_uri and mode != "replay":
+        raise UserError("--tracking-uri goes with --replay-spool only (a sweep's URI is tracking.uri in its config)")
+    return mode
 
-    config = load_config(args.config, parse_overrides(args.set))
-    run_sweep(config, source=args.config, address=args.address, num_trials=args.num_trials, smoke_test=args.smoke_test)
+
+def run(args) -> int:
+    mode = _check_mode(args)
+    if mode == "replay":
+        from mm4ke_ray.tracking.mlflow_tracker import replay
+
+        report = replay(args.replay_spool, args.tracking_uri)
+        print(f"{report.path}: sent {report.sent} record(s) to {report.uri}; {report.rejected} refused"
+              f"{' (see the .rejected.jsonl beside it)' if report.rejected else ''}; {report.left} still waiting")
+        return 0 if report.left == 0 else 1
+    if mode == "resume":
+        from mm4ke_ray.search.driver import resume_sweep
+
+        outcome = resume_sweep(args.resume, address=args.address)
+    else:
+        from mm4ke_ray.config import load_config
+        from mm4ke_ray.search.driver import run_sweep
+
+        config = load_config(args.config, parse_overrides(args.set))
+        outcome = run_sweep(config, source=args.config, address=args.address, num_trials=args.num_trials,
+                            smoke_test=args.smoke_test)
     return 0

@@ -1,25 +1,54 @@
-"""The merge-eval actor pool: long-lived Ray actors, each holding one resident base model."""
+"""The merge-eval actor pool: long-lived Ray actors, each holding one resident base model.
+
+Fault tolerance: Ray restarts a dead actor (`max_restarts`) and re-sends the calls that were in
+flight or queued on it (`max_task_retries`), so a killed actor loses no candidate and, because a
+trial waits for every call exactly once, doubles none. A restarted actor re-runs its constructor
+with the arguments it was created with; the base reference (base model's locality predictions,
+general scores and metrics) is computed once per sweep and kept in a small `ReferenceStore`
+actor, so a restart only reloads the model and never re-evaluates the base.
+"""
 
 from __future__ import annotations
 
 import os
+from typing import NamedTuple
 
 import ray
 
 from mm4ke_ray.evaluate.candidate import EvalSettings, Reference
+
+RESTARTS = 3  # per actor; also the retries of each call that a death interrupts
+
+
+@ray.remote(num_cpus=0)
+class ReferenceStore:
+    """Holds the sweep's base reference for actors that (re)start."""
+
+    def __init__(self):
+        self.reference: Reference | None = None
+
+    def put(self, reference: Reference) -> None:
+        self.reference = reference
+
+    def get(self) -> Reference | None:
+        return self.reference
 
 
 @ray.remote
 class MergeEvalActor:
     """Wraps a CandidateEvaluator. Restarted by Ray if its process dies; calls are retried."""
 
-    def __init__(self, settings: EvalSettings, reference: Reference | None = None):
+    def __init__(self, settings: EvalSettings, store=None, reference: Reference | None = None):
         import torch
 
         from mm4ke_ray.evaluate.candidate import CandidateEvaluator
 
         torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS", "1"))))
+        if reference is None and store is not None:
+            reference = ray.get(store.get.remote())
         self.evaluator = CandidateEvaluator(settings, reference)
+        if reference is None and store is not None:
+            ray.get(store.put.remote(self.evaluator.reference))
         self.count = 0
 
     def reference(self) -> Reference:
@@ -30,18 +59,26 @@ class MergeEvalActor:
         return self.evaluator.evaluate(delta, alpha, sparsity, seed=seed)
 
     def stats(self) -> dict:
-        """Evaluations done and this process's resident memory (for leak checks)."""
+        """Evaluations done by this incarnation, its resident memory, pid and whether it was restarted."""
         import psutil
 
-        return {"count": self.count, "rss_bytes": psutil.Process().memory_info().rss, "pid": os.getpid()}
+        return {"count": self.count, "rss_bytes": psutil.Process().memory_info().rss, "pid": os.getpid(),
+                "restarted": ray.get_runtime_context().was_current_actor_reconstructed}
 
 
-def start_pool(settings: EvalSettings, size: int, cpus: float, gpus: float, resource: str | None) -> tuple[list, Reference]:
-    """Start `size` actors; the first computes the base reference, which the others reuse."""
-    options = {"num_cpus": cpus, "num_gpus": gpus, "max_restarts": 3, "max_task_retries": 3}
+class Pool(NamedTuple):
+    actors: list
+    reference: Reference
+    store: object  # the ReferenceStore handle; the driver holds it for the whole sweep
+
+
+def start_pool(settings: EvalSettings, size: int, cpus: float, gpus: float, resource: str | None) -> Pool:
+    """Start `size` actors; the first computes the base reference, the others (and restarts) reuse it."""
+    options = {"num_cpus": cpus, "num_gpus": gpus, "max_restarts": RESTARTS, "max_task_retries": RESTARTS}
     if resource:
         options["resources"] = {resource: 1}
-    first = MergeEvalActor.options(**options).remote(settings)
+    store = ReferenceStore.remote()
+    first = MergeEvalActor.options(**options).remote(settings, store)
     reference = ray.get(first.reference.remote())
-    others = [MergeEvalActor.options(**options).remote(settings, reference) for _ in range(size - 1)]
-    return [first, *others], reference
+    others = [MergeEvalActor.options(**options).remote(settings, store) for _ in range(size - 1)]
+    return Pool([first, *others], reference, store)

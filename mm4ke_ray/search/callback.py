@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import re
 import time
+from pathlib import Path
 
 from ray.tune import Callback
 from rich.console import Console
@@ -25,6 +27,35 @@ def candidate_rows(result: dict, trial_id: str) -> list[dict]:
         row.update(cand["metrics"])
         rows.append(row)
     return rows
+
+
+_EXCEPTION_LINE = re.compile(r"^[\w.]*(Error|Exception|Interrupt)\b.*")
+_DETAIL = re.compile(r"died|failed|killed|exit", re.I)
+
+
+def _error_text(trial) -> str:
+    # The driver-side copy is written before Tune calls back; the storage copy may lag behind.
+    for read in (lambda: Path(trial.error_file).read_text(), trial.get_error):
+        try:
+            text = read()
+        except Exception:  # noqa: BLE001 - the reason is a courtesy; never fail the sweep for it
+            continue
+        if text:
+            return str(text)
+    return ""
+
+
+def error_reason(trial) -> str:
+    """A Tune trial's last error in a line: the exception and its key details, and where the full trace is."""
+    lines = [ln.strip() for ln in _error_text(trial).splitlines() if ln.strip()]
+    last = max((i for i, ln in enumerate(lines) if _EXCEPTION_LINE.match(ln)), default=None)
+    if last is None:
+        reason = lines[-1] if lines else "unknown error"
+    else:
+        details = [ln for ln in lines[last + 1 :] if _DETAIL.search(ln) and len(ln) < 200][:2]
+        reason = " | ".join([lines[last], *details])
+    where = f"{trial.path}/error.txt" if getattr(trial, "path", None) else (trial.error_file or "the trial folder")
+    return f"{reason[:400]} (full trace: {where})"
 
 
 def delta_artifact_path(trial_id: str) -> str:
@@ -86,18 +117,52 @@ class SweepCallback(Callback):
     def on_checkpoint(self, iteration, trials, trial, checkpoint, **info):
         # The delta is stored once, on the parent run, so export works after the cluster is gone.
         import tempfile
+        from pathlib import Path
+
+        from mm4ke_ray.delta import DELTA_FILE
 
         with tempfile.TemporaryDirectory() as local:
             checkpoint.to_directory(local)
-            self.tracker.log_artifacts(local, delta_artifact_path(trial.trial_id).rsplit("/", 1)[0])
+            if (Path(local) / DELTA_FILE).is_file():  # a diverged trial checkpoints its result only
+                self.tracker.log_artifacts(local, delta_artifact_path(trial.trial_id).rsplit("/", 1)[0])
+
+    def on_trial_recover(self, iteration, trials, trial, **info):
+        # A failed attempt that Tune retries (FailureConfig.max_failures): its own FAILED run,
+        # so MLflow shows what happened; the retry's candidates are logged once it completes.
+        attempt = trial.run_metadata.num_failures
+        reason = error_reason(trial)
+        params = {k: v for k, v in trial.config.items() if k in PARAM_KEYS}
+        self.tracker.log_candidate(
+            f"{trial.trial_id}-attempt{attempt}-failed", params, {},
+            {"mm4ke.trial_id": trial.trial_id, "mm4ke.status": "failed", "mm4ke.attempt": attempt,
+             "mm4ke.retried": "true", "mm4ke.reason": reason},
+        )
+        self.console.print(f"[yellow]trial {trial.trial_id} attempt {attempt} failed, retrying[/]: {reason[:200]}")
 
     def on_trial_error(self, iteration, trials, trial, **info):
         # A trial that failed past its retries: MLflow shows the failure, the sweep goes on.
+        if trial.trial_id in self.logged:
+            return
+        self.logged.add(trial.trial_id)
+        self.done += 1
+        self.failed += 1
+        reason = error_reason(trial)
+        params = {k: v for k, v in trial.config.items() if k in PARAM_KEYS}
         self.tracker.log_candidate(
-            f"{trial.trial_id}-error", {}, {}, {"mm4ke.trial_id": trial.trial_id, "mm4ke.status": "error",
-                                               "mm4ke.reason": str(getattr(trial, "error_file", ""))[:500]},
+            f"{trial.trial_id}-error", params, {},
+            {"mm4ke.trial_id": trial.trial_id, "mm4ke.status": "error",
+             "mm4ke.attempt": trial.run_metadata.num_failures, "mm4ke.reason": reason},
         )
-        self.console.print(f"[red]trial {trial.trial_id} errored[/] (see its error file under the Tune storage)")
+        self.console.print(f"[red]trial {trial.trial_id} failed after its retries[/]: {reason[:200]}")
+        self._progress()
+
+    def resume_from(self, rows: list[dict], finished: set[str]) -> None:
+        """Continue a sweep: `rows` are the candidates already in MLflow, `finished` the trial ids
+        already logged (ok or with a final failure), so nothing is logged twice."""
+        self.rows = list(rows)
+        self.logged = set(finished)
+        self.done = len(self.logged)
+        self.failed = len(self.logged - {r.get("trial_id") for r in rows})
 
     def _progress(self) -> None:
         minutes = max((time.time() - self.started) / 60, 1e-9)

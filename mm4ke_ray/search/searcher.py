@@ -3,18 +3,38 @@
 Ray's `add_evaluated_point` takes a single value and refuses multi-objective use, so the extra
 points are added to the study directly with `optuna.trial.create_trial`. The searcher runs in
 the driver process, so this needs no locking.
+
+Reliability: a trial whose R-SFT diverged (or that reports no objective) is told to Optuna as
+FAIL with its status and reason as user attributes, never as a point. A trial's completion is
+acted on once: after a driver restart Tune may report a finished trial again, and its extra
+points must not be added twice. The study can live in an Optuna journal file (the sweep's
+storage folder) so every told point survives the driver.
 """
 
 from __future__ import annotations
 
 import logging
+import math
+from pathlib import Path
 
 import optuna
+from optuna.trial import TrialState
 from ray.tune.search.optuna import OptunaSearch
 
 log = logging.getLogger(__name__)
 
 EXTRA_POINTS_KEY = "optuna_extra_points"  # result key: [{"params": {...}, "values": [...]}, ...]
+STUDY_FILE = "optuna-study.journal"
+EXTRA_ATTR = "mm4ke.extra_of"  # user attribute of an extra point: the Tune trial it came from
+
+
+def journal_storage(path: str | Path) -> optuna.storages.BaseStorage:
+    """An Optuna journal-file storage at `path` (its folder is created)."""
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    return JournalStorage(JournalFileBackend(str(path)))
 
 
 class CandidateAwareOptunaSearch(OptunaSearch):
@@ -23,19 +43,73 @@ class CandidateAwareOptunaSearch(OptunaSearch):
     def __init__(self, space: dict, metric: list[str], mode: list[str], **kwargs):
         super().__init__(space=space, metric=metric, mode=mode, **kwargs)
         self.extra_points_told = 0
+        self.failed_told = 0
+
+    def _finished_in_study(self, ot_trial) -> bool:
+        trial = self._ot_study._storage.get_trial(ot_trial._trial_id)
+        return trial.state.is_finished()
+
+    def _objectives(self, result: dict | None) -> list[float] | None:
+        if not result:
+            return None
+        values = [result.get(m) for m in self._metric]
+        if any(not isinstance(v, int | float) or not math.isfinite(v) for v in values):
+            return None
+        return [float(v) for v in values]
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False):
+        ot_trial = self._ot_trials.get(trial_id)
+        if trial_id in self._completed_trials or ot_trial is None:
+            return super().on_trial_complete(trial_id, result=result, error=error)
+        if self._finished_in_study(ot_trial):
+            # Told before the driver restarted (the study is on disk): nothing new to learn.
+            self._completed_trials.add(trial_id)
+            return
+        if not error and self._objectives(result) is None:
+            self._tell_failed(trial_id, ot_trial, result or {})
+            return
         super().on_trial_complete(trial_id, result=result, error=error)
         if error or not result:
             return
         for point in result.get(EXTRA_POINTS_KEY) or []:
             params = {k: v for k, v in point["params"].items() if k in self._space}
             try:
-                trial = optuna.trial.create_trial(params=params, distributions=self._space, values=point["values"])
+                trial = optuna.trial.create_trial(params=params, distributions=self._space, values=point["values"],
+                                                  user_attrs={EXTRA_ATTR: trial_id})
                 self._ot_study.add_trial(trial)
                 self.extra_points_told += 1
             except (ValueError, TypeError) as exc:  # a point outside the space or a non-finite value
                 log.warning("extra point not told to Optuna: %s", exc)
+
+    def _tell_failed(self, trial_id: str, ot_trial, result: dict) -> None:
+        # A diverged R-SFT is a real outcome, but it has no objective values: FAIL keeps it out of
+        # the Pareto front while the sampler still sees where the search went.
+        ot_trial.set_user_attr("mm4ke.status", str(result.get("status", "failed")))
+        ot_trial.set_user_attr("mm4ke.reason", str(result.get("reason", ""))[:500])
+        self._ot_study.tell(ot_trial, state=TrialState.FAIL)
+        self._completed_trials.add(trial_id)
+        self.failed_told += 1
+
+    def fail_orphans(self) -> int:
+        """Mark study trials left RUNNING by a killed driver (suggested after its last save) FAIL.
+
+        Tune suggests fresh trials in their place; left RUNNING they would count as pending
+        points for the constant-liar TPE forever. Returns how many were closed.
+        """
+        known = {t._trial_id for t in self._ot_trials.values()}
+        closed = 0
+        for trial in self._ot_study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            if trial._trial_id not in known:
+                self._ot_study.tell(trial.number, state=TrialState.FAIL)
+                closed += 1
+        return closed
+
+    def restore(self, checkpoint_path: str):
+        """Tune's restore (driver restarted), then close the study's orphaned RUNNING trials."""
+        super().restore(checkpoint_path)
+        closed = self.fail_orphans()
+        if closed:
+            log.info("closed %d Optuna trial(s) suggested after the last saved state", closed)
 
     @property
     def study(self) -> optuna.Study:

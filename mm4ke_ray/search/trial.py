@@ -18,14 +18,18 @@ from ray import tune
 
 from mm4ke_ray.config import SearchConfig
 from mm4ke_ray.evaluate.candidate import EvalSettings
+from mm4ke_ray.evaluate.scores import COMBINED, OBJECTIVES
 from mm4ke_ray.search.searcher import EXTRA_POINTS_KEY
 from mm4ke_ray.search.space import MERGE_PARAMS, merge_candidates
-from mm4ke_ray.evaluate.scores import OBJECTIVES
 
 RSFT_PARAMS = ("threshold", "steps", "epochs", "lr", "layer")
 # The Tune function trial itself only waits; it holds this sliver of a CPU, taken out of the
 # R-SFT worker's share so trial + worker fit exactly `resources.rsft_cpus`.
 TRIAL_CPUS = 0.01
+
+
+RESULT_FILE = "result.json"  # a trial's final report, inside its checkpoint
+SUMMARY_FILE = "rsft-summary.json"  # the R-SFT summary, inside the Ray Train checkpoint
 
 
 def worker_cpus(rsft_cpus: float) -> float:
@@ -44,6 +48,7 @@ class TrialContext:
     rsft_gpus: float
     storage_path: str
     actors: tuple
+    allow_pickle: bool = False  # model.allow_pickle: load pickle checkpoints too
 
 
 def _rsft_config(params: dict, search: SearchConfig, settings: EvalSettings):
@@ -56,15 +61,20 @@ def _rsft_config(params: dict, search: SearchConfig, settings: EvalSettings):
     )
 
 
-def run_rsft_to_dir(settings: EvalSettings, search: SearchConfig, params: dict, out: str, device: str) -> dict:
-    """Load the base model, run R-SFT, write delta + rsft.json into `out`; return a summary."""
+def run_rsft_to_dir(settings: EvalSettings, search: SearchConfig, params: dict, out: str, device: str,
+                    allow_pickle: bool = False) -> dict:
+    """Load the base model, run R-SFT, write delta + rsft.json into `out`; return a summary.
+
+    A diverged run (NaN/inf loss) is an outcome, not a crash: status 'diverged' and the reason.
+    """
     from mm4ke_ray.data import load_edit_records
     from mm4ke_ray.delta import save_delta
     from mm4ke_ray.modeling import load_model, load_tokenizer
     from mm4ke_ray.rsft import DivergedError, run_rsft
 
     tok = load_tokenizer(settings.model, trust_remote_code=settings.trust_remote_code)
-    model = load_model(settings.model, dtype=settings.dtype, device=device, trust_remote_code=settings.trust_remote_code)
+    model = load_model(settings.model, dtype=settings.dtype, device=device, trust_remote_code=settings.trust_remote_code,
+                       allow_pickle=allow_pickle)
     records = load_edit_records(settings.edits, limit=settings.limit, skip_invalid=settings.skip_invalid,
                                 fmt=settings.data_format).records
     config = _rsft_config(params, search, settings)
@@ -83,9 +93,20 @@ def _train_loop(cfg: dict) -> None:
     import ray.train
     import ray.train.torch
 
+    previous = ray.train.get_checkpoint()
+    if previous is not None:
+        # A retried trial whose R-SFT had already finished: Ray Train restored its delta.
+        with previous.as_directory() as folder:
+            summary = json.loads((Path(folder) / SUMMARY_FILE).read_text())
+        ray.train.report(summary, checkpoint=previous)
+        return
     out = tempfile.mkdtemp(prefix="mm4ke-delta-")
-    summary = run_rsft_to_dir(cfg["settings"], cfg["search"], cfg["params"], out, str(ray.train.torch.get_device()))
-    checkpoint = ray.train.Checkpoint.from_directory(out) if summary["status"] == "ok" else None
+    summary = run_rsft_to_dir(cfg["settings"], cfg["search"], cfg["params"], out, str(ray.train.torch.get_device()),
+                              cfg.get("allow_pickle", False))
+    checkpoint = None
+    if summary["status"] == "ok":
+        (Path(out) / SUMMARY_FILE).write_text(json.dumps(summary))
+        checkpoint = ray.train.Checkpoint.from_directory(out)
     ray.train.report(summary, checkpoint=checkpoint)
 
 
@@ -95,7 +116,8 @@ def _rsft_via_train(ctx: TrialContext, params: dict, trial_id: str) -> tuple[dic
 
     trainer = TorchTrainer(
         _train_loop,
-        train_loop_config={"settings": ctx.settings, "search": ctx.search, "params": params},
+        train_loop_config={"settings": ctx.settings, "search": ctx.search, "params": params,
+                           "allow_pickle": ctx.allow_pickle},
         scaling_config=ScalingConfig(num_workers=1, use_gpu=ctx.rsft_gpus > 0,
                                      resources_per_worker={"CPU": worker_cpus(ctx.rsft_cpus), "GPU": ctx.rsft_gpus}),
         run_config=RunConfig(storage_path=ctx.storage_path, name=f"rsft-{trial_id}"),
@@ -110,18 +132,19 @@ def _rsft_via_train(ctx: TrialContext, params: dict, trial_id: str) -> tuple[dic
 
 
 @ray.remote
-def _rsft_task(settings, search, params) -> tuple[dict, dict]:
+def _rsft_task(settings, search, params, allow_pickle: bool = False) -> tuple[dict, dict]:
     import torch
 
     out = tempfile.mkdtemp(prefix="mm4ke-delta-")
-    summary = run_rsft_to_dir(settings, search, params, out, "cuda" if torch.cuda.is_available() else "cpu")
+    summary = run_rsft_to_dir(settings, search, params, out, "cuda" if torch.cuda.is_available() else "cpu", allow_pickle)
     files = {p.name: p.read_bytes() for p in Path(out).iterdir()} if summary["status"] == "ok" else {}
     return summary, files
 
 
 def _rsft_via_task(ctx: TrialContext, params: dict) -> tuple[dict, str | None]:
-    task = _rsft_task.options(num_cpus=worker_cpus(ctx.rsft_cpus), num_gpus=ctx.rsft_gpus)
-    summary, files = ray.get(task.remote(ctx.settings, ctx.search, params))
+    # "DEFAULT": outside the trial's placement group, which holds only the trial's own sliver of CPU.
+    task = _rsft_task.options(num_cpus=worker_cpus(ctx.rsft_cpus), num_gpus=ctx.rsft_gpus, scheduling_strategy="DEFAULT")
+    summary, files = ray.get(task.remote(ctx.settings, ctx.search, params, ctx.allow_pickle))
     if not files:
         return summary, None
     local = tempfile.mkdtemp(prefix="mm4ke-delta-")
@@ -135,6 +158,8 @@ def sweep_trial(params: dict, ctx: TrialContext) -> None:
     from mm4ke_ray.delta import load_delta
 
     trial_id = tune.get_context().get_trial_id()
+    if _report_again(tune.get_checkpoint()):
+        return
     params = {**_fixed(ctx.search), **params}
     start = time.perf_counter()
     if ctx.runner == "train":
@@ -143,8 +168,13 @@ def sweep_trial(params: dict, ctx: TrialContext) -> None:
         summary, delta_dir = _rsft_via_task(ctx, params)
     rsft_wall = time.perf_counter() - start
     if delta_dir is None:
-        tune.report({"status": summary.get("status", "failed"), "reason": summary.get("reason", ""),
-                     "rsft_wall_seconds": rsft_wall, "params": params})
+        # Diverged (or otherwise no delta): a final, clear status; checkpointed so a resumed
+        # sweep does not train it again. Tune refuses a result without the objectives, so they
+        # are NaN: the searcher tells Optuna a FAIL, never a point.
+        nan = float("nan")
+        _report_final({"status": summary.get("status", "failed"), "reason": summary.get("reason", ""),
+                       **{o.name: nan for o in (*OBJECTIVES, COMBINED)},
+                       "rsft_wall_seconds": rsft_wall, "params": params}, tempfile.mkdtemp(prefix="mm4ke-result-"))
         return
     delta, _ = load_delta(delta_dir)
     delta_ref = ray.put(delta)
@@ -156,7 +186,7 @@ def sweep_trial(params: dict, ctx: TrialContext) -> None:
     eval_start = time.perf_counter()
     futures = [ctx.actors[(offset + i) % n].evaluate.remote(delta_ref, c["alpha"], c["sparsity"], ctx.search.seed)
                for i, c in enumerate(cands)]
-    for cand, metrics in zip(cands, ray.get(futures)):
+    for cand, metrics in zip(cands, ray.get(futures), strict=True):
         cand["metrics"] = metrics
     eval_wall = time.perf_counter() - eval_start
     sampled = cands[0]["metrics"]
@@ -176,7 +206,27 @@ def sweep_trial(params: dict, ctx: TrialContext) -> None:
         "candidates": cands,
         EXTRA_POINTS_KEY: extra_points,
     }
-    tune.report(report, checkpoint=tune.Checkpoint.from_directory(delta_dir))
+    _report_final(report, delta_dir)
+
+
+def _report_final(report: dict, folder: str) -> None:
+    """Report the trial's one result with its checkpoint: the delta plus the result itself."""
+    (Path(folder) / RESULT_FILE).write_text(json.dumps(report))
+    tune.report(report, checkpoint=tune.Checkpoint.from_directory(folder))
+
+
+def _report_again(checkpoint) -> bool:
+    """A trial restored from its checkpoint (driver restart, retry) reports its saved result
+    instead of training and evaluating again. True when it did."""
+    if checkpoint is None:
+        return False
+    with checkpoint.as_directory() as folder:
+        saved = Path(folder) / RESULT_FILE
+        if not saved.is_file():
+            return False
+        report = json.loads(saved.read_text())
+    tune.report({**report, "restored": True})
+    return True
 
 
 def _fixed(search: SearchConfig) -> dict:

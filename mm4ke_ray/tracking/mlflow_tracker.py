@@ -4,36 +4,68 @@ Layout: parent run (name = sweep name) → child run per candidate, tagged with 
 candidate kind (sampled / pure_rsft / extra / base) and `mm4ke.parent_trial`. Every call is a
 batched `log_batch`, never one call per metric. Uses `MlflowClient` (no global active run), so
 it is safe to use from Tune callbacks in the driver.
+
+Reliability: with a `spool_path`, a write that fails (server away) is kept in a JSON Lines
+spool on disk and sent, in order, as soon as the server answers again (see `buffer.py`); the
+sweep never stops for MLflow. Safety: params, tags and logged text pass through `redact`, so
+a secret from the environment (tokens, keys, passwords) or a password in a URL never reaches
+MLflow.
 """
 
 from __future__ import annotations
 
 import math
+import os
+import re
 import time
+import warnings
 from pathlib import Path
 
 from mlflow import MlflowClient
-from mlflow.entities import Metric, Param, RunTag
+from mlflow.entities import Param
+
+from mm4ke_ray.tracking.buffer import ReplayReport, Spool, reachable, replay_spool, send_record
 
 _MAX_PARAM_LEN = 6000
+_SECRET_NAME = re.compile(r"TOKEN|SECRET|PASSWORD|PASSWD|API_?KEY|ACCESS_?KEY|CREDENTIAL|PRIVATE|AUTH", re.I)
+_URL_PASSWORD = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)(?P<user>[^:/@\s]+):(?P<pw>[^@/\s]+)@", re.I)
+REDACTED = "***"
+PROBE_EVERY_S = 5.0  # while the server is away, how often a new write checks whether it is back
+
+
+def _secret_values() -> list[str]:
+    """Values of environment variables whose names look secret (long enough to be one)."""
+    return sorted({v for k, v in os.environ.items() if _SECRET_NAME.search(k) and len(v) >= 8}, key=len, reverse=True)
+
+
+def redact(text: str) -> str:
+    """`text` with secret environment values and URL passwords replaced by ***."""
+    text = _URL_PASSWORD.sub(lambda m: f"{m['scheme']}{m['user']}:{REDACTED}@", text)
+    for value in _secret_values():
+        text = text.replace(value, REDACTED)
+    return text
 
 
 def _now_ms() -> int:
     return int(time.time() * 1000)
 
 
-def _metrics(values: dict, step: int = 0) -> list[Metric]:
+def _metric_items(values: dict, step: int = 0) -> list[list]:
     ts = _now_ms()
     out = []
     for k, v in values.items():
         if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
             continue
-        out.append(Metric(key=k.replace("/", "."), value=float(v), timestamp=ts, step=step))
+        out.append([k.replace("/", "."), float(v), ts, step])
     return out
 
 
-def _params(values: dict) -> list[Param]:
-    return [Param(k, str(v)[:_MAX_PARAM_LEN]) for k, v in values.items() if v is not None]
+def _param_items(values: dict) -> list[list]:
+    return [[k, redact(str(v))[:_MAX_PARAM_LEN]] for k, v in values.items() if v is not None]
+
+
+def _tag_items(values: dict) -> list[list]:
+    return [[k, redact(str(v))] for k, v in values.items()]
 
 
 def resolve_local_uri(uri: str) -> str:
@@ -43,10 +75,27 @@ def resolve_local_uri(uri: str) -> str:
     return uri
 
 
-class SweepTracker:
-    """Writes a sweep to MLflow. `parent_run_id` lets a resumed sweep keep its parent run."""
+def quick_http_failures(uri: str) -> None:
+    """Make MLflow's HTTP client give up on a dead server in seconds, not minutes.
 
-    def __init__(self, uri: str, experiment: str, artifact_location: str | None = None):
+    Its defaults (7 retries, backoff factor 2, 120 s timeout) block one write for minutes; the
+    spool does the waiting instead. Values the user set in the environment are kept.
+    """
+    if uri.startswith(("http://", "https://")):
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
+
+
+class SweepTracker:
+    """Writes a sweep to MLflow. `parent_run_id` lets a resumed sweep keep its parent run.
+
+    With `spool_path`, writes never raise: failures are spooled (see the module docstring);
+    without it, they raise as MlflowClient does.
+    """
+
+    def __init__(self, uri: str, experiment: str, artifact_location: str | None = None,
+                 spool_path: str | Path | None = None):
         self.uri = resolve_local_uri(uri)
         self.client = MlflowClient(tracking_uri=self.uri)
         exp = self.client.get_experiment_by_name(experiment)
@@ -57,41 +106,139 @@ class SweepTracker:
             self.experiment_id = self.client.create_experiment(experiment, artifact_location=location)
         else:
             self.experiment_id = exp.experiment_id
-        self.parent_run_id: str | None = None
+        self._setup(spool_path)
+
+    def _setup(self, spool_path, parent_run_id: str | None = None) -> None:
+        self.parent_run_id = parent_run_id
+        self.spool = Spool(spool_path, self.uri, self.experiment_id, parent_run_id) if spool_path else None
+        self.offline_since: float | None = None
+        self._last_probe = 0.0
+        self.run_ids: dict[str, str] = {}  # candidate name → run id, also for spooled candidates once sent
+        self.spooled = 0  # records that had to wait in the spool, over the whole sweep
+
+    @classmethod
+    def attach(cls, uri: str, parent_run_id: str) -> SweepTracker:
+        """A tracker writing to an existing sweep's parent run (e.g. to republish its Pareto front)."""
+        self = cls.__new__(cls)
+        self.uri = uri
+        self.client = MlflowClient(tracking_uri=uri)
+        self.experiment_id = self.client.get_run(parent_run_id).info.experiment_id
+        self._setup(None, parent_run_id)
+        return self
+
+    # -- sending ---------------------------------------------------------------------------------
+
+    @property
+    def offline(self) -> bool:
+        return self.offline_since is not None
+
+    @property
+    def pending(self) -> int:
+        """Records waiting in the spool."""
+        return len(self.spool.records()) if self.spool else 0
+
+    def _sent(self, record: dict, run_id: str | None) -> None:
+        if record["op"] == "candidate" and run_id:
+            self.run_ids[record["name"]] = run_id
+
+    def flush(self, wait_s: float = 0.0) -> bool:
+        """Send the spool (waiting up to `wait_s` for the server); True when nothing is left."""
+        if not self.spool:
+            return True
+        deadline = time.monotonic() + wait_s
+        while True:
+            if reachable(self.uri) and self.spool.flush(self.client, self._sent):
+                if self.offline:
+                    warnings.warn(f"MLflow at {self.uri} is back; the spooled records were sent", stacklevel=2)
+                self.offline_since = None
+                return True
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(min(2.0, max(0.0, deadline - time.monotonic())))
+
+    def _emit(self, record: dict) -> str | None:
+        if self.spool is None:
+            run_id = send_record(self.client, record)
+            self._sent(record, run_id)
+            return run_id
+        if self.offline and time.monotonic() - self._last_probe >= PROBE_EVERY_S:
+            self._last_probe = time.monotonic()
+            self.flush()
+        if not self.offline:
+            try:
+                run_id = send_record(self.client, record)
+                self._sent(record, run_id)
+                return run_id
+            except Exception as exc:  # noqa: BLE001 - the sweep must go on; the record is kept
+                self.offline_since = time.time()
+                self._last_probe = time.monotonic()
+                warnings.warn(f"MLflow write failed ({type(exc).__name__}: {str(exc)[:200]}); keeping records in "
+                              f"{self.spool.path} until {self.uri} answers again", stacklevel=3)
+        self.spool.append(record)
+        self.spooled += 1
+        return None
+
+    # -- the sweep's writes ----------------------------------------------------------------------
 
     def start_sweep(self, name: str, params: dict, tags: dict, parent_run_id: str | None = None) -> str:
+        """Create the parent run (or reopen `parent_run_id` on resume); this one must succeed."""
         if parent_run_id:
-            self.parent_run_id = parent_run_id
             self.client.update_run(parent_run_id, status="RUNNING")
+        else:
+            run = self.client.create_run(self.experiment_id, run_name=name,
+                                         tags=dict(_tag_items({"mm4ke.role": "sweep", **tags})))
+            parent_run_id = run.info.run_id
+        self.parent_run_id = parent_run_id
+        if self.spool:
+            self.spool.parent_run_id = parent_run_id
+        if not params:
             return parent_run_id
-        run = self.client.create_run(self.experiment_id, run_name=name, tags={"mm4ke.role": "sweep", **tags})
-        self.parent_run_id = run.info.run_id
-        self.client.log_batch(self.parent_run_id, params=_params(params))
+        self.client.log_batch(self.parent_run_id, params=[Param(k, v) for k, v in _param_items(params)])
         return self.parent_run_id
 
-    def log_candidate(self, name: str, params: dict, metrics: dict, tags: dict) -> str:
-        """A nested child run for one evaluated candidate; returns its run id."""
-        run = self.client.create_run(
-            self.experiment_id,
-            run_name=name,
-            tags={"mlflow.parentRunId": self.parent_run_id, "mm4ke.role": "candidate", **{k: str(v) for k, v in tags.items()}},
-        )
-        self.client.log_batch(run.info.run_id, metrics=_metrics(metrics), params=_params(params))
-        self.client.set_terminated(run.info.run_id, status="FINISHED" if tags.get("mm4ke.status", "ok") == "ok" else "FAILED")
-        return run.info.run_id
+    def log_candidate(self, name: str, params: dict, metrics: dict, tags: dict) -> str | None:
+        """A nested child run for one evaluated candidate; its run id (None while spooled)."""
+        all_tags = {"mlflow.parentRunId": self.parent_run_id, "mm4ke.role": "candidate", **tags}
+        status = "FINISHED" if str(tags.get("mm4ke.status", "ok")) == "ok" else "FAILED"
+        return self._emit({"op": "candidate", "experiment_id": self.experiment_id, "name": name,
+                           "tags": _tag_items(all_tags), "params": _param_items(params),
+                           "metrics": _metric_items(metrics), "status": status})
 
     def log_sweep_metrics(self, metrics: dict, step: int) -> None:
-        self.client.log_batch(self.parent_run_id, metrics=_metrics(metrics, step=step))
+        self._emit({"op": "batch", "run_id": self.parent_run_id, "metrics": _metric_items(metrics, step=step)})
 
     def set_sweep_tags(self, tags: dict) -> None:
-        self.client.log_batch(self.parent_run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+        self._emit({"op": "batch", "run_id": self.parent_run_id, "tags": _tag_items(tags)})
+
+    def log_text(self, text: str, artifact_file: str) -> None:
+        self._emit({"op": "text", "run_id": self.parent_run_id, "text": redact(text), "artifact_file": artifact_file})
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
-        self.client.log_artifact(self.parent_run_id, str(path), artifact_path=artifact_path)
+        self._emit({"op": "artifact", "run_id": self.parent_run_id, "local": str(path), "artifact_path": artifact_path})
 
     def log_artifacts(self, folder: str | Path, artifact_path: str | None = None) -> None:
-        self.client.log_artifacts(self.parent_run_id, str(folder), artifact_path=artifact_path)
+        self._emit({"op": "artifacts", "run_id": self.parent_run_id, "local": str(folder),
+                    "artifact_path": artifact_path})
 
     def finish(self, status: str = "FINISHED") -> None:
         if self.parent_run_id:
-            self.client.set_terminated(self.parent_run_id, status=status)
+            self._emit({"op": "status", "run_id": self.parent_run_id, "status": status})
+
+
+def replay(path: str | Path, uri: str | None = None) -> ReplayReport:
+    """Send a sweep's MLflow spool (see `buffer.replay_spool`); once all is sent, rebuild the
+    sweep's Pareto artifacts and tags, which the sweep could not publish while MLflow was away."""
+    report = replay_spool(path, uri)
+    if report.left == 0 and report.parent_run_id:
+        republish_pareto(report.uri, report.parent_run_id)
+    return report
+
+
+def republish_pareto(uri: str, parent_run_id: str) -> None:
+    """Write the `pareto/` artifacts and tags of a logged sweep again, from MLflow alone."""
+    from mm4ke_ray.tracking.pareto_artifacts import publish_pareto
+    from mm4ke_ray.tracking.query import load_sweep
+
+    sweep = load_sweep(uri, parent_run_id)
+    if sweep.base is not None:
+        publish_pareto(SweepTracker.attach(uri, parent_run_id), sweep.edited, sweep.base)

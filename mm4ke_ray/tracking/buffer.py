@@ -1,0 +1,224 @@
+"""MLflow writes that could not be sent: a JSON Lines spool on disk, replayed in order later.
+
+A sweep runs for hours; a tracking server that is away for a minute must not end it or lose
+what it computed. Every write the sweep makes is one self-contained record (`op` plus its
+data: a candidate run with params/metrics/tags, a batch on the parent run, an artifact folder,
+a run status). When a write fails, it and every later one go to the spool file, in order,
+until the server answers again; then the spool is sent first. A record that a *reachable*
+server still refuses (it would block the spool forever) goes to `<spool>.rejected.jsonl` with
+the error, so nothing is dropped silently.
+
+`replay_spool(path)` (or `mm4ke-ray sweep --replay-spool PATH`) sends what is left after a sweep
+that ended while the server was away.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+import urllib.request
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from mlflow.entities import Metric, Param, RunTag
+
+SPOOL_FILE = "mlflow-spool.jsonl"
+HEADER = "header"
+
+
+def reachable(uri: str, timeout: float = 5.0) -> bool:
+    """True when the tracking store answers (an http(s) server's /health; local stores always)."""
+    if not uri.startswith(("http://", "https://")):
+        return True
+    try:
+        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout):
+            return True
+    except Exception:  # noqa: BLE001 - any failure means "not now"
+        return False
+
+
+def _metrics(items: list) -> list[Metric]:
+    return [Metric(key=k, value=v, timestamp=ts, step=step) for k, v, ts, step in items]
+
+
+def _params(items: list) -> list[Param]:
+    return [Param(k, v) for k, v in items]
+
+
+def _tags(items: list) -> list[RunTag]:
+    return [RunTag(k, v) for k, v in items]
+
+
+def send_record(client, record: dict) -> str | None:
+    """Perform one spool record with `client`; returns the run id it wrote to.
+
+    A candidate record remembers its run id as soon as the run exists, so a failure half-way
+    (run created, metrics not yet logged) is resumed in the same run, not a duplicate.
+    """
+    op = record["op"]
+    if op == "candidate":
+        if not record.get("run_id"):
+            run = client.create_run(record["experiment_id"], run_name=record["name"], tags=dict(record["tags"]))
+            record["run_id"] = run.info.run_id
+        client.log_batch(record["run_id"], metrics=_metrics(record["metrics"]), params=_params(record["params"]))
+        client.set_terminated(record["run_id"], status=record["status"])
+    elif op == "batch":
+        client.log_batch(record["run_id"], metrics=_metrics(record.get("metrics", [])),
+                         params=_params(record.get("params", [])), tags=_tags(record.get("tags", [])))
+    elif op == "artifacts":
+        client.log_artifacts(record["run_id"], record["local"], artifact_path=record.get("artifact_path"))
+    elif op == "artifact":
+        client.log_artifact(record["run_id"], record["local"], artifact_path=record.get("artifact_path"))
+    elif op == "text":
+        client.log_text(record["run_id"], record["text"], record["artifact_file"])
+    elif op == "status":
+        client.set_terminated(record["run_id"], status=record["status"])
+    elif op != HEADER:
+        raise ValueError(f"unknown spool record op {op!r}")
+    return record.get("run_id")
+
+
+class Spool:
+    """The append-only spool file (and a folder beside it for artifact copies)."""
+
+    def __init__(self, path: str | Path, uri: str, experiment_id: str | None = None, parent_run_id: str | None = None):
+        self.path = Path(path)
+        self.uri, self.experiment_id, self.parent_run_id = uri, experiment_id, parent_run_id
+        self.files = self.path.with_name(self.path.stem + "-files")
+
+    @property
+    def rejected_path(self) -> Path:
+        return self.path.with_name(self.path.stem + ".rejected.jsonl")
+
+    def records(self) -> list[dict]:
+        """Every record waiting to be sent, oldest first (the header excluded)."""
+        if not self.path.is_file():
+            return []
+        out = []
+        for line in self.path.read_text().splitlines():
+            if line.strip():
+                try:
+                    rec = json.loads(line)
+                except ValueError:  # a line cut by a crash mid-write: nothing was promised for it
+                    continue
+                if rec.get("op") != HEADER:
+                    out.append(rec)
+        return out
+
+    def append(self, record: dict) -> None:
+        """Add a record (artifact folders/files are copied into the spool, since callers delete them)."""
+        if record["op"] in ("artifacts", "artifact"):
+            dst = self.files / uuid.uuid4().hex
+            src = Path(record["local"])
+            if src.is_dir():
+                shutil.copytree(src, dst)
+            else:
+                dst.mkdir(parents=True)
+                dst = dst / src.name
+                shutil.copy2(src, dst)
+            record = {**record, "local": str(dst)}
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        new = not self.path.is_file()
+        with self.path.open("a") as out:
+            if new:
+                out.write(json.dumps(self._header()) + "\n")
+            out.write(json.dumps(record) + "\n")
+
+    def _header(self) -> dict:
+        return {"op": HEADER, "uri": self.uri, "experiment_id": self.experiment_id,
+                "parent_run_id": self.parent_run_id, "created": time.time()}
+
+    def _rewrite(self, records: list[dict]) -> None:
+        if not records:
+            self.path.unlink(missing_ok=True)
+            shutil.rmtree(self.files, ignore_errors=True)
+            return
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in [self._header(), *records]))
+        tmp.replace(self.path)
+
+    def flush(self, client, on_sent=None) -> bool:
+        """Send waiting records in order; True when none is left. Stops at the first failure
+        while the server is away; a record a reachable server refuses is set aside (rejected)."""
+        records = self.records()
+        if not records:
+            return True
+        left = list(records)
+        try:
+            while left:
+                record = left[0]
+                try:
+                    run_id = send_record(client, record)
+                except Exception as exc:  # noqa: BLE001
+                    if reachable(self.uri):
+                        self._reject(record, exc)
+                        left.pop(0)
+                        continue
+                    return False
+                left.pop(0)
+                if on_sent:
+                    on_sent(record, run_id)
+            return True
+        finally:
+            self._rewrite(left)
+
+    def _reject(self, record: dict, exc: Exception) -> None:
+        with self.rejected_path.open("a") as out:
+            out.write(json.dumps({**record, "error": f"{type(exc).__name__}: {exc}"[:2000]}) + "\n")
+
+
+@dataclass
+class ReplayReport:
+    sent: int
+    left: int
+    rejected: int
+    path: str
+    uri: str = ""
+    parent_run_id: str | None = None
+
+
+def spool_header(path: str | Path) -> dict:
+    """A spool file's header: the tracking URI, experiment and parent run it was written for."""
+    p = Path(path)
+    for line in p.read_text().splitlines() if p.is_file() else []:
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            continue
+        if rec.get("op") == HEADER:
+            return rec
+    return {}
+
+
+def replay_spool(path: str | Path, uri: str | None = None) -> ReplayReport:
+    """Send a spool file's records to MLflow (`uri`, default: the one in its header), in order.
+
+    Returns how many were sent, how many are still waiting (server away) and how many were
+    refused (written to `<spool>.rejected.jsonl`).
+    """
+    from mlflow import MlflowClient
+
+    from mm4ke_ray.errors import UserError
+
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"--replay-spool {path}: no such spool file; a sweep prints its spool path when it ends "
+                        f"with unsent MLflow records ({SPOOL_FILE} in the sweep's storage folder)")
+    header = spool_header(path)
+    uri = uri or header.get("uri")
+    if not uri:
+        raise UserError(f"--replay-spool {path}: the file has no header naming its tracking URI; give --tracking-uri")
+    spool = Spool(path, uri, header.get("experiment_id"), header.get("parent_run_id"))
+    rejected_before = _count_lines(spool.rejected_path)
+    total = len(spool.records())
+    spool.flush(MlflowClient(tracking_uri=uri))
+    left = len(spool.records())
+    rejected = _count_lines(spool.rejected_path) - rejected_before
+    return ReplayReport(sent=total - left - rejected, left=left, rejected=rejected, path=str(path), uri=uri,
+                        parent_run_id=header.get("parent_run_id"))
+
+
+def _count_lines(path: Path) -> int:
+    return sum(1 for line in path.read_text().splitlines() if line.strip()) if path.is_file() else 0
