@@ -1,0 +1,105 @@
+"""Benchmark 1 — merge a candidate: in place vs the naive file path.
+
+Ours: `apply_delta_` (Top_p + scale of a one-layer MLP delta, added in place to the resident base
+model) then `restore_` (copy the snapshot back). Naive (what gluing mergekit and an evaluation
+harness does): build the full merged model (copy of the base + the same update),
+`save_pretrained` to disk (safetensors), `from_pretrained` back for evaluation.
+Both compute the same update (`prepare_delta`: magnitude sparsifier, same α and sparsity); a
+check asserts the naive reloaded model's merged tensors equal ours bit for bit.
+
+    python benchmarks/bench_merge.py               # 110M Qwen2-shaped model (goal >= 100x)
+    python benchmarks/bench_merge.py --smoke-test  # tiny model, seconds
+"""
+
+from __future__ import annotations
+
+import copy
+import shutil
+import tempfile
+
+import common
+import torch
+
+GOAL = 100.0
+
+
+def naive_candidate(base, delta, alpha, sparsity, workdir):
+    """Merge the full model, write it, read it back: the file path of a naive pipeline."""
+    from transformers import AutoModelForCausalLM
+
+    from mm4ke_ray.merge import add_update_, prepare_delta
+
+    merged = copy.deepcopy(base)
+    add_update_(merged, prepare_delta(delta, alpha, sparsity))
+    out = tempfile.mkdtemp(dir=workdir)
+    merged.save_pretrained(out, safe_serialization=True)
+    del merged
+    loaded = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32)
+    shutil.rmtree(out)
+    return loaded
+
+
+def ours_candidate(base, delta, alpha, sparsity):
+    """Apply in place, (evaluation would run here), restore."""
+    from mm4ke_ray.merge import apply_delta_, restore_
+
+    snapshot = apply_delta_(base, delta, alpha=alpha, sparsity=sparsity)
+    restore_(base, snapshot)
+
+
+def main() -> None:
+    args = common.parser(__doc__.split("\n\n")[0]).parse_args()
+    common.setup(args)
+    shape = "tiny" if args.smoke_test else "110m"
+    repeats = 2 if args.smoke_test else 5
+    model = common.qwen2_model(shape)
+    layer = common.SHAPES[shape]["layers"] // 2
+    delta = common.one_layer_delta(model, layer)
+    alpha = 0.5
+    workdir = tempfile.mkdtemp(prefix="mm4ke-bench-merge-")
+    rows = {}
+    try:
+        _check_same_result(model, delta, alpha, 0.2, workdir)
+        for sparsity in (0.2, 0.0):
+            times = common.interleaved(
+                {
+                    "naive": lambda s=sparsity: naive_candidate(model, delta, alpha, s, workdir),
+                    "ours": lambda s=sparsity: ours_candidate(model, delta, alpha, s),
+                },
+                repeats=repeats,
+            )
+            rows[f"sparsity={sparsity}"] = {
+                "naive": common.summary(times["naive"]),
+                "ours": common.summary(times["ours"]),
+                "speedup": common.ratio(times["naive"], times["ours"]),
+            }
+            print(f"sparsity {sparsity}: naive {rows[f'sparsity={sparsity}']['naive']['median_s'] * 1e3:.1f} ms, "
+                  f"ours {rows[f'sparsity={sparsity}']['ours']['median_s'] * 1e3:.2f} ms")
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    goals = [common.goal_line("merge candidate speedup, sparsity 0.2 (x)", rows["sparsity=0.2"]["speedup"], GOAL)]
+    common.write_result("merge", args, {
+        "model": {"shape": common.SHAPES[shape], "params": common.param_count(model), "layer": layer,
+                  "delta_entries": sum(t.numel() for t in delta.values())},
+        "alpha": alpha, "method": "magnitude", "repeats": repeats, "results": rows, "goals": goals,
+    })
+
+
+def _check_same_result(model, delta, alpha, sparsity, workdir) -> None:
+    """The naive file path and the in-place merge must give the same merged weights."""
+    from mm4ke_ray.merge import apply_delta_, restore_
+
+    loaded = naive_candidate(model, delta, alpha, sparsity, workdir)
+    snapshot = apply_delta_(model, delta, alpha=alpha, sparsity=sparsity)
+    try:
+        ours = dict(model.named_parameters())
+        theirs = dict(loaded.named_parameters())
+        for name in delta:
+            if not torch.equal(ours[name], theirs[name]):
+                raise SystemExit(f"merge mismatch on {name}: the two paths disagree")
+    finally:
+        restore_(model, snapshot)
+
+
+if __name__ == "__main__":
+    main()

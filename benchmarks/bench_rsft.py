@@ -1,0 +1,189 @@
+"""Benchmark 2 — R-SFT step: ours vs a naive loop vs the floor, at layer L = N/2.
+
+- ours:  `run_rsft` as the sweep calls it (prefix cache, head on the answer positions only,
+         `final_loss=True`), and with `final_loss=False`.
+- naive: the same Algorithm 1 (same records, E, K, τ, loss, fused AdamW, same layer's MLP
+         trainable) with a full forward of every block and full logits on every step.
+- floor: only what a step must do: blocks ≥ L on the cached hidden state, final norm and head at
+         the answer positions, the loss, backward, the optimizer step. The hidden state, rotary
+         tables and mask are computed before the clock starts; no early-stop check, no logging.
+Steps/s = optimizer updates / wall seconds; τ = 0 so every record takes all K updates.
+
+    python benchmarks/bench_rsft.py               # 110M Qwen2-shaped model, 12 layers, L = 6
+    python benchmarks/bench_rsft.py --smoke-test  # tiny model, seconds
+"""
+
+from __future__ import annotations
+
+import common
+import torch
+import torch.nn.functional as F
+
+GOAL_VS_NAIVE = 1.2
+GOAL_VS_FLOOR = 0.9
+
+
+def _encode(tok, records):
+    from mm4ke_ray.modeling import encode_example
+
+    out = []
+    for r in records:
+        enc = encode_example(tok, r.prompt, r.target_new, "plain")
+        out.append((torch.tensor([enc.input_ids]), enc.answer_start))
+    return out
+
+
+def _optimizer(params, lr):
+    return torch.optim.AdamW(params, lr=lr, weight_decay=0.0, fused=True)
+
+
+def _trainable(model, layer):
+    from mm4ke_ray.modeling import mlp_parameter_names
+
+    names = mlp_parameter_names(model, layer)
+    params = dict(model.named_parameters())
+    for p in model.parameters():
+        p.requires_grad_(False)
+    for n in names:
+        params[n].requires_grad_(True)
+    return names, [params[n] for n in names]
+
+
+class _Restore:
+    """Put the trained MLP back after a contender ran, so every run starts from the base."""
+
+    def __init__(self, model, layer):
+        self.model, self.layer = model, layer
+        self.names, self.params = _trainable(model, layer)
+        self.base = [p.detach().clone() for p in self.params]
+
+    def __call__(self):
+        with torch.no_grad():
+            for p, b in zip(self.params, self.base, strict=True):
+                p.copy_(b)
+                p.grad = None
+
+
+def naive_run(model, examples, layer, epochs, steps, lr, threshold) -> int:
+    """Algorithm 1 with a full forward and full logits every step; returns updates taken."""
+    _, params = _trainable(model, layer)
+    opt = _optimizer(params, lr)
+    updates = 0
+    for _ in range(epochs):
+        for ids, start in examples:
+            for _ in range(steps):
+                logits = model(input_ids=ids, use_cache=False).logits[0]
+                loss = F.cross_entropy(logits[start - 1 : -1].float(), ids[0, start:])
+                if loss.item() < threshold:
+                    break
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                updates += 1
+    return updates
+
+
+def floor_setup(model, examples, layer):
+    """Per example: the hidden state entering `layer`, rotary tables, mask (outside the clock)."""
+    from transformers.masking_utils import create_causal_mask
+
+    from mm4ke_ray.modeling import capture_prefix
+
+    inner = model.model
+    prepared = []
+    with torch.no_grad():
+        for ids, start in examples:
+            hidden = capture_prefix(model, layer, ids)
+            pos = torch.arange(ids.shape[1]).unsqueeze(0)
+            pe = inner.rotary_emb(hidden, pos)
+            mask = create_causal_mask(config=inner.config, inputs_embeds=hidden, attention_mask=None,
+                                      cache=None, position_ids=pos)
+            prepared.append((hidden, pe, mask, pos, ids[0, start:], ids.shape[1] - start))
+    return prepared
+
+
+def floor_run(model, prepared, layer, epochs, steps, lr) -> int:
+    """Only the necessary work of each step: blocks >= layer, norm + head at the answer, loss, step."""
+    _, params = _trainable(model, layer)
+    opt = _optimizer(params, lr)
+    inner, blocks = model.model, model.model.layers
+    updates = 0
+    for _ in range(epochs):
+        for hidden, pe, mask, pos, answer, n in prepared:
+            for _ in range(steps):
+                h = hidden
+                for block in blocks[layer:]:
+                    h = block(h, attention_mask=mask, position_embeddings=pe, position_ids=pos)
+                logits = model.lm_head(inner.norm(h[:, -n - 1 : -1]))[0]
+                loss = F.cross_entropy(logits.float(), answer)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                updates += 1
+    return updates
+
+
+def main() -> None:
+    args = common.parser(__doc__.split("\n\n")[0]).parse_args()
+    common.setup(args)
+    from mm4ke_ray.rsft import RSFTConfig, run_rsft
+
+    smoke = args.smoke_test
+    shape = "tiny" if smoke else "110m"
+    n_records, epochs, steps = (3, 1, 2) if smoke else (6, 2, 6)
+    repeats = 1 if smoke else 3
+    records = common.zsre_records(n_records)
+    tok = common.word_tokenizer(records)
+    model = common.qwen2_model(shape)
+    layer = common.SHAPES[shape]["layers"] // 2
+    lr, threshold = 1e-4, 0.0
+    config = RSFTConfig(layer=layer, epochs=epochs, steps=steps, lr=lr, threshold=threshold)
+    examples = _encode(tok, records)
+    restore = _Restore(model, layer)
+    prepared = floor_setup(model, examples, layer)
+    updates: dict[str, int] = {}
+
+    def contender(name, fn):
+        def run():
+            restore()
+            updates[name] = fn()
+            restore()
+        return run
+
+    times = common.interleaved({
+        "ours": contender("ours", lambda: run_rsft(model, tok, records, config).updates),
+        "ours_no_final_loss": contender(
+            "ours_no_final_loss", lambda: run_rsft(model, tok, records, config, final_loss=False).updates),
+        "naive": contender("naive", lambda: naive_run(model, examples, layer, epochs, steps, lr, threshold)),
+        "floor": contender("floor", lambda: floor_run(model, prepared, layer, epochs, steps, lr)),
+    }, repeats=repeats)
+    expected = n_records * epochs * steps
+    if any(u != expected for u in updates.values()):
+        raise SystemExit(f"contenders took different numbers of updates: {updates} (expected {expected})")
+    rate = {name: expected / (sum(t) / len(t)) for name, t in times.items()}  # mean: rates add up
+    med = {name: expected / sorted(t)[len(t) // 2] for name, t in times.items()}
+    for name in times:
+        print(f"{name:20s} {med[name]:7.2f} steps/s (median of {repeats})")
+    results = {name: {**common.summary(t), "steps_per_s_median": med[name], "steps_per_s_mean": rate[name]}
+               for name, t in times.items()}
+    goals = [
+        common.goal_line("R-SFT steps/s vs naive loop (x)", med["ours"] / med["naive"], GOAL_VS_NAIVE),
+        common.goal_line("R-SFT steps/s vs floor (fraction)", med["ours"] / med["floor"], GOAL_VS_FLOOR),
+    ]
+    extra = {
+        "ours_no_final_loss_vs_naive": med["ours_no_final_loss"] / med["naive"],
+        "ours_no_final_loss_vs_floor": med["ours_no_final_loss"] / med["floor"],
+        "naive_vs_floor": med["naive"] / med["floor"],
+    }
+    print("  " + ", ".join(f"{k} {v:.3f}" for k, v in extra.items()))
+    common.write_result("rsft", args, {
+        "model": {"shape": common.SHAPES[shape], "params": common.param_count(model)},
+        "setup": {"layer": layer, "records": n_records, "epochs": epochs, "steps": steps, "lr": lr,
+                  "threshold": threshold, "updates_per_run": expected, "repeats": repeats,
+                  "mean_tokens_per_record": sum(ids.shape[1] for ids, _ in examples) / len(examples)},
+        "results": results, "ratios": extra, "goals": goals,
+    })
+
+
+if __name__ == "__main__":
+    main()

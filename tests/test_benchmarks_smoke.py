@@ -1,0 +1,107 @@
+"""Every benchmark in benchmarks/ runs in --smoke-test mode and writes a well-formed result.
+
+The scripts run as subprocesses, all at once (most of a smoke run is Ray and Tune start-up,
+which overlaps well), so the whole module takes about as long as the slowest script. The GPU
+check runs its tiny CPU mode. Timings of smoke runs mean nothing; only the plumbing is checked.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+BENCH = REPO / "benchmarks"
+SCRIPTS = {
+    "merge": "bench_merge.py",
+    "rsft": "bench_rsft.py",
+    "eval": "bench_eval.py",
+    "sweep": "bench_sweep.py",
+    "search_quality": "bench_search_quality.py",
+    "memory": "bench_memory.py",
+}
+TIMEOUT_S = 400
+
+pytestmark = [pytest.mark.slow, pytest.mark.ray]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
+           "PYTHONUNBUFFERED": "1"}
+    procs = {}
+    for name, script in SCRIPTS.items():
+        log = open(out / f"{name}.log", "w")  # noqa: SIM115 - closed below
+        cmd = [sys.executable, str(BENCH / script), "--smoke-test", "--out", str(out)]
+        procs[name] = (subprocess.Popen(cmd, cwd=BENCH, env=env, stdout=log, stderr=subprocess.STDOUT), log)
+    gpu_log = open(out / "gpu_check.log", "w")  # noqa: SIM115
+    gpu_env = {**env, "GPU_CHECK_SHAPE": "tiny", "OUT": str(out), "PYTHON": sys.executable}
+    procs["gpu_check"] = (subprocess.Popen(["bash", str(BENCH / "gpu_check.sh")], cwd=REPO, env=gpu_env,
+                                           stdout=gpu_log, stderr=subprocess.STDOUT), gpu_log)
+    codes = {}
+    try:
+        for name, (proc, log) in procs.items():
+            codes[name] = proc.wait(timeout=TIMEOUT_S)
+            log.close()
+    finally:
+        for proc, _ in procs.values():
+            if proc.poll() is None:
+                proc.kill()
+    return out, codes
+
+
+def _result(runs, name: str) -> dict:
+    out, codes = runs
+    log = (out / f"{name}.log").read_text()
+    assert codes[name] == 0, f"{name} failed:\n{log[-4000:]}"
+    path = out / f"{name}.json"
+    assert path.is_file(), f"{name} wrote no result:\n{log[-2000:]}"
+    return json.loads(path.read_text())
+
+
+@pytest.mark.parametrize("name", list(SCRIPTS))
+def test_benchmark_smoke_writes_goals(runs, name):
+    doc = _result(runs, name)
+    assert doc["benchmark"] == name and doc["mode"] == "smoke"
+    assert doc["machine"]["date"] and doc["machine"]["cpu_count"]
+    assert doc["goals"], "every benchmark states its goals"
+    for goal in doc["goals"]:
+        assert {"goal", "measured", "target", "met", "higher_is_better"} <= set(goal)
+        assert isinstance(goal["met"], bool) and goal["measured"] == goal["measured"]  # not NaN
+
+
+def test_eval_smoke_metrics_agree(runs):
+    doc = _result(runs, "eval")
+    a = doc["batched_vs_one_at_a_time"]
+    assert a["max_abs_diff"] <= 1e-6 and a["answer_argmax_agreement"] == 1.0
+
+
+def test_sweep_smoke_counts_candidates(runs):
+    doc = _result(runs, "sweep")
+    task = doc["runs"]["task"]
+    # Same number of candidates; ours from fewer R-SFT runs.
+    assert task["ours"]["candidates"] == task["naive"]["candidates"] == 2
+    assert task["ours"]["trials"] == 1 and task["naive"]["trials"] == 2
+    assert 0 <= task["ours"]["outside_share"] <= 1
+
+
+def test_memory_smoke_reads_rss(runs):
+    doc = _result(runs, "memory")
+    assert set(doc["rss_bytes"]) == {"1", "5", "10"} and all(v > 0 for v in doc["rss_bytes"].values())
+
+
+def test_gpu_check_tiny_mode_runs_every_section(runs):
+    out, codes = runs
+    log = (out / "gpu_check.log").read_text()
+    assert codes["gpu_check"] == 0, log[-4000:]
+    doc = json.loads((out / "gpu_check_tiny.json").read_text())
+    for section in ("rsft", "merge", "eval"):
+        assert "error" not in doc[section], doc[section]
+    assert doc["rsft"]["ours"]["steps_per_s"] > 0 and doc["merge"]["ours_ms_sparsity_0.2"] > 0
+    assert doc["eval"]["cached_metrics_equal"] is True
