@@ -80,7 +80,7 @@ def prepare_delta(
             raise UserError(
                 f"delta tensor '{name}' has dtype {tensor.dtype}; a delta holds floating-point weight differences"
             )
-        if not bool(torch.isfinite(tensor).all()):
+        if not _all_finite(tensor):
             raise UserError(
                 f"delta tensor '{name}' contains NaN or inf; the R-SFT run that produced it diverged (lower the learning rate)"
             )
@@ -88,6 +88,15 @@ def prepare_delta(
         # Always multiply, even by 1.0: the result is a new tensor, never an alias of the input.
         update[name] = sparsifier(work, density, generator) * (1.0 - float(alpha))
     return update
+
+
+def _all_finite(tensor: torch.Tensor) -> bool:
+    """No NaN or ±inf in `tensor`. One min/max pass (NaN propagates through both): on a CPU
+    ~1 ms for a 1.6M-entry tensor, where `isfinite(t).all()` took 5-16 ms, per candidate."""
+    if tensor.numel() == 0:
+        return True
+    low, high = torch.aminmax(tensor.detach())
+    return bool(torch.isfinite(low)) and bool(torch.isfinite(high))
 
 
 @dataclass(frozen=True)
@@ -145,7 +154,10 @@ def _add_(params: Mapping[str, nn.Parameter], update: Mapping[str, torch.Tensor]
         for name, p in params.items():
             work = torch.promote_types(p.dtype, torch.float32)
             u = update[name].to(device=p.device, dtype=work)
-            p.copy_((p.to(work) + u).to(p.dtype))
+            if p.dtype == work:  # float32/64: in place, the same single rounding, no temporary
+                p.add_(u)
+            else:
+                p.copy_((p.to(work) + u).to(p.dtype))
 
 
 def add_update_(model: nn.Module, update: Mapping[str, torch.Tensor]) -> None:
