@@ -221,3 +221,102 @@ def test_diverging_trial_is_recorded_and_the_sweep_goes_on(ray_2_cpus, tiny_mode
     )
     for name, value in secret_env.items():
         assert value not in blob, name
+
+
+# -- the tracking server away ---------------------------------------------------------------------
+
+
+def _http_config(tmp_path, tiny_model_dir, name, port, **kw):
+    from mm4ke_ray.config import validate_config
+
+    data = sweep_dict(tmp_path, tiny_model_dir, name, tracking_uri=f"http://127.0.0.1:{port}", **kw)
+    del data["tracking"]["artifact_location"]  # artifacts go through the server too
+    return validate_config(data, "test")
+
+
+def _assert_all_logged(out, uri: str, trials: int, tmp_path) -> None:
+    """Every candidate the sweep computed is in MLflow with every metric, and the sweep's own records."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(uri)
+    runs = {r.info.run_name: r for r in child_runs(uri, out.parent_run_id)}
+    assert len(out.rows) == trials * 2
+    for row in out.rows:
+        run = runs[row["candidate"]]
+        assert run.info.status == "FINISHED"
+        for key, value in row.items():
+            if isinstance(value, float) and key not in ("alpha", "sparsity", "density", "threshold", "lr") and value == value:
+                assert run.data.metrics[key.replace("/", ".")] == pytest.approx(value, rel=1e-12), key
+    history = client.get_metric_history(out.parent_run_id, "trials_done")
+    assert sorted(m.value for m in history) == [float(i) for i in range(1, trials + 1)]
+    assert len(client.list_artifacts(out.parent_run_id, "deltas")) == trials
+    table = pareto_candidates(uri, out.parent_run_id, tmp_path)
+    assert sorted(table) == sorted(["base", *(r["candidate"] for r in out.rows)])
+    assert client.get_run(out.parent_run_id).info.status == "FINISHED"
+
+
+def test_mlflow_away_for_30_s_loses_no_record(ray_2_cpus, tiny_model_dir, tmp_path):
+    from fault_helpers import free_port, start_mlflow_server, stop_process_group
+
+    from mm4ke_ray.search.driver import run_sweep
+
+    port, server_dir = free_port(), tmp_path / "server"
+    servers = [start_mlflow_server(server_dir, port)]
+    config = _http_config(tmp_path, tiny_model_dir, "outage", port, trials=4, extra=1, general=True)
+    times = {}
+
+    def outage():
+        # Down once the sweep runs its first trial (the parent and base runs are logged), for 30 s.
+        wait_for(lambda: list((tmp_path / "ray" / "outage").glob("sweep_trial_*")), 300, 0.1, "the first trial")
+        stop_process_group(servers[0])
+        times["down"] = time.time()
+        time.sleep(30)
+        servers.append(start_mlflow_server(server_dir, port))  # same port, same backend store
+        times["up"] = time.time()
+
+    thread = threading.Thread(target=outage, daemon=True)
+    thread.start()
+    try:
+        out = run_sweep(config)
+        thread.join(120)
+        assert "up" in times
+        assert out.mlflow_spooled > 0  # writes were made while it was away...
+        assert out.spool is None and not (Path(out.experiment_dir) / "mlflow-spool.jsonl").exists()
+        _assert_all_logged(out, config.tracking.uri, 4, tmp_path)  # ...and none is missing
+    finally:
+        for server in servers:
+            stop_process_group(server)
+
+
+def test_mlflow_away_until_the_end_leaves_a_spool_to_replay(ray_2_cpus, tiny_model_dir, tmp_path, capsys, monkeypatch):
+    from fault_helpers import free_port, start_mlflow_server, stop_process_group
+
+    from mm4ke_ray.cli import main
+    from mm4ke_ray.search import driver
+
+    monkeypatch.setattr(driver, "FINAL_FLUSH_WAIT_S", 2.0)  # the test need not wait a minute for it
+    port, server_dir = free_port(), tmp_path / "server"
+    servers = [start_mlflow_server(server_dir, port)]
+    config = _http_config(tmp_path, tiny_model_dir, "away", port, trials=2, extra=1)
+
+    def outage():
+        wait_for(lambda: list((tmp_path / "ray" / "away").glob("sweep_trial_*")), 300, 0.1, "the first trial")
+        stop_process_group(servers[0])
+
+    thread = threading.Thread(target=outage, daemon=True)
+    thread.start()
+    try:
+        out = driver.run_sweep(config)  # completes although MLflow never comes back
+        thread.join(10)
+        err = capsys.readouterr().err.replace("\n", "")
+        assert out.spool and Path(out.spool).is_file()
+        assert out.spool in err and "--replay-spool" in err
+
+        servers.append(start_mlflow_server(server_dir, port))
+        assert main(["sweep", "--replay-spool", out.spool]) == 0
+        assert "0 still waiting" in capsys.readouterr().out
+        assert not Path(out.spool).exists()
+        _assert_all_logged(out, config.tracking.uri, 2, tmp_path)
+    finally:
+        for server in servers:
+            stop_process_group(server)

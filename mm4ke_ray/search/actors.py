@@ -82,3 +82,12 @@ def start_pool(settings: EvalSettings, size: int, cpus: float, gpus: float, reso
     reference = ray.get(first.reference.remote())
     others = [MergeEvalActor.options(**options).remote(settings, store) for _ in range(size - 1)]
     return Pool([first, *others], reference, store)
+
+
+def stop_pool(pool: Pool) -> None:
+    """Kill the pool's actors (and the reference store) so their resources return to Ray."""
+    for actor in [*pool.actors, pool.store]:
+        try:
+            ray.kill(actor, no_restart=True)
+        except Exception:  # noqa: BLE001 - already gone
+            pass

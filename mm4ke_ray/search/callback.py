@@ -75,18 +75,26 @@ class SweepCallback(Callback):
         self.done = self.failed = 0
         self.started = time.time()
         self.logged: set[str] = set()
+        # A trial's final result is logged only once Tune has saved the experiment state that
+        # holds it (its checkpoint forces that save at the end of the step): a driver killed
+        # in between leaves no MLflow runs for a trial that the resumed sweep does not know.
+        self.pending: dict[str, tuple] = {}  # trial id → (trial, result) waiting for that save
+        self.checkpointed: set[str] = set()
+        self.check_orphans = False  # set by resume_from: look once at the restored trials
 
     def __getstate__(self):
         # Tune pickles its callbacks with the experiment state; the MLflow client and console are
         # live handles and are supplied afresh when a sweep is resumed.
-        return {**self.__dict__, "tracker": None, "console": None, "on_rows": None}
+        return {**self.__dict__, "tracker": None, "console": None, "on_rows": None, "pending": {}}
 
     def _record(self, trial, result: dict) -> None:
-        if trial.trial_id in self.logged or "status" not in result:
+        if "status" not in result:
             return
-        self.logged.add(trial.trial_id)
-        self.done += 1
         if result["status"] != "ok":
+            if trial.trial_id in self.logged:
+                return
+            self.logged.add(trial.trial_id)
+            self.done += 1
             self.failed += 1
             params = result.get("params") or trial.config
             self.tracker.log_candidate(
@@ -96,7 +104,14 @@ class SweepCallback(Callback):
             )
             self.console.print(f"[yellow]trial {trial.trial_id} {result['status']}[/]: {result.get('reason', '')[:200]}")
         else:
-            rows = candidate_rows(result, trial.trial_id)
+            # Per candidate: a resumed sweep may find a trial whose candidates were half logged.
+            known = {r["candidate"] for r in self.rows}
+            rows = [r for r in candidate_rows(result, trial.trial_id) if r["candidate"] not in known]
+            if trial.trial_id not in self.logged:
+                self.logged.add(trial.trial_id)
+                self.done += 1
+            elif not rows:
+                return
             for row in rows:
                 params = {k: row[k] for k in (*PARAM_KEYS, "density")}
                 metrics = {k: v for k, v in row.items() if k not in params and isinstance(v, int | float) and not isinstance(v, bool)}
@@ -111,8 +126,47 @@ class SweepCallback(Callback):
             self.on_rows(self.rows)
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
-        if result.get("candidates") is not None or result.get("status") not in (None, "ok"):
+        if result.get("candidates") is None and result.get("status") in (None, "ok"):
+            return
+        if result.get("restored") or trial.trial_id in self.checkpointed:
+            self._record(trial, result)  # its checkpoint is already in the saved state
+        else:
+            self.pending[trial.trial_id] = (trial, result)
+
+    def on_step_end(self, iteration, trials, **info):
+        # Tune saved the experiment state just before this (forced by the new checkpoints).
+        for trial_id in [t for t in self.pending if t in self.checkpointed]:
+            self._record(*self.pending.pop(trial_id))
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        if trial.trial_id in self.pending:  # finished without a registered checkpoint
+            self._record(*self.pending.pop(trial.trial_id))
+
+    def on_experiment_end(self, trials, **info):
+        for trial, result in list(self.pending.values()):
             self._record(trial, result)
+        self.pending.clear()
+
+    def on_step_begin(self, iteration, trials, **info):
+        if self.check_orphans:
+            self.check_orphans = False
+            self._drop_orphans({t.trial_id for t in trials})
+
+    def _drop_orphans(self, known: set[str]) -> None:
+        """Runs logged for trials the restored Tune state does not hold (the driver died before
+        its state reached storage): Tune replaces those trials, so their runs leave the sweep."""
+        orphans = {r.get("trial_id") for r in self.rows} - known - {None}
+        for row in [r for r in self.rows if r.get("trial_id") in orphans]:
+            if row.get("run_id"):
+                self.tracker.mark_run(row["run_id"], "KILLED", {
+                    "mm4ke.status": "orphaned",
+                    "mm4ke.reason": "its driver died before Tune saved this trial; the resumed sweep replaced it"})
+        self.rows = [r for r in self.rows if r.get("trial_id") not in orphans]
+        self.logged -= orphans
+        self.done = len(self.logged)
+        if orphans:
+            self.console.print(f"[yellow]resume: {len(orphans)} trial(s) logged after the last saved state were "
+                               f"marked orphaned in MLflow: {', '.join(sorted(orphans))}[/]")
 
     def on_checkpoint(self, iteration, trials, trial, checkpoint, **info):
         # The delta is stored once, on the parent run, so export works after the cluster is gone.
@@ -121,6 +175,7 @@ class SweepCallback(Callback):
 
         from mm4ke_ray.delta import DELTA_FILE
 
+        self.checkpointed.add(trial.trial_id)
         with tempfile.TemporaryDirectory() as local:
             checkpoint.to_directory(local)
             if (Path(local) / DELTA_FILE).is_file():  # a diverged trial checkpoints its result only
@@ -131,6 +186,8 @@ class SweepCallback(Callback):
         # so MLflow shows what happened; the retry's candidates are logged once it completes.
         attempt = trial.run_metadata.num_failures
         reason = error_reason(trial)
+        self.checkpointed.discard(trial.trial_id)
+        self.pending.pop(trial.trial_id, None)
         params = {k: v for k, v in trial.config.items() if k in PARAM_KEYS}
         self.tracker.log_candidate(
             f"{trial.trial_id}-attempt{attempt}-failed", params, {},
@@ -163,6 +220,7 @@ class SweepCallback(Callback):
         self.logged = set(finished)
         self.done = len(self.logged)
         self.failed = len(self.logged - {r.get("trial_id") for r in rows})
+        self.check_orphans = True
 
     def _progress(self) -> None:
         minutes = max((time.time() - self.started) / 60, 1e-9)

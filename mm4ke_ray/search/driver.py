@@ -25,7 +25,7 @@ from mm4ke_ray.evaluate.scores import COMBINED, OBJECTIVES
 from mm4ke_ray.preflight import preflight
 
 console = Console(stderr=True)
-FINAL_FLUSH_WAIT_S = 15.0  # at the end, how long to wait for an absent tracking server
+FINAL_FLUSH_WAIT_S = 60.0  # at the end, how long to wait for an absent tracking server
 
 
 @dataclass
@@ -42,6 +42,7 @@ class SweepOutcome:
     experiment_dir: str = ""
     spool: str | None = None  # MLflow records left unsent (server away at the end), if any
     resumed: bool = False
+    mlflow_spooled: int = 0  # MLflow writes that had to wait on disk (server away) during the sweep
 
 
 def resolve_demo(config: SweepConfig, build_kwargs: dict | None = None) -> SweepConfig:
@@ -187,28 +188,20 @@ def _logged_so_far(tracker, parent: str) -> tuple[list[dict], set[str], bool]:
 
 def _execute(config: SweepConfig, source: str, address: str | None, manifest) -> SweepOutcome:
     import ray
-    from ray import tune
 
-    from mm4ke_ray.search.actors import start_pool
-    from mm4ke_ray.search.callback import SweepCallback
+    from mm4ke_ray.search.actors import start_pool, stop_pool
     from mm4ke_ray.search.resources import plan_resources
     from mm4ke_ray.search.resume import (
         join,
         manifest_for,
         new_experiment_name,
-        restore_tuner,
         write_manifest,
     )
-    from mm4ke_ray.search.searcher import STUDY_FILE, CandidateAwareOptunaSearch, journal_storage
-    from mm4ke_ray.search.space import make_sampler, split_space
     from mm4ke_ray.search.storage import (
-        is_uri,
         local_storage_warning,
         normalize_storage_path,
         probe_storage,
     )
-    from mm4ke_ray.search.trial import TRIAL_CPUS, TrialContext, sweep_trial
-    from mm4ke_ray.tracking.pareto_artifacts import ParetoPublisher
 
     start = time.time()
     storage = normalize_storage_path(config.storage_path)
@@ -231,10 +224,28 @@ def _execute(config: SweepConfig, source: str, address: str | None, manifest) ->
 
     pool = start_pool(eval_settings(config, device), plan.actors, config.resources.eval_cpus,
                       config.resources.eval_gpus, config.resources.eval_resource)
+    try:
+        return _tune(config, manifest, plan, pool, tracker, parent, storage, experiment_dir,
+                     rows, finished, base_logged, start)
+    finally:
+        # Tune's registry keeps the trainable's parameters (and so the pool's handles) for the
+        # process's lifetime: without an explicit kill the pool would hold its CPUs/GPUs until
+        # the driver exits and starve a next sweep in the same process.
+        stop_pool(pool)
+
+
+def _tune(config, manifest, plan, pool, tracker, parent, storage, experiment_dir,
+          rows, finished, base_logged, start) -> SweepOutcome:
+    from ray import tune
+
+    from mm4ke_ray.search.callback import SweepCallback
+    from mm4ke_ray.search.resume import restore_tuner, restored_searcher
+    from mm4ke_ray.search.trial import TRIAL_CPUS, TrialContext, sweep_trial
+    from mm4ke_ray.tracking.pareto_artifacts import ParetoPublisher
+
     base = {"candidate": "base", "kind": "base", **pool.reference.metrics}
     if not base_logged:
         tracker.log_candidate("base", {"alpha": None}, pool.reference.metrics, {"mm4ke.kind": "base", "mm4ke.status": "ok"})
-
     ctx = TrialContext(
         settings=eval_settings(config, "cpu"), search=config.search, extra_candidates=config.merge.extra_candidates,
         runner=config.search.rsft.runner, rsft_cpus=config.resources.rsft_cpus, rsft_gpus=config.resources.rsft_gpus,
@@ -247,40 +258,50 @@ def _execute(config: SweepConfig, source: str, address: str | None, manifest) ->
     trainable = tune.with_resources(tune.with_parameters(sweep_trial, ctx=ctx), {"CPU": TRIAL_CPUS})
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     if manifest:
-        tuner = restore_tuner(experiment_dir, trainable, [callback])
-        searcher = None
+        tuner, searcher = restore_tuner(experiment_dir, trainable, [callback]), None
     else:
-        searched, _ = split_space(config.search)
-        searcher = CandidateAwareOptunaSearch(
-            space=searched, metric=[o.name for o in OBJECTIVES], mode=[o.mode for o in OBJECTIVES],
-            sampler=make_sampler(config.search), study_name=config.name,
-            storage=None if is_uri(experiment_dir) else journal_storage(Path(experiment_dir) / STUDY_FILE),
-        )
-        tuner = tune.Tuner(
-            trainable,
-            tune_config=tune.TuneConfig(search_alg=searcher, num_samples=config.search.num_trials,
-                                        max_concurrent_trials=plan.max_concurrent),
-            run_config=tune.RunConfig(
-                name=Path(experiment_dir.rstrip("/")).name, storage_path=storage, callbacks=[callback], verbose=0,
-                failure_config=tune.FailureConfig(max_failures=config.max_failures),
-                # One checkpoint per trial (delta + result), and Tune saves its experiment state
-                # right after each one: a driver killed then loses no finished trial.
-                checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-            ),
-        )
+        tuner, searcher = _new_tuner(config, plan, storage, experiment_dir, trainable, callback)
     status = "FAILED"
     try:
         grid = tuner.fit()
         status = "FINISHED"
     finally:
         spool = _finish(tracker, publisher, callback, status)
-    if searcher is None:
-        from mm4ke_ray.search.resume import restored_searcher
-
-        searcher = restored_searcher(tuner)
-    outcome = _outcome(parent, callback.rows, base, grid, searcher, storage, start, experiment_dir, spool, bool(manifest))
+    outcome = _outcome(parent, callback.rows, base, grid, searcher or restored_searcher(tuner), storage, start,
+                       experiment_dir, spool, bool(manifest))
+    outcome.mlflow_spooled = tracker.spooled
     _print_summary(outcome, config)
     return outcome
+
+
+def _new_tuner(config: SweepConfig, plan, storage: str, experiment_dir: str, trainable, callback):
+    from ray import tune
+
+    from mm4ke_ray.search.searcher import STUDY_FILE, CandidateAwareOptunaSearch, journal_storage
+    from mm4ke_ray.search.space import make_sampler, split_space
+    from mm4ke_ray.search.storage import is_uri
+
+    searched, _ = split_space(config.search)
+    searcher = CandidateAwareOptunaSearch(
+        space=searched, metric=[o.name for o in OBJECTIVES], mode=[o.mode for o in OBJECTIVES],
+        sampler=make_sampler(config.search), study_name=config.name,
+        # The study on disk beside Tune's state: every told point (extra candidates too) survives
+        # the driver. A cloud storage_path has no local folder: Tune's own searcher state then.
+        storage=None if is_uri(experiment_dir) else journal_storage(Path(experiment_dir) / STUDY_FILE),
+    )
+    tuner = tune.Tuner(
+        trainable,
+        tune_config=tune.TuneConfig(search_alg=searcher, num_samples=config.search.num_trials,
+                                    max_concurrent_trials=plan.max_concurrent),
+        run_config=tune.RunConfig(
+            name=Path(experiment_dir.rstrip("/")).name, storage_path=storage, callbacks=[callback], verbose=0,
+            failure_config=tune.FailureConfig(max_failures=config.max_failures),
+            # One checkpoint per trial (delta + result), and Tune saves its experiment state
+            # right after each one: a driver killed then loses no finished trial.
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+        ),
+    )
+    return tuner, searcher
 
 
 def _finish(tracker, publisher, callback, status: str) -> str | None:

@@ -210,6 +210,11 @@ class SweepTracker:
     def set_sweep_tags(self, tags: dict) -> None:
         self._emit({"op": "batch", "run_id": self.parent_run_id, "tags": _tag_items(tags)})
 
+    def mark_run(self, run_id: str, status: str, tags: dict) -> None:
+        """Tag a child run and set its status (e.g. KILLED for an orphaned trial's runs)."""
+        self._emit({"op": "batch", "run_id": run_id, "tags": _tag_items(tags)})
+        self._emit({"op": "status", "run_id": run_id, "status": status})
+
     def log_text(self, text: str, artifact_file: str) -> None:
         self._emit({"op": "text", "run_id": self.parent_run_id, "text": redact(text), "artifact_file": artifact_file})
 
