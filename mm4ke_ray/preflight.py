@@ -86,7 +86,12 @@ def _is_hub_dataset(edits: str) -> bool:
         return True
     if Path(edits).expanduser().exists() or edits.startswith((".", "/", "~")):
         return False
-    return bool(_HUB_DATASET.match(edits)) and not edits.lower().endswith(_DATA_SUFFIXES)
+    from mm4ke_ray.data.sources import _HUB_ID
+
+    hub = _HUB_ID.match(edits)
+    # "org/name/path/file.json" names a file inside a hub dataset repo; a bare "dir/file.json"
+    # that does not exist is a missing local file (the reader draws the same line).
+    return bool(hub) and (hub["file"] is not None or not edits.lower().endswith(_DATA_SUFFIXES))
 
 
 def data_problems(config: SweepConfig) -> list[str]:
