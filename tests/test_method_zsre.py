@@ -9,7 +9,6 @@ the direction of each effect, on real records.
 from __future__ import annotations
 
 import pytest
-
 from conftest import ZSRE
 
 

@@ -6,7 +6,6 @@ import json
 from pathlib import Path
 
 import pytest
-
 from conftest import ZSRE
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
@@ -82,7 +81,7 @@ def test_every_hyperparameter_takes_more_than_one_value(outcome):
 
 def test_rsft_ran_once_per_trial(outcome, sweep_config):
     # Each R-SFT run is one Ray Train run with its own folder in the sweep's storage.
-    train_runs = [p for p in Path(sweep_config.storage_path).iterdir() if p.name.startswith("rsft-")]
+    train_runs = list((Path(sweep_config.storage_path) / sweep_config.name / "rsft").iterdir())
     assert len(train_runs) == outcome.rsft_runs == 4
 
 

@@ -71,6 +71,6 @@ def run(args) -> int:
         from mm4ke_ray.search.driver import run_sweep
 
         config = load_config(args.config, parse_overrides(args.set))
-        outcome = run_sweep(config, source=args.config, address=args.address, num_trials=args.num_trials,
+        run_sweep(config, source=args.config, address=args.address, num_trials=args.num_trials,
                             smoke_test=args.smoke_test)
     return 0

@@ -249,7 +249,9 @@ def _tune(config, manifest, plan, pool, tracker, parent, storage, experiment_dir
     ctx = TrialContext(
         settings=eval_settings(config, "cpu"), search=config.search, extra_candidates=config.merge.extra_candidates,
         runner=config.search.rsft.runner, rsft_cpus=config.resources.rsft_cpus, rsft_gpus=config.resources.rsft_gpus,
-        storage_path=storage, actors=tuple(pool.actors), allow_pickle=config.model.allow_pickle,
+        # R-SFT's Ray Train runs live inside the sweep's own folder, one per trial.
+        storage_path=f"{experiment_dir.rstrip('/')}/rsft", actors=tuple(pool.actors),
+        allow_pickle=config.model.allow_pickle,
     )
     publisher = ParetoPublisher(tracker, base, every=3)
     callback = SweepCallback(tracker, config.search.num_trials, on_rows=publisher)

@@ -35,7 +35,7 @@ def pareto_front(rows: list[dict]) -> list[int]:
 
 def hypervolume(rows: list[dict], reference: tuple[float, ...] = (0.0, 0.0)) -> float:
     """Area dominated by the rows' objectives above `reference` (objectives maximised)."""
-    points = [v for v in map(_values, rows) if v is not None and all(a > r for a, r in zip(v, reference))]
+    points = [v for v in map(_values, rows) if v is not None and all(a > r for a, r in zip(v, reference, strict=True))]
     if not points:
         return 0.0
     # Optuna minimises: negate both points and reference.

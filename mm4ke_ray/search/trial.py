@@ -120,7 +120,7 @@ def _rsft_via_train(ctx: TrialContext, params: dict, trial_id: str) -> tuple[dic
                            "allow_pickle": ctx.allow_pickle},
         scaling_config=ScalingConfig(num_workers=1, use_gpu=ctx.rsft_gpus > 0,
                                      resources_per_worker={"CPU": worker_cpus(ctx.rsft_cpus), "GPU": ctx.rsft_gpus}),
-        run_config=RunConfig(storage_path=ctx.storage_path, name=f"rsft-{trial_id}"),
+        run_config=RunConfig(storage_path=ctx.storage_path, name=trial_id),
     )
     result = trainer.fit()
     summary = dict(result.metrics or {})

@@ -20,6 +20,7 @@ import re
 import time
 import warnings
 from pathlib import Path
+from urllib.parse import urlparse
 
 from mlflow import MlflowClient
 from mlflow.entities import Param
@@ -101,7 +102,9 @@ class SweepTracker:
         exp = self.client.get_experiment_by_name(experiment)
         if exp is None:
             location = artifact_location
-            if location and "://" not in location:
+            # A plain path becomes a file URI; "s3://", "mlflow-artifacts:/x" etc. stay as given
+            # (a one-letter "scheme" is a Windows drive, i.e. a path).
+            if location and len(urlparse(location).scheme) <= 1:
                 location = Path(location).expanduser().resolve().as_uri()
             self.experiment_id = self.client.create_experiment(experiment, artifact_location=location)
         else:
