@@ -121,3 +121,32 @@ def test_front_is_non_dominated(outcome):
 
     assert outcome.front and all(not dominated(r) for r in outcome.front)
     assert all(dominated(r) for r in rows if r not in outcome.front)
+
+
+def test_the_real_sweep_publishes_its_front_and_exports_the_best(outcome, sweep_config, tmp_path, capsys):
+    """Issue 4 on a sweep run by Ray Tune itself (general tasks included in the re-evaluation)."""
+    import csv
+
+    from mlflow import MlflowClient
+
+    from mm4ke_ray.cli import main
+    from mm4ke_ray.export.verify import verify_checksums
+
+    client = MlflowClient(sweep_config.tracking.uri)
+    folder = client.download_artifacts(outcome.parent_run_id, "pareto", str(tmp_path))
+    front = list(csv.DictReader(open(Path(folder) / "front.csv")))
+    everything = list(csv.DictReader(open(Path(folder) / "all.csv")))
+    assert len(everything) == len(outcome.rows) + 1  # every candidate and the base
+    assert {r["candidate"] for r in front} == {r["candidate"] for r in outcome.front}
+    assert (Path(folder) / "front.png").stat().st_size > 0 and (Path(folder) / "front.html").stat().st_size > 0
+
+    out = tmp_path / "export"
+    args = ["export", "--tracking-uri", sweep_config.tracking.uri, "--sweep", "sweeptest", "--pick", "best",
+            "--out", str(out)]
+    assert main(args) == 0
+    assert verify_checksums(out) == []
+    recipe = json.loads((out / "mm4ke_merge.json").read_text())
+    checked = recipe["verification"]["metrics"]
+    assert recipe["verification"]["status"] == "passed"
+    assert "general.sweeptest_mc" in checked and "edit_succ" in checked and "locality" in checked
+    assert all(m["abs_diff"] <= recipe["verification"]["tolerance"] for m in checked.values())
