@@ -65,12 +65,12 @@ def run(args) -> int:
     if mode == "resume":
         from mm4ke_ray.search.driver import resume_sweep
 
-        outcome = resume_sweep(args.resume, address=args.address)
+        resume_sweep(args.resume, address=args.address)
     else:
         from mm4ke_ray.config import load_config
         from mm4ke_ray.search.driver import run_sweep
 
         config = load_config(args.config, parse_overrides(args.set))
         run_sweep(config, source=args.config, address=args.address, num_trials=args.num_trials,
-                            smoke_test=args.smoke_test)
+                  smoke_test=args.smoke_test)
     return 0

@@ -155,6 +155,8 @@ class SweepCallback(Callback):
     def _drop_orphans(self, known: set[str]) -> None:
         """Runs logged for trials the restored Tune state does not hold (the driver died before
         its state reached storage): Tune replaces those trials, so their runs leave the sweep."""
+        if not known:  # nothing restored to compare with: never drop what is logged
+            return
         orphans = {r.get("trial_id") for r in self.rows} - known - {None}
         for row in [r for r in self.rows if r.get("trial_id") in orphans]:
             if row.get("run_id"):

@@ -204,13 +204,14 @@ def _execute(config: SweepConfig, source: str, address: str | None, manifest) ->
     )
 
     start = time.time()
+    device = "cuda" if config.resources.eval_gpus > 0 else "cpu"
+    settings = eval_settings(config, device)  # raises for settings this version cannot honour, before any side effect
     storage = normalize_storage_path(config.storage_path)
     probe_storage(storage)
     _init_ray(address)
     if warning := local_storage_warning(storage, len([n for n in ray.nodes() if n.get("Alive")])):
         console.print(f"[yellow]{warning}[/]")
     plan = plan_resources(config.resources, ray.cluster_resources(), config.merge.extra_candidates + 1)
-    device = "cuda" if config.resources.eval_gpus > 0 else "cpu"
     experiment_dir = manifest.experiment_dir if manifest else join(storage, new_experiment_name(storage, config.name))
 
     tracker, parent = _start_tracker(config, experiment_dir, manifest, plan)
@@ -222,7 +223,7 @@ def _execute(config: SweepConfig, source: str, address: str | None, manifest) ->
                   f"actor(s), {plan.max_concurrent} trial(s) at once · MLflow run {parent}\n"
                   f"  folder {experiment_dir} · if it is interrupted: mm4ke-ray sweep --resume {experiment_dir}")
 
-    pool = start_pool(eval_settings(config, device), plan.actors, config.resources.eval_cpus,
+    pool = start_pool(settings, plan.actors, config.resources.eval_cpus,
                       config.resources.eval_gpus, config.resources.eval_resource)
     try:
         return _tune(config, manifest, plan, pool, tracker, parent, storage, experiment_dir,
