@@ -112,7 +112,7 @@ class Killer(threading.Thread):
 
     def run(self):
         try:
-            pid = wait_for(self.find, self.timeout, what="a process to kill")
+            pid = wait_for(self.find, self.timeout, 0.05, what="a process to kill")
             os.kill(pid, signal.SIGKILL)
             self.killed = pid
         except BaseException as exc:  # noqa: BLE001 - reported by the test

@@ -61,6 +61,11 @@ def test_sigkilled_driver_resumes_into_the_same_run(tmp_path, tiny_model_dir):
             return len(done) >= 1 and len(list(folder.glob("sweep_trial_*"))) >= 2
 
         wait_for(second_trial_running, 300, 0.1, "the first trial to finish and the second to start")
+        # A local sweep opens no web UI: Ray's dashboard process (kept for its internal modules)
+        # serves no frontend and listens on the loopback interface only.
+        started = [" ".join(p.cmdline()) for p in psutil.Process(first.pid).children(recursive=True)]
+        dashboards = [c for c in started if "dashboard/dashboard.py" in c]
+        assert started and all("--host=127.0.0.1" in c and "--disable-frontend" in c for c in dashboards)
         first.send_signal(signal.SIGKILL)
         first.wait(30)
     finally:
@@ -78,6 +83,7 @@ def test_sigkilled_driver_resumes_into_the_same_run(tmp_path, tiny_model_dir):
     _kill_leftovers(ray_tmp)
     assert resumed.returncode == 0, resumed.stderr[-5000:]
     assert "resuming sweep resumetest" in resumed.stderr
+    assert "--host 127.0.0.1" in resumed.stderr.replace("\n", " ")  # the printed `mlflow ui` binds loopback
 
     # The same parent run, finished, with the requested number of trials, each logged once.
     client = MlflowClient(config["tracking"]["uri"])

@@ -137,8 +137,8 @@ def _init_ray(address: str | None) -> None:
     if address:
         ray.init(address=address, log_to_driver=False)
     else:
-        # No dashboard: a local sweep opens no web UI on the machine's interfaces.
-        ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False)
+        # No dashboard UI; what Ray keeps of it listens on the loopback interface only.
+        ray.init(include_dashboard=False, dashboard_host="127.0.0.1", log_to_driver=False, configure_logging=False)
 
 
 def _start_tracker(config: SweepConfig, experiment_dir: str, manifest, plan):
