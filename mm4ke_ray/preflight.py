@@ -42,6 +42,13 @@ def _num_layers(data: dict | None) -> int | None:
     return None
 
 
+def _native_architecture(model_type) -> bool:
+    """True when transformers has its own classes for `model_type` (then auto_map's code is not run)."""
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
+
+    return isinstance(model_type, str) and model_type in CONFIG_MAPPING_NAMES
+
+
 def model_problems(model: ModelConfig) -> tuple[list[str], int | None]:
     """(problems, number of layers) for `model.name` when it is a local folder; hub ids pass."""
     from mm4ke_ray.modeling.loading import check_model_source
@@ -60,10 +67,11 @@ def model_problems(model: ModelConfig) -> tuple[list[str], int | None]:
         return [problem], None
     problems = []
     auto_map = data.get("auto_map")
-    if auto_map and not model.trust_remote_code:
+    if auto_map and not model.trust_remote_code and not _native_architecture(data.get("model_type")):
         classes = ", ".join(sorted(auto_map)) if isinstance(auto_map, dict) else str(auto_map)
         problems.append(
-            f"model.name: '{model.name}' needs its own Python code (config.json auto_map: {classes}) and "
+            f"model.name: '{model.name}' needs its own Python code (config.json auto_map: {classes}; "
+            f"model_type {data.get('model_type')!r} is not one transformers knows) and "
             "model.trust_remote_code is off; set model.trust_remote_code: true only if you have read and "
             "trust that code, or use a model transformers supports natively"
         )

@@ -34,9 +34,12 @@ def models(tmp_path_factory, tiny_model_dir) -> dict[str, Path]:
     remote = root / "remote_code"
     shutil.copytree(tiny_model_dir, remote)
     cfg = json.loads((remote / "config.json").read_text())
+    # An architecture transformers does not know, whose code ships with the model.
+    cfg["model_type"] = "mm4ke_custom_lm"
     cfg["auto_map"] = {"AutoConfig": "configuration_x.XConfig", "AutoModelForCausalLM": "modeling_x.XForCausalLM"}
     (remote / "config.json").write_text(json.dumps(cfg))
-    (remote / "modeling_x.py").write_text("raise SystemExit('custom code ran')\n")
+    for module in ("configuration_x.py", "modeling_x.py"):
+        (remote / module).write_text("raise SystemExit('custom code ran')\n")
     pickle_only = root / "pickle_only"
     shutil.copytree(tiny_model_dir, pickle_only)
     for f in pickle_only.glob("*.safetensors"):
@@ -151,3 +154,42 @@ def test_the_console_script_exits_2_without_a_traceback(tmp_path, models):
     proc = subprocess.run([str(script), *argv], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2, proc.stderr
     assert "search.space.alpha" in proc.stderr and "Traceback" not in proc.stderr + proc.stdout
+
+
+# -- safety at load time (also when preflight is bypassed, e.g. a library caller) ----------------
+
+
+def test_pickle_weights_are_refused_unless_allowed(tmp_path, tiny_model_factory):
+    import torch
+
+    from mm4ke_ray.errors import UserError
+    from mm4ke_ray.modeling import load_model
+
+    folder = tmp_path / "pickled"
+    model = tiny_model_factory("qwen2")
+    model.config.save_pretrained(folder)
+    torch.save(model.state_dict(), folder / "pytorch_model.bin")  # a pickle checkpoint, as older repos ship
+    with pytest.raises(UserError, match="allow_pickle"):
+        load_model(str(folder))
+    assert load_model(str(folder), allow_pickle=True) is not None  # the explicit opt-in
+
+
+def test_remote_code_is_not_run_unless_trusted(models):
+    from mm4ke_ray.errors import UserError
+    from mm4ke_ray.modeling import load_model
+
+    # modeling_x.py would raise SystemExit if it were imported: the refusal happens before.
+    with pytest.raises(UserError, match="trust_remote_code"):
+        load_model(str(models["remote_code"]))
+
+
+def test_a_native_architecture_with_a_leftover_auto_map_is_accepted(tmp_path, tiny_model_dir):
+    # transformers uses its own Qwen2 classes then; the repo's code is never imported.
+    from mm4ke_ray.config import ModelConfig
+    from mm4ke_ray.preflight import model_problems
+
+    folder = tmp_path / "m"
+    shutil.copytree(tiny_model_dir, folder)
+    cfg = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**cfg, "auto_map": {"AutoModelForCausalLM": "m.X"}}))
+    assert model_problems(ModelConfig(name=str(folder))) == ([], cfg["num_hidden_layers"])
