@@ -9,14 +9,12 @@ from __future__ import annotations
 
 import json
 import os
-import re
 from pathlib import Path
 
 from mm4ke_ray.config import DEMO, ModelConfig, SweepConfig
 from mm4ke_ray.errors import ConfigError, UserError
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
-_HUB_DATASET = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+(/[^:]+)?(:[^:/]+)?$")
 _DATA_SUFFIXES = (".json", ".jsonl", ".parquet", ".csv", ".arrow")
 
 
