@@ -28,6 +28,7 @@ class EvalSettings:
     edits: str
     dtype: str = "float32"
     trust_remote_code: bool = False
+    allow_pickle: bool = False  # accept pickle checkpoints (off: safetensors only)
     data_format: str | None = None
     limit: int | None = None
     skip_invalid: bool = False
@@ -61,7 +62,9 @@ class CandidateEvaluator:
 
         self.settings = s = settings
         self.tokenizer = load_tokenizer(s.model, trust_remote_code=s.trust_remote_code)
-        self.model = load_model(s.model, dtype=s.dtype, device=s.device, trust_remote_code=s.trust_remote_code)
+        self.model = load_model(
+            s.model, dtype=s.dtype, device=s.device, trust_remote_code=s.trust_remote_code, allow_pickle=s.allow_pickle
+        )
         records = load_edit_records(s.edits, limit=s.limit, skip_invalid=s.skip_invalid, fmt=s.data_format).records
         self.edit_eval = EditEvaluator(self.tokenizer, records, prompt_format=s.prompt_format, batch_size=s.batch_size,
                                        prefix_cache=s.prefix_cache)

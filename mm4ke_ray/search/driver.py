@@ -62,14 +62,6 @@ def resolve_demo(config: SweepConfig, build_kwargs: dict | None = None) -> Sweep
 
 
 def eval_settings(config: SweepConfig, device: str) -> EvalSettings:
-    extra = {}
-    if config.model.allow_pickle:
-        if "allow_pickle" not in EvalSettings.__dataclass_fields__:
-            from mm4ke_ray.errors import UserError
-
-            raise UserError("model.allow_pickle: the merge-eval actors of this version load safetensors only; "
-                            "convert the checkpoint to safetensors")
-        extra["allow_pickle"] = True
     return EvalSettings(
         model=config.model.name, edits=config.data.edits, dtype=config.model.dtype,
         trust_remote_code=config.model.trust_remote_code, data_format=config.data.format, limit=config.data.limit,
@@ -78,7 +70,7 @@ def eval_settings(config: SweepConfig, device: str) -> EvalSettings:
         general_tasks=tuple(config.evaluation.general_tasks), task_include_path=config.evaluation.task_include_path,
         general_limit=config.evaluation.general_limit, merge_method=config.merge.method,
         edit_weights=dict(config.objectives.edit_weights), combined_edit_weight=config.objectives.combined_edit_weight,
-        device=device, **extra,
+        device=device, allow_pickle=config.model.allow_pickle,
     )
 
 
