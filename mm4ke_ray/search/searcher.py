@@ -59,8 +59,17 @@ class CandidateAwareOptunaSearch(OptunaSearch):
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False):
         ot_trial = self._ot_trials.get(trial_id)
-        if trial_id in self._completed_trials or ot_trial is None:
+        if trial_id in self._completed_trials:
             return super().on_trial_complete(trial_id, result=result, error=error)
+        if ot_trial is None:
+            # A trial the restored searcher never suggested (the driver died between Tune's and the
+            # searcher's saves): tell its outcome as a fresh study trial rather than crash.
+            self._completed_trials.add(trial_id)
+            if error or not result or self._objectives(result) is None:
+                return
+            points = [{"params": result.get("params") or {}, "values": self._objectives(result)}]
+            self._add_points(points + list(result.get(EXTRA_POINTS_KEY) or []), trial_id)
+            return
         if self._finished_in_study(ot_trial):
             # Told before the driver restarted (the study is on disk): nothing new to learn.
             self._completed_trials.add(trial_id)
@@ -71,7 +80,10 @@ class CandidateAwareOptunaSearch(OptunaSearch):
         super().on_trial_complete(trial_id, result=result, error=error)
         if error or not result:
             return
-        for point in result.get(EXTRA_POINTS_KEY) or []:
+        self._add_points(result.get(EXTRA_POINTS_KEY) or [], trial_id)
+
+    def _add_points(self, points: list[dict], trial_id: str) -> None:
+        for point in points:
             params = {k: v for k, v in point["params"].items() if k in self._space}
             try:
                 trial = optuna.trial.create_trial(params=params, distributions=self._space, values=point["values"],
