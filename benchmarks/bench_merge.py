@@ -51,7 +51,7 @@ def main() -> None:
     args = common.parser(__doc__.split("\n\n")[0]).parse_args()
     common.setup(args)
     shape = "tiny" if args.smoke_test else "110m"
-    repeats = 2 if args.smoke_test else 5
+    repeats = 2 if args.smoke_test else 9
     model = common.qwen2_model(shape)
     layer = common.SHAPES[shape]["layers"] // 2
     delta = common.one_layer_delta(model, layer)

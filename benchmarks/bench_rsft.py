@@ -131,7 +131,7 @@ def main() -> None:
     smoke = args.smoke_test
     shape = "tiny" if smoke else "110m"
     n_records, epochs, steps = (3, 1, 2) if smoke else (6, 2, 6)
-    repeats = 1 if smoke else 3
+    repeats = 1 if smoke else 5
     records = common.zsre_records(n_records)
     tok = common.word_tokenizer(records)
     model = common.qwen2_model(shape)
