@@ -104,9 +104,11 @@ def _limits(model, delta, repeats) -> dict:
         for buf, p in zip(buffers, touched, strict=True):
             buf.copy_(p.detach())
 
-    def select():
+    def select():  # the selection the magnitude sparsifier itself uses on this device
+        from mm4ke_ray.merge.sparsify import _kth_largest
+
         for n, t in delta.items():
-            torch.kthvalue(t.reshape(-1).abs(), t.numel() - k[n] + 1)
+            _kth_largest(t.reshape(-1).abs(), k[n])
 
     times = common.interleaved({"copy": copy_once, "select": select}, repeats=max(3, repeats))
     return {"one_copy_s": min(times["copy"]), "selection_s": min(times["select"])}
