@@ -80,12 +80,13 @@ class SweepCallback(Callback):
         # in between leaves no MLflow runs for a trial that the resumed sweep does not know.
         self.pending: dict[str, tuple] = {}  # trial id → (trial, result) waiting for that save
         self.checkpointed: set[str] = set()
+        self.checkpoints: dict = {}  # trial id → its delta checkpoint, stored with its candidates
         self.check_orphans = False  # set by resume_from: look once at the restored trials
 
     def __getstate__(self):
         # Tune pickles its callbacks with the experiment state; the MLflow client and console are
         # live handles and are supplied afresh when a sweep is resumed.
-        return {**self.__dict__, "tracker": None, "console": None, "on_rows": None, "pending": {}}
+        return {**self.__dict__, "tracker": None, "console": None, "on_rows": None, "pending": {}, "checkpoints": {}}
 
     def _record(self, trial, result: dict) -> None:
         if "status" not in result:
@@ -112,6 +113,8 @@ class SweepCallback(Callback):
                 self.done += 1
             elif not rows:
                 return
+            if rows:
+                self._store_delta(trial)
             for row in rows:
                 params = {k: row[k] for k in (*PARAM_KEYS, "density")}
                 metrics = {k: v for k, v in row.items() if k not in params and isinstance(v, int | float) and not isinstance(v, bool)}
@@ -171,13 +174,24 @@ class SweepCallback(Callback):
                                f"marked orphaned in MLflow: {', '.join(sorted(orphans))}[/]")
 
     def on_checkpoint(self, iteration, trials, trial, checkpoint, **info):
-        # The delta is stored once, on the parent run, so export works after the cluster is gone.
+        self.checkpointed.add(trial.trial_id)
+        self.checkpoints[trial.trial_id] = checkpoint
+
+    def _store_delta(self, trial) -> None:
+        """The delta, once, on the parent run, so export works after the cluster is gone.
+
+        Stored with the trial's candidates, after Tune saved the state that holds the trial: a
+        driver killed before that save leaves no delta of a trial the resumed sweep replaces.
+        """
         import tempfile
         from pathlib import Path
 
         from mm4ke_ray.delta import DELTA_FILE
 
-        self.checkpointed.add(trial.trial_id)
+        # A trial restored by a resumed driver checkpointed in the earlier one: Tune's record of it.
+        checkpoint = self.checkpoints.pop(trial.trial_id, None) or trial.checkpoint
+        if checkpoint is None:
+            return
         with tempfile.TemporaryDirectory() as local:
             checkpoint.to_directory(local)
             if (Path(local) / DELTA_FILE).is_file():  # a diverged trial checkpoints its result only
@@ -189,6 +203,7 @@ class SweepCallback(Callback):
         attempt = trial.run_metadata.num_failures
         reason = error_reason(trial)
         self.checkpointed.discard(trial.trial_id)
+        self.checkpoints.pop(trial.trial_id, None)
         self.pending.pop(trial.trial_id, None)
         params = {k: v for k, v in trial.config.items() if k in PARAM_KEYS}
         self.tracker.log_candidate(
