@@ -20,15 +20,31 @@ pytestmark = [pytest.mark.ray, pytest.mark.slow]
 CLI = str(Path(sys.executable).with_name("mm4ke-ray"))
 
 
-def _run(tmp: Path, model_dir: Path) -> Path:
+TRIALS = 2
+
+
+def _start(tmp: Path, model_dir: Path) -> subprocess.Popen:
     tmp.mkdir()
-    config = sweep_dict(tmp, model_dir, "determinism", trials=3, extra=2, seed=11)
+    config = sweep_dict(tmp, model_dir, "determinism", trials=TRIALS, extra=2, seed=11)
     (tmp / "sweep.yaml").write_text(yaml.safe_dump(config))
     env = cli_env(Path(tempfile.mkdtemp(prefix="ray", dir="/tmp")))
-    proc = subprocess.run([CLI, "sweep", str(tmp / "sweep.yaml")], capture_output=True, text=True, env=env,
-                          cwd=tmp, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-5000:]
-    return tmp / "ray" / "determinism"
+    return subprocess.Popen([CLI, "sweep", str(tmp / "sweep.yaml")], stdout=subprocess.DEVNULL,
+                            stderr=open(tmp / "sweep.log", "w"), env=env, cwd=tmp)  # noqa: SIM115
+
+
+def _runs(tmp: Path, model_dir: Path) -> list[Path]:
+    """Both sweeps at once: each has its own Ray, and with one trial at a time on this machine
+    neither the suggestions nor the training may depend on how fast the other one runs."""
+    folders = [tmp / "a", tmp / "b"]
+    procs = [_start(folder, model_dir) for folder in folders]
+    try:
+        for folder, proc in zip(folders, procs, strict=True):
+            assert proc.wait(timeout=600) == 0, (folder / "sweep.log").read_text()[-5000:]
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+    return [folder / "ray" / "determinism" for folder in folders]
 
 
 def _trials_in_order(folder: Path) -> list[Path]:
@@ -47,18 +63,18 @@ def _study(folder: Path):
 def test_two_runs_with_one_seed_suggest_and_train_identically(tmp_path, tiny_model_dir):
     from mm4ke_ray.delta import DELTA_FILE, load_delta
 
-    first, second = _run(tmp_path / "a", tiny_model_dir), _run(tmp_path / "b", tiny_model_dir)
+    first, second = _runs(tmp_path, tiny_model_dir)
 
     # Optuna: the same suggestions (and the same extra points told), in the same order.
     trials_a, trials_b = _study(first).trials, _study(second).trials
-    assert len(trials_a) == len(trials_b) == 3 * 3
+    assert len(trials_a) == len(trials_b) == TRIALS * 3
     assert [t.params for t in trials_a] == [t.params for t in trials_b]
     assert [t.values for t in trials_a] == [t.values for t in trials_b]
     assert len({t.params["lr"] for t in trials_a}) > 1  # it did search
 
     # R-SFT: bit-identical deltas, trial by trial.
     dirs_a, dirs_b = _trials_in_order(first), _trials_in_order(second)
-    assert len(dirs_a) == len(dirs_b) == 3
+    assert len(dirs_a) == len(dirs_b) == TRIALS
     for a, b in zip(dirs_a, dirs_b, strict=True):
         (ca,), (cb,) = list(a.glob("checkpoint_*")), list(b.glob("checkpoint_*"))
         assert (ca / DELTA_FILE).is_file()
