@@ -33,3 +33,38 @@ def add_sweep_source_arguments(parser: argparse.ArgumentParser) -> None:
         help="sweep name (its newest parent run) or the parent run's id",
     )
     parser.add_argument("--experiment", metavar="NAME", help="MLflow experiment to look in (default: all)")
+
+
+def add_model_arguments(parser: argparse.ArgumentParser, use: str) -> None:
+    """--dtype, --device and --trust-remote-code, the same for every command that loads a model."""
+    parser.add_argument(
+        "--dtype",
+        default="float32",
+        choices=["float32", "bfloat16", "float16"],
+        help=f"dtype to load and {use} in (default: float32)",
+    )
+    parser.add_argument(
+        "--device", default="auto", help="auto (cuda if available, else cpu), cpu, cuda or cuda:N (default: auto)"
+    )
+    parser.add_argument(
+        "--trust-remote-code",
+        action="store_true",
+        help="run the model repository's own code (off by default; only for code you trust)",
+    )
+
+
+def add_out_dir_arguments(parser: argparse.ArgumentParser) -> None:
+    """--out DIR and --force, checked by `check_out_dir`."""
+    parser.add_argument("--out", required=True, metavar="DIR", help="output directory (must be empty unless --force)")
+    parser.add_argument("--force", action="store_true", help="write into a non-empty --out")
+
+
+def resolve_device(name: str) -> str:
+    """--device as torch wants it; a CUDA device asked for where there is none is a clear error."""
+    import torch
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"--device {name}: no CUDA device is available here; use --device cpu")
+    return name

@@ -6,6 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
+from mm4ke_ray.commands._common import add_model_arguments, resolve_device
 from mm4ke_ray.errors import UserError
 
 NAME = "evaluate"
@@ -54,31 +55,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--batch-size", type=int, default=32, help="Teacher-forced evaluation batch size."
     )
-    parser.add_argument(
-        "--dtype",
-        choices=("float32", "bfloat16", "float16"),
-        default="float32",
-        help="Weights dtype.",
-    )
-    parser.add_argument(
-        "--device", default="auto", help="'cpu', 'cuda', 'cuda:1', ... ('auto': cuda if available)."
-    )
-    parser.add_argument(
-        "--trust-remote-code",
-        action="store_true",
-        help="Run the model repo's own code (only if you trust it).",
-    )
+    add_model_arguments(parser, "evaluate")
     parser.add_argument("--out", required=True, help="Output JSON file.")
-
-
-def _device(name: str) -> str:
-    import torch
-
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"--device {name}: no CUDA device is available here; use --device cpu")
-    return name
 
 
 def run(args: argparse.Namespace) -> int:
@@ -94,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(
             f"--out {out} is a directory; give a file name such as {out / 'metrics.json'}"
         )
-    device = _device(args.device)
+    device = resolve_device(args.device)
     dataset = load_edit_records(
         args.data, limit=args.limit, skip_invalid=args.skip_invalid, fmt=args.data_format
     )

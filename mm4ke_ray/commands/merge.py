@@ -5,7 +5,12 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from mm4ke_ray.commands._common import check_out_dir
+from mm4ke_ray.commands._common import (
+    add_model_arguments,
+    add_out_dir_arguments,
+    check_out_dir,
+    resolve_device,
+)
 
 NAME = "merge"
 HELP = (
@@ -48,22 +53,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--seed", type=int, default=0, help="seed for random sparsifiers such as dare (default: 0)"
     )
-    parser.add_argument(
-        "--dtype",
-        default="float32",
-        choices=["float32", "bfloat16", "float16"],
-        help="dtype to load, merge and save in (default: float32)",
-    )
-    parser.add_argument(
-        "--device", default="cpu", help="device to merge on, e.g. cpu or cuda (default: cpu)"
-    )
-    parser.add_argument(
-        "--out",
-        required=True,
-        metavar="DIR",
-        help="output directory (must be empty unless --force)",
-    )
-    parser.add_argument("--force", action="store_true", help="write into a non-empty --out")
+    add_model_arguments(parser, "merge and save")
+    add_out_dir_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -85,7 +76,8 @@ def run(args: argparse.Namespace) -> int:
         method=args.method,
         seed=args.seed,
         dtype=args.dtype,
-        device=args.device,
+        device=resolve_device(args.device),
+        trust_remote_code=args.trust_remote_code,
     )
     save_merged(result.model, args.base, out, result.info)
     info = result.info

@@ -56,27 +56,9 @@ def front_rows(sweep, everything: bool = False) -> list[dict]:
 
 
 def _table(rows: list[dict], title: str) -> None:
-    from rich.console import Console
-    from rich.table import Table
+    from mm4ke_ray.tracking.tables import print_table
 
-    cols = [c for c in _TABLE_COLUMNS if any(c in r for r in rows)]
-    table = Table(title=title)
-    for c in cols:
-        # Names and run ids are what a user copies into `export --pick`: never wrap them.
-        table.add_column(c, no_wrap=c in ("candidate", "kind", "run_id"))
-    for r in rows:
-        table.add_row(*[_fmt(r.get(c)) for c in cols])
-    console = Console()
-    # Piped output (no terminal) gets room for every column instead of rich's 80-column default.
-    (console if console.is_terminal else Console(width=240)).print(table)
-
-
-def _fmt(v) -> str:
-    if v is None:
-        return "-"
-    if isinstance(v, float):
-        return f"{v:.4g}"
-    return str(v)
+    print_table(rows, [c for c in _TABLE_COLUMNS if any(c in r for r in rows)], title)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -8,8 +8,13 @@ import sys
 from contextlib import nullcontext
 from pathlib import Path
 
-from mm4ke_ray.commands._common import check_out_dir
-from mm4ke_ray.errors import ConfigError, UserError
+from mm4ke_ray.commands._common import (
+    add_model_arguments,
+    add_out_dir_arguments,
+    check_out_dir,
+    resolve_device,
+)
+from mm4ke_ray.errors import ConfigError
 
 NAME = "rsft"
 HELP = "Train one layer's MLP on an edit set with R-SFT and save the delta (θ_sft − θ_base)."
@@ -64,27 +69,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--prompt-format", choices=["plain", "chat"], default="plain", help=default("prompt_format")
     )
     parser.add_argument("--seed", type=int, default=0, help=default("seed"))
-    parser.add_argument(
-        "--dtype",
-        default="float32",
-        choices=["float32", "bfloat16", "float16"],
-        help="dtype to load and train in (default: float32)",
-    )
-    parser.add_argument(
-        "--device", default=None, help="cpu or cuda (default: cuda if available, else cpu)"
-    )
-    parser.add_argument(
-        "--trust-remote-code",
-        action="store_true",
-        help="allow the model's own code (only if you trust it)",
-    )
-    parser.add_argument(
-        "--out",
-        required=True,
-        metavar="DIR",
-        help="output directory (must be empty unless --force)",
-    )
-    parser.add_argument("--force", action="store_true", help="write into a non-empty --out")
+    add_model_arguments(parser, "train")
+    add_out_dir_arguments(parser)
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -110,16 +96,6 @@ def _config(args: argparse.Namespace):
             for e in exc.errors()
         ]
         raise ConfigError("rsft options", problems) from None
-
-
-def _device(name: str | None) -> str:
-    import torch
-
-    if name is None:
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"--device {name}: no CUDA device is available here; use --device cpu")
-    return name
 
 
 def _progress_bar(total: int, quiet: bool):
@@ -158,7 +134,7 @@ def run(args: argparse.Namespace) -> int:
     config = _config(args)
     out = Path(args.out)
     check_out_dir(out, args.force)
-    device = _device(args.device)
+    device = resolve_device(args.device)
     dataset = load_edit_records(args.data, limit=args.limit, skip_invalid=args.skip_invalid)
     tokenizer = load_tokenizer(args.model, trust_remote_code=args.trust_remote_code)
     model = load_model(

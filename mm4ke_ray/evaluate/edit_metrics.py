@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
@@ -42,6 +41,7 @@ from mm4ke_ray.evaluate.accuracy import (
 from mm4ke_ray.evaluate.fluency import generate_for_fluency, ngram_entropy
 from mm4ke_ray.modeling import EncodedExample, encode_example
 from mm4ke_ray.modeling.encoding import PromptFormat
+from mm4ke_ray.modeling.modes import eval_mode
 
 METRICS = ("edit_succ", "generalization", "portability", "locality", "fluency")
 
@@ -79,17 +79,6 @@ class EditMetrics:
     def as_dict(self) -> dict[str, float | None]:
         """The five aggregate metrics only, keyed by their names."""
         return {name: getattr(self, name) for name in METRICS}
-
-
-@contextmanager
-def _eval_mode(model):
-    # Dropout off while scoring (a model fresh from R-SFT may be in training mode); restored after.
-    was_training = model.training
-    model.eval()
-    try:
-        yield
-    finally:
-        model.train(was_training)
 
 
 def _mean(values: Sequence[float]) -> float | None:
@@ -211,7 +200,7 @@ class EditEvaluator:
 
     def base_predictions(self, model) -> LocalityReference:
         """The base model's argmax on every locality item; compute once per sweep."""
-        with _eval_mode(model):
+        with eval_mode(model):
             preds = self._predictions(model, "locality", self._n_loc_tokens)
         return LocalityReference(predictions=preds, signature=self.locality_signature)
 
@@ -234,7 +223,7 @@ class EditEvaluator:
             raise ValueError(f"first_layer must be >= 0 (a block index), got {first_layer}")
         self._first_layer = first_layer
         try:
-            with _eval_mode(model):
+            with eval_mode(model):
                 return self._evaluate(model, reference, fluency, fluency_seed)
         finally:
             self._first_layer = None

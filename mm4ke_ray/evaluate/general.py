@@ -32,6 +32,7 @@ import torch
 
 from mm4ke_ray.errors import UserError
 from mm4ke_ray.evaluate.local_tasks import write_multiple_choice_task
+from mm4ke_ray.modeling.modes import eval_mode
 
 __all__ = [
     "GeneralEvaluator",
@@ -273,7 +274,7 @@ class GeneralEvaluator:
 
         for task in self.task_dict["tasks"].values():
             task.set_fewshot_seed(seed=self.seed)  # samplers consume their RNG each call
-        with _seeded(self.seed), _eval_mode(self.model):
+        with _seeded(self.seed), eval_mode(self.model):
             return evaluate(
                 lm=self.lm,
                 task_dict=self.task_dict,
@@ -325,17 +326,6 @@ def _seeded(seed: int):
         finally:
             random.setstate(py_state)
             np.random.set_state(np_state)
-
-
-@contextlib.contextmanager
-def _eval_mode(model):
-    """Dropout off while scoring; the model's train/eval mode is restored afterwards."""
-    was_training = model.training
-    model.eval()
-    try:
-        yield
-    finally:
-        model.train(was_training)
 
 
 def retention(

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import shlex
 
+from mm4ke_ray.tracking.tables import format_cell
+
 _METRIC_ROWS = (
     ("edit_succ", "Edit Succ. (%)"),
     ("generalization", "Generalization (%)"),
@@ -17,11 +19,7 @@ _METRIC_ROWS = (
 
 
 def _fmt(value) -> str:
-    if value is None:
-        return "–"
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    return str(value)
+    return format_cell(value, missing="–")
 
 
 def _metric_table(recipe: dict) -> list[str]:

@@ -58,6 +58,26 @@ def error_reason(trial) -> str:
     return f"{reason[:400]} (full trace: {where})"
 
 
+def _wait_for_state_upload(trial) -> None:
+    """Wait until the experiment state Tune just saved has reached `storage_path`.
+
+    Tune writes the state to a driver-side staging folder and uploads it in the background; a
+    driver killed before that upload ends leaves a stored state without the trial. Every trial
+    shares the experiment's syncer (Tune copies the storage context shallowly), so waiting on
+    it waits for that upload.
+    """
+    import warnings
+
+    syncer = getattr(getattr(trial, "storage", None), "syncer", None)
+    if syncer is None:
+        return
+    try:
+        syncer.wait()
+    except Exception as exc:  # noqa: BLE001 - Tune logs failed uploads itself; record anyway
+        warnings.warn(f"Tune's experiment state upload failed ({exc}); a resume may run this trial again",
+                      stacklevel=2)
+
+
 def delta_artifact_path(trial_id: str) -> str:
     """Where a trial's delta lives among the parent run's artifacts."""
     return f"deltas/{trial_id}/delta.safetensors"
@@ -138,7 +158,10 @@ class SweepCallback(Callback):
 
     def on_step_end(self, iteration, trials, **info):
         # Tune saved the experiment state just before this (forced by the new checkpoints).
-        for trial_id in [t for t in self.pending if t in self.checkpointed]:
+        ready = [t for t in self.pending if t in self.checkpointed]
+        if ready:
+            _wait_for_state_upload(self.pending[ready[0]][0])
+        for trial_id in ready:
             self._record(*self.pending.pop(trial_id))
 
     def on_trial_complete(self, iteration, trials, trial, **info):

@@ -333,28 +333,16 @@ def _outcome(parent, rows, base, grid, searcher, storage, start, experiment_dir,
 
 
 def _print_summary(out: SweepOutcome, config: SweepConfig) -> None:
-    from rich.table import Table
+    from mm4ke_ray.tracking.tables import print_table
 
-    table = Table(title=f"Pareto front of {config.name} ({len(out.rows)} candidates, {out.rsft_runs} R-SFT runs)")
     cols = ["candidate", "kind", "layer", "lr", "alpha", "sparsity", "edit_succ", "generalization", "portability",
             "locality", *[o.name for o in OBJECTIVES], COMBINED.name]
-    for c in cols:
-        table.add_column(c)
     pure = [r for r in out.rows if r.get("kind") == "pure_rsft"]
     best_pure = max(pure, key=lambda r: r.get(COMBINED.name, 0)) if pure else None
     shown = [out.base, *([best_pure] if best_pure and best_pure not in out.front else []),
              *sorted([r for r in out.front if r is not out.base], key=lambda r: -r.get(COMBINED.name, 0))]
-    for r in shown:
-        table.add_row(*[_fmt(r.get(c)) for c in cols])
-    Console().print(table)
+    print_table(shown, cols, f"Pareto front of {config.name} ({len(out.rows)} candidates, {out.rsft_runs} R-SFT runs)")
     uri = config.tracking.uri
     console.print(f"[bold]Open MLflow:[/] mlflow ui --backend-store-uri {uri} --host 127.0.0.1 --port 5000"
                   if uri.startswith("sqlite") else f"[bold]MLflow:[/] {uri}")
 
-
-def _fmt(v) -> str:
-    if v is None:
-        return "-"
-    if isinstance(v, float):
-        return f"{v:.4g}"
-    return str(v)
