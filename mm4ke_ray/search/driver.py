@@ -232,8 +232,9 @@ def _tune(config, manifest, plan, pool, tracker, parent, storage, experiment_dir
     from ray import tune
 
     from mm4ke_ray.search.callback import SweepCallback
+    from mm4ke_ray.search.resources import TRIAL_RESOURCES
     from mm4ke_ray.search.resume import restore_tuner, restored_searcher
-    from mm4ke_ray.search.trial import TRIAL_CPUS, TrialContext, sweep_trial
+    from mm4ke_ray.search.trial import TrialContext, sweep_trial
     from mm4ke_ray.tracking.pareto_artifacts import ParetoPublisher
 
     base = {"candidate": "base", "kind": "base", **pool.reference.metrics}
@@ -250,7 +251,7 @@ def _tune(config, manifest, plan, pool, tracker, parent, storage, experiment_dir
     callback = SweepCallback(tracker, config.search.num_trials, on_rows=publisher)
     if manifest:
         callback.resume_from(rows, finished)
-    trainable = tune.with_resources(tune.with_parameters(sweep_trial, ctx=ctx), {"CPU": TRIAL_CPUS})
+    trainable = tune.with_resources(tune.with_parameters(sweep_trial, ctx=ctx), TRIAL_RESOURCES)
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     if manifest:
         tuner, searcher = restore_tuner(experiment_dir, trainable, [callback]), None

@@ -6,11 +6,9 @@ resource the two kinds of worker ask for (CPU, GPU and the custom `eval_resource
 cluster's totals from `ray.cluster_resources()`.
 
 A trial itself is only a coordinator (it starts R-SFT, then waits on actors), so its own
-reservation must not take a CPU that a worker or an actor needs: on 2 CPUs a `{"CPU": 0.01}`
-trial + a 1-CPU worker + a 1-CPU actor (2.01) leave the worker pending forever. Either the
-worker asks for `rsft_cpus - 0.01` (search/trial.py does; Ray then gives it
-floor(rsft_cpus - 0.01) OpenMP threads, one fewer than rsft_cpus when that is a whole number
-above 1), or the trial reserves TRIAL_RESOURCES, which hold no CPU at all.
+reservation takes no CPU that a worker or an actor needs: TRIAL_RESOURCES hold none. (With a
+`{"CPU": 0.01}` trial, 2 CPUs would not fit it + a 1-CPU worker + a 1-CPU actor, and shaving the
+worker to 0.99 CPU would cost it an OpenMP thread wherever rsft_cpus is a whole number above 1.)
 """
 
 from __future__ import annotations

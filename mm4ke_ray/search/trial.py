@@ -23,17 +23,8 @@ from mm4ke_ray.search.searcher import EXTRA_POINTS_KEY
 from mm4ke_ray.search.space import MERGE_PARAMS, merge_candidates
 
 RSFT_PARAMS = ("threshold", "steps", "epochs", "lr", "layer")
-# The Tune function trial itself only waits; it holds this sliver of a CPU, taken out of the
-# R-SFT worker's share so trial + worker fit exactly `resources.rsft_cpus`.
-TRIAL_CPUS = 0.01
-
-
 RESULT_FILE = "result.json"  # a trial's final report, inside its checkpoint
 SUMMARY_FILE = "rsft-summary.json"  # the R-SFT summary, inside the Ray Train checkpoint
-
-
-def worker_cpus(rsft_cpus: float) -> float:
-    return max(rsft_cpus - TRIAL_CPUS, TRIAL_CPUS)
 
 
 @dataclass(frozen=True)
@@ -119,7 +110,7 @@ def _rsft_via_train(ctx: TrialContext, params: dict, trial_id: str) -> tuple[dic
         train_loop_config={"settings": ctx.settings, "search": ctx.search, "params": params,
                            "allow_pickle": ctx.allow_pickle},
         scaling_config=ScalingConfig(num_workers=1, use_gpu=ctx.rsft_gpus > 0,
-                                     resources_per_worker={"CPU": worker_cpus(ctx.rsft_cpus), "GPU": ctx.rsft_gpus}),
+                                     resources_per_worker={"CPU": ctx.rsft_cpus, "GPU": ctx.rsft_gpus}),
         run_config=RunConfig(storage_path=ctx.storage_path, name=trial_id),
     )
     result = trainer.fit()
@@ -143,7 +134,7 @@ def _rsft_task(settings, search, params, allow_pickle: bool = False) -> tuple[di
 
 def _rsft_via_task(ctx: TrialContext, params: dict) -> tuple[dict, str | None]:
     # "DEFAULT": outside the trial's placement group, which holds only the trial's own sliver of CPU.
-    task = _rsft_task.options(num_cpus=worker_cpus(ctx.rsft_cpus), num_gpus=ctx.rsft_gpus, scheduling_strategy="DEFAULT")
+    task = _rsft_task.options(num_cpus=ctx.rsft_cpus, num_gpus=ctx.rsft_gpus, scheduling_strategy="DEFAULT")
     summary, files = ray.get(task.remote(ctx.settings, ctx.search, params, ctx.allow_pickle))
     if not files:
         return summary, None
