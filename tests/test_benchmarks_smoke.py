@@ -32,6 +32,9 @@ pytestmark = [pytest.mark.slow, pytest.mark.ray]
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
+    from mm4ke_ray.demo.build import build_demo
+
+    build_demo()  # once, before the scripts that use it start: on a new machine six would build it at once
     out = tmp_path_factory.mktemp("bench")
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
            "PYTHONUNBUFFERED": "1"}
