@@ -26,7 +26,7 @@ SPACE = {
 }
 
 
-def general_task(folder: Path, docs: int = 24) -> str:
+def general_task(folder: Path, docs: int = 24, name: str = "faults_mc") -> str:
     """A local lm-eval multiple-choice task over real ZsRE locality questions."""
     from mm4ke_ray.evaluate.local_tasks import write_multiple_choice_task
 
@@ -37,7 +37,7 @@ def general_task(folder: Path, docs: int = 24) -> str:
         others = [a for a in answers if a != answers[i]][i % 5 : i % 5 + 3]
         rows.append({"question": r["locality"]["Relation_Specificity"][0]["prompt"],
                      "choices": [answers[i], *others], "answer_index": 0})
-    return write_multiple_choice_task("faults_mc", rows, folder)
+    return write_multiple_choice_task(name, rows, folder)
 
 
 def sweep_dict(tmp: Path, model_dir: Path, name: str, *, trials: int = 2, runner: str = "task",

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 from conftest import ZSRE
+from fault_helpers import SPACE, general_task
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
@@ -23,35 +24,18 @@ def ray_2_cpus():
     ray.shutdown()
 
 
-def _general_task(tmp: Path) -> str:
-    from mm4ke_ray.evaluate.local_tasks import write_multiple_choice_task
-
-    records = json.loads(ZSRE.read_text())[20:44]
-    answers = [r["locality"]["Relation_Specificity"][0]["ground_truth"][0] for r in records]
-    docs = []
-    for i, r in enumerate(records):
-        others = [a for a in answers if a != answers[i]][i % 5 : i % 5 + 3]
-        docs.append({"question": r["locality"]["Relation_Specificity"][0]["prompt"],
-                     "choices": [answers[i], *others], "answer_index": 0})
-    return write_multiple_choice_task("sweeptest_mc", docs, tmp)
-
-
 @pytest.fixture(scope="module")
 def sweep_config(tmp_path_factory, tiny_model_dir):
     from mm4ke_ray.config import validate_config
 
     tmp = tmp_path_factory.mktemp("sweep")
-    task = _general_task(tmp / "tasks")
+    task = general_task(tmp / "tasks", name="sweeptest_mc")
     return validate_config({
         "name": "sweeptest",
         "model": {"name": str(tiny_model_dir)},
         "data": {"edits": str(ZSRE), "limit": 4},
         "evaluation": {"general_tasks": [task], "task_include_path": str(tmp / "tasks"), "batch_size": 8},
-        "search": {"num_trials": 4, "sampler": "tpe", "seed": 3, "space": {
-            "threshold": {"low": 0.01, "high": 0.2, "log": True}, "steps": {"low": 1, "high": 3},
-            "epochs": {"low": 1, "high": 2}, "lr": {"low": 1e-4, "high": 1e-3, "log": True},
-            "layer": {"choices": [0, 1, 2, 3]}, "alpha": {"low": 0.0, "high": 0.8},
-            "sparsity": {"low": 0.0, "high": 0.8}}},
+        "search": {"num_trials": 4, "sampler": "tpe", "seed": 3, "space": SPACE},
         "merge": {"extra_candidates": 2},
         "tracking": {"uri": f"sqlite:///{tmp}/mlflow.db", "experiment": "sweeptest",
                      "artifact_location": str(tmp / "artifacts")},

@@ -99,14 +99,13 @@ class SweepCallback(Callback):
         # holds it (its checkpoint forces that save at the end of the step): a driver killed
         # in between leaves no MLflow runs for a trial that the resumed sweep does not know.
         self.pending: dict[str, tuple] = {}  # trial id → (trial, result) waiting for that save
-        self.checkpointed: set[str] = set()
-        self.checkpoints: dict = {}  # trial id → its delta checkpoint, stored with its candidates
+        self.checkpoints: dict = {}  # trial id → its checkpoint (delta + result), registered by Tune
         self.check_orphans = False  # set by resume_from: look once at the restored trials
 
     def __getstate__(self):
         # Tune pickles its callbacks with the experiment state; the MLflow client and console are
         # live handles and are supplied afresh when a sweep is resumed.
-        return {**self.__dict__, "tracker": None, "console": None, "on_rows": None, "pending": {}, "checkpoints": {}}
+        return {**self.__dict__, "tracker": None, "console": None, "on_rows": None, "pending": {}}
 
     def _record(self, trial, result: dict) -> None:
         if "status" not in result:
@@ -151,14 +150,14 @@ class SweepCallback(Callback):
     def on_trial_result(self, iteration, trials, trial, result, **info):
         if result.get("candidates") is None and result.get("status") in (None, "ok"):
             return
-        if result.get("restored") or trial.trial_id in self.checkpointed:
+        if result.get("restored") or trial.trial_id in self.checkpoints:
             self._record(trial, result)  # its checkpoint is already in the saved state
         else:
             self.pending[trial.trial_id] = (trial, result)
 
     def on_step_end(self, iteration, trials, **info):
         # Tune saved the experiment state just before this (forced by the new checkpoints).
-        ready = [t for t in self.pending if t in self.checkpointed]
+        ready = [t for t in self.pending if t in self.checkpoints]
         if ready:
             _wait_for_state_upload(self.pending[ready[0]][0])
         for trial_id in ready:
@@ -197,7 +196,6 @@ class SweepCallback(Callback):
                                f"marked orphaned in MLflow: {', '.join(sorted(orphans))}[/]")
 
     def on_checkpoint(self, iteration, trials, trial, checkpoint, **info):
-        self.checkpointed.add(trial.trial_id)
         self.checkpoints[trial.trial_id] = checkpoint
 
     def _store_delta(self, trial) -> None:
@@ -207,12 +205,11 @@ class SweepCallback(Callback):
         driver killed before that save leaves no delta of a trial the resumed sweep replaces.
         """
         import tempfile
-        from pathlib import Path
 
         from mm4ke_ray.delta import DELTA_FILE
 
         # A trial restored by a resumed driver checkpointed in the earlier one: Tune's record of it.
-        checkpoint = self.checkpoints.pop(trial.trial_id, None) or trial.checkpoint
+        checkpoint = self.checkpoints.get(trial.trial_id) or trial.checkpoint
         if checkpoint is None:
             return
         with tempfile.TemporaryDirectory() as local:
@@ -225,7 +222,6 @@ class SweepCallback(Callback):
         # so MLflow shows what happened; the retry's candidates are logged once it completes.
         attempt = trial.run_metadata.num_failures
         reason = error_reason(trial)
-        self.checkpointed.discard(trial.trial_id)
         self.checkpoints.pop(trial.trial_id, None)
         self.pending.pop(trial.trial_id, None)
         params = {k: v for k, v in trial.config.items() if k in PARAM_KEYS}

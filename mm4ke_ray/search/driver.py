@@ -292,8 +292,8 @@ def _new_tuner(config: SweepConfig, plan, storage: str, experiment_dir: str, tra
         run_config=tune.RunConfig(
             name=Path(experiment_dir.rstrip("/")).name, storage_path=storage, callbacks=[callback], verbose=0,
             failure_config=tune.FailureConfig(max_failures=config.max_failures),
-            # One checkpoint per trial (delta + result), and Tune saves its experiment state
-            # right after each one: a driver killed then loses no finished trial.
+            # One checkpoint per trial (delta + result); Tune saves its experiment state right
+            # after each one, and SweepCallback records the trial once that state is stored.
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
         ),
     )

@@ -65,9 +65,10 @@ class CandidateAwareOptunaSearch(OptunaSearch):
             # A trial the restored searcher never suggested (the driver died between Tune's and the
             # searcher's saves): tell its outcome as a fresh study trial rather than crash.
             self._completed_trials.add(trial_id)
-            if error or not result or self._objectives(result) is None:
+            values = None if error else self._objectives(result)
+            if values is None:
                 return
-            points = [{"params": result.get("params") or {}, "values": self._objectives(result)}]
+            points = [{"params": result.get("params") or {}, "values": values}]
             self._add_points(points + list(result.get(EXTRA_POINTS_KEY) or []), trial_id)
             return
         if self._finished_in_study(ot_trial):

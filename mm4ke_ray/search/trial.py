@@ -133,7 +133,7 @@ def _rsft_task(settings, search, params, allow_pickle: bool = False) -> tuple[di
 
 
 def _rsft_via_task(ctx: TrialContext, params: dict) -> tuple[dict, str | None]:
-    # "DEFAULT": outside the trial's placement group, which holds only the trial's own sliver of CPU.
+    # "DEFAULT": outside the trial's placement group, which holds only the trial's CPU-free reservation.
     task = _rsft_task.options(num_cpus=ctx.rsft_cpus, num_gpus=ctx.rsft_gpus, scheduling_strategy="DEFAULT")
     summary, files = ray.get(task.remote(ctx.settings, ctx.search, params, ctx.allow_pickle))
     if not files:
