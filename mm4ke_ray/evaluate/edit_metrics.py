@@ -11,6 +11,11 @@ Per record (all teacher-forced token accuracies, see `accuracy.py`):
 Each metric is the mean over the records that have it (records without rephrases, portability
 or locality items are left out of that metric), in percent (fluency x 100).
 
+Per-kind means (`kind_means`, EasyEdit's summary): for each portability/locality kind of the data
+(Reasoning, Subject_Aliasing, Logical_Generalization, Relation_Specificity, Forgetfulness, ...),
+per record the mean over its items of that kind, then the mean over the records that have the
+kind; flat names `portability.<kind>` / `locality.<kind>` in `EditMetrics.by_kind`.
+
 All prompts are encoded and padded once, in `__init__`; `evaluate` only runs forward passes.
 Every forward pass goes through `EditEvaluator._predict(model, batch)`.
 
@@ -75,14 +80,39 @@ class EditMetrics:
     locality: float | None
     fluency: float | None
     per_record: list[dict] = field(default_factory=list)
+    by_kind: dict[str, float] = field(default_factory=dict)  # "portability.Reasoning": mean, ...
 
     def as_dict(self) -> dict[str, float | None]:
         """The five aggregate metrics only, keyed by their names."""
         return {name: getattr(self, name) for name in METRICS}
 
+    def flat(self) -> dict[str, float | None]:
+        """The five aggregates and the per-kind means under flat names (e.g. portability.Reasoning)."""
+        return {**self.as_dict(), **self.by_kind}
+
 
 def _mean(values: Sequence[float]) -> float | None:
     return sum(values) / len(values) if values else None
+
+
+def kind_means(rows: Sequence[dict], metrics: Sequence[str] = ("portability", "locality")) -> dict[str, float]:
+    """Per-kind means of per-record rows (`row["items"][metric]` = [{"kind", "score"}, ...]).
+
+    Per record the mean of its items of a kind, then the mean over the records with that kind;
+    keys `metric.kind`, kinds in order of first appearance; items without a kind are left out.
+    """
+    out: dict[str, float] = {}
+    for metric in metrics:
+        per_kind: dict[str, list[float]] = {}
+        for row in rows:
+            by_kind: dict[str, list[float]] = {}
+            for item in row["items"][metric]:
+                if item["kind"]:
+                    by_kind.setdefault(item["kind"], []).append(item["score"])
+            for kind, scores in by_kind.items():
+                per_kind.setdefault(kind, []).append(sum(scores) / len(scores))
+        out.update({f"{metric}.{kind}": sum(v) / len(v) for kind, v in per_kind.items()})
+    return out
 
 
 class EditEvaluator:
@@ -258,7 +288,7 @@ class EditEvaluator:
                 )
                 row["fluency"], row["fluency_text"] = 100.0 * ngram_entropy(text), text
         totals = {m: _mean([row[m] for row in rows if row[m] is not None]) for m in METRICS}
-        return EditMetrics(**totals, per_record=rows)
+        return EditMetrics(**totals, per_record=rows, by_kind=kind_means(rows))
 
     def _empty_row(self, index: int, record: EditRecord) -> dict:
         items = {m: [] for m in ("edit_succ", "generalization", "portability", "locality")}

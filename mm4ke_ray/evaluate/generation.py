@@ -1,0 +1,415 @@
+"""Generation-based ("WILD") edit metrics: the model must produce the answer itself.
+
+Teacher forcing scores each answer token given the gold prefix; here the model generates greedily
+from the prompt and the whole answer is judged (arXiv 2502.11177 measured single-edit success
+falling from 96.8% to 38.5% under this kind of evaluation).
+
+Generation (`greedy_generate`): greedy, batched with left padding and a KV cache, from exactly
+the prompt tokens training and teacher forcing use (`encode_example(...)`'s ids before the
+answer, plain or chat format). A row stops at the first of: an end-of-sequence or end-of-turn
+token (`stop_token_ids`: the tokenizer's and model's EOS plus the chat template's end-of-turn
+token), a token holding a newline once some text was generated, or `max_new_tokens` = the
+item's answer length in tokens + `extra_new_tokens` (default 4). Rows are length-sorted into
+batches; the generations equal one-prompt-at-a-time `model.generate` (greedy) ones (tests and
+benchmarks/bench_generation.py check it).
+
+Answer text: the generated ids decoded without special tokens, leading whitespace dropped, cut
+at the first newline.
+
+Normalisation (`normalize_answer`, SQuAD's rules on Unicode): NFKC, lower case, punctuation
+and symbols (Unicode categories P* and S*) removed, the articles "a", "an", "the" dropped,
+whitespace collapsed; the result is a list of words. A target that normalises to nothing is
+compared on its lower-cased words instead.
+
+Hit (`answer_matches`), on those word lists, `match`:
+- "starts_with" (default): the generation's first words are the target's words;
+- "equals": the generation's words are exactly the target's;
+- "contains": the target's words occur contiguously in the generation.
+
+Metrics, per item 100 for a hit and 0 otherwise, then as the teacher-forced ones (mean per
+record, then over the records that have the metric): Edit Succ. (prompt -> target_new),
+Generalization (rephrases -> target_new), Portability (item prompt -> item answer). Locality:
+100 when the edited model's normalised answer to the locality prompt equals the base model's
+(`base_generations`), else 0 ("unchanged", not "correct"; the base against itself scores 100).
+Per-kind means of portability and locality as in `edit_metrics.kind_means`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import unicodedata
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+
+from mm4ke_ray.data.records import EditRecord
+from mm4ke_ray.errors import UserError
+from mm4ke_ray.evaluate.accuracy import model_device
+from mm4ke_ray.evaluate.edit_metrics import kind_means
+from mm4ke_ray.evaluate.fluency import _cache_kwarg
+from mm4ke_ray.modeling import encode_example
+from mm4ke_ray.modeling.encoding import PromptFormat
+from mm4ke_ray.modeling.modes import eval_mode
+
+MatchMode = Literal["starts_with", "equals", "contains"]
+MATCH_MODES: tuple[str, ...] = ("starts_with", "equals", "contains")
+GENERATION_METRICS = ("edit_succ", "generalization", "portability", "locality")
+_ARTICLES = frozenset({"a", "an", "the"})
+
+# -- normalisation and matching -------------------------------------------------------------------
+
+
+def normalize_answer(text: str) -> list[str]:
+    """SQuAD-style normalised words: NFKC, lower case, no punctuation/symbols, no articles."""
+    text = unicodedata.normalize("NFKC", text).lower()
+    text = "".join(ch for ch in text if unicodedata.category(ch)[0] not in "PS")
+    return [w for w in text.split() if w not in _ARTICLES]
+
+
+def answer_matches(generated: str, target: str, match: MatchMode = "starts_with") -> bool:
+    """Whether `generated` gives `target` under `match`, on normalised words (module doc)."""
+    want = normalize_answer(target)
+    got = normalize_answer(generated)
+    if not want:  # e.g. a target that is only punctuation or an article: compare its words
+        want, got = target.lower().split(), generated.lower().split()
+    if match == "equals":
+        return got == want
+    if match == "starts_with":
+        return got[: len(want)] == want
+    if match == "contains":
+        n = len(want)
+        return any(got[i : i + n] == want for i in range(len(got) - n + 1))
+    raise ValueError(f"match must be one of {', '.join(MATCH_MODES)}, got {match!r}")
+
+
+def answer_text(tokenizer, ids: Sequence[int]) -> str:
+    """The answer a generation gives: decoded, leading whitespace dropped, cut at a newline."""
+    text = tokenizer.decode(list(ids), skip_special_tokens=True).lstrip()
+    return text.split("\n", 1)[0].strip()
+
+
+# -- stop tokens ----------------------------------------------------------------------------------
+
+
+def end_of_turn_ids(tokenizer) -> set[int]:
+    """The special token the chat template puts right after an assistant reply (e.g. <|im_end|>)."""
+    if not getattr(tokenizer, "chat_template", None):
+        return set()
+    mark = "MM4KEANSWERMARK"
+    try:
+        text = tokenizer.apply_chat_template(
+            [{"role": "user", "content": "q"}, {"role": "assistant", "content": mark}],
+            tokenize=False,
+        )
+    except Exception:  # noqa: BLE001 - a template that refuses this conversation has no answer to give
+        return set()
+    if mark not in text:
+        return set()
+    after = text.split(mark, 1)[1].lstrip(" ")
+    ids = list(tokenizer(after, add_special_tokens=False)["input_ids"]) if after else []
+    special = set(tokenizer.all_special_ids) | set(getattr(tokenizer, "added_tokens_decoder", {}))
+    return {ids[0]} if ids and ids[0] in special else set()
+
+
+def stop_token_ids(tokenizer, model=None) -> set[int]:
+    """End-of-sequence ids of the tokenizer and the model's generation config, plus end-of-turn."""
+    stops: set[int] = set()
+    candidates = [tokenizer.eos_token_id]
+    config = getattr(model, "generation_config", None)
+    if config is not None:
+        candidates.append(config.eos_token_id)
+    for value in candidates:
+        if isinstance(value, int):
+            stops.add(value)
+        elif isinstance(value, list | tuple):
+            stops.update(v for v in value if isinstance(v, int))
+    return stops | end_of_turn_ids(tokenizer)
+
+
+class NewlineStop:
+    """Per-token 'does it hold a newline' with a cache (a vocabulary is decoded on demand)."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+        self._pieces: dict[int, str] = {}
+
+    def piece(self, token: int) -> str:
+        if token not in self._pieces:
+            self._pieces[token] = self.tokenizer.decode([token], skip_special_tokens=True)
+        return self._pieces[token]
+
+
+# -- batched greedy generation ---------------------------------------------------------------------
+
+
+def _forward(model, cache_name: str | None, cache, **inputs):
+    kwargs = {cache_name: cache} if cache_name else {}
+    try:
+        out = model(**inputs, **kwargs, use_cache=True, logits_to_keep=1)
+    except TypeError:  # a model without logits_to_keep: all positions' logits
+        out = model(**inputs, **kwargs, use_cache=True)
+    return out.logits[:, -1], (getattr(out, cache_name, None) if cache_name else None)
+
+
+@torch.no_grad()
+def _generate_batch(model, prompts, bounds, stops, pad_id, newline) -> list[list[int]]:
+    device = model_device(model)
+    width = max(len(p) for p in prompts)
+    ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(prompts), width), dtype=torch.long)
+    for b, p in enumerate(prompts):  # left padding: every row's last prompt token is at the end
+        ids[b, width - len(p) :] = torch.tensor(p, dtype=torch.long)
+        mask[b, width - len(p) :] = 1
+    ids, mask = ids.to(device), mask.to(device)
+    # Real tokens keep the positions they have unpadded (what generate() computes, too).
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    cache_name = _cache_kwarg(model)
+    logits, cache = _forward(
+        model, cache_name, None, input_ids=ids, attention_mask=mask, position_ids=positions
+    )
+    next_pos = positions[:, -1:] + 1
+    out: list[list[int]] = [[] for _ in prompts]
+    done = [False] * len(prompts)
+    has_text = [False] * len(prompts)
+    for _ in range(max(bounds)):
+        tokens = logits.argmax(-1)
+        for b, token in enumerate(tokens.tolist()):
+            if done[b]:
+                continue
+            if token in stops:
+                done[b] = True
+                continue
+            out[b].append(token)
+            piece = newline.piece(token) if newline is not None else ""
+            if "\n" in piece and (has_text[b] or piece.split("\n", 1)[0].strip()):
+                done[b] = True
+            has_text[b] = has_text[b] or bool(piece.strip())
+            done[b] = done[b] or len(out[b]) >= bounds[b]
+        if all(done):
+            break
+        mask = torch.cat([mask, mask.new_ones((len(prompts), 1))], dim=1)
+        step = tokens.unsqueeze(1)
+        if cache_name is None:  # no KV cache: feed the whole sequence again
+            ids = torch.cat([ids, step], dim=1)
+            positions = torch.cat([positions, next_pos], dim=1)
+            logits, _ = _forward(
+                model, None, None, input_ids=ids, attention_mask=mask, position_ids=positions
+            )
+        else:
+            logits, cache = _forward(
+                model, cache_name, cache, input_ids=step, attention_mask=mask, position_ids=next_pos
+            )
+        next_pos = next_pos + 1
+    return out
+
+
+def greedy_generate(
+    model,
+    prompts: Sequence[Sequence[int]],
+    max_new_tokens: Sequence[int],
+    stop_ids: Collection[int],
+    pad_id: int,
+    batch_size: int = 32,
+    newline: NewlineStop | None = None,
+) -> list[list[int]]:
+    """Greedy continuations of token-id `prompts`, batched; returns the generated ids per prompt.
+
+    Stop tokens are not included; a row also stops after `max_new_tokens[i]` tokens and, with
+    `newline`, after a token holding a newline once some text was generated (that token is kept).
+    Prompts are sorted by length into batches of `batch_size`, left-padded, with a KV cache.
+    """
+    if len(prompts) != len(max_new_tokens):
+        raise ValueError("prompts and max_new_tokens must have the same length")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    if any(len(p) == 0 for p in prompts):
+        raise ValueError("every prompt needs at least one token")
+    stops = set(stop_ids)
+    order = sorted(range(len(prompts)), key=lambda i: (len(prompts[i]), max_new_tokens[i]))
+    result: list[list[int]] = [[] for _ in prompts]
+    with eval_mode(model):
+        for lo in range(0, len(order), batch_size):
+            rows = order[lo : lo + batch_size]
+            bounds = [max_new_tokens[i] for i in rows]
+            if max(bounds) < 1:
+                continue
+            got = _generate_batch(
+                model, [list(prompts[i]) for i in rows], bounds, stops, pad_id, newline
+            )
+            for i, ids in zip(rows, got, strict=True):
+                result[i] = ids
+    return result
+
+
+# -- the evaluator --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Item:
+    record: int
+    metric: str
+    kind: str
+    prompt: str
+    target: str
+    prompt_ids: tuple[int, ...]
+    max_new_tokens: int
+
+
+@dataclass(frozen=True)
+class GenerationReference:
+    """The base model's answers to every locality item of one evaluator."""
+
+    answers: tuple[str, ...]
+    signature: str
+
+
+@dataclass
+class GenerationMetrics:
+    """Generation-based edit metrics in percent; None where not applicable."""
+
+    edit_succ: float | None
+    generalization: float | None
+    portability: float | None
+    locality: float | None
+    by_kind: dict[str, float] = field(default_factory=dict)  # "portability.Reasoning": mean, ...
+    per_record: list[dict] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, float | None]:
+        """The four aggregate metrics only, keyed by their names."""
+        return {name: getattr(self, name) for name in GENERATION_METRICS}
+
+    def flat(self) -> dict[str, float | None]:
+        """The four aggregates and the per-kind means under flat names (e.g. locality.Forgetfulness)."""
+        return {**self.as_dict(), **self.by_kind}
+
+
+class GenerationEvaluator:
+    """Generation metrics on a fixed list of records; build once, call `evaluate` per model."""
+
+    def __init__(
+        self,
+        tokenizer,
+        records: list[EditRecord],
+        prompt_format: PromptFormat = "plain",
+        batch_size: int = 32,
+        match: MatchMode = "starts_with",
+        extra_new_tokens: int = 4,
+    ):
+        """`max_new_tokens` of an item = its answer's token count + `extra_new_tokens`."""
+        if not records:
+            raise UserError(
+                "no edit records to evaluate: the data set is empty (check the file and --limit)"
+            )
+        if batch_size < 1:
+            raise UserError(f"batch_size must be at least 1, got {batch_size}")
+        if match not in MATCH_MODES:
+            raise UserError(f"match must be one of {', '.join(MATCH_MODES)}, got {match!r}")
+        if extra_new_tokens < 0:
+            raise UserError(f"extra_new_tokens must be >= 0, got {extra_new_tokens}")
+        self.tokenizer = tokenizer
+        self.records = list(records)
+        self.prompt_format = prompt_format
+        self.batch_size = batch_size
+        self.match = match
+        self.extra_new_tokens = extra_new_tokens
+        self.items = [it for i, r in enumerate(self.records) for it in self._encode(i, r)]
+        self._loc = [it for it in self.items if it.metric == "locality"]
+        self._acc = [it for it in self.items if it.metric != "locality"]
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        self.newline = NewlineStop(tokenizer)
+        digest = hashlib.sha1(f"{prompt_format}:{extra_new_tokens}".encode())
+        for it in self._loc:
+            digest.update(repr((it.prompt_ids, it.max_new_tokens)).encode())
+        self.locality_signature = digest.hexdigest()
+
+    def _encode(self, index: int, record: EditRecord):
+        pairs = [("edit_succ", "", record.prompt, record.target_new, "prompt/target_new")]
+        pairs += [
+            ("generalization", "", p, record.target_new, f"rephrase_prompts[{j}]")
+            for j, p in enumerate(record.rephrase_prompts)
+        ]
+        for metric in ("portability", "locality"):
+            pairs += [
+                (metric, qa.kind, qa.prompt, qa.answer, f"{metric}[{j}]")
+                for j, qa in enumerate(getattr(record, metric))
+            ]
+        for metric, kind, prompt, target, where in pairs:
+            try:
+                ex = encode_example(self.tokenizer, prompt, target, self.prompt_format)
+            except ValueError as exc:
+                source = record.source or f"record {index}"
+                raise UserError(
+                    f"{source}: field '{where}': {exc}; fix or drop the record (skip_invalid)"
+                ) from exc
+            yield _Item(
+                index,
+                metric,
+                kind,
+                prompt,
+                target,
+                tuple(ex.input_ids[: ex.answer_start]),
+                len(ex.answer_ids) + self.extra_new_tokens,
+            )
+
+    def generate(self, model, items: Sequence[_Item]) -> list[str]:
+        """The answers `model` generates for `items` (see the module doc)."""
+        ids = greedy_generate(
+            model,
+            [it.prompt_ids for it in items],
+            [it.max_new_tokens for it in items],
+            stop_token_ids(self.tokenizer, model),
+            self.pad_id,
+            self.batch_size,
+            self.newline,
+        )
+        return [answer_text(self.tokenizer, x) for x in ids]
+
+    def base_generations(self, model) -> GenerationReference:
+        """The base model's answers to every locality item; compute once per sweep."""
+        return GenerationReference(tuple(self.generate(model, self._loc)), self.locality_signature)
+
+    def evaluate(self, model, reference: GenerationReference | None) -> GenerationMetrics:
+        """Generate every answer with `model` and score it; locality needs the base's `reference`."""
+        items = self._acc + (self._loc if reference is not None else [])
+        if reference is not None and (
+            reference.signature != self.locality_signature
+            or len(reference.answers) != len(self._loc)
+        ):
+            raise ValueError(
+                "the generation reference was computed by a different GenerationEvaluator (other "
+                "records, tokenizer, prompt format or bound); call base_generations(base_model) on it"
+            )
+        answers = self.generate(model, items)
+        base = dict(zip(map(id, self._loc), reference.answers, strict=True)) if reference else {}
+        rows = [self._empty_row(i, r) for i, r in enumerate(self.records)]
+        for it, answer in zip(items, answers, strict=True):
+            entry = {"kind": it.kind, "prompt": it.prompt, "target": it.target, "generated": answer}
+            if it.metric == "locality":
+                entry["base_generated"] = base[id(it)]
+                hit = normalize_answer(answer) == normalize_answer(base[id(it)])
+            else:
+                hit = answer_matches(answer, it.target, self.match)
+            entry["score"] = 100.0 if hit else 0.0
+            rows[it.record]["items"][it.metric].append(entry)
+        for row in rows:
+            for metric in GENERATION_METRICS:
+                scores = [item["score"] for item in row["items"][metric]]
+                row[metric] = sum(scores) / len(scores) if scores else None
+        totals = {}
+        for metric in GENERATION_METRICS:
+            values = [row[metric] for row in rows if row[metric] is not None]
+            totals[metric] = sum(values) / len(values) if values else None
+        return GenerationMetrics(**totals, by_kind=kind_means(rows), per_record=rows)
+
+    def _empty_row(self, index: int, record: EditRecord) -> dict:
+        return {
+            "index": index,
+            "source": record.source,
+            "prompt": record.prompt,
+            "target_new": record.target_new,
+            "match": self.match,
+            "items": {m: [] for m in GENERATION_METRICS},
+            **{m: None for m in GENERATION_METRICS},
+        }
