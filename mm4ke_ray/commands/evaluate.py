@@ -11,6 +11,7 @@ from mm4ke_ray.errors import UserError
 
 NAME = "evaluate"
 HELP = "Score a model on an edit set: Edit Succ., Generalization, Portability, Locality, Fluency (EasyEdit definitions)."
+MODES = ("teacher-forced", "generation", "both")
 
 PROTOCOL = "sequential"
 PROTOCOL_NOTE = (
@@ -53,7 +54,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="How prompt and answer are joined; use the format the model was edited with.",
     )
     parser.add_argument(
-        "--batch-size", type=int, default=32, help="Teacher-forced evaluation batch size."
+        "--batch-size", type=int, default=32, help="Evaluation batch size (both modes)."
+    )
+    parser.add_argument(
+        "--mode",
+        choices=MODES,
+        default="teacher-forced",
+        help="teacher-forced: EasyEdit's token accuracy (key 'metrics'); generation: the model "
+        "generates each answer greedily (key 'generation_metrics'); both.",
+    )
+    parser.add_argument(
+        "--match",
+        choices=("starts_with", "equals", "contains"),
+        default="starts_with",
+        help="Generation mode: how the normalised answer must match the normalised target.",
+    )
+    parser.add_argument(
+        "--extra-new-tokens",
+        type=int,
+        default=4,
+        help="Generation mode: tokens allowed beyond the target's own token count.",
     )
     add_model_arguments(parser, "evaluate")
     parser.add_argument("--out", required=True, help="Output JSON file.")
@@ -63,10 +83,16 @@ def run(args: argparse.Namespace) -> int:
     """Load data and models, evaluate, write the JSON report."""
     from mm4ke_ray.data import load_edit_records
     from mm4ke_ray.evaluate.edit_metrics import EditEvaluator
+    from mm4ke_ray.evaluate.generation import GenerationEvaluator
     from mm4ke_ray.modeling import load_model, load_tokenizer
 
     if args.batch_size < 1:
         raise UserError(f"--batch-size must be at least 1, got {args.batch_size}")
+    if args.extra_new_tokens < 0:
+        raise UserError(f"--extra-new-tokens must be >= 0, got {args.extra_new_tokens}")
+    forced, generation = args.mode != "generation", args.mode != "teacher-forced"
+    if args.fluency and not forced:
+        raise UserError("--fluency is reported with the teacher-forced metrics: use --mode both")
     out = Path(args.out)
     if out.is_dir():
         raise UserError(
@@ -77,28 +103,50 @@ def run(args: argparse.Namespace) -> int:
         args.data, limit=args.limit, skip_invalid=args.skip_invalid, fmt=args.data_format
     )
     tokenizer = load_tokenizer(args.model, trust_remote_code=args.trust_remote_code)
-    evaluator = EditEvaluator(
-        tokenizer, dataset.records, prompt_format=args.prompt_format, batch_size=args.batch_size
+    evaluator = (
+        EditEvaluator(
+            tokenizer, dataset.records, prompt_format=args.prompt_format, batch_size=args.batch_size
+        )
+        if forced
+        else None
     )
+    gen_evaluator = None
+    if generation:
+        gen_evaluator = GenerationEvaluator(
+            tokenizer,
+            dataset.records,
+            prompt_format=args.prompt_format,
+            batch_size=args.batch_size,
+            match=args.match,
+            extra_new_tokens=args.extra_new_tokens,
+        )
     load = dict(dtype=args.dtype, device=device, trust_remote_code=args.trust_remote_code)
 
-    notes, reference = [], None
+    notes, reference, gen_reference = [], None, None
     if args.base:
         # One model in memory at a time: the base's locality predictions are all we keep of it.
         base = load_model(args.base, **load)
-        reference = evaluator.base_predictions(base)
+        reference = evaluator.base_predictions(base) if forced else None
+        gen_reference = gen_evaluator.base_generations(base) if generation else None
         del base
     else:
         notes.append(
             "locality omitted: it compares against the base model's predictions; pass --base"
         )
     model = load_model(args.model, **load)
-    metrics = evaluator.evaluate(
-        model, reference, fluency=args.fluency, fluency_seed=args.fluency_seed
-    )
+    metrics = gen_metrics = None
+    if forced:
+        metrics = evaluator.evaluate(
+            model, reference, fluency=args.fluency, fluency_seed=args.fluency_seed
+        )
+    if generation:
+        gen_metrics = gen_evaluator.evaluate(model, gen_reference)
 
     report = {
-        "metrics": metrics.as_dict(),
+        "mode": args.mode,
+        # Flat names: the five aggregates, then per-kind means such as "portability.Reasoning".
+        "metrics": metrics.flat() if metrics is not None else None,
+        "generation_metrics": gen_metrics.flat() if gen_metrics is not None else None,
         "units": {
             "edit_succ": "%",
             "generalization": "%",
@@ -116,14 +164,45 @@ def run(args: argparse.Namespace) -> int:
         "protocol_note": PROTOCOL_NOTE,
         "prompt_format": args.prompt_format,
         "definitions": "EasyEdit/KnowEdit teacher-forced token accuracy; locality = agreement with the base model's argmax",
+        "generation": {
+            "match": args.match,
+            "extra_new_tokens": args.extra_new_tokens,
+            "definitions": GENERATION_DEFINITIONS,
+        }
+        if generation
+        else None,
         "fluency_seed": args.fluency_seed if args.fluency else None,
         "notes": notes,
-        "per_record": metrics.per_record,
+        "per_record": _per_record(metrics, gen_metrics),
     }
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
-    shown = ", ".join(
-        f"{k} {v:.2f}" if v is not None else f"{k} n/a" for k, v in metrics.as_dict().items()
-    )
-    print(f"{len(dataset.records)} records: {shown} -> {out}")
+    for label, family in (("teacher-forced", metrics), ("generation", gen_metrics)):
+        if family is not None:
+            shown = ", ".join(
+                f"{k} {v:.2f}" if v is not None else f"{k} n/a" for k, v in family.as_dict().items()
+            )
+            print(f"{len(dataset.records)} records, {label}: {shown} -> {out}")
     return 0
+
+
+GENERATION_DEFINITIONS = (
+    "greedy generation from the training prompt format, stopped at end-of-sequence/end-of-turn, a "
+    "newline, or the target's token count + extra_new_tokens; a hit when the normalised answer "
+    "(NFKC, lower case, punctuation/symbols and articles a/an/the removed, words) matches the "
+    "normalised target by 'match'; locality = the answer equals the base model's answer"
+)
+
+
+def _per_record(metrics, gen_metrics) -> list[dict]:
+    """Teacher-forced rows, each with its generation results under "generation" when run."""
+    if gen_metrics is None:
+        return metrics.per_record
+    head = ("index", "source", "prompt", "target_new")
+    rows = metrics.per_record if metrics else [
+        {k: row[k] for k in head} for row in gen_metrics.per_record
+    ]
+    return [
+        {**row, "generation": {k: v for k, v in gen.items() if k not in head}}
+        for row, gen in zip(rows, gen_metrics.per_record, strict=True)
+    ]

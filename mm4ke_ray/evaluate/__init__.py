@@ -1,4 +1,5 @@
-"""Evaluation: edit metrics (EasyEdit/KnowEdit definitions, batched) and general ability.
+"""Evaluation: edit metrics (EasyEdit/KnowEdit definitions, batched; teacher-forced and
+generation-based) and general ability.
 
 Names are imported on first use, so `import mm4ke_ray.evaluate` loads neither torch-heavy
 modules nor lm-eval (`mm4ke_ray.evaluate.general`, imported only when asked for).
@@ -13,6 +14,14 @@ _EXPORTS = {
     "EditMetrics": "edit_metrics",
     "LocalityReference": "edit_metrics",
     "METRICS": "edit_metrics",
+    "kind_means": "edit_metrics",
+    "GenerationEvaluator": "generation",
+    "GenerationMetrics": "generation",
+    "GenerationReference": "generation",
+    "answer_matches": "generation",
+    "greedy_generate": "generation",
+    "normalize_answer": "generation",
+    "stop_token_ids": "generation",
     "PaddedBatch": "accuracy",
     "build_batches": "accuracy",
     "predict_answer_tokens": "accuracy",
