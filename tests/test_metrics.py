@@ -11,10 +11,11 @@ import sys
 
 import pytest
 import torch
-from conftest import ZSRE
+from conftest import KNOWEDIT, ZSRE
+from hand_models import BASE_NEXT, EDITED_NEXT, HAND_RECORDS, hand_tokenizer_for, lookup_qwen2
 
 from mm4ke_ray.data import QA, EditRecord, load_edit_records
-from mm4ke_ray.demo.tiny import build_tiny_model, build_word_tokenizer, save_pretrained_pair
+from mm4ke_ray.demo.tiny import build_tiny_model, save_pretrained_pair
 from mm4ke_ray.errors import UserError
 from mm4ke_ray.evaluate import (
     EditEvaluator,
@@ -36,82 +37,12 @@ def _one_thread():
     torch.set_num_threads(before)
 
 
-# -- a Qwen2 whose next-token argmax is a lookup table ------------------------------------------
-
-# Records written so every metric below can be worked out by hand from two successor tables.
-HAND_RECORDS = [
-    EditRecord(
-        prompt="the capital of france is",
-        target_new="rome",
-        rephrase_prompts=("france has capital", "capital of france"),
-        portability=(
-            QA("the pope lives in", "rome town", "Reasoning"),
-            QA("italy has capital", "rome", "Reasoning"),
-        ),
-        locality=(QA("hamlet was written by", "william shakespeare", "Relation_Specificity"),),
-        source="hand:0",
-    ),
-    EditRecord(
-        prompt="spain has capital",
-        target_new="madrid city",
-        locality=(
-            QA("grass looks", "green", "Relation_Specificity"),
-            QA("the sea is", "blue", "Relation_Specificity"),
-        ),
-        source="hand:1",
-    ),
-]
-# word -> the word the model predicts next; every other word predicts <pad>.
-BASE_NEXT = {
-    "is": "blue",
-    "by": "william",
-    "william": "shakespeare",
-    "looks": "red",
-    "capital": "madrid",
-    "france": "paris",
-    "in": "rome",
-    "rome": "city",
-    "madrid": "city",
-}
-EDITED_NEXT = {**BASE_NEXT, "is": "rome", "capital": "rome", "by": "smith", "william": "jones"}
+# -- a Qwen2 whose next-token argmax is a lookup table (tests/hand_models.py) -------------------
 
 
 @pytest.fixture(scope="module")
 def hand_tokenizer():
-    words = [r.prompt + " " + r.target_new for r in HAND_RECORDS]
-    words += [p for r in HAND_RECORDS for p in r.rephrase_prompts]
-    words += [
-        f"{qa.prompt} {qa.answer}" for r in HAND_RECORDS for qa in (*r.portability, *r.locality)
-    ]
-    words += [" ".join([*BASE_NEXT, *BASE_NEXT.values(), *EDITED_NEXT.values()])]
-    return build_word_tokenizer(words)
-
-
-def lookup_qwen2(tokenizer, successor: dict[str, str], hidden: int = 48):
-    """A real Qwen2 whose argmax after token a is successor[a] (else <pad>), exactly.
-
-    Embeddings are one-hot, attention and MLP outputs are zeroed (so the residual stream keeps
-    the one-hot vector), the final RMSNorm scales it by sqrt(hidden), and lm_head row b holds 1
-    at column a for each a -> b: the winning logit is sqrt(hidden), every other one is 0.
-    """
-    vocab = len(tokenizer)
-    assert vocab <= hidden, f"vocab {vocab} must fit in hidden {hidden} for one-hot embeddings"
-    model = build_tiny_model("qwen2", vocab, hidden=hidden, layers=2)
-    ids = tokenizer.convert_tokens_to_ids
-    head = torch.zeros(vocab, hidden)
-    for a in range(vocab):
-        head[tokenizer.pad_token_id, a] = 1.0
-    for a, b in successor.items():
-        head[:, ids(a)] = 0.0
-        head[ids(b), ids(a)] = 1.0
-    with torch.no_grad():
-        model.model.embed_tokens.weight.copy_(torch.eye(vocab, hidden))
-        for layer in model.model.layers:
-            layer.self_attn.o_proj.weight.zero_()
-            layer.mlp.down_proj.weight.zero_()
-        model.model.norm.weight.fill_(1.0)
-        model.lm_head.weight.copy_(head)
-    return model
+    return hand_tokenizer_for(HAND_RECORDS, BASE_NEXT, EDITED_NEXT)
 
 
 @pytest.fixture(scope="module")
@@ -151,6 +82,9 @@ def test_edit_metrics_by_hand(hand_tokenizer, hand_models):
         "locality": 25.0,
         "fluency": None,
     }
+    # One kind each here: per-kind means equal the overall ones.
+    assert metrics.by_kind == {"portability.Reasoning": 75.0, "locality.Relation_Specificity": 25.0}
+    assert metrics.flat() == {**metrics.as_dict(), **metrics.by_kind}
 
     first, second = metrics.per_record
     assert (first["index"], first["source"], second["source"]) == (0, "hand:0", "hand:1")
@@ -420,13 +354,11 @@ def test_evaluate_cli(tmp_path, tiny_tokenizer, tiny_model_dir, capsys):
     ]
     assert main([*common, "--base", str(tiny_model_dir), "--out", str(out)]) == 0
     report = json.loads(out.read_text())
-    assert set(report["metrics"]) == {
-        "edit_succ",
-        "generalization",
-        "portability",
-        "locality",
-        "fluency",
-    }
+    aggregates = {"edit_succ", "generalization", "portability", "locality", "fluency"}
+    assert aggregates <= set(report["metrics"])
+    kinds = set(report["metrics"]) - aggregates  # per-kind means, flat names
+    assert kinds and all(k.split(".")[0] in ("portability", "locality") for k in kinds)
+    assert report["mode"] == "teacher-forced" and report["generation_metrics"] is None
     assert report["protocol"] == "sequential" and report["prompt_format"] == "plain"
     assert report["n_records"] == 4 and len(report["per_record"]) == 4
 
@@ -435,10 +367,84 @@ def test_evaluate_cli(tmp_path, tiny_tokenizer, tiny_model_dir, capsys):
     expected = evaluator.evaluate(
         load_model(str(edited_dir)), evaluator.base_predictions(load_model(str(tiny_model_dir)))
     )
-    assert report["metrics"] == pytest.approx(expected.as_dict())
+    assert report["metrics"] == pytest.approx(expected.flat())
 
     assert main([*common, "--out", str(out)]) == 0
     report = json.loads(out.read_text())
     assert report["metrics"]["locality"] is None and "--base" in report["notes"][0]
     assert main([*common, "--batch-size", "0", "--out", str(out)]) == 2
     assert "--batch-size" in capsys.readouterr().err
+
+
+# -- per-kind means on real KnowEdit WikiData records ----------------------------------------------
+
+RECENT = KNOWEDIT / "benchmark_wiki_recent_recent_train.json"
+COUNTERFACT = KNOWEDIT / "wiki_counterfact_test_cf-generate-10.json"  # JSON Lines
+
+
+def _raw_kinds(raw: list[dict], group: str) -> dict[str, int]:
+    """Per kind, how many raw records hold at least one item of it with an answer (from the JSON)."""
+
+    def has_alias(value) -> bool:
+        if isinstance(value, str):
+            return bool(value.strip())
+        return isinstance(value, list) and any(has_alias(v) for v in value)
+
+    counts: dict[str, int] = {}
+    for r in raw:
+        for kind, items in (r.get(group) or {}).items():
+            items = [items] if isinstance(items, dict) else items or []
+            if any(has_alias(it.get("ground_truth")) for it in items):
+                counts[kind] = counts.get(kind, 0) + 1
+    return counts
+
+
+def kind_fixture_records(path, n):
+    """First `n` records of a KnowEdit file: raw JSON (independent of the readers) and EditRecords."""
+    text = path.read_text()
+    raw = json.loads(text) if text.lstrip().startswith("[") else [
+        json.loads(line) for line in text.splitlines() if line.strip()
+    ]
+    return raw[:n], load_edit_records(str(path), limit=n).records
+
+
+@pytest.mark.parametrize("path", [RECENT, COUNTERFACT], ids=["recent", "counterfact"])
+def test_per_kind_means_on_wikidata(path):
+    raw, records = kind_fixture_records(path, 40)
+    tokenizer = hand_tokenizer_for(records)
+    base = build_tiny_model("qwen2", len(tokenizer), hidden=32, layers=2, seed=0)
+    edited = _perturbed(base, seed=3, scale=0.2)
+    evaluator = EditEvaluator(tokenizer, records, batch_size=16)
+    metrics = evaluator.evaluate(edited, evaluator.base_predictions(base))
+    for group in ("portability", "locality"):
+        want = _raw_kinds(raw, group)
+        got = {k.split(".", 1)[1]: v for k, v in metrics.by_kind.items() if k.startswith(group + ".")}
+        assert set(got) == set(want), group  # every kind the data holds, nothing else
+        for kind, value in got.items():
+            # Per record the mean of its items of that kind, then over the records that have it.
+            per_record = [
+                sum(scores) / len(scores)
+                for row in metrics.per_record
+                if (scores := [i["score"] for i in row["items"][group] if i["kind"] == kind])
+            ]
+            assert len(per_record) == want[kind]
+            assert value == pytest.approx(sum(per_record) / len(per_record))
+    assert {"Relation_Specificity", "Forgetfulness"} <= {
+        k.split(".", 1)[1] for k in metrics.by_kind if k.startswith("locality.")
+    }
+    assert {"Subject_Aliasing", "Reasoning", "Logical_Generalization"} & {
+        k.split(".", 1)[1] for k in metrics.by_kind if k.startswith("portability.")
+    }
+
+
+def test_per_kind_means_weight_zsre_records():
+    # ZsRE holds exactly one portability kind per record: the overall mean is the per-kind means
+    # weighted by their record counts.
+    raw, records = kind_fixture_records(ZSRE, 40)
+    tokenizer = hand_tokenizer_for(records)
+    model = build_tiny_model("qwen2", len(tokenizer), hidden=32, layers=2, seed=1)
+    metrics = EditEvaluator(tokenizer, records, batch_size=16).evaluate(model, None)
+    counts = _raw_kinds(raw, "portability")
+    assert sum(counts.values()) == len(records)
+    weighted = sum(metrics.by_kind[f"portability.{k}"] * n for k, n in counts.items()) / len(records)
+    assert metrics.portability == pytest.approx(weighted)
