@@ -1,0 +1,104 @@
+"""`plan_sweep`: from a config file to a `SweepPlan` (inputs, unit costs, fixed costs, estimate)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from mm4ke_ray.config import DEMO, SweepConfig, load_config
+from mm4ke_ray.errors import UserError
+from mm4ke_ray.planning.costs import UnitCosts, stored_costs
+from mm4ke_ray.planning.estimate import Estimate, estimate
+from mm4ke_ray.planning.fixed_costs import RESULTS, FixedCosts, load_fixed_costs
+from mm4ke_ray.planning.model_size import ModelShape, read_model_shape
+from mm4ke_ray.planning.workload import Workload, cluster_resources, workload
+
+
+@dataclass
+class SweepPlan:
+    name: str
+    config_path: str
+    model_name: str
+    source: str  # "probe on this machine" or "stored figures of KIND"
+    model: ModelShape
+    workload: Workload
+    units: UnitCosts
+    fixed: FixedCosts
+    estimate: Estimate
+
+    def as_json(self) -> dict:
+        return {"name": self.name, "config": self.config_path, "model_name": self.model_name, "source": self.source,
+                "model": self.model.as_json(), "workload": self.workload.as_json(), "unit_costs": self.units.as_json(),
+                "fixed_costs": self.fixed.as_json(), "estimate": self.estimate.as_json()}
+
+
+def _count_records(config: SweepConfig) -> int:
+    from mm4ke_ray.data import load_edit_records
+
+    d = config.data
+    try:
+        return len(load_edit_records(d.edits, limit=d.limit, skip_invalid=d.skip_invalid, fmt=d.format))
+    except UserError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - a hub dataset offline, a network error, ...
+        raise UserError(f"data.edits '{d.edits}': cannot read it here ({type(exc).__name__}); "
+                        "give the record count with --records N") from None
+
+
+def _resolve_demo(config: SweepConfig) -> SweepConfig:
+    if DEMO not in (config.model.name, config.data.edits):
+        return config
+    from mm4ke_ray.search.driver import resolve_demo  # builds the demo once (cached)
+
+    return resolve_demo(config)
+
+
+def plan_sweep(config_path: str | Path, *, gpus: int = 0, cpus: float | None = None, probe: bool = False,
+               gpu_kind: str = "h200", records: int | None = None, num_trials: int | None = None,
+               overrides: dict | None = None, results: str | Path | None = None,
+               config: SweepConfig | None = None) -> SweepPlan:
+    """Estimate the sweep in `config_path` (or `config`, already loaded) on `gpus` GPUs.
+
+    `probe`: measure unit costs here (needs the model's weights; a GPU plan needs a GPU here).
+    Otherwise the figures stored for `gpu_kind` are scaled to the model (GPU plans only).
+    `records` stands in for an edit set that cannot be read here (a hub dataset offline).
+    """
+    if gpus < 0:
+        raise UserError(f"--gpus must be >= 0, got {gpus}")
+    if config is None:
+        config = load_config(config_path, overrides)
+    if num_trials:
+        config = config.with_overrides(**{"search.num_trials": num_trials})
+    results = Path(results) if results else RESULTS
+    fixed = load_fixed_costs(results / "sweep.json")
+    if probe or gpus == 0:
+        config = _resolve_demo(config)
+    n = records if records is not None else _count_records(config)
+    if n < 1:
+        raise UserError(f"--records must be >= 1, got {n}")
+    shape = read_model_shape(config.model.name)
+    work = workload(config, n, gpus, cpus)
+    cluster_cpus = cluster_resources(config, gpus, cpus)["CPU"]
+    if probe:
+        device = _probe_device(gpus)
+        from mm4ke_ray.planning.probe import probe_costs
+
+        units, source = probe_costs(config, work, shape.params, device), f"probe on this machine, {device}"
+    elif gpus > 0:
+        dtype = config.model.dtype
+        units = stored_costs(gpu_kind, shape, work, dtype, config.data.prompt_format, results)
+        source = f"stored {gpu_kind} figures"
+    else:
+        raise UserError("a CPU-only plan needs measured costs: add --probe (seconds on a small model), "
+                        "or plan for GPUs with --gpus N (stored figures per GPU kind)")
+    est = estimate(work, units, fixed, gpus, cluster_cpus, local_ray=gpus == 0, source="probe" if probe else "stored")
+    return SweepPlan(config.name, str(config_path), config.model.name, source, shape, work, units, fixed, est)
+
+
+def _probe_device(gpus: int) -> str:
+    import torch
+
+    if gpus > 0 and not torch.cuda.is_available():
+        raise UserError(f"--probe measures this machine, which has no GPU, but the plan is for --gpus {gpus}; "
+                        "probe on a GPU machine, drop --probe to scale stored figures, or plan with --gpus 0")
+    return "cuda" if gpus > 0 else "cpu"
