@@ -11,8 +11,9 @@ import sys
 
 import pytest
 import torch
-from conftest import KNOWEDIT, ZSRE
+from conftest import ZSRE
 from hand_models import BASE_NEXT, EDITED_NEXT, HAND_RECORDS, hand_tokenizer_for, lookup_qwen2
+from knowedit_kinds import COUNTERFACT, RECENT, kind_fixture_records, raw_kinds
 
 from mm4ke_ray.data import QA, EditRecord, load_edit_records
 from mm4ke_ray.demo.tiny import build_tiny_model, save_pretrained_pair
@@ -378,36 +379,6 @@ def test_evaluate_cli(tmp_path, tiny_tokenizer, tiny_model_dir, capsys):
 
 # -- per-kind means on real KnowEdit WikiData records ----------------------------------------------
 
-RECENT = KNOWEDIT / "benchmark_wiki_recent_recent_train.json"
-COUNTERFACT = KNOWEDIT / "wiki_counterfact_test_cf-generate-10.json"  # JSON Lines
-
-
-def _raw_kinds(raw: list[dict], group: str) -> dict[str, int]:
-    """Per kind, how many raw records hold at least one item of it with an answer (from the JSON)."""
-
-    def has_alias(value) -> bool:
-        if isinstance(value, str):
-            return bool(value.strip())
-        return isinstance(value, list) and any(has_alias(v) for v in value)
-
-    counts: dict[str, int] = {}
-    for r in raw:
-        for kind, items in (r.get(group) or {}).items():
-            items = [items] if isinstance(items, dict) else items or []
-            if any(has_alias(it.get("ground_truth")) for it in items):
-                counts[kind] = counts.get(kind, 0) + 1
-    return counts
-
-
-def kind_fixture_records(path, n):
-    """First `n` records of a KnowEdit file: raw JSON (independent of the readers) and EditRecords."""
-    text = path.read_text()
-    raw = json.loads(text) if text.lstrip().startswith("[") else [
-        json.loads(line) for line in text.splitlines() if line.strip()
-    ]
-    return raw[:n], load_edit_records(str(path), limit=n).records
-
-
 @pytest.mark.parametrize("path", [RECENT, COUNTERFACT], ids=["recent", "counterfact"])
 def test_per_kind_means_on_wikidata(path):
     raw, records = kind_fixture_records(path, 40)
@@ -417,7 +388,7 @@ def test_per_kind_means_on_wikidata(path):
     evaluator = EditEvaluator(tokenizer, records, batch_size=16)
     metrics = evaluator.evaluate(edited, evaluator.base_predictions(base))
     for group in ("portability", "locality"):
-        want = _raw_kinds(raw, group)
+        want = raw_kinds(raw, group)
         got = {k.split(".", 1)[1]: v for k, v in metrics.by_kind.items() if k.startswith(group + ".")}
         assert set(got) == set(want), group  # every kind the data holds, nothing else
         for kind, value in got.items():
@@ -444,7 +415,7 @@ def test_per_kind_means_weight_zsre_records():
     tokenizer = hand_tokenizer_for(records)
     model = build_tiny_model("qwen2", len(tokenizer), hidden=32, layers=2, seed=1)
     metrics = EditEvaluator(tokenizer, records, batch_size=16).evaluate(model, None)
-    counts = _raw_kinds(raw, "portability")
+    counts = raw_kinds(raw, "portability")
     assert sum(counts.values()) == len(records)
     weighted = sum(metrics.by_kind[f"portability.{k}"] * n for k, n in counts.items()) / len(records)
     assert metrics.portability == pytest.approx(weighted)
