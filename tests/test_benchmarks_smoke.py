@@ -24,6 +24,7 @@ SCRIPTS = {
     "sweep": "bench_sweep.py",
     "search_quality": "bench_search_quality.py",
     "memory": "bench_memory.py",
+    "generation": "bench_generation.py",
 }
 TIMEOUT_S = 400
 

@@ -173,10 +173,11 @@ def _generate_batch(model, prompts, bounds, stops, pad_id, newline) -> list[list
     out: list[list[int]] = [[] for _ in prompts]
     done = [False] * len(prompts)
     has_text = [False] * len(prompts)
+    rows = list(range(len(prompts)))  # prompt index of each row still in the batch
     for _ in range(max(bounds)):
         tokens = logits.argmax(-1)
-        for b, token in enumerate(tokens.tolist()):
-            if done[b]:
+        for b, token in zip(rows, tokens.tolist(), strict=True):
+            if done[b]:  # kept in the batch only by a cache that cannot drop rows
                 continue
             if token in stops:
                 done[b] = True
@@ -187,9 +188,18 @@ def _generate_batch(model, prompts, bounds, stops, pad_id, newline) -> list[list
                 done[b] = True
             has_text[b] = has_text[b] or bool(piece.strip())
             done[b] = done[b] or len(out[b]) >= bounds[b]
-        if all(done):
+        keep = [i for i, b in enumerate(rows) if not done[b]]
+        if not keep:
             break
-        mask = torch.cat([mask, mask.new_ones((len(prompts), 1))], dim=1)
+        if len(keep) < len(rows) and (cache is None or hasattr(cache, "batch_select_indices")):
+            # Finished rows leave the batch: later steps cost only what is still generating.
+            index = torch.tensor(keep, device=device)
+            rows = [rows[i] for i in keep]
+            tokens, mask, next_pos = tokens[index], mask[index], next_pos[index]
+            ids, positions = ids[index], positions[index]
+            if cache is not None:
+                cache.batch_select_indices(index)
+        mask = torch.cat([mask, mask.new_ones((len(rows), 1))], dim=1)
         step = tokens.unsqueeze(1)
         if cache_name is None:  # no KV cache: feed the whole sequence again
             ids = torch.cat([ids, step], dim=1)

@@ -1,0 +1,119 @@
+"""Benchmark 7 — generation-based edit evaluation: batched vs one prompt at a time.
+
+`GenerationEvaluator.evaluate` (greedy, length-sorted batches of 32, left padding, KV cache,
+finished rows leave the batch) vs Hugging Face `model.generate` on one unpadded prompt at a time
+(greedy, same stop tokens and per-item bound), over every item of the records (edit prompt,
+rephrase, portability, locality). Required: identical generated token ids for every item (up to
+the first stop token) and identical answer texts. Goal >= 3x faster. Beside it, the cost of a
+teacher-forced `EditEvaluator.evaluate` on the same records (what generation adds per record).
+
+The model is the base plus a random delta on one block's MLP (a merge candidate); locality is
+scored against the base model's own answers, computed once before timing. Real ZsRE records
+(KnowEdit test file), a word-level tokenizer that knows all their words.
+
+    python benchmarks/bench_generation.py               # 110M Qwen2-shaped model, 200 records
+    python benchmarks/bench_generation.py --smoke-test  # tiny model, 10 records
+"""
+
+from __future__ import annotations
+
+import common
+import torch
+
+GOAL_BATCHED = 3.0
+
+
+@torch.no_grad()
+def hf_generate_one(model, prompt_ids, max_new_tokens: int, stops: set[int], pad_id: int) -> list[int]:
+    """One prompt through `model.generate` (greedy, no padding), cut before the first stop token."""
+    ids = torch.tensor([list(prompt_ids)])
+    out = model.generate(
+        ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=max_new_tokens,
+        eos_token_id=sorted(stops), pad_token_id=pad_id,
+    )[0, ids.shape[1]:].tolist()
+    return next((out[:k] for k, t in enumerate(out) if t in stops), out)
+
+
+def one_at_a_time(model, evaluator, stops) -> list[list[int]]:
+    """Every item of the evaluator, one `generate` call each, in the evaluator's item order."""
+    return [hf_generate_one(model, it.prompt_ids, it.max_new_tokens, stops, evaluator.pad_id)
+            for it in evaluator.items]
+
+
+def check_identical(model, evaluator, stops, single: list[list[int]], metrics) -> dict:
+    """Batched ids == one-at-a-time ids for every item; the evaluator's answers == their texts."""
+    from mm4ke_ray.evaluate.generation import answer_text, greedy_generate
+
+    items = evaluator.items
+    batched = greedy_generate(model, [it.prompt_ids for it in items], [it.max_new_tokens for it in items],
+                              stops, evaluator.pad_id, evaluator.batch_size, evaluator.newline)
+    # No newline token in a word-level vocabulary: both stop at a stop token or the bound only.
+    id_mismatches = sum(a != b for a, b in zip(batched, single, strict=True))
+    texts = [answer_text(evaluator.tokenizer, ids) for ids in single]
+    scored = {}
+    for row in metrics.per_record:
+        for metric, entries in row["items"].items():
+            scored.setdefault(metric, []).extend(e["generated"] for e in entries)
+    by_metric = {m: [t for it, t in zip(items, texts, strict=True) if it.metric == m] for m in scored}
+    text_mismatches = sum(a != b for m in scored for a, b in zip(scored[m], by_metric[m], strict=True))
+    return {"items": len(items), "id_mismatches": id_mismatches, "text_mismatches": text_mismatches,
+            "generated_tokens": sum(map(len, single)),
+            "prompt_tokens": sum(len(it.prompt_ids) for it in items),
+            "mean_max_new_tokens": sum(it.max_new_tokens for it in items) / len(items),
+            "distinct_answers": len(set(texts))}
+
+
+def main() -> None:
+    args = common.parser(__doc__.split("\n\n")[0]).parse_args()
+    common.setup(args)
+    from mm4ke_ray.evaluate.edit_metrics import EditEvaluator
+    from mm4ke_ray.evaluate.generation import GenerationEvaluator, stop_token_ids
+    from mm4ke_ray.merge import apply_delta_
+
+    smoke = args.smoke_test
+    shape = "tiny" if smoke else "110m"
+    n_records, repeats = (10, 1) if smoke else (200, 2)
+    records = common.zsre_records(n_records)
+    tok = common.word_tokenizer(records)
+    model = common.qwen2_model(shape)
+    layer = common.SHAPES[shape]["layers"] // 2
+    gen_eval = GenerationEvaluator(tok, records, batch_size=32)
+    forced_eval = EditEvaluator(tok, records, batch_size=32)
+    reference, forced_reference = gen_eval.base_generations(model), forced_eval.base_predictions(model)
+    apply_delta_(model, common.one_layer_delta(model, layer, seed=1), alpha=0.0, sparsity=0.0)
+    stops = stop_token_ids(tok, model)
+
+    metrics = gen_eval.evaluate(model, reference)
+    single = one_at_a_time(model, gen_eval, stops)
+    same = check_identical(model, gen_eval, stops, single, metrics)
+    if same["id_mismatches"] or same["text_mismatches"]:
+        raise SystemExit(f"batched and one-at-a-time generations differ: {same}")
+    times = common.interleaved({
+        "one_at_a_time": lambda: one_at_a_time(model, gen_eval, stops),
+        "batched": lambda: gen_eval.evaluate(model, reference),
+        "teacher_forced": lambda: forced_eval.evaluate(model, forced_reference),
+    }, repeats=repeats, warmup=0)  # the identity check above ran every contender once already
+    speedup = common.ratio(times["one_at_a_time"], times["batched"])
+    med = {k: common.statistics.median(v) for k, v in times.items()}
+    per_record = {k: v / n_records for k, v in med.items()}
+    print(f"{same['items']} items of {n_records} records: batched {med['batched']:.2f} s vs one at a time "
+          f"{med['one_at_a_time']:.2f} s: {speedup:.2f}x; teacher-forced {med['teacher_forced']:.2f} s; "
+          f"generation metrics {metrics.as_dict()}")
+    goals = [
+        common.goal_line("batched vs one-at-a-time generation (x)", speedup, GOAL_BATCHED),
+        common.goal_line("generations differing (items)", same["id_mismatches"] + same["text_mismatches"], 0, False),
+    ]
+    common.write_result("generation", args, {
+        "model": {"shape": common.SHAPES[shape], "params": common.param_count(model)},
+        "records": n_records, "data": str(common.ZSRE.name), "repeats": repeats, "batch_size": 32,
+        "identical": same, "generation_metrics": metrics.flat(),
+        "one_at_a_time": common.summary(times["one_at_a_time"]), "batched": common.summary(times["batched"]),
+        "teacher_forced": common.summary(times["teacher_forced"]), "speedup": speedup,
+        "seconds_per_record": per_record,
+        "generation_vs_teacher_forced_cost": med["batched"] / med["teacher_forced"],
+        "goals": goals,
+    })
+
+
+if __name__ == "__main__":
+    main()
