@@ -106,12 +106,14 @@ def stored_costs(kind_name: str, shape: ModelShape, work: Workload, dtype: str, 
         rsft, ev = ref["rsft"], ref["eval"]
         ref_update = rsft["ours"]["seconds"] / rsft["ours"]["updates"]
         ref_layer = rsft["layer"]
-        ref_batch_s = ev["batched"]["seconds"] / -(-ev["records"] // ev["batch_size"])
-        ref_tokens_per_batch = ev["tokens_per_evaluation"] / -(-ev["records"] // ev["batch_size"])
+        # gpu_check's records have PROMPTS_PER_RECORD prompts each, batched `batch_size` at a time.
+        ref_batches = -(-ev["records"] * PROMPTS_PER_RECORD // ev["batch_size"])
+        ref_batch_s = ev["batched"]["seconds"] / ref_batches
+        ref_tokens_per_batch = ev["tokens_per_evaluation"] / ref_batches
     except (KeyError, TypeError, ZeroDivisionError) as exc:
         raise UserError(f"{results / kind.results}: missing field {exc}; rerun benchmarks/gpu_check.sh") from None
     nbytes = 2  # the reference ran in bf16
-    ref_tokens = 30.0  # ~30-token samples (gpu_check's synthetic records)
+    ref_tokens = 14.0  # gpu_check's synthetic records: 8-16 prompt words + 1-3 answer words
     blocks, moved, flops = _train_step_work(ref_shape, ref_layer, ref_tokens, nbytes)
     step_overhead = max(0.0, ref_update - _roofline(kind, 0, 0, moved, flops)) / blocks
     blocks, moved, flops, _ = _forward_work(ref_shape, 0, ref_tokens_per_batch, nbytes, ev["batch_size"])
@@ -126,8 +128,8 @@ def stored_costs(kind_name: str, shape: ModelShape, work: Workload, dtype: str, 
     # A candidate: the edit metrics over every record (prefix cache from the layer up), batched.
     mean_layer = sum(work.layers) / len(work.layers)
     edit_tokens = work.records * PROMPTS_PER_RECORD * tokens
-    batch_tokens = 32 * tokens
-    b, m, f, _ = _forward_work(shape, round(mean_layer), batch_tokens, dbytes, 32)
+    batch_tokens = work.eval_batch_size * tokens
+    b, m, f, _ = _forward_work(shape, round(mean_layer), batch_tokens, dbytes, work.eval_batch_size)
     edit_s = (edit_tokens / batch_tokens) * _roofline(kind, b, fwd_overhead, m, f)
     general_s = 0.0
     for task in work.general_tasks:
@@ -136,18 +138,20 @@ def stored_costs(kind_name: str, shape: ModelShape, work: Workload, dtype: str, 
         b, m, f, _ = _forward_work(shape, 0, GEN_BATCH * fwd_tokens, dbytes, GEN_BATCH)
         batches = docs / GEN_BATCH
         general_s += batches * _roofline(kind, b, fwd_overhead, m, f)
-        if gen_tokens:  # each generated token: a forward of the batch, launch-bound like a step's
-            b, m, f, _ = _forward_work(shape, 0, GEN_BATCH, dbytes, GEN_BATCH)  # forward (~1/3 of a step)
-            general_s += batches * gen_tokens * _roofline(kind, b, step_overhead / 3, m, f)
+        if gen_tokens:  # each generated token: one more forward of the batch (launch-bound)
+            b, m, f, _ = _forward_work(shape, 0, GEN_BATCH, dbytes, GEN_BATCH)
+            general_s += batches * gen_tokens * _roofline(kind, b, fwd_overhead, m, f)
     merge_s = _merge_seconds(ref, shape, ref_shape)
     load_s = shape.params * dbytes / LOAD_BYTES_PER_S
     candidate = merge_s + edit_s + general_s
     basis = [
-        f"per-step figures of the {kind.name} measured on a {ref_shape.params / 1e9:.2f}B shape "
+        f"per-step figures of the {kind.name} measured on a random-init {ref.get('shape', '?')} shape "
+        f"({ref_shape.params / 1e9:.2f}B) "
         f"({kind.results}, {ref.get('machine', {}).get('date', '?')[:10]}: {1 / ref_update:.1f} R-SFT updates/s at "
         f"layer {ref_layer}, {ev['batched']['tokens_per_s']:,.0f} eval tokens/s), scaled to this model's "
         f"{shape.params / 1e9:.2f}B shape",
-        f"scaling: {step_overhead * 1e3:.2f} ms per block and step (launch-bound) + the larger of weight traffic "
+        f"scaling: {step_overhead * 1e3:.2f} ms per block and R-SFT step, {fwd_overhead * 1e3:.2f} ms per block and "
+        f"eval batch (launch-bound) + the larger of weight traffic "
         f"at {kind.efficiency:.0%} of {kind.bandwidth / 1e12:.1f} TB/s and FLOPs at {kind.efficiency:.0%} of "
         f"{kind.flops / 1e12:.0f} TFLOP/s (published peaks)",
         f"assumed: {tokens} tokens per prompt, {PROMPTS_PER_RECORD} prompts per record, lm-eval token counts per "

@@ -84,7 +84,7 @@ def estimate(work: Workload, units: UnitCosts, fixed: FixedCosts, gpus: int, cpu
         Phase("trial start-up", waves, startup + units.worker_load_s, waves * (startup + units.worker_load_s),
               waves * (startup + units.worker_load_s), f"bench+{source}"),
         Phase("R-SFT", waves, rsft, waves * rsft, waves * rsft_upper, source),
-        Phase("candidates", rounds, candidate, rounds * candidate, rounds * candidate, source),
+        Phase("eval rounds", rounds, candidate, rounds * candidate, rounds * candidate, source),
         Phase("sweep start/end", 1, fixed.driver_per_sweep_s, fixed.driver_per_sweep_s, fixed.driver_per_sweep_s,
               "bench"),
         Phase("Tune/MLflow", work.trials, per_trial, work.trials * per_trial, work.trials * per_trial, "bench"),

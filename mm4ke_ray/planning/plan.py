@@ -38,10 +38,10 @@ def _count_records(config: SweepConfig) -> int:
     d = config.data
     try:
         return len(load_edit_records(d.edits, limit=d.limit, skip_invalid=d.skip_invalid, fmt=d.format))
-    except UserError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - a hub dataset offline, a network error, ...
-        raise UserError(f"data.edits '{d.edits}': cannot read it here ({type(exc).__name__}); "
+    except UserError as exc:  # a hub dataset offline, a missing file, ...: the planner only needs a count
+        raise UserError(f"{exc}\n  (to plan without reading it, give the record count with --records N)") from None
+    except Exception as exc:  # noqa: BLE001 - a network error of any client
+        raise UserError(f"data.edits '{d.edits}': cannot read it here ({type(exc).__name__}: {exc}); "
                         "give the record count with --records N") from None
 
 
@@ -65,14 +65,16 @@ def plan_sweep(config_path: str | Path, *, gpus: int = 0, cpus: float | None = N
     """
     if gpus < 0:
         raise UserError(f"--gpus must be >= 0, got {gpus}")
+    if gpus == 0 and not probe:
+        raise UserError("a CPU-only plan needs measured costs: add --probe (seconds on a small model), "
+                        "or plan for GPUs with --gpus N (stored figures per GPU kind)")
     if config is None:
         config = load_config(config_path, overrides)
     if num_trials:
         config = config.with_overrides(**{"search.num_trials": num_trials})
     results = Path(results) if results else RESULTS
     fixed = load_fixed_costs(results / "sweep.json")
-    if probe or gpus == 0:
-        config = _resolve_demo(config)
+    config = _resolve_demo(config)
     n = records if records is not None else _count_records(config)
     if n < 1:
         raise UserError(f"--records must be >= 1, got {n}")
@@ -84,14 +86,11 @@ def plan_sweep(config_path: str | Path, *, gpus: int = 0, cpus: float | None = N
         from mm4ke_ray.planning.probe import probe_costs
 
         units, source = probe_costs(config, work, shape.params, device), f"probe on this machine, {device}"
-    elif gpus > 0:
-        dtype = config.model.dtype
-        units = stored_costs(gpu_kind, shape, work, dtype, config.data.prompt_format, results)
-        source = f"stored {gpu_kind} figures"
     else:
-        raise UserError("a CPU-only plan needs measured costs: add --probe (seconds on a small model), "
-                        "or plan for GPUs with --gpus N (stored figures per GPU kind)")
+        units = stored_costs(gpu_kind, shape, work, config.model.dtype, config.data.prompt_format, results)
+        source = f"stored {gpu_kind} figures"
     est = estimate(work, units, fixed, gpus, cluster_cpus, local_ray=gpus == 0, source="probe" if probe else "stored")
+    est.basis.insert(0, f"model size: {shape.source}")
     return SweepPlan(config.name, str(config_path), config.model.name, source, shape, work, units, fixed, est)
 
 

@@ -53,7 +53,7 @@ def render(plan: dict, console: Console | None = None) -> None:
 
     table = Table(title=None, show_lines=False, expand=False)
     table.add_column("phase")
-    table.add_column("count", justify="right")
+    table.add_column("times", justify="right")
     table.add_column("each", justify="right")
     table.add_column("wall", justify="right")
     table.add_column("at most", justify="right")
@@ -64,6 +64,8 @@ def render(plan: dict, console: Console | None = None) -> None:
     table.add_section()
     table.add_row("[bold]sweep[/]", "", "", f"[bold]{duration(e['wall_s'])}[/]", duration(e["upper_wall_s"]), "")
     console.print(table)
+    console.print(f"[dim]times: on the critical path ({w['concurrent_trials']} trial(s) at once, their candidates "
+                  f"shared by {w['eval_actors']} actor(s)); at most: E·N·K updates at the costliest layer[/]")
     if e["gpus"]:
         console.print(f"GPU-hours: [bold]{e['billed_gpu_hours']:,.1f}[/] for {e['gpus']} GPUs over the sweep "
                       f"(at most {e['upper_billed_gpu_hours']:,.1f}); computing {e['busy_gpu_hours']:,.1f} "

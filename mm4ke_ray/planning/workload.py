@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 from mm4ke_ray.config import Param, SweepConfig
+from mm4ke_ray.errors import UserError
 
 
 @dataclass(frozen=True)
@@ -24,6 +25,7 @@ class Workload:
     layers: tuple[int, ...]  # every layer the search may pick
     general_tasks: tuple[str, ...]
     general_limit: int | float | None
+    eval_batch_size: int
     concurrent_trials: int  # Tune trials at once (the sweep's own resource plan)
     rsft_slots: int
     eval_actors: int
@@ -67,8 +69,9 @@ def candidates_per_delta(config: SweepConfig) -> int:
 
 
 def cluster_resources(config: SweepConfig, gpus: int, cpus: float | None) -> dict[str, float]:
-    """The Ray cluster a plan assumes: `gpus` GPUs and `cpus` CPUs (default: as many as the
-    workers ask for, two per GPU pair, or this machine's count without GPUs)."""
+    """The Ray cluster a plan assumes: `gpus` GPUs and `cpus` CPUs (default: this machine's count
+    without GPUs; with GPUs, max(rsft_cpus, eval_cpus) per GPU, what the workers ask for). With
+    `resources.eval_resource`, half the GPUs are taken to be on evaluation nodes."""
     import os
 
     r = config.resources
@@ -84,6 +87,10 @@ def workload(config: SweepConfig, records: int, gpus: int = 0, cpus: float | Non
     """The counts of `config` on a cluster of `gpus` GPUs (0: CPUs only)."""
     from mm4ke_ray.search.resources import plan_resources
 
+    if gpus > 0 and config.resources.rsft_gpus == 0 and config.resources.eval_gpus == 0:
+        raise UserError(f"--gpus {gpus}: this config's workers ask for no GPU (resources.rsft_gpus and "
+                        "eval_gpus are 0); set them, e.g. --set resources.rsft_gpus=1 --set resources.eval_gpus=1, "
+                        "or plan with --gpus 0")
     if gpus == 0 and (config.resources.rsft_gpus > 0 or config.resources.eval_gpus > 0):
         config = config.with_overrides(**{"resources.rsft_gpus": 0, "resources.eval_gpus": 0})
     per_delta = candidates_per_delta(config)
@@ -95,6 +102,7 @@ def workload(config: SweepConfig, records: int, gpus: int = 0, cpus: float | Non
         trials=config.search.num_trials, records=records, candidates_per_delta=per_delta,
         epochs_mean=e_mean, epochs_max=e_max, steps_mean=k_mean, steps_max=k_max, layers=tuple(space.layers()),
         general_tasks=tuple(config.evaluation.general_tasks), general_limit=config.evaluation.general_limit,
+        eval_batch_size=config.evaluation.batch_size,
         concurrent_trials=min(plan.max_concurrent, config.search.num_trials), rsft_slots=plan.rsft_slots,
         eval_actors=plan.actors, rsft_gpus=config.resources.rsft_gpus, eval_gpus=config.resources.eval_gpus,
         runner=config.search.rsft.runner,

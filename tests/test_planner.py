@@ -1,0 +1,187 @@
+"""The cost planner (`mm4ke-ray plan`): counts from the config, sizes from safetensors headers,
+stored-figure plans, clear errors, and a probe estimate against a real demo sweep measured here."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import tempfile
+import time
+
+import pytest
+from conftest import REPO
+
+from mm4ke_ray.config import load_config
+from mm4ke_ray.errors import UserError
+
+PAPER = REPO / "search_spaces" / "zsre_qwen2.5-7b.yaml"
+DEMO = REPO / "search_spaces" / "demo.yaml"
+ZSRE_RECORDS = 1301  # KnowEdit ZsRE-test-all.json, the paper config's edit set
+
+
+def test_model_size_comes_from_the_safetensors_headers(tiny_model_dir):
+    from transformers import AutoModelForCausalLM
+
+    from mm4ke_ray.planning.model_size import read_model_shape
+
+    shape = read_model_shape(str(tiny_model_dir))
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    assert shape.params == sum(p.numel() for p in model.parameters())
+    assert (shape.layers, shape.hidden) == (model.config.num_hidden_layers, model.config.hidden_size)
+    assert "safetensors headers" in shape.source
+
+
+def test_model_size_without_weights_is_counted_from_config_json(tiny_model_dir, tmp_path):
+    from mm4ke_ray.planning.model_size import read_model_shape
+
+    (tmp_path / "config.json").write_text((tiny_model_dir / "config.json").read_text())
+    counted = read_model_shape(str(tmp_path)).params
+    exact = read_model_shape(str(tiny_model_dir)).params
+    assert abs(counted - exact) / exact < 0.05  # only biases and norms are left out
+    qwen7b = read_model_shape("Qwen/Qwen2.5-7B-Instruct")  # offline: the built-in copy of its config.json
+    assert 7.5e9 < qwen7b.params < 7.7e9 and qwen7b.layers == 28
+
+
+def test_a_bad_safetensors_file_is_named(tmp_path, tiny_model_dir):
+    from mm4ke_ray.planning.model_size import read_model_shape
+
+    (tmp_path / "config.json").write_text((tiny_model_dir / "config.json").read_text())
+    (tmp_path / "model.safetensors").write_bytes(b"\x05\x00")
+    with pytest.raises(UserError, match="model.safetensors: not a safetensors file"):
+        read_model_shape(str(tmp_path))
+
+
+@pytest.mark.parametrize("extra", [0, 1, 2, 4, 6])
+def test_candidates_per_delta_follow_the_sweep(extra):
+    """1 sampled + 1 pure R-SFT + (extra - 1) drawn points: extra + 1 per delta (1 with no extras)."""
+    from mm4ke_ray.planning.workload import workload
+
+    config = load_config(DEMO, {"merge.extra_candidates": extra})
+    work = workload(config, records=25, gpus=0, cpus=2)
+    assert work.candidates_per_delta == extra + 1
+    assert work.candidates == 8 * (extra + 1)
+    assert work.updates_max == 4 * 25 * 8  # E·N·K at the space's maxima
+    assert work.updates_expected == 2.5 * 25 * 5  # mean E and K of the ranges
+
+
+def test_paper_config_on_8_gpus_pairs_workers_and_actors():
+    from mm4ke_ray.planning.workload import workload
+
+    work = workload(load_config(PAPER), records=ZSRE_RECORDS, gpus=8)
+    assert (work.concurrent_trials, work.eval_actors, work.candidates_per_delta) == (4, 4, 7)
+    assert work.layers == (4, 5, 6, 7, 8) and len(work.general_tasks) == 5
+
+
+def test_stored_plan_of_the_paper_config_adds_up():
+    from mm4ke_ray.planning import plan_sweep
+
+    plan = plan_sweep(PAPER, gpus=8, records=ZSRE_RECORDS)
+    est, work, units = plan.estimate, plan.workload, plan.units
+    assert sum(p.wall_s for p in est.phases) == pytest.approx(est.wall_s)
+    assert est.upper_wall_s > est.wall_s
+    phase = {p.name: p for p in est.phases}
+    waves = -(-work.trials // work.concurrent_trials)
+    mean_update = sum(units.update_s.values()) / len(units.update_s)
+    assert phase["R-SFT"].wall_s == pytest.approx(waves * work.updates_expected * mean_update)
+    assert phase["Ray start"].wall_s == 0  # submitted to a running cluster
+    # A step runs the blocks from its layer up: a lower layer costs more.
+    assert units.update_s[4] > units.update_s[8]
+    assert est.billed_gpu_hours == pytest.approx(8 * est.wall_s / 3600)
+    assert 0 < est.busy_gpu_hours < est.billed_gpu_hours
+    assert any("qwen2.5-0.5b shape" in line and "7.62B" in line for line in est.basis)
+    # 14 h for 64 trials of ~26,000 batch-1 updates on a 7B model: hours, not minutes or weeks.
+    assert 3600 < est.wall_s < 7 * 86400
+
+
+def _cli(*args: str) -> tuple[int, str]:
+    import argparse
+
+    from mm4ke_ray.commands import plan
+
+    def main(argv):  # TEMPORARY until `plan` is registered in cli.py
+        parser = argparse.ArgumentParser()
+        plan.add_arguments(parser)
+        try:
+            return plan.run(parser.parse_args(argv[1:]))
+        except UserError as exc:
+            print(exc, file=sys.stderr)
+            return 2
+
+    with tempfile.TemporaryFile("w+") as out:
+        old, sys.stdout = sys.stdout, out
+        try:
+            code = main(["plan", *args])
+        finally:
+            sys.stdout = old
+        out.seek(0)
+        return code, out.read()
+
+
+def test_cli_prints_a_table_within_80_columns_and_json():
+    code, text = _cli(str(PAPER), "--gpus", "8", "--records", str(ZSRE_RECORDS))
+    assert code == 0 and "R-SFT" in text and "GPU-hours" in text
+    assert max(len(line) for line in text.splitlines()) <= 80
+    code, raw = _cli(str(PAPER), "--gpus", "8", "--records", str(ZSRE_RECORDS), "--json")
+    data = json.loads(raw)
+    assert code == 0 and data["workload"]["trials"] == 64
+    assert data["estimate"]["billed_gpu_hours"] == pytest.approx(8 * data["estimate"]["wall_s"] / 3600)
+
+
+def test_bad_requests_are_refused_with_the_fix(capsys):
+    from mm4ke_ray.planning import plan_sweep
+
+    with pytest.raises(UserError, match="--gpu-kind 'a100'.*known kinds: h200"):
+        plan_sweep(PAPER, gpus=8, records=ZSRE_RECORDS, gpu_kind="a100")
+    with pytest.raises(UserError, match="--records N"):  # a hub dataset, offline
+        plan_sweep(PAPER, gpus=8)
+    with pytest.raises(UserError, match="add --probe"):
+        plan_sweep(PAPER, gpus=0, records=ZSRE_RECORDS)
+    with pytest.raises(UserError, match="no GPU"):
+        plan_sweep(PAPER, gpus=8, records=ZSRE_RECORDS, probe=True)
+    with pytest.raises(UserError, match="ask for no GPU"):
+        plan_sweep(DEMO, gpus=8)
+    with pytest.raises(UserError, match="7.6B parameters"):
+        plan_sweep(PAPER, gpus=0, records=ZSRE_RECORDS, probe=True, cpus=8)
+    code, _ = _cli(str(PAPER), "--gpus", "8", "--records", "1301", "--results", "/nonexistent")
+    assert code == 2 and "sweep.json" in capsys.readouterr().err
+
+
+def test_the_command_module_imports_nothing_heavy():
+    code = ("import sys, mm4ke_ray.commands.plan; "
+            "heavy = [m for m in ('torch', 'transformers', 'ray') if m in sys.modules]; print(heavy)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+@pytest.mark.slow
+@pytest.mark.ray
+def test_probe_estimate_is_within_30_percent_of_a_measured_demo_sweep(tmp_path):
+    """The demo (runner train, as `mm4ke-ray demo` runs it), reduced to 2 trials x 3 candidates:
+    the probe runs here first, then the same config sweeps on a fresh local Ray, timed as the
+    sweep benchmark times it (ray.init to shutdown)."""
+    import ray
+
+    from mm4ke_ray.planning import plan_sweep
+    from mm4ke_ray.search.driver import run_sweep
+
+    config = load_config(DEMO, {
+        "name": "plantest", "search.num_trials": 2, "merge.extra_candidates": 2,
+        "tracking.uri": f"sqlite:///{tmp_path}/mlflow.db", "tracking.experiment": "plantest",
+        "tracking.artifact_location": str(tmp_path / "artifacts"), "storage_path": str(tmp_path / "ray"),
+    })
+    plan = plan_sweep(DEMO, config=config, probe=True, cpus=2)
+
+    start = time.perf_counter()
+    temp = tempfile.mkdtemp(prefix="rp", dir="/tmp")  # short: Ray's socket paths are length-limited
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False, _temp_dir=temp)
+    try:
+        outcome = run_sweep(config)
+    finally:
+        ray.shutdown()
+    measured = time.perf_counter() - start
+
+    assert len(outcome.rows) == plan.workload.candidates == 2 * 3
+    error = plan.estimate.wall_s / measured - 1
+    print(f"plan {plan.estimate.wall_s:.1f} s, measured {measured:.1f} s ({100 * error:+.0f}%)")
+    assert abs(error) <= 0.30, plan.as_json()["estimate"]
