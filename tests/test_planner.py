@@ -94,6 +94,30 @@ def test_stored_plan_of_the_paper_config_adds_up():
     assert 3600 < est.wall_s < 7 * 86400
 
 
+def test_trials_run_in_waves_and_their_candidates_share_the_actors():
+    """5 trials, 2 at once, 3 candidates each, 2 actors: waves of 2, 2, 1 trials; per wave
+    ceil(6/2), ceil(6/2), ceil(3/2) = 3 + 3 + 2 rounds of evaluation."""
+    from dataclasses import replace
+
+    from mm4ke_ray.planning.costs import UnitCosts
+    from mm4ke_ray.planning.estimate import estimate
+    from mm4ke_ray.planning.fixed_costs import FixedCosts
+    from mm4ke_ray.planning.workload import workload
+
+    work = replace(workload(load_config(DEMO), records=10, gpus=0, cpus=2), trials=5, concurrent_trials=2,
+                   candidates_per_delta=3, eval_actors=2, layers=(0, 1))
+    units = UnitCosts(update_s={0: 0.02, 1: 0.01}, candidate_s=1.0, pool_start_s=5.0, worker_load_s=0.5)
+    fixed = FixedCosts(ray_start_s=4.0, trial_startup_s={"train": 20.0}, driver_per_trial_s={"train": 2.0},
+                       driver_per_sweep_s=10.0, dispatch_per_candidate_s=0.0, basis="hand-made")
+    est = estimate(work, units, fixed, gpus=0, cpus=2, local_ray=True, source="probe")
+    phase = {p.name: p for p in est.phases}
+    assert phase["eval rounds"].count == 8 and phase["eval rounds"].wall_s == 8.0
+    assert phase["trial start-up"].wall_s == 3 * 20.5  # three waves
+    assert phase["R-SFT"].wall_s == pytest.approx(3 * work.updates_expected * 0.015)
+    assert phase["R-SFT"].upper_s == pytest.approx(3 * work.updates_max * 0.02)  # the costliest layer
+    assert est.wall_s == pytest.approx(4 + 5 + 61.5 + 3 * work.updates_expected * 0.015 + 8 + 10 + 5 * 2)
+
+
 def _cli(*args: str) -> tuple[int, str]:
     import argparse
 
@@ -126,6 +150,9 @@ def test_cli_prints_a_table_within_80_columns_and_json():
     data = json.loads(raw)
     assert code == 0 and data["workload"]["trials"] == 64
     assert data["estimate"]["billed_gpu_hours"] == pytest.approx(8 * data["estimate"]["wall_s"] / 3600)
+    code, raw = _cli(str(PAPER), "--gpus", "16", "--records", "100", "--set", "merge.extra_candidates=2", "--json")
+    work = json.loads(raw)["workload"]
+    assert (work["records"], work["candidates_per_delta"], work["concurrent_trials"]) == (100, 3, 8)
 
 
 def test_bad_requests_are_refused_with_the_fix(capsys):
