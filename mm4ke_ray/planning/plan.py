@@ -74,6 +74,7 @@ def plan_sweep(config_path: str | Path, *, gpus: int = 0, cpus: float | None = N
         config = config.with_overrides(**{"search.num_trials": num_trials})
     results = Path(results) if results else RESULTS
     fixed = load_fixed_costs(results / "sweep.json")
+    model_name = config.model.name  # as the config names it ("demo", not the cache folder)
     config = _resolve_demo(config)
     n = records if records is not None else _count_records(config)
     if n < 1:
@@ -91,7 +92,7 @@ def plan_sweep(config_path: str | Path, *, gpus: int = 0, cpus: float | None = N
         source = f"stored {gpu_kind} figures"
     est = estimate(work, units, fixed, gpus, cluster_cpus, local_ray=gpus == 0, source="probe" if probe else "stored")
     est.basis.insert(0, f"model size: {shape.source}")
-    return SweepPlan(config.name, str(config_path), config.model.name, source, shape, work, units, fixed, est)
+    return SweepPlan(config.name, str(config_path), model_name, source, shape, work, units, fixed, est)
 
 
 def _probe_device(gpus: int) -> str:
