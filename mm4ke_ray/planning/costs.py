@@ -162,7 +162,11 @@ def stored_costs(kind_name: str, shape: ModelShape, work: Workload, dtype: str, 
         basis=basis,
         measured={"reference_update_s": ref_update, "reference_layer": ref_layer, "step_overhead_per_block_s":
                   step_overhead, "forward_overhead_per_block_s": fwd_overhead, "edit_eval_s": edit_s,
-                  "general_eval_s": general_s, "merge_s": merge_s, "model_load_s": load_s},
+                  "general_eval_s": general_s, "merge_s": merge_s, "model_load_s": load_s,
+                  "assumed_tokens_per_prompt": tokens, "assumed_prompts_per_record": PROMPTS_PER_RECORD,
+                  "assumed_task_tokens": {t: TASK_TOKENS.get(t, DEFAULT_TASK_TOKENS) for t in work.general_tasks},
+                  "assumed_task_docs": {t: TASK_DOCS.get(t, work.general_limit) for t in work.general_tasks},
+                  "assumed_load_bytes_per_s": LOAD_BYTES_PER_S},
     )
 
 

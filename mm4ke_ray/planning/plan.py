@@ -76,7 +76,16 @@ def plan_sweep(config_path: str | Path, *, gpus: int = 0, cpus: float | None = N
     fixed = load_fixed_costs(results / "sweep.json")
     model_name = config.model.name  # as the config names it ("demo", not the cache folder)
     config = _resolve_demo(config)
-    n = records if records is not None else _count_records(config)
+    n, records_from = records, "--records"
+    if n is None:
+        try:
+            n, records_from = _count_records(config), f"counted in {config.data.edits}"
+        except UserError:
+            if config.data.limit is None:
+                raise
+            # Unreadable here (a hub dataset offline), but capped: the cap is what a sweep would use
+            # unless the set is smaller.
+            n, records_from = config.data.limit, "data.limit (the edit set is not readable here)"
     if n < 1:
         raise UserError(f"--records must be >= 1, got {n}")
     shape = read_model_shape(config.model.name)
@@ -91,7 +100,7 @@ def plan_sweep(config_path: str | Path, *, gpus: int = 0, cpus: float | None = N
         units = stored_costs(gpu_kind, shape, work, config.model.dtype, config.data.prompt_format, results)
         source = f"stored {gpu_kind} figures"
     est = estimate(work, units, fixed, gpus, cluster_cpus, local_ray=gpus == 0, source="probe" if probe else "stored")
-    est.basis.insert(0, f"model size: {shape.source}")
+    est.basis[:0] = [f"model size: {shape.source}", f"records: {n:,}, {records_from}"]
     return SweepPlan(config.name, str(config_path), model_name, source, shape, work, units, fixed, est)
 
 
