@@ -66,7 +66,9 @@ GEN_BATCH = 8  # GeneralEvaluator's lm-eval batch size
 
 
 def _roofline(kind: GpuKind, blocks: float, overhead: float, bytes_moved: float, flops: float) -> float:
-    return blocks * overhead + max(bytes_moved / (kind.bandwidth * kind.efficiency), flops / (kind.flops * kind.efficiency))
+    """Seconds of a step: a fixed overhead per block it runs + the larger of its memory and compute time."""
+    memory = bytes_moved / (kind.bandwidth * kind.efficiency)
+    return blocks * overhead + max(memory, flops / (kind.flops * kind.efficiency))
 
 
 def _train_step_work(shape: ModelShape, layer: int, tokens: float, dtype_bytes: int) -> tuple[float, float, float]:
@@ -85,12 +87,64 @@ def _forward_work(shape: ModelShape, first: int, tokens: float, dtype_bytes: int
     return suffix + 1, weights * dtype_bytes, 2 * weights * tokens, batch
 
 
-def _reference(results: Path, kind: GpuKind) -> dict:
+@dataclass(frozen=True)
+class _Fit:
+    """What the stored reference measurement says about the GPU kind."""
+
+    ref: dict  # the stored JSON
+    shape: ModelShape  # the reference shape it ran on
+    update_s: float  # its seconds per R-SFT update
+    layer: int  # the layer it trained
+    step_overhead: float  # seconds per block and R-SFT step beyond the roofline
+    fwd_overhead: float  # seconds per block and batched forward beyond the roofline
+
+
+def _fit_reference(kind: GpuKind, results: Path) -> _Fit:
     path = results / kind.results
     if not path.is_file():
         raise UserError(f"{path}: no stored figures for the {kind.name}; run benchmarks/gpu_check.sh on one, "
                         "or plan with --probe on the machine itself")
-    return json.loads(path.read_text())
+    ref = json.loads(path.read_text())
+    try:
+        shape = shape_from_config(ref["config"], kind.results, ref.get("params"))
+        rsft, ev = ref["rsft"], ref["eval"]
+        update_s, layer = rsft["ours"]["seconds"] / rsft["ours"]["updates"], rsft["layer"]
+        # gpu_check's records have PROMPTS_PER_RECORD prompts each, batched `batch_size` at a time.
+        batches = -(-ev["records"] * PROMPTS_PER_RECORD // ev["batch_size"])
+        batch_s, batch_tokens = ev["batched"]["seconds"] / batches, ev["tokens_per_evaluation"] / batches
+    except (KeyError, TypeError, ZeroDivisionError) as exc:
+        raise UserError(f"{path}: missing field {exc}; rerun benchmarks/gpu_check.sh") from None
+    ref_tokens = 14.0  # gpu_check's synthetic records: 8-16 prompt words + 1-3 answer words; bf16 (2 bytes)
+    blocks, moved, flops = _train_step_work(shape, layer, ref_tokens, 2)
+    step_overhead = max(0.0, update_s - _roofline(kind, 0, 0, moved, flops)) / blocks
+    blocks, moved, flops, _ = _forward_work(shape, 0, batch_tokens, 2, ev["batch_size"])
+    fwd_overhead = max(0.0, batch_s - _roofline(kind, 0, 0, moved, flops)) / blocks
+    return _Fit(ref, shape, update_s, layer, step_overhead, fwd_overhead)
+
+
+def _task_docs(task: str, limit: int | float | None) -> float:
+    """Documents lm-eval runs for `task` per evaluation (500 assumed when not capped by a count)."""
+    return TASK_DOCS.get(task, limit if isinstance(limit, int) else 500)
+
+
+def _eval_seconds(kind: GpuKind, fit: _Fit, shape: ModelShape, work: Workload, dbytes: int,
+                  tokens: int) -> tuple[float, float]:
+    """(edit metrics, general tasks) seconds of one candidate on `shape`."""
+    # Edit metrics: every record's prompts, batched, the prefix cache running from the layer up.
+    mean_layer = round(sum(work.layers) / len(work.layers))
+    batch_tokens = work.eval_batch_size * tokens
+    b, m, f, _ = _forward_work(shape, mean_layer, batch_tokens, dbytes, work.eval_batch_size)
+    edit_s = work.records * PROMPTS_PER_RECORD * tokens / batch_tokens * _roofline(kind, b, fit.fwd_overhead, m, f)
+    general_s = 0.0
+    for task in work.general_tasks:
+        fwd_tokens, gen_tokens = TASK_TOKENS.get(task, DEFAULT_TASK_TOKENS)
+        batches = _task_docs(task, work.general_limit) / GEN_BATCH
+        b, m, f, _ = _forward_work(shape, 0, GEN_BATCH * fwd_tokens, dbytes, GEN_BATCH)
+        general_s += batches * _roofline(kind, b, fit.fwd_overhead, m, f)
+        if gen_tokens:  # each generated token: one more forward of the batch (launch-bound)
+            b, m, f, _ = _forward_work(shape, 0, GEN_BATCH, dbytes, GEN_BATCH)
+            general_s += batches * gen_tokens * _roofline(kind, b, fit.fwd_overhead, m, f)
+    return edit_s, general_s
 
 
 def stored_costs(kind_name: str, shape: ModelShape, work: Workload, dtype: str, prompt_format: str,
@@ -100,72 +154,39 @@ def stored_costs(kind_name: str, shape: ModelShape, work: Workload, dtype: str, 
         raise UserError(f"--gpu-kind {kind_name!r}: no stored figures for it; known kinds: {', '.join(GPU_KINDS)} "
                         "(or measure with --probe on the machine)")
     kind = GPU_KINDS[kind_name]
-    ref = _reference(results, kind)
-    try:
-        ref_shape = shape_from_config(ref["config"], kind.results, ref.get("params"))
-        rsft, ev = ref["rsft"], ref["eval"]
-        ref_update = rsft["ours"]["seconds"] / rsft["ours"]["updates"]
-        ref_layer = rsft["layer"]
-        # gpu_check's records have PROMPTS_PER_RECORD prompts each, batched `batch_size` at a time.
-        ref_batches = -(-ev["records"] * PROMPTS_PER_RECORD // ev["batch_size"])
-        ref_batch_s = ev["batched"]["seconds"] / ref_batches
-        ref_tokens_per_batch = ev["tokens_per_evaluation"] / ref_batches
-    except (KeyError, TypeError, ZeroDivisionError) as exc:
-        raise UserError(f"{results / kind.results}: missing field {exc}; rerun benchmarks/gpu_check.sh") from None
-    nbytes = 2  # the reference ran in bf16
-    ref_tokens = 14.0  # gpu_check's synthetic records: 8-16 prompt words + 1-3 answer words
-    blocks, moved, flops = _train_step_work(ref_shape, ref_layer, ref_tokens, nbytes)
-    step_overhead = max(0.0, ref_update - _roofline(kind, 0, 0, moved, flops)) / blocks
-    blocks, moved, flops, _ = _forward_work(ref_shape, 0, ref_tokens_per_batch, nbytes, ev["batch_size"])
-    fwd_overhead = max(0.0, ref_batch_s - _roofline(kind, 0, 0, moved, flops)) / blocks
-
-    dbytes = RUN_DTYPE_BYTES[dtype]
-    tokens = TOKENS_PER_PROMPT.get(prompt_format, 24)
+    fit = _fit_reference(kind, results)
+    dbytes, tokens = RUN_DTYPE_BYTES[dtype], TOKENS_PER_PROMPT.get(prompt_format, 24)
     update_s = {}
     for layer in work.layers:
         b, m, f = _train_step_work(shape, layer, tokens, dbytes)
-        update_s[layer] = _roofline(kind, b, step_overhead, m, f)
-    # A candidate: the edit metrics over every record (prefix cache from the layer up), batched.
-    mean_layer = sum(work.layers) / len(work.layers)
-    edit_tokens = work.records * PROMPTS_PER_RECORD * tokens
-    batch_tokens = work.eval_batch_size * tokens
-    b, m, f, _ = _forward_work(shape, round(mean_layer), batch_tokens, dbytes, work.eval_batch_size)
-    edit_s = (edit_tokens / batch_tokens) * _roofline(kind, b, fwd_overhead, m, f)
-    general_s = 0.0
-    for task in work.general_tasks:
-        fwd_tokens, gen_tokens = TASK_TOKENS.get(task, DEFAULT_TASK_TOKENS)
-        docs = TASK_DOCS.get(task, work.general_limit if isinstance(work.general_limit, int) else 500)
-        b, m, f, _ = _forward_work(shape, 0, GEN_BATCH * fwd_tokens, dbytes, GEN_BATCH)
-        batches = docs / GEN_BATCH
-        general_s += batches * _roofline(kind, b, fwd_overhead, m, f)
-        if gen_tokens:  # each generated token: one more forward of the batch (launch-bound)
-            b, m, f, _ = _forward_work(shape, 0, GEN_BATCH, dbytes, GEN_BATCH)
-            general_s += batches * gen_tokens * _roofline(kind, b, fwd_overhead, m, f)
-    merge_s = _merge_seconds(ref, shape, ref_shape)
+        update_s[layer] = _roofline(kind, b, fit.step_overhead, m, f)
+    edit_s, general_s = _eval_seconds(kind, fit, shape, work, dbytes, tokens)
+    merge_s = _merge_seconds(fit.ref, shape, fit.shape)
     load_s = shape.params * dbytes / LOAD_BYTES_PER_S
     candidate = merge_s + edit_s + general_s
+    ref = fit.ref
     basis = [
         f"per-step figures of the {kind.name} measured on a random-init {ref.get('shape', '?')} shape "
-        f"({ref_shape.params / 1e9:.2f}B) "
-        f"({kind.results}, {ref.get('machine', {}).get('date', '?')[:10]}: {1 / ref_update:.1f} R-SFT updates/s at "
-        f"layer {ref_layer}, {ev['batched']['tokens_per_s']:,.0f} eval tokens/s), scaled to this model's "
+        f"({fit.shape.params / 1e9:.2f}B; {kind.results}, {ref.get('machine', {}).get('date', '?')[:10]}: "
+        f"{1 / fit.update_s:.1f} R-SFT updates/s at layer {fit.layer}, "
+        f"{ref['eval']['batched']['tokens_per_s']:,.0f} eval tokens/s), scaled to this model's "
         f"{shape.params / 1e9:.2f}B shape",
-        f"scaling: {step_overhead * 1e3:.2f} ms per block and R-SFT step, {fwd_overhead * 1e3:.2f} ms per block and "
-        f"eval batch (launch-bound) + the larger of weight traffic "
-        f"at {kind.efficiency:.0%} of {kind.bandwidth / 1e12:.1f} TB/s and FLOPs at {kind.efficiency:.0%} of "
-        f"{kind.flops / 1e12:.0f} TFLOP/s (published peaks)",
+        f"scaling: {fit.step_overhead * 1e3:.2f} ms per block and R-SFT step, {fit.fwd_overhead * 1e3:.2f} ms per "
+        f"block and eval batch (launch-bound) + the larger of weight traffic at {kind.efficiency:.0%} of "
+        f"{kind.bandwidth / 1e12:.1f} TB/s and FLOPs at {kind.efficiency:.0%} of {kind.flops / 1e12:.0f} TFLOP/s "
+        "(published peaks)",
         f"assumed: {tokens} tokens per prompt, {PROMPTS_PER_RECORD} prompts per record, lm-eval token counts per "
         f"document of each task, model load at {LOAD_BYTES_PER_S / 1e9:.0f} GB/s",
     ]
     return UnitCosts(
         update_s=update_s, candidate_s=candidate, pool_start_s=load_s + 2 * candidate, worker_load_s=load_s,
         basis=basis,
-        measured={"reference_update_s": ref_update, "reference_layer": ref_layer, "step_overhead_per_block_s":
-                  step_overhead, "forward_overhead_per_block_s": fwd_overhead, "edit_eval_s": edit_s,
-                  "general_eval_s": general_s, "merge_s": merge_s, "model_load_s": load_s,
+        measured={"reference_update_s": fit.update_s, "reference_layer": fit.layer,
+                  "step_overhead_per_block_s": fit.step_overhead, "forward_overhead_per_block_s": fit.fwd_overhead,
+                  "edit_eval_s": edit_s, "general_eval_s": general_s, "merge_s": merge_s, "model_load_s": load_s,
                   "assumed_tokens_per_prompt": tokens, "assumed_prompts_per_record": PROMPTS_PER_RECORD,
                   "assumed_task_tokens": {t: TASK_TOKENS.get(t, DEFAULT_TASK_TOKENS) for t in work.general_tasks},
-                  "assumed_task_docs": {t: TASK_DOCS.get(t, work.general_limit) for t in work.general_tasks},
+                  "assumed_task_docs": {t: _task_docs(t, work.general_limit) for t in work.general_tasks},
                   "assumed_load_bytes_per_s": LOAD_BYTES_PER_S},
     )
 
