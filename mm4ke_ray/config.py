@@ -45,9 +45,24 @@ class EvaluationConfig(_Section):
     general_tasks: list[str] = Field(default_factory=list, description="lm-eval task names for general ability.")
     task_include_path: str | None = Field(None, description="Folder of local lm-eval task YAMLs.")
     general_limit: int | float | None = Field(None, gt=0, description="lm-eval `limit` per task.")
+    general_metrics: dict[str, str] = Field(
+        default_factory=dict,
+        description="Metric per general task, e.g. {drop: f1}; a task not named uses its first metric.",
+    )
     protocol: Literal["sequential"] = Field(
         "sequential", description="Edit all records, then evaluate the final model on all of them (the paper's)."
     )
+
+    @model_validator(mode="after")
+    def _metrics_name_tasks(self):
+        # Whether the task reports that metric is checked when lm-eval loads it (GeneralEvaluator).
+        unknown = sorted(set(self.general_metrics) - set(self.general_tasks))
+        if unknown:
+            raise ValueError(f"general_metrics names {unknown}, not in general_tasks {self.general_tasks}")
+        empty = sorted(t for t, m in self.general_metrics.items() if not m.strip())
+        if empty:
+            raise ValueError(f"general_metrics: give a metric name for {empty}")
+        return self
 
 
 class Param(_Section):

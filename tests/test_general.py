@@ -15,6 +15,7 @@ pytest.importorskip("lm_eval")
 
 from mm4ke_ray.demo.tiny import build_tiny_model, build_word_tokenizer  # noqa: E402
 from mm4ke_ray.errors import DataError, UserError  # noqa: E402
+from mm4ke_ray.evaluate.fluency import generate_for_fluency  # noqa: E402
 from mm4ke_ray.evaluate.general import (  # noqa: E402
     GeneralEvaluator,
     general_score,
@@ -53,6 +54,7 @@ def world(tmp_path_factory):
     docs, docs2 = logiqa_docs(20), logiqa_docs(20, start=20)
     write_multiple_choice_task("logiqa20", docs, out)
     write_multiple_choice_task("logiqa20_fewshot", docs2, out, num_fewshot=2)
+    write_multiple_choice_task("logiqa20_norm", docs, out, metrics=("acc", "acc_norm"))
     texts = [d["question"] for d in docs + docs2] + ["Question : Answer : A B C D"]
     tok = build_word_tokenizer(texts)
     model = build_tiny_model("qwen2", len(tok), hidden=32, layers=2, seed=0)
@@ -257,9 +259,95 @@ def test_retention_and_general_score():
     kept = retention(cand, base, hib)
     assert kept["a"] == 0.5 and kept["b"] == 1.0 and math.isnan(kept["c"]) and kept["ppl"] == 0.5
     assert general_score(cand, base, hib) == pytest.approx((0.5 + 1.0 + 0.5) / 3)  # NaN skipped
-    assert general_score({"a": 0.6}, {"a": 0.5}) == pytest.approx(1.2)  # better than base: > 1
+    assert retention({"a": 0.6}, {"a": 0.5})["a"] == pytest.approx(1.2)  # logged as it is
+    assert general_score({"a": 0.6}, {"a": 0.5}) == 1.0  # better than base: capped at 1
     assert math.isnan(general_score({"c": 0.3}, {"c": 0.0}))
     with pytest.raises(ValueError, match="same tasks"):
         retention({"a": 1.0}, {"b": 1.0})
     with pytest.raises(ValueError, match=">= 0"):
         retention({"a": -1.0}, {"a": 1.0})
+
+
+def test_stderr_chance_and_docs_match_lm_eval(world, tmp_path):
+    """stderr is lm-eval's own (its closed form, here with bootstrap on), per task and group."""
+    from lm_eval.evaluator import evaluate
+
+    docs = logiqa_docs(20)
+    write_multiple_choice_task("solo", docs[3:15], tmp_path)
+    write_multiple_choice_task("mc_a", docs, tmp_path)
+    write_multiple_choice_task("mc_b", docs[:6], tmp_path)
+    (tmp_path / "mc_group.yaml").write_text(
+        "group: mc_group\ntask: [mc_a, mc_b]\naggregate_metric_list:\n  - metric: acc\n    weight_by_size: true\n"
+    )
+    ev = GeneralEvaluator(world["model"], world["tok"], ["solo", "mc_group"], include_path=tmp_path)
+    got = ev.evaluate_result()
+    ref = evaluate(lm=ev.lm, task_dict=ev.task_dict, bootstrap_iters=100)
+    assert got.scores == ev.evaluate()
+    assert got.stderr["solo"] == pytest.approx(ref["results"]["solo"]["acc_stderr,none"], rel=1e-12)
+    assert got.stderr["mc_group"] == pytest.approx(ref["groups"]["mc_group"]["acc_stderr,none"], rel=1e-12)
+    assert got.chance == {"solo": 0.25, "mc_group": 0.25} and got.n_docs == {"solo": 12, "mc_group": 26}
+    flat = got.flat()
+    assert flat["general.solo"] == got.scores["solo"]
+    assert flat["general.mc_group.stderr"] == got.stderr["mc_group"]
+
+
+def test_noise_check_refuses_a_task_at_chance(world):
+    """The random tiny model answers 20 four-way LogiQA items at chance: refused, by name."""
+    ev = GeneralEvaluator(world["model"], world["tok"], ["logiqa20"], include_path=world["dir"])
+    base = ev.evaluate_result()
+    assert base.stderr["logiqa20"] > 0 and base.chance["logiqa20"] == 0.25
+    with pytest.raises(UserError, match=r"'logiqa20' \(acc\).*chance \(0.25\).*\n.*Fix: choose another metric"):
+        base.check_noise()
+
+
+def test_config_chooses_a_task_metric(world):
+    norm = GeneralEvaluator(
+        world["model"], world["tok"], ["logiqa20_norm"], include_path=world["dir"],
+        metrics={"logiqa20_norm": "acc_norm"},
+    )
+    full = norm.evaluate_full()
+    assert norm.evaluate() == {"logiqa20_norm": full["results"]["logiqa20_norm"]["acc_norm,none"]}
+    assert norm.settings["general.logiqa20_norm.metric"] == "acc_norm"
+    assert norm.evaluate_result().metrics == {"logiqa20_norm": "acc_norm"}
+    with pytest.raises(UserError, match=r"'logiqa20_norm' reports no metric 'f1'; it reports: acc, acc_norm"):
+        GeneralEvaluator(world["model"], world["tok"], ["logiqa20_norm"], include_path=world["dir"],
+                         metrics={"logiqa20_norm": "f1"})
+    with pytest.raises(UserError, match="not among the evaluated tasks"):
+        GeneralEvaluator(world["model"], world["tok"], ["logiqa20"], include_path=world["dir"],
+                         metrics={"drop": "f1"})
+
+
+def test_chat_format_is_applied_and_recorded(world):
+    plain = GeneralEvaluator.for_prompt_format(
+        world["model"], world["tok"], ["logiqa20"], "plain", include_path=world["dir"], limit=2
+    )
+    chat = GeneralEvaluator.for_prompt_format(
+        world["model"], world["tok"], ["logiqa20"], "chat", include_path=world["dir"], limit=2
+    )
+    assert plain.settings["general.apply_chat_template"] is False
+    assert chat.settings["general.apply_chat_template"] is True and chat.settings["general.limit"] == 2
+    prompts = [s["arguments"][0][0] for s in chat.evaluate_full()["samples"]["logiqa20"]]
+    assert all(p.startswith("user : Question:") and p.endswith("assistant : ") for p in prompts)
+
+
+def test_chat_fluency_scores_prompt_and_reply_only():
+    """The template's role words and default system prompt stay out of the scored text."""
+    prompt = "Who wrote the river song"
+    tok = build_word_tokenizer([prompt, "system user assistant : You are a helpful bot <eos> the a"])
+    tok.chat_template = (
+        "system : You are a helpful bot <eos> "
+        "{% for m in messages %}{{ m['role'] }} : {{ m['content'] }} <eos> {% endfor %}"
+        "{% if add_generation_prompt %}assistant : {% endif %}"
+    )
+    model = build_tiny_model("qwen2", len(tok), hidden=32, layers=2, seed=0)
+    chat = generate_for_fluency(model, tok, prompt, seed=1, max_length=20, prompt_format="chat")
+    plain = generate_for_fluency(model, tok, prompt, seed=1, max_length=20)
+    assert chat.startswith(prompt + " ")
+    reply = chat[len(prompt) + 1 :]
+    # The reply is sampled from the whole vocabulary, so single role words may appear in it; the
+    # template's own text (system prompt, "user :" header before the prompt) may not.
+    assert "You are a helpful bot" not in chat and f"user : {prompt}" not in chat
+    own = len(tok(prompt, add_special_tokens=False)["input_ids"])
+    # plain's budget (20 tokens counting the prompt's own); sampled special tokens are not decoded
+    assert 0 < len(tok(reply, add_special_tokens=False)["input_ids"]) <= 20 - own
+    assert plain.startswith(prompt)

@@ -8,6 +8,12 @@ the whole decoded sequence, prompt included, sampled with top-k 5 until it is 10
 EasyEdit splits words with `nltk.word_tokenize`, which needs a data download; `word_tokens`
 below is a regular expression that follows its main rules (punctuation split off, "don't" ->
 "do" + "n't", "it's" -> "it" + "'s", hyphenated words and decimals kept whole).
+
+In `chat` format the model is prompted through its chat template, but the scored text is the
+prompt and the generated reply only: the template's role words and default system prompt (plain
+text once special tokens are skipped) are the same in every sample and would otherwise add their
+own n-grams to each. The budget stays EasyEdit's: 100 tokens counting the prompt's own tokens,
+not the template's, so a chat sample generates as many tokens as a plain one.
 """
 
 from __future__ import annotations
@@ -80,13 +86,18 @@ def generate_for_fluency(
     """Sample a continuation of `prompt` with top-k sampling until `max_length` tokens in total.
 
     Returns the decoded whole sequence, prompt included, NFKD-normalised with blank lines
-    joined, as EasyEdit's `generate_fast` does. Sampling uses its own CPU generator seeded with
-    `seed`, so the result repeats for the same model and seed on any device and leaves the
-    global random state alone.
+    joined, as EasyEdit's `generate_fast` does; in `chat` format the prompt followed by the
+    decoded reply (the template left out, see the module docstring). Sampling uses its own CPU
+    generator seeded with `seed`, so the result repeats for the same model and seed on any
+    device and leaves the global random state alone.
     """
     gen = torch.Generator().manual_seed(seed)
     device = model_device(model)
     ids = _prompt_ids(tokenizer, prompt, prompt_format)
+    start = len(ids)
+    if prompt_format == "chat":  # generate what plain would: max_length minus the prompt's tokens
+        own = len(tokenizer(prompt, add_special_tokens=False)["input_ids"])
+        max_length = start + max(max_length - own, 1)
     cache_name = _cache_kwarg(model)
     step_input, cache = torch.tensor([ids], device=device), None
     while len(ids) < max_length:
@@ -101,5 +112,8 @@ def generate_for_fluency(
         token = int(top.indices[torch.multinomial(probs, 1, generator=gen).item()])
         ids.append(token)
         step_input = torch.tensor([[token]] if cache is not None else [ids], device=device)
-    text = tokenizer.decode(ids, skip_special_tokens=True)
+    if prompt_format == "chat":
+        text = prompt + " " + tokenizer.decode(ids[start:], skip_special_tokens=True)
+    else:
+        text = tokenizer.decode(ids, skip_special_tokens=True)
     return unicodedata.normalize("NFKD", text).replace("\n\n", " ")

@@ -12,8 +12,11 @@ alone on purpose: redirecting it would hide the user's cached models and dataset
 mode could then not reach. Tasks written by `write_multiple_choice_task` keep their `datasets`
 cache beside their files.
 
-`retention` / `general_score` turn candidate and base scores into the "general ability kept"
-objective (merged / base, as in the paper).
+`retention` / `general_score` (in `scores`, re-exported here) turn candidate and base scores into
+the "general ability kept" objective: merged / base per task as in the paper, capped at 1.
+`evaluate_result()` adds each score's standard error (closed form over the documents, as
+lm-eval's `mean_stderr`), chance floor and document count, which `GeneralResult.check_noise`
+judges and `GeneralResult.flat` names for a tracker (`general.<task>`, `general.<task>.stderr`).
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import os
 import random
 import sys
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,10 +36,13 @@ import torch
 
 from mm4ke_ray.errors import UserError
 from mm4ke_ray.evaluate.local_tasks import write_multiple_choice_task
+from mm4ke_ray.evaluate.scores import NOISE_Z, check_task_noise, general_score, retention
 from mm4ke_ray.modeling.modes import eval_mode
 
 __all__ = [
     "GeneralEvaluator",
+    "GeneralResult",
+    "check_task_noise",
     "general_score",
     "primary_scores",
     "retention",
@@ -172,26 +179,88 @@ def _load_each(manager, tasks: Sequence[str]) -> list[dict]:
     return loaded
 
 
-def _task_metric(task) -> tuple[str | None, bool]:
-    """The task's main metric (first of its metric_list) and whether higher is better."""
+_CHANCE_METRICS = ("acc", "acc_norm", "acc_mutual_info")  # pick-one-choice accuracies
+
+
+def _metric_name(entry) -> str:
+    metric = entry["metric"] if isinstance(entry, dict) else entry
+    return metric if isinstance(metric, str) else getattr(metric, "__name__", str(metric))
+
+
+def _task_metrics(task) -> list[str]:
+    """The metric names a task reports, its main one (first of its metric_list) first."""
     metric_list = getattr(getattr(task, "config", None), "metric_list", None)
-    hib = task.higher_is_better() or {}
     if metric_list:
-        first = metric_list[0]
-        metric = first["metric"] if isinstance(first, dict) else first
-        metric = metric if isinstance(metric, str) else getattr(metric, "__name__", str(metric))
-    else:  # Python-defined tasks declare metrics through higher_is_better()
-        metric = next(iter(hib), None)
-    return metric, bool(hib.get(metric, True))
+        return [_metric_name(m) for m in metric_list]
+    return list(task.higher_is_better() or {})  # Python-defined tasks (e.g. squadv2)
 
 
-def _primary_value(task_results: Mapping[str, Any], metric: str | None) -> float:
-    """`metric` under its first filter (e.g. 'acc,none'); the first numeric metric if absent."""
+def _task_metric(task, metric: str | None = None) -> tuple[str | None, bool]:
+    """`metric` (default the task's main one) and whether higher is better."""
+    metric = metric or next(iter(_task_metrics(task)), None)
+    return metric, bool((task.higher_is_better() or {}).get(metric, True))
+
+
+def _check_metric_choice(key: str, metric: str, available: list[str]) -> None:
+    if metric not in available:
+        raise UserError(
+            f"evaluation.general_metrics: task {key!r} reports no metric {metric!r}; "
+            f"it reports: {', '.join(available) or 'none'}"
+        )
+
+
+def _primary_key(task_results: Mapping[str, Any], metric: str | None) -> str:
+    """The result key of `metric` under its first filter (e.g. 'acc,none'); the first numeric
+    metric if absent."""
     keys = [k for k in task_results if "," in k and "_stderr," not in k and k != "sample_count"]
     chosen = [k for k in keys if k.split(",", 1)[0] == metric] or keys
     if not chosen:
         raise RuntimeError(f"lm-eval returned no metric values: {dict(task_results)}")
-    return float(task_results[chosen[0]])
+    return chosen[0]
+
+
+def _primary_value(task_results: Mapping[str, Any], metric: str | None) -> float:
+    return float(task_results[_primary_key(task_results, metric)])
+
+
+def _sample_stderr(values: list[float]) -> float | None:
+    """Standard error of a mean (sample std / sqrt n), as lm-eval's `mean_stderr` computes it."""
+    n = len(values)
+    if n < 2:
+        return None
+    mu = sum(values) / n
+    return math.sqrt(sum((v - mu) ** 2 for v in values) / (n - 1) / n)
+
+
+@dataclass(frozen=True)
+class GeneralResult:
+    """One evaluation: per output key its score, standard error, chance floor and doc count.
+
+    `stderr` is None where the task's aggregation is not a mean of per-document values (lm-eval
+    reports none either, e.g. SQuAD 2.0's). `chance` is what picking a choice uniformly at
+    random scores (multiple-choice accuracies) and 0 for everything else.
+    """
+
+    scores: dict[str, float]
+    stderr: dict[str, float | None]
+    chance: dict[str, float]
+    n_docs: dict[str, int]
+    metrics: dict[str, str | None]
+    higher_is_better: dict[str, bool]
+
+    def flat(self, prefix: str = "general") -> dict[str, float]:
+        """Flat metric names for a tracker: `<prefix>.<task>` and `<prefix>.<task>.stderr`."""
+        out = {}
+        for key, value in self.scores.items():
+            out[f"{prefix}.{key}"] = value
+            if self.stderr.get(key) is not None:
+                out[f"{prefix}.{key}.stderr"] = self.stderr[key]
+        return out
+
+    def check_noise(self, z: float = NOISE_Z) -> None:
+        """`check_task_noise` on these (the base model's) results: UserError for noisy tasks."""
+        check_task_noise(self.scores, self.stderr, self.chance, self.n_docs,
+                         self.higher_is_better, self.metrics, z=z)
 
 
 class GeneralEvaluator:
@@ -200,7 +269,10 @@ class GeneralEvaluator:
     `tasks` are lm-eval names (tasks, groups or tags) from the built-in index or `include_path`.
     `limit` caps documents per task (int) or takes a fraction (float in (0, 1]). `seed` seeds Python,
     NumPy, torch and the few-shot samplers before every call, so repeated calls on the same
-    weights give identical numbers; the caller's RNG state is restored afterwards.
+    weights give identical numbers; the caller's RNG state is restored afterwards. `metrics`
+    picks a task's metric by output key (e.g. {"drop": "f1"}); by default its first.
+    `apply_chat_template` wraps every prompt in the tokenizer's chat template (lm-eval's own
+    option); `for_prompt_format("chat")` turns it on, as a model edited in chat format needs.
     """
 
     def __init__(
@@ -213,6 +285,7 @@ class GeneralEvaluator:
         batch_size: int = 8,
         seed: int = 0,
         apply_chat_template: bool = False,
+        metrics: Mapping[str, str] | None = None,
     ):
         tasks = list(tasks)
         if not tasks:
@@ -221,19 +294,30 @@ class GeneralEvaluator:
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise UserError(f"batch_size must be an int >= 1, got {batch_size!r}")
         validate_tasks(tasks, include_path)
+        if apply_chat_template and not getattr(tokenizer, "chat_template", None):
+            raise UserError(
+                "general tasks in chat format need a tokenizer with a chat template; "
+                "use data.prompt_format: plain"
+            )
         # lm-eval reads a float limit >= 1.0 as a document count: 1.0 would mean one document.
         self.limit = None if limit == 1.0 and isinstance(limit, float) else limit
         self.model, self.tasks, self.seed = model, tasks, seed
-        self.apply_chat_template = apply_chat_template
+        self.apply_chat_template = bool(apply_chat_template)
+        self._chosen = dict(metrics or {})
         self.task_dict, self.outputs = self._build_task_dict(tasks, include_path)
         self.lm = _quiet_hflm_class()(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
+
+    @classmethod
+    def for_prompt_format(cls, model, tokenizer, tasks, prompt_format: str = "plain", **kwargs):
+        """An evaluator whose prompts are formatted as the model was edited: chat -> template."""
+        return cls(model, tokenizer, tasks, apply_chat_template=prompt_format == "chat", **kwargs)
 
     def _build_task_dict(self, tasks, include_path):
         """Load each requested name on its own, so each output key maps to what it came from.
 
         `outputs` lists (key, 'task'|'group', metric, higher_is_better): a task or an aggregating
         group gives one key (its name); a tag, or a group without aggregate metrics, gives one
-        key per leaf task.
+        key per leaf task. `_leaves` maps a group key to its leaf tasks (for stderr and chance).
         """
         try:
             loaded = _load_each(_task_manager(tasks, include_path), tasks)
@@ -242,6 +326,7 @@ class GeneralEvaluator:
         merged: dict[str, dict] = {"tasks": {}, "groups": {}, "group_map": {}}
         outputs: list[tuple[str, str, str | None, bool]] = []
         owner: dict[str, str] = {}
+        self._leaves: dict[str, tuple[list[str], bool]] = {}
         for name, part in zip(tasks, loaded, strict=True):
             for leaf in part["tasks"]:
                 if leaf in owner:
@@ -253,20 +338,45 @@ class GeneralEvaluator:
                 merged[k].update(part.get(k) or {})
             group = (part.get("groups") or {}).get(name)
             if name in part["tasks"]:
-                outputs.append((name, "task", *_task_metric(part["tasks"][name])))
+                outputs.append((name, "task", *self._choose(name, part["tasks"][name])))
             elif group is not None and group.has_aggregation:
-                metric = group.aggregate_metric_list[0].metric
+                available = [m.metric for m in group.aggregate_metric_list]
+                metric = self._chosen.get(name, available[0])
+                _check_metric_choice(name, metric, available)
                 leaves = group.get_all_tasks()
                 hib = leaves[0].higher_is_better().get(metric, True) if leaves else True
                 outputs.append((name, "group", metric, bool(hib)))
+                by_size = next(m.weight_by_size for m in group.aggregate_metric_list if m.metric == metric)
+                self._leaves[name] = (list(part["tasks"]), bool(by_size))
             else:
-                outputs += [(leaf, "task", *_task_metric(t)) for leaf, t in part["tasks"].items()]
+                outputs += [(leaf, "task", *self._choose(leaf, t)) for leaf, t in part["tasks"].items()]
+        unknown = sorted(set(self._chosen) - {key for key, *_ in outputs})
+        if unknown:
+            raise UserError(
+                f"evaluation.general_metrics names {unknown}, not among the evaluated tasks "
+                f"{[key for key, *_ in outputs]}"
+            )
         return merged, outputs
+
+    def _choose(self, key: str, task) -> tuple[str | None, bool]:
+        if key in self._chosen:
+            _check_metric_choice(key, self._chosen[key], _task_metrics(task))
+        return _task_metric(task, self._chosen.get(key))
 
     @property
     def higher_is_better(self) -> dict[str, bool]:
         """Direction of each primary metric, keyed like `evaluate()`'s result."""
         return {key: hib for key, _, _, hib in self.outputs}
+
+    @property
+    def settings(self) -> dict[str, Any]:
+        """How the general tasks are run, flat, for a tracker to record with every run."""
+        out: dict[str, Any] = {
+            "general.apply_chat_template": self.apply_chat_template,
+            "general.limit": self.limit,
+        }
+        out.update({f"general.{key}.metric": metric for key, _, metric, _ in self.outputs})
+        return out
 
     def evaluate_full(self, log_samples: bool = True) -> dict[str, Any]:
         """lm-eval's full result dict (results, groups, configs, n-samples, samples, ...)."""
@@ -279,7 +389,7 @@ class GeneralEvaluator:
                 lm=self.lm,
                 task_dict=self.task_dict,
                 limit=self.limit,
-                bootstrap_iters=0,
+                bootstrap_iters=0,  # stderr: closed form from the samples (`result`), no bootstrap pool
                 log_samples=log_samples,
                 apply_chat_template=self.apply_chat_template,
             )
@@ -288,6 +398,56 @@ class GeneralEvaluator:
         """One primary metric per requested task (first metric of its metric_list), on the model as it is now."""
         full = self.evaluate_full(log_samples=False)
         return primary_scores(full, self.outputs)
+
+    def evaluate_result(self) -> GeneralResult:
+        """Scores with their standard errors, chance floors and doc counts (one lm-eval call)."""
+        return self.result(self.evaluate_full(log_samples=True))
+
+    def result(self, full: Mapping[str, Any]) -> GeneralResult:
+        """A `GeneralResult` out of an lm-eval result dict that holds samples (`log_samples`)."""
+        from lm_eval.api.metrics import pooled_sample_stderr, unweighted_mean_stderr
+
+        scores = primary_scores(full, self.outputs)
+        stderr, chance, n_docs = {}, {}, {}
+        for key, kind, metric, _ in self.outputs:
+            if kind == "task":
+                filt = _primary_key(full["results"][key], metric).split(",", 1)[1]
+                stderr[key], chance[key], n_docs[key] = self._leaf_noise(full, key, metric, filt)
+                continue
+            leaves, by_size = self._leaves[key]
+            filt = _primary_key(full["groups"][key], metric).split(",", 1)[1]
+            parts = [self._leaf_noise(full, leaf, metric, filt) for leaf in leaves]
+            ses, sizes = [p[0] for p in parts], [p[2] for p in parts]
+            n_docs[key] = n = sum(sizes)
+            weights = [size / n if by_size else 1 / len(parts) for size in sizes] if n else []
+            chance[key] = sum(w * p[1] for w, p in zip(weights, parts, strict=True))
+            # lm-eval's own group formulas: pooled for a size-weighted mean, else in quadrature.
+            if None in ses or not n:
+                stderr[key] = None
+            elif by_size:
+                stderr[key] = float(pooled_sample_stderr(ses, sizes))
+            else:
+                stderr[key] = float(unweighted_mean_stderr(ses))
+        return GeneralResult(scores, stderr, chance, n_docs,
+                             {key: metric for key, _, metric, _ in self.outputs}, self.higher_is_better)
+
+    def _leaf_noise(self, full, name: str, metric: str | None, filt: str):
+        """(stderr, chance, n) of one leaf task's `metric` under filter `filt`."""
+        from lm_eval.api.metrics import mean
+
+        task = self.task_dict["tasks"][name]
+        samples = [s for s in full["samples"][name] if s.get("filter") == filt]
+        per_doc = None
+        if task.aggregation().get(metric) is mean:
+            try:
+                per_doc = [float(s[metric]) for s in samples]
+            except (KeyError, TypeError, ValueError):  # a per-document value that is not a number
+                per_doc = None
+        se = _sample_stderr(per_doc) if per_doc is not None else None
+        chance = 0.0
+        if task.OUTPUT_TYPE == "multiple_choice" and metric in _CHANCE_METRICS and samples:
+            chance = sum(1 / len(task.doc_to_choice(s["doc"])) for s in samples) / len(samples)
+        return se, chance, len(samples)
 
 
 def primary_scores(full: Mapping[str, Any], outputs) -> dict[str, float]:
@@ -326,46 +486,3 @@ def _seeded(seed: int):
         finally:
             random.setstate(py_state)
             np.random.set_state(np_state)
-
-
-def retention(
-    candidate: Mapping[str, float],
-    base: Mapping[str, float],
-    higher_is_better: Mapping[str, bool] | None = None,
-) -> dict[str, float]:
-    """Per task, how much of the base model's score the candidate keeps: candidate / base.
-
-    For a lower-is-better metric (per `higher_is_better`, default all higher) it is base /
-    candidate. Edge cases, defined so the mean stays meaningful:
-    - both scores 0 -> 1.0 (nothing was lost);
-    - the denominator 0 and the other score > 0 -> NaN (no ratio exists; `general_score` skips it);
-    - a NaN score -> NaN. Scores must be >= 0. Values above 1 mean the candidate did better.
-    """
-    missing = sorted(set(base) ^ set(candidate))
-    if missing:
-        raise ValueError(f"candidate and base scores must name the same tasks; differ on {missing}")
-    out = {}
-    for task, b in base.items():
-        c = candidate[task]
-        if c < 0 or b < 0:
-            raise ValueError(f"task '{task}': scores must be >= 0, got candidate={c}, base={b}")
-        num, den = (c, b) if (higher_is_better or {}).get(task, True) else (b, c)
-        if math.isnan(num) or math.isnan(den):
-            out[task] = math.nan
-        elif den == 0:
-            out[task] = 1.0 if num == 0 else math.nan
-        else:
-            out[task] = num / den
-    return out
-
-
-def general_score(
-    candidate: Mapping[str, float],
-    base: Mapping[str, float],
-    higher_is_better: Mapping[str, bool] | None = None,
-) -> float:
-    """Mean retention over tasks, skipping undefined (NaN) ratios; NaN if none is defined."""
-    if not base:
-        raise ValueError("general_score needs at least one task score")
-    values = [v for v in retention(candidate, base, higher_is_better).values() if not math.isnan(v)]
-    return sum(values) / len(values) if values else math.nan

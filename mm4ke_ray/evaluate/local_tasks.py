@@ -58,12 +58,14 @@ def write_multiple_choice_task(
     *,
     doc_to_text: str = DEFAULT_DOC_TO_TEXT,
     num_fewshot: int = 0,
+    metrics: Sequence[str] = ("acc",),
 ) -> str:
     """Write `<out_dir>/<name>.yaml` + `<name>.jsonl`, an lm-eval multiple-choice task; return `name`.
 
     Each doc is `{"question": str, "choices": [str, ...], "answer_index": int}`. The prompt is
     `doc_to_text` (a Jinja template over `question`), each choice is scored as the continuation
-    after a space, and the metric is `acc` (the choice with the highest log-likelihood is right).
+    after a space, and the metrics are `metrics` (default `acc`: the choice with the highest
+    log-likelihood is right; `acc_norm` normalises by the choice's length), the first the main one.
     `num_fewshot > 0` draws that many other docs of the same file as examples (seeded by the
     evaluator). Rewriting a task under the same name is safe: the `datasets` cache directory is
     named after the file's content hash, so a changed file is never served from a stale cache,
@@ -75,6 +77,8 @@ def write_multiple_choice_task(
         )
     if isinstance(num_fewshot, bool) or not isinstance(num_fewshot, int) or num_fewshot < 0:
         raise UserError(f"num_fewshot must be an int >= 0, got {num_fewshot!r}")
+    if not metrics or any(m not in ("acc", "acc_norm") for m in metrics):
+        raise UserError(f"task '{name}': metrics must be a non-empty list of 'acc'/'acc_norm', got {metrics!r}")
     rows = _check_docs(name, docs)
     if num_fewshot >= len(rows):
         raise UserError(
@@ -99,7 +103,7 @@ def write_multiple_choice_task(
         # Field names, not templates: lm-eval reads them from the doc as they are.
         "doc_to_choice": "choices",
         "doc_to_target": "answer",
-        "metric_list": [{"metric": "acc", "aggregation": "mean", "higher_is_better": True}],
+        "metric_list": [{"metric": m, "aggregation": "mean", "higher_is_better": True} for m in metrics],
         "metadata": {"version": 1.0},
     }
     if num_fewshot:
