@@ -351,3 +351,20 @@ def test_chat_fluency_scores_prompt_and_reply_only():
     # plain's budget (20 tokens counting the prompt's own); sampled special tokens are not decoded
     assert 0 < len(tok(reply, add_special_tokens=False)["input_ids"]) <= 20 - own
     assert plain.startswith(prompt)
+
+
+def test_config_general_metrics_field(tmp_path):
+    from mm4ke_ray.config import load_config
+    from mm4ke_ray.errors import ConfigError
+
+    paper = load_config(Path(__file__).resolve().parents[1] / "search_spaces" / "zsre_qwen2.5-7b.yaml")
+    assert paper.evaluation.general_metrics == {
+        "ceval-valid": "acc", "coqa": "f1", "drop": "f1", "squadv2": "f1", "logiqa": "acc"
+    }
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(
+        "model: {name: m}\ndata: {edits: e.json}\n"
+        "evaluation: {general_tasks: [drop], general_metrics: {dorp: f1}}\n"
+    )
+    with pytest.raises(ConfigError, match=r"general_metrics names \['dorp'\], not in general_tasks"):
+        load_config(bad)
