@@ -52,3 +52,112 @@ def test_cpu_threshold_equals_kthvalue(density):
     got = _kth_largest(scores, k)
     assert got.dtype == scores.dtype and torch.equal(got, want)
     assert int(magnitude_mask(scores, density).sum()) == k
+
+
+# ------------------------------------------------ bracketed Top_p selection == exact selection
+
+
+def _reference_mask(delta: torch.Tensor, density: float) -> torch.Tensor:
+    """The exact rule as it was first written: full selection, then the lowest-index ties."""
+    from mm4ke_ray.merge.sparsify import kept_count
+
+    scores = delta.detach().reshape(-1).float().abs()
+    n, k = scores.numel(), kept_count(delta.numel(), density)
+    mask = torch.zeros(n, dtype=torch.bool)
+    if k == 0:
+        return mask.reshape(delta.shape)
+    threshold = torch.kthvalue(scores, n - k + 1).values
+    mask = scores > threshold
+    missing = k - int(mask.sum())
+    mask[torch.nonzero(scores == threshold).squeeze(1)[:missing]] = True
+    return mask.reshape(delta.shape)
+
+
+def _cases():
+    g = torch.Generator().manual_seed(11)
+    yield "randn", torch.randn(2048, 768, generator=g) * 1e-2
+    yield "randn-odd", torch.randn(100_003, generator=g)
+    yield "ties", (torch.randn(512, 300, generator=g) * 4).round()  # ~20 distinct values
+    yield "bf16", (torch.randn(1024, 256, generator=g) * 1e-3).to(torch.bfloat16)
+    yield "zeros", torch.where(torch.rand(400, 400, generator=g) < 0.5, 0.0, torch.randn(400, 400, generator=g))
+    yield "constant", torch.full((300, 300), -0.5)
+    # A sample-fooling layout: every 67th entry (what the sample reads) is huge.
+    x = torch.randn(200_000, generator=g)
+    x[::67] = 100.0
+    yield "strided", x
+
+
+@pytest.mark.parametrize("name,delta", list(_cases()), ids=[c[0] for c in _cases()])
+@pytest.mark.parametrize("density", [0.8, 0.5, 0.2, 0.01, 1e-4, 0.9999])
+def test_fast_top_p_equals_exact_selection(name, delta, density):
+    from mm4ke_ray.merge.sparsify import kept_count, magnitude, magnitude_mask
+
+    want = _reference_mask(delta, density)
+    assert int(want.sum()) == kept_count(delta.numel(), density)
+    assert torch.equal(magnitude_mask(delta, density), want)
+    got = magnitude(delta, density)
+    expected = delta.masked_fill(~want, 0)
+    assert got.dtype == delta.dtype
+    assert torch.equal(got, expected)
+    assert torch.equal(torch.signbit(got), torch.signbit(expected))  # zeros are +0.0, kept −0.0 stays
+    # The update path (float32 work copy, written into a reused buffer) gives the same values.
+    update = prepare_delta({"w": delta}, 0.0, 1.0 - density)["w"]
+    assert torch.equal(update, expected.float())
+
+
+def test_selection_matches_exact_with_ties_reported():
+    import numpy as np
+
+    from mm4ke_ray.merge.sparsify import _select_exact, select_kth_largest
+
+    g = torch.Generator().manual_seed(5)
+    scores = (torch.randn(300_000, generator=g) * 30).round().abs().numpy()
+    for k in (1, 17, 60_000, 150_000, 299_999, 300_000):
+        fast, exact = select_kth_largest(scores, k), _select_exact(scores, k)
+        assert fast.threshold == exact.threshold and fast.above == exact.above
+        assert np.array_equal(fast.ties, exact.ties)
+
+
+def test_magnitude_out_buffer_is_written_and_returned():
+    from mm4ke_ray.merge.sparsify import magnitude
+
+    x = torch.randn(300, 301)
+    buf = torch.full_like(x, 7.0)
+    got = magnitude(x, 0.3, out=buf)
+    assert got is buf and torch.equal(buf, magnitude(x, 0.3))
+    assert magnitude(x, 0.0001, out=buf) is buf and int(buf.count_nonzero()) == 9  # k = ⌊9.03⌋
+    assert torch.equal(magnitude(x, 1e-6, out=buf), torch.zeros_like(x))  # k = 0
+
+
+def test_buffers_are_reused_only_when_nobody_holds_them():
+    from mm4ke_ray.merge import apply_delta_
+    from mm4ke_ray.merge.buffers import POOL
+
+    lin = torch.nn.Linear(300, 400)
+    base = lin.weight.detach().clone()
+    delta = {"weight": torch.randn(400, 300) * 1e-2}
+    one = 400 * 300 * 4
+    POOL.clear()
+    snap = apply_delta_(lin, delta, 0.5, 0.2)
+    restore_(lin, snap)
+    del snap  # update and snapshot buffers are free again
+    assert POOL.nbytes == 2 * one
+    snap = apply_delta_(lin, delta, 0.5, 0.2)
+    kept = snap.originals["weight"]
+    restore_(lin, snap)
+    del snap  # the caller kept the original's copy: it must not be handed out again
+    assert POOL.nbytes == one
+    for _ in range(3):
+        snap = apply_delta_(lin, delta, 0.3, 0.5)
+        assert not torch.equal(lin.weight, base)
+        restore_(lin, snap)
+        del snap
+    assert torch.equal(kept, base) and torch.equal(lin.weight, base)
+    originals = None
+    snap = apply_delta_(lin, delta, 0.5, 0.2)
+    originals = snap.originals
+    restore_(lin, snap)
+    del snap
+    for _ in range(2):
+        restore_(lin, apply_delta_(lin, delta, 0.1, 0.1))
+    assert torch.equal(originals["weight"], base)

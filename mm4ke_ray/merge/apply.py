@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import difflib
 import math
+import weakref
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -26,7 +27,9 @@ import torch
 from torch import nn
 
 from mm4ke_ray.errors import UserError
+from mm4ke_ray.merge.buffers import POOL, BufferPool, recycle_unshared
 from mm4ke_ray.merge.registry import DEFAULT_SPARSIFIER, get_sparsifier
+from mm4ke_ray.merge.sparsify import magnitude
 
 
 def _check_unit_interval(name: str, value: object, meaning: str) -> str | None:
@@ -69,9 +72,16 @@ def prepare_delta(
     from one CPU generator seeded with `seed`, over tensors in sorted-name order, so the result
     does not depend on the dict's order. The input is not modified.
     """
+    return _prepare(delta, alpha, sparsity, method, seed, pool=None)
+
+
+def _prepare(delta, alpha, sparsity, method, seed, pool: BufferPool | None) -> dict[str, torch.Tensor]:
+    """`prepare_delta`; with `pool`, every update tensor is a buffer the caller owns and may
+    give back to the pool (taken from it where the sparsifier can write into one)."""
     validate_merge_params(alpha, sparsity)
     sparsifier = get_sparsifier(method)
     density = 1.0 - float(sparsity)
+    scale = 1.0 - float(alpha)
     generator = torch.Generator(device="cpu").manual_seed(int(seed))
     update = {}
     for name in sorted(delta):
@@ -85,9 +95,27 @@ def prepare_delta(
                 f"delta tensor '{name}' contains NaN or inf; the R-SFT run that produced it diverged (lower the learning rate)"
             )
         work = tensor.detach().to(torch.promote_types(tensor.dtype, torch.float32))
-        # Always multiply, even by 1.0: the result is a new tensor, never an alias of the input.
-        update[name] = sparsifier(work, density, generator) * (1.0 - float(alpha))
+        buf = None
+        if pool is not None and (sparsifier is magnitude or density >= 1):
+            buf = pool.take(work.shape, work.dtype, work.device)
+        if sparsifier is magnitude and density < 1:
+            sparse = magnitude(work, density, generator, out=buf)
+        else:
+            sparse = sparsifier(work, density, generator)
+        if _shares_memory(sparse, tensor):
+            # Always a new tensor (multiplied even by 1.0), never an alias of the input.
+            update[name] = sparse * scale if buf is None else torch.mul(sparse, scale, out=buf)
+        else:  # a fresh tensor of the sparsifier's (or the pool's): scaled in place, same values
+            update[name] = sparse.mul_(scale)
+            if buf is not None and sparse is not buf:
+                pool.give(buf)
     return update
+
+
+def _shares_memory(a: torch.Tensor, b: torch.Tensor) -> bool:
+    if a.numel() == 0 or b.numel() == 0:
+        return False
+    return a.untyped_storage().data_ptr() == b.untyped_storage().data_ptr()
 
 
 def _all_finite(tensor: torch.Tensor) -> bool:
@@ -172,7 +200,12 @@ def apply_update_(model: nn.Module, update: Mapping[str, torch.Tensor]) -> Snaps
     of memory), the tensors already changed are restored before the error propagates.
     """
     params = _resolve(model, update)
-    snapshot = Snapshot({n: p.detach().clone() for n, p in params.items()})
+    originals = {}
+    for n, p in params.items():
+        originals[n] = POOL.take(p.shape, p.dtype, p.device).copy_(p.detach())
+    snapshot = Snapshot(originals)
+    # The snapshot's copies go back to the pool once the caller drops the snapshot (CPU only).
+    weakref.finalize(snapshot, recycle_unshared, originals)
     try:
         _add_(params, update)
     except BaseException:
@@ -190,7 +223,12 @@ def apply_delta_(
     seed: int = 0,
 ) -> Snapshot:
     """Merge in place: θ ← θ + (1 − α) · sparsify(Δ) on the delta's tensors only; see `restore_`."""
-    return apply_update_(model, prepare_delta(delta, alpha, sparsity, method, seed))
+    update = _prepare(delta, alpha, sparsity, method, seed, pool=POOL)
+    try:
+        return apply_update_(model, update)
+    finally:  # the update was ours alone: its buffers serve the next candidate
+        for tensor in update.values():
+            POOL.give(tensor)
 
 
 def restore_(model: nn.Module, snapshot: Snapshot) -> None:
