@@ -368,3 +368,25 @@ def test_config_general_metrics_field(tmp_path):
     )
     with pytest.raises(ConfigError, match=r"general_metrics names \['dorp'\], not in general_tasks"):
         load_config(bad)
+
+
+def test_generated_answer_task_noise_floor_is_zero(world, tmp_path):
+    """A generated-answer task (real lm-eval generate_until + exact_match): floor 0, and a base
+    that never matches is refused as noise of zero; the stderr of a matching base is lm-eval's."""
+    from lm_eval.evaluator import evaluate
+
+    from mm4ke_ray.evaluate.local_tasks import write_generation_task
+
+    docs = [{"question": d["question"], "answer": "A"} for d in logiqa_docs(8)]
+    write_generation_task("gen8", docs, tmp_path, max_gen_toks=3)
+    ev = GeneralEvaluator(world["model"], world["tok"], ["gen8"], include_path=tmp_path)
+    base = ev.evaluate_result()
+    assert base.chance == {"gen8": 0.0} and base.n_docs == {"gen8": 8} and base.metrics == {"gen8": "exact_match"}
+    ref = evaluate(lm=ev.lm, task_dict=ev.task_dict, bootstrap_iters=100)["results"]["gen8"]
+    assert base.scores["gen8"] == ref["exact_match,strip"]
+    assert base.stderr["gen8"] == pytest.approx(ref["exact_match_stderr,strip"], abs=1e-12)
+    assert base.scores["gen8"] == 0.0  # the random tiny model gets no answer right
+    with pytest.raises(UserError, match=r"'gen8' \(exact_match\).*of zero"):
+        base.check_noise()
+    with pytest.raises(DataError, match="field 'answer'"):
+        write_generation_task("bad", [{"question": "q", "answer": ""}], tmp_path)

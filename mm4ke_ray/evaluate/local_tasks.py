@@ -110,3 +110,63 @@ def write_multiple_choice_task(
         config.update(fewshot_split="test", num_fewshot=num_fewshot)
     (out / f"{name}.yaml").write_text(yaml.safe_dump(config, sort_keys=False, allow_unicode=True))
     return name
+
+
+def write_generation_task(
+    name: str,
+    docs: Sequence[dict],
+    out_dir: str | Path,
+    *,
+    doc_to_text: str = DEFAULT_DOC_TO_TEXT,
+    max_gen_toks: int = 16,
+) -> str:
+    """Write `<out_dir>/<name>.yaml` + `<name>.jsonl`, an lm-eval generated-answer task; return `name`.
+
+    Each doc is `{"question": str, "answer": str}`. The model generates greedily after
+    `doc_to_text` until a newline or `max_gen_toks` tokens; the metric is lm-eval's `exact_match`
+    (case and punctuation kept, surrounding spaces stripped), whose floor is 0 (no choices to
+    guess among), as for CoQA, DROP or SQuAD.
+    """
+    if not isinstance(name, str) or not _TASK_NAME.match(name):
+        raise UserError(
+            f"task name {name!r} is invalid: use letters, digits, '_', '-' or '.', starting with a letter or digit"
+        )
+    if isinstance(max_gen_toks, bool) or not isinstance(max_gen_toks, int) or max_gen_toks < 1:
+        raise UserError(f"max_gen_toks must be an int >= 1, got {max_gen_toks!r}")
+    where = f"task '{name}'"
+    if not isinstance(docs, Sequence) or not docs:
+        raise DataError(where, None, None, "needs a non-empty list of docs")
+    rows = []
+    for i, doc in enumerate(docs):
+        for field in ("question", "answer"):
+            value = doc.get(field) if isinstance(doc, dict) else None
+            if not isinstance(value, str) or not value.strip():
+                raise DataError(where, i, field, "must be a non-empty string")
+        rows.append({"question": doc["question"], "answer": doc["answer"]})
+    out = Path(out_dir).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+    data_file = out / f"{name}.jsonl"
+    data_file.write_text(text, encoding="utf-8")
+    digest = hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+    config = {
+        "task": name,
+        "dataset_path": "json",
+        "dataset_kwargs": {
+            "data_files": {"test": str(data_file)},
+            "cache_dir": str(out / ".datasets_cache" / digest),
+        },
+        "output_type": "generate_until",
+        "test_split": "test",
+        "doc_to_text": doc_to_text,
+        "doc_to_target": "{{answer}}",
+        "target_delimiter": " ",
+        "generation_kwargs": {"until": ["\n"], "do_sample": False, "max_gen_toks": max_gen_toks},
+        "filter_list": [
+            {"name": "strip", "filter": [{"function": "remove_whitespace"}, {"function": "take_first"}]}
+        ],
+        "metric_list": [{"metric": "exact_match", "aggregation": "mean", "higher_is_better": True}],
+        "metadata": {"version": 1.0},
+    }
+    (out / f"{name}.yaml").write_text(yaml.safe_dump(config, sort_keys=False, allow_unicode=True))
+    return name
