@@ -57,7 +57,8 @@ class PretrainConfig:
 
 
 def build_model(config: PretrainConfig, vocab_size: int, tokenizer):
-    """A randomly initialised Qwen2 of the configured shape (seeded)."""
+    """A randomly initialised Qwen2 of the configured shape (seeded); it is pretrained as Qwen2
+    and saved as the same network in Llama form (`as_llama`)."""
     from transformers import AutoModelForCausalLM, Qwen2Config
 
     model_config = Qwen2Config(
@@ -75,6 +76,49 @@ def build_model(config: PretrainConfig, vocab_size: int, tokenizer):
     )
     torch.manual_seed(config.seed)
     return AutoModelForCausalLM.from_config(model_config, dtype=torch.float32)
+
+
+def as_llama(model):
+    """The same network as a LlamaForCausalLM: Qwen2 is Llama with q/k/v biases, so it is Llama
+    with `attention_bias=True` and zero o_proj biases (outputs equal; the build checks the saved
+    model's accuracy).
+
+    Why not save it as Qwen2: transformers 5 loads a qwen2 model's tokenizer as Qwen2Tokenizer
+    whatever tokenizer_config.json says, rebuilt around the vocabulary with Qwen's byte-level
+    pre-tokenizer, which turns the demo's word-level tokenizer into gibberish for every user of
+    AutoTokenizer (modeling/tokenizer_check.py). For llama it honours the saved tokenizer_class
+    (TokenizersBackend) and loads tokenizer.json as saved. Why not train a Llama from the start:
+    its different random init learned this world far more slowly here (53-67% of the facts
+    after 600 steps against 100% by step ~375 for this Qwen2).
+    """
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    c = model.config
+    llama = LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=c.vocab_size,
+            hidden_size=c.hidden_size,
+            intermediate_size=c.intermediate_size,
+            num_hidden_layers=c.num_hidden_layers,
+            num_attention_heads=c.num_attention_heads,
+            num_key_value_heads=c.num_key_value_heads,
+            max_position_embeddings=c.max_position_embeddings,
+            rms_norm_eps=c.rms_norm_eps,
+            rope_parameters=dict(c.rope_parameters),
+            hidden_act=c.hidden_act,
+            attention_bias=True,
+            tie_word_embeddings=False,
+            bos_token_id=c.bos_token_id,
+            eos_token_id=c.eos_token_id,
+            pad_token_id=c.pad_token_id,
+        )
+    ).to(torch.float32)
+    state = dict(model.state_dict())
+    for name, tensor in llama.state_dict().items():
+        if name not in state and name.endswith("o_proj.bias"):
+            state[name] = torch.zeros_like(tensor)
+    llama.load_state_dict(state, strict=True)
+    return llama.eval()
 
 
 def _encode_corpus(tokenizer, sentences: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -97,17 +141,51 @@ def _lr_factor(step: int, steps: int, warmup: int) -> float:
     return 0.5 * (1 + math.cos(math.pi * progress))
 
 
+@dataclass(frozen=True)
+class StopCheck:
+    """Stop pretraining once the model knows its world: every `every` steps from `start_fraction`
+    of the schedule on, all `pairs` (the trained templates' facts) must be answered right and at
+    least `min_heldout` of `heldout` (rephrasings never trained with that person)."""
+
+    pairs: EncodedPairs
+    heldout: EncodedPairs | None = None
+    min_heldout: float = 0.9
+    every: int = 25
+    start_fraction: float = 0.5
+
+    def due(self, step: int, steps: int) -> bool:
+        return step % self.every == 0 and step >= self.start_fraction * steps and step < steps
+
+    def known(self, model) -> bool:
+        model.eval()
+        try:
+            if score_encoded(model, self.pairs).fact < 1.0:
+                return False
+            return self.heldout is None or score_encoded(model, self.heldout).fact >= self.min_heldout
+        finally:
+            model.train()
+
+
+StepCallback = Callable[[int, int, float], None]  # (step, steps, loss)
+
+
 def pretrain(
     model,
     tokenizer,
     sentences: Sequence[str],
     config: PretrainConfig,
     progress: Callable[[str], None] | None = None,
+    *,
+    stop: StopCheck | None = None,
+    on_step: StepCallback | None = None,
 ) -> dict:
     """Train `model` in place on `sentences` (next-token loss on every real token).
 
     Batches are drawn from seeded reshuffles of the corpus, so a run repeats exactly on the same
-    machine and thread count. Returns {"final_loss", "seconds", "steps"}.
+    machine and thread count. With `stop`, training ends at the first check that finds every
+    fact known (the learning rate follows the configured schedule up to there). `on_step` is
+    called after every step (a live progress line). Returns {"final_loss", "seconds", "steps",
+    "stopped_early"}.
     """
     ids, labels = _encode_corpus(tokenizer, sentences)
     generator = torch.Generator().manual_seed(config.seed)
@@ -120,7 +198,7 @@ def pretrain(
     )
     order, cursor = torch.randperm(len(ids), generator=generator), 0
     model.train()
-    start, loss_value = time.perf_counter(), float("nan")
+    start, loss_value, done = time.perf_counter(), float("nan"), 0
     for step in range(config.steps):
         if cursor + config.batch_size > len(order):
             order, cursor = torch.randperm(len(ids), generator=generator), 0
@@ -132,14 +210,21 @@ def pretrain(
         loss.backward()
         optimizer.step()
         scheduler.step()
-        loss_value = loss.item()
-        if progress and ((step + 1) % 100 == 0 or step + 1 == config.steps):
-            progress(f"pretraining step {step + 1}/{config.steps}, loss {loss_value:.3f}")
+        loss_value, done = loss.item(), step + 1
+        if on_step:
+            on_step(done, config.steps, loss_value)
+        if progress and (done % 100 == 0 or done == config.steps):
+            progress(f"pretraining step {done}/{config.steps}, loss {loss_value:.3f}")
+        if stop is not None and stop.due(done, config.steps) and stop.known(model):
+            if progress:
+                progress(f"every fact known at step {done}/{config.steps}: stopping")
+            break
     model.eval()
     return {
         "final_loss": loss_value,
         "seconds": round(time.perf_counter() - start, 2),
-        "steps": config.steps,
+        "steps": done,
+        "stopped_early": done < config.steps,
     }
 
 
@@ -153,7 +238,57 @@ class AnswerScores:
     count: int
 
 
+@dataclass(frozen=True)
+class EncodedPairs:
+    """(prompt, answer) pairs encoded once: right-padded ids, attention mask and a mask of the
+    answer positions, so they can be scored many times (the build's stop check) at the cost of
+    one forward pass each."""
+
+    ids: torch.Tensor  # (N, T)
+    mask: torch.Tensor  # (N, T) 1 on real tokens
+    answer: torch.Tensor  # (N, T) bool, True on answer tokens
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+def encode_pairs(
+    tokenizer, pairs: Sequence[tuple[str, str]], prompt_format: PromptFormat = "plain"
+) -> EncodedPairs:
+    """Encode with `encode_example`, the same way R-SFT and the edit metrics do."""
+    if not pairs:
+        raise ValueError("answer_scores needs at least one (prompt, answer) pair")
+    encoded = [encode_example(tokenizer, p, a, prompt_format) for p, a in pairs]
+    width = max(len(e.input_ids) for e in encoded)
+    ids = torch.full((len(encoded), width), tokenizer.pad_token_id, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    answer = torch.zeros_like(ids, dtype=torch.bool)
+    for i, e in enumerate(encoded):
+        ids[i, : len(e.input_ids)] = torch.tensor(e.input_ids)
+        mask[i, : len(e.input_ids)] = 1
+        answer[i, e.answer_start : len(e.input_ids)] = True
+    return EncodedPairs(ids, mask, answer)
+
+
 @torch.no_grad()
+def score_encoded(model, encoded: EncodedPairs, batch_size: int = 256) -> AnswerScores:
+    """Teacher-forced token and fact accuracy of pre-encoded pairs (see `answer_scores`)."""
+    device = next(model.parameters()).device
+    token_total, fact_total = 0.0, 0
+    for lo in range(0, len(encoded), batch_size):
+        ids = encoded.ids[lo : lo + batch_size]
+        mask = encoded.mask[lo : lo + batch_size]
+        target = encoded.answer[lo : lo + batch_size, 1:]
+        # Right padding with causal attention leaves every real position's logits unchanged.
+        logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
+        hits = (logits[:, :-1].argmax(-1).cpu() == ids[:, 1:]) & target
+        token_total += (hits.sum(1) / target.sum(1)).sum().item()
+        fact_total += int((hits | ~target).all(1).sum())
+    return AnswerScores(
+        token=token_total / len(encoded), fact=fact_total / len(encoded), count=len(encoded)
+    )
+
+
 def answer_scores(
     model,
     tokenizer,
@@ -167,34 +302,7 @@ def answer_scores(
     picks the argmax at each position, and teacher forcing feeds exactly those tokens while they
     match. Encodes with `encode_example`, the same way R-SFT and the edit metrics do.
     """
-    if not pairs:
-        raise ValueError("answer_scores needs at least one (prompt, answer) pair")
-    device = next(model.parameters()).device
-    token_total, fact_total = 0.0, 0
-    for lo in range(0, len(pairs), batch_size):
-        encoded = [
-            encode_example(tokenizer, p, a, prompt_format) for p, a in pairs[lo : lo + batch_size]
-        ]
-        width = max(len(e.input_ids) for e in encoded)
-        ids = torch.full((len(encoded), width), tokenizer.pad_token_id, dtype=torch.long)
-        mask = torch.zeros_like(ids)
-        for i, e in enumerate(encoded):
-            ids[i, : len(e.input_ids)] = torch.tensor(e.input_ids)
-            mask[i, : len(e.input_ids)] = 1
-        # Right padding with causal attention leaves every real position's logits unchanged.
-        predicted = (
-            model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.argmax(-1).cpu()
-        )
-        for i, e in enumerate(encoded):
-            hits = (
-                predicted[i, e.answer_start - 1 : len(e.input_ids) - 1]
-                == ids[i, e.answer_start : len(e.input_ids)]
-            )
-            token_total += hits.float().mean().item()
-            fact_total += int(hits.all())
-    return AnswerScores(
-        token=token_total / len(pairs), fact=fact_total / len(pairs), count=len(pairs)
-    )
+    return score_encoded(model, encode_pairs(tokenizer, pairs, prompt_format), batch_size)
 
 
 def fact_accuracy(

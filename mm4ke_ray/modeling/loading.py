@@ -6,7 +6,6 @@ unless the caller passes `allow_pickle=True`. `trust_remote_code` is off unless 
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
@@ -27,28 +26,23 @@ def check_model_source(name: str) -> None:
         raise UserError(f"model path '{name}' does not exist (give a local directory or a hub id like 'Qwen/Qwen2.5-7B-Instruct')")
 
 
-def _is_word_level(name: str) -> bool:
-    """True for a local tokenizer.json with a WordLevel model (the project's tiny/demo tokenizers)."""
-    path = Path(name).expanduser() / "tokenizer.json"
-    if not path.is_file():
-        return False
-    try:
-        return json.loads(path.read_text()).get("model", {}).get("type") == "WordLevel"
-    except (OSError, ValueError):
-        return False
-
-
 def load_tokenizer(name: str, trust_remote_code: bool = False):
+    """The tokenizer a user gets: plain `AutoTokenizer.from_pretrained(name)`.
+
+    It is compared with the tokenizer.json saved in `name` (`tokenizer_check`). Where they differ
+    (transformers rebuilds some model types' tokenizers from the vocabulary, see
+    `tokenizer_check`), no user of `name` can use AutoTokenizer's result either: a
+    TokenizerMismatchWarning names the cause and the fix and the tokenizer.json is loaded as saved,
+    which is what such a user has to do too. The demo and every export round-trip (tested).
+    """
     from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
+    from mm4ke_ray.modeling.tokenizer_check import check_auto_tokenizer
+
     check_model_source(name)
-    # transformers 5 maps model_type qwen2 to Qwen2Tokenizer whatever tokenizer_config.json says,
-    # and that class rebuilds a byte-level BPE from the vocab, which breaks a word-level tokenizer
-    # (most words become unknown). No real LLM uses WordLevel, so load those files as saved.
-    if _is_word_level(name):
+    tok = AutoTokenizer.from_pretrained(name, trust_remote_code=trust_remote_code)
+    if check_auto_tokenizer(name, strict=False, tokenizer=tok) is not None:
         tok = PreTrainedTokenizerFast.from_pretrained(name)
-    else:
-        tok = AutoTokenizer.from_pretrained(name, trust_remote_code=trust_remote_code)
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     return tok
