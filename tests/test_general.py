@@ -325,6 +325,7 @@ def test_chat_format_is_applied_and_recorded(world):
         world["model"], world["tok"], ["logiqa20"], "chat", include_path=world["dir"], limit=2
     )
     assert plain.settings["general.apply_chat_template"] is False
+    assert chat.evaluate_result().settings == chat.settings  # travels with the base's results
     assert chat.settings["general.apply_chat_template"] is True and chat.settings["general.limit"] == 2
     prompts = [s["arguments"][0][0] for s in chat.evaluate_full()["samples"]["logiqa20"]]
     assert all(p.startswith("user : Question:") and p.endswith("assistant : ") for p in prompts)

@@ -28,7 +28,7 @@ import os
 import random
 import sys
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -247,6 +247,7 @@ class GeneralResult:
     n_docs: dict[str, int]
     metrics: dict[str, str | None]
     higher_is_better: dict[str, bool]
+    settings: dict[str, Any] = field(default_factory=dict)  # the evaluator's `settings`, to record
 
     def flat(self, prefix: str = "general") -> dict[str, float]:
         """Flat metric names for a tracker: `<prefix>.<task>` and `<prefix>.<task>.stderr`."""
@@ -429,7 +430,8 @@ class GeneralEvaluator:
             else:
                 stderr[key] = float(unweighted_mean_stderr(ses))
         return GeneralResult(scores, stderr, chance, n_docs,
-                             {key: metric for key, _, metric, _ in self.outputs}, self.higher_is_better)
+                             {key: metric for key, _, metric, _ in self.outputs}, self.higher_is_better,
+                             self.settings)
 
     def _leaf_noise(self, full, name: str, metric: str | None, filt: str):
         """(stderr, chance, n) of one leaf task's `metric` under filter `filt`."""
