@@ -12,6 +12,7 @@ from pydantic import ValidationError
 from mm4ke_ray.data.records import EditRecord
 from mm4ke_ray.errors import UserError
 from mm4ke_ray.modeling import encode_example, mlp_parameter_names
+from mm4ke_ray.modeling.encoding import encode_training_example
 from mm4ke_ray.rsft import DivergedError, RSFTConfig, run_rsft
 
 N = 4
@@ -75,7 +76,8 @@ def test_zero_threshold_takes_every_step(model, tiny_tokenizer, records):
     assert [(s["index"], s["epoch"]) for s in result.samples] == [
         (i, e) for e in (1, 2) for i in range(N)
     ]
-    assert all(s["steps"] == 3 and len(s["losses"]) == 4 for s in result.samples)
+    # K updates and no final-loss forward by default: K losses, each measured before an update.
+    assert all(s["steps"] == 3 and len(s["losses"]) == 3 for s in result.samples)
     # Only layer 1's MLP is in the delta, every tensor moved, float32 on CPU.
     assert (
         sorted(result.delta)
@@ -94,8 +96,11 @@ def test_zero_threshold_takes_every_step(model, tiny_tokenizer, records):
 
 
 def test_training_lowers_the_answer_loss(qwen, tiny_tokenizer, records):
-    result = run_rsft(qwen, tiny_tokenizer, records[:1], cfg(epochs=1, steps=6, lr=1e-2))
+    result = run_rsft(
+        qwen, tiny_tokenizer, records[:1], cfg(epochs=1, steps=6, lr=1e-2), final_loss=True
+    )
     losses = result.samples[0]["losses"]
+    assert len(losses) == 7  # the loss after the 6th update, on request
     assert losses[-1] < losses[0] - 0.5
 
 
@@ -116,7 +121,8 @@ def test_loss_is_mean_nll_over_answer_tokens_only(qwen, tiny_tokenizer, records,
         qwen, tiny_tokenizer, records, cfg(threshold=HUGE, prompt_format=prompt_format, epochs=1)
     )
     for rec, sample in zip(records, result.samples, strict=True):
-        enc = encode_example(tiny_tokenizer, rec.prompt, rec.target_new, prompt_format)
+        # Training's encoding: in chat format the end-of-turn token is supervised too.
+        enc = encode_training_example(tiny_tokenizer, rec.prompt, rec.target_new, prompt_format)
         ids = torch.tensor([enc.input_ids])
         with torch.no_grad():
             logits = qwen(input_ids=ids).logits[0]
@@ -317,8 +323,9 @@ def test_cli_refuses_bad_options_before_loading(tmp_path, tiny_model_dir, capsys
 
 
 def test_final_loss_can_be_skipped(qwen, tiny_tokenizer, records):
-    with_final = run_rsft(qwen, tiny_tokenizer, records[:2], cfg())
-    without = run_rsft(qwen, tiny_tokenizer, records[:2], cfg(), final_loss=False)
+    with_final = run_rsft(qwen, tiny_tokenizer, records[:2], cfg(), final_loss=True)
+    without = run_rsft(qwen, tiny_tokenizer, records[:2], cfg())  # the default: no extra forward
+    assert all(len(s["losses"]) == 4 for s in with_final.samples)
     assert all(len(s["losses"]) == 3 and s["steps"] == 3 for s in without.samples)
     assert [s["losses"][:3] for s in with_final.samples] == [s["losses"] for s in without.samples]
     assert all(torch.equal(with_final.delta[n], without.delta[n]) for n in without.delta)

@@ -57,3 +57,57 @@ def encode_example(tokenizer, prompt: str, answer: str, prompt_format: PromptFor
     if len(full_ids) <= len(head_ids):
         raise ValueError(f"answer {answer!r} encodes to no tokens")
     return EncodedExample(input_ids=full_ids, answer_start=len(head_ids))
+
+
+# What each side supervises / scores, recorded with every R-SFT run (rsft.json) so that a run says
+# which definition it used. Evaluation always scores the answer tokens only (EasyEdit); training in
+# `chat` format also learns to close the assistant's turn (LLaMA-Factory's supervised labels end
+# with the template's end-of-turn token), so a chat-edited model stops after the new answer.
+TRAIN_SUPERVISION = {
+    "plain": "answer tokens (EasyEdit)",
+    "chat": "answer tokens + the assistant's end-of-turn token (LLaMA-Factory)",
+}
+EVAL_SCORING = "answer tokens only (EasyEdit), in every prompt format"
+
+
+def end_of_turn_ids(tokenizer, prompt: str, answer: str) -> list[int]:
+    """The token ids the chat template puts right after the assistant's `answer`, up to and
+    including its first special token (Qwen's `<|im_end|>`, Llama 3's `<|eot_id|>`, the tiny
+    template's `<eos>`); what follows (a newline, the next turn) is not part of the reply.
+
+    Found by rendering the conversation with the answer as the assistant's message and taking
+    the text after the answer. Raises ValueError when the template does not render the reply
+    after the generation prompt, or puts no special token after it.
+    """
+    head = format_prompt(tokenizer, prompt, "chat")
+    full = tokenizer.apply_chat_template(
+        [{"role": "user", "content": prompt}, {"role": "assistant", "content": answer}], tokenize=False
+    )
+    if not full.startswith(head) or not full[len(head) :].startswith(answer):
+        raise ValueError(
+            "the chat template does not render the assistant's reply right after the generation prompt; "
+            "cannot find its end-of-turn token (use prompt_format 'plain')"
+        )
+    tail = _ids(tokenizer, full[len(head) + len(answer) :], False)
+    special = set(tokenizer.all_special_ids)
+    for i, t in enumerate(tail):
+        if t in special:
+            return tail[: i + 1]
+    raise ValueError(
+        "the chat template puts no special token after the assistant's reply; "
+        "cannot find its end-of-turn token (use prompt_format 'plain')"
+    )
+
+
+def encode_training_example(
+    tokenizer, prompt: str, answer: str, prompt_format: PromptFormat = "plain"
+) -> EncodedExample:
+    """What R-SFT trains on: `encode_example` (the evaluation's encoding, unchanged), and in `chat`
+    format the end-of-turn token(s) appended, supervised with the answer (`TRAIN_SUPERVISION`)."""
+    enc = encode_example(tokenizer, prompt, answer, prompt_format)
+    if prompt_format != "chat":
+        return enc
+    return EncodedExample(
+        input_ids=enc.input_ids + end_of_turn_ids(tokenizer, prompt, answer),
+        answer_start=enc.answer_start,
+    )

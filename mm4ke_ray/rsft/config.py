@@ -42,6 +42,17 @@ class RSFTConfig(BaseModel):
     seed: int = Field(
         0, description="Seed of torch's RNG during training (CPU runs repeat bit-identically)."
     )
+    lr_schedule: Literal["constant", "linear", "cosine"] = Field(
+        "constant",
+        description="'constant': η on every update, as the paper's Algorithm 1 states (the default). "
+        "'linear'/'cosine': decay to 0 over the most updates E·N·K, as LLaMA-Factory (transformers' "
+        "get_scheduler) runs; early-stopped edits take fewer updates, so the decay ends above 0.",
+    )
+    warmup_ratio: float = Field(
+        0.0,
+        description="Fraction of the most updates E·N·K spent ramping η up linearly from 0 "
+        "(ceil(ratio·E·N·K) updates, as transformers does); 0 (default) = no warm-up.",
+    )
 
     @field_validator("layer")
     @classmethod
@@ -76,6 +87,13 @@ class RSFTConfig(BaseModel):
             raise ValueError(
                 f"threshold must be >= 0, got {v} (paper: 0.1; 0 disables early stopping)"
             )
+        return v
+
+    @field_validator("warmup_ratio")
+    @classmethod
+    def _warmup(cls, v: float) -> float:
+        if not 0 <= v < 1:  # also rejects NaN
+            raise ValueError(f"warmup_ratio must be in [0, 1), got {v} (0 = no warm-up)")
         return v
 
     @property

@@ -9,10 +9,21 @@
 
 Speed: the blocks below the trained one are frozen and see the same record on every step, so
 their output is computed once per record (`capture_prefix`, kept for all epochs) and every step
-runs only the blocks ≥ L (`skip_prefix`); the head computes logits at the answer positions only.
-Measured (N=3-8, K=6, L=6 of 12 / 14 of 28, best of 3): 1.49x a naive HF loop on CPU for a
-134M Qwen2 in fp32 (1 thread); on an H200 1.28x (134M fp32), 1.25x (1.8B bf16) and about 1x for
-a 7.6B bf16 model, where batch-1 steps are bound by kernel launches, not by the skipped blocks.
+runs only the blocks ≥ L. For Qwen2/Llama (`_SuffixStepper`) a step calls those blocks directly
+with the rotary tables and mask computed once per record too, and the final norm and head run
+on the answer rows only (a contiguous 2-D slice: one `mm`); other models run their own forward
+with the lower blocks replaced (`skip_prefix`, `_ModelStepper`). `capture=True` additionally
+compiles that suffix step (torch.compile, static shapes per length bucket; CUDA graphs on a GPU:
+batch-1 steps there are bound by kernel launches and Python, not by arithmetic).
+The loss after an edit's K-th update costs one more forward, so it is measured on request only
+(`final_loss=True`); an early-stopped edit's last loss is the one that stopped it.
+
+Precision: in bfloat16/float16 the trained MLP keeps float32 master weights and optimizer state
+(as LLaMA-Factory upcasts trainable parameters): the forward and backward run in the model's own
+dtype, the gradient is upcast, AdamW updates the float32 copy, and the model's tensor is that copy
+rounded once per step. An update of lr 5e-5 on a weight of ~0.02 is below half a bfloat16 ulp and
+would otherwise be rounded away. The delta is master − float32(base). Extra memory: one float32
+copy of the trained MLP (plus AdamW's two float32 moments, which it would have in bf16 anyway).
 
 The model is trained in place and given back exactly as it came: its MLP tensors are snapshotted
 before and copied back after (also on error), as are `requires_grad` flags and train/eval mode.
@@ -35,13 +46,8 @@ from torch import nn
 
 from mm4ke_ray.data.records import EditRecord
 from mm4ke_ray.errors import UserError
-from mm4ke_ray.modeling import (
-    capture_prefix,
-    decoder_layers,
-    encode_example,
-    mlp_parameter_names,
-    skip_prefix,
-)
+from mm4ke_ray.modeling import capture_prefix, decoder_layers, mlp_parameter_names, skip_prefix
+from mm4ke_ray.modeling.encoding import EVAL_SCORING, TRAIN_SUPERVISION, encode_training_example
 from mm4ke_ray.rsft.config import RSFTConfig
 
 LOSS_DEFINITION = "mean token NLL over the answer tokens (prompt tokens excluded)"
@@ -72,9 +78,10 @@ class RSFTResult:
     """What R-SFT produced: the delta and a per-record, per-epoch log.
 
     `samples[j]` = {index (0-based record), epoch (1-based), steps (updates taken), losses}; with
-    `losses[s]` the loss before update s+1 and `losses[-1]` the loss after the last update, so
-    `len(losses) == steps + 1` (unless run with `final_loss=False`: then an edit that used all
-    K updates has K losses, the last one measured before the K-th update).
+    `losses[s]` the loss before update s+1. An edit that stopped early ends with the loss below τ
+    that stopped it (`len(losses) == steps + 1`); one that used all K updates ends with the loss
+    before the K-th update (K losses), or, run with `final_loss=True`, with the loss after it
+    (K + 1 losses, one extra forward per such edit).
     """
 
     delta: dict[str, torch.Tensor]
@@ -85,7 +92,12 @@ class RSFTResult:
     config: RSFTConfig
     num_records: int = 0
     trained_tensors: list[str] = field(default_factory=list)
-    final_loss: bool = True  # whether losses[-1] is measured after the last update
+    final_loss: bool = False  # whether losses[-1] is measured after an edit's K-th update
+    master_dtype: str = "float32"  # dtype the optimizer updated (float32 also for a bf16 model)
+    model_dtype: str = "float32"
+    stepper: str = "model"  # "suffix" (blocks >= L called directly) or "model" (the model's forward)
+    captured: bool = False  # whether the suffix step ran compiled (torch.compile / CUDA graphs)
+    schedule_updates: int = 0  # E·N·K: the horizon of the learning-rate schedule
 
     def as_json(self) -> dict:
         """Everything but the tensors, JSON-serialisable (for rsft.json, MLflow, Tune results)."""
@@ -99,6 +111,18 @@ class RSFTResult:
             "updates": self.updates,
             "seconds": self.seconds,
             "final_loss": self.final_loss,
+            "supervision": {
+                "train": TRAIN_SUPERVISION[self.config.prompt_format],
+                "evaluation": EVAL_SCORING,
+            },
+            "precision": {"model": self.model_dtype, "master": self.master_dtype},
+            "lr_schedule": {
+                "kind": self.config.lr_schedule,
+                "warmup_ratio": self.config.warmup_ratio,
+                "horizon_updates": self.schedule_updates,
+            },
+            "stepper": self.stepper,
+            "captured": self.captured,
             "below_threshold": reached,  # record-epochs whose last loss is below τ
             "samples": self.samples,
         }
@@ -110,6 +134,7 @@ class _Example:
     answer_start: int
     source: str
     hidden: torch.Tensor | None = None  # input of the first trained block, cached across epochs
+    suffix: dict | None = None  # what `_SuffixStepper` caches per record (mask, rotary, targets)
 
 
 def _check_layers(model: nn.Module, layers: list[int]) -> None:
@@ -125,7 +150,7 @@ def _encode(tokenizer, records: Sequence[EditRecord], prompt_format: str, device
     examples = []
     for i, rec in enumerate(records):
         try:
-            enc = encode_example(tokenizer, rec.prompt, rec.target_new, prompt_format)
+            enc = encode_training_example(tokenizer, rec.prompt, rec.target_new, prompt_format)
         except ValueError as exc:
             raise UserError(f"edit record {i} ({rec.source or 'no source'}): {exc}") from exc
         if enc.answer_start == 0:  # nothing precedes the first answer token to predict it
@@ -138,7 +163,7 @@ def _encode(tokenizer, records: Sequence[EditRecord], prompt_format: str, device
     return examples
 
 
-def _make_optimizer(params: list[nn.Parameter], config: RSFTConfig) -> torch.optim.Optimizer:
+def _make_optimizer(params: list[torch.Tensor], config: RSFTConfig) -> torch.optim.Optimizer:
     if config.optimizer == "sgd":
         return torch.optim.SGD(params, lr=config.lr)  # no momentum: eq. 2 of the paper
     try:
@@ -149,8 +174,59 @@ def _make_optimizer(params: list[nn.Parameter], config: RSFTConfig) -> torch.opt
         return torch.optim.AdamW(params, lr=config.lr, weight_decay=0.0)
 
 
-class _Stepper:
-    """Computes one record's answer loss, running only the blocks from `first_layer` up."""
+def lr_factor(config: RSFTConfig, horizon: int) -> Callable[[int], float]:
+    """η's multiplier before update `u + 1` (u = updates taken so far), as transformers'
+    get_constant_schedule_with_warmup / get_linear_schedule_with_warmup /
+    get_cosine_schedule_with_warmup compute it (LLaMA-Factory's schedules) over `horizon` = E·N·K."""
+    warmup = math.ceil(config.warmup_ratio * horizon)
+    kind = config.lr_schedule
+
+    def factor(u: int) -> float:
+        if u < warmup:
+            return u / max(1, warmup)
+        if kind == "constant":
+            return 1.0
+        progress = (u - warmup) / max(1, horizon - warmup)
+        if kind == "linear":
+            return max(0.0, 1.0 - progress)
+        return max(0.0, 0.5 * (1.0 + math.cos(math.pi * progress)))
+
+    return factor
+
+
+class _Masters:
+    """Float32 master copies of half-precision trained tensors (LLaMA-Factory upcasts trainable
+    parameters): the optimizer updates `self.tensors`; after each step the model's tensor is the
+    master rounded once. Float32 parameters are their own masters (no copy, no extra work)."""
+
+    def __init__(self, trained: list[nn.Parameter]):
+        self.trained = trained
+        self.tensors = [p if p.dtype == torch.float32 else p.detach().float() for p in trained]
+        self.upcast = any(m is not p for m, p in zip(self.tensors, trained, strict=True))
+
+    def grads_to_masters(self) -> None:
+        if not self.upcast:
+            return
+        for m, p in zip(self.tensors, self.trained, strict=True):
+            if m is not p:
+                m.grad = None if p.grad is None else p.grad.float()
+                p.grad = None
+
+    @torch.no_grad()
+    def masters_to_model(self) -> None:
+        if not self.upcast:
+            return
+        for m, p in zip(self.tensors, self.trained, strict=True):
+            if m is not p:
+                p.copy_(m)
+
+
+class _ModelStepper:
+    """One record's answer loss through the model's own forward, from block `first_layer` up
+    (the lower blocks replayed from the cached hidden state; all blocks without the cache)."""
+
+    kind = "model"
+    captured = False
 
     def __init__(self, model: nn.Module, first_layer: int, use_prefix_cache: bool):
         self.model, self.first_layer = model, first_layer
@@ -172,6 +248,113 @@ class _Stepper:
         return F.cross_entropy(logits[-n_answer - 1 : -1].float(), ex.ids[0, ex.answer_start :])
 
 
+# Model types whose decoder (transformers 5) is `model.model` with `layers`, `norm`, `rotary_emb`
+# and blocks called as block(h, attention_mask=, position_embeddings=, position_ids=), as
+# Qwen2Model/LlamaModel.forward call them; tested on both.
+SUFFIX_MODEL_TYPES = ("qwen2", "llama")
+
+
+def _suffix_ok(model: nn.Module) -> bool:
+    inner = getattr(model, "model", None)
+    return (
+        getattr(model.config, "model_type", None) in SUFFIX_MODEL_TYPES
+        and all(hasattr(inner, a) for a in ("layers", "norm", "rotary_emb", "embed_tokens"))
+        and isinstance(getattr(model, "lm_head", None), nn.Linear)
+        and not getattr(model.config, "final_logit_softcapping", None)
+    )
+
+
+def _bucket(n: int, size: int) -> int:
+    return -(-n // size) * size
+
+
+class _SuffixStepper:
+    """One record's answer loss from blocks ≥ L on the cached hidden state: the blocks, the final
+    norm and the head, called directly (the floor of a step; no model forward around them).
+
+    Per record, once: the hidden state entering block L, the rotary tables, the mask per layer
+    type and the rows/targets of the answer. With `capture`, the step is compiled with static
+    shapes: the sequence is right-padded to a multiple of `length_bucket` (causal attention: the
+    real rows never see the padding) and the answer rows to a multiple of 4 (padded targets are
+    ignored by the loss), so a handful of graphs serve all records; on CUDA in
+    "reduce-overhead" mode (CUDA graphs), elsewhere with `compile_backend`.
+    """
+
+    kind = "suffix"
+
+    def __init__(self, model: nn.Module, first_layer: int, *, capture: bool, length_bucket: int,
+                 compile_backend: str | None):
+        self.model, self.first_layer = model, first_layer
+        self.inner = model.model
+        self.layer_types = getattr(model.config, "layer_types", None)
+        self.captured = capture
+        self.length_bucket = length_bucket
+        self.step = self._step
+        if capture:
+            on_cuda = next(model.parameters()).device.type == "cuda"
+            options = {"dynamic": False, "fullgraph": False}
+            if compile_backend is not None:
+                options["backend"] = compile_backend
+            elif on_cuda:
+                options["mode"] = "reduce-overhead"
+            self.step = torch.compile(self._step, **options)
+
+    def _prepare(self, ex: _Example) -> dict:
+        from transformers.masking_utils import create_causal_mask, create_sliding_window_causal_mask
+
+        ids, start = ex.ids, ex.answer_start
+        total = ids.shape[1]
+        rows = torch.arange(start - 1, total - 1, device=ids.device)
+        targets = ids[0, start:]
+        if self.captured:  # static shapes: pad the sequence and the answer rows to buckets
+            length = _bucket(total, self.length_bucket)
+            ids = torch.cat([ids, ids[:, -1:].expand(1, length - total)], dim=1)
+            n = _bucket(rows.numel(), 4)
+            pad = n - rows.numel()
+            rows = torch.cat([rows, rows.new_zeros(pad)])
+            targets = torch.cat([targets, targets.new_full((pad,), -100)])
+        hidden = capture_prefix(self.model, self.first_layer, ids)
+        pos = torch.arange(ids.shape[1], device=ids.device).unsqueeze(0)
+        with torch.no_grad():
+            pe = self.inner.rotary_emb(hidden, pos)
+            kw = dict(config=self.inner.config, inputs_embeds=hidden, attention_mask=None, cache=None,
+                      position_ids=pos)
+            masks = {"full_attention": create_causal_mask(**kw)}
+            if getattr(self.inner, "has_sliding_layers", False):
+                masks["sliding_attention"] = create_sliding_window_causal_mask(**kw)
+        blocks = decoder_layers(self.model)
+        per_block = [
+            masks[self.layer_types[i]] if self.layer_types else masks["full_attention"]
+            for i in range(self.first_layer, len(blocks))
+        ]
+        return {"hidden": hidden, "pe": pe, "masks": per_block, "pos": pos, "rows": rows,
+                "targets": targets}
+
+    def _step(self, hidden, pe, masks, pos, rows, targets) -> torch.Tensor:
+        h = hidden
+        blocks = decoder_layers(self.model)
+        for block, mask in zip(blocks[self.first_layer :], masks, strict=True):
+            h = block(h, attention_mask=mask, position_embeddings=pe, position_ids=pos, use_cache=False)
+        # A 2-D, contiguous selection of the answer rows: the head is then one `mm` (a strided
+        # 3-D view made torch.matmul fall back to a slower bmm on the 32k-vocab head).
+        h = self.inner.norm(h[0].index_select(0, rows))
+        logits = self.model.lm_head(h)
+        return F.cross_entropy(logits.float(), targets, ignore_index=-100)
+
+    def loss(self, ex: _Example) -> torch.Tensor:
+        if ex.suffix is None:
+            ex.suffix = self._prepare(ex)
+        c = ex.suffix
+        return self.step(c["hidden"], c["pe"], c["masks"], c["pos"], c["rows"], c["targets"])
+
+
+def _stepper(model, first_layer, use_prefix_cache, capture, length_bucket, compile_backend):
+    if use_prefix_cache and _suffix_ok(model):
+        return _SuffixStepper(model, first_layer, capture=capture, length_bucket=length_bucket,
+                              compile_backend=compile_backend)
+    return _ModelStepper(model, first_layer, use_prefix_cache)
+
+
 def run_rsft(
     model: nn.Module,
     tokenizer,
@@ -179,17 +362,23 @@ def run_rsft(
     config: RSFTConfig,
     progress: Callable[[dict], None] | None = None,
     *,
-    final_loss: bool = True,
+    final_loss: bool = False,
     use_prefix_cache: bool = True,
+    capture: bool = False,
+    length_bucket: int = 16,
+    compile_backend: str | None = None,
 ) -> RSFTResult:
     """Run Algorithm 1 on `records` and return the delta of the trained MLP tensors.
 
     Only the MLP parameters of `config.layers` are trained (`mlp_parameter_names`); the model is
     restored bit-exactly before returning or raising. `progress`, if given, is called after each
     record of each epoch with that record's log entry plus `done`/`total`/`updates` counts.
-    `final_loss=False` skips the extra no-grad forward that measures the loss after an edit's
-    K-th update (about 1/(2.5·K) of the run time); its log then ends with the last pre-update loss.
+    `final_loss=True` runs one more no-grad forward after an edit's K-th update to log the loss
+    it reached (about 1/(2.5·K) of the run time; off by default: the delta is the same).
     `use_prefix_cache=False` runs every block on every step (for tests and benchmarks).
+    `capture=True` compiles the suffix step (Qwen2/Llama; static shapes per `length_bucket`;
+    CUDA graphs on a GPU, `compile_backend` elsewhere, default inductor); other models ignore it
+    (`RSFTResult.captured` says whether it ran compiled).
     Raises `UserError` for a layer out of range or an unencodable record, `DivergedError` when
     the loss becomes NaN/inf.
     """
@@ -197,6 +386,8 @@ def run_rsft(
     _check_layers(model, layers)
     if not records:
         raise UserError("no edit records to train on: check the data file and --limit")
+    if length_bucket < 1:
+        raise ValueError(f"length_bucket must be >= 1, got {length_bucket}")
     names = mlp_parameter_names(model, layers)
     params = dict(model.named_parameters())
     trained = [params[n] for n in names]
@@ -207,9 +398,9 @@ def run_rsft(
     base = {n: p.detach().clone() for n, p in zip(names, trained, strict=True)}
     flags = {n: p.requires_grad for n, p in params.items()}
     was_training = model.training
-    loop = _Loop(
-        _Stepper(model, layers[0], use_prefix_cache), examples, config, progress, final_loss
-    )
+    stepper = _stepper(model, layers[0], use_prefix_cache, capture, length_bucket, compile_backend)
+    loop = _Loop(stepper, examples, config, progress, final_loss)
+    masters = _Masters(trained)
     delta: dict[str, torch.Tensor] = {}
     try:
         model.eval()
@@ -219,8 +410,8 @@ def run_rsft(
             p.requires_grad_(True)
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             torch.manual_seed(config.seed)
-            loop.run(_make_optimizer(trained, config))
-        delta = _delta(names, trained, base)
+            loop.run(_make_optimizer(masters.tensors, config), masters)
+        delta = _delta(names, masters.tensors, base)
     finally:
         with torch.no_grad():
             for n, p in zip(names, trained, strict=True):
@@ -239,12 +430,18 @@ def run_rsft(
         num_records=len(examples),
         trained_tensors=names,
         final_loss=final_loss,
+        master_dtype=str(masters.tensors[0].dtype).removeprefix("torch."),
+        model_dtype=str(trained[0].dtype).removeprefix("torch."),
+        stepper=stepper.kind,
+        captured=stepper.captured,
+        schedule_updates=loop.horizon,
     )
 
 
 @torch.no_grad()
-def _delta(names: list[str], trained: list[nn.Parameter], base: dict) -> dict[str, torch.Tensor]:
-    """θ_sft − θ_base in float32 on the CPU (exact: the difference of two bf16 numbers is not).
+def _delta(names: list[str], trained: list[torch.Tensor], base: dict) -> dict[str, torch.Tensor]:
+    """master − float32(base) in float32 on the CPU (exact in float32 for a bf16 base; the
+    master is float32 for a half-precision model, so no update was rounded away).
 
     A plain `.cpu()`: page-locked memory copies a 7B model's 0.8 GB MLP delta 13x faster, but
     only once allocated, and allocating it cost ~1 s on an H200, more than the copy it saves in a
@@ -259,13 +456,18 @@ def _delta(names: list[str], trained: list[nn.Parameter], base: dict) -> dict[st
 class _Loop:
     """The three nested loops of Algorithm 1 and their log."""
 
-    stepper: _Stepper
+    stepper: _ModelStepper | _SuffixStepper
     examples: list[_Example]
     config: RSFTConfig
     progress: Callable[[dict], None] | None
     final_loss: bool
     samples: list[dict] = field(default_factory=list)
     updates: int = 0
+
+    @property
+    def horizon(self) -> int:
+        """E·N·K: the most updates a run can take, the horizon of the learning-rate schedule."""
+        return self.config.epochs * len(self.examples) * self.config.steps
 
     def _checked(self, loss: torch.Tensor, index: int, epoch: int, step: int) -> float:
         value = loss.item()
@@ -274,8 +476,10 @@ class _Loop:
             raise DivergedError(index, epoch, step, value, source, self.config.lr)
         return value
 
-    def run(self, optimizer: torch.optim.Optimizer) -> None:
+    def run(self, optimizer: torch.optim.Optimizer, masters: _Masters) -> None:
         config, total = self.config, self.config.epochs * len(self.examples)
+        scheduled = config.lr_schedule != "constant" or config.warmup_ratio > 0
+        factor = lr_factor(config, self.horizon)
         for epoch in range(1, config.epochs + 1):
             for index, ex in enumerate(self.examples):
                 losses: list[float] = []
@@ -287,9 +491,14 @@ class _Loop:
                         break
                     optimizer.zero_grad(set_to_none=True)
                     loss.backward()
+                    masters.grads_to_masters()
+                    if scheduled:  # the constant schedule leaves lr untouched (bit-identical)
+                        for group in optimizer.param_groups:
+                            group["lr"] = config.lr * factor(self.updates + steps)
                     optimizer.step()
+                    masters.masters_to_model()
                     steps += 1
-                else:  # K updates taken: record where they left the loss
+                else:  # K updates taken: record where they left the loss, if asked
                     if self.final_loss:
                         with torch.no_grad():
                             loss = self.stepper.loss(ex)
