@@ -86,14 +86,7 @@ def _prepare(delta, alpha, sparsity, method, seed, pool: BufferPool | None) -> d
     update = {}
     for name in sorted(delta):
         tensor = delta[name]
-        if not torch.is_floating_point(tensor):
-            raise UserError(
-                f"delta tensor '{name}' has dtype {tensor.dtype}; a delta holds floating-point weight differences"
-            )
-        if not _all_finite(tensor):
-            raise UserError(
-                f"delta tensor '{name}' contains NaN or inf; the R-SFT run that produced it diverged (lower the learning rate)"
-            )
+        check_delta_tensor(name, tensor)
         work = tensor.detach().to(torch.promote_types(tensor.dtype, torch.float32))
         buf = None
         if pool is not None and (sparsifier is magnitude or density >= 1):
@@ -110,6 +103,18 @@ def _prepare(delta, alpha, sparsity, method, seed, pool: BufferPool | None) -> d
             if buf is not None and sparse is not buf:
                 pool.give(buf)
     return update
+
+
+def check_delta_tensor(name: str, tensor: torch.Tensor) -> None:
+    """UserError unless `tensor` is a floating-point tensor without NaN or inf."""
+    if not torch.is_floating_point(tensor):
+        raise UserError(
+            f"delta tensor '{name}' has dtype {tensor.dtype}; a delta holds floating-point weight differences"
+        )
+    if not _all_finite(tensor):
+        raise UserError(
+            f"delta tensor '{name}' contains NaN or inf; the R-SFT run that produced it diverged (lower the learning rate)"
+        )
 
 
 def _shares_memory(a: torch.Tensor, b: torch.Tensor) -> bool:
