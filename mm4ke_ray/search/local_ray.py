@@ -1,0 +1,64 @@
+"""A local Ray that listens on the loopback interface only.
+
+On Linux a plain `ray.init()` makes the machine's routable IP the node IP, and Ray's servers
+(GCS, raylet, object manager, core workers) bind to the node IP or to every interface; the
+dashboard agent, runtime-env agent and metrics exporters follow. Token authentication guards
+them, but the ports are still open to the network. Ray's single-machine mode, its default on
+macOS and Windows, makes 127.0.0.1 the node IP, and then every server binds to it. It is the
+environment variable RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0, which
+
+- the processes `ray.init` starts (GCS, raylet, and through it agents and workers) inherit, and
+- this driver reads once, when Ray is imported (`ray_constants.ENABLE_RAY_CLUSTER`), so the
+  constant is set for the duration of `ray.init` as well.
+
+Both are restored afterwards: a later `ray start` or cluster connection made from this process
+keeps Ray's own defaults. Single-machine mode refuses other nodes, which a local sweep never has;
+a cluster (`--address`, `ray job submit`) is not started here and keeps its own settings.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+SINGLE_MACHINE_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+# Prometheus exporters of the autoscaler monitor and the dashboard: fixed ports (44217, 44227)
+# by default, so a second local Ray on the machine could not bind them. Each local Ray gets free ones.
+METRIC_PORT_ENVS = ("AUTOSCALER_METRIC_PORT", "DASHBOARD_METRIC_PORT")
+
+
+def _free_loopback_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def loopback_only() -> Iterator[None]:
+    """Within this block, a `ray.init()` that starts a local Ray binds it to 127.0.0.1."""
+    from ray._private import ray_constants
+
+    env = {SINGLE_MACHINE_ENV: "0", **{name: str(_free_loopback_port()) for name in METRIC_PORT_ENVS}}
+    before_env = {name: os.environ.get(name) for name in env}
+    before_flag = ray_constants.ENABLE_RAY_CLUSTER
+    os.environ.update(env)
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        yield
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = before_flag
+        for name, value in before_env.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def init_local_ray(**kwargs) -> None:
+    """`ray.init(**kwargs)` starting a local Ray whose every listening socket is on 127.0.0.1."""
+    import ray
+
+    with loopback_only():
+        ray.init(**kwargs)
