@@ -38,7 +38,8 @@ def small_build(tmp_path_factory):
     torch.set_num_threads(1)
     try:
         start = time.perf_counter()
-        assets = build_demo(root, num_edits=6, seed=1, config=SMALL)
+        # live: the rich progress line runs too (on stderr, not a terminal here)
+        assets = build_demo(root, num_edits=6, seed=1, config=SMALL, live=True)
         return root, assets, time.perf_counter() - start
     finally:
         torch.set_num_threads(threads)
@@ -214,6 +215,40 @@ def test_undertrained_build_raises_and_caches_nothing(tmp_path):
     assert not own.exists()
 
 
+def test_llama_form_computes_what_the_trained_qwen2_computes():
+    from mm4ke_ray.demo.pretrain import as_llama, build_model
+
+    model = build_model(PretrainConfig(hidden=32, layers=2), 50, _SpecialIds())
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.05)  # biases nonzero, as after training
+    llama = as_llama(model)
+    ids = torch.randint(4, 50, (3, 9))
+    assert type(llama).__name__ == "LlamaForCausalLM"
+    assert torch.equal(model(input_ids=ids).logits, llama(input_ids=ids).logits)
+
+
+class _SpecialIds:
+    pad_token_id, bos_token_id, eos_token_id = 0, 2, 3
+
+
+def test_stop_check_stops_once_every_fact_is_known():
+    from mm4ke_ray.demo.pretrain import StopCheck, build_model, encode_pairs, pretrain
+    from mm4ke_ray.demo.tiny import build_word_tokenizer
+
+    world = generate_world(WorldConfig(num_entities=10, num_filler=5))
+    tok = build_word_tokenizer(world.vocabulary_texts())
+    cfg = PretrainConfig(hidden=64, batch_size=32, steps=400)
+    pairs = encode_pairs(tok, [(f.prompt("question"), f.value) for f in world.facts])
+    seen = []
+    model = build_model(cfg, len(tok), tok)
+    stats = pretrain(model, tok, world.sentences(), cfg, stop=StopCheck(pairs, every=20),
+                     on_step=lambda step, steps, loss: seen.append((step, steps)))
+    assert stats["stopped_early"] and stats["steps"] < 400 and stats["steps"] % 20 == 0
+    assert seen[-1] == (stats["steps"], 400) and len(seen) == stats["steps"]
+    assert answer_scores(model, tok, [(f.prompt("question"), f.value) for f in world.facts]).fact == 1
+
+
 def test_pretraining_repeats_exactly():
     from mm4ke_ray.demo.pretrain import build_model, pretrain
     from mm4ke_ray.demo.tiny import build_word_tokenizer
@@ -239,3 +274,7 @@ def test_full_default_build(tmp_path):
     assert acc["trained_fact"] >= 0.99 and acc["rephrase_heldout"]["fact"] >= 0.9
     assert len(json.loads(assets.edits_path.read_text())) == 25
     assert assets.manifest["vocab_size"] < 400
+    # Stopped once every fact was known, well before the schedule's end (600 steps).
+    assert assets.manifest["pretrain"]["stopped_early"] and assets.manifest["pretrain"]["steps"] < 500
+    config = json.loads((assets.model_dir / "config.json").read_text())
+    assert config["model_type"] == "llama"  # see pretrain.as_llama: qwen2's tokenizer is rebuilt

@@ -51,7 +51,8 @@ def _greedy(model, tok, prompt: str, answer: str) -> str:
 
 def _locality(edits: list[dict]) -> list[tuple[str, str]]:
     return [
-        (item["prompt"], item["ground_truth"])
+        (item["prompt"], " ".join(item["ground_truth"]) if isinstance(item["ground_truth"], list)
+         else item["ground_truth"])
         for e in edits
         for items in e["locality"].values()
         for item in items
