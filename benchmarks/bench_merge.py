@@ -7,7 +7,7 @@ harness does): build the full merged model (copy of the base + the same update),
 Both compute the same update (`prepare_delta`: magnitude sparsifier, same α and sparsity); a
 check asserts the naive reloaded model's merged tensors equal ours bit for bit.
 
-    python benchmarks/bench_merge.py               # 110M Qwen2-shaped model (goal >= 100x)
+    python benchmarks/bench_merge.py               # 110M Qwen2-shaped model (goals: 50x, 100x)
     python benchmarks/bench_merge.py --smoke-test  # tiny model, seconds
 """
 
@@ -20,7 +20,8 @@ import tempfile
 import common
 import torch
 
-GOAL = 100.0
+GOAL = 100.0  # issue 7, both sparsities
+GOAL_SPARSE = 50.0  # issue 17: sparsity 0.2, with Top_p's selection close to one pass
 
 
 def naive_candidate(base, delta, alpha, sparsity, workdir):
@@ -79,11 +80,14 @@ def main() -> None:
         shutil.rmtree(workdir, ignore_errors=True)
     limits = _limits(model, delta, repeats)
     naive_median = rows["sparsity=0.2"]["naive"]["median_s"]
-    limits["best_possible_speedup_sparsity_0.2"] = naive_median / (limits["one_copy_s"] + limits["selection_s"])
+    limits["best_possible_speedup_sparsity_0.2"] = naive_median / (limits["one_copy_s"] + limits["bracketed_selection_s"])
     limits["best_possible_speedup_sparsity_0"] = naive_median / limits["one_copy_s"]
-    print("  limits: one copy of the delta's tensors {:.2f} ms, exact top-k selection {:.2f} ms".format(
-        1e3 * limits["one_copy_s"], 1e3 * limits["selection_s"]))
-    goals = [common.goal_line("merge candidate speedup, sparsity 0.2 (x)", rows["sparsity=0.2"]["speedup"], GOAL),
+    print("  limits: one copy of the delta's tensors {:.2f} ms, exact top-k selection {:.2f} ms, "
+          "bracketed selection {:.2f} ms".format(1e3 * limits["one_copy_s"], 1e3 * limits["selection_s"],
+                                                 1e3 * limits["bracketed_selection_s"]))
+    goals = [common.goal_line("merge candidate speedup, sparsity 0.2 (x)", rows["sparsity=0.2"]["speedup"], GOAL_SPARSE),
+             common.goal_line("merge candidate speedup, sparsity 0.2, issue 7's goal (x)",
+                              rows["sparsity=0.2"]["speedup"], GOAL),
              common.goal_line("merge candidate speedup, sparsity 0 (x)", rows["sparsity=0.0"]["speedup"], GOAL)]
     common.write_result("merge", args, {
         "model": {"shape": common.SHAPES[shape], "params": common.param_count(model), "layer": layer,
@@ -94,7 +98,8 @@ def main() -> None:
 
 def _limits(model, delta, repeats) -> dict:
     """Two lower bounds of any exact in-place merge: one copy of the touched tensors (the
-    snapshot that makes restore bit-exact) and the exact k-th largest |Δ| (Top_p's threshold)."""
+    snapshot that makes restore bit-exact) and finding Top_p's threshold: by a full selection
+    (the exact k-th largest |Δ|, as before) and by the bracketed selection the sparsifier uses."""
     params = dict(model.named_parameters())
     touched = [params[n] for n in delta]
     buffers = [torch.empty_like(p) for p in touched]
@@ -104,14 +109,24 @@ def _limits(model, delta, repeats) -> dict:
         for buf, p in zip(buffers, touched, strict=True):
             buf.copy_(p.detach())
 
-    def select():  # the selection the magnitude sparsifier itself uses on this device
+    scores = {n: t.reshape(-1).abs() for n, t in delta.items()}
+
+    def select():  # a full selection (NumPy introselect on CPU)
         from mm4ke_ray.merge.sparsify import _kth_largest
 
-        for n, t in delta.items():
-            _kth_largest(t.reshape(-1).abs(), k[n])
+        for n, s in scores.items():
+            _kth_largest(s, k[n])
 
-    times = common.interleaved({"copy": copy_once, "select": select}, repeats=max(3, repeats))
-    return {"one_copy_s": min(times["copy"]), "selection_s": min(times["select"])}
+    def bracketed():  # what the magnitude sparsifier runs on a CPU: sample, bracket, select
+        from mm4ke_ray.merge.sparsify import _selection
+
+        for n, s in scores.items():
+            _selection(s, k[n])
+
+    times = common.interleaved({"copy": copy_once, "select": select, "bracketed": bracketed},
+                               repeats=max(3, repeats))
+    return {"one_copy_s": min(times["copy"]), "selection_s": min(times["select"]),
+            "bracketed_selection_s": min(times["bracketed"])}
 
 
 def _check_same_result(model, delta, alpha, sparsity, workdir) -> None:

@@ -25,6 +25,7 @@ SCRIPTS = {
     "search_quality": "bench_search_quality.py",
     "memory": "bench_memory.py",
     "generation": "bench_generation.py",
+    "mergekit": "bench_mergekit.py",
 }
 TIMEOUT_S = 400
 
