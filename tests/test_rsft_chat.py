@@ -1,0 +1,89 @@
+"""Chat format: training supervises the assistant's end-of-turn token (as LLaMA-Factory);
+evaluation keeps EasyEdit's answer tokens; both definitions are recorded with the run."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from mm4ke_ray.data.records import EditRecord
+from mm4ke_ray.demo.tiny import build_tiny_model, build_word_tokenizer
+from mm4ke_ray.errors import UserError
+from mm4ke_ray.modeling import encode_example
+from mm4ke_ray.modeling.encoding import encode_training_example, end_of_turn_ids
+from mm4ke_ray.rsft import RSFTConfig, run_rsft
+
+PROMPT, ANSWER = "Which river flows through the old town", "the green river"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def tok():
+    # Qwen-like: the turn ends with a special token and a newline, then the next turn may follow.
+    tok = build_word_tokenizer([PROMPT, ANSWER, "system : You are kind next"])
+    tok.chat_template = (
+        "system : You are kind <eos> next "
+        "{% for m in messages %}{{ m['role'] }} : {{ m['content'] }} <eos> next {% endfor %}"
+        "{% if add_generation_prompt %}assistant : {% endif %}"
+    )
+    return tok
+
+
+def test_training_adds_the_end_of_turn_token_evaluation_does_not(tok):
+    eos = tok.convert_tokens_to_ids("<eos>")
+    assert end_of_turn_ids(tok, PROMPT, ANSWER) == [eos]  # up to the special token, not "next"
+    evaluation = encode_example(tok, PROMPT, ANSWER, "chat")
+    training = encode_training_example(tok, PROMPT, ANSWER, "chat")
+    assert training.input_ids == evaluation.input_ids + [eos]
+    assert training.answer_start == evaluation.answer_start
+    assert tok.decode(evaluation.answer_ids) == ANSWER  # EasyEdit's answer tokens, unchanged
+    plain = encode_training_example(tok, PROMPT, ANSWER, "plain")
+    assert plain == encode_example(tok, PROMPT, ANSWER, "plain")  # plain: answer tokens only
+
+
+def test_template_without_end_token_is_refused(tok):
+    bare = build_word_tokenizer([PROMPT, ANSWER])
+    bare.chat_template = (
+        "{% for m in messages %}{{ m['role'] }} : {{ m['content'] }} {% endfor %}"
+        "{% if add_generation_prompt %}assistant : {% endif %}"
+    )
+    record = EditRecord(prompt=PROMPT, target_new=ANSWER, source="x:0")
+    model = build_tiny_model("qwen2", len(bare), hidden=32, layers=2)
+    with pytest.raises(UserError, match=r"edit record 0 \(x:0\).*end-of-turn"):
+        run_rsft(model, bare, [record], RSFTConfig(layer=1, prompt_format="chat"))
+
+
+def test_chat_rsft_learns_to_close_the_turn(tok):
+    eos = tok.convert_tokens_to_ids("<eos>")
+    model = build_tiny_model("qwen2", len(tok), hidden=32, layers=2, seed=1)
+    record = EditRecord(prompt=PROMPT, target_new=ANSWER)
+    enc = encode_training_example(tok, PROMPT, ANSWER, "chat")
+    ids = torch.tensor([enc.input_ids])
+    s = enc.answer_start
+    with torch.no_grad():
+        logits = model(input_ids=ids).logits[0]
+    with_eot = F.cross_entropy(logits[s - 1 : -1], ids[0, s:]).item()
+    config = RSFTConfig(layer=1, epochs=3, steps=6, lr=1e-2, threshold=0.0, prompt_format="chat")
+    result = run_rsft(model, tok, [record], config)
+    assert result.samples[0]["losses"][0] == pytest.approx(with_eot, rel=1e-5)
+    doc = result.as_json()
+    assert "end-of-turn" in doc["supervision"]["train"]
+    assert "answer tokens only" in doc["supervision"]["evaluation"]
+    # Merged, the model ends its reply after the new answer: the last answer position predicts
+    # the end-of-turn token (the untrained model does not).
+    params = dict(model.named_parameters())
+    assert logits[-2].argmax().item() != eos
+    with torch.no_grad():
+        for n, d in result.delta.items():
+            params[n].add_(d)
+        after = model(input_ids=ids).logits[0]
+    assert after[-2].argmax().item() == eos
+    assert after[s - 1 : -2].argmax(-1).tolist() == ids[0, s:-1].tolist()
