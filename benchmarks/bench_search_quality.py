@@ -31,7 +31,7 @@ def main() -> None:
     args = common.parser(__doc__.split("\n\n")[0]).parse_args()
     common.setup(args)
     from mm4ke_ray.demo.build import build_demo
-    from mm4ke_ray.search.pareto import hypervolume, pareto_front
+    from mm4ke_ray.evaluate.pareto import hypervolume, pareto_front
 
     build_demo()  # cached; outside every timer
     smoke = args.smoke_test

@@ -48,7 +48,7 @@ def run_timed(config) -> dict:
     """One sweep on a fresh local Ray; wall time includes `ray.init` and shutdown."""
     import ray
 
-    from mm4ke_ray.search.driver import run_sweep
+    from mm4ke_ray.commands.sweep import start_sweep as run_sweep
 
     start = time.perf_counter()
     temp = tempfile.mkdtemp(prefix="rb", dir="/tmp")  # short: Ray's socket paths are length-limited

@@ -148,7 +148,7 @@ def _layer_problem(config: SweepConfig, num_layers: int | None) -> str | None:
 
 def preflight(config: SweepConfig, source: str, num_layers: int | None = None, check_tracking: bool = True) -> None:
     """Raise one ConfigError listing every problem found (no Ray, no model weights loaded)."""
-    from mm4ke_ray.search.storage import storage_problem
+    from mm4ke_ray.storage import storage_problem
 
     problems, found_layers = model_problems(config.model)
     if msg := _layer_problem(config, num_layers or found_layers):

@@ -195,13 +195,13 @@ def _load_pyproject() -> dict:
     ],
 )
 def test_storage_uris_normalize(value, expected):
-    from mm4ke_ray.search.storage import normalize_storage_path
+    from mm4ke_ray.storage import normalize_storage_path
 
     assert normalize_storage_path(value) == expected
 
 
 def test_storage_local_folder_becomes_absolute(tmp_path, monkeypatch):
-    from mm4ke_ray.search.storage import normalize_storage_path, probe_storage
+    from mm4ke_ray.storage import normalize_storage_path, probe_storage
 
     monkeypatch.chdir(tmp_path)
     path = normalize_storage_path("runs/ray")
@@ -222,7 +222,7 @@ def test_storage_local_folder_becomes_absolute(tmp_path, monkeypatch):
 )
 def test_storage_bad_values_name_the_field_and_fix(value, words):
     from mm4ke_ray.errors import UserError
-    from mm4ke_ray.search.storage import normalize_storage_path, storage_problem
+    from mm4ke_ray.storage import normalize_storage_path, storage_problem
 
     assert storage_problem(value).startswith("storage_path:")
     with pytest.raises(UserError) as err:
@@ -233,7 +233,7 @@ def test_storage_bad_values_name_the_field_and_fix(value, words):
 
 def test_storage_probe_reports_unwritable(tmp_path):
     from mm4ke_ray.errors import UserError
-    from mm4ke_ray.search.storage import local_storage_warning, probe_storage
+    from mm4ke_ray.storage import local_storage_warning, probe_storage
 
     blocker = tmp_path / "file"
     blocker.write_text("x")

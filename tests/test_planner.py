@@ -190,7 +190,7 @@ def test_probe_estimate_is_within_30_percent_of_a_measured_demo_sweep(tmp_path):
     import ray
 
     from mm4ke_ray.planning import plan_sweep
-    from mm4ke_ray.search.driver import run_sweep
+    from mm4ke_ray.commands.sweep import start_sweep as run_sweep
 
     config = load_config(DEMO, {
         "name": "plantest", "search.num_trials": 2, "merge.extra_candidates": 2,

@@ -1,21 +1,15 @@
-"""Pieces several subcommands share: output-folder checks and the MLflow sweep arguments."""
+"""Arguments several subcommands share (the MLflow sweep source, model loading, --out); the
+checks behind them live below the commands (`storage.check_out_dir`, `device.resolve_device`)."""
 
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
-from mm4ke_ray.errors import UserError
+from mm4ke_ray.device import resolve_device
+from mm4ke_ray.storage import check_out_dir
 
-
-def check_out_dir(out: Path, force: bool) -> None:
-    """Refuse a file, or a non-empty directory unless --force: nothing already there is lost."""
-    if out.exists() and not out.is_dir():
-        raise UserError(f"--out '{out}' is a file; give a directory")
-    if out.is_dir() and any(out.iterdir()) and not force:
-        raise UserError(
-            f"--out '{out}' is not empty; choose an empty or new directory, or pass --force to write into it"
-        )
+__all__ = ["add_model_arguments", "add_out_dir_arguments", "add_sweep_source_arguments", "check_out_dir",
+           "resolve_device"]
 
 
 def add_sweep_source_arguments(parser: argparse.ArgumentParser) -> None:
@@ -57,14 +51,3 @@ def add_out_dir_arguments(parser: argparse.ArgumentParser) -> None:
     """--out DIR and --force, checked by `check_out_dir`."""
     parser.add_argument("--out", required=True, metavar="DIR", help="output directory (must be empty unless --force)")
     parser.add_argument("--force", action="store_true", help="write into a non-empty --out")
-
-
-def resolve_device(name: str) -> str:
-    """--device as torch wants it; a CUDA device asked for where there is none is a clear error."""
-    import torch
-
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"--device {name}: no CUDA device is available here; use --device cpu")
-    return name

@@ -5,6 +5,9 @@ from __future__ import annotations
 from importlib import resources
 from pathlib import Path
 
+from mm4ke_ray.commands.sweep import start_sweep
+from mm4ke_ray.config import load_config
+
 NAME = "demo"
 HELP = "Run the embedded demo sweep: no network, no GPU, local Ray, MLflow in ./runs/mlflow.db."
 
@@ -20,9 +23,6 @@ def demo_config_path() -> Path:
 
 
 def run(args) -> int:
-    from mm4ke_ray.config import load_config
-    from mm4ke_ray.search.driver import run_sweep
-
     path = demo_config_path()
-    run_sweep(load_config(path), source=str(path), num_trials=args.num_trials, smoke_test=args.smoke_test)
+    start_sweep(load_config(path), source=str(path), num_trials=args.num_trials, smoke_test=args.smoke_test)
     return 0

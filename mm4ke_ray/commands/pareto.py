@@ -7,6 +7,7 @@ import json
 import sys
 
 from mm4ke_ray.commands._common import add_sweep_source_arguments
+from mm4ke_ray.tracking.tables import print_table
 
 NAME = "pareto"
 HELP = "Print a sweep's Pareto front (edit score vs. general ability kept) from MLflow, best combined score first."
@@ -49,20 +50,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def front_rows(sweep, everything: bool = False) -> list[dict]:
     """The sweep's front (or every candidate, marked), sorted by combined score, best first."""
-    from mm4ke_ray.tracking.pareto_artifacts import sort_by_combined, split_front
+    from mm4ke_ray.evaluate.pareto import sort_by_combined, split_front  # optuna: only when it runs
 
     marked, front = split_front(sweep.candidates)
     return sort_by_combined(marked) if everything else front
 
 
 def _table(rows: list[dict], title: str) -> None:
-    from mm4ke_ray.tracking.tables import print_table
-
     print_table(rows, [c for c in _TABLE_COLUMNS if any(c in r for r in rows)], title)
 
 
 def run(args: argparse.Namespace) -> int:
-    from mm4ke_ray.tracking.pareto_artifacts import ON_FRONT, columns, to_csv
+    # optuna, numpy and MLflow load when the command runs, not for --help.
+    from mm4ke_ray.evaluate.pareto import ON_FRONT
+    from mm4ke_ray.tracking.pareto_artifacts import columns, to_csv
     from mm4ke_ray.tracking.query import load_sweep
 
     sweep = load_sweep(args.tracking_uri, args.sweep, args.experiment)

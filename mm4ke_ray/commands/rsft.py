@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-from contextlib import nullcontext
 from pathlib import Path
+
+from pydantic import ValidationError
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from mm4ke_ray.commands._common import (
     add_model_arguments,
@@ -15,6 +16,7 @@ from mm4ke_ray.commands._common import (
     resolve_device,
 )
 from mm4ke_ray.errors import ConfigError
+from mm4ke_ray.rsft.config import RSFTConfig
 
 NAME = "rsft"
 HELP = "Train one layer's MLP on an edit set with R-SFT and save the delta (θ_sft − θ_base)."
@@ -31,8 +33,6 @@ def _layer(text: str) -> int | list[int]:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from mm4ke_ray.rsft.config import RSFTConfig
-
     fields = RSFTConfig.model_fields
 
     def default(name: str) -> str:
@@ -74,11 +74,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
-def _config(args: argparse.Namespace):
-    from pydantic import ValidationError
-
-    from mm4ke_ray.rsft.config import RSFTConfig
-
+def _config(args: argparse.Namespace) -> RSFTConfig:
     try:
         return RSFTConfig(
             layer=args.layer,
@@ -102,8 +98,6 @@ def _progress_bar(total: int, quiet: bool):
     """A rich progress bar fed by run_rsft's per-record callback (a no-op when quiet)."""
     if quiet:
         return None, None
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
     bar = Progress(
         TextColumn("R-SFT"),
         BarColumn(),
@@ -125,43 +119,31 @@ def _progress_bar(total: int, quiet: bool):
 
 
 def run(args: argparse.Namespace) -> int:
-    from mm4ke_ray.data import load_edit_records
-    from mm4ke_ray.delta import save_delta
-    from mm4ke_ray.modeling import load_model, load_tokenizer
-    from mm4ke_ray.rsft import DivergedError, run_rsft
+    # torch and transformers load here, when the command runs, not for --help.
+    from mm4ke_ray.rsft.run import RSFT_LOG, rsft_to_folder
 
     # Cheap checks first: nothing is loaded for a typo.
     config = _config(args)
     out = Path(args.out)
     check_out_dir(out, args.force)
     device = resolve_device(args.device)
-    dataset = load_edit_records(args.data, limit=args.limit, skip_invalid=args.skip_invalid)
-    tokenizer = load_tokenizer(args.model, trust_remote_code=args.trust_remote_code)
-    model = load_model(
-        args.model, dtype=args.dtype, device=device, trust_remote_code=args.trust_remote_code
-    )
+    bar, update = None, None
 
-    bar, update = _progress_bar(config.epochs * len(dataset.records), args.quiet)
-    try:
-        with bar if bar is not None else nullcontext():
-            result = run_rsft(model, tokenizer, dataset.records, config, progress=update)
-    except DivergedError as exc:
-        print(f"mm4ke-ray rsft: {exc}; nothing was written", file=sys.stderr)
+    def progress_bar(total: int):
+        nonlocal bar, update
+        bar, update = _progress_bar(total, args.quiet)
+        return bar
+
+    done = rsft_to_folder(out, model=args.model, edits=args.data, config=config, device=device, dtype=args.dtype,
+                          trust_remote_code=args.trust_remote_code, limit=args.limit, skip_invalid=args.skip_invalid,
+                          progress=lambda entry: update(entry) if update else None, before_training=progress_bar)
+    if done.result is None:
+        print(f"mm4ke-ray rsft: {done.reason}; nothing was written", file=sys.stderr)
         return 1
-
-    info = {
-        "base_model": args.model,
-        "data": dataset.source,
-        "data_format": dataset.format,
-        "skipped_records": len(dataset.skipped),
-        "dtype": args.dtype,
-        "device": device,
-    }
-    save_delta(out, result.delta, {**info, "layers": result.layers, "config": config.model_dump()})
-    (out / "rsft.json").write_text(json.dumps({**info, **result.as_json()}, indent=2) + "\n")
+    result = done.result
     print(
         f"R-SFT on {result.num_records} record(s), layer(s) {result.layers}: {result.updates} update(s) in "
         f"{result.seconds:.1f} s; {len(result.delta)} tensor(s) in the delta"
     )
-    print(f"wrote {out / 'delta.safetensors'} and {out / 'rsft.json'}")
+    print(f"wrote {out / 'delta.safetensors'} and {out / RSFT_LOG}")
     return 0

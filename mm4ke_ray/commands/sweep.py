@@ -6,6 +6,9 @@ that a sweep kept on disk while the tracking server was away.
 
 from __future__ import annotations
 
+import yaml
+
+from mm4ke_ray.config import SweepConfig, load_config
 from mm4ke_ray.errors import UserError
 
 NAME = "sweep"
@@ -29,8 +32,6 @@ def add_arguments(p) -> None:
 
 
 def parse_overrides(items: list[str]) -> dict:
-    import yaml
-
     out = {}
     for item in items:
         key, sep, value = item.partition("=")
@@ -56,21 +57,29 @@ def _check_mode(args) -> str:
 def run(args) -> int:
     mode = _check_mode(args)
     if mode == "replay":
-        from mm4ke_ray.tracking.mlflow_tracker import replay
+        from mm4ke_ray.tracking.mlflow_tracker import replay  # MLflow: only when replaying
 
         report = replay(args.replay_spool, args.tracking_uri)
         print(f"{report.path}: sent {report.sent} record(s) to {report.uri}; {report.rejected} refused"
               f"{' (see the .rejected.jsonl beside it)' if report.rejected else ''}; {report.left} still waiting")
         return 0 if report.left == 0 else 1
     if mode == "resume":
-        from mm4ke_ray.search.driver import resume_sweep
+        from mm4ke_ray.search.driver import resume_sweep  # Ray, MLflow, torch: only when a sweep runs
 
         resume_sweep(args.resume, address=args.address)
     else:
-        from mm4ke_ray.config import load_config
-        from mm4ke_ray.search.driver import run_sweep
-
         config = load_config(args.config, parse_overrides(args.set))
-        run_sweep(config, source=args.config, address=args.address, num_trials=args.num_trials,
-                  smoke_test=args.smoke_test)
+        start_sweep(config, source=args.config, address=args.address, num_trials=args.num_trials,
+                    smoke_test=args.smoke_test)
     return 0
+
+
+def start_sweep(config: SweepConfig, *, source: str = "<config>", address: str | None = None,
+                num_trials: int | None = None, smoke_test: bool = False):
+    """A new sweep of `config` as the CLI starts it: the demo resolved (built once, cached), then
+    `search.driver.run_sweep`; returns its `SweepOutcome`."""
+    from mm4ke_ray.demo.resolve import resolve_demo  # torch: only when a sweep runs
+    from mm4ke_ray.search.driver import run_sweep
+
+    return run_sweep(resolve_demo(config), source=source, address=address, num_trials=num_trials,
+                     smoke_test=smoke_test)

@@ -1,4 +1,4 @@
-"""Evaluate merge candidates of R-SFT deltas on one resident base model.
+"""Merge, evaluate, restore: the one home of a merge candidate's evaluation, Ray-free.
 
 A `CandidateEvaluator` loads the base model once, tokenizes the edit set once, computes the base
 model's locality predictions and general scores once, and then for each candidate
@@ -17,7 +17,13 @@ from dataclasses import dataclass, field
 
 import torch
 
+from mm4ke_ray.config import SweepConfig
+from mm4ke_ray.data import load_edit_records
+from mm4ke_ray.evaluate.edit_metrics import EditEvaluator
+from mm4ke_ray.evaluate.general import GeneralEvaluator, general_score, retention
 from mm4ke_ray.evaluate.scores import objective_values
+from mm4ke_ray.merge import apply_delta_, restore_
+from mm4ke_ray.modeling import decoder_layers, load_model, load_tokenizer, mlp_prefix
 
 
 @dataclass(frozen=True)
@@ -45,6 +51,20 @@ class EvalSettings:
     prefix_cache: bool = True  # reuse hidden states below the delta's layer (identical metrics)
 
 
+def eval_settings(config: SweepConfig, device: str) -> EvalSettings:
+    """A sweep config's evaluation settings on `device`: what the pool, the trial and export use."""
+    return EvalSettings(
+        model=config.model.name, edits=config.data.edits, dtype=config.model.dtype,
+        trust_remote_code=config.model.trust_remote_code, data_format=config.data.format, limit=config.data.limit,
+        skip_invalid=config.data.skip_invalid, prompt_format=config.data.prompt_format,
+        batch_size=config.evaluation.batch_size, fluency=config.evaluation.fluency,
+        general_tasks=tuple(config.evaluation.general_tasks), task_include_path=config.evaluation.task_include_path,
+        general_limit=config.evaluation.general_limit, merge_method=config.merge.method,
+        edit_weights=dict(config.objectives.edit_weights), combined_edit_weight=config.objectives.combined_edit_weight,
+        device=device, allow_pickle=config.model.allow_pickle,
+    )
+
+
 @dataclass
 class Reference:
     """What the base model scores: computed once per sweep and shared by every evaluator."""
@@ -56,10 +76,6 @@ class Reference:
 
 class CandidateEvaluator:
     def __init__(self, settings: EvalSettings, reference: Reference | None = None):
-        from mm4ke_ray.data import load_edit_records
-        from mm4ke_ray.evaluate.edit_metrics import EditEvaluator
-        from mm4ke_ray.modeling import load_model, load_tokenizer
-
         self.settings = s = settings
         self.tokenizer = load_tokenizer(s.model, trust_remote_code=s.trust_remote_code)
         self.model = load_model(
@@ -70,8 +86,6 @@ class CandidateEvaluator:
                                        prefix_cache=s.prefix_cache)
         self.general_eval = None
         if s.general_tasks:
-            from mm4ke_ray.evaluate.general import GeneralEvaluator
-
             self.general_eval = GeneralEvaluator(
                 self.model, self.tokenizer, list(s.general_tasks), include_path=s.task_include_path, limit=s.general_limit
             )
@@ -86,8 +100,6 @@ class CandidateEvaluator:
         return ref
 
     def _score(self, alpha, sparsity, seconds: float, first_layer: int | None = None) -> dict:
-        from mm4ke_ray.evaluate.general import general_score, retention
-
         start = time.perf_counter()
         metrics = self.edit_eval.evaluate(self.model, self.reference.locality, fluency=self.settings.fluency,
                                           first_layer=first_layer).as_dict()
@@ -108,8 +120,6 @@ class CandidateEvaluator:
 
     def evaluate(self, delta: dict[str, torch.Tensor], alpha: float, sparsity: float, seed: int = 0) -> dict:
         """Merge (in place), evaluate, restore. Returns metrics and objectives of the candidate."""
-        from mm4ke_ray.merge import apply_delta_, restore_
-
         start = time.perf_counter()
         device = next(self.model.parameters()).device
         # Sparsify on the model's device: a top-k over a 7B model's MLP takes seconds on CPU, ms on GPU.
@@ -150,8 +160,6 @@ _LIBC = None
 def delta_first_layer(model, names) -> int | None:
     """The lowest block whose MLP the delta's tensors (`names`) belong to; None if any tensor is
     outside every block's MLP (an embedding, attention, ...), when no block's input is unchanged."""
-    from mm4ke_ray.modeling import decoder_layers, mlp_prefix
-
     try:
         prefixes = [mlp_prefix(model, i) + "." for i in range(len(decoder_layers(model)))]
     except ValueError:  # a block without a recognisable MLP: do not guess

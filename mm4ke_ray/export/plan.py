@@ -14,12 +14,18 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from mm4ke_ray.errors import ConfigError, UserError
-from mm4ke_ray.evaluate.candidate import EvalSettings
-from mm4ke_ray.tracking.query import BASE, PURE_RSFT, Sweep, download_parent_artifact, load_sweep
+import yaml
 
-CONFIG_ARTIFACT = "config.yaml"
-DELTA_TAG = "mm4ke.delta_artifact"
+from mm4ke_ray.config import validate_config
+from mm4ke_ray.delta import DELTA_FILE
+from mm4ke_ray.device import resolve_device
+from mm4ke_ray.errors import ConfigError, UserError
+from mm4ke_ray.evaluate.candidate import EvalSettings, eval_settings
+from mm4ke_ray.evaluate.pareto import best_candidate
+from mm4ke_ray.schema import BASE, CONFIG_ARTIFACT, PURE_RSFT, Tag, delta_artifact_path
+from mm4ke_ray.tracking.query import Sweep, download_parent_artifact, load_sweep
+
+DELTA_TAG = Tag.DELTA_ARTIFACT
 REQUIRED_PARENT_PARAMS = ("model", "edits", "prompt_format", "merge_method", "seed")
 
 
@@ -51,17 +57,15 @@ class ExportPlan:
             else self.delta_artifact
         )
         local = download_parent_artifact(self.sweep.uri, self.sweep.run_id, folder, str(dst))
-        if not (Path(local) / "delta.safetensors").is_file():
+        if not (Path(local) / DELTA_FILE).is_file():
             raise UserError(
-                f"artifact {folder!r} of sweep run {self.sweep.run_id} holds no delta.safetensors "
+                f"artifact {folder!r} of sweep run {self.sweep.run_id} holds no {DELTA_FILE} "
                 f"(found: {sorted(p.name for p in Path(local).iterdir())})"
             )
         return Path(local)
 
 
 def _pick(sweep: Sweep, pick: str) -> dict:
-    from mm4ke_ray.tracking.pareto_artifacts import best_candidate
-
     if pick == "best":
         row = best_candidate(sweep.candidates)
         if row is None:
@@ -78,10 +82,6 @@ def _pick(sweep: Sweep, pick: str) -> dict:
 
 
 def _sweep_config(sweep: Sweep) -> dict:
-    import yaml
-
-    from mm4ke_ray.config import validate_config
-
     with tempfile.TemporaryDirectory(prefix="mm4ke-export-") as tmp:
         path = download_parent_artifact(sweep.uri, sweep.run_id, CONFIG_ARTIFACT, tmp)
         data = yaml.safe_load(Path(path).read_text()) or {}
@@ -95,9 +95,6 @@ def _sweep_config(sweep: Sweep) -> dict:
 
 
 def _settings(sweep: Sweep, config: dict, device: str) -> EvalSettings:
-    from mm4ke_ray.config import validate_config
-    from mm4ke_ray.search.driver import eval_settings
-
     missing = [p for p in REQUIRED_PARENT_PARAMS if p not in sweep.params]
     if missing:
         raise UserError(
@@ -112,15 +109,6 @@ def _settings(sweep: Sweep, config: dict, device: str) -> EvalSettings:
         prompt_format=sweep.params["prompt_format"],
         merge_method=sweep.params["merge_method"],
     )
-
-
-def resolve_device(device: str) -> str:
-    """'auto' → 'cuda' when a GPU is visible, else 'cpu'; anything else as given."""
-    if device != "auto":
-        return device
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def plan_export(
@@ -138,7 +126,7 @@ def plan_export(
     settings = _settings(record, config, resolve_device(device))
     tags = record.run_tags.get(row["run_id"], {})
     delta = tags.get(DELTA_TAG) or (
-        f"deltas/{row['trial_id']}/delta.safetensors" if row.get("trial_id") else None
+        delta_artifact_path(row["trial_id"]) if row.get("trial_id") else None
     )
     if not delta:
         raise UserError(

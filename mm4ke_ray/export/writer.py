@@ -16,7 +16,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from mm4ke_ray import __version__
+from mm4ke_ray.delta import DELTA_FILE, load_delta
 from mm4ke_ray.errors import UserError
+from mm4ke_ray.evaluate.candidate import CandidateEvaluator
 from mm4ke_ray.export.card import model_card
 from mm4ke_ray.export.plan import ExportPlan, plan_export
 from mm4ke_ray.export.verify import (
@@ -28,9 +31,16 @@ from mm4ke_ray.export.verify import (
     verify_checksums,
     write_checksums,
 )
+from mm4ke_ray.merge import build_merged, prepare_delta, save_merged
 from mm4ke_ray.merge.build import MERGE_INFO_FILE
+from mm4ke_ray.schema import RSFT_PARAMS, Tag
+from mm4ke_ray.storage import check_out_dir
+from mm4ke_ray.tracking.query import normalize_row
+from mm4ke_ray.tracking.registry import register_export
 
 FAILED_FILE = "VERIFICATION_FAILED.json"
+# The recipe's R-SFT hyperparameters in the order the recipe has always listed them.
+_RECIPE_RSFT = ("layer", *(p for p in RSFT_PARAMS if p != "layer"))
 _METRIC_PREFIXES = ("general.", "retention.")
 _METRICS = (
     "edit_succ",
@@ -52,27 +62,6 @@ class ExportResult:
     model_version: object | None = None
 
 
-def check_out_dir(out: Path, force: bool) -> None:
-    """Refuse a non-empty `out` without `force`; with it, only an earlier export is replaced.
-
-    An earlier export is recognised by its `mm4ke_merge.json`; any other non-empty directory is
-    refused even with `force`, so a mistyped --out cannot wipe unrelated files.
-    """
-    if out.exists() and not out.is_dir():
-        raise UserError(f"--out '{out}' is a file; give a directory")
-    if not out.is_dir() or not any(out.iterdir()):
-        return
-    if not force:
-        raise UserError(
-            f"--out '{out}' is not empty; choose a new directory, or pass --force to replace an earlier export there"
-        )
-    if not (out / MERGE_INFO_FILE).is_file():
-        raise UserError(
-            f"--out '{out}' is not empty and holds no {MERGE_INFO_FILE}: it is not an earlier export, "
-            "so --force will not delete it; choose another directory"
-        )
-
-
 def _clear(out: Path) -> None:
     for p in out.iterdir():
         shutil.rmtree(p) if p.is_dir() else p.unlink()
@@ -87,8 +76,6 @@ def _metrics_only(row: dict | None) -> dict | None:
 def _recipe(
     plan: ExportPlan, info: dict, delta_file: Path, delta_meta: dict, num_edits: int
 ) -> dict:
-    from mm4ke_ray import __version__
-
     c, sweep = plan.candidate, plan.sweep
     data = plan.config.get("data", {})
     return {
@@ -111,12 +98,8 @@ def _recipe(
             "total_entries": info["total_entries"],
         },
         "rsft": {
-            **{k: c.get(k) for k in ("layer", "threshold", "steps", "epochs", "lr")},
-            **{
-                k: v
-                for k, v in (delta_meta.get("rsft") or {}).items()
-                if k not in ("layer", "threshold", "steps", "epochs", "lr")
-            },
+            **{k: c.get(k) for k in _RECIPE_RSFT},
+            **{k: v for k, v in (delta_meta.get("rsft") or {}).items() if k not in _RECIPE_RSFT},
         },
         "delta": {
             "file": delta_file.name,
@@ -146,7 +129,7 @@ def _recipe(
             "kind": c.get("kind"),
             "trial_id": c.get("trial_id"),
             "delta_artifact": plan.delta_artifact,
-            "git_revision": sweep.tags.get("mm4ke.git_revision"),
+            "git_revision": sweep.tags.get(Tag.GIT_REVISION),
         },
         "recorded_metrics": _metrics_only(c),
         "compared": {"base": _metrics_only(plan.base), "pure_rsft": _metrics_only(plan.pure_rsft)},
@@ -160,9 +143,6 @@ def _write_json(path: Path, data: dict) -> None:
 
 def _reevaluate(plan: ExportPlan, out: Path, update: dict, log) -> tuple[dict, dict, int]:
     """(weights check, re-evaluated metrics as MLflow keys, number of edits) for the written directory."""
-    from mm4ke_ray.evaluate.candidate import CandidateEvaluator
-    from mm4ke_ray.tracking.query import normalize_row
-
     log(f"computing the base model's reference ({plan.model})")
     base_eval = CandidateEvaluator(plan.settings)
     weights = check_weights(out, base_eval.model, update)
@@ -195,11 +175,8 @@ def export_candidate(
     directory does not reproduce the recorded candidate (the directory is left for inspection,
     with `VERIFICATION_FAILED.json` and without a model card or checksums).
     """
-    from mm4ke_ray.delta import DELTA_FILE, load_delta
-    from mm4ke_ray.merge import build_merged, prepare_delta, save_merged
-
     out = Path(out).expanduser()
-    check_out_dir(out, force)
+    check_out_dir(out, force, replaces=MERGE_INFO_FILE)
     if not tolerance >= 0:
         raise UserError(f"--tolerance must be >= 0, got {tolerance}")
     plan = plan_export(uri, sweep, pick, experiment, device)
@@ -261,8 +238,6 @@ def export_candidate(
     )
     version = None
     if register:
-        from mm4ke_ray.export.register import register_export
-
         version = register_export(uri, out, register, recipe)
         log(f"registered as model {register!r} version {version.version}")
     return ExportResult(out=out, plan=plan, recipe=recipe, model_version=version)

@@ -48,7 +48,7 @@ def _count_records(config: SweepConfig) -> int:
 def _resolve_demo(config: SweepConfig) -> SweepConfig:
     if DEMO not in (config.model.name, config.data.edits):
         return config
-    from mm4ke_ray.search.driver import resolve_demo  # builds the demo once (cached)
+    from mm4ke_ray.demo.resolve import resolve_demo  # builds the demo once (cached)
 
     return resolve_demo(config)
 

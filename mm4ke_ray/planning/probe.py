@@ -50,9 +50,8 @@ def _update_seconds(model, tok, records, layer: int, steps: int, search) -> floa
 def probe_costs(config: SweepConfig, work: Workload, params: int, device: str) -> UnitCosts:
     """Unit costs of `config` (demo resolved) measured here; takes seconds on a small model."""
     from mm4ke_ray.data import load_edit_records
-    from mm4ke_ray.evaluate.candidate import CandidateEvaluator
+    from mm4ke_ray.evaluate.candidate import CandidateEvaluator, eval_settings
     from mm4ke_ray.modeling import load_model, load_tokenizer
-    from mm4ke_ray.search.driver import eval_settings
 
     if device == "cpu" and params > CPU_PROBE_MAX_PARAMS:
         raise UserError(f"--probe: {config.model.name} has {params / 1e9:.1f}B parameters; probing it on this "

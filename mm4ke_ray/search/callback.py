@@ -1,33 +1,24 @@
-"""Driver-side Tune callback: every candidate to MLflow, progress to the terminal."""
+"""Driver-side Tune callback: when each trial is recorded in MLflow, progress to the terminal.
+
+What a candidate's or a failure's run holds is `tracking.records`; this module keeps the Tune
+hook state (which trials wait for their saved state, which are logged).
+"""
 
 from __future__ import annotations
 
 import re
+import tempfile
 import time
+import warnings
 from pathlib import Path
 
 from ray.tune import Callback
 from rich.console import Console
 
-from mm4ke_ray.evaluate.scores import COMBINED, OBJECTIVES
-from mm4ke_ray.search.trial import RSFT_PARAMS
-
-PARAM_KEYS = (*RSFT_PARAMS, "alpha", "sparsity")
-
-
-def candidate_rows(result: dict, trial_id: str) -> list[dict]:
-    """Flat rows (params + metrics + kind) for every candidate in a trial's final result."""
-    rows = []
-    params = result.get("params", {})
-    for i, cand in enumerate(result.get("candidates") or []):
-        row = {k: params.get(k) for k in RSFT_PARAMS}
-        row.update(alpha=cand["alpha"], sparsity=cand["sparsity"], density=round(1 - cand["sparsity"], 6))
-        row.update(trial_id=trial_id, candidate=f"{trial_id}-c{i}", kind=cand["kind"])
-        row.update({k: result.get(k) for k in ("rsft_updates", "rsft_seconds")})
-        row.update(cand["metrics"])
-        rows.append(row)
-    return rows
-
+from mm4ke_ray.delta import DELTA_FILE
+from mm4ke_ray.evaluate.scores import COMBINED
+from mm4ke_ray.schema import Tag, delta_folder
+from mm4ke_ray.tracking.records import candidate_rows, candidate_run, failure_tags, searched_params
 
 _EXCEPTION_LINE = re.compile(r"^[\w.]*(Error|Exception|Interrupt)\b.*")
 _DETAIL = re.compile(r"died|failed|killed|exit", re.I)
@@ -66,8 +57,6 @@ def _wait_for_state_upload(trial) -> None:
     shares the experiment's syncer (Tune copies the storage context shallowly), so waiting on
     it waits for that upload.
     """
-    import warnings
-
     syncer = getattr(getattr(trial, "storage", None), "syncer", None)
     if syncer is None:
         return
@@ -76,11 +65,6 @@ def _wait_for_state_upload(trial) -> None:
     except Exception as exc:  # noqa: BLE001 - Tune logs failed uploads itself; record anyway
         warnings.warn(f"Tune's experiment state upload failed ({exc}); a resume may run this trial again",
                       stacklevel=2)
-
-
-def delta_artifact_path(trial_id: str) -> str:
-    """Where a trial's delta lives among the parent run's artifacts."""
-    return f"deltas/{trial_id}/delta.safetensors"
 
 
 class SweepCallback(Callback):
@@ -118,9 +102,9 @@ class SweepCallback(Callback):
             self.failed += 1
             params = result.get("params") or trial.config
             self.tracker.log_candidate(
-                f"{trial.trial_id}-{result['status']}", {k: params.get(k) for k in PARAM_KEYS if k in params},
+                f"{trial.trial_id}-{result['status']}", searched_params(params),
                 {"rsft_wall_seconds": result.get("rsft_wall_seconds", 0.0)},
-                {"mm4ke.trial_id": trial.trial_id, "mm4ke.status": result["status"], "mm4ke.reason": result.get("reason", "")[:500]},
+                failure_tags(trial.trial_id, result["status"], result.get("reason", "")[:500]),
             )
             self.console.print(f"[yellow]trial {trial.trial_id} {result['status']}[/]: {result.get('reason', '')[:200]}")
         else:
@@ -135,13 +119,7 @@ class SweepCallback(Callback):
             if rows:
                 self._store_delta(trial)
             for row in rows:
-                params = {k: row[k] for k in (*PARAM_KEYS, "density")}
-                metrics = {k: v for k, v in row.items() if k not in params and isinstance(v, int | float) and not isinstance(v, bool)}
-                row["run_id"] = self.tracker.log_candidate(
-                    row["candidate"], params, metrics,
-                    {"mm4ke.trial_id": trial.trial_id, "mm4ke.kind": row["kind"], "mm4ke.status": "ok",
-                     "mm4ke.delta_artifact": delta_artifact_path(trial.trial_id)},
-                )
+                row["run_id"] = self.tracker.log_candidate(row["candidate"], *candidate_run(row, trial.trial_id))
             self.rows.extend(rows)
         self._progress()
         if self.on_rows:
@@ -186,8 +164,8 @@ class SweepCallback(Callback):
         for row in [r for r in self.rows if r.get("trial_id") in orphans]:
             if row.get("run_id"):
                 self.tracker.mark_run(row["run_id"], "KILLED", {
-                    "mm4ke.status": "orphaned",
-                    "mm4ke.reason": "its driver died before Tune saved this trial; the resumed sweep replaced it"})
+                    Tag.STATUS: "orphaned",
+                    Tag.REASON: "its driver died before Tune saved this trial; the resumed sweep replaced it"})
         self.rows = [r for r in self.rows if r.get("trial_id") not in orphans]
         self.logged -= orphans
         self.done = len(self.logged)
@@ -204,10 +182,6 @@ class SweepCallback(Callback):
         Stored with the trial's candidates, after Tune saved the state that holds the trial: a
         driver killed before that save leaves no delta of a trial the resumed sweep replaces.
         """
-        import tempfile
-
-        from mm4ke_ray.delta import DELTA_FILE
-
         # A trial restored by a resumed driver checkpointed in the earlier one: Tune's record of it.
         checkpoint = self.checkpoints.get(trial.trial_id) or trial.checkpoint
         if checkpoint is None:
@@ -215,7 +189,7 @@ class SweepCallback(Callback):
         with tempfile.TemporaryDirectory() as local:
             checkpoint.to_directory(local)
             if (Path(local) / DELTA_FILE).is_file():  # a diverged trial checkpoints its result only
-                self.tracker.log_artifacts(local, delta_artifact_path(trial.trial_id).rsplit("/", 1)[0])
+                self.tracker.log_artifacts(local, delta_folder(trial.trial_id))
 
     def on_trial_recover(self, iteration, trials, trial, **info):
         # A failed attempt that Tune retries (FailureConfig.max_failures): its own FAILED run,
@@ -224,11 +198,9 @@ class SweepCallback(Callback):
         reason = error_reason(trial)
         self.checkpoints.pop(trial.trial_id, None)
         self.pending.pop(trial.trial_id, None)
-        params = {k: v for k, v in trial.config.items() if k in PARAM_KEYS}
         self.tracker.log_candidate(
-            f"{trial.trial_id}-attempt{attempt}-failed", params, {},
-            {"mm4ke.trial_id": trial.trial_id, "mm4ke.status": "failed", "mm4ke.attempt": attempt,
-             "mm4ke.retried": "true", "mm4ke.reason": reason},
+            f"{trial.trial_id}-attempt{attempt}-failed", searched_params(trial.config), {},
+            failure_tags(trial.trial_id, "failed", reason, attempt=attempt, retried=True),
         )
         self.console.print(f"[yellow]trial {trial.trial_id} attempt {attempt} failed, retrying[/]: {reason[:200]}")
 
@@ -240,11 +212,9 @@ class SweepCallback(Callback):
         self.done += 1
         self.failed += 1
         reason = error_reason(trial)
-        params = {k: v for k, v in trial.config.items() if k in PARAM_KEYS}
         self.tracker.log_candidate(
-            f"{trial.trial_id}-error", params, {},
-            {"mm4ke.trial_id": trial.trial_id, "mm4ke.status": "error",
-             "mm4ke.attempt": trial.run_metadata.num_failures, "mm4ke.reason": reason},
+            f"{trial.trial_id}-error", searched_params(trial.config), {},
+            failure_tags(trial.trial_id, "error", reason, attempt=trial.run_metadata.num_failures),
         )
         self.console.print(f"[red]trial {trial.trial_id} failed after its retries[/]: {reason[:200]}")
         self._progress()
@@ -270,4 +240,4 @@ class SweepCallback(Callback):
         )
 
 
-__all__ = ["SweepCallback", "candidate_rows", "OBJECTIVES"]
+__all__ = ["SweepCallback", "error_reason"]

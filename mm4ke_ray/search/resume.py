@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from mm4ke_ray.errors import UserError
-from mm4ke_ray.search.storage import is_uri
+from mm4ke_ray.storage import is_uri
 
 MANIFEST = "mm4ke-sweep.json"
 FORMAT = 1

@@ -1,4 +1,5 @@
-"""One Tune trial: R-SFT once (a Ray Train worker), then many merge candidates over the pool.
+"""One Tune trial, a thin trainable: R-SFT once (a Ray Train worker or a Ray task, calling
+`rsft.run.rsft_to_folder`), then its merge candidates fanned out over the merge-eval pool.
 
 The trainable only rebuilds configs and calls library code. The delta is the trial's checkpoint;
 R-SFT never re-runs for another α or sparsity.
@@ -14,15 +15,23 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import ray
+import ray.train
+import ray.train.torch
+import torch
 from ray import tune
+from ray.train import RunConfig, ScalingConfig
+from ray.train.torch import TorchTrainer
 
 from mm4ke_ray.config import SearchConfig
+from mm4ke_ray.delta import load_delta
 from mm4ke_ray.evaluate.candidate import EvalSettings
 from mm4ke_ray.evaluate.scores import COMBINED, OBJECTIVES
+from mm4ke_ray.rsft.config import RSFTConfig
+from mm4ke_ray.rsft.run import rsft_to_folder
+from mm4ke_ray.schema import MERGE_PARAMS
 from mm4ke_ray.search.searcher import EXTRA_POINTS_KEY
-from mm4ke_ray.search.space import MERGE_PARAMS, merge_candidates
+from mm4ke_ray.search.space import merge_candidates, split_space
 
-RSFT_PARAMS = ("threshold", "steps", "epochs", "lr", "layer")
 RESULT_FILE = "result.json"  # a trial's final report, inside its checkpoint
 SUMMARY_FILE = "rsft-summary.json"  # the R-SFT summary, inside the Ray Train checkpoint
 
@@ -42,9 +51,7 @@ class TrialContext:
     allow_pickle: bool = False  # model.allow_pickle: load pickle checkpoints too
 
 
-def _rsft_config(params: dict, search: SearchConfig, settings: EvalSettings):
-    from mm4ke_ray.rsft import RSFTConfig
-
+def _rsft_config(params: dict, search: SearchConfig, settings: EvalSettings) -> RSFTConfig:
     return RSFTConfig(
         layer=int(params["layer"]), epochs=int(params["epochs"]), steps=int(params["steps"]), lr=float(params["lr"]),
         threshold=float(params["threshold"]), optimizer=search.rsft.optimizer, prompt_format=settings.prompt_format,
@@ -52,38 +59,17 @@ def _rsft_config(params: dict, search: SearchConfig, settings: EvalSettings):
     )
 
 
-def run_rsft_to_dir(settings: EvalSettings, search: SearchConfig, params: dict, out: str, device: str,
-                    allow_pickle: bool = False) -> dict:
-    """Load the base model, run R-SFT, write delta + rsft.json into `out`; return a summary.
-
-    A diverged run (NaN/inf loss) is an outcome, not a crash: status 'diverged' and the reason.
-    """
-    from mm4ke_ray.data import load_edit_records
-    from mm4ke_ray.delta import save_delta
-    from mm4ke_ray.modeling import load_model, load_tokenizer
-    from mm4ke_ray.rsft import DivergedError, run_rsft
-
-    tok = load_tokenizer(settings.model, trust_remote_code=settings.trust_remote_code)
-    model = load_model(settings.model, dtype=settings.dtype, device=device, trust_remote_code=settings.trust_remote_code,
-                       allow_pickle=allow_pickle)
-    records = load_edit_records(settings.edits, limit=settings.limit, skip_invalid=settings.skip_invalid,
-                                fmt=settings.data_format).records
-    config = _rsft_config(params, search, settings)
-    try:
-        result = run_rsft(model, tok, records, config)
-    except DivergedError as exc:
-        return {"status": "diverged", "reason": str(exc)}
-    meta = {"base_model": settings.model, "rsft": config.model_dump(), "edits": settings.edits, "num_edits": len(records)}
-    save_delta(out, result.delta, meta)
-    (Path(out) / "rsft.json").write_text(json.dumps(result.as_json()))
-    return {"status": "ok", "rsft_updates": result.updates, "rsft_seconds": result.seconds}
+def trial_rsft(settings: EvalSettings, search: SearchConfig, params: dict, out: str, device: str,
+          allow_pickle: bool = False) -> dict:
+    """R-SFT of this trial's parameters into `out` (`rsft_to_folder`); its summary for Tune."""
+    s = settings
+    return rsft_to_folder(out, model=s.model, edits=s.edits, config=_rsft_config(params, search, s), device=device,
+                          dtype=s.dtype, trust_remote_code=s.trust_remote_code, allow_pickle=allow_pickle,
+                          limit=s.limit, skip_invalid=s.skip_invalid, data_format=s.data_format).summary()
 
 
 def _train_loop(cfg: dict) -> None:
     """Ray Train worker body: R-SFT on this worker's device, the delta reported as checkpoint."""
-    import ray.train
-    import ray.train.torch
-
     previous = ray.train.get_checkpoint()
     if previous is not None:
         # A retried trial whose R-SFT had already finished: Ray Train restored its delta.
@@ -92,8 +78,8 @@ def _train_loop(cfg: dict) -> None:
         ray.train.report(summary, checkpoint=previous)
         return
     out = tempfile.mkdtemp(prefix="mm4ke-delta-")
-    summary = run_rsft_to_dir(cfg["settings"], cfg["search"], cfg["params"], out, str(ray.train.torch.get_device()),
-                              cfg.get("allow_pickle", False))
+    summary = trial_rsft(cfg["settings"], cfg["search"], cfg["params"], out, str(ray.train.torch.get_device()),
+                    cfg.get("allow_pickle", False))
     checkpoint = None
     if summary["status"] == "ok":
         (Path(out) / SUMMARY_FILE).write_text(json.dumps(summary))
@@ -102,9 +88,6 @@ def _train_loop(cfg: dict) -> None:
 
 
 def _rsft_via_train(ctx: TrialContext, params: dict, trial_id: str) -> tuple[dict, str | None]:
-    from ray.train import RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
-
     trainer = TorchTrainer(
         _train_loop,
         train_loop_config={"settings": ctx.settings, "search": ctx.search, "params": params,
@@ -124,10 +107,8 @@ def _rsft_via_train(ctx: TrialContext, params: dict, trial_id: str) -> tuple[dic
 
 @ray.remote
 def _rsft_task(settings, search, params, allow_pickle: bool = False) -> tuple[dict, dict]:
-    import torch
-
     out = tempfile.mkdtemp(prefix="mm4ke-delta-")
-    summary = run_rsft_to_dir(settings, search, params, out, "cuda" if torch.cuda.is_available() else "cpu", allow_pickle)
+    summary = trial_rsft(settings, search, params, out, "cuda" if torch.cuda.is_available() else "cpu", allow_pickle)
     files = {p.name: p.read_bytes() for p in Path(out).iterdir()} if summary["status"] == "ok" else {}
     return summary, files
 
@@ -145,9 +126,7 @@ def _rsft_via_task(ctx: TrialContext, params: dict) -> tuple[dict, str | None]:
 
 
 def sweep_trial(params: dict, ctx: TrialContext) -> None:
-    """The Tune function trainable."""
-    from mm4ke_ray.delta import load_delta
-
+    """The Tune function trainable: R-SFT once (runner 'train' or 'task'), then the candidates."""
     trial_id = tune.get_context().get_trial_id()
     if _report_again(tune.get_checkpoint()):
         return
@@ -221,6 +200,4 @@ def _report_again(checkpoint) -> bool:
 
 
 def _fixed(search: SearchConfig) -> dict:
-    from mm4ke_ray.search.space import split_space
-
     return split_space(search)[1]

@@ -17,19 +17,17 @@ from __future__ import annotations
 
 import csv
 import io
-import math
 import tempfile
 import warnings
 from pathlib import Path
 
-from mm4ke_ray.evaluate.scores import COMBINED, EDIT, GENERAL, OBJECTIVES
-from mm4ke_ray.search.pareto import hypervolume, pareto_front
-from mm4ke_ray.tracking.query import BASE, ID_COLUMNS, PARAM_COLUMNS, normalize_row
+from mm4ke_ray.evaluate.pareto import ON_FRONT, best_candidate, hypervolume, split_front
+from mm4ke_ray.evaluate.scores import COMBINED, EDIT, GENERAL
+from mm4ke_ray.schema import BASE, BEST_TAGS, ID_COLUMNS, PARAM_COLUMNS, PARETO_DIR, Tag
+from mm4ke_ray.tracking.pareto_plots import write_front_html, write_front_png
+from mm4ke_ray.tracking.query import normalize_row
 
-PARETO_DIR = "pareto"
 PARETO_TAG = "pareto"
-ON_FRONT = "on_front"
-BEST_TAGS = ("mm4ke.best_candidate", "mm4ke.best_run_id", "mm4ke.best_combined_score")
 _EDIT_METRICS = ("edit_succ", "generalization", "portability", "locality", "fluency")
 _OBJECTIVE_COLUMNS = (EDIT.name, GENERAL.name, COMBINED.name)
 
@@ -60,44 +58,13 @@ def to_csv(rows: list[dict], cols: list[str] | None = None) -> str:
     return buf.getvalue()
 
 
-def _rank_key(row: dict) -> tuple:
-    # Combined score first, then the objectives, then the name: a stable, documented order.
-    return (
-        -_num(row.get(COMBINED.name)),
-        *(-_num(row.get(o.name)) for o in OBJECTIVES),
-        str(row.get("candidate")),
-    )
-
-
-def _num(value) -> float:
-    return value if isinstance(value, float | int) and math.isfinite(value) else -math.inf
-
-
-def sort_by_combined(rows: list[dict]) -> list[dict]:
-    """Rows by combined score, best first (ties: each objective, then candidate name)."""
-    return sorted(rows, key=_rank_key)
-
-
-def best_candidate(rows: list[dict]) -> dict | None:
-    """The edited candidate (base excluded) with the highest combined score; None if there is none."""
-    edited = [r for r in rows if r.get("kind") != BASE and COMBINED.name in r]
-    return sort_by_combined(edited)[0] if edited else None
-
-
-def split_front(rows: list[dict]) -> tuple[list[dict], list[dict]]:
-    """(every row with `on_front` set, the front sorted by combined score) for normalized rows."""
-    on = set(pareto_front(rows))
-    marked = [{**r, ON_FRONT: i in on} for i, r in enumerate(rows)]
-    return marked, sort_by_combined([r for r in marked if r[ON_FRONT]])
-
-
 def _base_run_id(tracker) -> str | None:
     # The sweep logs the base model as a child run without handing its run id to the callback.
     parent = tracker.parent_run_id
     if _BASE_RUN.get(parent) is None:  # not cached, or not logged yet at the last look
         runs = tracker.client.search_runs(
             [tracker.experiment_id],
-            f"tags.`mlflow.parentRunId` = '{parent}' AND tags.`mm4ke.kind` = '{BASE}'",
+            f"tags.`mlflow.parentRunId` = '{parent}' AND tags.`{Tag.KIND}` = '{BASE}'",
             max_results=1,
         )
         _BASE_RUN[parent] = runs[0].info.run_id if runs else None
@@ -121,8 +88,6 @@ def publish_pareto(tracker, rows: list[dict], base: dict) -> None:
     of `search.callback.candidate_rows` with each one's child `run_id`, `base` the base model's
     metrics (`candidate='base'`). Safe to call repeatedly; each call replaces the artifacts.
     """
-    from mm4ke_ray.tracking.pareto_plots import write_front_html, write_front_png
-
     base = {**base, "candidate": BASE, "kind": BASE}
     base.setdefault("run_id", _base_run_id(tracker))
     normalized = [normalize_row(base), *(normalize_row(r) for r in rows)]
@@ -138,7 +103,7 @@ def publish_pareto(tracker, rows: list[dict], base: dict) -> None:
         write_front_html(marked, folder / "front.html", title)
         tracker.log_artifacts(folder, PARETO_DIR)
     best = best_candidate(normalized)
-    tags = {"mm4ke.pareto_size": len(front), "mm4ke.candidates": len(rows)}
+    tags = {Tag.PARETO_SIZE: len(front), Tag.CANDIDATES: len(rows)}
     if best is not None:
         tags.update(
             dict(

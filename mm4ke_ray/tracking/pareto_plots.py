@@ -11,14 +11,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from mm4ke_ray.evaluate.pareto import ON_FRONT, best_candidate
 from mm4ke_ray.evaluate.scores import COMBINED, EDIT, GENERAL
-from mm4ke_ray.tracking.query import BASE, PARAM_COLUMNS, PURE_RSFT
+from mm4ke_ray.schema import BASE, EXTRA, PARAM_COLUMNS, PURE_RSFT, SAMPLED
 
-ON_FRONT = "on_front"
 # kind → (label, matplotlib marker, colour, size); drawn in this order, so base ends on top.
 _STYLES = {
-    "extra": ("extra merge candidate", "o", "#9ecae1", 36),
-    "sampled": ("sampled by Optuna", "o", "#3182bd", 36),
+    EXTRA: ("extra merge candidate", "o", "#9ecae1", 36),
+    SAMPLED: ("sampled by Optuna", "o", "#3182bd", 36),
     PURE_RSFT: ("pure R-SFT (α=0, sparsity=0)", "^", "#e6550d", 70),
     BASE: ("base model (unedited)", "*", "#000000", 220),
 }
@@ -70,12 +70,6 @@ def _front_steps(front: list[dict]) -> tuple[list[float], list[float]]:
     return xs, ys
 
 
-def _best(rows: list[dict]) -> dict | None:
-    from mm4ke_ray.tracking.pareto_artifacts import best_candidate
-
-    return best_candidate(rows)
-
-
 def write_front_png(rows: list[dict], path: str | Path, title: str) -> Path:
     """Scatter of every candidate; the front ringed and joined by its staircase; base/pure R-SFT marked."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -110,7 +104,7 @@ def write_front_png(rows: list[dict], path: str | Path, title: str) -> Path:
             label=f"Pareto front ({len(front)})",
             zorder=4,
         )
-    best = _best(rows)
+    best = best_candidate(rows)
     if best is not None and _xy(best) is not None:
         x, y = _xy(best)
         ax.annotate(

@@ -13,13 +13,11 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from mm4ke_ray.errors import UserError
+from mm4ke_ray.schema import BASE, ID_COLUMNS, PARAM_COLUMNS, Tag
 
-ID_COLUMNS = ("candidate", "kind", "trial_id", "run_id")
-PARAM_COLUMNS = ("threshold", "steps", "epochs", "lr", "layer", "alpha", "sparsity", "density")
-BASE = "base"
-PURE_RSFT = "pure_rsft"
 _RUN_ID = re.compile(r"^[0-9a-f]{32}$")
 _PAGE = 1000
 
@@ -110,7 +108,6 @@ def open_client(uri: str):
     from mlflow import MlflowClient
 
     if uri.startswith("sqlite:///"):
-        from pathlib import Path
 
         db = Path(uri.removeprefix("sqlite:///")).expanduser()
         if not db.is_file():
@@ -156,7 +153,7 @@ def find_sweep_run(client, sweep: str, experiment: str | None = None):
         except MlflowException:
             run = None
         if run is not None:
-            role = run.data.tags.get("mm4ke.role")
+            role = run.data.tags.get(Tag.ROLE)
             if role != "sweep":
                 parent = run.data.tags.get("mlflow.parentRunId")
                 hint = f"; its sweep's run id is {parent}" if parent else ""
@@ -190,8 +187,8 @@ def candidate_row(run) -> dict:
     tags = run.data.tags
     row = {
         "candidate": run.info.run_name,
-        "kind": tags.get("mm4ke.kind"),
-        "trial_id": tags.get("mm4ke.trial_id"),
+        "kind": tags.get(Tag.KIND),
+        "trial_id": tags.get(Tag.TRIAL_ID),
         "run_id": run.info.run_id,
         **{k: parse_param(v) for k, v in run.data.params.items()},
         **run.data.metrics,
@@ -212,10 +209,10 @@ def load_sweep(uri: str, sweep: str, experiment: str | None = None) -> Sweep:
     ok, failed, run_tags = [], [], {}
     for run in children:
         tags = run.data.tags
-        if tags.get("mm4ke.role") != "candidate":
+        if tags.get(Tag.ROLE) != "candidate":
             continue
         run_tags[run.info.run_id] = dict(tags)
-        status = tags.get("mm4ke.status", "ok")
+        status = tags.get(Tag.STATUS, "ok")
         if status == "ok":
             ok.append(candidate_row(run))
         else:
@@ -224,7 +221,7 @@ def load_sweep(uri: str, sweep: str, experiment: str | None = None) -> Sweep:
                     "candidate": run.info.run_name,
                     "run_id": run.info.run_id,
                     "status": status,
-                    "reason": tags.get("mm4ke.reason", ""),
+                    "reason": tags.get(Tag.REASON, ""),
                 }
             )
     # Base first, then in logging order: the order `publish_pareto` writes.

@@ -1,4 +1,4 @@
-"""`storage_path`: where Tune keeps trial results and R-SFT deltas (a folder or a URI).
+"""`storage_path`: where Tune keeps trial results and R-SFT deltas (a folder or a URI); Ray-free.
 
 Locally a folder; on a cluster shared storage every node can write: an NFS mount (a plain path
 or `file:///mnt/...`), `s3://bucket/prefix` or `gs://bucket/prefix`. Ray Train resolves URIs
@@ -117,3 +117,23 @@ def probe_storage(storage: str) -> None:
             f"{FIELD}: cannot write to {storage} ({type(exc).__name__}: {exc}); "
             "check the path, its permissions or your cloud credentials"
         ) from None
+
+
+def check_out_dir(out: Path, force: bool, replaces: str | None = None) -> None:
+    """Refuse a file, or a non-empty directory unless `force`: nothing already there is lost.
+
+    With `replaces` (a marker file name, e.g. an export's `mm4ke_merge.json`), `force` replaces
+    only a directory that holds that marker: a mistyped --out cannot wipe unrelated files.
+    """
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out '{out}' is a file; give a directory")
+    if not out.is_dir() or not any(out.iterdir()):
+        return
+    if not force:
+        choose, what = ("a new", "replace an earlier export there") if replaces else ("an empty or new", "write into it")
+        raise UserError(f"--out '{out}' is not empty; choose {choose} directory, or pass --force to {what}")
+    if replaces and not (out / replaces).is_file():
+        raise UserError(
+            f"--out '{out}' is not empty and holds no {replaces}: it is not an earlier export, "
+            "so --force will not delete it; choose another directory"
+        )

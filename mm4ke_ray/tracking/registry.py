@@ -12,7 +12,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-EXPORT_ARTIFACT = "export"
+from mm4ke_ray.schema import EXPORT_ARTIFACT, Tag
+
+METRIC_TAG_PREFIX = "mm4ke.metric."  # + metric name, on a registered version
 
 
 def register_export(uri: str, out: str | Path, name: str, recipe: dict):
@@ -29,7 +31,7 @@ def register_export(uri: str, out: str | Path, name: str, recipe: dict):
         client.create_registered_model(
             name,
             description="Knowledge-edited models exported by mm4ke-ray (R-SFT + merging).",
-            tags={"mm4ke.kind": "knowledge-edited-llm"},
+            tags={Tag.KIND: "knowledge-edited-llm"},
         )
     except MlflowException as exc:
         if (
@@ -39,14 +41,14 @@ def register_export(uri: str, out: str | Path, name: str, recipe: dict):
             raise
     m = recipe["merge"]
     tags = {
-        "mm4ke.sweep": src["sweep_name"],
-        "mm4ke.sweep_run_id": src["sweep_run_id"],
-        "mm4ke.candidate": src["candidate"],
-        "mm4ke.base_model": recipe["base_model"],
-        "mm4ke.alpha": repr(m["alpha"]),
-        "mm4ke.sparsity": repr(m["sparsity"]),
+        Tag.SWEEP: src["sweep_name"],
+        Tag.SWEEP_RUN_ID: src["sweep_run_id"],
+        Tag.CANDIDATE: src["candidate"],
+        Tag.BASE_MODEL: recipe["base_model"],
+        Tag.ALPHA: repr(m["alpha"]),
+        Tag.SPARSITY: repr(m["sparsity"]),
         **{
-            f"mm4ke.metric.{k}": f"{v:.6g}"
+            f"{METRIC_TAG_PREFIX}{k}": f"{v:.6g}"
             for k, v in recipe["recorded_metrics"].items()
             if k in ("edit_succ", "generalization", "portability", "locality", "combined_score")
         },

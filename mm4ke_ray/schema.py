@@ -1,0 +1,84 @@
+"""What a sweep writes, named once: parameter names, MLflow tag names, artifact paths, row kinds.
+
+Every module that writes or reads a sweep's record (the Tune trial and callback, the tracker,
+the MLflow queries, the Pareto artifacts, `pareto`, `export`, the model card) takes its names
+from here, so a renamed tag or a new searched parameter cannot leave a reader behind.
+Parameter names come from the config's search space (`SearchSpace`), not from a retyped list.
+"""
+
+from __future__ import annotations
+
+from mm4ke_ray.config import SearchSpace
+
+# -- parameters ------------------------------------------------------------------------------
+# A candidate's merge parameters; everything else the search space holds is R-SFT's.
+MERGE_PARAMS: tuple[str, ...] = ("alpha", "sparsity")
+SEARCH_PARAMS: tuple[str, ...] = tuple(SearchSpace.model_fields)  # threshold, steps, ..., sparsity
+RSFT_PARAMS: tuple[str, ...] = tuple(p for p in SEARCH_PARAMS if p not in MERGE_PARAMS)
+DENSITY = "density"  # 1 - sparsity, logged beside it (the name mergekit and the paper use)
+# The parameter columns of a candidate row, in the order tables, CSVs and MLflow params use.
+PARAM_COLUMNS: tuple[str, ...] = (*SEARCH_PARAMS, DENSITY)
+
+# -- identity of a candidate row ---------------------------------------------------------------
+ID_COLUMNS = ("candidate", "kind", "trial_id", "run_id")
+BASE = "base"  # the unedited base model's row
+PURE_RSFT = "pure_rsft"  # α = 0, sparsity = 0: the R-SFT delta as trained
+SAMPLED = "sampled"  # the point Optuna asked for
+EXTRA = "extra"  # a further merge candidate of the same delta
+
+
+# -- MLflow tags -----------------------------------------------------------------------------
+class Tag:
+    """The `mm4ke.*` tag names of a sweep's runs (parent run, candidate runs, registry versions)."""
+
+    # parent run
+    ROLE = "mm4ke.role"  # "sweep" on the parent run
+    GIT_REVISION = "mm4ke.git_revision"
+    PROTOCOL = "mm4ke.protocol"
+    PROMPT_FORMAT = "mm4ke.prompt_format"
+    SWEEP_FOLDER = "mm4ke.sweep_folder"
+    VERSION_PREFIX = "mm4ke.version."  # + package name: the versions the sweep ran with
+    PARETO_SIZE = "mm4ke.pareto_size"
+    CANDIDATES = "mm4ke.candidates"
+    BEST_CANDIDATE = "mm4ke.best_candidate"
+    BEST_RUN_ID = "mm4ke.best_run_id"
+    BEST_COMBINED_SCORE = "mm4ke.best_combined_score"
+    # candidate runs
+    TRIAL_ID = "mm4ke.trial_id"
+    KIND = "mm4ke.kind"
+    STATUS = "mm4ke.status"
+    REASON = "mm4ke.reason"
+    ATTEMPT = "mm4ke.attempt"
+    RETRIED = "mm4ke.retried"
+    DELTA_ARTIFACT = "mm4ke.delta_artifact"
+    EXTRA_OF = "mm4ke.extra_of"
+    # registered model versions
+    SWEEP = "mm4ke.sweep"
+    SWEEP_RUN_ID = "mm4ke.sweep_run_id"
+    CANDIDATE = "mm4ke.candidate"
+    BASE_MODEL = "mm4ke.base_model"
+    ALPHA = "mm4ke.alpha"
+    SPARSITY = "mm4ke.sparsity"
+
+    @staticmethod
+    def version(package: str) -> str:
+        return f"{Tag.VERSION_PREFIX}{package}"
+
+
+BEST_TAGS = (Tag.BEST_CANDIDATE, Tag.BEST_RUN_ID, Tag.BEST_COMBINED_SCORE)
+
+# -- artifacts -------------------------------------------------------------------------------
+CONFIG_ARTIFACT = "config.yaml"  # the sweep's config, on the parent run
+PARETO_DIR = "pareto"  # all.csv, front.csv, front.png, front.html, on the parent run
+EXPORT_ARTIFACT = "export"  # an exported directory, on the candidate's run
+DELTAS_DIR = "deltas"
+
+
+def delta_folder(trial_id: str) -> str:
+    """Where a trial's delta folder (delta.safetensors, rsft.json) lives among the parent run's artifacts."""
+    return f"{DELTAS_DIR}/{trial_id}"
+
+
+def delta_artifact_path(trial_id: str) -> str:
+    """The delta file of a trial among the parent run's artifacts (the `mm4ke.delta_artifact` tag)."""
+    return f"{delta_folder(trial_id)}/delta.safetensors"

@@ -1,0 +1,92 @@
+"""A sweep's parent run: what it records (params, tags, config.yaml), where its spool lives, and
+what a resumed sweep finds already logged in it."""
+
+from __future__ import annotations
+
+import platform
+import subprocess
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+import yaml
+
+from mm4ke_ray.config import SweepConfig
+from mm4ke_ray.schema import CONFIG_ARTIFACT, Tag
+from mm4ke_ray.storage import is_uri
+from mm4ke_ray.tracking.buffer import SPOOL_FILE
+from mm4ke_ray.tracking.mlflow_tracker import SweepTracker, quick_http_failures
+from mm4ke_ray.tracking.query import load_sweep
+
+VERSIONED = ("mm4ke-ray", "torch", "transformers", "ray", "optuna", "mlflow", "lm_eval")
+
+
+def git_revision() -> str:
+    try:
+        here = Path(__file__).resolve().parent
+        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True,
+                              timeout=5).stdout.strip() or "unknown"
+    except Exception:  # noqa: BLE001
+        return "unknown"
+
+
+def versions() -> dict:
+    out = {"python": platform.python_version()}
+    for pkg in VERSIONED:
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            pass
+    return out
+
+
+def sweep_params(config: SweepConfig, eval_actors: int, max_concurrent: int) -> dict:
+    """The parent run's params (what the MLflow UI shows; `export` reads model/edits/... back)."""
+    return {"protocol": config.evaluation.protocol, "prompt_format": config.data.prompt_format,
+            "model": config.model.name, "edits": config.data.edits, "num_trials": config.search.num_trials,
+            "sampler": config.search.sampler, "merge_method": config.merge.method,
+            "extra_candidates": config.merge.extra_candidates, "seed": config.search.seed,
+            "eval_actors": eval_actors, "max_concurrent": max_concurrent}
+
+
+def sweep_tags(config: SweepConfig, experiment_dir: str) -> dict:
+    return {Tag.GIT_REVISION: git_revision(), Tag.PROTOCOL: config.evaluation.protocol,
+            Tag.PROMPT_FORMAT: config.data.prompt_format, Tag.SWEEP_FOLDER: experiment_dir,
+            **{Tag.version(k): v for k, v in versions().items()}}
+
+
+def spool_path(experiment_dir: str) -> Path:
+    """Where unsent MLflow writes wait: in the sweep's folder, or under ./runs for a cloud folder."""
+    name = Path(experiment_dir.rstrip("/")).name
+    return (Path("runs") / "spool" / name / SPOOL_FILE).resolve() if is_uri(experiment_dir) \
+        else Path(experiment_dir) / SPOOL_FILE
+
+
+def open_sweep_run(config: SweepConfig, experiment_dir: str, *, eval_actors: int, max_concurrent: int,
+                   parent_run_id: str | None = None) -> tuple[SweepTracker, str]:
+    """(tracker, parent run id): a new parent run, or the existing one of a resumed sweep."""
+    # A tracking server keeps artifacts where its --artifacts-destination says, unless the
+    # config names a location explicitly; a local path would land on the driver's own disk.
+    location = config.tracking.artifact_location
+    if config.tracking.uri.startswith(("http://", "https://")) and "artifact_location" not in config.tracking.model_fields_set:
+        location = None
+    quick_http_failures(config.tracking.uri)
+    tracker = SweepTracker(config.tracking.uri, config.tracking.experiment, location,
+                           spool_path=spool_path(experiment_dir))
+    if parent_run_id is not None:
+        tracker.flush()  # what the dead driver could not send goes first
+        return tracker, tracker.start_sweep(config.name, {}, {}, parent_run_id=parent_run_id)
+    parent = tracker.start_sweep(config.name, params=sweep_params(config, eval_actors, max_concurrent),
+                                 tags=sweep_tags(config, experiment_dir))
+    tracker.log_text(yaml.safe_dump(config.model_dump(), sort_keys=False), CONFIG_ARTIFACT)
+    return tracker, parent
+
+
+def logged_so_far(tracker: SweepTracker, parent: str) -> tuple[list[dict], set[str], bool]:
+    """(candidate rows, trial ids finished for good, base logged?) of a resumed sweep, from MLflow."""
+    sweep = load_sweep(tracker.uri, parent)
+    finished = {r["trial_id"] for r in sweep.edited if r.get("trial_id")}
+    for failed in sweep.failed:
+        tags = sweep.run_tags.get(failed["run_id"], {})
+        if failed["status"] == "diverged" and tags.get(Tag.TRIAL_ID):
+            finished.add(tags[Tag.TRIAL_ID])  # a final outcome; 'failed'/'error' may still be retried
+    return sweep.edited, finished, sweep.base is not None

@@ -1,0 +1,109 @@
+"""The package's shape, read from the source (ast, imports inside functions included):
+no import cycle between mm4ke_ray's top-level modules and subpackages, and each heavy framework
+imported by one subpackage only (ray by search/, mlflow by tracking/, lm_eval by evaluate/)."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parents[1] / "mm4ke_ray"
+ONLY_IN = {"ray": "search", "mlflow": "tracking", "lm_eval": "evaluate"}
+
+
+def _module_name(path: Path) -> str:
+    parts = list(path.relative_to(PACKAGE.parent).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _imports(path: Path, package: str | None = None) -> list[str]:
+    """Every module `path` imports, anywhere in the file, as absolute dotted names."""
+    if package is None:
+        package = _module_name(path) if path.name == "__init__.py" else _module_name(path).rpartition(".")[0]
+    out = []
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            out += [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")[: len(package.split(".")) - node.level + 1]
+                out.append(".".join([*base, *([node.module] if node.module else [])]))
+            else:
+                out.append(node.module)
+    return out
+
+
+def _unit(module: str) -> str:
+    """The top-level module or subpackage of mm4ke_ray that `module` belongs to."""
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else "__init__"
+
+
+def _graph() -> dict[str, dict[str, set[str]]]:
+    """unit → {unit it imports: the files that do}."""
+    graph: dict[str, dict[str, set[str]]] = {}
+    for path in sorted(PACKAGE.rglob("*.py")):
+        src = _unit(_module_name(path))
+        graph.setdefault(src, {})
+        for name in _imports(path):
+            if name.split(".")[0] == "mm4ke_ray" and (dst := _unit(name)) != src:
+                graph[src].setdefault(dst, set()).add(str(path.relative_to(PACKAGE.parent)))
+    return graph
+
+
+def _find_cycle(graph: dict[str, dict[str, set[str]]]) -> list[str] | None:
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+    path: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        state[node] = 1
+        path.append(node)
+        for nxt in sorted(graph.get(node, {})):
+            if state.get(nxt) == 1:
+                return [*path[path.index(nxt):], nxt]
+            if nxt not in state and (found := visit(nxt)):
+                return found
+        path.pop()
+        state[node] = 2
+        return None
+
+    for start in sorted(graph):
+        if start not in state and (found := visit(start)):
+            return found
+    return None
+
+
+def test_no_import_cycle_between_top_level_modules_and_subpackages():
+    graph = _graph()
+    cycle = _find_cycle(graph)
+    if cycle:
+        steps = [f"{a} -> {b} ({', '.join(sorted(graph[a][b]))})" for a, b in zip(cycle, cycle[1:], strict=False)]
+        raise AssertionError("import cycle in mm4ke_ray:\n  " + "\n  ".join(steps))
+
+
+def test_the_cycle_finder_names_the_files_of_a_cycle():
+    # The check above must be able to fail: a made-up graph with a cycle is found, in order.
+    graph = {"a": {"b": {"mm4ke_ray/a.py"}}, "b": {"c": {"mm4ke_ray/b/x.py"}}, "c": {"a": {"mm4ke_ray/c.py"}}}
+    assert _find_cycle(graph) == ["a", "b", "c", "a"]
+    assert _find_cycle({"a": {"b": set()}, "b": {}}) is None
+
+
+def test_each_heavy_framework_is_imported_by_its_one_subpackage():
+    offenders = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        unit = _unit(_module_name(path))
+        for name in _imports(path):
+            owner = ONLY_IN.get(name.split(".")[0])
+            if owner and unit != owner:
+                offenders.append(f"{path.relative_to(PACKAGE.parent)} imports {name} (only {owner}/ may)")
+    assert not offenders, "\n".join(offenders)
+
+
+def test_relative_and_nested_imports_are_seen(tmp_path):
+    # Imports inside functions and relative imports count: the reader must find both.
+    sample = PACKAGE / "search" / "driver.py"
+    names = _imports(sample)
+    assert "ray" in names and any(n.startswith("mm4ke_ray.tracking") for n in names)
+    nested = tmp_path / "nested.py"
+    nested.write_text("def f():\n    import mlflow\n    from ..tracking import query\n")
+    assert _imports(nested, package="mm4ke_ray.export") == ["mlflow", "mm4ke_ray.tracking"]
