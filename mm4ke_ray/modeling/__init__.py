@@ -4,10 +4,12 @@ from mm4ke_ray.modeling.encoding import EncodedExample, encode_example, format_p
 from mm4ke_ray.modeling.layers import decoder_layers, mlp_parameter_names, mlp_prefix
 from mm4ke_ray.modeling.loading import load_model, load_tokenizer
 from mm4ke_ray.modeling.prefix_cache import capture_prefix, skip_prefix
+from mm4ke_ray.modeling.tokenizer_check import check_auto_tokenizer
 
 __all__ = [
     "EncodedExample",
     "capture_prefix",
+    "check_auto_tokenizer",
     "decoder_layers",
     "encode_example",
     "format_prompt",
