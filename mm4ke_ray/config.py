@@ -154,6 +154,11 @@ class SearchConfig(_Section):
     num_trials: int = Field(8, ge=1, description="R-SFT runs (Tune trials).")
     sampler: Literal["tpe", "nsga2", "gp", "random"] = Field("tpe", description="Optuna sampler.")
     seed: int = Field(0, description="Seeds the sampler, R-SFT and the extra merge candidates.")
+    startup_trials: int = Field(
+        4, ge=0,
+        description="R-SFT configurations (τ, K, E, lr, layer) drawn at random before the sampler's model takes "
+        "over, counted in R-SFT runs, not in told merge points; α and sparsity use the model from the start.",
+    )
     space: SearchSpace = Field(default_factory=SearchSpace)
     rsft: RSFTFixed = Field(default_factory=RSFTFixed)
 
@@ -172,6 +177,13 @@ class ObjectivesConfig(_Section):
         description="Weights of the edit metrics in the edit score (a weighted mean, 0..1).",
     )
     combined_edit_weight: float = Field(0.5, ge=0, le=1, description="Combined = w·edit + (1-w)·general.")
+    min_edit_score: float | None = Field(
+        None, ge=0, le=1, description="Constraint: candidates below this edit score are infeasible (the sampler "
+        "concentrates above it; the front greys them).",
+    )
+    min_general_score: float | None = Field(
+        None, ge=0, le=1, description="Constraint: candidates below this general score are infeasible.",
+    )
 
     @field_validator("edit_weights")
     @classmethod

@@ -9,6 +9,11 @@ FAIL with its status and reason as user attributes, never as a point. A trial's 
 acted on once: after a driver restart Tune may report a finished trial again, and its extra
 points must not be added twice. The study can live in an Optuna journal file (the sweep's
 storage folder) so every told point survives the driver.
+
+Every told point carries what the sampler needs to learn from it: the constraint values of
+`objectives.min_*` (Optuna 5's `set_constraint` / `create_trial(constraints=...)`), and for
+NSGA-II the generation of the trial it came from (NSGA-II ignores trials without one). The
+sampler's start-up is counted in R-SFT configurations (`startup.RSFTStartupSampler`).
 """
 
 from __future__ import annotations
@@ -21,11 +26,14 @@ import optuna
 from optuna.trial import TrialState
 from ray.tune.search.optuna import OptunaSearch
 
+from mm4ke_ray.search.constraints import constraint_values
+from mm4ke_ray.search.startup import EXTRA_ATTR, generation_attrs
+
 log = logging.getLogger(__name__)
 
 EXTRA_POINTS_KEY = "optuna_extra_points"  # result key: [{"params": {...}, "values": [...]}, ...]
 STUDY_FILE = "optuna-study.journal"
-EXTRA_ATTR = "mm4ke.extra_of"  # user attribute of an extra point: the Tune trial it came from
+__all__ = ["EXTRA_ATTR", "EXTRA_POINTS_KEY", "STUDY_FILE", "CandidateAwareOptunaSearch", "journal_storage"]
 
 
 def journal_storage(path: str | Path) -> optuna.storages.BaseStorage:
@@ -40,9 +48,13 @@ def journal_storage(path: str | Path) -> optuna.storages.BaseStorage:
 class CandidateAwareOptunaSearch(OptunaSearch):
     """Multi-objective OptunaSearch; a trial's extra (α, sparsity) points become study trials."""
 
-    def __init__(self, space: dict, metric: list[str], mode: list[str], **kwargs):
+    def __init__(self, space: dict, metric: list[str], mode: list[str], constraints: dict[str, float] | None = None,
+                 **kwargs):
+        """`constraints`: objective name -> minimum (`constraints.minimums(config.objectives)`)."""
         super().__init__(space=space, metric=metric, mode=mode, **kwargs)
+        self.constraints = dict(constraints or {})
         self.extra_points_told = 0
+        self.extra_points_refused = 0  # could not be told (outside the space, non-finite value): logged
         self.failed_told = 0
 
     def _finished_in_study(self, ot_trial) -> bool:
@@ -75,24 +87,37 @@ class CandidateAwareOptunaSearch(OptunaSearch):
             # Told before the driver restarted (the study is on disk): nothing new to learn.
             self._completed_trials.add(trial_id)
             return
-        if not error and self._objectives(result) is None:
+        values = self._objectives(result)
+        if not error and values is None:
             self._tell_failed(trial_id, ot_trial, result or {})
             return
+        # Both before the tell: a finished trial's attributes can no longer be set.
+        generation = generation_attrs(self._ot_study.sampler, self._ot_study, ot_trial)
+        if values is not None:
+            for key, value in self._constraint_values(values).items():
+                ot_trial.set_constraint(key, value)
         super().on_trial_complete(trial_id, result=result, error=error)
         if error or not result:
             return
-        self._add_points(result.get(EXTRA_POINTS_KEY) or [], trial_id)
+        self._add_points(result.get(EXTRA_POINTS_KEY) or [], trial_id, generation)
 
-    def _add_points(self, points: list[dict], trial_id: str) -> None:
+    def _constraint_values(self, values: list[float]) -> dict[str, float]:
+        return constraint_values(dict(zip(self._metric, values, strict=True)), self.constraints)
+
+    def _add_points(self, points: list[dict], trial_id: str, system_attrs: dict | None = None) -> None:
         for point in points:
             params = {k: v for k, v in point["params"].items() if k in self._space}
             try:
-                trial = optuna.trial.create_trial(params=params, distributions=self._space, values=point["values"],
-                                                  user_attrs={EXTRA_ATTR: trial_id})
+                values = [float(v) for v in point["values"]]
+                trial = optuna.trial.create_trial(params=params, distributions=self._space, values=values,
+                                                  user_attrs={EXTRA_ATTR: trial_id}, system_attrs=dict(system_attrs or {}),
+                                                  constraints=self._constraint_values(values) or None)
                 self._ot_study.add_trial(trial)
                 self.extra_points_told += 1
             except (ValueError, TypeError) as exc:  # a point outside the space or a non-finite value
-                log.warning("extra point not told to Optuna: %s", exc)
+                self.extra_points_refused += 1
+                log.warning("extra point of trial %s not told to Optuna (%d so far): %s", trial_id,
+                            self.extra_points_refused, exc)
 
     def _tell_failed(self, trial_id: str, ot_trial, result: dict) -> None:
         # A diverged R-SFT is a real outcome, but it has no objective values: FAIL keeps it out of

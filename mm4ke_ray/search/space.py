@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import logging
+import math
 import random
 
 import optuna
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
 from mm4ke_ray.config import Param, SearchConfig
+from mm4ke_ray.search.startup import RSFTStartupSampler
+
+log = logging.getLogger(__name__)
 
 INT_PARAMS = ("steps", "epochs", "layer")
 MERGE_PARAMS = ("alpha", "sparsity")
@@ -34,32 +39,59 @@ def split_space(search: SearchConfig) -> tuple[dict, dict]:
     return searched, fixed
 
 
-def make_sampler(search: SearchConfig) -> optuna.samplers.BaseSampler:
-    """The configured sampler, seeded. TPE is multivariate with constant liar for parallel trials."""
+def make_sampler(search: SearchConfig, points_per_trial: int = 1) -> optuna.samplers.BaseSampler:
+    """The configured sampler, seeded, with its start-up counted in R-SFT configurations.
+
+    `points_per_trial`: study trials each R-SFT run tells (1 + its in-space extra merge points).
+    TPE is multivariate with constant liar for parallel trials. NSGA-II's generation is
+    `startup_trials` R-SFT runs' worth of points (its generation 0 is its random start-up), at
+    least the 2 parents its crossover needs. Random search learns from nothing by design: it is
+    the baseline the others are measured against (benchmarks/bench_search_quality.py).
+    """
     seed = search.seed
-    if search.sampler == "tpe":
-        return optuna.samplers.TPESampler(seed=seed, multivariate=True, constant_liar=True, n_startup_trials=4)
+    startup = search.startup_trials
+    if search.sampler == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
     if search.sampler == "nsga2":
-        return optuna.samplers.NSGAIISampler(seed=seed)
-    if search.sampler == "gp":
-        return optuna.samplers.GPSampler(seed=seed)
-    return optuna.samplers.RandomSampler(seed=seed)
+        population = max(2, max(1, startup) * max(1, points_per_trial))
+        # Its crossovers mix whole told points; there is no density to narrow onto one run.
+        return RSFTStartupSampler(optuna.samplers.NSGAIISampler(seed=seed, population_size=population), startup,
+                                  seed=seed)
+
+    def model(s: int | None):
+        if search.sampler == "tpe":
+            return optuna.samplers.TPESampler(seed=s, multivariate=True, constant_liar=True, n_startup_trials=4)
+        return optuna.samplers.GPSampler(seed=s, n_startup_trials=4)
+
+    # α/sparsity from every told point, R-SFT parameters from one point per R-SFT configuration.
+    return RSFTStartupSampler(model(seed), startup, seed=seed, rsft_model=model(None if seed is None else seed + 1))
 
 
-def _draw(rng: random.Random, p: Param) -> float:
+def draw(rng: random.Random, p: Param, integer: bool = False) -> float:
+    """One value of `p` drawn as the search space says: a choice, a log-uniform or a uniform
+    value, whole numbers for integer parameters; always inside [low, high]."""
     if p.choices is not None:
-        return float(rng.choice(p.choices))
-    return round(rng.uniform(p.low, p.high), 4)
+        v = rng.choice(p.choices)
+        return int(v) if integer else float(v)
+    if integer:
+        low, high = math.ceil(p.low), math.floor(p.high)
+        if p.log:
+            return min(high, max(low, round(math.exp(rng.uniform(math.log(low), math.log(high))))))
+        return rng.randint(low, high)
+    v = math.exp(rng.uniform(math.log(p.low), math.log(p.high))) if p.log else rng.uniform(p.low, p.high)
+    return min(p.high, max(p.low, v))  # exp(log(x)) may round a hair outside the range
 
 
 def merge_candidates(search: SearchConfig, alpha: float, sparsity: float, extra: int, seed: int) -> list[dict]:
     """The sampled (α, sparsity), the pure R-SFT point (0, 0), then `extra - 1` seeded draws.
 
-    Every candidate says whether Optuna may be told it (only points inside the search space).
+    Every candidate says whether Optuna may be told it (only points inside the search space);
+    one that may not is logged. Fewer distinct draws than asked (a small choice list) are logged.
     """
     space = search.space
     cands = [{"kind": "sampled", "alpha": alpha, "sparsity": sparsity}]
     if extra <= 0:
+        _mark_in_space(space, cands)
         return cands
     seen = {(alpha, sparsity)}
     if (0.0, 0.0) not in seen:
@@ -69,13 +101,22 @@ def merge_candidates(search: SearchConfig, alpha: float, sparsity: float, extra:
     tries = 0
     while len(cands) < extra + 1 and tries < 100 * (extra + 1):
         tries += 1
-        point = (_draw(rng, space.alpha), _draw(rng, space.sparsity))
+        point = (draw(rng, space.alpha), draw(rng, space.sparsity))
         if point not in seen:
             seen.add(point)
             cands.append({"kind": "extra", "alpha": point[0], "sparsity": point[1]})
+    if len(cands) < extra + 1:
+        log.info("only %d distinct merge candidates in the space (asked for %d)", len(cands), extra + 1)
+    _mark_in_space(space, cands)
+    return cands
+
+
+def _mark_in_space(space, cands: list[dict]) -> None:
     for c in cands:
         c["in_space"] = all(_contains(getattr(space, k), c[k]) for k in MERGE_PARAMS)
-    return cands
+        if not c["in_space"]:
+            log.info("merge candidate %s (α %g, sparsity %g) is outside the search space: evaluated, "
+                     "not told to the sampler", c["kind"], c["alpha"], c["sparsity"])
 
 
 def _contains(p: Param, v: float) -> bool:
