@@ -1,30 +1,22 @@
 """The `mm4ke-ray` console script: one subcommand per module in `mm4ke_ray.commands`.
 
-Each command module defines `NAME`, `HELP`, `add_arguments(parser)` and `run(args) -> int`.
+Each command module defines `NAME`, `HELP`, `add_arguments(parser)` and `run(args) -> int`, and
+keeps torch, Ray and MLflow out of its module level, so `--help` answers without them.
 A `UserError` anywhere prints its message (no traceback) and exits with code 2.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import os
 import sys
 
 from mm4ke_ray import __version__
+from mm4ke_ray.commands import demo, evaluate, export, merge, pareto, plan, rsft, sweep, validate
 from mm4ke_ray.errors import UserError
 
 # Order here is the order in `--help`.
-COMMANDS = ("demo", "sweep", "validate", "rsft", "merge", "evaluate", "pareto", "export")
-
-
-def _load(name: str):
-    try:
-        return importlib.import_module(f"mm4ke_ray.commands.{name}")
-    except ModuleNotFoundError as exc:
-        if exc.name == f"mm4ke_ray.commands.{name}":
-            return None  # not built yet in this version
-        raise
+COMMANDS = (demo, sweep, validate, plan, rsft, merge, evaluate, pareto, export)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -34,11 +26,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"mm4ke-ray {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name in COMMANDS:
-        module = _load(name)
-        if module is None:
-            continue
-        p = sub.add_parser(name, help=module.HELP, description=module.HELP)
+    for module in COMMANDS:
+        p = sub.add_parser(module.NAME, help=module.HELP, description=module.HELP)
         module.add_arguments(p)
         p.set_defaults(_run=module.run)
     return parser

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from mm4ke_ray.commands._common import add_sweep_source_arguments
+from mm4ke_ray.export import DEFAULT_TOLERANCE
 
 NAME = "export"
 HELP = (
@@ -15,8 +17,6 @@ HELP = (
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from mm4ke_ray.export.verify import DEFAULT_TOLERANCE
-
     add_sweep_source_arguments(parser)
     parser.add_argument(
         "--pick",
@@ -52,9 +52,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import os
-
-    from mm4ke_ray.export import ExportVerificationError, export_candidate
+    # torch and MLflow load when the export runs, not for --help.
+    from mm4ke_ray.export.verify import ExportVerificationError
+    from mm4ke_ray.export.writer import export_candidate
 
     # MLflow's per-file download bars would bury the export's own progress lines.
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")

@@ -11,6 +11,9 @@ from mm4ke_ray.commands._common import (
     check_out_dir,
     resolve_device,
 )
+from mm4ke_ray.config import MergeConfig
+
+_METHOD = MergeConfig.model_fields["method"]
 
 NAME = "merge"
 HELP = (
@@ -19,8 +22,6 @@ HELP = (
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from mm4ke_ray.merge.registry import DEFAULT_SPARSIFIER, SPARSIFIERS
-
     parser.add_argument("--base", required=True, help="base model: local directory or hub id")
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument(
@@ -47,8 +48,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--method",
-        default=DEFAULT_SPARSIFIER,
-        help=f"sparsifier: {', '.join(SPARSIFIERS.names())} (default: {DEFAULT_SPARSIFIER}, the paper's Top_p)",
+        default=_METHOD.default,
+        # From the config's field, not the registry: --help answers without importing torch;
+        # an unknown name is refused by the registry (with the known ones) before any loading.
+        help=f"{_METHOD.description.lower()} (default: {_METHOD.default}, the paper's Top_p)",
     )
     parser.add_argument(
         "--seed", type=int, default=0, help="seed for random sparsifiers such as dare (default: 0)"

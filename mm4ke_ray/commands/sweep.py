@@ -64,7 +64,8 @@ def run(args) -> int:
               f"{' (see the .rejected.jsonl beside it)' if report.rejected else ''}; {report.left} still waiting")
         return 0 if report.left == 0 else 1
     if mode == "resume":
-        from mm4ke_ray.search.driver import resume_sweep  # Ray, MLflow, torch: only when a sweep runs
+        # Ray, MLflow and torch load when a sweep runs, not for --help.
+        from mm4ke_ray.search.driver import resume_sweep
 
         resume_sweep(args.resume, address=args.address)
     else:

@@ -1,28 +1,37 @@
-"""Export a sweep candidate from MLflow as a checked Hugging Face directory.
+"""Export a sweep candidate from MLflow as a checked Hugging Face directory (export/ in the flow
+config → data → rsft → merge → evaluate → search → tracking → export, commands on top).
 
 `export_candidate` rebuilds base + (1 − α) · sparsify(Δ) from what MLflow recorded, writes
 weights, config, tokenizer, `README.md` (model card), `mm4ke_merge.json` (the recipe) and
 `checksums.sha256`, reloads the directory, re-evaluates it and compares with the recorded
-metrics, and optionally registers it in the MLflow Model Registry.
+metrics, and optionally registers it in the MLflow Model Registry (`tracking.registry`).
+
+Names load on first use, so `mm4ke-ray export --help` (which reads `DEFAULT_TOLERANCE`) does
+not import torch or MLflow.
 """
 
-from mm4ke_ray.export.plan import ExportPlan, plan_export
-from mm4ke_ray.export.verify import (
-    CHECKSUM_FILE,
-    DEFAULT_TOLERANCE,
-    ExportVerificationError,
-    verify_checksums,
-)
-from mm4ke_ray.export.writer import FAILED_FILE, ExportResult, export_candidate
+from __future__ import annotations
 
-__all__ = [
-    "CHECKSUM_FILE",
-    "DEFAULT_TOLERANCE",
-    "FAILED_FILE",
-    "ExportPlan",
-    "ExportResult",
-    "ExportVerificationError",
-    "export_candidate",
-    "plan_export",
-    "verify_checksums",
-]
+import importlib
+
+# Each re-evaluated metric must be within this of the recorded one (absolute, metric's unit).
+DEFAULT_TOLERANCE = 1e-6
+
+_EXPORTS = {
+    "CHECKSUM_FILE": "verify",
+    "ExportVerificationError": "verify",
+    "verify_checksums": "verify",
+    "ExportPlan": "plan",
+    "plan_export": "plan",
+    "FAILED_FILE": "writer",
+    "ExportResult": "writer",
+    "export_candidate": "writer",
+}
+
+__all__ = sorted([*_EXPORTS, "DEFAULT_TOLERANCE"])
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

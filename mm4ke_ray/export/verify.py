@@ -21,7 +21,6 @@ from pathlib import Path
 
 import torch
 
-DEFAULT_TOLERANCE = 1e-6
 CHECKSUM_FILE = "checksums.sha256"
 # Timings and counters differ run to run; everything else the candidate run recorded is compared.
 _NOT_COMPARED = (

@@ -20,10 +20,10 @@ from mm4ke_ray import __version__
 from mm4ke_ray.delta import DELTA_FILE, load_delta
 from mm4ke_ray.errors import UserError
 from mm4ke_ray.evaluate.candidate import CandidateEvaluator
+from mm4ke_ray.export import DEFAULT_TOLERANCE
 from mm4ke_ray.export.card import model_card
 from mm4ke_ray.export.plan import ExportPlan, plan_export
 from mm4ke_ray.export.verify import (
-    DEFAULT_TOLERANCE,
     ExportVerificationError,
     check_weights,
     compare_metrics,
