@@ -13,6 +13,8 @@ from pathlib import Path
 
 from mm4ke_ray.config import DEMO, ModelConfig, SweepConfig
 from mm4ke_ray.errors import ConfigError, UserError
+from mm4ke_ray.storage import storage_problem
+from mm4ke_ray.tracking.health import health_problem
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 _DATA_SUFFIXES = (".json", ".jsonl", ".parquet", ".csv", ".arrow")
@@ -117,12 +119,8 @@ def data_problems(config: SweepConfig) -> list[str]:
 
 def _check_tracking(uri: str) -> str | None:
     if uri.startswith(("http://", "https://")):
-        import urllib.request
-
-        try:
-            urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=5)
-        except Exception as exc:  # noqa: BLE001 - any failure means "cannot reach"
-            return (f"tracking.uri: cannot reach the MLflow server at {uri} ({exc}); start it "
+        if problem := health_problem(uri):
+            return (f"tracking.uri: cannot reach the MLflow server at {uri} ({problem}); start it "
                     f"(mlflow server --host 127.0.0.1 --port PORT ...) or fix the URI")
     elif uri.startswith("sqlite:///"):
         folder = Path(uri.removeprefix("sqlite:///")).expanduser().resolve().parent
@@ -148,8 +146,6 @@ def _layer_problem(config: SweepConfig, num_layers: int | None) -> str | None:
 
 def preflight(config: SweepConfig, source: str, num_layers: int | None = None, check_tracking: bool = True) -> None:
     """Raise one ConfigError listing every problem found (no Ray, no model weights loaded)."""
-    from mm4ke_ray.storage import storage_problem
-
     problems, found_layers = model_problems(config.model)
     if msg := _layer_problem(config, num_layers or found_layers):
         problems.append(msg)

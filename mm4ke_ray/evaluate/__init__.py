@@ -7,7 +7,7 @@ modules nor lm-eval (`mm4ke_ray.evaluate.general`, imported only when asked for)
 
 from __future__ import annotations
 
-import importlib
+from mm4ke_ray.lazy import lazy_exports
 
 _EXPORTS = {
     "EditEvaluator": "edit_metrics",
@@ -33,12 +33,4 @@ _EXPORTS = {
 
 __all__ = sorted(_EXPORTS)
 
-
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted([*globals(), *_EXPORTS])
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

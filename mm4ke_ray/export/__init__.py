@@ -12,7 +12,7 @@ not import torch or MLflow.
 
 from __future__ import annotations
 
-import importlib
+from mm4ke_ray.lazy import lazy_exports
 
 # Each re-evaluated metric must be within this of the recorded one (absolute, metric's unit).
 DEFAULT_TOLERANCE = 1e-6
@@ -30,8 +30,4 @@ _EXPORTS = {
 
 __all__ = sorted([*_EXPORTS, "DEFAULT_TOLERANCE"])
 
-
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

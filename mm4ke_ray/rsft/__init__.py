@@ -7,7 +7,7 @@ Names load on first use, so `mm4ke_ray.rsft.config` (the CLI's --help) does not 
 
 from __future__ import annotations
 
-import importlib
+from mm4ke_ray.lazy import lazy_exports
 
 _EXPORTS = {
     "RSFTConfig": "config",
@@ -21,8 +21,4 @@ _EXPORTS = {
 
 __all__ = sorted(_EXPORTS)
 
-
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -17,26 +17,18 @@ from __future__ import annotations
 import json
 import shutil
 import time
-import urllib.request
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
+
+from mm4ke_ray.errors import UserError
+from mm4ke_ray.tracking.health import reachable
 
 SPOOL_FILE = "mlflow-spool.jsonl"
 HEADER = "header"
-
-
-def reachable(uri: str, timeout: float = 5.0) -> bool:
-    """True when the tracking store answers (an http(s) server's /health; local stores always)."""
-    if not uri.startswith(("http://", "https://")):
-        return True
-    try:
-        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout):
-            return True
-    except Exception:  # noqa: BLE001 - any failure means "not now"
-        return False
 
 
 def _metrics(items: list) -> list[Metric]:
@@ -198,10 +190,6 @@ def replay_spool(path: str | Path, uri: str | None = None) -> ReplayReport:
     Returns how many were sent, how many are still waiting (server away) and how many were
     refused (written to `<spool>.rejected.jsonl`).
     """
-    from mlflow import MlflowClient
-
-    from mm4ke_ray.errors import UserError
-
     path = Path(path)
     if not path.is_file():
         raise UserError(f"--replay-spool {path}: no such spool file; a sweep prints its spool path when it ends "
