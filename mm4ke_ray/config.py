@@ -148,6 +148,15 @@ class RSFTFixed(_Section):
     runner: Literal["train", "task"] = Field(
         "train", description="'train': a Ray Train TorchTrainer per trial; 'task': a plain Ray task (less start-up)."
     )
+    lr_schedule: Literal["constant", "linear", "cosine"] = Field(
+        "constant",
+        description="η per update: 'constant' (the paper's Algorithm 1) or linear/cosine decay to 0 over E·N·K "
+        "updates (LLaMA-Factory's); passed to RSFTConfig.lr_schedule, recorded in rsft.json.",
+    )
+    warmup_ratio: float = Field(
+        0.0, ge=0.0, lt=1.0,
+        description="Share of E·N·K updates warming η up from 0 (transformers' warm-up); RSFTConfig.warmup_ratio.",
+    )
 
 
 class SearchConfig(_Section):
