@@ -1,4 +1,7 @@
-"""Edit data: readers for KnowEdit / zsre_mend / alpaca / CounterFact sources -> one EditRecord type."""
+"""Edit data: readers for KnowEdit / zsre_mend / alpaca / CounterFact sources -> one EditRecord type.
+
+Flow: config → [data] → rsft → merge → evaluate → search → tracking → export, commands on top.
+"""
 
 from mm4ke_ray.data.formats import (
     EditFormat,

@@ -1,1 +1,4 @@
-"""The embedded default: a tiny base model and a generated world of facts, built locally."""
+"""The embedded default: a tiny base model and a generated world of facts, built locally.
+
+Flow: config → data → rsft → merge → evaluate → search → tracking → export, commands on top; demo/ builds assets the commands resolve `demo` to.
+"""

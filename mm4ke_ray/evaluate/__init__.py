@@ -3,6 +3,8 @@ generation-based) and general ability.
 
 Names are imported on first use, so `import mm4ke_ray.evaluate` loads neither torch-heavy
 modules nor lm-eval (`mm4ke_ray.evaluate.general`, imported only when asked for).
+
+Flow: config → data → rsft → merge → [evaluate] → search → tracking → export, commands on top.
 """
 
 from __future__ import annotations

@@ -1,5 +1,4 @@
-"""Export a sweep candidate from MLflow as a checked Hugging Face directory (export/ in the flow
-config → data → rsft → merge → evaluate → search → tracking → export, commands on top).
+"""Export a sweep candidate from MLflow as a checked Hugging Face directory.
 
 `export_candidate` rebuilds base + (1 − α) · sparsify(Δ) from what MLflow recorded, writes
 weights, config, tokenizer, `README.md` (model card), `mm4ke_merge.json` (the recipe) and
@@ -8,6 +7,8 @@ metrics, and optionally registers it in the MLflow Model Registry (`tracking.reg
 
 Names load on first use, so `mm4ke-ray export --help` (which reads `DEFAULT_TOLERANCE`) does
 not import torch or MLflow.
+
+Flow: config → data → rsft → merge → evaluate → search → tracking → [export], commands on top.
 """
 
 from __future__ import annotations

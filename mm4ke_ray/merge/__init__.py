@@ -4,6 +4,8 @@
 - `registry`: sparsifiers by name (`SPARSIFIERS`, `get_sparsifier`).
 - `apply`: `prepare_delta`, in-place `apply_delta_` / `restore_` on a resident model.
 - `build`: a merged model from a base + delta (or fine-tuned model), saved as an HF directory.
+
+Flow: config → data → rsft → [merge] → evaluate → search → tracking → export, commands on top.
 """
 
 from mm4ke_ray.merge.apply import (

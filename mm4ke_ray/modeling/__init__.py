@@ -1,4 +1,7 @@
-"""Model plumbing shared by R-SFT, merging and evaluation: loading, layer lookup, encoding."""
+"""Model plumbing shared by R-SFT, merging and evaluation: loading, layer lookup, encoding.
+
+Flow: config → data → rsft → merge → evaluate → search → tracking → export, commands on top; modeling/ serves data → rsft → merge → evaluate.
+"""
 
 from mm4ke_ray.modeling.encoding import EncodedExample, encode_example, format_prompt
 from mm4ke_ray.modeling.layers import decoder_layers, mlp_parameter_names, mlp_prefix

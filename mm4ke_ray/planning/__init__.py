@@ -5,6 +5,8 @@ records, trials, candidates, general tasks), measures unit costs with a short pr
 machine (`probe.py`) or scales stored per-GPU-kind figures (`costs.py`), adds the fixed costs
 of Ray, Tune and MLflow measured by the sweep benchmark (`fixed_costs.py`), and returns the
 estimate (`estimate.py`); `report.render` prints it.
+
+Flow: config → data → rsft → merge → evaluate → search → tracking → export, commands on top; planning/ reads config, data and search's plan, for `plan`.
 """
 
 from mm4ke_ray.planning.plan import SweepPlan, plan_sweep

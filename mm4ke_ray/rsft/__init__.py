@@ -1,8 +1,9 @@
-"""R-SFT: freeze all but the chosen block's MLP, run Algorithm 1, return the delta (rsft/ in the
-flow config → data → rsft → merge → evaluate → search → tracking → export, commands on top).
+"""R-SFT: freeze all but the chosen block's MLP, run Algorithm 1, return the delta.
 
 `rsft.run.rsft_to_folder` is R-SFT to a folder (delta + log), for the CLI and the sweep trial.
 Names load on first use, so `mm4ke_ray.rsft.config` (the CLI's --help) does not import torch.
+
+Flow: config → data → [rsft] → merge → evaluate → search → tracking → export, commands on top.
 """
 
 from __future__ import annotations
