@@ -133,6 +133,7 @@ def main() -> None:
         # Sharded, as real checkpoints are: the memory goal is about the largest shard.
         model.save_pretrained(base_dir, safe_serialization=True, max_shard_size=SHARD)
         base_state = {n: t.detach().clone() for n, t in model.state_dict().items()}
+        params = common.param_count(model)
         with torch.no_grad():
             for name, d in delta.items():
                 model.get_parameter(name).add_(d)
@@ -178,7 +179,7 @@ def main() -> None:
         goals.append(common.goal_line("tensor-wise merge peak RSS growth / (largest shard + delta)",
                                       memory["growth_over_shard_plus_delta"], MEMORY_GOAL, higher_is_better=False))
         common.write_result("mergekit", args, {
-            "model": {"shape": common.SHAPES[shape], "params": sum(t.numel() for t in base_state.values()),
+            "model": {"shape": common.SHAPES[shape], "params": params,
                       "layer": layer, "delta_entries": sum(t.numel() for t in delta.values()),
                       "checkpoint_bytes": sum(f.stat().st_size for f in base_dir.glob("*.safetensors"))},
             "alpha": ALPHA, "sparsity": SPARSITY, "repeats": repeats, "mergekit": str(MERGEKIT),
