@@ -17,7 +17,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from mm4ke_ray import __version__
-from mm4ke_ray.delta import DELTA_FILE, load_delta
+from mm4ke_ray.delta import DELTA_FILE
 from mm4ke_ray.errors import UserError
 from mm4ke_ray.evaluate.candidate import CandidateEvaluator
 from mm4ke_ray.export import DEFAULT_TOLERANCE
@@ -31,7 +31,7 @@ from mm4ke_ray.export.verify import (
     verify_checksums,
     write_checksums,
 )
-from mm4ke_ray.merge import build_merged, prepare_delta, save_merged
+from mm4ke_ray.merge import build_merged, save_merged
 from mm4ke_ray.merge.build import MERGE_INFO_FILE
 from mm4ke_ray.schema import RSFT_PARAMS, Tag
 from mm4ke_ray.storage import check_out_dir
@@ -187,7 +187,6 @@ def export_candidate(
     )
     with tempfile.TemporaryDirectory(prefix="mm4ke-export-") as tmp:
         delta_dir = plan.download_delta(tmp)
-        delta, delta_meta = load_delta(delta_dir)
         s = plan.settings
         result = build_merged(
             plan.model,
@@ -203,11 +202,13 @@ def export_candidate(
         if out.is_dir():
             _clear(out)
         out.mkdir(parents=True, exist_ok=True)
+        # build_merged read the delta once: its tensors became `result.update`, its header this.
+        delta_meta = result.info["delta_metadata"]
         recipe = _recipe(plan, result.info, delta_dir / DELTA_FILE, delta_meta, num_edits=0)
         _write_json(out / MERGE_INFO_FILE, recipe)
         save_merged(result.model, plan.model, out)
+        update = result.update  # the merged update, built once, for the weight check
         del result
-    update = prepare_delta(delta, plan.alpha, plan.sparsity, plan.method, plan.seed)
     weights, measured, num_edits = _reevaluate(plan, out, update, log)
     table, problems = compare_metrics(_metrics_only(c), measured, tolerance)
     recipe["edits"]["count"] = num_edits

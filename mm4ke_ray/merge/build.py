@@ -44,6 +44,7 @@ class MergeResult:
 
     model: nn.Module
     info: dict
+    update: dict | None = None  # the (1 − α) · sparsify(Δ) that was added, for checks after writing
 
 
 def build_merged(
@@ -104,7 +105,7 @@ def build_merged(
         "kept_entries": sum(int(u.count_nonzero()) for u in update.values()),
         "total_entries": sum(u.numel() for u in update.values()),
     }
-    return MergeResult(model, info)
+    return MergeResult(model, info, update)
 
 
 def build_merged_model(
