@@ -119,18 +119,7 @@ def test_trials_run_in_waves_and_their_candidates_share_the_actors():
 
 
 def _cli(*args: str) -> tuple[int, str]:
-    import argparse
-
-    from mm4ke_ray.commands import plan
-
-    def main(argv):  # TEMPORARY until `plan` is registered in cli.py
-        parser = argparse.ArgumentParser()
-        plan.add_arguments(parser)
-        try:
-            return plan.run(parser.parse_args(argv[1:]))
-        except UserError as exc:
-            print(exc, file=sys.stderr)
-            return 2
+    from mm4ke_ray.cli import main
 
     with tempfile.TemporaryFile("w+") as out:
         old, sys.stdout = sys.stdout, out
@@ -189,8 +178,8 @@ def test_probe_estimate_is_within_30_percent_of_a_measured_demo_sweep(tmp_path):
     sweep benchmark times it (ray.init to shutdown)."""
     import ray
 
-    from mm4ke_ray.planning import plan_sweep
     from mm4ke_ray.commands.sweep import start_sweep as run_sweep
+    from mm4ke_ray.planning import plan_sweep
 
     config = load_config(DEMO, {
         "name": "plantest", "search.num_trials": 2, "merge.extra_candidates": 2,
