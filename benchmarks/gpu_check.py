@@ -4,7 +4,11 @@ On a Qwen2.5-0.5B-shaped model (hidden 896, 24 layers, 14/2 heads, MLP 4864, voc
 embeddings) with random weights in bf16, built directly on the GPU. Edit records are synthetic
 (random words; no data files on a GPU box), encoded with a word-level tokenizer built from them.
 Each section also runs the naive counterpart for a ratio on the same device:
-- R-SFT: `run_rsft` (prefix cache) vs `use_prefix_cache=False`, layer 12 of 24, E=2, K=6, τ=0.
+- R-SFT: `run_rsft` by default (suffix step, float32 master weights for the bf16 MLP), with
+  `final_loss=True`, with `capture=True` (torch.compile "reduce-overhead": CUDA graphs, static
+  shapes per length bucket; warmed up on all records first, compile time reported apart) vs
+  `use_prefix_cache=False`, layer 12 of 24, E=2, K=6, τ=0; the captured delta's cosine to the
+  eager one (bf16 tolerance).
 - merge: `apply_delta_` + `restore_` of a one-layer delta (sparsity 0.2 and 0) vs the file path
   (merged copy, `save_pretrained`, `from_pretrained` back onto the GPU).
 - evaluation: `EditEvaluator` batched, with the prefix cache at layer 12, and one at a time.
@@ -95,23 +99,49 @@ def synthetic_records(n: int, seed: int = 0):
     ]
 
 
+# GPU_CHECK_COMPILE_BACKEND=aot_eager checks the captured path on a CPU without C++ codegen.
+BACKEND = os.environ.get("GPU_CHECK_COMPILE_BACKEND") or None
+
+
 def section_rsft(model, tok, records, layer) -> dict:
     from mm4ke_ray.rsft import RSFTConfig, run_rsft
 
     config = RSFTConfig(layer=layer, epochs=2, steps=6, lr=1e-5, threshold=0.0)
     run_rsft(model, tok, records[:2], config)  # warm-up: kernels, allocator
     out = {"records": len(records), "epochs": 2, "steps": 6, "layer": layer}
-    for name, kwargs in (("ours", {}), ("ours_no_final_loss", {"final_loss": False}),
-                         ("naive_full_forward", {"use_prefix_cache": False})):
+    deltas = {}
+
+    def timed(name, **kwargs):
         reset_peak()
         sync()
         start = time.perf_counter()
         result = run_rsft(model, tok, records, config, **kwargs)
         sync()
         seconds = time.perf_counter() - start
+        deltas[name] = result.delta
         out[name] = {"updates": result.updates, "seconds": seconds, "steps_per_s": result.updates / seconds,
-                     "peak_gpu_bytes": peak()}
+                     "peak_gpu_bytes": peak(), "stepper": result.stepper, "captured": result.captured,
+                     "master_dtype": result.master_dtype}
+
+    for name, kwargs in (("ours", {}), ("ours_final_loss", {"final_loss": True}),
+                         ("naive_full_forward", {"use_prefix_cache": False})):
+        timed(name, **kwargs)
     out["ratio_vs_naive"] = out["ours"]["steps_per_s"] / out["naive_full_forward"]["steps_per_s"]
+    try:  # the captured path: compile (all length buckets) once, then time a second run
+        sync()
+        start = time.perf_counter()
+        run_rsft(model, tok, records, config, capture=True, compile_backend=BACKEND)
+        sync()
+        out["captured_warmup_seconds"] = time.perf_counter() - start
+        timed("ours_captured", capture=True, compile_backend=BACKEND)
+        out["captured_vs_ours"] = out["ours_captured"]["steps_per_s"] / out["ours"]["steps_per_s"]
+        out["captured_vs_naive"] = out["ours_captured"]["steps_per_s"] / out["naive_full_forward"]["steps_per_s"]
+        a = torch.cat([d.flatten() for _, d in sorted(deltas["ours"].items())])
+        b = torch.cat([d.flatten() for _, d in sorted(deltas["ours_captured"].items())])
+        out["captured_delta_cosine"] = torch.nn.functional.cosine_similarity(a, b, dim=0).item()
+        out["captured_delta_max_abs_diff"] = (a - b).abs().max().item()
+    except Exception as exc:  # noqa: BLE001 - report it, keep the eager figures
+        out["ours_captured"] = {"error": f"{type(exc).__name__}: {exc}", "trace": traceback.format_exc()[-3000:]}
     return out
 
 

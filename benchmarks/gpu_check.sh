@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# GPU check (at most ~8 minutes, one GPU): R-SFT steps/s, merge ms per candidate, evaluation
+# GPU check (at most ~8 minutes, one GPU): R-SFT steps/s (eager and captured: CUDA graphs), merge ms per candidate, evaluation
 # tokens/s and peak GPU memory on a Qwen2.5-0.5B-shaped random-init model in bf16.
 # Writes gpu_check.json to $OUT if set (the device tool copies that folder back), else to
 # benchmarks/results/. Installs nothing from the network: if pydantic is missing, wheels in .whl/
 # (transformers, pydantic and its needs; see benchmarks/README.md) are installed to /tmp/site.
-# GPU_CHECK_SHAPE=tiny runs a tiny model instead (works on a CPU, for testing this script).
+# GPU_CHECK_SHAPE=tiny runs a tiny model instead (works on a CPU, for testing this script;
+# add GPU_CHECK_COMPILE_BACKEND=aot_eager to check the captured R-SFT path without C++ codegen).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY="${PYTHON:-python3}"

@@ -37,6 +37,10 @@ def test_captured_step_matches_eager(tiny_model_factory, tiny_tokenizer, zsre_ra
     assert captured.captured and not eager.captured and captured.as_json()["captured"]
     graphs = counters["stats"]["unique_graphs"]
     assert 1 <= graphs <= 3, graphs  # one per (length bucket, answer bucket), not per record
+    again = run_rsft(model, tiny_tokenizer, records, config, capture=True, length_bucket=32,
+                     compile_backend="aot_eager")
+    assert counters["stats"]["unique_graphs"] == graphs  # the next run reuses the graphs
+    assert all(torch.equal(again.delta[n], captured.delta[n]) for n in again.delta)
     for a, b in zip(eager.samples, captured.samples, strict=True):
         assert a["losses"] == pytest.approx(b["losses"], rel=1e-5)
     # Padding changes the matmul shapes, so gradients differ in their last bits, and AdamW's

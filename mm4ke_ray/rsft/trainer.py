@@ -289,15 +289,10 @@ class _SuffixStepper:
         self.layer_types = getattr(model.config, "layer_types", None)
         self.captured = capture
         self.length_bucket = length_bucket
-        self.step = self._step
+        self.step = _suffix_loss
         if capture:
             on_cuda = next(model.parameters()).device.type == "cuda"
-            options = {"dynamic": False, "fullgraph": False}
-            if compile_backend is not None:
-                options["backend"] = compile_backend
-            elif on_cuda:
-                options["mode"] = "reduce-overhead"
-            self.step = torch.compile(self._step, **options)
+            self.step = _compiled_suffix_loss(compile_backend, on_cuda)
 
     def _prepare(self, ex: _Example) -> dict:
         from transformers.masking_utils import create_causal_mask, create_sliding_window_causal_mask
@@ -330,22 +325,41 @@ class _SuffixStepper:
         return {"hidden": hidden, "pe": pe, "masks": per_block, "pos": pos, "rows": rows,
                 "targets": targets}
 
-    def _step(self, hidden, pe, masks, pos, rows, targets) -> torch.Tensor:
-        h = hidden
-        blocks = decoder_layers(self.model)
-        for block, mask in zip(blocks[self.first_layer :], masks, strict=True):
-            h = block(h, attention_mask=mask, position_embeddings=pe, position_ids=pos, use_cache=False)
-        # A 2-D, contiguous selection of the answer rows: the head is then one `mm` (a strided
-        # 3-D view made torch.matmul fall back to a slower bmm on the 32k-vocab head).
-        h = self.inner.norm(h[0].index_select(0, rows))
-        logits = self.model.lm_head(h)
-        return F.cross_entropy(logits.float(), targets, ignore_index=-100)
-
     def loss(self, ex: _Example) -> torch.Tensor:
         if ex.suffix is None:
             ex.suffix = self._prepare(ex)
         c = ex.suffix
-        return self.step(c["hidden"], c["pe"], c["masks"], c["pos"], c["rows"], c["targets"])
+        return self.step(self.model, self.first_layer, c["hidden"], c["pe"], c["masks"], c["pos"],
+                         c["rows"], c["targets"])
+
+
+def _suffix_loss(model, first_layer, hidden, pe, masks, pos, rows, targets) -> torch.Tensor:
+    """Blocks ≥ `first_layer` on the cached hidden state, then norm + head on the answer rows."""
+    h = hidden
+    for block, mask in zip(decoder_layers(model)[first_layer:], masks, strict=True):
+        h = block(h, attention_mask=mask, position_embeddings=pe, position_ids=pos, use_cache=False)
+    # A 2-D, contiguous selection of the answer rows: the head is then one `mm` (a strided 3-D
+    # view made torch.matmul fall back to a slower bmm on the 32k-vocab head).
+    h = model.model.norm(h[0].index_select(0, rows))
+    return F.cross_entropy(model.lm_head(h).float(), targets, ignore_index=-100)
+
+
+_COMPILED: dict[tuple, Callable] = {}
+
+
+def _compiled_suffix_loss(backend: str | None, on_cuda: bool) -> Callable:
+    """One compiled `_suffix_loss` per (backend, device kind) for the process: its graphs are
+    guarded on the model object, the layer and the bucketed shapes, so consecutive runs on the same
+    model (a warm-up, the next trial in a long-lived worker) reuse them instead of recompiling."""
+    key = (backend, on_cuda)
+    if key not in _COMPILED:
+        options: dict = {"dynamic": False}
+        if backend is not None:
+            options["backend"] = backend
+        elif on_cuda:
+            options["mode"] = "reduce-overhead"  # inductor + CUDA graphs
+        _COMPILED[key] = torch.compile(_suffix_loss, **options)
+    return _COMPILED[key]
 
 
 def _stepper(model, first_layer, use_prefix_cache, capture, length_bucket, compile_backend):
