@@ -151,7 +151,7 @@ def _build_into(
     model = build_model(config.pretrain, len(tokenizer), tokenizer)
     say(
         f"pretraining the demo model ({sum(p.numel() for p in model.parameters()):,} parameters, "
-        f"{config.pretrain.steps} steps, {len(world.facts)} facts)"
+        f"at most {config.pretrain.steps} steps, {len(world.facts)} facts)"
     )
     with live_steps(live) as on_step:
         stats = pretrain(
@@ -166,7 +166,7 @@ def _build_into(
     timings["pretrain_s"] = stats["seconds"]
     model_dir = save_pretrained_pair(as_llama(model), tokenizer, out / "model")
     # From here on, the model and tokenizer are the saved ones loaded as every user loads them.
-    trained_tokenizer, tokenizer = tokenizer, check_tokenizer_round_trip(tokenizer, model_dir, world)
+    tokenizer = check_tokenizer_round_trip(tokenizer, model_dir, world)
     model = transformers.AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
     accuracy = world_accuracy(model, tokenizer, world)
     say(
@@ -174,7 +174,6 @@ def _build_into(
         f"held-out template {accuracy['rephrase_heldout']['fact']:.1%}"
     )
     check_pretrained(accuracy, config.pretrain.min_accuracy)
-    del trained_tokenizer
     edits = counterfactual_edits(world, config.num_edits, config.world.seed)
     (out / "edits.json").write_text(json.dumps(edits, indent=1) + "\n")
     docs = task_documents(world, edits, config.docs_per_task, config.world.seed)
@@ -203,6 +202,8 @@ def _build_into(
         "edit_format": "zsre",
         "prompt_format": "plain",
         "vocab_size": len(tokenizer),
+        # Trained as Qwen2, saved as the same network in Llama form (pretrain.as_llama).
+        "architecture": type(model).__name__,
         "parameters": sum(p.numel() for p in model.parameters()),
         "pretrain": stats,
         "accuracy": accuracy,
