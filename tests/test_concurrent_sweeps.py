@@ -56,7 +56,56 @@ def _check_front(client, parent: str, children: list, dest: Path, objectives) ->
     return names
 
 
-def test_two_sweeps_at_once_share_nothing(tmp_path, tiny_model_dir):
+@pytest.fixture(scope="module")
+def mlflow_port(tmp_path_factory):
+    """One real `mlflow server` on 127.0.0.1 for this module's sweeps."""
+    port = free_port()
+    server = start_mlflow_server(tmp_path_factory.mktemp("server"), port)
+    yield port
+    stop_process_group(server)
+
+
+def _at_once(n: int, fn) -> list:
+    """`fn(i)` in n threads released together; their results (or exceptions) in order."""
+    barrier, out = threading.Barrier(n), [None] * n
+
+    def run(i):
+        barrier.wait()
+        try:
+            out[i] = fn(i)
+        except Exception as exc:  # noqa: BLE001 - returned to the test
+            out[i] = exc
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    return out
+
+
+def test_sweeps_starting_together_claim_distinct_folders(tmp_path):
+    from mm4ke_ray.search.resume import MANIFEST, claim_experiment_folder
+
+    storage = str(tmp_path / "ray")
+    (tmp_path / "ray" / "twin-2").mkdir(parents=True)
+    (tmp_path / "ray" / "twin-2" / MANIFEST).write_text("{}")  # an earlier sweep's folder
+    folders = _at_once(8, lambda i: claim_experiment_folder(storage, "twin"))
+    assert not [f for f in folders if isinstance(f, Exception)], folders
+    assert len(set(folders)) == 8 and str(tmp_path / "ray" / "twin-2") not in folders
+    assert all(Path(f).is_dir() and Path(f).parent == tmp_path / "ray" for f in folders)
+
+
+def test_trackers_opening_a_new_experiment_together_share_it(mlflow_port):
+    from mm4ke_ray.tracking.mlflow_tracker import SweepTracker
+
+    uri = f"http://127.0.0.1:{mlflow_port}"
+    trackers = _at_once(8, lambda i: SweepTracker(uri, "twin-new-experiment"))
+    assert not [t for t in trackers if isinstance(t, Exception)], trackers
+    assert len({t.experiment_id for t in trackers}) == 1
+
+
+def test_two_sweeps_at_once_share_nothing(tmp_path, tiny_model_dir, mlflow_port):
     import optuna
     from mlflow import MlflowClient
 
@@ -64,71 +113,67 @@ def test_two_sweeps_at_once_share_nothing(tmp_path, tiny_model_dir):
     from mm4ke_ray.search.resume import MANIFEST
     from mm4ke_ray.search.searcher import STUDY_FILE, journal_storage
 
-    port = free_port()
-    server = start_mlflow_server(tmp_path / "server", port)
+    port = mlflow_port
+    config = sweep_dict(tmp_path, tiny_model_dir, "twin", trials=1, extra=1,
+                        tracking_uri=f"http://127.0.0.1:{port}")
+    del config["tracking"]["artifact_location"]  # artifacts go through the server
+    (tmp_path / "sweep.yaml").write_text(yaml.safe_dump(config))
+    procs, logs = [], []
+    start = threading.Barrier(2)
+
+    def launch(i: int):
+        env = cli_env(Path(tempfile.mkdtemp(prefix=f"tw{i}", dir="/tmp")))
+        log = open(tmp_path / f"sweep{i}.log", "w")  # noqa: SIM115 - closed below
+        logs.append(log)
+        start.wait()
+        procs.append(subprocess.Popen([CLI, "sweep", str(tmp_path / "sweep.yaml")], stdout=log,
+                                      stderr=subprocess.STDOUT, env=env, cwd=tmp_path))
+
+    threads = [threading.Thread(target=launch, args=(i,)) for i in (1, 2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
     try:
-        config = sweep_dict(tmp_path, tiny_model_dir, "twin", trials=2, extra=1,
-                            tracking_uri=f"http://127.0.0.1:{port}")
-        del config["tracking"]["artifact_location"]  # artifacts go through the server
-        (tmp_path / "sweep.yaml").write_text(yaml.safe_dump(config))
-        procs, logs = [], []
-        start = threading.Barrier(2)
-
-        def launch(i: int):
-            env = cli_env(Path(tempfile.mkdtemp(prefix=f"tw{i}", dir="/tmp")))
-            log = open(tmp_path / f"sweep{i}.log", "w")  # noqa: SIM115 - closed below
-            logs.append(log)
-            start.wait()
-            procs.append(subprocess.Popen([CLI, "sweep", str(tmp_path / "sweep.yaml")], stdout=log,
-                                          stderr=subprocess.STDOUT, env=env, cwd=tmp_path))
-
-        threads = [threading.Thread(target=launch, args=(i,)) for i in (1, 2)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(30)
-        try:
-            for p in procs:
-                p.wait(timeout=420)
-        finally:
-            for p in procs:
-                if p.poll() is None:
-                    p.kill()
-                    p.wait(30)
-            for log in logs:
-                log.close()
-        outputs = [(tmp_path / f"sweep{i}.log").read_text(errors="replace") for i in (1, 2)]
-        assert [p.returncode for p in procs] == [0, 0], "\n=====\n".join(o[-3000:] for o in outputs)
-
-        client = MlflowClient(f"http://127.0.0.1:{port}")
-        exp = client.get_experiment_by_name("twin")
-        parents = client.search_runs([exp.experiment_id], "tags.`mm4ke.role` = 'sweep'")
-        assert len(parents) == 2 and all(p.info.status == "FINISHED" for p in parents)
-        folders = [Path(p.data.tags["mm4ke.sweep_folder"]) for p in parents]
-        storage = Path(config["storage_path"])
-        assert folders[0] != folders[1] and {f.parent for f in folders} == {storage}
-        # Nothing in the shared storage path but the two sweeps' own folders.
-        assert sorted(storage.iterdir()) == sorted(folders)
-
-        seen_trials: set[str] = set()
-        for parent, folder in zip(parents, folders, strict=True):
-            parent_id = parent.info.run_id
-            manifest = json.loads((folder / MANIFEST).read_text())
-            assert manifest["parent_run_id"] == parent_id  # the folder is this sweep's
-            runs = child_runs(client.tracking_uri, parent_id)
-            cands = [r for r in runs if r.data.tags.get("mm4ke.kind") != "base"]
-            assert all(r.data.tags.get("mm4ke.status") == "ok" for r in runs)
-            assert len(cands) == 2 * 2 and len([r for r in runs if r.data.tags.get("mm4ke.kind") == "base"]) == 1
-            trials = {r.data.tags["mm4ke.trial_id"] for r in cands}
-            # Tune's trial folders here are exactly this sweep's trials, none of the other's.
-            dirs = [p.name for p in folder.glob("sweep_trial_*")]
-            assert len(dirs) == 2 and all(sum(t in d for d in dirs) == 1 for t in trials), (dirs, trials)
-            assert not trials & seen_trials, (trials, seen_trials)
-            seen_trials |= trials
-            base = [r for r in runs if r.data.tags.get("mm4ke.kind") == "base"]
-            _check_front(client, parent_id, [*cands, *base], tmp_path / "dl" / parent_id, OBJECTIVES)
-            # Each sweep's Optuna study holds its own points only: 2 trials x 2 candidates.
-            study = optuna.load_study(study_name="twin", storage=journal_storage(folder / STUDY_FILE))
-            assert len(study.trials) == len(cands)
+        for p in procs:
+            p.wait(timeout=420)
     finally:
-        stop_process_group(server)
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait(30)
+        for log in logs:
+            log.close()
+    outputs = [(tmp_path / f"sweep{i}.log").read_text(errors="replace") for i in (1, 2)]
+    assert [p.returncode for p in procs] == [0, 0], "\n=====\n".join(o[-3000:] for o in outputs)
+
+    client = MlflowClient(f"http://127.0.0.1:{port}")
+    exp = client.get_experiment_by_name("twin")
+    parents = client.search_runs([exp.experiment_id], "tags.`mm4ke.role` = 'sweep'")
+    assert len(parents) == 2 and all(p.info.status == "FINISHED" for p in parents)
+    folders = [Path(p.data.tags["mm4ke.sweep_folder"]) for p in parents]
+    storage = Path(config["storage_path"])
+    assert folders[0] != folders[1] and {f.parent for f in folders} == {storage}
+    # Nothing in the shared storage path but the two sweeps' own folders.
+    assert sorted(storage.iterdir()) == sorted(folders)
+
+    seen_trials: set[str] = set()
+    for parent, folder in zip(parents, folders, strict=True):
+        parent_id = parent.info.run_id
+        manifest = json.loads((folder / MANIFEST).read_text())
+        assert manifest["parent_run_id"] == parent_id  # the folder is this sweep's
+        runs = child_runs(client.tracking_uri, parent_id)
+        cands = [r for r in runs if r.data.tags.get("mm4ke.kind") != "base"]
+        assert all(r.data.tags.get("mm4ke.status") == "ok" for r in runs)
+        assert len(cands) == 2 and len([r for r in runs if r.data.tags.get("mm4ke.kind") == "base"]) == 1
+        trials = {r.data.tags["mm4ke.trial_id"] for r in cands}
+        # Tune's trial folders here are exactly this sweep's trials, none of the other's.
+        dirs = [p.name for p in folder.glob("sweep_trial_*")]
+        assert len(dirs) == 1 and all(sum(t in d for d in dirs) == 1 for t in trials), (dirs, trials)
+        assert not trials & seen_trials, (trials, seen_trials)
+        seen_trials |= trials
+        base = [r for r in runs if r.data.tags.get("mm4ke.kind") == "base"]
+        _check_front(client, parent_id, [*cands, *base], tmp_path / "dl" / parent_id, OBJECTIVES)
+        # Each sweep's Optuna study holds its own points only: 1 trial x 2 candidates.
+        study = optuna.load_study(study_name="twin", storage=journal_storage(folder / STUDY_FILE))
+        assert len(study.trials) == len(cands)

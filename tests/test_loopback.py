@@ -57,7 +57,7 @@ def listening(pids: dict[int, str]) -> dict[str, set[str]]:
     return out
 
 
-def watch_listeners(proc: subprocess.Popen, marker: str, every: float = 0.5) -> dict[str, set[str]]:
+def watch_listeners(proc: subprocess.Popen, marker: str, every: float = 1.0) -> dict[str, set[str]]:
     """Sample the listening sockets of `proc`'s sweep until it exits; the union of what was seen."""
     seen: dict[str, set[str]] = {}
     while proc.poll() is None:
@@ -76,7 +76,7 @@ def outside_loopback(seen: dict[str, set[str]]) -> dict[str, list[str]]:
 
 
 def test_local_sweep_listens_on_loopback_only(tmp_path, tiny_model_dir):
-    config = sweep_dict(tmp_path, tiny_model_dir, "loopback", trials=2, extra=1, runner="train")
+    config = sweep_dict(tmp_path, tiny_model_dir, "loopback", trials=1, extra=1, runner="train")
     (tmp_path / "sweep.yaml").write_text(yaml.safe_dump(config))
     ray_tmp = tempfile.mkdtemp(prefix="lb", dir="/tmp")  # short: Ray's socket paths are length-limited
     env = cli_env(Path(ray_tmp))

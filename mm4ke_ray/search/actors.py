@@ -14,6 +14,7 @@ import os
 from typing import NamedTuple
 
 import ray
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from mm4ke_ray.evaluate.candidate import EvalSettings, Reference
 
@@ -77,7 +78,11 @@ def start_pool(settings: EvalSettings, size: int, cpus: float, gpus: float, reso
     options = {"num_cpus": cpus, "num_gpus": gpus, "max_restarts": RESTARTS, "max_task_retries": RESTARTS}
     if resource:
         options["resources"] = {resource: 1}
-    store = ReferenceStore.remote()
+    # The store lives on the driver's node, which the sweep cannot outlive anyway. Anywhere else a
+    # lost node would take the reference with it, and every merge-eval actor Ray restarts after
+    # that loss would fail in its constructor (a dead actor for good, every later trial failing).
+    driver_node = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+    store = ReferenceStore.options(scheduling_strategy=driver_node).remote()
     first = MergeEvalActor.options(**options).remote(settings, store)
     reference = ray.get(first.reference.remote())
     others = [MergeEvalActor.options(**options).remote(settings, store) for _ in range(size - 1)]

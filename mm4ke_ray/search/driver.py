@@ -32,13 +32,13 @@ from mm4ke_ray.preflight import preflight
 from mm4ke_ray.schema import BASE, Tag
 from mm4ke_ray.search.actors import start_pool, stop_pool
 from mm4ke_ray.search.callback import SweepCallback
+from mm4ke_ray.search.local_ray import init_local_ray
 from mm4ke_ray.search.resources import TRIAL_RESOURCES, Plan, plan_resources
 from mm4ke_ray.search.resume import (
     MANIFEST,
     Manifest,
-    join,
+    claim_experiment_folder,
     manifest_for,
-    new_experiment_name,
     read_manifest,
     restore_tuner,
     restored_searcher,
@@ -131,11 +131,14 @@ def resume_sweep(folder: str, *, address: str | None = None) -> SweepOutcome:
 def _init_ray(address: str | None) -> None:
     if ray.is_initialized():
         return
+    address = address or os.environ.get("RAY_ADDRESS")  # `ray job submit` sets it: the cluster's own settings
     if address:
         ray.init(address=address, log_to_driver=False)
     else:
-        # No dashboard UI; what Ray keeps of it listens on the loopback interface only.
-        ray.init(include_dashboard=False, dashboard_host="127.0.0.1", log_to_driver=False, configure_logging=False)
+        # No dashboard UI, and every socket of this local Ray (GCS, raylet, agents, workers) on
+        # 127.0.0.1: a laptop's sweep is not reachable from the network (local_ray.py).
+        init_local_ray(include_dashboard=False, dashboard_host="127.0.0.1", log_to_driver=False,
+                       configure_logging=False)
 
 
 def _execute(config: SweepConfig, source: str, address: str | None, manifest: Manifest | None) -> SweepOutcome:
@@ -148,7 +151,7 @@ def _execute(config: SweepConfig, source: str, address: str | None, manifest: Ma
     if warning := local_storage_warning(storage, len([n for n in ray.nodes() if n.get("Alive")])):
         console.print(f"[yellow]{warning}[/]")
     plan = plan_resources(config.resources, ray.cluster_resources(), config.merge.extra_candidates + 1)
-    experiment_dir = manifest.experiment_dir if manifest else join(storage, new_experiment_name(storage, config.name))
+    experiment_dir = manifest.experiment_dir if manifest else claim_experiment_folder(storage, config.name)
 
     tracker, parent = open_sweep_run(config, experiment_dir, eval_actors=plan.actors, max_concurrent=plan.max_concurrent,
                                      parent_run_id=manifest.parent_run_id if manifest else None)

@@ -1,7 +1,7 @@
 """What a killed sweep needs to go on: its folder, the manifest in it, and the restored Tuner.
 
 A sweep's folder is `<storage_path>/<name>` (a suffix is added when that folder already holds
-another sweep). It holds Tune's experiment state (trials, searcher, checkpoints = deltas +
+or is being claimed by another sweep; `.mm4ke-claim` marks it as taken). It holds Tune's experiment state (trials, searcher, checkpoints = deltas +
 results), the Optuna study as a journal file (every told point, extra candidates included), the
 MLflow spool if the server was away, and `mm4ke-sweep.json`: the resolved config and the MLflow
 parent run id, so `mm4ke-ray sweep --resume FOLDER` continues the same sweep into the same run.
@@ -10,6 +10,8 @@ parent run id, so `mm4ke-ray sweep --resume FOLDER` continues the same sweep int
 from __future__ import annotations
 
 import json
+import os
+import socket
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -18,6 +20,7 @@ from mm4ke_ray.errors import UserError
 from mm4ke_ray.storage import is_uri
 
 MANIFEST = "mm4ke-sweep.json"
+CLAIM = ".mm4ke-claim"  # created first, exclusively: the folder belongs to one sweep
 FORMAT = 1
 
 
@@ -52,17 +55,45 @@ def join(folder: str, name: str) -> str:
     return f"{folder.rstrip('/')}/{name}" if is_uri(folder) else str(Path(folder) / name)
 
 
-def new_experiment_name(storage: str, name: str) -> str:
-    """`name`, or `name-2`, `name-3`, ... when `<storage>/<name>` already holds a sweep.
+def _holds_sweep(folder: str) -> bool:
+    return _exists(join(folder, MANIFEST)) or _exists(join(folder, "tuner.pkl")) or _exists(join(folder, CLAIM))
+
+
+def _claim(folder: str) -> bool:
+    """Mark `folder` as this sweep's; False when another sweep got it first."""
+    text = json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "time": time.time()})
+    if is_uri(folder):
+        # Object stores offer no create-if-absent here: checked just before, so two sweeps
+        # would have to start within the same second to share a cloud folder.
+        fs, p = _fs(join(folder, CLAIM))
+        fs.create_dir(p.rsplit("/", 1)[0], recursive=True)
+        with fs.open_output_stream(p) as out:
+            out.write(text.encode())
+        return True
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(join(folder, CLAIM), os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+    except FileExistsError:
+        return False
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    return True
+
+
+def claim_experiment_folder(storage: str, name: str) -> str:
+    """A new sweep's folder: `<storage>/<name>`, or `name-2`, `name-3`, ... when taken; claimed.
 
     Two sweeps in one Tune folder would mix their trials and a later --resume would pick up
-    both; a fresh sweep never writes into another's folder.
+    both; a fresh sweep never writes into another's folder. The claim (a file created with
+    O_EXCL, atomic on local disks and NFS) also holds when two sweeps of the same name start at
+    the same moment: only one of them can create it, the other moves on to the next name.
     """
-    candidate, n = name, 1
-    while _exists(join(join(storage, candidate), MANIFEST)) or _exists(join(join(storage, candidate), "tuner.pkl")):
+    n = 1
+    while True:
+        folder = join(storage, name if n == 1 else f"{name}-{n}")
+        if not _holds_sweep(folder) and _claim(folder):
+            return folder
         n += 1
-        candidate = f"{name}-{n}"
-    return candidate
 
 
 def write_manifest(manifest: Manifest) -> str:

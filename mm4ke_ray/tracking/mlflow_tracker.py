@@ -24,8 +24,11 @@ from urllib.parse import urlparse
 
 from mlflow import MlflowClient
 from mlflow.entities import Param
+from mlflow.exceptions import MlflowException
 
 from mm4ke_ray.tracking.buffer import ReplayReport, Spool, reachable, replay_spool, send_record
+from mm4ke_ray.tracking.pareto_artifacts import publish_pareto
+from mm4ke_ray.tracking.query import load_sweep
 
 _MAX_PARAM_LEN = 6000
 _SECRET_NAME = re.compile(r"TOKEN|SECRET|PASSWORD|PASSWD|API_?KEY|ACCESS_?KEY|CREDENTIAL|PRIVATE|AUTH", re.I)
@@ -106,10 +109,22 @@ class SweepTracker:
             # (a one-letter "scheme" is a Windows drive, i.e. a path).
             if location and len(urlparse(location).scheme) <= 1:
                 location = Path(location).expanduser().resolve().as_uri()
-            self.experiment_id = self.client.create_experiment(experiment, artifact_location=location)
+            self.experiment_id = self._create_experiment(experiment, location)
         else:
             self.experiment_id = exp.experiment_id
         self._setup(spool_path)
+
+    def _create_experiment(self, name: str, location: str | None) -> str:
+        """Create experiment `name`; if another sweep created it since we looked, use that one."""
+        try:
+            return self.client.create_experiment(name, artifact_location=location)
+        except MlflowException as exc:
+            if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
+            exp = self.client.get_experiment_by_name(name)
+            if exp is None:  # deleted again meanwhile: nothing sensible to share
+                raise
+            return exp.experiment_id
 
     def _setup(self, spool_path, parent_run_id: str | None = None) -> None:
         self.parent_run_id = parent_run_id
@@ -244,9 +259,6 @@ def replay(path: str | Path, uri: str | None = None) -> ReplayReport:
 
 def republish_pareto(uri: str, parent_run_id: str) -> None:
     """Write the `pareto/` artifacts and tags of a logged sweep again, from MLflow alone."""
-    from mm4ke_ray.tracking.pareto_artifacts import publish_pareto
-    from mm4ke_ray.tracking.query import load_sweep
-
     sweep = load_sweep(uri, parent_run_id)
     if sweep.base is not None:
         publish_pareto(SweepTracker.attach(uri, parent_run_id), sweep.edited, sweep.base)
