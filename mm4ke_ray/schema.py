@@ -27,6 +27,36 @@ SAMPLED = "sampled"  # the point Optuna asked for
 EXTRA = "extra"  # a further merge candidate of the same delta
 
 
+# -- metrics ---------------------------------------------------------------------------------
+# A candidate's edit metrics (percent). Teacher-forced ones carry the bare name; generation-based
+# ones (evaluation.mode generation|both) the same name behind GEN_PREFIX, e.g. "gen.edit_succ".
+# Per-kind means follow the same rule: "portability.Reasoning" / "gen.portability.Reasoning".
+EDIT_METRICS: tuple[str, ...] = ("edit_succ", "generalization", "portability", "locality")
+FLUENCY = "fluency"  # teacher-forced side only (n-gram entropy of free generation)
+GEN_PREFIX = "gen."
+TEACHER_FORCED = "teacher-forced"
+GENERATION = "generation"
+BOTH = "both"
+EVAL_MODES: tuple[str, ...] = (TEACHER_FORCED, GENERATION, BOTH)  # evaluation.mode values
+
+
+def gen_metric(name: str) -> str:
+    """The generation-family name of an edit metric (or per-kind name): "gen." + name."""
+    return f"{GEN_PREFIX}{name}"
+
+
+GEN_EDIT_METRICS: tuple[str, ...] = tuple(gen_metric(m) for m in EDIT_METRICS)
+# General ability per lm-eval task: "general.<task>" (score), "general.<task>.stderr",
+# "retention/<task>" (candidate / base).
+GENERAL_PREFIX = "general"
+RETENTION_PREFIX = "retention/"
+
+
+def metric_families(mode: str) -> tuple[str, ...]:
+    """Which edit-metric families an evaluation mode computes: ("", "gen.") prefixes."""
+    return {TEACHER_FORCED: ("",), GENERATION: (GEN_PREFIX,), BOTH: ("", GEN_PREFIX)}[mode]
+
+
 # -- MLflow tags -----------------------------------------------------------------------------
 class Tag:
     """The `mm4ke.*` tag names of a sweep's runs (parent run, candidate runs, registry versions)."""
