@@ -6,6 +6,13 @@ Nothing heavy at import time (torch, transformers, ray load only when the comman
 
 from __future__ import annotations
 
+import json
+import sys
+
+from mm4ke_ray.commands.sweep import parse_overrides  # the same --set as `mm4ke-ray sweep`
+from mm4ke_ray.planning import plan_sweep
+from mm4ke_ray.planning.report import render
+
 NAME = "plan"
 HELP = ("Estimate a sweep's wall time and GPU-hours before submitting it: from the config and per-step "
         "costs probed here (--probe) or stored per GPU kind.")
@@ -34,12 +41,6 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
-    import json
-    import sys
-
-    from mm4ke_ray.commands.sweep import parse_overrides  # the same --set as `mm4ke-ray sweep`
-    from mm4ke_ray.planning import plan_sweep
-
     plan = plan_sweep(args.config, gpus=args.gpus, cpus=args.cpus, probe=args.probe, gpu_kind=args.gpu_kind,
                       records=args.records, num_trials=args.num_trials, overrides=parse_overrides(args.set) or None,
                       results=args.results)
@@ -47,7 +48,5 @@ def run(args) -> int:
         json.dump(plan.as_json(), sys.stdout, indent=2)
         print()
         return 0
-    from mm4ke_ray.planning.report import render
-
     render(plan.as_json())
     return 0

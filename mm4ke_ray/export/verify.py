@@ -20,6 +20,7 @@ import math
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
 
 CHECKSUM_FILE = "checksums.sha256"
 # Timings and counters differ run to run; everything else the candidate run recorded is compared.
@@ -45,8 +46,6 @@ def _bytes_equal(a: torch.Tensor, b: torch.Tensor) -> bool:
 def check_weights(out: Path, base_model, update: dict[str, torch.Tensor]) -> dict:
     """Compare the saved tensors with the base model: only `update`'s tensors may differ, and those
     must equal cast(float32(base) + update) bit for bit. Returns a summary; raises on any mismatch."""
-    from safetensors import safe_open
-
     base = base_model.state_dict()
     files = sorted(out.glob("*.safetensors"))
     if not files:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from rich.console import Console
+from rich.table import Table
+
 # Names and run ids are what a user copies into `export --pick`: never wrapped.
 _NO_WRAP = ("candidate", "kind", "run_id")
 
@@ -17,9 +20,6 @@ def format_cell(value, missing: str = "-") -> str:
 
 def print_table(rows: list[dict], columns: list[str], title: str) -> None:
     """`rows` as a rich table of `columns`, full width when piped (rich would cut it to 80)."""
-    from rich.console import Console
-    from rich.table import Table
-
     table = Table(title=title)
     for c in columns:
         table.add_column(c, no_wrap=c in _NO_WRAP)
