@@ -13,10 +13,12 @@ from __future__ import annotations
 import os
 from typing import NamedTuple
 
+import psutil
 import ray
+import torch
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from mm4ke_ray.evaluate.candidate import EvalSettings, Reference
+from mm4ke_ray.evaluate.candidate import CandidateEvaluator, EvalSettings, Reference
 
 RESTARTS = 3  # per actor; also the retries of each call that a death interrupts
 
@@ -40,10 +42,6 @@ class MergeEvalActor:
     """Wraps a CandidateEvaluator. Restarted by Ray if its process dies; calls are retried."""
 
     def __init__(self, settings: EvalSettings, store=None, reference: Reference | None = None):
-        import torch
-
-        from mm4ke_ray.evaluate.candidate import CandidateEvaluator
-
         torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS", "1"))))
         if reference is None and store is not None:
             reference = ray.get(store.get.remote())
@@ -61,8 +59,6 @@ class MergeEvalActor:
 
     def stats(self) -> dict:
         """Evaluations done by this incarnation, its resident memory, pid and whether it was restarted."""
-        import psutil
-
         return {"count": self.count, "rss_bytes": psutil.Process().memory_info().rss, "pid": os.getpid(),
                 "restarted": ray.get_runtime_context().was_current_actor_reconstructed}
 
