@@ -52,6 +52,16 @@ class EvaluationConfig(_Section):
     protocol: Literal["sequential"] = Field(
         "sequential", description="Edit all records, then evaluate the final model on all of them (the paper's)."
     )
+    mode: Literal["teacher-forced", "generation", "both"] = Field(
+        "teacher-forced", description="Edit metrics: teacher-forced token accuracy (EasyEdit's classic), the "
+        "greedily generated answer (logged as gen.<metric>), or both.",
+    )
+    generation_match: Literal["starts_with", "equals", "contains"] = Field(
+        "starts_with", description="Generation mode: how the normalised answer must match the normalised target.",
+    )
+    generation_extra_tokens: int = Field(
+        4, ge=0, description="Generation mode: new tokens allowed beyond the target's own token count.",
+    )
 
     @model_validator(mode="after")
     def _metrics_name_tasks(self):
@@ -186,6 +196,10 @@ class ObjectivesConfig(_Section):
         description="Weights of the edit metrics in the edit score (a weighted mean, 0..1).",
     )
     combined_edit_weight: float = Field(0.5, ge=0, le=1, description="Combined = w·edit + (1-w)·general.")
+    edit_mode: Literal["teacher-forced", "generation"] | None = Field(
+        None, description="Which family of edit metrics the edit score uses; default: teacher-forced unless "
+        "evaluation.mode is generation. Must be a family evaluation.mode computes.",
+    )
     min_edit_score: float | None = Field(
         None, ge=0, le=1, description="Constraint: candidates below this edit score are infeasible (the sampler "
         "concentrates above it; the front greys them).",
@@ -237,6 +251,23 @@ class SweepConfig(_Section):
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     storage_path: str = Field("runs/ray", description="Tune storage: a folder or a URI (file://, s3://, gs://).")
     max_failures: int = Field(2, ge=0, description="Retries of a failed trial.")
+
+    @model_validator(mode="after")
+    def _edit_mode_is_evaluated(self):
+        mode, edit_mode = self.evaluation.mode, self.objectives.edit_mode
+        if edit_mode is not None and mode != "both" and edit_mode != mode:
+            raise ValueError(
+                f"objectives.edit_mode is {edit_mode!r} but evaluation.mode is {mode!r}, which does not "
+                f"compute it: set evaluation.mode to 'both' or {edit_mode!r}, or drop objectives.edit_mode"
+            )
+        return self
+
+    @property
+    def edit_mode(self) -> str:
+        """The family the edit objective is computed from (objectives.edit_mode, resolved)."""
+        if self.objectives.edit_mode is not None:
+            return self.objectives.edit_mode
+        return "generation" if self.evaluation.mode == "generation" else "teacher-forced"
 
     def with_overrides(self, **dotted: Any) -> SweepConfig:
         """A copy with `section.field=value` overrides applied (validated again)."""
