@@ -3,6 +3,9 @@
 Every problem is collected and reported at once, each naming the config field (and the file or
 record) and saying how to fix it. Nothing here starts Ray, loads weights or writes to MLflow:
 a sweep that fails here leaves no trace.
+
+The checks that need transformers or torch (model folders, sparsifier names, lm-eval tasks)
+import them where they run, so `mm4ke-ray validate --help` and a config typo answer at once.
 """
 
 from __future__ import annotations
@@ -12,6 +15,8 @@ import os
 from pathlib import Path
 
 from mm4ke_ray.config import DEMO, ModelConfig, SweepConfig
+from mm4ke_ray.data import load_edit_records
+from mm4ke_ray.data.sources import _HUB_ID
 from mm4ke_ray.errors import ConfigError, UserError
 from mm4ke_ray.storage import storage_problem
 from mm4ke_ray.tracking.health import health_problem
@@ -94,8 +99,6 @@ def _is_hub_dataset(edits: str) -> bool:
         return True
     if Path(edits).expanduser().exists() or edits.startswith((".", "/", "~")):
         return False
-    from mm4ke_ray.data.sources import _HUB_ID
-
     hub = _HUB_ID.match(edits)
     # "org/name/path/file.json" names a file inside a hub dataset repo; a bare "dir/file.json"
     # that does not exist is a missing local file (the reader draws the same line).
@@ -104,8 +107,6 @@ def _is_hub_dataset(edits: str) -> bool:
 
 def data_problems(config: SweepConfig) -> list[str]:
     """Read the edit set as the sweep will (a local file only; hub datasets are read later)."""
-    from mm4ke_ray.data import load_edit_records
-
     data = config.data
     if data.edits == DEMO or _is_hub_dataset(data.edits):
         return []
