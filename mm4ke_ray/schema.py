@@ -89,6 +89,7 @@ class Tag:
     BASE_MODEL = "mm4ke.base_model"
     ALPHA = "mm4ke.alpha"
     SPARSITY = "mm4ke.sparsity"
+    METRIC_PREFIX = "mm4ke.metric."  # + metric name: a recorded metric on a registered version
 
     @staticmethod
     def version(package: str) -> str:

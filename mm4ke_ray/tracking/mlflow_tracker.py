@@ -26,6 +26,7 @@ from mlflow import MlflowClient
 from mlflow.entities import Param
 from mlflow.exceptions import MlflowException
 
+from mm4ke_ray.schema import Tag
 from mm4ke_ray.tracking.buffer import ReplayReport, Spool, reachable, replay_spool, send_record
 from mm4ke_ray.tracking.pareto_artifacts import publish_pareto
 from mm4ke_ray.tracking.query import load_sweep
@@ -204,7 +205,7 @@ class SweepTracker:
             self.client.update_run(parent_run_id, status="RUNNING")
         else:
             run = self.client.create_run(self.experiment_id, run_name=name,
-                                         tags=dict(_tag_items({"mm4ke.role": "sweep", **tags})))
+                                         tags=dict(_tag_items({Tag.ROLE: "sweep", **tags})))
             parent_run_id = run.info.run_id
         self.parent_run_id = parent_run_id
         if self.spool:
@@ -216,8 +217,8 @@ class SweepTracker:
 
     def log_candidate(self, name: str, params: dict, metrics: dict, tags: dict) -> str | None:
         """A nested child run for one evaluated candidate; its run id (None while spooled)."""
-        all_tags = {"mlflow.parentRunId": self.parent_run_id, "mm4ke.role": "candidate", **tags}
-        status = "FINISHED" if str(tags.get("mm4ke.status", "ok")) == "ok" else "FAILED"
+        all_tags = {"mlflow.parentRunId": self.parent_run_id, Tag.ROLE: "candidate", **tags}
+        status = "FINISHED" if str(tags.get(Tag.STATUS, "ok")) == "ok" else "FAILED"
         return self._emit({"op": "candidate", "experiment_id": self.experiment_id, "name": name,
                            "tags": _tag_items(all_tags), "params": _param_items(params),
                            "metrics": _metric_items(metrics), "status": status})

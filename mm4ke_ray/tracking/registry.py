@@ -14,8 +14,6 @@ from pathlib import Path
 
 from mm4ke_ray.schema import EXPORT_ARTIFACT, Tag
 
-METRIC_TAG_PREFIX = "mm4ke.metric."  # + metric name, on a registered version
-
 
 def register_export(uri: str, out: str | Path, name: str, recipe: dict):
     """Log `out` to the candidate run and register it as a new version of model `name`; return the version."""
@@ -48,7 +46,7 @@ def register_export(uri: str, out: str | Path, name: str, recipe: dict):
         Tag.ALPHA: repr(m["alpha"]),
         Tag.SPARSITY: repr(m["sparsity"]),
         **{
-            f"{METRIC_TAG_PREFIX}{k}": f"{v:.6g}"
+            f"{Tag.METRIC_PREFIX}{k}": f"{v:.6g}"
             for k, v in recipe["recorded_metrics"].items()
             if k in ("edit_succ", "generalization", "portability", "locality", "combined_score")
         },
