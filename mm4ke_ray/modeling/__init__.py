@@ -1,6 +1,7 @@
 """Model plumbing shared by R-SFT, merging and evaluation: loading, layer lookup, encoding.
 
-Flow: config → data → rsft → merge → evaluate → search → tracking → export, commands on top; modeling/ serves data → rsft → merge → evaluate.
+Flow: config → data → rsft → merge → evaluate → search → tracking → export, commands on top;
+modeling/ serves rsft, merge and evaluate.
 """
 
 from mm4ke_ray.modeling.encoding import EncodedExample, encode_example, format_prompt

@@ -6,7 +6,8 @@ machine (`probe.py`) or scales stored per-GPU-kind figures (`costs.py`), adds th
 of Ray, Tune and MLflow measured by the sweep benchmark (`fixed_costs.py`), and returns the
 estimate (`estimate.py`); `report.render` prints it.
 
-Flow: config → data → rsft → merge → evaluate → search → tracking → export, commands on top; planning/ reads config, data and search's plan, for `plan`.
+Flow: config → data → rsft → merge → evaluate → search → tracking → export, commands on top;
+planning/ reads the config, the data and search's resource plan, for `mm4ke-ray plan`.
 """
 
 from mm4ke_ray.planning.plan import SweepPlan, plan_sweep
