@@ -20,7 +20,8 @@ import ray.train.torch
 import torch
 from ray import tune
 from ray.train import RunConfig, ScalingConfig
-from ray.train.torch import TorchTrainer
+from ray.train.backend import BackendConfig
+from ray.train.v2.api.data_parallel_trainer import DataParallelTrainer
 
 from mm4ke_ray.config import SearchConfig
 from mm4ke_ray.delta import load_delta
@@ -88,8 +89,11 @@ def _train_loop(cfg: dict) -> None:
 
 
 def _rsft_via_train(ctx: TrialContext, params: dict, trial_id: str) -> tuple[dict, str | None]:
-    trainer = TorchTrainer(
+    # One worker, so no torch process group: TorchTrainer would start one, and its rendezvous
+    # store (torch's TCPStore) listens on every interface, whatever the node's IP.
+    trainer = DataParallelTrainer(
         _train_loop,
+        backend_config=BackendConfig(),
         train_loop_config={"settings": ctx.settings, "search": ctx.search, "params": params,
                            "allow_pickle": ctx.allow_pickle},
         scaling_config=ScalingConfig(num_workers=1, use_gpu=ctx.rsft_gpus > 0,
