@@ -26,6 +26,7 @@ SCRIPTS = {
     "memory": "bench_memory.py",
     "generation": "bench_generation.py",
     "mergekit": "bench_mergekit.py",
+    "startup": "bench_startup.py",
 }
 TIMEOUT_S = 400
 
