@@ -120,13 +120,24 @@ def test_demo_space_exploration_does_not_collapse_onto_trial_one():
     assert statistics.median(spreads) > 0.2
 
 
+def test_searcher_with_the_startup_sampler_survives_save_and_restore(tmp_path):
+    # Tune pickles the searcher (sampler included) into its experiment state for a driver restart.
+    s = sweep("tpe", 5)
+    s.save(str(tmp_path / "searcher.pkl"))
+    search = SearchConfig(num_trials=6, sampler="tpe", space=DEMO_SPACE)
+    restored = CandidateAwareOptunaSearch(space=split_space(search)[0], metric=OBJ, mode=["max", "max"],
+                                          sampler=make_sampler(search))
+    restored.restore(str(tmp_path / "searcher.pkl"))
+    assert isinstance(restored.study.sampler, RSFTStartupSampler)
+    assert len(restored.study.trials) == 25 and restored.suggest("t5")
+
+
 # --- 2. every sampler learns from the told points ------------------------------------------------
 
 @pytest.mark.parametrize("sampler", ["tpe", "nsga2", "gp"])
 def test_next_suggestions_depend_on_told_points(sampler):
     told = suggested(sweep(sampler, 6, startup=2))
     not_told = suggested(sweep(sampler, 6, startup=2, tell_extra=False))
-    assert told[:2] == [{**t, "alpha": t["alpha"], "sparsity": t["sparsity"]} for t in told[:2]]
     assert [{k: p[k] for k in RSFT} for p in told[:2]] == [{k: p[k] for k in RSFT} for p in not_told[:2]]
     assert told[2:] != not_told[2:]
 
@@ -138,7 +149,7 @@ def test_suggestions_follow_what_the_told_points_say(sampler):
         return 0.5, 0.5
 
     high, low = [], []
-    for seed in range(3):
+    for seed in range(1 if sampler == "gp" else 3):  # GP fits a surrogate per draw: slow, and steady
         for target, out in ((0.8, high), (0.0, low)):
             s = sweep(sampler, 8, constant, seed=seed, startup=2, extra_objective=towards(target))
             out += [p["alpha"] for p in suggested(s)[2:]]
