@@ -32,6 +32,7 @@ from mm4ke_ray.preflight import preflight
 from mm4ke_ray.schema import BASE, Tag
 from mm4ke_ray.search.actors import start_pool, stop_pool
 from mm4ke_ray.search.callback import SweepCallback
+from mm4ke_ray.search.constraints import minimums
 from mm4ke_ray.search.local_ray import init_local_ray
 from mm4ke_ray.search.resources import TRIAL_RESOURCES, Plan, plan_resources
 from mm4ke_ray.search.resume import (
@@ -220,7 +221,8 @@ def _new_tuner(run: SweepRun, trainable, callback):
     searched, _ = split_space(config.search)
     searcher = CandidateAwareOptunaSearch(
         space=searched, metric=[o.name for o in OBJECTIVES], mode=[o.mode for o in OBJECTIVES],
-        sampler=make_sampler(config.search), study_name=config.name,
+        sampler=make_sampler(config.search, points_per_trial=config.merge.extra_candidates + 1),
+        constraints=minimums(config.objectives), study_name=config.name,
         # The study on disk beside Tune's state: every told point (extra candidates too) survives
         # the driver. A cloud storage_path has no local folder: Tune's own searcher state then.
         storage=None if is_uri(experiment_dir) else journal_storage(Path(experiment_dir) / STUDY_FILE),

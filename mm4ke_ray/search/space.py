@@ -10,12 +10,12 @@ import optuna
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
 from mm4ke_ray.config import Param, SearchConfig
+from mm4ke_ray.schema import MERGE_PARAMS
 from mm4ke_ray.search.startup import RSFTStartupSampler
 
 log = logging.getLogger(__name__)
 
 INT_PARAMS = ("steps", "epochs", "layer")
-MERGE_PARAMS = ("alpha", "sparsity")
 
 
 def _distribution(name: str, p: Param):
