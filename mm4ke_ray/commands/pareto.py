@@ -7,31 +7,9 @@ import json
 import sys
 
 from mm4ke_ray.commands._common import add_sweep_source_arguments
-from mm4ke_ray.tracking.tables import print_table
 
 NAME = "pareto"
 HELP = "Print a sweep's Pareto front (edit score vs. general ability kept) from MLflow, best combined score first."
-
-_TABLE_COLUMNS = (
-    "candidate",
-    "kind",
-    "layer",
-    "lr",
-    "threshold",
-    "steps",
-    "epochs",
-    "alpha",
-    "sparsity",
-    "edit_succ",
-    "generalization",
-    "portability",
-    "locality",
-    "edit_score",
-    "general_score",
-    "combined_score",
-    "run_id",
-)
-
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_sweep_source_arguments(parser)
@@ -46,6 +24,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="list every candidate, not only the front (with an on_front column)",
     )
+    parser.add_argument(
+        "--wide",
+        action="store_true",
+        help="table: every column (R-SFT parameters, each edit metric, run id), not only those that fit",
+    )
 
 
 def front_rows(sweep, everything: bool = False) -> list[dict]:
@@ -54,10 +37,6 @@ def front_rows(sweep, everything: bool = False) -> list[dict]:
 
     marked, front = split_front(sweep.candidates)
     return sort_by_combined(marked) if everything else front
-
-
-def _table(rows: list[dict], title: str) -> None:
-    print_table(rows, [c for c in _TABLE_COLUMNS if any(c in r for r in rows)], title)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -81,10 +60,17 @@ def run(args: argparse.Namespace) -> int:
     elif args.format == "json":
         print(json.dumps(rows, indent=2))
     else:
-        what = "candidates" if args.all else "Pareto front"
-        _table(
+        from mm4ke_ray.tracking.tables import counts_line, print_table, reference_rows
+
+        front = [r for r in rows if r.get(ON_FRONT, True)]
+        # With --all every row is listed (on_front says which); else the references sit apart.
+        refs = [] if args.all else reference_rows(sweep.candidates, front)
+        what = "Candidates" if args.all else "Pareto front"
+        print_table(
             rows,
-            f"{what} of sweep {sweep.name} (run {sweep.run_id}): {len(rows)} of {len(sweep.candidates)} candidates, "
-            f"{len(sweep.failed)} failed",
+            f"{what} of sweep {sweep.name} (run {sweep.run_id}): "
+            f"{counts_line(len(front), len(sweep.edited), len(sweep.failed))}",
+            wide=args.wide,
+            references=refs,
         )
     return 0

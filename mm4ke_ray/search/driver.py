@@ -26,8 +26,8 @@ from rich.console import Console
 
 from mm4ke_ray.config import DEMO, SweepConfig, validate_config
 from mm4ke_ray.evaluate.candidate import EvalSettings, eval_settings
-from mm4ke_ray.evaluate.pareto import pareto_front
-from mm4ke_ray.evaluate.scores import COMBINED, OBJECTIVES
+from mm4ke_ray.evaluate.pareto import pareto_front, sort_by_combined
+from mm4ke_ray.evaluate.scores import OBJECTIVES
 from mm4ke_ray.preflight import preflight
 from mm4ke_ray.schema import BASE, Tag
 from mm4ke_ray.search.actors import start_pool, stop_pool
@@ -57,7 +57,13 @@ from mm4ke_ray.storage import is_uri, local_storage_warning, normalize_storage_p
 from mm4ke_ray.tracking.mlflow_tracker import SweepTracker
 from mm4ke_ray.tracking.pareto_artifacts import ParetoPublisher
 from mm4ke_ray.tracking.sweep_run import logged_so_far, open_sweep_run
-from mm4ke_ray.tracking.tables import print_table
+from mm4ke_ray.tracking.tables import (
+    counts_line,
+    executable,
+    print_command,
+    print_table,
+    reference_rows,
+)
 
 console = Console(stderr=True)
 FINAL_FLUSH_WAIT_S = 60.0  # at the end, how long to wait for an absent tracking server
@@ -164,7 +170,8 @@ def _execute(config: SweepConfig, source: str, address: str | None, manifest: Ma
     verb = "resuming" if manifest else "starting"
     console.print(f"[bold]{verb} sweep {config.name}[/]: {config.search.num_trials} trials, {plan.actors} merge-eval "
                   f"actor(s), {plan.max_concurrent} trial(s) at once · MLflow run {parent}\n"
-                  f"  folder {experiment_dir} · if it is interrupted: mm4ke-ray sweep --resume {experiment_dir}")
+                  f"  folder {experiment_dir}", soft_wrap=True)
+    print_command(console, "  if it is interrupted:", f"{executable('mm4ke-ray')} sweep --resume {experiment_dir}")
 
     run.pool = start_pool(settings, plan.actors, config.resources.eval_cpus,
                           config.resources.eval_gpus, config.resources.eval_resource)
@@ -258,7 +265,8 @@ def _finish(tracker, publisher, callback, status: str) -> str | None:
         return None
     path = str(tracker.spool.path)
     console.print(f"[bold red]MLflow at {tracker.uri} did not answer:[/] {tracker.pending} record(s) are kept in "
-                  f"{path}\n  send them when it is back: mm4ke-ray sweep --replay-spool {path}")
+                  f"{path}", soft_wrap=True)
+    print_command(console, "  send them when it is back:", f"{executable('mm4ke-ray')} sweep --replay-spool {path}")
     return path
 
 
@@ -274,14 +282,14 @@ def _outcome(run: SweepRun, rows, base, grid, searcher, spool) -> SweepOutcome:
 
 
 def _print_summary(out: SweepOutcome, config: SweepConfig) -> None:
-    cols = ["candidate", "kind", "layer", "lr", "alpha", "sparsity", "edit_succ", "generalization", "portability",
-            "locality", *[o.name for o in OBJECTIVES], COMBINED.name]
-    pure = [r for r in out.rows if r.get("kind") == "pure_rsft"]
-    best_pure = max(pure, key=lambda r: r.get(COMBINED.name, 0)) if pure else None
-    shown = [out.base, *([best_pure] if best_pure and best_pure not in out.front else []),
-             *sorted([r for r in out.front if r is not out.base], key=lambda r: -r.get(COMBINED.name, 0))]
-    print_table(shown, cols, f"Pareto front of {config.name} ({len(out.rows)} candidates, {out.rsft_runs} R-SFT runs)")
+    # The same table and count sentence as `mm4ke-ray pareto`; base / pure R-SFT rows set apart.
+    front = sort_by_combined(out.front)
+    print_table(front, f"Pareto front of {config.name}: {counts_line(len(front), len(out.rows))} "
+                f"({out.rsft_runs} R-SFT runs)", references=reference_rows([out.base, *out.rows], front))
     uri = config.tracking.uri
-    console.print(f"[bold]Open MLflow:[/] mlflow ui --backend-store-uri {uri} --host 127.0.0.1 --port 5000"
-                  if uri.startswith("sqlite") else f"[bold]MLflow:[/] {uri}")
+    if uri.startswith("sqlite"):
+        print_command(console, "[bold]Open MLflow:[/]",
+                      f"{executable('mlflow')} ui --backend-store-uri {uri} --host 127.0.0.1 --port 5000")
+    else:
+        console.print(f"[bold]MLflow:[/] {uri}")
 

@@ -1,12 +1,67 @@
-"""Candidates as a terminal table: one way to show a number wherever the product prints one."""
+"""Candidates as a terminal table: one way to show a number wherever the product prints one.
+
+A table never squeezes a number to nothing: the columns that matter (candidate, α, sparsity and
+the three scores) always show; further columns join, in order, only while the whole table still
+fits the terminal; `wide` shows them all at their natural width. Reference rows (the base model,
+a pure R-SFT run) that are not on the front sit above a line, dimmed, apart from the front.
+"""
 
 from __future__ import annotations
 
+import shutil
+import sys
+from pathlib import Path
+
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
-# Names and run ids are what a user copies into `export --pick`: never wrapped.
-_NO_WRAP = ("candidate", "kind", "run_id")
+from mm4ke_ray.schema import (
+    BASE,
+    EDIT_METRICS,
+    GEN_EDIT_METRICS,
+    GEN_PREFIX,
+    PURE_RSFT,
+)
+
+# Always shown, in this order, whatever the width.
+CORE_COLUMNS = ("candidate", "alpha", "sparsity", "edit_score", "general_score", "combined_score")
+# Shown after the core ones while they fit (both metric families when a sweep computed both).
+SECONDARY_COLUMNS = (
+    *EDIT_METRICS[:1],
+    *GEN_EDIT_METRICS[:1],
+    "on_front",
+    "kind",
+    "layer",
+    "lr",
+    *EDIT_METRICS[1:],
+    *GEN_EDIT_METRICS[1:],
+    "threshold",
+    "steps",
+    "epochs",
+    "run_id",
+)
+LABELS = {
+    "alpha": "α",
+    "edit_score": "edit",
+    "general_score": "general",
+    "combined_score": "combined",
+    "edit_succ": "succ",
+    "generalization": "gen'lz",
+    "portability": "port",
+    "locality": "local",
+}
+REFERENCE_KINDS = (BASE, PURE_RSFT)
+REFERENCE_CAPTION = "above the line: references (base model, pure R-SFT), not on the front"
+_NO_WRAP = ("candidate", "kind", "run_id")  # what a user copies into `export --pick`
+_CELL_PAD = 3  # rich's default table: one space each side plus the vertical line
+
+
+def label(column: str) -> str:
+    """A column's header: short names for the scores, "gen." kept for the generation family."""
+    if column.startswith(GEN_PREFIX):
+        return GEN_PREFIX + LABELS.get(column[len(GEN_PREFIX):], column[len(GEN_PREFIX):])
+    return LABELS.get(column, column)
 
 
 def format_cell(value, missing: str = "-") -> str:
@@ -18,12 +73,87 @@ def format_cell(value, missing: str = "-") -> str:
     return str(value)
 
 
-def print_table(rows: list[dict], columns: list[str], title: str) -> None:
-    """`rows` as a rich table of `columns`, full width when piped (rich would cut it to 80)."""
-    table = Table(title=title)
+def _width(column: str, rows: list[dict]) -> int:
+    return max([len(label(column)), *(len(format_cell(r.get(column))) for r in rows)]) + _CELL_PAD
+
+
+def fitting_columns(rows: list[dict], width: int | None, wide: bool = False) -> list[str]:
+    """The core columns, then secondary ones (present in `rows`) while the table fits `width`."""
+    present = [c for c in (*CORE_COLUMNS, *SECONDARY_COLUMNS) if any(r.get(c) is not None for r in rows)]
+    extra = sorted({k for r in rows for k in r} - set(present)) if wide else []
+    if wide or width is None:
+        return [*present, *[c for c in extra if any(isinstance(r.get(c), int | float) for r in rows)]]
+    shown = [c for c in present if c in CORE_COLUMNS]
+    used = 1 + sum(_width(c, rows) for c in shown)
+    for c in present:
+        if c in CORE_COLUMNS:
+            continue
+        w = _width(c, rows)
+        if used + w <= width:
+            shown.append(c)
+            used += w
+    return [c for c in present if c in shown]
+
+
+def candidate_table(rows: list[dict], title: str, width: int | None, wide: bool = False,
+                    references: list[dict] | None = None) -> Table:
+    """`references` (dimmed, above a line) then `rows`, in the columns that fit `width`."""
+    references = references or []
+    columns = fitting_columns([*references, *rows], width, wide)
+    table = Table(title=title, caption=REFERENCE_CAPTION if references else None)
     for c in columns:
-        table.add_column(c, no_wrap=c in _NO_WRAP)
+        numeric = c not in _NO_WRAP
+        table.add_column(label(c), no_wrap=True, justify="right" if numeric else "left")
+    for i, r in enumerate(references):
+        table.add_row(*[format_cell(r.get(c)) for c in columns], style="dim",
+                      end_section=i == len(references) - 1)
     for r in rows:
         table.add_row(*[format_cell(r.get(c)) for c in columns])
-    console = Console()
-    (console if console.is_terminal else Console(width=240)).print(table)
+    return table
+
+
+def print_table(rows: list[dict], title: str, wide: bool = False, references: list[dict] | None = None,
+                console: Console | None = None) -> None:
+    """`rows` as a rich table fitted to the terminal (to 120 columns when piped)."""
+    console = console or Console()
+    width = console.width if console.is_terminal or console.record else 120
+    table = candidate_table(rows, title, None if wide else width, wide, references)
+    if not console.is_terminal and not console.record:
+        console = Console(width=width)
+    if wide:  # every column at its natural width: the terminal may wrap lines, never values
+        before = console.width
+        every = [*(references or []), *rows]
+        console.width = max(before, 1 + sum(_width(c, every) for c in fitting_columns(every, None, True)))
+        console.print(table)
+        console.width = before
+    else:
+        console.print(table)
+
+
+def reference_rows(candidates: list[dict], front: list[dict]) -> list[dict]:
+    """The base row and the best pure R-SFT row (by combined score), those of them not on `front`."""
+    on = {r.get("candidate") for r in front}
+    base = [r for r in candidates if r.get("kind") == BASE]
+    pure = [r for r in candidates if r.get("kind") == PURE_RSFT]
+    best_pure = max(pure, key=lambda r: r.get("combined_score") or float("-inf")) if pure else None
+    return [r for r in (*base[:1], best_pure) if r is not None and r.get("candidate") not in on]
+
+
+def counts_line(front: int, edited: int, failed: int | None = None) -> str:
+    """The same count sentence for `pareto` and the sweep's summary: front size, candidates, base."""
+    tail = f", {failed} failed" if failed else ""
+    return f"{front} on the front of {edited} candidates + the base model{tail}"
+
+
+def executable(name: str) -> str:
+    """`name` as a user can type it now: bare if the shell finds this venv's copy, else its full path."""
+    here = Path(sys.executable).parent / name
+    found = shutil.which(name)
+    if not here.exists() or (found and Path(found).resolve() == here.resolve()):
+        return name
+    return str(here)
+
+
+def print_command(console: Console, lead: str, command: str) -> None:
+    """`lead` then `command` on one line, never wrapped, so it pastes whole into a shell."""
+    console.print(f"{lead} {escape(command)}", soft_wrap=True, highlight=False)

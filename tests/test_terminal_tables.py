@@ -1,0 +1,122 @@
+"""The candidate tables stay readable at 80, 100 and 120 columns; printed commands never wrap."""
+
+from __future__ import annotations
+
+import io
+import random
+
+import pytest
+from rich.console import Console
+
+from mm4ke_ray.schema import BASE, GEN_EDIT_METRICS, PURE_RSFT, SAMPLED
+from mm4ke_ray.tracking.tables import (
+    CORE_COLUMNS,
+    REFERENCE_CAPTION,
+    counts_line,
+    format_cell,
+    print_command,
+    print_table,
+    reference_rows,
+)
+
+
+def _rows(n: int = 6, gen: bool = False) -> list[dict]:
+    rng = random.Random(3)
+    rows = []
+    for i in range(n):
+        row = {
+            "candidate": f"3f9a1c2e_{i:05d}-c{i % 4}",
+            "kind": SAMPLED,
+            "trial_id": f"3f9a1c2e_{i:05d}",
+            "run_id": f"{i:032x}",
+            "layer": 3,
+            "lr": 3e-4 * (i + 1),
+            "threshold": 0.1,
+            "steps": 10,
+            "epochs": 3,
+            "alpha": round(0.1 + 0.13 * i, 3),
+            "sparsity": round(rng.random(), 3),
+            "density": 0.5,
+            "edit_succ": 60 + rng.random() * 40,
+            "generalization": 50 + rng.random() * 40,
+            "portability": 20 + rng.random() * 40,
+            "locality": 70 + rng.random() * 30,
+            "edit_score": 0.5 + rng.random() / 2,
+            "general_score": 0.9 + rng.random() / 10,
+            "combined_score": 0.7 + rng.random() / 4,
+        }
+        if gen:
+            row.update({m: 10 + rng.random() * 80 for m in GEN_EDIT_METRICS})
+        rows.append(row)
+    return rows
+
+
+def _render(rows, width: int, **kw) -> str:
+    console = Console(width=width, record=True, file=io.StringIO())
+    print_table(rows, "Pareto front of demo", console=console, **kw)
+    return console.export_text()
+
+
+@pytest.mark.parametrize("width", [80, 100, 120])
+def test_every_core_number_is_visible_and_no_line_is_wider_than_the_terminal(width):
+    rows = _rows()
+    text = _render(rows, width)
+    assert max(len(line) for line in text.splitlines()) <= width
+    for r in rows:
+        assert r["candidate"] in text  # whole, not cut: it is what `export --pick` takes
+        for c in CORE_COLUMNS[1:]:
+            assert format_cell(r[c]) in text, (c, format_cell(r[c]), text)
+    header = text.splitlines()[2]
+    for name in ("α", "sparsity", "edit", "general", "combined"):
+        assert name in header
+
+
+def test_wider_terminals_show_more_columns_and_wide_shows_them_all():
+    rows = _rows()
+    narrow, wider = _render(rows, 80), _render(rows, 120)
+    assert "succ" not in narrow.splitlines()[2] or len(wider.splitlines()[2]) > len(narrow.splitlines()[2])
+    assert "succ" in wider  # the first secondary column joins when it fits
+    everything = _render(rows, 80, wide=True)
+    for r in rows:
+        for c in ("run_id", "threshold", "epochs", "portability", "locality"):
+            assert format_cell(r[c]) in everything, c
+
+
+@pytest.mark.parametrize("width", [100, 120])
+def test_both_metric_families_show_when_the_sweep_computed_both(width):
+    rows = _rows(gen=True)
+    text = _render(rows, width)
+    assert "gen.succ" in text and " succ" in text
+    for r in rows:
+        assert format_cell(r["gen.edit_succ"]) in text
+        assert format_cell(r["edit_succ"]) in text
+
+
+def test_reference_rows_sit_apart_from_the_front_and_counts_agree():
+    rows = _rows()
+    base = {"candidate": BASE, "kind": BASE, "edit_score": 0.01, "general_score": 1.0, "combined_score": 0.5}
+    pure = [{**rows[0], "candidate": "p1-c0", "kind": PURE_RSFT, "combined_score": 0.4},
+            {**rows[1], "candidate": "p2-c0", "kind": PURE_RSFT, "combined_score": 0.45}]
+    front = rows[:3]
+    refs = reference_rows([base, *pure, *rows], front)
+    assert [r["candidate"] for r in refs] == [BASE, "p2-c0"]  # the base, then the best pure R-SFT
+    # A reference on the front is a front row, not a reference.
+    assert reference_rows([base, *rows], [base, *front]) == []
+    text = _render(front, 80, references=refs)
+    lines = text.splitlines()
+    base_line = next(i for i, line in enumerate(lines) if line.startswith("│ base"))
+    pure_line = next(i for i, line in enumerate(lines) if "p2-c0" in line)
+    first_front = next(i for i, line in enumerate(lines) if front[0]["candidate"] in line)
+    rule = next(i for i, line in enumerate(lines) if i > pure_line and line.startswith("├"))
+    assert base_line < pure_line < rule < first_front
+    assert " ".join(REFERENCE_CAPTION.split()[:4]) in " ".join(text.split())
+    assert counts_line(3, 40) == "3 on the front of 40 candidates + the base model"
+
+
+def test_a_printed_command_stays_on_one_line_at_80_columns():
+    console = Console(width=80, record=True, file=io.StringIO())
+    cmd = "/very/long/path/to/the/venv/bin/mlflow ui --backend-store-uri sqlite:////home/user/project/runs/mlflow.db --host 127.0.0.1 --port 5000"
+    print_command(console, "[bold]Open MLflow:[/]", cmd)
+    out = console.export_text()
+    assert out.rstrip("\n").count("\n") == 0
+    assert out.strip() == f"Open MLflow: {cmd}"
