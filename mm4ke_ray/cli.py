@@ -23,11 +23,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mm4ke-ray",
         description="Knowledge editing by Robust SFT + model merging, swept with Ray Tune + Optuna.",
+        # No prefix matching: `--mode both` on a command without --mode would silently be `--model both`.
+        allow_abbrev=False,
     )
     parser.add_argument("--version", action="version", version=f"mm4ke-ray {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for module in COMMANDS:
-        p = sub.add_parser(module.NAME, help=module.HELP, description=module.HELP)
+        p = sub.add_parser(module.NAME, help=module.HELP, description=module.HELP, allow_abbrev=False)
         module.add_arguments(p)
         p.set_defaults(_run=module.run)
     return parser

@@ -20,10 +20,48 @@ def _looks_local(name: str) -> bool:
     return Path(name).exists() or name.startswith((".", "/", "~")) or name.count("/") > 1
 
 
+def _hub_offline_reason() -> str | None:
+    """Why the Hugging Face hub cannot be reached from here (None: it can, as far as a 3 s probe tells)."""
+    import socket
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return "the hub is switched off here (HF_HUB_OFFLINE=1)"
+    url = urlparse(constants.ENDPOINT)
+    try:
+        socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)), timeout=3).close()
+    except OSError as exc:
+        return f"the hub at {constants.ENDPOINT} cannot be reached ({exc.__class__.__name__}: {exc})"
+    return None
+
+
+def _in_hub_cache(name: str) -> bool:
+    from huggingface_hub import try_to_load_from_cache
+
+    return isinstance(try_to_load_from_cache(name, "config.json"), str)
+
+
 def check_model_source(name: str) -> None:
-    """Fail early, with the path in the message, for a local model path that does not exist."""
-    if _looks_local(name) and not Path(name).expanduser().exists():
-        raise UserError(f"model path '{name}' does not exist (give a local directory or a hub id like 'Qwen/Qwen2.5-7B-Instruct')")
+    """Fail early, with the model in the message, for a model that cannot be had from here.
+
+    That is a local path that does not exist, or a hub id that is not in the hub cache while
+    the hub is offline or unreachable (transformers would end in an OSError traceback).
+    """
+    if _looks_local(name):
+        if not Path(name).expanduser().exists():
+            raise UserError(f"model path '{name}' does not exist (give a local directory or a hub id like "
+                            "'Qwen/Qwen2.5-7B-Instruct')")
+        return
+    if _in_hub_cache(name):
+        return
+    if reason := _hub_offline_reason():
+        raise UserError(
+            f"model '{name}' is neither a local folder nor in the Hugging Face cache, and {reason}; "
+            f"download it where the hub is reachable (hf download {name}) or give a local folder "
+            "that holds config.json and *.safetensors"
+        )
 
 
 def load_tokenizer(name: str, trust_remote_code: bool = False):
@@ -40,7 +78,11 @@ def load_tokenizer(name: str, trust_remote_code: bool = False):
     from mm4ke_ray.modeling.tokenizer_check import check_auto_tokenizer
 
     check_model_source(name)
-    tok = AutoTokenizer.from_pretrained(name, trust_remote_code=trust_remote_code)
+    try:
+        tok = AutoTokenizer.from_pretrained(name, trust_remote_code=trust_remote_code)
+    except OSError as exc:  # e.g. a hub id that does not exist, or the hub went away meanwhile
+        raise UserError(f"cannot load the tokenizer of model '{name}': {str(exc).splitlines()[0]}; give a local "
+                        "folder or a hub id that exists (and is reachable)") from exc
     if check_auto_tokenizer(name, strict=False, tokenizer=tok) is not None:
         tok = PreTrainedTokenizerFast.from_pretrained(name)
     if tok.pad_token is None:
