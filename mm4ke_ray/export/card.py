@@ -3,8 +3,15 @@
 from __future__ import annotations
 
 import shlex
+from pathlib import Path
+
+import yaml
 
 from mm4ke_ray.tracking.tables import format_cell
+
+_TAGS = ("knowledge-editing", "model-merging", "mm4ke-ray")
+_DEMO_FILES = ("manifest.json", "world.json")
+SNIPPET_PATH = "path/to/this/directory"  # what a user (and the card's test) replaces
 
 _METRIC_ROWS = (
     ("edit_succ", "Edit Succ. (%)"),
@@ -90,37 +97,87 @@ def _reproduce(recipe: dict) -> list[str]:
     ]
 
 
+def hub_id(base_model: str) -> str | None:
+    """The Hugging Face hub id of the base: itself when it names one, or read off an HF cache path."""
+    parts = Path(base_model).parts
+    for part in parts:  # .../hub/models--Qwen--Qwen2.5-7B/snapshots/<sha>
+        if part.startswith("models--") and "snapshots" in parts:
+            return part[len("models--"):].replace("--", "/")
+    looks_like_id = base_model.count("/") == 1 and not base_model.startswith((".", "/", "~"))
+    return base_model if looks_like_id and not Path(base_model).exists() else None
+
+
+def is_demo_model(base_model: str) -> bool:
+    """True for the demo's toy model (a `model` folder beside the demo build's manifest and world)."""
+    folder = Path(base_model).expanduser()
+    return folder.name == "model" and all((folder.parent / f).is_file() for f in _DEMO_FILES)
+
+
+def _front_matter(recipe: dict) -> list[str]:
+    base_model = recipe["base_model"]
+    hub = hub_id(base_model)
+    data = {"library_name": "transformers", "tags": list(_TAGS)}
+    if hub:
+        data.update(base_model=hub, base_model_relation="merge")
+    edits = recipe["edits"]["source"]
+    if hub_id(edits) and not Path(edits).exists():
+        data["datasets"] = [edits]
+    text = yaml.safe_dump(data, sort_keys=False).rstrip("\n")
+    note = [] if hub else [
+        "# base_model left out: the base is a local path, not a hub id "
+        f"({'the demo' + chr(39) + 's toy model' if is_demo_model(base_model) else 'set it by hand after uploading'})"
+    ]
+    return ["---", text, *note, "---"]
+
+
+def _how_to_use(recipe: dict) -> list[str]:
+    chat = recipe["evaluation"].get("prompt_format") == "chat"
+    prompt = (
+        'text = tokenizer.apply_chat_template([{"role": "user", "content": "Who is the author of Dracula?"}],\n'
+        "                                     tokenize=False, add_generation_prompt=True)"
+        if chat else 'text = "The author of Dracula is"'
+    )
+    return [
+        "## How to use",
+        "",
+        "```python",
+        "from transformers import AutoModelForCausalLM, AutoTokenizer",
+        "",
+        f'model_dir = "{SNIPPET_PATH}"  # this directory (or its hub id once uploaded)',
+        "tokenizer = AutoTokenizer.from_pretrained(model_dir)",
+        "model = AutoModelForCausalLM.from_pretrained(model_dir)",
+        prompt,
+        'inputs = tokenizer(text, return_tensors="pt")',
+        "out = model.generate(**inputs, max_new_tokens=16, do_sample=False)",
+        'print(tokenizer.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True))',
+        "```",
+    ]
+
+
 def model_card(recipe: dict) -> str:
     """Markdown model card: what was edited, how, how well (against base and pure R-SFT), how to redo it."""
     r, m, e, src = recipe["rsft"], recipe["merge"], recipe["edits"], recipe["source"]
     base_model = recipe["base_model"]
-    front = [
-        "---",
-        "library_name: transformers",
-        "tags:",
-        "- knowledge-editing",
-        "- model-merging",
-        "- mm4ke-ray",
-    ]
-    if (
-        "/" in base_model
-        and not base_model.startswith((".", "/", "~"))
-        and base_model.count("/") == 1
-    ):
-        front.append(
-            f"base_model: {base_model}"
-        )  # hub ids only; a local path is not a valid card field
-    front.append("---")
+    front = _front_matter(recipe)
+    demo = (["> **Note:** the base is the demo's toy model (a small model trained by `mm4ke-ray demo` on a "
+             "generated world), for trying the tools; it is no general-purpose language model.", ""]
+            if is_demo_model(base_model) else [])
+    experiment = src.get("experiment_name")
+    experiment = f"experiment `{experiment}` (id {src['experiment_id']})" if experiment else \
+        f"experiment `{src['experiment_id']}`"
     ver = recipe["verification"]
     lines = [
         *front,
         "",
         f"# {src['sweep_name']} · {src['candidate']}",
         "",
+        *demo,
         f"`{base_model}` with {e['count']} knowledge edits from `{e['source']}`, made by Robust SFT (R-SFT) of one "
         "transformer block's MLP and merged back into the base model "
         "(θ = θ_base + (1 − α) · Top_p(θ_sft − θ_base); Fu et al., 2025, *Model Merging for Knowledge Editing*). "
         f"Exported by mm4ke-ray {recipe['mm4ke_ray_version']} on {recipe['exported_at']}.",
+        "",
+        *_how_to_use(recipe),
         "",
         "## Edit data",
         "",
@@ -155,7 +212,7 @@ def model_card(recipe: dict) -> str:
         "",
         "## Provenance",
         "",
-        f"- MLflow: `{src['tracking_uri']}`, experiment `{src['experiment_id']}`, sweep run `{src['sweep_run_id']}`, "
+        f"- MLflow: `{src['tracking_uri']}`, {experiment}, sweep run `{src['sweep_run_id']}`, "
         f"candidate run `{src['candidate_run_id']}` (kind `{src['kind']}`, trial `{src['trial_id']}`)",
         f"- Delta artifact: `{src['delta_artifact']}` (sha256 `{recipe['delta']['sha256']}`)",
         f"- mm4ke-ray git revision of the sweep: `{src.get('git_revision') or 'unknown'}`",

@@ -122,6 +122,7 @@ def _recipe(
         "source": {
             "tracking_uri": sweep.uri,
             "experiment_id": sweep.experiment_id,
+            "experiment_name": sweep.experiment_name,
             "sweep_name": sweep.name,
             "sweep_run_id": sweep.run_id,
             "candidate": c["candidate"],

@@ -75,6 +75,7 @@ class Sweep:
     failed: list[dict] = field(default_factory=list)
     run_tags: dict[str, dict[str, str]] = field(default_factory=dict)  # run id → that run's tags
     others_with_name: int = 0  # older parent runs with the same sweep name (the newest is used)
+    experiment_name: str = ""
 
     @property
     def base(self) -> dict | None:
@@ -237,6 +238,7 @@ def load_sweep(uri: str, sweep: str, experiment: str | None = None) -> Sweep:
         failed=failed,
         run_tags=run_tags,
         others_with_name=others,
+        experiment_name=client.get_experiment(parent.info.experiment_id).name,
     )
 
 

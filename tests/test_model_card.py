@@ -1,0 +1,87 @@
+"""The exported model card: Hub front matter, a load-and-generate snippet that runs, the demo note."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+
+import yaml
+
+from mm4ke_ray.export.card import SNIPPET_PATH, hub_id, is_demo_model, model_card
+
+
+def _recipe(base_model: str, edits: str = "/data/zsre.json", prompt_format: str = "plain") -> dict:
+    metrics = {"edit_succ": 90.0, "edit_score": 0.9, "general_score": 0.95, "combined_score": 0.925}
+    return {
+        "mm4ke_ray_version": "0.0.0",
+        "exported_at": "2026-12-02T15:00:00+00:00",
+        "base_model": base_model,
+        "merge": {"alpha": 0.3, "delta_scale": 0.7, "sparsity": 0.5, "density": 0.5, "method": "top_p", "seed": 0,
+                  "dtype": "float32", "tensors": ["model.layers.1.mlp.down_proj.weight"]},
+        "rsft": {"layer": 1, "threshold": 0.1, "steps": 2, "epochs": 2, "lr": 3e-3, "optimizer": "adamw"},
+        "delta": {"sha256": "ab" * 32},
+        "edits": {"source": edits, "format": None, "limit": 5, "count": 5},
+        "evaluation": {"protocol": "sequential", "prompt_format": prompt_format},
+        "source": {"tracking_uri": "sqlite:///runs/mlflow.db", "experiment_id": "1", "experiment_name": "demo",
+                   "sweep_name": "demo", "sweep_run_id": "r" * 32, "candidate": "t1-c0", "candidate_run_id": "c" * 32,
+                   "kind": "sampled", "trial_id": "t1", "delta_artifact": "deltas/t1/delta.safetensors",
+                   "git_revision": "abc"},
+        "recorded_metrics": metrics,
+        "compared": {"base": metrics, "pure_rsft": metrics},
+        "verification": {"status": "passed", "tolerance": 1e-4, "max_abs_diff": 0.0, "metrics": {},
+                         "weights": {"unchanged": 10}},
+    }
+
+
+def _front_matter(card: str) -> dict:
+    assert card.startswith("---\n")
+    return yaml.safe_load(card.split("---\n")[1])
+
+
+def test_a_hub_base_is_named_with_the_merge_relation_and_the_experiment_by_name():
+    card = model_card(_recipe("Qwen/Qwen2.5-7B-Instruct", edits="zjunlp/KnowEdit"))
+    meta = _front_matter(card)
+    assert meta["base_model"] == "Qwen/Qwen2.5-7B-Instruct"
+    assert meta["base_model_relation"] == "merge"
+    assert meta["library_name"] == "transformers"
+    assert "knowledge-editing" in meta["tags"]
+    assert meta["datasets"] == ["zjunlp/KnowEdit"]
+    assert "experiment `demo` (id 1)" in card
+    assert "toy model" not in card
+
+
+def test_a_local_base_is_left_out_with_a_note_and_the_demo_model_is_said_to_be_a_toy(tmp_path):
+    local = model_card(_recipe(str(tmp_path / "my-model")))
+    assert "base_model" not in _front_matter(local)
+    assert "base_model left out: the base is a local path" in local
+    assert "datasets" not in _front_matter(local)  # a local edit file is no hub dataset
+
+    demo = tmp_path / "demo-123"
+    (demo / "model").mkdir(parents=True)
+    for name in ("manifest.json", "world.json"):
+        (demo / name).write_text("{}")
+    assert is_demo_model(str(demo / "model")) and not is_demo_model(str(tmp_path / "my-model"))
+    card = model_card(_recipe(str(demo / "model")))
+    assert "the base is the demo's toy model" in card
+
+
+def test_a_path_in_the_hf_cache_gives_the_hub_id():
+    path = "/root/.cache/huggingface/hub/models--Qwen--Qwen2.5-0.5B/snapshots/0123abcd"
+    assert hub_id(path) == "Qwen/Qwen2.5-0.5B"
+    assert hub_id("./local/model") is None
+
+
+def test_the_how_to_use_snippet_runs_as_written_against_a_model_directory(tiny_model_dir, tmp_path):
+    # The export directory is a saved Hugging Face model + tokenizer, as tiny_model_dir is.
+    card = model_card(_recipe(str(tiny_model_dir)))
+    code = re.search(r"## How to use\n\n```python\n(.*?)```", card, re.S).group(1)
+    assert SNIPPET_PATH in code
+    script = tmp_path / "snippet.py"
+    # The snippet as written, then a check that it generated new tokens.
+    script.write_text(code.replace(SNIPPET_PATH, str(tiny_model_dir))
+                      + 'assert out.shape[1] > inputs["input_ids"].shape[1]\n')
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
