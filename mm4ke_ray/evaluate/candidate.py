@@ -5,6 +5,10 @@ model's locality predictions and general scores once, and then for each candidat
 (delta, α, sparsity) applies the merge in place, evaluates, and restores the base bit for bit.
 It knows nothing of Ray: the sweep wraps it in an actor.
 
+`evaluation.mode` picks the edit-metric families: teacher-forced (bare names, e.g. `edit_succ`),
+generation (`gen.edit_succ`, see `evaluate.generation`; the base's generated locality answers are
+part of the reference) or both; `objectives.edit_mode` picks the family the edit score uses.
+
 A delta on block L's MLP leaves blocks below L as they are, so the edit metrics reuse the hidden
 states entering block L across candidates (`EditEvaluator(prefix_cache=True)`, `first_layer`).
 """
@@ -20,10 +24,18 @@ import torch
 from mm4ke_ray.config import SweepConfig
 from mm4ke_ray.data import load_edit_records
 from mm4ke_ray.evaluate.edit_metrics import EditEvaluator
-from mm4ke_ray.evaluate.general import GeneralEvaluator, general_score, retention
-from mm4ke_ray.evaluate.scores import objective_values
+from mm4ke_ray.evaluate.general import GeneralEvaluator, GeneralResult, general_score, retention
+from mm4ke_ray.evaluate.generation import GenerationEvaluator, GenerationReference
+from mm4ke_ray.evaluate.scores import edit_family, objective_values
 from mm4ke_ray.merge import apply_delta_, restore_
 from mm4ke_ray.modeling import decoder_layers, load_model, load_tokenizer, mlp_prefix
+from mm4ke_ray.schema import (
+    GENERAL_PREFIX,
+    GENERATION,
+    RETENTION_PREFIX,
+    TEACHER_FORCED,
+    gen_metric,
+)
 
 
 @dataclass(frozen=True)
@@ -44,11 +56,24 @@ class EvalSettings:
     general_tasks: tuple[str, ...] = ()
     task_include_path: str | None = None
     general_limit: int | float | None = None
+    general_metrics: dict = field(default_factory=dict)  # {task: metric}; default its first
     merge_method: str = "magnitude"
     edit_weights: dict = field(default_factory=dict)
     combined_edit_weight: float = 0.5
     device: str = "cpu"
     prefix_cache: bool = True  # reuse hidden states below the delta's layer (identical metrics)
+    eval_mode: str = TEACHER_FORCED  # evaluation.mode: teacher-forced | generation | both
+    edit_mode: str = TEACHER_FORCED  # the family the edit score uses (SweepConfig.edit_mode)
+    generation_match: str = "starts_with"
+    generation_extra_tokens: int = 4
+
+    @property
+    def teacher_forced(self) -> bool:
+        return self.eval_mode != GENERATION
+
+    @property
+    def generation(self) -> bool:
+        return self.eval_mode != TEACHER_FORCED
 
 
 def eval_settings(config: SweepConfig, device: str) -> EvalSettings:
@@ -59,9 +84,12 @@ def eval_settings(config: SweepConfig, device: str) -> EvalSettings:
         skip_invalid=config.data.skip_invalid, prompt_format=config.data.prompt_format,
         batch_size=config.evaluation.batch_size, fluency=config.evaluation.fluency,
         general_tasks=tuple(config.evaluation.general_tasks), task_include_path=config.evaluation.task_include_path,
-        general_limit=config.evaluation.general_limit, merge_method=config.merge.method,
+        general_limit=config.evaluation.general_limit, general_metrics=dict(config.evaluation.general_metrics),
+        merge_method=config.merge.method,
         edit_weights=dict(config.objectives.edit_weights), combined_edit_weight=config.objectives.combined_edit_weight,
-        device=device, allow_pickle=config.model.allow_pickle,
+        device=device, allow_pickle=config.model.allow_pickle, eval_mode=config.evaluation.mode,
+        edit_mode=config.edit_mode, generation_match=config.evaluation.generation_match,
+        generation_extra_tokens=config.evaluation.generation_extra_tokens,
     )
 
 
@@ -72,6 +100,8 @@ class Reference:
     locality: object  # LocalityReference of the base model
     general: dict[str, float]
     metrics: dict  # the base model's own edit metrics and objectives
+    general_result: GeneralResult | None = None  # stderr/chance/docs of the base: the noise guard's input
+    generation: GenerationReference | None = None  # the base's generated locality answers (generation mode)
 
 
 class CandidateEvaluator:
@@ -84,37 +114,54 @@ class CandidateEvaluator:
         records = load_edit_records(s.edits, limit=s.limit, skip_invalid=s.skip_invalid, fmt=s.data_format).records
         self.edit_eval = EditEvaluator(self.tokenizer, records, prompt_format=s.prompt_format, batch_size=s.batch_size,
                                        prefix_cache=s.prefix_cache)
+        self.gen_eval = None
+        if s.generation:
+            self.gen_eval = GenerationEvaluator(self.tokenizer, records, prompt_format=s.prompt_format,
+                                                batch_size=s.batch_size, match=s.generation_match,
+                                                extra_new_tokens=s.generation_extra_tokens)
         self.general_eval = None
         if s.general_tasks:
-            self.general_eval = GeneralEvaluator(
-                self.model, self.tokenizer, list(s.general_tasks), include_path=s.task_include_path, limit=s.general_limit
+            self.general_eval = GeneralEvaluator.for_prompt_format(
+                self.model, self.tokenizer, list(s.general_tasks), s.prompt_format, include_path=s.task_include_path,
+                limit=s.general_limit, metrics=s.general_metrics,
             )
+        if reference is not None:
+            _check_reference(reference, s)
         self.reference = reference or self._compute_reference()
 
     def _compute_reference(self) -> Reference:
-        locality = self.edit_eval.base_predictions(self.model)
-        general = self.general_eval.evaluate() if self.general_eval else {}
-        ref = Reference(locality=locality, general=general, metrics={})
+        locality = self.edit_eval.base_predictions(self.model) if self.settings.teacher_forced else None
+        generation = self.gen_eval.base_generations(self.model) if self.gen_eval else None
+        result = self.general_eval.evaluate_result() if self.general_eval else None
+        ref = Reference(locality=locality, general=result.scores if result else {}, metrics={}, general_result=result,
+                        generation=generation)
         self.reference = ref
         ref.metrics = self._score(alpha=None, sparsity=None, seconds=0.0)
         return ref
 
     def _score(self, alpha, sparsity, seconds: float, first_layer: int | None = None) -> dict:
         start = time.perf_counter()
-        metrics = self.edit_eval.evaluate(self.model, self.reference.locality, fluency=self.settings.fluency,
-                                          first_layer=first_layer).as_dict()
+        metrics = {}
+        if self.settings.teacher_forced:
+            metrics.update(self.edit_eval.evaluate(self.model, self.reference.locality, fluency=self.settings.fluency,
+                                                   first_layer=first_layer).flat())
+        if self.gen_eval:
+            generated = self.gen_eval.evaluate(self.model, self.reference.generation).flat()
+            metrics.update({gen_metric(k): v for k, v in generated.items()})
         out = {k: v for k, v in metrics.items() if v is not None}
         general = None
         if self.general_eval:
-            scores = self.general_eval.evaluate()
+            result = self.general_eval.evaluate_result()
+            scores = result.scores
             better = self.general_eval.higher_is_better
             kept = retention(scores, self.reference.general, better)
             general = general_score(scores, self.reference.general, better)
             if general != general:  # NaN: every task's base score was 0; nothing to retain
                 general = 0.0
-            out.update({f"general/{k}": v for k, v in scores.items()})
-            out.update({f"retention/{k}": v for k, v in kept.items()})
-        out.update(objective_values(out, general, self.settings.edit_weights, self.settings.combined_edit_weight))
+            out.update(result.flat(GENERAL_PREFIX))  # general.<task>, general.<task>.stderr
+            out.update({f"{RETENTION_PREFIX}{k}": v for k, v in kept.items()})
+        family = edit_family(out, self.settings.edit_mode)
+        out.update(objective_values(family, general, self.settings.edit_weights, self.settings.combined_edit_weight))
         out["eval_seconds"] = time.perf_counter() - start + seconds
         return out
 
@@ -134,6 +181,17 @@ class CandidateEvaluator:
             release_freed_memory()
         out["merge_seconds"] = merge_seconds
         return out
+
+
+def _check_reference(reference: Reference, settings: EvalSettings) -> None:
+    """A shared reference must hold what this evaluator's mode compares against."""
+    missing = [what for what, needed, held in (
+        ("teacher-forced locality predictions", settings.teacher_forced, reference.locality),
+        ("generated locality answers", settings.generation, reference.generation),
+    ) if needed and held is None]
+    if missing:
+        raise ValueError(f"the shared reference lacks the base's {' and '.join(missing)} that evaluation.mode "
+                         f"{settings.eval_mode!r} needs: it was computed under another mode")
 
 
 def release_freed_memory() -> None:

@@ -17,6 +17,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from mm4ke_ray.errors import UserError
+from mm4ke_ray.schema import EDIT_METRICS, GEN_PREFIX, GENERATION
 
 
 @dataclass(frozen=True)
@@ -51,6 +52,14 @@ def edit_score(metrics: dict, weights: dict[str, float], exclude: tuple[str, ...
             total += w * value / 100.0
             weight_sum += w
     return total / weight_sum if weight_sum else 0.0
+
+
+def edit_family(metrics: Mapping[str, float], edit_mode: str) -> dict[str, float]:
+    """The edit metrics of one family under their bare names: teacher-forced ones as they are,
+    generation ones (`gen.edit_succ`, ...) with the prefix dropped; what `objective_values` reads
+    when `objectives.edit_mode` chooses that family. Metrics the family lacks are left out."""
+    prefix = GEN_PREFIX if edit_mode == GENERATION else ""
+    return {m: metrics[prefix + m] for m in EDIT_METRICS if metrics.get(prefix + m) is not None}
 
 
 def objective_values(metrics: dict, general: float | None, weights: dict[str, float], combined_w: float) -> dict:
