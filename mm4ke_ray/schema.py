@@ -97,6 +97,10 @@ class Tag:
 
 
 BEST_TAGS = (Tag.BEST_CANDIDATE, Tag.BEST_RUN_ID, Tag.BEST_COMBINED_SCORE)
+# MLflow 3's experiment kind: without it the UI infers one and may open on GenAI traces.
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+MODEL_TRAINING_KIND = "custom_model_development"  # the UI's "custom model development" (runs first)
+SUMMARY_DIGITS = 6  # decimals of the parent run's summary metrics (best score so far, ...)
 
 # -- artifacts -------------------------------------------------------------------------------
 CONFIG_ARTIFACT = "config.yaml"  # the sweep's config, on the parent run

@@ -26,7 +26,7 @@ from mlflow import MlflowClient
 from mlflow.entities import Param
 from mlflow.exceptions import MlflowException
 
-from mm4ke_ray.schema import Tag
+from mm4ke_ray.schema import EXPERIMENT_KIND_TAG, MODEL_TRAINING_KIND, SUMMARY_DIGITS, Tag
 from mm4ke_ray.tracking.buffer import ReplayReport, Spool, reachable, replay_spool, send_record
 from mm4ke_ray.tracking.pareto_artifacts import publish_pareto
 from mm4ke_ray.tracking.query import load_sweep
@@ -113,12 +113,15 @@ class SweepTracker:
             self.experiment_id = self._create_experiment(experiment, location)
         else:
             self.experiment_id = exp.experiment_id
+            if EXPERIMENT_KIND_TAG not in exp.tags:  # made by an older version or by hand
+                self.client.set_experiment_tag(self.experiment_id, EXPERIMENT_KIND_TAG, MODEL_TRAINING_KIND)
         self._setup(spool_path)
 
     def _create_experiment(self, name: str, location: str | None) -> str:
         """Create experiment `name`; if another sweep created it since we looked, use that one."""
         try:
-            return self.client.create_experiment(name, artifact_location=location)
+            return self.client.create_experiment(name, artifact_location=location,
+                                                 tags={EXPERIMENT_KIND_TAG: MODEL_TRAINING_KIND})
         except MlflowException as exc:
             if exc.error_code != "RESOURCE_ALREADY_EXISTS":
                 raise
@@ -224,6 +227,8 @@ class SweepTracker:
                            "metrics": _metric_items(metrics), "status": status})
 
     def log_sweep_metrics(self, metrics: dict, step: int) -> None:
+        # Summaries are read by people in the UI: 0.9925, not float32's 0.99249999...
+        metrics = {k: round(v, SUMMARY_DIGITS) if isinstance(v, float) else v for k, v in metrics.items()}
         self._emit({"op": "batch", "run_id": self.parent_run_id, "metrics": _metric_items(metrics, step=step)})
 
     def set_sweep_tags(self, tags: dict) -> None:

@@ -1,0 +1,35 @@
+"""How a sweep's experiment looks to MLflow 3's UI: a model-training experiment, readable summaries."""
+
+from __future__ import annotations
+
+import numpy as np
+from mlflow import MlflowClient
+
+from mm4ke_ray.schema import EXPERIMENT_KIND_TAG, MODEL_TRAINING_KIND
+from mm4ke_ray.tracking.mlflow_tracker import SweepTracker
+
+
+def test_the_experiment_is_a_model_training_one_so_the_ui_opens_on_runs(tmp_path):
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    tracker = SweepTracker(uri, "kindtest", str(tmp_path / "artifacts"))
+    exp = MlflowClient(uri).get_experiment(tracker.experiment_id)
+    assert exp.tags[EXPERIMENT_KIND_TAG] == MODEL_TRAINING_KIND
+
+    # An experiment made without the tag (older version, by hand) gets it when a sweep logs to it.
+    client = MlflowClient(uri)
+    old = client.create_experiment("untagged", artifact_location=(tmp_path / "old").as_uri())
+    assert EXPERIMENT_KIND_TAG not in client.get_experiment(old).tags
+    SweepTracker(uri, "untagged")
+    assert client.get_experiment(old).tags[EXPERIMENT_KIND_TAG] == MODEL_TRAINING_KIND
+
+
+def test_summary_metrics_on_the_parent_run_are_rounded(tmp_path):
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    tracker = SweepTracker(uri, "roundtest", str(tmp_path / "artifacts"))
+    parent = tracker.start_sweep("roundtest", params={}, tags={})
+    score = float(np.float32(0.9925))  # 0.9924999475479126: what a float32 mean becomes
+    assert score != 0.9925
+    tracker.log_sweep_metrics({"best_combined_score": score, "trials_done": 3}, step=3)
+    metrics = MlflowClient(uri).get_run(parent).data.metrics
+    assert metrics["best_combined_score"] == 0.9925
+    assert metrics["trials_done"] == 3
