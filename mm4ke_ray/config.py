@@ -68,7 +68,8 @@ class EvaluationConfig(_Section):
         # Whether the task reports that metric is checked when lm-eval loads it (GeneralEvaluator).
         unknown = sorted(set(self.general_metrics) - set(self.general_tasks))
         if unknown:
-            raise ValueError(f"general_metrics names {unknown}, not in general_tasks {self.general_tasks}")
+            raise ValueError(f"general_metrics names {unknown}, not in general_tasks {self.general_tasks}: add "
+                             "them to evaluation.general_tasks or drop them from evaluation.general_metrics")
         empty = sorted(t for t, m in self.general_metrics.items() if not m.strip())
         if empty:
             raise ValueError(f"general_metrics: give a metric name for {empty}")
