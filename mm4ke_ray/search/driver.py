@@ -158,11 +158,28 @@ def _execute(config: SweepConfig, source: str, address: str | None, manifest: Ma
     if warning := local_storage_warning(storage, len([n for n in ray.nodes() if n.get("Alive")])):
         console.print(f"[yellow]{warning}[/]")
     plan = plan_resources(config.resources, ray.cluster_resources(), config.merge.extra_candidates + 1)
+    # The pool first: its base reference decides whether the general tasks are informative, and a
+    # refused task (exit 2) then leaves no folder, no parent run and no trial behind.
+    pool = start_pool(settings, plan.actors, config.resources.eval_cpus,
+                      config.resources.eval_gpus, config.resources.eval_resource)
+    try:
+        if pool.reference.general_result is not None:
+            pool.reference.general_result.check_noise()
+        return _with_pool(config, source, manifest, settings, plan, storage, pool, start)
+    finally:
+        # Tune's registry keeps the trainable's parameters (and so the pool's handles) for the
+        # process's lifetime: without an explicit kill the pool would hold its CPUs/GPUs until
+        # the driver exits and starve a next sweep in the same process.
+        stop_pool(pool)
+
+
+def _with_pool(config, source, manifest, settings, plan, storage, pool, start) -> SweepOutcome:
     experiment_dir = manifest.experiment_dir if manifest else claim_experiment_folder(storage, config.name)
 
     tracker, parent = open_sweep_run(config, experiment_dir, eval_actors=plan.actors, max_concurrent=plan.max_concurrent,
                                      parent_run_id=manifest.parent_run_id if manifest else None)
-    run = SweepRun(config, source, manifest, settings, plan, storage, experiment_dir, tracker, parent, start=start)
+    run = SweepRun(config, source, manifest, settings, plan, storage, experiment_dir, tracker, parent, pool=pool,
+                   start=start)
     if manifest:
         run.rows, run.finished, run.base_logged = logged_so_far(tracker, parent)
     else:
@@ -172,16 +189,7 @@ def _execute(config: SweepConfig, source: str, address: str | None, manifest: Ma
                   f"actor(s), {plan.max_concurrent} trial(s) at once · MLflow run {parent}\n"
                   f"  folder {experiment_dir}", soft_wrap=True)
     print_command(console, "  if it is interrupted:", f"{executable('mm4ke-ray')} sweep --resume {experiment_dir}")
-
-    run.pool = start_pool(settings, plan.actors, config.resources.eval_cpus,
-                          config.resources.eval_gpus, config.resources.eval_resource)
-    try:
-        return _tune(run)
-    finally:
-        # Tune's registry keeps the trainable's parameters (and so the pool's handles) for the
-        # process's lifetime: without an explicit kill the pool would hold its CPUs/GPUs until
-        # the driver exits and starve a next sweep in the same process.
-        stop_pool(run.pool)
+    return _tune(run)
 
 
 def _trial_context(run: SweepRun) -> TrialContext:

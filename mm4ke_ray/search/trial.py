@@ -56,7 +56,7 @@ def _rsft_config(params: dict, search: SearchConfig, settings: EvalSettings) -> 
     return RSFTConfig(
         layer=int(params["layer"]), epochs=int(params["epochs"]), steps=int(params["steps"]), lr=float(params["lr"]),
         threshold=float(params["threshold"]), optimizer=search.rsft.optimizer, prompt_format=settings.prompt_format,
-        seed=search.seed,
+        seed=search.seed, lr_schedule=search.rsft.lr_schedule, warmup_ratio=search.rsft.warmup_ratio,
     )
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 import yaml
 
 from mm4ke_ray.config import SweepConfig
+from mm4ke_ray.modeling.encoding import EVAL_SCORING, TRAIN_SUPERVISION
 from mm4ke_ray.schema import CONFIG_ARTIFACT, Tag
 from mm4ke_ray.storage import is_uri
 from mm4ke_ray.tracking.buffer import SPOOL_FILE
@@ -45,7 +46,25 @@ def sweep_params(config: SweepConfig, eval_actors: int, max_concurrent: int) -> 
             "model": config.model.name, "edits": config.data.edits, "num_trials": config.search.num_trials,
             "sampler": config.search.sampler, "merge_method": config.merge.method,
             "extra_candidates": config.merge.extra_candidates, "seed": config.search.seed,
-            "eval_actors": eval_actors, "max_concurrent": max_concurrent}
+            "eval_actors": eval_actors, "max_concurrent": max_concurrent,
+            **recorded_choices(config)}
+
+
+def recorded_choices(config: SweepConfig) -> dict:
+    """How the sweep trains and scores (issues 11, 14): R-SFT's supervision and lr schedule, the
+    edit-metric families and the one the edit score uses, and how lm-eval's general tasks run."""
+    ev = config.evaluation
+    out = {"rsft_lr_schedule": config.search.rsft.lr_schedule, "rsft_warmup_ratio": config.search.rsft.warmup_ratio,
+           "train_supervision": TRAIN_SUPERVISION[config.data.prompt_format], "eval_scoring": EVAL_SCORING,
+           "eval_mode": ev.mode, "edit_mode": config.edit_mode}
+    if ev.mode != "teacher-forced":
+        out.update(generation_match=ev.generation_match, generation_extra_tokens=ev.generation_extra_tokens)
+    if ev.general_tasks:
+        # the same rule GeneralEvaluator.for_prompt_format applies: chat-edited models get the template
+        out.update(general_apply_chat_template=config.data.prompt_format == "chat",
+                   general_limit=ev.general_limit if ev.general_limit is not None else "all",
+                   **{f"general_metric.{t}": ev.general_metrics.get(t, "first") for t in ev.general_tasks})
+    return out
 
 
 def sweep_tags(config: SweepConfig, experiment_dir: str) -> dict:
