@@ -27,14 +27,21 @@ SPACE = {
 
 
 def general_task(folder: Path, docs: int = 24, name: str = "faults_mc") -> str:
-    """A local lm-eval multiple-choice task over real ZsRE locality questions."""
+    """A local lm-eval multiple-choice task over real ZsRE locality questions.
+
+    Informative for an untrained tiny model too: each distractor is two other answers joined, so
+    its summed log-likelihood (lm-eval's `acc`) is lower and the model's base score sits far
+    above chance (1/4); with single-answer distractors a random model scores at chance and the
+    sweep's noise guard rightly refuses the task.
+    """
     from mm4ke_ray.evaluate.local_tasks import write_multiple_choice_task
 
     records = json.loads(ZSRE.read_text())[20 : 20 + docs]
     answers = [r["locality"]["Relation_Specificity"][0]["ground_truth"][0] for r in records]
     rows = []
     for i, r in enumerate(records):
-        others = [a for a in answers if a != answers[i]][i % 5 : i % 5 + 3]
+        pool = [a for a in answers if a != answers[i]]
+        others = [f"{pool[(i + j) % len(pool)]} {pool[(i + j + 7) % len(pool)]}" for j in range(3)]
         rows.append({"question": r["locality"]["Relation_Specificity"][0]["prompt"],
                      "choices": [answers[i], *others], "answer_index": 0})
     return write_multiple_choice_task(name, rows, folder)

@@ -34,9 +34,12 @@ def sweep_config(tmp_path_factory, tiny_model_dir):
         "name": "sweeptest",
         "model": {"name": str(tiny_model_dir)},
         "data": {"edits": str(ZSRE), "limit": 4},
-        "evaluation": {"general_tasks": [task], "task_include_path": str(tmp / "tasks"), "batch_size": 8},
+        # Both metric families, the edit objective from the generated answers (issue 14).
+        "evaluation": {"general_tasks": [task], "task_include_path": str(tmp / "tasks"), "batch_size": 8,
+                       "mode": "both"},
         "search": {"num_trials": 4, "sampler": "tpe", "seed": 3, "space": SPACE},
         "merge": {"extra_candidates": 2},
+        "objectives": {"edit_mode": "generation"},
         "tracking": {"uri": f"sqlite:///{tmp}/mlflow.db", "experiment": "sweeptest",
                      "artifact_location": str(tmp / "artifacts")},
         "storage_path": str(tmp / "ray"),
@@ -134,3 +137,34 @@ def test_the_real_sweep_publishes_its_front_and_exports_the_best(outcome, sweep_
     assert recipe["verification"]["status"] == "passed"
     assert "general.sweeptest_mc" in checked and "edit_succ" in checked and "locality" in checked
     assert all(m["abs_diff"] <= recipe["verification"]["tolerance"] for m in checked.values())
+
+
+def test_both_metric_families_reach_mlflow_and_the_edit_score_follows_generation(outcome, sweep_config):
+    """Issue 14 in a real sweep: teacher-forced and gen.* metrics (and per-kind means) on every
+    candidate run, the edit score computed from the generation family (objectives.edit_mode),
+    and how the sweep trained and scored recorded on the parent run (issues 11, 14)."""
+    from mlflow import MlflowClient
+
+    from mm4ke_ray.evaluate.scores import edit_family, edit_score
+    from mm4ke_ray.schema import EDIT_METRICS, GEN_EDIT_METRICS
+
+    client = MlflowClient(sweep_config.tracking.uri)
+    parent = client.get_run(outcome.parent_run_id)
+    params = parent.data.params
+    assert params["eval_mode"] == "both" and params["edit_mode"] == "generation"
+    assert params["rsft_lr_schedule"] == "constant" and "answer tokens" in params["train_supervision"]
+    assert params["general_apply_chat_template"] == "False" and params["general_metric.sweeptest_mc"] == "first"
+    runs = client.search_runs([parent.info.experiment_id], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'",
+                              max_results=1000)
+    assert len(runs) == len(outcome.rows) + 1  # the candidates and the base
+    weights = dict(sweep_config.objectives.edit_weights)
+    differ = 0
+    for run in runs:
+        m = run.data.metrics
+        assert all(k in m for k in (*EDIT_METRICS, *GEN_EDIT_METRICS)), sorted(m)
+        assert "gen.locality.Relation_Specificity" in m and "locality.Relation_Specificity" in m
+        assert "general.sweeptest_mc.stderr" in m
+        # general tasks present: the edit score is the weighted mean of the gen.* family
+        assert m["edit_score"] == pytest.approx(edit_score(edit_family(m, "generation"), weights))
+        differ += m["edit_score"] != pytest.approx(edit_score(edit_family(m, "teacher-forced"), weights))
+    assert differ > 0  # the chosen family changed the objective somewhere
