@@ -23,7 +23,7 @@ import psutil
 import pytest
 import yaml
 from fault_helpers import child_runs, pareto_candidates, sweep_dict, wait_for
-from test_cluster import _start_node, ray_nodes, start_head  # noqa: F401 - ray_nodes is a fixture
+from test_cluster import _free_port, _ray_call, _ray_env, _start_node, ray_nodes  # noqa: F401 - a fixture
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
@@ -54,12 +54,26 @@ def _lose_node(node) -> int:
     return len(procs)
 
 
+def _start_head_with_address(num_cpus: int):
+    """A head node (as test_cluster's start_head) whose processes know their cluster's address.
+
+    Ray Train's placement-group cleaner finds the cluster through RAY_ADDRESS or by looking for
+    the host's one GCS; on a machine that runs other Ray instances too, only the former works.
+    """
+    env = _ray_env(loopback_only=False)
+    gcs = f"{_ray_call(env, 'print(ray._private.services.get_node_ip_address())')}:{_free_port()}"
+    env["RAY_ADDRESS"] = gcs
+    args = ["--head", f"--port={gcs.rsplit(':', 1)[1]}", "--dashboard-host=127.0.0.1",
+            f"--dashboard-port={_free_port()}", f"--ray-client-server-port={_free_port()}", "--include-dashboard=true"]
+    return _start_node(args, env, num_cpus, "h"), gcs
+
+
 def test_lost_worker_node_loses_and_doubles_nothing(tmp_path, tiny_model_dir, ray_nodes):  # noqa: F811
     import optuna
 
     from mm4ke_ray.search.searcher import STUDY_FILE, journal_storage
 
-    head, gcs, _ = start_head(num_cpus=0, loopback_only=False)
+    head, gcs = _start_head_with_address(num_cpus=0)
     ray_nodes.append(head)
     a_tmp = Path(tempfile.mkdtemp(prefix="nla", dir="/tmp"))  # node A's workers make their deltas here
     env = {**head.env, "OMP_NUM_THREADS": "1"}
