@@ -168,3 +168,32 @@ def test_both_metric_families_reach_mlflow_and_the_edit_score_follows_generation
         assert m["edit_score"] == pytest.approx(edit_score(edit_family(m, "generation"), weights))
         differ += m["edit_score"] != pytest.approx(edit_score(edit_family(m, "teacher-forced"), weights))
     assert differ > 0  # the chosen family changed the objective somewhere
+
+
+def test_a_general_task_at_chance_is_refused_before_anything_is_recorded(ray_2_cpus, tmp_path, tiny_model_dir):
+    """Issue 11.2: the pool's base reference finds the task's score within noise of chance; the
+    sweep stops (UserError: CLI exit 2, the task named) before a folder, a parent run or a trial."""
+    from mlflow import MlflowClient
+
+    from mm4ke_ray.config import validate_config
+    from mm4ke_ray.errors import UserError
+    from mm4ke_ray.evaluate.local_tasks import write_multiple_choice_task
+    from mm4ke_ray.search.driver import run_sweep
+
+    # Four identical choices: every choice ties, lm-eval picks the first, the answer is the second.
+    rows = [{"question": f"Question {i}?", "choices": ["the same"] * 4, "answer_index": 1} for i in range(12)]
+    task = write_multiple_choice_task("sweeptest_chance", rows, tmp_path / "tasks")
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    config = validate_config({
+        "name": "chance", "model": {"name": str(tiny_model_dir)}, "data": {"edits": str(ZSRE), "limit": 2},
+        "evaluation": {"general_tasks": [task], "task_include_path": str(tmp_path / "tasks"), "batch_size": 8},
+        "search": {"num_trials": 1, "space": SPACE}, "merge": {"extra_candidates": 1},
+        "tracking": {"uri": uri, "experiment": "chance", "artifact_location": str(tmp_path / "artifacts")},
+        "storage_path": str(tmp_path / "ray"),
+    }, "test")
+    with pytest.raises(UserError, match="'sweeptest_chance'.*within 2 stderr") as err:
+        run_sweep(config)
+    assert "evaluation.general_tasks" in str(err.value)  # the fix is named
+    assert not (tmp_path / "ray" / "chance").exists()
+    experiment = MlflowClient(uri).get_experiment_by_name("chance")
+    assert experiment is None or not MlflowClient(uri).search_runs([experiment.experiment_id])
