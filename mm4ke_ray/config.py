@@ -39,6 +39,20 @@ class DataConfig(_Section):
     prompt_format: Literal["plain", "chat"] = Field("plain", description="Same in training and evaluation.")
 
 
+class FidelityConfig(_Section):
+    """Successive halving over evaluation fidelity (mm4ke_ray/evaluate/fidelity.py); off by default."""
+
+    enabled: bool = Field(False, description="Score candidates on growing record/document subsets first.")
+    rungs: int = Field(3, ge=1, description="Rungs; the last is the full evaluation (1: no halving).")
+    reduction_factor: float = Field(
+        3.0, gt=1, description="Rung r evaluates reduction_factor^-(rungs-1-r) of the records and documents.",
+    )
+    margin_z: float = Field(
+        1.0, ge=0, description="A candidate is dropped when another beats it in both objectives by more "
+        "than margin_z standard errors of the difference.",
+    )
+
+
 class EvaluationConfig(_Section):
     batch_size: int = Field(32, ge=1, description="Teacher-forced evaluation batch size.")
     fluency: bool = Field(False, description="Also compute Fluency (sampled generations; slower).")
@@ -61,6 +75,9 @@ class EvaluationConfig(_Section):
     )
     generation_extra_tokens: int = Field(
         4, ge=0, description="Generation mode: new tokens allowed beyond the target's own token count.",
+    )
+    fidelity: FidelityConfig = Field(
+        default_factory=FidelityConfig, description="Successive halving over evaluation fidelity (groundwork).",
     )
 
     @model_validator(mode="after")

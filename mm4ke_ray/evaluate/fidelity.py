@@ -1,0 +1,226 @@
+"""Successive halving over evaluation fidelity: rung subsets, margin promotion, rung standard error.
+
+Ray-free and model-free: plain numbers in, plain numbers out, so the sweep (search/) can call it
+from the driver or an actor and tests can check it on hand-made points.
+
+Rungs. With R rungs and reduction factor eta, rung r (0-based) evaluates a candidate on a
+fraction eta^-(R-1-r) of the edit records and of each lm-eval task's documents; the last rung is
+the full evaluation. The subsets are the prefixes of one seeded permutation per item list
+(records; each task's documents), so they are nested (a candidate's rung-0 items are part of its
+rung-1 items: a resumed or promoted candidate only needs the rung's new items) and identical for
+every candidate of a sweep (paired comparisons) and for every run with the same seed.
+
+Promotion. Both objectives (edit, general) are maximised. Candidate b *dominates a by the
+margin* when, in each objective k, b_k - a_k > z * sqrt(se_a,k^2 + se_b,k^2): the difference
+exceeds z standard errors of the difference. See `promote` for the whole rule.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+
+def rung_fractions(rungs: int, reduction_factor: float) -> list[float]:
+    """Fraction of the items each rung evaluates: eta^-(R-1-r) for r = 0..R-1; the last is 1."""
+    _check_plan_args(rungs, reduction_factor)
+    return [reduction_factor ** -(rungs - 1 - r) for r in range(rungs)]
+
+
+def rung_sizes(n_items: int, rungs: int, reduction_factor: float) -> list[int]:
+    """Items per rung out of `n_items`: ceil(n * fraction), at least 1, the last rung all n.
+
+    ceil, not round: a rung never evaluates fewer items than its fraction promises, and a small
+    set (n=4, eta=3) still gives rung 0 at least one item.
+    """
+    if n_items < 0:
+        raise ValueError(f"n_items must be >= 0, got {n_items}")
+    if n_items == 0:
+        return [0] * rungs
+    sizes = [min(n_items, max(1, math.ceil(n_items * f - 1e-9))) for f in rung_fractions(rungs, reduction_factor)]
+    sizes[-1] = n_items
+    return sizes
+
+
+def nested_subsets(n_items: int, rungs: int, reduction_factor: float, seed: int, key: str = "") -> list[list[int]]:
+    """Per rung, the sorted indices (into 0..n_items-1) it evaluates; nested and seeded.
+
+    One permutation of range(n_items) drawn from `random.Random(f"{seed}:{key}")` (a str seed
+    is hashed with SHA-512: the same on every Python version and process, unlike `hash()`); rung
+    r takes its first rung_sizes[r] entries. `key` names the item list ("edits", a task name) so
+    two lists of equal length do not get the same permutation.
+    """
+    order = list(range(n_items))
+    random.Random(f"{seed}:{key}").shuffle(order)
+    return [sorted(order[:size]) for size in rung_sizes(n_items, rungs, reduction_factor)]
+
+
+@dataclass(frozen=True)
+class RungPlan:
+    """The fixed items of every rung: edit-record indices and, per lm-eval task, document indices.
+
+    Document indices count into the documents the full evaluation would see (after
+    evaluation.general_limit), in lm-eval's order; `general_samples(r)` gives them in the form of
+    lm-eval's `simple_evaluate(samples=...)`, which cannot be combined with `limit`.
+    """
+
+    rungs: int
+    reduction_factor: float
+    seed: int
+    edit_records: list[list[int]]
+    general_docs: dict[str, list[list[int]]]
+
+    def general_samples(self, rung: int) -> dict[str, list[int]]:
+        self._check_rung(rung)
+        return {task: docs[rung] for task, docs in self.general_docs.items()}
+
+    def records(self, rung: int) -> list[int]:
+        self._check_rung(rung)
+        return self.edit_records[rung]
+
+    def is_full(self, rung: int) -> bool:
+        """Only the last rung's results may enter the Pareto front, the best pick and export."""
+        self._check_rung(rung)
+        return rung == self.rungs - 1
+
+    def _check_rung(self, rung: int) -> None:
+        if not 0 <= rung < self.rungs:
+            raise ValueError(f"rung {rung} out of range: this plan has rungs 0..{self.rungs - 1}")
+
+
+def plan_rungs(
+    n_records: int, docs_per_task: Mapping[str, int], rungs: int, reduction_factor: float, seed: int
+) -> RungPlan:
+    """The rung subsets of a sweep: the edit records and each task's documents, seeded."""
+    return RungPlan(
+        rungs=rungs,
+        reduction_factor=reduction_factor,
+        seed=seed,
+        edit_records=nested_subsets(n_records, rungs, reduction_factor, seed, key="edits"),
+        general_docs={
+            task: nested_subsets(n, rungs, reduction_factor, seed, key=f"general:{task}")
+            for task, n in sorted(docs_per_task.items())
+        },
+    )
+
+
+def mean_stderr(values: Sequence[float], population: int | None = None) -> float | None:
+    """Standard error of the mean of per-record scores: sample std (n-1) / sqrt(n).
+
+    None for fewer than 2 values (no spread to estimate). With `population` (the full rung's
+    size N) the finite-population correction sqrt((N-n)/(N-1)) applies, because a rung draws its
+    records without replacement from the full set: at the full rung the SE is 0 (the score is
+    the full-fidelity score itself, not an estimate of it).
+    """
+    n = len(values)
+    if n < 2:
+        return None
+    mu = math.fsum(values) / n
+    se = math.sqrt(math.fsum((v - mu) ** 2 for v in values) / (n - 1) / n)
+    if population is not None:
+        if population < n:
+            raise ValueError(f"population {population} is smaller than the {n} scores given")
+        se *= math.sqrt((population - n) / (population - 1))
+    return se
+
+
+def edit_score_stderr(per_record_scores: Sequence[float], population: int | None = None) -> float | None:
+    """SE of a rung's edit score, the mean over its records of each record's edit score."""
+    return mean_stderr(per_record_scores, population)
+
+
+@dataclass(frozen=True)
+class RungResult:
+    """One candidate's scores at a rung. A None standard error means unknown (fewer than 2 items)."""
+
+    key: str
+    edit: float
+    general: float
+    edit_se: float | None = None
+    general_se: float | None = None
+
+    def values(self) -> tuple[float, float]:
+        return (self.edit, self.general)
+
+    def stderrs(self) -> tuple[float | None, float | None]:
+        return (self.edit_se, self.general_se)
+
+
+def dominates_by_margin(b: RungResult, a: RungResult, z: float) -> bool:
+    """Whether b beats a in both objectives by more than z standard errors of the difference.
+
+    SE of the difference is sqrt(se_a^2 + se_b^2), as for independent estimates. Candidates of a
+    rung share its items, so their errors correlate and the paired SE is smaller: this margin is
+    the conservative one (it promotes more, never fewer). An unknown SE makes that objective's
+    margin infinite: nothing is dropped on a score that carries no error estimate, unless z is 0
+    (then no margin is asked for at all).
+    """
+    for vb, va, sb, sa in zip(b.values(), a.values(), b.stderrs(), a.stderrs(), strict=True):
+        if z == 0:
+            margin = 0.0
+        elif sa is None or sb is None:
+            return False
+        else:
+            margin = z * math.hypot(sa, sb)
+        if not vb - va > margin:
+            return False
+    return True
+
+
+def margin_dominators(a: RungResult, results: Sequence[RungResult], z: float) -> int:
+    """How many of `results` dominate `a` by the margin (`a` itself never does)."""
+    return sum(1 for b in results if b is not a and dominates_by_margin(b, a, z))
+
+
+def _plain_pareto_ranks(results: Sequence[RungResult]) -> list[int]:
+    """Non-dominated sorting rank (0 = the front) under plain dominance, for tie-breaking."""
+    def dominates(b: RungResult, a: RungResult) -> bool:
+        return all(x >= y for x, y in zip(b.values(), a.values(), strict=True)) and b.values() != a.values()
+
+    ranks, left, rank = [0] * len(results), set(range(len(results))), 0
+    while left:
+        front = {i for i in left if not any(dominates(results[j], results[i]) for j in left if j != i)}
+        for i in front:
+            ranks[i] = rank
+        left -= front
+        rank += 1
+    return ranks
+
+
+def promote(results: Sequence[RungResult], reduction_factor: float, z: float) -> list[str]:
+    """Keys of the candidates that go on to the next rung, in the order of `results`.
+
+    Rule: a candidate goes on when no other candidate of the rung dominates it by the margin
+    (`dominates_by_margin`: better in both objectives by more than z standard errors of the
+    difference). All such candidates go on, however many (the margin, not a quota, decides; a
+    noisy rung drops little). When fewer than ceil(n / reduction_factor) survive, the best of
+    the dropped fill up to that minimum, so a rung of a few lucky outliers does not starve the
+    next rung: ordered by how many candidates margin-dominate them (fewer first), then by plain
+    Pareto rank (non-dominated sorting), then by their position in `results` (deterministic).
+    """
+    if reduction_factor <= 1:
+        raise ValueError(f"reduction_factor must be > 1, got {reduction_factor}")
+    if z < 0:
+        raise ValueError(f"margin z must be >= 0, got {z}")
+    keys = [r.key for r in results]
+    if len(set(keys)) != len(keys):
+        raise ValueError(f"duplicate candidate keys in a rung: {sorted(k for k in set(keys) if keys.count(k) > 1)}")
+    if not results:
+        return []
+    counts = [margin_dominators(r, results, z) for r in results]
+    keep = {i for i, c in enumerate(counts) if c == 0}
+    minimum = math.ceil(len(results) / reduction_factor)
+    if len(keep) < minimum:
+        ranks = _plain_pareto_ranks(results)
+        dropped = sorted(set(range(len(results))) - keep, key=lambda i: (counts[i], ranks[i], i))
+        keep |= set(dropped[: minimum - len(keep)])
+    return [results[i].key for i in sorted(keep)]
+
+
+def _check_plan_args(rungs: int, reduction_factor: float) -> None:
+    if rungs < 1:
+        raise ValueError(f"rungs must be >= 1, got {rungs}")
+    if reduction_factor <= 1:
+        raise ValueError(f"reduction_factor must be > 1, got {reduction_factor}")

@@ -1,0 +1,164 @@
+"""Successive-halving groundwork (mm4ke_ray/evaluate/fidelity.py): rung subsets, margin promotion,
+rung standard errors, and the off-by-default config. Pure Python: no Ray, no model."""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+import subprocess
+import sys
+
+import pytest
+from conftest import ZSRE
+
+from mm4ke_ray.config import EvaluationConfig, FidelityConfig, load_config
+from mm4ke_ray.errors import ConfigError
+from mm4ke_ray.evaluate.fidelity import (
+    RungResult,
+    dominates_by_margin,
+    edit_score_stderr,
+    mean_stderr,
+    nested_subsets,
+    plan_rungs,
+    promote,
+    rung_fractions,
+    rung_sizes,
+)
+
+# -- rung subsets -------------------------------------------------------------------------------
+
+
+def test_rung_fractions_follow_the_reduction_factor():
+    assert rung_fractions(3, 3.0) == pytest.approx([1 / 9, 1 / 3, 1.0])
+    assert rung_fractions(1, 2.0) == [1.0]
+    assert rung_sizes(90, 3, 3.0) == [10, 30, 90]
+    assert rung_sizes(4, 3, 3.0) == [1, 2, 4]  # ceil, at least one record
+
+
+def test_subsets_are_nested_seeded_and_cover_the_full_set():
+    records = len(json.loads(ZSRE.read_text()))  # the real sample edit set's size
+    subsets = nested_subsets(records, 3, 2.0, seed=7, key="edits")
+    assert [len(s) for s in subsets] == rung_sizes(records, 3, 2.0)
+    for small, big in zip(subsets, subsets[1:], strict=False):
+        assert set(small) <= set(big)
+    assert subsets[-1] == list(range(records))
+    assert subsets == nested_subsets(records, 3, 2.0, seed=7, key="edits")  # deterministic
+    assert subsets[0] != nested_subsets(records, 3, 2.0, seed=8, key="edits")[0]  # the seed matters
+    assert subsets[0] != nested_subsets(records, 3, 2.0, seed=7, key="other")[0]  # so does the key
+    assert subsets[0] != list(range(len(subsets[0])))  # a sample, not the first records
+
+
+def test_subsets_repeat_in_another_process():
+    code = "from mm4ke_ray.evaluate.fidelity import nested_subsets as n; print(n(200, 3, 3.0, 5, 'edits'))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env={"PYTHONHASHSEED": "123"}).stdout
+    assert json.loads(out) == nested_subsets(200, 3, 3.0, 5, "edits")
+
+
+def test_plan_covers_records_and_each_task_and_marks_the_full_rung():
+    plan = plan_rungs(30, {"arc_easy": 100, "hellaswag": 100}, rungs=2, reduction_factor=4.0, seed=0)
+    assert len(plan.records(0)) == 8 and plan.records(1) == list(range(30))
+    samples = plan.general_samples(0)
+    assert sorted(samples) == ["arc_easy", "hellaswag"] and all(len(v) == 25 for v in samples.values())
+    assert samples["arc_easy"] != samples["hellaswag"]  # independent draws per task
+    assert [plan.is_full(r) for r in range(2)] == [False, True]
+    with pytest.raises(ValueError, match="rung 2 out of range"):
+        plan.records(2)
+
+
+# -- promotion ----------------------------------------------------------------------------------
+
+
+def _point(key, edit, general, se=0.05):
+    return RungResult(key, edit, general, edit_se=se, general_se=se)
+
+
+def test_dominated_by_less_than_the_margin_is_promoted_by_more_is_not():
+    # margin = z * sqrt(0.05^2 + 0.05^2) = 2 * 0.0707 = 0.141 per objective.
+    best = _point("best", 0.80, 0.60)
+    close = _point("close", 0.70, 0.50)  # 0.10 behind in both: within the margin
+    far = _point("far", 0.55, 0.35)  # 0.25 behind in both: beyond it
+    assert not dominates_by_margin(best, close, z=2.0)
+    assert dominates_by_margin(best, far, z=2.0)
+    assert promote([best, close, far], reduction_factor=3.0, z=2.0) == ["best", "close"]
+    # With no margin, plain (strict in both) dominance drops both; the minimum ceil(3/3)=1 holds.
+    assert promote([best, close, far], reduction_factor=3.0, z=0.0) == ["best"]
+
+
+def test_far_behind_in_one_objective_only_is_a_trade_off_and_goes_on():
+    edit_heavy = _point("edit", 0.95, 0.20)
+    general_heavy = _point("general", 0.30, 0.70)
+    assert promote([edit_heavy, general_heavy], reduction_factor=2.0, z=1.0) == ["edit", "general"]
+
+
+def test_the_minimum_is_filled_by_fewest_dominators_then_pareto_rank():
+    # One outlier dominates all others by far; ceil(5/2)=3 must go on.
+    top = _point("top", 0.99, 0.99, se=0.01)
+    a = _point("a", 0.50, 0.50, se=0.01)  # dominated by top only
+    b = _point("b", 0.40, 0.45, se=0.01)  # by top and a
+    c = _point("c", 0.45, 0.40, se=0.01)  # by top and a
+    d = _point("d", 0.10, 0.10, se=0.01)  # by everyone
+    kept = promote([d, c, b, a, top], reduction_factor=2.0, z=1.0)
+    # b and c tie on dominator count and Pareto rank: the earlier in the input wins (c here).
+    assert kept == ["c", "a", "top"]
+    assert promote([d, b, c, a, top], reduction_factor=2.0, z=1.0) == ["b", "a", "top"]
+
+
+def test_all_non_dominated_go_on_even_above_the_minimum():
+    front = [_point(f"p{i}", 0.1 * i, 1 - 0.1 * i) for i in range(6)]
+    assert promote(front, reduction_factor=3.0, z=1.0) == [p.key for p in front]
+
+
+def test_an_unknown_standard_error_drops_nothing_unless_z_is_0():
+    strong = RungResult("strong", 0.9, 0.9, edit_se=None, general_se=0.01)
+    weak = RungResult("weak", 0.1, 0.1, edit_se=0.01, general_se=0.01)
+    assert not dominates_by_margin(strong, weak, z=1.0)
+    assert promote([strong, weak], reduction_factor=10.0, z=1.0) == ["strong", "weak"]
+    assert promote([strong, weak], reduction_factor=10.0, z=0.0) == ["strong"]
+
+
+def test_promotion_refuses_bad_arguments():
+    with pytest.raises(ValueError, match="duplicate"):
+        promote([_point("x", 0.1, 0.1), _point("x", 0.2, 0.2)], 2.0, 1.0)
+    with pytest.raises(ValueError, match="reduction_factor"):
+        promote([], 1.0, 1.0)
+    assert promote([], 2.0, 1.0) == []
+
+
+# -- standard errors ----------------------------------------------------------------------------
+
+
+def test_stderr_on_known_numbers():
+    scores = [1.0, 0.0, 1.0, 1.0]  # mean 0.75, sample variance 0.25, SE = 0.5 / 2
+    assert edit_score_stderr(scores) == pytest.approx(0.25)
+    assert mean_stderr([0.2, 0.4, 0.6]) == pytest.approx(statistics.stdev([0.2, 0.4, 0.6]) / math.sqrt(3))
+    assert edit_score_stderr([0.5]) is None
+    # Finite-population correction: 4 of 9 records, sqrt((9-4)/(9-1)); at the full set it is 0.
+    assert edit_score_stderr(scores, population=9) == pytest.approx(0.25 * math.sqrt(5 / 8))
+    assert edit_score_stderr(scores, population=4) == 0.0
+    with pytest.raises(ValueError, match="population"):
+        edit_score_stderr(scores, population=3)
+
+
+# -- config -------------------------------------------------------------------------------------
+
+
+def test_fidelity_is_off_by_default_and_validated():
+    assert EvaluationConfig().fidelity == FidelityConfig()
+    assert EvaluationConfig().fidelity.enabled is False
+    ok = FidelityConfig(enabled=True, rungs=1, reduction_factor=1.5, margin_z=0)
+    assert ok.rungs == 1
+
+
+@pytest.mark.parametrize(("field", "value", "fragment"), [
+    ("rungs", 0, "greater than or equal to 1"),
+    ("reduction_factor", 1.0, "greater than 1"),
+    ("margin_z", -0.5, "greater than or equal to 0"),
+])
+def test_bad_fidelity_fields_are_named(tmp_path, field, value, fragment):
+    config = tmp_path / "c.yaml"
+    config.write_text(f"evaluation:\n  fidelity:\n    enabled: true\n    {field}: {value}\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(config)
+    assert f"evaluation.fidelity.{field}" in str(err.value) and fragment in str(err.value)
