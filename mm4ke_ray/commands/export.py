@@ -49,6 +49,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default="auto",
         help="device to merge and re-evaluate on: auto (cuda if present), cpu, cuda",
     )
+    parser.add_argument(
+        "--strict-tokenizer",
+        action="store_true",
+        help="refuse the export when plain AutoTokenizer does not give the ids of its tokenizer.json "
+        "(default: warn, with the cause and the fix, and record it in mm4ke_merge.json)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -73,6 +79,7 @@ def run(args: argparse.Namespace) -> int:
             force=args.force,
             tolerance=args.tolerance,
             device=args.device,
+            strict_tokenizer=args.strict_tokenizer,
             log=log,
         )
     except ExportVerificationError as exc:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import shutil
 from pathlib import Path
 
 from mm4ke_ray.commands._common import (
@@ -61,8 +62,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from mm4ke_ray.export.atomic import clean_leftovers, new_staging_dir, publish, publish_into
     from mm4ke_ray.merge.apply import validate_merge_params
-    from mm4ke_ray.merge.build import build_merged, save_merged
+    from mm4ke_ray.merge.build import MERGE_INFO_FILE
     from mm4ke_ray.merge.registry import get_sparsifier
 
     # Cheap checks first: no model is loaded for a typo.
@@ -70,9 +72,52 @@ def run(args: argparse.Namespace) -> int:
     get_sparsifier(args.method)
     out = Path(args.out)
     check_out_dir(out, args.force)
+    clean_leftovers(out)
+    # Written in a hidden sibling, then renamed: a killed merge leaves no half-written --out.
+    stage = new_staging_dir(out)
+    try:
+        info = _write(args, stage)
+        if out.is_dir() and any(out.iterdir()):  # --force into a non-empty directory: keep its
+            publish_into(stage, out, last=MERGE_INFO_FILE)  # other files, the record last
+        else:
+            if out.is_dir():
+                out.rmdir()
+            publish(stage, out)
+    finally:
+        if stage.exists():
+            shutil.rmtree(stage, ignore_errors=True)
+    print(
+        f"merged {info['base']} + {args.delta or args.sft}: {len(info['tensors'])} tensor(s), "
+        f"alpha={info['alpha']:g} (delta scaled by {info['delta_scale']:g}), "
+        f"sparsity={info['sparsity']:g} (density {info['density']:g}), method={info['method']}, "
+        f"kept {info['kept_entries']:,} of {info['total_entries']:,} delta entries"
+    )
+    print(f"wrote {out} (load with AutoModelForCausalLM.from_pretrained)")
+    return 0
+
+
+def _write(args: argparse.Namespace, stage: Path) -> dict:
+    """Write the merge into `stage`: tensor by tensor for a delta (no model built), by building
+    both models for --sft (its delta is every tensor that differs)."""
+    if args.sft is None:
+        from mm4ke_ray.export.streamed import write_merged
+
+        return write_merged(
+            args.base,
+            stage,
+            delta_dir=args.delta,
+            alpha=args.alpha,
+            sparsity=args.sparsity,
+            method=args.method,
+            seed=args.seed,
+            dtype=args.dtype,
+            device=resolve_device(args.device),
+            trust_remote_code=args.trust_remote_code,
+        ).info
+    from mm4ke_ray.merge.build import build_merged, save_merged
+
     result = build_merged(
         args.base,
-        delta_dir=args.delta,
         sft=args.sft,
         alpha=args.alpha,
         sparsity=args.sparsity,
@@ -82,13 +127,5 @@ def run(args: argparse.Namespace) -> int:
         device=resolve_device(args.device),
         trust_remote_code=args.trust_remote_code,
     )
-    save_merged(result.model, args.base, out, result.info)
-    info = result.info
-    print(
-        f"merged {info['base']} + {args.delta or args.sft}: {len(info['tensors'])} tensor(s), "
-        f"alpha={info['alpha']:g} (delta scaled by {info['delta_scale']:g}), "
-        f"sparsity={info['sparsity']:g} (density {info['density']:g}), method={info['method']}, "
-        f"kept {info['kept_entries']:,} of {info['total_entries']:,} delta entries"
-    )
-    print(f"wrote {out} (load with AutoModelForCausalLM.from_pretrained)")
-    return 0
+    save_merged(result.model, args.base, stage, result.info)
+    return result.info

@@ -1,9 +1,12 @@
 """Export one sweep candidate as a Hugging Face directory, checked against what MLflow recorded.
 
-Order matters: the recipe (`mm4ke_merge.json`, verification pending) is written first so that a
-directory left behind by a failed export is recognisable (and replaceable with `--force`); the
-model card and `checksums.sha256` are written only after every check passed, so a directory
-without them was never verified.
+Atomic: everything is written into a hidden sibling of the target (`export.atomic`) and renamed
+to it only at the end, so a killed export leaves the target absent (or the earlier export); the
+next export removes the sibling. The weights are written tensor by tensor from the base's
+safetensors (`export.streamed`; no model built for the write). The model card and
+`checksums.sha256` are written only after every check passed; an export that does not reproduce
+its candidate is still renamed into place for inspection, with `VERIFICATION_FAILED.json` and
+without them, so a directory without them was never verified.
 """
 
 from __future__ import annotations
@@ -21,8 +24,10 @@ from mm4ke_ray.delta import DELTA_FILE
 from mm4ke_ray.errors import UserError
 from mm4ke_ray.evaluate.candidate import CandidateEvaluator
 from mm4ke_ray.export import DEFAULT_TOLERANCE
+from mm4ke_ray.export.atomic import clean_leftovers, new_staging_dir, publish
 from mm4ke_ray.export.card import model_card
 from mm4ke_ray.export.plan import ExportPlan, plan_export
+from mm4ke_ray.export.streamed import write_merged
 from mm4ke_ray.export.verify import (
     ExportVerificationError,
     check_weights,
@@ -31,7 +36,6 @@ from mm4ke_ray.export.verify import (
     verify_checksums,
     write_checksums,
 )
-from mm4ke_ray.merge import build_merged, save_merged
 from mm4ke_ray.merge.build import MERGE_INFO_FILE
 from mm4ke_ray.schema import RSFT_PARAMS, Tag
 from mm4ke_ray.storage import check_out_dir
@@ -60,11 +64,6 @@ class ExportResult:
     plan: ExportPlan
     recipe: dict
     model_version: object | None = None
-
-
-def _clear(out: Path) -> None:
-    for p in out.iterdir():
-        shutil.rmtree(p) if p.is_dir() else p.unlink()
 
 
 def _metrics_only(row: dict | None) -> dict | None:
@@ -168,29 +167,63 @@ def export_candidate(
     force: bool = False,
     tolerance: float = DEFAULT_TOLERANCE,
     device: str = "auto",
+    strict_tokenizer: bool = False,
     log: Callable[[str], None] = lambda msg: None,
 ) -> ExportResult:
     """Rebuild a candidate from MLflow, write it to `out`, verify it, optionally register it.
 
     Raises UserError for bad input (nothing written) and ExportVerificationError when the written
     directory does not reproduce the recorded candidate (the directory is left for inspection,
-    with `VERIFICATION_FAILED.json` and without a model card or checksums).
+    with `VERIFICATION_FAILED.json` and without a model card or checksums). The directory is
+    written in a hidden sibling and renamed to `out` at the end (`export.atomic`): killed at any
+    point, the export leaves `out` absent or as it was.
     """
     out = Path(out).expanduser()
     check_out_dir(out, force, replaces=MERGE_INFO_FILE)
     if not tolerance >= 0:
         raise UserError(f"--tolerance must be >= 0, got {tolerance}")
+    for p in clean_leftovers(out):
+        log(f"removed {p}, left by an export that was killed")
     plan = plan_export(uri, sweep, pick, experiment, device)
     c = plan.candidate
     log(
         f"exporting {c['candidate']} (run {c['run_id']}, combined_score {c.get('combined_score', float('nan')):.4f}) "
         f"of sweep {plan.sweep.name}: alpha={plan.alpha:g}, sparsity={plan.sparsity:g}, method={plan.method}"
     )
+    # Everything is written and verified in a hidden sibling, renamed to `out` only when done:
+    # a killed export leaves `out` absent (or the earlier export), never half-written.
+    stage = new_staging_dir(out)
+    try:
+        recipe = _write_and_verify(plan, stage, out, tolerance, strict_tokenizer, log)
+    except ExportVerificationError:
+        if (stage / FAILED_FILE).is_file():  # complete but not reproduced: left for inspection
+            publish(stage, out)
+        raise
+    finally:
+        if stage.exists() and not (stage / FAILED_FILE).is_file():
+            shutil.rmtree(stage, ignore_errors=True)
+    bad = verify_checksums(out)
+    if bad:
+        raise ExportVerificationError(f"checksums of {out} do not verify after the rename: {bad}")
+    version = None
+    if register:
+        version = register_export(uri, out, register, recipe)
+        log(f"registered as model {register!r} version {version.version}")
+    return ExportResult(out=out, plan=plan, recipe=recipe, model_version=version)
+
+
+def _write_and_verify(
+    plan: ExportPlan, stage: Path, out: Path, tolerance: float, strict_tokenizer: bool, log
+) -> dict:
+    """Write the candidate into `stage`, verify it; publish it to `out` when every check passed."""
+    c, s = plan.candidate, plan.settings
     with tempfile.TemporaryDirectory(prefix="mm4ke-export-") as tmp:
         delta_dir = plan.download_delta(tmp)
-        s = plan.settings
-        result = build_merged(
+        # Tensor by tensor from the base's safetensors (no model built for the write); a base
+        # with .bin weights only is built and saved as before.
+        written = write_merged(
             plan.model,
+            stage,
             delta_dir=delta_dir,
             alpha=plan.alpha,
             sparsity=plan.sparsity,
@@ -200,17 +233,14 @@ def export_candidate(
             device=s.device,
             trust_remote_code=s.trust_remote_code,
         )
-        if out.is_dir():
-            _clear(out)
-        out.mkdir(parents=True, exist_ok=True)
-        # build_merged read the delta once: its tensors became `result.update`, its header this.
-        delta_meta = result.info["delta_metadata"]
-        recipe = _recipe(plan, result.info, delta_dir / DELTA_FILE, delta_meta, num_edits=0)
-        _write_json(out / MERGE_INFO_FILE, recipe)
-        save_merged(result.model, plan.model, out)
-        update = result.update  # the merged update, built once, for the weight check
-        del result
-    weights, measured, num_edits = _reevaluate(plan, out, update, log)
+        log(
+            f"wrote the merged weights {'tensor by tensor' if written.streamed else 'from the built model'}"
+        )
+        delta_meta = written.info["delta_metadata"]
+        recipe = _recipe(plan, written.info, delta_dir / DELTA_FILE, delta_meta, num_edits=0)
+        _write_json(stage / MERGE_INFO_FILE, recipe)
+    recipe["tokenizer_check"] = _tokenizer_check(stage, out, strict_tokenizer, log)
+    weights, measured, num_edits = _reevaluate(plan, stage, written.update, log)
     table, problems = compare_metrics(_metrics_only(c), measured, tolerance)
     recipe["edits"]["count"] = num_edits
     recipe["verification"] = {
@@ -222,24 +252,44 @@ def export_candidate(
         "metrics": table,
     }
     if problems:
-        _write_json(out / FAILED_FILE, {"problems": problems, **recipe["verification"]})
-        _write_json(out / MERGE_INFO_FILE, recipe)
+        _write_json(stage / FAILED_FILE, {"problems": problems, **recipe["verification"]})
+        _write_json(stage / MERGE_INFO_FILE, recipe)
         raise ExportVerificationError(
             f"the exported model in {out} does NOT reproduce candidate {c['candidate']} (run {c['run_id']}):\n  "
             + "\n  ".join(problems)
             + f"\nDo not ship it; details in {out / FAILED_FILE}."
         )
-    _write_json(out / MERGE_INFO_FILE, recipe)
-    (out / "README.md").write_text(model_card(recipe))
-    write_checksums(out)
-    bad = verify_checksums(out)
+    _write_json(stage / MERGE_INFO_FILE, recipe)
+    (stage / "README.md").write_text(model_card(recipe))
+    write_checksums(stage)
+    bad = verify_checksums(stage)
     if bad:
         raise ExportVerificationError(f"checksums of {out} do not verify: {bad}")
     log(
         f"verified: {len(table)} metrics within {tolerance:g} of MLflow's; {weights['unchanged']} tensors equal the base"
     )
-    version = None
-    if register:
-        version = register_export(uri, out, register, recipe)
-        log(f"registered as model {register!r} version {version.version}")
-    return ExportResult(out=out, plan=plan, recipe=recipe, model_version=version)
+    publish(stage, out)
+    return recipe
+
+
+def _tokenizer_check(stage: Path, out: Path, strict: bool, log) -> dict:
+    """Does plain AutoTokenizer on the export give its tokenizer.json's ids? Warn (or refuse,
+    `strict`) with the cause and the fix; the result goes into the recipe."""
+    import warnings
+
+    from mm4ke_ray.modeling.tokenizer_check import check_auto_tokenizer
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            mismatch = check_auto_tokenizer(str(stage), strict=strict)
+        except UserError as exc:
+            raise UserError(
+                str(exc).replace(str(stage), str(out))
+                + " (refused by --strict-tokenizer; nothing was exported)"
+            ) from exc
+    if mismatch is None:
+        return {"status": "passed"}
+    message = mismatch.message().replace(str(stage), str(out))
+    log(f"WARNING: {message}")
+    return {"status": "mismatch", "message": message}
