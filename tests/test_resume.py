@@ -1,7 +1,7 @@
 """A sweep whose driver is SIGKILLed finishes with `mm4ke-ray sweep --resume FOLDER`.
 
 Both runs are real `mm4ke-ray` processes with their own local Ray. The first is killed while
-its second trial runs; the resumed one must end with the requested number of trials, run no
+its second trial runs, its folder is moved to another path, and the resumed one must end with the requested number of trials, run no
 finished trial again (finished: in the experiment state Tune stored), and log into the same MLflow
 parent run.
 """
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -95,12 +96,18 @@ def test_sigkilled_driver_resumes_into_the_same_run(tmp_path, tiny_model_dir):
     assert finished_before
     unsaved = {d.name.split("_")[2] for d in folder.glob("sweep_trial_*")} - set(saved)
 
+    # The killed sweep's folder is moved (another disk, another name) before it is resumed: every
+    # path inside it (Tune's state, the study's journal, the spool) is re-derived from where it is.
+    old_folder, folder = folder, tmp_path / "moved" / "elsewhere"
+    folder.parent.mkdir()
+    shutil.move(old_folder, folder)
     resumed = subprocess.run([CLI, "sweep", "--resume", str(folder)], capture_output=True, text=True, env=env,
                              cwd=tmp_path, timeout=600)
     _kill_leftovers(ray_tmp)
     assert resumed.returncode == 0, resumed.stderr[-5000:]
     assert "resuming sweep resumetest" in resumed.stderr
     assert "--host 127.0.0.1" in resumed.stderr.replace("\n", " ")  # the printed `mlflow ui` binds loopback
+    assert not old_folder.exists()  # nothing was written where the folder used to be
 
     # The same parent run, finished, with the requested number of trials, each logged once.
     client = MlflowClient(config["tracking"]["uri"])
@@ -110,7 +117,8 @@ def test_sigkilled_driver_resumes_into_the_same_run(tmp_path, tiny_model_dir):
     assert [p.info.run_id for p in parents] == [manifest["parent_run_id"]]
     assert parents[0].info.status == "FINISHED"
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == manifest["parent_run_id"]]
-    assert all(r.data.tags.get("mm4ke.status") == "ok" for r in children)
+    assert all(r.data.tags.get("mm4ke.status") == "ok" for r in children), \
+        [(r.info.run_name, r.data.tags) for r in children if r.data.tags.get("mm4ke.status") != "ok"]
     assert [r.data.tags.get("mm4ke.kind") for r in children].count("base") == 1
     cands = [r for r in children if r.data.tags.get("mm4ke.kind") != "base"]
     names = [r.info.run_name for r in cands]

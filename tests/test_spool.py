@@ -81,6 +81,31 @@ def test_artifacts_are_copied_into_the_spool(tmp_path):
     assert not spool.files.exists()
 
 
+def test_a_moved_spool_still_sends_its_artifacts(tmp_path):
+    # A sweep folder moved with its spool: the artifact copies are found beside the spool's new
+    # place (recorded relative to it), not at the path they were copied to.
+    import shutil
+
+    from mm4ke_ray.tracking.buffer import Spool
+
+    tracker = _tracker(tmp_path)
+    folder = tmp_path / "delta"
+    folder.mkdir()
+    (folder / "delta.safetensors").write_bytes(b"\x00" * 16)
+    spool = Spool(tmp_path / "sweep" / "a.jsonl", tracker.uri, tracker.experiment_id, tracker.parent_run_id)
+    spool.append({"op": "artifacts", "run_id": tracker.parent_run_id, "local": str(folder), "artifact_path": "deltas/t1"})
+    spool.append({"op": "batch", "run_id": tracker.parent_run_id, "metrics": [["trials_done", 1.0, 1000, 1]]})
+    shutil.move(tmp_path / "sweep", tmp_path / "moved")
+    moved = Spool(tmp_path / "moved" / "a.jsonl", tracker.uri, tracker.experiment_id, tracker.parent_run_id)
+    assert [r["local"] for r in moved.records() if "local" in r] == [str(next(moved.files.iterdir()))]
+    moved._rewrite(moved.records())  # rewritten (a partial flush) it stays relative
+    assert not json.loads((tmp_path / "moved" / "a.jsonl").read_text().splitlines()[1])["local"].startswith("/")
+    assert moved.flush(tracker.client)
+    names = [a.path for a in tracker.client.list_artifacts(tracker.parent_run_id, "deltas/t1")]
+    assert names == ["deltas/t1/delta.safetensors"]
+    assert not (tmp_path / "sweep").exists()
+
+
 def test_secrets_never_reach_mlflow(tmp_path, monkeypatch):
     from mm4ke_ray.tracking.mlflow_tracker import redact
 

@@ -22,6 +22,7 @@ from mm4ke_ray.storage import is_uri
 MANIFEST = "mm4ke-sweep.json"
 CLAIM = ".mm4ke-claim"  # created first, exclusively: the folder belongs to one sweep
 FORMAT = 1
+STUDY_FILE = "optuna-study.journal"  # the Optuna study's journal file in the folder
 
 
 @dataclass
@@ -137,7 +138,11 @@ def read_manifest(folder: str) -> Manifest:
             f"--resume {folder}: the sweep stopped before its first trial was scheduled (no Tune state); "
             "start it again without --resume"
         )
-    data["experiment_dir"] = folder  # the folder may have moved since
+    # The folder may have been moved or copied since: every path of the sweep is re-derived from
+    # where it is now (Tune's own state follows `Tuner.restore(folder)`; the study: restore_tuner).
+    data["experiment_dir"] = folder
+    if isinstance(data.get("config"), dict):
+        data["config"]["storage_path"] = folder.rsplit("/", 1)[0] if is_uri(folder) else str(Path(folder).parent)
     return Manifest(**data)
 
 
@@ -155,12 +160,47 @@ def restore_tuner(experiment_dir: str, trainable, callbacks: list):
     """
     from ray import tune
 
+    if not is_uri(experiment_dir):
+        _repoint_search_state(experiment_dir)
     tuner = tune.Tuner.restore(experiment_dir, trainable=trainable, resume_unfinished=True, resume_errored=True)
     # Tune pickled the callbacks with the experiment; their MLflow client and console were not
     # picklable (see SweepCallback.__getstate__). Tuner.restore takes no run config, so hand the
     # restored run config the live ones.
     tuner._local_tuner.get_run_config().callbacks = callbacks
+    # The searcher's saved state names the Optuna journal by the absolute path the sweep started
+    # with; the journal read and written from now on is the one in this (maybe moved) folder.
+    searcher = restored_searcher(tuner)
+    study_file = join(experiment_dir, STUDY_FILE)
+    if hasattr(searcher, "relocate_study") and not is_uri(experiment_dir) and _exists(study_file):
+        searcher.relocate_study(study_file)
     return tuner
+
+
+def _repoint_search_state(experiment_dir: str) -> None:
+    """Point the search generator's saved experiment at the folder where it is now.
+
+    Tune re-derives the stored trials' paths from the folder given to `Tuner.restore`, but the
+    search generator's state (`search_gen_state-*.json`) keeps the Experiment it was created
+    with, storage path included: after a move, every new trial would be set up in the old
+    folder (and fail there). Its storage gets the same three fields Tune updates on its trials.
+    """
+    import ray.cloudpickle as cloudpickle
+    from pyarrow.fs import LocalFileSystem
+
+    folder = Path(experiment_dir)
+    for state_file in folder.glob("search_gen_state-*.json"):
+        with state_file.open("rb") as f:
+            state = cloudpickle.load(f)
+        storage = getattr(state.get("experiment"), "storage", None)
+        if storage is None or (storage.storage_fs_path == str(folder.parent)
+                               and storage.experiment_dir_name == folder.name):
+            continue
+        storage.storage_filesystem = LocalFileSystem()
+        storage.storage_fs_path, storage.experiment_dir_name = str(folder.parent), folder.name
+        tmp = state_file.with_name(f".{state_file.name}.tmp")
+        with tmp.open("wb") as f:
+            cloudpickle.dump(state, f)
+        tmp.replace(state_file)
 
 
 def restored_searcher(tuner):

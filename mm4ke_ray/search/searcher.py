@@ -27,12 +27,12 @@ from optuna.trial import TrialState
 from ray.tune.search.optuna import OptunaSearch
 
 from mm4ke_ray.search.constraints import constraint_values
+from mm4ke_ray.search.resume import STUDY_FILE
 from mm4ke_ray.search.startup import EXTRA_ATTR, generation_attrs
 
 log = logging.getLogger(__name__)
 
 EXTRA_POINTS_KEY = "optuna_extra_points"  # result key: [{"params": {...}, "values": [...]}, ...]
-STUDY_FILE = "optuna-study.journal"
 __all__ = ["EXTRA_ATTR", "EXTRA_POINTS_KEY", "STUDY_FILE", "CandidateAwareOptunaSearch", "journal_storage"]
 
 
@@ -142,9 +142,25 @@ class CandidateAwareOptunaSearch(OptunaSearch):
                 closed += 1
         return closed
 
+    def relocate_study(self, study_file: str | Path) -> None:
+        """Read and write the study at `study_file` from the next `restore` on.
+
+        The saved state holds the journal's absolute path from when the sweep started; a sweep
+        folder that was moved or copied since has its journal here instead (resume.py).
+        """
+        self._study_file = str(study_file)
+
     def restore(self, checkpoint_path: str):
         """Tune's restore (driver restarted), then close the study's orphaned RUNNING trials."""
+        study_file = getattr(self, "_study_file", None)
         super().restore(checkpoint_path)
+        if study_file and self._storage is not None:
+            self._study_file = study_file
+            self._storage = journal_storage(study_file)
+            self._ot_study = optuna.load_study(study_name=self._ot_study.study_name, storage=self._storage,
+                                               sampler=self._ot_study.sampler)
+            for ot_trial in self._ot_trials.values():  # Trial objects Tune still holds (running trials)
+                ot_trial.study, ot_trial.storage = self._ot_study, self._storage
         closed = self.fail_orphans()
         if closed:
             log.info("closed %d Optuna trial(s) suggested after the last saved state", closed)

@@ -96,8 +96,20 @@ class Spool:
                 except ValueError:  # a line cut by a crash mid-write: nothing was promised for it
                     continue
                 if rec.get("op") != HEADER:
-                    out.append(rec)
+                    out.append(self._resolved(rec))
         return out
+
+    # Artifact copies are recorded relative to the spool's files folder, so a sweep folder that
+    # was moved or copied still sends them (absolute paths of older spools are kept as they are).
+    def _resolved(self, record: dict) -> dict:
+        if "local" in record and not Path(record["local"]).is_absolute():
+            return {**record, "local": str(self.files / record["local"])}
+        return record
+
+    def _stored(self, record: dict) -> dict:
+        if "local" in record and Path(record["local"]).is_relative_to(self.files):
+            return {**record, "local": str(Path(record["local"]).relative_to(self.files))}
+        return record
 
     def append(self, record: dict) -> None:
         """Add a record (artifact folders/files are copied into the spool, since callers delete them)."""
@@ -110,7 +122,7 @@ class Spool:
                 dst.mkdir(parents=True)
                 dst = dst / src.name
                 shutil.copy2(src, dst)
-            record = {**record, "local": str(dst)}
+            record = {**record, "local": str(dst.relative_to(self.files))}
         self.path.parent.mkdir(parents=True, exist_ok=True)
         new = not self.path.is_file()
         with self.path.open("a") as out:
@@ -128,7 +140,7 @@ class Spool:
             shutil.rmtree(self.files, ignore_errors=True)
             return
         tmp = self.path.with_suffix(".tmp")
-        tmp.write_text("".join(json.dumps(r) + "\n" for r in [self._header(), *records]))
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in [self._header(), *map(self._stored, records)]))
         tmp.replace(self.path)
 
     def flush(self, client, on_sent=None) -> bool:
