@@ -1,4 +1,4 @@
-"""Pictures of a sweep's trade-off: a static PNG (matplotlib) and an interactive HTML (plotly).
+"""Pictures of a sweep's trade-off: a static PNG (matplotlib) and an HTML page (inline SVG).
 
 Both plot every candidate with general ability kept on x and the edit score on y (both in
 percent, higher is better, so the front is the upper-right edge), mark the front, the base model
@@ -9,11 +9,13 @@ backend or figure state is touched in the sweep driver.
 
 from __future__ import annotations
 
+import math
+from html import escape
 from pathlib import Path
 
 from mm4ke_ray.evaluate.pareto import ON_FRONT, best_candidate
 from mm4ke_ray.evaluate.scores import COMBINED, EDIT, GENERAL
-from mm4ke_ray.schema import BASE, EXTRA, PARAM_COLUMNS, PURE_RSFT, SAMPLED
+from mm4ke_ray.schema import BASE, EXTRA, GEN_PREFIX, PARAM_COLUMNS, PURE_RSFT, SAMPLED
 
 # kind → (label, matplotlib marker, colour, size); drawn in this order, so base ends on top.
 _STYLES = {
@@ -139,82 +141,112 @@ def write_front_png(rows: list[dict], path: str | Path, title: str) -> Path:
 
 
 def _hover(row: dict) -> str:
-    lines = [f"<b>{row.get('candidate')}</b> ({row.get('kind')})"]
+    """A candidate's tooltip: name, parameters, metrics, run id (plain text lines)."""
+    lines = [f"{row.get('candidate')} ({row.get('kind')})"]
     params = [f"{k}={row[k]:g}" for k in PARAM_COLUMNS if isinstance(row.get(k), int | float)]
     if params:
         lines.append(", ".join(params))
     lines += [f"{k}: {row[k]:.4g}" for k in _HOVER_METRICS if isinstance(row.get(k), float)]
     lines += [
-        f"{k}: {v:.4g}" for k, v in sorted(row.items()) if k.startswith(("general.", "retention."))
+        f"{k}: {v:.4g}" for k, v in sorted(row.items())
+        if k.startswith(("general.", "retention.", GEN_PREFIX)) and isinstance(v, int | float)
     ]
     if row.get("run_id"):
         lines.append(f"run {row['run_id']}")
-    return "<br>".join(lines)
+    return "\n".join(lines)
+
+
+def _ticks(lo: float, hi: float, n: int = 5) -> list[float]:
+    raw = (hi - lo) / n or 1.0
+    step = min((m * 10 ** math.floor(math.log10(raw)) for m in (1, 2, 2.5, 5, 10)), key=lambda s: abs(s - raw))
+    first = math.ceil(lo / step) * step
+    return [first + i * step for i in range(int((hi - first) / step + 1e-9) + 1)]
+
+
+def _marker(kind: str, x: float, y: float, size: float, colour: str) -> str:
+    r = max(3.5, size**0.5 / 1.6)
+    if kind == BASE:  # a five-pointed star
+        pts = [(x + (r * 1.6 if i % 2 == 0 else r * 0.7) * math.sin(i * math.pi / 5),
+                y - (r * 1.6 if i % 2 == 0 else r * 0.7) * math.cos(i * math.pi / 5)) for i in range(10)]
+        return f'<polygon points="{" ".join(f"{a:.1f},{b:.1f}" for a, b in pts)}" fill="{colour}"'
+    if kind == PURE_RSFT:
+        return (f'<polygon points="{x:.1f},{y - r * 1.2:.1f} {x - r:.1f},{y + r * 0.8:.1f} '
+                f'{x + r:.1f},{y + r * 0.8:.1f}" fill="{colour}"')
+    return f'<circle cx="{x:.1f}" cy="{y:.1f}" r="{r:.1f}" fill="{colour}"'
 
 
 def write_front_html(rows: list[dict], path: str | Path, title: str) -> Path:
-    """Interactive plotly version of the PNG; self-contained (plotly.js inlined, works offline)."""
-    import plotly.graph_objects as go
+    """The PNG's plot as one self-contained HTML page: inline SVG, no script, no network.
 
-    symbols = {BASE: "star", PURE_RSFT: "triangle-up"}
-    fig = go.Figure()
-    for kind in [*_STYLES, *sorted({r.get("kind") for r in rows} - set(_STYLES) - {None})]:
+    MLflow's artifact viewer shows HTML in a sandboxed iframe; an SVG whose points carry
+    `<title>` tooltips needs neither scripts nor downloads there, and stays a few KB per point
+    (plotly's inlined bundle was 4.6 MB and stayed blank in that viewer).
+    """
+    w, h, left, right, top, bottom = 900, 600, 80, 230, 50, 70
+    pts = [(r, _xy(r)) for r in rows if _xy(r) is not None]
+    xs = [p[0] for _, p in pts] or [0.0, 100.0]
+    ys = [p[1] for _, p in pts] or [0.0, 100.0]
+    pad_x, pad_y = (max(xs) - min(xs)) * 0.05 or 1.0, (max(ys) - min(ys)) * 0.05 or 1.0
+    x0, x1, y0, y1 = min(xs) - pad_x, max(xs) + pad_x, min(ys) - pad_y, max(ys) + pad_y
+
+    def sx(v: float) -> float:
+        return left + (v - x0) / (x1 - x0) * (w - left - right)
+
+    def sy(v: float) -> float:
+        return h - bottom - (v - y0) / (y1 - y0) * (h - top - bottom)
+
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {w} {h}" width="{w}" height="{h}" '
+           'font-family="sans-serif" font-size="12">',
+           f'<text x="{w / 2}" y="24" text-anchor="middle" font-size="15">{escape(title)}</text>']
+    for t in _ticks(x0, x1):
+        out.append(f'<line x1="{sx(t):.1f}" x2="{sx(t):.1f}" y1="{top}" y2="{h - bottom}" stroke="#eee"/>'
+                   f'<text x="{sx(t):.1f}" y="{h - bottom + 16}" text-anchor="middle">{t:g}</text>')
+    for t in _ticks(y0, y1):
+        out.append(f'<line x1="{left}" x2="{w - right}" y1="{sy(t):.1f}" y2="{sy(t):.1f}" stroke="#eee"/>'
+                   f'<text x="{left - 6}" y="{sy(t) + 4:.1f}" text-anchor="end">{t:g}</text>')
+    out.append(f'<rect x="{left}" y="{top}" width="{w - left - right}" height="{h - top - bottom}" '
+               'fill="none" stroke="#999"/>')
+    xlabel, ylabel = axis_labels(rows)
+    out.append(f'<text x="{(left + w - right) / 2}" y="{h - 24}" text-anchor="middle">{escape(xlabel)}</text>')
+    out.append(f'<text transform="translate(20 {(top + h - bottom) / 2}) rotate(-90)" text-anchor="middle" '
+               f'font-size="11">{escape(ylabel)}</text>')
+    front = [(r, p) for r, p in pts if r.get(ON_FRONT)]
+    if front:
+        fx, fy = _front_steps([r for r, _ in front])
+        line = " ".join(f"{sx(a):.1f},{sy(b):.1f}" for a, b in zip(fx, fy, strict=True))
+        out.append(f'<polyline points="{line}" fill="none" stroke="#d62728" stroke-dasharray="6 4"/>')
+    kinds = [*_STYLES, *sorted({r.get("kind") for r in rows} - set(_STYLES) - {None})]
+    legend = []
+    for kind in kinds:
         label, _, colour, size = _STYLES.get(kind, (str(kind), "s", "#756bb1", 36))
-        members = [r for r in rows if r.get("kind") == kind and _xy(r) is not None]
+        members = [(r, p) for r, p in pts if r.get("kind") == kind]
         if not members:
             continue
-        xs, ys = zip(*map(_xy, members), strict=True)
-        fig.add_trace(
-            go.Scatter(
-                x=xs,
-                y=ys,
-                mode="markers",
-                name=f"{label} ({len(members)})",
-                text=[_hover(r) for r in members],
-                hoverinfo="text",
-                marker={
-                    "color": colour,
-                    "size": max(8, size**0.5 * 1.6),
-                    "symbol": symbols.get(kind, "circle"),
-                },
-            )
-        )
-    front = [r for r in rows if r.get(ON_FRONT) and _xy(r) is not None]
+        legend.append((kind, f"{label} ({len(members)})", colour, size))
+        for r, (a, b) in members:
+            ring = (f'<circle cx="{sx(a):.1f}" cy="{sy(b):.1f}" r="9" fill="none" stroke="#d62728" '
+                    'stroke-width="1.6"/>' if r.get(ON_FRONT) else "")
+            out.append(f'<g class="point" data-candidate="{escape(str(r.get("candidate")))}">{ring}'
+                       f'{_marker(kind, sx(a), sy(b), size, colour)}><title>{escape(_hover(r))}</title>'
+                       f'</{"polygon" if kind in (BASE, PURE_RSFT) else "circle"}></g>')
     if front:
-        xs, ys = _front_steps(front)
-        fig.add_trace(
-            go.Scatter(
-                x=xs,
-                y=ys,
-                mode="lines",
-                name="Pareto front",
-                line={"color": "#d62728", "dash": "dash"},
-                hoverinfo="skip",
-            )
-        )
-        fx, fy = zip(*map(_xy, front), strict=True)
-        fig.add_trace(
-            go.Scatter(
-                x=fx,
-                y=fy,
-                mode="markers",
-                name=f"on the front ({len(front)})",
-                text=[_hover(r) for r in front],
-                hoverinfo="text",
-                marker={
-                    "size": 16,
-                    "color": "rgba(0,0,0,0)",
-                    "line": {"color": "#d62728", "width": 2},
-                },
-            )
-        )
-    xlabel, ylabel = axis_labels(rows)
-    fig.update_layout(
-        title=title,
-        xaxis_title=xlabel,
-        yaxis_title=ylabel,
-        template="plotly_white",
-        hovermode="closest",
-    )
-    fig.write_html(str(path), include_plotlyjs=True, full_html=True)
+        legend.append(("front", f"Pareto front ({len(front)})", "#d62728", 0))
+    for i, (kind, text, colour, size) in enumerate(legend):
+        y = top + 14 + 22 * i
+        mark = (f'<circle cx="{w - right + 20}" cy="{y}" r="8" fill="none" stroke="{colour}" stroke-width="1.6"/>'
+                if kind == "front" else f'{_marker(kind, w - right + 20, y, size, colour)}/>')
+        out.append(f'{mark}<text x="{w - right + 34}" y="{y + 4}" font-size="11">{escape(text)}</text>')
+    best = best_candidate(rows)
+    if best is not None and _xy(best) is not None:
+        a, b = _xy(best)
+        out.append(f'<text x="{sx(a) + 10:.1f}" y="{sy(b) + 22:.1f}" font-size="11" fill="#333">best combined: '
+                   f'{escape(str(best["candidate"]))} ({best[COMBINED.name]:.3f})</text>')
+    out.append(f'<text x="{w - right - 6}" y="{top + 16}" text-anchor="end" fill="#555">better ↗</text>')
+    out.append("</svg>")
+    page = ("<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>" + escape(title) + "</title>"
+            "<style>body{margin:8px;font-family:sans-serif}.point:hover>*{stroke:#000;stroke-width:2}"
+            "</style></head><body>\n" + "\n".join(out)
+            + "\n<p style=\"font-size:12px;color:#555\">Hover a point for its parameters and metrics.</p>"
+            "</body></html>\n")
+    Path(path).write_text(page, encoding="utf-8")
     return Path(path)
