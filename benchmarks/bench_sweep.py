@@ -79,6 +79,8 @@ def run_timed(config) -> dict:
         "run_sweep_s": outcome.seconds, "rsft_s": rsft_s, "eval_s": eval_s,
         "candidates_per_min": 60.0 * len(rows) / wall,
         "outside_share": 1.0 - (rsft_s + eval_s) / wall, "breakdown_s": breakdown,
+        # The sweep's own "where its time went" figures (search/timings.py), as it prints them.
+        "sweep_timings_s": outcome.timings,
         "front": outcome.front, "rows": rows, "base": outcome.base,
     }
 
@@ -108,6 +110,7 @@ def compare(workdir: Path, runner: str, trials: int, per_rsft: int) -> dict:
           f"({naive['candidates']} in {naive['wall_s']:.0f} s): {ratio:.2f}x; "
           f"ours outside R-SFT+eval {100 * ours['outside_share']:.0f}%")
     print("  ours, seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in ours["breakdown_s"].items()))
+    print("  ours, the sweep's own table: " + ", ".join(f"{k} {v:.1f}" for k, v in ours["sweep_timings_s"].items()))
     return {"ours": _brief(ours), "naive": _brief(naive), "throughput_ratio": ratio}
 
 

@@ -10,6 +10,7 @@ import yaml
 
 from mm4ke_ray.config import SweepConfig, load_config
 from mm4ke_ray.errors import UserError
+from mm4ke_ray.quiet import set_verbose
 
 NAME = "sweep"
 HELP = "Run a sweep: R-SFT trials (Ray Train) × merge candidates (actor pool), Optuna multi-objective, MLflow."
@@ -29,6 +30,12 @@ def add_arguments(p) -> None:
                    help="Send MLflow records a sweep kept on disk while the tracking server was away "
                         "(the mlflow-spool.jsonl it named), then rebuild its Pareto artifacts.")
     p.add_argument("--tracking-uri", metavar="URI", help="With --replay-spool: send to this URI instead of the recorded one.")
+    add_verbose_argument(p)
+
+
+def add_verbose_argument(p) -> None:
+    p.add_argument("--verbose", action="store_true",
+                   help="Show the libraries' own output (Ray workers, Tune, MLflow, lm-eval, progress bars).")
 
 
 def parse_overrides(items: list[str]) -> dict:
@@ -56,6 +63,7 @@ def _check_mode(args) -> str:
 
 def run(args) -> int:
     mode = _check_mode(args)
+    set_verbose(args.verbose)  # before Ray, MLflow, transformers load: they read it at import
     if mode == "replay":
         from mm4ke_ray.tracking.mlflow_tracker import replay  # MLflow: only when replaying
 

@@ -11,6 +11,7 @@ actor, so a restart only reloads the model and never re-evaluates the base.
 from __future__ import annotations
 
 import os
+import uuid
 from typing import NamedTuple
 
 import psutil
@@ -19,6 +20,7 @@ import torch
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from mm4ke_ray.evaluate.candidate import CandidateEvaluator, EvalSettings, Reference
+from mm4ke_ray.quiet import quiet_worker
 
 RESTARTS = 3  # per actor; also the retries of each call that a death interrupts
 
@@ -27,8 +29,12 @@ RESTARTS = 3  # per actor; also the retries of each call that a death interrupts
 class ReferenceStore:
     """Holds the sweep's base reference for actors that (re)start."""
 
-    def __init__(self):
+    def __init__(self, settings: EvalSettings | None = None):
+        self.settings = settings
         self.reference: Reference | None = None
+
+    def get_settings(self) -> EvalSettings:
+        return self.settings
 
     def put(self, reference: Reference) -> None:
         self.reference = reference
@@ -41,8 +47,14 @@ class ReferenceStore:
 class MergeEvalActor:
     """Wraps a CandidateEvaluator. Restarted by Ray if its process dies; calls are retried."""
 
-    def __init__(self, settings: EvalSettings, store=None, reference: Reference | None = None):
+    def __init__(self, settings: EvalSettings | None = None, store=None, reference: Reference | None = None,
+                 store_name: str | None = None):
+        quiet_worker()
         torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS", "1"))))
+        if store_name is not None:  # the pool's way: constructor arguments stay small (see start_pool)
+            store = ray.get_actor(store_name)
+        if settings is None:
+            settings = ray.get(store.get_settings.remote())
         if reference is None and store is not None:
             reference = ray.get(store.get.remote())
         self.evaluator = CandidateEvaluator(settings, reference)
@@ -78,10 +90,15 @@ def start_pool(settings: EvalSettings, size: int, cpus: float, gpus: float, reso
     # lost node would take the reference with it, and every merge-eval actor Ray restarts after
     # that loss would fail in its constructor (a dead actor for good, every later trial failing).
     driver_node = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
-    store = ReferenceStore.options(scheduling_strategy=driver_node).remote()
-    first = MergeEvalActor.options(**options).remote(settings, store)
+    # The settings (records, task configs) live in the store too: passed to each actor they would
+    # be put in the object store, and a restart then depends on that object staying alive (Ray
+    # warns, ray-project/ray#53727). The actors' only constructor argument is the store's name
+    # (a handle as argument counts as an object-store argument too).
+    store_name = f"mm4ke-reference-store-{uuid.uuid4().hex}"
+    store = ReferenceStore.options(scheduling_strategy=driver_node, name=store_name).remote(settings)
+    first = MergeEvalActor.options(**options).remote(store_name=store_name)
     reference = ray.get(first.reference.remote())
-    others = [MergeEvalActor.options(**options).remote(settings, store) for _ in range(size - 1)]
+    others = [MergeEvalActor.options(**options).remote(store_name=store_name) for _ in range(size - 1)]
     return Pool([first, *others], reference, store)
 
 

@@ -131,6 +131,7 @@ def _rsft_via_task(ctx: TrialContext, params: dict) -> tuple[dict, str | None]:
 
 def sweep_trial(params: dict, ctx: TrialContext) -> None:
     """The Tune function trainable: R-SFT once (runner 'train' or 'task'), then the candidates."""
+    trial_clock = time.perf_counter()  # the trial's own wall (search/timings.py)
     trial_id = tune.get_context().get_trial_id()
     if _report_again(tune.get_checkpoint()):
         return
@@ -148,7 +149,8 @@ def sweep_trial(params: dict, ctx: TrialContext) -> None:
         nan = float("nan")
         _report_final({"status": summary.get("status", "failed"), "reason": summary.get("reason", ""),
                        **{o.name: nan for o in (*OBJECTIVES, COMBINED)},
-                       "rsft_wall_seconds": rsft_wall, "params": params}, tempfile.mkdtemp(prefix="mm4ke-result-"))
+                       "rsft_wall_seconds": rsft_wall, "trial_wall_seconds": time.perf_counter() - trial_clock,
+                       "params": params}, tempfile.mkdtemp(prefix="mm4ke-result-"))
         return
     delta, _ = load_delta(delta_dir)
     delta_ref = ray.put(delta)
@@ -175,6 +177,7 @@ def sweep_trial(params: dict, ctx: TrialContext) -> None:
         **{k: v for k, v in summary.items() if k in ("rsft_updates", "rsft_seconds")},
         "rsft_wall_seconds": rsft_wall,
         "eval_wall_seconds": eval_wall,
+        "trial_wall_seconds": time.perf_counter() - trial_clock,
         "num_candidates": len(cands),
         "params": params,
         "candidates": cands,
