@@ -33,3 +33,14 @@ def test_summary_metrics_on_the_parent_run_are_rounded(tmp_path):
     metrics = MlflowClient(uri).get_run(parent).data.metrics
     assert metrics["best_combined_score"] == 0.9925
     assert metrics["trials_done"] == 3
+
+
+def test_the_printed_ui_link_opens_the_model_training_runs_view(tmp_path):
+    from mm4ke_ray.tracking.query import ui_runs_url
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    tracker = SweepTracker(uri, "urltest", str(tmp_path / "artifacts"))
+    parent = tracker.start_sweep("urltest", params={}, tags={})
+    url = ui_runs_url(uri, parent)
+    assert url == f"http://127.0.0.1:5000/#/experiments/{tracker.experiment_id}/runs?workflowType=machine_learning"
+    assert ui_runs_url(uri, "0" * 32) is None  # an unknown run: no hint, no error

@@ -253,3 +253,13 @@ def download_parent_artifact(uri: str, run_id: str, path: str, dst: str) -> str:
         raise UserError(
             f"artifact {path!r} of run {run_id} could not be read from {uri}: {exc}"
         ) from exc
+
+
+def ui_runs_url(uri: str, parent_run_id: str, host: str = "http://127.0.0.1:5000") -> str | None:
+    """The `mlflow ui` page of a sweep's runs. MLflow 3.17's UI opens on GenAI traces unless the
+    URL asks for the model-training view (`workflowType=machine_learning`); None if unreadable."""
+    try:
+        experiment_id = open_client(uri).get_run(parent_run_id).info.experiment_id
+    except Exception:  # noqa: BLE001 - only a hint: the command above still opens the UI
+        return None
+    return f"{host}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
