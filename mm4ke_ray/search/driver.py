@@ -29,6 +29,7 @@ from mm4ke_ray.evaluate.candidate import EvalSettings, eval_settings
 from mm4ke_ray.evaluate.pareto import pareto_front, sort_by_combined
 from mm4ke_ray.evaluate.scores import OBJECTIVES
 from mm4ke_ray.preflight import preflight
+from mm4ke_ray.quiet import is_verbose, quiet_libraries
 from mm4ke_ray.schema import BASE, Tag
 from mm4ke_ray.search.actors import start_pool, stop_pool
 from mm4ke_ray.search.callback import SweepCallback
@@ -52,6 +53,7 @@ from mm4ke_ray.search.searcher import (
     journal_storage,
 )
 from mm4ke_ray.search.space import make_sampler, split_space
+from mm4ke_ray.search.timings import SweepTimings, TimedTracker, print_breakdown
 from mm4ke_ray.search.trial import TrialContext, sweep_trial
 from mm4ke_ray.storage import is_uri, local_storage_warning, normalize_storage_path, probe_storage
 from mm4ke_ray.tracking.mlflow_tracker import SweepTracker
@@ -85,6 +87,7 @@ class SweepOutcome:
     spool: str | None = None  # MLflow records left unsent (server away at the end), if any
     resumed: bool = False
     mlflow_spooled: int = 0  # MLflow writes that had to wait on disk (server away) during the sweep
+    timings: dict = field(default_factory=dict)  # wall seconds per step (search/timings.py CATEGORIES)
 
 
 @dataclass
@@ -105,6 +108,8 @@ class SweepRun:
     finished: set[str] = field(default_factory=set)  # trial ids already final (resume)
     base_logged: bool = False
     start: float = field(default_factory=time.time)
+    timings: SweepTimings = field(default_factory=SweepTimings)
+    clock: float = field(default_factory=time.perf_counter)  # perf_counter at the sweep's start
 
     @property
     def resumed(self) -> bool:
@@ -141,32 +146,36 @@ def _init_ray(address: str | None) -> None:
         return
     address = address or os.environ.get("RAY_ADDRESS")  # `ray job submit` sets it: the cluster's own settings
     if address:
-        ray.init(address=address, log_to_driver=False)
+        ray.init(address=address, log_to_driver=is_verbose())
     else:
         # No dashboard UI, and every socket of this local Ray (GCS, raylet, agents, workers) on
         # 127.0.0.1: a laptop's sweep is not reachable from the network (local_ray.py).
-        init_local_ray(include_dashboard=False, dashboard_host="127.0.0.1", log_to_driver=False,
+        init_local_ray(include_dashboard=False, dashboard_host="127.0.0.1", log_to_driver=is_verbose(),
                        configure_logging=False)
 
 
 def _execute(config: SweepConfig, source: str, address: str | None, manifest: Manifest | None) -> SweepOutcome:
-    start = time.time()
+    start, clock, timings = time.time(), time.perf_counter(), SweepTimings()
+    quiet_libraries()  # before Ray starts: its workers inherit the environment
     device = "cuda" if config.resources.eval_gpus > 0 else "cpu"
     settings = eval_settings(config, device)  # raises for settings this version cannot honour, before any side effect
     storage = normalize_storage_path(config.storage_path)
     probe_storage(storage)
     _init_ray(address)
+    timings.ray_start = time.perf_counter() - clock
     if warning := local_storage_warning(storage, len([n for n in ray.nodes() if n.get("Alive")])):
         console.print(f"[yellow]{warning}[/]")
     plan = plan_resources(config.resources, ray.cluster_resources(), config.merge.extra_candidates + 1)
     # The pool first: its base reference decides whether the general tasks are informative, and a
     # refused task (exit 2) then leaves no folder, no parent run and no trial behind.
+    pool_clock = time.perf_counter()
     pool = start_pool(settings, plan.actors, config.resources.eval_cpus,
                       config.resources.eval_gpus, config.resources.eval_resource)
+    timings.pool_start = time.perf_counter() - pool_clock
     try:
         if pool.reference.general_result is not None:
             pool.reference.general_result.check_noise()
-        return _with_pool(config, source, manifest, settings, plan, storage, pool, start)
+        return _with_pool(config, source, manifest, settings, plan, storage, pool, start, (clock, timings))
     finally:
         # Tune's registry keeps the trainable's parameters (and so the pool's handles) for the
         # process's lifetime: without an explicit kill the pool would hold its CPUs/GPUs until
@@ -174,17 +183,19 @@ def _execute(config: SweepConfig, source: str, address: str | None, manifest: Ma
         stop_pool(pool)
 
 
-def _with_pool(config, source, manifest, settings, plan, storage, pool, start) -> SweepOutcome:
+def _with_pool(config, source, manifest, settings, plan, storage, pool, start, clocks) -> SweepOutcome:
+    open_clock = time.perf_counter()
     experiment_dir = manifest.experiment_dir if manifest else claim_experiment_folder(storage, config.name)
 
     tracker, parent = open_sweep_run(config, experiment_dir, eval_actors=plan.actors, max_concurrent=plan.max_concurrent,
                                      parent_run_id=manifest.parent_run_id if manifest else None)
     run = SweepRun(config, source, manifest, settings, plan, storage, experiment_dir, tracker, parent, pool=pool,
-                   start=start)
+                   start=start, timings=clocks[1], clock=clocks[0])
     if manifest:
         run.rows, run.finished, run.base_logged = logged_so_far(tracker, parent)
     else:
         write_manifest(manifest_for(config, source, parent, experiment_dir))
+    run.timings.tracking += time.perf_counter() - open_clock  # the parent run opened (or read back)
     verb = "resuming" if manifest else "starting"
     console.print(f"[bold]{verb} sweep {config.name}[/]: {config.search.num_trials} trials, {plan.actors} merge-eval "
                   f"actor(s), {plan.max_concurrent} trial(s) at once · MLflow run {parent}\n"
@@ -207,7 +218,8 @@ def _trial_context(run: SweepRun) -> TrialContext:
 
 
 def _tune(run: SweepRun) -> SweepOutcome:
-    config, tracker = run.config, run.tracker
+    config = run.config
+    tracker = TimedTracker(run.tracker, run.timings)  # MLflow's share of the wall
     base = {"candidate": BASE, "kind": BASE, **run.pool.reference.metrics}
     if not run.base_logged:
         tracker.log_candidate(BASE, {"alpha": None}, run.pool.reference.metrics, {Tag.KIND: BASE, Tag.STATUS: "ok"})
@@ -217,15 +229,20 @@ def _tune(run: SweepRun) -> SweepOutcome:
         callback.resume_from(run.rows, run.finished)
     trainable = tune.with_resources(tune.with_parameters(sweep_trial, ctx=_trial_context(run)), TRIAL_RESOURCES)
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    # Tune's default loggers include TensorBoard's, which cannot log our nested results (a long
+    # "invalid value" dump per trial): only the JSON (result.json) and CSV loggers are kept.
+    os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "1"
     if run.resumed:
-        tuner, searcher = restore_tuner(run.experiment_dir, trainable, [callback]), None
+        tuner, searcher = restore_tuner(run.experiment_dir, trainable, [callback, *_result_loggers()]), None
     else:
         tuner, searcher = _new_tuner(run, trainable, callback)
     status = "FAILED"
+    fit_clock, tracker.in_fit = time.perf_counter(), True
     try:
         grid = tuner.fit()
         status = "FINISHED"
     finally:
+        run.timings.fit, tracker.in_fit = time.perf_counter() - fit_clock, False
         spool = _finish(tracker, publisher, callback, status)
     outcome = _outcome(run, callback.rows, base, grid, searcher or restored_searcher(tuner), spool)
     _print_summary(outcome, config)
@@ -248,7 +265,8 @@ def _new_tuner(run: SweepRun, trainable, callback):
         tune_config=tune.TuneConfig(search_alg=searcher, num_samples=config.search.num_trials,
                                     max_concurrent_trials=run.plan.max_concurrent),
         run_config=tune.RunConfig(
-            name=Path(experiment_dir.rstrip("/")).name, storage_path=run.storage, callbacks=[callback], verbose=0,
+            name=Path(experiment_dir.rstrip("/")).name, storage_path=run.storage,
+            callbacks=[callback, *_result_loggers()], verbose=0,
             failure_config=tune.FailureConfig(max_failures=config.max_failures),
             # One checkpoint per trial (delta + result); Tune saves its experiment state right
             # after each one, and SweepCallback records the trial once that state is stored.
@@ -256,6 +274,12 @@ def _new_tuner(run: SweepRun, trainable, callback):
         ),
     )
     return tuner, searcher
+
+
+def _result_loggers() -> list:
+    from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
+
+    return [JsonLoggerCallback(), CSVLoggerCallback()]
 
 
 def _finish(tracker, publisher, callback, status: str) -> str | None:
@@ -285,9 +309,10 @@ def _outcome(run: SweepRun, rows, base, grid, searcher, spool) -> SweepOutcome:
     rsft_runs = sum(1 for r in grid if r.metrics and r.metrics.get("status"))
     trials = searcher.study.get_trials(deepcopy=False)
     extra = sum(1 for t in trials if EXTRA_ATTR in t.user_attrs)
+    breakdown = run.timings.breakdown(time.perf_counter() - run.clock, [r.metrics for r in grid])
     return SweepOutcome(run.parent, rows, base, front, len(trials), extra, rsft_runs, run.storage,
                         time.time() - run.start, run.experiment_dir, spool, run.resumed,
-                        mlflow_spooled=run.tracker.spooled)
+                        mlflow_spooled=run.tracker.spooled, timings=breakdown)
 
 
 def _print_summary(out: SweepOutcome, config: SweepConfig) -> None:
@@ -295,6 +320,7 @@ def _print_summary(out: SweepOutcome, config: SweepConfig) -> None:
     front = sort_by_combined(out.front)
     print_table(front, f"Pareto front of {config.name}: {counts_line(len(front), len(out.rows))} "
                 f"({out.rsft_runs} R-SFT runs)", references=reference_rows([out.base, *out.rows], front))
+    print_breakdown(console, out.timings)
     uri = config.tracking.uri
     if uri.startswith("sqlite"):
         print_command(console, "[bold]Open MLflow:[/]",
