@@ -44,3 +44,24 @@ def test_the_printed_ui_link_opens_the_model_training_runs_view(tmp_path):
     url = ui_runs_url(uri, parent)
     assert url == f"http://127.0.0.1:5000/#/experiments/{tracker.experiment_id}/runs?workflowType=machine_learning"
     assert ui_runs_url(uri, "0" * 32) is None  # an unknown run: no hint, no error
+
+
+def test_a_registered_export_gets_the_champion_alias_not_a_stage(tmp_path):
+    from mm4ke_ray.tracking.registry import CHAMPION, register_export
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    tracker = SweepTracker(uri, "regtest", str(tmp_path / "artifacts"))
+    parent = tracker.start_sweep("regtest", params={}, tags={})
+    run_id = tracker.log_candidate("t1-c0", {"alpha": 0.3}, {"combined_score": 0.9}, {"mm4ke.kind": "sampled"})
+    out = tmp_path / "export"
+    out.mkdir()
+    (out / "README.md").write_text("card")
+    recipe = {"source": {"candidate_run_id": run_id, "sweep_name": "regtest", "sweep_run_id": parent,
+                         "candidate": "t1-c0"},
+              "base_model": "base", "merge": {"alpha": 0.3, "sparsity": 0.5},
+              "edits": {"count": 5, "source": "edits.json"}, "recorded_metrics": {"combined_score": 0.9}}
+    first = register_export(uri, out, "regtest-model", recipe)
+    second = register_export(uri, out, "regtest-model", recipe)
+    client = MlflowClient(uri)
+    assert client.get_model_version_by_alias("regtest-model", CHAMPION).version == second.version != first.version
+    assert client.get_model_version("regtest-model", second.version).current_stage in (None, "None")

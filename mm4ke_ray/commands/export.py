@@ -92,5 +92,8 @@ def run(args: argparse.Namespace) -> int:
         f"(max |diff| {result.recipe['verification']['max_abs_diff']:.3g}); load with AutoModelForCausalLM.from_pretrained"
     )
     if result.model_version is not None:
-        print(f"registered model {args.register!r} version {result.model_version.version}")
+        from mm4ke_ray.tracking.registry import CHAMPION
+
+        print(f"registered model {args.register!r} version {result.model_version.version}, alias {CHAMPION!r} "
+              f"(models:/{args.register}@{CHAMPION})")
     return 0

@@ -14,9 +14,12 @@ from pathlib import Path
 
 from mm4ke_ray.schema import EXPORT_ARTIFACT, Tag
 
+CHAMPION = "champion"  # the alias the newest exported version gets
 
-def register_export(uri: str, out: str | Path, name: str, recipe: dict):
-    """Log `out` to the candidate run and register it as a new version of model `name`; return the version."""
+
+def register_export(uri: str, out: str | Path, name: str, recipe: dict, alias: str = CHAMPION):
+    """Log `out` to the candidate run, register it as a new version of model `name` and point
+    `alias` at it (MLflow 3 aliases; stages are deprecated); return the version."""
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
@@ -56,6 +59,8 @@ def register_export(uri: str, out: str | Path, name: str, recipe: dict):
         f"α={m['alpha']:.4g}, sparsity={m['sparsity']:.4g}; sweep {src['sweep_name']} candidate {src['candidate']}. "
         "See README.md in the artifacts."
     )
-    return client.create_model_version(
+    version = client.create_model_version(
         name, source, run_id=run_id, tags=tags, description=description
     )
+    client.set_registered_model_alias(name, alias, version.version)
+    return version
