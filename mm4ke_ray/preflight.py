@@ -55,7 +55,8 @@ def _native_architecture(model_type) -> bool:
 
 
 def model_problems(model: ModelConfig) -> tuple[list[str], int | None]:
-    """(problems, number of layers) for `model.name` when it is a local folder; hub ids pass."""
+    """(problems, number of layers) for `model.name` when it is a local folder; a hub id passes
+    when it can be had from here (cached, or the hub reachable)."""
     from mm4ke_ray.modeling.loading import check_model_source
 
     if model.name == DEMO:
@@ -94,7 +95,7 @@ def model_problems(model: ModelConfig) -> tuple[list[str], int | None]:
     return problems, _num_layers(data)
 
 
-def _is_hub_dataset(edits: str) -> bool:
+def is_hub_dataset(edits: str) -> bool:
     if edits.startswith("hf:"):
         return True
     if Path(edits).expanduser().exists() or edits.startswith((".", "/", "~")):
@@ -108,7 +109,7 @@ def _is_hub_dataset(edits: str) -> bool:
 def data_problems(config: SweepConfig) -> list[str]:
     """Read the edit set as the sweep will (a local file only; hub datasets are read later)."""
     data = config.data
-    if data.edits == DEMO or _is_hub_dataset(data.edits):
+    if data.edits == DEMO or is_hub_dataset(data.edits):
         return []
     try:
         load_edit_records(data.edits, limit=data.limit, skip_invalid=data.skip_invalid, fmt=data.format)

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from mm4ke_ray.config import DEMO, load_config
-from mm4ke_ray.preflight import preflight
+from mm4ke_ray.preflight import is_hub_dataset, preflight
 
 NAME = "validate"
 HELP = "Check a sweep config (every problem at once, naming the field); starts no Ray, loads no weights."
@@ -39,10 +39,13 @@ def _in_hf_cache(name: str, repo_type: str) -> bool:
 
 def network_needs(config) -> list[str]:
     """The model / edit set this config would download: not 'demo', not a local path, not cached."""
+    from mm4ke_ray.modeling.loading import looks_local  # torch-bound: not at --help time
+
     needs = []
     for what, name, repo_type in (("model", config.model.name, "model"), ("edits", config.data.edits, "dataset")):
-        if name == DEMO or Path(name).expanduser().exists():
-            continue
+        local = looks_local(name) if repo_type == "model" else not is_hub_dataset(name)
+        if name == DEMO or local:
+            continue  # a missing local path is preflight's to report
         if not _in_hf_cache(name, repo_type):
             needs.append(f"{what} {name!r} (hub {repo_type}, not in the Hugging Face cache)")
     return needs

@@ -15,7 +15,7 @@ from mm4ke_ray.errors import UserError
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-def _looks_local(name: str) -> bool:
+def looks_local(name: str) -> bool:
     # Hub ids are "name" or "org/name"; anything else is meant as a path on this machine.
     return Path(name).exists() or name.startswith((".", "/", "~")) or name.count("/") > 1
 
@@ -49,7 +49,7 @@ def check_model_source(name: str) -> None:
     That is a local path that does not exist, or a hub id that is not in the hub cache while
     the hub is offline or unreachable (transformers would end in an OSError traceback).
     """
-    if _looks_local(name):
+    if looks_local(name):
         if not Path(name).expanduser().exists():
             raise UserError(f"model path '{name}' does not exist (give a local directory or a hub id like "
                             "'Qwen/Qwen2.5-7B-Instruct')")
