@@ -85,3 +85,13 @@ def test_the_how_to_use_snippet_runs_as_written_against_a_model_directory(tiny_m
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+def test_the_card_shows_both_metric_families_and_the_per_kind_means():
+    recipe = _recipe("Qwen/Qwen2.5-7B-Instruct")
+    recipe["recorded_metrics"] = {**recipe["recorded_metrics"], "gen.edit_succ": 40.0,
+                                  "portability.Reasoning": 12.5, "gen.locality.Forgetfulness": 77.0}
+    rows = [line for line in model_card(recipe).splitlines() if line.startswith("| ")]
+    for key, value in (("gen.edit_succ", "40"), ("portability.Reasoning", "12.5"),
+                       ("gen.locality.Forgetfulness", "77")):
+        assert any(row.startswith(f"| {key} |") and value in row for row in rows), key

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import yaml
 
+from mm4ke_ray.schema import GEN_PREFIX
 from mm4ke_ray.tracking.tables import format_cell
 
 _TAGS = ("knowledge-editing", "model-merging", "mm4ke-ray")
@@ -25,6 +26,9 @@ _METRIC_ROWS = (
 )
 
 
+_MORE_ROWS = (GEN_PREFIX, "portability.", "locality.", "general.", "retention.")
+
+
 def _fmt(value) -> str:
     return format_cell(value, missing="–")
 
@@ -35,7 +39,9 @@ def _metric_table(recipe: dict) -> list[str]:
     this = recipe["recorded_metrics"]
     measured = {k: v["measured"] for k, v in recipe["verification"]["metrics"].items()}
     keys = [(k, label) for k, label in _METRIC_ROWS if k in this or k in base]
-    keys += [(k, k) for k in sorted(this) if k.startswith(("general.", "retention."))]
+    # Both metric families (generation behind GEN_PREFIX) and the per-kind means, when recorded.
+    shown = {k for k, _ in keys}
+    keys += [(k, k) for k in sorted(this) if k not in shown and k.startswith(_MORE_ROWS)]
     lines = [
         "| metric | base model | pure R-SFT, same delta (α=0, sparsity=0) | this model (sweep) | this model (re-evaluated) |",
         "|---|---|---|---|---|",
