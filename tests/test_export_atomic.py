@@ -108,9 +108,12 @@ def test_killed_export_leaves_no_half_written_folder_and_a_rerun_succeeds(sqlite
     # complete; never a mix.
     before = (out / "checksums.sha256").read_text()
     _kill_when([*argv, "--force"], _stage_has(out, "README.md"))
+    # The kill may land before or after the rename: either the earlier export (same checksums) or a
+    # complete new one (its card's export time differs), both verified by their own checksums.
     _assert_absent_or_verified(out)
-    if out.exists():
-        assert (out / "checksums.sha256").read_text() == before
+    after = (out / "checksums.sha256").read_text() if out.exists() else before
+    changed = {line.split()[1] for line in set(after.splitlines()) ^ set(before.splitlines())}
+    assert after == before or changed <= {"README.md", "mm4ke_merge.json"}, changed
 
 
 def test_export_warns_when_autotokenizer_differs_from_tokenizer_json(sqlite_sweep, tmp_path):
