@@ -51,6 +51,35 @@ def _check_docs(name: str, docs: Sequence[dict]) -> list[dict]:
     return rows
 
 
+def _check_name(name) -> None:
+    if not isinstance(name, str) or not _TASK_NAME.match(name):
+        raise UserError(
+            f"task name {name!r} is invalid: use letters, digits, '_', '-' or '.', starting with a letter or digit"
+        )
+
+
+def _write_docs(name: str, rows: list[dict], out_dir: str | Path) -> tuple[Path, dict]:
+    """Write `<out_dir>/<name>.jsonl`; return the folder and the task config's dataset part.
+
+    The `datasets` cache directory is named after the file's content hash (see
+    `write_multiple_choice_task`), so a rewritten task is never served from a stale cache.
+    """
+    out = Path(out_dir).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+    data_file = out / f"{name}.jsonl"
+    data_file.write_text(text, encoding="utf-8")
+    digest = hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+    return out, {
+        "task": name,
+        "dataset_path": "json",
+        "dataset_kwargs": {
+            "data_files": {"test": str(data_file)},
+            "cache_dir": str(out / ".datasets_cache" / digest),
+        },
+    }
+
+
 def write_multiple_choice_task(
     name: str,
     docs: Sequence[dict],
@@ -71,10 +100,7 @@ def write_multiple_choice_task(
     named after the file's content hash, so a changed file is never served from a stale cache,
     and the cache stays beside the task instead of in the user's home.
     """
-    if not isinstance(name, str) or not _TASK_NAME.match(name):
-        raise UserError(
-            f"task name {name!r} is invalid: use letters, digits, '_', '-' or '.', starting with a letter or digit"
-        )
+    _check_name(name)
     if isinstance(num_fewshot, bool) or not isinstance(num_fewshot, int) or num_fewshot < 0:
         raise UserError(f"num_fewshot must be an int >= 0, got {num_fewshot!r}")
     if not metrics or any(m not in ("acc", "acc_norm") for m in metrics):
@@ -84,19 +110,8 @@ def write_multiple_choice_task(
         raise UserError(
             f"task '{name}': num_fewshot={num_fewshot} needs at least {num_fewshot + 1} docs, got {len(rows)}"
         )
-    out = Path(out_dir).resolve()
-    out.mkdir(parents=True, exist_ok=True)
-    text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
-    data_file = out / f"{name}.jsonl"
-    data_file.write_text(text, encoding="utf-8")
-    digest = hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
-    config = {
-        "task": name,
-        "dataset_path": "json",
-        "dataset_kwargs": {
-            "data_files": {"test": str(data_file)},
-            "cache_dir": str(out / ".datasets_cache" / digest),
-        },
+    out, config = _write_docs(name, rows, out_dir)
+    config.update({
         "output_type": "multiple_choice",
         "test_split": "test",
         "doc_to_text": doc_to_text,
@@ -105,7 +120,7 @@ def write_multiple_choice_task(
         "doc_to_target": "answer",
         "metric_list": [{"metric": m, "aggregation": "mean", "higher_is_better": True} for m in metrics],
         "metadata": {"version": 1.0},
-    }
+    })
     if num_fewshot:
         config.update(fewshot_split="test", num_fewshot=num_fewshot)
     (out / f"{name}.yaml").write_text(yaml.safe_dump(config, sort_keys=False, allow_unicode=True))
@@ -127,10 +142,7 @@ def write_generation_task(
     (case and punctuation kept, surrounding spaces stripped), whose floor is 0 (no choices to
     guess among), as for CoQA, DROP or SQuAD.
     """
-    if not isinstance(name, str) or not _TASK_NAME.match(name):
-        raise UserError(
-            f"task name {name!r} is invalid: use letters, digits, '_', '-' or '.', starting with a letter or digit"
-        )
+    _check_name(name)
     if isinstance(max_gen_toks, bool) or not isinstance(max_gen_toks, int) or max_gen_toks < 1:
         raise UserError(f"max_gen_toks must be an int >= 1, got {max_gen_toks!r}")
     where = f"task '{name}'"
@@ -143,19 +155,8 @@ def write_generation_task(
             if not isinstance(value, str) or not value.strip():
                 raise DataError(where, i, field, "must be a non-empty string")
         rows.append({"question": doc["question"], "answer": doc["answer"]})
-    out = Path(out_dir).resolve()
-    out.mkdir(parents=True, exist_ok=True)
-    text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
-    data_file = out / f"{name}.jsonl"
-    data_file.write_text(text, encoding="utf-8")
-    digest = hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
-    config = {
-        "task": name,
-        "dataset_path": "json",
-        "dataset_kwargs": {
-            "data_files": {"test": str(data_file)},
-            "cache_dir": str(out / ".datasets_cache" / digest),
-        },
+    out, config = _write_docs(name, rows, out_dir)
+    config.update({
         "output_type": "generate_until",
         "test_split": "test",
         "doc_to_text": doc_to_text,
@@ -167,6 +168,6 @@ def write_generation_task(
         ],
         "metric_list": [{"metric": "exact_match", "aggregation": "mean", "higher_is_better": True}],
         "metadata": {"version": 1.0},
-    }
+    })
     (out / f"{name}.yaml").write_text(yaml.safe_dump(config, sort_keys=False, allow_unicode=True))
     return name
