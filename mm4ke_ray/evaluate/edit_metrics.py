@@ -115,6 +115,28 @@ def kind_means(rows: Sequence[dict], metrics: Sequence[str] = ("portability", "l
     return out
 
 
+def record_items(record: EditRecord, metric: str):
+    """(prompt, answer, kind, field name for errors) of one record for one edit metric."""
+    if metric == "edit_succ":
+        yield record.prompt, record.target_new, "", "prompt/target_new"
+    elif metric == "generalization":
+        for j, rephrase in enumerate(record.rephrase_prompts):
+            yield rephrase, record.target_new, "", f"rephrase_prompts[{j}]"
+    else:
+        for j, qa in enumerate(getattr(record, metric)):
+            yield qa.prompt, qa.answer, qa.kind, f"{metric}[{j}]"
+
+
+def encode_item(tokenizer, record: EditRecord, index: int, prompt: str, answer: str, where: str,
+                prompt_format) -> EncodedExample:
+    """`encode_example`, with an error naming the record and field it came from."""
+    try:
+        return encode_example(tokenizer, prompt, answer, prompt_format)
+    except ValueError as exc:
+        source = record.source or f"record {index}"
+        raise UserError(f"{source}: field '{where}': {exc}; fix or drop the record (skip_invalid)") from exc
+
+
 class EditEvaluator:
     """Scores models on a fixed list of edit records; build once, call `evaluate` per model."""
 
@@ -159,29 +181,12 @@ class EditEvaluator:
 
     # -- construction -------------------------------------------------------------------------
 
-    def _items(self, index: int, record: EditRecord, metric: str):
-        """(prompt, answer, kind, field name for errors) of one record for one metric."""
-        if metric == "edit_succ":
-            yield record.prompt, record.target_new, "", "prompt/target_new"
-        elif metric == "generalization":
-            for j, rephrase in enumerate(record.rephrase_prompts):
-                yield rephrase, record.target_new, "", f"rephrase_prompts[{j}]"
-        else:
-            for j, qa in enumerate(getattr(record, metric)):
-                yield qa.prompt, qa.answer, qa.kind, f"{metric}[{j}]"
-
     def _encode(self, metrics: tuple[str, ...]) -> tuple[list[EncodedExample], list[_Probe]]:
         examples, probes, first = [], [], 0
         for i, record in enumerate(self.records):
             for metric in metrics:
-                for prompt, answer, kind, where in self._items(i, record, metric):
-                    try:
-                        ex = encode_example(self.tokenizer, prompt, answer, self.prompt_format)
-                    except ValueError as exc:
-                        source = record.source or f"record {i}"
-                        raise UserError(
-                            f"{source}: field '{where}': {exc}; fix or drop the record (skip_invalid)"
-                        ) from exc
+                for prompt, answer, kind, where in record_items(record, metric):
+                    ex = encode_item(self.tokenizer, record, i, prompt, answer, where, self.prompt_format)
                     examples.append(ex)
                     probes.append(_Probe(i, metric, kind, first, len(ex.answer_ids)))
                     first += len(ex.answer_ids)

@@ -47,9 +47,8 @@ import torch
 from mm4ke_ray.data.records import EditRecord
 from mm4ke_ray.errors import UserError
 from mm4ke_ray.evaluate.accuracy import model_device
-from mm4ke_ray.evaluate.edit_metrics import kind_means
+from mm4ke_ray.evaluate.edit_metrics import encode_item, kind_means, record_items
 from mm4ke_ray.evaluate.fluency import _cache_kwarg
-from mm4ke_ray.modeling import encode_example
 from mm4ke_ray.modeling.encoding import PromptFormat
 from mm4ke_ray.modeling.modes import eval_mode
 
@@ -335,33 +334,11 @@ class GenerationEvaluator:
         self.locality_signature = digest.hexdigest()
 
     def _encode(self, index: int, record: EditRecord):
-        pairs = [("edit_succ", "", record.prompt, record.target_new, "prompt/target_new")]
-        pairs += [
-            ("generalization", "", p, record.target_new, f"rephrase_prompts[{j}]")
-            for j, p in enumerate(record.rephrase_prompts)
-        ]
-        for metric in ("portability", "locality"):
-            pairs += [
-                (metric, qa.kind, qa.prompt, qa.answer, f"{metric}[{j}]")
-                for j, qa in enumerate(getattr(record, metric))
-            ]
-        for metric, kind, prompt, target, where in pairs:
-            try:
-                ex = encode_example(self.tokenizer, prompt, target, self.prompt_format)
-            except ValueError as exc:
-                source = record.source or f"record {index}"
-                raise UserError(
-                    f"{source}: field '{where}': {exc}; fix or drop the record (skip_invalid)"
-                ) from exc
-            yield _Item(
-                index,
-                metric,
-                kind,
-                prompt,
-                target,
-                tuple(ex.input_ids[: ex.answer_start]),
-                len(ex.answer_ids) + self.extra_new_tokens,
-            )
+        for metric in ("edit_succ", "generalization", "portability", "locality"):
+            for prompt, target, kind, where in record_items(record, metric):
+                ex = encode_item(self.tokenizer, record, index, prompt, target, where, self.prompt_format)
+                yield _Item(index, metric, kind, prompt, target, tuple(ex.input_ids[: ex.answer_start]),
+                            len(ex.answer_ids) + self.extra_new_tokens)
 
     def generate(self, model, items: Sequence[_Item]) -> list[str]:
         """The answers `model` generates for `items` (see the module doc)."""
