@@ -47,6 +47,19 @@ class MergeResult:
     update: dict | None = None  # the (1 − α) · sparsify(Δ) that was added, for checks after writing
 
 
+def merge_params(alpha: float, sparsity: float, method: str, seed: int) -> dict:
+    """The merge's parameters as a merge record states them (in-memory and streamed merges alike)."""
+    return {
+        "alpha": float(alpha),
+        "delta_scale": 1.0 - float(alpha),
+        # Both names, as the paper's "sparsity" is ambiguous (DESIGN.md §1).
+        "sparsity": float(sparsity),
+        "density": 1.0 - float(sparsity),
+        "method": method,
+        "seed": int(seed),
+    }
+
+
 def build_merged(
     base: str,
     *,
@@ -93,13 +106,7 @@ def build_merged(
     info = {
         "base": str(base),
         **source,
-        "alpha": float(alpha),
-        "delta_scale": 1.0 - float(alpha),
-        # Both names, as the paper's "sparsity" is ambiguous (DESIGN.md §1).
-        "sparsity": float(sparsity),
-        "density": 1.0 - float(sparsity),
-        "method": method,
-        "seed": int(seed),
+        **merge_params(alpha, sparsity, method, seed),
         "dtype": dtype,
         "tensors": sorted(update),
         "kept_entries": sum(int(u.count_nonzero()) for u in update.values()),

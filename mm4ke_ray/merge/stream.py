@@ -31,7 +31,7 @@ from mm4ke_ray.merge.apply import (
     check_delta_tensor,
     validate_merge_params,
 )
-from mm4ke_ray.merge.build import _TOKENIZER_GLOBS, MERGE_INFO_FILE
+from mm4ke_ray.merge.build import _TOKENIZER_GLOBS, MERGE_INFO_FILE, merge_params
 from mm4ke_ray.merge.registry import DEFAULT_SPARSIFIER, get_sparsifier
 
 SINGLE_FILE = "model.safetensors"
@@ -233,12 +233,7 @@ def merge_checkpoint(
     record = {
         **dict(info or {}),
         "base": str(base_dir),
-        "alpha": float(alpha),
-        "delta_scale": 1.0 - float(alpha),
-        "sparsity": float(sparsity),
-        "density": 1.0 - float(sparsity),
-        "method": method,
-        "seed": int(seed),
+        **merge_params(alpha, sparsity, method, seed),
         "dtype": dtype or "as in the base checkpoint",
         "tensors": sorted(delta),
         **stats,
