@@ -61,12 +61,13 @@ def one_at_a_time_metrics(model, tok, records, loc_reference) -> dict:
 
 def _answer_argmax_one_at_a_time(model, tok, evaluator) -> torch.Tensor:
     """Argmax at every accuracy answer position, one prompt at a time, in the evaluator's order."""
+    from mm4ke_ray.evaluate.edit_metrics import record_items
     from mm4ke_ray.modeling import encode_example
 
     out = []
-    for rec_index, rec in enumerate(evaluator.records):
+    for rec in evaluator.records:
         for metric in ("edit_succ", "generalization", "portability"):
-            for prompt, answer, _, _ in evaluator._items(rec_index, rec, metric):
+            for prompt, answer, _, _ in record_items(rec, metric):
                 enc = encode_example(tok, prompt, answer, "plain")
                 out.append(_argmax_at_answer(model, tok, prompt, answer)[: len(enc.answer_ids)])
     return torch.cat(out)
