@@ -146,8 +146,13 @@ def test_prefix_cache_matches_naive_loop(model, tiny_tokenizer, records):
     fast = run_rsft(model, tiny_tokenizer, records, config)
     slow = run_rsft(model, tiny_tokenizer, records, config, use_prefix_cache=False)
     assert fast.layers == [1, 2] and len(fast.delta) == len(mlp_parameter_names(model, [1, 2]))
+    # The suffix stepper runs the head on the answer rows only: the same sums in another order,
+    # so float32 rounding (~1e-7 absolute after 24 AdamW updates) but no more; a wrong prefix or
+    # mask moves the delta by O(its own size).
     for n in slow.delta:
-        assert torch.allclose(fast.delta[n], slow.delta[n], atol=1e-7, rtol=1e-5), n
+        diff = fast.delta[n] - slow.delta[n]
+        assert diff.norm() <= 1e-5 * slow.delta[n].norm(), n
+        assert diff.abs().max() <= 1e-6, n
     assert [s["steps"] for s in fast.samples] == [s["steps"] for s in slow.samples]
 
 
