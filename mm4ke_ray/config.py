@@ -52,6 +52,16 @@ class FidelityConfig(_Section):
         "than margin_z standard errors of the difference.",
     )
 
+    @field_validator("enabled")
+    @classmethod
+    def _not_yet_wired(cls, value: bool) -> bool:
+        # The rung logic exists (evaluate/fidelity.py) but the sweep does not call it yet: accepting
+        # `enabled: true` would silently run every candidate at full fidelity.
+        if value:
+            raise ValueError("successive halving is not wired into the sweep yet (only its rung logic "
+                             "exists): set evaluation.fidelity.enabled to false")
+        return value
+
 
 class EvaluationConfig(_Section):
     batch_size: int = Field(32, ge=1, description="Teacher-forced evaluation batch size.")

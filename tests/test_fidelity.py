@@ -147,8 +147,16 @@ def test_stderr_on_known_numbers():
 def test_fidelity_is_off_by_default_and_validated():
     assert EvaluationConfig().fidelity == FidelityConfig()
     assert EvaluationConfig().fidelity.enabled is False
-    ok = FidelityConfig(enabled=True, rungs=1, reduction_factor=1.5, margin_z=0)
+    ok = FidelityConfig(rungs=1, reduction_factor=1.5, margin_z=0)
     assert ok.rungs == 1
+
+
+def test_enabling_halving_is_refused_until_the_sweep_runs_it(tmp_path):
+    config = tmp_path / "c.yaml"
+    config.write_text("evaluation:\n  fidelity:\n    enabled: true\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(config)
+    assert "evaluation.fidelity.enabled" in str(err.value) and "not wired" in str(err.value)
 
 
 @pytest.mark.parametrize(("field", "value", "fragment"), [
