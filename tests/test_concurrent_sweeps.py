@@ -46,10 +46,10 @@ def _artifact_rows(client, run_id: str, path: str, dest: Path) -> list[dict]:
 
 def _check_front(client, parent: str, children: list, dest: Path, objectives) -> list[str]:
     """The parent's pareto/ artifacts hold exactly its own candidates, and its front is theirs."""
-    names = sorted(r.info.run_name for r in children)
+    names = sorted(r.data.tags["mm4ke.candidate"] for r in children)
     table = _artifact_rows(client, parent, "pareto/all.csv", dest)
     assert sorted(r["candidate"] for r in table) == names
-    points = {r.info.run_name: {o.name: r.data.metrics[o.name] for o in objectives} for r in children}
+    points = {r.data.tags["mm4ke.candidate"]: {o.name: r.data.metrics[o.name] for o in objectives} for r in children}
     expected = sorted(n for n in names if not any(_dominates(points[m], points[n], objectives) for m in names))
     front = _artifact_rows(client, parent, "pareto/front.csv", dest)
     assert sorted(r["candidate"] for r in front) == expected

@@ -112,7 +112,7 @@ def test_killed_rsft_worker_is_retried_and_others_are_undisturbed(ray_2_cpus, wo
     assert "error" not in status and "diverged" not in status
     # The retry completed: both trials' candidates, each logged exactly once.
     cands = [r for r in status["ok"] if r.data.tags.get("mm4ke.kind") != "base"]
-    names = [r.info.run_name for r in cands]
+    names = [r.data.tags["mm4ke.candidate"] for r in cands]
     assert len(names) == len(set(names)) == 2 * 2 == len(out.rows)
     trials = {r.data.tags["mm4ke.trial_id"] for r in cands}
     assert len(trials) == 2 and killed_trial in trials
@@ -151,7 +151,7 @@ def test_killed_merge_eval_actor_reruns_in_flight_candidates_once(ray_2_cpus, ti
     runs = child_runs(config.tracking.uri, out.parent_run_id)
     status = _by_status(runs)
     assert set(status) == {"ok"}  # an actor death is not a trial failure
-    logged = sorted(r.info.run_name for r in status["ok"] if r.data.tags.get("mm4ke.kind") != "base")
+    logged = sorted(r.data.tags["mm4ke.candidate"] for r in status["ok"] if r.data.tags.get("mm4ke.kind") != "base")
     assert logged == sorted(names)
     table = pareto_candidates(config.tracking.uri, out.parent_run_id, tmp_path)
     assert sorted(table) == sorted(["base", *names])  # each candidate exactly once in the Pareto table
@@ -192,7 +192,7 @@ def test_diverging_trial_is_recorded_and_the_sweep_goes_on(ray_2_cpus, tiny_mode
     assert "diverged" in status and "ok" in status, {k: len(v) for k, v in status.items()}
     diverged = status["diverged"]
     for run in diverged:
-        assert run.info.status == "FAILED" and run.info.run_name.endswith("-diverged")
+        assert run.info.status == "FAILED" and run.info.run_name.endswith(" diverged")
         reason = run.data.tags["mm4ke.reason"]
         assert "diverged" in reason and "lower lr" in reason, reason
         assert float(run.data.params["lr"]) == 1e20
@@ -239,7 +239,7 @@ def _assert_all_logged(out, uri: str, trials: int, tmp_path) -> None:
     from mlflow import MlflowClient
 
     client = MlflowClient(uri)
-    runs = {r.info.run_name: r for r in child_runs(uri, out.parent_run_id)}
+    runs = {r.data.tags["mm4ke.candidate"]: r for r in child_runs(uri, out.parent_run_id)}
     assert len(out.rows) == trials * 2
     for row in out.rows:
         run = runs[row["candidate"]]

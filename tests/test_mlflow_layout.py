@@ -65,3 +65,48 @@ def test_a_registered_export_gets_the_champion_alias_not_a_stage(tmp_path):
     client = MlflowClient(uri)
     assert client.get_model_version_by_alias("regtest-model", CHAMPION).version == second.version != first.version
     assert client.get_model_version("regtest-model", second.version).current_stage in (None, "None")
+
+
+def _trial_result(alphas_sparsities) -> dict:
+    """A finished trial's result as the Tune trial reports it (two merge candidates of one delta)."""
+    params = {"threshold": 0.1, "steps": 2, "lr": 3e-4, "layers": 1, "alpha": 0.3, "sparsity": 0.57}
+    kinds = ["sampled", "extra"]
+    return {"status": "ok", "params": params, "rsft_updates": 2, "rsft_seconds": 1.0,
+            "candidates": [{"alpha": a, "sparsity": s, "kind": kinds[i],
+                            "metrics": {"edit_score": 0.5 + i / 10, "general_score": 0.9, "combined_score": 0.7}}
+                           for i, (a, s) in enumerate(alphas_sparsities)]}
+
+
+def test_candidate_runs_have_readable_names_and_keep_their_id_in_a_tag(tmp_path):
+    import re
+
+    from mm4ke_ray.schema import Tag
+    from mm4ke_ray.tracking.query import load_sweep
+    from mm4ke_ray.tracking.records import candidate_rows, candidate_run, failure_run_name
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    tracker = SweepTracker(uri, "nametest", str(tmp_path / "artifacts"))
+    parent = tracker.start_sweep("nametest", params={}, tags={})
+    trial_id = "a1b2c_00003"  # Tune's id of the trial with index 3
+    rows = candidate_rows(_trial_result([(0.3, 0.567), (0.05, 0.0)]), trial_id)
+    for row in rows:
+        row["run_id"] = tracker.log_candidate(row["candidate"], *candidate_run(row, trial_id), run_name=row["run_name"])
+    tracker.log_candidate("a1b2c_00004-diverged", {"lr": 1e20}, {}, {Tag.TRIAL_ID: "a1b2c_00004", Tag.STATUS: "diverged"},
+                          run_name=failure_run_name("a1b2c_00004", "diverged"))
+    # A candidate logged by an older version: named by its id, no candidate tag.
+    old = MlflowClient(uri).create_run(tracker.experiment_id, run_name="old_00007-c0",
+                                       tags={"mlflow.parentRunId": parent, Tag.ROLE: "candidate", Tag.KIND: "sampled"})
+    MlflowClient(uri).set_terminated(old.info.run_id)
+
+    client = MlflowClient(uri)
+    names = [client.get_run(r["run_id"]).info.run_name for r in rows]
+    assert names == ["t03 c0 α0.30 s0.57", "t03 c1 α0.05 s0.00"]
+    assert all(re.fullmatch(r"t\d{2} c\d+ α\d\.\d{2} s\d\.\d{2}", n) for n in names)
+
+    sweep = load_sweep(uri, "nametest")
+    assert [r["candidate"] for r in sweep.candidates] == ["a1b2c_00003-c0", "a1b2c_00003-c1", "old_00007-c0"]
+    assert sweep.find("a1b2c_00003-c1")["run_id"] == rows[1]["run_id"]  # export --pick by the stable id
+    assert sweep.find("old_00007-c0")["run_id"] == old.info.run_id  # an older sweep stays readable
+    [failed] = sweep.failed
+    assert failed["candidate"] == "a1b2c_00004-diverged"
+    assert client.get_run(failed["run_id"]).info.run_name == "t04 diverged"

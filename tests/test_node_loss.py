@@ -132,7 +132,7 @@ def test_lost_worker_node_loses_and_doubles_nothing(tmp_path, tiny_model_dir, ra
     parent = parents[0].info.run_id
     runs = child_runs(uri, parent)
     ok = [r for r in runs if r.data.tags.get("mm4ke.status") == "ok" and r.data.tags.get("mm4ke.kind") != "base"]
-    names = [r.info.run_name for r in ok]
+    names = [r.data.tags["mm4ke.candidate"] for r in ok]
     assert len(names) == len(set(names)) == 2 * 2, sorted(names)  # every candidate, exactly once
     assert len({r.data.tags["mm4ke.trial_id"] for r in ok}) == 2
     assert sorted(pareto_candidates(uri, parent, tmp_path)) == sorted(["base", *names])

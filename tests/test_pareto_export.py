@@ -306,8 +306,8 @@ def test_parent_run_holds_the_front_and_it_is_exactly_the_non_dominated_set(swee
     children = client.search_runs(
         [parent.info.experiment_id], f"tags.`mlflow.parentRunId` = '{sweep['parent']}'"
     )
-    tagged = {r.info.run_name for r in children if r.data.tags.get("pareto") == "true"}
-    untagged = {r.info.run_name for r in children if r.data.tags.get("pareto") == "false"}
+    tagged = {r.data.tags["mm4ke.candidate"] for r in children if r.data.tags.get("pareto") == "true"}
+    untagged = {r.data.tags["mm4ke.candidate"] for r in children if r.data.tags.get("pareto") == "false"}
     assert tagged == expected and tagged | untagged == {r["candidate"] for r in all_rows}
 
 

@@ -121,7 +121,7 @@ def test_sigkilled_driver_resumes_into_the_same_run(tmp_path, tiny_model_dir):
         [(r.info.run_name, r.data.tags) for r in children if r.data.tags.get("mm4ke.status") != "ok"]
     assert [r.data.tags.get("mm4ke.kind") for r in children].count("base") == 1
     cands = [r for r in children if r.data.tags.get("mm4ke.kind") != "base"]
-    names = [r.info.run_name for r in cands]
+    names = [r.data.tags["mm4ke.candidate"] for r in cands]
     assert len(names) == len(set(names)) == 3 * 2
     trials = {r.data.tags["mm4ke.trial_id"] for r in cands}
     assert len(trials) == 3

@@ -18,7 +18,13 @@ from rich.console import Console
 from mm4ke_ray.delta import DELTA_FILE
 from mm4ke_ray.evaluate.scores import COMBINED
 from mm4ke_ray.schema import Tag, delta_folder
-from mm4ke_ray.tracking.records import candidate_rows, candidate_run, failure_tags, searched_params
+from mm4ke_ray.tracking.records import (
+    candidate_rows,
+    candidate_run,
+    failure_run_name,
+    failure_tags,
+    searched_params,
+)
 
 _EXCEPTION_LINE = re.compile(r"^[\w.]*(Error|Exception|Interrupt)\b.*")
 _DETAIL = re.compile(r"died|failed|killed|exit", re.I)
@@ -105,6 +111,7 @@ class SweepCallback(Callback):
                 f"{trial.trial_id}-{result['status']}", searched_params(params),
                 {"rsft_wall_seconds": result.get("rsft_wall_seconds", 0.0)},
                 failure_tags(trial.trial_id, result["status"], result.get("reason", "")[:500]),
+                run_name=failure_run_name(trial.trial_id, result["status"]),
             )
             self.console.print(f"[yellow]trial {trial.trial_id} {result['status']}[/]: {result.get('reason', '')[:200]}")
         else:
@@ -119,7 +126,8 @@ class SweepCallback(Callback):
             if rows:
                 self._store_delta(trial)
             for row in rows:
-                row["run_id"] = self.tracker.log_candidate(row["candidate"], *candidate_run(row, trial.trial_id))
+                row["run_id"] = self.tracker.log_candidate(row["candidate"], *candidate_run(row, trial.trial_id),
+                                                           run_name=row["run_name"])
             self.rows.extend(rows)
         self._progress()
         if self.on_rows:
@@ -201,6 +209,7 @@ class SweepCallback(Callback):
         self.tracker.log_candidate(
             f"{trial.trial_id}-attempt{attempt}-failed", searched_params(trial.config), {},
             failure_tags(trial.trial_id, "failed", reason, attempt=attempt, retried=True),
+            run_name=failure_run_name(trial.trial_id, f"attempt{attempt} failed"),
         )
         self.console.print(f"[yellow]trial {trial.trial_id} attempt {attempt} failed, retrying[/]: {reason[:200]}")
 
@@ -215,6 +224,7 @@ class SweepCallback(Callback):
         self.tracker.log_candidate(
             f"{trial.trial_id}-error", searched_params(trial.config), {},
             failure_tags(trial.trial_id, "error", reason, attempt=trial.run_metadata.num_failures),
+            run_name=failure_run_name(trial.trial_id, "error"),
         )
         self.console.print(f"[red]trial {trial.trial_id} failed after its retries[/]: {reason[:200]}")
         self._progress()

@@ -135,7 +135,7 @@ class SweepTracker:
         self.spool = Spool(spool_path, self.uri, self.experiment_id, parent_run_id) if spool_path else None
         self.offline_since: float | None = None
         self._last_probe = 0.0
-        self.run_ids: dict[str, str] = {}  # candidate name → run id, also for spooled candidates once sent
+        self.run_ids: dict[str, str] = {}  # candidate id → run id, also for spooled candidates once sent
         self.spooled = 0  # records that had to wait in the spool, over the whole sweep
 
     @classmethod
@@ -161,7 +161,8 @@ class SweepTracker:
 
     def _sent(self, record: dict, run_id: str | None) -> None:
         if record["op"] == "candidate" and run_id:
-            self.run_ids[record["name"]] = run_id
+            # Spools written before run names became readable name the candidate by its run name.
+            self.run_ids[record.get("candidate", record["name"])] = run_id
 
     def flush(self, wait_s: float = 0.0) -> bool:
         """Send the spool (waiting up to `wait_s` for the server); True when nothing is left."""
@@ -218,11 +219,18 @@ class SweepTracker:
         self.client.log_batch(self.parent_run_id, params=[Param(k, v) for k, v in _param_items(params)])
         return self.parent_run_id
 
-    def log_candidate(self, name: str, params: dict, metrics: dict, tags: dict) -> str | None:
-        """A nested child run for one evaluated candidate; its run id (None while spooled)."""
-        all_tags = {"mlflow.parentRunId": self.parent_run_id, Tag.ROLE: "candidate", **tags}
+    def log_candidate(self, candidate: str, params: dict, metrics: dict, tags: dict,
+                      run_name: str | None = None) -> str | None:
+        """A nested child run for one evaluated candidate; its run id (None while spooled).
+
+        `candidate` is the stable id, kept in the `mm4ke.candidate` tag (what pareto, export
+        --pick and a resume look up); `run_name` is only what the UI shows (default: the id).
+        """
+        all_tags = {"mlflow.parentRunId": self.parent_run_id, Tag.ROLE: "candidate", Tag.CANDIDATE: candidate,
+                    **tags}
         status = "FINISHED" if str(tags.get(Tag.STATUS, "ok")) == "ok" else "FAILED"
-        return self._emit({"op": "candidate", "experiment_id": self.experiment_id, "name": name,
+        return self._emit({"op": "candidate", "experiment_id": self.experiment_id, "candidate": candidate,
+                           "name": run_name or candidate,
                            "tags": _tag_items(all_tags), "params": _param_items(params),
                            "metrics": _metric_items(metrics), "status": status})
 

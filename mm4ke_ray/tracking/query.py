@@ -183,11 +183,17 @@ def find_sweep_run(client, sweep: str, experiment: str | None = None):
     return runs[0], len(runs) - 1
 
 
+def candidate_id(run) -> str:
+    """A candidate run's stable id: its `mm4ke.candidate` tag; the run name for sweeps logged
+    before run names became readable (they named the run by its id)."""
+    return run.data.tags.get(Tag.CANDIDATE) or run.info.run_name
+
+
 def candidate_row(run) -> dict:
     """One child run as a normalized row (see `normalize_row`)."""
     tags = run.data.tags
     row = {
-        "candidate": run.info.run_name,
+        "candidate": candidate_id(run),
         "kind": tags.get(Tag.KIND),
         "trial_id": tags.get(Tag.TRIAL_ID),
         "run_id": run.info.run_id,
@@ -219,7 +225,7 @@ def load_sweep(uri: str, sweep: str, experiment: str | None = None) -> Sweep:
         else:
             failed.append(
                 {
-                    "candidate": run.info.run_name,
+                    "candidate": candidate_id(run),
                     "run_id": run.info.run_id,
                     "status": status,
                     "reason": tags.get(Tag.REASON, ""),

@@ -6,7 +6,27 @@ The Tune callback (search/callback.py) decides *when* a trial is recorded; this 
 
 from __future__ import annotations
 
+import re
+
 from mm4ke_ray.schema import DENSITY, RSFT_PARAMS, SEARCH_PARAMS, Tag, delta_artifact_path
+
+_TUNE_INDEX = re.compile(r"_(\d+)$")  # Tune's trial ids end in the trial's index: "a1b2c_00003"
+
+
+def trial_label(trial_id: str) -> str:
+    """A trial as people read it in the MLflow UI: "t03" for Tune's "a1b2c_00003" (else the id)."""
+    match = _TUNE_INDEX.search(trial_id)
+    return f"t{int(match[1]):02d}" if match else trial_id
+
+
+def candidate_run_name(trial_id: str, index: int, alpha: float, sparsity: float) -> str:
+    """A candidate run's display name, e.g. "t03 c2 α0.30 s0.57"; its id is the `mm4ke.candidate` tag."""
+    return f"{trial_label(trial_id)} c{index} α{alpha:.2f} s{sparsity:.2f}"
+
+
+def failure_run_name(trial_id: str, what: str) -> str:
+    """A failed attempt's display name, e.g. "t03 diverged", "t03 attempt1 failed"."""
+    return f"{trial_label(trial_id)} {what}"
 
 
 def candidate_rows(result: dict, trial_id: str) -> list[dict]:
@@ -16,7 +36,9 @@ def candidate_rows(result: dict, trial_id: str) -> list[dict]:
     for i, cand in enumerate(result.get("candidates") or []):
         row = {k: params.get(k) for k in RSFT_PARAMS}
         row.update(alpha=cand["alpha"], sparsity=cand["sparsity"], density=round(1 - cand["sparsity"], 6))
-        row.update(trial_id=trial_id, candidate=f"{trial_id}-c{i}", kind=cand["kind"])
+        # `candidate` is the stable id (pareto, export --pick, resume); `run_name` only what the UI shows.
+        row.update(trial_id=trial_id, candidate=f"{trial_id}-c{i}", kind=cand["kind"],
+                   run_name=candidate_run_name(trial_id, i, cand["alpha"], cand["sparsity"]))
         row.update({k: result.get(k) for k in ("rsft_updates", "rsft_seconds")})
         row.update(cand["metrics"])
         rows.append(row)
