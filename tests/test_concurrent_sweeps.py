@@ -105,8 +105,11 @@ def test_trackers_opening_a_new_experiment_together_share_it(mlflow_port):
     assert len({t.experiment_id for t in trackers}) == 1
 
 
-@pytest.mark.xfail(reason="two local Rays on one host: both dashboard agents want 127.0.0.1:52365 (Ray's fixed "
-                   "default, not settable through ray.init) and the second raylet times out at start", strict=False)
+def _agent_ports(ray_tmp: Path) -> list[int]:
+    """The HTTP ports the dashboard agents of the Ray under `ray_tmp` recorded (-1: no HTTP service)."""
+    return [int(f.read_text()) for f in ray_tmp.glob("ray/session_2*/dashboard_agent_listen_port_*")]
+
+
 def test_two_sweeps_at_once_share_nothing(tmp_path, tiny_model_dir, mlflow_port):
     import optuna
     from mlflow import MlflowClient
@@ -122,9 +125,10 @@ def test_two_sweeps_at_once_share_nothing(tmp_path, tiny_model_dir, mlflow_port)
     (tmp_path / "sweep.yaml").write_text(yaml.safe_dump(config))
     procs, logs = [], []
     start = threading.Barrier(2)
+    ray_tmps = [Path(tempfile.mkdtemp(prefix=f"tw{i}", dir="/tmp")) for i in (1, 2)]
 
     def launch(i: int):
-        env = cli_env(Path(tempfile.mkdtemp(prefix=f"tw{i}", dir="/tmp")))
+        env = cli_env(ray_tmps[i - 1])
         log = open(tmp_path / f"sweep{i}.log", "w")  # noqa: SIM115 - closed below
         logs.append(log)
         start.wait()
@@ -148,6 +152,9 @@ def test_two_sweeps_at_once_share_nothing(tmp_path, tiny_model_dir, mlflow_port)
             log.close()
     outputs = [(tmp_path / f"sweep{i}.log").read_text(errors="replace") for i in (1, 2)]
     assert [p.returncode for p in procs] == [0, 0], "\n=====\n".join(o[-3000:] for o in outputs)
+    # Each Ray's dashboard agent served HTTP on a port of its own (not both on Ray's fixed 52365).
+    ports = [_agent_ports(t) for t in ray_tmps]
+    assert all(len(p) == 1 and p[0] > 0 for p in ports) and ports[0] != ports[1], ports
 
     client = MlflowClient(f"http://127.0.0.1:{port}")
     exp = client.get_experiment_by_name("twin")

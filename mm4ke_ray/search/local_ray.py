@@ -11,7 +11,13 @@ environment variable RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0, which
 - this driver reads once, when Ray is imported (`ray_constants.ENABLE_RAY_CLUSTER`), so the
   constant is set for the duration of `ray.init` as well.
 
-Both are restored afterwards: a later `ray start` or cluster connection made from this process
+The dashboard agent's HTTP server listens on a fixed port (52365) that `ray.init` offers no
+argument for; a second local Ray on the machine (two sweeps at once) would find it taken, and its
+agent would come up without its HTTP service. `ray.init` builds its `RayParams` through the module
+attribute `ray._private.parameter.RayParams`, so within the block that attribute is a subclass whose
+agent port defaults to 0: the agent binds a free port and records it in the session folder.
+
+All three are restored afterwards: a later `ray start` or cluster connection made from this process
 keeps Ray's own defaults. Single-machine mode refuses other nodes, which a local sweep never has;
 a cluster (`--address`, `ray job submit`) is not started here and keeps its own settings.
 """
@@ -35,20 +41,34 @@ def _free_loopback_port() -> int:
         return s.getsockname()[1]
 
 
+def _with_free_agent_port(ray_params: type) -> type:
+    """`RayParams` whose dashboard agent listens on a port the OS picks unless one is given."""
+
+    class FreeAgentPortRayParams(ray_params):
+        def __init__(self, *args, **kwargs):
+            kwargs.setdefault("dashboard_agent_listen_port", 0)
+            super().__init__(*args, **kwargs)
+
+    return FreeAgentPortRayParams
+
+
 @contextmanager
 def loopback_only() -> Iterator[None]:
-    """Within this block, a `ray.init()` that starts a local Ray binds it to 127.0.0.1."""
-    from ray._private import ray_constants
+    """Within this block, a `ray.init()` that starts a local Ray binds it to 127.0.0.1, with
+    ports of its own where Ray's defaults are fixed."""
+    from ray._private import parameter, ray_constants
 
     env = {SINGLE_MACHINE_ENV: "0", **{name: str(_free_loopback_port()) for name in METRIC_PORT_ENVS}}
     before_env = {name: os.environ.get(name) for name in env}
-    before_flag = ray_constants.ENABLE_RAY_CLUSTER
+    before_flag, before_params = ray_constants.ENABLE_RAY_CLUSTER, parameter.RayParams
     os.environ.update(env)
     ray_constants.ENABLE_RAY_CLUSTER = False
+    parameter.RayParams = _with_free_agent_port(before_params)
     try:
         yield
     finally:
         ray_constants.ENABLE_RAY_CLUSTER = before_flag
+        parameter.RayParams = before_params
         for name, value in before_env.items():
             if value is None:
                 os.environ.pop(name, None)
