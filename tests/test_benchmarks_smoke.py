@@ -27,6 +27,7 @@ SCRIPTS = {
     "generation": "bench_generation.py",
     "mergekit": "bench_mergekit.py",
     "startup": "bench_startup.py",
+    "soak": "bench_soak.py",
 }
 TIMEOUT_S = 400
 
@@ -100,6 +101,17 @@ def test_sweep_smoke_counts_candidates(runs):
 def test_memory_smoke_reads_rss(runs):
     doc = _result(runs, "memory")
     assert set(doc["rss_bytes"]) == {"1", "5", "10"} and all(v > 0 for v in doc["rss_bytes"].values())
+
+
+def test_soak_smoke_holds_every_candidate_once_and_the_exact_front(runs):
+    doc = _result(runs, "soak")
+    n, t = doc["trials"], doc["tracking"]
+    assert t["candidate_runs"] == t["candidate_runs_finished_ok"] == t["distinct_candidate_names"] == 2 * n
+    assert t["base_runs"] == 1 and t["all_csv_rows"] == 2 * n + 1 and t["all_csv_candidates_match_mlflow"]
+    assert t["front_equals_non_dominated_set"] and t["on_front_column_agrees"] and t["front_csv_rows"] >= 1
+    # The driver was sampled after every finished trial (RSS and overhead are reported, not bounded here).
+    per_trial = doc["driver"]["per_trial"]
+    assert [p["trial"] for p in per_trial] == list(range(1, n + 1)) and all(p["rss_mib"] > 0 for p in per_trial)
 
 
 def test_gpu_check_tiny_mode_runs_every_section(runs):
