@@ -11,9 +11,13 @@ from __future__ import annotations
 from mm4ke_ray.config import SearchSpace
 
 # -- parameters ------------------------------------------------------------------------------
-# A candidate's merge parameters; everything else the search space holds is R-SFT's.
-MERGE_PARAMS: tuple[str, ...] = ("alpha", "sparsity")
 SEARCH_PARAMS: tuple[str, ...] = tuple(SearchSpace.model_fields)  # threshold, steps, ..., sparsity
+# The parameters code names one by one; each must be a field of the search space.
+ALPHA, SPARSITY, LAYER, LR = "alpha", "sparsity", "layer", "lr"
+if _unknown := {ALPHA, SPARSITY, LAYER, LR} - set(SEARCH_PARAMS):
+    raise ImportError(f"schema names {sorted(_unknown)}, which SearchSpace does not have")
+# A candidate's merge parameters; everything else the search space holds is R-SFT's.
+MERGE_PARAMS: tuple[str, ...] = (ALPHA, SPARSITY)
 RSFT_PARAMS: tuple[str, ...] = tuple(p for p in SEARCH_PARAMS if p not in MERGE_PARAMS)
 DENSITY = "density"  # 1 - sparsity, logged beside it (the name mergekit and the paper use)
 # The parameter columns of a candidate row, in the order tables, CSVs and MLflow params use.

@@ -1,6 +1,7 @@
 """The package's shape, read from the source (ast, imports inside functions included):
-no import cycle between mm4ke_ray's top-level modules and subpackages, and each heavy framework
-imported by one subpackage only (ray by search/, mlflow by tracking/, lm_eval by evaluate/)."""
+no import cycle between mm4ke_ray's top-level modules and subpackages, none between its files
+either, and each heavy framework imported by one subpackage only (ray by search/, mlflow by
+tracking/, lm_eval by evaluate/)."""
 
 from __future__ import annotations
 
@@ -11,25 +12,30 @@ PACKAGE = Path(__file__).resolve().parents[1] / "mm4ke_ray"
 ONLY_IN = {"ray": "search", "mlflow": "tracking", "lm_eval": "evaluate"}
 
 
-def _module_name(path: Path) -> str:
-    parts = list(path.relative_to(PACKAGE.parent).with_suffix("").parts)
+def _module_name(path: Path, root: Path = PACKAGE) -> str:
+    parts = list(path.relative_to(root.parent).with_suffix("").parts)
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
-def _imports(path: Path, package: str | None = None) -> list[str]:
-    """Every module `path` imports, anywhere in the file, as absolute dotted names."""
+def _imports(path: Path, package: str | None = None, names: bool = False, root: Path = PACKAGE) -> list[str]:
+    """Every module `path` imports, anywhere in the file, as absolute dotted names.
+
+    With `names`, `from m import x` gives "m.x" (x may be a submodule) and the line: "m.x:12"."""
     if package is None:
-        package = _module_name(path) if path.name == "__init__.py" else _module_name(path).rpartition(".")[0]
+        module = _module_name(path, root)
+        package = module if path.name == "__init__.py" else module.rpartition(".")[0]
     out = []
     for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        line = f":{node.lineno}" if names and isinstance(node, ast.Import | ast.ImportFrom) else ""
         if isinstance(node, ast.Import):
-            out += [a.name for a in node.names]
+            out += [a.name + line for a in node.names]
         elif isinstance(node, ast.ImportFrom):
             if node.level:
                 base = package.split(".")[: len(package.split(".")) - node.level + 1]
-                out.append(".".join([*base, *([node.module] if node.module else [])]))
+                module = ".".join([*base, *([node.module] if node.module else [])])
             else:
-                out.append(node.module)
+                module = node.module
+            out += [f"{module}.{a.name}{line}" for a in node.names] if names else [module]
     return out
 
 
@@ -48,6 +54,23 @@ def _graph() -> dict[str, dict[str, set[str]]]:
         for name in _imports(path):
             if name.split(".")[0] == "mm4ke_ray" and (dst := _unit(name)) != src:
                 graph[src].setdefault(dst, set()).add(str(path.relative_to(PACKAGE.parent)))
+    return graph
+
+
+def _file_graph(root: Path = PACKAGE) -> dict[str, dict[str, set[str]]]:
+    """file → {file of the package it imports: the lines that do}. `from pkg import sub` points at
+    pkg/sub.py when that is a module, at pkg/__init__.py otherwise."""
+    files = {_module_name(p, root): p for p in sorted(root.rglob("*.py"))}
+    graph: dict[str, dict[str, set[str]]] = {}
+    for module, path in files.items():
+        src = str(path.relative_to(root.parent))
+        graph.setdefault(src, {})
+        for name in _imports(path, names=True, root=root):
+            dotted, _, line = name.rpartition(":")
+            parts = dotted.split(".")
+            target = next((".".join(parts[:n]) for n in range(len(parts), 0, -1) if ".".join(parts[:n]) in files), None)
+            if target is not None and target != module:
+                graph[src].setdefault(str(files[target].relative_to(root.parent)), set()).add(f"line {line}")
     return graph
 
 
@@ -79,6 +102,30 @@ def test_no_import_cycle_between_top_level_modules_and_subpackages():
     if cycle:
         steps = [f"{a} -> {b} ({', '.join(sorted(graph[a][b]))})" for a, b in zip(cycle, cycle[1:], strict=False)]
         raise AssertionError("import cycle in mm4ke_ray:\n  " + "\n  ".join(steps))
+
+
+def test_no_import_cycle_between_files():
+    # Inside a subpackage too (e.g. tracking/pareto_artifacts.py <-> pareto_plots.py).
+    graph = _file_graph()
+    cycle = _find_cycle(graph)
+    if cycle:
+        steps = [f"{a} -> {b} ({', '.join(sorted(graph[a][b]))})" for a, b in zip(cycle, cycle[1:], strict=False)]
+        raise AssertionError("import cycle between files of mm4ke_ray:\n  " + "\n  ".join(steps))
+
+
+def test_the_file_graph_sees_a_cycle_through_a_nested_import(tmp_path):
+    # The file check must be able to fail: pkg/a.py imports b inside a function, b imports a.
+    pkg = tmp_path / "pkg"
+    (pkg / "sub").mkdir(parents=True)
+    (pkg / "__init__.py").write_text("")
+    (pkg / "sub" / "__init__.py").write_text("from pkg.sub.c import C\n")
+    (pkg / "sub" / "a.py").write_text("def f():\n    from pkg.sub import b\n")
+    (pkg / "sub" / "b.py").write_text("from . import a\n")
+    (pkg / "sub" / "c.py").write_text("C = 1\n")
+    graph = _file_graph(pkg)
+    assert _find_cycle(graph) == ["pkg/sub/a.py", "pkg/sub/b.py", "pkg/sub/a.py"]
+    assert graph["pkg/sub/a.py"] == {"pkg/sub/b.py": {"line 2"}}
+    assert graph["pkg/sub/__init__.py"] == {"pkg/sub/c.py": {"line 1"}}
 
 
 def test_the_cycle_finder_names_the_files_of_a_cycle():

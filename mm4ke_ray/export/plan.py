@@ -22,7 +22,16 @@ from mm4ke_ray.device import resolve_device
 from mm4ke_ray.errors import ConfigError, UserError
 from mm4ke_ray.evaluate.candidate import EvalSettings, eval_settings
 from mm4ke_ray.evaluate.pareto import best_candidate
-from mm4ke_ray.schema import BASE, CONFIG_ARTIFACT, PURE_RSFT, Tag, delta_artifact_path
+from mm4ke_ray.schema import (
+    ALPHA,
+    BASE,
+    CONFIG_ARTIFACT,
+    MERGE_PARAMS,
+    PURE_RSFT,
+    SPARSITY,
+    Tag,
+    delta_artifact_path,
+)
 from mm4ke_ray.tracking.query import Sweep, download_parent_artifact, load_sweep
 
 DELTA_TAG = Tag.DELTA_ARTIFACT
@@ -117,7 +126,7 @@ def plan_export(
     """Resolve which candidate to export and how to rebuild it, reading MLflow only."""
     record = load_sweep(uri, sweep, experiment)
     row = _pick(record, pick)
-    for key in ("alpha", "sparsity"):
+    for key in MERGE_PARAMS:
         if not isinstance(row.get(key), int | float):
             raise UserError(
                 f"candidate run {row['run_id']} has no numeric param {key!r}; it cannot be rebuilt"
@@ -140,7 +149,7 @@ def plan_export(
         ),
         None,
     )
-    if pure is None and float(row["alpha"]) == 0.0 and float(row["sparsity"]) == 0.0:
+    if pure is None and float(row[ALPHA]) == 0.0 and float(row[SPARSITY]) == 0.0:
         pure = row  # the candidate is itself the pure R-SFT point
     return ExportPlan(
         sweep=record,
@@ -150,8 +159,8 @@ def plan_export(
         settings=settings,
         config=config,
         delta_artifact=delta,
-        alpha=float(row["alpha"]),
-        sparsity=float(row["sparsity"]),
+        alpha=float(row[ALPHA]),
+        sparsity=float(row[SPARSITY]),
         method=settings.merge_method,
         seed=int(record.params["seed"]),
     )

@@ -36,22 +36,19 @@ from mm4ke_ray.export.verify import (
     verify_checksums,
     write_checksums,
 )
-from mm4ke_ray.merge.build import MERGE_INFO_FILE
-from mm4ke_ray.schema import RSFT_PARAMS, Tag
+from mm4ke_ray.merge.build import MERGE_INFO_FILE, merge_params
+from mm4ke_ray.schema import EDIT_METRICS, FLUENCY, LAYER, RSFT_PARAMS, Tag
 from mm4ke_ray.storage import check_out_dir
 from mm4ke_ray.tracking.query import normalize_row
 from mm4ke_ray.tracking.registry import register_export
 
 FAILED_FILE = "VERIFICATION_FAILED.json"
 # The recipe's R-SFT hyperparameters in the order the recipe has always listed them.
-_RECIPE_RSFT = ("layer", *(p for p in RSFT_PARAMS if p != "layer"))
+_RECIPE_RSFT = (LAYER, *(p for p in RSFT_PARAMS if p != LAYER))
 _METRIC_PREFIXES = ("general.", "retention.")
 _METRICS = (
-    "edit_succ",
-    "generalization",
-    "portability",
-    "locality",
-    "fluency",
+    *EDIT_METRICS,
+    FLUENCY,
     "edit_score",
     "general_score",
     "combined_score",
@@ -85,12 +82,7 @@ def _recipe(
         "base_model": plan.model,
         "merge": {
             "formula": "theta = theta_base + (1 - alpha) * sparsify(delta)",
-            "alpha": plan.alpha,
-            "delta_scale": 1.0 - plan.alpha,
-            "sparsity": plan.sparsity,
-            "density": 1.0 - plan.sparsity,
-            "method": plan.method,
-            "seed": plan.seed,
+            **merge_params(plan.alpha, plan.sparsity, plan.method, plan.seed),
             "dtype": plan.settings.dtype,
             "tensors": info["tensors"],
             "kept_entries": info["kept_entries"],

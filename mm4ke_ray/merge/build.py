@@ -22,6 +22,7 @@ from mm4ke_ray.merge.apply import (
     validate_merge_params,
 )
 from mm4ke_ray.merge.registry import DEFAULT_SPARSIFIER, get_sparsifier
+from mm4ke_ray.schema import ALPHA, DENSITY, SPARSITY
 
 MERGE_INFO_FILE = "mm4ke_merge.json"
 # Files a tokenizer is saved as, across fast, sentencepiece and tiktoken tokenizers.
@@ -50,11 +51,11 @@ class MergeResult:
 def merge_params(alpha: float, sparsity: float, method: str, seed: int) -> dict:
     """The merge's parameters as a merge record states them (in-memory and streamed merges alike)."""
     return {
-        "alpha": float(alpha),
+        ALPHA: float(alpha),
         "delta_scale": 1.0 - float(alpha),
         # Both names, as the paper's "sparsity" is ambiguous (DESIGN.md §1).
-        "sparsity": float(sparsity),
-        "density": 1.0 - float(sparsity),
+        SPARSITY: float(sparsity),
+        DENSITY: 1.0 - float(sparsity),
         "method": method,
         "seed": int(seed),
     }

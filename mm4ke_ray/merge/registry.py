@@ -13,7 +13,7 @@ from typing import Generic, TypeVar
 import torch
 
 from mm4ke_ray.errors import UserError
-from mm4ke_ray.merge import sparsify
+from mm4ke_ray.merge.sparsify import dare, magnitude
 
 T = TypeVar("T")
 
@@ -52,8 +52,8 @@ class Registry(Generic[T]):
 
 
 SPARSIFIERS: Registry[Sparsifier] = Registry("sparsification method")
-SPARSIFIERS.register("magnitude", sparsify.magnitude)  # the paper's Top_p; the default
-SPARSIFIERS.register("dare", sparsify.dare)
+SPARSIFIERS.register("magnitude", magnitude)  # the paper's Top_p; the default
+SPARSIFIERS.register("dare", dare)
 
 DEFAULT_SPARSIFIER = "magnitude"
 

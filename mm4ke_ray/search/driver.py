@@ -7,9 +7,9 @@ written. Faults survived while running: a dead R-SFT worker (Tune retries the tr
 merge-eval actor (Ray restarts it and re-sends its calls), a diverged R-SFT (a FAIL for Optuna,
 a FAILED run in MLflow), the tracking server away (writes spooled, sent when it is back).
 
-Read top to bottom: `run_sweep`/`resume_sweep` → `_execute` (settings, storage, Ray, pool, parent
-run → a `SweepRun`) → `_tune` (the Tuner) → `_finish` (Pareto artifacts, parent run closed) →
-`_outcome` + `_print_summary`.
+Read top to bottom: `run_sweep`/`resume_sweep` → `_execute` (settings, storage, Ray, pool → a
+`SweepRun`) → `_with_pool` (folder, parent run) → `_tune` (the Tuner) → `_finish` (Pareto
+artifacts, parent run closed) → `_outcome` + `_print_summary`.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from mm4ke_ray.evaluate.pareto import pareto_front, sort_by_combined
 from mm4ke_ray.evaluate.scores import OBJECTIVES
 from mm4ke_ray.preflight import preflight
 from mm4ke_ray.quiet import is_verbose, quiet_libraries
-from mm4ke_ray.schema import BASE, Tag
+from mm4ke_ray.schema import ALPHA, BASE, Tag
 from mm4ke_ray.search.actors import start_pool, stop_pool
 from mm4ke_ray.search.callback import SweepCallback
 from mm4ke_ray.search.constraints import minimums
@@ -100,16 +100,17 @@ class SweepRun:
     settings: EvalSettings  # built once, on the pool's device
     plan: Plan  # actors and trials at once, from the cluster
     storage: str  # normalized storage_path
-    experiment_dir: str  # <storage>/<name>: Tune's folder, the manifest, the study
-    tracker: SweepTracker
-    parent: str  # the parent run's id
-    pool: object = None
+    pool: object
+    start: float  # time.time() at the sweep's start
+    timings: SweepTimings
+    clock: float  # perf_counter at the sweep's start
+    # Set by `_with_pool` once the parent run is open:
+    experiment_dir: str = ""  # <storage>/<name>: Tune's folder, the manifest, the study
+    tracker: SweepTracker | None = None
+    parent: str = ""  # the parent run's id
     rows: list[dict] = field(default_factory=list)  # candidates already logged (resume)
     finished: set[str] = field(default_factory=set)  # trial ids already final (resume)
     base_logged: bool = False
-    start: float = field(default_factory=time.time)
-    timings: SweepTimings = field(default_factory=SweepTimings)
-    clock: float = field(default_factory=time.perf_counter)  # perf_counter at the sweep's start
 
     @property
     def resumed(self) -> bool:
@@ -172,10 +173,11 @@ def _execute(config: SweepConfig, source: str, address: str | None, manifest: Ma
     pool = start_pool(settings, plan.actors, config.resources.eval_cpus,
                       config.resources.eval_gpus, config.resources.eval_resource)
     timings.pool_start = time.perf_counter() - pool_clock
+    run = SweepRun(config, source, manifest, settings, plan, storage, pool, start, timings, clock)
     try:
         if pool.reference.general_result is not None:
             pool.reference.general_result.check_noise()
-        return _with_pool(config, source, manifest, settings, plan, storage, pool, start, (clock, timings))
+        return _with_pool(run)
     finally:
         # Tune's registry keeps the trainable's parameters (and so the pool's handles) for the
         # process's lifetime: without an explicit kill the pool would hold its CPUs/GPUs until
@@ -183,24 +185,24 @@ def _execute(config: SweepConfig, source: str, address: str | None, manifest: Ma
         stop_pool(pool)
 
 
-def _with_pool(config, source, manifest, settings, plan, storage, pool, start, clocks) -> SweepOutcome:
+def _with_pool(run: SweepRun) -> SweepOutcome:
+    """Claim the sweep's folder, open (or reopen) its parent run, then tune."""
+    config, manifest, plan = run.config, run.manifest, run.plan
     open_clock = time.perf_counter()
-    experiment_dir = manifest.experiment_dir if manifest else claim_experiment_folder(storage, config.name)
-
-    tracker, parent = open_sweep_run(config, experiment_dir, eval_actors=plan.actors, max_concurrent=plan.max_concurrent,
-                                     parent_run_id=manifest.parent_run_id if manifest else None)
-    run = SweepRun(config, source, manifest, settings, plan, storage, experiment_dir, tracker, parent, pool=pool,
-                   start=start, timings=clocks[1], clock=clocks[0])
+    run.experiment_dir = manifest.experiment_dir if manifest else claim_experiment_folder(run.storage, config.name)
+    run.tracker, run.parent = open_sweep_run(config, run.experiment_dir, eval_actors=plan.actors,
+                                             max_concurrent=plan.max_concurrent,
+                                             parent_run_id=manifest.parent_run_id if manifest else None)
     if manifest:
-        run.rows, run.finished, run.base_logged = logged_so_far(tracker, parent)
+        run.rows, run.finished, run.base_logged = logged_so_far(run.tracker, run.parent)
     else:
-        write_manifest(manifest_for(config, source, parent, experiment_dir))
+        write_manifest(manifest_for(config, run.source, run.parent, run.experiment_dir))
     run.timings.tracking += time.perf_counter() - open_clock  # the parent run opened (or read back)
     verb = "resuming" if manifest else "starting"
     console.print(f"[bold]{verb} sweep {config.name}[/]: {config.search.num_trials} trials, {plan.actors} merge-eval "
-                  f"actor(s), {plan.max_concurrent} trial(s) at once · MLflow run {parent}\n"
-                  f"  folder {experiment_dir}", soft_wrap=True)
-    print_command(console, "  if it is interrupted:", f"{executable('mm4ke-ray')} sweep --resume {experiment_dir}")
+                  f"actor(s), {plan.max_concurrent} trial(s) at once · MLflow run {run.parent}\n"
+                  f"  folder {run.experiment_dir}", soft_wrap=True)
+    print_command(console, "  if it is interrupted:", f"{executable('mm4ke-ray')} sweep --resume {run.experiment_dir}")
     return _tune(run)
 
 
@@ -222,7 +224,7 @@ def _tune(run: SweepRun) -> SweepOutcome:
     tracker = TimedTracker(run.tracker, run.timings)  # MLflow's share of the wall
     base = {"candidate": BASE, "kind": BASE, **run.pool.reference.metrics}
     if not run.base_logged:
-        tracker.log_candidate(BASE, {"alpha": None}, run.pool.reference.metrics, {Tag.KIND: BASE, Tag.STATUS: "ok"})
+        tracker.log_candidate(BASE, {ALPHA: None}, run.pool.reference.metrics, {Tag.KIND: BASE, Tag.STATUS: "ok"})
     publisher = ParetoPublisher(tracker, base, every=3)
     callback = SweepCallback(tracker, config.search.num_trials, on_rows=publisher)
     if run.resumed:
@@ -305,7 +307,7 @@ def _finish(tracker, publisher, callback, status: str) -> str | None:
 
 def _outcome(run: SweepRun, rows, base, grid, searcher, spool) -> SweepOutcome:
     everything = [base, *rows]
-    front = [everything[i] for i in pareto_front(everything)]
+    front = [everything[i] for i in pareto_front(everything, minimums(run.config.objectives))]  # feasible only
     rsft_runs = sum(1 for r in grid if r.metrics and r.metrics.get("status"))
     trials = searcher.study.get_trials(deepcopy=False)
     extra = sum(1 for t in trials if EXTRA_ATTR in t.user_attrs)

@@ -10,7 +10,7 @@ import optuna
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
 from mm4ke_ray.config import Param, SearchConfig
-from mm4ke_ray.schema import MERGE_PARAMS
+from mm4ke_ray.schema import ALPHA, EXTRA, MERGE_PARAMS, PURE_RSFT, SAMPLED, SPARSITY
 from mm4ke_ray.search.startup import RSFTStartupSampler
 
 log = logging.getLogger(__name__)
@@ -89,13 +89,13 @@ def merge_candidates(search: SearchConfig, alpha: float, sparsity: float, extra:
     one that may not is logged. Fewer distinct draws than asked (a small choice list) are logged.
     """
     space = search.space
-    cands = [{"kind": "sampled", "alpha": alpha, "sparsity": sparsity}]
+    cands = [{"kind": SAMPLED, ALPHA: alpha, SPARSITY: sparsity}]
     if extra <= 0:
         _mark_in_space(space, cands)
         return cands
     seen = {(alpha, sparsity)}
     if (0.0, 0.0) not in seen:
-        cands.append({"kind": "pure_rsft", "alpha": 0.0, "sparsity": 0.0})
+        cands.append({"kind": PURE_RSFT, ALPHA: 0.0, SPARSITY: 0.0})
         seen.add((0.0, 0.0))
     rng = random.Random(seed)
     tries = 0
@@ -104,7 +104,7 @@ def merge_candidates(search: SearchConfig, alpha: float, sparsity: float, extra:
         point = (draw(rng, space.alpha), draw(rng, space.sparsity))
         if point not in seen:
             seen.add(point)
-            cands.append({"kind": "extra", "alpha": point[0], "sparsity": point[1]})
+            cands.append({"kind": EXTRA, ALPHA: point[0], SPARSITY: point[1]})
     if len(cands) < extra + 1:
         log.info("only %d distinct merge candidates in the space (asked for %d)", len(cands), extra + 1)
     _mark_in_space(space, cands)
@@ -116,7 +116,7 @@ def _mark_in_space(space, cands: list[dict]) -> None:
         c["in_space"] = all(_contains(getattr(space, k), c[k]) for k in MERGE_PARAMS)
         if not c["in_space"]:
             log.info("merge candidate %s (α %g, sparsity %g) is outside the search space: evaluated, "
-                     "not told to the sampler", c["kind"], c["alpha"], c["sparsity"])
+                     "not told to the sampler", c["kind"], c[ALPHA], c[SPARSITY])
 
 
 def _contains(p: Param, v: float) -> bool:

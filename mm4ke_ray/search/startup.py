@@ -35,8 +35,9 @@ from optuna.samplers import BaseSampler, RandomSampler
 from optuna.study import Study
 from optuna.trial import FrozenTrial, TrialState
 
-EXTRA_ATTR = "mm4ke.extra_of"  # user attribute of an extra point: the Tune trial it came from
-MERGE_PARAMS = ("alpha", "sparsity")
+from mm4ke_ray.schema import MERGE_PARAMS, Tag
+
+EXTRA_ATTR = Tag.EXTRA_OF  # user attribute of an extra point: the Tune trial it came from
 
 
 def rsft_configurations_before(study: Study, trial: FrozenTrial) -> int:

@@ -17,32 +17,35 @@ from rich.markup import escape
 from rich.table import Table
 
 from mm4ke_ray.schema import (
+    ALPHA,
     BASE,
     EDIT_METRICS,
     GEN_EDIT_METRICS,
     GEN_PREFIX,
+    LAYER,
+    LR,
+    MERGE_PARAMS,
     PURE_RSFT,
+    RSFT_PARAMS,
 )
 
 # Always shown, in this order, whatever the width.
-CORE_COLUMNS = ("candidate", "alpha", "sparsity", "edit_score", "general_score", "combined_score")
+CORE_COLUMNS = ("candidate", *MERGE_PARAMS, "edit_score", "general_score", "combined_score")
 # Shown after the core ones while they fit (both metric families when a sweep computed both).
 SECONDARY_COLUMNS = (
     *EDIT_METRICS[:1],
     *GEN_EDIT_METRICS[:1],
     "on_front",
     "kind",
-    "layer",
-    "lr",
+    LAYER,
+    LR,
     *EDIT_METRICS[1:],
     *GEN_EDIT_METRICS[1:],
-    "threshold",
-    "steps",
-    "epochs",
+    *(p for p in RSFT_PARAMS if p not in (LAYER, LR)),  # threshold, steps, epochs
     "run_id",
 )
 LABELS = {
-    "alpha": "α",
+    ALPHA: "α",
     "edit_score": "edit",
     "general_score": "general",
     "combined_score": "combined",
