@@ -33,9 +33,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def front_rows(sweep, everything: bool = False) -> list[dict]:
     """The sweep's front (or every candidate, marked), sorted by combined score, best first."""
-    from mm4ke_ray.evaluate.pareto import sort_by_combined, split_front  # optuna: only when it runs
+    # optuna loads only when the command runs
+    from mm4ke_ray.evaluate.pareto import minimums_from_params, sort_by_combined, split_front
 
-    marked, front = split_front(sweep.candidates)
+    marked, front = split_front(sweep.candidates, minimums_from_params(sweep.params))
     return sort_by_combined(marked) if everything else front
 
 
@@ -52,6 +53,12 @@ def run(args: argparse.Namespace) -> int:
             f"showing the newest ({sweep.run_id}); pass a run id to pick another",
             file=sys.stderr,
         )
+    from mm4ke_ray.evaluate.pareto import best_candidate, describe_minimums, minimums_from_params
+
+    mins = minimums_from_params(sweep.params)
+    if mins and sweep.edited and best_candidate(sweep.candidates, mins) is None:
+        print(f"note: no candidate of sweep {sweep.name!r} meets {describe_minimums(mins)}; the front holds no edited "
+              "candidate (--all lists every candidate with its feasible column)", file=sys.stderr)
     rows = front_rows(sweep, args.all)
     if not args.all:
         rows = [{k: v for k, v in r.items() if k != ON_FRONT} for r in rows]

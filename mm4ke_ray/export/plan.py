@@ -21,7 +21,7 @@ from mm4ke_ray.delta import DELTA_FILE
 from mm4ke_ray.device import resolve_device
 from mm4ke_ray.errors import ConfigError, UserError
 from mm4ke_ray.evaluate.candidate import EvalSettings, eval_settings
-from mm4ke_ray.evaluate.pareto import best_candidate
+from mm4ke_ray.evaluate.pareto import best_candidate, describe_minimums, minimums_from_params
 from mm4ke_ray.schema import (
     ALPHA,
     BASE,
@@ -76,7 +76,15 @@ class ExportPlan:
 
 def _pick(sweep: Sweep, pick: str) -> dict:
     if pick == "best":
-        row = best_candidate(sweep.candidates)
+        mins = minimums_from_params(sweep.params)
+        row = best_candidate(sweep.candidates, mins)
+        if row is None and best_candidate(sweep.candidates) is not None:
+            # Candidates exist, none meets the sweep's minimums: say so rather than export one.
+            raise UserError(
+                f"no candidate of sweep {sweep.name!r} (run {sweep.run_id}) meets its minimums "
+                f"({describe_minimums(mins)}), so there is no best feasible candidate; export one anyway "
+                "with --pick <candidate or run id> (`mm4ke-ray pareto --all` lists them)"
+            )
         if row is None:
             raise UserError(
                 f"sweep {sweep.name!r} (run {sweep.run_id}) has no evaluated edited candidate yet; nothing to export"

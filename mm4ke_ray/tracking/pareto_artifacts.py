@@ -1,13 +1,17 @@
 """The Pareto front on the sweep's parent run, kept current while the sweep runs.
 
 `publish_pareto(tracker, rows, base)` writes, under the parent run's `pareto/` artifacts:
-- `all.csv`    every candidate (base first) with all its parameters and metrics and `on_front`;
-- `front.csv`  the non-dominated candidates over `OBJECTIVES`, sorted by combined score;
-- `front.png`  every candidate, the front highlighted, base and pure R-SFT marked;
+- `all.csv`    every candidate (base first) with all its parameters and metrics and `on_front`
+               (and `feasible` when the sweep set `objectives.min_*`);
+- `front.csv`  the non-dominated feasible candidates over `OBJECTIVES`, sorted by combined score;
+- `front.png`  every candidate, the front highlighted, base and pure R-SFT marked, infeasible greyed;
 - `front.html` the same, interactive (hover shows a candidate's parameters and metrics);
-and tags the parent with the best candidate by combined score (`mm4ke.best_*`, base excluded:
-it has nothing to export) and every candidate run with `pareto=true|false`, so the MLflow UI can
-filter the front with `tags.pareto = 'true'`. Candidates that leave the front are reset to false.
+and tags the parent with the best feasible candidate by combined score (`mm4ke.best_*`, base
+excluded: it has nothing to export) and every candidate run with `pareto=true|false`, so the
+MLflow UI can filter the front with `tags.pareto = 'true'`. Candidates that leave the front are
+reset to false. The minimums and the edit score's family (`objectives.edit_mode`) are read from
+the parent run's params (`min_edit_score`, `min_general_score`, `edit_mode`), so a rebuild from
+MLflow alone draws the same picture.
 
 Rows are normalized (`query.normalize_row`): MLflow keys ('.' instead of '/'), parameters as
 numbers, metrics as floats, so `mm4ke-ray pareto` reading MLflow gives exactly the same rows.
@@ -21,7 +25,15 @@ import tempfile
 import warnings
 from pathlib import Path
 
-from mm4ke_ray.evaluate.pareto import ON_FRONT, best_candidate, hypervolume, split_front
+from mm4ke_ray.evaluate.pareto import (
+    FEASIBLE,
+    ON_FRONT,
+    best_candidate,
+    describe_minimums,
+    hypervolume,
+    minimums_from_params,
+    split_front,
+)
 from mm4ke_ray.evaluate.scores import COMBINED, EDIT, GENERAL
 from mm4ke_ray.schema import BASE, BEST_TAGS, ID_COLUMNS, PARAM_COLUMNS, PARETO_DIR, Tag
 from mm4ke_ray.tracking.pareto_plots import write_front_html, write_front_png
@@ -43,8 +55,9 @@ def columns(rows: list[dict]) -> list[str]:
     fixed = [*ID_COLUMNS, *PARAM_COLUMNS, *_OBJECTIVE_COLUMNS, *_EDIT_METRICS]
     head = [c for c in fixed if c in present or c in ID_COLUMNS]
     general = sorted(k for k in present if k.startswith(("general.", "retention.")))
-    rest = sorted(present - set(head) - set(general) - {ON_FRONT})
-    return [*head, *general, *rest, *([ON_FRONT] if ON_FRONT in present else [])]
+    marks = [c for c in (ON_FRONT, FEASIBLE) if c in present]
+    rest = sorted(present - set(head) - set(general) - set(marks))
+    return [*head, *general, *rest, *marks]
 
 
 def to_csv(rows: list[dict], cols: list[str] | None = None) -> str:
@@ -81,28 +94,42 @@ def _tag_candidates(tracker, marked: list[dict]) -> None:
             seen[run_id] = value
 
 
-def publish_pareto(tracker, rows: list[dict], base: dict) -> None:
+def _title(name: str, marked: list[dict], front: list[dict], mins: dict[str, float]) -> str:
+    title = f"{name}: {len(marked) - 1} candidates + base model; {len(front)} on the Pareto front"
+    if not mins:
+        return title
+    edited = [r for r in marked if r.get("kind") != BASE]
+    below = sum(1 for r in edited if not r[FEASIBLE])
+    if edited and below == len(edited):
+        return f"{title}; no candidate meets {describe_minimums(mins)} (all greyed)"
+    return f"{title}; {below} below {describe_minimums(mins)} (greyed)"
+
+
+def publish_pareto(tracker, rows: list[dict], base: dict, mins: dict[str, float] | None = None) -> None:
     """Write the `pareto/` artifacts and tags for the candidates so far (see the module docstring).
 
     `tracker` is the sweep's `SweepTracker` (its parent run is started), `rows` the candidate dicts
     of `search.callback.candidate_rows` with each one's child `run_id`, `base` the base model's
-    metrics (`candidate='base'`). Safe to call repeatedly; each call replaces the artifacts.
+    metrics (`candidate='base'`), `mins` the objective minimums (None: those recorded in the
+    parent run's params). Safe to call repeatedly; each call replaces the artifacts.
     """
     base = {**base, "candidate": BASE, "kind": BASE}
     base.setdefault("run_id", _base_run_id(tracker))
     normalized = [normalize_row(base), *(normalize_row(r) for r in rows)]
-    marked, front = split_front(normalized)
-    name = tracker.client.get_run(tracker.parent_run_id).info.run_name
-    title = f"{name}: {len(rows)} candidates + base model; {len(front)} on the Pareto front"
+    parent = tracker.client.get_run(tracker.parent_run_id)
+    mins = minimums_from_params(parent.data.params) if mins is None else mins
+    edit_mode = parent.data.params.get("edit_mode")  # the family the edit score comes from
+    marked, front = split_front(normalized, mins)
+    title = _title(parent.info.run_name, marked, front, mins)
     with tempfile.TemporaryDirectory(prefix="mm4ke-pareto-") as tmp:
         folder = Path(tmp)
         cols = columns(marked)
         (folder / "all.csv").write_text(to_csv(marked, cols))
-        (folder / "front.csv").write_text(to_csv(front, [c for c in cols if c != ON_FRONT]))
-        write_front_png(marked, folder / "front.png", title)
-        write_front_html(marked, folder / "front.html", title)
+        (folder / "front.csv").write_text(to_csv(front, [c for c in cols if c not in (ON_FRONT, FEASIBLE)]))
+        write_front_png(marked, folder / "front.png", title, edit_mode)
+        write_front_html(marked, folder / "front.html", title, edit_mode)
         tracker.log_artifacts(folder, PARETO_DIR)
-    best = best_candidate(normalized)
+    best = best_candidate(normalized, mins)
     tags = {Tag.PARETO_SIZE: len(front), Tag.CANDIDATES: len(rows)}
     if best is not None:
         tags.update(
@@ -116,7 +143,7 @@ def publish_pareto(tracker, rows: list[dict], base: dict) -> None:
         )
     tracker.set_sweep_tags(tags)
     tracker.log_sweep_metrics(
-        {"pareto_size": len(front), "pareto_hypervolume": hypervolume(normalized)}, step=len(rows)
+        {"pareto_size": len(front), "pareto_hypervolume": hypervolume(front)}, step=len(rows)
     )
     _tag_candidates(tracker, marked)
 

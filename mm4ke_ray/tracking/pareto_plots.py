@@ -3,8 +3,10 @@
 Both plot every candidate with general ability kept on x and the edit score on y (both in
 percent, higher is better, so the front is the upper-right edge), mark the front, the base model
 and the pure R-SFT candidates (α = 0, sparsity = 0), and name the best candidate by combined
-score. matplotlib is used through `Figure` + the Agg canvas, never `pyplot`, so no global
-backend or figure state is touched in the sweep driver.
+score. Candidates below the sweep's minimums (`feasible` False) are drawn grey and are never on
+the front nor the best pick. The edit axis names the metric family its score comes from
+(`objectives.edit_mode`: teacher-forced or generation). matplotlib is used through `Figure` +
+the Agg canvas, never `pyplot`, so no global backend or figure state is touched in the driver.
 """
 
 from __future__ import annotations
@@ -13,9 +15,18 @@ import math
 from html import escape
 from pathlib import Path
 
-from mm4ke_ray.evaluate.pareto import ON_FRONT, best_candidate
+from mm4ke_ray.evaluate.pareto import FEASIBLE, ON_FRONT, best_candidate
 from mm4ke_ray.evaluate.scores import COMBINED, EDIT, GENERAL
-from mm4ke_ray.schema import BASE, EXTRA, GEN_PREFIX, PARAM_COLUMNS, PURE_RSFT, SAMPLED
+from mm4ke_ray.schema import (
+    BASE,
+    EXTRA,
+    GEN_PREFIX,
+    GENERATION,
+    PARAM_COLUMNS,
+    PURE_RSFT,
+    SAMPLED,
+    TEACHER_FORCED,
+)
 
 # kind → (label, matplotlib marker, colour, size); drawn in this order, so base ends on top.
 _STYLES = {
@@ -24,6 +35,8 @@ _STYLES = {
     PURE_RSFT: ("pure R-SFT (α=0, sparsity=0)", "^", "#e6550d", 70),
     BASE: ("base model (unedited)", "*", "#000000", 220),
 }
+INFEASIBLE_COLOUR = "#bdbdbd"  # candidates below objectives.min_*: shown, but not pickable
+INFEASIBLE_LABEL = "infeasible (below min_*)"
 _HOVER_METRICS = (
     "edit_succ",
     "generalization",
@@ -36,19 +49,35 @@ _HOVER_METRICS = (
 )
 
 
-def axis_labels(rows: list[dict]) -> tuple[str, str]:
-    """(x, y) axis titles with units; x says whether general ability is lm-eval retention or locality."""
+def _infeasible(row: dict) -> bool:
+    return row.get(FEASIBLE) is False
+
+
+def edit_family(rows: list[dict], edit_mode: str | None = None) -> str:
+    """The family the edit score comes from: `edit_mode` as the sweep recorded it; else
+    teacher-forced unless the rows carry only generation metrics (`gen.*`)."""
+    if edit_mode in (TEACHER_FORCED, GENERATION):
+        return edit_mode
+    keys = {k for r in rows for k in r}
+    return GENERATION if "edit_succ" not in keys and GEN_PREFIX + "edit_succ" in keys else TEACHER_FORCED
+
+
+def axis_labels(rows: list[dict], edit_mode: str | None = None) -> tuple[str, str]:
+    """(x, y) axis titles with units; x says whether general ability is lm-eval retention or locality,
+    y (two lines) which edit-metric family (teacher-forced or generation) the edit score is computed from."""
     has_tasks = any(k.startswith("retention.") for r in rows for k in r)
+    generation = edit_family(rows, edit_mode) == GENERATION
     x = (
         "General ability kept (mean lm-eval retention, % of base model)"
         if has_tasks
-        else "General ability kept (locality: % of base predictions unchanged)"
+        else "General ability kept (locality: % of base "
+        + ("generated answers" if generation else "predictions")
+        + " unchanged)"
     )
-    edit = (
-        "Edit score (weighted mean of edit succ./generalization/portability"
-        + ("/locality" if has_tasks else "")
-        + ", %)"
-    )
+    family = "generation (greedy answers)" if generation else "teacher-forced (token accuracy)"
+    metrics = ["edit succ.", "generalization", "portability", *(["locality"] if has_tasks else [])]
+    prefix = GEN_PREFIX if generation else ""
+    edit = f"Edit score, {family}, %\nweighted mean of {'/'.join(prefix + m for m in metrics)}"
     return x, edit
 
 
@@ -72,8 +101,9 @@ def _front_steps(front: list[dict]) -> tuple[list[float], list[float]]:
     return xs, ys
 
 
-def write_front_png(rows: list[dict], path: str | Path, title: str) -> Path:
-    """Scatter of every candidate; the front ringed and joined by its staircase; base/pure R-SFT marked."""
+def write_front_png(rows: list[dict], path: str | Path, title: str, edit_mode: str | None = None) -> Path:
+    """Scatter of every candidate; the front ringed and joined by its staircase; base/pure R-SFT
+    marked; infeasible candidates grey (one legend entry)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -83,7 +113,7 @@ def write_front_png(rows: list[dict], path: str | Path, title: str) -> Path:
     kinds = [*_STYLES, *sorted({r.get("kind") for r in rows} - set(_STYLES) - {None})]
     for kind in kinds:
         label, marker, colour, size = _STYLES.get(kind, (str(kind), "s", "#756bb1", 36))
-        pts = [p for p in (_xy(r) for r in rows if r.get("kind") == kind) if p is not None]
+        pts = [p for p in (_xy(r) for r in rows if r.get("kind") == kind and not _infeasible(r)) if p is not None]
         if pts:
             ax.scatter(
                 *zip(*pts, strict=True),
@@ -94,6 +124,14 @@ def write_front_png(rows: list[dict], path: str | Path, title: str) -> Path:
                 zorder=3,
                 edgecolors="none",
             )
+    greyed = [r for r in rows if _infeasible(r) and _xy(r) is not None]
+    for kind in dict.fromkeys(r.get("kind") for r in greyed):  # each kind keeps its marker, greyed
+        _, marker, _, size = _STYLES.get(kind, (str(kind), "s", "", 36))
+        pts = [_xy(r) for r in greyed if r.get("kind") == kind]
+        ax.scatter(*zip(*pts, strict=True), marker=marker, c=INFEASIBLE_COLOUR, s=size, zorder=2.5,
+                   edgecolors="none")
+    if greyed:  # one legend entry for them all
+        ax.scatter([], [], marker="o", c=INFEASIBLE_COLOUR, s=36, label=f"{INFEASIBLE_LABEL} ({len(greyed)})")
     front = [r for r in rows if r.get(ON_FRONT)]
     if front:
         ax.plot(*_front_steps(front), color="#d62728", lw=1.2, ls="--", zorder=2)
@@ -119,9 +157,9 @@ def write_front_png(rows: list[dict], path: str | Path, title: str) -> Path:
             arrowprops={"arrowstyle": "->", "color": "#555555"},
             zorder=5,
         )
-    xlabel, ylabel = axis_labels(rows)
+    xlabel, ylabel = axis_labels(rows, edit_mode)
     ax.set_xlabel(xlabel)
-    ax.set_ylabel(ylabel)
+    ax.set_ylabel(ylabel, fontsize=8)
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="lower left")
@@ -142,7 +180,7 @@ def write_front_png(rows: list[dict], path: str | Path, title: str) -> Path:
 
 def _hover(row: dict) -> str:
     """A candidate's tooltip: name, parameters, metrics, run id (plain text lines)."""
-    lines = [f"{row.get('candidate')} ({row.get('kind')})"]
+    lines = [f"{row.get('candidate')} ({row.get('kind')})" + (f" - {INFEASIBLE_LABEL}" if _infeasible(row) else "")]
     params = [f"{k}={row[k]:g}" for k in PARAM_COLUMNS if isinstance(row.get(k), int | float)]
     if params:
         lines.append(", ".join(params))
@@ -175,7 +213,7 @@ def _marker(kind: str, x: float, y: float, size: float, colour: str) -> str:
     return f'<circle cx="{x:.1f}" cy="{y:.1f}" r="{r:.1f}" fill="{colour}"'
 
 
-def write_front_html(rows: list[dict], path: str | Path, title: str) -> Path:
+def write_front_html(rows: list[dict], path: str | Path, title: str, edit_mode: str | None = None) -> Path:
     """The PNG's plot as one self-contained HTML page: inline SVG, no script, no network.
 
     MLflow's artifact viewer shows HTML in a sandboxed iframe; an SVG whose points carry
@@ -206,10 +244,11 @@ def write_front_html(rows: list[dict], path: str | Path, title: str) -> Path:
                    f'<text x="{left - 6}" y="{sy(t) + 4:.1f}" text-anchor="end">{t:g}</text>')
     out.append(f'<rect x="{left}" y="{top}" width="{w - left - right}" height="{h - top - bottom}" '
                'fill="none" stroke="#999"/>')
-    xlabel, ylabel = axis_labels(rows)
+    xlabel, ylabel = axis_labels(rows, edit_mode)
     out.append(f'<text x="{(left + w - right) / 2}" y="{h - 24}" text-anchor="middle">{escape(xlabel)}</text>')
-    out.append(f'<text transform="translate(20 {(top + h - bottom) / 2}) rotate(-90)" text-anchor="middle" '
-               f'font-size="11">{escape(ylabel)}</text>')
+    lines = "".join(f'<tspan x="0" dy="{13 * (i > 0)}">{escape(t)}</tspan>' for i, t in enumerate(ylabel.split("\n")))
+    out.append(f'<text transform="translate(18 {(top + h - bottom) / 2}) rotate(-90)" text-anchor="middle" '
+               f'font-size="11">{lines}</text>')
     front = [(r, p) for r, p in pts if r.get(ON_FRONT)]
     if front:
         fx, fy = _front_steps([r for r, _ in front])
@@ -222,13 +261,19 @@ def write_front_html(rows: list[dict], path: str | Path, title: str) -> Path:
         members = [(r, p) for r, p in pts if r.get("kind") == kind]
         if not members:
             continue
-        legend.append((kind, f"{label} ({len(members)})", colour, size))
+        if shown := sum(1 for r, _ in members if not _infeasible(r)):
+            legend.append((kind, f"{label} ({shown})", colour, size))
         for r, (a, b) in members:
             ring = (f'<circle cx="{sx(a):.1f}" cy="{sy(b):.1f}" r="9" fill="none" stroke="#d62728" '
                     'stroke-width="1.6"/>' if r.get(ON_FRONT) else "")
-            out.append(f'<g class="point" data-candidate="{escape(str(r.get("candidate")))}">{ring}'
-                       f'{_marker(kind, sx(a), sy(b), size, colour)}><title>{escape(_hover(r))}</title>'
+            greyed = _infeasible(r)
+            mark = _marker(kind, sx(a), sy(b), size, INFEASIBLE_COLOUR if greyed else colour)
+            flag = ' data-feasible="false"' if greyed else ""
+            out.append(f'<g class="point" data-candidate="{escape(str(r.get("candidate")))}"{flag}>{ring}'
+                       f'{mark}><title>{escape(_hover(r))}</title>'
                        f'</{"polygon" if kind in (BASE, PURE_RSFT) else "circle"}></g>')
+    if greyed_count := sum(1 for r, _ in pts if _infeasible(r)):
+        legend.append((SAMPLED, f"{INFEASIBLE_LABEL} ({greyed_count})", INFEASIBLE_COLOUR, 36))
     if front:
         legend.append(("front", f"Pareto front ({len(front)})", "#d62728", 0))
     for i, (kind, text, colour, size) in enumerate(legend):
