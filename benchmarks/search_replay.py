@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import math
-import zlib
 from pathlib import Path
 
 import search_world
@@ -105,7 +104,7 @@ def replay(doc: dict, sampler: str, seed: int, num_trials: int, extra_candidates
         trial_id = f"replay_{i:05d}"
         params = {**fixed, **searcher.suggest(trial_id)}
         # As search/trial.py: the extra draws are seeded by the trial's parameters.
-        cand_seed = search.seed + zlib.crc32(json.dumps(params, sort_keys=True).encode()) % 10_000
+        cand_seed = space.candidate_seed(search.seed, params)
         cands = merge_candidates(search, float(params["alpha"]), float(params["sparsity"]), extra_candidates,
                                  cand_seed)
         entry, scored = evaluate(doc, params, cands)

@@ -142,6 +142,34 @@ class Param(_Section):
     def bounds(self) -> list[float]:
         return list(self.choices) if self.choices is not None else [self.low, self.high]
 
+    def text(self) -> str:
+        """How a run records it: the one value, choices joined by '|', or 'low..high' (' log')."""
+        if self.choices is not None:
+            return "|".join(f"{v:g}" for v in self.choices)
+        return f"{self.low:g}..{self.high:g}" + (" log" if self.log else "")
+
+
+LRSchedule = Literal["constant", "linear", "cosine"]  # R-SFT's learning-rate schedules (RSFTConfig too)
+
+
+class ScheduleParam(_Section):
+    """The searched learning-rate schedule: `choices` of schedule names; a bare name fixes it."""
+
+    choices: list[LRSchedule] = Field(min_length=1)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _bare_name(cls, v):
+        return {"choices": [v]} if isinstance(v, str) else v
+
+    @property
+    def fixed(self) -> bool:
+        return len(self.choices) == 1
+
+    def text(self) -> str:
+        """How a run records it: the one schedule, or the choices joined by '|'."""
+        return "|".join(self.choices)
+
 
 def _check(name: str, param: Param, ok, why: str, integer: bool = False) -> Param:
     for v in param.bounds():
@@ -160,6 +188,14 @@ class SearchSpace(_Section):
     epochs: Param = Field(Param(low=1, high=5), description="E: passes over the edit set.")
     lr: Param = Field(Param(low=1e-4, high=1e-3, log=True), description="η: learning rate.")
     layer: Param = Field(Param(choices=[5]), description="Index of the layer whose MLP is trained.")
+    lr_schedule: ScheduleParam = Field(
+        ScheduleParam(choices=["constant"]),
+        description="η per update: 'constant' (the default: the paper's Algorithm 1) or linear/cosine decay to 0 "
+        "over E·N·K updates (LLaMA-Factory's); searched with e.g. {choices: [constant, cosine]}.",
+    )
+    warmup_ratio: Param = Field(
+        Param(choices=[0.0]), description="Share of E·N·K updates warming η up from 0 (0: none; a range searches it).",
+    )
     alpha: Param = Field(Param(low=0.0, high=0.9), description="Base weight α: the delta is scaled by 1-α.")
     sparsity: Param = Field(Param(low=0.0, high=0.9), description="Fraction of each delta tensor zeroed.")
 
@@ -168,6 +204,9 @@ class SearchSpace(_Section):
     _epochs = field_validator("epochs")(lambda p: _check("epochs", p, lambda v: v >= 1, "must be >= 1", True))
     _lr = field_validator("lr")(lambda p: _check("lr", p, lambda v: v > 0, "must be > 0"))
     _layer = field_validator("layer")(lambda p: _check("layer", p, lambda v: v >= 0, "must be >= 0", True))
+    _warmup_ratio = field_validator("warmup_ratio")(
+        lambda p: _check("warmup_ratio", p, lambda v: 0 <= v < 1, "must be in [0, 1): 1 warms up through every update")
+    )
     _alpha = field_validator("alpha")(
         lambda p: _check("alpha", p, lambda v: 0 <= v < 1, "must be in [0, 1): alpha = 1 discards the edit")
     )
@@ -186,15 +225,14 @@ class RSFTFixed(_Section):
     runner: Literal["train", "task"] = Field(
         "train", description="'train': a Ray Train TorchTrainer per trial; 'task': a plain Ray task (less start-up)."
     )
-    lr_schedule: Literal["constant", "linear", "cosine"] = Field(
-        "constant",
-        description="η per update: 'constant' (the paper's Algorithm 1) or linear/cosine decay to 0 over E·N·K "
-        "updates (LLaMA-Factory's); passed to RSFTConfig.lr_schedule, recorded in rsft.json.",
+    # The fixed form of earlier configs, still accepted: moved into search.space (searchable there).
+    lr_schedule: LRSchedule | None = Field(None, description="Fixes search.space.lr_schedule (the older form).")
+    warmup_ratio: float | None = Field(
+        None, ge=0.0, lt=1.0, description="Fixes search.space.warmup_ratio (the older form).",
     )
-    warmup_ratio: float = Field(
-        0.0, ge=0.0, lt=1.0,
-        description="Share of E·N·K updates warming η up from 0 (transformers' warm-up); RSFTConfig.warmup_ratio.",
-    )
+
+
+SCHEDULE_FIELDS = ("lr_schedule", "warmup_ratio")  # in search.space; search.rsft's older fixed form too
 
 
 class SearchConfig(_Section):
@@ -208,6 +246,22 @@ class SearchConfig(_Section):
     )
     space: SearchSpace = Field(default_factory=SearchSpace)
     rsft: RSFTFixed = Field(default_factory=RSFTFixed)
+
+    @model_validator(mode="after")
+    def _fixed_schedule_into_space(self):
+        # search.rsft.lr_schedule / warmup_ratio (the older, fixed form) become the space's one choice,
+        # so the trial, MLflow and the tables read the schedule from one place.
+        legacy = {k: v for k in SCHEDULE_FIELDS if (v := getattr(self.rsft, k)) is not None}
+        both = sorted(k for k in legacy if k in self.space.model_fields_set)
+        if both:
+            k = both[0]
+            raise ValueError(f"search.space.{k} and search.rsft.{k} are both set: keep search.space.{k} only "
+                             "(a list of choices or a range searches it; one value fixes it)")
+        if legacy:
+            fixed = {k: (ScheduleParam if k == "lr_schedule" else Param)(choices=[v]) for k, v in legacy.items()}
+            object.__setattr__(self, "space", self.space.model_copy(update=fixed))
+            object.__setattr__(self, "rsft", self.rsft.model_copy(update=dict.fromkeys(legacy)))
+        return self
 
 
 class MergeConfig(_Section):

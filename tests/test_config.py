@@ -23,7 +23,8 @@ def test_every_shipped_config_validates(path):
     config = load_config(path)
     assert config.search.num_trials >= 1
     # Each searched hyperparameter of the method is in the space (fixed or searched).
-    assert set(dict(config.search.space)) == {"threshold", "steps", "epochs", "lr", "layer", "alpha", "sparsity"}
+    assert set(dict(config.search.space)) == {"threshold", "steps", "epochs", "lr", "layer", "lr_schedule",
+                                              "warmup_ratio", "alpha", "sparsity"}
 
 
 @pytest.mark.parametrize("path", SPACES, ids=lambda p: p.name)

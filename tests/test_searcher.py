@@ -8,12 +8,10 @@ it: suggest, then on_trial_complete; no Ray cluster) on a toy objective over the
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import random
 import statistics
-import zlib
 
 import optuna
 import pytest
@@ -21,7 +19,7 @@ import pytest
 from mm4ke_ray.config import ObjectivesConfig, Param, SearchConfig
 from mm4ke_ray.search.constraints import constraint_values, feasible, minimums
 from mm4ke_ray.search.searcher import EXTRA_ATTR, EXTRA_POINTS_KEY, CandidateAwareOptunaSearch
-from mm4ke_ray.search.space import draw, make_sampler, merge_candidates, split_space
+from mm4ke_ray.search.space import candidate_seed, draw, make_sampler, merge_candidates, split_space
 from mm4ke_ray.search.startup import RSFTStartupSampler
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -66,8 +64,7 @@ def sweep(sampler: str, trials: int, objective=flat, *, extra: int = 4, tell_ext
     for i in range(trials):
         tid = f"t{i}"
         params = {**fixed, **s.suggest(tid)}
-        seed_c = seed + zlib.crc32(json.dumps(params, sort_keys=True).encode()) % 10_000
-        cands = merge_candidates(search, params["alpha"], params["sparsity"], extra, seed_c)
+        cands = merge_candidates(search, params["alpha"], params["sparsity"], extra, candidate_seed(seed, params))
         points = [{"params": {**params, "alpha": c["alpha"], "sparsity": c["sparsity"]}} for c in cands[1:]
                   if c["in_space"]]
         for p in points:

@@ -89,7 +89,8 @@ def _recipe(
             "total_entries": info["total_entries"],
         },
         "rsft": {
-            **{k: c.get(k) for k in _RECIPE_RSFT},
+            # A sweep logged before lr_schedule/warmup_ratio were search parameters: rsft.json's values.
+            **{k: c.get(k) if c.get(k) is not None else (delta_meta.get("rsft") or {}).get(k) for k in _RECIPE_RSFT},
             **{k: v for k, v in (delta_meta.get("rsft") or {}).items() if k not in _RECIPE_RSFT},
         },
         "delta": {

@@ -7,6 +7,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from mm4ke_ray.config import LRSchedule
+
 
 class RSFTConfig(BaseModel):
     """Robust SFT of one block's MLP: E epochs over the edits, at most K steps per edit, early
@@ -42,7 +44,7 @@ class RSFTConfig(BaseModel):
     seed: int = Field(
         0, description="Seed of torch's RNG during training (CPU runs repeat bit-identically)."
     )
-    lr_schedule: Literal["constant", "linear", "cosine"] = Field(
+    lr_schedule: LRSchedule = Field(
         "constant",
         description="'constant': η on every update, as the paper's Algorithm 1 states (the default). "
         "'linear'/'cosine': decay to 0 over the most updates E·N·K, as LLaMA-Factory (transformers' "

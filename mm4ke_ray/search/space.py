@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import random
+import zlib
 
 import optuna
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
-from mm4ke_ray.config import Param, SearchConfig
+from mm4ke_ray.config import SCHEDULE_FIELDS, Param, ScheduleParam, SearchConfig, SearchSpace
 from mm4ke_ray.schema import ALPHA, EXTRA, MERGE_PARAMS, PURE_RSFT, SAMPLED, SPARSITY
 from mm4ke_ray.search.startup import RSFTStartupSampler
 
@@ -18,10 +20,14 @@ log = logging.getLogger(__name__)
 INT_PARAMS = ("steps", "epochs", "layer")
 
 
-def _distribution(name: str, p: Param):
+def _value(name: str, v):
+    """A configured value as the trial gets it: a schedule name stays a name."""
+    return v if isinstance(v, str) else int(v) if name in INT_PARAMS else float(v)
+
+
+def _distribution(name: str, p: Param | ScheduleParam):
     if p.choices is not None:
-        values = [int(v) if name in INT_PARAMS else float(v) for v in p.choices]
-        return CategoricalDistribution(values)
+        return CategoricalDistribution([_value(name, v) for v in p.choices])
     if name in INT_PARAMS:
         return IntDistribution(int(p.low), int(p.high), log=p.log)
     return FloatDistribution(p.low, p.high, log=p.log)
@@ -32,8 +38,7 @@ def split_space(search: SearchConfig) -> tuple[dict, dict]:
     searched, fixed = {}, {}
     for name, p in search.space:
         if p.fixed:
-            v = p.choices[0]
-            fixed[name] = int(v) if name in INT_PARAMS else float(v)
+            fixed[name] = _value(name, p.choices[0])
         else:
             searched[name] = _distribution(name, p)
     return searched, fixed
@@ -65,6 +70,18 @@ def make_sampler(search: SearchConfig, points_per_trial: int = 1) -> optuna.samp
 
     # α/sparsity from every told point, R-SFT parameters from one point per R-SFT configuration.
     return RSFTStartupSampler(model(seed), startup, seed=seed, rsft_model=model(None if seed is None else seed + 1))
+
+
+# The paper's schedule (constant η, no warm-up): left out of the seed below, so a sweep that does not
+# set a schedule draws the extra merge candidates it drew before the schedule was a search parameter.
+_DEFAULT_SCHEDULE = {k: SearchSpace.model_fields[k].default.choices[0] for k in SCHEDULE_FIELDS}
+
+
+def candidate_seed(seed: int, params: dict) -> int:
+    """The seed of a trial's extra merge candidates: the sweep's seed plus a hash of the trial's
+    parameters (not its id, which is random), so a rerun draws the same points."""
+    keyed = {k: v for k, v in params.items() if k not in _DEFAULT_SCHEDULE or v != _DEFAULT_SCHEDULE[k]}
+    return seed + zlib.crc32(json.dumps(keyed, sort_keys=True).encode()) % 10_000
 
 
 def draw(rng: random.Random, p: Param, integer: bool = False) -> float:

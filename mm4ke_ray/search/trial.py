@@ -31,7 +31,7 @@ from mm4ke_ray.rsft.config import RSFTConfig
 from mm4ke_ray.rsft.run import rsft_to_folder
 from mm4ke_ray.schema import MERGE_PARAMS
 from mm4ke_ray.search.searcher import EXTRA_POINTS_KEY
-from mm4ke_ray.search.space import merge_candidates, split_space
+from mm4ke_ray.search.space import candidate_seed, merge_candidates, split_space
 
 RESULT_FILE = "result.json"  # a trial's final report, inside its checkpoint
 SUMMARY_FILE = "rsft-summary.json"  # the R-SFT summary, inside the Ray Train checkpoint
@@ -56,7 +56,7 @@ def _rsft_config(params: dict, search: SearchConfig, settings: EvalSettings) -> 
     return RSFTConfig(
         layer=int(params["layer"]), epochs=int(params["epochs"]), steps=int(params["steps"]), lr=float(params["lr"]),
         threshold=float(params["threshold"]), optimizer=search.rsft.optimizer, prompt_format=settings.prompt_format,
-        seed=search.seed, lr_schedule=search.rsft.lr_schedule, warmup_ratio=search.rsft.warmup_ratio,
+        seed=search.seed, lr_schedule=str(params["lr_schedule"]), warmup_ratio=float(params["warmup_ratio"]),
     )
 
 
@@ -154,9 +154,8 @@ def sweep_trial(params: dict, ctx: TrialContext) -> None:
         return
     delta, _ = load_delta(delta_dir)
     delta_ref = ray.put(delta)
-    # Seeded by the trial's parameters (not its id, which is random) so a rerun draws the same points.
-    seed = ctx.search.seed + zlib.crc32(json.dumps(params, sort_keys=True).encode()) % 10_000
-    cands = merge_candidates(ctx.search, float(params["alpha"]), float(params["sparsity"]), ctx.extra_candidates, seed)
+    cands = merge_candidates(ctx.search, float(params["alpha"]), float(params["sparsity"]), ctx.extra_candidates,
+                             candidate_seed(ctx.search.seed, params))
     n = len(ctx.actors)
     offset = zlib.crc32(trial_id.encode()) % n
     eval_start = time.perf_counter()

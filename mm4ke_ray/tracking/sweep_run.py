@@ -54,7 +54,8 @@ def recorded_choices(config: SweepConfig) -> dict:
     """How the sweep trains and scores (issues 11, 14): R-SFT's supervision and lr schedule, the
     edit-metric families and the one the edit score uses, and how lm-eval's general tasks run."""
     ev = config.evaluation
-    out = {"rsft_lr_schedule": config.search.rsft.lr_schedule, "rsft_warmup_ratio": config.search.rsft.warmup_ratio,
+    space = config.search.space  # a searched schedule: its choices/range; each candidate run logs its own
+    out = {"rsft_lr_schedule": space.lr_schedule.text(), "rsft_warmup_ratio": space.warmup_ratio.text(),
            "train_supervision": TRAIN_SUPERVISION[config.data.prompt_format], "eval_scoring": EVAL_SCORING,
            "eval_mode": ev.mode, "edit_mode": config.edit_mode}
     if ev.mode != "teacher-forced":
