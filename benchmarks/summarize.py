@@ -24,17 +24,28 @@ def _fmt(value: float) -> str:
     return f"{value:.2g}"
 
 
+def _where(doc: dict) -> str:
+    m = doc.get("machine") or {}
+    gpu = f"{m['gpu']}, " if m.get("gpu") else ""
+    return f"{gpu}{m.get('cpu_count', '?')} CPU, {m.get('torch_threads', '?')} thread(s), {str(m.get('date', '?'))[:10]}"
+
+
 def table(results: Path) -> str:
     """One Markdown row per goal of every `<name>.json` in `results`."""
     lines = ["| # | benchmark | goal | target | measured | met | machine, date |", "|---|---|---|---|---|---|---|"]
-    docs = {p.stem: json.loads(p.read_text()) for p in results.glob("*.json") if p.stem in ORDER}
-    for number, name in enumerate(ORDER, start=1):
+    docs = {p.stem: json.loads(p.read_text()) for p in sorted(results.glob("*.json"))}
+    # Every JSON gets a row: the known benchmarks in ORDER, then any other file (e.g. gpu_check).
+    names = [*ORDER, *(name for name in docs if name not in ORDER)]
+    for number, name in enumerate(names, start=1):
         doc = docs.get(name)
         if doc is None:
             lines.append(f"| {number} | {name} | (no result yet) | | | | |")
             continue
-        m = doc["machine"]
-        where = f"{m['cpu_count']} CPU, {m['torch_threads']} thread(s), {m['date'][:10]}"
+        if not doc.get("goals"):
+            lines.append(f"| {number} | {name} | (measurements only, no goal: see benchmarks/README.md) | | | | "
+                         f"{_where(doc)} |")
+            continue
+        where = _where(doc)
         for goal in doc["goals"]:
             sign = ">=" if goal["higher_is_better"] else "<="
             met = "**met**" if goal["met"] else "**not met**"
