@@ -344,6 +344,18 @@ class SweepConfig(_Section):
             )
         return self
 
+    @model_validator(mode="after")
+    def _random_learns_nothing_from_extra_candidates(self):
+        # Issue 12: every offered sampler uses the points it is told, or the config is refused.
+        if self.search.sampler == "random" and self.merge.extra_candidates > 0:
+            raise ValueError(
+                f"search.sampler 'random' cannot learn from the {self.merge.extra_candidates} extra merge candidates "
+                "per trial that the sweep tells it (merge.extra_candidates): random search ignores every result, "
+                "so they would steer nothing; set merge.extra_candidates to 0 for a random-search baseline, "
+                "or use search.sampler tpe, gp or nsga2, which learn from them"
+            )
+        return self
+
     @property
     def edit_mode(self) -> str:
         """The family the edit objective is computed from (objectives.edit_mode, resolved)."""

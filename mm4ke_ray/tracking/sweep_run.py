@@ -58,6 +58,10 @@ def recorded_choices(config: SweepConfig) -> dict:
     out = {"rsft_lr_schedule": space.lr_schedule.text(), "rsft_warmup_ratio": space.warmup_ratio.text(),
            "train_supervision": TRAIN_SUPERVISION[config.data.prompt_format], "eval_scoring": EVAL_SCORING,
            "eval_mode": ev.mode, "edit_mode": config.edit_mode}
+    # The front, best pick and export read these back (evaluate.pareto.minimums_from_params).
+    obj = config.objectives
+    out.update({f"min_{name}": low for name, low in (("edit_score", obj.min_edit_score),
+                                                     ("general_score", obj.min_general_score)) if low is not None})
     if ev.mode != "teacher-forced":
         out.update(generation_match=ev.generation_match, generation_extra_tokens=ev.generation_extra_tokens)
     if ev.general_tasks:
