@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 from mlflow import MlflowClient
 
@@ -46,7 +49,7 @@ def test_the_printed_ui_link_opens_the_model_training_runs_view(tmp_path):
     assert ui_runs_url(uri, "0" * 32) is None  # an unknown run: no hint, no error
 
 
-def test_a_registered_export_gets_the_champion_alias_not_a_stage(tmp_path):
+def test_a_registered_export_gets_the_champion_alias_not_a_stage(tmp_path, monkeypatch):
     from mm4ke_ray.tracking.registry import CHAMPION, register_export
 
     uri = f"sqlite:///{tmp_path}/mlflow.db"
@@ -63,8 +66,57 @@ def test_a_registered_export_gets_the_champion_alias_not_a_stage(tmp_path):
     first = register_export(uri, out, "regtest-model", recipe)
     second = register_export(uri, out, "regtest-model", recipe)
     client = MlflowClient(uri)
-    assert client.get_model_version_by_alias("regtest-model", CHAMPION).version == second.version != first.version
+    champion = client.get_model_version_by_alias("regtest-model", CHAMPION)
+    assert champion.version == second.version != first.version
     assert client.get_model_version("regtest-model", second.version).current_stage in (None, "None")
+
+    # The version is created from an MLflow 3 LoggedModel of the candidate run, with its metrics.
+    assert champion.source.startswith("models:/m-") and champion.run_id == run_id
+    model = client.get_logged_model(champion.source.removeprefix("models:/"))
+    assert json.loads(model.tags["mlflow.modelVersions"]) == [{"name": "regtest-model", "version": second.version}]
+    assert model.source_run_id == run_id and str(model.status) == "READY"
+    assert model.params["alpha"] == "0.3" and model.tags["mm4ke.candidate"] == "t1-c0"
+    assert {(m.key, m.value, m.run_id) for m in model.metrics} == {("combined_score", 0.9, run_id)}
+    runs_models = client.search_logged_models([tracker.experiment_id], filter_string=f"source_run_id = '{run_id}'")
+    assert {f"models:/{m.model_id}" for m in runs_models} == {first.source, second.source}
+    # ... and the alias gives back the exported directory (MLflow resolves models:/ URIs through
+    # the process's tracking URI, which registering left as it was).
+    import mlflow
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)  # set_tracking_uri writes it too; restored after the test
+    mlflow.set_tracking_uri(uri)
+    try:
+        fetched = mlflow.artifacts.download_artifacts(f"models:/regtest-model@{CHAMPION}",
+                                                      dst_path=str(tmp_path / "dl"))
+    finally:
+        mlflow.set_tracking_uri(None)
+    assert (Path(fetched) / "README.md").read_text() == "card"
+
+
+def test_an_export_that_is_not_registered_is_a_logged_model_without_uploaded_files(tmp_path):
+    from mm4ke_ray.tracking.registry import EXPORT_DIR_TAG, log_export_model
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    tracker = SweepTracker(uri, "lmtest", str(tmp_path / "artifacts"))
+    parent = tracker.start_sweep("lmtest", params={}, tags={})
+    run_id = tracker.log_candidate("a_00002-c1", {"alpha": 0.2}, {"combined_score": 0.8, "edit_succ": 95.0},
+                                   {"mm4ke.kind": "extra"}, run_name="t02 c1 α0.20 s0.10")
+    out = tmp_path / "export"
+    out.mkdir()
+    (out / "model.safetensors").write_bytes(b"weights")
+    recipe = {"source": {"candidate_run_id": run_id, "sweep_name": "lmtest", "sweep_run_id": parent,
+                         "candidate": "a_00002-c1"},
+              "base_model": "base", "merge": {"alpha": 0.2, "sparsity": 0.1, "method": "dare"},
+              "edits": {"count": 5, "source": "edits.json"},
+              "recorded_metrics": {"combined_score": 0.8, "edit_succ": 95.0, "retention.arc_easy": 1.0}}
+    model = log_export_model(uri, out, recipe, upload=False)
+    client = MlflowClient(uri)
+    stored = client.get_logged_model(model.model_id)
+    assert stored.source_run_id == run_id and stored.name == "lmtest-a_00002-c1"
+    assert stored.tags[EXPORT_DIR_TAG] == str(out.resolve()) and stored.params["method"] == "dare"
+    assert {m.key: m.value for m in stored.metrics} == {"combined_score": 0.8, "edit_succ": 95.0,
+                                                        "retention.arc_easy": 1.0}
+    assert client.list_logged_model_artifacts(model.model_id) == []  # the weights stay in --out
 
 
 def _trial_result(alphas_sparsities) -> dict:
@@ -110,3 +162,4 @@ def test_candidate_runs_have_readable_names_and_keep_their_id_in_a_tag(tmp_path)
     [failed] = sweep.failed
     assert failed["candidate"] == "a1b2c_00004-diverged"
     assert client.get_run(failed["run_id"]).info.run_name == "t04 diverged"
+

@@ -455,11 +455,17 @@ def test_export_best_writes_a_verified_directory(sweep, tmp_path, tiny_model_dir
     _check_export(out, sweep, pure.info.run_id, tiny_model_dir)
     versions = client.search_model_versions("name = 'paretotest-model'")
     assert versions and versions[0].run_id == pure.info.run_id
-    fetched = Path(
-        client.download_artifacts(pure.info.run_id, "export", str(tmp_path / "registered"))
-    )
+    # The version is made from a LoggedModel of the candidate run, which holds the directory.
+    from mlflow.artifacts import download_artifacts
+
+    stored = client.get_model_version_download_uri("paretotest-model", versions[0].version)
+    fetched = Path(download_artifacts(stored, dst_path=str(tmp_path / "registered"), tracking_uri=sweep["uri"]))
     assert (fetched / "model.safetensors").read_bytes() == (out / "model.safetensors").read_bytes()
-    assert versions[0].tags["mm4ke.candidate"] == pure.info.run_name
+    assert versions[0].tags["mm4ke.candidate"] == pure.data.tags["mm4ke.candidate"]
+    assert versions[0].source.startswith("models:/m-")
+    models = {m.source_run_id: m for m in client.search_logged_models([parent.info.experiment_id])}
+    assert models[pure.info.run_id].model_id == versions[0].source.removeprefix("models:/")
+    assert models[best.info.run_id].tags["mm4ke.export_dir"] == str((tmp_path / "best").resolve())
 
     # A non-export directory is never wiped, even with --force.
     other = tmp_path / "other"

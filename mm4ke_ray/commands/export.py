@@ -86,6 +86,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"mm4ke-ray export: VERIFICATION FAILED: {exc}", file=sys.stderr)
         return 1
     src = result.recipe["source"]
+    if result.model_version is None:
+        _log_unregistered_model(args.tracking_uri, result, log)
     print(
         f"wrote {result.out}: {src['candidate']} (run {src['candidate_run_id']}) of sweep {src['sweep_name']}, "
         f"alpha={result.plan.alpha:g}, sparsity={result.plan.sparsity:g}; verified "
@@ -97,3 +99,16 @@ def run(args: argparse.Namespace) -> int:
         print(f"registered model {args.register!r} version {result.model_version.version}, alias {CHAMPION!r} "
               f"(models:/{args.register}@{CHAMPION})")
     return 0
+
+
+def _log_unregistered_model(uri: str, result, log) -> None:
+    """Record the export as a LoggedModel of its candidate run (files stay in --out). A store that
+    refuses the write (read-only, away) costs the record, not the verified export."""
+    from mm4ke_ray.tracking.registry import log_export_model
+
+    try:
+        model = log_export_model(uri, result.out, result.recipe, upload=False)
+    except Exception as exc:  # noqa: BLE001 - the export itself is done and verified
+        log(f"could not record the export as a logged model in MLflow ({type(exc).__name__}: {str(exc)[:200]})")
+        return
+    log(f"recorded as logged model {model.model_id} of run {result.recipe['source']['candidate_run_id']}")
