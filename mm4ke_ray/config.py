@@ -319,6 +319,9 @@ class TrackingConfig(_Section):
     uri: str = Field("sqlite:///runs/mlflow.db", description="MLflow tracking URI (SQLite file or http://host:port).")
     experiment: str = Field("mm4ke-ray", description="MLflow experiment name.")
     artifact_location: str = Field("runs/mlartifacts", description="Artifact root for a new experiment.")
+    system_metrics: bool = Field(False, description="Log MLflow's system metrics (CPU, memory, disk, network; GPU "
+                                 "when present) of the driver's machine on the sweep's parent run.")
+    system_metrics_interval_s: float = Field(10.0, gt=0, description="Seconds between system metric samples.")
 
 
 class SweepConfig(_Section):

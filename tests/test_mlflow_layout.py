@@ -163,3 +163,24 @@ def test_candidate_runs_have_readable_names_and_keep_their_id_in_a_tag(tmp_path)
     assert failed["candidate"] == "a1b2c_00004-diverged"
     assert client.get_run(failed["run_id"]).info.run_name == "t04 diverged"
 
+
+def test_system_metrics_are_logged_on_the_parent_run_when_asked(tmp_path):
+    import time
+
+    from mm4ke_ray.config import SweepConfig
+    from mm4ke_ray.tracking.sweep_run import open_sweep_run
+
+    def sweep(name: str, on: bool):
+        config = SweepConfig.model_validate({"name": name, "tracking": {
+            "uri": f"sqlite:///{tmp_path}/mlflow.db", "experiment": "systest",
+            "artifact_location": str(tmp_path / "artifacts"), "system_metrics": on, "system_metrics_interval_s": 0.5}})
+        tracker, parent = open_sweep_run(config, str(tmp_path / name), eval_actors=1, max_concurrent=1)
+        time.sleep(2.0)  # a short sweep: a few samples
+        tracker.finish()
+        return MlflowClient(config.tracking.uri).get_run(parent).data.metrics
+
+    on = sweep("with", True)
+    assert on["system/cpu_utilization_percentage"] >= 0 and on["system/system_memory_usage_megabytes"] > 0
+    off = sweep("without", False)  # the default: nothing sampled
+    assert not any(k.startswith("system/") for k in off)
+    assert SweepConfig().tracking.system_metrics is False

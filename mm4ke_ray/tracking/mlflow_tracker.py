@@ -137,6 +137,7 @@ class SweepTracker:
         self._last_probe = 0.0
         self.run_ids: dict[str, str] = {}  # candidate id → run id, also for spooled candidates once sent
         self.spooled = 0  # records that had to wait in the spool, over the whole sweep
+        self._system = None  # MLflow's system metrics monitor, when tracking.system_metrics is on
 
     @classmethod
     def attach(cls, uri: str, parent_run_id: str) -> SweepTracker:
@@ -257,7 +258,19 @@ class SweepTracker:
         self._emit({"op": "artifacts", "run_id": self.parent_run_id, "local": str(folder),
                     "artifact_path": artifact_path})
 
+    def monitor_system(self, interval_s: float, resumed: bool = False) -> None:
+        """MLflow's system metrics (`system/cpu_utilization_percentage`, memory, disk, network, GPU
+        when present) of this machine on the parent run, every `interval_s`, until `finish`."""
+        from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+        self._system = SystemMetricsMonitor(self.parent_run_id, sampling_interval=interval_s,
+                                            resume_logging=resumed, tracking_uri=self.uri)
+        self._system.start()
+
     def finish(self, status: str = "FINISHED") -> None:
+        if self._system is not None:  # before the status: its loop stops on a finished run
+            self._system.finish()
+            self._system = None
         if self.parent_run_id:
             self._emit({"op": "status", "run_id": self.parent_run_id, "status": status})
 

@@ -98,10 +98,13 @@ def open_sweep_run(config: SweepConfig, experiment_dir: str, *, eval_actors: int
                            spool_path=spool_path(experiment_dir))
     if parent_run_id is not None:
         tracker.flush()  # what the dead driver could not send goes first
-        return tracker, tracker.start_sweep(config.name, {}, {}, parent_run_id=parent_run_id)
-    parent = tracker.start_sweep(config.name, params=sweep_params(config, eval_actors, max_concurrent),
-                                 tags=sweep_tags(config, experiment_dir))
-    tracker.log_text(yaml.safe_dump(config.model_dump(), sort_keys=False), CONFIG_ARTIFACT)
+        parent = tracker.start_sweep(config.name, {}, {}, parent_run_id=parent_run_id)
+    else:
+        parent = tracker.start_sweep(config.name, params=sweep_params(config, eval_actors, max_concurrent),
+                                     tags=sweep_tags(config, experiment_dir))
+        tracker.log_text(yaml.safe_dump(config.model_dump(), sort_keys=False), CONFIG_ARTIFACT)
+    if config.tracking.system_metrics:
+        tracker.monitor_system(config.tracking.system_metrics_interval_s, resumed=parent_run_id is not None)
     return tracker, parent
 
 
