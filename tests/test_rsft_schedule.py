@@ -242,3 +242,15 @@ def test_the_papers_schedule_keeps_the_extra_candidates_seed_and_another_changes
     assert candidate_seed(7, {**params, "lr_schedule": "constant", "warmup_ratio": 0.0}) == before
     assert candidate_seed(7, {**params, "lr_schedule": "cosine", "warmup_ratio": 0.0}) != before
     assert candidate_seed(7, {**params, "lr_schedule": "constant", "warmup_ratio": 0.1}) != before
+
+
+def test_params_without_the_schedule_take_the_spaces_fixed_one():
+    """A trial restored from a sweep started before the schedule was searched, or a caller's
+    partial params: the space's fixed values fill in."""
+    from mm4ke_ray.evaluate.candidate import EvalSettings
+    from mm4ke_ray.search.trial import _rsft_config
+
+    params = {"threshold": 0.1, "steps": 2, "epochs": 1, "lr": 1e-3, "layer": 1}
+    config = _rsft_config(params, _search(rsft={"lr_schedule": "linear", "warmup_ratio": 0.2}),
+                          EvalSettings(model="m", edits="e"))
+    assert (config.lr_schedule, config.warmup_ratio) == ("linear", 0.2)

@@ -53,6 +53,7 @@ class TrialContext:
 
 
 def _rsft_config(params: dict, search: SearchConfig, settings: EvalSettings) -> RSFTConfig:
+    params = {**_fixed(search), **params}  # a caller's partial params: the space's fixed values fill in
     return RSFTConfig(
         layer=int(params["layer"]), epochs=int(params["epochs"]), steps=int(params["steps"]), lr=float(params["lr"]),
         threshold=float(params["threshold"]), optimizer=search.rsft.optimizer, prompt_format=settings.prompt_format,
