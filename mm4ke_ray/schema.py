@@ -78,6 +78,7 @@ class Tag:
     BEST_RUN_ID = "mm4ke.best_run_id"
     BEST_COMBINED_SCORE = "mm4ke.best_combined_score"
     # candidate runs
+    CANDIDATE = "mm4ke.candidate"  # the candidate's stable id (the run name is for people); also on exports
     TRIAL_ID = "mm4ke.trial_id"
     KIND = "mm4ke.kind"
     STATUS = "mm4ke.status"
@@ -86,10 +87,10 @@ class Tag:
     RETRIED = "mm4ke.retried"
     DELTA_ARTIFACT = "mm4ke.delta_artifact"
     EXTRA_OF = "mm4ke.extra_of"
-    # registered model versions
+    # exports: logged models and registered model versions
     SWEEP = "mm4ke.sweep"
     SWEEP_RUN_ID = "mm4ke.sweep_run_id"
-    CANDIDATE = "mm4ke.candidate"
+    EXPORT_DIR = "mm4ke.export_dir"  # where an export's files are when they were not uploaded
     BASE_MODEL = "mm4ke.base_model"
     ALPHA = "mm4ke.alpha"
     SPARSITY = "mm4ke.sparsity"
@@ -109,7 +110,6 @@ SUMMARY_DIGITS = 6  # decimals of the parent run's summary metrics (best score s
 # -- artifacts -------------------------------------------------------------------------------
 CONFIG_ARTIFACT = "config.yaml"  # the sweep's config, on the parent run
 PARETO_DIR = "pareto"  # all.csv, front.csv, front.png, front.html, on the parent run
-EXPORT_ARTIFACT = "export"  # an exported directory, on the candidate's run
 DELTAS_DIR = "deltas"
 
 

@@ -94,7 +94,8 @@ def test_a_registered_export_gets_the_champion_alias_not_a_stage(tmp_path, monke
 
 
 def test_an_export_that_is_not_registered_is_a_logged_model_without_uploaded_files(tmp_path):
-    from mm4ke_ray.tracking.registry import EXPORT_DIR_TAG, log_export_model
+    from mm4ke_ray.schema import Tag
+    from mm4ke_ray.tracking.registry import log_export_model
 
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     tracker = SweepTracker(uri, "lmtest", str(tmp_path / "artifacts"))
@@ -113,7 +114,7 @@ def test_an_export_that_is_not_registered_is_a_logged_model_without_uploaded_fil
     client = MlflowClient(uri)
     stored = client.get_logged_model(model.model_id)
     assert stored.source_run_id == run_id and stored.name == "lmtest-a_00002-c1"
-    assert stored.tags[EXPORT_DIR_TAG] == str(out.resolve()) and stored.params["method"] == "dare"
+    assert stored.tags[Tag.EXPORT_DIR] == str(out.resolve()) and stored.params["method"] == "dare"
     assert {m.key: m.value for m in stored.metrics} == {"combined_score": 0.8, "edit_succ": 95.0,
                                                         "retention.arc_easy": 1.0}
     assert client.list_logged_model_artifacts(model.model_id) == []  # the weights stay in --out

@@ -25,7 +25,6 @@ from mm4ke_ray.schema import Tag
 
 CHAMPION = "champion"  # the alias the newest exported version gets
 MODEL_TYPE = "knowledge-edited-llm"  # the LoggedModel's model_type, to search exports by
-EXPORT_DIR_TAG = "mm4ke.export_dir"  # where an export that was not uploaded lives
 MLFLOW_MODEL_VERSIONS = "mlflow.modelVersions"  # a LoggedModel's registered versions, as MLflow writes it
 TRACKING_URI_ENV = "MLFLOW_TRACKING_URI"
 _LINKED_METRICS = ("edit_succ", "generalization", "portability", "locality", "combined_score")
@@ -57,7 +56,7 @@ def log_export_model(uri: str, out: str | Path, recipe: dict, upload: bool = Tru
               "edits": str(recipe["edits"]["count"]), "edits_source": str(recipe["edits"]["source"])}
     tags = _provenance_tags(recipe)
     if not upload:
-        tags[EXPORT_DIR_TAG] = str(Path(out).resolve())
+        tags[Tag.EXPORT_DIR] = str(Path(out).resolve())
     model = client.create_logged_model(client.get_run(run_id).info.experiment_id, name=_model_name(recipe),
                                        source_run_id=run_id, tags=tags, params=params, model_type=MODEL_TYPE)
     try:
