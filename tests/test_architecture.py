@@ -96,21 +96,19 @@ def _find_cycle(graph: dict[str, dict[str, set[str]]]) -> list[str] | None:
     return None
 
 
-def test_no_import_cycle_between_top_level_modules_and_subpackages():
-    graph = _graph()
-    cycle = _find_cycle(graph)
-    if cycle:
+def _assert_no_cycle(graph: dict[str, dict[str, set[str]]], what: str) -> None:
+    if cycle := _find_cycle(graph):
         steps = [f"{a} -> {b} ({', '.join(sorted(graph[a][b]))})" for a, b in zip(cycle, cycle[1:], strict=False)]
-        raise AssertionError("import cycle in mm4ke_ray:\n  " + "\n  ".join(steps))
+        raise AssertionError(f"import cycle {what}:\n  " + "\n  ".join(steps))
+
+
+def test_no_import_cycle_between_top_level_modules_and_subpackages():
+    _assert_no_cycle(_graph(), "in mm4ke_ray")
 
 
 def test_no_import_cycle_between_files():
     # Inside a subpackage too (e.g. tracking/pareto_artifacts.py <-> pareto_plots.py).
-    graph = _file_graph()
-    cycle = _find_cycle(graph)
-    if cycle:
-        steps = [f"{a} -> {b} ({', '.join(sorted(graph[a][b]))})" for a, b in zip(cycle, cycle[1:], strict=False)]
-        raise AssertionError("import cycle between files of mm4ke_ray:\n  " + "\n  ".join(steps))
+    _assert_no_cycle(_file_graph(), "between files of mm4ke_ray")
 
 
 def test_the_file_graph_sees_a_cycle_through_a_nested_import(tmp_path):

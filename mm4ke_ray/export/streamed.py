@@ -117,5 +117,7 @@ def write_merged(
     # The record names the base as the user gave it, and the dtype the weights are in.
     info = {**info, "base": str(base), "base_path": str(base_dir), "dtype": dtype}
     (out / MERGE_INFO_FILE).write_text(json.dumps(info, indent=2) + "\n")
+    # Made again on purpose, over the whole delta as the sweep's in-memory merge makes it: the
+    # weight check compares the file (its updates made shard by shard) with this reference.
     update = prepare_delta(delta, alpha, sparsity, method, seed)
     return Written(info, update, streamed=True)

@@ -116,32 +116,9 @@ def build_merged(
     return MergeResult(model, info, update)
 
 
-def build_merged_model(
-    base: str,
-    *,
-    delta_dir: str | Path | None = None,
-    sft: str | None = None,
-    alpha: float,
-    sparsity: float,
-    method: str = DEFAULT_SPARSIFIER,
-    seed: int = 0,
-    dtype: str = "float32",
-    device: str = "cpu",
-    trust_remote_code: bool = False,
-) -> nn.Module:
-    """The merged model of `build_merged` (same arguments), without the record."""
-    return build_merged(
-        base,
-        delta_dir=delta_dir,
-        sft=sft,
-        alpha=alpha,
-        sparsity=sparsity,
-        method=method,
-        seed=seed,
-        dtype=dtype,
-        device=device,
-        trust_remote_code=trust_remote_code,
-    ).model
+def build_merged_model(base: str, **kwargs) -> nn.Module:
+    """The merged model of `build_merged` (same keyword arguments), without the record."""
+    return build_merged(base, **kwargs).model
 
 
 def _copy_tokenizer_files(src: Path, out: Path) -> list[str]:
