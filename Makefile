@@ -17,7 +17,7 @@ demo: install
 	$(VENV)/bin/mm4ke-ray demo
 
 test: install
-	$(PY) -m pytest -m "not gpu" -q --durations=20
+	$(PY) -m pytest -m "not gpu" -q --durations=30 -n 2 --dist loadfile
 
 lint: install
 	$(VENV)/bin/ruff check mm4ke_ray tests benchmarks

@@ -75,3 +75,34 @@ def tiny_model_dir(tmp_path_factory, tiny_tokenizer, tiny_model_factory) -> Path
     from mm4ke_ray.demo.tiny import save_pretrained_pair
 
     return save_pretrained_pair(tiny_model_factory("qwen2"), tiny_tokenizer, tmp_path_factory.mktemp("tiny") / "qwen2")
+
+
+# CI runs the suite on two pytest-xdist workers, whole files at a time (`--dist loadfile`: a file's
+# module fixtures, e.g. one sweep shared by its tests, run once). Most of the time is a few files
+# of real Ray sweeps that wait on process start-up as much as they compute, so they start first,
+# longest first, and the many quick files fill the other worker around them.
+SLOW_FILES_FIRST = (
+    "test_cluster.py",
+    "test_sweep.py",
+    "test_faults.py",
+    "test_benchmarks_smoke.py",
+    "test_concurrent_sweeps.py",
+    "test_resume.py",
+    "test_quiet.py",
+    "test_node_loss.py",
+    "test_pareto_export.py",
+    "test_export_atomic.py",
+    "test_sweep_eval_modes.py",
+    "test_determinism.py",
+    "test_loopback.py",
+    "test_planner.py",
+    "test_demo.py",
+    "test_user_loading.py",
+    "test_mlflow_layout.py",
+    "test_spool.py",
+)
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {name: i for i, name in enumerate(SLOW_FILES_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: file order kept within
