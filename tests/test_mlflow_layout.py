@@ -135,17 +135,23 @@ def test_candidate_runs_have_readable_names_and_keep_their_id_in_a_tag(tmp_path)
 
     from mm4ke_ray.schema import Tag
     from mm4ke_ray.tracking.query import load_sweep
-    from mm4ke_ray.tracking.records import candidate_rows, candidate_run, failure_run_name
+    from mm4ke_ray.tracking.records import (
+        candidate_rows,
+        candidate_run,
+        failure_run_name,
+        trial_label,
+    )
 
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     tracker = SweepTracker(uri, "nametest", str(tmp_path / "artifacts"))
     parent = tracker.start_sweep("nametest", params={}, tags={})
-    trial_id = "a1b2c_00003"  # Tune's id of the trial with index 3
-    rows = candidate_rows(_trial_result([(0.3, 0.567), (0.05, 0.0)]), trial_id)
+    trial_id = "a1b2c3d4"  # a trial id the searcher gave; Tune's experiment tag carries its number
+    assert trial_label(trial_id, "3_alpha=0.3,layer=1") == "t03" and trial_label(trial_id, "") == trial_id
+    rows = candidate_rows(_trial_result([(0.3, 0.567), (0.05, 0.0)]), trial_id, trial_label(trial_id, "3_alpha=0.3"))
     for row in rows:
         row["run_id"] = tracker.log_candidate(row["candidate"], *candidate_run(row, trial_id), run_name=row["run_name"])
-    tracker.log_candidate("a1b2c_00004-diverged", {"lr": 1e20}, {}, {Tag.TRIAL_ID: "a1b2c_00004", Tag.STATUS: "diverged"},
-                          run_name=failure_run_name("a1b2c_00004", "diverged"))
+    tracker.log_candidate("e5f6a7b8-diverged", {"lr": 1e20}, {}, {Tag.TRIAL_ID: "e5f6a7b8", Tag.STATUS: "diverged"},
+                          run_name=failure_run_name(trial_label("e5f6a7b8", "4_lr=1e+20"), "diverged"))
     # A candidate logged by an older version: named by its id, no candidate tag.
     old = MlflowClient(uri).create_run(tracker.experiment_id, run_name="old_00007-c0",
                                        tags={"mlflow.parentRunId": parent, Tag.ROLE: "candidate", Tag.KIND: "sampled"})
@@ -157,11 +163,11 @@ def test_candidate_runs_have_readable_names_and_keep_their_id_in_a_tag(tmp_path)
     assert all(re.fullmatch(r"t\d{2} c\d+ α\d\.\d{2} s\d\.\d{2}", n) for n in names)
 
     sweep = load_sweep(uri, "nametest")
-    assert [r["candidate"] for r in sweep.candidates] == ["a1b2c_00003-c0", "a1b2c_00003-c1", "old_00007-c0"]
-    assert sweep.find("a1b2c_00003-c1")["run_id"] == rows[1]["run_id"]  # export --pick by the stable id
+    assert [r["candidate"] for r in sweep.candidates] == ["a1b2c3d4-c0", "a1b2c3d4-c1", "old_00007-c0"]
+    assert sweep.find("a1b2c3d4-c1")["run_id"] == rows[1]["run_id"]  # export --pick by the stable id
     assert sweep.find("old_00007-c0")["run_id"] == old.info.run_id  # an older sweep stays readable
     [failed] = sweep.failed
-    assert failed["candidate"] == "a1b2c_00004-diverged"
+    assert failed["candidate"] == "e5f6a7b8-diverged"
     assert client.get_run(failed["run_id"]).info.run_name == "t04 diverged"
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -89,6 +90,11 @@ def test_all_candidates_are_child_runs_of_one_parent(outcome, sweep_config):
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == outcome.parent_run_id]
     candidates = [r for r in children if r.data.tags.get("mm4ke.kind") != "base"]
     assert len(candidates) == len(outcome.rows) == 12
+    # Readable run names from Tune's trial numbers (1..4), the candidate id in a tag (issue 15.1).
+    names = sorted(r.info.run_name for r in candidates)
+    assert all(re.fullmatch(r"t0[1-4] c[0-2] α\d\.\d\d s\d\.\d\d", n) for n in names), names
+    assert {n[:3] for n in names} == {"t01", "t02", "t03", "t04"}
+    assert sorted(r.data.tags["mm4ke.candidate"] for r in candidates) == sorted(r["candidate"] for r in outcome.rows)
     for run in candidates:
         for key in ("threshold", "steps", "epochs", "lr", "layer", "alpha", "sparsity", "density"):
             assert key in run.data.params, key

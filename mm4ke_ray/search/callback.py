@@ -24,6 +24,7 @@ from mm4ke_ray.tracking.records import (
     failure_run_name,
     failure_tags,
     searched_params,
+    trial_label,
 )
 
 _EXCEPTION_LINE = re.compile(r"^[\w.]*(Error|Exception|Interrupt)\b.*")
@@ -53,6 +54,11 @@ def error_reason(trial) -> str:
         reason = " | ".join([lines[last], *details])
     where = f"{trial.path}/error.txt" if getattr(trial, "path", None) else (trial.error_file or "the trial folder")
     return f"{reason[:400]} (full trace: {where})"
+
+
+def _label(trial) -> str:
+    """The trial's number in run names ("t03"), from the experiment tag Tune gave it."""
+    return trial_label(trial.trial_id, getattr(trial, "experiment_tag", ""))
 
 
 def _wait_for_state_upload(trial) -> None:
@@ -111,13 +117,13 @@ class SweepCallback(Callback):
                 f"{trial.trial_id}-{result['status']}", searched_params(params),
                 {"rsft_wall_seconds": result.get("rsft_wall_seconds", 0.0)},
                 failure_tags(trial.trial_id, result["status"], result.get("reason", "")[:500]),
-                run_name=failure_run_name(trial.trial_id, result["status"]),
+                run_name=failure_run_name(_label(trial), result["status"]),
             )
             self.console.print(f"[yellow]trial {trial.trial_id} {result['status']}[/]: {result.get('reason', '')[:200]}")
         else:
             # Per candidate: a resumed sweep may find a trial whose candidates were half logged.
             known = {r["candidate"] for r in self.rows}
-            rows = [r for r in candidate_rows(result, trial.trial_id) if r["candidate"] not in known]
+            rows = [r for r in candidate_rows(result, trial.trial_id, _label(trial)) if r["candidate"] not in known]
             if trial.trial_id not in self.logged:
                 self.logged.add(trial.trial_id)
                 self.done += 1
@@ -209,7 +215,7 @@ class SweepCallback(Callback):
         self.tracker.log_candidate(
             f"{trial.trial_id}-attempt{attempt}-failed", searched_params(trial.config), {},
             failure_tags(trial.trial_id, "failed", reason, attempt=attempt, retried=True),
-            run_name=failure_run_name(trial.trial_id, f"attempt{attempt} failed"),
+            run_name=failure_run_name(_label(trial), f"attempt{attempt} failed"),
         )
         self.console.print(f"[yellow]trial {trial.trial_id} attempt {attempt} failed, retrying[/]: {reason[:200]}")
 
@@ -224,7 +230,7 @@ class SweepCallback(Callback):
         self.tracker.log_candidate(
             f"{trial.trial_id}-error", searched_params(trial.config), {},
             failure_tags(trial.trial_id, "error", reason, attempt=trial.run_metadata.num_failures),
-            run_name=failure_run_name(trial.trial_id, "error"),
+            run_name=failure_run_name(_label(trial), "error"),
         )
         self.console.print(f"[red]trial {trial.trial_id} failed after its retries[/]: {reason[:200]}")
         self._progress()

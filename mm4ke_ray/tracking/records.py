@@ -10,27 +10,30 @@ import re
 
 from mm4ke_ray.schema import DENSITY, RSFT_PARAMS, SEARCH_PARAMS, Tag, delta_artifact_path
 
-_TUNE_INDEX = re.compile(r"_(\d+)$")  # Tune's trial ids end in the trial's index: "a1b2c_00003"
+# Tune's experiment tag of a trial starts with the number it gave the trial: "3_alpha=0.44,...".
+_TRIAL_NUMBER = re.compile(r"^(\d+)(?:_|$)")
 
 
-def trial_label(trial_id: str) -> str:
-    """A trial as people read it in the MLflow UI: "t03" for Tune's "a1b2c_00003" (else the id)."""
-    match = _TUNE_INDEX.search(trial_id)
+def trial_label(trial_id: str, experiment_tag: str = "") -> str:
+    """A trial as people read it in the MLflow UI: "t03" for the trial Tune numbered 3; its id
+    when Tune gave it no number."""
+    match = _TRIAL_NUMBER.match(experiment_tag or "")
     return f"t{int(match[1]):02d}" if match else trial_id
 
 
-def candidate_run_name(trial_id: str, index: int, alpha: float, sparsity: float) -> str:
+def candidate_run_name(label: str, index: int, alpha: float, sparsity: float) -> str:
     """A candidate run's display name, e.g. "t03 c2 α0.30 s0.57"; its id is the `mm4ke.candidate` tag."""
-    return f"{trial_label(trial_id)} c{index} α{alpha:.2f} s{sparsity:.2f}"
+    return f"{label} c{index} α{alpha:.2f} s{sparsity:.2f}"
 
 
-def failure_run_name(trial_id: str, what: str) -> str:
+def failure_run_name(label: str, what: str) -> str:
     """A failed attempt's display name, e.g. "t03 diverged", "t03 attempt1 failed"."""
-    return f"{trial_label(trial_id)} {what}"
+    return f"{label} {what}"
 
 
-def candidate_rows(result: dict, trial_id: str) -> list[dict]:
-    """Flat rows (params + metrics + kind) for every candidate in a trial's final result."""
+def candidate_rows(result: dict, trial_id: str, label: str | None = None) -> list[dict]:
+    """Flat rows (params + metrics + kind) for every candidate in a trial's final result;
+    `label` names the trial in run names (`trial_label`; default its id)."""
     rows = []
     params = result.get("params", {})
     for i, cand in enumerate(result.get("candidates") or []):
@@ -38,7 +41,7 @@ def candidate_rows(result: dict, trial_id: str) -> list[dict]:
         row.update(alpha=cand["alpha"], sparsity=cand["sparsity"], density=round(1 - cand["sparsity"], 6))
         # `candidate` is the stable id (pareto, export --pick, resume); `run_name` only what the UI shows.
         row.update(trial_id=trial_id, candidate=f"{trial_id}-c{i}", kind=cand["kind"],
-                   run_name=candidate_run_name(trial_id, i, cand["alpha"], cand["sparsity"]))
+                   run_name=candidate_run_name(label or trial_id, i, cand["alpha"], cand["sparsity"]))
         row.update({k: result.get(k) for k in ("rsft_updates", "rsft_seconds")})
         row.update(cand["metrics"])
         rows.append(row)
