@@ -26,6 +26,7 @@ import optuna
 from optuna.trial import TrialState
 from ray.tune.search.optuna import OptunaSearch
 
+from mm4ke_ray.schema import Tag
 from mm4ke_ray.search.constraints import constraint_values
 from mm4ke_ray.search.resume import STUDY_FILE
 from mm4ke_ray.search.startup import EXTRA_ATTR, generation_attrs
@@ -122,8 +123,8 @@ class CandidateAwareOptunaSearch(OptunaSearch):
     def _tell_failed(self, trial_id: str, ot_trial, result: dict) -> None:
         # A diverged R-SFT is a real outcome, but it has no objective values: FAIL keeps it out of
         # the Pareto front while the sampler still sees where the search went.
-        ot_trial.set_user_attr("mm4ke.status", str(result.get("status", "failed")))
-        ot_trial.set_user_attr("mm4ke.reason", str(result.get("reason", ""))[:500])
+        ot_trial.set_user_attr(Tag.STATUS, str(result.get("status", "failed")))
+        ot_trial.set_user_attr(Tag.REASON, str(result.get("reason", ""))[:500])
         self._ot_study.tell(ot_trial, state=TrialState.FAIL)
         self._completed_trials.add(trial_id)
         self.failed_told += 1
