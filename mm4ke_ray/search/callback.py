@@ -115,7 +115,7 @@ class SweepCallback(Callback):
         return {**self.__dict__, "tracker": None, "console": None, "on_rows": None, "pending": {}, "progress": None}
 
     def setup(self, stop=None, num_samples=None, total_num_samples=None, **info):
-        self.progress.start(self.done, self._summary())  # a resumed sweep starts where it was
+        self.progress.start(self.done, self._summary(short=True))  # a resumed sweep starts where it was
 
     def stop_progress(self) -> None:
         """End the live line (the sweep is over, or failed); safe to call more than once."""
@@ -269,15 +269,17 @@ class SweepCallback(Callback):
     def _best(self) -> float:
         return max((r.get(COMBINED.name, float("-inf")) for r in self.rows), default=float("nan"))
 
-    def _summary(self) -> str:
+    def _summary(self, short: bool = False) -> str:
         minutes = max((time.time() - self.started) / 60, 1e-9)
         best = self._best()
         shown = f"{best:.4f}" if math.isfinite(best) else "none yet"
+        if short:  # the live line: bar, count and clock beside it in 80 columns
+            return f"({self.failed} failed) · {len(self.rows)} candidates · best {shown}"
         return (f"({self.failed} failed) · candidates {len(self.rows)} ({len(self.rows) / minutes:.1f}/min) · "
                 f"best {COMBINED.name} {shown}")
 
     def _progress(self) -> None:
-        self.progress.update(self.done, self._summary())
+        self.progress.update(self.done, self._summary(), self._summary(short=True))
         best = self._best()
         self.tracker.log_sweep_metrics(
             {"trials_done": self.done, "candidates": len(self.rows), f"best_{COMBINED.name}": best}, step=self.done

@@ -21,7 +21,8 @@ def wants_live(console: Console) -> bool:
 
 
 class SweepProgress:
-    """Shows `update(done, text)` live on `console`, or prints `text` once per call when not live."""
+    """Shows `update(done, text, short)` live on `console` (`short`: what fits 80 columns beside the
+    bar and clock), or prints `text` once per call when not live."""
 
     def __init__(self, console: Console, total: int, live: bool):
         self.console, self.total, self.live = console, total, live
@@ -31,18 +32,18 @@ class SweepProgress:
     def start(self, done: int = 0, text: str = "") -> None:
         if not self.live or self._bar is not None:
             return
-        self._bar = Progress(TextColumn("[bold]sweep[/]"), BarColumn(), MofNCompleteColumn(),
+        self._bar = Progress(TextColumn("[bold]sweep[/]"), BarColumn(bar_width=12), MofNCompleteColumn(),
                              TextColumn("{task.fields[text]}"), TimeElapsedColumn(),
                              console=self.console, transient=False)
         self._task = self._bar.add_task("trials", total=self.total, completed=done, text=text)
         self._bar.start()
 
-    def update(self, done: int, text: str) -> None:
+    def update(self, done: int, text: str, short: str | None = None) -> None:
         if not self.live:
             self.console.print(f"[bold]trials {done}/{self.total}[/] {text}")
             return
-        self.start(done, text)
-        self._bar.update(self._task, completed=done, text=text)
+        self.start(done, short or text)
+        self._bar.update(self._task, completed=done, text=short or text)
 
     def stop(self) -> None:
         """Leave the last state on screen and give the terminal back (idempotent)."""
