@@ -114,7 +114,8 @@ def check_tracking(uri: str, parent_run_id: str, trials: int, dest: Path) -> dic
     assert all(o.higher_is_better for o in OBJECTIVES)
     client = MlflowClient(uri)
     parent = client.get_run(parent_run_id)
-    runs = client.search_runs([parent.info.experiment_id], f"tags.`mlflow.parentRunId` = '{parent_run_id}'",
+    runs = client.search_runs([parent.info.experiment_id], f"tags.`mm4ke.role` = 'candidate' AND "
+                              f"tags.`mm4ke.sweep_run_id` = '{parent_run_id}'",
                               max_results=10 * trials + 100)
     cands = [r for r in runs if r.data.tags.get("mm4ke.kind") != "base"]
     names = [r.data.tags.get("mm4ke.candidate", r.info.run_name) for r in cands]  # id tag, else run name

@@ -13,8 +13,8 @@ from mm4ke_ray.config import SearchSpace
 # -- parameters ------------------------------------------------------------------------------
 SEARCH_PARAMS: tuple[str, ...] = tuple(SearchSpace.model_fields)  # threshold, steps, ..., sparsity
 # The parameters code names one by one; each must be a field of the search space.
-ALPHA, SPARSITY, LAYER, LR = "alpha", "sparsity", "layer", "lr"
-if _unknown := {ALPHA, SPARSITY, LAYER, LR} - set(SEARCH_PARAMS):
+ALPHA, SPARSITY, LAYER, LR, THRESHOLD = "alpha", "sparsity", "layer", "lr", "threshold"
+if _unknown := {ALPHA, SPARSITY, LAYER, LR, THRESHOLD} - set(SEARCH_PARAMS):
     raise ImportError(f"schema names {sorted(_unknown)}, which SearchSpace does not have")
 # A candidate's merge parameters; everything else the search space holds is R-SFT's.
 MERGE_PARAMS: tuple[str, ...] = (ALPHA, SPARSITY)
@@ -66,7 +66,7 @@ class Tag:
     """The `mm4ke.*` tag names of a sweep's runs (parent run, candidate runs, registry versions)."""
 
     # parent run
-    ROLE = "mm4ke.role"  # "sweep" on the parent run
+    ROLE = "mm4ke.role"  # ROLE_SWEEP on the parent run, ROLE_TRIAL on an R-SFT trial's run, ROLE_CANDIDATE
     GIT_REVISION = "mm4ke.git_revision"
     PROTOCOL = "mm4ke.protocol"
     PROMPT_FORMAT = "mm4ke.prompt_format"
@@ -77,7 +77,7 @@ class Tag:
     BEST_CANDIDATE = "mm4ke.best_candidate"
     BEST_RUN_ID = "mm4ke.best_run_id"
     BEST_COMBINED_SCORE = "mm4ke.best_combined_score"
-    # candidate runs
+    # trial and candidate runs (a trial run groups the candidate runs of one R-SFT delta)
     CANDIDATE = "mm4ke.candidate"  # the candidate's stable id (the run name is for people); also on exports
     TRIAL_ID = "mm4ke.trial_id"
     KIND = "mm4ke.kind"
@@ -89,7 +89,8 @@ class Tag:
     EXTRA_OF = "mm4ke.extra_of"
     # exports: logged models and registered model versions
     SWEEP = "mm4ke.sweep"
-    SWEEP_RUN_ID = "mm4ke.sweep_run_id"
+    SWEEP_RUN_ID = "mm4ke.sweep_run_id"  # the parent run's id; also on trial and candidate runs, so a
+    # sweep's runs are found however deep they nest (parent → trial → candidate)
     EXPORT_DIR = "mm4ke.export_dir"  # where an export's files are when they were not uploaded
     BASE_MODEL = "mm4ke.base_model"
     ALPHA = "mm4ke.alpha"
@@ -101,6 +102,7 @@ class Tag:
         return f"{Tag.VERSION_PREFIX}{package}"
 
 
+ROLE_SWEEP, ROLE_TRIAL, ROLE_CANDIDATE = "sweep", "trial", "candidate"  # values of Tag.ROLE
 BEST_TAGS = (Tag.BEST_CANDIDATE, Tag.BEST_RUN_ID, Tag.BEST_COMBINED_SCORE)
 # MLflow 3's experiment kind: without it the UI infers one and may open on GenAI traces.
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"

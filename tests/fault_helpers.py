@@ -69,13 +69,24 @@ def sweep_dict(tmp: Path, model_dir: Path, name: str, *, trials: int = 2, runner
 
 
 def child_runs(uri: str, parent_run_id: str) -> list:
-    """Every run whose MLflow parent is `parent_run_id`."""
+    """Every candidate run (failed attempts and the base included) of the sweep whose parent run is
+    `parent_run_id`, however they nest (the base under the parent, the others under their trial's run)."""
     from mlflow import MlflowClient
 
     client = MlflowClient(uri)
     parent = client.get_run(parent_run_id)
-    return client.search_runs([parent.info.experiment_id], f"tags.`mlflow.parentRunId` = '{parent_run_id}'",
-                              max_results=5000)
+    return client.search_runs([parent.info.experiment_id], f"tags.`mm4ke.role` = 'candidate' AND "
+                              f"tags.`mm4ke.sweep_run_id` = '{parent_run_id}'", max_results=5000)
+
+
+def trial_runs(uri: str, parent_run_id: str) -> list:
+    """The R-SFT trial runs directly under the sweep's parent run."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(uri)
+    parent = client.get_run(parent_run_id)
+    return client.search_runs([parent.info.experiment_id], f"tags.`mm4ke.role` = 'trial' AND "
+                              f"tags.`mlflow.parentRunId` = '{parent_run_id}'", max_results=5000)
 
 
 def pareto_candidates(uri: str, parent_run_id: str, tmp: Path) -> list[str]:

@@ -628,7 +628,9 @@ def _mlflow_sweep(tmp: Path, experiment: str) -> tuple:
     runs = client.search_runs([exp.experiment_id], max_results=1000)
     parents = [r for r in runs if r.data.tags.get("mm4ke.role") == "sweep"]
     assert len(parents) == 1
-    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id]
+    # The candidate runs, at any depth (the base under the parent, the others under their trial runs).
+    children = [r for r in runs if r.data.tags.get("mm4ke.sweep_run_id") == parents[0].info.run_id
+                and r.data.tags.get("mm4ke.role") == "candidate"]
     return parents[0], children
 
 

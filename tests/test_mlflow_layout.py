@@ -191,3 +191,98 @@ def test_system_metrics_are_logged_on_the_parent_run_when_asked(tmp_path):
     off = sweep("without", False)  # the default: nothing sampled
     assert not any(k.startswith("system/") for k in off)
     assert SweepConfig().tracking.system_metrics is False
+
+
+def _rsft_result(candidates) -> dict:
+    """A finished trial's result with every R-SFT parameter the search space has."""
+    params = {"threshold": 0.1, "steps": 2, "epochs": 1, "lr": 3.2e-4, "layer": 1, "lr_schedule": "constant",
+              "warmup_ratio": 0.0}
+    return {"status": "ok", "params": params, "rsft_updates": 2, "rsft_seconds": 1.0,
+            "candidates": [{"alpha": a, "sparsity": s, "kind": "sampled" if i == 0 else "extra",
+                            "metrics": {"edit_score": 0.5, "general_score": 0.9, "combined_score": 0.7 + i / 100}}
+                           for i, (a, s) in enumerate(candidates)]}
+
+
+def test_candidate_runs_nest_under_one_run_per_rsft_trial_also_after_a_resume_and_a_spool(tmp_path):
+    import time
+
+    from mm4ke_ray.schema import RSFT_PARAMS, Tag
+    from mm4ke_ray.tracking.query import load_sweep
+    from mm4ke_ray.tracking.records import (
+        candidate_rows,
+        candidate_run,
+        failure_run_name,
+        failure_tags,
+        searched_params,
+        trial_run,
+    )
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    tracker = SweepTracker(uri, "nesttest", str(tmp_path / "artifacts"), spool_path=tmp_path / "spool.jsonl")
+    parent = tracker.start_sweep("nesttest", params={}, tags={})
+    tracker.log_candidate("base", {"alpha": None}, {"combined_score": 0.6}, {Tag.KIND: "base", Tag.STATUS: "ok"})
+    result = _rsft_result([(0.3, 0.567), (0.05, 0.0), (0.5, 0.2)])
+    group = trial_run("a1b2c3d4", "t03", result["params"])
+    client = MlflowClient(uri)
+
+    def trial_runs() -> list:
+        return client.search_runs([tracker.experiment_id], f"tags.`{Tag.ROLE}` = 'trial'")
+
+    # A failed attempt that Tune retries, then the retry's first candidate: the trial run is made
+    # with the failure (FAILED) and is FINISHED once a candidate of the trial is.
+    tracker.log_candidate("a1b2c3d4-attempt1-failed", searched_params(result["params"]), {},
+                          failure_tags("a1b2c3d4", "failed", "boom", attempt=1, retried=True),
+                          run_name=failure_run_name("t03", "attempt1 failed"), trial=group)
+    [made] = trial_runs()
+    assert made.info.status == "FAILED"
+    rows = candidate_rows(result, "a1b2c3d4", "t03")
+    rows[0]["run_id"] = tracker.log_candidate(rows[0]["candidate"], *candidate_run(rows[0], "a1b2c3d4"),
+                                              run_name=rows[0]["run_name"], trial=group)
+    [made] = trial_runs()
+    assert made.info.run_name == "t03 L1 lr3.2e-04 τ0.10" and made.info.status == "FINISHED"
+    assert made.data.tags["mlflow.parentRunId"] == parent and made.data.tags[Tag.TRIAL_ID] == "a1b2c3d4"
+    assert made.data.params == {k: str(result["params"][k]) for k in RSFT_PARAMS}
+    assert "alpha" not in made.data.params  # merge parameters belong to the candidates
+
+    # MLflow goes away: the next candidate waits in the spool, and its trial run is found (not
+    # made again) when the spool is sent.
+    tracker.offline_since, tracker._last_probe = time.time(), time.monotonic()
+    assert tracker.log_candidate(rows[1]["candidate"], *candidate_run(rows[1], "a1b2c3d4"),
+                                 run_name=rows[1]["run_name"], trial=group) is None
+    other = _rsft_result([(0.2, 0.1)])
+    other["params"]["lr"] = 5e-4
+    [late] = candidate_rows(other, "e5f6a7b8", "t04")
+    tracker.log_candidate(late["candidate"], *candidate_run(late, "e5f6a7b8"), run_name=late["run_name"],
+                          trial=trial_run("e5f6a7b8", "t04", other["params"]))
+    assert tracker.pending == 2 and len(trial_runs()) == 1  # t04's run is made only when its record is sent
+    assert tracker.flush()
+
+    # A resumed driver (a fresh tracker on the same parent run) logs the trial's last candidate.
+    resumed = SweepTracker(uri, "nesttest")
+    resumed.start_sweep("nesttest", {}, {}, parent_run_id=parent)
+    resumed.log_candidate(rows[2]["candidate"], *candidate_run(rows[2], "a1b2c3d4"), run_name=rows[2]["run_name"],
+                          trial=group)
+
+    by_trial = {r.data.tags[Tag.TRIAL_ID]: r for r in trial_runs()}
+    assert sorted(by_trial) == ["a1b2c3d4", "e5f6a7b8"]  # one run per trial: none made twice
+    assert by_trial["e5f6a7b8"].info.run_name == "t04 L1 lr5.0e-04 τ0.10"
+    assert by_trial["e5f6a7b8"].data.tags["mlflow.parentRunId"] == parent
+    candidates = client.search_runs([tracker.experiment_id], f"tags.`{Tag.ROLE}` = 'candidate'")
+    parent_of = {r.data.tags[Tag.CANDIDATE]: r.data.tags["mlflow.parentRunId"] for r in candidates}
+    first, second = by_trial["a1b2c3d4"].info.run_id, by_trial["e5f6a7b8"].info.run_id
+    assert parent_of == {"base": parent, "a1b2c3d4-attempt1-failed": first, "a1b2c3d4-c0": first,
+                         "a1b2c3d4-c1": first, "a1b2c3d4-c2": first, "e5f6a7b8-c0": second}
+
+    # Readers find every candidate of the sweep at its depth.
+    sweep = load_sweep(uri, parent)
+    assert sorted(r["candidate"] for r in sweep.candidates) == ["a1b2c3d4-c0", "a1b2c3d4-c1", "a1b2c3d4-c2", "base",
+                                                                "e5f6a7b8-c0"]
+    assert [f["candidate"] for f in sweep.failed] == ["a1b2c3d4-attempt1-failed"]
+
+    # An orphaned trial (its driver died before Tune saved it) has its run marked as well; a later
+    # trial with that id gets a run of its own.
+    resumed.mark_trial("e5f6a7b8", "KILLED", {Tag.STATUS: "orphaned"})
+    assert client.get_run(second).info.status == "KILLED"
+    resumed.log_candidate(late["candidate"] + "x", *candidate_run(late, "e5f6a7b8"), run_name=late["run_name"],
+                          trial=trial_run("e5f6a7b8", "t04", other["params"]))
+    assert len([r for r in trial_runs() if r.data.tags[Tag.TRIAL_ID] == "e5f6a7b8"]) == 2

@@ -303,8 +303,8 @@ def test_parent_run_holds_the_front_and_it_is_exactly_the_non_dominated_set(swee
     assert parent.data.tags["mm4ke.best_candidate"] == best["candidate"]
     assert parent.data.tags["mm4ke.best_run_id"] == best["run_id"]
     assert float(parent.data.tags["mm4ke.best_combined_score"]) == float(best["combined_score"])
-    children = client.search_runs(
-        [parent.info.experiment_id], f"tags.`mlflow.parentRunId` = '{sweep['parent']}'"
+    children = client.search_runs(  # the candidates, under their trial runs or (base) the parent
+        [parent.info.experiment_id], f"tags.`mm4ke.sweep_run_id` = '{sweep['parent']}' AND tags.`mm4ke.role` = 'candidate'"
     )
     tagged = {r.data.tags["mm4ke.candidate"] for r in children if r.data.tags.get("pareto") == "true"}
     untagged = {r.data.tags["mm4ke.candidate"] for r in children if r.data.tags.get("pareto") == "false"}
@@ -407,7 +407,7 @@ def test_export_best_writes_a_verified_directory(sweep, tmp_path, tiny_model_dir
     client = MlflowClient(sweep["uri"])
     parent = client.get_run(sweep["parent"])
     runs = client.search_runs(
-        [parent.info.experiment_id], f"tags.`mlflow.parentRunId` = '{sweep['parent']}'"
+        [parent.info.experiment_id], f"tags.`mm4ke.sweep_run_id` = '{sweep['parent']}' AND tags.`mm4ke.role` = 'candidate'"
     )
     edited = [r for r in runs if r.data.tags.get("mm4ke.kind") != "base"]
     best = max(edited, key=lambda r: r.data.metrics["combined_score"])

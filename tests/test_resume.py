@@ -116,7 +116,8 @@ def test_sigkilled_driver_resumes_into_the_same_run(tmp_path, tiny_model_dir):
     parents = [r for r in runs if r.data.tags.get("mm4ke.role") == "sweep"]
     assert [p.info.run_id for p in parents] == [manifest["parent_run_id"]]
     assert parents[0].info.status == "FINISHED"
-    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == manifest["parent_run_id"]]
+    children = [r for r in runs if r.data.tags.get("mm4ke.sweep_run_id") == manifest["parent_run_id"]
+                and r.data.tags.get("mm4ke.role") == "candidate"]
     assert all(r.data.tags.get("mm4ke.status") == "ok" for r in children), \
         [(r.info.run_name, r.data.tags) for r in children if r.data.tags.get("mm4ke.status") != "ok"]
     assert [r.data.tags.get("mm4ke.kind") for r in children].count("base") == 1
@@ -125,6 +126,12 @@ def test_sigkilled_driver_resumes_into_the_same_run(tmp_path, tiny_model_dir):
     assert len(names) == len(set(names)) == 3 * 2
     trials = {r.data.tags["mm4ke.trial_id"] for r in cands}
     assert len(trials) == 3
+    # One trial run per trial, the resumed driver's candidates under the run its first driver made.
+    trial_runs = [r for r in runs if r.data.tags.get("mm4ke.role") == "trial"
+                  and r.data.tags.get("mm4ke.status") != "orphaned"]
+    assert sorted(r.data.tags["mm4ke.trial_id"] for r in trial_runs) == sorted(trials)
+    by_trial = {r.data.tags["mm4ke.trial_id"]: r.info.run_id for r in trial_runs}
+    assert all(r.data.tags["mlflow.parentRunId"] == by_trial[r.data.tags["mm4ke.trial_id"]] for r in cands)
     assert len(client.list_artifacts(manifest["parent_run_id"], "deltas")) == 3
 
     # No finished trial ran again: every trial trained and evaluated exactly once; the ones

@@ -88,8 +88,17 @@ def test_all_candidates_are_child_runs_of_one_parent(outcome, sweep_config):
     parents = [r for r in runs if r.data.tags.get("mm4ke.role") == "sweep"]
     assert len(parents) == 1 and parents[0].info.run_id == outcome.parent_run_id
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == outcome.parent_run_id]
-    candidates = [r for r in children if r.data.tags.get("mm4ke.kind") != "base"]
+    # Parent → one run per R-SFT trial (and the base's run) → the trial's candidate runs (issue 15.1).
+    trial_runs = {r.info.run_id: r for r in children if r.data.tags.get("mm4ke.role") == "trial"}
+    assert [r.data.tags.get("mm4ke.kind") for r in children if r.info.run_id not in trial_runs] == ["base"]
+    assert len(trial_runs) == 4 and all(r.info.status == "FINISHED" for r in trial_runs.values())
+    candidates = [r for r in runs if r.data.tags.get("mlflow.parentRunId") in trial_runs]
     assert len(candidates) == len(outcome.rows) == 12
+    for run in candidates:
+        trial_run = trial_runs[run.data.tags["mlflow.parentRunId"]]
+        assert trial_run.data.tags["mm4ke.trial_id"] == run.data.tags["mm4ke.trial_id"]
+        assert trial_run.info.run_name.split()[0] == run.info.run_name.split()[0]  # "t03 L1 ..." / "t03 c2 ..."
+        assert trial_run.data.params["lr"] == run.data.params["lr"]
     # Readable run names from Tune's trial numbers (1..4), the candidate id in a tag (issue 15.1).
     names = sorted(r.info.run_name for r in candidates)
     assert all(re.fullmatch(r"t0[1-4] c[0-2] α\d\.\d\d s\d\.\d\d", n) for n in names), names
@@ -160,8 +169,8 @@ def test_both_metric_families_reach_mlflow_and_the_edit_score_follows_generation
     assert params["eval_mode"] == "both" and params["edit_mode"] == "generation"
     assert params["rsft_lr_schedule"] == "constant" and "answer tokens" in params["train_supervision"]
     assert params["general_apply_chat_template"] == "False" and params["general_metric.sweeptest_mc"] == "first"
-    runs = client.search_runs([parent.info.experiment_id], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'",
-                              max_results=1000)
+    runs = client.search_runs([parent.info.experiment_id], f"tags.`mm4ke.sweep_run_id` = '{parent.info.run_id}' "
+                              "AND tags.`mm4ke.role` = 'candidate'", max_results=1000)
     assert len(runs) == len(outcome.rows) + 1  # the candidates and the base
     weights = dict(sweep_config.objectives.edit_weights)
     differ = 0

@@ -120,3 +120,38 @@ def test_a_printed_command_stays_on_one_line_at_80_columns():
     out = console.export_text()
     assert out.rstrip("\n").count("\n") == 0
     assert out.strip() == f"Open MLflow: {cmd}"
+
+
+def test_sweep_progress_is_one_live_line_on_a_terminal_and_a_line_per_trial_otherwise():
+    import re
+
+    from mm4ke_ray.search.progress import SweepProgress, wants_live
+
+    # Not a terminal (a CI log, a pipe): one plain line per finished trial.
+    log = io.StringIO()
+    console = Console(file=log, width=100)
+    assert not wants_live(console)
+    plain = SweepProgress(console, 3, wants_live(console))
+    for done in (1, 2, 3):
+        plain.update(done, f"(0 failed) · candidates {2 * done}")
+    plain.stop()
+    assert log.getvalue().splitlines() == [f"trials {d}/3 (0 failed) · candidates {2 * d}" for d in (1, 2, 3)]
+
+    # A terminal: one line redrawn in place; what is printed meanwhile lands above it.
+    screen = io.StringIO()
+    terminal = Console(file=screen, width=100, force_terminal=True)
+    live = SweepProgress(terminal, 3, live=True)
+    live.start(0, "(0 failed) · candidates 0")
+    for done in (1, 2, 3):
+        live.update(done, f"(0 failed) · candidates {2 * done}")
+        if done == 2:
+            terminal.print("trial b2 diverged")
+    live.stop()
+    live.stop()  # the driver stops it again after the fit: harmless
+    out = screen.getvalue()
+    assert "\x1b[2K" in out or "\x1b[1A" in out  # the cursor goes back to redraw the line
+    text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", out)
+    assert "trials 1/3" not in text  # no static per-trial lines
+    final = [line for line in text.replace("\r", "\n").splitlines() if line.strip()]
+    assert "trial b2 diverged" in final
+    assert "3/3" in final[-1] and "candidates 6" in final[-1] and final[-1].lstrip().startswith("sweep")

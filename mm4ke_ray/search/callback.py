@@ -6,6 +6,7 @@ hook state (which trials wait for their saved state, which are logged).
 
 from __future__ import annotations
 
+import math
 import re
 import tempfile
 import time
@@ -18,6 +19,7 @@ from rich.console import Console
 from mm4ke_ray.delta import DELTA_FILE
 from mm4ke_ray.evaluate.scores import COMBINED
 from mm4ke_ray.schema import Tag, delta_folder
+from mm4ke_ray.search.progress import SweepProgress, wants_live
 from mm4ke_ray.tracking.records import (
     candidate_rows,
     candidate_run,
@@ -25,6 +27,7 @@ from mm4ke_ray.tracking.records import (
     failure_tags,
     searched_params,
     trial_label,
+    trial_run,
 )
 
 _EXCEPTION_LINE = re.compile(r"^[\w.]*(Error|Exception|Interrupt)\b.*")
@@ -61,6 +64,11 @@ def _label(trial) -> str:
     return trial_label(trial.trial_id, getattr(trial, "experiment_tag", ""))
 
 
+def _trial_run(trial, params: dict | None = None) -> dict:
+    """The trial's MLflow run (id, name, R-SFT params) that its candidate runs nest under."""
+    return trial_run(trial.trial_id, _label(trial), params or trial.config)
+
+
 def _wait_for_state_upload(trial) -> None:
     """Wait until the experiment state Tune just saved has reached `storage_path`.
 
@@ -82,11 +90,14 @@ def _wait_for_state_upload(trial) -> None:
 class SweepCallback(Callback):
     """Logs each finished trial's candidates as nested MLflow runs and prints progress."""
 
-    def __init__(self, tracker, total_trials: int, on_rows=None, console: Console | None = None):
+    def __init__(self, tracker, total_trials: int, on_rows=None, console: Console | None = None,
+                 live: bool | None = None):
         self.tracker = tracker
         self.total = total_trials
         self.on_rows = on_rows  # called with all rows so far (e.g. to refresh the Pareto artifacts)
         self.console = console or Console(stderr=True)
+        # One live line on a terminal, a line per trial otherwise (`live` None: decide by the terminal).
+        self.progress = SweepProgress(self.console, total_trials, wants_live(self.console) if live is None else live)
         self.rows: list[dict] = []
         self.done = self.failed = 0
         self.started = time.time()
@@ -101,7 +112,14 @@ class SweepCallback(Callback):
     def __getstate__(self):
         # Tune pickles its callbacks with the experiment state; the MLflow client and console are
         # live handles and are supplied afresh when a sweep is resumed.
-        return {**self.__dict__, "tracker": None, "console": None, "on_rows": None, "pending": {}}
+        return {**self.__dict__, "tracker": None, "console": None, "on_rows": None, "pending": {}, "progress": None}
+
+    def setup(self, stop=None, num_samples=None, total_num_samples=None, **info):
+        self.progress.start(self.done, self._summary(short=True))  # a resumed sweep starts where it was
+
+    def stop_progress(self) -> None:
+        """End the live line (the sweep is over, or failed); safe to call more than once."""
+        self.progress.stop()
 
     def _record(self, trial, result: dict) -> None:
         if "status" not in result:
@@ -117,7 +135,7 @@ class SweepCallback(Callback):
                 f"{trial.trial_id}-{result['status']}", searched_params(params),
                 {"rsft_wall_seconds": result.get("rsft_wall_seconds", 0.0)},
                 failure_tags(trial.trial_id, result["status"], result.get("reason", "")[:500]),
-                run_name=failure_run_name(_label(trial), result["status"]),
+                run_name=failure_run_name(_label(trial), result["status"]), trial=_trial_run(trial, params),
             )
             self.console.print(f"[yellow]trial {trial.trial_id} {result['status']}[/]: {result.get('reason', '')[:200]}")
         else:
@@ -131,9 +149,10 @@ class SweepCallback(Callback):
                 return
             if rows:
                 self._store_delta(trial)
+            group = _trial_run(trial, result.get("params"))
             for row in rows:
                 row["run_id"] = self.tracker.log_candidate(row["candidate"], *candidate_run(row, trial.trial_id),
-                                                           run_name=row["run_name"])
+                                                           run_name=row["run_name"], trial=group)
             self.rows.extend(rows)
         self._progress()
         if self.on_rows:
@@ -163,6 +182,7 @@ class SweepCallback(Callback):
         for trial, result in list(self.pending.values()):
             self._record(trial, result)
         self.pending.clear()
+        self.stop_progress()
 
     def on_step_begin(self, iteration, trials, **info):
         if self.check_orphans:
@@ -175,11 +195,13 @@ class SweepCallback(Callback):
         if not known:  # nothing restored to compare with: never drop what is logged
             return
         orphans = {r.get("trial_id") for r in self.rows} - known - {None}
+        why = {Tag.STATUS: "orphaned",
+               Tag.REASON: "its driver died before Tune saved this trial; the resumed sweep replaced it"}
         for row in [r for r in self.rows if r.get("trial_id") in orphans]:
             if row.get("run_id"):
-                self.tracker.mark_run(row["run_id"], "KILLED", {
-                    Tag.STATUS: "orphaned",
-                    Tag.REASON: "its driver died before Tune saved this trial; the resumed sweep replaced it"})
+                self.tracker.mark_run(row["run_id"], "KILLED", why)
+        for trial_id in sorted(orphans):
+            self.tracker.mark_trial(trial_id, "KILLED", why)
         self.rows = [r for r in self.rows if r.get("trial_id") not in orphans]
         self.logged -= orphans
         self.done = len(self.logged)
@@ -215,7 +237,7 @@ class SweepCallback(Callback):
         self.tracker.log_candidate(
             f"{trial.trial_id}-attempt{attempt}-failed", searched_params(trial.config), {},
             failure_tags(trial.trial_id, "failed", reason, attempt=attempt, retried=True),
-            run_name=failure_run_name(_label(trial), f"attempt{attempt} failed"),
+            run_name=failure_run_name(_label(trial), f"attempt{attempt} failed"), trial=_trial_run(trial),
         )
         self.console.print(f"[yellow]trial {trial.trial_id} attempt {attempt} failed, retrying[/]: {reason[:200]}")
 
@@ -230,7 +252,7 @@ class SweepCallback(Callback):
         self.tracker.log_candidate(
             f"{trial.trial_id}-error", searched_params(trial.config), {},
             failure_tags(trial.trial_id, "error", reason, attempt=trial.run_metadata.num_failures),
-            run_name=failure_run_name(_label(trial), "error"),
+            run_name=failure_run_name(_label(trial), "error"), trial=_trial_run(trial),
         )
         self.console.print(f"[red]trial {trial.trial_id} failed after its retries[/]: {reason[:200]}")
         self._progress()
@@ -244,13 +266,21 @@ class SweepCallback(Callback):
         self.failed = len(self.logged - {r.get("trial_id") for r in rows})
         self.check_orphans = True
 
-    def _progress(self) -> None:
+    def _best(self) -> float:
+        return max((r.get(COMBINED.name, float("-inf")) for r in self.rows), default=float("nan"))
+
+    def _summary(self, short: bool = False) -> str:
         minutes = max((time.time() - self.started) / 60, 1e-9)
-        best = max((r.get(COMBINED.name, float("-inf")) for r in self.rows), default=float("nan"))
-        self.console.print(
-            f"[bold]trials {self.done}/{self.total}[/] ({self.failed} failed) · candidates {len(self.rows)} "
-            f"({len(self.rows) / minutes:.1f}/min) · best {COMBINED.name} {best:.4f}"
-        )
+        best = self._best()
+        shown = f"{best:.4f}" if math.isfinite(best) else "none yet"
+        if short:  # the live line: bar, count and clock beside it in 80 columns
+            return f"({self.failed} failed) · {len(self.rows)} candidates · best {shown}"
+        return (f"({self.failed} failed) · candidates {len(self.rows)} ({len(self.rows) / minutes:.1f}/min) · "
+                f"best {COMBINED.name} {shown}")
+
+    def _progress(self) -> None:
+        self.progress.update(self.done, self._summary(), self._summary(short=True))
+        best = self._best()
         self.tracker.log_sweep_metrics(
             {"trials_done": self.done, "candidates": len(self.rows), f"best_{COMBINED.name}": best}, step=self.done
         )

@@ -286,6 +286,7 @@ def _result_loggers() -> list:
 
 def _finish(tracker, publisher, callback, status: str) -> str | None:
     """Publish the final Pareto front and close the parent run; the spool's path if MLflow is away."""
+    callback.stop_progress()  # also when the fit failed: the terminal gets its cursor back
     for row in callback.rows:  # candidates that waited in the spool got their run ids when sent
         if not row.get("run_id") and row.get("candidate") in tracker.run_ids:
             row["run_id"] = tracker.run_ids[row["candidate"]]

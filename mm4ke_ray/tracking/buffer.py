@@ -25,6 +25,7 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
 
 from mm4ke_ray.errors import UserError
+from mm4ke_ray.schema import ROLE_TRIAL, Tag
 from mm4ke_ray.tracking.health import reachable
 
 SPOOL_FILE = "mlflow-spool.jsonl"
@@ -43,16 +44,54 @@ def _tags(items: list) -> list[RunTag]:
     return [RunTag(k, v) for k, v in items]
 
 
+def find_trial_run(client, experiment_id: str, sweep_run_id: str, trial_id: str) -> str | None:
+    """The run of R-SFT trial `trial_id` in sweep `sweep_run_id`, if one was made (by this driver,
+    a driver before a resume, or a replayed spool); a run marked orphaned does not count."""
+    runs = client.search_runs([experiment_id], f"tags.`{Tag.ROLE}` = '{ROLE_TRIAL}' AND "
+                              f"tags.`{Tag.SWEEP_RUN_ID}` = '{sweep_run_id}' AND tags.`{Tag.TRIAL_ID}` = '{trial_id}'",
+                              max_results=20, order_by=["attributes.start_time ASC"])
+    return next((r.info.run_id for r in runs if r.data.tags.get(Tag.STATUS) != "orphaned"), None)
+
+
+def _trial_run_id(client, record: dict) -> str:
+    """The trial run a candidate record nests under: found by its tags, else created now.
+
+    Created only when the trial's first record is sent, so a spooled trial gets its run at
+    replay and a resumed sweep reuses the run its first driver made: never two per trial.
+    """
+    trial = record["trial"]
+    if not record.get("trial_run_id"):
+        found = find_trial_run(client, record["experiment_id"], trial["sweep_run_id"], trial["trial_id"])
+        if found is None:
+            tags = {Tag.ROLE: ROLE_TRIAL, Tag.SWEEP_RUN_ID: trial["sweep_run_id"], Tag.TRIAL_ID: trial["trial_id"],
+                    "mlflow.parentRunId": trial["sweep_run_id"]}
+            found = client.create_run(record["experiment_id"], run_name=trial["name"], tags=tags).info.run_id
+            trial["params_due"] = True  # kept in the record: a failure before they are sent retries them
+        record["trial_run_id"] = found
+    if trial.get("params_due"):
+        client.log_batch(record["trial_run_id"], params=_params(trial["params"]))
+        trial["params_due"] = False
+    if trial.get("status"):  # the trial's outcome changed (first record, or a retry that succeeded)
+        client.set_terminated(record["trial_run_id"], status=trial["status"])
+        trial["status"] = None
+    return record["trial_run_id"]
+
+
 def send_record(client, record: dict) -> str | None:
     """Perform one spool record with `client`; returns the run id it wrote to.
 
     A candidate record remembers its run id as soon as the run exists, so a failure half-way
-    (run created, metrics not yet logged) is resumed in the same run, not a duplicate.
+    (run created, metrics not yet logged) is resumed in the same run, not a duplicate. A
+    candidate record with a `trial` nests under that trial's run (`_trial_run_id`); older
+    records carry their parent in their tags.
     """
     op = record["op"]
     if op == "candidate":
         if not record.get("run_id"):
-            run = client.create_run(record["experiment_id"], run_name=record["name"], tags=dict(record["tags"]))
+            tags = dict(record["tags"])
+            if record.get("trial"):
+                tags["mlflow.parentRunId"] = _trial_run_id(client, record)
+            run = client.create_run(record["experiment_id"], run_name=record["name"], tags=tags)
             record["run_id"] = run.info.run_id
         client.log_batch(record["run_id"], metrics=_metrics(record["metrics"]), params=_params(record["params"]))
         client.set_terminated(record["run_id"], status=record["status"])
@@ -67,6 +106,12 @@ def send_record(client, record: dict) -> str | None:
         client.log_text(record["run_id"], record["text"], record["artifact_file"])
     elif op == "status":
         client.set_terminated(record["run_id"], status=record["status"])
+    elif op == "trial_mark":  # e.g. an orphaned trial's run: nothing to do if it never got one
+        run_id = find_trial_run(client, record["experiment_id"], record["sweep_run_id"], record["trial_id"])
+        if run_id:
+            client.log_batch(run_id, tags=_tags(record["tags"]))
+            client.set_terminated(run_id, status=record["status"])
+        return run_id
     elif op != HEADER:
         raise ValueError(f"unknown spool record op {op!r}")
     return record.get("run_id")

@@ -1,8 +1,11 @@
-"""One MLflow parent run per sweep, one nested child run per evaluated merge candidate.
+"""One MLflow parent run per sweep, one nested run per R-SFT trial, one per evaluated merge candidate.
 
-Layout: parent run (name = sweep name) → child run per candidate, tagged with its trial id,
-candidate kind (sampled / pure_rsft / extra / base) and `mm4ke.parent_trial`. Every call is a
-batched `log_batch`, never one call per metric. Uses `MlflowClient` (no global active run), so
+Layout: parent run (name = sweep name) → trial run per R-SFT trial ("t03 L1 lr3.2e-04 τ0.10",
+its R-SFT params) → candidate run per merge candidate of its delta ("t03 c2 α0.30 s0.57"),
+tagged with its trial id and kind (sampled / pure_rsft / extra); the base model's run hangs
+off the parent. Every trial and candidate run carries the parent's id (`mm4ke.sweep_run_id`),
+which is how readers find a sweep's runs at any depth. Every call is a batched `log_batch`,
+never one call per metric. Uses `MlflowClient` (no global active run), so
 it is safe to use from Tune callbacks in the driver.
 
 Reliability: with a `spool_path`, a write that fails (server away) is kept in a JSON Lines
@@ -26,7 +29,14 @@ from mlflow import MlflowClient
 from mlflow.entities import Param
 from mlflow.exceptions import MlflowException
 
-from mm4ke_ray.schema import EXPERIMENT_KIND_TAG, MODEL_TRAINING_KIND, SUMMARY_DIGITS, Tag
+from mm4ke_ray.schema import (
+    EXPERIMENT_KIND_TAG,
+    MODEL_TRAINING_KIND,
+    ROLE_CANDIDATE,
+    ROLE_SWEEP,
+    SUMMARY_DIGITS,
+    Tag,
+)
 from mm4ke_ray.tracking.buffer import ReplayReport, Spool, reachable, replay_spool, send_record
 from mm4ke_ray.tracking.pareto_artifacts import publish_pareto
 from mm4ke_ray.tracking.query import load_sweep
@@ -136,6 +146,8 @@ class SweepTracker:
         self.offline_since: float | None = None
         self._last_probe = 0.0
         self.run_ids: dict[str, str] = {}  # candidate id → run id, also for spooled candidates once sent
+        self.trial_runs: dict[str, str] = {}  # trial id → its trial run's id, once sent
+        self._trial_status: dict[str, str] = {}  # trial id → the status its run was last given
         self.spooled = 0  # records that had to wait in the spool, over the whole sweep
         self._system = None  # MLflow's system metrics monitor, when tracking.system_metrics is on
 
@@ -164,6 +176,8 @@ class SweepTracker:
         if record["op"] == "candidate" and run_id:
             # Spools written before run names became readable name the candidate by its run name.
             self.run_ids[record.get("candidate", record["name"])] = run_id
+            if record.get("trial_run_id"):
+                self.trial_runs[record["trial"]["trial_id"]] = record["trial_run_id"]
 
     def flush(self, wait_s: float = 0.0) -> bool:
         """Send the spool (waiting up to `wait_s` for the server); True when nothing is left."""
@@ -210,7 +224,7 @@ class SweepTracker:
             self.client.update_run(parent_run_id, status="RUNNING")
         else:
             run = self.client.create_run(self.experiment_id, run_name=name,
-                                         tags=dict(_tag_items({Tag.ROLE: "sweep", **tags})))
+                                         tags=dict(_tag_items({Tag.ROLE: ROLE_SWEEP, **tags})))
             parent_run_id = run.info.run_id
         self.parent_run_id = parent_run_id
         if self.spool:
@@ -221,19 +235,43 @@ class SweepTracker:
         return self.parent_run_id
 
     def log_candidate(self, candidate: str, params: dict, metrics: dict, tags: dict,
-                      run_name: str | None = None) -> str | None:
-        """A nested child run for one evaluated candidate; its run id (None while spooled).
+                      run_name: str | None = None, trial: dict | None = None) -> str | None:
+        """A nested run for one evaluated candidate (or failed attempt); its run id (None while spooled).
 
         `candidate` is the stable id, kept in the `mm4ke.candidate` tag (what pareto, export
         --pick and a resume look up); `run_name` is only what the UI shows (default: the id).
+        With `trial` (`records.trial_run`: trial id, name, R-SFT params) the run nests under
+        that trial's run, made when the trial's first run is sent; without, under the parent.
         """
-        all_tags = {"mlflow.parentRunId": self.parent_run_id, Tag.ROLE: "candidate", Tag.CANDIDATE: candidate,
-                    **tags}
+        all_tags = {"mlflow.parentRunId": self.parent_run_id, Tag.ROLE: ROLE_CANDIDATE,
+                    Tag.SWEEP_RUN_ID: self.parent_run_id, Tag.CANDIDATE: candidate, **tags}
         status = "FINISHED" if str(tags.get(Tag.STATUS, "ok")) == "ok" else "FAILED"
-        return self._emit({"op": "candidate", "experiment_id": self.experiment_id, "candidate": candidate,
-                           "name": run_name or candidate,
-                           "tags": _tag_items(all_tags), "params": _param_items(params),
-                           "metrics": _metric_items(metrics), "status": status})
+        record = {"op": "candidate", "experiment_id": self.experiment_id, "candidate": candidate,
+                  "name": run_name or candidate, "tags": _tag_items(all_tags), "params": _param_items(params),
+                  "metrics": _metric_items(metrics), "status": status}
+        if trial is not None:
+            record.update(self._trial_part(trial, status))
+        return self._emit(record)
+
+    def _trial_part(self, trial: dict, status: str) -> dict:
+        """A candidate record's trial: what makes or finds its trial run, and the run's status
+        when it changes (FINISHED once any candidate of the trial is, FAILED before)."""
+        trial_id = trial["trial_id"]
+        known = self._trial_status.get(trial_id)
+        wanted = "FINISHED" if "FINISHED" in (status, known) else "FAILED"
+        self._trial_status[trial_id] = wanted
+        part = {"trial": {"trial_id": trial_id, "name": trial["name"], "params": _param_items(trial["params"]),
+                          "sweep_run_id": self.parent_run_id, "status": wanted if wanted != known else None}}
+        if trial_id in self.trial_runs:
+            part["trial_run_id"] = self.trial_runs[trial_id]
+        return part
+
+    def mark_trial(self, trial_id: str, status: str, tags: dict) -> None:
+        """Tag a trial's run and set its status (e.g. KILLED for an orphaned trial), if it has one."""
+        self.trial_runs.pop(trial_id, None)
+        self._trial_status.pop(trial_id, None)
+        self._emit({"op": "trial_mark", "experiment_id": self.experiment_id, "sweep_run_id": self.parent_run_id,
+                    "trial_id": trial_id, "tags": _tag_items(tags), "status": status})
 
     def log_sweep_metrics(self, metrics: dict, step: int) -> None:
         # Summaries are read by people in the UI: 0.9925, not float32's 0.99249999...

@@ -72,7 +72,8 @@ def to_csv(rows: list[dict], cols: list[str] | None = None) -> str:
 
 
 def _base_run_id(tracker) -> str | None:
-    # The sweep logs the base model as a child run without handing its run id to the callback.
+    # The sweep logs the base model as a child run without handing its run id to the callback;
+    # it belongs to no R-SFT trial, so it stays directly under the parent run.
     parent = tracker.parent_run_id
     if _BASE_RUN.get(parent) is None:  # not cached, or not logged yet at the last look
         runs = tracker.client.search_runs(

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mm4ke_ray.errors import UserError
-from mm4ke_ray.schema import BASE, ID_COLUMNS, PARAM_COLUMNS, Tag
+from mm4ke_ray.schema import BASE, ID_COLUMNS, PARAM_COLUMNS, ROLE_CANDIDATE, ROLE_SWEEP, Tag
 
 _RUN_ID = re.compile(r"^[0-9a-f]{32}$")
 _PAGE = 1000
@@ -155,8 +155,8 @@ def find_sweep_run(client, sweep: str, experiment: str | None = None):
             run = None
         if run is not None:
             role = run.data.tags.get(Tag.ROLE)
-            if role != "sweep":
-                parent = run.data.tags.get("mlflow.parentRunId")
+            if role != ROLE_SWEEP:
+                parent = run.data.tags.get(Tag.SWEEP_RUN_ID) or run.data.tags.get("mlflow.parentRunId")
                 hint = f"; its sweep's run id is {parent}" if parent else ""
                 raise UserError(
                     f"run {sweep} is not a sweep's parent run (mm4ke.role={role!r}){hint}"
@@ -203,21 +203,26 @@ def candidate_row(run) -> dict:
     return normalize_row(row)
 
 
+def candidate_runs(client, experiment_id: str, parent_run_id: str) -> list:
+    """Every candidate run (failed attempts included) of the sweep whose parent run is
+    `parent_run_id`, oldest first, however it nests: under its trial's run, tagged with the
+    parent's id, or (sweeps logged before trial runs existed) directly under the parent."""
+    order = ["attributes.start_time ASC"]
+    tagged = _all_runs(client, [experiment_id], f"tags.`{Tag.ROLE}` = '{ROLE_CANDIDATE}' AND "
+                       f"tags.`{Tag.SWEEP_RUN_ID}` = '{parent_run_id}'", order)
+    direct = _all_runs(client, [experiment_id], f"tags.`mlflow.parentRunId` = '{parent_run_id}'", order)
+    seen = {r.info.run_id for r in tagged}
+    older = [r for r in direct if r.info.run_id not in seen and r.data.tags.get(Tag.ROLE) == ROLE_CANDIDATE]
+    return sorted([*tagged, *older], key=lambda r: r.info.start_time or 0)
+
+
 def load_sweep(uri: str, sweep: str, experiment: str | None = None) -> Sweep:
     """Read the sweep `sweep` (name or parent run id) and all its candidate runs from MLflow."""
     client = open_client(uri)
     parent, others = find_sweep_run(client, sweep, experiment)
-    children = _all_runs(
-        client,
-        [parent.info.experiment_id],
-        f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'",
-        ["attributes.start_time ASC"],
-    )
     ok, failed, run_tags = [], [], {}
-    for run in children:
+    for run in candidate_runs(client, parent.info.experiment_id, parent.info.run_id):
         tags = run.data.tags
-        if tags.get(Tag.ROLE) != "candidate":
-            continue
         run_tags[run.info.run_id] = dict(tags)
         status = tags.get(Tag.STATUS, "ok")
         if status == "ok":

@@ -8,7 +8,16 @@ from __future__ import annotations
 
 import re
 
-from mm4ke_ray.schema import DENSITY, RSFT_PARAMS, SEARCH_PARAMS, Tag, delta_artifact_path
+from mm4ke_ray.schema import (
+    DENSITY,
+    LAYER,
+    LR,
+    RSFT_PARAMS,
+    SEARCH_PARAMS,
+    THRESHOLD,
+    Tag,
+    delta_artifact_path,
+)
 
 # Tune's experiment tag of a trial starts with the number it gave the trial: "3_alpha=0.44,...".
 _TRIAL_NUMBER = re.compile(r"^(\d+)(?:_|$)")
@@ -24,6 +33,24 @@ def trial_label(trial_id: str, experiment_tag: str = "") -> str:
 def candidate_run_name(label: str, index: int, alpha: float, sparsity: float) -> str:
     """A candidate run's display name, e.g. "t03 c2 α0.30 s0.57"; its id is the `mm4ke.candidate` tag."""
     return f"{label} c{index} α{alpha:.2f} s{sparsity:.2f}"
+
+
+def trial_run_name(label: str, params: dict) -> str:
+    """An R-SFT trial run's display name, e.g. "t03 L1 lr3.2e-04 τ0.10" (layer, learning rate, τ)."""
+    parts = [label]
+    if params.get(LAYER) is not None:
+        parts.append(f"L{params[LAYER]}")
+    if isinstance(params.get(LR), int | float):
+        parts.append(f"lr{params[LR]:.1e}")
+    if isinstance(params.get(THRESHOLD), int | float):
+        parts.append(f"τ{params[THRESHOLD]:.2f}")
+    return " ".join(parts)
+
+
+def trial_run(trial_id: str, label: str, params: dict) -> dict:
+    """What the tracker needs to group a trial's runs under one run: its id, name and R-SFT params."""
+    rsft = {k: params[k] for k in RSFT_PARAMS if params.get(k) is not None}
+    return {"trial_id": trial_id, "name": trial_run_name(label, rsft), "params": rsft}
 
 
 def failure_run_name(label: str, what: str) -> str:
