@@ -14,7 +14,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from fault_helpers import Killer, child_runs, pareto_candidates, sweep_dict, wait_for
+from fault_helpers import Killer, child_runs, pareto_candidates, sweep_dict, trial_runs, wait_for
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
@@ -213,7 +213,10 @@ def test_diverging_trial_is_recorded_and_the_sweep_goes_on(ray_2_cpus, tiny_mode
     client = MlflowClient(config.tracking.uri)
     exp = client.get_experiment_by_name("diverge")
     everything = client.search_runs([exp.experiment_id], max_results=5000)
-    assert len(everything) == len(runs) + 1 and time.time() - start < 600
+    # The parent, one R-SFT trial run per trial (the diverged one too), and their candidate runs.
+    trials = trial_runs(config.tracking.uri, out.parent_run_id)
+    assert len(trials) == 3 and {t.data.tags["mm4ke.trial_id"] for t in trials} == good | bad
+    assert len(everything) == 1 + len(trials) + len(runs) and time.time() - start < 600
     texts = [client.download_artifacts(out.parent_run_id, "config.yaml", str(tmp_path))]
     blob = "\n".join(
         [f"{k}={v}" for r in everything for k, v in {**r.data.params, **r.data.tags}.items()]
