@@ -45,7 +45,6 @@ def main() -> None:
     from mm4ke_ray.demo.tiny import save_pretrained_pair
     from mm4ke_ray.evaluate.candidate import EvalSettings
     from mm4ke_ray.search.actors import MergeEvalActor
-    from mm4ke_ray.search.local_ray import init_local_ray  # loopback, a free dashboard-agent port
 
     smoke = args.smoke_test
     shape = "tiny" if smoke else "110m"
@@ -58,8 +57,7 @@ def main() -> None:
     model = common.qwen2_model(shape)
     model_dir = save_pretrained_pair(model, common.word_tokenizer(records), workdir / "model")
     settings = EvalSettings(model=str(model_dir), edits=str(common.ZSRE), limit=20, batch_size=32)
-    temp = tempfile.mkdtemp(prefix="rb", dir="/tmp")
-    init_local_ray(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False, _temp_dir=temp)
+    common.start_local_ray("rb")
     rng = random.Random(0)
     rss, kinds = {}, {}
     try:

@@ -84,14 +84,10 @@ def run_soak(config) -> tuple[object, list[dict], float]:
 
     from mm4ke_ray.commands.sweep import start_sweep
     from mm4ke_ray.search.callback import SweepCallback
-    from mm4ke_ray.search.local_ray import init_local_ray  # loopback, a free dashboard-agent port
 
     samples: list[dict] = []
     original = record_driver(samples)
-    temp = tempfile.mkdtemp(prefix="rs", dir="/tmp")  # short: Ray's socket paths are length-limited
-    start = time.perf_counter()
-    init_local_ray(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False, _temp_dir=temp)
-    ray_start = time.perf_counter() - start
+    ray_start = common.start_local_ray("rs")
     try:
         outcome = start_sweep(config)
     finally:

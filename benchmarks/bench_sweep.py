@@ -49,11 +49,9 @@ def run_timed(config) -> dict:
     import ray
 
     from mm4ke_ray.commands.sweep import start_sweep as run_sweep
-    from mm4ke_ray.search.local_ray import init_local_ray  # loopback, a free dashboard-agent port
 
     start = time.perf_counter()
-    temp = tempfile.mkdtemp(prefix="rb", dir="/tmp")  # short: Ray's socket paths are length-limited
-    init_local_ray(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False, _temp_dir=temp)
+    common.start_local_ray("rb")
     ray_start = time.perf_counter() - start
     try:
         outcome = run_sweep(config)

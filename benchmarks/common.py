@@ -203,3 +203,14 @@ def rss_bytes() -> int:
     import psutil
 
     return psutil.Process().memory_info().rss
+
+
+def start_local_ray(prefix: str) -> float:
+    """A fresh local Ray for a benchmark (2 CPUs, loopback only, a free dashboard-agent port, as
+    the product starts it); returns the seconds `ray.init` took."""
+    from mm4ke_ray.search.local_ray import init_local_ray
+
+    temp = tempfile.mkdtemp(prefix=prefix, dir="/tmp")  # short: Ray's socket paths are length-limited
+    start = time.perf_counter()
+    init_local_ray(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False, _temp_dir=temp)
+    return time.perf_counter() - start
