@@ -7,7 +7,9 @@ import json
 from pathlib import Path
 
 from mm4ke_ray.commands._common import add_model_arguments, resolve_device
+from mm4ke_ray.commands.sweep import add_verbose_argument
 from mm4ke_ray.errors import UserError
+from mm4ke_ray.quiet import set_verbose
 
 NAME = "evaluate"
 HELP = "Score a model on an edit set: Edit Succ., Generalization, Portability, Locality, Fluency (EasyEdit definitions)."
@@ -77,10 +79,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     add_model_arguments(parser, "evaluate")
     parser.add_argument("--out", required=True, help="Output JSON file.")
+    add_verbose_argument(parser)
 
 
 def run(args: argparse.Namespace) -> int:
     """Load data and models, evaluate, write the JSON report."""
+    set_verbose(args.verbose)  # before transformers and tqdm load: they read it at import
     from mm4ke_ray.data import load_edit_records
     from mm4ke_ray.evaluate.edit_metrics import EditEvaluator
     from mm4ke_ray.evaluate.generation import GenerationEvaluator

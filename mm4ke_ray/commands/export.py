@@ -7,7 +7,9 @@ import os
 import sys
 
 from mm4ke_ray.commands._common import add_sweep_source_arguments
+from mm4ke_ray.commands.sweep import add_verbose_argument
 from mm4ke_ray.export import DEFAULT_TOLERANCE
+from mm4ke_ray.quiet import set_verbose
 
 NAME = "export"
 HELP = (
@@ -55,9 +57,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="refuse the export when plain AutoTokenizer does not give the ids of its tokenizer.json "
         "(default: warn, with the cause and the fix, and record it in mm4ke_merge.json)",
     )
+    add_verbose_argument(parser)
 
 
 def run(args: argparse.Namespace) -> int:
+    set_verbose(args.verbose)  # before transformers, lm-eval and tqdm load: they read it at import
     # torch and MLflow load when the export runs, not for --help.
     from mm4ke_ray.export.verify import ExportVerificationError
     from mm4ke_ray.export.writer import export_candidate

@@ -136,16 +136,24 @@ def _write_json(path: Path, data: dict) -> None:
 
 def _reevaluate(plan: ExportPlan, out: Path, update: dict, log) -> tuple[dict, dict, int]:
     """(weights check, re-evaluated metrics as MLflow keys, number of edits) for the written directory."""
-    log(f"computing the base model's reference ({plan.model})")
-    base_eval = CandidateEvaluator(plan.settings)
-    weights = check_weights(out, base_eval.model, update)
-    reference = base_eval.reference
-    del base_eval  # one model resident at a time
-    log(f"reloading {out} and re-evaluating {plan.settings.edits}")
-    reloaded = CandidateEvaluator(replace(plan.settings, model=str(out)), reference)
-    measured = normalize_row(
-        reloaded.evaluate({}, 0.0, 0.0)
-    )  # empty delta: the directory's own weights
+    import warnings
+
+    from mm4ke_ray.modeling.tokenizer_check import TokenizerMismatchWarning
+
+    with warnings.catch_warnings():
+        # The export ships the base's tokenizer files and `_tokenizer_check` reported them once,
+        # under the export's name: loading base and staging folder would repeat it twice more.
+        warnings.simplefilter("ignore", TokenizerMismatchWarning)
+        log(f"computing the base model's reference ({plan.model})")
+        base_eval = CandidateEvaluator(plan.settings)
+        weights = check_weights(out, base_eval.model, update)
+        reference = base_eval.reference
+        del base_eval  # one model resident at a time
+        log(f"reloading {out} and re-evaluating {plan.settings.edits}")
+        reloaded = CandidateEvaluator(replace(plan.settings, model=str(out)), reference)
+        measured = normalize_row(
+            reloaded.evaluate({}, 0.0, 0.0)
+        )  # empty delta: the directory's own weights
     return weights, measured, len(reloaded.edit_eval.records)
 
 
