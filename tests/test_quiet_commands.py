@@ -103,6 +103,7 @@ def test_export_prints_only_its_own_lines_unless_verbose(sweep, tmp_path):
     assert all(line.startswith("export: ") for line in done.stderr.splitlines()), done.stderr
     assert "export: verified:" in done.stderr
     assert "export: WARNING: AutoTokenizer" in done.stderr
+    assert "mm4ke-partial" not in output  # the hidden staging folder is no name for the user
 
     _, output = _run(*argv, "--out", str(tmp_path / "verbose"), "--verbose")
     assert "Loading weights" in output and "`pretrained` model kwarg" in output

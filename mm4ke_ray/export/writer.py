@@ -149,7 +149,7 @@ def _reevaluate(plan: ExportPlan, out: Path, update: dict, log) -> tuple[dict, d
         weights = check_weights(out, base_eval.model, update)
         reference = base_eval.reference
         del base_eval  # one model resident at a time
-        log(f"reloading {out} and re-evaluating {plan.settings.edits}")
+        log(f"reloading the written model and re-evaluating {plan.settings.edits}")  # not the hidden stage's name
         reloaded = CandidateEvaluator(replace(plan.settings, model=str(out)), reference)
         measured = normalize_row(
             reloaded.evaluate({}, 0.0, 0.0)
