@@ -19,7 +19,7 @@ import ray.train
 import ray.train.torch
 import torch
 from ray import tune
-from ray.train import RunConfig, ScalingConfig
+from ray.train import FailureConfig, RunConfig, ScalingConfig
 from ray.train.backend import BackendConfig
 from ray.train.v2.api.data_parallel_trainer import DataParallelTrainer
 
@@ -32,9 +32,18 @@ from mm4ke_ray.rsft.run import rsft_to_folder
 from mm4ke_ray.schema import MERGE_PARAMS
 from mm4ke_ray.search.searcher import EXTRA_POINTS_KEY
 from mm4ke_ray.search.space import candidate_seed, merge_candidates, split_space
+from mm4ke_ray.search.train_placement import (
+    new_placement_key,
+    record_placement_group,
+    release_placement_group,
+)
 
 RESULT_FILE = "result.json"  # a trial's final report, inside its checkpoint
 SUMMARY_FILE = "rsft-summary.json"  # the R-SFT summary, inside the Ray Train checkpoint
+# Ray Train retries a worker group that cannot start (60 s each) without limit by default: a
+# trial whose worker can never be placed would wait forever. Past this many, the trial fails with
+# the reason and Tune retries it (search.max_failures).
+TRAIN_START_RETRIES = 3
 
 
 @dataclass(frozen=True)
@@ -72,6 +81,7 @@ def trial_rsft(settings: EvalSettings, search: SearchConfig, params: dict, out: 
 
 def _train_loop(cfg: dict) -> None:
     """Ray Train worker body: R-SFT on this worker's device, the delta reported as checkpoint."""
+    record_placement_group(cfg["placement_key"])
     previous = ray.train.get_checkpoint()
     if previous is not None:
         # A retried trial whose R-SFT had already finished: Ray Train restored its delta.
@@ -92,16 +102,21 @@ def _train_loop(cfg: dict) -> None:
 def _rsft_via_train(ctx: TrialContext, params: dict, trial_id: str) -> tuple[dict, str | None]:
     # One worker, so no torch process group: TorchTrainer would start one, and its rendezvous
     # store (torch's TCPStore) listens on every interface, whatever the node's IP.
+    placement_key = new_placement_key()
     trainer = DataParallelTrainer(
         _train_loop,
         backend_config=BackendConfig(),
         train_loop_config={"settings": ctx.settings, "search": ctx.search, "params": params,
-                           "allow_pickle": ctx.allow_pickle},
+                           "allow_pickle": ctx.allow_pickle, "placement_key": placement_key},
         scaling_config=ScalingConfig(num_workers=1, use_gpu=ctx.rsft_gpus > 0,
                                      resources_per_worker={"CPU": ctx.rsft_cpus, "GPU": ctx.rsft_gpus}),
-        run_config=RunConfig(storage_path=ctx.storage_path, name=trial_id),
+        run_config=RunConfig(storage_path=ctx.storage_path, name=trial_id,
+                             failure_config=FailureConfig(controller_failure_limit=TRAIN_START_RETRIES)),
     )
-    result = trainer.fit()
+    try:
+        result = trainer.fit()
+    finally:
+        release_placement_group(placement_key)  # one Ray Train may leave behind (train_placement.py)
     summary = dict(result.metrics or {})
     if result.checkpoint is None:
         return summary, None
