@@ -320,8 +320,10 @@ class TrackingConfig(_Section):
     experiment: str = Field("mm4ke-ray", description="MLflow experiment name.")
     artifact_location: str = Field("runs/mlartifacts", description="Artifact root for a new experiment.")
     system_metrics: bool = Field(False, description="Log MLflow's system metrics (CPU, memory, disk, network; GPU "
-                                 "when present) of the driver's machine on the sweep's parent run.")
-    system_metrics_interval_s: float = Field(10.0, gt=0, description="Seconds between system metric samples.")
+                                 "when present): the driver's machine on the sweep's parent run, and on each trial's "
+                                 "run those of the machine the trial ran on, sampled while it ran.")
+    system_metrics_interval_s: float = Field(10.0, gt=0, description="Seconds between system metric samples (a "
+                                             "trial keeps at most 128, sampling less often when it runs long).")
 
 
 class SweepConfig(_Section):

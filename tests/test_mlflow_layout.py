@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 from mlflow import MlflowClient
 
 from mm4ke_ray.schema import EXPERIMENT_KIND_TAG, MODEL_TRAINING_KIND
@@ -191,6 +192,133 @@ def test_system_metrics_are_logged_on_the_parent_run_when_asked(tmp_path):
     off = sweep("without", False)  # the default: nothing sampled
     assert not any(k.startswith("system/") for k in off)
     assert SweepConfig().tracking.system_metrics is False
+
+
+def test_a_trials_sampler_keeps_its_samples_bounded_and_spread_over_the_whole_trial():
+    import time
+
+    from mm4ke_ray.tracking.system_samples import SystemSampler, metric_items, start_sampling
+
+    assert start_sampling(None) is None  # system metrics off: no sampler, no thread, no MLflow import
+    sampler = SystemSampler(0.02, max_samples=8)
+    time.sleep(0.6)
+    samples = sampler.stop()  # compact: what the trial returns with its result
+    items = metric_items(samples)
+    assert len(items) == sum(v is not None for row in samples["rows"] for v in row[2:])
+    samples = sorted({(ts, step) for _, _, ts, step in items})
+    assert 4 <= len(samples) < 8  # bounded: every other sample dropped, the interval doubled
+    steps = [step for _, step in samples]
+    assert steps[0] == 0 and steps == sorted(steps) and len(set(steps)) == len(steps)
+    assert [ts for ts, _ in samples] == sorted(ts for ts, _ in samples)
+    names = {k for k, *_ in items}
+    assert {"system/cpu_utilization_percentage", "system/system_memory_usage_megabytes"} <= names
+
+
+def test_a_trials_system_metrics_reach_its_run_once_with_their_own_times_also_through_the_spool(tmp_path):
+    import time
+
+    from mm4ke_ray.schema import Tag
+    from mm4ke_ray.tracking.records import candidate_rows, candidate_run, trial_run
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    tracker = SweepTracker(uri, "systrial", str(tmp_path / "artifacts"), spool_path=tmp_path / "spool.jsonl")
+    tracker.start_sweep("systrial", params={}, tags={})
+    result = _rsft_result([(0.3, 0.5), (0.1, 0.0)])
+    result.update(trial_start_ms=1_000_000, trial_end_ms=1_009_000, system_metrics={
+        "names": ["cpu_utilization_percentage", "gpu_0_utilization_percentage"],
+        "rows": [[1_000_000 + 3000 * (step + 1), step, 50.0 + step, None if step else 99.0] for step in range(3)]})
+    group = trial_run("a1b2c3d4", "t03", result["params"], result)
+    # MLflow away: the records wait in the spool, with the samples, and are sent when it is back.
+    tracker.offline_since, tracker._last_probe = time.time(), time.monotonic()
+    for row in candidate_rows(result, "a1b2c3d4", "t03"):
+        tracker.log_candidate(row["candidate"], *candidate_run(row, "a1b2c3d4"), run_name=row["run_name"],
+                              trial=group)
+        group.pop("system_metrics", None)  # what the callback does: sent with the first candidate only
+    assert tracker.pending == 2 and tracker.flush()
+    client = MlflowClient(uri)
+    [run] = client.search_runs([tracker.experiment_id], f"tags.`{Tag.ROLE}` = 'trial'")
+    history = client.get_metric_history(run.info.run_id, "system/cpu_utilization_percentage")
+    assert [(m.value, m.timestamp, m.step) for m in history] == [(50.0, 1_003_000, 0), (51.0, 1_006_000, 1),
+                                                                 (52.0, 1_009_000, 2)]
+    gpu = client.get_metric_history(run.info.run_id, "system/gpu_0_utilization_percentage")
+    assert [(m.value, m.step) for m in gpu] == [(99.0, 0)]  # a value a sample lacks is not logged
+    assert (run.info.start_time, run.info.end_time) == (1_000_000, 1_009_000)  # the trial's own span
+    assert run.info.status == "FINISHED"
+
+
+@pytest.fixture(scope="module")
+def system_metrics_sweeps(tmp_path_factory, tiny_model_dir):
+    """Two tiny real sweeps on one local Ray: system metrics on (2 trials) and off (1 trial)."""
+    import tempfile
+
+    import ray
+    from fault_helpers import sweep_dict
+
+    from mm4ke_ray.config import validate_config
+    from mm4ke_ray.search.driver import run_sweep
+
+    temp = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # short: Ray's socket paths are length-limited
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, _temp_dir=temp)
+    try:
+        out = {}
+        for on, trials in ((True, 2), (False, 1)):
+            tmp = tmp_path_factory.mktemp(f"sysm-{on}")
+            raw = sweep_dict(tmp, tiny_model_dir, f"sysm-{on}", trials=trials, extra=0, limit=2)
+            raw["tracking"].update(system_metrics=on, system_metrics_interval_s=0.5)
+            config = validate_config(raw, "test")
+            out[on] = (config.tracking.uri, run_sweep(config))
+        yield out
+    finally:
+        ray.shutdown()
+
+
+def _trial_and_candidate_runs(uri: str, parent_run_id: str) -> tuple[list, list]:
+    from mm4ke_ray.schema import Tag
+
+    client = MlflowClient(uri)
+    exp = client.get_run(parent_run_id).info.experiment_id
+    runs = client.search_runs([exp], f"tags.`{Tag.SWEEP_RUN_ID}` = '{parent_run_id}'", max_results=1000)
+    return ([r for r in runs if r.data.tags.get(Tag.ROLE) == "trial"],
+            [r for r in runs if r.data.tags.get(Tag.ROLE) == "candidate"])
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_each_trial_run_carries_the_system_metrics_sampled_while_its_trial_ran(system_metrics_sweeps):
+    from mm4ke_ray.schema import Tag
+
+    uri, outcome = system_metrics_sweeps[True]
+    client = MlflowClient(uri)
+    trials, candidates = _trial_and_candidate_runs(uri, outcome.parent_run_id)
+    assert len(trials) == 2
+    for run in trials:
+        run_id, start, end = run.info.run_id, run.info.start_time, run.info.end_time
+        own = [c for c in candidates if c.data.tags["mlflow.parentRunId"] == run_id]
+        assert own and run.info.status == "FINISHED"
+        # The run spans the trial itself: it ended before the driver logged the trial's candidates,
+        # and lasted at least its R-SFT.
+        assert start < end <= min(c.info.start_time for c in own)
+        assert end - start >= 1000 * own[0].data.metrics["rsft_seconds"]
+        for name in ("system/cpu_utilization_percentage", "system/system_memory_usage_megabytes"):
+            history = client.get_metric_history(run_id, name)
+            assert history, (run.info.run_name, name)
+            assert all(start <= m.timestamp <= end for m in history), name
+            assert sorted(m.step for m in history)[0] == 0
+        assert client.get_metric_history(run_id, "system/system_memory_usage_megabytes")[0].value > 0
+        assert not any(k.startswith("system/") for c in own for k in c.data.metrics)  # on the trial run only
+    # The parent run keeps the driver's machine's metrics, as before.
+    assert "system/cpu_utilization_percentage" in client.get_run(outcome.parent_run_id).data.metrics
+    assert all(r.data.tags[Tag.TRIAL_ID] for r in trials)
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_without_system_metrics_no_run_of_the_sweep_has_any(system_metrics_sweeps):
+    uri, outcome = system_metrics_sweeps[False]
+    trials, candidates = _trial_and_candidate_runs(uri, outcome.parent_run_id)
+    assert len(trials) == 1 and candidates
+    parent = MlflowClient(uri).get_run(outcome.parent_run_id)
+    assert not any(k.startswith("system/") for r in [parent, *trials, *candidates] for k in r.data.metrics)
 
 
 def _rsft_result(candidates) -> dict:

@@ -29,6 +29,7 @@ from mm4ke_ray.tracking.records import (
     trial_label,
     trial_run,
 )
+from mm4ke_ray.tracking.system_samples import SYSTEM_METRICS
 
 _EXCEPTION_LINE = re.compile(r"^[\w.]*(Error|Exception|Interrupt)\b.*")
 _DETAIL = re.compile(r"died|failed|killed|exit", re.I)
@@ -64,9 +65,10 @@ def _label(trial) -> str:
     return trial_label(trial.trial_id, getattr(trial, "experiment_tag", ""))
 
 
-def _trial_run(trial, params: dict | None = None) -> dict:
-    """The trial's MLflow run (id, name, R-SFT params) that its candidate runs nest under."""
-    return trial_run(trial.trial_id, _label(trial), params or trial.config)
+def _trial_run(trial, params: dict | None = None, result: dict | None = None) -> dict:
+    """The trial's MLflow run (id, name, R-SFT params; from its result, when it ran and its
+    system metrics) that its candidate runs nest under."""
+    return trial_run(trial.trial_id, _label(trial), params or trial.config, result)
 
 
 def _wait_for_state_upload(trial) -> None:
@@ -135,7 +137,7 @@ class SweepCallback(Callback):
                 f"{trial.trial_id}-{result['status']}", searched_params(params),
                 {"rsft_wall_seconds": result.get("rsft_wall_seconds", 0.0)},
                 failure_tags(trial.trial_id, result["status"], result.get("reason", "")[:500]),
-                run_name=failure_run_name(_label(trial), result["status"]), trial=_trial_run(trial, params),
+                run_name=failure_run_name(_label(trial), result["status"]), trial=_trial_run(trial, params, result),
             )
             self.console.print(f"[yellow]trial {trial.trial_id} {result['status']}[/]: {result.get('reason', '')[:200]}")
         else:
@@ -149,10 +151,11 @@ class SweepCallback(Callback):
                 return
             if rows:
                 self._store_delta(trial)
-            group = _trial_run(trial, result.get("params"))
+            group = _trial_run(trial, result.get("params"), result)
             for row in rows:
                 row["run_id"] = self.tracker.log_candidate(row["candidate"], *candidate_run(row, trial.trial_id),
                                                            run_name=row["run_name"], trial=group)
+                group.pop(SYSTEM_METRICS, None)  # sent once, with the trial's first candidate
             self.rows.extend(rows)
         self._progress()
         if self.on_rows:

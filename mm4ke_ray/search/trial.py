@@ -37,6 +37,13 @@ from mm4ke_ray.search.train_placement import (
     record_placement_group,
     release_placement_group,
 )
+from mm4ke_ray.tracking.system_samples import (
+    SYSTEM_METRICS,
+    TRIAL_END_MS,
+    TRIAL_START_MS,
+    now_ms,
+    start_sampling,
+)
 
 RESULT_FILE = "result.json"  # a trial's final report, inside its checkpoint
 SUMMARY_FILE = "rsft-summary.json"  # the R-SFT summary, inside the Ray Train checkpoint
@@ -59,6 +66,7 @@ class TrialContext:
     storage_path: str
     actors: tuple
     allow_pickle: bool = False  # model.allow_pickle: load pickle checkpoints too
+    system_metrics_s: float | None = None  # tracking.system_metrics: sample every this many seconds; None: off
 
 
 def _rsft_config(params: dict, search: SearchConfig, settings: EvalSettings) -> RSFTConfig:
@@ -146,12 +154,29 @@ def _rsft_via_task(ctx: TrialContext, params: dict) -> tuple[dict, str | None]:
 
 
 def sweep_trial(params: dict, ctx: TrialContext) -> None:
-    """The Tune function trainable: R-SFT once (runner 'train' or 'task'), then the candidates."""
+    """The Tune function trainable: R-SFT once (runner 'train' or 'task'), then the candidates.
+
+    With `ctx.system_metrics_s`, this machine's system metrics are sampled while the trial runs
+    and returned with its result (`tracking.system_samples`); the driver logs them."""
     trial_clock = time.perf_counter()  # the trial's own wall (search/timings.py)
+    started = now_ms()
     trial_id = tune.get_context().get_trial_id()
     if _report_again(tune.get_checkpoint()):
         return
-    params = {**_fixed(ctx.search), **params}
+    sampler = start_sampling(ctx.system_metrics_s)
+    try:
+        report, folder = _run_trial({**_fixed(ctx.search), **params}, ctx, trial_id)
+    finally:
+        samples = sampler.stop() if sampler else None
+    report.update({"trial_wall_seconds": time.perf_counter() - trial_clock, TRIAL_START_MS: started,
+                   TRIAL_END_MS: now_ms()})
+    if samples and samples["rows"]:
+        report[SYSTEM_METRICS] = samples
+    _report_final(report, folder)
+
+
+def _run_trial(params: dict, ctx: TrialContext, trial_id: str) -> tuple[dict, str]:
+    """R-SFT, then the candidates: the trial's report and the folder to checkpoint with it."""
     start = time.perf_counter()
     if ctx.runner == "train":
         summary, delta_dir = _rsft_via_train(ctx, params, trial_id)
@@ -163,11 +188,9 @@ def sweep_trial(params: dict, ctx: TrialContext) -> None:
         # sweep does not train it again. Tune refuses a result without the objectives, so they
         # are NaN: the searcher tells Optuna a FAIL, never a point.
         nan = float("nan")
-        _report_final({"status": summary.get("status", "failed"), "reason": summary.get("reason", ""),
-                       **{o.name: nan for o in (*OBJECTIVES, COMBINED)},
-                       "rsft_wall_seconds": rsft_wall, "trial_wall_seconds": time.perf_counter() - trial_clock,
-                       "params": params}, tempfile.mkdtemp(prefix="mm4ke-result-"))
-        return
+        return {"status": summary.get("status", "failed"), "reason": summary.get("reason", ""),
+                **{o.name: nan for o in (*OBJECTIVES, COMBINED)},
+                "rsft_wall_seconds": rsft_wall, "params": params}, tempfile.mkdtemp(prefix="mm4ke-result-")
     delta, _ = load_delta(delta_dir)
     delta_ref = ray.put(delta)
     cands = merge_candidates(ctx.search, float(params["alpha"]), float(params["sparsity"]), ctx.extra_candidates,
@@ -192,13 +215,12 @@ def sweep_trial(params: dict, ctx: TrialContext) -> None:
         **{k: v for k, v in summary.items() if k in ("rsft_updates", "rsft_seconds")},
         "rsft_wall_seconds": rsft_wall,
         "eval_wall_seconds": eval_wall,
-        "trial_wall_seconds": time.perf_counter() - trial_clock,
         "num_candidates": len(cands),
         "params": params,
         "candidates": cands,
         EXTRA_POINTS_KEY: extra_points,
     }
-    _report_final(report, delta_dir)
+    return report, delta_dir
 
 
 def _report_final(report: dict, folder: str) -> None:

@@ -27,6 +27,12 @@ from mlflow.entities import Metric, Param, RunTag
 from mm4ke_ray.errors import UserError
 from mm4ke_ray.schema import ROLE_TRIAL, Tag
 from mm4ke_ray.tracking.health import reachable
+from mm4ke_ray.tracking.system_samples import (
+    SYSTEM_METRICS,
+    TRIAL_END_MS,
+    TRIAL_START_MS,
+    metric_items,
+)
 
 SPOOL_FILE = "mlflow-spool.jsonl"
 HEADER = "header"
@@ -57,7 +63,9 @@ def _trial_run_id(client, record: dict) -> str:
     """The trial run a candidate record nests under: found by its tags, else created now.
 
     Created only when the trial's first record is sent, so a spooled trial gets its run at
-    replay and a resumed sweep reuses the run its first driver made: never two per trial.
+    replay and a resumed sweep reuses the run its first driver made: never two per trial. The
+    run spans the trial (its start and end, when the record knows them) and carries the trial's
+    system metrics, sampled where it ran (`system_samples`), once.
     """
     trial = record["trial"]
     if not record.get("trial_run_id"):
@@ -65,14 +73,18 @@ def _trial_run_id(client, record: dict) -> str:
         if found is None:
             tags = {Tag.ROLE: ROLE_TRIAL, Tag.SWEEP_RUN_ID: trial["sweep_run_id"], Tag.TRIAL_ID: trial["trial_id"],
                     "mlflow.parentRunId": trial["sweep_run_id"]}
-            found = client.create_run(record["experiment_id"], run_name=trial["name"], tags=tags).info.run_id
+            found = client.create_run(record["experiment_id"], run_name=trial["name"], tags=tags,
+                                      start_time=trial.get(TRIAL_START_MS)).info.run_id
             trial["params_due"] = True  # kept in the record: a failure before they are sent retries them
         record["trial_run_id"] = found
     if trial.get("params_due"):
         client.log_batch(record["trial_run_id"], params=_params(trial["params"]))
         trial["params_due"] = False
+    if trial.get(SYSTEM_METRICS):  # their own timestamps and steps; MLflow batches them by 1000
+        client.log_batch(record["trial_run_id"], metrics=_metrics(metric_items(trial[SYSTEM_METRICS])))
+        trial[SYSTEM_METRICS] = None
     if trial.get("status"):  # the trial's outcome changed (first record, or a retry that succeeded)
-        client.set_terminated(record["trial_run_id"], status=trial["status"])
+        client.set_terminated(record["trial_run_id"], status=trial["status"], end_time=trial.get(TRIAL_END_MS))
         trial["status"] = None
     return record["trial_run_id"]
 

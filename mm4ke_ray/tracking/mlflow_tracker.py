@@ -40,6 +40,7 @@ from mm4ke_ray.schema import (
 from mm4ke_ray.tracking.buffer import ReplayReport, Spool, reachable, replay_spool, send_record
 from mm4ke_ray.tracking.pareto_artifacts import publish_pareto
 from mm4ke_ray.tracking.query import load_sweep
+from mm4ke_ray.tracking.system_samples import SYSTEM_METRICS, TRIAL_END_MS, TRIAL_START_MS
 
 _MAX_PARAM_LEN = 6000
 _SECRET_NAME = re.compile(r"TOKEN|SECRET|PASSWORD|PASSWD|API_?KEY|ACCESS_?KEY|CREDENTIAL|PRIVATE|AUTH", re.I)
@@ -240,8 +241,9 @@ class SweepTracker:
 
         `candidate` is the stable id, kept in the `mm4ke.candidate` tag (what pareto, export
         --pick and a resume look up); `run_name` is only what the UI shows (default: the id).
-        With `trial` (`records.trial_run`: trial id, name, R-SFT params) the run nests under
-        that trial's run, made when the trial's first run is sent; without, under the parent.
+        With `trial` (`records.trial_run`: trial id, name, R-SFT params; when it ran and its
+        system metrics, if known) the run nests under that trial's run, made when the trial's
+        first run is sent; without, under the parent.
         """
         all_tags = {"mlflow.parentRunId": self.parent_run_id, Tag.ROLE: ROLE_CANDIDATE,
                     Tag.SWEEP_RUN_ID: self.parent_run_id, Tag.CANDIDATE: candidate, **tags}
@@ -261,7 +263,9 @@ class SweepTracker:
         wanted = "FINISHED" if "FINISHED" in (status, known) else "FAILED"
         self._trial_status[trial_id] = wanted
         part = {"trial": {"trial_id": trial_id, "name": trial["name"], "params": _param_items(trial["params"]),
-                          "sweep_run_id": self.parent_run_id, "status": wanted if wanted != known else None}}
+                          "sweep_run_id": self.parent_run_id, "status": wanted if wanted != known else None,
+                          # when it ran and its system metrics (`records.trial_run`), if the trial said
+                          **{k: trial[k] for k in (TRIAL_START_MS, TRIAL_END_MS, SYSTEM_METRICS) if k in trial}}}
         if trial_id in self.trial_runs:
             part["trial_run_id"] = self.trial_runs[trial_id]
         return part

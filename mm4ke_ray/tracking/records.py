@@ -18,6 +18,7 @@ from mm4ke_ray.schema import (
     Tag,
     delta_artifact_path,
 )
+from mm4ke_ray.tracking.system_samples import SYSTEM_METRICS, TRIAL_END_MS, TRIAL_START_MS
 
 # Tune's experiment tag of a trial starts with the number it gave the trial: "3_alpha=0.44,...".
 _TRIAL_NUMBER = re.compile(r"^(\d+)(?:_|$)")
@@ -47,10 +48,15 @@ def trial_run_name(label: str, params: dict) -> str:
     return " ".join(parts)
 
 
-def trial_run(trial_id: str, label: str, params: dict) -> dict:
-    """What the tracker needs to group a trial's runs under one run: its id, name and R-SFT params."""
+def trial_run(trial_id: str, label: str, params: dict, result: dict | None = None) -> dict:
+    """What the tracker needs to group a trial's runs under one run: its id, name and R-SFT params;
+    from the trial's `result`, when it ran (the run's start and end) and its system metrics."""
     rsft = {k: params[k] for k in RSFT_PARAMS if params.get(k) is not None}
-    return {"trial_id": trial_id, "name": trial_run_name(label, rsft), "params": rsft}
+    out = {"trial_id": trial_id, "name": trial_run_name(label, rsft), "params": rsft}
+    for key in (TRIAL_START_MS, TRIAL_END_MS, SYSTEM_METRICS):
+        if (result or {}).get(key):
+            out[key] = result[key]
+    return out
 
 
 def failure_run_name(label: str, what: str) -> str:
