@@ -17,6 +17,7 @@ from mm4ke_ray.config import SweepConfig
 # Every field of these sections (a nested one, e.g. evaluation.fidelity, as one value) and single fields; evaluation.batch_size only changes speed.
 _SECTIONS = ("model", "data", "evaluation")
 _LEFT_OUT = {"model.trust_remote_code", "model.allow_pickle", "evaluation.batch_size"}
+_LONGEST = 300  # characters of one field's JSON kept as is
 _FIELDS = ("merge.method", "search.rsft.optimizer", "objectives.edit_weights", "objectives.combined_edit_weight")
 
 
@@ -32,7 +33,14 @@ def fingerprint_fields(config: SweepConfig) -> dict:
             node = node[part]
         out[dotted] = node
     out["objectives.edit_mode"] = config.edit_mode  # resolved: unset and its default are the same scoring
-    return {k: out[k] for k in sorted(out) if k not in _LEFT_OUT}
+    return {k: _bounded(out[k]) for k in sorted(out) if k not in _LEFT_OUT}
+
+
+def _bounded(value):
+    """`value`, or its digest when its JSON is long: the fields go into one MLflow tag (8,000
+    characters at most), and a long task list or metric map still compares exactly."""
+    text = json.dumps(value, sort_keys=True)
+    return value if len(text) <= _LONGEST else {"sha256": hashlib.sha256(text.encode()).hexdigest()[:16]}
 
 
 def fingerprint(fields: dict) -> str:

@@ -67,6 +67,16 @@ def test_the_fingerprint_ignores_the_search_and_names_what_differs(tmp_path, tin
                                                                                           "merge.method"]
 
 
+def test_long_fields_are_kept_as_digests_so_the_tag_fits(tmp_path, tiny_model_dir):
+    tasks = [f"task_{i:03d}_with_a_long_name" for i in range(300)]
+    config = validate_config(_config(tmp_path, tiny_model_dir, "a", **{"evaluation.general_tasks": tasks}))
+    fields = fingerprint_fields(config)
+    assert set(fields["evaluation.general_tasks"]) == {"sha256"}
+    assert len(json.dumps(fields)) < 8000
+    other = validate_config(_config(tmp_path, tiny_model_dir, "b", **{"evaluation.general_tasks": tasks[:-1]}))
+    assert [k for k, _, _ in differences(fields, fingerprint_fields(other))] == ["evaluation.general_tasks"]
+
+
 @pytest.mark.parametrize("what", ["mismatch", "unknown", "no_fingerprint", "no_store", "unreachable", "format"])
 def test_a_warm_start_that_cannot_be_used_is_refused_before_ray(what, tmp_path, tiny_model_dir, capsys):
     import ray
@@ -234,6 +244,22 @@ def test_the_parent_run_is_tagged_and_the_front_starts_from_the_earlier_one(swee
     front_csv = client.download_artifacts(b.parent_run_id, "pareto/all.csv", str(tmp_path))
     header = Path(front_csv).read_text().splitlines()[0].split(",")
     assert WARM_START in header
+
+    # A resume reads the copies back apart from the sweep's own rows (its study already holds them),
+    # and a rebuild of the front from MLflow alone keeps them.
+    from mm4ke_ray.tracking.mlflow_tracker import SweepTracker, republish_pareto
+    from mm4ke_ray.tracking.sweep_run import logged_so_far
+    from mm4ke_ray.tracking.warm_start import warm_rows
+
+    rows, finished, _ = logged_so_far(SweepTracker.attach(uri, b.parent_run_id), b.parent_run_id)
+    own, copies = warm_rows(rows)
+    assert sorted(r["candidate"] for r in own) == sorted(r["candidate"] for r in b.rows)
+    assert sorted(r["candidate"] for r in copies) == sorted(r["candidate"] for r in b.warm_rows)
+    assert finished == {r["trial_id"] for r in b.rows}
+    before = client.get_run(b.parent_run_id).data.tags[Tag.PARETO_SIZE]
+    republish_pareto(uri, b.parent_run_id)
+    tags = client.get_run(b.parent_run_id).data.tags
+    assert tags[Tag.PARETO_SIZE] == before == str(len(b.front)) and tags[Tag.CANDIDATES] == "4"
 
     # export cannot rebuild a copy from this sweep: it says how to export it from the earlier one.
     from mm4ke_ray.export.plan import plan_export
