@@ -29,6 +29,8 @@ BASE = "base"  # the unedited base model's row
 PURE_RSFT = "pure_rsft"  # α = 0, sparsity = 0: the R-SFT delta as trained
 SAMPLED = "sampled"  # the point Optuna asked for
 EXTRA = "extra"  # a further merge candidate of the same delta
+# Column of a row copied from an earlier sweep (--warm-start): that sweep's name; absent otherwise.
+WARM_START = "warm_start"
 
 
 # -- metrics ---------------------------------------------------------------------------------
@@ -77,6 +79,14 @@ class Tag:
     BEST_CANDIDATE = "mm4ke.best_candidate"
     BEST_RUN_ID = "mm4ke.best_run_id"
     BEST_COMBINED_SCORE = "mm4ke.best_combined_score"
+    FINGERPRINT = "mm4ke.fingerprint"  # fingerprint.fingerprint of the sweep's config
+    FINGERPRINT_FIELDS = "mm4ke.fingerprint_fields"  # the fields it was made from (JSON)
+    WARM_START = "mm4ke.warm_start"  # JSON: the earlier sweeps told to the study, points each gave
+    # a candidate run copied from an earlier sweep (--warm-start): where it was evaluated
+    WARM_START_FROM = "mm4ke.warm_start_from"  # the earlier sweep's name (the row's `warm_start`)
+    WARM_START_URI = "mm4ke.warm_start_uri"
+    WARM_START_SWEEP_RUN_ID = "mm4ke.warm_start_sweep_run_id"
+    WARM_START_RUN_ID = "mm4ke.warm_start_run_id"  # the candidate's run in the earlier sweep
     # trial and candidate runs (a trial run groups the candidate runs of one R-SFT delta)
     CANDIDATE = "mm4ke.candidate"  # the candidate's stable id (the run name is for people); also on exports
     TRIAL_ID = "mm4ke.trial_id"

@@ -99,6 +99,7 @@ SLOW_FILES_FIRST = (
     "test_demo.py",
     "test_user_loading.py",
     "test_mlflow_layout.py",
+    "test_warm_start.py",
     "test_spool.py",
 )
 

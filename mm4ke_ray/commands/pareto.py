@@ -59,6 +59,7 @@ def run(args: argparse.Namespace) -> int:
     if mins and sweep.edited and best_candidate(sweep.candidates, mins) is None:
         print(f"note: no candidate of sweep {sweep.name!r} meets {describe_minimums(mins)}; the front holds no edited "
               "candidate (--all lists every candidate with its feasible column)", file=sys.stderr)
+    warm = sum(1 for r in sweep.edited if r.get("warm_start"))  # copied from earlier sweeps (--warm-start)
     rows = front_rows(sweep, args.all)
     if not args.all:
         rows = [{k: v for k, v in r.items() if k != ON_FRONT} for r in rows]
@@ -76,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
         print_table(
             rows,
             f"{what} of sweep {sweep.name} (run {sweep.run_id}): "
-            f"{counts_line(len(front), len(sweep.edited), len(sweep.failed))}",
+            f"{counts_line(len(front), len(sweep.edited), len(sweep.failed), warm=warm)}",
             wide=args.wide,
             references=refs,
         )

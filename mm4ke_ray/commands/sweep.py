@@ -30,6 +30,10 @@ def add_arguments(p) -> None:
                    help="Send MLflow records a sweep kept on disk while the tracking server was away "
                         "(the mlflow-spool.jsonl it named), then rebuild its Pareto artifacts.")
     p.add_argument("--tracking-uri", metavar="URI", help="With --replay-spool: send to this URI instead of the recorded one.")
+    p.add_argument("--warm-start", action="append", default=[], metavar="TRACKING_URI:SWEEP",
+                   help="Tell the study an earlier sweep's candidates before the first trial, and start the front "
+                        "from its front (same model, edits and evaluation, checked by fingerprint); repeatable, "
+                        "e.g. --warm-start sqlite:///runs/mlflow.db:my-sweep.")
     add_verbose_argument(p)
 
 
@@ -53,9 +57,9 @@ def _check_mode(args) -> str:
     if len(modes) != 1:
         raise UserError("give exactly one of: CONFIG (a new sweep), --resume FOLDER, or --replay-spool FILE")
     mode = modes[0]
-    if mode != "config" and (args.set or args.num_trials or args.smoke_test):
+    if mode != "config" and (args.set or args.num_trials or args.smoke_test or args.warm_start):
         raise UserError(f"--{mode.replace('replay', 'replay-spool')} continues what was recorded; "
-                        "--set, --num-trials and --smoke-test apply to a new sweep only")
+                        "--set, --num-trials, --smoke-test and --warm-start apply to a new sweep only")
     if args.tracking_uri and mode != "replay":
         raise UserError("--tracking-uri goes with --replay-spool only (a sweep's URI is tracking.uri in its config)")
     return mode
@@ -79,16 +83,16 @@ def run(args) -> int:
     else:
         config = load_config(args.config, parse_overrides(args.set))
         start_sweep(config, source=args.config, address=args.address, num_trials=args.num_trials,
-                    smoke_test=args.smoke_test)
+                    smoke_test=args.smoke_test, warm_start=args.warm_start)
     return 0
 
 
 def start_sweep(config: SweepConfig, *, source: str = "<config>", address: str | None = None,
-                num_trials: int | None = None, smoke_test: bool = False):
+                num_trials: int | None = None, smoke_test: bool = False, warm_start: list[str] | None = None):
     """A new sweep of `config` as the CLI starts it: the demo resolved (built once, cached), then
     `search.driver.run_sweep`; returns its `SweepOutcome`."""
     from mm4ke_ray.demo.resolve import resolve_demo  # torch: only when a sweep runs
     from mm4ke_ray.search.driver import run_sweep
 
     return run_sweep(resolve_demo(config), source=source, address=address, num_trials=num_trials,
-                     smoke_test=smoke_test)
+                     smoke_test=smoke_test, warm_start=warm_start or ())

@@ -29,6 +29,7 @@ from mm4ke_ray.schema import (
     MERGE_PARAMS,
     PURE_RSFT,
     SPARSITY,
+    WARM_START,
     Tag,
     delta_artifact_path,
 )
@@ -98,6 +99,18 @@ def _pick(sweep: Sweep, pick: str) -> dict:
     return row
 
 
+def _refuse_warm_start(sweep: Sweep, row: dict) -> None:
+    """A candidate copied from an earlier sweep (--warm-start) has its delta there: say how to export it."""
+    tags = sweep.run_tags.get(row["run_id"], {})
+    uri, parent = tags.get(Tag.WARM_START_URI, "?"), tags.get(Tag.WARM_START_SWEEP_RUN_ID, "?")
+    run_id = tags.get(Tag.WARM_START_RUN_ID, "?")
+    raise UserError(
+        f"candidate {row['candidate']!r} of sweep {sweep.name!r} is a warm-start point from the earlier sweep "
+        f"{row[WARM_START]!r}: its delta is stored with that sweep, not this one. Export it from there: "
+        f"mm4ke-ray export --tracking-uri {uri} --sweep {parent} --pick {run_id} --out DIR"
+    )
+
+
 def _sweep_config(sweep: Sweep) -> dict:
     with tempfile.TemporaryDirectory(prefix="mm4ke-export-") as tmp:
         path = download_parent_artifact(sweep.uri, sweep.run_id, CONFIG_ARTIFACT, tmp)
@@ -134,6 +147,8 @@ def plan_export(
     """Resolve which candidate to export and how to rebuild it, reading MLflow only."""
     record = load_sweep(uri, sweep, experiment)
     row = _pick(record, pick)
+    if row.get(WARM_START):
+        _refuse_warm_start(record, row)
     for key in MERGE_PARAMS:
         if not isinstance(row.get(key), int | float):
             raise UserError(

@@ -28,6 +28,7 @@ from mm4ke_ray.config import DEMO, SweepConfig, validate_config
 from mm4ke_ray.evaluate.candidate import EvalSettings, eval_settings
 from mm4ke_ray.evaluate.pareto import pareto_front, sort_by_combined
 from mm4ke_ray.evaluate.scores import OBJECTIVES
+from mm4ke_ray.fingerprint import fingerprint_fields
 from mm4ke_ray.preflight import preflight
 from mm4ke_ray.quiet import is_verbose, quiet_libraries
 from mm4ke_ray.schema import ALPHA, BASE, Tag
@@ -49,12 +50,14 @@ from mm4ke_ray.search.resume import (
 from mm4ke_ray.search.searcher import (
     EXTRA_ATTR,
     STUDY_FILE,
+    WARM_ATTR,
     CandidateAwareOptunaSearch,
     journal_storage,
 )
 from mm4ke_ray.search.space import make_sampler, split_space
 from mm4ke_ray.search.timings import SweepTimings, TimedTracker, print_breakdown
 from mm4ke_ray.search.trial import TrialContext, sweep_trial
+from mm4ke_ray.search.warm_start import warm_points
 from mm4ke_ray.storage import is_uri, local_storage_warning, normalize_storage_path, probe_storage
 from mm4ke_ray.tracking.mlflow_tracker import SweepTracker
 from mm4ke_ray.tracking.pareto_artifacts import ParetoPublisher
@@ -66,6 +69,13 @@ from mm4ke_ray.tracking.tables import (
     print_command,
     print_table,
     reference_rows,
+)
+from mm4ke_ray.tracking.warm_start import (
+    WarmSource,
+    load_warm_sources,
+    log_warm_rows,
+    record_warm_start,
+    warm_rows,
 )
 
 console = Console(stderr=True)
@@ -88,6 +98,8 @@ class SweepOutcome:
     resumed: bool = False
     mlflow_spooled: int = 0  # MLflow writes that had to wait on disk (server away) during the sweep
     timings: dict = field(default_factory=dict)  # wall seconds per step (search/timings.py CATEGORIES)
+    warm_rows: list[dict] = field(default_factory=list)  # earlier sweeps' candidates (--warm-start), on the front too
+    warm_points_told: int = 0  # of them, told to the study
 
 
 @dataclass
@@ -111,6 +123,8 @@ class SweepRun:
     rows: list[dict] = field(default_factory=list)  # candidates already logged (resume)
     finished: set[str] = field(default_factory=set)  # trial ids already final (resume)
     base_logged: bool = False
+    warm: list[WarmSource] = field(default_factory=list)  # --warm-start sources, checked (new sweep)
+    warm_rows: list[dict] = field(default_factory=list)  # their candidates as copied into this sweep
 
     @property
     def resumed(self) -> bool:
@@ -118,8 +132,13 @@ class SweepRun:
 
 
 def run_sweep(config: SweepConfig, *, source: str = "<config>", address: str | None = None,
-              num_trials: int | None = None, smoke_test: bool = False) -> SweepOutcome:
-    """Run a whole sweep and return its candidates; everything is also in MLflow."""
+              num_trials: int | None = None, smoke_test: bool = False,
+              warm_start: list[str] | tuple[str, ...] = ()) -> SweepOutcome:
+    """Run a whole sweep and return its candidates; everything is also in MLflow.
+
+    `warm_start`: earlier sweeps (`TRACKING_URI:SWEEP`) whose candidates the study is told before
+    its first trial and the front starts from; checked here, before Ray (tracking/warm_start.py).
+    """
     if DEMO in (config.model.name, config.data.edits):
         raise ValueError("the config names the demo: resolve it first (mm4ke_ray.demo.resolve.resolve_demo)")
     if smoke_test:
@@ -127,7 +146,8 @@ def run_sweep(config: SweepConfig, *, source: str = "<config>", address: str | N
     if num_trials:
         config = config.with_overrides(**{"search.num_trials": num_trials})
     preflight(config, source)
-    return _execute(config, source, address, manifest=None)
+    warm = load_warm_sources(list(warm_start), fingerprint_fields(config)) if warm_start else []
+    return _execute(config, source, address, manifest=None, warm=warm)
 
 
 def resume_sweep(folder: str, *, address: str | None = None) -> SweepOutcome:
@@ -155,7 +175,8 @@ def _init_ray(address: str | None) -> None:
                        configure_logging=False)
 
 
-def _execute(config: SweepConfig, source: str, address: str | None, manifest: Manifest | None) -> SweepOutcome:
+def _execute(config: SweepConfig, source: str, address: str | None, manifest: Manifest | None,
+             warm: list[WarmSource] | None = None) -> SweepOutcome:
     start, clock, timings = time.time(), time.perf_counter(), SweepTimings()
     quiet_libraries()  # before Ray starts: its workers inherit the environment
     device = "cuda" if config.resources.eval_gpus > 0 else "cpu"
@@ -173,7 +194,7 @@ def _execute(config: SweepConfig, source: str, address: str | None, manifest: Ma
     pool = start_pool(settings, plan.actors, config.resources.eval_cpus,
                       config.resources.eval_gpus, config.resources.eval_resource)
     timings.pool_start = time.perf_counter() - pool_clock
-    run = SweepRun(config, source, manifest, settings, plan, storage, pool, start, timings, clock)
+    run = SweepRun(config, source, manifest, settings, plan, storage, pool, start, timings, clock, warm=warm or [])
     try:
         if pool.reference.general_result is not None:
             pool.reference.general_result.check_noise()
@@ -194,9 +215,11 @@ def _with_pool(run: SweepRun) -> SweepOutcome:
                                              max_concurrent=plan.max_concurrent,
                                              parent_run_id=manifest.parent_run_id if manifest else None)
     if manifest:
-        run.rows, run.finished, run.base_logged = logged_so_far(run.tracker, run.parent)
+        rows, run.finished, run.base_logged = logged_so_far(run.tracker, run.parent)
+        run.rows, run.warm_rows = warm_rows(rows)  # the study holds the warm points already
     else:
         write_manifest(manifest_for(config, run.source, run.parent, run.experiment_dir))
+        run.warm_rows = log_warm_rows(run.tracker, run.warm)
     run.timings.tracking += time.perf_counter() - open_clock  # the parent run opened (or read back)
     verb = "resuming" if manifest else "starting"
     console.print(f"[bold]{verb} sweep {config.name}[/]: {config.search.num_trials} trials, {plan.actors} merge-eval "
@@ -226,7 +249,7 @@ def _tune(run: SweepRun) -> SweepOutcome:
     base = {"candidate": BASE, "kind": BASE, **run.pool.reference.metrics}
     if not run.base_logged:
         tracker.log_candidate(BASE, {ALPHA: None}, run.pool.reference.metrics, {Tag.KIND: BASE, Tag.STATUS: "ok"})
-    publisher = ParetoPublisher(tracker, base, every=3)
+    publisher = ParetoPublisher(tracker, base, every=3, warm=run.warm_rows)
     callback = SweepCallback(tracker, config.search.num_trials, on_rows=publisher)
     if run.resumed:
         callback.resume_from(run.rows, run.finished)
@@ -239,6 +262,7 @@ def _tune(run: SweepRun) -> SweepOutcome:
         tuner, searcher = restore_tuner(run.experiment_dir, trainable, [callback, *_result_loggers()]), None
     else:
         tuner, searcher = _new_tuner(run, trainable, callback)
+        _tell_warm_start(run, searcher, tracker)
     status = "FAILED"
     fit_clock, tracker.in_fit = time.perf_counter(), True
     try:
@@ -279,6 +303,20 @@ def _new_tuner(run: SweepRun, trainable, callback):
     return tuner, searcher
 
 
+def _tell_warm_start(run: SweepRun, searcher: CandidateAwareOptunaSearch, tracker) -> None:
+    """Tell the study every --warm-start source's candidates before the first trial; record how many."""
+    if not run.warm:
+        return
+    for source in run.warm:
+        points, skipped = warm_points(source.rows, run.config.search, source.name)
+        told, refused = searcher.tell_warm_start(points, source.name)
+        source.told, source.skipped = told, skipped + refused
+        outside = f"; {source.skipped} outside this search space, skipped" if source.skipped else ""
+        console.print(f"warm start from sweep {source.name} (run {source.sweep.run_id}): {told} of "
+                      f"{len(source.rows)} candidate(s) told to the study{outside}", soft_wrap=True)
+    record_warm_start(tracker, run.warm)
+
+
 def _result_loggers() -> list:
     from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 
@@ -288,7 +326,7 @@ def _result_loggers() -> list:
 def _finish(tracker, publisher, callback, status: str) -> str | None:
     """Publish the final Pareto front and close the parent run; the spool's path if MLflow is away."""
     callback.stop_progress()  # also when the fit failed: the terminal gets its cursor back
-    for row in callback.rows:  # candidates that waited in the spool got their run ids when sent
+    for row in [*publisher.warm, *callback.rows]:  # candidates that waited in the spool got their run ids when sent
         if not row.get("run_id") and row.get("candidate") in tracker.run_ids:
             row["run_id"] = tracker.run_ids[row["candidate"]]
     if tracker.flush(wait_s=FINAL_FLUSH_WAIT_S if tracker.offline else 0.0):
@@ -308,22 +346,25 @@ def _finish(tracker, publisher, callback, status: str) -> str | None:
 
 
 def _outcome(run: SweepRun, rows, base, grid, searcher, spool) -> SweepOutcome:
-    everything = [base, *rows]
+    everything = [base, *run.warm_rows, *rows]  # the front starts from the earlier sweeps' (--warm-start)
     front = [everything[i] for i in pareto_front(everything, minimums(run.config.objectives))]  # feasible only
     rsft_runs = sum(1 for r in grid if r.metrics and r.metrics.get("status"))
     trials = searcher.study.get_trials(deepcopy=False)
-    extra = sum(1 for t in trials if EXTRA_ATTR in t.user_attrs)
+    warm = sum(1 for t in trials if WARM_ATTR in t.user_attrs)
+    extra = sum(1 for t in trials if EXTRA_ATTR in t.user_attrs and WARM_ATTR not in t.user_attrs)
     breakdown = run.timings.breakdown(time.perf_counter() - run.clock, [r.metrics for r in grid])
     return SweepOutcome(run.parent, rows, base, front, len(trials), extra, rsft_runs, run.storage,
                         time.time() - run.start, run.experiment_dir, spool, run.resumed,
-                        mlflow_spooled=run.tracker.spooled, timings=breakdown)
+                        mlflow_spooled=run.tracker.spooled, timings=breakdown, warm_rows=list(run.warm_rows),
+                        warm_points_told=warm)
 
 
 def _print_summary(out: SweepOutcome, config: SweepConfig) -> None:
     # The same table and count sentence as `mm4ke-ray pareto`; base / pure R-SFT rows set apart.
     front = sort_by_combined(out.front)
-    print_table(front, f"Pareto front of {config.name}: {counts_line(len(front), len(out.rows))} "
-                f"({out.rsft_runs} R-SFT runs)", references=reference_rows([out.base, *out.rows], front))
+    counts = counts_line(len(front), len(out.rows) + len(out.warm_rows), warm=len(out.warm_rows))
+    print_table(front, f"Pareto front of {config.name}: {counts} ({out.rsft_runs} R-SFT runs)",
+                references=reference_rows([out.base, *out.warm_rows, *out.rows], front))
     print_breakdown(console, out.timings)
     uri = config.tracking.uri
     if uri.startswith("sqlite"):

@@ -29,12 +29,12 @@ from ray.tune.search.optuna import OptunaSearch
 from mm4ke_ray.schema import Tag
 from mm4ke_ray.search.constraints import constraint_values
 from mm4ke_ray.search.resume import STUDY_FILE
-from mm4ke_ray.search.startup import EXTRA_ATTR, generation_attrs
+from mm4ke_ray.search.startup import EXTRA_ATTR, WARM_ATTR, generation_attrs, warm_generation_attrs
 
 log = logging.getLogger(__name__)
 
 EXTRA_POINTS_KEY = "optuna_extra_points"  # result key: [{"params": {...}, "values": [...]}, ...]
-__all__ = ["EXTRA_ATTR", "EXTRA_POINTS_KEY", "STUDY_FILE", "CandidateAwareOptunaSearch", "journal_storage"]
+__all__ = ["EXTRA_ATTR", "EXTRA_POINTS_KEY", "STUDY_FILE", "WARM_ATTR", "CandidateAwareOptunaSearch", "journal_storage"]
 
 
 def journal_storage(path: str | Path) -> optuna.storages.BaseStorage:
@@ -107,18 +107,39 @@ class CandidateAwareOptunaSearch(OptunaSearch):
 
     def _add_points(self, points: list[dict], trial_id: str, system_attrs: dict | None = None) -> None:
         for point in points:
-            params = {k: v for k, v in point["params"].items() if k in self._space}
             try:
-                values = [float(v) for v in point["values"]]
-                trial = optuna.trial.create_trial(params=params, distributions=self._space, values=values,
-                                                  user_attrs={EXTRA_ATTR: trial_id}, system_attrs=dict(system_attrs or {}),
-                                                  constraints=self._constraint_values(values) or None)
-                self._ot_study.add_trial(trial)
+                self._add_point(point, {EXTRA_ATTR: trial_id}, system_attrs)
                 self.extra_points_told += 1
             except (ValueError, TypeError) as exc:  # a point outside the space or a non-finite value
                 self.extra_points_refused += 1
                 log.warning("extra point of trial %s not told to Optuna (%d so far): %s", trial_id,
                             self.extra_points_refused, exc)
+
+    def _add_point(self, point: dict, user_attrs: dict, system_attrs: dict | None) -> None:
+        """One evaluated point as a COMPLETE study trial; ValueError/TypeError when it cannot be."""
+        params = {k: v for k, v in point["params"].items() if k in self._space}
+        values = [float(v) for v in point["values"]]
+        trial = optuna.trial.create_trial(params=params, distributions=self._space, values=values,
+                                          user_attrs={**user_attrs, **point.get("user_attrs", {})},
+                                          system_attrs=dict(system_attrs or {}),
+                                          constraints=self._constraint_values(values) or None)
+        self._ot_study.add_trial(trial)
+
+    def tell_warm_start(self, points: list[dict], source: str) -> tuple[int, int]:
+        """Tell an earlier sweep's candidates (`search.warm_start.warm_points`) before the first
+        trial, through the path extra points take; (told, refused). Each point carries its user
+        attributes: one per earlier R-SFT configuration without `EXTRA_ATTR`, so the start-up and
+        the R-SFT parameters' model count that configuration once, as they count this sweep's."""
+        told = refused = 0
+        system_attrs = warm_generation_attrs(self._ot_study.sampler)
+        for point in points:
+            try:
+                self._add_point(point, {WARM_ATTR: source}, system_attrs)
+                told += 1
+            except (ValueError, TypeError) as exc:
+                refused += 1
+                log.info("warm-start point of %s not told to Optuna: %s", source, exc)
+        return told, refused
 
     def _tell_failed(self, trial_id: str, ot_trial, result: dict) -> None:
         # A diverged R-SFT is a real outcome, but it has no objective values: FAIL keeps it out of

@@ -38,6 +38,7 @@ from optuna.trial import FrozenTrial, TrialState
 from mm4ke_ray.schema import MERGE_PARAMS, Tag
 
 EXTRA_ATTR = Tag.EXTRA_OF  # user attribute of an extra point: the Tune trial it came from
+WARM_ATTR = Tag.WARM_START_FROM  # user attribute of a point told from an earlier sweep (--warm-start)
 
 
 def rsft_configurations_before(study: Study, trial: FrozenTrial) -> int:
@@ -181,3 +182,12 @@ def generation_attrs(sampler: BaseSampler, study: Study, parent: FrozenTrial) ->
     if key in frozen.system_attrs:
         return {key: frozen.system_attrs[key]}
     return {key: inner.get_trial_generation(study, frozen)}
+
+
+def warm_generation_attrs(sampler: BaseSampler) -> dict:
+    """System attributes of a point told from an earlier sweep: NSGA-II's generation 0 (its first
+    population), so NSGA-II breeds from the earlier front instead of ignoring it."""
+    inner = sampler.model if isinstance(sampler, RSFTStartupSampler) else sampler
+    if not isinstance(inner, optuna.samplers.NSGAIISampler):
+        return {}
+    return {inner._get_generation_key(): 0}

@@ -35,7 +35,7 @@ from mm4ke_ray.evaluate.pareto import (
     split_front,
 )
 from mm4ke_ray.evaluate.scores import COMBINED, EDIT, GENERAL
-from mm4ke_ray.schema import BASE, BEST_TAGS, ID_COLUMNS, PARAM_COLUMNS, PARETO_DIR, Tag
+from mm4ke_ray.schema import BASE, BEST_TAGS, ID_COLUMNS, PARAM_COLUMNS, PARETO_DIR, WARM_START, Tag
 from mm4ke_ray.tracking.pareto_plots import write_front_html, write_front_png
 from mm4ke_ray.tracking.query import normalize_row
 
@@ -131,7 +131,7 @@ def publish_pareto(tracker, rows: list[dict], base: dict, mins: dict[str, float]
         write_front_html(marked, folder / "front.html", title, edit_mode)
         tracker.log_artifacts(folder, PARETO_DIR)
     best = best_candidate(normalized, mins)
-    tags = {Tag.PARETO_SIZE: len(front), Tag.CANDIDATES: len(rows)}
+    tags = {Tag.PARETO_SIZE: len(front), Tag.CANDIDATES: sum(1 for r in rows if not r.get(WARM_START))}
     if best is not None:
         tags.update(
             dict(
@@ -156,10 +156,12 @@ class ParetoPublisher:
     sweep go on; the final one raises.
     """
 
-    def __init__(self, tracker, base: dict, every: int = 3):
+    def __init__(self, tracker, base: dict, every: int = 3, warm: list[dict] | None = None):
+        """`warm`: earlier sweeps' candidates (--warm-start) the front starts from, before `rows`."""
         if every < 1:
             raise ValueError(f"every must be >= 1, got {every}")
         self.tracker, self.base, self.every = tracker, base, every
+        self.warm = list(warm or [])
         self.calls = 0
 
     def __call__(self, rows: list[dict]) -> None:
@@ -167,11 +169,11 @@ class ParetoPublisher:
         if self.calls % self.every:
             return
         try:
-            publish_pareto(self.tracker, rows, self.base)
+            publish_pareto(self.tracker, [*self.warm, *rows], self.base)
         except Exception as exc:  # noqa: BLE001 - a refresh must not end a long sweep
             warnings.warn(
                 f"could not refresh the Pareto artifacts ({exc}); will retry", stacklevel=2
             )
 
     def final(self, rows: list[dict]) -> None:
-        publish_pareto(self.tracker, rows, self.base)
+        publish_pareto(self.tracker, [*self.warm, *rows], self.base)

@@ -26,6 +26,7 @@ from mm4ke_ray.schema import (
     PURE_RSFT,
     SAMPLED,
     TEACHER_FORCED,
+    WARM_START,
 )
 
 # kind → (label, matplotlib marker, colour, size); drawn in this order, so base ends on top.
@@ -181,6 +182,8 @@ def write_front_png(rows: list[dict], path: str | Path, title: str, edit_mode: s
 def _hover(row: dict) -> str:
     """A candidate's tooltip: name, parameters, metrics, run id (plain text lines)."""
     lines = [f"{row.get('candidate')} ({row.get('kind')})" + (f" - {INFEASIBLE_LABEL}" if _infeasible(row) else "")]
+    if row.get(WARM_START):
+        lines.append(f"from the earlier sweep {row[WARM_START]} (--warm-start)")
     params = [f"{k}={row[k]:g}" for k in PARAM_COLUMNS if isinstance(row.get(k), int | float)]
     if params:
         lines.append(", ".join(params))

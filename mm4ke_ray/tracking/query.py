@@ -16,7 +16,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mm4ke_ray.errors import UserError
-from mm4ke_ray.schema import BASE, ID_COLUMNS, PARAM_COLUMNS, ROLE_CANDIDATE, ROLE_SWEEP, Tag
+from mm4ke_ray.schema import (
+    BASE,
+    ID_COLUMNS,
+    PARAM_COLUMNS,
+    ROLE_CANDIDATE,
+    ROLE_SWEEP,
+    WARM_START,
+    Tag,
+)
 
 _RUN_ID = re.compile(r"^[0-9a-f]{32}$")
 _PAGE = 1000
@@ -38,18 +46,21 @@ def normalize_row(row: dict) -> dict:
     """One candidate in the shape shared by the CSV artifacts and MLflow queries.
 
     Identity columns are strings (or None), parameters keep their numbers, every other numeric
-    value becomes a float under its MLflow key ('/' → '.'); non-numeric extras are dropped.
+    value becomes a float under its MLflow key ('/' → '.'); non-numeric extras are dropped. A row
+    copied from an earlier sweep (--warm-start) keeps that sweep's name in `warm_start`.
     """
     out: dict = {}
     for key in ID_COLUMNS:
         value = row.get(key)
         out[key] = None if value is None else str(value)
+    if row.get(WARM_START):
+        out[WARM_START] = str(row[WARM_START])
     for key in PARAM_COLUMNS:
         value = row.get(key)
         if value is not None:
             out[key] = parse_param(value) if isinstance(value, str) else value
     for key, value in row.items():
-        if key in ID_COLUMNS or key in PARAM_COLUMNS:
+        if key in ID_COLUMNS or key in PARAM_COLUMNS or key == WARM_START:
             continue
         if (
             isinstance(value, bool)
@@ -199,6 +210,7 @@ def candidate_row(run) -> dict:
         "run_id": run.info.run_id,
         **{k: parse_param(v) for k, v in run.data.params.items()},
         **run.data.metrics,
+        WARM_START: tags.get(Tag.WARM_START_FROM),
     }
     return normalize_row(row)
 

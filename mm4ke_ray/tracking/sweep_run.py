@@ -3,6 +3,7 @@ what a resumed sweep finds already logged in it."""
 
 from __future__ import annotations
 
+import json
 import platform
 import subprocess
 from importlib.metadata import PackageNotFoundError, version
@@ -11,6 +12,7 @@ from pathlib import Path
 import yaml
 
 from mm4ke_ray.config import SweepConfig
+from mm4ke_ray.fingerprint import fingerprint, fingerprint_fields
 from mm4ke_ray.modeling.encoding import EVAL_SCORING, TRAIN_SUPERVISION
 from mm4ke_ray.schema import CONFIG_ARTIFACT, Tag
 from mm4ke_ray.storage import is_uri
@@ -75,7 +77,14 @@ def recorded_choices(config: SweepConfig) -> dict:
 def sweep_tags(config: SweepConfig, experiment_dir: str) -> dict:
     return {Tag.GIT_REVISION: git_revision(), Tag.PROTOCOL: config.evaluation.protocol,
             Tag.PROMPT_FORMAT: config.data.prompt_format, Tag.SWEEP_FOLDER: experiment_dir,
-            **{Tag.version(k): v for k, v in versions().items()}}
+            **fingerprint_tags(config), **{Tag.version(k): v for k, v in versions().items()}}
+
+
+def fingerprint_tags(config: SweepConfig) -> dict:
+    """`mm4ke.fingerprint` and the fields it was made from, so a later --warm-start can be checked
+    against this sweep and a mismatch named field by field."""
+    fields = fingerprint_fields(config)
+    return {Tag.FINGERPRINT: fingerprint(fields), Tag.FINGERPRINT_FIELDS: json.dumps(fields, sort_keys=True)}
 
 
 def spool_path(experiment_dir: str) -> Path:

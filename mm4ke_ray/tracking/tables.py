@@ -27,6 +27,7 @@ from mm4ke_ray.schema import (
     MERGE_PARAMS,
     PURE_RSFT,
     RSFT_PARAMS,
+    WARM_START,
 )
 
 # Always shown, in this order, whatever the width.
@@ -37,6 +38,7 @@ SECONDARY_COLUMNS = (
     *GEN_EDIT_METRICS[:1],
     "on_front",
     "kind",
+    WARM_START,  # only when some rows came from an earlier sweep (--warm-start)
     LAYER,
     LR,
     *EDIT_METRICS[1:],
@@ -142,10 +144,12 @@ def reference_rows(candidates: list[dict], front: list[dict]) -> list[dict]:
     return [r for r in (*base[:1], best_pure) if r is not None and r.get("candidate") not in on]
 
 
-def counts_line(front: int, edited: int, failed: int | None = None) -> str:
-    """The same count sentence for `pareto` and the sweep's summary: front size, candidates, base."""
+def counts_line(front: int, edited: int, failed: int | None = None, warm: int = 0) -> str:
+    """The same count sentence for `pareto` and the sweep's summary: front size, candidates (`warm`
+    of them from earlier sweeps, --warm-start), base."""
     tail = f", {failed} failed" if failed else ""
-    return f"{front} on the front of {edited} candidates + the base model{tail}"
+    earlier = f" ({warm} from earlier sweeps)" if warm else ""
+    return f"{front} on the front of {edited} candidates{earlier} + the base model{tail}"
 
 
 def executable(name: str) -> str:

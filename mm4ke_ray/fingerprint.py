@@ -1,0 +1,54 @@
+"""A sweep's fingerprint: what must be equal for two sweeps' candidates to be comparable.
+
+A candidate's objectives depend on the base model, the edit set, how it is evaluated and scored,
+the merge method and the R-SFT optimizer, not on the search space, the sampler or the resources.
+`--warm-start` tells an earlier sweep's candidates to a new study only when both sweeps have
+the same fingerprint; the fields it is made from are stored beside it (MLflow parent run), so a
+refusal names the field that differs instead of two opaque hashes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+from mm4ke_ray.config import SweepConfig
+
+# Every field of these sections (a nested one, e.g. evaluation.fidelity, as one value) and single fields; evaluation.batch_size only changes speed.
+_SECTIONS = ("model", "data", "evaluation")
+_LEFT_OUT = {"model.trust_remote_code", "model.allow_pickle", "evaluation.batch_size"}
+_LONGEST = 300  # characters of one field's JSON kept as is
+_FIELDS = ("merge.method", "search.rsft.optimizer", "objectives.edit_weights", "objectives.combined_edit_weight")
+
+
+def fingerprint_fields(config: SweepConfig) -> dict:
+    """The fields (dotted name → JSON value) a sweep's fingerprint is made from."""
+    data = config.model_dump(mode="json")
+    out: dict = {}
+    for section in _SECTIONS:
+        out.update({f"{section}.{key}": value for key, value in data[section].items()})
+    for dotted in _FIELDS:
+        node = data
+        for part in dotted.split("."):
+            node = node[part]
+        out[dotted] = node
+    out["objectives.edit_mode"] = config.edit_mode  # resolved: unset and its default are the same scoring
+    return {k: _bounded(out[k]) for k in sorted(out) if k not in _LEFT_OUT}
+
+
+def _bounded(value):
+    """`value`, or its digest when its JSON is long: the fields go into one MLflow tag (8,000
+    characters at most), and a long task list or metric map still compares exactly."""
+    text = json.dumps(value, sort_keys=True)
+    return value if len(text) <= _LONGEST else {"sha256": hashlib.sha256(text.encode()).hexdigest()[:16]}
+
+
+def fingerprint(fields: dict) -> str:
+    """A short, stable digest of `fingerprint_fields`."""
+    text = json.dumps(fields, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def differences(here: dict, there: dict) -> list[tuple[str, object, object]]:
+    """(field, value here, value there) for every field that differs (a missing field: None)."""
+    return [(k, here.get(k), there.get(k)) for k in sorted(set(here) | set(there)) if here.get(k) != there.get(k)]
