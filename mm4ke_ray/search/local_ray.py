@@ -76,9 +76,22 @@ def loopback_only() -> Iterator[None]:
                 os.environ[name] = value
 
 
+# Ray gives its raylet a fixed 30 s to register with the GCS (ray/_private/node.py); on a busy
+# 2-core machine (CI, a laptop running other jobs) that start can miss it once and succeed next time.
+START_ATTEMPTS = 2
+_START_TIMEOUT = "timed out during startup"
+
+
 def init_local_ray(**kwargs) -> None:
     """`ray.init(**kwargs)` starting a local Ray whose every listening socket is on 127.0.0.1."""
     import ray
 
-    with loopback_only():
-        ray.init(**kwargs)
+    for attempt in range(1, START_ATTEMPTS + 1):
+        try:
+            with loopback_only():
+                ray.init(**kwargs)
+            return
+        except Exception as error:  # Ray raises a bare Exception for this one
+            if _START_TIMEOUT not in str(error) or attempt == START_ATTEMPTS:
+                raise
+            ray.shutdown()  # the processes of the failed start
