@@ -40,27 +40,25 @@ class DataConfig(_Section):
 
 
 class FidelityConfig(_Section):
-    """Successive halving over evaluation fidelity (mm4ke_ray/evaluate/fidelity.py); off by default."""
+    """Successive halving over evaluation fidelity (mm4ke_ray/evaluate/fidelity.py); off by default.
 
-    enabled: bool = Field(False, description="Score candidates on growing record/document subsets first.")
+    On, a trial's merge candidates are scored on growing seeded subsets of the edit records and
+    lm-eval documents; only those not dominated by the margin among the trial's own candidates
+    go on, up to the full evaluation. The sampled candidate always reaches it; only full results
+    are candidates (Optuna, front, best pick, export)."""
+
+    enabled: bool = Field(
+        False, description="Score a trial's merge candidates on growing record/document subsets first; "
+        "only those not dominated by the margin go on to the full evaluation.",
+    )
     rungs: int = Field(3, ge=1, description="Rungs; the last is the full evaluation (1: no halving).")
     reduction_factor: float = Field(
         3.0, gt=1, description="Rung r evaluates reduction_factor^-(rungs-1-r) of the records and documents.",
     )
     margin_z: float = Field(
-        1.0, ge=0, description="A candidate is dropped when another beats it in both objectives by more "
-        "than margin_z standard errors of the difference.",
+        1.0, ge=0, description="A candidate is dropped when another beats it by margin_z standard errors of "
+        "the difference: at least that in both objectives, more in one.",
     )
-
-    @field_validator("enabled")
-    @classmethod
-    def _not_yet_wired(cls, value: bool) -> bool:
-        # The rung logic exists (evaluate/fidelity.py) but the sweep does not call it yet: accepting
-        # `enabled: true` would silently run every candidate at full fidelity.
-        if value:
-            raise ValueError("successive halving is not wired into the sweep yet (only its rung logic "
-                             "exists): set evaluation.fidelity.enabled to false")
-        return value
 
 
 class EvaluationConfig(_Section):
@@ -87,7 +85,8 @@ class EvaluationConfig(_Section):
         4, ge=0, description="Generation mode: new tokens allowed beyond the target's own token count.",
     )
     fidelity: FidelityConfig = Field(
-        default_factory=FidelityConfig, description="Successive halving over evaluation fidelity (groundwork).",
+        default_factory=FidelityConfig,
+        description="Successive halving over evaluation fidelity among a trial's merge candidates (off by default).",
     )
 
     @model_validator(mode="after")
@@ -358,6 +357,20 @@ class SweepConfig(_Section):
                 "per trial that the sweep tells it (merge.extra_candidates): random search ignores every result, "
                 "so they would steer nothing; set merge.extra_candidates to 0 for a random-search baseline, "
                 "or use search.sampler tpe, gp or nsga2, which learn from them"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _halving_needs_candidates_to_drop(self):
+        # Halving promotes among a trial's own candidates and the sampled one always reaches the
+        # full rung: with no extra candidate nothing can be dropped, and the lower rungs are waste.
+        fid = self.evaluation.fidelity
+        if fid.enabled and fid.rungs > 1 and self.merge.extra_candidates == 0:
+            raise ValueError(
+                "evaluation.fidelity.enabled with merge.extra_candidates 0: successive halving picks among a "
+                "trial's own merge candidates and the sampled one is always evaluated in full, so with no extra "
+                "candidate it would only add lower-rung evaluations; set merge.extra_candidates to 1 or more, "
+                "or set evaluation.fidelity.enabled to false"
             )
         return self
 

@@ -29,6 +29,10 @@ BASE = "base"  # the unedited base model's row
 PURE_RSFT = "pure_rsft"  # α = 0, sparsity = 0: the R-SFT delta as trained
 SAMPLED = "sampled"  # the point Optuna asked for
 EXTRA = "extra"  # a further merge candidate of the same delta
+# successive halving (evaluation.fidelity): a candidate stopped below the full rung. Its run has
+# this status tag and only `rung{r}.*` metrics; it is no candidate row (front, best pick, export).
+PRUNED = "pruned"
+PRUNED_CANDIDATES = "pruned_candidates"  # a trial result's key: its pruned candidates
 # Column of a row copied from an earlier sweep (--warm-start): that sweep's name; absent otherwise.
 WARM_START = "warm_start"
 

@@ -86,6 +86,18 @@ def test_dominated_by_less_than_the_margin_is_promoted_by_more_is_not():
     assert promote([best, close, far], reduction_factor=3.0, z=0.0) == ["best"]
 
 
+def test_a_tie_in_one_objective_drops_only_without_a_margin_to_clear():
+    # Retention capped at 1 for both, edit far apart: worse in one, tied in the other.
+    capped = RungResult("capped", 0.9, 1.0, edit_se=0.01, general_se=0.0)
+    behind = RungResult("behind", 0.5, 1.0, edit_se=0.01, general_se=0.0)
+    assert dominates_by_margin(capped, behind, z=1.0)  # the tie has no error: 0 >= a margin of 0
+    assert not dominates_by_margin(behind, capped, z=1.0)
+    assert not dominates_by_margin(capped, capped, z=0.0)  # identical points: neither dominates
+    noisy = RungResult("noisy", 0.5, 1.0, edit_se=0.01, general_se=0.05)
+    assert not dominates_by_margin(capped, noisy, z=1.0)  # a tie does not clear a positive margin
+    assert dominates_by_margin(capped, noisy, z=0.0)
+
+
 def test_far_behind_in_one_objective_only_is_a_trade_off_and_goes_on():
     edit_heavy = _point("edit", 0.95, 0.20)
     general_heavy = _point("general", 0.30, 0.70)
@@ -151,12 +163,16 @@ def test_fidelity_is_off_by_default_and_validated():
     assert ok.rungs == 1
 
 
-def test_enabling_halving_is_refused_until_the_sweep_runs_it(tmp_path):
+def test_enabling_halving_is_accepted_but_not_without_extra_candidates(tmp_path):
     config = tmp_path / "c.yaml"
     config.write_text("evaluation:\n  fidelity:\n    enabled: true\n")
+    assert load_config(config).evaluation.fidelity.enabled is True
+    config.write_text("evaluation:\n  fidelity:\n    enabled: true\nmerge:\n  extra_candidates: 0\n")
     with pytest.raises(ConfigError) as err:
         load_config(config)
-    assert "evaluation.fidelity.enabled" in str(err.value) and "not wired" in str(err.value)
+    assert "evaluation.fidelity.enabled" in str(err.value) and "merge.extra_candidates" in str(err.value)
+    config.write_text("evaluation:\n  fidelity:\n    enabled: true\n    rungs: 1\nmerge:\n  extra_candidates: 0\n")
+    assert load_config(config).evaluation.fidelity.rungs == 1  # one rung: no halving, nothing wasted
 
 
 @pytest.mark.parametrize(("field", "value", "fragment"), [

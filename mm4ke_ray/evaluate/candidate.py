@@ -24,9 +24,20 @@ import torch
 from mm4ke_ray.config import SweepConfig
 from mm4ke_ray.data import load_edit_records
 from mm4ke_ray.evaluate.edit_metrics import EditEvaluator
+from mm4ke_ray.evaluate.fidelity import (
+    EDIT_SE,
+    EVAL_DOCS,
+    EVAL_RECORDS,
+    GENERAL_SE,
+    RungPlan,
+    edit_score_stderr,
+    general_score_stderr,
+    mean_stderr,
+    plan_rungs,
+)
 from mm4ke_ray.evaluate.general import GeneralEvaluator, GeneralResult, general_score, retention
 from mm4ke_ray.evaluate.generation import GenerationEvaluator, GenerationReference
-from mm4ke_ray.evaluate.scores import edit_family, objective_values
+from mm4ke_ray.evaluate.scores import edit_family, edit_score, objective_values
 from mm4ke_ray.merge import apply_delta_, restore_
 from mm4ke_ray.modeling import decoder_layers, load_model, load_tokenizer, mlp_prefix
 from mm4ke_ray.schema import (
@@ -66,6 +77,11 @@ class EvalSettings:
     edit_mode: str = TEACHER_FORCED  # the family the edit score uses (SweepConfig.edit_mode)
     generation_match: str = "starts_with"
     generation_extra_tokens: int = 4
+    # evaluation.fidelity: rungs of successive halving (1: off), their reduction factor and the
+    # seed of their subsets (the sweep's seed); `evaluate(rung=r)` scores rung r's subset.
+    fidelity_rungs: int = 1
+    fidelity_reduction_factor: float = 3.0
+    fidelity_seed: int = 0
 
     @property
     def teacher_forced(self) -> bool:
@@ -90,7 +106,30 @@ def eval_settings(config: SweepConfig, device: str) -> EvalSettings:
         device=device, allow_pickle=config.model.allow_pickle, eval_mode=config.evaluation.mode,
         edit_mode=config.edit_mode, generation_match=config.evaluation.generation_match,
         generation_extra_tokens=config.evaluation.generation_extra_tokens,
+        **_fidelity_settings(config),
     )
+
+
+def _fidelity_settings(config: SweepConfig) -> dict:
+    fid = config.evaluation.fidelity
+    if not fid.enabled:
+        return {}
+    return {"fidelity_rungs": fid.rungs, "fidelity_reduction_factor": fid.reduction_factor,
+            "fidelity_seed": config.search.seed}
+
+
+@dataclass
+class _View:
+    """What one fidelity scores with: the evaluators of its records, its lm-eval document subset
+    (None: the configured documents) and the base model's reference on exactly those items."""
+
+    edit_eval: EditEvaluator
+    gen_eval: GenerationEvaluator | None
+    samples: dict[str, list[int]] | None
+    reference: Reference
+    n_records: int
+    n_docs: int
+    docs_population: dict[str, int] | None = None  # per general output key, the full rung's documents
 
 
 @dataclass
@@ -112,6 +151,7 @@ class CandidateEvaluator:
             s.model, dtype=s.dtype, device=s.device, trust_remote_code=s.trust_remote_code, allow_pickle=s.allow_pickle
         )
         records = load_edit_records(s.edits, limit=s.limit, skip_invalid=s.skip_invalid, fmt=s.data_format).records
+        self.records = records
         self.edit_eval = EditEvaluator(self.tokenizer, records, prompt_format=s.prompt_format, batch_size=s.batch_size,
                                        prefix_cache=s.prefix_cache)
         self.gen_eval = None
@@ -128,6 +168,50 @@ class CandidateEvaluator:
         if reference is not None:
             _check_reference(reference, s)
         self.reference = reference or self._compute_reference()
+        self._plan: RungPlan | None = None
+        self._rung_views: dict[int, _View] = {}
+        self._full_docs: int | None = None
+
+    @property
+    def _full_view(self) -> _View:
+        if self._full_docs is None:
+            self._full_docs = sum(self.general_eval.docs_per_task().values()) if self.general_eval else 0
+        return _View(self.edit_eval, self.gen_eval, None, self.reference, len(self.records), self._full_docs)
+
+    def rung_plan(self) -> RungPlan:
+        """The sweep's rung subsets (`fidelity.plan_rungs`): the same in every evaluator of a sweep."""
+        if self._plan is None:
+            s = self.settings
+            docs = self.general_eval.docs_per_task() if self.general_eval else {}
+            self._plan = plan_rungs(len(self.records), docs, s.fidelity_rungs, s.fidelity_reduction_factor,
+                                    s.fidelity_seed)
+        return self._plan
+
+    def _rung_view(self, rung: int) -> _View:
+        """Rung `rung`'s evaluators and the base's reference on its items; built on first use, when
+        the model is the base (never between a merge and its restore), and kept."""
+        if rung not in self._rung_views:
+            s, plan = self.settings, self.rung_plan()
+            records = [self.records[i] for i in plan.records(rung)]
+            edit_eval = EditEvaluator(self.tokenizer, records, prompt_format=s.prompt_format,
+                                      batch_size=s.batch_size, prefix_cache=s.prefix_cache)
+            gen_eval = None
+            if self.gen_eval:
+                gen_eval = GenerationEvaluator(self.tokenizer, records, prompt_format=s.prompt_format,
+                                               batch_size=s.batch_size, match=s.generation_match,
+                                               extra_new_tokens=s.generation_extra_tokens)
+            samples = plan.general_samples(rung) if self.general_eval else None
+            result = self.general_eval.evaluate_result(samples) if self.general_eval else None
+            reference = Reference(
+                locality=edit_eval.base_predictions(self.model) if s.teacher_forced else None,
+                general=result.scores if result else {}, metrics={}, general_result=result,
+                generation=gen_eval.base_generations(self.model) if gen_eval else None,
+            )
+            full = self.reference.general_result
+            self._rung_views[rung] = _View(edit_eval, gen_eval, samples, reference, len(records),
+                                           sum(len(d) for d in (samples or {}).values()),
+                                           dict(full.n_docs) if full else None)
+        return self._rung_views[rung]
 
     def _compute_reference(self) -> Reference:
         locality = self.edit_eval.base_predictions(self.model) if self.settings.teacher_forced else None
@@ -139,34 +223,71 @@ class CandidateEvaluator:
         ref.metrics = self._score(alpha=None, sparsity=None, seconds=0.0)
         return ref
 
-    def _score(self, alpha, sparsity, seconds: float, first_layer: int | None = None) -> dict:
+    def _score(self, alpha, sparsity, seconds: float, first_layer: int | None = None,
+               view: _View | None = None) -> dict:
+        """Metrics and objectives of the model as it is now; on a rung's `view`, also the
+        objectives' standard errors (`fidelity.EDIT_SE`, `GENERAL_SE`) that promotion needs."""
         start = time.perf_counter()
-        metrics = {}
+        low = view is not None
+        view = view or _View(self.edit_eval, self.gen_eval, None, self.reference, 0, 0)
+        metrics, rows = {}, {}
         if self.settings.teacher_forced:
-            metrics.update(self.edit_eval.evaluate(self.model, self.reference.locality, fluency=self.settings.fluency,
-                                                   first_layer=first_layer).flat())
-        if self.gen_eval:
-            generated = self.gen_eval.evaluate(self.model, self.reference.generation).flat()
-            metrics.update({gen_metric(k): v for k, v in generated.items()})
+            edit = view.edit_eval.evaluate(self.model, view.reference.locality, fluency=self.settings.fluency,
+                                           first_layer=first_layer)
+            metrics.update(edit.flat())
+            rows[TEACHER_FORCED] = edit.per_record
+        if view.gen_eval:
+            generated = view.gen_eval.evaluate(self.model, view.reference.generation)
+            metrics.update({gen_metric(k): v for k, v in generated.flat().items()})
+            rows[GENERATION] = generated.per_record
         out = {k: v for k, v in metrics.items() if v is not None}
-        general = None
+        general = general_se = None
         if self.general_eval:
-            result = self.general_eval.evaluate_result()
+            result = self.general_eval.evaluate_result(view.samples)
             scores = result.scores
             better = self.general_eval.higher_is_better
-            kept = retention(scores, self.reference.general, better)
-            general = general_score(scores, self.reference.general, better)
+            kept = retention(scores, view.reference.general, better)
+            general = general_score(scores, view.reference.general, better)
             if general != general:  # NaN: every task's base score was 0; nothing to retain
                 general = 0.0
             out.update(result.flat(GENERAL_PREFIX))  # general.<task>, general.<task>.stderr
             out.update({f"{RETENTION_PREFIX}{k}": v for k, v in kept.items()})
+            if low:
+                general_se = general_score_stderr(result.stderr, view.reference.general, result.n_docs,
+                                                  view.docs_population or {}, better)
         family = edit_family(out, self.settings.edit_mode)
         out.update(objective_values(family, general, self.settings.edit_weights, self.settings.combined_edit_weight))
+        if low:
+            out.update(self._objective_stderrs(rows.get(self.settings.edit_mode) or [], general_se))
         out["eval_seconds"] = time.perf_counter() - start + seconds
         return out
 
-    def evaluate(self, delta: dict[str, torch.Tensor], alpha: float, sparsity: float, seed: int = 0) -> dict:
-        """Merge (in place), evaluate, restore. Returns metrics and objectives of the candidate."""
+    def _objective_stderrs(self, per_record: list[dict], general_se: float | None) -> dict:
+        """SEs of the objectives at a rung, from per-record scores (finite-population corrected
+        against the whole edit set). Without general tasks locality stands in as the general
+        objective, as in `objective_values`."""
+        s, n = self.settings, len(self.records)
+        has_tasks = self.general_eval is not None
+        exclude = () if has_tasks else ("locality",)
+        edit = [edit_score(row, s.edit_weights, exclude=exclude) for row in per_record]
+        out = {EDIT_SE: edit_score_stderr(edit, n)}
+        if not has_tasks:
+            loc = [row["locality"] / 100.0 for row in per_record if row.get("locality") is not None]
+            general_se = mean_stderr(loc, n)
+        out[GENERAL_SE] = general_se
+        return {k: v for k, v in out.items() if v is not None}
+
+    def evaluate(self, delta: dict[str, torch.Tensor], alpha: float, sparsity: float, seed: int = 0,
+                 rung: int | None = None) -> dict:
+        """Merge (in place), evaluate, restore. Returns metrics and objectives of the candidate.
+
+        `rung` (successive halving, `settings.fidelity_rungs` > 1): score only that rung's
+        subset of records and documents (`rung_plan`); None or the last rung is the full
+        evaluation, the same as without halving. Either way the metrics say how many records
+        (`fidelity.EVAL_RECORDS`) and documents (`EVAL_DOCS`) were scored."""
+        view = None
+        if rung is not None and not self.rung_plan().is_full(rung):
+            view = self._rung_view(rung)  # before the merge: its base reference needs the base model
         start = time.perf_counter()
         device = next(self.model.parameters()).device
         # Sparsify on the model's device: a top-k over a 7B model's MLP takes seconds on CPU, ms on GPU.
@@ -174,12 +295,15 @@ class CandidateEvaluator:
         snapshot = apply_delta_(self.model, delta, alpha=alpha, sparsity=sparsity, method=self.settings.merge_method, seed=seed)
         merge_seconds = time.perf_counter() - start
         try:
-            out = self._score(alpha, sparsity, seconds=merge_seconds, first_layer=delta_first_layer(self.model, delta))
+            out = self._score(alpha, sparsity, seconds=merge_seconds, first_layer=delta_first_layer(self.model, delta),
+                              view=view)
         finally:
             restore_(self.model, snapshot)
             del delta, snapshot
             release_freed_memory()
         out["merge_seconds"] = merge_seconds
+        counted = view or self._full_view
+        out[EVAL_RECORDS], out[EVAL_DOCS] = counted.n_records, counted.n_docs
         return out
 
 

@@ -11,15 +11,16 @@ rung-1 items: a resumed or promoted candidate only needs the rung's new items) a
 every candidate of a sweep (paired comparisons) and for every run with the same seed.
 
 Promotion. Both objectives (edit, general) are maximised. Candidate b *dominates a by the
-margin* when, in each objective k, b_k - a_k > z * sqrt(se_a,k^2 + se_b,k^2): the difference
-exceeds z standard errors of the difference. See `promote` for the whole rule.
+margin* when, in each objective k, b_k - a_k >= z * sqrt(se_a,k^2 + se_b,k^2), strictly in at
+least one: Pareto dominance with each difference asked to clear z standard errors of the
+difference. See `promote` for the whole rule.
 """
 
 from __future__ import annotations
 
 import math
 import random
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 
@@ -149,7 +150,13 @@ class RungResult:
 
 
 def dominates_by_margin(b: RungResult, a: RungResult, z: float) -> bool:
-    """Whether b beats a in both objectives by more than z standard errors of the difference.
+    """Whether b beats a by z standard errors of the difference: at least that in every
+    objective and more than that in one (Pareto dominance, shifted by the margin).
+
+    Why not strictly in every objective: a tie is common where a score saturates (retention
+    capped at 1, a locality of 0 on every record of a small rung) and carries no error (SE 0);
+    strict dominance would then never drop a candidate that is worse in the other objective.
+    A tie with a positive margin (SE > 0, z > 0) does not clear it, so noise still protects.
 
     SE of the difference is sqrt(se_a^2 + se_b^2), as for independent estimates. Candidates of a
     rung share its items, so their errors correlate and the paired SE is smaller: this margin is
@@ -157,6 +164,7 @@ def dominates_by_margin(b: RungResult, a: RungResult, z: float) -> bool:
     margin infinite: nothing is dropped on a score that carries no error estimate, unless z is 0
     (then no margin is asked for at all).
     """
+    strictly = False
     for vb, va, sb, sa in zip(b.values(), a.values(), b.stderrs(), a.stderrs(), strict=True):
         if z == 0:
             margin = 0.0
@@ -164,9 +172,10 @@ def dominates_by_margin(b: RungResult, a: RungResult, z: float) -> bool:
             return False
         else:
             margin = z * math.hypot(sa, sb)
-        if not vb - va > margin:
+        if not vb - va >= margin:
             return False
-    return True
+        strictly = strictly or vb - va > margin
+    return strictly
 
 
 def margin_dominators(a: RungResult, results: Sequence[RungResult], z: float) -> int:
@@ -193,8 +202,8 @@ def promote(results: Sequence[RungResult], reduction_factor: float, z: float) ->
     """Keys of the candidates that go on to the next rung, in the order of `results`.
 
     Rule: a candidate goes on when no other candidate of the rung dominates it by the margin
-    (`dominates_by_margin`: better in both objectives by more than z standard errors of the
-    difference). All such candidates go on, however many (the margin, not a quota, decides; a
+    (`dominates_by_margin`: at least z standard errors of the difference better in both
+    objectives, more in one). All such candidates go on, however many (the margin, not a quota, decides; a
     noisy rung drops little). When fewer than ceil(n / reduction_factor) survive, the best of
     the dropped fill up to that minimum, so a rung of a few lucky outliers does not starve the
     next rung: ordered by how many candidates margin-dominate them (fewer first), then by plain
@@ -224,3 +233,86 @@ def _check_plan_args(rungs: int, reduction_factor: float) -> None:
         raise ValueError(f"rungs must be >= 1, got {rungs}")
     if reduction_factor <= 1:
         raise ValueError(f"reduction_factor must be > 1, got {reduction_factor}")
+
+
+# -- a trial's rung loop --------------------------------------------------------------------------
+
+# Metric names a rung's evaluation adds to a candidate's metrics: the objectives' standard errors
+# (what `promote` needs; absent at the full rung, where the score is exact) and what was evaluated.
+EDIT_SE = "edit_score_se"
+GENERAL_SE = "general_score_se"
+EVAL_RECORDS = "eval_records"  # edit records this evaluation scored
+EVAL_DOCS = "eval_docs"  # lm-eval documents this evaluation scored, all tasks together
+
+
+def rung_result(key: str, metrics: Mapping[str, float]) -> RungResult:
+    """A candidate's `RungResult` out of the metrics one rung's evaluation returned."""
+    return RungResult(key=key, edit=float(metrics["edit_score"]), general=float(metrics["general_score"]),
+                      edit_se=metrics.get(EDIT_SE), general_se=metrics.get(GENERAL_SE))
+
+
+def run_rungs(
+    keys: Sequence[str],
+    evaluate_at: Callable[[int, list[str]], Mapping[str, RungResult]],
+    rungs: int,
+    reduction_factor: float,
+    z: float,
+    keep: Sequence[str] = (),
+) -> list[dict[str, RungResult]]:
+    """Successive halving of one group of candidates: per rung, who was evaluated and how.
+
+    `evaluate_at(rung, keys)` scores the given candidates at `rung` (in any way the caller likes:
+    the sweep fans them out over its actor pool) and returns their `RungResult`s by key. After
+    every rung but the last, `promote` picks who goes on; the keys in `keep` always go on (the
+    sweep's sampled candidate: Optuna needs a full-fidelity value for the point it proposed).
+    Returns one dict per rung evaluated (key -> result); the last one's keys reached the full
+    evaluation. Rungs are evaluated in order and each only once.
+    """
+    _check_plan_args(rungs, reduction_factor)
+    if len(set(keys)) != len(keys):
+        raise ValueError(f"duplicate candidate keys: {list(keys)}")
+    unknown = set(keep) - set(keys)
+    if unknown:
+        raise ValueError(f"keys to keep are not among the candidates: {sorted(unknown)}")
+    alive, history = list(keys), []
+    for rung in range(rungs):
+        if not alive:
+            break
+        got = dict(evaluate_at(rung, list(alive)))
+        missing = set(alive) - set(got)
+        if missing:
+            raise ValueError(f"rung {rung}: no result for {sorted(missing)}")
+        history.append({k: got[k] for k in alive})
+        if rung == rungs - 1:
+            break
+        promoted = set(promote([got[k] for k in alive], reduction_factor, z)) | set(keep)
+        alive = [k for k in alive if k in promoted]
+    return history
+
+
+def general_score_stderr(
+    task_se: Mapping[str, float | None],
+    base: Mapping[str, float],
+    n_docs: Mapping[str, int],
+    population: Mapping[str, int],
+    higher_is_better: Mapping[str, bool] | None = None,
+) -> float | None:
+    """SE of `general_score` (mean over T tasks of retention c_t / b_t) from each task's SE.
+
+    Retention of task t has SE se_t / b_t (the base's score on the same documents is a fixed
+    divisor here); the mean over independent tasks has sqrt(sum (se_t / b_t)^2) / T. Each task's
+    SE gets the finite-population correction of its rung (n of the N documents). The cap at 1 is
+    ignored (it can only shrink the spread). None when a task's SE or a usable base is unknown,
+    or for a lower-is-better task (its retention b / c is not linear in the candidate's score).
+    """
+    if not base:
+        return None
+    total = 0.0
+    for task, b in base.items():
+        se, n, big_n = task_se.get(task), n_docs.get(task, 0), population.get(task, 0)
+        if se is None or not math.isfinite(se) or b <= 0 or not (higher_is_better or {}).get(task, True):
+            return None
+        if big_n > 1 and n <= big_n:
+            se *= math.sqrt((big_n - n) / (big_n - 1))
+        total += (se / b) ** 2
+    return math.sqrt(total) / len(base)

@@ -379,8 +379,23 @@ class GeneralEvaluator:
         out.update({f"general.{key}.metric": metric for key, _, metric, _ in self.outputs})
         return out
 
-    def evaluate_full(self, log_samples: bool = True) -> dict[str, Any]:
-        """lm-eval's full result dict (results, groups, configs, n-samples, samples, ...)."""
+    def docs_per_task(self) -> dict[str, int]:
+        """Per leaf task, how many documents a full call evaluates (after `limit`), in the keys
+        of `evaluate_full(samples=...)`: a subset is a list of indices below this count."""
+        from lm_eval.evaluator_utils import get_sample_size
+
+        out = {}
+        for name, task in self.task_dict["tasks"].items():
+            n = len(task.eval_docs)
+            limit = get_sample_size(task, self.limit)
+            out[name] = n if limit is None else min(n, limit)
+        return out
+
+    def evaluate_full(self, log_samples: bool = True, samples: Mapping[str, list[int]] | None = None) -> dict[str, Any]:
+        """lm-eval's full result dict (results, groups, configs, n-samples, samples, ...).
+
+        `samples` ({leaf task: document indices}, indices below `docs_per_task()`) evaluates only
+        those documents, in place of `limit` (lm-eval takes one or the other)."""
         from lm_eval.evaluator import evaluate
 
         for task in self.task_dict["tasks"].values():
@@ -389,7 +404,8 @@ class GeneralEvaluator:
             return evaluate(
                 lm=self.lm,
                 task_dict=self.task_dict,
-                limit=self.limit,
+                limit=self.limit if samples is None else None,
+                samples=None if samples is None else {k: list(v) for k, v in samples.items()},
                 bootstrap_iters=0,  # stderr: closed form from the samples (`result`), no bootstrap pool
                 log_samples=log_samples,
                 apply_chat_template=self.apply_chat_template,
@@ -400,9 +416,10 @@ class GeneralEvaluator:
         full = self.evaluate_full(log_samples=False)
         return primary_scores(full, self.outputs)
 
-    def evaluate_result(self) -> GeneralResult:
-        """Scores with their standard errors, chance floors and doc counts (one lm-eval call)."""
-        return self.result(self.evaluate_full(log_samples=True))
+    def evaluate_result(self, samples: Mapping[str, list[int]] | None = None) -> GeneralResult:
+        """Scores with their standard errors, chance floors and doc counts (one lm-eval call);
+        on the documents `samples` names only, when given (see `evaluate_full`)."""
+        return self.result(self.evaluate_full(log_samples=True, samples=samples))
 
     def result(self, full: Mapping[str, Any]) -> GeneralResult:
         """A `GeneralResult` out of an lm-eval result dict that holds samples (`log_samples`)."""

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import re
 from pathlib import Path
 
 import torch
@@ -30,7 +31,11 @@ _NOT_COMPARED = (
     "rsft_seconds",
     "rsft_updates",
     "rsft_wall_seconds",
+    "fidelity.rung",  # successive halving: the rung reached, and below
 )
+# Evaluation compute over all of a candidate's rungs and its lower rungs' own scores (successive
+# halving): how the sweep got there, not what the exported model scores in full.
+_NOT_COMPARED_PATTERN = re.compile(r"^(compute|rung\d+)\.")
 
 
 class ExportVerificationError(RuntimeError):
@@ -82,7 +87,8 @@ def check_weights(out: Path, base_model, update: dict[str, torch.Tensor]) -> dic
 
 def compare_metrics(recorded: dict, measured: dict, tolerance: float) -> tuple[dict, list[str]]:
     """Per metric {recorded, measured, abs_diff}, and the problems (missing or beyond `tolerance`)."""
-    keys = sorted(k for k, v in recorded.items() if isinstance(v, float) and k not in _NOT_COMPARED)
+    keys = sorted(k for k, v in recorded.items()
+                  if isinstance(v, float) and k not in _NOT_COMPARED and not _NOT_COMPARED_PATTERN.match(k))
     table, problems = {}, []
     for key in keys:
         got = measured.get(key)

@@ -65,9 +65,10 @@ class MergeEvalActor:
     def reference(self) -> Reference:
         return self.evaluator.reference
 
-    def evaluate(self, delta: dict, alpha: float, sparsity: float, seed: int = 0) -> dict:
+    def evaluate(self, delta: dict, alpha: float, sparsity: float, seed: int = 0, rung: int | None = None) -> dict:
+        """One candidate's metrics; at `rung` (successive halving) on that rung's subset only."""
         self.count += 1
-        return self.evaluator.evaluate(delta, alpha, sparsity, seed=seed)
+        return self.evaluator.evaluate(delta, alpha, sparsity, seed=seed, rung=rung)
 
     def stats(self) -> dict:
         """Evaluations done by this incarnation, its resident memory, pid and whether it was restarted."""

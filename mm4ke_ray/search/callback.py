@@ -18,13 +18,14 @@ from rich.console import Console
 
 from mm4ke_ray.delta import DELTA_FILE
 from mm4ke_ray.evaluate.scores import COMBINED
-from mm4ke_ray.schema import Tag, delta_folder
+from mm4ke_ray.schema import PRUNED_CANDIDATES, Tag, delta_folder
 from mm4ke_ray.search.progress import SweepProgress, wants_live
 from mm4ke_ray.tracking.records import (
     candidate_rows,
     candidate_run,
     failure_run_name,
     failure_tags,
+    pruned_run,
     searched_params,
     trial_label,
     trial_run,
@@ -144,14 +145,15 @@ class SweepCallback(Callback):
             # Per candidate: a resumed sweep may find a trial whose candidates were half logged.
             known = {r["candidate"] for r in self.rows}
             rows = [r for r in candidate_rows(result, trial.trial_id, _label(trial)) if r["candidate"] not in known]
+            group = _trial_run(trial, result.get("params"), result)
             if trial.trial_id not in self.logged:
                 self.logged.add(trial.trial_id)
                 self.done += 1
+                self._log_pruned(trial, result, group)
             elif not rows:
                 return
             if rows:
                 self._store_delta(trial)
-            group = _trial_run(trial, result.get("params"), result)
             for row in rows:
                 row["run_id"] = self.tracker.log_candidate(row["candidate"], *candidate_run(row, trial.trial_id),
                                                            run_name=row["run_name"], trial=group)
@@ -160,6 +162,16 @@ class SweepCallback(Callback):
         self._progress()
         if self.on_rows:
             self.on_rows(self.rows)
+
+    def _log_pruned(self, trial, result: dict, group: dict) -> None:
+        """Runs of the candidates successive halving stopped below the full rung: their lower
+        rungs' metrics, status `pruned`; no candidate rows. Logged before the trial's candidate
+        rows, so a resumed sweep that finds the trial logged does not log them again (a driver
+        killed between the two may leave them logged twice: both copies say the same)."""
+        for row in candidate_rows(result, trial.trial_id, _label(trial), key=PRUNED_CANDIDATES):
+            self.tracker.log_candidate(row["candidate"], *pruned_run(row, trial.trial_id), run_name=row["run_name"],
+                                       trial=group)
+            group.pop(SYSTEM_METRICS, None)
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         if result.get("candidates") is None and result.get("status") in (None, "ok"):

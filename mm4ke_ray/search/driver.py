@@ -240,6 +240,7 @@ def _trial_context(run: SweepRun) -> TrialContext:
         storage_path=f"{run.experiment_dir.rstrip('/')}/rsft", actors=tuple(run.pool.actors),
         allow_pickle=config.model.allow_pickle,
         system_metrics_s=config.tracking.system_metrics_interval_s if config.tracking.system_metrics else None,
+        fidelity_z=config.evaluation.fidelity.margin_z,
     )
 
 

@@ -26,10 +26,19 @@ from ray.train.v2.api.data_parallel_trainer import DataParallelTrainer
 from mm4ke_ray.config import SearchConfig
 from mm4ke_ray.delta import load_delta
 from mm4ke_ray.evaluate.candidate import EvalSettings
+from mm4ke_ray.evaluate.fidelity import (
+    EDIT_SE,
+    EVAL_DOCS,
+    EVAL_RECORDS,
+    GENERAL_SE,
+    RungResult,
+    run_rungs,
+    rung_result,
+)
 from mm4ke_ray.evaluate.scores import COMBINED, OBJECTIVES
 from mm4ke_ray.rsft.config import RSFTConfig
 from mm4ke_ray.rsft.run import rsft_to_folder
-from mm4ke_ray.schema import MERGE_PARAMS
+from mm4ke_ray.schema import MERGE_PARAMS, PRUNED_CANDIDATES
 from mm4ke_ray.search.searcher import EXTRA_POINTS_KEY
 from mm4ke_ray.search.space import candidate_seed, merge_candidates, split_space
 from mm4ke_ray.search.train_placement import (
@@ -67,6 +76,7 @@ class TrialContext:
     actors: tuple
     allow_pickle: bool = False  # model.allow_pickle: load pickle checkpoints too
     system_metrics_s: float | None = None  # tracking.system_metrics: sample every this many seconds; None: off
+    fidelity_z: float = 1.0  # evaluation.fidelity.margin_z (rungs and factor are in `settings`)
 
 
 def _rsft_config(params: dict, search: SearchConfig, settings: EvalSettings) -> RSFTConfig:
@@ -195,13 +205,8 @@ def _run_trial(params: dict, ctx: TrialContext, trial_id: str) -> tuple[dict, st
     delta_ref = ray.put(delta)
     cands = merge_candidates(ctx.search, float(params["alpha"]), float(params["sparsity"]), ctx.extra_candidates,
                              candidate_seed(ctx.search.seed, params))
-    n = len(ctx.actors)
-    offset = zlib.crc32(trial_id.encode()) % n
     eval_start = time.perf_counter()
-    futures = [ctx.actors[(offset + i) % n].evaluate.remote(delta_ref, c["alpha"], c["sparsity"], ctx.search.seed)
-               for i, c in enumerate(cands)]
-    for cand, metrics in zip(cands, ray.get(futures), strict=True):
-        cand["metrics"] = metrics
+    cands, pruned, compute = _evaluate_candidates(ctx, cands, delta_ref, trial_id)
     eval_wall = time.perf_counter() - eval_start
     sampled = cands[0]["metrics"]
     extra_points = [
@@ -215,12 +220,85 @@ def _run_trial(params: dict, ctx: TrialContext, trial_id: str) -> tuple[dict, st
         **{k: v for k, v in summary.items() if k in ("rsft_updates", "rsft_seconds")},
         "rsft_wall_seconds": rsft_wall,
         "eval_wall_seconds": eval_wall,
-        "num_candidates": len(cands),
+        "num_candidates": len(cands) + len(pruned),
+        **compute,
         "params": params,
         "candidates": cands,
         EXTRA_POINTS_KEY: extra_points,
     }
+    if pruned:
+        report[PRUNED_CANDIDATES] = pruned
     return report, delta_dir
+
+
+def _evaluate_candidates(ctx: TrialContext, cands: list[dict], delta_ref, trial_id: str
+                         ) -> tuple[list[dict], list[dict], dict]:
+    """Evaluate a trial's candidates on the actor pool: (full-fidelity candidates, pruned ones,
+    the trial's evaluation compute). Each candidate gets `index` (its place among the trial's
+    candidates, its stable id) and `metrics`.
+
+    Without halving every candidate is evaluated in full, once. With it (`evaluation.fidelity`,
+    `fidelity.run_rungs`) the candidates go through the rungs, promotion among this trial's own
+    candidates; the sampled one (index 0) always reaches the full rung. A full candidate's
+    metrics are its full evaluation's plus `rung{r}.*` for its lower rungs; a pruned one holds
+    only `rung{r}.*`. Only full candidates are reported as candidates (Optuna, front, export):
+    a lower rung's score is a noisy estimate on fewer items, and telling it to the sampler as if
+    it were a full value would mix two fidelities in one TPE/NSGA model and bias it toward
+    whatever the subsets happen to favour; so lower rungs are logged to MLflow only.
+    """
+    n = len(ctx.actors)
+    offset = zlib.crc32(trial_id.encode()) % n
+    done = 0
+
+    def fan_out(rung: int | None, indices: list[int]) -> dict[int, dict]:
+        nonlocal done  # round-robin over the pool across rungs, from the trial's own offset
+        futures = [ctx.actors[(offset + done + j) % n].evaluate.remote(
+            delta_ref, cands[i]["alpha"], cands[i]["sparsity"], ctx.search.seed,
+            *(() if rung is None else (rung,))) for j, i in enumerate(indices)]
+        done += len(indices)
+        return dict(zip(indices, ray.get(futures), strict=True))
+
+    for i, c in enumerate(cands):
+        c["index"] = i
+    s = ctx.settings
+    if s.fidelity_rungs <= 1:
+        for i, metrics in fan_out(None, list(range(len(cands)))).items():
+            cands[i]["metrics"] = {**metrics, **_compute([metrics], prefix="compute.")}
+        return cands, [], _compute([c["metrics"] for c in cands], prefix="eval_compute_")
+    last = s.fidelity_rungs - 1
+    by_rung: dict[int, dict[int, dict]] = {}
+
+    def evaluate_at(rung: int, keys: list[str]) -> dict[str, RungResult]:
+        got = fan_out(rung, [int(k) for k in keys])
+        by_rung[rung] = got
+        return {str(i): rung_result(str(i), m) for i, m in got.items()}
+
+    history = run_rungs([str(i) for i in range(len(cands))], evaluate_at, s.fidelity_rungs,
+                        s.fidelity_reduction_factor, ctx.fidelity_z, keep=["0"])
+    full, pruned = [], []
+    for i, c in enumerate(cands):
+        runs = [by_rung[r][i] for r in range(len(history)) if i in by_rung[r]]
+        lower = {f"rung{r}.{k}": v for r, m in enumerate(runs) if r < last for k, v in m.items()
+                 if k in RUNG_METRICS and isinstance(v, int | float)}
+        reached = len(runs) - 1
+        c["metrics"] = {**(runs[-1] if reached == last else {}), **lower, "fidelity.rung": reached,
+                        **_compute(runs, prefix="compute.")}
+        (full if reached == last else pruned).append(c)
+    evaluations = [m for got in by_rung.values() for m in got.values()]
+    return full, pruned, _compute(evaluations, prefix="eval_compute_")
+
+
+# What a lower rung logs of a candidate's evaluation (MLflow `rung{r}.<name>`): its objectives,
+# their standard errors and how many records and documents it scored.
+RUNG_METRICS = (*(o.name for o in (*OBJECTIVES, COMBINED)), EDIT_SE, GENERAL_SE, EVAL_RECORDS, EVAL_DOCS,
+                "eval_seconds")
+
+
+def _compute(evaluations: list[dict], prefix: str) -> dict:
+    """Evaluation compute of some evaluations: records and documents scored, seconds spent."""
+    return {f"{prefix}records": sum(int(m.get(EVAL_RECORDS, 0)) for m in evaluations),
+            f"{prefix}docs": sum(int(m.get(EVAL_DOCS, 0)) for m in evaluations),
+            f"{prefix}seconds": sum(float(m.get("eval_seconds", 0.0)) for m in evaluations)}
 
 
 def _report_final(report: dict, folder: str) -> None:

@@ -32,6 +32,7 @@ from mlflow.exceptions import MlflowException
 from mm4ke_ray.schema import (
     EXPERIMENT_KIND_TAG,
     MODEL_TRAINING_KIND,
+    PRUNED,
     ROLE_CANDIDATE,
     ROLE_SWEEP,
     SUMMARY_DIGITS,
@@ -247,7 +248,8 @@ class SweepTracker:
         """
         all_tags = {"mlflow.parentRunId": self.parent_run_id, Tag.ROLE: ROLE_CANDIDATE,
                     Tag.SWEEP_RUN_ID: self.parent_run_id, Tag.CANDIDATE: candidate, **tags}
-        status = "FINISHED" if str(tags.get(Tag.STATUS, "ok")) == "ok" else "FAILED"
+        # A pruned candidate (successive halving) finished as intended: its run is not a failure.
+        status = "FINISHED" if str(tags.get(Tag.STATUS, "ok")) in ("ok", PRUNED) else "FAILED"
         record = {"op": "candidate", "experiment_id": self.experiment_id, "candidate": candidate,
                   "name": run_name or candidate, "tags": _tag_items(all_tags), "params": _param_items(params),
                   "metrics": _metric_items(metrics), "status": status}

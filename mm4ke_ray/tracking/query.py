@@ -20,6 +20,7 @@ from mm4ke_ray.schema import (
     BASE,
     ID_COLUMNS,
     PARAM_COLUMNS,
+    PRUNED,
     ROLE_CANDIDATE,
     ROLE_SWEEP,
     WARM_START,
@@ -239,6 +240,8 @@ def load_sweep(uri: str, sweep: str, experiment: str | None = None) -> Sweep:
         status = tags.get(Tag.STATUS, "ok")
         if status == "ok":
             ok.append(candidate_row(run))
+        elif status == PRUNED:  # stopped by successive halving: neither a candidate row nor a failure
+            continue
         else:
             failed.append(
                 {

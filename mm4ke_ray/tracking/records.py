@@ -12,6 +12,7 @@ from mm4ke_ray.schema import (
     DENSITY,
     LAYER,
     LR,
+    PRUNED,
     RSFT_PARAMS,
     SEARCH_PARAMS,
     THRESHOLD,
@@ -64,12 +65,15 @@ def failure_run_name(label: str, what: str) -> str:
     return f"{label} {what}"
 
 
-def candidate_rows(result: dict, trial_id: str, label: str | None = None) -> list[dict]:
+def candidate_rows(result: dict, trial_id: str, label: str | None = None, key: str = "candidates") -> list[dict]:
     """Flat rows (params + metrics + kind) for every candidate in a trial's final result;
-    `label` names the trial in run names (`trial_label`; default its id)."""
+    `label` names the trial in run names (`trial_label`; default its id). A candidate's id
+    counts its place among all the trial's candidates (`index`; successive halving reports only
+    the full-fidelity ones under `candidates`, the pruned ones under `key=PRUNED_CANDIDATES`)."""
     rows = []
     params = result.get("params", {})
-    for i, cand in enumerate(result.get("candidates") or []):
+    for i, cand in enumerate(result.get(key) or []):
+        i = cand.get("index", i)
         row = {k: params.get(k) for k in RSFT_PARAMS}
         row.update(alpha=cand["alpha"], sparsity=cand["sparsity"], density=round(1 - cand["sparsity"], 6))
         # `candidate` is the stable id (pareto, export --pick, resume); `run_name` only what the UI shows.
@@ -88,6 +92,17 @@ def candidate_run(row: dict, trial_id: str) -> tuple[dict, dict, dict]:
                if k not in params and isinstance(v, int | float) and not isinstance(v, bool)}
     tags = {Tag.TRIAL_ID: trial_id, Tag.KIND: row["kind"], Tag.STATUS: "ok",
             Tag.DELTA_ARTIFACT: delta_artifact_path(trial_id)}
+    return params, metrics, tags
+
+
+def pruned_run(row: dict, trial_id: str) -> tuple[dict, dict, dict]:
+    """(params, metrics, tags) of a candidate that successive halving stopped below the full
+    rung: its `rung{r}.*` metrics, status `pruned` (no candidate row: not on the front, not
+    picked, not exported) and the rung it reached."""
+    params, metrics, tags = candidate_run(row, trial_id)
+    tags[Tag.STATUS] = PRUNED
+    tags[Tag.REASON] = (f"successive halving: dominated by the margin at rung {metrics.get('fidelity.rung')}; "
+                        "not evaluated in full")
     return params, metrics, tags
 
 

@@ -1,0 +1,142 @@
+"""Successive halving in a real tiny sweep (issue 13, part 1): the same sweep, seed and
+candidates with `evaluation.fidelity` on and off.
+
+On: every candidate is scored at rung 0 on a seeded subset of the records and of the lm-eval
+task's documents; those dominated at rung 0 among their trial's candidates are pruned. Pruned
+candidates have an MLflow run with their rung-0 metrics and status `pruned`, but no candidate
+row: not in all.csv, not on the front, not told to Optuna. Full-fidelity candidates are exactly
+the rows, and their values are those of the sweep without halving (the last rung is the full
+evaluation). Evaluation compute (records, documents) is counted, and is smaller with halving.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import optuna
+import pytest
+from fault_helpers import child_runs, pareto_candidates, sweep_dict
+
+from mm4ke_ray.config import validate_config
+from mm4ke_ray.evaluate.fidelity import RungResult, promote
+from mm4ke_ray.schema import Tag
+
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
+
+EXTRA = 5  # six candidates per trial
+# An R-SFT that edits (a high learning rate, enough steps), so candidates differ and some are dominated.
+SPACE = {"lr": 0.01, "steps": 3, "epochs": 3, "layer": 1, "threshold": 0.05, "alpha": {"low": 0.0, "high": 0.95}}
+FIDELITY = {"enabled": True, "rungs": 2, "reduction_factor": 3, "margin_z": 0.0}
+
+
+@pytest.fixture(scope="module")
+def ray_2_cpus():
+    import tempfile
+
+    import ray
+
+    temp = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # short: Ray's socket paths are length-limited
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, _temp_dir=temp)
+    yield
+    ray.shutdown()
+
+
+def _config(tmp: Path, model_dir: Path, name: str, halving: bool):
+    data = sweep_dict(tmp, model_dir, name, trials=1, extra=EXTRA, limit=9, seed=7, general=True, space=SPACE)
+    if halving:
+        data["evaluation"]["fidelity"] = FIDELITY
+    return validate_config(data)
+
+
+@pytest.fixture(scope="module")
+def sweeps(ray_2_cpus, tmp_path_factory, tiny_model_dir):
+    from mm4ke_ray.search.driver import run_sweep
+
+    tmp = tmp_path_factory.mktemp("halving")
+    on = _config(tmp / "on", tiny_model_dir, "halving_on", True)
+    off = _config(tmp / "off", tiny_model_dir, "halving_off", False)
+    return on, off, run_sweep(on), run_sweep(off)
+
+
+def _runs(config, outcome) -> tuple[list, list]:
+    """(ok candidate runs, pruned runs) of a sweep, from MLflow; the base left out."""
+    runs = [r for r in child_runs(config.tracking.uri, outcome.parent_run_id) if r.data.tags.get(Tag.KIND) != "base"]
+    return ([r for r in runs if r.data.tags.get(Tag.STATUS) == "ok"],
+            [r for r in runs if r.data.tags.get(Tag.STATUS) == "pruned"])
+
+
+def test_pruned_candidates_are_logged_with_rung_metrics_but_are_no_candidates(sweeps, tmp_path):
+    on, _, a, _ = sweeps
+    ok, pruned = _runs(on, a)
+    assert len(ok) + len(pruned) == EXTRA + 1
+    assert pruned, "rung 0 pruned nobody: the test's seed should give a dominated candidate"
+    ids = {r["candidate"] for r in a.rows}
+    assert ids == {r.data.tags[Tag.CANDIDATE] for r in ok}
+    assert a.rows[0]["kind"] == "sampled"  # the sampled candidate always reaches the full rung
+    for run in pruned:
+        m = run.data.metrics
+        assert run.info.status == "FINISHED" and run.data.tags[Tag.CANDIDATE] not in ids
+        assert m["fidelity.rung"] == 0 and "edit_score" not in m and "general_score" not in m
+        assert {"rung0.edit_score", "rung0.general_score", "rung0.eval_records", "rung0.eval_docs"} <= set(m)
+        assert m["rung0.eval_records"] == 3 and m["rung0.eval_docs"] == 8  # 9 records, 24 docs: a third
+    for row in a.rows:  # full candidates carry their rung-0 metrics beside the full ones
+        assert row["fidelity.rung"] == 1 and row["eval_records"] == 9 and row["eval_docs"] == 24
+        assert row["rung0.eval_records"] == 3
+    # all.csv and the front hold the full-fidelity candidates only
+    listed = set(pareto_candidates(on.tracking.uri, a.parent_run_id, tmp_path))
+    assert listed - {a.base["candidate"]} == ids
+    assert {r["candidate"] for r in a.front} <= ids | {a.base["candidate"]}
+    # promotion, recomputed from the logged rung-0 metrics, pruned exactly these
+    every = ok + pruned
+    results = [RungResult(r.data.tags[Tag.CANDIDATE], r.data.metrics["rung0.edit_score"],
+                          r.data.metrics["rung0.general_score"]) for r in every]
+    kept = set(promote(results, FIDELITY["reduction_factor"], FIDELITY["margin_z"]))
+    sampled = next(r.data.tags[Tag.CANDIDATE] for r in ok if r.data.tags[Tag.KIND] == "sampled")
+    assert kept | {sampled} == ids
+
+
+def test_only_full_fidelity_points_are_told_to_optuna(sweeps):
+    from mm4ke_ray.search.searcher import STUDY_FILE, journal_storage
+
+    on, _, a, _ = sweeps
+    study = optuna.load_study(study_name=on.name, storage=journal_storage(Path(a.experiment_dir) / STUDY_FILE))
+    told = sorted((round(t.params["alpha"], 9), round(t.params["sparsity"], 9)) for t in study.get_trials()
+                  if t.state == optuna.trial.TrialState.COMPLETE)
+    rows = sorted((round(r["alpha"], 9), round(r["sparsity"], 9)) for r in a.rows)
+    assert told == rows  # (every candidate here is inside the space)
+
+
+def test_full_values_equal_the_sweep_without_halving_at_less_evaluation_compute(sweeps):
+    on, off, a, b = sweeps
+    assert len(b.rows) == EXTRA + 1
+    plain = {(r["alpha"], r["sparsity"]): r for r in b.rows}
+    for row in a.rows:  # same seed: same R-SFT delta and candidates; the full rung is the full evaluation
+        same = plain[(row["alpha"], row["sparsity"])]
+        for key in ("edit_score", "general_score", "edit_succ", "locality"):
+            assert row[key] == same[key], key
+    ok, pruned = _runs(on, a)
+    halving = sum(r.data.metrics["compute.records"] for r in ok + pruned)
+    full = sum(r.data.metrics["compute.records"] for r in _runs(off, b)[0])
+    assert full == (EXTRA + 1) * 9
+    assert halving == (EXTRA + 1) * 3 + len(ok) * 9  # rung 0 for all, the full rung for the promoted
+    docs = sum(r.data.metrics["compute.docs"] for r in ok + pruned)
+    assert docs == (EXTRA + 1) * 8 + len(ok) * 24
+    # A promoted candidate's full rung re-scores its rung-0 items, so with eta 3 halving pays once
+    # more than a third are pruned; this seed prunes half (deterministic: same seed, same subsets).
+    assert len(pruned) >= 3
+    assert halving < full and docs < (EXTRA + 1) * 24
+
+
+def test_a_full_fidelity_candidate_exports_and_a_pruned_one_is_no_candidate(sweeps, tmp_path):
+    from mm4ke_ray.cli import main
+
+    on, _, a, _ = sweeps
+    _, pruned = _runs(on, a)
+    uri = on.tracking.uri
+    # The export re-evaluates in full and compares every recorded metric but the rung/compute ones.
+    assert main(["export", "--tracking-uri", uri, "--sweep", a.parent_run_id, "--pick", a.rows[0]["candidate"],
+                 "--out", str(tmp_path / "full"), "--device", "cpu"]) == 0
+    gone = pruned[0].data.tags[Tag.CANDIDATE]
+    assert main(["export", "--tracking-uri", uri, "--sweep", a.parent_run_id, "--pick", gone,
+                 "--out", str(tmp_path / "pruned"), "--device", "cpu"]) == 2
+    assert not (tmp_path / "pruned").exists()
