@@ -100,6 +100,7 @@ SLOW_FILES_FIRST = (
     "test_user_loading.py",
     "test_mlflow_layout.py",
     "test_warm_start.py",
+    "test_halving_sweep.py",
     "test_spool.py",
 )
 
