@@ -108,3 +108,20 @@ SLOW_FILES_FIRST = (
 def pytest_collection_modifyitems(config, items):
     rank = {name: i for i, name in enumerate(SLOW_FILES_FIRST)}
     items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: file order kept within
+
+
+@pytest.fixture(scope="module")
+def ray_2_cpus():
+    """A local Ray of 2 CPUs for one test module, started as the sweep starts its own (loopback,
+    a second try when Ray's start times out on a busy machine); modules with other needs define
+    their own (test_faults.py: the workers' TMPDIR)."""
+    import tempfile
+
+    import ray
+
+    from mm4ke_ray.search.local_ray import init_local_ray
+
+    temp = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # short: Ray's socket paths are length-limited
+    init_local_ray(num_cpus=2, include_dashboard=False, log_to_driver=False, _temp_dir=temp)
+    yield
+    ray.shutdown()

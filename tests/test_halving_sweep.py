@@ -29,18 +29,6 @@ SPACE = {"lr": 0.01, "steps": 3, "epochs": 3, "layer": 1, "threshold": 0.05, "al
 FIDELITY = {"enabled": True, "rungs": 2, "reduction_factor": 3, "margin_z": 0.0}
 
 
-@pytest.fixture(scope="module")
-def ray_2_cpus():
-    import tempfile
-
-    import ray
-
-    temp = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # short: Ray's socket paths are length-limited
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, _temp_dir=temp)
-    yield
-    ray.shutdown()
-
-
 def _config(tmp: Path, model_dir: Path, name: str, halving: bool):
     data = sweep_dict(tmp, model_dir, name, trials=1, extra=EXTRA, limit=9, seed=7, general=True, space=SPACE)
     if halving:

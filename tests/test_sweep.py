@@ -14,18 +14,6 @@ pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
 
 @pytest.fixture(scope="module")
-def ray_2_cpus():
-    import tempfile
-
-    import ray
-
-    temp = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # short: Ray's socket paths are length-limited
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, _temp_dir=temp)
-    yield
-    ray.shutdown()
-
-
-@pytest.fixture(scope="module")
 def sweep_config(tmp_path_factory, tiny_model_dir):
     from mm4ke_ray.config import validate_config
 

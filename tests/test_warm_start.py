@@ -156,18 +156,6 @@ def test_earlier_points_are_told_over_the_new_space_and_outside_ones_skipped():
 
 
 @pytest.fixture(scope="module")
-def ray_2_cpus():
-    import tempfile
-
-    import ray
-
-    temp = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # short: Ray's socket paths are length-limited
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, _temp_dir=temp)
-    yield
-    ray.shutdown()
-
-
-@pytest.fixture(scope="module")
 def sweeps(ray_2_cpus, tmp_path_factory, tiny_model_dir):
     """Sweep 'wsa' (2 trials × 2 candidates), then 'wsb' warm-started from it."""
     from mm4ke_ray.search.driver import run_sweep
