@@ -15,7 +15,9 @@ from conftest import ZSRE
 from mm4ke_ray.config import EvaluationConfig, FidelityConfig, load_config
 from mm4ke_ray.errors import ConfigError
 from mm4ke_ray.evaluate.fidelity import (
+    RungItems,
     RungResult,
+    difference_stderrs,
     dominates_by_margin,
     edit_score_stderr,
     mean_stderr,
@@ -96,6 +98,46 @@ def test_a_tie_in_one_objective_drops_only_without_a_margin_to_clear():
     noisy = RungResult("noisy", 0.5, 1.0, edit_se=0.01, general_se=0.05)
     assert not dominates_by_margin(capped, noisy, z=1.0)  # a tie does not clear a positive margin
     assert dominates_by_margin(capped, noisy, z=0.0)
+
+
+def _with_items(key, edit_items, doc_items, docs_population=30):
+    """A rung result whose objectives are the means of its items, with unpaired SEs of those."""
+    edit, general = statistics.fmean(edit_items), min(1.0, statistics.fmean(doc_items))
+    items = RungItems(tuple(edit_items), 27, {"task": tuple(doc_items)}, {"task": docs_population})
+    return RungResult(key, edit, general, edit_se=mean_stderr(edit_items, 27),
+                      general_se=mean_stderr(doc_items, docs_population), items=items)
+
+
+def test_paired_items_drop_a_candidate_the_unpaired_margin_keeps():
+    # Two merges of one delta on the same 9 records and 10 documents: the documents are answered
+    # alike (retention ties exactly), and b is ahead on 4 records and behind on none. Spread
+    # across records is wide (hard and easy ones), so the unpaired SE hides b's lead.
+    docs = [1.4, 0.0, 1.4, 1.4, 0.0, 1.4, 1.4, 0.0, 1.4, 1.4]  # acc 0/1 over a base score of 0.7
+    a_edit = [0.0, 0.1, 0.9, 1.0, 0.2, 0.8, 0.0, 1.0, 0.5]
+    b_edit = [0.5, 0.6, 0.9, 1.0, 0.7, 0.8, 0.5, 1.0, 0.5]
+    a, b = _with_items("a", a_edit, docs), _with_items("b", b_edit, docs)
+    paired_edit, paired_general = difference_stderrs(b, a)
+    assert paired_general == 0.0  # identical per-document values: the difference is exactly 0
+    assert paired_edit == pytest.approx(mean_stderr([0.5, 0.5, 0, 0, 0.5, 0, 0.5, 0, 0], 27))
+    unpaired = [RungResult(r.key, *r.values(), *r.stderrs()) for r in (a, b)]  # the same without items
+    assert difference_stderrs(unpaired[1], unpaired[0])[0] > 1.5 * paired_edit
+    # b - a = 0.222 in edit: 3.0 paired SEs (0.073), 1.7 unpaired ones (0.134); 0 in general.
+    assert dominates_by_margin(b, a, z=2.0)
+    assert not dominates_by_margin(*reversed(unpaired), z=2.0)
+    assert promote([a, b], reduction_factor=3.0, z=2.0) == ["b"]
+    assert promote(unpaired, reduction_factor=3.0, z=2.0) == ["a", "b"]
+
+
+def test_items_that_do_not_line_up_fall_back_to_the_unpaired_margin():
+    a = _with_items("a", [0.0, 0.5, 1.0], [1.0, 0.0])
+    b = _with_items("b", [0.5, 1.0, 1.0, 1.0], [1.0, 0.0, 1.0])  # another rung's items
+    plain = math.hypot(a.edit_se, b.edit_se), math.hypot(a.general_se, b.general_se)
+    assert difference_stderrs(b, a) == pytest.approx(plain)
+    no_docs = RungResult("c", 0.9, 0.5, 0.1, 0.1, RungItems((1.0, 1.0, 0.5), 27, None, None))
+    edit_se, general_se = difference_stderrs(no_docs, a)
+    assert edit_se == pytest.approx(mean_stderr([1.0, 0.5, -0.5], 27))  # records pair
+    assert general_se == pytest.approx(math.hypot(0.1, a.general_se))  # documents do not
+    assert RungItems.from_dict(a.items.to_dict()) == a.items  # the JSON form round-trips
 
 
 def test_far_behind_in_one_objective_only_is_a_trade_off_and_goes_on():

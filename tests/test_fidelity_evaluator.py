@@ -55,3 +55,27 @@ def test_the_last_rung_is_the_full_evaluation_and_lower_rungs_score_subsets(eval
         {k: v for k, v in low.items() if not k.endswith("seconds")}
     after = halving.model.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_a_lower_rung_returns_its_per_item_scores_for_paired_comparisons(evaluators):
+    import statistics
+
+    from mm4ke_ray.evaluate.fidelity import RUNG_ITEMS, RungItems, paired_stderrs, rung_result
+    from mm4ke_ray.schema import RETENTION_PREFIX
+
+    plain, halving = evaluators
+    delta = _delta(halving.model, 2, 1)
+    full = halving.evaluate(delta, 0.4, 0.2, seed=3, rung=1)
+    low = halving.evaluate(delta, 0.4, 0.2, seed=3, rung=0)
+    other = halving.evaluate(delta, 0.9, 0.2, seed=3, rung=0)
+    assert RUNG_ITEMS not in full  # the full rung is exact: nothing to compare with noise
+    items = RungItems.from_dict(low[RUNG_ITEMS])
+    assert (len(items.edit), items.edit_population) == (3, 9)
+    assert {t: len(v) for t, v in items.general.items()} == {"faults_mc": 6}
+    assert items.general_population == {"faults_mc": 18}
+    # The per-document values over the base score average to the task's retention (before its cap).
+    assert min(1.0, statistics.fmean(items.general["faults_mc"])) == pytest.approx(low[f"{RETENTION_PREFIX}faults_mc"])
+    # Two merges of one delta line up item by item; a candidate against itself differs by exactly 0.
+    a, b = rung_result("a", low), rung_result("b", other)
+    assert a.items == items and all(se is not None for se in paired_stderrs(b.items, a.items))
+    assert paired_stderrs(a.items, a.items) == (0.0, 0.0)

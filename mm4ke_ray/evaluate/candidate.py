@@ -29,6 +29,8 @@ from mm4ke_ray.evaluate.fidelity import (
     EVAL_DOCS,
     EVAL_RECORDS,
     GENERAL_SE,
+    RUNG_ITEMS,
+    RungItems,
     RungPlan,
     edit_score_stderr,
     general_score_stderr,
@@ -241,7 +243,7 @@ class CandidateEvaluator:
             metrics.update({gen_metric(k): v for k, v in generated.flat().items()})
             rows[GENERATION] = generated.per_record
         out = {k: v for k, v in metrics.items() if v is not None}
-        general = general_se = None
+        general = general_se = general_items = None
         if self.general_eval:
             result = self.general_eval.evaluate_result(view.samples)
             scores = result.scores
@@ -255,27 +257,37 @@ class CandidateEvaluator:
             if low:
                 general_se = general_score_stderr(result.stderr, view.reference.general, result.n_docs,
                                                   view.docs_population or {}, better)
+                general_items = _general_items(result, view.reference.general, better)
         family = edit_family(out, self.settings.edit_mode)
         out.update(objective_values(family, general, self.settings.edit_weights, self.settings.combined_edit_weight))
         if low:
-            out.update(self._objective_stderrs(rows.get(self.settings.edit_mode) or [], general_se))
+            out.update(self._objective_stderrs(rows.get(self.settings.edit_mode) or [], general_se, general_items,
+                                               view.docs_population or {}))
         out["eval_seconds"] = time.perf_counter() - start + seconds
         return out
 
-    def _objective_stderrs(self, per_record: list[dict], general_se: float | None) -> dict:
+    def _objective_stderrs(self, per_record: list[dict], general_se: float | None,
+                           general_items: dict[str, list[float]] | None, docs_population: dict[str, int]) -> dict:
         """SEs of the objectives at a rung, from per-record scores (finite-population corrected
-        against the whole edit set). Without general tasks locality stands in as the general
+        against the whole edit set), and the per-item scores themselves (`fidelity.RungItems`),
+        for paired comparisons. Without general tasks locality stands in as the general
         objective, as in `objective_values`."""
         s, n = self.settings, len(self.records)
         has_tasks = self.general_eval is not None
         exclude = () if has_tasks else ("locality",)
         edit = [edit_score(row, s.edit_weights, exclude=exclude) for row in per_record]
         out = {EDIT_SE: edit_score_stderr(edit, n)}
+        population = {task: docs_population.get(task, len(v)) for task, v in (general_items or {}).items()}
         if not has_tasks:
             loc = [row["locality"] / 100.0 for row in per_record if row.get("locality") is not None]
             general_se = mean_stderr(loc, n)
+            general_items, population = {"locality": loc}, {"locality": n}
         out[GENERAL_SE] = general_se
-        return {k: v for k, v in out.items() if v is not None}
+        out = {k: v for k, v in out.items() if v is not None}
+        out[RUNG_ITEMS] = RungItems(tuple(edit), n, None if general_items is None else
+                                    {t: tuple(v) for t, v in general_items.items()},
+                                    None if general_items is None else population).to_dict()
+        return out
 
     def evaluate(self, delta: dict[str, torch.Tensor], alpha: float, sparsity: float, seed: int = 0,
                  rung: int | None = None) -> dict:
@@ -305,6 +317,19 @@ class CandidateEvaluator:
         counted = view or self._full_view
         out[EVAL_RECORDS], out[EVAL_DOCS] = counted.n_records, counted.n_docs
         return out
+
+
+def _general_items(result, base: dict[str, float], higher_is_better: dict[str, bool]) -> dict | None:
+    """Per task, each document's value over the base's task score (the retention scale of the
+    general objective); None when a task has no per-document mean, no positive base score or
+    is lower-is-better (then the general difference cannot be paired)."""
+    out = {}
+    for task, b in base.items():
+        values = result.per_doc.get(task)
+        if values is None or b <= 0 or not higher_is_better.get(task, True):
+            return None
+        out[task] = [v / b for v in values]
+    return out or None
 
 
 def _check_reference(reference: Reference, settings: EvalSettings) -> None:

@@ -11,9 +11,11 @@ rung-1 items: a resumed or promoted candidate only needs the rung's new items) a
 every candidate of a sweep (paired comparisons) and for every run with the same seed.
 
 Promotion. Both objectives (edit, general) are maximised. Candidate b *dominates a by the
-margin* when, in each objective k, b_k - a_k >= z * sqrt(se_a,k^2 + se_b,k^2), strictly in at
-least one: Pareto dominance with each difference asked to clear z standard errors of the
-difference. See `promote` for the whole rule.
+margin* when, in each objective k, b_k - a_k >= z * SE(b_k - a_k), strictly in at least one:
+Pareto dominance with each difference asked to clear z standard errors of the difference. The
+candidates of a rung are scored on the same items, so the SE of a difference is the paired one,
+from the per-item differences (`RungItems`), where both carry their items; else the unpaired
+sqrt(se_a^2 + se_b^2). See `promote` for the whole rule.
 """
 
 from __future__ import annotations
@@ -133,20 +135,84 @@ def edit_score_stderr(per_record_scores: Sequence[float], population: int | None
 
 
 @dataclass(frozen=True)
+class RungItems:
+    """A candidate's per-item scores at a rung, for paired standard errors of differences.
+
+    `edit`: each record's edit score, in the rung's record order (the objective is their mean).
+    `general`: per lm-eval task, each document's value divided by the base's score on the rung
+    (the objective is the mean over tasks of these means, before its cap at 1); without tasks,
+    the one list of per-record locality that stands in for it. `*_population`: the full rung's
+    sizes, for the finite-population correction. Items of two candidates of one rung line up.
+    """
+
+    edit: tuple[float, ...]
+    edit_population: int
+    general: dict[str, tuple[float, ...]] | None = None  # None: some task has no per-document mean
+    general_population: dict[str, int] | None = None
+
+    @classmethod
+    def from_dict(cls, d: Mapping) -> RungItems:
+        general = d.get("general")
+        return cls(edit=tuple(float(v) for v in d["edit"]), edit_population=int(d["edit_population"]),
+                   general=None if general is None else {t: tuple(float(v) for v in vs) for t, vs in general.items()},
+                   general_population=None if general is None else {t: int(n) for t, n in
+                                                                    d["general_population"].items()})
+
+    def to_dict(self) -> dict:
+        return {"edit": list(self.edit), "edit_population": self.edit_population,
+                "general": None if self.general is None else {t: list(v) for t, v in self.general.items()},
+                "general_population": self.general_population}
+
+
+def paired_stderrs(b: RungItems | None, a: RungItems | None) -> tuple[float | None, float | None]:
+    """SEs of b - a in (edit, general) from per-item differences; None where they cannot be
+    paired (items missing or not lined up: different rungs, or a task without per-doc means)."""
+    if a is None or b is None:
+        return None, None
+    edit = None
+    if len(a.edit) == len(b.edit) and a.edit_population == b.edit_population:
+        edit = mean_stderr([x - y for x, y in zip(b.edit, a.edit, strict=True)], a.edit_population)
+    general = None
+    if a.general is not None and b.general is not None and a.general.keys() == b.general.keys() and a.general:
+        parts = []
+        for task, av in a.general.items():
+            bv, pop = b.general[task], (a.general_population or {}).get(task, len(av))
+            se = mean_stderr([x - y for x, y in zip(bv, av, strict=True)], pop) if len(bv) == len(av) else None
+            if se is None:
+                parts = None
+                break
+            parts.append(se)
+        general = None if parts is None else math.sqrt(math.fsum(se * se for se in parts)) / len(parts)
+    return edit, general
+
+
+@dataclass(frozen=True)
 class RungResult:
-    """One candidate's scores at a rung. A None standard error means unknown (fewer than 2 items)."""
+    """One candidate's scores at a rung. A None standard error means unknown (fewer than 2 items).
+    `items`, where known, makes differences to another candidate's paired (`paired_stderrs`)."""
 
     key: str
     edit: float
     general: float
     edit_se: float | None = None
     general_se: float | None = None
+    items: RungItems | None = None
 
     def values(self) -> tuple[float, float]:
         return (self.edit, self.general)
 
     def stderrs(self) -> tuple[float | None, float | None]:
         return (self.edit_se, self.general_se)
+
+
+def difference_stderrs(b: RungResult, a: RungResult) -> tuple[float | None, float | None]:
+    """SE of b - a per objective: paired where both carry lined-up items, else unpaired
+    sqrt(se_a^2 + se_b^2); None where neither is known."""
+    paired = paired_stderrs(b.items, a.items)
+    out = []
+    for p, sb, sa in zip(paired, b.stderrs(), a.stderrs(), strict=True):
+        out.append(p if p is not None else None if sa is None or sb is None else math.hypot(sa, sb))
+    return out[0], out[1]
 
 
 def dominates_by_margin(b: RungResult, a: RungResult, z: float) -> bool:
@@ -158,20 +224,23 @@ def dominates_by_margin(b: RungResult, a: RungResult, z: float) -> bool:
     strict dominance would then never drop a candidate that is worse in the other objective.
     A tie with a positive margin (SE > 0, z > 0) does not clear it, so noise still protects.
 
-    SE of the difference is sqrt(se_a^2 + se_b^2), as for independent estimates. Candidates of a
-    rung share its items, so their errors correlate and the paired SE is smaller: this margin is
-    the conservative one (it promotes more, never fewer). An unknown SE makes that objective's
-    margin infinite: nothing is dropped on a score that carries no error estimate, unless z is 0
-    (then no margin is asked for at all).
+    SE of the difference (`difference_stderrs`): candidates of a rung are scored on the same
+    items, so their errors correlate (a hard record is hard for both); the paired SE, of the
+    per-item differences, measures the noise of the comparison itself and is far smaller than
+    the unpaired sqrt(se_a^2 + se_b^2) when two merges of one delta agree on most items (two
+    candidates that answer every document alike differ by exactly 0, SE 0). Without items the
+    unpaired SE is used, the conservative one (it promotes more, never fewer). An unknown SE
+    makes that objective's margin infinite: nothing is dropped on a score that carries no error
+    estimate, unless z is 0 (then no margin is asked for at all).
     """
     strictly = False
-    for vb, va, sb, sa in zip(b.values(), a.values(), b.stderrs(), a.stderrs(), strict=True):
+    for vb, va, se in zip(b.values(), a.values(), difference_stderrs(b, a), strict=True):
         if z == 0:
             margin = 0.0
-        elif sa is None or sb is None:
+        elif se is None:
             return False
         else:
-            margin = z * math.hypot(sa, sb)
+            margin = z * se
         if not vb - va >= margin:
             return False
         strictly = strictly or vb - va > margin
@@ -243,12 +312,15 @@ EDIT_SE = "edit_score_se"
 GENERAL_SE = "general_score_se"
 EVAL_RECORDS = "eval_records"  # edit records this evaluation scored
 EVAL_DOCS = "eval_docs"  # lm-eval documents this evaluation scored, all tasks together
+RUNG_ITEMS = "rung_items"  # a lower rung's per-item scores (`RungItems.to_dict`): not a metric, never logged
 
 
-def rung_result(key: str, metrics: Mapping[str, float]) -> RungResult:
+def rung_result(key: str, metrics: Mapping) -> RungResult:
     """A candidate's `RungResult` out of the metrics one rung's evaluation returned."""
+    items = metrics.get(RUNG_ITEMS)
     return RungResult(key=key, edit=float(metrics["edit_score"]), general=float(metrics["general_score"]),
-                      edit_se=metrics.get(EDIT_SE), general_se=metrics.get(GENERAL_SE))
+                      edit_se=metrics.get(EDIT_SE), general_se=metrics.get(GENERAL_SE),
+                      items=None if items is None else RungItems.from_dict(items))
 
 
 def run_rungs(

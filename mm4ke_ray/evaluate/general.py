@@ -248,6 +248,9 @@ class GeneralResult:
     metrics: dict[str, str | None]
     higher_is_better: dict[str, bool]
     settings: dict[str, Any] = field(default_factory=dict)  # the evaluator's `settings`, to record
+    # Per task (not group) whose metric is a mean of per-document values: those values, in
+    # document order. Two evaluations on the same documents line up (paired comparisons).
+    per_doc: dict[str, list[float]] = field(default_factory=dict)
 
     def flat(self, prefix: str = "general") -> dict[str, float]:
         """Flat metric names for a tracker: `<prefix>.<task>` and `<prefix>.<task>.stderr`."""
@@ -426,11 +429,13 @@ class GeneralEvaluator:
         from lm_eval.api.metrics import pooled_sample_stderr, unweighted_mean_stderr
 
         scores = primary_scores(full, self.outputs)
-        stderr, chance, n_docs = {}, {}, {}
+        stderr, chance, n_docs, per_doc = {}, {}, {}, {}
         for key, kind, metric, _ in self.outputs:
             if kind == "task":
                 filt = _primary_key(full["results"][key], metric).split(",", 1)[1]
-                stderr[key], chance[key], n_docs[key] = self._leaf_noise(full, key, metric, filt)
+                stderr[key], chance[key], n_docs[key], values = self._leaf_noise(full, key, metric, filt)
+                if values is not None:
+                    per_doc[key] = values
                 continue
             leaves, by_size = self._leaves[key]
             filt = _primary_key(full["groups"][key], metric).split(",", 1)[1]
@@ -448,14 +453,15 @@ class GeneralEvaluator:
                 stderr[key] = float(unweighted_mean_stderr(ses))
         return GeneralResult(scores, stderr, chance, n_docs,
                              {key: metric for key, _, metric, _ in self.outputs}, self.higher_is_better,
-                             self.settings)
+                             self.settings, per_doc)
 
     def _leaf_noise(self, full, name: str, metric: str | None, filt: str):
-        """(stderr, chance, n) of one leaf task's `metric` under filter `filt`."""
+        """(stderr, chance, n, per-document values or None) of one leaf task's `metric` under
+        filter `filt`; the values in document order, where the metric is their mean."""
         from lm_eval.api.metrics import mean
 
         task = self.task_dict["tasks"][name]
-        samples = [s for s in full["samples"][name] if s.get("filter") == filt]
+        samples = sorted((s for s in full["samples"][name] if s.get("filter") == filt), key=lambda s: s["doc_id"])
         per_doc = None
         if task.aggregation().get(metric) is mean:
             try:
@@ -466,7 +472,7 @@ class GeneralEvaluator:
         chance = 0.0
         if task.OUTPUT_TYPE == "multiple_choice" and metric in _CHANCE_METRICS and samples:
             chance = sum(1 / len(task.doc_to_choice(s["doc"])) for s in samples) / len(samples)
-        return se, chance, len(samples)
+        return se, chance, len(samples), per_doc
 
 
 def primary_scores(full: Mapping[str, Any], outputs) -> dict[str, float]:
