@@ -11,6 +11,7 @@ evaluation). Evaluation compute (records, documents) is counted, and is smaller 
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import optuna
@@ -69,7 +70,10 @@ def test_pruned_candidates_are_logged_with_rung_metrics_but_are_no_candidates(sw
         assert m["rung0.eval_records"] == 3 and m["rung0.eval_docs"] == 8  # 9 records, 24 docs: a third
     for row in a.rows:  # full candidates carry their rung-0 metrics beside the full ones
         assert row["fidelity.rung"] == 1 and row["eval_records"] == 9 and row["eval_docs"] == 24
-        assert row["rung0.eval_records"] == 3
+        assert row["rung0.eval_records"] == 3 and row["fidelity.reused_rungs"] == 0  # a first run reads nothing back
+    # Each rung's results are on record in the sweep's folder as soon as they are in (resume mid-rung)
+    records = list((Path(a.experiment_dir) / "rungs").glob("*.json"))
+    assert len(records) == 1 and sorted(json.loads(records[0].read_text())["rungs"]) == ["0", "1"]
     # all.csv and the front hold the full-fidelity candidates only
     listed = set(pareto_candidates(on.tracking.uri, a.parent_run_id, tmp_path))
     assert listed - {a.base["candidate"]} == ids

@@ -241,6 +241,8 @@ def _trial_context(run: SweepRun) -> TrialContext:
         allow_pickle=config.model.allow_pickle,
         system_metrics_s=config.tracking.system_metrics_interval_s if config.tracking.system_metrics else None,
         fidelity_z=config.evaluation.fidelity.margin_z,
+        # Halving's finished rungs per trial, kept with the sweep so a restarted trial skips them.
+        rungs_path=f"{run.experiment_dir.rstrip('/')}/rungs",
     )
 
 

@@ -39,6 +39,7 @@ from mm4ke_ray.evaluate.scores import COMBINED, OBJECTIVES
 from mm4ke_ray.rsft.config import RSFTConfig
 from mm4ke_ray.rsft.run import rsft_to_folder
 from mm4ke_ray.schema import MERGE_PARAMS, PRUNED_CANDIDATES
+from mm4ke_ray.search.rung_store import RungStore, delta_digest
 from mm4ke_ray.search.searcher import EXTRA_POINTS_KEY
 from mm4ke_ray.search.space import candidate_seed, merge_candidates, split_space
 from mm4ke_ray.search.train_placement import (
@@ -77,6 +78,7 @@ class TrialContext:
     allow_pickle: bool = False  # model.allow_pickle: load pickle checkpoints too
     system_metrics_s: float | None = None  # tracking.system_metrics: sample every this many seconds; None: off
     fidelity_z: float = 1.0  # evaluation.fidelity.margin_z (rungs and factor are in `settings`)
+    rungs_path: str | None = None  # folder of the trials' rung records (rung_store.py); None: not kept
 
 
 def _rsft_config(params: dict, search: SearchConfig, settings: EvalSettings) -> RSFTConfig:
@@ -205,8 +207,10 @@ def _run_trial(params: dict, ctx: TrialContext, trial_id: str) -> tuple[dict, st
     delta_ref = ray.put(delta)
     cands = merge_candidates(ctx.search, float(params["alpha"]), float(params["sparsity"]), ctx.extra_candidates,
                              candidate_seed(ctx.search.seed, params))
+    store = _rung_store(ctx, trial_id, delta, cands)
+    del delta
     eval_start = time.perf_counter()
-    cands, pruned, compute = _evaluate_candidates(ctx, cands, delta_ref, trial_id)
+    cands, pruned, compute = _evaluate_candidates(ctx, cands, delta_ref, trial_id, store)
     eval_wall = time.perf_counter() - eval_start
     sampled = cands[0]["metrics"]
     extra_points = [
@@ -231,8 +235,18 @@ def _run_trial(params: dict, ctx: TrialContext, trial_id: str) -> tuple[dict, st
     return report, delta_dir
 
 
-def _evaluate_candidates(ctx: TrialContext, cands: list[dict], delta_ref, trial_id: str
-                         ) -> tuple[list[dict], list[dict], dict]:
+def _rung_store(ctx: TrialContext, trial_id: str, delta: dict, cands: list[dict]) -> RungStore | None:
+    """The trial's rung record (rung_store.py), with halving on and a folder to keep it in."""
+    s = ctx.settings
+    if s.fidelity_rungs <= 1 or ctx.rungs_path is None:
+        return None
+    key = {"delta": delta_digest(delta), "candidates": [[c["alpha"], c["sparsity"]] for c in cands],
+           "rungs": s.fidelity_rungs, "reduction_factor": s.fidelity_reduction_factor, "seed": s.fidelity_seed}
+    return RungStore(ctx.rungs_path, trial_id, key)
+
+
+def _evaluate_candidates(ctx: TrialContext, cands: list[dict], delta_ref, trial_id: str,
+                         store: RungStore | None = None) -> tuple[list[dict], list[dict], dict]:
     """Evaluate a trial's candidates on the actor pool: (full-fidelity candidates, pruned ones,
     the trial's evaluation compute). Each candidate gets `index` (its place among the trial's
     candidates, its stable id) and `metrics`.
@@ -245,6 +259,10 @@ def _evaluate_candidates(ctx: TrialContext, cands: list[dict], delta_ref, trial_
     a lower rung's score is a noisy estimate on fewer items, and telling it to the sampler as if
     it were a full value would mix two fidelities in one TPE/NSGA model and bias it toward
     whatever the subsets happen to favour; so lower rungs are logged to MLflow only.
+
+    With a `store`, each rung's results are recorded as soon as they are in, and a rung result
+    already recorded (this trial started before and died) is read back instead of evaluated:
+    `fidelity.reused_rungs` counts them per candidate.
     """
     n = len(ctx.actors)
     offset = zlib.crc32(trial_id.encode()) % n
@@ -268,8 +286,18 @@ def _evaluate_candidates(ctx: TrialContext, cands: list[dict], delta_ref, trial_
     last = s.fidelity_rungs - 1
     by_rung: dict[int, dict[int, dict]] = {}
 
+    reused: dict[int, int] = {}
+
     def evaluate_at(rung: int, keys: list[str]) -> dict[str, RungResult]:
-        got = fan_out(rung, [int(k) for k in keys])
+        indices = [int(k) for k in keys]
+        saved = store.get(rung) if store else {}
+        todo = [i for i in indices if i not in saved]
+        fresh = fan_out(rung, todo) if todo else {}
+        if store and fresh:
+            store.put(rung, fresh)
+        for i in indices:
+            reused[i] = reused.get(i, 0) + (i in saved)
+        got = {i: fresh[i] if i in fresh else saved[i] for i in indices}
         by_rung[rung] = got
         return {str(i): rung_result(str(i), m) for i, m in got.items()}
 
@@ -282,7 +310,7 @@ def _evaluate_candidates(ctx: TrialContext, cands: list[dict], delta_ref, trial_
                  if k in RUNG_METRICS and isinstance(v, int | float)}
         reached = len(runs) - 1
         c["metrics"] = {**(runs[-1] if reached == last else {}), **lower, "fidelity.rung": reached,
-                        **_compute(runs, prefix="compute.")}
+                        "fidelity.reused_rungs": reused.get(i, 0), **_compute(runs, prefix="compute.")}
         (full if reached == last else pruned).append(c)
     evaluations = [m for got in by_rung.values() for m in got.values()]
     return full, pruned, _compute(evaluations, prefix="eval_compute_")
