@@ -45,6 +45,7 @@ SECOND_TRIALS = 4  # the issue's second sweep
 HORIZON = 16  # the second sweep continued, so that "not within 4" still gives a number
 SEED_OFFSET = 100  # the second sweep's seed: seed + 100, not the first's trajectory again
 SEEDS = 20
+INFO_SEEDS = 100  # information: the same medians over more seeds (20 are noisy)
 GOAL_RATIO = 0.99
 SOURCE = "first"
 TOL = 1e-9  # hypervolumes are sums of float areas; equal fronts may differ in the last bits
@@ -133,11 +134,13 @@ def main() -> None:
     print(f"median trials-to-reach: warm {_show(stats['median_trials_to_reach']['warm'], horizon)}, cold "
           f"{_show(stats['median_trials_to_reach']['cold'], horizon)}; within {second_trials}: warm "
           f"{stats['share_within']['warm']:.0%}, cold {stats['share_within']['cold']:.0%}; per seed warm sooner / "
-          f"same / later: {stats['paired']['warm_sooner']} / {stats['paired']['same']} / {stats['paired']['warm_later']}")
+          f"same / later: {stats['paired']['warm_sooner']} / {stats['paired']['same']} / {stats['paired']['warm_later']} "
+          f"(sign test p {stats['paired']['sign_test_p']:.3g})")
     print(f"median HV of own candidates at {second_trials} runs: warm {stats['median_hv_at_second_trials']['warm']:.4f}, "
           f"cold {stats['median_hv_at_second_trials']['cold']:.4f}; median trials-to-improve the union's front: "
           f"warm {_show(stats['median_union_trials_to_improve']['warm'], horizon)}, "
           f"cold {_show(stats['median_union_trials_to_improve']['cold'], horizon)}")
+    info = {} if smoke else _more_seeds(doc, first_trials, second_trials, horizon, reference, runs)
     goals = [
         common.goal_line(f"warm start: trials-to-reach the first sweep's hypervolume ({first_trials} R-SFT runs) "
                          f"with the second sweep's own candidates, median of {n} seeds, warm / cold "
@@ -153,8 +156,30 @@ def main() -> None:
                   "second_rsft_runs": second_trials, "horizon_rsft_runs": horizon, "seeds": list(seeds),
                   "second_seed_offset": SEED_OFFSET, "fixture": str(FIXTURE.relative_to(common.REPO)),
                   "censored_as": "inf (not reached within the horizon)"},
-        **stats, "runs": runs, "goals": goals,
+        **stats, f"{INFO_SEEDS}_seeds": info, "runs": runs, "goals": goals,
     })
+
+
+def _more_seeds(doc: dict, first_trials: int, second_trials: int, horizon: int, reference, runs: list[dict]) -> dict:
+    """Information: the statistics over INFO_SEEDS seeds (the goal's seeds first), without per-seed rows."""
+    more = [*runs, *(one_seed(doc, s, first_trials, second_trials, horizon, reference)
+                     for s in range(len(runs), INFO_SEEDS))]
+    stats = _stats(more, second_trials, horizon)
+    m, w, p = stats["median_trials_to_reach"], stats["share_within"], stats["paired"]
+    print(f"{INFO_SEEDS} seeds (information): median trials-to-reach warm {_show(m['warm'], horizon)}, cold "
+          f"{_show(m['cold'], horizon)}; within {second_trials}: warm {w['warm']:.0%}, cold {w['cold']:.0%}; warm "
+          f"sooner / same / later {p['warm_sooner']} / {p['same']} / {p['warm_later']} (sign test p "
+          f"{p['sign_test_p']:.3g}); median HV at {second_trials} warm {stats['median_hv_at_second_trials']['warm']:.4f}, "
+          f"cold {stats['median_hv_at_second_trials']['cold']:.4f}")
+    return stats
+
+
+def _sign_test(k: int, n: int) -> float:
+    """Two-sided exact sign test: P(a split at least as uneven as k of n) under p = 1/2."""
+    if n == 0:
+        return 1.0
+    tail = sum(math.comb(n, i) for i in range(min(k, n - k) + 1)) / 2**n
+    return min(1.0, 2 * tail)
 
 
 def _stats(runs: list[dict], second_trials: int, horizon: int) -> dict:
@@ -170,8 +195,9 @@ def _stats(runs: list[dict], second_trials: int, horizon: int) -> dict:
         "ratio_of_medians": _ratio(reach["warm"], reach["cold"]),
         "share_within": {m: sum(r[m]["trials_to_reach"] <= second_trials for r in runs) / len(runs) for m in modes},
         "share_within_horizon": {m: sum(r[m]["trials_to_reach"] <= horizon for r in runs) / len(runs) for m in modes},
-        "paired": {"warm_sooner": sum(w < c for w, c in pairs), "same": sum(w == c for w, c in pairs),
-                   "warm_later": sum(w > c for w, c in pairs)},
+        "paired": {"warm_sooner": (sooner := sum(w < c for w, c in pairs)), "same": sum(w == c for w, c in pairs),
+                   "warm_later": (later := sum(w > c for w, c in pairs)),
+                   "sign_test_p": _sign_test(sooner, sooner + later)},
         "median_hv_at_second_trials": med("hv_at_second_trials"),
         "median_hv_ratio_at_second_trials": statistics.median(
             r["warm"]["hv_at_second_trials"] / r["cold"]["hv_at_second_trials"] if r["cold"]["hv_at_second_trials"] > 0
