@@ -70,15 +70,25 @@ def evaluate(doc: dict, params: dict, merges: list[dict]) -> tuple[dict | None, 
     return entry, out
 
 
+def tracked_rows(rows: list[dict]) -> list[dict]:
+    """Replay rows as an earlier sweep's candidates read back from MLflow (`--warm-start`): each
+    with the `trial_id` of its R-SFT run, which groups a run's candidates in `warm_points`."""
+    return [{**r, "trial_id": f"replay_{r['trial']:05d}"} for r in rows]
+
+
 def replay(doc: dict, sampler: str, seed: int, num_trials: int, extra_candidates: int,
-           startup_trials: int | None = None, constraints: dict | None = None, make_sampler=None) -> dict:
+           startup_trials: int | None = None, constraints: dict | None = None, make_sampler=None,
+           warm: list[tuple[str, list[dict]]] | None = None) -> dict:
     """One sweep's search over the grid: `num_trials` R-SFT runs, each with its merge candidates.
 
     `make_sampler(search, points_per_trial)` replaces the product's sampler factory (to compare
-    another search, e.g. Optuna's plain TPE, on the same grid).
+    another search, e.g. Optuna's plain TPE, on the same grid). `warm`: (source name, candidate
+    rows as `tracked_rows` gives them) of earlier sweeps, told to the study before the first trial
+    as `mm4ke-ray sweep --warm-start` tells them (`warm_points`, then `tell_warm_start`).
 
     Returns {"rows": every evaluated candidate, "trials": per-trial params, "study": the Optuna
-    study, "extra_points_told": ..., "rsft_runs": num_trials}.
+    study, "extra_points_told": ..., "rsft_runs": num_trials, "warm": per source {"rows", "told",
+    "skipped"} (skipped: outside the space, as the sweep counts them)}.
     """
     import optuna
 
@@ -98,6 +108,7 @@ def replay(doc: dict, sampler: str, seed: int, num_trials: int, extra_candidates
         space=searched, metric=[o.name for o in OBJECTIVES], mode=[o.mode for o in OBJECTIVES],
         sampler=make_sampler(search, points_per_trial=extra_candidates + 1), constraints=constraints,
     )
+    warm_told = _tell_warm(searcher, search, warm or [])
     rows, trials = [], []
     nan = float("nan")
     for i in range(num_trials):
@@ -123,4 +134,17 @@ def replay(doc: dict, sampler: str, seed: int, num_trials: int, extra_candidates
                                      for c, s in zip(cands[1:], scored[1:], strict=True) if c["in_space"]]}
         searcher.on_trial_complete(trial_id, result)
     return {"rows": rows, "trials": trials, "study": searcher.study, "rsft_runs": num_trials,
-            "extra_points_told": searcher.extra_points_told}
+            "extra_points_told": searcher.extra_points_told, "warm": warm_told}
+
+
+def _tell_warm(searcher, search, warm: list[tuple[str, list[dict]]]) -> dict:
+    """As the sweep's driver (`_tell_warm_start`): each source's rows as points, told before the
+    first trial; {source: {"rows", "told", "skipped"}}."""
+    from mm4ke_ray.search.warm_start import warm_points
+
+    out = {}
+    for source, rows in warm:
+        points, skipped = warm_points(rows, search, source)
+        told, refused = searcher.tell_warm_start(points, source)
+        out[source] = {"rows": len(rows), "told": told, "skipped": skipped + refused}
+    return out

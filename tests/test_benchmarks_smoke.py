@@ -23,6 +23,7 @@ SCRIPTS = {
     "eval": "bench_eval.py",
     "sweep": "bench_sweep.py",
     "search_quality": "bench_search_quality.py",
+    "warm_start": "bench_warm_start.py",
     "memory": "bench_memory.py",
     "generation": "bench_generation.py",
     "mergekit": "bench_mergekit.py",
