@@ -118,6 +118,32 @@ def test_trials_run_in_waves_and_their_candidates_share_the_actors():
     assert est.wall_s == pytest.approx(4 + 5 + 61.5 + 3 * work.updates_expected * 0.015 + 8 + 10 + 5 * 2)
 
 
+def test_halving_bounds_the_evaluation_by_what_its_rungs_may_prune():
+    """5 candidates, 3 rungs, factor 3 (1/9, 1/3, all): nothing pruned costs 5 x 13/9 = 7.2 full
+    evaluations; pruning to the minimum (5 -> 2 -> 1) costs 5/9 + 2/3 + 1 = 2.2."""
+    from mm4ke_ray.evaluate.fidelity import halving_cost
+    from mm4ke_ray.planning.workload import workload
+
+    assert halving_cost(5, 3, 3.0) == pytest.approx((5 / 9 + 2 / 3 + 1, 5 * 13 / 9))
+    assert halving_cost(5, 1, 3.0) == (5, 5)  # one rung: the full evaluation of everyone
+    assert halving_cost(1, 2, 2.0) == pytest.approx((1.5, 1.5))  # the one kept candidate climbs every rung
+    off = workload(load_config(DEMO), records=10, gpus=0, cpus=2)
+    assert off.halving_cost is None
+    args = (str(PAPER), "--gpus", "8", "--records", "100", "--set", "merge.extra_candidates=4")
+    _, plain = _cli(*args, "--json")
+    code, raw = _cli(*args, "--set", "evaluation.fidelity.enabled=true", "--json")
+    halving = json.loads(raw)
+    assert code == 0 and halving["workload"]["halving_cost"] == pytest.approx([5 / 9 + 2 / 3 + 1, 5 * 13 / 9])
+    # The expected wall assumes halving breaks even; at most, nothing is pruned (13/9 the evaluation).
+    phase = {p["name"]: p for p in halving["estimate"]["phases"]}
+    before = {p["name"]: p for p in json.loads(plain)["estimate"]["phases"]}
+    assert phase["eval rounds"]["wall_s"] == pytest.approx(before["eval rounds"]["wall_s"])
+    assert phase["eval rounds"]["upper_s"] == pytest.approx(before["eval rounds"]["upper_s"] * 13 / 9)
+    code, text = _cli(*args, "--set", "evaluation.fidelity.enabled=true")
+    assert code == 0 and "2.22 to 7.22 full evaluations" in " ".join(text.split())
+    assert max(len(line) for line in text.splitlines()) <= 80
+
+
 def _cli(*args: str) -> tuple[int, str]:
     from mm4ke_ray.cli import main
 

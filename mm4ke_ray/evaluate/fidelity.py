@@ -47,6 +47,19 @@ def rung_sizes(n_items: int, rungs: int, reduction_factor: float) -> list[int]:
     return sizes
 
 
+def halving_cost(n: int, rungs: int, reduction_factor: float) -> tuple[float, float]:
+    """Evaluation cost of a trial's n candidates under halving, in full evaluations: (fewest,
+    most). Most: nothing pruned, every candidate scores every rung (1 + 1/eta + ... each).
+    Fewest: each rung passes on only its minimum, ceil(n_r / eta), and at least the kept one.
+    Without halving the cost is n."""
+    fractions = rung_fractions(rungs, reduction_factor)
+    alive, fewest = n, 0.0
+    for f in fractions:
+        fewest += alive * f
+        alive = max(1, math.ceil(alive / reduction_factor))
+    return fewest, n * sum(fractions)
+
+
 def nested_subsets(n_items: int, rungs: int, reduction_factor: float, seed: int, key: str = "") -> list[list[int]]:
     """Per rung, the sorted indices (into 0..n_items-1) it evaluates; nested and seeded.
 

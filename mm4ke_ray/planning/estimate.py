@@ -6,7 +6,9 @@ trials run in waves: start-up, R-SFT, then the wave's candidates shared by the m
 Before the first wave Ray starts (locally) and the pool loads the model and scores the base;
 Tune, checkpoints and MLflow cost a little per trial and once per sweep (`fixed_costs.py`).
 Expected figures take the mean E and K of the space (no early stopping); the upper bound takes
-E·N·K at their maxima and the costliest layer.
+E·N·K at their maxima and the costliest layer. With successive halving on, how much evaluation a
+delta costs depends on how many candidates its rungs prune, which no plan knows: the expected
+figure assumes it breaks even (as without halving), the upper bound that nothing is pruned.
 """
 
 from __future__ import annotations
@@ -76,6 +78,8 @@ def estimate(work: Workload, units: UnitCosts, fixed: FixedCosts, gpus: int, cpu
     startup = fixed.trial_startup_s.get(work.runner, max(fixed.trial_startup_s.values()))
     rounds = _eval_rounds(work)
     candidate = units.candidate_s + fixed.dispatch_per_candidate_s
+    # Halving on: at most every candidate scores every rung (`fidelity.halving_cost`).
+    eval_upper = work.halving_cost[1] / work.candidates_per_delta if work.halving_cost else 1.0
     per_trial = fixed.driver_per_trial_s.get(work.runner, max(fixed.driver_per_trial_s.values()))
     ray_start = fixed.ray_start_s if local_ray else 0.0
     phases = [
@@ -84,7 +88,7 @@ def estimate(work: Workload, units: UnitCosts, fixed: FixedCosts, gpus: int, cpu
         Phase("trial start-up", waves, startup + units.worker_load_s, waves * (startup + units.worker_load_s),
               waves * (startup + units.worker_load_s), f"bench+{source}"),
         Phase("R-SFT", waves, rsft, waves * rsft, waves * rsft_upper, source),
-        Phase("eval rounds", rounds, candidate, rounds * candidate, rounds * candidate, source),
+        Phase("eval rounds", rounds, candidate, rounds * candidate, rounds * candidate * eval_upper, source),
         Phase("sweep start/end", 1, fixed.driver_per_sweep_s, fixed.driver_per_sweep_s, fixed.driver_per_sweep_s,
               "bench"),
         Phase("Tune/MLflow", work.trials, per_trial, work.trials * per_trial, work.trials * per_trial, "bench"),
@@ -93,7 +97,8 @@ def estimate(work: Workload, units: UnitCosts, fixed: FixedCosts, gpus: int, cpu
     upper = sum(p.upper_s for p in phases)
     # GPU time spent computing: R-SFT on the workers, candidates and the base reference on the actors.
     busy = work.trials * rsft * work.rsft_gpus + work.candidates * units.candidate_s * work.eval_gpus
-    busy_upper = work.trials * rsft_upper * work.rsft_gpus + work.candidates * units.candidate_s * work.eval_gpus
+    busy_upper = (work.trials * rsft_upper * work.rsft_gpus
+                  + work.candidates * units.candidate_s * eval_upper * work.eval_gpus)
     pool = units.pool_start_s * work.eval_actors * work.eval_gpus
     return Estimate(phases=phases, wall_s=wall, upper_wall_s=upper, gpus=gpus, cpus=cpus,
                     busy_gpu_hours=(busy + pool) / 3600, upper_busy_gpu_hours=(busy_upper + pool) / 3600,

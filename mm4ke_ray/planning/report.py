@@ -46,6 +46,11 @@ def render(plan: dict, console: Console | None = None) -> None:
                             f"E·N·K = {w['updates_max_per_trial']:,}")
     inputs.add_row("trials", f"{w['trials']} x {w['candidates_per_delta']} candidates = {w['candidates']:,}; "
                              f"{w['concurrent_trials']} at once, {w['eval_actors']} merge-eval actor(s)")
+    if w.get("halving_cost"):
+        fewest, most = w["halving_cost"]
+        inputs.add_row("halving", f"a delta's evaluation costs {fewest:.3g} to {most:.3g} full evaluations "
+                                  f"({w['candidates_per_delta']} without halving), as its rungs prune; "
+                                  f"times assume {w['candidates_per_delta']}, 'at most' {most:.3g}")
     tasks = ", ".join(w["general_tasks"]) or "none"
     limit = f" (limit {w['general_limit']})" if w["general_limit"] else ""
     inputs.add_row("general", tasks + limit)

@@ -32,6 +32,8 @@ class Workload:
     rsft_gpus: float
     eval_gpus: float
     runner: str
+    # evaluation.fidelity on: a delta's evaluation in full evaluations, (fewest, most); None: off
+    halving_cost: tuple[float, float] | None = None
 
     @property
     def updates_max(self) -> int:
@@ -105,5 +107,12 @@ def workload(config: SweepConfig, records: int, gpus: int = 0, cpus: float | Non
         eval_batch_size=config.evaluation.batch_size,
         concurrent_trials=min(plan.max_concurrent, config.search.num_trials), rsft_slots=plan.rsft_slots,
         eval_actors=plan.actors, rsft_gpus=config.resources.rsft_gpus, eval_gpus=config.resources.eval_gpus,
-        runner=config.search.rsft.runner,
+        runner=config.search.rsft.runner, halving_cost=_halving_cost(config, per_delta),
     )
+
+
+def _halving_cost(config: SweepConfig, per_delta: int) -> tuple[float, float] | None:
+    from mm4ke_ray.evaluate.fidelity import halving_cost
+
+    fid = config.evaluation.fidelity
+    return halving_cost(per_delta, fid.rungs, fid.reduction_factor) if fid.enabled and fid.rungs > 1 else None
