@@ -62,7 +62,9 @@ def set_verbose(verbose: bool) -> None:
 
 
 def quiet_libraries() -> None:
-    """Silence the notices above in this process (and in processes it starts), unless verbose."""
+    """Silence the notices above in this process (and in processes it starts), unless verbose.
+    Our own warnings are shown either way, as one plain line (`plain_own_warnings`)."""
+    plain_own_warnings()
     if is_verbose():
         return
     for name, value in _ENV.items():
@@ -96,3 +98,29 @@ def _quiet_imported() -> None:
         from datasets.utils import disable_progress_bars
 
         disable_progress_bars()
+
+
+_PACKAGE = os.path.dirname(os.path.abspath(__file__))
+
+
+def plain_own_warnings() -> None:
+    """Show this package's warnings as `warning: <message>`: no file:line and no echo of the
+    source line that raised it (both point into our code, not at what the user can change).
+    Other libraries' warnings keep Python's format. Installed once per process."""
+    import warnings
+
+    original = warnings.showwarning
+    if getattr(original, "_mm4ke_plain", False):
+        return
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if os.path.abspath(filename).startswith(_PACKAGE + os.sep):
+            try:
+                print(f"warning: {message}", file=file or sys.stderr)
+            except OSError:  # a closed stderr loses a warning, as Python's own would
+                pass
+            return
+        original(message, category, filename, lineno, file, line)
+
+    show._mm4ke_plain = True
+    warnings.showwarning = show

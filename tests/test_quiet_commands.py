@@ -116,5 +116,9 @@ def test_evaluate_prints_only_its_results_unless_verbose(tiny_model_dir, tmp_pat
     done, output = _run(*argv, "--out", str(tmp_path / "quiet.json"))
     assert not _noise(output), "\n".join(_noise(output))
     assert done.stdout.startswith("2 records, teacher-forced: ")
+    # The tiny model's tokenizer mismatch, our own warning: one plain line, no file:line, no
+    # echo of the source line that raised it.
+    assert "warning: AutoTokenizer.from_pretrained(" in done.stderr, done.stderr
+    assert "TokenizerMismatchWarning" not in output and "check_auto_tokenizer" not in output
     _, output = _run(*argv, "--out", str(tmp_path / "verbose.json"), "--verbose")
     assert "Loading weights" in output
