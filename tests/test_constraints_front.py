@@ -214,3 +214,20 @@ def test_front_png_draws_the_infeasible_points_grey(tmp_path):
     greyed = grey_pixels(split_front(rows, {"edit_score": MIN_EDIT})[0])
     plain = grey_pixels(split_front(rows)[0])
     assert greyed > plain + 150, (greyed, plain)  # here 284 vs 19 grey pixels
+
+
+def test_front_png_crosses_the_candidates_of_an_earlier_sweep(tmp_path):
+    import numpy as np
+    from matplotlib.image import imread
+
+    from mm4ke_ray.schema import WARM_START
+
+    rows = [{"candidate": BASE, "kind": BASE, **_metrics(*BASE_POINT)}, *_rows(POINTS)]
+
+    def green_pixels(marked: list[dict]) -> int:
+        path = write_front_png(split_front(marked)[0], tmp_path / "front.png", "t", "generation")
+        rgb = (imread(path)[..., :3] * 255).round()
+        return int(np.sum(np.all(rgb == (0x31, 0xA3, 0x54), axis=-1)))  # WARM_COLOUR #31a354
+
+    warm = [{**r, WARM_START: "earlier"} if i % 2 else r for i, r in enumerate(rows) if r["kind"] != BASE]
+    assert green_pixels([rows[0], *warm]) > green_pixels(rows) + 50

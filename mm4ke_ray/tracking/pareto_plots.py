@@ -37,6 +37,8 @@ _STYLES = {
     BASE: ("base model (unedited)", "*", "#000000", 220),
 }
 INFEASIBLE_COLOUR = "#bdbdbd"  # candidates below objectives.min_*: shown, but not pickable
+WARM_COLOUR = "#31a354"  # a cross over candidates copied from an earlier sweep (--warm-start)
+WARM_LABEL = "from an earlier sweep (--warm-start)"
 INFEASIBLE_LABEL = "infeasible (below min_*)"
 _HOVER_METRICS = (
     "edit_succ",
@@ -104,7 +106,7 @@ def _front_steps(front: list[dict]) -> tuple[list[float], list[float]]:
 
 def write_front_png(rows: list[dict], path: str | Path, title: str, edit_mode: str | None = None) -> Path:
     """Scatter of every candidate; the front ringed and joined by its staircase; base/pure R-SFT
-    marked; infeasible candidates grey (one legend entry)."""
+    marked; infeasible candidates grey (one legend entry); earlier sweeps' candidates crossed."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -133,6 +135,10 @@ def write_front_png(rows: list[dict], path: str | Path, title: str, edit_mode: s
                    edgecolors="none")
     if greyed:  # one legend entry for them all
         ax.scatter([], [], marker="o", c=INFEASIBLE_COLOUR, s=36, label=f"{INFEASIBLE_LABEL} ({len(greyed)})")
+    warm = [p for p in (_xy(r) for r in rows if r.get(WARM_START)) if p is not None]
+    if warm:  # over whatever marker its kind has: an earlier sweep's point keeps its kind
+        ax.scatter(*zip(*warm, strict=True), marker="x", c=WARM_COLOUR, s=30, linewidths=1.4, zorder=3.5,
+                   label=f"{WARM_LABEL} ({len(warm)})")
     front = [r for r in rows if r.get(ON_FRONT)]
     if front:
         ax.plot(*_front_steps(front), color="#d62728", lw=1.2, ls="--", zorder=2)
