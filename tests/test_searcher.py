@@ -17,7 +17,8 @@ import optuna
 import pytest
 
 from mm4ke_ray.config import ObjectivesConfig, Param, SearchConfig
-from mm4ke_ray.search.constraints import constraint_values, feasible, minimums
+from mm4ke_ray.evaluate.pareto import feasible
+from mm4ke_ray.search.constraints import constraint_values, minimums
 from mm4ke_ray.search.searcher import EXTRA_ATTR, EXTRA_POINTS_KEY, CandidateAwareOptunaSearch
 from mm4ke_ray.search.space import candidate_seed, draw, make_sampler, merge_candidates, split_space
 from mm4ke_ray.search.startup import RSFTStartupSampler
@@ -223,6 +224,9 @@ def test_constraint_values_and_feasibility():
     assert constraint_values({"edit_score": 0.7, "general_score": 0.1}, mins) == pytest.approx({"min_edit_score": -0.1})
     assert feasible({"edit_score": 0.7}, mins) and not feasible({"edit_score": 0.5}, mins)
     assert not feasible({"edit_score": float("nan")}, mins) and feasible({"edit_score": 0.1}, {})
+    # The front's rule and the sampler's constraint values agree, at the minimum too.
+    for v in (0.59, 0.6, 0.61, float("nan"), float("inf")):
+        assert feasible({"edit_score": v}, mins) == all(c <= 0 for c in constraint_values({"edit_score": v}, mins).values())
     with pytest.raises(ValueError, match="min_general_score"):
         ObjectivesConfig(min_general_score=1.5)
 

@@ -4,7 +4,8 @@ Optuna 5's way: each told trial carries constraint values (`Trial.set_constraint
 or `create_trial(constraints=...)` for an added point); a trial is feasible when every value is
 <= 0. TPE, NSGA-II and GP then favour feasible regions, so the search concentrates where the
 user will pick. Every told trial carries the same keys (GP requires it), even a trial with no
-minimum set is not given any. The front marks infeasible candidates (`feasible`), greyed.
+minimum set is not given any. The front marks infeasible candidates greyed, by the same rule
+(`evaluate.pareto.feasible`: value >= minimum; constraint value <= 0 here).
 """
 
 from __future__ import annotations
@@ -35,8 +36,3 @@ def constraint_values(values: dict[str, float], mins: dict[str, float]) -> dict[
         ok = isinstance(v, int | float) and math.isfinite(v)
         out[PREFIX + name] = low - float(v) if ok else max(low, 0.0) + 1.0
     return out
-
-
-def feasible(row: dict, mins: dict[str, float]) -> bool:
-    """Whether a candidate row meets every minimum (always True without minimums)."""
-    return all(v <= 0 for v in constraint_values(row, mins).values())
