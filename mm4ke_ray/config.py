@@ -44,8 +44,9 @@ class FidelityConfig(_Section):
 
     On, a trial's merge candidates are scored on growing seeded subsets of the edit records and
     lm-eval documents; only those not dominated by the margin among the trial's own candidates
-    go on, up to the full evaluation. The sampled candidate always reaches it; only full results
-    are candidates (Optuna, front, best pick, export)."""
+    go on, up to the full evaluation; with `against_front`, also only those the sweep's full
+    results so far do not beat. The sampled candidate always reaches it; only full results are
+    candidates (Optuna, front, best pick, export)."""
 
     enabled: bool = Field(
         False, description="Score a trial's merge candidates on growing record/document subsets first; "
@@ -58,6 +59,10 @@ class FidelityConfig(_Section):
     margin_z: float = Field(
         1.0, ge=0, description="A candidate is dropped when another beats it by margin_z standard errors of "
         "the difference: at least that in both objectives, more in one.",
+    )
+    against_front: bool = Field(
+        True, description="Also drop a candidate that the sweep's full results so far (base, earlier trials, "
+        "--warm-start) beat by margin_z of its standard errors; such a one is not kept to fill the minimum.",
     )
 
 

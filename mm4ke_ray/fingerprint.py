@@ -14,9 +14,11 @@ import json
 
 from mm4ke_ray.config import SweepConfig
 
-# Every field of these sections (a nested one, e.g. evaluation.fidelity, as one value) and single fields; evaluation.batch_size only changes speed.
+# Every field of these sections (a nested one as one value) and single fields. Left out: what
+# changes speed or cost but not a full-fidelity result (evaluation.batch_size; evaluation.fidelity,
+# since successive halving's full rung is the full evaluation) and what only gates loading.
 _SECTIONS = ("model", "data", "evaluation")
-_LEFT_OUT = {"model.trust_remote_code", "model.allow_pickle", "evaluation.batch_size"}
+_LEFT_OUT = {"model.trust_remote_code", "model.allow_pickle", "evaluation.batch_size", "evaluation.fidelity"}
 _LONGEST = 300  # characters of one field's JSON kept as is
 _FIELDS = ("merge.method", "search.rsft.optimizer", "objectives.edit_weights", "objectives.combined_edit_weight")
 
@@ -50,5 +52,7 @@ def fingerprint(fields: dict) -> str:
 
 
 def differences(here: dict, there: dict) -> list[tuple[str, object, object]]:
-    """(field, value here, value there) for every field that differs (a missing field: None)."""
-    return [(k, here.get(k), there.get(k)) for k in sorted(set(here) | set(there)) if here.get(k) != there.get(k)]
+    """(field, value here, value there) for every field that differs (a missing field: None).
+    A field left out since (a sweep logged before, e.g. with evaluation.fidelity) is not compared."""
+    keys = (set(here) | set(there)) - _LEFT_OUT
+    return [(k, here.get(k), there.get(k)) for k in sorted(keys) if here.get(k) != there.get(k)]

@@ -17,6 +17,7 @@ from mm4ke_ray.errors import ConfigError
 from mm4ke_ray.evaluate.fidelity import (
     RungItems,
     RungResult,
+    beaten_by_exact,
     difference_stderrs,
     dominates_by_margin,
     edit_score_stderr,
@@ -138,6 +139,30 @@ def test_items_that_do_not_line_up_fall_back_to_the_unpaired_margin():
     assert edit_se == pytest.approx(mean_stderr([1.0, 0.5, -0.5], 27))  # records pair
     assert general_se == pytest.approx(math.hypot(0.1, a.general_se))  # documents do not
     assert RungItems.from_dict(a.items.to_dict()) == a.items  # the JSON form round-trips
+
+
+def test_an_exact_front_point_beats_a_rung_estimate_by_its_own_standard_errors():
+    a = RungResult("a", 0.50, 0.90, edit_se=0.05, general_se=0.04)
+    assert beaten_by_exact(a, (0.65, 0.99), z=2.0)  # 3 of a's SEs ahead in edit, 2.25 in general
+    assert not beaten_by_exact(a, (0.65, 0.93), z=2.0)  # 0.03 < 2 x 0.04 in general: could be noise
+    assert not beaten_by_exact(a, (0.58, 1.00), z=2.0)  # 0.08 < 2 x 0.05 in edit
+    # At the ceiling a cannot end above the point: no margin asked there, only in the other.
+    capped = RungResult("c", 0.50, 1.00, edit_se=0.05, general_se=0.04)
+    assert beaten_by_exact(capped, (0.61, 1.00), z=2.0) and not beaten_by_exact(capped, (0.59, 1.00), z=2.0)
+    assert not beaten_by_exact(capped, (0.50, 1.00), z=2.0)  # equal: nothing strictly better
+    assert not beaten_by_exact(RungResult("u", 0.1, 0.1, None, 0.01), (0.9, 0.9), z=1.0)  # unknown SE protects
+
+
+def test_candidates_the_front_beats_are_dropped_and_do_not_fill_the_minimum():
+    good = _point("good", 0.80, 0.90, se=0.02)
+    weak = _point("weak", 0.40, 0.90, se=0.02)
+    weaker = _point("weaker", 0.30, 0.85, se=0.02)
+    # Within the trial: weak and weaker are dominated by good, but the minimum ceil(3/2) = 2 keeps weak.
+    assert promote([good, weak, weaker], reduction_factor=2.0, z=1.0) == ["good", "weak"]
+    # The sweep already has (0.7, 1.0) in full: weak and weaker are beaten, and no minimum saves them.
+    assert promote([good, weak, weaker], reduction_factor=2.0, z=1.0, front=[(0.7, 1.0)]) == ["good"]
+    # A front that beats everyone leaves nobody (the sweep keeps its sampled candidate itself).
+    assert promote([good, weak], reduction_factor=2.0, z=1.0, front=[(0.95, 1.0)]) == []
 
 
 def test_far_behind_in_one_objective_only_is_a_trade_off_and_goes_on():

@@ -71,6 +71,7 @@ def test_pruned_candidates_are_logged_with_rung_metrics_but_are_no_candidates(sw
     for row in a.rows:  # full candidates carry their rung-0 metrics beside the full ones
         assert row["fidelity.rung"] == 1 and row["eval_records"] == 9 and row["eval_docs"] == 24
         assert row["rung0.eval_records"] == 3 and row["fidelity.reused_rungs"] == 0  # a first run reads nothing back
+        assert row["fidelity.front_points"] == 1  # the one trial's front so far: the base
     # Each rung's results are on record in the sweep's folder as soon as they are in (resume mid-rung)
     records = list((Path(a.experiment_dir) / "rungs").glob("*.json"))
     assert len(records) == 1 and sorted(json.loads(records[0].read_text())["rungs"]) == ["0", "1"]
@@ -82,7 +83,8 @@ def test_pruned_candidates_are_logged_with_rung_metrics_but_are_no_candidates(sw
     every = ok + pruned
     results = [RungResult(r.data.tags[Tag.CANDIDATE], r.data.metrics["rung0.edit_score"],
                           r.data.metrics["rung0.general_score"]) for r in every]
-    kept = set(promote(results, FIDELITY["reduction_factor"], FIDELITY["margin_z"]))
+    base = (a.base["edit_score"], a.base["general_score"])
+    kept = set(promote(results, FIDELITY["reduction_factor"], FIDELITY["margin_z"], front=[base]))
     sampled = next(r.data.tags[Tag.CANDIDATE] for r in ok if r.data.tags[Tag.KIND] == "sampled")
     assert kept | {sampled} == ids
 

@@ -60,8 +60,12 @@ def test_the_fingerprint_ignores_the_search_and_names_what_differs(tmp_path, tin
     a = validate_config(_config(tmp_path, tiny_model_dir, "a"))
     b = validate_config(_config(tmp_path, tiny_model_dir, "b", **{"search.num_trials": 9, "search.seed": 11,
                                                                   "merge.extra_candidates": 3,
-                                                                  "evaluation.batch_size": 2}))
+                                                                  "evaluation.batch_size": 2,
+                                                                  "evaluation.fidelity.enabled": True}))
+    # Halving changes the cost, not a full-fidelity result: sweeps with and without it compare.
     assert fingerprint(fingerprint_fields(a)) == fingerprint(fingerprint_fields(b))
+    older = {**fingerprint_fields(a), "evaluation.fidelity": {"enabled": False, "rungs": 3}}  # logged before
+    assert differences(older, fingerprint_fields(b)) == []
     c = validate_config(_config(tmp_path, tiny_model_dir, "c", **{"data.limit": 3, "merge.method": "dare"}))
     assert [k for k, _, _ in differences(fingerprint_fields(a), fingerprint_fields(c))] == ["data.limit",
                                                                                           "merge.method"]

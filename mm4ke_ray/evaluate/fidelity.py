@@ -280,16 +280,47 @@ def _plain_pareto_ranks(results: Sequence[RungResult]) -> list[int]:
     return ranks
 
 
-def promote(results: Sequence[RungResult], reduction_factor: float, z: float) -> list[str]:
+# Both objectives lie in [0, 1]: a point at 1 in an objective cannot be beaten there.
+OBJECTIVE_MAX = 1.0
+
+
+def beaten_by_exact(a: RungResult, point: Sequence[float], z: float) -> bool:
+    """Whether an exact full-fidelity `point` (edit, general) beats a's rung estimate: by at least
+    z of a's standard errors in every objective and more than that in one.
+
+    The point is a candidate's full evaluation (or the base's), so it has no error; a's rung
+    score estimates a's full score with SE se_a. In an objective where the point sits at its
+    ceiling (1) a cannot end above it, so no margin is asked there (general score is capped at
+    1, and merges that keep everything tie there). An unknown SE protects a (unless z is 0).
+    """
+    strictly = False
+    for vb, va, sa in zip(point, a.values(), a.stderrs(), strict=True):
+        if z == 0:
+            margin = 0.0
+        elif sa is None:
+            return False
+        else:
+            margin = z * sa
+        if not (vb - va >= margin or vb >= OBJECTIVE_MAX >= va):
+            return False
+        strictly = strictly or vb - va > margin
+    return strictly
+
+
+def promote(results: Sequence[RungResult], reduction_factor: float, z: float,
+            front: Sequence[Sequence[float]] = ()) -> list[str]:
     """Keys of the candidates that go on to the next rung, in the order of `results`.
 
     Rule: a candidate goes on when no other candidate of the rung dominates it by the margin
     (`dominates_by_margin`: at least z standard errors of the difference better in both
-    objectives, more in one). All such candidates go on, however many (the margin, not a quota, decides; a
-    noisy rung drops little). When fewer than ceil(n / reduction_factor) survive, the best of
-    the dropped fill up to that minimum, so a rung of a few lucky outliers does not starve the
-    next rung: ordered by how many candidates margin-dominate them (fewer first), then by plain
-    Pareto rank (non-dominated sorting), then by their position in `results` (deterministic).
+    objectives, more in one) and no point of `front` beats it (`beaten_by_exact`; the sweep's
+    full-fidelity results so far). All such candidates go on, however many (the margin, not a
+    quota, decides; a noisy rung drops little). When fewer than ceil(n / reduction_factor)
+    survive, the best of the dropped that `front` does not beat fill up to that minimum, so a rung
+    of a few lucky outliers does not starve the next rung: ordered by how many candidates
+    margin-dominate them (fewer first), then by plain Pareto rank (non-dominated sorting), then
+    by their position in `results` (deterministic). A candidate the sweep has already beaten
+    with exact results is not worth a fuller look, minimum or not.
     """
     if reduction_factor <= 1:
         raise ValueError(f"reduction_factor must be > 1, got {reduction_factor}")
@@ -300,12 +331,13 @@ def promote(results: Sequence[RungResult], reduction_factor: float, z: float) ->
         raise ValueError(f"duplicate candidate keys in a rung: {sorted(k for k in set(keys) if keys.count(k) > 1)}")
     if not results:
         return []
+    beaten = {i for i, r in enumerate(results) if any(beaten_by_exact(r, p, z) for p in front)}
     counts = [margin_dominators(r, results, z) for r in results]
-    keep = {i for i, c in enumerate(counts) if c == 0}
+    keep = {i for i, c in enumerate(counts) if c == 0 and i not in beaten}
     minimum = math.ceil(len(results) / reduction_factor)
     if len(keep) < minimum:
         ranks = _plain_pareto_ranks(results)
-        dropped = sorted(set(range(len(results))) - keep, key=lambda i: (counts[i], ranks[i], i))
+        dropped = sorted(set(range(len(results))) - keep - beaten, key=lambda i: (counts[i], ranks[i], i))
         keep |= set(dropped[: minimum - len(keep)])
     return [results[i].key for i in sorted(keep)]
 
@@ -343,6 +375,7 @@ def run_rungs(
     reduction_factor: float,
     z: float,
     keep: Sequence[str] = (),
+    front: Sequence[Sequence[float]] = (),
 ) -> list[dict[str, RungResult]]:
     """Successive halving of one group of candidates: per rung, who was evaluated and how.
 
@@ -350,6 +383,7 @@ def run_rungs(
     the sweep fans them out over its actor pool) and returns their `RungResult`s by key. After
     every rung but the last, `promote` picks who goes on; the keys in `keep` always go on (the
     sweep's sampled candidate: Optuna needs a full-fidelity value for the point it proposed).
+    `front`: exact (edit, general) points the sweep has already evaluated in full, for `promote`.
     Returns one dict per rung evaluated (key -> result); the last one's keys reached the full
     evaluation. Rungs are evaluated in order and each only once.
     """
@@ -370,7 +404,7 @@ def run_rungs(
         history.append({k: got[k] for k in alive})
         if rung == rungs - 1:
             break
-        promoted = set(promote([got[k] for k in alive], reduction_factor, z)) | set(keep)
+        promoted = set(promote([got[k] for k in alive], reduction_factor, z, front)) | set(keep)
         alive = [k for k in alive if k in promoted]
     return history
 

@@ -35,6 +35,7 @@ from mm4ke_ray.schema import ALPHA, BASE, Tag
 from mm4ke_ray.search.actors import start_pool, stop_pool
 from mm4ke_ray.search.callback import SweepCallback
 from mm4ke_ray.search.constraints import minimums
+from mm4ke_ray.search.front_board import drop_front, new_front_key, publish_front
 from mm4ke_ray.search.local_ray import init_local_ray
 from mm4ke_ray.search.resources import TRIAL_RESOURCES, Plan, plan_resources
 from mm4ke_ray.search.resume import (
@@ -125,6 +126,7 @@ class SweepRun:
     base_logged: bool = False
     warm: list[WarmSource] = field(default_factory=list)  # --warm-start sources, checked (new sweep)
     warm_rows: list[dict] = field(default_factory=list)  # their candidates as copied into this sweep
+    front_key: str | None = None  # halving against the front: where trials read it (front_board.py)
 
     @property
     def resumed(self) -> bool:
@@ -242,7 +244,7 @@ def _trial_context(run: SweepRun) -> TrialContext:
         system_metrics_s=config.tracking.system_metrics_interval_s if config.tracking.system_metrics else None,
         fidelity_z=config.evaluation.fidelity.margin_z,
         # Halving's finished rungs per trial, kept with the sweep so a restarted trial skips them.
-        rungs_path=f"{run.experiment_dir.rstrip('/')}/rungs",
+        rungs_path=f"{run.experiment_dir.rstrip('/')}/rungs", front_key=run.front_key,
     )
 
 
@@ -253,7 +255,18 @@ def _tune(run: SweepRun) -> SweepOutcome:
     if not run.base_logged:
         tracker.log_candidate(BASE, {ALPHA: None}, run.pool.reference.metrics, {Tag.KIND: BASE, Tag.STATUS: "ok"})
     publisher = ParetoPublisher(tracker, base, every=3, warm=run.warm_rows)
-    callback = SweepCallback(tracker, config.search.num_trials, on_rows=publisher)
+    on_rows = publisher
+    fid = config.evaluation.fidelity
+    if fid.enabled and fid.rungs > 1 and fid.against_front:
+        # Halving drops what the sweep's full results already beat: they go where trials read them.
+        run.front_key = new_front_key()
+        publish_front(run.front_key, [base, *run.warm_rows, *run.rows])
+
+        def on_rows(rows):
+            publish_front(run.front_key, [base, *run.warm_rows, *rows])
+            publisher(rows)
+
+    callback = SweepCallback(tracker, config.search.num_trials, on_rows=on_rows)
     if run.resumed:
         callback.resume_from(run.rows, run.finished)
     trainable = tune.with_resources(tune.with_parameters(sweep_trial, ctx=_trial_context(run)), TRIAL_RESOURCES)
@@ -273,6 +286,8 @@ def _tune(run: SweepRun) -> SweepOutcome:
         status = "FINISHED"
     finally:
         run.timings.fit, tracker.in_fit = time.perf_counter() - fit_clock, False
+        if run.front_key:
+            drop_front(run.front_key)
         spool = _finish(tracker, publisher, callback, status)
     outcome = _outcome(run, callback.rows, base, grid, searcher or restored_searcher(tuner), spool)
     _print_summary(outcome, config)

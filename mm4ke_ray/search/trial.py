@@ -39,6 +39,7 @@ from mm4ke_ray.evaluate.scores import COMBINED, OBJECTIVES
 from mm4ke_ray.rsft.config import RSFTConfig
 from mm4ke_ray.rsft.run import rsft_to_folder
 from mm4ke_ray.schema import MERGE_PARAMS, PRUNED_CANDIDATES
+from mm4ke_ray.search.front_board import read_front
 from mm4ke_ray.search.rung_store import RungStore, delta_digest
 from mm4ke_ray.search.searcher import EXTRA_POINTS_KEY
 from mm4ke_ray.search.space import candidate_seed, merge_candidates, split_space
@@ -79,6 +80,7 @@ class TrialContext:
     system_metrics_s: float | None = None  # tracking.system_metrics: sample every this many seconds; None: off
     fidelity_z: float = 1.0  # evaluation.fidelity.margin_z (rungs and factor are in `settings`)
     rungs_path: str | None = None  # folder of the trials' rung records (rung_store.py); None: not kept
+    front_key: str | None = None  # where the driver publishes the sweep's front (front_board.py); None: not used
 
 
 def _rsft_config(params: dict, search: SearchConfig, settings: EvalSettings) -> RSFTConfig:
@@ -260,6 +262,9 @@ def _evaluate_candidates(ctx: TrialContext, cands: list[dict], delta_ref, trial_
     it were a full value would mix two fidelities in one TPE/NSGA model and bias it toward
     whatever the subsets happen to favour; so lower rungs are logged to MLflow only.
 
+    With `ctx.front_key`, promotion also drops candidates that the sweep's full results so far
+    beat (`front_board.py`, read once here); `fidelity.front_points` says how many points it had.
+
     With a `store`, each rung's results are recorded as soon as they are in, and a rung result
     already recorded (this trial started before and died) is read back instead of evaluated:
     `fidelity.reused_rungs` counts them per candidate.
@@ -301,8 +306,9 @@ def _evaluate_candidates(ctx: TrialContext, cands: list[dict], delta_ref, trial_
         by_rung[rung] = got
         return {str(i): rung_result(str(i), m) for i, m in got.items()}
 
+    front = read_front(ctx.front_key)
     history = run_rungs([str(i) for i in range(len(cands))], evaluate_at, s.fidelity_rungs,
-                        s.fidelity_reduction_factor, ctx.fidelity_z, keep=["0"])
+                        s.fidelity_reduction_factor, ctx.fidelity_z, keep=["0"], front=front)
     full, pruned = [], []
     for i, c in enumerate(cands):
         runs = [by_rung[r][i] for r in range(len(history)) if i in by_rung[r]]
@@ -310,7 +316,8 @@ def _evaluate_candidates(ctx: TrialContext, cands: list[dict], delta_ref, trial_
                  if k in RUNG_METRICS and isinstance(v, int | float)}
         reached = len(runs) - 1
         c["metrics"] = {**(runs[-1] if reached == last else {}), **lower, "fidelity.rung": reached,
-                        "fidelity.reused_rungs": reused.get(i, 0), **_compute(runs, prefix="compute.")}
+                        "fidelity.reused_rungs": reused.get(i, 0), "fidelity.front_points": len(front),
+                        **_compute(runs, prefix="compute.")}
         (full if reached == last else pruned).append(c)
     evaluations = [m for got in by_rung.values() for m in got.values()]
     return full, pruned, _compute(evaluations, prefix="eval_compute_")

@@ -1,0 +1,62 @@
+"""The sweep's full-fidelity front so far, published where its trials' halving can read it.
+
+Successive halving drops a candidate whose lower-rung scores an exact full-fidelity result of
+the sweep already beats (`fidelity.beaten_by_exact`): the base model, earlier trials' candidates,
+an earlier sweep's (--warm-start). The driver publishes the non-dominated set of those after
+every trial; a trial reads it once, when its candidates' evaluation starts. It lives in Ray's
+internal key-value store (on the cluster's head, no extra actor; readable from any worker).
+
+What a trial sees depends on which trials finished before it: with one trial at a time that is
+fixed by the seed; with several at once, by their timing (as Optuna's suggestions are then).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import uuid
+
+from ray.experimental import internal_kv
+
+from mm4ke_ray.evaluate.scores import OBJECTIVES
+
+_NAMESPACE = "mm4ke-front"
+
+
+def new_front_key() -> str:
+    return f"front-{uuid.uuid4().hex}"
+
+
+def front_points(rows: list[dict]) -> list[list[float]]:
+    """The non-dominated (edit, general) points of `rows` with finite objectives."""
+    points = []
+    for row in rows:
+        values = [row.get(o.name) for o in OBJECTIVES]
+        if all(isinstance(v, int | float) and math.isfinite(v) for v in values):
+            points.append([float(v) for v in values])
+    points = sorted({tuple(p) for p in points}, key=lambda p: (-p[0], -p[1]))
+    front, best_general = [], -math.inf
+    for edit, general in points:  # by edit descending: kept when its general beats all before it
+        if general > best_general:
+            front.append([edit, general])
+            best_general = general
+    return front
+
+
+def publish_front(key: str, rows: list[dict]) -> int:
+    """Publish the non-dominated points of `rows` under `key`; how many."""
+    points = front_points(rows)
+    internal_kv._internal_kv_put(key, json.dumps(points).encode(), overwrite=True, namespace=_NAMESPACE)
+    return len(points)
+
+
+def read_front(key: str | None) -> list[list[float]]:
+    """The points published under `key` (none yet, or no key: [])."""
+    if key is None:
+        return []
+    raw = internal_kv._internal_kv_get(key, namespace=_NAMESPACE)
+    return json.loads(raw) if raw else []
+
+
+def drop_front(key: str) -> None:
+    internal_kv._internal_kv_del(key, namespace=_NAMESPACE)
