@@ -58,6 +58,9 @@ def main() -> None:
     p.add_argument("--trials", type=int, default=None, help="R-SFT runs per search (default: 16; smoke 3)")
     p.add_argument("--seeds", type=int, nargs="+", default=None, help="search seeds (default: 0 1 2; smoke 0)")
     args = p.parse_args()
+    from mm4ke_ray.quiet import quiet_libraries
+
+    quiet_libraries()  # before torch, transformers, lm-eval: their per-call progress bars would drown the rows
     common.setup(args)
     from mm4ke_ray.config import FidelityConfig
     from mm4ke_ray.data import load_edit_records

@@ -9,7 +9,8 @@ import json
 import sys
 from pathlib import Path
 
-ORDER = ["merge", "rsft", "eval", "sweep", "search_quality", "memory", "generation", "mergekit", "startup", "soak"]
+ORDER = ["merge", "rsft", "eval", "sweep", "search_quality", "memory", "generation", "mergekit", "startup", "soak",
+         "multifidelity"]
 
 
 def _fmt(value: float) -> str:
