@@ -225,6 +225,10 @@ def _search(arm: str, seed: int, trials: int, space: dict, evaluator, trainer: _
                "seconds": sum(float(m["eval_seconds"]) for m in evaluations),
                "wall_seconds": sum(float(m["wall_seconds"]) for m in evaluations)}
     compute["records_docs"] = compute["records"] + compute["docs"]
+    # Per rung: a low rung's evaluation also pays fixed costs (merge, restore, lm-eval's set-up per
+    # call) that do not shrink with its items, so seconds fall less than records + documents.
+    compute["seconds_per_rung"] = [sum(float(m["eval_seconds"]) for m in evaluations if m["rung"] == r)
+                                   for r in range(fid.rungs)]
     return {"arm": arm, "seed": seed, "rsft_runs": trials, "hypervolume": hypervolume(rows, reference),
             "full_candidates": len(rows), "evaluations": len(evaluations), "candidates_per_rung": per_rung,
             "eval_compute": compute, "extra_points_told": searcher.extra_points_told,
@@ -247,7 +251,8 @@ def _evaluate(arm: str, cands: list[dict], delta: dict, evaluator, seed: int, fi
         c = cands[i]
         start = time.perf_counter()
         metrics = evaluator.evaluate(delta, c["alpha"], c["sparsity"], seed, *(() if rung is None else (rung,)))
-        return {**metrics, "wall_seconds": time.perf_counter() - start}
+        last = rung is None or rung == fid.rungs - 1
+        return {**metrics, "wall_seconds": time.perf_counter() - start, "rung": fid.rungs - 1 if last else rung}
 
     if arm == "full":
         for i, c in enumerate(cands):
@@ -284,7 +289,8 @@ def _line(run: dict) -> str:
     c = run["eval_compute"]
     return (f"seed {run['seed']} {run['arm']:7s}: HV {run['hypervolume']:.4f}, {run['full_candidates']} full "
             f"candidates, per rung {run['candidates_per_rung']}; compute {c['records']} records + {c['docs']} docs, "
-            f"eval {c['seconds']:.1f} s (wall {c['wall_seconds']:.1f} s); layers {run['layers']}, "
+            f"eval {c['seconds']:.1f} s (per rung {', '.join(f'{x:.1f}' for x in c['seconds_per_rung'])}; wall "
+            f"{c['wall_seconds']:.1f} s); layers {run['layers']}, "
             f"{run['diverged']} diverged; {run['seconds']:.0f} s in all")
 
 
