@@ -203,7 +203,7 @@ def _search(arm: str, seed: int, trials: int, space: dict, evaluator, trainer: _
             continue
         cands = sp.merge_candidates(search, float(params["alpha"]), float(params["sparsity"]), EXTRA,
                                     sp.candidate_seed(search.seed, params))
-        full, evals, reached = _evaluate(arm, cands, delta, evaluator, seed, fid)
+        full, evals, reached, rung_logs = _evaluate(arm, cands, delta, evaluator, seed, fid)
         evaluations += evals
         for r, count in enumerate(reached):
             per_rung[r] += count
@@ -219,7 +219,7 @@ def _search(arm: str, seed: int, trials: int, space: dict, evaluator, trainer: _
                                for c in full[1:] if c["in_space"]],
         })
         trial_log.append({"params": params, "status": "ok", "rsft_reused": reused, "candidates_per_rung": reached,
-                          "full_candidates": [c["index"] for c in full]})
+                          "full_candidates": [c["index"] for c in full], "lower_rungs": rung_logs})
     compute = {"records": sum(int(m["eval_records"]) for m in evaluations),
                "docs": sum(int(m["eval_docs"]) for m in evaluations),
                "seconds": sum(float(m["eval_seconds"]) for m in evaluations),
@@ -234,7 +234,22 @@ def _search(arm: str, seed: int, trials: int, space: dict, evaluator, trainer: _
             "eval_compute": compute, "extra_points_told": searcher.extra_points_told,
             "layers": sorted({int(t["params"]["layer"]) for t in trial_log}),
             "diverged": sum(t["status"] == "diverged" for t in trial_log),
-            "seconds": time.perf_counter() - start, "rows": rows, "trials": trial_log}
+            "lower_rungs": _rung_counts(trial_log, fid.rungs), "seconds": time.perf_counter() - start,
+            "rows": rows, "trials": trial_log}
+
+
+def _rung_counts(trial_log: list[dict], rungs: int) -> list[dict]:
+    """Per lower rung, over all trials: candidates evaluated, dominated at all among their trial's
+    candidates, dominated by the margin, promoted (margin survivors, the quota's fill, the sampled one)."""
+    out = []
+    for r in range(rungs - 1):
+        logs = [t["lower_rungs"][r] for t in trial_log if len(t.get("lower_rungs", [])) > r]
+        cands = [c for log in logs for c in log.values()]
+        out.append({"evaluated": len(cands), "dominated": sum(c["dominated"] for c in cands),
+                    "margin_dominated": sum(c["margin_dominated"] for c in cands),
+                    "promoted": sum(t["candidates_per_rung"][r + 1] for t in trial_log
+                                    if len(t.get("lower_rungs", [])) > r)})
+    return out
 
 
 def _evaluate(arm: str, cands: list[dict], delta: dict, evaluator, seed: int, fid
@@ -257,7 +272,7 @@ def _evaluate(arm: str, cands: list[dict], delta: dict, evaluator, seed: int, fi
     if arm == "full":
         for i, c in enumerate(cands):
             c["metrics"] = score(i, None)
-        return cands, [c["metrics"] for c in cands], [len(cands)] + [0] * (fid.rungs - 1)
+        return cands, [c["metrics"] for c in cands], [len(cands)] + [0] * (fid.rungs - 1), []
     by_rung: dict[int, dict[int, dict]] = {}
 
     def evaluate_at(rung: int, keys: list[str]) -> dict:
@@ -272,7 +287,19 @@ def _evaluate(arm: str, cands: list[dict], delta: dict, evaluator, seed: int, fi
         cands[i]["metrics"] = by_rung[last][i]
         full.append(cands[i])
     reached = [len(h) for h in history] + [0] * (fid.rungs - len(history))
-    return full, [m for got in by_rung.values() for m in got.values()], reached
+    rungs = [_rung_log(h, fid.margin_z) for h in history[:-1] if len(history) > 1]
+    return full, [m for got in by_rung.values() for m in got.values()], reached, rungs
+
+
+def _rung_log(results: dict, z: float) -> dict:
+    """A lower rung of one trial: each candidate's scores and SEs, and whether another candidate
+    dominates it at all (plain Pareto dominance) and by the margin (what drops it)."""
+    from mm4ke_ray.evaluate.fidelity import margin_dominators
+
+    group = list(results.values())
+    return {k: {"edit": r.edit, "general": r.general, "edit_se": r.edit_se, "general_se": r.general_se,
+                "dominated": margin_dominators(r, group, 0.0) > 0, "margin_dominated": margin_dominators(r, group, z) > 0}
+            for k, r in results.items()}
 
 
 def _seed_ratios(runs: list[dict], seed: int) -> dict:
@@ -291,7 +318,10 @@ def _line(run: dict) -> str:
             f"candidates, per rung {run['candidates_per_rung']}; compute {c['records']} records + {c['docs']} docs, "
             f"eval {c['seconds']:.1f} s (per rung {', '.join(f'{x:.1f}' for x in c['seconds_per_rung'])}; wall "
             f"{c['wall_seconds']:.1f} s); layers {run['layers']}, "
-            f"{run['diverged']} diverged; {run['seconds']:.0f} s in all")
+            f"{run['diverged']} diverged; {run['seconds']:.0f} s in all"
+            + "".join(f"\n    rung {r}: {x['evaluated']} evaluated, {x['dominated']} dominated, "
+                      f"{x['margin_dominated']} by the margin, {x['promoted']} promoted"
+                      for r, x in enumerate(run["lower_rungs"]) if x["evaluated"]))
 
 
 def _ratio(a: float, b: float) -> float:
