@@ -51,6 +51,9 @@ GOAL_HV = 0.98
 GOAL_COMPUTE = 0.5
 # The everyday demo has 2 blocks: the search-quality space with its layer choices cut to them.
 SMOKE_SPACE = {**search_world.SPACE, "layer": {"choices": [0, 1]}}
+# The result's per-candidate lists, as rows of these fields (floats to 5 decimals: a small file).
+ROW_FIELDS = ("trial", "kind", "alpha", "sparsity", "edit_score", "general_score", "combined_score")
+RUNG_FIELDS = ("edit", "general", "edit_se", "general_se", "dominated", "margin_dominated")
 
 
 def main() -> None:
@@ -130,7 +133,7 @@ def main() -> None:
             "eval_mode": settings.eval_mode, "setup_seconds": setup_s,
             "rsft_trained": trainer.trained, "rsft_reused": trainer.reused, "rsft_seconds": trainer.seconds,
         },
-        "per_seed_ratios": dict(zip(map(str, seeds), ratios, strict=True)), "median_ratios": median,
+        "row_fields": ROW_FIELDS, "rung_fields": RUNG_FIELDS, "per_seed_ratios": dict(zip(map(str, seeds), ratios, strict=True)), "median_ratios": median,
         "runs": runs, "goals": goals,
     })
 
@@ -208,8 +211,7 @@ def _search(arm: str, seed: int, trials: int, space: dict, evaluator, trainer: _
         for r, count in enumerate(reached):
             per_rung[r] += count
         for c in full:
-            rows.append({**{k: params[k] for k in search_world.RSFT_NAMES}, "alpha": c["alpha"],
-                         "sparsity": c["sparsity"], "kind": c["kind"], "trial": i,
+            rows.append({"trial": i, "kind": c["kind"], "alpha": c["alpha"], "sparsity": c["sparsity"],
                          **{k: c["metrics"][k] for k in names}})
         sampled = full[0]["metrics"]  # index 0, the sampled candidate, always reaches the full rung
         searcher.on_trial_complete(trial_id, {
@@ -235,7 +237,7 @@ def _search(arm: str, seed: int, trials: int, space: dict, evaluator, trainer: _
             "layers": sorted({int(t["params"]["layer"]) for t in trial_log}),
             "diverged": sum(t["status"] == "diverged" for t in trial_log),
             "lower_rungs": _rung_counts(trial_log, fid.rungs), "seconds": time.perf_counter() - start,
-            "rows": rows, "trials": trial_log}
+            "rows": [[_round(r[k]) for k in ROW_FIELDS] for r in rows], "trials": trial_log}
 
 
 def _rung_counts(trial_log: list[dict], rungs: int) -> list[dict]:
@@ -245,8 +247,8 @@ def _rung_counts(trial_log: list[dict], rungs: int) -> list[dict]:
     for r in range(rungs - 1):
         logs = [t["lower_rungs"][r] for t in trial_log if len(t.get("lower_rungs", [])) > r]
         cands = [c for log in logs for c in log.values()]
-        out.append({"evaluated": len(cands), "dominated": sum(c["dominated"] for c in cands),
-                    "margin_dominated": sum(c["margin_dominated"] for c in cands),
+        out.append({"evaluated": len(cands), "dominated": sum(c[4] for c in cands),
+                    "margin_dominated": sum(c[5] for c in cands),
                     "promoted": sum(t["candidates_per_rung"][r + 1] for t in trial_log
                                     if len(t.get("lower_rungs", [])) > r)})
     return out
@@ -297,9 +299,12 @@ def _rung_log(results: dict, z: float) -> dict:
     from mm4ke_ray.evaluate.fidelity import margin_dominators
 
     group = list(results.values())
-    return {k: {"edit": r.edit, "general": r.general, "edit_se": r.edit_se, "general_se": r.general_se,
-                "dominated": margin_dominators(r, group, 0.0) > 0, "margin_dominated": margin_dominators(r, group, z) > 0}
-            for k, r in results.items()}
+    return {k: [*map(_round, (r.edit, r.general, r.edit_se, r.general_se)), margin_dominators(r, group, 0.0) > 0,
+                margin_dominators(r, group, z) > 0] for k, r in results.items()}
+
+
+def _round(x):
+    return round(x, 5) if isinstance(x, float) else x
 
 
 def _seed_ratios(runs: list[dict], seed: int) -> dict:
