@@ -133,7 +133,8 @@ def main() -> None:
             "eval_mode": settings.eval_mode, "setup_seconds": setup_s,
             "rsft_trained": trainer.trained, "rsft_reused": trainer.reused, "rsft_seconds": trainer.seconds,
         },
-        "row_fields": ROW_FIELDS, "rung_fields": RUNG_FIELDS, "per_seed_ratios": dict(zip(map(str, seeds), ratios, strict=True)), "median_ratios": median,
+        "row_fields": ROW_FIELDS, "rung_fields": RUNG_FIELDS,
+        "per_seed_ratios": dict(zip(map(str, seeds), ratios, strict=True)), "median_ratios": median,
         "runs": runs, "goals": goals,
     })
 
