@@ -9,7 +9,8 @@ import json
 import sys
 from pathlib import Path
 
-ORDER = ["merge", "rsft", "eval", "sweep", "search_quality", "memory", "generation", "mergekit", "startup", "soak", "warm_start"]
+ORDER = ["merge", "rsft", "eval", "sweep", "search_quality", "memory", "generation", "mergekit", "startup", "soak",
+         "multifidelity", "warm_start"]
 
 
 def _fmt(value: float) -> str:

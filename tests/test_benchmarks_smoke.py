@@ -29,6 +29,7 @@ SCRIPTS = {
     "mergekit": "bench_mergekit.py",
     "startup": "bench_startup.py",
     "soak": "bench_soak.py",
+    "multifidelity": "bench_multifidelity.py",
 }
 TIMEOUT_S = 400
 

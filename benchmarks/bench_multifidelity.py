@@ -1,0 +1,338 @@
+"""Benchmark 11 — multi-fidelity: the search-quality search with and without successive halving.
+
+Issue 13 part 3. The search of `bench_search_quality.py` (the 4-block world of
+`search_world.py`, its space, TPE, 4 extra merge candidates per R-SFT run, 16 R-SFT runs, seeds
+0, 1, 2) runs for real, twice per seed, interleaved (seed 0 full, seed 0 halving, seed 1 full,
+...), in one process without Ray, as `search_grid.py` does: the product's searcher
+(`CandidateAwareOptunaSearch`, `make_sampler`, `merge_candidates`, `candidate_seed`), R-SFT with
+`run_rsft` and the sweep's `CandidateEvaluator`. The cached grid cannot stand in here: it holds no
+per-record scores, so promotion could not be replayed from it.
+- arm "full": every candidate is evaluated in full (`evaluation.fidelity` off);
+- arm "halving": each trial's candidates go through `fidelity.run_rungs` as `search/trial.py`'s
+  `_evaluate_candidates` does it (product defaults: 3 rungs, reduction factor 3, margin z 1; the
+  sampled candidate always reaches the full rung); only candidates that reached the full rung are
+  rows, and only they are told to Optuna (in-space extras as extra points).
+R-SFT is seeded and deterministic on CPU, so a delta is trained once per (seed, parameters) and
+reused when the other arm asks for the same point (the two arms diverge once their told points
+differ). One evaluator per fidelity setting for the whole run (the halving one per seed, since a
+sweep's rung subsets are seeded by its seed; it shares the full one's base reference).
+
+Measure per seed and arm: hypervolume of every full-fidelity candidate, reference point (base
+model's edit score, 0) as in search quality; evaluation compute summed over every evaluation of
+every rung, as the trial's `_compute` does: records + documents scored (`eval_records`,
+`eval_docs`) and `eval_seconds` (the wall around each evaluate call is reported beside it: it
+also holds the one-time base reference of each lower rung); candidates evaluated per rung.
+Goals, median over seeds of the per-seed ratio halving / full:
+- hypervolume >= 0.98;
+- evaluation compute, records + documents, <= 0.5;
+- evaluation compute, seconds, <= 0.5.
+
+    python benchmarks/bench_multifidelity.py               # 16 R-SFT runs x 3 seeds x 2 arms, 4-block world (~11 min)
+    python benchmarks/bench_multifidelity.py --smoke-test  # 3 runs x 1 seed, the everyday 2-block demo (~35 s)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import statistics
+import time
+
+import common
+import search_grid
+import search_world
+
+TRIALS = 16  # the search-quality budget: 25% of the grid's 64 R-SFT runs
+SEEDS = (0, 1, 2)
+SMOKE_TRIALS = 3
+EXTRA = 4
+SAMPLER = "tpe"
+ARMS = ("full", "halving")
+GOAL_HV = 0.98
+GOAL_COMPUTE = 0.5
+# The everyday demo has 2 blocks: the search-quality space with its layer choices cut to them.
+SMOKE_SPACE = {**search_world.SPACE, "layer": {"choices": [0, 1]}}
+# The result's per-candidate lists, as rows of these fields (floats to 5 decimals: a small file).
+ROW_FIELDS = ("trial", "kind", "alpha", "sparsity", "edit_score", "general_score", "combined_score")
+RUNG_FIELDS = ("edit", "general", "edit_se", "general_se", "dominated", "margin_dominated")
+
+
+def main() -> None:
+    p = common.parser(__doc__.split("\n\n")[0])
+    p.add_argument("--trials", type=int, default=None, help="R-SFT runs per search (default: 16; smoke 3)")
+    p.add_argument("--seeds", type=int, nargs="+", default=None, help="search seeds (default: 0 1 2; smoke 0)")
+    args = p.parse_args()
+    from mm4ke_ray.quiet import quiet_libraries
+
+    quiet_libraries()  # before torch, transformers, lm-eval: their per-call progress bars would drown the rows
+    common.setup(args)
+    from mm4ke_ray.config import FidelityConfig
+    from mm4ke_ray.data import load_edit_records
+    from mm4ke_ray.demo.build import build_demo
+    from mm4ke_ray.evaluate.candidate import CandidateEvaluator
+    from mm4ke_ray.modeling import load_model, load_tokenizer
+
+    smoke = args.smoke_test
+    trials = args.trials or (SMOKE_TRIALS if smoke else TRIALS)
+    seeds = tuple(args.seeds or ((0,) if smoke else SEEDS))
+    space = SMOKE_SPACE if smoke else search_world.SPACE
+    assets = build_demo() if smoke else build_demo(config=search_world.demo_config(), progress=print)
+    settings = search_grid._settings(assets)
+    fid = FidelityConfig()  # the product's defaults: what `evaluation.fidelity: {enabled: true}` runs
+    t0 = time.perf_counter()
+    full_eval = CandidateEvaluator(settings)
+    setup_s = {"full_evaluator": time.perf_counter() - t0}
+    base = full_eval.reference.metrics
+    reference = (base["edit_score"], 0.0)
+    trainer = _Trainer(load_model(settings.model), load_tokenizer(settings.model),
+                       load_edit_records(settings.edits).records, settings.prompt_format)
+    print(f"world: {'everyday demo' if smoke else f'{search_world.DEMO_LAYERS}-block demo'} "
+          f"({assets.model_dir}), {len(full_eval.records)} edits, general tasks {list(settings.general_tasks)}; "
+          f"{trials} R-SFT runs x {EXTRA + 1} candidates, seeds {list(seeds)}; halving: {fid.rungs} rungs, "
+          f"factor {fid.reduction_factor:g}, z {fid.margin_z:g}; HV reference {reference}", flush=True)
+    runs = []
+    for seed in seeds:
+        t0 = time.perf_counter()
+        halving_eval = CandidateEvaluator(
+            dataclasses.replace(settings, fidelity_rungs=fid.rungs, fidelity_reduction_factor=fid.reduction_factor,
+                                fidelity_seed=seed),
+            reference=full_eval.reference,
+        )
+        setup_s[f"halving_evaluator_seed{seed}"] = time.perf_counter() - t0
+        for arm in ARMS:
+            evaluator = full_eval if arm == "full" else halving_eval
+            run = _search(arm, seed, trials, space, evaluator, trainer, fid, reference)
+            runs.append(run)
+            print(_line(run), flush=True)
+    ratios = [_seed_ratios(runs, seed) for seed in seeds]
+    median = {k: statistics.median(r[k] for r in ratios) for k in ratios[0]}
+    n = len(seeds)
+    print(f"median halving / full over {n} seed(s): " + ", ".join(f"{k} {v:.3f}" for k, v in median.items()))
+    goals = [
+        common.goal_line(f"multi-fidelity: hypervolume with successive halving / full evaluation, ref "
+                         f"({reference[0]:.3g}, 0), {trials} R-SFT runs, median of {n} seeds (x)",
+                         median["hypervolume"], GOAL_HV),
+        common.goal_line(f"multi-fidelity: evaluation compute (records + documents) with halving / full, "
+                         f"median of {n} seeds (fraction)", median["records_docs"], GOAL_COMPUTE,
+                         higher_is_better=False),
+        common.goal_line(f"multi-fidelity: evaluation compute (seconds) with halving / full, median of {n} "
+                         f"seeds (fraction)", median["seconds"], GOAL_COMPUTE, higher_is_better=False),
+    ]
+    plan = halving_eval.rung_plan()
+    common.write_result("multifidelity", args, {
+        "reference_point": reference,
+        "base": {k: base[k] for k in ("edit_score", "general_score", "combined_score") if k in base},
+        "setup": {
+            "world": "everyday demo (2 blocks)" if smoke else f"search_world ({search_world.DEMO_LAYERS} blocks)",
+            "demo_key": assets.manifest["key"], "space": space, "sampler": SAMPLER, "rsft_runs": trials,
+            "extra_candidates": EXTRA, "seeds": list(seeds), "arms": list(ARMS),
+            "fidelity": {"rungs": fid.rungs, "reduction_factor": fid.reduction_factor, "margin_z": fid.margin_z,
+                         "seed": "the search seed"},
+            "records_per_rung": [len(plan.records(r)) for r in range(plan.rungs)],
+            "docs_per_rung": [sum(len(d[r]) for d in plan.general_docs.values()) for r in range(plan.rungs)],
+            "general_tasks": list(settings.general_tasks), "edit_weights": settings.edit_weights,
+            "eval_mode": settings.eval_mode, "setup_seconds": setup_s,
+            "rsft_trained": trainer.trained, "rsft_reused": trainer.reused, "rsft_seconds": trainer.seconds,
+        },
+        "row_fields": ROW_FIELDS, "rung_fields": RUNG_FIELDS,
+        "per_seed_ratios": dict(zip(map(str, seeds), ratios, strict=True)), "median_ratios": median,
+        "runs": runs, "goals": goals,
+    })
+
+
+class _Trainer:
+    """R-SFT of a trial's parameters as the sweep's trial configures it (`search/trial.py`'s
+    `_rsft_config`), cached per (seed, parameters): seeded and deterministic on CPU."""
+
+    def __init__(self, model, tokenizer, records, prompt_format: str):
+        self.model, self.tokenizer, self.records, self.prompt_format = model, tokenizer, records, prompt_format
+        self.cache: dict[str, dict | None] = {}
+        self.trained = self.reused = 0
+        self.seconds = 0.0
+
+    def delta(self, search, params: dict) -> tuple[dict | None, bool]:
+        """(the delta, or None if R-SFT diverged; whether it came from the cache)."""
+        from mm4ke_ray.rsft import DivergedError, RSFTConfig, run_rsft
+
+        config = RSFTConfig(
+            layer=int(params["layer"]), epochs=int(params["epochs"]), steps=int(params["steps"]),
+            lr=float(params["lr"]), threshold=float(params["threshold"]), optimizer=search.rsft.optimizer,
+            prompt_format=self.prompt_format, seed=search.seed, lr_schedule=str(params["lr_schedule"]),
+            warmup_ratio=float(params["warmup_ratio"]),
+        )
+        key = config.model_dump_json()
+        if key in self.cache:
+            self.reused += 1
+            return self.cache[key], True
+        start = time.perf_counter()
+        try:
+            delta = run_rsft(self.model, self.tokenizer, self.records, config).delta
+        except DivergedError:
+            delta = None
+        self.seconds += time.perf_counter() - start
+        self.trained += 1
+        self.cache[key] = delta
+        return delta, False
+
+
+def _search(arm: str, seed: int, trials: int, space: dict, evaluator, trainer: _Trainer, fid,
+            reference: tuple[float, float]) -> dict:
+    """One sweep's search, trial by trial as Tune would drive the searcher: suggest, R-SFT,
+    evaluate the candidates (in full, or through the rungs), tell the trial's result."""
+    import optuna
+
+    from mm4ke_ray.config import SearchConfig
+    from mm4ke_ray.evaluate.pareto import hypervolume
+    from mm4ke_ray.evaluate.scores import COMBINED, OBJECTIVES
+    from mm4ke_ray.search import space as sp
+    from mm4ke_ray.search.searcher import EXTRA_POINTS_KEY, CandidateAwareOptunaSearch
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    search = SearchConfig(num_trials=trials, sampler=SAMPLER, seed=seed, space=space)
+    searched, fixed = sp.split_space(search)
+    searcher = CandidateAwareOptunaSearch(
+        space=searched, metric=[o.name for o in OBJECTIVES], mode=[o.mode for o in OBJECTIVES],
+        sampler=sp.make_sampler(search, points_per_trial=EXTRA + 1),
+    )
+    names = [o.name for o in (*OBJECTIVES, COMBINED)]
+    rows, evaluations, per_rung, trial_log = [], [], [0] * fid.rungs, []
+    start = time.perf_counter()
+    for i in range(trials):
+        trial_id = f"{arm}_{seed}_{i:05d}"
+        params = {**fixed, **searcher.suggest(trial_id)}
+        delta, reused = trainer.delta(search, params)
+        if delta is None:
+            trial_log.append({"params": params, "status": "diverged", "rsft_reused": reused})
+            searcher.on_trial_complete(trial_id, {"status": "diverged", "params": params,
+                                                  **dict.fromkeys(names, float("nan"))})
+            continue
+        cands = sp.merge_candidates(search, float(params["alpha"]), float(params["sparsity"]), EXTRA,
+                                    sp.candidate_seed(search.seed, params))
+        full, evals, reached, rung_logs = _evaluate(arm, cands, delta, evaluator, seed, fid)
+        evaluations += evals
+        for r, count in enumerate(reached):
+            per_rung[r] += count
+        for c in full:
+            rows.append({"trial": i, "kind": c["kind"], "alpha": c["alpha"], "sparsity": c["sparsity"],
+                         **{k: c["metrics"][k] for k in names}})
+        sampled = full[0]["metrics"]  # index 0, the sampled candidate, always reaches the full rung
+        searcher.on_trial_complete(trial_id, {
+            "status": "ok", **{o.name: sampled[o.name] for o in OBJECTIVES}, "params": params,
+            EXTRA_POINTS_KEY: [{"params": {**params, **{k: c[k] for k in sp.MERGE_PARAMS}},
+                                "values": [c["metrics"][o.name] for o in OBJECTIVES]}
+                               for c in full[1:] if c["in_space"]],
+        })
+        trial_log.append({"params": params, "status": "ok", "rsft_reused": reused, "candidates_per_rung": reached,
+                          "full_candidates": [c["index"] for c in full], "lower_rungs": rung_logs})
+    compute = {"records": sum(int(m["eval_records"]) for m in evaluations),
+               "docs": sum(int(m["eval_docs"]) for m in evaluations),
+               "seconds": sum(float(m["eval_seconds"]) for m in evaluations),
+               "wall_seconds": sum(float(m["wall_seconds"]) for m in evaluations)}
+    compute["records_docs"] = compute["records"] + compute["docs"]
+    # Per rung: a low rung's evaluation also pays fixed costs (merge, restore, lm-eval's set-up per
+    # call) that do not shrink with its items, so seconds fall less than records + documents.
+    compute["seconds_per_rung"] = [sum(float(m["eval_seconds"]) for m in evaluations if m["rung"] == r)
+                                   for r in range(fid.rungs)]
+    return {"arm": arm, "seed": seed, "rsft_runs": trials, "hypervolume": hypervolume(rows, reference),
+            "full_candidates": len(rows), "evaluations": len(evaluations), "candidates_per_rung": per_rung,
+            "eval_compute": compute, "extra_points_told": searcher.extra_points_told,
+            "layers": sorted({int(t["params"]["layer"]) for t in trial_log}),
+            "diverged": sum(t["status"] == "diverged" for t in trial_log),
+            "lower_rungs": _rung_counts(trial_log, fid.rungs), "seconds": time.perf_counter() - start,
+            "rows": [[_round(r[k]) for k in ROW_FIELDS] for r in rows], "trials": trial_log}
+
+
+def _rung_counts(trial_log: list[dict], rungs: int) -> list[dict]:
+    """Per lower rung, over all trials: candidates evaluated, dominated at all among their trial's
+    candidates, dominated by the margin, promoted (margin survivors, the quota's fill, the sampled one)."""
+    out = []
+    for r in range(rungs - 1):
+        logs = [t["lower_rungs"][r] for t in trial_log if len(t.get("lower_rungs", [])) > r]
+        cands = [c for log in logs for c in log.values()]
+        out.append({"evaluated": len(cands), "dominated": sum(c[4] for c in cands),
+                    "margin_dominated": sum(c[5] for c in cands),
+                    "promoted": sum(t["candidates_per_rung"][r + 1] for t in trial_log
+                                    if len(t.get("lower_rungs", [])) > r)})
+    return out
+
+
+def _evaluate(arm: str, cands: list[dict], delta: dict, evaluator, seed: int, fid
+              ) -> tuple[list[dict], list[dict], list[int]]:
+    """(the full-fidelity candidates in index order with their `metrics`, every evaluation's
+    metrics, candidates evaluated per rung). The halving arm is `_evaluate_candidates`'s logic
+    in `search/trial.py`, one candidate after another instead of over an actor pool."""
+    from mm4ke_ray.evaluate.fidelity import run_rungs, rung_result
+
+    for i, c in enumerate(cands):
+        c["index"] = i
+
+    def score(i: int, rung: int | None) -> dict:
+        c = cands[i]
+        start = time.perf_counter()
+        metrics = evaluator.evaluate(delta, c["alpha"], c["sparsity"], seed, *(() if rung is None else (rung,)))
+        last = rung is None or rung == fid.rungs - 1
+        return {**metrics, "wall_seconds": time.perf_counter() - start, "rung": fid.rungs - 1 if last else rung}
+
+    if arm == "full":
+        for i, c in enumerate(cands):
+            c["metrics"] = score(i, None)
+        return cands, [c["metrics"] for c in cands], [len(cands)] + [0] * (fid.rungs - 1), []
+    by_rung: dict[int, dict[int, dict]] = {}
+
+    def evaluate_at(rung: int, keys: list[str]) -> dict:
+        by_rung[rung] = {int(k): score(int(k), rung) for k in keys}
+        return {str(i): rung_result(str(i), m) for i, m in by_rung[rung].items()}
+
+    history = run_rungs([str(i) for i in range(len(cands))], evaluate_at, fid.rungs, fid.reduction_factor,
+                        fid.margin_z, keep=["0"])
+    last = fid.rungs - 1
+    full = []
+    for i in sorted(by_rung.get(last, {})):
+        cands[i]["metrics"] = by_rung[last][i]
+        full.append(cands[i])
+    reached = [len(h) for h in history] + [0] * (fid.rungs - len(history))
+    rungs = [_rung_log(h, fid.margin_z) for h in history[:-1] if len(history) > 1]
+    return full, [m for got in by_rung.values() for m in got.values()], reached, rungs
+
+
+def _rung_log(results: dict, z: float) -> dict:
+    """A lower rung of one trial: each candidate's scores and SEs, and whether another candidate
+    dominates it at all (plain Pareto dominance) and by the margin (what drops it)."""
+    from mm4ke_ray.evaluate.fidelity import margin_dominators
+
+    group = list(results.values())
+    return {k: [*map(_round, (r.edit, r.general, r.edit_se, r.general_se)), margin_dominators(r, group, 0.0) > 0,
+                margin_dominators(r, group, z) > 0] for k, r in results.items()}
+
+
+def _round(x):
+    return round(x, 5) if isinstance(x, float) else x
+
+
+def _seed_ratios(runs: list[dict], seed: int) -> dict:
+    full, halving = ({r["arm"]: r for r in runs if r["seed"] == seed}[a] for a in ARMS)
+    return {
+        "hypervolume": _ratio(halving["hypervolume"], full["hypervolume"]),
+        "records_docs": _ratio(halving["eval_compute"]["records_docs"], full["eval_compute"]["records_docs"]),
+        "seconds": _ratio(halving["eval_compute"]["seconds"], full["eval_compute"]["seconds"]),
+        "wall_seconds": _ratio(halving["eval_compute"]["wall_seconds"], full["eval_compute"]["wall_seconds"]),
+    }
+
+
+def _line(run: dict) -> str:
+    c = run["eval_compute"]
+    return (f"seed {run['seed']} {run['arm']:7s}: HV {run['hypervolume']:.4f}, {run['full_candidates']} full "
+            f"candidates, per rung {run['candidates_per_rung']}; compute {c['records']} records + {c['docs']} docs, "
+            f"eval {c['seconds']:.1f} s (per rung {', '.join(f'{x:.1f}' for x in c['seconds_per_rung'])}; wall "
+            f"{c['wall_seconds']:.1f} s); layers {run['layers']}, "
+            f"{run['diverged']} diverged; {run['seconds']:.0f} s in all"
+            + "".join(f"\n    rung {r}: {x['evaluated']} evaluated, {x['dominated']} dominated, "
+                      f"{x['margin_dominated']} by the margin, {x['promoted']} promoted"
+                      for r, x in enumerate(run["lower_rungs"]) if x["evaluated"]))
+
+
+def _ratio(a: float, b: float) -> float:
+    return a / b if b > 0 else float("inf") if a > 0 else 1.0
+
+
+if __name__ == "__main__":
+    main()
