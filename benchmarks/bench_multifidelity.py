@@ -9,9 +9,13 @@ Issue 13 part 3. The search of `bench_search_quality.py` (the 4-block world of
 per-record scores, so promotion could not be replayed from it.
 - arm "full": every candidate is evaluated in full (`evaluation.fidelity` off);
 - arm "halving": each trial's candidates go through `fidelity.run_rungs` as `search/trial.py`'s
-  `_evaluate_candidates` does it (product defaults: 3 rungs, reduction factor 3, margin z 1; the
-  sampled candidate always reaches the full rung); only candidates that reached the full rung are
-  rows, and only they are told to Optuna (in-space extras as extra points).
+  `_evaluate_candidates` does it (product defaults: 3 rungs, reduction factor 3, margin z 1,
+  paired standard errors, `against_front`: the sweep's full results so far, base included, as
+  the driver publishes them before the trial (`front_board.front_points`); the sampled candidate
+  always reaches the full rung); only candidates that reached the full rung are rows, and only
+  they are told to Optuna (in-space extras as extra points);
+- arm "halving-in-trial" (information): the same with `against_front: false`, promotion among
+  the trial's own candidates only.
 R-SFT is seeded and deterministic on CPU, so a delta is trained once per (seed, parameters) and
 reused when the other arm asks for the same point (the two arms diverge once their told points
 differ). One evaluator per fidelity setting for the whole run (the halving one per seed, since a
@@ -46,14 +50,14 @@ SEEDS = (0, 1, 2)
 SMOKE_TRIALS = 3
 EXTRA = 4
 SAMPLER = "tpe"
-ARMS = ("full", "halving")
+ARMS = ("full", "halving", "halving-in-trial")
 GOAL_HV = 0.98
 GOAL_COMPUTE = 0.5
 # The everyday demo has 2 blocks: the search-quality space with its layer choices cut to them.
 SMOKE_SPACE = {**search_world.SPACE, "layer": {"choices": [0, 1]}}
 # The result's per-candidate lists, as rows of these fields (floats to 5 decimals: a small file).
 ROW_FIELDS = ("trial", "kind", "alpha", "sparsity", "edit_score", "general_score", "combined_score")
-RUNG_FIELDS = ("edit", "general", "edit_se", "general_se", "dominated", "margin_dominated")
+RUNG_FIELDS = ("edit", "general", "edit_se", "general_se", "dominated", "margin_dominated", "beaten_by_front")
 
 
 def main() -> None:
@@ -100,13 +104,18 @@ def main() -> None:
         setup_s[f"halving_evaluator_seed{seed}"] = time.perf_counter() - t0
         for arm in ARMS:
             evaluator = full_eval if arm == "full" else halving_eval
-            run = _search(arm, seed, trials, space, evaluator, trainer, fid, reference)
+            arm_fid = fid.model_copy(update={"against_front": arm == "halving"})
+            run = _search(arm, seed, trials, space, evaluator, trainer, arm_fid, reference, base)
             runs.append(run)
             print(_line(run), flush=True)
     ratios = [_seed_ratios(runs, seed) for seed in seeds]
     median = {k: statistics.median(r[k] for r in ratios) for k in ratios[0]}
+    in_trial = [_seed_ratios(runs, seed, "halving-in-trial") for seed in seeds]
+    median_in_trial = {k: statistics.median(r[k] for r in in_trial) for k in in_trial[0]}
     n = len(seeds)
     print(f"median halving / full over {n} seed(s): " + ", ".join(f"{k} {v:.3f}" for k, v in median.items()))
+    print("(information) median halving-in-trial / full: "
+          + ", ".join(f"{k} {v:.3f}" for k, v in median_in_trial.items()))
     goals = [
         common.goal_line(f"multi-fidelity: hypervolume with successive halving / full evaluation, ref "
                          f"({reference[0]:.3g}, 0), {trials} R-SFT runs, median of {n} seeds (x)",
@@ -126,7 +135,8 @@ def main() -> None:
             "demo_key": assets.manifest["key"], "space": space, "sampler": SAMPLER, "rsft_runs": trials,
             "extra_candidates": EXTRA, "seeds": list(seeds), "arms": list(ARMS),
             "fidelity": {"rungs": fid.rungs, "reduction_factor": fid.reduction_factor, "margin_z": fid.margin_z,
-                         "seed": "the search seed"},
+                         "against_front": {"halving": True, "halving-in-trial": False},
+                         "standard_errors": "paired where items line up", "seed": "the search seed"},
             "records_per_rung": [len(plan.records(r)) for r in range(plan.rungs)],
             "docs_per_rung": [sum(len(d[r]) for d in plan.general_docs.values()) for r in range(plan.rungs)],
             "general_tasks": list(settings.general_tasks), "edit_weights": settings.edit_weights,
@@ -135,6 +145,8 @@ def main() -> None:
         },
         "row_fields": ROW_FIELDS, "rung_fields": RUNG_FIELDS,
         "per_seed_ratios": dict(zip(map(str, seeds), ratios, strict=True)), "median_ratios": median,
+        "in_trial_only": {"per_seed_ratios": dict(zip(map(str, seeds), in_trial, strict=True)),
+                          "median_ratios": median_in_trial},
         "runs": runs, "goals": goals,
     })
 
@@ -175,7 +187,7 @@ class _Trainer:
 
 
 def _search(arm: str, seed: int, trials: int, space: dict, evaluator, trainer: _Trainer, fid,
-            reference: tuple[float, float]) -> dict:
+            reference: tuple[float, float], base: dict) -> dict:
     """One sweep's search, trial by trial as Tune would drive the searcher: suggest, R-SFT,
     evaluate the candidates (in full, or through the rungs), tell the trial's result."""
     import optuna
@@ -184,6 +196,7 @@ def _search(arm: str, seed: int, trials: int, space: dict, evaluator, trainer: _
     from mm4ke_ray.evaluate.pareto import hypervolume
     from mm4ke_ray.evaluate.scores import COMBINED, OBJECTIVES
     from mm4ke_ray.search import space as sp
+    from mm4ke_ray.search.front_board import front_points
     from mm4ke_ray.search.searcher import EXTRA_POINTS_KEY, CandidateAwareOptunaSearch
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -207,7 +220,9 @@ def _search(arm: str, seed: int, trials: int, space: dict, evaluator, trainer: _
             continue
         cands = sp.merge_candidates(search, float(params["alpha"]), float(params["sparsity"]), EXTRA,
                                     sp.candidate_seed(search.seed, params))
-        full, evals, reached, rung_logs = _evaluate(arm, cands, delta, evaluator, seed, fid)
+        # The front the driver would have published before this trial: base and every full row so far.
+        front = front_points([base, *rows]) if arm != "full" and fid.against_front else []
+        full, evals, reached, rung_logs = _evaluate(arm, cands, delta, evaluator, seed, fid, front)
         evaluations += evals
         for r, count in enumerate(reached):
             per_rung[r] += count
@@ -249,13 +264,13 @@ def _rung_counts(trial_log: list[dict], rungs: int) -> list[dict]:
         logs = [t["lower_rungs"][r] for t in trial_log if len(t.get("lower_rungs", [])) > r]
         cands = [c for log in logs for c in log.values()]
         out.append({"evaluated": len(cands), "dominated": sum(c[4] for c in cands),
-                    "margin_dominated": sum(c[5] for c in cands),
+                    "margin_dominated": sum(c[5] for c in cands), "beaten_by_front": sum(c[6] for c in cands),
                     "promoted": sum(t["candidates_per_rung"][r + 1] for t in trial_log
                                     if len(t.get("lower_rungs", [])) > r)})
     return out
 
 
-def _evaluate(arm: str, cands: list[dict], delta: dict, evaluator, seed: int, fid
+def _evaluate(arm: str, cands: list[dict], delta: dict, evaluator, seed: int, fid, front: list
               ) -> tuple[list[dict], list[dict], list[int]]:
     """(the full-fidelity candidates in index order with their `metrics`, every evaluation's
     metrics, candidates evaluated per rung). The halving arm is `_evaluate_candidates`'s logic
@@ -283,33 +298,36 @@ def _evaluate(arm: str, cands: list[dict], delta: dict, evaluator, seed: int, fi
         return {str(i): rung_result(str(i), m) for i, m in by_rung[rung].items()}
 
     history = run_rungs([str(i) for i in range(len(cands))], evaluate_at, fid.rungs, fid.reduction_factor,
-                        fid.margin_z, keep=["0"])
+                        fid.margin_z, keep=["0"], front=front)
     last = fid.rungs - 1
     full = []
     for i in sorted(by_rung.get(last, {})):
         cands[i]["metrics"] = by_rung[last][i]
         full.append(cands[i])
     reached = [len(h) for h in history] + [0] * (fid.rungs - len(history))
-    rungs = [_rung_log(h, fid.margin_z) for h in history[:-1] if len(history) > 1]
+    rungs = [_rung_log(h, fid.margin_z, front) for h in history[:-1] if len(history) > 1]
     return full, [m for got in by_rung.values() for m in got.values()], reached, rungs
 
 
-def _rung_log(results: dict, z: float) -> dict:
-    """A lower rung of one trial: each candidate's scores and SEs, and whether another candidate
-    dominates it at all (plain Pareto dominance) and by the margin (what drops it)."""
-    from mm4ke_ray.evaluate.fidelity import margin_dominators
+def _rung_log(results: dict, z: float, front: list) -> dict:
+    """A lower rung of one trial: each candidate's scores and SEs, whether another candidate
+    dominates it at all (plain Pareto dominance) and by the margin, and whether the sweep's
+    front beats it (the last two are what drop it)."""
+    from mm4ke_ray.evaluate.fidelity import beaten_by_exact, margin_dominators
 
     group = list(results.values())
     return {k: [*map(_round, (r.edit, r.general, r.edit_se, r.general_se)), margin_dominators(r, group, 0.0) > 0,
-                margin_dominators(r, group, z) > 0] for k, r in results.items()}
+                margin_dominators(r, group, z) > 0, any(beaten_by_exact(r, pt, z) for pt in front)]
+            for k, r in results.items()}
 
 
 def _round(x):
     return round(x, 5) if isinstance(x, float) else x
 
 
-def _seed_ratios(runs: list[dict], seed: int) -> dict:
-    full, halving = ({r["arm"]: r for r in runs if r["seed"] == seed}[a] for a in ARMS)
+def _seed_ratios(runs: list[dict], seed: int, arm: str = "halving") -> dict:
+    by_arm = {r["arm"]: r for r in runs if r["seed"] == seed}
+    full, halving = by_arm["full"], by_arm[arm]
     return {
         "hypervolume": _ratio(halving["hypervolume"], full["hypervolume"]),
         "records_docs": _ratio(halving["eval_compute"]["records_docs"], full["eval_compute"]["records_docs"]),
@@ -326,7 +344,8 @@ def _line(run: dict) -> str:
             f"{c['wall_seconds']:.1f} s); layers {run['layers']}, "
             f"{run['diverged']} diverged; {run['seconds']:.0f} s in all"
             + "".join(f"\n    rung {r}: {x['evaluated']} evaluated, {x['dominated']} dominated, "
-                      f"{x['margin_dominated']} by the margin, {x['promoted']} promoted"
+                      f"{x['margin_dominated']} by the margin, {x['beaten_by_front']} beaten by the front, "
+                      f"{x['promoted']} promoted"
                       for r, x in enumerate(run["lower_rungs"]) if x["evaluated"]))
 
 
