@@ -56,14 +56,21 @@ def setup(args: argparse.Namespace) -> None:
     hf_logging.disable_progress_bar()  # "Writing model shards" bars would drown the results
 
 
+def _load() -> tuple[float, float, float] | None:
+    try:
+        return os.getloadavg()
+    except OSError:
+        return None
+
+
+_LOAD_AT_START = _load()  # this module is imported first thing by every benchmark
+
+
 def machine() -> dict:
-    """Where and when the numbers were taken."""
+    """Where and when the numbers were taken; the load average (1, 5, 15 min) when the benchmark
+    started and when its result was written."""
     import torch
 
-    try:
-        load = os.getloadavg()
-    except OSError:
-        load = None
     info = {
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "platform": platform.platform(),
@@ -72,7 +79,8 @@ def machine() -> dict:
         "python": platform.python_version(),
         "torch": torch.__version__,
         "torch_threads": torch.get_num_threads(),
-        "load_average_at_start": load,
+        "load_average_at_start": _LOAD_AT_START,
+        "load_average_at_end": _load(),
     }
     try:
         import transformers
