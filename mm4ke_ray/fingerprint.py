@@ -35,7 +35,22 @@ def fingerprint_fields(config: SweepConfig) -> dict:
             node = node[part]
         out[dotted] = node
     out["objectives.edit_mode"] = config.edit_mode  # resolved: unset and its default are the same scoring
-    return {k: _bounded(out[k]) for k in sorted(out) if k not in _LEFT_OUT}
+    return {k: _bounded(_portable(out[k])) for k in sorted(out) if k not in _LEFT_OUT}
+
+
+def _portable(value):
+    """A demo asset's path without this machine's cache root (`demo-<key>/model`, ...): the
+    build key names the content, so a laptop's demo sweep and a cluster's compare."""
+    if isinstance(value, str):
+        from mm4ke_ray.demo.build import default_cache_root
+
+        root = str(default_cache_root()).rstrip("/") + "/"
+        if value.startswith(root):
+            return DEMO_CACHE + value[len(root):]
+    return value
+
+
+DEMO_CACHE = "<demo cache>/"
 
 
 def _bounded(value):
@@ -53,6 +68,8 @@ def fingerprint(fields: dict) -> str:
 
 def differences(here: dict, there: dict) -> list[tuple[str, object, object]]:
     """(field, value here, value there) for every field that differs (a missing field: None).
-    A field left out since (a sweep logged before, e.g. with evaluation.fidelity) is not compared."""
+    A field left out since (a sweep logged before, e.g. with evaluation.fidelity) is not compared,
+    and a demo path logged in full is compared without this machine's cache root."""
     keys = (set(here) | set(there)) - _LEFT_OUT
+    there = {k: _portable(v) for k, v in there.items()}  # a sweep logged with its demo paths in full
     return [(k, here.get(k), there.get(k)) for k in sorted(keys) if here.get(k) != there.get(k)]

@@ -71,6 +71,27 @@ def test_the_fingerprint_ignores_the_search_and_names_what_differs(tmp_path, tin
                                                                                           "merge.method"]
 
 
+def test_a_demo_sweep_fingerprint_does_not_hold_the_machines_cache_root(tmp_path, tiny_model_dir, monkeypatch):
+    from mm4ke_ray.fingerprint import DEMO_CACHE
+
+    def demo_at(root: Path) -> dict:
+        monkeypatch.setenv("MM4KE_CACHE", str(root))
+        assets = root / "demo-abc123"
+        config = validate_config(_config(tmp_path, tiny_model_dir, "d", **{
+            "model.name": str(assets / "model"), "data.edits": str(assets / "edits.json"),
+            "evaluation.task_include_path": str(assets / "tasks")}))
+        return fingerprint_fields(config)
+
+    laptop, cluster = demo_at(tmp_path / "laptop-cache"), demo_at(tmp_path / "shared" / "cache")
+    assert laptop["model.name"] == f"{DEMO_CACHE}demo-abc123/model"
+    assert fingerprint(laptop) == fingerprint(cluster) and differences(laptop, cluster) == []
+    # A sweep logged before, with this machine's full path: it still compares.
+    logged = {**cluster, "model.name": str(tmp_path / "shared" / "cache" / "demo-abc123" / "model")}
+    assert differences(cluster, logged) == []
+    other = {**cluster, "model.name": f"{DEMO_CACHE}demo-ffffff/model"}  # another build: not the same model
+    assert [k for k, _, _ in differences(cluster, other)] == ["model.name"]
+
+
 def test_long_fields_are_kept_as_digests_so_the_tag_fits(tmp_path, tiny_model_dir):
     tasks = [f"task_{i:03d}_with_a_long_name" for i in range(300)]
     config = validate_config(_config(tmp_path, tiny_model_dir, "a", **{"evaluation.general_tasks": tasks}))
