@@ -58,6 +58,15 @@ def storage_problem(value: str) -> str | None:
     return None
 
 
+def filesystem(path: str):
+    """(pyarrow filesystem, path within it) for a local path or a storage URI (s3://, gs://, ...)."""
+    import pyarrow.fs
+
+    if is_uri(path):
+        return pyarrow.fs.FileSystem.from_uri(path)
+    return pyarrow.fs.LocalFileSystem(), path
+
+
 def normalize_storage_path(value: str) -> str:
     """The storage path to give Tune: an absolute local folder, or a cleaned `s3://`/`gs://` URI.
 

@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from mm4ke_ray.errors import UserError
-from mm4ke_ray.storage import is_uri
+from mm4ke_ray.storage import filesystem, is_uri
 
 MANIFEST = "mm4ke-sweep.json"
 CLAIM = ".mm4ke-claim"  # created first, exclusively: the folder belongs to one sweep
@@ -37,18 +37,10 @@ class Manifest:
     format: int = FORMAT
 
 
-def _fs(path: str):
-    import pyarrow.fs
-
-    if is_uri(path):
-        return pyarrow.fs.FileSystem.from_uri(path)
-    return pyarrow.fs.LocalFileSystem(), path
-
-
 def _exists(path: str) -> bool:
     import pyarrow.fs
 
-    fs, p = _fs(path)
+    fs, p = filesystem(path)
     return fs.get_file_info(p).type != pyarrow.fs.FileType.NotFound
 
 
@@ -66,7 +58,7 @@ def _claim(folder: str) -> bool:
     if is_uri(folder):
         # Object stores offer no create-if-absent here: checked just before, so two sweeps
         # would have to start within the same second to share a cloud folder.
-        fs, p = _fs(join(folder, CLAIM))
+        fs, p = filesystem(join(folder, CLAIM))
         fs.create_dir(p.rsplit("/", 1)[0], recursive=True)
         with fs.open_output_stream(p) as out:
             out.write(text.encode())
@@ -102,7 +94,7 @@ def write_manifest(manifest: Manifest) -> str:
     path = join(manifest.experiment_dir, MANIFEST)
     text = json.dumps(asdict(manifest), indent=2)
     if is_uri(path):
-        fs, p = _fs(path)
+        fs, p = filesystem(path)
         fs.create_dir(p.rsplit("/", 1)[0], recursive=True)
         with fs.open_output_stream(p) as out:
             out.write(text.encode())
@@ -125,7 +117,7 @@ def read_manifest(folder: str) -> Manifest:
             f"--resume {folder}: no {MANIFEST} there, so it is not a sweep's folder; give the folder the sweep "
             "printed at its start (<storage_path>/<sweep name>)"
         )
-    fs, p = _fs(path)
+    fs, p = filesystem(path)
     with fs.open_input_stream(p) as f:
         try:
             data = json.loads(f.readall().decode())

@@ -24,7 +24,7 @@ from collections.abc import Mapping
 
 import torch
 
-from mm4ke_ray.storage import is_uri
+from mm4ke_ray.storage import filesystem, is_uri
 
 log = logging.getLogger(__name__)
 
@@ -39,14 +39,6 @@ def delta_digest(delta: Mapping[str, torch.Tensor]) -> str:
         h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
         h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
     return h.hexdigest()
-
-
-def _fs(path: str):
-    import pyarrow.fs
-
-    if is_uri(path):
-        return pyarrow.fs.FileSystem.from_uri(path)
-    return pyarrow.fs.LocalFileSystem(), path
 
 
 class RungStore:
@@ -64,7 +56,7 @@ class RungStore:
     def _read(self) -> dict[int, dict[int, dict]]:
         import pyarrow.fs
 
-        fs, path = _fs(self.path)
+        fs, path = filesystem(self.path)
         try:
             if fs.get_file_info(path).type == pyarrow.fs.FileType.NotFound:
                 return {}
@@ -87,7 +79,7 @@ class RungStore:
         doc = {"format": FORMAT, "key": self.key,
                "rungs": {str(r): {str(i): m for i, m in got.items()} for r, got in sorted(self.results.items())}}
         data = json.dumps(doc).encode()
-        fs, path = _fs(self.path)
+        fs, path = filesystem(self.path)
         parent = path.rsplit("/", 1)[0]
         try:
             fs.create_dir(parent, recursive=True)
