@@ -13,11 +13,11 @@ fixed by the seed; with several at once, by their timing (as Optuna's suggestion
 from __future__ import annotations
 
 import json
-import math
 import uuid
 
 from ray.experimental import internal_kv
 
+from mm4ke_ray.evaluate.pareto import pareto_front
 from mm4ke_ray.evaluate.scores import OBJECTIVES
 
 _NAMESPACE = "mm4ke-front"
@@ -28,19 +28,10 @@ def new_front_key() -> str:
 
 
 def front_points(rows: list[dict]) -> list[list[float]]:
-    """The non-dominated (edit, general) points of `rows` with finite objectives."""
-    points = []
-    for row in rows:
-        values = [row.get(o.name) for o in OBJECTIVES]
-        if all(isinstance(v, int | float) and math.isfinite(v) for v in values):
-            points.append([float(v) for v in values])
-    points = sorted({tuple(p) for p in points}, key=lambda p: (-p[0], -p[1]))
-    front, best_general = [], -math.inf
-    for edit, general in points:  # by edit descending: kept when its general beats all before it
-        if general > best_general:
-            front.append([edit, general])
-            best_general = general
-    return front
+    """The non-dominated (edit, general) points of `rows` with finite objectives
+    (`pareto.pareto_front`), each point once, highest edit score first."""
+    points = {tuple(float(rows[i][o.name]) for o in OBJECTIVES) for i in pareto_front(rows)}
+    return [list(p) for p in sorted(points, key=lambda p: [-v for v in p])]
 
 
 def publish_front(key: str, rows: list[dict]) -> int:
