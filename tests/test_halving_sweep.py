@@ -134,3 +134,14 @@ def test_a_full_fidelity_candidate_exports_and_a_pruned_one_is_no_candidate(swee
     assert main(["export", "--tracking-uri", uri, "--sweep", a.parent_run_id, "--pick", gone,
                  "--out", str(tmp_path / "pruned"), "--device", "cpu"]) == 2
     assert not (tmp_path / "pruned").exists()
+
+
+def test_export_verification_leaves_the_halving_bookkeeping_out_and_compares_the_rest():
+    from mm4ke_ray.export.verify import compare_metrics
+
+    recorded = {"edit_score": 0.5, "fidelity.rung": 2.0, "fidelity.reused_rungs": 1.0, "fidelity.front_points": 3.0,
+                "rung0.edit_score": 0.4, "compute.records": 12.0}
+    table, problems = compare_metrics(recorded, {"edit_score": 0.5}, 1e-6)
+    assert list(table) == ["edit_score"] and problems == []
+    _, problems = compare_metrics(recorded, {"edit_score": 0.7}, 1e-6)  # a real difference still fails
+    assert len(problems) == 1 and problems[0].startswith("edit_score")

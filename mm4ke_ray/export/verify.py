@@ -31,11 +31,11 @@ _NOT_COMPARED = (
     "rsft_seconds",
     "rsft_updates",
     "rsft_wall_seconds",
-    "fidelity.rung",  # successive halving: the rung reached, and below
 )
-# Evaluation compute over all of a candidate's rungs and its lower rungs' own scores (successive
-# halving): how the sweep got there, not what the exported model scores in full.
-_NOT_COMPARED_PATTERN = re.compile(r"^(compute|rung\d+)\.")
+# Successive halving's bookkeeping: evaluation compute over all of a candidate's rungs, its lower
+# rungs' own scores and `fidelity.*` (rung reached, rungs read back, front points seen): how the
+# sweep got there, not what the exported model scores in full.
+_NOT_COMPARED_PATTERN = re.compile(r"^(compute|rung\d+|fidelity)\.")
 
 
 class ExportVerificationError(RuntimeError):

@@ -290,8 +290,7 @@ def _evaluate_candidates(ctx: TrialContext, cands: list[dict], delta_ref, trial_
         return cands, [], _compute([c["metrics"] for c in cands], prefix="eval_compute_")
     last = s.fidelity_rungs - 1
     by_rung: dict[int, dict[int, dict]] = {}
-
-    reused: dict[int, int] = {}
+    reused: dict[int, int] = {}  # per candidate, rung results read back from `store`
 
     def evaluate_at(rung: int, keys: list[str]) -> dict[str, RungResult]:
         indices = [int(k) for k in keys]
