@@ -30,6 +30,7 @@ SCRIPTS = {
     "startup": "bench_startup.py",
     "soak": "bench_soak.py",
     "multifidelity": "bench_multifidelity.py",
+    "real": "bench_real.py",
 }
 TIMEOUT_S = 400
 
@@ -125,3 +126,17 @@ def test_gpu_check_tiny_mode_runs_every_section(runs):
         assert "error" not in doc[section], doc[section]
     assert doc["rsft"]["ours"]["steps_per_s"] > 0 and doc["merge"]["ours_ms_sparsity_0.2"] > 0
     assert doc["eval"]["cached_metrics_equal"] is True
+
+
+def test_real_smoke_has_the_table_both_families_and_the_sweep(runs):
+    out, _ = runs
+    doc = _result(runs, "real")
+    steps = doc["steps"]
+    for key in ("base", "sft", "rsft", "merged α0.2", "merged α0.8", "alpha=0.2", "sparsity=0.2", "sweep"):
+        assert key in steps, key
+    for key in ("base", "rsft", "merged α0.2"):
+        assert "edit_succ" in steps[key] and "gen.edit_succ" in steps[key], steps[key]
+        assert 0.0 <= steps[key]["general_score"] <= 1.0
+    assert steps["sft"]["rsft_run"]["rsft"]["threshold"] == 0.0 and steps["rsft"]["rsft_run"]["rsft"]["threshold"] > 0
+    assert steps["sweep"]["candidates"], "the sweep's candidates are read back"
+    assert (out / "real.png").stat().st_size > 10_000 and "| R-SFT |" in (out / "real.md").read_text()
