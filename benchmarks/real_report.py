@@ -3,7 +3,6 @@ picture (the α and sparsity curves as the paper's Figures 2-3, the sweep's fron
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
