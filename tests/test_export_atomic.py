@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 import pytest
-from test_pareto_export import _one_thread, evaluated, log_sweep  # noqa: F401 - fixtures
+from test_pareto_export import evaluated, log_sweep  # noqa: F401 - fixtures
 
 from mm4ke_ray.export.verify import verify_checksums
 

@@ -49,15 +49,6 @@ TRIALS = {  # two R-SFT runs on different layers, each with the sampled point + 
 }
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    # A tiny model gains nothing from intra-op threads on a shared 2-core machine.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def evaluated(tmp_path_factory, tiny_model_dir):
     """The sweep's config, its two R-SFT deltas and every candidate's real metrics (computed once)."""

@@ -11,16 +11,6 @@ ARCHS = ("qwen2", "llama", "gpt2")
 LAYERS = 3
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    # Tiny models gain nothing from intra-op threads, and on a shared 2-core machine
-    # oversubscribed threads made these tests 30x slower.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module", params=ARCHS)
 def model(request, tiny_model_factory):
     return tiny_model_factory(request.param, hidden=32, layers=LAYERS, seed=1)

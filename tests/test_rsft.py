@@ -18,16 +18,6 @@ from mm4ke_ray.rsft import DivergedError, RSFTConfig, run_rsft
 N = 4
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    # Tiny models gain nothing from intra-op threads, and on a shared 2-core machine
-    # oversubscribed threads made these tests 30x slower.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 HUGE = 1e9
 
 

@@ -10,14 +10,6 @@ from mm4ke_ray.data.records import EditRecord
 from mm4ke_ray.rsft import RSFTConfig, run_rsft
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def test_captured_step_matches_eager(tiny_model_factory, tiny_tokenizer, zsre_raw):
     from torch._dynamo.utils import counters
 

@@ -16,14 +16,6 @@ from mm4ke_ray.data.records import EditRecord
 from mm4ke_ray.rsft import RSFTConfig, run_rsft
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def records(zsre_raw) -> list[EditRecord]:
     return [EditRecord(prompt=r["prompt"], target_new=r["target_new"]) for r in zsre_raw[:4]]
