@@ -182,8 +182,9 @@ class PrefixCache:
         self._entries.clear()
         self.nbytes = 0
 
-    def hidden(self, model, layer: int, batch: PaddedBatch) -> torch.Tensor:
-        """The state entering block `layer` for `batch`: cached, or captured now and kept."""
+    def hidden(self, model, layer: int, batch: PaddedBatch, **forward_kwargs) -> torch.Tensor:
+        """The state entering block `layer` for `batch`: cached, or captured now and kept.
+        `forward_kwargs` (e.g. `position_ids`) go to the capturing forward; `batch.key` must name them too."""
         if self._model is None or self._model() is not model:
             self.clear()
             self._model = weakref.ref(model)
@@ -193,7 +194,7 @@ class PrefixCache:
             self._entries.move_to_end(key)
             return self._entries[key]
         self.misses += 1
-        hidden = capture_prefix(model, layer, batch.input_ids, batch.attention_mask)
+        hidden = capture_prefix(model, layer, batch.input_ids, batch.attention_mask, **forward_kwargs)
         size = hidden.numel() * hidden.element_size()
         if size <= self.max_bytes:
             while self._entries and self.nbytes + size > self.max_bytes:

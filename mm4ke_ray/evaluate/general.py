@@ -37,6 +37,7 @@ import torch
 from mm4ke_ray.errors import UserError
 from mm4ke_ray.evaluate.local_tasks import write_multiple_choice_task
 from mm4ke_ray.evaluate.scores import NOISE_Z, check_task_noise, general_score, retention
+from mm4ke_ray.evaluate.shared_context_lm import shared_context_hflm_class
 from mm4ke_ray.modeling.modes import eval_mode
 
 __all__ = [
@@ -145,11 +146,12 @@ def validate_tasks(tasks: Sequence[str], include_path: str | Path | None = None)
     _task_manager(tasks, include_path)
 
 
-def _quiet_hflm_class():
-    """HFLM without per-call progress bars (one per candidate would flood a worker's log)."""
+def _quiet_hflm_class(shared_context: bool = False):
+    """HFLM without per-call progress bars (one per candidate would flood a worker's log);
+    `shared_context`: lm-eval's HFLM that scores each shared context once (same results)."""
     from lm_eval.models.huggingface import HFLM
 
-    class QuietHFLM(HFLM):
+    class QuietHFLM(shared_context_hflm_class() if shared_context else HFLM):
         def loglikelihood(self, requests, disable_tqdm: bool = True):
             return super().loglikelihood(requests, disable_tqdm=disable_tqdm)
 
@@ -277,6 +279,8 @@ class GeneralEvaluator:
     picks a task's metric by output key (e.g. {"drop": "f1"}); by default its first.
     `apply_chat_template` wraps every prompt in the tokenizer's chat template (lm-eval's own
     option); `for_prompt_format("chat")` turns it on, as a model edited in chat format needs.
+    `shared_context` (default) scores each shared context once (`shared_context_lm`; same
+    per-document results as lm-eval's own HFLM, which `shared_context=False` uses).
     """
 
     def __init__(
@@ -290,6 +294,7 @@ class GeneralEvaluator:
         seed: int = 0,
         apply_chat_template: bool = False,
         metrics: Mapping[str, str] | None = None,
+        shared_context: bool = True,
     ):
         tasks = list(tasks)
         if not tasks:
@@ -309,7 +314,8 @@ class GeneralEvaluator:
         self.apply_chat_template = bool(apply_chat_template)
         self._chosen = dict(metrics or {})
         self.task_dict, self.outputs = self._build_task_dict(tasks, include_path)
-        self.lm = _quiet_hflm_class()(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
+        self.shared_context = bool(shared_context)
+        self.lm = _quiet_hflm_class(self.shared_context)(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
 
     @classmethod
     def for_prompt_format(cls, model, tokenizer, tasks, prompt_format: str = "plain", **kwargs):
@@ -378,9 +384,18 @@ class GeneralEvaluator:
         out: dict[str, Any] = {
             "general.apply_chat_template": self.apply_chat_template,
             "general.limit": self.limit,
+            "general.shared_context": self.shared_context,
         }
         out.update({f"general.{key}.metric": metric for key, _, metric, _ in self.outputs})
         return out
+
+    def layers_below_unchanged(self, layer: int | None):
+        """Context manager: calls within it reuse the outputs of blocks below `layer` (the caller
+        vouches they are unchanged, as for merge candidates of one delta); a no-op without
+        `shared_context` or with `layer` None/0."""
+        if not self.shared_context:
+            return contextlib.nullcontext()
+        return self.lm.layers_below_unchanged(layer)
 
     def docs_per_task(self) -> dict[str, int]:
         """Per leaf task, how many documents a full call evaluates (after `limit`), in the keys
