@@ -76,6 +76,10 @@ class EvaluationConfig(_Section):
         default_factory=dict,
         description="Metric per general task, e.g. {drop: f1}; a task not named uses its first metric.",
     )
+    shared_context: bool = Field(
+        True, description="General tasks: score each shared context once and reuse the blocks below a candidate's "
+        "delta (same per-document results as lm-eval's HFLM); false: lm-eval's HFLM as it is.",
+    )
     protocol: Literal["sequential"] = Field(
         "sequential", description="Edit all records, then evaluate the final model on all of them (the paper's)."
     )

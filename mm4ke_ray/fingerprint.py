@@ -18,7 +18,8 @@ from mm4ke_ray.config import SweepConfig
 # changes speed or cost but not a full-fidelity result (evaluation.batch_size; evaluation.fidelity,
 # since successive halving's full rung is the full evaluation) and what only gates loading.
 _SECTIONS = ("model", "data", "evaluation")
-_LEFT_OUT = {"model.trust_remote_code", "model.allow_pickle", "evaluation.batch_size", "evaluation.fidelity"}
+_LEFT_OUT = {"model.trust_remote_code", "model.allow_pickle", "evaluation.batch_size", "evaluation.fidelity",
+             "evaluation.shared_context"}  # the same per-document results as lm-eval's HFLM, only faster
 _LONGEST = 300  # characters of one field's JSON kept as is
 _FIELDS = ("merge.method", "search.rsft.optimizer", "objectives.edit_weights", "objectives.combined_edit_weight")
 

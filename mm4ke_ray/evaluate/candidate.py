@@ -70,6 +70,7 @@ class EvalSettings:
     task_include_path: str | None = None
     general_limit: int | float | None = None
     general_metrics: dict = field(default_factory=dict)  # {task: metric}; default its first
+    general_shared_context: bool = True  # evaluation.shared_context: SharedContextHFLM (same results, faster)
     merge_method: str = "magnitude"
     edit_weights: dict = field(default_factory=dict)
     combined_edit_weight: float = 0.5
@@ -103,6 +104,7 @@ def eval_settings(config: SweepConfig, device: str) -> EvalSettings:
         batch_size=config.evaluation.batch_size, fluency=config.evaluation.fluency,
         general_tasks=tuple(config.evaluation.general_tasks), task_include_path=config.evaluation.task_include_path,
         general_limit=config.evaluation.general_limit, general_metrics=dict(config.evaluation.general_metrics),
+        general_shared_context=config.evaluation.shared_context,
         merge_method=config.merge.method,
         edit_weights=dict(config.objectives.edit_weights), combined_edit_weight=config.objectives.combined_edit_weight,
         device=device, allow_pickle=config.model.allow_pickle, eval_mode=config.evaluation.mode,
@@ -165,7 +167,7 @@ class CandidateEvaluator:
         if s.general_tasks:
             self.general_eval = GeneralEvaluator.for_prompt_format(
                 self.model, self.tokenizer, list(s.general_tasks), s.prompt_format, include_path=s.task_include_path,
-                limit=s.general_limit, metrics=s.general_metrics,
+                limit=s.general_limit, metrics=s.general_metrics, shared_context=s.general_shared_context,
             )
         if reference is not None:
             _check_reference(reference, s)
@@ -245,7 +247,9 @@ class CandidateEvaluator:
         out = {k: v for k, v in metrics.items() if v is not None}
         general = general_se = general_items = None
         if self.general_eval:
-            result = self.general_eval.evaluate_result(view.samples)
+            reuse = first_layer if self.settings.prefix_cache else None  # as for the edit metrics above
+            with self.general_eval.layers_below_unchanged(reuse):
+                result = self.general_eval.evaluate_result(view.samples)
             scores = result.scores
             better = self.general_eval.higher_is_better
             kept = retention(scores, view.reference.general, better)

@@ -70,6 +70,7 @@ def recorded_choices(config: SweepConfig) -> dict:
         # the same rule GeneralEvaluator.for_prompt_format applies: chat-edited models get the template
         out.update(general_apply_chat_template=config.data.prompt_format == "chat",
                    general_limit=ev.general_limit if ev.general_limit is not None else "all",
+                   general_shared_context=ev.shared_context,
                    **{f"general_metric.{t}": ev.general_metrics.get(t, "first") for t in ev.general_tasks})
     return out
 
