@@ -86,3 +86,26 @@ def write_llama_gguf(model, tokenizer, path: Path, architecture: str = "llama") 
     writer.write_tensors_to_file()
     writer.close()
     return path
+
+
+def zsre_texts(records: list[dict]) -> list[str]:
+    """Text to train a test BPE on: every prompt and answer of the (raw KnowEdit) records."""
+    texts = []
+    for r in records:
+        texts += [r["prompt"], r["target_new"], r.get("rephrase_prompt", ""), *r.get("ground_truth", [])]
+        for kind in ("locality", "portability"):
+            for items in (r.get(kind) or {}).values():
+                for it in items:
+                    gt = it["ground_truth"]
+                    texts += [it["prompt"], gt if isinstance(gt, str) else " ".join(map(str, gt))]
+    return texts
+
+
+def tiny_llama_gguf(folder: Path, texts: list[str], layers: int = 2, seed: int = 0):
+    """(source model, BPE, path): a tiny Llama with a BPE trained on `texts`, written as F32 GGUF."""
+    from mm4ke_ray.demo.tiny import build_tiny_model
+
+    bpe = train_byte_bpe(texts)
+    model = build_tiny_model("llama", bpe.get_vocab_size(), hidden=64, layers=layers, seed=seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    return model, bpe, write_llama_gguf(model, bpe, folder / "tiny-llama.F32.gguf")

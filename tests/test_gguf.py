@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from gguf_files import train_byte_bpe, write_llama_gguf
+from gguf_files import tiny_llama_gguf, write_llama_gguf, zsre_texts
 
 from mm4ke_ray.errors import UserError
 from mm4ke_ray.modeling import load_model, load_tokenizer
@@ -28,18 +28,19 @@ TEXTS = ("What is the capital of France? Paris.", "Which river flows through War
 
 
 @pytest.fixture(scope="module")
-def bpe(zsre_raw):
-    texts = [r["prompt"] + " " + r["target_new"] for r in zsre_raw] + [r["src"] for r in zsre_raw if "src" in r]
-    return train_byte_bpe([*texts, *TEXTS])
+def _made(tmp_path_factory, zsre_raw):
+    return tiny_llama_gguf(tmp_path_factory.mktemp("gguf"), [*zsre_texts(zsre_raw), *TEXTS])
 
 
 @pytest.fixture(scope="module")
-def tiny_gguf(tmp_path_factory, bpe):
-    """(source model, path of its F32 GGUF)."""
-    from mm4ke_ray.demo.tiny import build_tiny_model
+def bpe(_made):
+    return _made[1]
 
-    model = build_tiny_model("llama", bpe.get_vocab_size(), hidden=64, layers=2, seed=0)
-    return model, write_llama_gguf(model, bpe, tmp_path_factory.mktemp("gguf") / "tiny-llama.F32.gguf")
+
+@pytest.fixture(scope="module")
+def tiny_gguf(_made):
+    """(source model, path of its F32 GGUF)."""
+    return _made[0], _made[2]
 
 
 @pytest.fixture
@@ -173,3 +174,17 @@ def test_the_model_card_says_the_base_was_a_quantized_gguf_dequantized_to_float3
     assert file_sha256(path) in card
     assert "Base from GGUF" not in model_card(_recipe("Qwen/Qwen2.5-7B-Instruct"))
     assert gguf_provenance("Qwen/Qwen2.5-7B-Instruct") is None
+
+
+def test_validate_checks_a_configs_layers_against_the_gguf(tiny_gguf, tmp_path, cache, capsys):
+    import yaml
+
+    from mm4ke_ray.cli import main
+
+    _, path = tiny_gguf
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump({"model": {"name": str(path)}, "data": {"edits": str(tmp_path / "none.json")},
+                                      "search": {"space": {"layer": {"choices": [1, 9]}}}}))
+    assert main(["validate", "--offline", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert "search.space.layer" in err and "[9]" in err and "model.name" not in err
