@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from pathlib import Path
 
 from mm4ke_ray.config import SweepConfig
 
@@ -35,6 +36,12 @@ def fingerprint_fields(config: SweepConfig) -> dict:
             node = node[part]
         out[dotted] = node
     out["objectives.edit_mode"] = config.edit_mode  # resolved: unset and its default are the same scoring
+    # Imported here: the modeling package loads torch.
+    from mm4ke_ray.modeling.gguf import file_sha256, is_gguf
+
+    if is_gguf(config.model.name):  # a GGUF base is its content: digest and file name, not its path
+        out["model.gguf_sha256"] = file_sha256(config.model.name)
+        out["model.name"] = Path(config.model.name).name
     return {k: _bounded(_portable(out[k])) for k in sorted(out) if k not in _LEFT_OUT}
 
 

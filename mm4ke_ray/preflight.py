@@ -57,6 +57,7 @@ def _native_architecture(model_type) -> bool:
 def model_problems(model: ModelConfig) -> tuple[list[str], int | None]:
     """(problems, number of layers) for `model.name` when it is a local folder; a hub id passes
     when it can be had from here (cached, or the hub reachable)."""
+    from mm4ke_ray.modeling.gguf import is_gguf, read_gguf_info
     from mm4ke_ray.modeling.loading import check_model_source
 
     if model.name == DEMO:
@@ -65,6 +66,8 @@ def model_problems(model: ModelConfig) -> tuple[list[str], int | None]:
         check_model_source(model.name)
     except UserError as exc:
         return [f"model.name: {exc}"], None
+    if is_gguf(model.name):  # checked (architecture included); dequantized when first loaded
+        return [], read_gguf_info(model.name).block_count
     folder = Path(model.name).expanduser()
     if not folder.is_dir():
         return [], None  # a hub id: checked when it is downloaded

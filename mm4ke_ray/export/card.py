@@ -160,6 +160,18 @@ def _how_to_use(recipe: dict) -> list[str]:
     ]
 
 
+def _gguf_note(recipe: dict) -> list[str]:
+    """For a GGUF base: which quantized file it was, and that this export is no GGUF."""
+    g = recipe.get("base_gguf")
+    if not g:
+        return []
+    return [f"> **Base from GGUF:** `{g['file']}` (architecture `{g['architecture']}`, quantized "
+            f"**{g['quantization']}**, sha256 `{g['sha256']}`), dequantized to {g['dequantized_to']} by "
+            "transformers before editing. This export is a normal Hugging Face folder (safetensors, "
+            f"{g['dequantized_to']}), not a GGUF: its unedited weights are the dequantized {g['quantization']} "
+            "values, not the original unquantized model's.", ""]
+
+
 def model_card(recipe: dict) -> str:
     """Markdown model card: what was edited, how, how well (against base and pure R-SFT), how to redo it."""
     r, m, e, src = recipe["rsft"], recipe["merge"], recipe["edits"], recipe["source"]
@@ -178,6 +190,7 @@ def model_card(recipe: dict) -> str:
         f"# {src['sweep_name']} · {src['candidate']}",
         "",
         *demo,
+        *_gguf_note(recipe),
         f"`{base_model}` with {e['count']} knowledge edits from `{e['source']}`, made by Robust SFT (R-SFT) of one "
         "transformer block's MLP and merged back into the base model "
         "(θ = θ_base + (1 − α) · Top_p(θ_sft − θ_base); Fu et al., 2025, *Model Merging for Knowledge Editing*). "

@@ -37,6 +37,7 @@ from mm4ke_ray.export.verify import (
     write_checksums,
 )
 from mm4ke_ray.merge.build import MERGE_INFO_FILE, merge_params
+from mm4ke_ray.modeling.gguf import gguf_provenance
 from mm4ke_ray.schema import EDIT_METRICS, FLUENCY, LAYER, RSFT_PARAMS, Tag
 from mm4ke_ray.storage import check_out_dir
 from mm4ke_ray.tracking.query import normalize_row
@@ -80,6 +81,7 @@ def _recipe(
         "mm4ke_ray_version": __version__,
         "exported_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "base_model": plan.model,
+        "base_gguf": gguf_provenance(plan.model),  # None unless the base is a .gguf file
         "merge": {
             "formula": "theta = theta_base + (1 - alpha) * sparsify(delta)",
             **merge_params(plan.alpha, plan.sparsity, plan.method, plan.seed),
