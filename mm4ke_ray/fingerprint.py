@@ -13,6 +13,7 @@ import hashlib
 import json
 
 from mm4ke_ray.config import SweepConfig
+from mm4ke_ray.evaluate.definitions import EDIT_DEFINITIONS
 
 # Every field of these sections (a nested one as one value) and single fields. Left out: what
 # changes speed or cost but not a full-fidelity result (evaluation.batch_size; evaluation.fidelity,
@@ -35,6 +36,7 @@ def fingerprint_fields(config: SweepConfig) -> dict:
             node = node[part]
         out[dotted] = node
     out["objectives.edit_mode"] = config.edit_mode  # resolved: unset and its default are the same scoring
+    out["evaluation.definitions"] = EDIT_DEFINITIONS  # rules without a config field (aggregation, stops)
     return {k: _bounded(_portable(out[k])) for k in sorted(out) if k not in _LEFT_OUT}
 
 
