@@ -84,10 +84,20 @@ class EvaluationConfig(_Section):
         "greedily generated answer (logged as gen.<metric>), or both.",
     )
     generation_match: Literal["starts_with", "equals", "contains"] = Field(
-        "starts_with", description="Generation mode: how the normalised answer must match the normalised target.",
+        "equals", description="Generation mode: how the normalised answer must match the normalised target "
+        "(equals: WILD's exact match; starts_with, contains: lenient, recorded as such).",
     )
-    generation_extra_tokens: int = Field(
-        4, ge=0, description="Generation mode: new tokens allowed beyond the target's own token count.",
+    generation_stop: Literal["wild", "newline"] = Field(
+        "wild", description="Generation mode: where an answer ends besides EOS/end of turn (wild: a "
+        "sentence-ending '.' (not 'Dr.', initials or 3.5) or a newline; newline: a newline only, the old rule).",
+    )
+    generation_max_new_tokens: int = Field(
+        64, ge=1, description="Generation mode: new tokens an answer may take (WILD's generous budget; "
+        "generation stops earlier at the stop, and a batch when all its rows have stopped).",
+    )
+    generation_extra_tokens: int | None = Field(
+        None, ge=0, description="Generation mode, the pre-WILD bound (unset by default): also cap an answer "
+        "at the target's own token count + this.",
     )
     fidelity: FidelityConfig = Field(
         default_factory=FidelityConfig,

@@ -14,6 +14,7 @@ import json
 from pathlib import Path
 
 from mm4ke_ray.config import SweepConfig
+from mm4ke_ray.evaluate.definitions import EDIT_DEFINITIONS
 
 # Every field of these sections (a nested one as one value) and single fields. Left out: what
 # changes speed or cost but not a full-fidelity result (evaluation.batch_size; evaluation.fidelity,
@@ -42,6 +43,7 @@ def fingerprint_fields(config: SweepConfig) -> dict:
     if is_gguf(config.model.name):  # a GGUF base is its content: digest and file name, not its path
         out["model.gguf_sha256"] = file_sha256(config.model.name)
         out["model.name"] = Path(config.model.name).name
+    out["evaluation.definitions"] = EDIT_DEFINITIONS  # rules without a config field (aggregation, stops)
     return {k: _bounded(_portable(out[k])) for k in sorted(out) if k not in _LEFT_OUT}
 
 

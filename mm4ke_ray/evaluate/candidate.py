@@ -77,8 +77,10 @@ class EvalSettings:
     prefix_cache: bool = True  # reuse hidden states below the delta's layer (identical metrics)
     eval_mode: str = TEACHER_FORCED  # evaluation.mode: teacher-forced | generation | both
     edit_mode: str = TEACHER_FORCED  # the family the edit score uses (SweepConfig.edit_mode)
-    generation_match: str = "starts_with"
-    generation_extra_tokens: int = 4
+    generation_match: str = "equals"
+    generation_stop: str = "wild"
+    generation_max_new_tokens: int = 64
+    generation_extra_tokens: int | None = None  # the pre-WILD cap: target tokens + this
     # evaluation.fidelity: rungs of successive halving (1: off), their reduction factor and the
     # seed of their subsets (the sweep's seed); `evaluate(rung=r)` scores rung r's subset.
     fidelity_rungs: int = 1
@@ -108,8 +110,18 @@ def eval_settings(config: SweepConfig, device: str) -> EvalSettings:
         device=device, allow_pickle=config.model.allow_pickle, eval_mode=config.evaluation.mode,
         edit_mode=config.edit_mode, generation_match=config.evaluation.generation_match,
         generation_extra_tokens=config.evaluation.generation_extra_tokens,
+        generation_stop=config.evaluation.generation_stop,
+        generation_max_new_tokens=config.evaluation.generation_max_new_tokens,
         **_fidelity_settings(config),
     )
+
+
+def generation_evaluator(tokenizer, records, s: EvalSettings) -> GenerationEvaluator:
+    """The generated-answer evaluator of `records` under the settings' match, stop and budget rules."""
+    return GenerationEvaluator(tokenizer, records, prompt_format=s.prompt_format, batch_size=s.batch_size,
+                               match=s.generation_match, stop=s.generation_stop,
+                               max_new_tokens=s.generation_max_new_tokens,
+                               extra_new_tokens=s.generation_extra_tokens)
 
 
 def _fidelity_settings(config: SweepConfig) -> dict:
@@ -158,9 +170,7 @@ class CandidateEvaluator:
                                        prefix_cache=s.prefix_cache)
         self.gen_eval = None
         if s.generation:
-            self.gen_eval = GenerationEvaluator(self.tokenizer, records, prompt_format=s.prompt_format,
-                                                batch_size=s.batch_size, match=s.generation_match,
-                                                extra_new_tokens=s.generation_extra_tokens)
+            self.gen_eval = generation_evaluator(self.tokenizer, records, s)
         self.general_eval = None
         if s.general_tasks:
             self.general_eval = GeneralEvaluator.for_prompt_format(
@@ -199,9 +209,7 @@ class CandidateEvaluator:
                                       batch_size=s.batch_size, prefix_cache=s.prefix_cache)
             gen_eval = None
             if self.gen_eval:
-                gen_eval = GenerationEvaluator(self.tokenizer, records, prompt_format=s.prompt_format,
-                                               batch_size=s.batch_size, match=s.generation_match,
-                                               extra_new_tokens=s.generation_extra_tokens)
+                gen_eval = generation_evaluator(self.tokenizer, records, s)
             samples = plan.general_samples(rung) if self.general_eval else None
             result = self.general_eval.evaluate_result(samples) if self.general_eval else None
             reference = Reference(

@@ -112,6 +112,11 @@ def _recipe(
             "prompt_format": plan.settings.prompt_format,
             **{k: v for k, v in plan.config.get("evaluation", {}).items() if k != "protocol"},
             "objectives": plan.config.get("objectives", {}),
+            # Which definitions produced the numbers (issue 23); a sweep from before them says so.
+            "edit_mode": sweep.params.get("edit_mode"),
+            "aggregation": sweep.params.get("edit_aggregation", "items pooled per record (before issue 23)"),
+            "edit_definitions": sweep.params.get("edit_definitions", "1"),
+            "generation_stop_rule": sweep.params.get("generation_stop_rule"),
         },
         "source": {
             "tracking_uri": sweep.uri,

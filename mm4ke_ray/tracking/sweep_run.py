@@ -12,6 +12,8 @@ from pathlib import Path
 import yaml
 
 from mm4ke_ray.config import SweepConfig
+from mm4ke_ray.evaluate.definitions import AGGREGATION, EDIT_DEFINITIONS
+from mm4ke_ray.evaluate.stop_rules import STOP_RULE_TEXT
 from mm4ke_ray.fingerprint import fingerprint, fingerprint_fields
 from mm4ke_ray.modeling.encoding import EVAL_SCORING, TRAIN_SUPERVISION
 from mm4ke_ray.schema import CONFIG_ARTIFACT, Tag
@@ -64,8 +66,14 @@ def recorded_choices(config: SweepConfig) -> dict:
     obj = config.objectives
     out.update({f"min_{name}": low for name, low in (("edit_score", obj.min_edit_score),
                                                      ("general_score", obj.min_general_score)) if low is not None})
+    # Which definitions produced the numbers (issue 23): aggregation of both families, and the
+    # generated family's match, stop and budget rules.
+    out.update(edit_aggregation=AGGREGATION, edit_definitions=EDIT_DEFINITIONS)
     if ev.mode != "teacher-forced":
-        out.update(generation_match=ev.generation_match, generation_extra_tokens=ev.generation_extra_tokens)
+        out.update(generation_match=ev.generation_match, generation_stop=ev.generation_stop,
+                   generation_stop_rule=STOP_RULE_TEXT[ev.generation_stop],
+                   generation_max_new_tokens=ev.generation_max_new_tokens,
+                   generation_extra_tokens="none" if ev.generation_extra_tokens is None else ev.generation_extra_tokens)
     if ev.general_tasks:
         # the same rule GeneralEvaluator.for_prompt_format applies: chat-edited models get the template
         out.update(general_apply_chat_template=config.data.prompt_format == "chat",
