@@ -39,6 +39,7 @@ from mm4ke_ray.evaluate.fidelity import (
 )
 from mm4ke_ray.evaluate.general import GeneralEvaluator, GeneralResult, general_score, retention
 from mm4ke_ray.evaluate.generation import GenerationEvaluator, GenerationReference
+from mm4ke_ray.evaluate.precision import save_base_measurement
 from mm4ke_ray.evaluate.real_tasks import (
     LocalTaskSpec,
     build_local_tasks,
@@ -235,6 +236,8 @@ class CandidateEvaluator:
         locality = self.edit_eval.base_predictions(self.model) if self.settings.teacher_forced else None
         generation = self.gen_eval.base_generations(self.model) if self.gen_eval else None
         result = self.general_eval.evaluate_result() if self.general_eval else None
+        if result is not None:
+            save_base_measurement(self.settings, result)  # what `plan` / `validate` judge precision by
         ref = Reference(locality=locality, general=result.scores if result else {}, metrics={}, general_result=result,
                         generation=generation)
         self.reference = ref
