@@ -66,6 +66,23 @@ class FidelityConfig(_Section):
     )
 
 
+# General tasks readable from a local file (evaluate/real_tasks.py, as lm-eval builds the hub task).
+LOCAL_TASK_NAMES = ("boolq", "logiqa", "rte", "sst2", "wikitext")
+
+
+class LocalTask(_Section):
+    """A general task read from a local file: a bare path, or the path with a budget."""
+
+    path: str = Field(description="The task's file (SST-2/RTE TSV, LogiQA Test.txt, BoolQ JSONL, WikiText-2 test.txt).")
+    limit: int | None = Field(None, ge=1, description="Keep the first N documents of the file.")
+    max_words: int | None = Field(None, ge=1, description="wikitext only: keep the file's first N words.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _bare_path(cls, v):
+        return {"path": v} if isinstance(v, str) else v
+
+
 class EvaluationConfig(_Section):
     batch_size: int = Field(32, ge=1, description="Teacher-forced evaluation batch size.")
     fluency: bool = Field(False, description="Also compute Fluency (sampled generations; slower).")
@@ -75,6 +92,14 @@ class EvaluationConfig(_Section):
     general_metrics: dict[str, str] = Field(
         default_factory=dict,
         description="Metric per general task, e.g. {drop: f1}; a task not named uses its first metric.",
+    )
+    local_tasks: dict[Literal[LOCAL_TASK_NAMES], LocalTask] = Field(  # type: ignore[valid-type]
+        default_factory=dict,
+        description="General tasks read from local files, not the hub, e.g. {sst2: /d/test-SentimentAnalysis.tsv, "
+        "wikitext: {path: /d/wikitext-2/test.txt, max_words: 16000}}; each must be in general_tasks.",
+    )
+    general_se_threshold: float = Field(
+        0.05, gt=0, description="plan/validate warn when a task's retention SE at the configured limit exceeds this.",
     )
     protocol: Literal["sequential"] = Field(
         "sequential", description="Edit all records, then evaluate the final model on all of them (the paper's)."
@@ -111,6 +136,13 @@ class EvaluationConfig(_Section):
         if unknown:
             raise ValueError(f"general_metrics names {unknown}, not in general_tasks {self.general_tasks}: add "
                              "them to evaluation.general_tasks or drop them from evaluation.general_metrics")
+        unlisted = sorted(set(self.local_tasks) - set(self.general_tasks))
+        if unlisted:
+            raise ValueError(f"local_tasks names {unlisted}, not in general_tasks {self.general_tasks}: add them "
+                             "to evaluation.general_tasks or drop them from evaluation.local_tasks")
+        budget = sorted(t for t, lt in self.local_tasks.items() if lt.max_words is not None and t != "wikitext")
+        if budget:
+            raise ValueError(f"local_tasks {budget}: max_words applies to wikitext only; use limit (documents)")
         empty = sorted(t for t, m in self.general_metrics.items() if not m.strip())
         if empty:
             raise ValueError(f"general_metrics: give a metric name for {empty}")

@@ -15,12 +15,14 @@ from pathlib import Path
 
 from mm4ke_ray.config import SweepConfig
 from mm4ke_ray.evaluate.definitions import EDIT_DEFINITIONS
+from mm4ke_ray.evaluate.scores import RETENTION_DEFINITION
 
 # Every field of these sections (a nested one as one value) and single fields. Left out: what
 # changes speed or cost but not a full-fidelity result (evaluation.batch_size; evaluation.fidelity,
 # since successive halving's full rung is the full evaluation) and what only gates loading.
 _SECTIONS = ("model", "data", "evaluation")
-_LEFT_OUT = {"model.trust_remote_code", "model.allow_pickle", "evaluation.batch_size", "evaluation.fidelity"}
+_LEFT_OUT = {"model.trust_remote_code", "model.allow_pickle", "evaluation.batch_size", "evaluation.fidelity",
+             "evaluation.general_se_threshold"}  # the last only sets when plan/validate warn
 _LONGEST = 300  # characters of one field's JSON kept as is
 _FIELDS = ("merge.method", "search.rsft.optimizer", "objectives.edit_weights", "objectives.combined_edit_weight")
 
@@ -44,6 +46,8 @@ def fingerprint_fields(config: SweepConfig) -> dict:
         out["model.gguf_sha256"] = file_sha256(config.model.name)
         out["model.name"] = Path(config.model.name).name
     out["evaluation.definitions"] = EDIT_DEFINITIONS  # rules without a config field (aggregation, stops)
+    if config.evaluation.general_tasks:  # how a task's retention is defined (older sweeps: raw ratio)
+        out["objectives.general_retention"] = RETENTION_DEFINITION
     return {k: _bounded(_portable(out[k])) for k in sorted(out) if k not in _LEFT_OUT}
 
 

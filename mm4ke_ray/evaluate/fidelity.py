@@ -415,23 +415,36 @@ def general_score_stderr(
     n_docs: Mapping[str, int],
     population: Mapping[str, int],
     higher_is_better: Mapping[str, bool] | None = None,
+    floor: Mapping[str, float | None] | None = None,
+    candidate: Mapping[str, float] | None = None,
 ) -> float | None:
-    """SE of `general_score` (mean over T tasks of retention c_t / b_t) from each task's SE.
+    """SE of `general_score` (mean over T tasks of each task's retention) from each task's SE.
 
-    Retention of task t has SE se_t / b_t (the base's score on the same documents is a fixed
-    divisor here); the mean over independent tasks has sqrt(sum (se_t / b_t)^2) / T. Each task's
-    SE gets the finite-population correction of its rung (n of the N documents). The cap at 1 is
-    ignored (it can only shrink the spread). None when a task's SE or a usable base is unknown,
-    or for a lower-is-better task (its retention b / c is not linear in the candidate's score).
+    Retention above chance (c_t − f_t) / (b_t − f_t) has SE se_t / (b_t − f_t) (the base's
+    score on the same documents is a fixed divisor here); a perplexity's retention b_t / c_t
+    has, by the delta method, SE (b_t / c_t) · se_t / c_t (c_t: the `candidate`'s score, the
+    base's where not given). The mean over independent tasks has sqrt(sum SE_t^2) / T. Each
+    task's SE gets the finite-population correction of its rung (n of the N documents; an empty
+    `population` skips it: the SE of an estimate of the task's ability). The clamp to [0, 1] is
+    ignored (it only shrinks the spread). None when a task's SE or a base above its floor is unknown.
     """
     if not base:
         return None
     total = 0.0
     for task, b in base.items():
         se, n, big_n = task_se.get(task), n_docs.get(task, 0), population.get(task, 0)
-        if se is None or not math.isfinite(se) or b <= 0 or not (higher_is_better or {}).get(task, True):
+        if se is None or not math.isfinite(se):
             return None
         if big_n > 1 and n <= big_n:
             se *= math.sqrt((big_n - n) / (big_n - 1))
-        total += (se / b) ** 2
+        if (higher_is_better or {}).get(task, True):
+            span = b - ((floor or {}).get(task) or 0.0)
+            if span <= 0:
+                return None
+            total += (se / span) ** 2
+        else:
+            c = (candidate or {}).get(task, b)
+            if b <= 0 or c <= 0:
+                return None
+            total += (b / c * se / c) ** 2
     return math.sqrt(total) / len(base)

@@ -27,6 +27,7 @@ from rich.console import Console
 from mm4ke_ray.config import DEMO, SweepConfig, validate_config
 from mm4ke_ray.evaluate.candidate import EvalSettings, eval_settings
 from mm4ke_ray.evaluate.pareto import pareto_front, sort_by_combined
+from mm4ke_ray.evaluate.precision import precision_warnings
 from mm4ke_ray.evaluate.scores import OBJECTIVES
 from mm4ke_ray.fingerprint import fingerprint_fields
 from mm4ke_ray.preflight import preflight
@@ -200,6 +201,9 @@ def _execute(config: SweepConfig, source: str, address: str | None, manifest: Ma
     try:
         if pool.reference.general_result is not None:
             pool.reference.general_result.check_noise()
+            for line in precision_warnings(pool.reference.general_result.__dict__,
+                                           config.evaluation.general_se_threshold):
+                console.print(f"[yellow]{line}[/]")
         return _with_pool(run)
     finally:
         # Tune's registry keeps the trainable's parameters (and so the pool's handles) for the

@@ -13,6 +13,7 @@ import yaml
 
 from mm4ke_ray.config import SweepConfig
 from mm4ke_ray.evaluate.definitions import AGGREGATION, EDIT_DEFINITIONS
+from mm4ke_ray.evaluate.scores import RETENTION_DEFINITION
 from mm4ke_ray.evaluate.stop_rules import STOP_RULE_TEXT
 from mm4ke_ray.fingerprint import fingerprint, fingerprint_fields
 from mm4ke_ray.modeling.encoding import EVAL_SCORING, TRAIN_SUPERVISION
@@ -78,6 +79,8 @@ def recorded_choices(config: SweepConfig) -> dict:
         # the same rule GeneralEvaluator.for_prompt_format applies: chat-edited models get the template
         out.update(general_apply_chat_template=config.data.prompt_format == "chat",
                    general_limit=ev.general_limit if ev.general_limit is not None else "all",
+                   general_retention=RETENTION_DEFINITION,
+                   **{f"general_local_task.{t}": lt.model_dump_json(exclude_none=True) for t, lt in ev.local_tasks.items()},
                    **{f"general_metric.{t}": ev.general_metrics.get(t, "first") for t in ev.general_tasks})
     return out
 
