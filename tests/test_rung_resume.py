@@ -62,10 +62,10 @@ def deltas(tiny_model_dir):
     return out
 
 
-def _run(settings, p, folder: Path, delta, trial_id="trial_a", front_key=None, z=0.0):
+def _run(settings, p, folder: Path, delta, trial_id="trial_a", front_key=None, error_rate=0.5):
     ctx = TrialContext(settings=settings, search=SearchConfig(seed=7, space={"alpha": {"low": 0.0, "high": 0.95}}),
                        extra_candidates=EXTRA, runner="task", rsft_cpus=1, rsft_gpus=0, storage_path=str(folder),
-                       actors=tuple(p.actors), fidelity_z=z, rungs_path=str(folder / "rungs"), front_key=front_key)
+                       actors=tuple(p.actors), fidelity_error_rate=error_rate, rungs_path=str(folder / "rungs"), front_key=front_key)
     cands = [{"kind": "sampled", "alpha": 0.1, "sparsity": 0.0}, *({"kind": "extra", "alpha": a, "sparsity": s}
              for a, s in ((0.0, 0.0), (0.3, 0.5), (0.5, 0.2), (0.7, 0.0), (0.95, 0.8)))]
     for c in cands:
@@ -143,13 +143,13 @@ def test_the_sweep_front_drops_what_it_already_beats_and_the_sampled_one_still_g
     rows = [{"edit_score": 0.2, "general_score": 1.0}, {"edit_score": 0.1, "general_score": 0.5},
             {"edit_score": 0.9, "general_score": 0.3}, {"edit_score": float("nan"), "general_score": 1.0}]
     assert publish_front(key, rows) == 2 and read_front(key) == [[0.9, 0.3], [0.2, 1.0]]
-    full, pruned, _, _ = _run(settings, p, tmp_path / "a", deltas[0], front_key=key, z=1.0)
+    full, pruned, _, _ = _run(settings, p, tmp_path / "a", deltas[0], front_key=key, error_rate=0.16)
     assert all(c["metrics"]["fidelity.front_points"] == 2 for c in full + pruned)
     # A front no merge can reach (an edit score of 1 at full retention) beats every candidate by
-    # its own standard errors as soon as it has them: rung 0 is one record (no SE: nothing is
-    # dropped on it), rung 1 three. Only the sampled one, which Optuna needs, goes on to the full rung.
+    # its own (Jeffreys-floored) standard errors as soon as it has them: rung 0 is one record (no
+    # spread to judge: nothing is dropped on it), rung 1 three. Only the sampled one, which Optuna needs, goes on to the full rung.
     publish_front(key, [{"edit_score": 1.0, "general_score": 1.0}])
-    full, pruned, _, evaluations = _run(settings, p, tmp_path / "b", deltas[0], front_key=key, z=1.0)
+    full, pruned, _, evaluations = _run(settings, p, tmp_path / "b", deltas[0], front_key=key, error_rate=0.16)
     assert [c["index"] for c in full] == [0] and len(pruned) == EXTRA
     assert [c["metrics"]["fidelity.rung"] for c in pruned] == [1] * EXTRA
     assert evaluations == 2 * (EXTRA + 1) + 1

@@ -12,6 +12,7 @@ from pathlib import Path
 import yaml
 
 from mm4ke_ray.config import SweepConfig
+from mm4ke_ray.evaluate.evidence import DROP_RULE
 from mm4ke_ray.fingerprint import fingerprint, fingerprint_fields
 from mm4ke_ray.modeling.encoding import EVAL_SCORING, TRAIN_SUPERVISION
 from mm4ke_ray.schema import CONFIG_ARTIFACT, Tag
@@ -64,6 +65,8 @@ def recorded_choices(config: SweepConfig) -> dict:
     obj = config.objectives
     out.update({f"min_{name}": low for name, low in (("edit_score", obj.min_edit_score),
                                                      ("general_score", obj.min_general_score)) if low is not None})
+    if ev.fidelity.enabled and ev.fidelity.rungs > 1:  # how a lower rung drops (issue 23)
+        out.update(fidelity_drop_rule=DROP_RULE, fidelity_error_rate=ev.fidelity.error_rate)
     if ev.mode != "teacher-forced":
         out.update(generation_match=ev.generation_match, generation_extra_tokens=ev.generation_extra_tokens)
     if ev.general_tasks:
