@@ -13,6 +13,7 @@ import hashlib
 import json
 
 from mm4ke_ray.config import SweepConfig
+from mm4ke_ray.modeling.encoding import SUPERVISED
 
 # Every field of these sections (a nested one as one value) and single fields. Left out: what
 # changes speed or cost but not a full-fidelity result (evaluation.batch_size; evaluation.fidelity,
@@ -35,6 +36,8 @@ def fingerprint_fields(config: SweepConfig) -> dict:
             node = node[part]
         out[dotted] = node
     out["objectives.edit_mode"] = config.edit_mode  # resolved: unset and its default are the same scoring
+    if config.data.prompt_format == "chat":  # issue 23: chat R-SFT now also supervises the newline after
+        out["rsft.supervised"] = SUPERVISED["chat"]  # end-of-turn; plain (unchanged) adds no field
     return {k: _bounded(_portable(out[k])) for k in sorted(out) if k not in _LEFT_OUT}
 
 

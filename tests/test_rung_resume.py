@@ -82,10 +82,24 @@ def _outcome(full, pruned) -> dict:
     return {c["index"]: {k: c["metrics"].get(k) for k in keep} for c in full + pruned}
 
 
-def test_a_restarted_trial_reads_back_its_finished_rungs_and_evaluates_only_the_rest(pool, deltas, tmp_path):
+@pytest.fixture
+def far_front():
+    """A published sweep front no merge reaches: it prunes every extra candidate once rung 1 gives
+    them standard errors (9 records and 18 documents are too few for one merge of a delta to show
+    another worse beyond doubt), so a restart has pruned candidates to reproduce."""
+    from mm4ke_ray.search.front_board import drop_front, new_front_key, publish_front
+
+    key = new_front_key()
+    publish_front(key, [{"edit_score": 1.0, "general_score": 1.0}])
+    yield key
+    drop_front(key)
+
+
+def test_a_restarted_trial_reads_back_its_finished_rungs_and_evaluates_only_the_rest(pool, deltas, tmp_path,
+                                                                                      far_front):
     settings, p = pool
     delta = deltas[0]
-    full, pruned, compute, evaluations = _run(settings, p, tmp_path, delta)
+    full, pruned, compute, evaluations = _run(settings, p, tmp_path, delta, front_key=far_front)
     first = _outcome(full, pruned)
     assert pruned and evaluations == sum(c["metrics"]["fidelity.rung"] + 1 for c in full + pruned)
     assert all(c["metrics"]["fidelity.reused_rungs"] == 0 for c in full + pruned)
@@ -97,7 +111,7 @@ def test_a_restarted_trial_reads_back_its_finished_rungs_and_evaluates_only_the_
     # Died after rung 0: only rung 0 is on record. The restart scores rungs 1 and 2 only.
     doc["rungs"] = {"0": doc["rungs"]["0"]}
     record.write_text(json.dumps(doc))
-    full2, pruned2, compute2, evaluations2 = _run(settings, p, tmp_path, delta)
+    full2, pruned2, compute2, evaluations2 = _run(settings, p, tmp_path, delta, front_key=far_front)
     assert evaluations2 == evaluations - (EXTRA + 1)
     assert _outcome(full2, pruned2) == first  # the same promotions and the same full values
     assert all(c["metrics"]["fidelity.reused_rungs"] == 1 for c in full2 + pruned2)
@@ -105,7 +119,7 @@ def test_a_restarted_trial_reads_back_its_finished_rungs_and_evaluates_only_the_
         (compute["eval_compute_records"], compute["eval_compute_docs"])  # what the results cost, as before
 
     # Finished every rung: a restart evaluates nothing.
-    assert _run(settings, p, tmp_path, delta)[3] == 0
+    assert _run(settings, p, tmp_path, delta, front_key=far_front)[3] == 0
 
 
 def test_a_record_of_other_work_is_not_used(pool, deltas, tmp_path):

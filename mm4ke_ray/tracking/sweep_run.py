@@ -14,7 +14,7 @@ import yaml
 from mm4ke_ray.config import SweepConfig
 from mm4ke_ray.evaluate.evidence import DROP_RULE
 from mm4ke_ray.fingerprint import fingerprint, fingerprint_fields
-from mm4ke_ray.modeling.encoding import EVAL_SCORING, TRAIN_SUPERVISION
+from mm4ke_ray.modeling.encoding import EVAL_SCORING, SUPERVISED, TRAIN_SUPERVISION
 from mm4ke_ray.schema import CONFIG_ARTIFACT, Tag
 from mm4ke_ray.storage import is_uri
 from mm4ke_ray.tracking.buffer import SPOOL_FILE
@@ -60,6 +60,7 @@ def recorded_choices(config: SweepConfig) -> dict:
     space = config.search.space  # a searched schedule: its choices/range; each candidate run logs its own
     out = {"rsft_lr_schedule": space.lr_schedule.text(), "rsft_warmup_ratio": space.warmup_ratio.text(),
            "train_supervision": TRAIN_SUPERVISION[config.data.prompt_format], "eval_scoring": EVAL_SCORING,
+           "rsft_supervised": SUPERVISED[config.data.prompt_format],
            "eval_mode": ev.mode, "edit_mode": config.edit_mode}
     # The front, best pick and export read these back (evaluate.pareto.minimums_from_params).
     obj = config.objectives
