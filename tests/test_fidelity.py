@@ -14,8 +14,14 @@ import pytest
 from conftest import ZSRE
 
 from mm4ke_ray.config import EvaluationConfig, FidelityConfig, load_config
-from mm4ke_ray.errors import ConfigError
-from mm4ke_ray.evaluate.evidence import jeffreys_floor, sign_test_pvalue, z_error_rate, z_for
+from mm4ke_ray.errors import ConfigError, UserError
+from mm4ke_ray.evaluate.evidence import (
+    check_halving_evidence,
+    jeffreys_floor,
+    sign_test_pvalue,
+    z_error_rate,
+    z_for,
+)
 from mm4ke_ray.evaluate.fidelity import (
     RungItems,
     RungResult,
@@ -242,6 +248,13 @@ def test_an_unknown_or_zero_standard_error_is_no_evidence():
         assert promote([strong, weak], reduction_factor=10.0, error_rate=rate) == ["strong", "weak"]
     exact = RungResult("exact", 0.9, 0.9, edit_se=0.0, general_se=0.0)
     assert not dominates_beyond_doubt(exact, RungResult("w", 0.1, 0.1, 0.0, 0.0), 0.5)
+
+
+def test_halving_refuses_general_tasks_that_can_never_give_evidence():
+    check_halving_evidence({"boolq": 0.02, "demo_facts": 0.05}, {})  # per-document accuracies: fine
+    with pytest.raises(UserError) as err:
+        check_halving_evidence({"boolq": 0.02, "squadv2": None, "wikitext": 0.3}, {"wikitext": False})
+    assert "['squadv2', 'wikitext']" in str(err.value) and "evaluation.fidelity.enabled: false" in str(err.value)
 
 
 def test_promotion_refuses_bad_arguments():

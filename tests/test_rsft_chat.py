@@ -1,5 +1,6 @@
-"""Chat format: training supervises the assistant's end-of-turn token (as LLaMA-Factory);
-evaluation keeps EasyEdit's answer tokens; both definitions are recorded with the run."""
+"""Chat format: training supervises the assistant's end of turn (as LLaMA-Factory: the end-of-turn
+token and the newline after it); evaluation keeps EasyEdit's answer tokens; both definitions are
+recorded with the run."""
 
 from __future__ import annotations
 

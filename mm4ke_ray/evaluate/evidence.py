@@ -25,6 +25,8 @@ import math
 from collections.abc import Sequence
 from statistics import NormalDist
 
+from mm4ke_ray.errors import UserError
+
 # The error rate per comparison, stated with every run (`evaluation.fidelity.error_rate`).
 DROP_RULE = "sign test on discordant items + paired z on the mean difference, per objective, both objectives"
 
@@ -99,8 +101,14 @@ def jeffreys_floor(items: Sequence[float], population: int) -> float:
     return s * math.sqrt(m * (1 - m) / n) * _fpc(n, population)
 
 
-def tasks_without_evidence(stderr: dict[str, float | None], higher_is_better: dict[str, bool]) -> list[str]:
-    """General outputs on which no lower rung can show a candidate worse: no standard error (no
-    per-document values, e.g. SQuAD 2.0's), or lower-is-better (retention b / c is not linear in
-    the candidate's score). Halving with them would never drop anything, at extra cost."""
-    return sorted(t for t, se in stderr.items() if se is None or not higher_is_better.get(t, True))
+def check_halving_evidence(stderr: dict[str, float | None], higher_is_better: dict[str, bool]) -> None:
+    """UserError naming the general outputs (the base's, per task) on which no lower rung can show a
+    candidate worse: no standard error (no per-document values, e.g. SQuAD 2.0's), or
+    lower-is-better (retention b / c is not linear in the candidate's score). Halving with them
+    would never drop anything on evidence (both objectives must show it), at extra cost."""
+    blind = sorted(t for t, se in stderr.items() if se is None or not higher_is_better.get(t, True))
+    if blind:
+        raise UserError(f"evaluation.fidelity: general task(s) {blind} report no per-document values or are "
+                        "lower-is-better, so no lower rung can show a candidate worse on them and halving would "
+                        "evaluate every candidate in full at extra cost; leave them out of "
+                        "evaluation.general_tasks or set evaluation.fidelity.enabled: false")

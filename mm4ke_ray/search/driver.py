@@ -25,9 +25,8 @@ from ray import tune
 from rich.console import Console
 
 from mm4ke_ray.config import DEMO, SweepConfig, validate_config
-from mm4ke_ray.errors import UserError
 from mm4ke_ray.evaluate.candidate import EvalSettings, eval_settings
-from mm4ke_ray.evaluate.evidence import tasks_without_evidence
+from mm4ke_ray.evaluate.evidence import check_halving_evidence
 from mm4ke_ray.evaluate.pareto import pareto_front, sort_by_combined
 from mm4ke_ray.evaluate.scores import OBJECTIVES
 from mm4ke_ray.fingerprint import fingerprint_fields
@@ -202,23 +201,15 @@ def _execute(config: SweepConfig, source: str, address: str | None, manifest: Ma
     try:
         if pool.reference.general_result is not None:
             pool.reference.general_result.check_noise()
-            _check_halving_evidence(settings, pool.reference.general_result)
+            if settings.fidelity_rungs > 1:
+                result = pool.reference.general_result
+                check_halving_evidence(result.stderr, result.higher_is_better)
         return _with_pool(run)
     finally:
         # Tune's registry keeps the trainable's parameters (and so the pool's handles) for the
         # process's lifetime: without an explicit kill the pool would hold its CPUs/GPUs until
         # the driver exits and starve a next sweep in the same process.
         stop_pool(pool)
-
-
-def _check_halving_evidence(settings: EvalSettings, result) -> None:
-    """Halving (issue 23) drops only on evidence: refuse general tasks that can never give any."""
-    blind = tasks_without_evidence(result.stderr, result.higher_is_better) if settings.fidelity_rungs > 1 else []
-    if blind:
-        raise UserError(f"evaluation.fidelity: general task(s) {blind} report no per-document values or are "
-                        "lower-is-better, so no lower rung can show a candidate worse on them and halving would "
-                        "evaluate every candidate in full at extra cost; leave them out of "
-                        "evaluation.general_tasks or set evaluation.fidelity.enabled: false")
 
 
 def _with_pool(run: SweepRun) -> SweepOutcome:
