@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from statistics import NormalDist
 from typing import Annotated, Any, Literal
 
 import yaml
@@ -43,27 +44,41 @@ class FidelityConfig(_Section):
     """Successive halving over evaluation fidelity (mm4ke_ray/evaluate/fidelity.py); off by default.
 
     On, a trial's merge candidates are scored on growing seeded subsets of the edit records and
-    lm-eval documents; only those not dominated by the margin among the trial's own candidates
-    go on, up to the full evaluation; with `against_front`, also only those the sweep's full
+    lm-eval documents; only those no other of the trial's own candidates dominates beyond doubt
+    (`error_rate` per comparison) go on, up to the full evaluation; with `against_front`, also only those the sweep's full
     results so far do not beat. The sampled candidate always reaches it; only full results are
     candidates (Optuna, front, best pick, export)."""
 
     enabled: bool = Field(
         False, description="Score a trial's merge candidates on growing record/document subsets first; "
-        "only those not dominated by the margin go on to the full evaluation.",
+        "only those not dominated beyond doubt go on to the full evaluation.",
     )
     rungs: int = Field(3, ge=1, description="Rungs; the last is the full evaluation (1: no halving).")
     reduction_factor: float = Field(
         3.0, gt=1, description="Rung r evaluates reduction_factor^-(rungs-1-r) of the records and documents.",
     )
-    margin_z: float = Field(
-        1.0, ge=0, description="A candidate is dropped when another beats it by margin_z standard errors of "
-        "the difference: at least that in both objectives, more in one.",
-    )
+    error_rate: float = Field(0.05, gt=0, le=0.5, description="Chance per comparison of dropping a candidate the "
+                              "other does not truly dominate: dropped when the rung's items show another better in "
+                              "both objectives (sign test on differing items + paired z test; evaluate/evidence.py).")
+    margin_z: float | None = Field(None, ge=0, description="Replaced by error_rate; an old margin_z z runs as "
+                                   "error_rate 1 - Phi(z) (z 1: 0.159) under the evidence rule.")
     against_front: bool = Field(
         True, description="Also drop a candidate that the sweep's full results so far (base, earlier trials, "
-        "--warm-start) beat by margin_z of its standard errors; such a one is not kept to fill the minimum.",
+        "--warm-start) beat beyond doubt (error_rate); such a one is not kept to fill the minimum.",
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _margin_z_as_error_rate(cls, data):
+        # Issue 23: an old config (or a sweep's stored one) keeps running at its margin's error rate.
+        z = data.get("margin_z") if isinstance(data, dict) else None
+        if not isinstance(z, int | float) or isinstance(z, bool) or z < 0:
+            return data
+        rate, given = 1 - NormalDist().cdf(z), data.get("error_rate")
+        if given is not None and not math.isclose(given, rate, rel_tol=1e-9):
+            raise ValueError(f"margin_z {z} (error rate {rate:.4g}) and error_rate {given} disagree: margin_z was "
+                             "replaced by error_rate; give error_rate only")
+        return {**data, "error_rate": rate, "margin_z": None}
 
 
 # General tasks readable from a local file (evaluate/real_tasks.py, as lm-eval builds the hub task).

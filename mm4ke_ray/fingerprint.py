@@ -16,6 +16,7 @@ from pathlib import Path
 from mm4ke_ray.config import SweepConfig
 from mm4ke_ray.evaluate.definitions import EDIT_DEFINITIONS
 from mm4ke_ray.evaluate.scores import RETENTION_DEFINITION
+from mm4ke_ray.modeling.encoding import SUPERVISED
 
 # Every field of these sections (a nested one as one value) and single fields. Left out: what
 # changes speed or cost but not a full-fidelity result (evaluation.batch_size; evaluation.fidelity,
@@ -48,6 +49,8 @@ def fingerprint_fields(config: SweepConfig) -> dict:
     out["evaluation.definitions"] = EDIT_DEFINITIONS  # rules without a config field (aggregation, stops)
     if config.evaluation.general_tasks:  # how a task's retention is defined (older sweeps: raw ratio)
         out["objectives.general_retention"] = RETENTION_DEFINITION
+    if config.data.prompt_format == "chat":  # issue 23: chat R-SFT now also supervises the newline after
+        out["rsft.supervised"] = SUPERVISED["chat"]  # end-of-turn; plain (unchanged) adds no field
     return {k: _bounded(_portable(out[k])) for k in sorted(out) if k not in _LEFT_OUT}
 
 
