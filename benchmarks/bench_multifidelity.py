@@ -9,8 +9,9 @@ Issue 13 part 3. The search of `bench_search_quality.py` (the 4-block world of
 per-record scores, so promotion could not be replayed from it.
 - arm "full": every candidate is evaluated in full (`evaluation.fidelity` off);
 - arm "halving": each trial's candidates go through `fidelity.run_rungs` as `search/trial.py`'s
-  `_evaluate_candidates` does it (product defaults: 3 rungs, reduction factor 3, margin z 1,
-  paired standard errors, `against_front`: the sweep's full results so far, base included, as
+  `_evaluate_candidates` does it (product defaults: 3 rungs, reduction factor 3, drop only on
+  evidence at error rate 0.05 per comparison (issue 23: sign test + paired z per objective,
+  `evaluate/evidence.py`), `against_front`: the sweep's full results so far, base included, as
   the driver publishes them before the trial (`front_board.front_points`); the sampled candidate
   always reaches the full rung); only candidates that reached the full rung are rows, and only
   they are told to Optuna (in-space extras as extra points);
@@ -26,10 +27,14 @@ model's edit score, 0) as in search quality; evaluation compute summed over ever
 every rung, as the trial's `_compute` does: records + documents scored (`eval_records`,
 `eval_docs`) and `eval_seconds` (the wall around each evaluate call is reported beside it: it
 also holds the one-time base reference of each lower rung); candidates evaluated per rung.
+True-front drop rate (issue 23): every candidate a halving arm pruned is also evaluated in full,
+for this measurement only (not counted as compute, not a row, not told); of the candidates on the
+front of all that arm's candidates (pruned ones at their full values), the share halving pruned.
 Goals, median over seeds of the per-seed ratio halving / full:
 - hypervolume >= 0.98;
 - evaluation compute, records + documents, <= 0.5;
-- evaluation compute, seconds, <= 0.5.
+- evaluation compute, seconds, <= 0.5;
+- true-front drop rate (pooled over seeds) <= 0.02.
 
     python benchmarks/bench_multifidelity.py               # 16 R-SFT runs x 3 seeds x 2 arms, 4-block world (~11 min)
     python benchmarks/bench_multifidelity.py --smoke-test  # 3 runs x 1 seed, the everyday 2-block demo (~35 s)
@@ -53,11 +58,12 @@ SAMPLER = "tpe"
 ARMS = ("full", "halving", "halving-in-trial")
 GOAL_HV = 0.98
 GOAL_COMPUTE = 0.5
+GOAL_FRONT_DROP = 0.02
 # The everyday demo has 2 blocks: the search-quality space with its layer choices cut to them.
 SMOKE_SPACE = {**search_world.SPACE, "layer": {"choices": [0, 1]}}
 # The result's per-candidate lists, as rows of these fields (floats to 5 decimals: a small file).
 ROW_FIELDS = ("trial", "kind", "alpha", "sparsity", "edit_score", "general_score", "combined_score")
-RUNG_FIELDS = ("edit", "general", "edit_se", "general_se", "dominated", "margin_dominated", "beaten_by_front")
+RUNG_FIELDS = ("edit", "general", "edit_se", "general_se", "dominated", "dominated_beyond_doubt", "beaten_by_front")
 
 
 def main() -> None:
@@ -73,6 +79,7 @@ def main() -> None:
     from mm4ke_ray.data import load_edit_records
     from mm4ke_ray.demo.build import build_demo
     from mm4ke_ray.evaluate.candidate import CandidateEvaluator
+    from mm4ke_ray.evaluate.evidence import DROP_RULE
     from mm4ke_ray.modeling import load_model, load_tokenizer
 
     smoke = args.smoke_test
@@ -92,7 +99,7 @@ def main() -> None:
     print(f"world: {'everyday demo' if smoke else f'{search_world.DEMO_LAYERS}-block demo'} "
           f"({assets.model_dir}), {len(full_eval.records)} edits, general tasks {list(settings.general_tasks)}; "
           f"{trials} R-SFT runs x {EXTRA + 1} candidates, seeds {list(seeds)}; halving: {fid.rungs} rungs, "
-          f"factor {fid.reduction_factor:g}, z {fid.margin_z:g}; HV reference {reference}", flush=True)
+          f"factor {fid.reduction_factor:g}, error rate {fid.error_rate:g}; HV reference {reference}", flush=True)
     runs = []
     for seed in seeds:
         t0 = time.perf_counter()
@@ -113,6 +120,8 @@ def main() -> None:
     in_trial = [_seed_ratios(runs, seed, "halving-in-trial") for seed in seeds]
     median_in_trial = {k: statistics.median(r[k] for r in in_trial) for k in in_trial[0]}
     n = len(seeds)
+    drops = {arm: _front_drops([r for r in runs if r["arm"] == arm]) for arm in ARMS[1:]}
+    print("true-front drop rate: " + ", ".join(f"{arm} {d['dropped']}/{d['front']}" for arm, d in drops.items()))
     print(f"median halving / full over {n} seed(s): " + ", ".join(f"{k} {v:.3f}" for k, v in median.items()))
     print("(information) median halving-in-trial / full: "
           + ", ".join(f"{k} {v:.3f}" for k, v in median_in_trial.items()))
@@ -125,6 +134,9 @@ def main() -> None:
                          higher_is_better=False),
         common.goal_line(f"multi-fidelity: evaluation compute (seconds) with halving / full, median of {n} "
                          f"seeds (fraction)", median["seconds"], GOAL_COMPUTE, higher_is_better=False),
+        common.goal_line(f"multi-fidelity: true-front drop rate with halving (pruned candidates on the front of all "
+                         f"the arm's candidates at full fidelity / that front), {n} seeds pooled (fraction)",
+                         drops["halving"]["rate"], GOAL_FRONT_DROP, higher_is_better=False),
     ]
     plan = halving_eval.rung_plan()
     common.write_result("multifidelity", args, {
@@ -134,9 +146,10 @@ def main() -> None:
             "world": "everyday demo (2 blocks)" if smoke else f"search_world ({search_world.DEMO_LAYERS} blocks)",
             "demo_key": assets.manifest["key"], "space": space, "sampler": SAMPLER, "rsft_runs": trials,
             "extra_candidates": EXTRA, "seeds": list(seeds), "arms": list(ARMS),
-            "fidelity": {"rungs": fid.rungs, "reduction_factor": fid.reduction_factor, "margin_z": fid.margin_z,
+            "fidelity": {"rungs": fid.rungs, "reduction_factor": fid.reduction_factor, "error_rate": fid.error_rate,
+                         "drop_rule": DROP_RULE,
                          "against_front": {"halving": True, "halving-in-trial": False},
-                         "standard_errors": "paired where items line up", "seed": "the search seed"},
+                         "seed": "the search seed"},
             "records_per_rung": [len(plan.records(r)) for r in range(plan.rungs)],
             "docs_per_rung": [sum(len(d[r]) for d in plan.general_docs.values()) for r in range(plan.rungs)],
             "general_tasks": list(settings.general_tasks), "edit_weights": settings.edit_weights,
@@ -147,7 +160,7 @@ def main() -> None:
         "per_seed_ratios": dict(zip(map(str, seeds), ratios, strict=True)), "median_ratios": median,
         "in_trial_only": {"per_seed_ratios": dict(zip(map(str, seeds), in_trial, strict=True)),
                           "median_ratios": median_in_trial},
-        "runs": runs, "goals": goals,
+        "true_front_drops": drops, "runs": runs, "goals": goals,
     })
 
 
@@ -207,7 +220,7 @@ def _search(arm: str, seed: int, trials: int, space: dict, evaluator, trainer: _
         sampler=sp.make_sampler(search, points_per_trial=EXTRA + 1),
     )
     names = [o.name for o in (*OBJECTIVES, COMBINED)]
-    rows, evaluations, per_rung, trial_log = [], [], [0] * fid.rungs, []
+    rows, evaluations, per_rung, trial_log, shadow = [], [], [0] * fid.rungs, [], []
     start = time.perf_counter()
     for i in range(trials):
         trial_id = f"{arm}_{seed}_{i:05d}"
@@ -223,6 +236,8 @@ def _search(arm: str, seed: int, trials: int, space: dict, evaluator, trainer: _
         # The front the driver would have published before this trial: base and every full row so far.
         front = front_points([base, *rows]) if arm != "full" and fid.against_front else []
         full, evals, reached, rung_logs = _evaluate(arm, cands, delta, evaluator, seed, fid, front)
+        shadow += [[i, c["index"], c["index"] in {f["index"] for f in full},
+                    *(_round(c["shadow"][o.name]) for o in OBJECTIVES)] for c in cands]
         evaluations += evals
         for r, count in enumerate(reached):
             per_rung[r] += count
@@ -253,18 +268,19 @@ def _search(arm: str, seed: int, trials: int, space: dict, evaluator, trainer: _
             "layers": sorted({int(t["params"]["layer"]) for t in trial_log}),
             "diverged": sum(t["status"] == "diverged" for t in trial_log),
             "lower_rungs": _rung_counts(trial_log, fid.rungs), "seconds": time.perf_counter() - start,
-            "rows": [[_round(r[k]) for k in ROW_FIELDS] for r in rows], "trials": trial_log}
+            "rows": [[_round(r[k]) for k in ROW_FIELDS] for r in rows], "trials": trial_log,
+            "all_candidates": shadow}
 
 
 def _rung_counts(trial_log: list[dict], rungs: int) -> list[dict]:
     """Per lower rung, over all trials: candidates evaluated, dominated at all among their trial's
-    candidates, dominated by the margin, promoted (margin survivors, the quota's fill, the sampled one)."""
+    candidates, dominated beyond doubt, promoted (survivors, the quota's fill, the sampled one)."""
     out = []
     for r in range(rungs - 1):
         logs = [t["lower_rungs"][r] for t in trial_log if len(t.get("lower_rungs", [])) > r]
         cands = [c for log in logs for c in log.values()]
         out.append({"evaluated": len(cands), "dominated": sum(c[4] for c in cands),
-                    "margin_dominated": sum(c[5] for c in cands), "beaten_by_front": sum(c[6] for c in cands),
+                    "dominated_beyond_doubt": sum(c[5] for c in cands), "beaten_by_front": sum(c[6] for c in cands),
                     "promoted": sum(t["candidates_per_rung"][r + 1] for t in trial_log
                                     if len(t.get("lower_rungs", [])) > r)})
     return out
@@ -289,7 +305,7 @@ def _evaluate(arm: str, cands: list[dict], delta: dict, evaluator, seed: int, fi
 
     if arm == "full":
         for i, c in enumerate(cands):
-            c["metrics"] = score(i, None)
+            c["metrics"] = c["shadow"] = score(i, None)
         return cands, [c["metrics"] for c in cands], [len(cands)] + [0] * (fid.rungs - 1), []
     by_rung: dict[int, dict[int, dict]] = {}
 
@@ -298,27 +314,49 @@ def _evaluate(arm: str, cands: list[dict], delta: dict, evaluator, seed: int, fi
         return {str(i): rung_result(str(i), m) for i, m in by_rung[rung].items()}
 
     history = run_rungs([str(i) for i in range(len(cands))], evaluate_at, fid.rungs, fid.reduction_factor,
-                        fid.margin_z, keep=["0"], front=front)
+                        fid.error_rate, keep=["0"], front=front)
     last = fid.rungs - 1
     full = []
-    for i in sorted(by_rung.get(last, {})):
-        cands[i]["metrics"] = by_rung[last][i]
-        full.append(cands[i])
+    for i, c in enumerate(cands):
+        if i in by_rung.get(last, {}):
+            c["metrics"] = c["shadow"] = by_rung[last][i]
+            full.append(c)
+        else:  # pruned: its full value, for the true-front drop rate only (not compute, not a row)
+            c["shadow"] = evaluator.evaluate(delta, c["alpha"], c["sparsity"], seed, last)
     reached = [len(h) for h in history] + [0] * (fid.rungs - len(history))
-    rungs = [_rung_log(h, fid.margin_z, front) for h in history[:-1] if len(history) > 1]
+    rungs = [_rung_log(h, fid.error_rate, front) for h in history[:-1] if len(history) > 1]
     return full, [m for got in by_rung.values() for m in got.values()], reached, rungs
 
 
-def _rung_log(results: dict, z: float, front: list) -> dict:
+def _rung_log(results: dict, error_rate: float, front: list) -> dict:
     """A lower rung of one trial: each candidate's scores and SEs, whether another candidate
-    dominates it at all (plain Pareto dominance) and by the margin, and whether the sweep's
-    front beats it (the last two are what drop it)."""
-    from mm4ke_ray.evaluate.fidelity import beaten_by_exact, margin_dominators
+    dominates it at all (plain Pareto dominance on the rung's scores) and beyond doubt, and
+    whether the sweep's front beats it (the last two are what drop it)."""
+    from mm4ke_ray.evaluate.fidelity import beaten_by_exact, dominators
 
     group = list(results.values())
-    return {k: [*map(_round, (r.edit, r.general, r.edit_se, r.general_se)), margin_dominators(r, group, 0.0) > 0,
-                margin_dominators(r, group, z) > 0, any(beaten_by_exact(r, pt, z) for pt in front)]
+
+    def plain(a) -> bool:
+        return any(b is not a and all(x >= y for x, y in zip(b.values(), a.values(), strict=True))
+                   and b.values() != a.values() for b in group)
+
+    return {k: [*map(_round, (r.edit, r.general, r.edit_se, r.general_se)), plain(r),
+                dominators(r, group, error_rate) > 0, any(beaten_by_exact(r, pt, error_rate) for pt in front)]
             for k, r in results.items()}
+
+
+def _front_drops(runs: list[dict]) -> dict:
+    """Over `runs` (one arm, every seed): candidates on the front of all of a run's candidates at
+    full fidelity (pruned ones at their shadow full values), and how many of them were pruned."""
+    from mm4ke_ray.evaluate.pareto import pareto_front
+
+    front = dropped = 0
+    for run in runs:
+        points = [{"edit_score": e, "general_score": g} for *_, e, g in run["all_candidates"]]
+        on = pareto_front(points)
+        front += len(on)
+        dropped += sum(1 for i in on if not run["all_candidates"][i][2])
+    return {"front": front, "dropped": dropped, "rate": dropped / front if front else 0.0}
 
 
 def _round(x):
@@ -344,7 +382,7 @@ def _line(run: dict) -> str:
             f"{c['wall_seconds']:.1f} s); layers {run['layers']}, "
             f"{run['diverged']} diverged; {run['seconds']:.0f} s in all"
             + "".join(f"\n    rung {r}: {x['evaluated']} evaluated, {x['dominated']} dominated, "
-                      f"{x['margin_dominated']} by the margin, {x['beaten_by_front']} beaten by the front, "
+                      f"{x['dominated_beyond_doubt']} beyond doubt, {x['beaten_by_front']} beaten by the front, "
                       f"{x['promoted']} promoted"
                       for r, x in enumerate(run["lower_rungs"]) if x["evaluated"]))
 

@@ -11,14 +11,19 @@ from __future__ import annotations
 
 import hashlib
 import json
+from pathlib import Path
 
 from mm4ke_ray.config import SweepConfig
+from mm4ke_ray.evaluate.definitions import EDIT_DEFINITIONS
+from mm4ke_ray.evaluate.scores import RETENTION_DEFINITION
+from mm4ke_ray.modeling.encoding import SUPERVISED
 
 # Every field of these sections (a nested one as one value) and single fields. Left out: what
 # changes speed or cost but not a full-fidelity result (evaluation.batch_size; evaluation.fidelity,
 # since successive halving's full rung is the full evaluation) and what only gates loading.
 _SECTIONS = ("model", "data", "evaluation")
 _LEFT_OUT = {"model.trust_remote_code", "model.allow_pickle", "evaluation.batch_size", "evaluation.fidelity",
+             "evaluation.general_se_threshold",  # only sets when plan/validate warn
              "evaluation.shared_context"}  # the same per-document results as lm-eval's HFLM, only faster
 _LONGEST = 300  # characters of one field's JSON kept as is
 _FIELDS = ("merge.method", "search.rsft.optimizer", "objectives.edit_weights", "objectives.combined_edit_weight")
@@ -36,6 +41,17 @@ def fingerprint_fields(config: SweepConfig) -> dict:
             node = node[part]
         out[dotted] = node
     out["objectives.edit_mode"] = config.edit_mode  # resolved: unset and its default are the same scoring
+    # Imported here: the modeling package loads torch.
+    from mm4ke_ray.modeling.gguf import file_sha256, is_gguf
+
+    if is_gguf(config.model.name):  # a GGUF base is its content: digest and file name, not its path
+        out["model.gguf_sha256"] = file_sha256(config.model.name)
+        out["model.name"] = Path(config.model.name).name
+    out["evaluation.definitions"] = EDIT_DEFINITIONS  # rules without a config field (aggregation, stops)
+    if config.evaluation.general_tasks:  # how a task's retention is defined (older sweeps: raw ratio)
+        out["objectives.general_retention"] = RETENTION_DEFINITION
+    if config.data.prompt_format == "chat":  # issue 23: chat R-SFT now also supervises the newline after
+        out["rsft.supervised"] = SUPERVISED["chat"]  # end-of-turn; plain (unchanged) adds no field
     return {k: _bounded(_portable(out[k])) for k in sorted(out) if k not in _LEFT_OUT}
 
 

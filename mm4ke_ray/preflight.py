@@ -18,6 +18,7 @@ from mm4ke_ray.config import DEMO, ModelConfig, SweepConfig
 from mm4ke_ray.data import load_edit_records
 from mm4ke_ray.data.sources import _HUB_ID
 from mm4ke_ray.errors import ConfigError, UserError
+from mm4ke_ray.evaluate.real_tasks import build_local_task, local_task_specs, task_cache_root
 from mm4ke_ray.storage import storage_problem
 from mm4ke_ray.tracking.health import health_problem
 
@@ -54,9 +55,24 @@ def _native_architecture(model_type) -> bool:
     return isinstance(model_type, str) and model_type in CONFIG_MAPPING_NAMES
 
 
+def local_task_folders(config: SweepConfig) -> tuple[list[Path], list[str]]:
+    """(task folders, problems) of `evaluation.local_tasks`: each file is read and converted
+    (into the task cache) here, so a bad line is named before any Ray work."""
+    if not config.evaluation.local_tasks:
+        return [], []
+    folders, problems = [], []
+    for spec in local_task_specs(config):
+        try:
+            folders.append(build_local_task(spec, task_cache_root()))
+        except UserError as exc:
+            problems.append(str(exc) if str(exc).startswith("evaluation.") else f"evaluation.local_tasks.{spec.name}: {exc}")
+    return folders, problems
+
+
 def model_problems(model: ModelConfig) -> tuple[list[str], int | None]:
     """(problems, number of layers) for `model.name` when it is a local folder; a hub id passes
     when it can be had from here (cached, or the hub reachable)."""
+    from mm4ke_ray.modeling.gguf import is_gguf, read_gguf_info
     from mm4ke_ray.modeling.loading import check_model_source
 
     if model.name == DEMO:
@@ -65,6 +81,8 @@ def model_problems(model: ModelConfig) -> tuple[list[str], int | None]:
         check_model_source(model.name)
     except UserError as exc:
         return [f"model.name: {exc}"], None
+    if is_gguf(model.name):  # checked (architecture included); dequantized when first loaded
+        return [], read_gguf_info(model.name).block_count
     folder = Path(model.name).expanduser()
     if not folder.is_dir():
         return [], None  # a hub id: checked when it is downloaded
@@ -159,11 +177,14 @@ def preflight(config: SweepConfig, source: str, num_layers: int | None = None, c
     except UserError as exc:
         problems.append(f"merge.method: {exc}")
     tasks = config.evaluation.general_tasks
-    if tasks and config.model.name != DEMO:
+    local, local_problems = local_task_folders(config)
+    problems += local_problems
+    if tasks and config.model.name != DEMO and not local_problems:
         try:
             from mm4ke_ray.evaluate.general import validate_tasks
 
-            validate_tasks(tasks, config.evaluation.task_include_path)
+            include = [config.evaluation.task_include_path] if config.evaluation.task_include_path else []
+            validate_tasks(tasks, include + local or None)
         except UserError as exc:
             problems.append(f"evaluation.general_tasks: {exc}")
     if msg := storage_problem(config.storage_path):

@@ -86,6 +86,8 @@ SLOW_FILES_FIRST = (
     "test_sweep.py",
     "test_faults.py",
     "test_benchmarks_smoke.py",
+    "test_smollm2.py",
+    "test_gguf_sweep.py",
     "test_concurrent_sweeps.py",
     "test_resume.py",
     "test_quiet.py",

@@ -31,7 +31,7 @@ def test_dominated_candidates_stop_and_the_kept_one_always_goes_on():
              1: {"a": (0.9, 0.9), "b": (0.1, 0.1), "d": (0.2, 0.2)},
              2: {"a": (0.88, 0.91), "d": (0.21, 0.2)}}
     calls = []
-    history = run_rungs(["d", "a", "b", "c"], _scorer(table, 0.01, calls), 3, 2.0, 1.0, keep=["d"])
+    history = run_rungs(["d", "a", "b", "c"], _scorer(table, 0.01, calls), 3, 2.0, 0.16, keep=["d"])
     assert calls == [(0, ["d", "a", "b", "c"]), (1, ["d", "a", "b"]), (2, ["d", "a"])]
     assert [sorted(h) for h in history] == [["a", "b", "c", "d"], ["a", "b", "d"], ["a", "d"]]
     assert history[-1]["a"].values() == (0.88, 0.91)  # the last rung's own scores
@@ -40,33 +40,36 @@ def test_dominated_candidates_stop_and_the_kept_one_always_goes_on():
 def test_noisy_rungs_drop_nothing():
     table = {0: {"a": (0.9, 0.9), "b": (0.1, 0.1)}, 1: {"a": (0.9, 0.9), "b": (0.1, 0.1)}}
     calls = []
-    history = run_rungs(["a", "b"], _scorer(table, 1.0, calls), 2, 3.0, 1.0)  # SE 1: no margin is met
+    history = run_rungs(["a", "b"], _scorer(table, 1.0, calls), 2, 3.0, 0.16)  # SE 1: no evidence
     assert sorted(history[-1]) == ["a", "b"]
-    unknown = run_rungs(["a", "b"], lambda r, ks: {k: RungResult(k, *table[r][k]) for k in ks}, 2, 3.0, 1.0)
+    unknown = run_rungs(["a", "b"], lambda r, ks: {k: RungResult(k, *table[r][k]) for k in ks}, 2, 3.0, 0.5)
     assert sorted(unknown[-1]) == ["a", "b"]  # unknown SEs: nothing is dropped on them
 
 
 def test_the_minimum_fill_keeps_ceil_n_over_eta():
-    # z = 0: plain dominance; one candidate dominates all others, but ceil(4/2) = 2 go on.
+    # One candidate dominates all others beyond doubt, but ceil(4/2) = 2 go on: the one with the
+    # fewest dominators fills up ("b": "a" only; "c": "a" and "b").
     table = {0: {"a": (0.9, 0.9), "b": (0.5, 0.4), "c": (0.4, 0.3), "d": (0.1, 0.1)},
              1: {k: (0.5, 0.5) for k in "abcd"}}
-    history = run_rungs(list("abcd"), _scorer(table, 0.0, []), 2, 2.0, 0.0)
+    history = run_rungs(list("abcd"), _scorer(table, 0.01, []), 2, 2.0, 0.05)
     assert sorted(history[-1]) == ["a", "b"]
 
 
 def test_one_rung_is_the_full_evaluation_of_everyone():
     table = {0: {"a": (0.9, 0.9), "b": (0.1, 0.1)}}
-    assert sorted(run_rungs(["a", "b"], _scorer(table, 0.0, []), 1, 3.0, 0.0)[-1]) == ["a", "b"]
+    assert sorted(run_rungs(["a", "b"], _scorer(table, 0.01, []), 1, 3.0, 0.5)[-1]) == ["a", "b"]
 
 
 def test_bad_calls_are_refused():
     table = {0: {"a": (0.9, 0.9)}}
     with pytest.raises(ValueError, match="not among"):
-        run_rungs(["a"], _scorer(table, 0.0, []), 2, 3.0, 1.0, keep=["z"])
+        run_rungs(["a"], _scorer(table, 0.0, []), 2, 3.0, 0.05, keep=["z"])
     with pytest.raises(ValueError, match="duplicate"):
-        run_rungs(["a", "a"], _scorer(table, 0.0, []), 2, 3.0, 1.0)
+        run_rungs(["a", "a"], _scorer(table, 0.0, []), 2, 3.0, 0.05)
     with pytest.raises(ValueError, match="no result"):
-        run_rungs(["a"], lambda r, ks: {}, 2, 3.0, 1.0)
+        run_rungs(["a"], lambda r, ks: {}, 2, 3.0, 0.05)
+    with pytest.raises(ValueError, match="error_rate"):
+        run_rungs(["a", "b"], _scorer({0: {"a": (0.9, 0.9), "b": (0.1, 0.1)}}, 0.01, []), 2, 3.0, 1.0)
 
 
 def test_rung_result_reads_the_metrics_an_evaluation_returns():

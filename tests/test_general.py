@@ -13,6 +13,8 @@ import torch
 
 pytest.importorskip("lm_eval")
 
+from conftest import SHARED  # noqa: E402
+
 from mm4ke_ray.demo.tiny import build_tiny_model, build_word_tokenizer  # noqa: E402
 from mm4ke_ray.errors import DataError, UserError  # noqa: E402
 from mm4ke_ray.evaluate.fluency import generate_for_fluency  # noqa: E402
@@ -25,7 +27,6 @@ from mm4ke_ray.evaluate.general import (  # noqa: E402
 )
 from mm4ke_ray.evaluate.local_tasks import write_multiple_choice_task  # noqa: E402
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 LOGIQA = SHARED / "data" / "general" / "logiqa" / "Test.txt"
 LETTERS = ["A", "B", "C", "D"]
 
@@ -239,7 +240,7 @@ def test_offline_by_default_unless_the_user_chose(monkeypatch):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", False)
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
-    general._use_offline_defaults()
+    general.use_offline_defaults()
     assert os.environ["HF_HUB_OFFLINE"] == os.environ["HF_DATASETS_OFFLINE"] == "1"
     assert (
         datasets.config.HF_HUB_OFFLINE is True and huggingface_hub.constants.HF_HUB_OFFLINE is True
@@ -247,7 +248,7 @@ def test_offline_by_default_unless_the_user_chose(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "0")
     monkeypatch.delenv("HF_DATASETS_OFFLINE")
     monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", False)
-    general._use_offline_defaults()
+    general.use_offline_defaults()
     assert os.environ["HF_HUB_OFFLINE"] == "0" and "HF_DATASETS_OFFLINE" not in os.environ
     assert datasets.config.HF_HUB_OFFLINE is False
 

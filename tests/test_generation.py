@@ -25,7 +25,8 @@ from mm4ke_ray.evaluate import (
     normalize_answer,
     stop_token_ids,
 )
-from mm4ke_ray.evaluate.generation import NewlineStop, answer_text, end_of_turn_ids
+from mm4ke_ray.evaluate.generation import answer_text
+from mm4ke_ray.evaluate.stop_rules import TextStop, end_of_turn_ids
 from mm4ke_ray.modeling import decoder_layers, encode_example, format_prompt
 
 # -- normalisation and matching -------------------------------------------------------------------
@@ -98,7 +99,7 @@ def test_first_token_known_rest_not(hand_tokenizer, hand_models):
 
 def test_generation_metrics_by_hand(hand_tokenizer, hand_models):
     base, edited = hand_models
-    evaluator = GenerationEvaluator(hand_tokenizer, HAND_RECORDS, batch_size=3)
+    evaluator = GenerationEvaluator(hand_tokenizer, HAND_RECORDS, batch_size=3, match="starts_with")
     metrics = evaluator.evaluate(edited, evaluator.base_generations(base))
     # Edit Succ: "... is" -> "rome city" starts with "rome" (hit); "spain has capital" ->
     # "rome city", not "madrid city" (miss): 50 (teacher-forced: 75).
@@ -143,21 +144,34 @@ def test_reference_must_match(hand_tokenizer, hand_models):
     base, edited = hand_models
     evaluator = GenerationEvaluator(hand_tokenizer, HAND_RECORDS)
     assert evaluator.evaluate(edited, None).locality is None
-    other = GenerationEvaluator(hand_tokenizer, HAND_RECORDS, extra_new_tokens=1)
-    with pytest.raises(ValueError, match="different GenerationEvaluator"):
-        evaluator.evaluate(edited, other.base_generations(base))
+    for other in (GenerationEvaluator(hand_tokenizer, HAND_RECORDS, extra_new_tokens=1),
+                  GenerationEvaluator(hand_tokenizer, HAND_RECORDS, max_new_tokens=8),
+                  GenerationEvaluator(hand_tokenizer, HAND_RECORDS, stop="newline")):
+        with pytest.raises(ValueError, match="different GenerationEvaluator"):
+            evaluator.evaluate(edited, other.base_generations(base))
 
 
-def test_bound_derives_from_the_answer_length(hand_tokenizer, hand_models):
-    # A lookup model that never stops ("city" -> "city"): the answer's 2 tokens + extra.
+def test_budget_is_max_new_tokens_and_the_old_bound_caps_it(hand_tokenizer, hand_models):
+    # A lookup model that never stops ("city" -> "city"): WILD's budget (64 by default), or the
+    # pre-WILD bound (the answer's 2 tokens + extra) when extra_new_tokens is set.
     looping = lookup_qwen2(hand_tokenizer, {**EDITED_NEXT, "city": "city"})
     record = [EditRecord(prompt="the pope lives in", target_new="rome town")]
+    (item,) = GenerationEvaluator(hand_tokenizer, record).items
+    assert item.max_new_tokens == 64
+    (item,) = GenerationEvaluator(hand_tokenizer, record, max_new_tokens=9).items
+    (ids,) = greedy_generate(looping, [item.prompt_ids], [item.max_new_tokens], set(), 0)
+    assert item.max_new_tokens == 9 and len(ids) == 9
     for extra in (0, 3):
         evaluator = GenerationEvaluator(hand_tokenizer, record, extra_new_tokens=extra)
         (item,) = evaluator.items
         assert item.max_new_tokens == 2 + extra
         (ids,) = greedy_generate(looping, [item.prompt_ids], [item.max_new_tokens], set(), 0)
         assert len(ids) == 2 + extra
+    assert GenerationEvaluator(hand_tokenizer, record, max_new_tokens=3, extra_new_tokens=5).items[0].max_new_tokens == 3
+    with pytest.raises(UserError, match="max_new_tokens"):
+        GenerationEvaluator(hand_tokenizer, record, max_new_tokens=0)
+    with pytest.raises(UserError, match="stop must be one of"):
+        GenerationEvaluator(hand_tokenizer, record, stop="period")
 
 
 # -- stops: end of sequence, end of turn, newline -------------------------------------------------
@@ -199,11 +213,11 @@ def test_newline_stops_once_text_was_generated():
     prompt = tok("the sea is")["input_ids"]
     # "rome" then a newline: stop after the newline token, the answer is "rome".
     model = lookup_qwen2(tok, {"is": "rome", "rome": "\n", "\n": "city"})
-    (got,) = greedy_generate(model, [prompt], [8], set(), 0, newline=NewlineStop(tok))
+    (got,) = greedy_generate(model, [prompt], [8], set(), 0, text_stop=TextStop(tok))
     assert got == [ids("rome"), nl] and answer_text(tok, got) == "rome"
     # A leading newline is not an answer: generation goes on to "rome city".
     model = lookup_qwen2(tok, {"is": "\n", "\n": "rome", "rome": "city"})
-    (got,) = greedy_generate(model, [prompt], [3], set(), 0, newline=NewlineStop(tok))
+    (got,) = greedy_generate(model, [prompt], [3], set(), 0, text_stop=TextStop(tok))
     assert got == [nl, ids("rome"), ids("city")] and answer_text(tok, got) == "rome city"
 
 
@@ -289,6 +303,13 @@ def test_per_kind_means_in_generation_mode(path):
             ]
             assert len(per_record) == want[kind] and value == pytest.approx(sum(per_record) / len(per_record))
     assert "locality.Forgetfulness" in metrics.by_kind
+    # A record's score is the mean of its per-kind means (KnowEdit), not of its pooled items.
+    for row in metrics.per_record:
+        for group in ("portability", "locality"):
+            kinds = {i["kind"] for i in row["items"][group]}
+            means = [sum(s) / len(s) for k in kinds
+                     if (s := [i["score"] for i in row["items"][group] if i["kind"] == k])]
+            assert row[group] == (pytest.approx(sum(means) / len(means)) if means else None)
 
 
 # -- CLI --------------------------------------------------------------------------------------------
@@ -310,7 +331,9 @@ def test_evaluate_cli_modes(tmp_path, tiny_tokenizer, tiny_model_dir, capsys):
     aggregates = {"edit_succ", "generalization", "portability", "locality"}
     assert aggregates <= set(report["generation_metrics"]) and "fluency" not in report["generation_metrics"]
     assert set(report["generation_metrics"]) - aggregates == set(report["metrics"]) - aggregates - {"fluency"}
-    assert report["generation"]["match"] == "starts_with"
+    assert report["generation"]["match"] == "equals" and report["generation"]["stop"] == "wild"
+    assert report["generation"]["max_new_tokens"] == 64 and report["generation"]["extra_new_tokens"] is None
+    assert report["aggregation"].startswith("record: mean of its per-kind means")
     row = report["per_record"][0]
     assert "items" in row and row["generation"]["items"]["edit_succ"][0]["target"] == row["target_new"]
     assert "generated" in row["generation"]["items"]["locality"][0]
@@ -320,20 +343,25 @@ def test_evaluate_cli_modes(tmp_path, tiny_tokenizer, tiny_model_dir, capsys):
     expected = GenerationEvaluator(tokenizer, records)
     want = expected.evaluate(load_model(str(edited_dir)), expected.base_generations(load_model(str(tiny_model_dir))))
     assert report["generation_metrics"] == pytest.approx(want.flat())
-    assert "generation:" in capsys.readouterr().out
+    assert "generated (WILD, equals, stop wild):" in capsys.readouterr().out
 
-    assert main([*common, "--mode", "generation", "--match", "equals"]) == 0
+    assert main([*common, "--mode", "generation", "--match", "starts_with", "--stop", "newline",
+                 "--max-new-tokens", "8", "--extra-new-tokens", "4"]) == 0
     report = json.loads(out.read_text())
-    assert report["metrics"] is None and report["generation"]["match"] == "equals"
-    assert report["per_record"][0]["generation"]["match"] == "equals"
+    assert report["metrics"] is None and report["generation"]["match"] == "starts_with"
+    assert (report["generation"]["stop"], report["generation"]["max_new_tokens"]) == ("newline", 8)
+    assert report["generation"]["extra_new_tokens"] == 4
+    assert report["per_record"][0]["generation"]["match"] == "starts_with"
+    assert report["per_record"][0]["generation"]["stop"] == "newline"
     assert main([*common, "--mode", "generation", "--fluency"]) == 2
     assert "--mode both" in capsys.readouterr().err
     assert main([*common, "--extra-new-tokens", "-1", "--mode", "generation"]) == 2
+    assert main([*common, "--max-new-tokens", "0", "--mode", "generation"]) == 2
 
 
 def test_items_without_a_kind_are_left_out_of_per_kind_means(hand_tokenizer, hand_models):
     _, edited = hand_models
     record = [EditRecord(prompt="the sea is", target_new="rome",
                          portability=(QA("italy has capital", "rome"),))]
-    metrics = GenerationEvaluator(hand_tokenizer, record).evaluate(edited, None)
+    metrics = GenerationEvaluator(hand_tokenizer, record, match="starts_with").evaluate(edited, None)
     assert metrics.portability == 100.0 and metrics.by_kind == {}

@@ -19,7 +19,7 @@ import pytest
 from fault_helpers import child_runs, pareto_candidates, sweep_dict
 
 from mm4ke_ray.config import validate_config
-from mm4ke_ray.evaluate.fidelity import RungResult, promote
+from mm4ke_ray.evaluate.fidelity import promote, rung_result
 from mm4ke_ray.schema import Tag
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
@@ -27,7 +27,9 @@ pytestmark = [pytest.mark.ray, pytest.mark.slow]
 EXTRA = 5  # six candidates per trial
 # An R-SFT that edits (a high learning rate, enough steps), so candidates differ and some are dominated.
 SPACE = {"lr": 0.01, "steps": 3, "epochs": 3, "layer": 1, "threshold": 0.05, "alpha": {"low": 0.0, "high": 0.95}}
-FIDELITY = {"enabled": True, "rungs": 2, "reduction_factor": 3, "margin_z": 0.0}
+# The loosest evidence rule (error rate 0.5: any lead on the differing items, in both objectives),
+# so that 3 records and 8 documents at rung 0 can prune at all.
+FIDELITY = {"enabled": True, "rungs": 2, "reduction_factor": 3, "error_rate": 0.5}
 
 
 def _config(tmp: Path, model_dir: Path, name: str, halving: bool):
@@ -74,19 +76,20 @@ def test_pruned_candidates_are_logged_with_rung_metrics_but_are_no_candidates(sw
         assert row["fidelity.front_points"] == 1  # the one trial's front so far: the base
     # Each rung's results are on record in the sweep's folder as soon as they are in (resume mid-rung)
     records = list((Path(a.experiment_dir) / "rungs").glob("*.json"))
-    assert len(records) == 1 and sorted(json.loads(records[0].read_text())["rungs"]) == ["0", "1"]
+    rungs = json.loads(records[0].read_text())["rungs"]
+    assert len(records) == 1 and sorted(rungs) == ["0", "1"]
     # all.csv and the front hold the full-fidelity candidates only
     listed = set(pareto_candidates(on.tracking.uri, a.parent_run_id, tmp_path))
     assert listed - {a.base["candidate"]} == ids
     assert {r["candidate"] for r in a.front} <= ids | {a.base["candidate"]}
-    # promotion, recomputed from the logged rung-0 metrics, pruned exactly these
-    every = ok + pruned
-    results = [RungResult(r.data.tags[Tag.CANDIDATE], r.data.metrics["rung0.edit_score"],
-                          r.data.metrics["rung0.general_score"]) for r in every]
+    # promotion, recomputed from the recorded rung-0 results (with their per-item scores), pruned
+    # exactly these; the logged rung-0 metrics are those results
+    results = [rung_result(i, m) for i, m in rungs["0"].items()]
     base = (a.base["edit_score"], a.base["general_score"])
-    kept = set(promote(results, FIDELITY["reduction_factor"], FIDELITY["margin_z"], front=[base]))
-    sampled = next(r.data.tags[Tag.CANDIDATE] for r in ok if r.data.tags[Tag.KIND] == "sampled")
-    assert kept | {sampled} == ids
+    kept = set(promote(results, FIDELITY["reduction_factor"], FIDELITY["error_rate"], front=[base]))
+    assert kept | {"0"} == set(rungs["1"]) and len(rungs["1"]) == len(ok)  # "0": the sampled one
+    logged = sorted((r.data.metrics["rung0.edit_score"], r.data.metrics["rung0.general_score"]) for r in ok + pruned)
+    assert logged == sorted(r.values() for r in results)
 
 
 def test_only_full_fidelity_points_are_told_to_optuna(sweeps):

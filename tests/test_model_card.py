@@ -92,6 +92,22 @@ def test_the_card_shows_both_metric_families_and_the_per_kind_means():
     recipe["recorded_metrics"] = {**recipe["recorded_metrics"], "gen.edit_succ": 40.0,
                                   "portability.Reasoning": 12.5, "gen.locality.Forgetfulness": 77.0}
     rows = [line for line in model_card(recipe).splitlines() if line.startswith("| ")]
-    for key, value in (("gen.edit_succ", "40"), ("portability.Reasoning", "12.5"),
-                       ("gen.locality.Forgetfulness", "77")):
+    # Each edit number names its family (issue 23).
+    for key, value in (("Edit Succ. (%), generated (WILD)", "40"), ("portability.Reasoning, teacher-forced", "12.5"),
+                       ("locality.Forgetfulness, generated (WILD)", "77"), ("Edit Succ. (%), teacher-forced", "")):
         assert any(row.startswith(f"| {key} |") and value in row for row in rows), key
+
+
+def test_the_card_states_the_definitions_that_produced_the_numbers():
+    recipe = _recipe("Qwen/Qwen2.5-7B-Instruct")
+    recipe["evaluation"].update(mode="both", edit_mode="generation", aggregation="record: mean of its per-kind means",
+                                edit_definitions="2", generation_match="equals", generation_stop="wild",
+                                generation_stop_rule="a sentence-ending '.'", generation_max_new_tokens=64,
+                                generation_extra_tokens=None)
+    card = model_card(recipe)
+    assert "computed from the **generation** metrics" in card
+    assert "record: mean of its per-kind means (definitions version 2)" in card
+    assert "match `equals`, stop `wild` (a sentence-ending '.'), up to 64 new tokens" in card
+    # A sweep from before the definitions were recorded says so.
+    old = model_card(_recipe("Qwen/Qwen2.5-7B-Instruct"))
+    assert "unknown (definitions version 1)" in old and "Generated answers" not in old

@@ -62,10 +62,10 @@ def deltas(tiny_model_dir):
     return out
 
 
-def _run(settings, p, folder: Path, delta, trial_id="trial_a", front_key=None, z=0.0):
+def _run(settings, p, folder: Path, delta, trial_id="trial_a", front_key=None, error_rate=0.5):
     ctx = TrialContext(settings=settings, search=SearchConfig(seed=7, space={"alpha": {"low": 0.0, "high": 0.95}}),
                        extra_candidates=EXTRA, runner="task", rsft_cpus=1, rsft_gpus=0, storage_path=str(folder),
-                       actors=tuple(p.actors), fidelity_z=z, rungs_path=str(folder / "rungs"), front_key=front_key)
+                       actors=tuple(p.actors), fidelity_error_rate=error_rate, rungs_path=str(folder / "rungs"), front_key=front_key)
     cands = [{"kind": "sampled", "alpha": 0.1, "sparsity": 0.0}, *({"kind": "extra", "alpha": a, "sparsity": s}
              for a, s in ((0.0, 0.0), (0.3, 0.5), (0.5, 0.2), (0.7, 0.0), (0.95, 0.8)))]
     for c in cands:
@@ -82,10 +82,24 @@ def _outcome(full, pruned) -> dict:
     return {c["index"]: {k: c["metrics"].get(k) for k in keep} for c in full + pruned}
 
 
-def test_a_restarted_trial_reads_back_its_finished_rungs_and_evaluates_only_the_rest(pool, deltas, tmp_path):
+@pytest.fixture
+def far_front():
+    """A published sweep front no merge reaches: it prunes every extra candidate once rung 1 gives
+    them standard errors (9 records and 18 documents are too few for one merge of a delta to show
+    another worse beyond doubt), so a restart has pruned candidates to reproduce."""
+    from mm4ke_ray.search.front_board import drop_front, new_front_key, publish_front
+
+    key = new_front_key()
+    publish_front(key, [{"edit_score": 1.0, "general_score": 1.0}])
+    yield key
+    drop_front(key)
+
+
+def test_a_restarted_trial_reads_back_its_finished_rungs_and_evaluates_only_the_rest(pool, deltas, tmp_path,
+                                                                                      far_front):
     settings, p = pool
     delta = deltas[0]
-    full, pruned, compute, evaluations = _run(settings, p, tmp_path, delta)
+    full, pruned, compute, evaluations = _run(settings, p, tmp_path, delta, front_key=far_front)
     first = _outcome(full, pruned)
     assert pruned and evaluations == sum(c["metrics"]["fidelity.rung"] + 1 for c in full + pruned)
     assert all(c["metrics"]["fidelity.reused_rungs"] == 0 for c in full + pruned)
@@ -97,7 +111,7 @@ def test_a_restarted_trial_reads_back_its_finished_rungs_and_evaluates_only_the_
     # Died after rung 0: only rung 0 is on record. The restart scores rungs 1 and 2 only.
     doc["rungs"] = {"0": doc["rungs"]["0"]}
     record.write_text(json.dumps(doc))
-    full2, pruned2, compute2, evaluations2 = _run(settings, p, tmp_path, delta)
+    full2, pruned2, compute2, evaluations2 = _run(settings, p, tmp_path, delta, front_key=far_front)
     assert evaluations2 == evaluations - (EXTRA + 1)
     assert _outcome(full2, pruned2) == first  # the same promotions and the same full values
     assert all(c["metrics"]["fidelity.reused_rungs"] == 1 for c in full2 + pruned2)
@@ -105,7 +119,7 @@ def test_a_restarted_trial_reads_back_its_finished_rungs_and_evaluates_only_the_
         (compute["eval_compute_records"], compute["eval_compute_docs"])  # what the results cost, as before
 
     # Finished every rung: a restart evaluates nothing.
-    assert _run(settings, p, tmp_path, delta)[3] == 0
+    assert _run(settings, p, tmp_path, delta, front_key=far_front)[3] == 0
 
 
 def test_a_record_of_other_work_is_not_used(pool, deltas, tmp_path):
@@ -143,13 +157,13 @@ def test_the_sweep_front_drops_what_it_already_beats_and_the_sampled_one_still_g
     rows = [{"edit_score": 0.2, "general_score": 1.0}, {"edit_score": 0.1, "general_score": 0.5},
             {"edit_score": 0.9, "general_score": 0.3}, {"edit_score": float("nan"), "general_score": 1.0}]
     assert publish_front(key, rows) == 2 and read_front(key) == [[0.9, 0.3], [0.2, 1.0]]
-    full, pruned, _, _ = _run(settings, p, tmp_path / "a", deltas[0], front_key=key, z=1.0)
+    full, pruned, _, _ = _run(settings, p, tmp_path / "a", deltas[0], front_key=key, error_rate=0.16)
     assert all(c["metrics"]["fidelity.front_points"] == 2 for c in full + pruned)
     # A front no merge can reach (an edit score of 1 at full retention) beats every candidate by
-    # its own standard errors as soon as it has them: rung 0 is one record (no SE: nothing is
-    # dropped on it), rung 1 three. Only the sampled one, which Optuna needs, goes on to the full rung.
+    # its own (Jeffreys-floored) standard errors as soon as it has them: rung 0 is one record (no
+    # spread to judge: nothing is dropped on it), rung 1 three. Only the sampled one, which Optuna needs, goes on to the full rung.
     publish_front(key, [{"edit_score": 1.0, "general_score": 1.0}])
-    full, pruned, _, evaluations = _run(settings, p, tmp_path / "b", deltas[0], front_key=key, z=1.0)
+    full, pruned, _, evaluations = _run(settings, p, tmp_path / "b", deltas[0], front_key=key, error_rate=0.16)
     assert [c["index"] for c in full] == [0] and len(pruned) == EXTRA
     assert [c["metrics"]["fidelity.rung"] for c in pruned] == [1] * EXTRA
     assert evaluations == 2 * (EXTRA + 1) + 1

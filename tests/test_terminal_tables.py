@@ -86,7 +86,8 @@ def test_wider_terminals_show_more_columns_and_wide_shows_them_all():
 def test_both_metric_families_show_when_the_sweep_computed_both(width):
     rows = _rows(gen=True)
     text = _render(rows, width)
-    assert "gen.succ" in text and " succ" in text
+    assert "wild.succ" in text and "tf.succ" in text  # each edit number's family (issue 23)
+    assert "tf.* = teacher-forced" in text and "wild.* = generated" in text
     for r in rows:
         assert format_cell(r["gen.edit_succ"]) in text
         assert format_cell(r["edit_succ"]) in text

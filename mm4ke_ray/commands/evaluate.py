@@ -9,6 +9,8 @@ from pathlib import Path
 from mm4ke_ray.commands._common import add_model_arguments, resolve_device
 from mm4ke_ray.commands.sweep import add_verbose_argument
 from mm4ke_ray.errors import UserError
+from mm4ke_ray.evaluate.definitions import AGGREGATION, DEFAULT_MAX_NEW_TOKENS, EDIT_DEFINITIONS
+from mm4ke_ray.evaluate.stop_rules import STOP_RULE_TEXT, STOP_RULES
 from mm4ke_ray.quiet import set_verbose
 
 NAME = "evaluate"
@@ -67,15 +69,30 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--match",
-        choices=("starts_with", "equals", "contains"),
-        default="starts_with",
-        help="Generation mode: how the normalised answer must match the normalised target.",
+        choices=("equals", "starts_with", "contains"),
+        default="equals",
+        help="Generation mode: how the normalised answer must match the normalised target; equals is "
+        "WILD's exact match, starts_with and contains are lenient (recorded in the JSON).",
+    )
+    parser.add_argument(
+        "--stop",
+        choices=STOP_RULES,
+        default="wild",
+        help="Generation mode: where an answer ends besides EOS/end of turn; wild: a sentence-ending "
+        "'.' (not after Dr., St., initials; not inside 3.5) or a newline; newline: a newline only.",
+    )
+    parser.add_argument(
+        "--max-new-tokens",
+        type=int,
+        default=DEFAULT_MAX_NEW_TOKENS,
+        help="Generation mode: new tokens an answer may take (cut at the stop).",
     )
     parser.add_argument(
         "--extra-new-tokens",
         type=int,
-        default=4,
-        help="Generation mode: tokens allowed beyond the target's own token count.",
+        default=None,
+        help="Generation mode, the pre-WILD bound (off by default): also cap each answer at the "
+        "target's token count + this.",
     )
     add_model_arguments(parser, "evaluate")
     parser.add_argument("--out", required=True, help="Output JSON file.")
@@ -92,8 +109,10 @@ def run(args: argparse.Namespace) -> int:
 
     if args.batch_size < 1:
         raise UserError(f"--batch-size must be at least 1, got {args.batch_size}")
-    if args.extra_new_tokens < 0:
+    if args.extra_new_tokens is not None and args.extra_new_tokens < 0:
         raise UserError(f"--extra-new-tokens must be >= 0, got {args.extra_new_tokens}")
+    if args.max_new_tokens < 1:
+        raise UserError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
     forced, generation = args.mode != "generation", args.mode != "teacher-forced"
     if args.fluency and not forced:
         raise UserError("--fluency is reported with the teacher-forced metrics: use --mode both")
@@ -122,6 +141,8 @@ def run(args: argparse.Namespace) -> int:
             prompt_format=args.prompt_format,
             batch_size=args.batch_size,
             match=args.match,
+            stop=args.stop,
+            max_new_tokens=args.max_new_tokens,
             extra_new_tokens=args.extra_new_tokens,
         )
     load = dict(dtype=args.dtype, device=device, trust_remote_code=args.trust_remote_code)
@@ -168,9 +189,11 @@ def run(args: argparse.Namespace) -> int:
         "protocol_note": PROTOCOL_NOTE,
         "prompt_format": args.prompt_format,
         "definitions": "EasyEdit/KnowEdit teacher-forced token accuracy; locality = agreement with the base model's argmax",
+        "aggregation": AGGREGATION,
+        "edit_definitions": EDIT_DEFINITIONS,
         "generation": {
-            "match": args.match,
-            "extra_new_tokens": args.extra_new_tokens,
+            **gen_evaluator.rules(),
+            "stop_rule": STOP_RULE_TEXT[args.stop],
             "definitions": GENERATION_DEFINITIONS,
         }
         if generation
@@ -181,7 +204,7 @@ def run(args: argparse.Namespace) -> int:
     }
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
-    for label, family in (("teacher-forced", metrics), ("generation", gen_metrics)):
+    for label, family in (("teacher-forced", metrics), (f"generated (WILD, {args.match}, stop {args.stop})", gen_metrics)):
         if family is not None:
             shown = ", ".join(
                 f"{k} {v:.2f}" if v is not None else f"{k} n/a" for k, v in family.as_dict().items()
@@ -191,10 +214,11 @@ def run(args: argparse.Namespace) -> int:
 
 
 GENERATION_DEFINITIONS = (
-    "greedy generation from the training prompt format, stopped at end-of-sequence/end-of-turn, a "
-    "newline, or the target's token count + extra_new_tokens; a hit when the normalised answer "
-    "(NFKC, lower case, punctuation/symbols and articles a/an/the removed, words) matches the "
-    "normalised target by 'match'; locality = the answer equals the base model's answer"
+    "greedy generation from the training prompt format (chat: the template with its default system "
+    "prompt), stopped at end-of-sequence/end-of-turn, the stop rule ('stop'), or max_new_tokens (and "
+    "with extra_new_tokens the target's token count + that); a hit when the normalised answer (NFKC, "
+    "lower case, punctuation/symbols and articles a/an/the removed, words) matches the normalised "
+    "target by 'match'; locality = the answer equals the base model's answer, normalised alike"
 )
 
 

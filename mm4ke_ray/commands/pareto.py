@@ -68,7 +68,12 @@ def run(args: argparse.Namespace) -> int:
     elif args.format == "json":
         print(json.dumps(rows, indent=2))
     else:
-        from mm4ke_ray.tracking.tables import counts_line, print_table, reference_rows
+        from mm4ke_ray.tracking.tables import (
+            counts_line,
+            family_caption,
+            print_table,
+            reference_rows,
+        )
 
         front = [r for r in rows if r.get(ON_FRONT, True)]
         # With --all every row is listed (on_front says which); else the references sit apart.
@@ -80,5 +85,6 @@ def run(args: argparse.Namespace) -> int:
             f"{counts_line(len(front), len(sweep.edited), len(sweep.failed), warm=warm)}",
             wide=args.wide,
             references=refs,
+            caption=family_caption(sweep.params.get("edit_mode")),
         )
     return 0

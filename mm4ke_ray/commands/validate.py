@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from mm4ke_ray.config import DEMO, load_config
+from mm4ke_ray.evaluate.precision import precision_report
 from mm4ke_ray.preflight import is_hub_dataset, preflight
 
 NAME = "validate"
@@ -63,6 +64,8 @@ def run(args) -> int:
         preflight(config, path, check_tracking=not args.offline and not config.tracking.uri.startswith("http"))
         if needs and args.offline:
             continue
+        for line in precision_report(config):
+            print(f"{path}: warning: {line}", file=sys.stderr)
         print(f"{path}: ok ({config.search.num_trials} trials, sampler {config.search.sampler}, "
               f"model {config.model.name}, edits {config.data.edits})"
               + (" · downloads what is named above when it starts" if needs else ""))

@@ -27,6 +27,7 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
+from mm4ke_ray import cache
 from mm4ke_ray.demo.lm_eval_tasks import relocate_tasks, task_documents, write_tasks
 from mm4ke_ray.demo.pretrain import (
     PretrainConfig,
@@ -71,8 +72,8 @@ class DemoAssets:
 
 
 def default_cache_root() -> Path:
-    """$MM4KE_CACHE, else ~/.cache/mm4ke-ray."""
-    return Path(os.environ.get("MM4KE_CACHE") or "~/.cache/mm4ke-ray").expanduser()
+    """$MM4KE_CACHE, else ~/.cache/mm4ke-ray (`mm4ke_ray.cache`, shared with the GGUF cache)."""
+    return cache.default_cache_root()
 
 
 def demo_key(config: DemoConfig) -> str:

@@ -39,7 +39,21 @@ from mm4ke_ray.evaluate.fidelity import (
 )
 from mm4ke_ray.evaluate.general import GeneralEvaluator, GeneralResult, general_score, retention
 from mm4ke_ray.evaluate.generation import GenerationEvaluator, GenerationReference
-from mm4ke_ray.evaluate.scores import edit_family, edit_score, objective_values
+from mm4ke_ray.evaluate.precision import save_base_measurement
+from mm4ke_ray.evaluate.real_tasks import (
+    LocalTaskSpec,
+    build_local_tasks,
+    local_task_specs,
+    task_cache_root,
+)
+from mm4ke_ray.evaluate.scores import (
+    EDIT_STDERR,
+    GENERAL_STDERR,
+    edit_family,
+    edit_score,
+    objective_values,
+)
+from mm4ke_ray.evaluate.task_stats import paired_log_items
 from mm4ke_ray.merge import apply_delta_, restore_
 from mm4ke_ray.modeling import decoder_layers, load_model, load_tokenizer, mlp_prefix
 from mm4ke_ray.schema import (
@@ -71,6 +85,7 @@ class EvalSettings:
     general_limit: int | float | None = None
     general_metrics: dict = field(default_factory=dict)  # {task: metric}; default its first
     general_shared_context: bool = True  # evaluation.shared_context: SharedContextHFLM (same results, faster)
+    local_tasks: tuple[LocalTaskSpec, ...] = ()  # general tasks built from local files (real_tasks)
     merge_method: str = "magnitude"
     edit_weights: dict = field(default_factory=dict)
     combined_edit_weight: float = 0.5
@@ -78,8 +93,10 @@ class EvalSettings:
     prefix_cache: bool = True  # reuse hidden states below the delta's layer (identical metrics)
     eval_mode: str = TEACHER_FORCED  # evaluation.mode: teacher-forced | generation | both
     edit_mode: str = TEACHER_FORCED  # the family the edit score uses (SweepConfig.edit_mode)
-    generation_match: str = "starts_with"
-    generation_extra_tokens: int = 4
+    generation_match: str = "equals"
+    generation_stop: str = "wild"
+    generation_max_new_tokens: int = 64
+    generation_extra_tokens: int | None = None  # the pre-WILD cap: target tokens + this
     # evaluation.fidelity: rungs of successive halving (1: off), their reduction factor and the
     # seed of their subsets (the sweep's seed); `evaluate(rung=r)` scores rung r's subset.
     fidelity_rungs: int = 1
@@ -105,13 +122,23 @@ def eval_settings(config: SweepConfig, device: str) -> EvalSettings:
         general_tasks=tuple(config.evaluation.general_tasks), task_include_path=config.evaluation.task_include_path,
         general_limit=config.evaluation.general_limit, general_metrics=dict(config.evaluation.general_metrics),
         general_shared_context=config.evaluation.shared_context,
-        merge_method=config.merge.method,
+        local_tasks=local_task_specs(config), merge_method=config.merge.method,
         edit_weights=dict(config.objectives.edit_weights), combined_edit_weight=config.objectives.combined_edit_weight,
         device=device, allow_pickle=config.model.allow_pickle, eval_mode=config.evaluation.mode,
         edit_mode=config.edit_mode, generation_match=config.evaluation.generation_match,
         generation_extra_tokens=config.evaluation.generation_extra_tokens,
+        generation_stop=config.evaluation.generation_stop,
+        generation_max_new_tokens=config.evaluation.generation_max_new_tokens,
         **_fidelity_settings(config),
     )
+
+
+def generation_evaluator(tokenizer, records, s: EvalSettings) -> GenerationEvaluator:
+    """The generated-answer evaluator of `records` under the settings' match, stop and budget rules."""
+    return GenerationEvaluator(tokenizer, records, prompt_format=s.prompt_format, batch_size=s.batch_size,
+                               match=s.generation_match, stop=s.generation_stop,
+                               max_new_tokens=s.generation_max_new_tokens,
+                               extra_new_tokens=s.generation_extra_tokens)
 
 
 def _fidelity_settings(config: SweepConfig) -> dict:
@@ -160,13 +187,13 @@ class CandidateEvaluator:
                                        prefix_cache=s.prefix_cache)
         self.gen_eval = None
         if s.generation:
-            self.gen_eval = GenerationEvaluator(self.tokenizer, records, prompt_format=s.prompt_format,
-                                                batch_size=s.batch_size, match=s.generation_match,
-                                                extra_new_tokens=s.generation_extra_tokens)
+            self.gen_eval = generation_evaluator(self.tokenizer, records, s)
         self.general_eval = None
         if s.general_tasks:
+            include = [s.task_include_path] if s.task_include_path else []
+            include += build_local_tasks(list(s.local_tasks), task_cache_root())  # later paths win a name
             self.general_eval = GeneralEvaluator.for_prompt_format(
-                self.model, self.tokenizer, list(s.general_tasks), s.prompt_format, include_path=s.task_include_path,
+                self.model, self.tokenizer, list(s.general_tasks), s.prompt_format, include_path=include or None,
                 limit=s.general_limit, metrics=s.general_metrics, shared_context=s.general_shared_context,
             )
         if reference is not None:
@@ -201,9 +228,7 @@ class CandidateEvaluator:
                                       batch_size=s.batch_size, prefix_cache=s.prefix_cache)
             gen_eval = None
             if self.gen_eval:
-                gen_eval = GenerationEvaluator(self.tokenizer, records, prompt_format=s.prompt_format,
-                                               batch_size=s.batch_size, match=s.generation_match,
-                                               extra_new_tokens=s.generation_extra_tokens)
+                gen_eval = generation_evaluator(self.tokenizer, records, s)
             samples = plan.general_samples(rung) if self.general_eval else None
             result = self.general_eval.evaluate_result(samples) if self.general_eval else None
             reference = Reference(
@@ -221,6 +246,8 @@ class CandidateEvaluator:
         locality = self.edit_eval.base_predictions(self.model) if self.settings.teacher_forced else None
         generation = self.gen_eval.base_generations(self.model) if self.gen_eval else None
         result = self.general_eval.evaluate_result() if self.general_eval else None
+        if result is not None:
+            save_base_measurement(self.settings, result)  # what `plan` / `validate` judge precision by
         ref = Reference(locality=locality, general=result.scores if result else {}, metrics={}, general_result=result,
                         generation=generation)
         self.reference = ref
@@ -245,30 +272,47 @@ class CandidateEvaluator:
             metrics.update({gen_metric(k): v for k, v in generated.flat().items()})
             rows[GENERATION] = generated.per_record
         out = {k: v for k, v in metrics.items() if v is not None}
-        general = general_se = general_items = None
+        general = general_se = general_items = precision = None
         if self.general_eval:
             reuse = first_layer if self.settings.prefix_cache else None  # as for the edit metrics above
             with self.general_eval.layers_below_unchanged(reuse):
                 result = self.general_eval.evaluate_result(view.samples)
-            scores = result.scores
+            scores, floor = result.scores, result.chance
             better = self.general_eval.higher_is_better
-            kept = retention(scores, view.reference.general, better)
-            general = general_score(scores, view.reference.general, better)
-            if general != general:  # NaN: every task's base score was 0; nothing to retain
+            kept = retention(scores, view.reference.general, better, floor)
+            general = general_score(scores, view.reference.general, better, floor)
+            if general != general:  # NaN: no task's base score was above its floor; nothing to retain
                 general = 0.0
             out.update(result.flat(GENERAL_PREFIX))  # general.<task>, general.<task>.stderr
             out.update({f"{RETENTION_PREFIX}{k}": v for k, v in kept.items()})
+            # the general score's SE as an estimate of the candidate's ability (no rung correction)
+            precision = general_score_stderr(result.stderr, view.reference.general, result.n_docs, {}, better,
+                                             floor, scores)
             if low:
                 general_se = general_score_stderr(result.stderr, view.reference.general, result.n_docs,
-                                                  view.docs_population or {}, better)
+                                                  view.docs_population or {}, better, floor, scores)
                 general_items = _general_items(result, view.reference.general, better)
         family = edit_family(out, self.settings.edit_mode)
         out.update(objective_values(family, general, self.settings.edit_weights, self.settings.combined_edit_weight))
+        out.update(self._precision(rows.get(self.settings.edit_mode) or [], precision))
         if low:
             out.update(self._objective_stderrs(rows.get(self.settings.edit_mode) or [], general_se, general_items,
                                                view.docs_population or {}))
         out["eval_seconds"] = time.perf_counter() - start + seconds
         return out
+
+    def _edit_rows(self, per_record: list[dict]) -> list[float]:
+        exclude = () if self.general_eval is not None else ("locality",)
+        return [edit_score(row, self.settings.edit_weights, exclude=exclude) for row in per_record]
+
+    def _precision(self, per_record: list[dict], general_se: float | None) -> dict:
+        """The objectives' SEs as estimates of the candidate's abilities (`EDIT_STDERR`,
+        `GENERAL_STDERR`: over its records and documents, no rung correction), for the front's
+        error bars; without tasks locality stands in for general ability, as in `objective_values`."""
+        if self.general_eval is None:
+            general_se = mean_stderr([row["locality"] / 100.0 for row in per_record if row.get("locality") is not None])
+        out = {EDIT_STDERR: edit_score_stderr(self._edit_rows(per_record)), GENERAL_STDERR: general_se}
+        return {k: v for k, v in out.items() if v is not None}
 
     def _objective_stderrs(self, per_record: list[dict], general_se: float | None,
                            general_items: dict[str, list[float]] | None, docs_population: dict[str, int]) -> dict:
@@ -276,10 +320,8 @@ class CandidateEvaluator:
         against the whole edit set), and the per-item scores themselves (`fidelity.RungItems`),
         for paired comparisons. Without general tasks locality stands in as the general
         objective, as in `objective_values`."""
-        s, n = self.settings, len(self.records)
-        has_tasks = self.general_eval is not None
-        exclude = () if has_tasks else ("locality",)
-        edit = [edit_score(row, s.edit_weights, exclude=exclude) for row in per_record]
+        n, has_tasks = len(self.records), self.general_eval is not None
+        edit = self._edit_rows(per_record)
         out = {EDIT_SE: edit_score_stderr(edit, n)}
         population = {task: docs_population.get(task, len(v)) for task, v in (general_items or {}).items()}
         if not has_tasks:
@@ -324,15 +366,26 @@ class CandidateEvaluator:
 
 
 def _general_items(result, base: dict[str, float], higher_is_better: dict[str, bool]) -> dict | None:
-    """Per task, each document's value over the base's task score (the retention scale of the
-    general objective); None when a task has no per-document mean, no positive base score or
-    is lower-is-better (then the general difference cannot be paired)."""
+    """Per task, each document's item on the retention scale of the general objective: its value
+    over the base's span above chance (value / (base − floor)), or for a perplexity −NLL over the
+    mean words (`task_stats.paired_log_items`: differences in log retention, ≈ in retention near
+    1). None when a task has no per-document values or no base above its floor (then the general
+    difference cannot be paired)."""
     out = {}
     for task, b in base.items():
         values = result.per_doc.get(task)
-        if values is None or b <= 0 or not higher_is_better.get(task, True):
+        if values is None:
             return None
-        out[task] = [v / b for v in values]
+        if not higher_is_better.get(task, True):
+            weights = result.doc_weights.get(task)
+            if not weights or sum(weights) <= 0:
+                return None
+            out[task] = paired_log_items(values, weights)
+            continue
+        span = b - (result.chance.get(task) or 0.0)
+        if span <= 0:
+            return None
+        out[task] = [v / span for v in values]
     return out or None
 
 

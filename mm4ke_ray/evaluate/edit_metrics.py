@@ -8,8 +8,12 @@ Per record (all teacher-forced token accuracies, see `accuracy.py`):
 - Locality        mean over its locality items of the fraction of answer positions where the
                   model's argmax equals the *base* model's argmax ("unchanged", not "correct")
 - Fluency         n-gram entropy of a top-k sampled generation from the prompt (x 100)
-Each metric is the mean over the records that have it (records without rephrases, portability
-or locality items are left out of that metric), in percent (fluency x 100).
+A record's portability and locality are the mean of its per-kind means (`record_score`: each kind's
+items averaged first, so a kind with many items weighs as much as one with few), as KnowEdit's
+runner computes them (issue 23: pooling every item instead moved WikiData_recent by 2.7 points of
+portability and 4.1 of locality). Each metric is then the mean over the records that have it (records
+without rephrases, portability or locality items are left out of that metric), in percent
+(fluency x 100). `definitions.AGGREGATION` states this rule; runs record it.
 
 Per-kind means (`kind_means`, EasyEdit's summary): for each portability/locality kind of the data
 (Reasoning, Subject_Aliasing, Logical_Generalization, Relation_Specificity, Forgetfulness, ...),
@@ -93,6 +97,18 @@ class EditMetrics:
 
 def _mean(values: Sequence[float]) -> float | None:
     return sum(values) / len(values) if values else None
+
+
+def record_score(items: Sequence[dict]) -> float | None:
+    """One record's score of a metric: the mean over kinds of each kind's mean item score.
+
+    `items` = [{"kind", "score"}, ...]; items without a kind form one group of their own (edit
+    success and generalization have only those, so theirs is the plain mean). None when empty.
+    """
+    by_kind: dict[str, list[float]] = {}
+    for item in items:
+        by_kind.setdefault(item["kind"], []).append(item["score"])
+    return _mean([sum(v) / len(v) for v in by_kind.values()])
 
 
 def kind_means(rows: Sequence[dict], metrics: Sequence[str] = ("portability", "locality")) -> dict[str, float]:
@@ -281,7 +297,7 @@ class EditEvaluator:
                 )
         for row in rows:
             for metric in ("edit_succ", "generalization", "portability", "locality"):
-                row[metric] = _mean([item["score"] for item in row["items"][metric]])
+                row[metric] = record_score(row["items"][metric])
         if fluency:
             for i, (row, record) in enumerate(zip(rows, self.records, strict=True)):
                 text = generate_for_fluency(

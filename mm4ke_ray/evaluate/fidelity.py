@@ -10,12 +10,14 @@ the full evaluation. The subsets are the prefixes of one seeded permutation per 
 rung-1 items: a resumed or promoted candidate only needs the rung's new items) and identical for
 every candidate of a sweep (paired comparisons) and for every run with the same seed.
 
-Promotion. Both objectives (edit, general) are maximised. Candidate b *dominates a by the
-margin* when, in each objective k, b_k - a_k >= z * SE(b_k - a_k), strictly in at least one:
-Pareto dominance with each difference asked to clear z standard errors of the difference. The
-candidates of a rung are scored on the same items, so the SE of a difference is the paired one,
-from the per-item differences (`RungItems`), where both carry their items; else the unpaired
-sqrt(se_a^2 + se_b^2). See `promote` for the whole rule.
+Promotion. Both objectives (edit, general) are maximised. A lower rung drops candidate a only
+when another candidate b of the rung *dominates it beyond doubt*: in each objective the rung's
+items show b better (`evidence.py`: an exact sign test on the items where the two differ and a
+paired z test on the mean difference, each at `error_rate`), or when an exact full-fidelity
+point of the sweep beats a's rung estimate by more than its (Jeffreys-floored) standard error.
+Asking for evidence in both objectives (an intersection-union test) bounds the chance of
+dropping a candidate that b does not truly dominate by `error_rate` per comparison; a tie, even
+one over every item of a small rung, is no evidence. See `promote` for the whole rule.
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ import math
 import random
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+
+from mm4ke_ray.evaluate.evidence import jeffreys_floor, paired_beats, unpaired_beats, z_for
 
 
 def rung_fractions(rungs: int, reduction_factor: float) -> list[float]:
@@ -149,7 +153,7 @@ def edit_score_stderr(per_record_scores: Sequence[float], population: int | None
 
 @dataclass(frozen=True)
 class RungItems:
-    """A candidate's per-item scores at a rung, for paired standard errors of differences.
+    """A candidate's per-item scores at a rung, for paired comparisons (`dominates_beyond_doubt`).
 
     `edit`: each record's edit score, in the rung's record order (the objective is their mean).
     `general`: per lm-eval task, each document's value divided by the base's score on the rung
@@ -202,7 +206,7 @@ def paired_stderrs(b: RungItems | None, a: RungItems | None) -> tuple[float | No
 @dataclass(frozen=True)
 class RungResult:
     """One candidate's scores at a rung. A None standard error means unknown (fewer than 2 items).
-    `items`, where known, makes differences to another candidate's paired (`paired_stderrs`)."""
+    `items`, where known, makes comparisons with another candidate's paired."""
 
     key: str
     edit: float
@@ -218,51 +222,48 @@ class RungResult:
         return (self.edit_se, self.general_se)
 
 
-def difference_stderrs(b: RungResult, a: RungResult) -> tuple[float | None, float | None]:
-    """SE of b - a per objective: paired where both carry lined-up items, else unpaired
-    sqrt(se_a^2 + se_b^2); None where neither is known."""
-    paired = paired_stderrs(b.items, a.items)
-    out = []
-    for p, sb, sa in zip(paired, b.stderrs(), a.stderrs(), strict=True):
-        out.append(p if p is not None else None if sa is None or sb is None else math.hypot(sa, sb))
-    return out[0], out[1]
+def _paired_groups(b: RungItems | None, a: RungItems | None) -> tuple[list | None, list | None]:
+    """Per objective (edit, general), the (differences b - a, population) per item list, or None
+    where the items do not line up (other rungs, or a task without per-document values)."""
+    if a is None or b is None:
+        return None, None
+    edit = None
+    if len(a.edit) == len(b.edit) and a.edit_population == b.edit_population:
+        edit = [([x - y for x, y in zip(b.edit, a.edit, strict=True)], a.edit_population)]
+    general = None
+    if a.general and b.general and a.general.keys() == b.general.keys() \
+            and all(len(a.general[t]) == len(b.general[t]) for t in a.general):
+        general = [([x - y for x, y in zip(b.general[t], av, strict=True)],
+                    (a.general_population or {}).get(t, len(av))) for t, av in a.general.items()]
+    return edit, general
 
 
-def dominates_by_margin(b: RungResult, a: RungResult, z: float) -> bool:
-    """Whether b beats a by z standard errors of the difference: at least that in every
-    objective and more than that in one (Pareto dominance, shifted by the margin).
+def dominates_beyond_doubt(b: RungResult, a: RungResult, error_rate: float) -> bool:
+    """Whether the rung's items show b better than a in both objectives, each at `error_rate`.
 
-    Why not strictly in every objective: a tie is common where a score saturates (retention
-    capped at 1, a locality of 0 on every record of a small rung) and carries no error (SE 0);
-    strict dominance would then never drop a candidate that is worse in the other objective.
-    A tie with a positive margin (SE > 0, z > 0) does not clear it, so noise still protects.
-
-    SE of the difference (`difference_stderrs`): candidates of a rung are scored on the same
-    items, so their errors correlate (a hard record is hard for both); the paired SE, of the
-    per-item differences, measures the noise of the comparison itself and is far smaller than
-    the unpaired sqrt(se_a^2 + se_b^2) when two merges of one delta agree on most items (two
-    candidates that answer every document alike differ by exactly 0, SE 0). Without items the
-    unpaired SE is used, the conservative one (it promotes more, never fewer). An unknown SE
-    makes that objective's margin infinite: nothing is dropped on a score that carries no error
-    estimate, unless z is 0 (then no margin is asked for at all).
+    Per objective: paired (`evidence.paired_beats`: sign test on the discordant items and a
+    paired z test) where both carry lined-up items, else the unpaired z test on
+    sqrt(se_a^2 + se_b^2), no evidence where that SE is 0 or unknown. Better in both, not merely
+    as good in one: "as good" would rest on ties, and two merges that answer every document of a
+    small rung alike may still differ on the documents it has not seen (the most conservative
+    merge of a trial is then the one wrongly dropped). The general items are uncapped
+    retentions: b's uncapped general above a's means b's capped one is at least a's.
     """
-    strictly = False
-    for vb, va, se in zip(b.values(), a.values(), difference_stderrs(b, a), strict=True):
-        if z == 0:
-            margin = 0.0
-        elif se is None:
+    groups = _paired_groups(b.items, a.items)
+    unpaired = [None if sa is None or sb is None else math.hypot(sa, sb)
+                for sa, sb in zip(a.stderrs(), b.stderrs(), strict=True)]
+    for vb, va, group, se in zip(b.values(), a.values(), groups, unpaired, strict=True):
+        if group is not None:
+            if not paired_beats(group, error_rate):
+                return False
+        elif not unpaired_beats(vb - va, se, error_rate):
             return False
-        else:
-            margin = z * se
-        if not vb - va >= margin:
-            return False
-        strictly = strictly or vb - va > margin
-    return strictly
+    return True
 
 
-def margin_dominators(a: RungResult, results: Sequence[RungResult], z: float) -> int:
-    """How many of `results` dominate `a` by the margin (`a` itself never does)."""
-    return sum(1 for b in results if b is not a and dominates_by_margin(b, a, z))
+def dominators(a: RungResult, results: Sequence[RungResult], error_rate: float) -> int:
+    """How many of `results` dominate `a` beyond doubt (`a` itself never does)."""
+    return sum(1 for b in results if b is not a and dominates_beyond_doubt(b, a, error_rate))
 
 
 def _plain_pareto_ranks(results: Sequence[RungResult]) -> list[int]:
@@ -284,55 +285,65 @@ def _plain_pareto_ranks(results: Sequence[RungResult]) -> list[int]:
 OBJECTIVE_MAX = 1.0
 
 
-def beaten_by_exact(a: RungResult, point: Sequence[float], z: float) -> bool:
-    """Whether an exact full-fidelity `point` (edit, general) beats a's rung estimate: by at least
-    z of a's standard errors in every objective and more than that in one.
+def _estimate_stderrs(a: RungResult) -> tuple[float | None, float | None]:
+    """a's SEs as estimates of its full scores, floored by `evidence.jeffreys_floor` where its items
+    are known (a rung whose items all agree still carries the doubt of its few items)."""
+    if a.items is None:
+        return a.stderrs()
+    edit = jeffreys_floor(a.items.edit, a.items.edit_population)
+    general = None
+    if a.items.general:
+        pops = a.items.general_population or {}
+        floors = [jeffreys_floor(v, pops.get(t, len(v))) for t, v in a.items.general.items()]
+        general = math.sqrt(math.fsum(f * f for f in floors)) / len(floors)
+    return tuple(None if se is None and floor is None else max(x for x in (se, floor) if x is not None)
+                 for se, floor in zip(a.stderrs(), (edit, general), strict=True))
+
+
+def beaten_by_exact(a: RungResult, point: Sequence[float], error_rate: float) -> bool:
+    """Whether an exact full-fidelity `point` (edit, general) beats a's rung estimate: in every
+    objective by more than z(error_rate) of a's standard errors (floored, `_estimate_stderrs`).
 
     The point is a candidate's full evaluation (or the base's), so it has no error; a's rung
-    score estimates a's full score with SE se_a. In an objective where the point sits at its
-    ceiling (1) a cannot end above it, so no margin is asked there (general score is capped at
-    1, and merges that keep everything tie there). An unknown SE protects a (unless z is 0).
+    score estimates a's full score. In an objective where the point sits at its ceiling (1) a
+    cannot end above it, so no margin is asked there (general score is capped at 1, and merges
+    that keep everything tie there); the other objective must then show the point strictly
+    ahead. An unknown SE protects a.
     """
-    strictly = False
-    for vb, va, sa in zip(point, a.values(), a.stderrs(), strict=True):
-        if z == 0:
-            margin = 0.0
-        elif sa is None:
+    z, strictly = z_for(error_rate), False
+    for vb, va, sa in zip(point, a.values(), _estimate_stderrs(a), strict=True):
+        if sa is not None and vb - va > 0 and vb - va >= z * sa:
+            strictly = True
+        elif not vb >= OBJECTIVE_MAX >= va:
             return False
-        else:
-            margin = z * sa
-        if not (vb - va >= margin or vb >= OBJECTIVE_MAX >= va):
-            return False
-        strictly = strictly or vb - va > margin
     return strictly
 
 
-def promote(results: Sequence[RungResult], reduction_factor: float, z: float,
+def promote(results: Sequence[RungResult], reduction_factor: float, error_rate: float,
             front: Sequence[Sequence[float]] = ()) -> list[str]:
     """Keys of the candidates that go on to the next rung, in the order of `results`.
 
-    Rule: a candidate goes on when no other candidate of the rung dominates it by the margin
-    (`dominates_by_margin`: at least z standard errors of the difference better in both
-    objectives, more in one) and no point of `front` beats it (`beaten_by_exact`; the sweep's
-    full-fidelity results so far). All such candidates go on, however many (the margin, not a
-    quota, decides; a noisy rung drops little). When fewer than ceil(n / reduction_factor)
-    survive, the best of the dropped that `front` does not beat fill up to that minimum, so a rung
-    of a few lucky outliers does not starve the next rung: ordered by how many candidates
-    margin-dominate them (fewer first), then by plain Pareto rank (non-dominated sorting), then
-    by their position in `results` (deterministic). A candidate the sweep has already beaten
-    with exact results is not worth a fuller look, minimum or not.
+    Rule: a candidate goes on when no other candidate of the rung dominates it beyond doubt
+    (`dominates_beyond_doubt`: better in both objectives, each at `error_rate`) and no point of
+    `front` beats it (`beaten_by_exact`; the sweep's full-fidelity results so far). All such
+    candidates go on, however many (the evidence, not a quota, decides; a noisy rung drops
+    little). When fewer than ceil(n / reduction_factor) survive, the best of the dropped that
+    `front` does not beat fill up to that minimum, so a rung of a few lucky outliers does not
+    starve the next rung: ordered by how many candidates dominate them beyond doubt (fewer
+    first), then by plain Pareto rank (non-dominated sorting), then by their position in
+    `results` (deterministic). A candidate the sweep has already beaten with exact results is
+    not worth a fuller look, minimum or not.
     """
     if reduction_factor <= 1:
         raise ValueError(f"reduction_factor must be > 1, got {reduction_factor}")
-    if z < 0:
-        raise ValueError(f"margin z must be >= 0, got {z}")
+    z_for(error_rate)  # refuses an error rate outside (0, 0.5]
     keys = [r.key for r in results]
     if len(set(keys)) != len(keys):
         raise ValueError(f"duplicate candidate keys in a rung: {sorted(k for k in set(keys) if keys.count(k) > 1)}")
     if not results:
         return []
-    beaten = {i for i, r in enumerate(results) if any(beaten_by_exact(r, p, z) for p in front)}
-    counts = [margin_dominators(r, results, z) for r in results]
+    beaten = {i for i, r in enumerate(results) if any(beaten_by_exact(r, p, error_rate) for p in front)}
+    counts = [dominators(r, results, error_rate) for r in results]
     keep = {i for i, c in enumerate(counts) if c == 0 and i not in beaten}
     minimum = math.ceil(len(results) / reduction_factor)
     if len(keep) < minimum:
@@ -373,7 +384,7 @@ def run_rungs(
     evaluate_at: Callable[[int, list[str]], Mapping[str, RungResult]],
     rungs: int,
     reduction_factor: float,
-    z: float,
+    error_rate: float,
     keep: Sequence[str] = (),
     front: Sequence[Sequence[float]] = (),
 ) -> list[dict[str, RungResult]]:
@@ -404,7 +415,7 @@ def run_rungs(
         history.append({k: got[k] for k in alive})
         if rung == rungs - 1:
             break
-        promoted = set(promote([got[k] for k in alive], reduction_factor, z, front)) | set(keep)
+        promoted = set(promote([got[k] for k in alive], reduction_factor, error_rate, front)) | set(keep)
         alive = [k for k in alive if k in promoted]
     return history
 
@@ -415,23 +426,36 @@ def general_score_stderr(
     n_docs: Mapping[str, int],
     population: Mapping[str, int],
     higher_is_better: Mapping[str, bool] | None = None,
+    floor: Mapping[str, float | None] | None = None,
+    candidate: Mapping[str, float] | None = None,
 ) -> float | None:
-    """SE of `general_score` (mean over T tasks of retention c_t / b_t) from each task's SE.
+    """SE of `general_score` (mean over T tasks of each task's retention) from each task's SE.
 
-    Retention of task t has SE se_t / b_t (the base's score on the same documents is a fixed
-    divisor here); the mean over independent tasks has sqrt(sum (se_t / b_t)^2) / T. Each task's
-    SE gets the finite-population correction of its rung (n of the N documents). The cap at 1 is
-    ignored (it can only shrink the spread). None when a task's SE or a usable base is unknown,
-    or for a lower-is-better task (its retention b / c is not linear in the candidate's score).
+    Retention above chance (c_t − f_t) / (b_t − f_t) has SE se_t / (b_t − f_t) (the base's
+    score on the same documents is a fixed divisor here); a perplexity's retention b_t / c_t
+    has, by the delta method, SE (b_t / c_t) · se_t / c_t (c_t: the `candidate`'s score, the
+    base's where not given). The mean over independent tasks has sqrt(sum SE_t^2) / T. Each
+    task's SE gets the finite-population correction of its rung (n of the N documents; an empty
+    `population` skips it: the SE of an estimate of the task's ability). The clamp to [0, 1] is
+    ignored (it only shrinks the spread). None when a task's SE or a base above its floor is unknown.
     """
     if not base:
         return None
     total = 0.0
     for task, b in base.items():
         se, n, big_n = task_se.get(task), n_docs.get(task, 0), population.get(task, 0)
-        if se is None or not math.isfinite(se) or b <= 0 or not (higher_is_better or {}).get(task, True):
+        if se is None or not math.isfinite(se):
             return None
         if big_n > 1 and n <= big_n:
             se *= math.sqrt((big_n - n) / (big_n - 1))
-        total += (se / b) ** 2
+        if (higher_is_better or {}).get(task, True):
+            span = b - ((floor or {}).get(task) or 0.0)
+            if span <= 0:
+                return None
+            total += (se / span) ** 2
+        else:
+            c = (candidate or {}).get(task, b)
+            if b <= 0 or c <= 0:
+                return None
+            total += (b / c * se / c) ** 2
     return math.sqrt(total) / len(base)

@@ -13,7 +13,10 @@ In `chat` format the model is prompted through its chat template, but the scored
 prompt and the generated reply only: the template's role words and default system prompt (plain
 text once special tokens are skipped) are the same in every sample and would otherwise add their
 own n-grams to each. The budget stays EasyEdit's: 100 tokens counting the prompt's own tokens,
-not the template's, so a chat sample generates as many tokens as a plain one.
+not the template's, so a chat sample generates as many tokens as a plain one. A chat reply ends
+at the end of the assistant's turn (the template's end-of-turn token or EOS, `stop_token_ids`;
+issue 23): what a chat model samples after its turn is no part of its answer. Plain format keeps
+EasyEdit's rule (no stop at end-of-sequence).
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from collections import Counter
 import torch
 
 from mm4ke_ray.evaluate.accuracy import model_device
+from mm4ke_ray.evaluate.stop_rules import stop_token_ids
 from mm4ke_ray.modeling import format_prompt
 from mm4ke_ray.modeling.encoding import PromptFormat
 
@@ -61,7 +65,7 @@ def ngram_entropy(text: str) -> float:
     return (weights[0] * h[0] + weights[1] * h[1]) / 2
 
 
-def _cache_kwarg(model) -> str | None:
+def cache_kwarg(model) -> str | None:
     # transformers 5 names the KV cache argument `cache`, 4.x `past_key_values`.
     params = inspect.signature(model.forward).parameters
     return next((name for name in ("cache", "past_key_values") if name in params), None)
@@ -87,18 +91,20 @@ def generate_for_fluency(
 
     Returns the decoded whole sequence, prompt included, NFKD-normalised with blank lines
     joined, as EasyEdit's `generate_fast` does; in `chat` format the prompt followed by the
-    decoded reply (the template left out, see the module docstring). Sampling uses its own CPU
-    generator seeded with `seed`, so the result repeats for the same model and seed on any
-    device and leaves the global random state alone.
+    decoded reply up to the end of the assistant's turn (the template left out, see the module
+    docstring). Sampling uses its own CPU generator seeded with `seed`, so the result repeats
+    for the same model and seed on any device and leaves the global random state alone.
     """
     gen = torch.Generator().manual_seed(seed)
     device = model_device(model)
     ids = _prompt_ids(tokenizer, prompt, prompt_format)
     start = len(ids)
+    stops: set[int] = set()
     if prompt_format == "chat":  # generate what plain would: max_length minus the prompt's tokens
         own = len(tokenizer(prompt, add_special_tokens=False)["input_ids"])
         max_length = start + max(max_length - own, 1)
-    cache_name = _cache_kwarg(model)
+        stops = stop_token_ids(tokenizer, model)
+    cache_name = cache_kwarg(model)
     step_input, cache = torch.tensor([ids], device=device), None
     while len(ids) < max_length:
         kwargs = {cache_name: cache, "use_cache": True} if cache_name else {}
@@ -110,6 +116,8 @@ def generate_for_fluency(
         top = torch.topk(last, top_k)
         probs = torch.softmax(top.values, -1).cpu()
         token = int(top.indices[torch.multinomial(probs, 1, generator=gen).item()])
+        if token in stops:  # the assistant's turn is over
+            break
         ids.append(token)
         step_input = torch.tensor([[token]] if cache is not None else [ids], device=device)
     if prompt_format == "chat":

@@ -13,20 +13,17 @@ mode could then not reach. Tasks written by `write_multiple_choice_task` keep th
 cache beside their files.
 
 `retention` / `general_score` (in `scores`, re-exported here) turn candidate and base scores into
-the "general ability kept" objective: merged / base per task as in the paper, capped at 1.
-`evaluate_result()` adds each score's standard error (closed form over the documents, as
-lm-eval's `mean_stderr`), chance floor and document count, which `GeneralResult.check_noise`
-judges and `GeneralResult.flat` names for a tracker (`general.<task>`, `general.<task>.stderr`).
+the "general ability kept" objective: per task the ability above chance kept, (candidate −
+floor) / (base − floor), base / candidate for a perplexity, in [0, 1]. `evaluate_result()` adds
+each score's standard error (closed form over the documents, see `task_stats`), chance floor and
+document count, which `GeneralResult.check_noise` judges and `GeneralResult.flat` names for a
+tracker (`general.<task>`, `general.<task>.stderr`).
 """
 
 from __future__ import annotations
 
 import contextlib
-import difflib
-import math
-import os
 import random
-import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +35,13 @@ from mm4ke_ray.errors import UserError
 from mm4ke_ray.evaluate.local_tasks import write_multiple_choice_task
 from mm4ke_ray.evaluate.scores import NOISE_Z, check_task_noise, general_score, retention
 from mm4ke_ray.evaluate.shared_context_lm import shared_context_hflm_class
+from mm4ke_ray.evaluate.task_index import (
+    load_each,
+    task_manager,
+    use_offline_defaults,
+    validate_tasks,
+)
+from mm4ke_ray.evaluate.task_stats import LeafStats, leaf_stats
 from mm4ke_ray.modeling.modes import eval_mode
 
 __all__ = [
@@ -47,104 +51,10 @@ __all__ = [
     "general_score",
     "primary_scores",
     "retention",
+    "use_offline_defaults",
     "validate_tasks",
     "write_multiple_choice_task",
 ]
-
-# Full task indexes (built-in + include_path) take ~8 s to build; keyed by the include_path and
-# a fingerprint of its files so an edited or added YAML is seen.
-_FULL_MANAGERS: dict[tuple, Any] = {}
-
-
-def _use_offline_defaults() -> None:
-    """Default HF to offline unless the user set either variable (then their choice stands)."""
-    if "HF_HUB_OFFLINE" in os.environ or "HF_DATASETS_OFFLINE" in os.environ:
-        return
-    os.environ["HF_HUB_OFFLINE"] = os.environ["HF_DATASETS_OFFLINE"] = "1"
-    # huggingface_hub and datasets read these once at import; if they are already imported,
-    # the new value must reach their module constants too.
-    if "huggingface_hub.constants" in sys.modules:
-        sys.modules["huggingface_hub.constants"].HF_HUB_OFFLINE = True
-    if "datasets.config" in sys.modules:
-        cfg = sys.modules["datasets.config"]
-        cfg.HF_HUB_OFFLINE = cfg.HF_DATASETS_OFFLINE = True
-
-
-def _include_paths(include_path: str | Path | None) -> list[Path]:
-    if include_path is None:
-        return []
-    path = Path(include_path)
-    if not path.exists():
-        raise UserError(
-            f"include_path {str(path)!r} does not exist: give a folder of lm-eval task YAMLs"
-        )
-    return [path.resolve()]
-
-
-def _fingerprint(paths: list[Path]) -> tuple:
-    files = []
-    for root in paths:
-        candidates = [root] if root.is_file() else sorted(root.rglob("*.y*ml"))
-        for f in candidates:
-            st = f.stat()
-            files.append((str(f), st.st_mtime_ns, st.st_size))
-    return tuple(files)
-
-
-def _full_manager(paths: list[Path]):
-    from lm_eval.tasks import TaskManager
-
-    key = _fingerprint(paths)
-    if key not in _FULL_MANAGERS:
-        _FULL_MANAGERS[key] = TaskManager(include_path=[str(p) for p in paths] or None)
-    return _FULL_MANAGERS[key]
-
-
-def _task_manager(tasks: Sequence[str], include_path: str | Path | None, *, full: bool = False):
-    """The TaskManager that knows every name in `tasks`; UserError with suggestions otherwise.
-
-    Local-only indexes are built first (milliseconds); the built-in index (~8 s, cached per
-    process) only when a name is not local or `full` is asked for.
-    """
-    _use_offline_defaults()
-    from lm_eval.tasks import TaskManager
-
-    paths = _include_paths(include_path)
-    if paths and not full:
-        local = TaskManager(include_path=[str(p) for p in paths], include_defaults=False)
-        if all(t in local.task_index for t in tasks):
-            return local
-    manager = _full_manager(paths)
-    unknown = [t for t in tasks if t not in manager.task_index]
-    if unknown:
-        lines = []
-        for name in unknown:
-            close = difflib.get_close_matches(name, manager.all_tasks, n=5, cutoff=0.6)
-            hint = f"did you mean: {', '.join(close)}?" if close else "no similar task name"
-            lines.append(f"  - {name!r}: {hint}")
-        where = f" (built-in tasks + {paths[0]})" if paths else " (built-in tasks; no include_path)"
-        raise UserError(
-            f"unknown lm-eval task name(s){where}:\n"
-            + "\n".join(lines)
-            + "\nFix the name in the eval config, or add a task YAML to the include_path."
-        )
-    return manager
-
-
-def validate_tasks(tasks: Sequence[str], include_path: str | Path | None = None) -> None:
-    """Check task names against lm-eval's index (built-in + include_path) without loading data.
-
-    Raises UserError listing each unknown name with close matches ("did you mean"). Cheap when
-    every name is in include_path; otherwise builds lm-eval's built-in index once per process.
-    """
-    tasks = list(tasks)
-    if not tasks:
-        return
-    if len(set(tasks)) != len(tasks):
-        dupes = sorted({t for t in tasks if tasks.count(t) > 1})
-        raise UserError(f"general tasks list names {dupes} more than once; list each task once")
-    _task_manager(tasks, include_path)
-
 
 def _quiet_hflm_class(shared_context: bool = False):
     """HFLM without per-call progress bars (one per candidate would flood a worker's log);
@@ -162,26 +72,6 @@ def _quiet_hflm_class(shared_context: bool = False):
             return super().generate_until(requests, disable_tqdm=disable_tqdm)
 
     return QuietHFLM
-
-
-def _load_each(manager, tasks: Sequence[str]) -> list[dict]:
-    """`manager.load` per name; data problems become a UserError naming the task and the fix."""
-    loaded = []
-    for name in tasks:
-        try:
-            loaded.append(manager.load([name]))
-        except KeyError:
-            raise
-        except Exception as e:  # datasets/hub errors vary by cause; the user needs the task name
-            raise UserError(
-                f"lm-eval task {name!r} could not be loaded ({type(e).__name__}: {e}). Offline "
-                "(HF_HUB_OFFLINE=1), a built-in task needs its dataset in the Hugging Face cache: "
-                "use a local task YAML, or set HF_HUB_OFFLINE=0 to allow downloads."
-            ) from e
-    return loaded
-
-
-_CHANCE_METRICS = ("acc", "acc_norm", "acc_mutual_info")  # pick-one-choice accuracies
 
 
 def _metric_name(entry) -> str:
@@ -225,34 +115,30 @@ def _primary_value(task_results: Mapping[str, Any], metric: str | None) -> float
     return float(task_results[_primary_key(task_results, metric)])
 
 
-def _sample_stderr(values: list[float]) -> float | None:
-    """Standard error of a mean (sample std / sqrt n), as lm-eval's `mean_stderr` computes it."""
-    n = len(values)
-    if n < 2:
-        return None
-    mu = sum(values) / n
-    return math.sqrt(sum((v - mu) ** 2 for v in values) / (n - 1) / n)
-
-
 @dataclass(frozen=True)
 class GeneralResult:
     """One evaluation: per output key its score, standard error, chance floor and doc count.
 
-    `stderr` is None where the task's aggregation is not a mean of per-document values (lm-eval
-    reports none either, e.g. SQuAD 2.0's). `chance` is what picking a choice uniformly at
-    random scores (multiple-choice accuracies) and 0 for everything else.
+    `stderr` is None where the task's aggregation is neither a mean of per-document values nor a
+    perplexity (lm-eval reports none either, e.g. SQuAD 2.0's). `chance` is what picking a
+    choice uniformly at random scores (multiple-choice accuracies), 0 for generated answers and
+    None for a perplexity (no floor). `scale` is a metric's full scale (100 for SQuAD 2.0's
+    percent scores, else 1; absent means 1), which bounds an unknown SE (`noise_floor_stderr`).
     """
 
     scores: dict[str, float]
     stderr: dict[str, float | None]
-    chance: dict[str, float]
+    chance: dict[str, float | None]
     n_docs: dict[str, int]
     metrics: dict[str, str | None]
     higher_is_better: dict[str, bool]
     settings: dict[str, Any] = field(default_factory=dict)  # the evaluator's `settings`, to record
     # Per task (not group) whose metric is a mean of per-document values: those values, in
     # document order. Two evaluations on the same documents line up (paired comparisons).
+    # A perplexity's per_doc holds each document's NLL and `doc_weights` its words (or bytes).
     per_doc: dict[str, list[float]] = field(default_factory=dict)
+    doc_weights: dict[str, list[float]] = field(default_factory=dict)
+    scale: dict[str, float] = field(default_factory=dict)
 
     def flat(self, prefix: str = "general") -> dict[str, float]:
         """Flat metric names for a tracker: `<prefix>.<task>` and `<prefix>.<task>.stderr`."""
@@ -266,7 +152,7 @@ class GeneralResult:
     def check_noise(self, z: float = NOISE_Z) -> None:
         """`check_task_noise` on these (the base model's) results: UserError for noisy tasks."""
         check_task_noise(self.scores, self.stderr, self.chance, self.n_docs,
-                         self.higher_is_better, self.metrics, z=z)
+                         self.higher_is_better, self.metrics, z=z, scale=self.scale)
 
 
 class GeneralEvaluator:
@@ -288,7 +174,7 @@ class GeneralEvaluator:
         model,
         tokenizer,
         tasks: list[str],
-        include_path: str | Path | None = None,
+        include_path: str | Path | Sequence[str | Path] | None = None,
         limit: int | float | None = None,
         batch_size: int = 8,
         seed: int = 0,
@@ -330,9 +216,9 @@ class GeneralEvaluator:
         key per leaf task. `_leaves` maps a group key to its leaf tasks (for stderr and chance).
         """
         try:
-            loaded = _load_each(_task_manager(tasks, include_path), tasks)
+            loaded = load_each(task_manager(tasks, include_path), tasks)
         except KeyError:  # a local group referring to built-in tasks needs the full index
-            loaded = _load_each(_task_manager(tasks, include_path, full=True), tasks)
+            loaded = load_each(task_manager(tasks, include_path, full=True), tasks)
         merged: dict[str, dict] = {"tasks": {}, "groups": {}, "group_map": {}}
         outputs: list[tuple[str, str, str | None, bool]] = []
         owner: dict[str, str] = {}
@@ -444,21 +330,26 @@ class GeneralEvaluator:
         from lm_eval.api.metrics import pooled_sample_stderr, unweighted_mean_stderr
 
         scores = primary_scores(full, self.outputs)
-        stderr, chance, n_docs, per_doc = {}, {}, {}, {}
+        stderr, chance, n_docs, per_doc, weights, scale = {}, {}, {}, {}, {}, {}
         for key, kind, metric, _ in self.outputs:
             if kind == "task":
                 filt = _primary_key(full["results"][key], metric).split(",", 1)[1]
-                stderr[key], chance[key], n_docs[key], values = self._leaf_noise(full, key, metric, filt)
-                if values is not None:
-                    per_doc[key] = values
+                leaf = self._leaf_stats(full, key, metric, filt)
+                stderr[key], chance[key], n_docs[key], scale[key] = leaf.stderr, leaf.floor, leaf.n_docs, leaf.scale
+                if leaf.values is not None:
+                    per_doc[key] = leaf.values
+                if leaf.weights is not None:
+                    weights[key] = leaf.weights
                 continue
             leaves, by_size = self._leaves[key]
             filt = _primary_key(full["groups"][key], metric).split(",", 1)[1]
-            parts = [self._leaf_noise(full, leaf, metric, filt) for leaf in leaves]
-            ses, sizes = [p[0] for p in parts], [p[2] for p in parts]
+            parts = [self._leaf_stats(full, leaf, metric, filt) for leaf in leaves]
+            ses, sizes = [p.stderr for p in parts], [p.n_docs for p in parts]
             n_docs[key] = n = sum(sizes)
-            weights = [size / n if by_size else 1 / len(parts) for size in sizes] if n else []
-            chance[key] = sum(w * p[1] for w, p in zip(weights, parts, strict=True))
+            scale[key] = max((p.scale for p in parts), default=1.0)
+            weights_ = [size / n if by_size else 1 / len(parts) for size in sizes] if n else []
+            floors = [p.floor for p in parts]
+            chance[key] = None if None in floors else sum(w * f for w, f in zip(weights_, floors, strict=True))
             # lm-eval's own group formulas: pooled for a size-weighted mean, else in quadrature.
             if None in ses or not n:
                 stderr[key] = None
@@ -468,26 +359,12 @@ class GeneralEvaluator:
                 stderr[key] = float(unweighted_mean_stderr(ses))
         return GeneralResult(scores, stderr, chance, n_docs,
                              {key: metric for key, _, metric, _ in self.outputs}, self.higher_is_better,
-                             self.settings, per_doc)
+                             self.settings, per_doc, weights, scale)
 
-    def _leaf_noise(self, full, name: str, metric: str | None, filt: str):
-        """(stderr, chance, n, per-document values or None) of one leaf task's `metric` under
-        filter `filt`; the values in document order, where the metric is their mean."""
-        from lm_eval.api.metrics import mean
-
-        task = self.task_dict["tasks"][name]
+    def _leaf_stats(self, full, name: str, metric: str | None, filt: str) -> LeafStats:
+        """`task_stats.leaf_stats` of one leaf task's `metric` under filter `filt`."""
         samples = sorted((s for s in full["samples"][name] if s.get("filter") == filt), key=lambda s: s["doc_id"])
-        per_doc = None
-        if task.aggregation().get(metric) is mean:
-            try:
-                per_doc = [float(s[metric]) for s in samples]
-            except (KeyError, TypeError, ValueError):  # a per-document value that is not a number
-                per_doc = None
-        se = _sample_stderr(per_doc) if per_doc is not None else None
-        chance = 0.0
-        if task.OUTPUT_TYPE == "multiple_choice" and metric in _CHANCE_METRICS and samples:
-            chance = sum(1 / len(task.doc_to_choice(s["doc"])) for s in samples) / len(samples)
-        return se, chance, len(samples), per_doc
+        return leaf_stats(self.task_dict["tasks"][name], name, samples, metric)
 
 
 def primary_scores(full: Mapping[str, Any], outputs) -> dict[str, float]:

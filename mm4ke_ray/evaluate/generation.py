@@ -1,20 +1,22 @@
 """Generation-based ("WILD") edit metrics: the model must produce the answer itself.
 
 Teacher forcing scores each answer token given the gold prefix; here the model generates greedily
-from the prompt and the whole answer is judged (arXiv 2502.11177 measured single-edit success
-falling from 96.8% to 38.5% under this kind of evaluation).
+from the prompt and the whole answer is judged, as EasyEdit's WILD evaluation does (arXiv
+2502.11177 measured single-edit success falling from 96.8% to 38.5% under it).
 
 Generation (`greedy_generate`): greedy, batched with left padding and a KV cache, from exactly
 the prompt tokens training and teacher forcing use (`encode_example(...)`'s ids before the
-answer, plain or chat format). A row stops at the first of: an end-of-sequence or end-of-turn
-token (`stop_token_ids`: the tokenizer's and model's EOS plus the chat template's end-of-turn
-token), a token holding a newline once some text was generated, or `max_new_tokens` = the
-item's answer length in tokens + `extra_new_tokens` (default 4). Rows are length-sorted into
-batches; the generations equal one-prompt-at-a-time `model.generate` (greedy) ones (tests and
-benchmarks/bench_generation.py check it).
+answer; in `chat` format the tokenizer's chat template with its own default system prompt, as
+WILD prompts a chat model). A row stops at the first of: an end-of-sequence or end-of-turn token
+(`stop_rules.stop_token_ids`), the token whose text completes a stop of the stop rule
+(`stop_rules`: "wild", the default, stops at a sentence-ending "." or a newline, abbreviations
+such as "Dr." and initials excepted; "newline" at a newline only), or the budget:
+`max_new_tokens` (default 64, WILD's generous budget cut at the stop; with the pre-WILD
+`extra_new_tokens` at most the answer's token count + that). A batch ends as soon as every row has
+stopped. Rows are length-sorted into batches; the generations equal one-prompt-at-a-time ones
+(tests and benchmarks/bench_generation.py check it).
 
-Answer text: the generated ids decoded without special tokens, leading whitespace dropped, cut
-at the first newline.
+Answer text: the generated ids decoded without special tokens, cut at the stop, stripped.
 
 Normalisation (`normalize_answer`, SQuAD's rules on Unicode): NFKC, lower case, punctuation
 and symbols (Unicode categories P* and S*) removed, the articles "a", "an", "the" dropped,
@@ -22,16 +24,18 @@ whitespace collapsed; the result is a list of words. A target that normalises to
 compared on its lower-cased words instead.
 
 Hit (`answer_matches`), on those word lists, `match`:
-- "starts_with" (default): the generation's first words are the target's words;
-- "equals": the generation's words are exactly the target's;
-- "contains": the target's words occur contiguously in the generation.
+- "equals" (default, WILD's exact match): the generation's words are exactly the target's;
+- "starts_with" (lenient): the generation's first words are the target's words;
+- "contains" (lenient): the target's words occur contiguously in the generation.
 
-Metrics, per item 100 for a hit and 0 otherwise, then as the teacher-forced ones (mean per
-record, then over the records that have the metric): Edit Succ. (prompt -> target_new),
-Generalization (rephrases -> target_new), Portability (item prompt -> item answer). Locality:
-100 when the edited model's normalised answer to the locality prompt equals the base model's
-(`base_generations`), else 0 ("unchanged", not "correct"; the base against itself scores 100).
-Per-kind means of portability and locality as in `edit_metrics.kind_means`.
+Metrics, per item 100 for a hit and 0 otherwise, then as the teacher-forced ones (per record the
+mean of its per-kind means, then the mean over the records that have the metric;
+`edit_metrics.record_score`): Edit Succ. (prompt -> target_new), Generalization (rephrases ->
+target_new), Portability (item prompt -> item answer). Locality: 100 when the edited model's
+normalised answer to the locality prompt equals the base model's (`base_generations`, generated
+and normalised alike), else 0 ("unchanged", not "correct"; the base against itself scores 100).
+Per-kind means of portability and locality as in `edit_metrics.kind_means`. Every per-record row
+names its `match` and `stop`; `GenerationEvaluator.rules()` is what a run records.
 """
 
 from __future__ import annotations
@@ -47,8 +51,10 @@ import torch
 from mm4ke_ray.data.records import EditRecord
 from mm4ke_ray.errors import UserError
 from mm4ke_ray.evaluate.accuracy import model_device
-from mm4ke_ray.evaluate.edit_metrics import encode_item, kind_means, record_items
-from mm4ke_ray.evaluate.fluency import _cache_kwarg
+from mm4ke_ray.evaluate.definitions import DEFAULT_MAX_NEW_TOKENS
+from mm4ke_ray.evaluate.edit_metrics import encode_item, kind_means, record_items, record_score
+from mm4ke_ray.evaluate.fluency import cache_kwarg
+from mm4ke_ray.evaluate.stop_rules import STOP_RULES, StopRule, TextStop, cut_answer, stop_token_ids
 from mm4ke_ray.modeling.encoding import PromptFormat
 from mm4ke_ray.modeling.modes import eval_mode
 
@@ -83,61 +89,14 @@ def answer_matches(generated: str, target: str, match: MatchMode = "starts_with"
     raise ValueError(f"match must be one of {', '.join(MATCH_MODES)}, got {match!r}")
 
 
-def answer_text(tokenizer, ids: Sequence[int]) -> str:
-    """The answer a generation gives: decoded, leading whitespace dropped, cut at a newline."""
-    text = tokenizer.decode(list(ids), skip_special_tokens=True).lstrip()
-    return text.split("\n", 1)[0].strip()
+def generation_rules(match: str, stop: str, max_new_tokens: int, extra_new_tokens: int | None) -> dict:
+    """The rules a generated score was produced by, as recorded with it (MLflow params, JSON, card)."""
+    return {"match": match, "stop": stop, "max_new_tokens": max_new_tokens, "extra_new_tokens": extra_new_tokens}
 
 
-# -- stop tokens ----------------------------------------------------------------------------------
-
-
-def end_of_turn_ids(tokenizer) -> set[int]:
-    """The special token the chat template puts right after an assistant reply (e.g. <|im_end|>)."""
-    if not getattr(tokenizer, "chat_template", None):
-        return set()
-    mark = "MM4KEANSWERMARK"
-    try:
-        text = tokenizer.apply_chat_template(
-            [{"role": "user", "content": "q"}, {"role": "assistant", "content": mark}],
-            tokenize=False,
-        )
-    except Exception:  # noqa: BLE001 - a template that refuses this conversation has no answer to give
-        return set()
-    if mark not in text:
-        return set()
-    after = text.split(mark, 1)[1].lstrip(" ")
-    ids = list(tokenizer(after, add_special_tokens=False)["input_ids"]) if after else []
-    special = set(tokenizer.all_special_ids) | set(getattr(tokenizer, "added_tokens_decoder", {}))
-    return {ids[0]} if ids and ids[0] in special else set()
-
-
-def stop_token_ids(tokenizer, model=None) -> set[int]:
-    """End-of-sequence ids of the tokenizer and the model's generation config, plus end-of-turn."""
-    stops: set[int] = set()
-    candidates = [tokenizer.eos_token_id]
-    config = getattr(model, "generation_config", None)
-    if config is not None:
-        candidates.append(config.eos_token_id)
-    for value in candidates:
-        if isinstance(value, int):
-            stops.add(value)
-        elif isinstance(value, list | tuple):
-            stops.update(v for v in value if isinstance(v, int))
-    return stops | end_of_turn_ids(tokenizer)
-
-
-class NewlineStop:
-    """Per-token 'does it hold a newline' with a cache (a vocabulary is decoded on demand)."""
-
-    def __init__(self, tokenizer):
-        self.tokenizer = tokenizer
-        self._pieces: dict[int, str] = {}
-
-    def piece(self, token: int) -> str:
-        if token not in self._pieces:
-            self._pieces[token] = self.tokenizer.decode([token], skip_special_tokens=True)
-        return self._pieces[token]
+def answer_text(tokenizer, ids: Sequence[int], rule: StopRule = "wild") -> str:
+    """The answer a generation gives: decoded without special tokens, cut at its stop (`rule`)."""
+    return cut_answer(tokenizer.decode(list(ids), skip_special_tokens=True), rule)
 
 
 # -- batched greedy generation ---------------------------------------------------------------------
@@ -153,7 +112,7 @@ def _forward(model, cache_name: str | None, cache, **inputs):
 
 
 @torch.no_grad()
-def _generate_batch(model, prompts, bounds, stops, pad_id, newline) -> list[list[int]]:
+def _generate_batch(model, prompts, bounds, stops, pad_id, text_stop) -> list[list[int]]:
     device = model_device(model)
     width = max(len(p) for p in prompts)
     ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
@@ -164,14 +123,13 @@ def _generate_batch(model, prompts, bounds, stops, pad_id, newline) -> list[list
     ids, mask = ids.to(device), mask.to(device)
     # Real tokens keep the positions they have unpadded (what generate() computes, too).
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
-    cache_name = _cache_kwarg(model)
+    cache_name = cache_kwarg(model)
     logits, cache = _forward(
         model, cache_name, None, input_ids=ids, attention_mask=mask, position_ids=positions
     )
     next_pos = positions[:, -1:] + 1
     out: list[list[int]] = [[] for _ in prompts]
     done = [False] * len(prompts)
-    has_text = [False] * len(prompts)
     rows = list(range(len(prompts)))  # prompt index of each row still in the batch
     for _ in range(max(bounds)):
         tokens = logits.argmax(-1)
@@ -182,13 +140,9 @@ def _generate_batch(model, prompts, bounds, stops, pad_id, newline) -> list[list
                 done[b] = True
                 continue
             out[b].append(token)
-            piece = newline.piece(token) if newline is not None else ""
-            if "\n" in piece and (has_text[b] or piece.split("\n", 1)[0].strip()):
-                done[b] = True
-            has_text[b] = has_text[b] or bool(piece.strip())
-            done[b] = done[b] or len(out[b]) >= bounds[b]
+            done[b] = len(out[b]) >= bounds[b] or (text_stop is not None and text_stop.ended(out[b]))
         keep = [i for i, b in enumerate(rows) if not done[b]]
-        if not keep:
+        if not keep:  # every row has stopped: no step more, whatever the budget
             break
         if len(keep) < len(rows) and (cache is None or hasattr(cache, "batch_select_indices")):
             # Finished rows leave the batch: later steps cost only what is still generating.
@@ -221,12 +175,12 @@ def greedy_generate(
     stop_ids: Collection[int],
     pad_id: int,
     batch_size: int = 32,
-    newline: NewlineStop | None = None,
+    text_stop: TextStop | None = None,
 ) -> list[list[int]]:
     """Greedy continuations of token-id `prompts`, batched; returns the generated ids per prompt.
 
     Stop tokens are not included; a row also stops after `max_new_tokens[i]` tokens and, with
-    `newline`, after a token holding a newline once some text was generated (that token is kept).
+    `text_stop`, after the token whose text completes a stop ("." or newline; that token is kept).
     Prompts are sorted by length into batches of `batch_size`, left-padded, with a KV cache.
     """
     if len(prompts) != len(max_new_tokens):
@@ -245,7 +199,7 @@ def greedy_generate(
             if max(bounds) < 1:
                 continue
             got = _generate_batch(
-                model, [list(prompts[i]) for i in rows], bounds, stops, pad_id, newline
+                model, [list(prompts[i]) for i in rows], bounds, stops, pad_id, text_stop
             )
             for i, ids in zip(rows, got, strict=True):
                 result[i] = ids
@@ -303,10 +257,13 @@ class GenerationEvaluator:
         records: list[EditRecord],
         prompt_format: PromptFormat = "plain",
         batch_size: int = 32,
-        match: MatchMode = "starts_with",
-        extra_new_tokens: int = 4,
+        match: MatchMode = "equals",
+        max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
+        extra_new_tokens: int | None = None,
+        stop: StopRule = "wild",
     ):
-        """`max_new_tokens` of an item = its answer's token count + `extra_new_tokens`."""
+        """Every item may generate `max_new_tokens` (cut at its stop); with `extra_new_tokens`
+        (the pre-WILD bound) at most its answer's token count + that."""
         if not records:
             raise UserError(
                 "no edit records to evaluate: the data set is empty (check the file and --limit)"
@@ -315,30 +272,42 @@ class GenerationEvaluator:
             raise UserError(f"batch_size must be at least 1, got {batch_size}")
         if match not in MATCH_MODES:
             raise UserError(f"match must be one of {', '.join(MATCH_MODES)}, got {match!r}")
-        if extra_new_tokens < 0:
+        if stop not in STOP_RULES:
+            raise UserError(f"stop must be one of {', '.join(STOP_RULES)}, got {stop!r}")
+        if max_new_tokens < 1:
+            raise UserError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+        if extra_new_tokens is not None and extra_new_tokens < 0:
             raise UserError(f"extra_new_tokens must be >= 0, got {extra_new_tokens}")
         self.tokenizer = tokenizer
         self.records = list(records)
         self.prompt_format = prompt_format
         self.batch_size = batch_size
         self.match = match
+        self.stop = stop
+        self.max_new_tokens = max_new_tokens
         self.extra_new_tokens = extra_new_tokens
         self.items = [it for i, r in enumerate(self.records) for it in self._encode(i, r)]
         self._loc = [it for it in self.items if it.metric == "locality"]
         self._acc = [it for it in self.items if it.metric != "locality"]
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-        self.newline = NewlineStop(tokenizer)
-        digest = hashlib.sha1(f"{prompt_format}:{extra_new_tokens}".encode())
+        self.text_stop = TextStop(tokenizer, stop)
+        digest = hashlib.sha1(f"{prompt_format}:{stop}".encode())
         for it in self._loc:
             digest.update(repr((it.prompt_ids, it.max_new_tokens)).encode())
         self.locality_signature = digest.hexdigest()
+
+    def rules(self) -> dict:
+        """The match, stop and budget rules that produce this evaluator's scores (recorded with them)."""
+        return generation_rules(self.match, self.stop, self.max_new_tokens, self.extra_new_tokens)
 
     def _encode(self, index: int, record: EditRecord):
         for metric in ("edit_succ", "generalization", "portability", "locality"):
             for prompt, target, kind, where in record_items(record, metric):
                 ex = encode_item(self.tokenizer, record, index, prompt, target, where, self.prompt_format)
-                yield _Item(index, metric, kind, prompt, target, tuple(ex.input_ids[: ex.answer_start]),
-                            len(ex.answer_ids) + self.extra_new_tokens)
+                budget = self.max_new_tokens
+                if self.extra_new_tokens is not None:
+                    budget = min(budget, len(ex.answer_ids) + self.extra_new_tokens)
+                yield _Item(index, metric, kind, prompt, target, tuple(ex.input_ids[: ex.answer_start]), budget)
 
     def generate(self, model, items: Sequence[_Item]) -> list[str]:
         """The answers `model` generates for `items` (see the module doc)."""
@@ -349,9 +318,9 @@ class GenerationEvaluator:
             stop_token_ids(self.tokenizer, model),
             self.pad_id,
             self.batch_size,
-            self.newline,
+            self.text_stop,
         )
-        return [answer_text(self.tokenizer, x) for x in ids]
+        return [answer_text(self.tokenizer, x, self.stop) for x in ids]
 
     def base_generations(self, model) -> GenerationReference:
         """The base model's answers to every locality item; compute once per sweep."""
@@ -382,8 +351,7 @@ class GenerationEvaluator:
             rows[it.record]["items"][it.metric].append(entry)
         for row in rows:
             for metric in GENERATION_METRICS:
-                scores = [item["score"] for item in row["items"][metric]]
-                row[metric] = sum(scores) / len(scores) if scores else None
+                row[metric] = record_score(row["items"][metric])
         totals = {}
         for metric in GENERATION_METRICS:
             values = [row[metric] for row in rows if row[metric] is not None]
@@ -397,6 +365,7 @@ class GenerationEvaluator:
             "prompt": record.prompt,
             "target_new": record.target_new,
             "match": self.match,
+            "stop": self.stop,
             "items": {m: [] for m in GENERATION_METRICS},
             **{m: None for m in GENERATION_METRICS},
         }

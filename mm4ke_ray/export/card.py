@@ -27,6 +27,35 @@ _METRIC_ROWS = (
 
 
 _MORE_ROWS = (GEN_PREFIX, "portability.", "locality.", "general.", "retention.")
+_TF_EDIT_ROWS = ("edit_succ", "generalization", "portability", "locality")
+_ROW_NAMES = dict(_METRIC_ROWS)
+
+
+def _family_label(key: str) -> str:
+    """An edit metric's row name with its family (issue 23): teacher-forced or generated (WILD)."""
+    generated = key.startswith(GEN_PREFIX)
+    bare = key[len(GEN_PREFIX):] if generated else key
+    if not (bare in _TF_EDIT_ROWS or bare.startswith(("portability.", "locality."))):
+        return key
+    name = _ROW_NAMES.get(bare, bare)
+    return f"{name}, generated (WILD)" if generated else f"{name}, teacher-forced"
+
+
+def _definitions(ev: dict) -> list[str]:
+    """Which definitions produced the edit numbers: families, the objective's, aggregation, rules."""
+    lines = ["- Edit metrics: *teacher-forced* = EasyEdit token accuracy (the paper's tables); *generated "
+             "(WILD)* = the model's greedy answer judged whole"]
+    if ev.get("edit_mode"):
+        lines.append(f"- The edit objective was computed from the **{ev['edit_mode']}** metrics")
+    lines.append(f"- Aggregation (portability, locality): {ev.get('aggregation', 'unknown')} "
+                 f"(definitions version {ev.get('edit_definitions', '1')})")
+    if ev.get("mode", "teacher-forced") != "teacher-forced":
+        extra = ev.get("generation_extra_tokens")
+        lines.append(f"- Generated answers: match `{ev.get('generation_match')}`, stop `{ev.get('generation_stop')}` "
+                     f"({ev.get('generation_stop_rule') or 'rule not recorded'}), up to "
+                     f"{ev.get('generation_max_new_tokens')} new tokens"
+                     + (f" and the target's tokens + {extra}" if extra is not None else ""))
+    return lines
 
 
 def _fmt(value) -> str:
@@ -41,7 +70,8 @@ def _metric_table(recipe: dict) -> list[str]:
     keys = [(k, label) for k, label in _METRIC_ROWS if k in this or k in base]
     # Both metric families (generation behind GEN_PREFIX) and the per-kind means, when recorded.
     shown = {k for k, _ in keys}
-    keys += [(k, k) for k in sorted(this) if k not in shown and k.startswith(_MORE_ROWS)]
+    keys += [(k, _family_label(k)) for k in sorted(this) if k not in shown and k.startswith(_MORE_ROWS)]
+    keys = [(k, _family_label(k) if k in _TF_EDIT_ROWS else label) for k, label in keys]
     lines = [
         "| metric | base model | pure R-SFT, same delta (α=0, sparsity=0) | this model (sweep) | this model (re-evaluated) |",
         "|---|---|---|---|---|",
@@ -160,6 +190,18 @@ def _how_to_use(recipe: dict) -> list[str]:
     ]
 
 
+def _gguf_note(recipe: dict) -> list[str]:
+    """For a GGUF base: which quantized file it was, and that this export is no GGUF."""
+    g = recipe.get("base_gguf")
+    if not g:
+        return []
+    return [f"> **Base from GGUF:** `{g['file']}` (architecture `{g['architecture']}`, quantized "
+            f"**{g['quantization']}**, sha256 `{g['sha256']}`), dequantized to {g['dequantized_to']} by "
+            "transformers before editing. This export is a normal Hugging Face folder (safetensors, "
+            f"{g['dequantized_to']}), not a GGUF: its unedited weights are the dequantized {g['quantization']} "
+            "values, not the original unquantized model's.", ""]
+
+
 def model_card(recipe: dict) -> str:
     """Markdown model card: what was edited, how, how well (against base and pure R-SFT), how to redo it."""
     r, m, e, src = recipe["rsft"], recipe["merge"], recipe["edits"], recipe["source"]
@@ -178,6 +220,7 @@ def model_card(recipe: dict) -> str:
         f"# {src['sweep_name']} · {src['candidate']}",
         "",
         *demo,
+        *_gguf_note(recipe),
         f"`{base_model}` with {e['count']} knowledge edits from `{e['source']}`, made by Robust SFT (R-SFT) of one "
         "transformer block's MLP and merged back into the base model "
         "(θ = θ_base + (1 − α) · Top_p(θ_sft − θ_base); Fu et al., 2025, *Model Merging for Knowledge Editing*). "
@@ -190,6 +233,7 @@ def model_card(recipe: dict) -> str:
         f"- Source: `{e['source']}` (format: {e['format'] or 'detected'}; limit: {_fmt(e['limit'])}); **{e['count']} edits**",
         f"- Evaluation protocol: **{recipe['evaluation']['protocol']}** (all edits applied, then every record evaluated)",
         f"- Prompt format: `{recipe['evaluation']['prompt_format']}` (the same in training and evaluation)",
+        *_definitions(recipe["evaluation"]),
         "",
         "## Hyperparameters",
         "",

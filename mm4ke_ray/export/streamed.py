@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mm4ke_ray.errors import UserError
+from mm4ke_ray.modeling.gguf import resolve_model_source
 
 
 @dataclass
@@ -31,7 +32,7 @@ def local_checkpoint(name: str) -> Path | None:
     """`name` as a local directory holding safetensors weights, or None (then build the model)."""
     from mm4ke_ray.merge.stream import checkpoint_shards
 
-    path = Path(name).expanduser()
+    path = Path(resolve_model_source(name)).expanduser()
     if not path.is_dir():
         path = _hub_snapshot(name)
         if path is None:

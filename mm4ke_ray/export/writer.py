@@ -37,6 +37,7 @@ from mm4ke_ray.export.verify import (
     write_checksums,
 )
 from mm4ke_ray.merge.build import MERGE_INFO_FILE, merge_params
+from mm4ke_ray.modeling.gguf import gguf_provenance
 from mm4ke_ray.schema import EDIT_METRICS, FLUENCY, LAYER, RSFT_PARAMS, Tag
 from mm4ke_ray.storage import check_out_dir
 from mm4ke_ray.tracking.query import normalize_row
@@ -80,6 +81,7 @@ def _recipe(
         "mm4ke_ray_version": __version__,
         "exported_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "base_model": plan.model,
+        "base_gguf": gguf_provenance(plan.model),  # None unless the base is a .gguf file
         "merge": {
             "formula": "theta = theta_base + (1 - alpha) * sparsify(delta)",
             **merge_params(plan.alpha, plan.sparsity, plan.method, plan.seed),
@@ -110,6 +112,11 @@ def _recipe(
             "prompt_format": plan.settings.prompt_format,
             **{k: v for k, v in plan.config.get("evaluation", {}).items() if k != "protocol"},
             "objectives": plan.config.get("objectives", {}),
+            # Which definitions produced the numbers (issue 23); a sweep from before them says so.
+            "edit_mode": sweep.params.get("edit_mode"),
+            "aggregation": sweep.params.get("edit_aggregation", "items pooled per record (before issue 23)"),
+            "edit_definitions": sweep.params.get("edit_definitions", "1"),
+            "generation_stop_rule": sweep.params.get("generation_stop_rule"),
         },
         "source": {
             "tracking_uri": sweep.uri,

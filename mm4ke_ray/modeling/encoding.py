@@ -61,19 +61,26 @@ def encode_example(tokenizer, prompt: str, answer: str, prompt_format: PromptFor
 
 # What each side supervises / scores, recorded with every R-SFT run (rsft.json) so that a run says
 # which definition it used. Evaluation always scores the answer tokens only (EasyEdit); training in
-# `chat` format also learns to close the assistant's turn (LLaMA-Factory's supervised labels end
-# with the template's end-of-turn token), so a chat-edited model stops after the new answer.
+# `chat` format supervises what LLaMA-Factory's template supervises, the whole assistant slot:
+# Qwen's is "{{content}}<|im_end|>\n", so the answer, the end-of-turn token and the newline after
+# it (issue 23 §2). The paper's threshold τ bounds the mean NLL over exactly these tokens, so a
+# chat-edited model's τ means what it meant in the paper, and the model stops after the answer.
 TRAIN_SUPERVISION = {
     "plain": "answer tokens (EasyEdit)",
-    "chat": "answer tokens + the assistant's end-of-turn token (LLaMA-Factory)",
+    "chat": "answer tokens + the assistant's end-of-turn token + the whitespace after it, e.g. <|im_end|> and "
+            "the newline (LLaMA-Factory's assistant slot)",
 }
+# The same rule in short, a param and a fingerprint field (`rsft.supervised`).
+SUPERVISED = {"plain": "answer", "chat": "answer+eot"}
 EVAL_SCORING = "answer tokens only (EasyEdit), in every prompt format"
 
 
 def end_of_turn_ids(tokenizer, prompt: str, answer: str) -> list[int]:
-    """The token ids the chat template puts right after the assistant's `answer`, up to and
-    including its first special token (Qwen's `<|im_end|>`, Llama 3's `<|eot_id|>`, the tiny
-    template's `<eos>`); what follows (a newline, the next turn) is not part of the reply.
+    """The token ids the chat template puts right after the assistant's `answer` to close its
+    turn: up to and including its first special token (Qwen's `<|im_end|>`, Llama 3's
+    `<|eot_id|>`, the tiny template's `<eos>`) and the whitespace-only tokens right after it
+    (Qwen's newline), as LLaMA-Factory's assistant slot "{{content}}<|im_end|>\n" supervises them;
+    what follows (the next turn) is not part of the reply.
 
     Found by rendering the conversation with the answer as the assistant's message and taking
     the text after the answer. Raises ValueError when the template does not render the reply
@@ -92,7 +99,10 @@ def end_of_turn_ids(tokenizer, prompt: str, answer: str) -> list[int]:
     special = set(tokenizer.all_special_ids)
     for i, t in enumerate(tail):
         if t in special:
-            return tail[: i + 1]
+            end = i + 1
+            while end < len(tail) and tail[end] not in special and not tokenizer.decode([tail[end]]).strip():
+                end += 1
+            return tail[:end]
     raise ValueError(
         "the chat template puts no special token after the assistant's reply; "
         "cannot find its end-of-turn token (use prompt_format 'plain')"
@@ -103,7 +113,8 @@ def encode_training_example(
     tokenizer, prompt: str, answer: str, prompt_format: PromptFormat = "plain"
 ) -> EncodedExample:
     """What R-SFT trains on: `encode_example` (the evaluation's encoding, unchanged), and in `chat`
-    format the end-of-turn token(s) appended, supervised with the answer (`TRAIN_SUPERVISION`)."""
+    format the end of the assistant's turn appended (`end_of_turn_ids`), supervised with the
+    answer (`TRAIN_SUPERVISION`): every token from `answer_start` on is a label."""
     enc = encode_example(tokenizer, prompt, answer, prompt_format)
     if prompt_format != "chat":
         return enc

@@ -1,4 +1,7 @@
-"""Load models and tokenizers from a local directory or a Hugging Face hub id.
+"""Load models and tokenizers from a local directory, a Hugging Face hub id or a `.gguf` file.
+
+A `.gguf` file resolves to its cached dequantized folder (`modeling.gguf`), here, in every
+process that loads it (Ray workers included).
 
 Weights load from safetensors only (`use_safetensors=True`): a pickle checkpoint is refused
 unless the caller passes `allow_pickle=True`. `trust_remote_code` is off unless asked for.
@@ -11,6 +14,7 @@ from pathlib import Path
 import torch
 
 from mm4ke_ray.errors import UserError
+from mm4ke_ray.modeling.gguf import check_gguf_source, is_gguf, resolve_model_source
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -47,8 +51,12 @@ def check_model_source(name: str) -> None:
     """Fail early, with the model in the message, for a model that cannot be had from here.
 
     That is a local path that does not exist, or a hub id that is not in the hub cache while
-    the hub is offline or unreachable (transformers would end in an OSError traceback).
+    the hub is offline or unreachable (transformers would end in an OSError traceback), or a
+    GGUF file transformers cannot load.
     """
+    if is_gguf(name):
+        check_gguf_source(name)
+        return
     if looks_local(name):
         if not Path(name).expanduser().exists():
             raise UserError(f"model path '{name}' does not exist (give a local directory or a hub id like "
@@ -78,6 +86,7 @@ def load_tokenizer(name: str, trust_remote_code: bool = False):
     from mm4ke_ray.modeling.tokenizer_check import check_auto_tokenizer
 
     check_model_source(name)
+    name = resolve_model_source(name)
     try:
         tok = AutoTokenizer.from_pretrained(name, trust_remote_code=trust_remote_code)
     except OSError as exc:  # e.g. a hub id that does not exist, or the hub went away meanwhile
@@ -103,6 +112,7 @@ def load_model(
     check_model_source(name)
     if dtype not in _DTYPES:
         raise UserError(f"dtype must be one of {sorted(_DTYPES)}, got {dtype!r}")
+    name = resolve_model_source(name)
     try:
         model = AutoModelForCausalLM.from_pretrained(
             name,

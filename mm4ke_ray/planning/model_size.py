@@ -147,8 +147,12 @@ def _hub_config(name: str) -> tuple[dict, Path | None] | None:
 
 
 def read_model_shape(name: str) -> ModelShape:
-    """The shape and parameter count of `name`: a local model folder or a hub id."""
-    folder = Path(name)
+    """The shape and parameter count of `name`: a local model folder, a hub id or a .gguf file
+    (read from its dequantized folder, made first if needed)."""
+    # Imported here: the modeling package loads torch.
+    from mm4ke_ray.modeling.gguf import resolve_model_source
+
+    folder = Path(resolve_model_source(name))
     if folder.is_dir():
         config_file = folder / "config.json"
         if not config_file.is_file():

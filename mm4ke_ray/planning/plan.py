@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from mm4ke_ray.config import DEMO, SweepConfig, load_config
 from mm4ke_ray.errors import UserError
+from mm4ke_ray.evaluate.precision import precision_report
 from mm4ke_ray.planning.costs import UnitCosts, stored_costs
 from mm4ke_ray.planning.estimate import Estimate, estimate
 from mm4ke_ray.planning.fixed_costs import RESULTS, FixedCosts, load_fixed_costs
@@ -25,9 +26,10 @@ class SweepPlan:
     units: UnitCosts
     fixed: FixedCosts
     estimate: Estimate
+    precision: list[str] = field(default_factory=list)  # general tasks' retention-SE warnings
 
     def as_json(self) -> dict:
-        return {"name": self.name, "config": self.config_path, "model_name": self.model_name, "source": self.source,
+        return {"precision": self.precision, "name": self.name, "config": self.config_path, "model_name": self.model_name, "source": self.source,
                 "model": self.model.as_json(), "workload": self.workload.as_json(), "unit_costs": self.units.as_json(),
                 "fixed_costs": self.fixed.as_json(), "estimate": self.estimate.as_json()}
 
@@ -101,7 +103,9 @@ def plan_sweep(config_path: str | Path, *, gpus: int = 0, cpus: float | None = N
         source = f"stored {gpu_kind} figures"
     est = estimate(work, units, fixed, gpus, cluster_cpus, local_ray=gpus == 0, source="probe" if probe else "stored")
     est.basis[:0] = [f"model size: {shape.source}", f"records: {n:,}, {records_from}"]
-    return SweepPlan(config.name, str(config_path), model_name, source, shape, work, units, fixed, est)
+    # after a probe, the base's general scores are measured (CandidateEvaluator stores them)
+    precision = precision_report(config)
+    return SweepPlan(config.name, str(config_path), model_name, source, shape, work, units, fixed, est, precision)
 
 
 def _probe_device(gpus: int) -> str:

@@ -55,6 +55,8 @@ def render(plan: dict, console: Console | None = None) -> None:
     limit = f" (limit {w['general_limit']})" if w["general_limit"] else ""
     inputs.add_row("general", tasks + limit)
     console.print(inputs)
+    for line in plan.get("precision", []):
+        console.print(f"[yellow]warning: {line}[/]")
 
     table = Table(title=None, show_lines=False, expand=False)
     table.add_column("phase")

@@ -47,10 +47,15 @@ from torch import nn
 from mm4ke_ray.data.records import EditRecord
 from mm4ke_ray.errors import UserError
 from mm4ke_ray.modeling import capture_prefix, decoder_layers, mlp_parameter_names, skip_prefix
-from mm4ke_ray.modeling.encoding import EVAL_SCORING, TRAIN_SUPERVISION, encode_training_example
+from mm4ke_ray.modeling.encoding import (
+    EVAL_SCORING,
+    SUPERVISED,
+    TRAIN_SUPERVISION,
+    encode_training_example,
+)
 from mm4ke_ray.rsft.config import RSFTConfig
 
-LOSS_DEFINITION = "mean token NLL over the answer tokens (prompt tokens excluded)"
+LOSS_DEFINITION = "mean token NLL over the supervised tokens (prompt tokens excluded; see supervision)"
 
 
 class DivergedError(RuntimeError):
@@ -113,6 +118,7 @@ class RSFTResult:
             "final_loss": self.final_loss,
             "supervision": {
                 "train": TRAIN_SUPERVISION[self.config.prompt_format],
+                "rule": SUPERVISED[self.config.prompt_format],
                 "evaluation": EVAL_SCORING,
             },
             "precision": {"model": self.model_dtype, "master": self.master_dtype},

@@ -26,7 +26,9 @@ from rich.console import Console
 
 from mm4ke_ray.config import DEMO, SweepConfig, validate_config
 from mm4ke_ray.evaluate.candidate import EvalSettings, eval_settings
+from mm4ke_ray.evaluate.evidence import check_halving_evidence
 from mm4ke_ray.evaluate.pareto import pareto_front, sort_by_combined
+from mm4ke_ray.evaluate.precision import precision_warnings
 from mm4ke_ray.evaluate.scores import OBJECTIVES
 from mm4ke_ray.fingerprint import fingerprint_fields
 from mm4ke_ray.preflight import preflight
@@ -200,6 +202,12 @@ def _execute(config: SweepConfig, source: str, address: str | None, manifest: Ma
     try:
         if pool.reference.general_result is not None:
             pool.reference.general_result.check_noise()
+            for line in precision_warnings(pool.reference.general_result.__dict__,
+                                           config.evaluation.general_se_threshold):
+                console.print(f"[yellow]{line}[/]")
+            if settings.fidelity_rungs > 1:
+                result = pool.reference.general_result
+                check_halving_evidence(result.stderr, result.higher_is_better)
         return _with_pool(run)
     finally:
         # Tune's registry keeps the trainable's parameters (and so the pool's handles) for the
@@ -242,7 +250,7 @@ def _trial_context(run: SweepRun) -> TrialContext:
         storage_path=f"{run.experiment_dir.rstrip('/')}/rsft", actors=tuple(run.pool.actors),
         allow_pickle=config.model.allow_pickle,
         system_metrics_s=config.tracking.system_metrics_interval_s if config.tracking.system_metrics else None,
-        fidelity_z=config.evaluation.fidelity.margin_z,
+        fidelity_error_rate=config.evaluation.fidelity.error_rate,
         # Halving's finished rungs per trial, kept with the sweep so a restarted trial skips them.
         rungs_path=f"{run.experiment_dir.rstrip('/')}/rungs", front_key=run.front_key,
     )

@@ -78,7 +78,7 @@ class TrialContext:
     actors: tuple
     allow_pickle: bool = False  # model.allow_pickle: load pickle checkpoints too
     system_metrics_s: float | None = None  # tracking.system_metrics: sample every this many seconds; None: off
-    fidelity_z: float = 1.0  # evaluation.fidelity.margin_z (rungs and factor are in `settings`)
+    fidelity_error_rate: float = 0.05  # evaluation.fidelity.error_rate (rungs and factor are in `settings`)
     rungs_path: str | None = None  # folder of the trials' rung records (rung_store.py); None: not kept
     front_key: str | None = None  # where the driver publishes the sweep's front (front_board.py); None: not used
 
@@ -307,7 +307,7 @@ def _evaluate_candidates(ctx: TrialContext, cands: list[dict], delta_ref, trial_
 
     front = read_front(ctx.front_key)
     history = run_rungs([str(i) for i in range(len(cands))], evaluate_at, s.fidelity_rungs,
-                        s.fidelity_reduction_factor, ctx.fidelity_z, keep=["0"], front=front)
+                        s.fidelity_reduction_factor, ctx.fidelity_error_rate, keep=["0"], front=front)
     full, pruned = [], []
     for i, c in enumerate(cands):
         runs = [by_rung[r][i] for r in range(len(history)) if i in by_rung[r]]

@@ -101,7 +101,7 @@ def pruned_run(row: dict, trial_id: str) -> tuple[dict, dict, dict]:
     picked, not exported) and the rung it reached."""
     params, metrics, tags = candidate_run(row, trial_id)
     tags[Tag.STATUS] = PRUNED
-    tags[Tag.REASON] = (f"successive halving: dominated by the margin at rung {metrics.get('fidelity.rung')}; "
+    tags[Tag.REASON] = (f"successive halving: dominated beyond doubt at rung {metrics.get('fidelity.rung')}; "
                         "not evaluated in full")
     return params, metrics, tags
 

@@ -12,8 +12,12 @@ from pathlib import Path
 import yaml
 
 from mm4ke_ray.config import SweepConfig
+from mm4ke_ray.evaluate.definitions import AGGREGATION, EDIT_DEFINITIONS
+from mm4ke_ray.evaluate.evidence import DROP_RULE
+from mm4ke_ray.evaluate.scores import RETENTION_DEFINITION
+from mm4ke_ray.evaluate.stop_rules import STOP_RULE_TEXT
 from mm4ke_ray.fingerprint import fingerprint, fingerprint_fields
-from mm4ke_ray.modeling.encoding import EVAL_SCORING, TRAIN_SUPERVISION
+from mm4ke_ray.modeling.encoding import EVAL_SCORING, SUPERVISED, TRAIN_SUPERVISION
 from mm4ke_ray.schema import CONFIG_ARTIFACT, Tag
 from mm4ke_ray.storage import is_uri
 from mm4ke_ray.tracking.buffer import SPOOL_FILE
@@ -59,18 +63,29 @@ def recorded_choices(config: SweepConfig) -> dict:
     space = config.search.space  # a searched schedule: its choices/range; each candidate run logs its own
     out = {"rsft_lr_schedule": space.lr_schedule.text(), "rsft_warmup_ratio": space.warmup_ratio.text(),
            "train_supervision": TRAIN_SUPERVISION[config.data.prompt_format], "eval_scoring": EVAL_SCORING,
+           "rsft_supervised": SUPERVISED[config.data.prompt_format],
            "eval_mode": ev.mode, "edit_mode": config.edit_mode}
     # The front, best pick and export read these back (evaluate.pareto.minimums_from_params).
     obj = config.objectives
     out.update({f"min_{name}": low for name, low in (("edit_score", obj.min_edit_score),
                                                      ("general_score", obj.min_general_score)) if low is not None})
+    # Which definitions produced the numbers (issue 23): aggregation of both families, and the
+    # generated family's match, stop and budget rules.
+    out.update(edit_aggregation=AGGREGATION, edit_definitions=EDIT_DEFINITIONS)
+    if ev.fidelity.enabled and ev.fidelity.rungs > 1:  # how a lower rung drops (issue 23)
+        out.update(fidelity_drop_rule=DROP_RULE, fidelity_error_rate=ev.fidelity.error_rate)
     if ev.mode != "teacher-forced":
-        out.update(generation_match=ev.generation_match, generation_extra_tokens=ev.generation_extra_tokens)
+        out.update(generation_match=ev.generation_match, generation_stop=ev.generation_stop,
+                   generation_stop_rule=STOP_RULE_TEXT[ev.generation_stop],
+                   generation_max_new_tokens=ev.generation_max_new_tokens,
+                   generation_extra_tokens="none" if ev.generation_extra_tokens is None else ev.generation_extra_tokens)
     if ev.general_tasks:
         # the same rule GeneralEvaluator.for_prompt_format applies: chat-edited models get the template
         out.update(general_apply_chat_template=config.data.prompt_format == "chat",
                    general_limit=ev.general_limit if ev.general_limit is not None else "all",
                    general_shared_context=ev.shared_context,
+                   general_retention=RETENTION_DEFINITION,
+                   **{f"general_local_task.{t}": lt.model_dump_json(exclude_none=True) for t, lt in ev.local_tasks.items()},
                    **{f"general_metric.{t}": ev.general_metrics.get(t, "first") for t in ev.general_tasks})
     return out
 

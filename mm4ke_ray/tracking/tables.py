@@ -62,11 +62,27 @@ _NO_WRAP = ("candidate", "kind", "run_id")  # what a user copies into `export --
 _CELL_PAD = 3  # rich's default table: one space each side plus the vertical line
 
 
+# Each edit number's family in its header (issue 23): "tf." teacher-forced token accuracy (the
+# paper's tables), "wild." generated answers (WILD). Column keys (CSV, JSON, MLflow) stay as logged.
+TF_LABEL, WILD_LABEL = "tf.", "wild."
+FAMILY_CAPTION = ("tf.* = teacher-forced token accuracy (EasyEdit, the paper's tables); "
+                  "wild.* = generated answers (WILD: greedy, stop at end of sentence, exact match)")
+_PER_KIND = ("portability.", "locality.")
+
+
 def label(column: str) -> str:
-    """A column's header: short names for the scores, "gen." kept for the generation family."""
+    """A column's header: short names for the scores, the edit metrics behind their family's prefix."""
     if column.startswith(GEN_PREFIX):
-        return GEN_PREFIX + LABELS.get(column[len(GEN_PREFIX):], column[len(GEN_PREFIX):])
+        return WILD_LABEL + LABELS.get(column[len(GEN_PREFIX):], column[len(GEN_PREFIX):])
+    if column in EDIT_METRICS or column.startswith(_PER_KIND):
+        return TF_LABEL + LABELS.get(column, column)
     return LABELS.get(column, column)
+
+
+def family_caption(edit_mode: str | None) -> str:
+    """What the prefixes mean and which family the `edit` objective is computed from."""
+    source = {"generation": "wild.*", "teacher-forced": "tf.*"}.get(edit_mode or "")
+    return FAMILY_CAPTION + (f"; edit (the objective) is computed from {source}" if source else "")
 
 
 def format_cell(value, missing: str = "-") -> str:
@@ -101,11 +117,14 @@ def fitting_columns(rows: list[dict], width: int | None, wide: bool = False) -> 
 
 
 def candidate_table(rows: list[dict], title: str, width: int | None, wide: bool = False,
-                    references: list[dict] | None = None) -> Table:
+                    references: list[dict] | None = None, caption: str | None = None) -> Table:
     """`references` (dimmed, above a line) then `rows`, in the columns that fit `width`."""
     references = references or []
     columns = fitting_columns([*references, *rows], width, wide)
-    table = Table(title=title, caption=REFERENCE_CAPTION if references else None)
+    if any(c in EDIT_METRICS or c.startswith((GEN_PREFIX, *_PER_KIND)) for c in columns):
+        caption = caption or FAMILY_CAPTION
+    captions = [text for text in (REFERENCE_CAPTION if references else None, caption) if text]
+    table = Table(title=title, caption="\n".join(captions) or None)
     for c in columns:
         numeric = c not in _NO_WRAP
         table.add_column(label(c), no_wrap=True, justify="right" if numeric else "left")
@@ -118,11 +137,12 @@ def candidate_table(rows: list[dict], title: str, width: int | None, wide: bool 
 
 
 def print_table(rows: list[dict], title: str, wide: bool = False, references: list[dict] | None = None,
-                console: Console | None = None) -> None:
-    """`rows` as a rich table fitted to the terminal (to 120 columns when piped)."""
+                console: Console | None = None, caption: str | None = None) -> None:
+    """`rows` as a rich table fitted to the terminal (to 120 columns when piped); `caption` says
+    what the edit columns' prefixes mean (default `FAMILY_CAPTION` when such a column is shown)."""
     console = console or Console()
     width = console.width if console.is_terminal or console.record else 120
-    table = candidate_table(rows, title, None if wide else width, wide, references)
+    table = candidate_table(rows, title, None if wide else width, wide, references, caption)
     if not console.is_terminal and not console.record:
         console = Console(width=width)
     if wide:  # every column at its natural width: the terminal may wrap lines, never values
