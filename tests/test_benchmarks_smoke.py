@@ -31,6 +31,7 @@ SCRIPTS = {
     "soak": "bench_soak.py",
     "multifidelity": "bench_multifidelity.py",
     "real": "bench_real.py",
+    "general_eval": "bench_general_eval.py",
 }
 TIMEOUT_S = 400
 
