@@ -130,7 +130,7 @@ def main() -> None:
     times = {task: {name: [] for name in CONTENDERS} for task in sizes}
     checks = {task: {name: [] for name in CONTENDERS[1:]} for task in sizes}
     for r in range(rounds):
-        snapshot = apply_delta_(model, delta, alpha=0.25 * (r + 1), sparsity=0.0)  # a new candidate
+        snapshot = apply_delta_(model, delta, alpha=0.2 * r, sparsity=0.0)  # a new candidate (alpha in [0, 1))
         try:
             for task in sizes:
                 results = {}
