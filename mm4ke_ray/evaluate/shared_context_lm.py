@@ -127,6 +127,18 @@ def _pack(rows: Sequence[_Row], device: torch.device, dtype: torch.dtype) -> _Pa
     return _Packed(key, ids.to(device), mask, positions, keep.to(device), targets)
 
 
+def _kept_logits(model, batch: _Packed, kwargs: dict) -> torch.Tensor:
+    """Logits at `batch.keep`'s positions, (kept, vocab): only those go through the LM head
+    (transformers 5's boolean `logits_to_keep`); a model without it gives every position's."""
+    try:
+        logits = model(input_ids=batch.input_ids, logits_to_keep=batch.keep, **kwargs).logits
+        if logits.ndim == 2:
+            return logits
+    except (TypeError, IndexError):
+        pass  # an older transformers or a custom model
+    return model(input_ids=batch.input_ids, **kwargs).logits[batch.keep]
+
+
 @functools.cache
 def shared_context_hflm_class() -> type:
     """The `SharedContextHFLM` class (a subclass of lm-eval's `HFLM`); built on first use so that
@@ -200,9 +212,9 @@ def shared_context_hflm_class() -> type:
             if layer:
                 hidden = self.prefix_cache.hidden(self.model, layer, batch, position_ids=batch.position_ids)
                 with skip_prefix(self.model, layer, hidden):
-                    logits = self.model(input_ids=batch.input_ids, logits_to_keep=batch.keep, **kwargs).logits
+                    logits = _kept_logits(self.model, batch, kwargs)
             else:
-                logits = self.model(input_ids=batch.input_ids, logits_to_keep=batch.keep, **kwargs).logits
+                logits = _kept_logits(self.model, batch, kwargs)
             self.rows_run += len(rows)
             logprobs = F.log_softmax(logits, dim=-1, dtype=self.softmax_dtype)  # (kept positions, vocab)
             greedy = logprobs.argmax(-1)
