@@ -218,3 +218,18 @@ def test_general_evaluator_uses_it_by_default_and_records_it(world, tmp_path):
             assert on.evaluate_result().per_doc == off.evaluate_result().per_doc
     finally:
         _restore_block_(model, 3, saved)
+
+
+def test_one_token_choices_share_the_context_row_without_a_mask(world, tmp_path):
+    # Letter choices (one token each) add no tokens to the row: one plain causal row per document.
+    docs = [{**d, "choices": ["A", "B", "C", "D"]} for d in logiqa_docs(8)]
+    write_multiple_choice_task("letters8", docs, tmp_path, doc_to_text="{{question}}\nAnswer:")
+    tasks = TaskManager(include_path=str(tmp_path), include_defaults=False).load(["letters8"])
+    model = _model(world["tok"])
+    plain = HFLM(pretrained=model, tokenizer=world["tok"], batch_size=4, max_length=MAX_LENGTH)
+    shared = shared_context_hflm_class()(pretrained=model, tokenizer=world["tok"], batch_size=4, max_length=MAX_LENGTH)
+    got, want = _responses(_run(shared, tasks), "letters8"), _responses(_run(plain, tasks), "letters8")
+    for g_doc, w_doc in zip(got, want, strict=True):
+        assert [ll for ll, _ in g_doc] == pytest.approx([ll for ll, _ in w_doc], rel=ULP2, abs=1e-5)
+        assert [greedy for _, greedy in g_doc] == [greedy for _, greedy in w_doc]
+    assert shared.rows_run == 8

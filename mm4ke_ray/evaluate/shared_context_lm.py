@@ -115,15 +115,18 @@ def _pack(rows: Sequence[_Row], device: torch.device, dtype: torch.dtype) -> _Pa
                for b, row_spans in enumerate(spans)]
     key = hashlib.sha256(b"".join(t.numpy().tobytes() for t in (ids, pos, seg))).hexdigest()
     mask = positions = None
-    if any(len(r.continuations) > 1 for r in rows):
+    # A row needs the block mask only where two continuations put tokens in it; one-token
+    # continuations (SST-2's labels, letter choices) add none and are all scored at the context's
+    # last token, so such a row is a plain causal sequence, as HFLM runs it.
+    if any(sum(len(c) > 1 for c in r.continuations) > 1 for r in rows):
         q = torch.arange(width)
         causal = q[None, :] <= q[:, None]
         same = (seg[:, None, :] == 0) | (seg[:, None, :] == seg[:, :, None])
         allowed = (causal & same & (seg[:, None, :] >= 0)) | torch.eye(width, dtype=torch.bool)  # a pad sees itself
         mask = torch.zeros(allowed.shape, dtype=dtype).masked_fill_(~allowed, torch.finfo(dtype).min)
         mask, positions = mask[:, None].to(device), pos.to(device)
-    # One continuation per row: the rows are exactly HFLM's inputs, right-padded; the model's own
-    # causal mask serves (pads come after every scored position), as in HFLM.
+    # Otherwise the rows are HFLM's inputs, right-padded; the model's own causal mask serves (pads
+    # come after every scored position), as in HFLM.
     return _Packed(key, ids.to(device), mask, positions, keep.to(device), targets)
 
 
