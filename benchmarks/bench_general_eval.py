@@ -166,7 +166,7 @@ def main() -> None:
         common.goal_line(f"general evaluation per candidate vs lm-eval's HFLM (x; context once + reuse below L={layer})",
                          speedup, GOAL_SPEEDUP),
         common.goal_line("general evaluation: same choice as lm-eval's HFLM (fraction of documents)", same, 1.0),
-        common.goal_line("general evaluation: max |log-likelihood diff| vs lm-eval (per choice; per token for "
+        common.goal_line("general evaluation: max abs log-likelihood diff vs lm-eval (per choice; per token for "
                          "perplexity)", max_diff, GOAL_LL_DIFF, higher_is_better=False),
         common.goal_line(f"general evaluation: reuse below L={layer} of {n_layers} (fraction of ideal {ideal:.2f}x), "
                          "lm-eval tasks", reuse / ideal, GOAL_REUSE_OF_IDEAL),
