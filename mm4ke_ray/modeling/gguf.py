@@ -200,11 +200,14 @@ def _dequantize_into(path: Path, out: Path, info: GGUFInfo) -> None:
             raise _unsupported(path, info.architecture) from exc
         raise UserError(f"cannot load GGUF model '{path}': {str(exc).splitlines()[0]}") from exc
     # A GGUF-loaded model refuses save_pretrained; the same architecture built from its config
-    # (without the quantization record) holding the dequantized weights saves normally.
+    # (without the quantization record) holding the dequantized weights saves normally. Built on
+    # the meta device and given the loaded tensors themselves: no second copy of the weights.
     config = loaded.config
-    del config.quantization_config
-    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    model.load_state_dict(loaded.state_dict())
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.load_state_dict(loaded.state_dict(), assign=True)
     model.generation_config = loaded.generation_config
     del loaded
     out.mkdir(parents=True)
