@@ -86,7 +86,12 @@ def test_a_gguf_dequantizes_once_into_a_folder_plain_transformers_loads(tiny_ggu
 
 
 def test_two_processes_dequantizing_at_once_leave_one_complete_folder(tiny_gguf, cache):
+    from mm4ke_ray.modeling.gguf import cache_folder
+
     _, path = tiny_gguf
+    final = cache_folder(path)
+    stale = final.parent / f".{final.name}.tmp-host-1-dead"  # as a killed dequantization leaves it
+    stale.mkdir(parents=True)
     code = ("import sys; from mm4ke_ray.modeling.gguf import dequantized_folder; "
             "print(dequantized_folder(sys.argv[1]))")
     env = {**__import__("os").environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}

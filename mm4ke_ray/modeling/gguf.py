@@ -173,6 +173,8 @@ def dequantized_folder(name: str | os.PathLike, cache_root: Path | None = None) 
     with FileLock(str(final.parent / f".{final.name}.lock")):
         if _recorded(final, digest) is not None:
             return final  # another process finished it while this one waited
+        for stale in final.parent.glob(f".{final.name}.tmp-*"):  # left by a killed process: the
+            shutil.rmtree(stale, ignore_errors=True)  # lock is held, so no one is writing it
         tmp = final.parent / f".{final.name}.tmp-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         try:
             _dequantize_into(path, tmp, info)
