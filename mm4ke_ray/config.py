@@ -113,6 +113,10 @@ class EvaluationConfig(_Section):
         description="General tasks read from local files, not the hub, e.g. {sst2: /d/test-SentimentAnalysis.tsv, "
         "wikitext: {path: /d/wikitext-2/test.txt, max_words: 16000}}; each must be in general_tasks.",
     )
+    general_chat_template: bool | None = Field(
+        None, description="Wrap general-task prompts in the model's chat template (lm-eval's apply_chat_template); "
+        "unset: on when data.prompt_format is chat. A small model may score at chance through the template.",
+    )
     general_se_threshold: float = Field(
         0.05, gt=0, description="plan/validate warn when a task's retention SE at the configured limit exceeds this.",
     )
@@ -442,6 +446,14 @@ class SweepConfig(_Section):
         if self.objectives.edit_mode is not None:
             return self.objectives.edit_mode
         return "generation" if self.evaluation.mode == "generation" else "teacher-forced"
+
+    @property
+    def general_chat_template(self) -> bool:
+        """Whether lm-eval wraps general-task prompts in the chat template (resolved: unset follows
+        data.prompt_format, as a model edited in chat format usually needs)."""
+        if self.evaluation.general_chat_template is not None:
+            return self.evaluation.general_chat_template
+        return self.data.prompt_format == "chat"
 
     def with_overrides(self, **dotted: Any) -> SweepConfig:
         """A copy with `section.field=value` overrides applied (validated again)."""

@@ -40,6 +40,7 @@ def fingerprint_fields(config: SweepConfig) -> dict:
             node = node[part]
         out[dotted] = node
     out["objectives.edit_mode"] = config.edit_mode  # resolved: unset and its default are the same scoring
+    out["evaluation.general_chat_template"] = config.general_chat_template  # resolved, as edit_mode
     # Imported here: the modeling package loads torch.
     from mm4ke_ray.modeling.gguf import file_sha256, is_gguf
 
