@@ -14,7 +14,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from mm4ke_ray.errors import ConfigError
-from mm4ke_ray.stream.config import StreamConfig
+from mm4ke_ray.stream_config import StreamConfig
 
 DEMO = "demo"  # model/data value meaning "the embedded demo world, built locally"
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from mm4ke_ray.data import EditRecord, load_edit_records
 from mm4ke_ray.errors import UserError
-from mm4ke_ray.stream.config import StreamConfig
+from mm4ke_ray.stream_config import StreamConfig
 
 
 @dataclass(frozen=True)

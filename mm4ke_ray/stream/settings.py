@@ -9,7 +9,7 @@ from mm4ke_ray.config import SweepConfig
 from mm4ke_ray.errors import ConfigError
 from mm4ke_ray.merge.build import merge_params
 from mm4ke_ray.rsft.config import RSFTConfig
-from mm4ke_ray.stream.config import PER_ROUND_KEYS
+from mm4ke_ray.stream_config import PER_ROUND_KEYS
 
 _RSFT_KEYS = ("threshold", "steps", "epochs", "lr", "layer", "lr_schedule", "warmup_ratio")
 
