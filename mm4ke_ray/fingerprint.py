@@ -35,6 +35,8 @@ def fingerprint_fields(config: SweepConfig) -> dict:
             node = node[part]
         out[dotted] = node
     out["objectives.edit_mode"] = config.edit_mode  # resolved: unset and its default are the same scoring
+    if config.stream is not None:  # rounds change every number; a one-batch sweep's field set stays as it was
+        out["stream"] = data["stream"]
     return {k: _bounded(_portable(out[k])) for k in sorted(out) if k not in _LEFT_OUT}
 
 

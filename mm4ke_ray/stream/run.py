@@ -8,6 +8,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from torch import nn
+
 from mm4ke_ray.config import SweepConfig
 from mm4ke_ray.errors import UserError
 from mm4ke_ray.evaluate.candidate import eval_settings
@@ -37,8 +39,10 @@ def _summary(metrics: dict) -> str:
 
 
 def run_stream_config(config: SweepConfig, folder: str | Path, *, device: str = "cpu", track: bool = True,
-                      log: Callable[[str], None] = print) -> StreamOutcome:
-    """Run the stream `config.stream` describes into `folder` (deltas, manifest, curves)."""
+                      log: Callable[[str], None] = print,
+                      watch: Callable[[int, nn.Module], None] | None = None) -> StreamOutcome:
+    """Run the stream `config.stream` describes into `folder` (deltas, manifest, curves).
+    `watch(t, model)`, if given, sees the resident model after each round t (0: the base)."""
     if config.stream is None:
         raise UserError("the config has no `stream:` section: add one (e.g. stream: {rounds: 10}) to run a stream")
     stream = load_stream(config.stream, config.data.edits, data_format=config.data.format, limit=config.data.limit,
@@ -64,6 +68,8 @@ def run_stream_config(config: SweepConfig, folder: str | Path, *, device: str = 
         log(f"round {t}{' (base)' if t == 0 else ''}: {_summary(metrics)}")
         if tracker is not None:
             log_round(tracker, t, metrics, settings[t - 1].merge_record() if t else None)
+        if watch is not None:
+            watch(t, model)
 
     info = {"base_model": config.model.name, "dtype": config.model.dtype, "device": device,
             "trust_remote_code": config.model.trust_remote_code, "prompt_format": config.data.prompt_format,

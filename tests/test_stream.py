@@ -1,0 +1,268 @@
+"""Lifelong editing in rounds (issue 29) on the demo model: rounds split right, round t trains
+from round t-1's merged model, every round's delta is kept with its own merge settings, old
+edits' retention is measured, round t's export equals the in-memory model bit for bit, and the
+MLflow run has every metric at step = round."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from conftest import ZSRE
+
+from mm4ke_ray.cli import main
+from mm4ke_ray.config import validate_config
+from mm4ke_ray.data import EditRecord, load_edit_records
+from mm4ke_ray.errors import ConfigError, UserError
+from mm4ke_ray.fingerprint import fingerprint_fields
+from mm4ke_ray.stream.kept import load_round, read_manifest, round_dir
+from mm4ke_ray.stream.rebuild import RebuildMismatchError, rebuild_round_
+from mm4ke_ray.stream.rounds import load_stream, split_by_field, split_by_order
+from mm4ke_ray.stream.settings import round_settings
+from mm4ke_ray.stream_config import StreamConfig
+
+ROUNDS, PER_ROUND, ALPHAS = 3, 3, [0.1, 0.2, 0.3]
+FIXED_SPACE = {"threshold": 0.1, "steps": 6, "epochs": 3, "lr": 3e-4, "layer": 1, "alpha": 0.2, "sparsity": 0.1}
+
+
+@pytest.fixture(scope="module")
+def demo():
+    from mm4ke_ray.demo.build import build_demo
+
+    return build_demo()  # the default demo, from the shared cache
+
+
+def _config(demo, tmp: Path, **stream) -> dict:
+    return {
+        "name": "stream-test",
+        "model": {"name": str(demo.model_dir)},
+        "data": {"edits": str(demo.edits_path), "limit": ROUNDS * PER_ROUND},
+        "evaluation": {"mode": "both", "general_tasks": list(demo.task_names),
+                       "task_include_path": str(demo.tasks_dir), "general_limit": 40},
+        "search": {"space": FIXED_SPACE, "seed": 0},
+        "tracking": {"uri": f"sqlite:///{tmp}/mlflow.db", "experiment": "stream-test",
+                     "artifact_location": str(tmp / "artifacts")},
+        "storage_path": str(tmp / "runs"),
+        "stream": {"rounds": ROUNDS, "per_round": {"alpha": ALPHAS}, **stream},
+    }
+
+
+@pytest.fixture(scope="module")
+def streamed(demo, tmp_path_factory):
+    """One stream run through the library, with the resident model's weights after every round."""
+    from mm4ke_ray.stream.run import run_stream_config
+
+    tmp = tmp_path_factory.mktemp("stream")
+    config = validate_config(_config(demo, tmp))
+    states = {}
+    outcome = run_stream_config(config, tmp / "out", watch=lambda t, m: states.__setitem__(
+        t, {k: v.detach().clone() for k, v in m.state_dict().items()}))
+    return config, outcome, states
+
+
+# -- splitting --------------------------------------------------------------------------------
+
+def test_split_by_order_keeps_stream_order_in_near_equal_rounds():
+    records = load_edit_records(ZSRE, limit=10).records
+    rounds = split_by_order(list(records), 3)
+    assert [len(r) for r in rounds] == [4, 3, 3]
+    assert [r.prompt for rnd in rounds for r in rnd] == [r.prompt for r in records]
+    with pytest.raises(UserError, match="stream.rounds is 11 but the edit set has only 10"):
+        split_by_order(list(records), 11)
+
+
+def test_split_by_field_one_round_per_value_in_first_appearance_order():
+    recs = [EditRecord(prompt=f"q{i}", target_new="a", subject=s) for i, s in enumerate("xyxzy")]
+    rounds, sources = split_by_field(recs, "subject")
+    assert [[r.prompt for r in rnd] for rnd in rounds] == [["q0", "q2"], ["q1", "q4"], ["q3"]]
+    assert sources == ["subject=x", "subject=y", "subject=z"]
+    with pytest.raises(UserError, match="has no subject"):
+        split_by_field([EditRecord(prompt="q", target_new="a")], "subject")
+
+
+def test_split_by_files_one_round_per_file_in_order(tmp_path):
+    raw = json.loads(ZSRE.read_text())[:7]
+    files = []
+    for i, part in enumerate((raw[:2], raw[2:7])):
+        files.append(tmp_path / f"week{i}.json")
+        files[-1].write_text(json.dumps(part))
+    stream = load_stream(StreamConfig(split="files", files=[str(f) for f in files]), "unused")
+    assert [len(r) for r in stream.rounds] == [2, 5]
+    assert stream.round_of() == [1, 1, 2, 2, 2, 2, 2]
+    assert [r.prompt for r in stream.records] == [r["prompt"] for r in raw]
+    cut = load_stream(StreamConfig(split="files", files=[str(f) for f in files]), "unused", limit=3)
+    assert [len(r) for r in cut.rounds] == [2, 1]
+
+
+# -- config -----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize(("stream", "message"), [
+    ({"split": "order"}, "split 'order' needs `rounds`"),
+    ({"split": "field"}, "split 'field' needs `field`"),
+    ({"rounds": 2, "per_round": {"alpha": [0.1]}}, "per_round.alpha has 1 values for 2 rounds"),
+    ({"rounds": 2, "per_round": {"alpha": [0.1, 1.0]}}, "values must be in \\[0, 1\\)"),
+    ({"rounds": 2, "per_round": {"lr": [1e-4, 2e-4]}}, "stream.per_round.lr"),
+    ({"rounds": 2, "split": "files", "files": ["a.json"]}, "rounds is 2 but `files` lists 1"),
+])
+def test_bad_stream_sections_are_refused_naming_the_field(stream, message):
+    with pytest.raises(ConfigError, match=message):
+        validate_config({"stream": stream})
+
+
+def test_a_searched_parameter_is_refused_unless_given_per_round():
+    config = validate_config({"search": {"space": {**FIXED_SPACE, "lr": {"low": 1e-4, "high": 1e-3}, "alpha": {
+        "low": 0.0, "high": 0.5}}}, "stream": {"rounds": 2}})
+    with pytest.raises(ConfigError) as err:
+        round_settings(config, 2)
+    assert "search.space.lr is searched" in str(err.value) and "search.space.alpha is searched" in str(err.value)
+    assert "stream.per_round.alpha" in str(err.value)  # the way out, where there is one
+    ok = config.with_overrides(**{"search.space.lr": 2e-4, "stream.per_round": {"alpha": [0.1, 0.4]}})
+    assert [s.alpha for s in round_settings(ok, 2)] == [0.1, 0.4]
+
+
+def test_bad_stream_input_fails_before_any_model_loads(demo, tmp_path, capsys):
+    cfg = _config(demo, tmp_path)
+    cfg["stream"] = {"rounds": 50}  # more rounds than the 9 records
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    assert main(["stream", str(path), "--out", str(tmp_path / "o")]) == 2
+    assert "stream.rounds is 50 but the edit set has only 9 records" in capsys.readouterr().err
+    assert not (tmp_path / "mlflow.db").exists()  # nothing was started
+
+
+def test_the_stream_section_changes_the_sweep_fingerprint(demo, tmp_path):
+    cfg = _config(demo, tmp_path)
+    one_batch = {k: v for k, v in cfg.items() if k != "stream"}
+    a, b = fingerprint_fields(validate_config(cfg)), fingerprint_fields(validate_config(one_batch))
+    assert "stream" in a and "stream" not in b
+
+
+# -- the protocol -----------------------------------------------------------------------------
+
+def test_every_round_keeps_its_delta_and_merge_settings(streamed):
+    _, outcome, _ = streamed
+    manifest = read_manifest(outcome.folder)
+    assert manifest["n_rounds"] == ROUNDS and [r["n_edits"] for r in manifest["rounds"]] == [PER_ROUND] * ROUNDS
+    for t in range(1, ROUNDS + 1):
+        delta, merge = load_round(outcome.folder, t)
+        assert merge["alpha"] == ALPHAS[t - 1] and merge["sparsity"] == 0.1 and merge["density"] == 0.9
+        assert delta and all(n.startswith("model.layers.1.mlp.") for n in delta)
+        assert all(bool(v.count_nonzero()) for v in delta.values())
+    digests = [r["weights_sha256"] for r in manifest["rounds"]]
+    assert len(set(digests)) == ROUNDS  # every round changed the model
+
+
+def test_round_t_trains_from_round_t_minus_1_merged_model(streamed):
+    """Replaying round t's R-SFT from the rebuilt round t-1 gives the kept delta bit for bit; from
+    the plain base (the wrong base) it does not."""
+    from mm4ke_ray.modeling import load_model, load_tokenizer
+    from mm4ke_ray.rsft.trainer import run_rsft
+
+    config, outcome, _ = streamed
+    stream = load_stream(config.stream, config.data.edits, limit=config.data.limit)
+    settings = round_settings(config, ROUNDS)
+    tok = load_tokenizer(config.model.name)
+    for t in (1, 3):
+        model = load_model(config.model.name)
+        if t > 1:
+            rebuild_round_(model, outcome.folder, t - 1)
+        replay = run_rsft(model, tok, list(stream.rounds[t - 1]), settings[t - 1].rsft).delta
+        kept, _ = load_round(outcome.folder, t)
+        assert kept.keys() == replay.keys()
+        assert all(torch.equal(kept[k], replay[k]) for k in kept)
+    wrong = run_rsft(load_model(config.model.name), tok, list(stream.rounds[2]), settings[2].rsft).delta
+    assert not all(torch.equal(kept[k], wrong[k]) for k in kept)
+
+
+def test_rebuilt_round_equals_the_in_memory_model_bit_for_bit(streamed):
+    from mm4ke_ray.modeling import load_model
+
+    config, outcome, states = streamed
+    for t in range(1, ROUNDS + 1):
+        model = load_model(config.model.name)
+        rebuild_round_(model, outcome.folder, t)
+        rebuilt = model.state_dict()
+        assert all(torch.equal(rebuilt[k], states[t][k]) for k in states[t]), f"round {t}"
+    assert any(not torch.equal(states[1][k], states[0][k]) for k in states[0])  # rounds did change it
+
+
+def test_a_changed_kept_delta_is_refused_on_rebuild(streamed, tmp_path):
+    from mm4ke_ray.delta import load_delta, save_delta
+    from mm4ke_ray.modeling import load_model
+
+    config, outcome, _ = streamed
+    copy = tmp_path / "copy"
+    shutil.copytree(outcome.folder, copy)
+    delta, meta = load_delta(round_dir(copy, 2))
+    name = sorted(delta)[0]
+    delta[name] = delta[name] * 1.001
+    save_delta(round_dir(copy, 2), delta, meta)
+    with pytest.raises(RebuildMismatchError, match="does not match the stream's model after round 2"):
+        rebuild_round_(load_model(config.model.name), copy, 2)
+    rebuild_round_(load_model(config.model.name), copy, 1)  # round 1 is untouched and still verifies
+
+
+def test_retention_of_old_edits_is_measured_every_round(streamed):
+    _, outcome, _ = streamed
+    rows = [outcome.result.base_metrics] + [r.metrics for r in outcome.result.rounds]
+    assert "old.edit_succ" not in rows[1] and "old.gen.edit_succ" in rows[2]
+    for t in range(1, ROUNDS + 1):
+        m = rows[t]
+        assert m["current.edit_succ"] == pytest.approx(m[f"round{t}.edit_succ"])
+        per_round = [m[f"round{s}.edit_succ"] for s in range(1, t + 1)]
+        assert m["seen.edit_succ"] == pytest.approx(sum(per_round) / t)  # equal rounds: the plain mean
+        for key in ("gen.locality", "locality", "general_score", "seen.gen.edit_succ", "edit_score"):
+            assert key in m, (t, key)
+    assert rows[0]["locality"] == 100.0 and rows[0]["general_score"] == 1.0
+    assert rows[0]["current.edit_succ"] < rows[1]["current.edit_succ"]  # round 1's edits took
+    assert [r.metrics["round1.edit_succ"] for r in outcome.result.rounds] == outcome.result.curve("round1.edit_succ")[1:]
+    assert outcome.picture.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert outcome.table.count("\n") == ROUNDS + 3  # header, rule, rounds 0..T
+
+
+def test_mlflow_run_has_every_metric_at_step_round(streamed):
+    from mlflow import MlflowClient
+
+    config, outcome, _ = streamed
+    client = MlflowClient(config.tracking.uri)
+    run = client.get_run(outcome.run_id)
+    assert run.data.tags["mm4ke.role"] == "stream" and run.info.status == "FINISHED"
+    assert run.data.params["stream_rounds"] == str(ROUNDS)
+    seen = client.get_metric_history(outcome.run_id, "seen.gen.edit_succ")
+    assert sorted(m.step for m in seen) == list(range(ROUNDS + 1))
+    alphas = sorted((m.step, m.value) for m in client.get_metric_history(outcome.run_id, "alpha"))
+    assert alphas == [(t, pytest.approx(a)) for t, a in enumerate(ALPHAS, 1)]
+    general = {m.step: m.value for m in client.get_metric_history(outcome.run_id, "general_score")}
+    assert general[ROUNDS] == pytest.approx(outcome.result.rounds[-1].metrics["general_score"], abs=1e-6)
+    artifacts = {a.path for a in client.list_artifacts(outcome.run_id)}
+    assert {"retention.png", "retention.md", "stream.json", "config.yaml"} <= artifacts
+
+
+def test_cli_stream_then_export_of_round_t_equals_that_round(demo, tmp_path, capsys):
+    from transformers import AutoModelForCausalLM
+
+    cfg = _config(demo, tmp_path)
+    cfg["stream"]["rounds"] = 2
+    cfg["stream"]["per_round"] = {"alpha": [0.1, 0.3]}
+    cfg["data"]["limit"] = 4
+    path = tmp_path / "stream.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    out = tmp_path / "stream-out"
+    assert main(["stream", str(path), "--out", str(out), "--device", "cpu"]) == 0
+    assert "round" in capsys.readouterr().out
+    exported = tmp_path / "round1"
+    assert main(["stream-export", str(out), "--round", "1", "--out", str(exported), "--device", "cpu"]) == 0
+    recipe = json.loads((exported / "mm4ke_merge.json").read_text())
+    assert recipe["verification"]["status"] == "passed" and recipe["source"]["round"] == 1
+    assert max(v["abs_diff"] for v in recipe["verification"]["metrics"].values()) <= 1e-6
+    model = AutoModelForCausalLM.from_pretrained(exported)
+    rebuilt = AutoModelForCausalLM.from_pretrained(demo.model_dir)
+    rebuild_round_(rebuilt, out, 1)
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), rebuilt.state_dict().values(),
+                                                strict=True))
+    assert main(["stream-export", str(out), "--round", "3", "--out", str(tmp_path / "r3")]) == 2
+    assert "round 3 is not in this stream: it has rounds 1..2" in capsys.readouterr().err
