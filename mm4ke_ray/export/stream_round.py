@@ -28,11 +28,10 @@ from mm4ke_ray.export.verify import (
     write_checksums,
 )
 from mm4ke_ray.merge.build import MERGE_INFO_FILE, save_merged
-from mm4ke_ray.modeling import load_model, load_tokenizer
-from mm4ke_ray.stream.evaluation import StreamEvaluator
+from mm4ke_ray.modeling import load_model
+from mm4ke_ray.stream.evaluation import STREAM_EDITS, StreamEvaluator
 from mm4ke_ray.stream.kept import read_manifest
 from mm4ke_ray.stream.rebuild import check_round, rebuild_round_
-from mm4ke_ray.stream.rounds import load_stream
 
 
 @dataclass
@@ -68,14 +67,14 @@ def export_round(stream_dir: str | Path, t: int, out: str | Path, *, device: str
     entry = check_round(manifest, t)  # a round not in the stream fails before any model loads
     config = validate_config(manifest["config"], f"{stream_dir}/stream.json config")
     base = manifest["base_model"]
-    tokenizer = load_tokenizer(base, trust_remote_code=manifest.get("trust_remote_code", False))
-    model = load_model(base, dtype=manifest["dtype"], device=device,
-                       trust_remote_code=manifest.get("trust_remote_code", False))
     evaluator = None
-    if reevaluate:  # the base's references first, as the stream computed them
-        stream = load_stream(config.stream, config.data.edits, data_format=config.data.format,
-                             limit=config.data.limit, skip_invalid=config.data.skip_invalid)
-        evaluator = StreamEvaluator(eval_settings(config, device), model, tokenizer, stream)
+    if reevaluate:  # loads the base and computes its references first, as the stream did
+        rounds = [r["round"] for r in manifest["rounds"] for _ in range(r["n_edits"])]
+        evaluator = StreamEvaluator(eval_settings(config, device), Path(stream_dir) / STREAM_EDITS, rounds)
+        model = evaluator.model
+    else:
+        model = load_model(base, dtype=manifest["dtype"], device=device,
+                           trust_remote_code=manifest.get("trust_remote_code", False))
     rebuild_round_(model, stream_dir, t)
     log(f"rebuilt round {t} from {base} and {t} kept delta(s); weights sha256 matches the stream's")
     out = Path(out)

@@ -1,8 +1,8 @@
 """The metrics of a stream's model after a round, with the product's evaluators.
 
-One evaluator over every record of the stream, built once on the base model (its locality
-predictions, generated locality answers and general scores are the reference every round is
-compared with). After round t the per-record rows are grouped by round:
+One `CandidateEvaluator` over every record of the stream, built once on the base model (its
+locality predictions, generated locality answers and general scores are the reference every
+round is compared with). After round t the per-record rows are grouped by round:
 
 - `current.<m>`: round t's own edits; `seen.<m>`: every edit of rounds 1..t (the retention of
   old edits together with the new); `old.<m>`: rounds 1..t-1 only (absent in round 1);
@@ -19,17 +19,19 @@ A mean over records counts each record with a value once (as `EditEvaluator` doe
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
 
-from mm4ke_ray.evaluate.candidate import EvalSettings
-from mm4ke_ray.evaluate.edit_metrics import EditEvaluator
-from mm4ke_ray.evaluate.general import GeneralEvaluator, general_score
-from mm4ke_ray.evaluate.generation import GenerationEvaluator
+from mm4ke_ray.data import write_edit_records
+from mm4ke_ray.evaluate.candidate import CandidateEvaluator, EvalSettings
+from mm4ke_ray.evaluate.general import general_score, retention
 from mm4ke_ray.evaluate.scores import edit_family, objective_values
-from mm4ke_ray.schema import GEN_PREFIX, GENERAL_PREFIX, TEACHER_FORCED
+from mm4ke_ray.schema import GEN_PREFIX, GENERAL_PREFIX, RETENTION_PREFIX, TEACHER_FORCED
 from mm4ke_ray.stream.rounds import Stream
 
 ACCURACY_METRICS = ("edit_succ", "generalization", "portability")  # per group of edits; locality is global
 CURRENT, SEEN, OLD = "current", "seen", "old"
+STREAM_EDITS = "stream_edits.json"
 
 
 def _mean(values: Sequence[float]) -> float | None:
@@ -58,46 +60,51 @@ def group_means(rows: list[dict], rounds: list[int], upto: int, prefix: str = ""
     return out
 
 
-class StreamEvaluator:
-    """Edit metrics by round group, locality and general score of the model as it is now."""
+def write_stream_edits(stream: Stream, folder: str | Path) -> Path:
+    """The stream's records, in stream order, as one edit file (`STREAM_EDITS` in `folder`): what
+    the evaluator reads, and what a rebuild re-evaluates with."""
+    return write_edit_records(stream.records, Path(folder) / STREAM_EDITS)
 
-    def __init__(self, settings: EvalSettings, model, tokenizer, stream: Stream):
-        s = self.settings = settings
-        self.model = model
-        self.rounds = stream.round_of()
-        records = stream.records
-        self.edit_eval = EditEvaluator(tokenizer, records, prompt_format=s.prompt_format, batch_size=s.batch_size,
-                                       prefix_cache=s.prefix_cache) if s.teacher_forced else None
-        self.gen_eval = GenerationEvaluator(tokenizer, records, prompt_format=s.prompt_format, batch_size=s.batch_size,
-                                            match=s.generation_match,
-                                            extra_new_tokens=s.generation_extra_tokens) if s.generation else None
-        self.general_eval = GeneralEvaluator.for_prompt_format(
-            model, tokenizer, list(s.general_tasks), s.prompt_format, include_path=s.task_include_path,
-            limit=s.general_limit, metrics=s.general_metrics) if s.general_tasks else None
-        # The base model's answers: what locality and general retention compare with, every round.
-        self.locality_ref = self.edit_eval.base_predictions(model) if self.edit_eval else None
-        self.generation_ref = self.gen_eval.base_generations(model) if self.gen_eval else None
-        self.general_ref = self.general_eval.evaluate_result().scores if self.general_eval else None
+
+class StreamEvaluator:
+    """Edit metrics by round group, locality and general score of the resident model as it is now.
+
+    The product's `CandidateEvaluator`, built on the stream's edit file (`write_stream_edits`),
+    loads the model (which the stream then changes in place), builds the edit, generation and
+    general evaluators the sweep uses and computes the base's references once; each round reads
+    its evaluators' per-record rows and groups them by round.
+    """
+
+    def __init__(self, settings: EvalSettings, edits_file: str | Path, rounds: list[int]):
+        self.candidate = CandidateEvaluator(replace(settings, edits=str(edits_file), limit=None, data_format=None,
+                                                    skip_invalid=False, fidelity_rungs=1))
+        if len(self.candidate.records) != len(rounds):
+            raise ValueError(f"{edits_file} holds {len(self.candidate.records)} records, the rounds {len(rounds)}")
+        self.settings, self.rounds = settings, list(rounds)
+        self.model, self.tokenizer = self.candidate.model, self.candidate.tokenizer
 
     def evaluate(self, upto: int, first_layer: int | None = None) -> dict[str, float]:
         """Metrics of the model after round `upto` (0: the base, whose groups are all empty but
         round 1's `current`, i.e. the edits before they are made). `first_layer`: the lowest block
         any round has changed (blocks below it still hold the base's weights)."""
-        group = max(upto, 1)
+        c, group = self.candidate, max(upto, 1)
         out: dict[str, float] = {}
-        if self.edit_eval:
-            edit = self.edit_eval.evaluate(self.model, self.locality_ref, first_layer=first_layer)
+        if self.settings.teacher_forced:
+            edit = c.edit_eval.evaluate(self.model, c.reference.locality, first_layer=first_layer)
             out.update(group_means(edit.per_record, self.rounds, group))
-        if self.gen_eval:
-            generated = self.gen_eval.evaluate(self.model, self.generation_ref)
+        if c.gen_eval:
+            generated = c.gen_eval.evaluate(self.model, c.reference.generation)
             out.update(group_means(generated.per_record, self.rounds, group, GEN_PREFIX))
         general = None
-        if self.general_eval:
-            result = self.general_eval.evaluate_result()
-            better = self.general_eval.higher_is_better
-            general = general_score(result.scores, self.general_ref, better)
+        if c.general_eval:
+            result = c.general_eval.evaluate_result()
+            better = c.general_eval.higher_is_better
+            # As CandidateEvaluator scores a candidate: retention of each task against the base.
+            general = general_score(result.scores, c.reference.general, better)
             general = 0.0 if general != general else general  # NaN: no task had a base score to keep
             out.update(result.flat(GENERAL_PREFIX))
+            out.update({f"{RETENTION_PREFIX}{k}": v for k, v in retention(result.scores, c.reference.general,
+                                                                          better).items()})
         p = _prefix(self.settings.edit_mode)
         seen = {f"{p}{m}": out[f"{SEEN}.{p}{m}"] for m in ACCURACY_METRICS if f"{SEEN}.{p}{m}" in out}
         if f"{p}locality" in out:

@@ -13,9 +13,8 @@ from torch import nn
 from mm4ke_ray.config import SweepConfig
 from mm4ke_ray.errors import UserError
 from mm4ke_ray.evaluate.candidate import eval_settings
-from mm4ke_ray.modeling import load_model, load_tokenizer
 from mm4ke_ray.stream.curves import curve_table, draw_retention
-from mm4ke_ray.stream.evaluation import StreamEvaluator
+from mm4ke_ray.stream.evaluation import StreamEvaluator, write_stream_edits
 from mm4ke_ray.stream.protocol import StreamResult, run_stream
 from mm4ke_ray.stream.rounds import load_stream
 from mm4ke_ray.stream.settings import round_settings
@@ -50,11 +49,10 @@ def run_stream_config(config: SweepConfig, folder: str | Path, *, device: str = 
     settings = round_settings(config, len(stream.rounds))
     sizes = [len(r) for r in stream.rounds]
     log(f"{len(stream.rounds)} rounds of {sizes} edits; base {config.model.name}")
-    tokenizer = load_tokenizer(config.model.name, trust_remote_code=config.model.trust_remote_code)
-    model = load_model(config.model.name, dtype=config.model.dtype, device=device,
-                       trust_remote_code=config.model.trust_remote_code, allow_pickle=config.model.allow_pickle)
-    evaluator = StreamEvaluator(eval_settings(config, device), model, tokenizer, stream)
     folder = Path(folder)
+    edits_file = write_stream_edits(stream, folder)
+    evaluator = StreamEvaluator(eval_settings(config, device), edits_file, stream.round_of())  # loads the model
+    model, tokenizer = evaluator.model, evaluator.tokenizer
     tracker = None
     if track:
         from mm4ke_ray.tracking.stream_run import (  # MLflow: only when tracking
