@@ -266,3 +266,25 @@ def test_cli_stream_then_export_of_round_t_equals_that_round(demo, tmp_path, cap
                                                 strict=True))
     assert main(["stream-export", str(out), "--round", "3", "--out", str(tmp_path / "r3")]) == 2
     assert "round 3 is not in this stream: it has rounds 1..2" in capsys.readouterr().err
+
+
+def test_validate_refuses_a_stream_config_with_a_searched_parameter(tmp_path, capsys):
+    shipped = Path(__file__).resolve().parents[1] / "search_spaces" / "stream_demo.yaml"
+    assert main(["validate", str(shipped)]) == 0
+    raw = yaml.safe_load(shipped.read_text())
+    raw["search"]["space"]["lr"] = {"low": 1e-4, "high": 1e-3, "log": True}
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(raw))
+    assert main(["validate", str(bad)]) == 2
+    assert "search.space.lr is searched (0.0001..0.001 log): a stream runs one setting" in capsys.readouterr().err
+
+
+def test_real_zsre_as_ten_rounds_of_twenty_and_alpaca_chat_data_as_a_stream():
+    """§3: KnowEdit ZsRE split into rounds by order; LLaMA-Factory alpaca data as a stream's edits."""
+    zsre = load_stream(StreamConfig(rounds=10), str(ZSRE), limit=200)
+    assert [len(r) for r in zsre.rounds] == [20] * 10 and zsre.sources[9].endswith("[180:200]")
+    assert all(r.locality and r.rephrase_prompts for r in zsre.records)  # the real schema's items came along
+    alpaca = ZSRE.parent / "fzkuji_llamafactory" / "zsre_train.json"
+    stream = load_stream(StreamConfig(rounds=3), str(alpaca), limit=12)
+    assert [len(r) for r in stream.rounds] == [4, 4, 4]
+    assert stream.records[0].target_new == json.loads(alpaca.read_text())[0]["output"]

@@ -29,18 +29,24 @@ class RoundSettings:
         return merge_params(self.alpha, self.sparsity, self.method, self.seed)
 
 
-def round_settings(config: SweepConfig, n_rounds: int) -> list[RoundSettings]:
-    """One `RoundSettings` per round. A searched (range or several choices) parameter is refused,
-    naming every such field, unless `stream.per_round` gives it a value per round."""
-    stream = config.stream
-    per_round = dict(stream.per_round) if stream is not None else {}
+def check_stream_settings(config: SweepConfig) -> None:
+    """ConfigError naming every search.space parameter that is searched where a stream needs one
+    value (one with a value per round in stream.per_round is fine). `validate` runs it too."""
+    per_round = dict(config.stream.per_round) if config.stream is not None else {}
     space = config.search.space
     unfixed = [k for k, p in space if not p.fixed and k not in per_round]
     if unfixed:
         raise ConfigError("search.space", [
             f"search.space.{k} is searched ({getattr(space, k).text()}): a stream runs one setting; fix it to one "
             f"value{' or give stream.per_round.' + k if k in PER_ROUND_KEYS else ''}" for k in unfixed])
-    fixed = {k: p.choices[0] for k, p in space if p.fixed}
+
+
+def round_settings(config: SweepConfig, n_rounds: int) -> list[RoundSettings]:
+    """One `RoundSettings` per round. A searched (range or several choices) parameter is refused,
+    naming every such field, unless `stream.per_round` gives it a value per round."""
+    check_stream_settings(config)
+    per_round = dict(config.stream.per_round) if config.stream is not None else {}
+    fixed = {k: p.choices[0] for k, p in config.search.space if p.fixed}
     rsft = RSFTConfig(
         layer=int(fixed["layer"]), epochs=int(fixed["epochs"]), steps=int(fixed["steps"]), lr=float(fixed["lr"]),
         threshold=float(fixed["threshold"]), optimizer=config.search.rsft.optimizer,
@@ -56,4 +62,4 @@ def round_settings(config: SweepConfig, n_rounds: int) -> list[RoundSettings]:
     return out
 
 
-__all__ = ["RoundSettings", "round_settings"]
+__all__ = ["RoundSettings", "check_stream_settings", "round_settings"]
