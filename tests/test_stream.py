@@ -288,3 +288,16 @@ def test_real_zsre_as_ten_rounds_of_twenty_and_alpaca_chat_data_as_a_stream():
     stream = load_stream(StreamConfig(rounds=3), str(alpaca), limit=12)
     assert [len(r) for r in stream.rounds] == [4, 4, 4]
     assert stream.records[0].target_new == json.loads(alpaca.read_text())[0]["output"]
+
+
+def test_a_diverged_round_stops_the_stream_naming_it(demo, tmp_path):
+    from mm4ke_ray.stream.run import run_stream_config
+
+    cfg = _config(demo, tmp_path)
+    cfg["evaluation"] = {"mode": "teacher-forced"}
+    cfg["data"]["limit"] = 4
+    cfg["stream"] = {"rounds": 2}
+    cfg["search"]["space"] = {**FIXED_SPACE, "lr": 1e12, "threshold": 0.0, "epochs": 1, "steps": 4}
+    cfg["search"]["rsft"] = {"optimizer": "sgd"}  # plain SGD at this rate blows the loss up to inf
+    with pytest.raises(UserError, match="stream round 1 of 2: R-SFT diverged"):
+        run_stream_config(validate_config(cfg), tmp_path / "out", track=False)

@@ -21,8 +21,9 @@ from pathlib import Path
 
 from torch import nn
 
+from mm4ke_ray.errors import UserError
 from mm4ke_ray.evaluate.candidate import delta_first_layer
-from mm4ke_ray.rsft.trainer import run_rsft
+from mm4ke_ray.rsft.trainer import DivergedError, run_rsft
 from mm4ke_ray.stream.evaluation import StreamEvaluator
 from mm4ke_ray.stream.kept import merge_round_, save_round, weights_digest, write_manifest
 from mm4ke_ray.stream.rounds import Stream
@@ -84,7 +85,10 @@ def run_stream(model: nn.Module, tokenizer, stream: Stream, settings: list[Round
                 "base_metrics": base, "rounds": []}
     for t, (records, s) in enumerate(zip(stream.rounds, settings, strict=True), 1):
         start = time.perf_counter()
-        trained = run_rsft(model, tokenizer, list(records), s.rsft)
+        try:
+            trained = run_rsft(model, tokenizer, list(records), s.rsft)
+        except DivergedError as exc:  # the rounds before stay kept and in the manifest
+            raise UserError(f"stream round {t} of {len(stream.rounds)}: {exc}; rounds 1..{t - 1} are kept in {out}") from exc
         rsft_s = time.perf_counter() - start
         save_round(out, t, trained.delta, s, trained.as_json())
         merge_round_(model, trained.delta, s.alpha, s.sparsity, s.method, s.seed)
