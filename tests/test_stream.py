@@ -220,6 +220,12 @@ def test_retention_of_old_edits_is_measured_every_round(streamed):
     assert rows[0]["locality"] == 100.0 and rows[0]["general_score"] == 1.0
     assert rows[0]["current.edit_succ"] < rows[1]["current.edit_succ"]  # round 1's edits took
     assert [r.metrics["round1.edit_succ"] for r in outcome.result.rounds] == outcome.result.curve("round1.edit_succ")[1:]
+    summary = outcome.result.summary()
+    seen = [r.metrics["seen.gen.edit_succ"] for r in outcome.result.rounds]
+    assert summary["final.seen.gen.edit_succ"] == seen[-1]
+    assert summary["mean.seen.gen.edit_succ"] == pytest.approx(sum(seen) / ROUNDS)
+    assert "mean.general_score" in summary and "final.locality" in summary and "mean.round1.edit_succ" not in summary
+    assert read_manifest(outcome.folder)["summary"] == summary
     assert outcome.picture.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert outcome.table.count("\n") == ROUNDS + 3  # header, rule, rounds 0..T
 
@@ -238,6 +244,8 @@ def test_mlflow_run_has_every_metric_at_step_round(streamed):
     assert alphas == [(t, pytest.approx(a)) for t, a in enumerate(ALPHAS, 1)]
     general = {m.step: m.value for m in client.get_metric_history(outcome.run_id, "general_score")}
     assert general[ROUNDS] == pytest.approx(outcome.result.rounds[-1].metrics["general_score"], abs=1e-6)
+    assert run.data.metrics["mean.general_score"] == pytest.approx(outcome.result.summary()["mean.general_score"],
+                                                                    abs=1e-6)
     artifacts = {a.path for a in client.list_artifacts(outcome.run_id)}
     assert {"retention.png", "retention.md", "stream.json", "config.yaml"} <= artifacts
 

@@ -29,6 +29,8 @@ from mm4ke_ray.stream.kept import merge_round_, save_round, weights_digest, writ
 from mm4ke_ray.stream.rounds import Stream
 from mm4ke_ray.stream.settings import RoundSettings
 
+# Metrics a whole stream is summarised by (prefixes and names).
+SUMMARIZED = ("seen.", "edit_score", "general_score", "combined_score", "locality", "gen.locality")
 STREAM_PROTOCOL = "stream: R-SFT from the previous round's merged model, merged in place per round"
 
 
@@ -56,6 +58,19 @@ class StreamResult:
     base_metrics: dict
     rounds: list[RoundResult] = field(default_factory=list)
     touched: list[str] = field(default_factory=list)  # every tensor some round changed
+
+    def summary(self) -> dict[str, float]:
+        """Per curve metric measured in every round: `final.<m>` (after the last round) and
+        `mean.<m>` (the mean over rounds 1..T, the area under the retention curve per round):
+        the two ways to score a whole stream (issue 29 §2)."""
+        out = {}
+        for key in self.rounds[0].metrics if self.rounds else ():
+            if not key.startswith(SUMMARIZED) and key not in SUMMARIZED:
+                continue
+            values = [r.metrics.get(key) for r in self.rounds]
+            if all(isinstance(v, int | float) for v in values):
+                out[f"final.{key}"], out[f"mean.{key}"] = values[-1], sum(values) / len(values)
+        return out
 
     def curve(self, metric: str) -> list[float | None]:
         """`metric` after rounds 0 (the base) .. T; None where it was not measured."""
@@ -103,6 +118,7 @@ def run_stream(model: nn.Module, tokenizer, stream: Stream, settings: list[Round
         result.touched = sorted(touched)
         manifest["rounds"].append(rnd.as_json())
         manifest["touched"] = result.touched
+        manifest["summary"] = result.summary()
         write_manifest(out, manifest)
         if on_round:
             on_round(t, metrics)

@@ -87,6 +87,7 @@ def run_stream_config(config: SweepConfig, folder: str | Path, *, device: str = 
         raise
     run_id = None
     if tracker is not None:
+        tracker.log_sweep_metrics(result.summary(), step=len(result.rounds))
         for path in (picture, folder / TABLE, folder / "stream.json"):
             tracker.log_artifact(path)
         tracker.finish()
