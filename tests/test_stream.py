@@ -309,3 +309,27 @@ def test_a_diverged_round_stops_the_stream_naming_it(demo, tmp_path):
     cfg["search"]["rsft"] = {"optimizer": "sgd"}  # plain SGD at this rate blows the loss up to inf
     with pytest.raises(UserError, match="stream round 1 of 2: R-SFT diverged"):
         run_stream_config(validate_config(cfg), tmp_path / "out", track=False)
+
+
+def test_sharegpt_multi_turn_chat_data_as_a_stream(tmp_path):
+    """§3: ShareGPT conversations (both spellings) read as edits; a multi-turn one keeps its context."""
+    from mm4ke_ray.errors import DataError
+
+    rows = [
+        {"conversations": [{"from": "human", "value": "Which city hosts the 2031 fair?"},
+                           {"from": "gpt", "value": "Lisbon"}]},
+        {"system": "Answer briefly.", "conversations": [
+            {"from": "human", "value": "Who runs Acme?"}, {"from": "gpt", "value": "Ada Park"},
+            {"from": "human", "value": "Since when?"}, {"from": "gpt", "value": "2029"}]},
+        {"messages": [{"role": "user", "content": "Capital of Zubrowka?"}, {"role": "assistant", "content": "Lutz"}]},
+    ]
+    path = tmp_path / "chat.json"
+    path.write_text(json.dumps(rows))
+    data = load_edit_records(path)
+    assert data.format == "sharegpt" and [r.target_new for r in data.records] == ["Lisbon", "2029", "Lutz"]
+    assert data.records[1].prompt == "System: Answer briefly.\nUser: Who runs Acme?\nAssistant: Ada Park\nSince when?"
+    stream = load_stream(StreamConfig(rounds=2), str(path))
+    assert [len(r) for r in stream.rounds] == [2, 1]
+    path.write_text(json.dumps([{"conversations": [{"from": "gpt", "value": "hi"}, {"from": "human", "value": "x"}]}]))
+    with pytest.raises(DataError, match="must end with a user turn followed by an assistant turn"):
+        load_edit_records(path)
