@@ -44,7 +44,11 @@ class StreamConfig(BaseModel):
         default_factory=dict, description="Per-round values of the settings that may differ per round "
         "(alpha, sparsity), one per round; a setting not listed keeps search.space's one value.",
     )
-    evaluate_base: bool = Field(True, description="Also evaluate the base model as round 0 of every curve.")
+    objective: Literal["mean", "final"] = Field(
+        "mean", description="How `mm4ke-ray stream --tune` scores a stream's edits: 'mean' over rounds of the edit "
+        "score on all edits so far (the area under its retention curve) or 'final' (after the last round); "
+        "the general objective is the final model's general score.",
+    )
 
     @model_validator(mode="after")
     def _split_needs_its_source(self):

@@ -333,3 +333,39 @@ def test_sharegpt_multi_turn_chat_data_as_a_stream(tmp_path):
     path.write_text(json.dumps([{"conversations": [{"from": "gpt", "value": "hi"}, {"from": "human", "value": "x"}]}]))
     with pytest.raises(DataError, match="must end with a user turn followed by an assistant turn"):
         load_edit_records(path)
+
+
+# -- tuning for the stream (§2) ----------------------------------------------------------------
+
+def test_warm_points_take_a_sweeps_best_settings_inside_this_space(demo, tmp_path):
+    from mm4ke_ray.stream.tune import warm_points
+
+    cfg = _config(demo, tmp_path)
+    cfg["search"]["space"] = {**FIXED_SPACE, "lr": {"choices": [2e-4, 4e-4]}, "sparsity": {"low": 0.0, "high": 0.5}}
+    config = validate_config(cfg)
+    rows = [{"lr": 2e-4, "sparsity": 0.1, "combined_score": 0.5}, {"lr": 4e-4, "sparsity": 0.2, "combined_score": 0.9},
+            {"lr": 1e-3, "sparsity": 0.1, "combined_score": 0.99},  # outside the space: dropped
+            {"lr": 4e-4, "sparsity": 0.2, "combined_score": 0.8}]  # a repeat: once
+    assert warm_points(rows, config, most=5) == [{"lr": 4e-4, "sparsity": 0.2}, {"lr": 2e-4, "sparsity": 0.1}]
+    assert warm_points(rows, config, most=1) == [{"lr": 4e-4, "sparsity": 0.2}]
+
+
+def test_tuning_runs_whole_streams_and_scores_them_over_rounds(demo, tmp_path):
+    from mm4ke_ray.stream.tune import TUNE_FILE, tune_stream
+
+    cfg = _config(demo, tmp_path)
+    cfg["evaluation"] = {"mode": "teacher-forced"}
+    cfg["data"]["limit"] = 4
+    cfg["stream"] = {"rounds": 2, "per_round": {"alpha": [0.1, 0.3]}, "objective": "mean"}
+    cfg["search"]["space"] = {**FIXED_SPACE, "lr": {"choices": [2e-4, 4e-4]}, "alpha": {"low": 0.0, "high": 0.5}}
+    cfg["search"]["startup_trials"] = 1
+    outcome = tune_stream(validate_config(cfg), tmp_path / "tune", 2, track=False, warm=[{"lr": 4e-4}])
+    assert [r["params"] for r in outcome.rows][0] == {"lr": 4e-4}  # the warm point first; alpha is per round
+    for row in outcome.rows:
+        manifest = read_manifest(row["folder"])
+        assert [r["merge"]["alpha"] for r in manifest["rounds"]] == [0.1, 0.3]
+        assert manifest["rounds"][0]["rsft"]["config"]["lr"] == row["params"]["lr"]
+        assert row["edit_score"] == manifest["summary"]["mean.edit_score"]
+        assert row["general_score"] == manifest["summary"]["final.general_score"]
+    doc = json.loads((tmp_path / "tune" / TUNE_FILE).read_text())
+    assert doc["choice"] in doc["front"] and outcome.choice["on_front"]
