@@ -369,3 +369,41 @@ def test_tuning_runs_whole_streams_and_scores_them_over_rounds(demo, tmp_path):
         assert row["general_score"] == manifest["summary"]["final.general_score"]
     doc = json.loads((tmp_path / "tune" / TUNE_FILE).read_text())
     assert doc["choice"] in doc["front"] and outcome.choice["on_front"]
+
+
+def test_cli_tune_warm_started_from_a_one_round_sweep_in_mlflow(demo, tmp_path, capsys):
+    """A one-round sweep's candidates, logged to MLflow as the sweep logs them, seed `stream --tune`;
+    a sweep of another model is refused; --warm-start without --tune is refused before any work."""
+    from mlflow import MlflowClient
+
+    from mm4ke_ray.schema import SAMPLED, Tag
+    from mm4ke_ray.tracking.mlflow_tracker import SweepTracker
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    tracker = SweepTracker(uri, "stream-test", str(tmp_path / "artifacts"))
+    tracker.start_sweep("one-round", params={"model": str(demo.model_dir)}, tags={})
+    for i, (lr, combined) in enumerate(((2e-4, 0.4), (4e-4, 0.7))):
+        tracker.log_candidate(f"t{i}-c0", {"lr": lr, "alpha": 0.2}, {"edit_score": combined, "general_score": 1.0,
+                              "combined_score": combined}, {Tag.KIND: SAMPLED, Tag.STATUS: "ok"})
+    tracker.finish()
+    cfg = _config(demo, tmp_path)
+    cfg["evaluation"] = {"mode": "teacher-forced"}
+    cfg["data"]["limit"] = 4
+    cfg["stream"] = {"rounds": 2}
+    cfg["search"]["space"] = {**FIXED_SPACE, "lr": {"choices": [2e-4, 4e-4]}}
+    path = tmp_path / "tune.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    out = tmp_path / "tuned"
+    assert main(["stream", str(path), "--out", str(tmp_path / "x"), "--warm-start", f"{uri}:one-round"]) == 2
+    assert "--warm-start goes with --tune" in capsys.readouterr().err
+    assert main(["stream", str(path), "--out", str(out), "--tune", "1", "--warm-start", f"{uri}:one-round"]) == 0
+    printed = capsys.readouterr().out
+    assert "warm start: 1 setting(s) of sweep one-round first" in printed and "choice t00 {'lr': 0.0004}" in printed
+    doc = json.loads((out / "tune.json").read_text())
+    run = MlflowClient(uri).get_run(doc["trials"][0]["mlflow_run"])  # the trial's stream, step = round
+    assert run.data.params["lr"] == "0.0004" and run.data.tags["mm4ke.role"] == "stream"
+    other = tmp_path / "other.yaml"
+    other.write_text(yaml.safe_dump({**cfg, "model": {"name": str(tmp_path)}}))
+    assert main(["stream", str(other), "--out", str(tmp_path / "y"), "--tune", "1",
+                 "--warm-start", f"{uri}:one-round"]) == 2
+    assert "that sweep edited model" in capsys.readouterr().err
