@@ -32,6 +32,9 @@ PAPER = {"layer": 6, "epochs": 5, "steps": 6, "lr": 5e-4, "threshold": 0.1, "alp
 CONSERVATIVE = {**PAPER, "alpha": 0.5}
 SMOKE_PAPER = {"layer": 1, "epochs": 3, "steps": 6, "lr": 3e-4, "threshold": 0.1, "alpha": 0.2, "sparsity": 0.0}
 EDIT_GOAL, GENERAL_GOAL = 0.8, 0.95
+# What --tune searches around the paper's setting (R-SFT's layer, epochs and steps stay the paper's).
+TUNED_SPACE = {"lr": {"low": 1e-4, "high": 1e-3, "log": True}, "alpha": {"low": 0.0, "high": 0.8},
+               "sparsity": {"low": 0.0, "high": 0.8}}
 CURVE_KEYS = ("seen.gen.edit_succ", "current.gen.edit_succ", "round1.gen.edit_succ", "seen.edit_succ",
               "gen.locality", "locality", "general_score")
 
@@ -45,6 +48,10 @@ def arguments():
     p.add_argument("--setting", action="append", default=[], metavar="NAME:key=value,...",
                    help="a setting to stream with (layer, epochs, steps, lr, threshold, alpha, sparsity); "
                         "default: 'paper' and 'alpha0.5'")
+    p.add_argument("--tune", type=int, default=0, metavar="N",
+                   help="also tune (stream --tune) N short streams over TUNED_SPACE and stream the choice in full "
+                        "as setting 'tuned' (default 0: no; --smoke-test: 2)")
+    p.add_argument("--tune-rounds", type=int, default=3, help="rounds of each tuning stream (default 3)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="config overrides for every stream (YAML values), e.g. general tasks")
     return p.parse_args()
@@ -107,6 +114,27 @@ def goals(name: str, rows: list[dict], has_general: bool) -> list[dict]:
     return out
 
 
+def tune(args, out: Path, paper: dict, n_trials: int, device: str) -> dict:
+    """`stream --tune` on short streams (the first `--tune-rounds` rounds): its trials and choice."""
+    from mm4ke_ray.commands.sweep import parse_overrides
+    from mm4ke_ray.config import validate_config
+    from mm4ke_ray.stream.tune import tune_stream
+
+    raw = base_config(args, out)
+    rounds = 2 if args.smoke_test else args.tune_rounds
+    raw["data"]["limit"] = raw["data"]["limit"] // raw["stream"]["rounds"] * rounds
+    raw["stream"] = {"rounds": rounds, "objective": "mean"}
+    raw["name"] = "stream-tune"
+    raw["search"] = {"space": {**paper, **TUNED_SPACE}, "seed": 0, "startup_trials": max(1, n_trials // 2)}
+    config = validate_config(raw).with_overrides(**parse_overrides(args.set))
+    outcome = tune_stream(config, out / "stream-work" / "tune", n_trials, device=device,
+                          log=lambda m: print(f"[tune] {m}"))
+    trials = [{k: r[k] for k in ("candidate", "params", "edit_score", "general_score", "on_front")}
+              for r in outcome.rows]
+    return {"trials": trials, "rounds": rounds, "choice": outcome.choice["candidate"],
+            "choice_params": outcome.choice["params"]}
+
+
 def main() -> None:
     args = arguments()
     setup(args)
@@ -124,6 +152,11 @@ def main() -> None:
     texts = args.setting or ["paper:", "alpha0.5:alpha=0.5"]
     settings = [parse_setting(t, paper) for t in texts]
     device = resolve_device(args.device)
+    tuning = None
+    n_tune = args.tune or (2 if args.smoke_test else 0)
+    if n_tune:
+        tuning = tune(args, out, paper, n_tune, device)
+        settings.append(("tuned", {**paper, **tuning["choice_params"]}))
     streams, results = {}, {}
     for name, values in settings:
         raw = base_config(args, out)
@@ -147,7 +180,7 @@ def main() -> None:
     goal_rows = [g for name in streams for g in goals(name, streams[name], results[name]["has_general_tasks"])]
     write_result(NAME, args, {"model": base_config(args, out)["model"]["name"], "edits": str(ZSRE) if not
                               args.smoke_test else "demo", "streams": results, "goals": goal_rows,
-                              "picture": str(picture)})
+                              "picture": str(picture), "tuning": tuning})
     print(json.dumps({g["goal"]: g["met"] for g in goal_rows}, indent=1))
 
 

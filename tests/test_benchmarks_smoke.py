@@ -146,7 +146,8 @@ def test_real_smoke_has_the_table_both_families_and_the_sweep(runs):
 def test_stream_smoke_has_retention_curves_per_round_for_each_setting(runs):
     out, _ = runs
     doc = _result(runs, "stream")
-    assert set(doc["streams"]) == {"paper", "alpha0.5"}
+    assert set(doc["streams"]) == {"paper", "alpha0.5", "tuned"}  # tuned: the choice of `stream --tune`
+    assert doc["tuning"]["choice"] in {t["candidate"] for t in doc["tuning"]["trials"] if t["on_front"]}
     for stream in doc["streams"].values():
         curves = stream["curves"]
         assert len(curves["seen.gen.edit_succ"]) == 4 and len(curves["general_score"]) == 4  # rounds 0..3
