@@ -407,3 +407,9 @@ def test_cli_tune_warm_started_from_a_one_round_sweep_in_mlflow(demo, tmp_path, 
     assert main(["stream", str(other), "--out", str(tmp_path / "y"), "--tune", "1",
                  "--warm-start", f"{uri}:one-round"]) == 2
     assert "that sweep edited model" in capsys.readouterr().err
+
+
+def test_sweep_refuses_a_stream_config_instead_of_dropping_its_rounds(capsys):
+    shipped = Path(__file__).resolve().parents[1] / "search_spaces" / "stream_demo.yaml"
+    assert main(["sweep", str(shipped)]) == 2
+    assert "has a `stream:` section; run it with `mm4ke-ray stream" in capsys.readouterr().err
