@@ -175,8 +175,8 @@ def main() -> None:
                          "has_general_tasks": bool(config.evaluation.general_tasks)}
         print(results[name]["table"])
     first, *rest = streams
-    picture = draw_retention(streams[first], out / "stream.png", title="retention over rounds "
-                             f"({' vs '.join(streams)}; {first} solid)", extra={n: streams[n] for n in rest})
+    picture = draw_retention(streams[first], out / "stream.png", title=f"retention over rounds ({' vs '.join(streams)})",
+                             extra={n: streams[n] for n in rest}, name=first)
     goal_rows = [g for name in streams for g in goals(name, streams[name], results[name]["has_general_tasks"])]
     write_result(NAME, args, {"model": base_config(args, out)["model"]["name"], "edits": str(ZSRE) if not
                               args.smoke_test else "demo", "streams": results, "goals": goal_rows,
