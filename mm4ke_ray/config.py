@@ -15,6 +15,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from mm4ke_ray.errors import ConfigError
+from mm4ke_ray.stream_config import StreamConfig
 
 DEMO = "demo"  # model/data value meaning "the embedded demo world, built locally"
 
@@ -403,6 +404,7 @@ class SweepConfig(_Section):
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     storage_path: str = Field("runs/ray", description="Tune storage: a folder or a URI (file://, s3://, gs://).")
     max_failures: int = Field(2, ge=0, description="Retries of a failed trial.")
+    stream: StreamConfig | None = Field(None, description="Lifelong editing in rounds (`mm4ke-ray stream`).")
 
     @model_validator(mode="after")
     def _edit_mode_is_evaluated(self):

@@ -82,6 +82,9 @@ def run(args) -> int:
         resume_sweep(args.resume, address=args.address)
     else:
         config = load_config(args.config, parse_overrides(args.set))
+        if config.stream is not None:  # a sweep trial is one batch: it would drop the rounds silently
+            raise UserError(f"{args.config}: has a `stream:` section; run it with `mm4ke-ray stream {args.config}` "
+                            "(one setting) or `mm4ke-ray stream --tune N` (settings tuned for the stream)")
         start_sweep(config, source=args.config, address=args.address, num_trials=args.num_trials,
                     smoke_test=args.smoke_test, warm_start=args.warm_start)
     return 0
