@@ -20,6 +20,7 @@ from mm4ke_ray.data.sources import _HUB_ID
 from mm4ke_ray.errors import ConfigError, UserError
 from mm4ke_ray.storage import storage_problem
 from mm4ke_ray.tracking.health import health_problem
+from mm4ke_ray.tracking.store_check import store_problem
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 _DATA_SUFFIXES = (".json", ".jsonl", ".parquet", ".csv", ".arrow")
@@ -119,7 +120,9 @@ def data_problems(config: SweepConfig) -> list[str]:
     return []
 
 
-def _check_tracking(uri: str) -> str | None:
+def _check_tracking(uri: str, existing_store: bool = False) -> str | None:
+    if uri.startswith("sqlite:///") and (problem := store_problem(uri, create=not existing_store)):
+        return f"tracking.uri: {problem}"
     if uri.startswith(("http://", "https://")):
         if problem := health_problem(uri):
             return (f"tracking.uri: cannot reach the MLflow server at {uri} ({problem}); start it "
@@ -146,8 +149,10 @@ def _layer_problem(config: SweepConfig, num_layers: int | None) -> str | None:
             f"use layers 0..{num_layers - 1}")
 
 
-def preflight(config: SweepConfig, source: str, num_layers: int | None = None, check_tracking: bool = True) -> None:
-    """Raise one ConfigError listing every problem found (no Ray, no model weights loaded)."""
+def preflight(config: SweepConfig, source: str, num_layers: int | None = None, check_tracking: bool = True,
+              existing_store: bool = False) -> None:
+    """Raise one ConfigError listing every problem found (no Ray, no model weights loaded).
+    `existing_store`: the MLflow store must already exist (a resume)."""
     problems, found_layers = model_problems(config.model)
     if msg := _layer_problem(config, num_layers or found_layers):
         problems.append(msg)
@@ -168,7 +173,7 @@ def preflight(config: SweepConfig, source: str, num_layers: int | None = None, c
             problems.append(f"evaluation.general_tasks: {exc}")
     if msg := storage_problem(config.storage_path):
         problems.append(msg)
-    if check_tracking and (msg := _check_tracking(config.tracking.uri)):
+    if check_tracking and (msg := _check_tracking(config.tracking.uri, existing_store)):
         problems.append(msg)
     if problems:
         raise ConfigError(source, problems)

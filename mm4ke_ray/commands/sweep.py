@@ -6,11 +6,10 @@ that a sweep kept on disk while the tracking server was away.
 
 from __future__ import annotations
 
-import yaml
-
 from mm4ke_ray.config import SweepConfig, load_config
 from mm4ke_ray.errors import UserError
 from mm4ke_ray.quiet import set_verbose
+from mm4ke_ray.strict_yaml import load_value
 
 NAME = "sweep"
 HELP = "Run a sweep: R-SFT trials (Ray Train) × merge candidates (actor pool), Optuna multi-objective, MLflow."
@@ -48,7 +47,7 @@ def parse_overrides(items: list[str]) -> dict:
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise UserError(f"--set {item!r}: expected KEY=VALUE, e.g. search.seed=3")
-        out[key.strip()] = yaml.safe_load(value)
+        out[key.strip()] = load_value(value, f"--set {key.strip()}")
     return out
 
 

@@ -63,6 +63,7 @@ from mm4ke_ray.storage import is_uri, local_storage_warning, normalize_storage_p
 from mm4ke_ray.tracking.mlflow_tracker import SweepTracker
 from mm4ke_ray.tracking.pareto_artifacts import ParetoPublisher
 from mm4ke_ray.tracking.query import ui_runs_url
+from mm4ke_ray.tracking.store_check import absolute_uri
 from mm4ke_ray.tracking.sweep_run import logged_so_far, open_sweep_run
 from mm4ke_ray.tracking.tables import (
     counts_line,
@@ -145,8 +146,11 @@ def run_sweep(config: SweepConfig, *, source: str = "<config>", address: str | N
         raise ValueError("the config names the demo: resolve it first (mm4ke_ray.demo.resolve.resolve_demo)")
     if smoke_test:
         config = config.with_overrides(**{"search.num_trials": 4, "merge.extra_candidates": max(2, min(3, config.merge.extra_candidates))})
-    if num_trials:
+    if num_trials is not None:
         config = config.with_overrides(**{"search.num_trials": num_trials})
+    if (uri := absolute_uri(config.tracking.uri)) != config.tracking.uri:
+        # Recorded absolute in the manifest: `--resume` from any directory opens the same store.
+        config = config.with_overrides(**{"tracking.uri": uri})
     preflight(config, source)
     warm = load_warm_sources(list(warm_start), fingerprint_fields(config)) if warm_start else []
     return _execute(config, source, address, manifest=None, warm=warm)
@@ -160,7 +164,7 @@ def resume_sweep(folder: str, *, address: str | None = None) -> SweepOutcome:
     """
     manifest = read_manifest(folder)
     config = validate_config(manifest.config, f"{manifest.experiment_dir}/{MANIFEST}")
-    preflight(config, manifest.source)
+    preflight(config, manifest.source, existing_store=True)  # a resume never starts an empty store
     return _execute(config, manifest.source, address, manifest=manifest)
 
 

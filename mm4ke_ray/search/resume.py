@@ -18,6 +18,7 @@ from pathlib import Path
 
 from mm4ke_ray.errors import UserError
 from mm4ke_ray.storage import filesystem, is_uri
+from mm4ke_ray.tracking.store_check import absolute_uri
 
 MANIFEST = "mm4ke-sweep.json"
 CLAIM = ".mm4ke-claim"  # created first, exclusively: the folder belongs to one sweep
@@ -134,8 +135,25 @@ def read_manifest(folder: str) -> Manifest:
     # where it is now (Tune's own state follows `Tuner.restore(folder)`; the study: restore_tuner).
     data["experiment_dir"] = folder
     if isinstance(data.get("config"), dict):
-        data["config"]["storage_path"] = folder.rsplit("/", 1)[0] if is_uri(folder) else str(Path(folder).parent)
+        config = data["config"]
+        tracking = config.get("tracking")
+        if isinstance(tracking, dict) and isinstance(tracking.get("uri"), str) and not is_uri(folder):
+            # Older manifests keep the relative `sqlite:///runs/...` the sweep started with: the
+            # store is where it was, relative to the directory the sweep started in, not to ours.
+            tracking["uri"] = absolute_uri(tracking["uri"], _start_dir(folder, config.get("storage_path")))
+        config["storage_path"] = folder.rsplit("/", 1)[0] if is_uri(folder) else str(Path(folder).parent)
     return Manifest(**data)
+
+
+def _start_dir(folder: str, storage_path) -> Path | None:
+    """The directory a sweep started in, when its storage path was relative and the folder is
+    still below it (`runs/ray` + `/x/runs/ray/demo` → `/x`); None when that cannot be told."""
+    if not isinstance(storage_path, str) or is_uri(storage_path) or Path(storage_path).expanduser().is_absolute():
+        return None
+    parts, parent = Path(storage_path).parts, Path(folder).parent
+    if parts and parent.parts[-len(parts):] == parts:
+        return Path(*parent.parts[:-len(parts)])
+    return None
 
 
 def manifest_for(config, source: str, parent_run_id: str, experiment_dir: str) -> Manifest:

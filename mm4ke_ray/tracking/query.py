@@ -13,7 +13,6 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from mm4ke_ray.errors import UserError
 from mm4ke_ray.schema import (
@@ -26,6 +25,7 @@ from mm4ke_ray.schema import (
     WARM_START,
     Tag,
 )
+from mm4ke_ray.tracking.store_check import check_store
 
 _RUN_ID = re.compile(r"^[0-9a-f]{32}$")
 _PAGE = 1000
@@ -117,16 +117,11 @@ class Sweep:
 
 
 def open_client(uri: str):
-    """An MlflowClient for `uri` (a SQLite URI's folder must already hold the database)."""
+    """An MlflowClient for `uri`, which only reads: a SQLite URI must name an existing MLflow
+    database (MLflow would create or migrate its schema in any other file)."""
     from mlflow import MlflowClient
 
-    if uri.startswith("sqlite:///"):
-
-        db = Path(uri.removeprefix("sqlite:///")).expanduser()
-        if not db.is_file():
-            raise UserError(
-                f"--tracking-uri {uri!r}: no MLflow database at '{db}' (check the path; sweeps write runs/mlflow.db by default)"
-            )
+    check_store(uri, create=False)
     return MlflowClient(tracking_uri=uri)
 
 
