@@ -115,8 +115,7 @@ def data_problems(config: SweepConfig) -> list[str]:
     try:
         load_edit_records(data.edits, limit=data.limit, skip_invalid=data.skip_invalid, fmt=data.format)
     except UserError as exc:
-        text = str(exc).replace("skip_invalid=True", "data.skip_invalid: true")
-        return [f"data.edits: {text}"]
+        return [f"data.edits: {exc}"]
     return []
 
 

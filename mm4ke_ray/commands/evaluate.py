@@ -78,7 +78,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="Generation mode: tokens allowed beyond the target's own token count.",
     )
     add_model_arguments(parser, "evaluate")
-    parser.add_argument("--out", required=True, help="Output JSON file.")
+    parser.add_argument("--out", required=True, help="Output JSON file (new, unless --force).")
+    parser.add_argument("--force", action="store_true", help="Replace an existing --out file.")
     add_verbose_argument(parser)
 
 
@@ -102,6 +103,8 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(
             f"--out {out} is a directory; give a file name such as {out / 'metrics.json'}"
         )
+    if out.exists() and not args.force:  # checked before any model loads, like every other writer
+        raise UserError(f"--out {out} exists; give a new file name, or pass --force to replace it")
     device = resolve_device(args.device)
     dataset = load_edit_records(
         args.data, limit=args.limit, skip_invalid=args.skip_invalid, fmt=args.data_format

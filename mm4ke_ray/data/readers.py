@@ -85,7 +85,7 @@ def load_edit_records(
                     index,
                     e.field,
                     f"{e.problem} [format {chosen.name}; fix the record, "
-                    "or pass skip_invalid=True to drop invalid records]",
+                    "or drop invalid records with --skip-invalid (config: data.skip_invalid: true)]",
                 ) from None
             skipped.append(str(DataError(name, index, e.field, e.problem)))
             continue
@@ -110,7 +110,7 @@ def _detect(name: str, rows: list[Any]) -> EditFormat:
     if found is None:
         raise UserError(
             f"{name}: cannot tell the edit-data format from the first record's keys "
-            f"{sorted(mappings[0])}; pass fmt= one of: {', '.join(FORMATS.names())}\n"
+            f"{sorted(mappings[0])}; name it with --format (config: data.format), one of: {', '.join(FORMATS.names())}\n"
             f"{FORMATS.describe()}"
         )
     return found

@@ -36,6 +36,7 @@ from mm4ke_ray.search.actors import start_pool, stop_pool
 from mm4ke_ray.search.callback import SweepCallback
 from mm4ke_ray.search.constraints import minimums
 from mm4ke_ray.search.front_board import drop_front, new_front_key, publish_front
+from mm4ke_ray.search.interrupt import catch_interrupt
 from mm4ke_ray.search.local_ray import init_local_ray
 from mm4ke_ray.search.resources import TRIAL_RESOURCES, Plan, plan_resources
 from mm4ke_ray.search.resume import (
@@ -220,12 +221,16 @@ def _with_pool(run: SweepRun) -> SweepOutcome:
     run.tracker, run.parent = open_sweep_run(config, run.experiment_dir, eval_actors=plan.actors,
                                              max_concurrent=plan.max_concurrent,
                                              parent_run_id=manifest.parent_run_id if manifest else None)
-    if manifest:
-        rows, run.finished, run.base_logged = logged_so_far(run.tracker, run.parent)
-        run.rows, run.warm_rows = warm_rows(rows)  # the study holds the warm points already
-    else:
-        write_manifest(manifest_for(config, run.source, run.parent, run.experiment_dir))
-        run.warm_rows = log_warm_rows(run.tracker, run.warm)
+    try:
+        if manifest:
+            rows, run.finished, run.base_logged = logged_so_far(run.tracker, run.parent)
+            run.rows, run.warm_rows = warm_rows(rows)  # the study holds the warm points already
+        else:
+            write_manifest(manifest_for(config, run.source, run.parent, run.experiment_dir))
+            run.warm_rows = log_warm_rows(run.tracker, run.warm)
+    except BaseException as exc:
+        _fail_parent(run.tracker, exc)
+        raise
     run.timings.tracking += time.perf_counter() - open_clock  # the parent run opened (or read back)
     verb = "resuming" if manifest else "starting"
     console.print(f"[bold]{verb} sweep {config.name}[/]: {config.search.num_trials} trials, {plan.actors} merge-eval "
@@ -278,24 +283,50 @@ def _tune(run: SweepRun) -> SweepOutcome:
     # Tune's default loggers include TensorBoard's, which cannot log our nested results (a long
     # "invalid value" dump per trial): only the JSON (result.json) and CSV loggers are kept.
     os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "1"
-    if run.resumed:
-        tuner, searcher = restore_tuner(run.experiment_dir, trainable, [callback, *_result_loggers()]), None
-    else:
-        tuner, searcher = _new_tuner(run, trainable, callback)
-        _tell_warm_start(run, searcher, tracker)
-    status = "FAILED"
+    status, reason = "FAILED", None
     fit_clock, tracker.in_fit = time.perf_counter(), True
     try:
-        grid = tuner.fit()
-        status = "FINISHED"
+        # Inside the try: a Tune state that cannot be restored also ends the parent run FAILED.
+        if run.resumed:
+            tuner, searcher = restore_tuner(run.experiment_dir, trainable, [callback, *_result_loggers()]), None
+        else:
+            tuner, searcher = _new_tuner(run, trainable, callback)
+            _tell_warm_start(run, searcher, tracker)
+        with catch_interrupt() as interrupt:
+            grid = tuner.fit()
+        status, reason = ("KILLED", "interrupted (Ctrl-C)") if interrupt.seen else ("FINISHED", None)
+    except BaseException as exc:
+        status, reason = ("KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED"), _reason(exc)
+        raise
     finally:
         run.timings.fit, tracker.in_fit = time.perf_counter() - fit_clock, False
         if run.front_key:
             drop_front(run.front_key)
+        if reason:
+            tracker.set_sweep_tags({Tag.REASON: reason})
         spool = _finish(tracker, publisher, callback, status)
+    if interrupt.seen:
+        console.print(f"[bold yellow]sweep {config.name} interrupted[/]: finished trials are kept in {run.experiment_dir}",
+                      soft_wrap=True)
+        print_command(console, "  continue it with:", f"{executable('mm4ke-ray')} sweep --resume {run.experiment_dir}")
+        raise KeyboardInterrupt
     outcome = _outcome(run, callback.rows, base, grid, searcher or restored_searcher(tuner), spool)
     _print_summary(outcome, config)
     return outcome
+
+
+def _reason(exc: BaseException) -> str:
+    return "interrupted (Ctrl-C)" if isinstance(exc, KeyboardInterrupt) else f"{type(exc).__name__}: {exc}"[:500]
+
+
+def _fail_parent(tracker, exc: BaseException) -> None:
+    """End the parent run FAILED with the reason: a sweep that stopped is never left RUNNING."""
+    try:
+        tracker.set_sweep_tags({Tag.REASON: _reason(exc)})
+        tracker.finish("KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
+        tracker.flush()
+    except Exception:  # noqa: BLE001 - the original error is the one to report
+        pass
 
 
 def _new_tuner(run: SweepRun, trainable, callback):

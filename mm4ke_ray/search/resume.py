@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickletools
 import socket
 import time
 from dataclasses import asdict, dataclass
@@ -131,6 +132,9 @@ def read_manifest(folder: str) -> Manifest:
             f"--resume {folder}: the sweep stopped before its first trial was scheduled (no Tune state); "
             "start it again without --resume"
         )
+    if problem := _pickle_problem(join(folder, "tuner.pkl")):
+        raise UserError(f"--resume {folder}: tuner.pkl (Tune's state) is damaged ({problem}), so the sweep cannot be "
+                        "continued; restore the folder from a copy, or start the sweep again without --resume")
     # The folder may have been moved or copied since: every path of the sweep is re-derived from
     # where it is now (Tune's own state follows `Tuner.restore(folder)`; the study: restore_tuner).
     data["experiment_dir"] = folder
@@ -143,6 +147,20 @@ def read_manifest(folder: str) -> Manifest:
             tracking["uri"] = absolute_uri(tracking["uri"], _start_dir(folder, config.get("storage_path")))
         config["storage_path"] = folder.rsplit("/", 1)[0] if is_uri(folder) else str(Path(folder).parent)
     return Manifest(**data)
+
+
+def _pickle_problem(path: str) -> str | None:
+    """Why the pickle at `path` is cut or corrupted (None when whole): its opcodes are walked to
+    STOP without building any object, so nothing in it runs, before any side effect of a resume."""
+    fs, p = filesystem(path)
+    with fs.open_input_stream(p) as f:
+        data = f.readall()
+    try:
+        for _ in pickletools.genops(data):
+            pass
+    except Exception as exc:  # noqa: BLE001 - any failure to parse is damage
+        return str(exc) or type(exc).__name__
+    return None
 
 
 def _start_dir(folder: str, storage_path) -> Path | None:
