@@ -108,7 +108,7 @@ def _prepare(case: dict, tmp: Path, models: dict) -> list[str]:
     }
     config = tmp / "config.yaml"
     if "config_text" in case:
-        config.write_text(case["config_text"])
+        config.write_bytes(case["config_text"].encode(case.get("config_encoding", "utf-8")))
     else:
         config.write_text(yaml.safe_dump(_fill(_merge(base, case.get("config") or {}), subs)))
     subs["config"] = config

@@ -127,6 +127,10 @@ def read_manifest(folder: str) -> Manifest:
             raise UserError(f"--resume {folder}: {MANIFEST} is not valid JSON ({exc})") from None
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise UserError(f"--resume {folder}: {MANIFEST} has an unknown format; it was written by another version")
+    shapes = {"config": dict, "source": str, "parent_run_id": str, "experiment_dir": str, "created": int | float}
+    if bad := [k for k, kind in shapes.items() if not isinstance(data.get(k), kind)] + sorted(set(data) - {*shapes, "format"}):
+        raise UserError(f"--resume {folder}: {MANIFEST} is damaged (field(s) {', '.join(bad)} missing, of the wrong "
+                        "type or unknown); restore it from a copy, or start the sweep again without --resume")
     if not _exists(join(folder, "tuner.pkl")):
         raise UserError(
             f"--resume {folder}: the sweep stopped before its first trial was scheduled (no Tune state); "
