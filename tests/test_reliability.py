@@ -273,3 +273,32 @@ def test_warm_start_keeps_the_servers_port():
     assert parse_spec("http://127.0.0.1:5000:my-sweep") == ("http://127.0.0.1:5000", "my-sweep")
     with pytest.raises(UserError, match="port"):
         parse_spec("http://127.0.0.1:5000")
+
+
+def _logged_sweep(tmp_path: Path, candidates: dict[str, str]) -> str:
+    """A sweep parent run with candidates {name: mm4ke.status}; the tracking URI."""
+    from mm4ke_ray.schema import Tag
+    from mm4ke_ray.tracking.mlflow_tracker import SweepTracker
+
+    tracker = SweepTracker(f"sqlite:///{tmp_path}/mlflow.db", "e", str(tmp_path / "art"))
+    tracker.start_sweep("s", {"seed": 1}, {})
+    for name, status in candidates.items():
+        tracker.log_candidate(name, {"alpha": 0.1}, {"edit_score": 0.5, "general_score": 0.9},
+                              {Tag.KIND: "sampled", Tag.STATUS: status})
+    tracker.finish()
+    return tracker.uri
+
+
+def test_picking_a_pruned_candidate_says_pruned(tmp_path):
+    from mm4ke_ray.tracking.query import load_sweep
+
+    sweep = load_sweep(_logged_sweep(tmp_path, {"t1-c0": "ok", "t1-c1": "pruned"}), "s")
+    assert sweep.find("t1-c0")["candidate"] == "t1-c0"
+    with pytest.raises(UserError, match="'t1-c1' of sweep 's' was pruned"):
+        sweep.find("t1-c1")
+
+
+def test_pareto_on_a_sweep_without_candidates_says_so(tmp_path, capsys):
+    uri = _logged_sweep(tmp_path, {})
+    assert main(["pareto", "--tracking-uri", uri, "--sweep", "s"]) == 0
+    assert "has no edited candidate yet" in capsys.readouterr().err

@@ -88,6 +88,7 @@ class Sweep:
     run_tags: dict[str, dict[str, str]] = field(default_factory=dict)  # run id → that run's tags
     others_with_name: int = 0  # older parent runs with the same sweep name (the newest is used)
     experiment_name: str = ""
+    pruned: list[str] = field(default_factory=list)  # candidate names and run ids halving stopped
 
     @property
     def base(self) -> dict | None:
@@ -104,6 +105,10 @@ class Sweep:
         for row in self.candidates:
             if pick in (row["run_id"], row["candidate"]):
                 return row
+        if pick in self.pruned:
+            raise UserError(f"candidate {pick!r} of sweep {self.name!r} was pruned: successive halving stopped it "
+                            "on a subset of the evaluation, so it has no full result to export; pick one of "
+                            "`mm4ke-ray pareto`'s candidates")
         failed = next((r for r in self.failed if pick in (r["run_id"], r["candidate"])), None)
         if failed is not None:
             raise UserError(
@@ -228,7 +233,7 @@ def load_sweep(uri: str, sweep: str, experiment: str | None = None) -> Sweep:
     """Read the sweep `sweep` (name or parent run id) and all its candidate runs from MLflow."""
     client = open_client(uri)
     parent, others = find_sweep_run(client, sweep, experiment)
-    ok, failed, run_tags = [], [], {}
+    ok, failed, run_tags, pruned = [], [], {}, []
     for run in candidate_runs(client, parent.info.experiment_id, parent.info.run_id):
         tags = run.data.tags
         run_tags[run.info.run_id] = dict(tags)
@@ -236,7 +241,7 @@ def load_sweep(uri: str, sweep: str, experiment: str | None = None) -> Sweep:
         if status == "ok":
             ok.append(candidate_row(run))
         elif status == PRUNED:  # stopped by successive halving: neither a candidate row nor a failure
-            continue
+            pruned += [run.info.run_id, candidate_id(run)]
         else:
             failed.append(
                 {
@@ -260,6 +265,7 @@ def load_sweep(uri: str, sweep: str, experiment: str | None = None) -> Sweep:
         run_tags=run_tags,
         others_with_name=others,
         experiment_name=client.get_experiment(parent.info.experiment_id).name,
+        pruned=pruned,
     )
 
 
