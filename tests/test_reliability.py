@@ -302,3 +302,15 @@ def test_pareto_on_a_sweep_without_candidates_says_so(tmp_path, capsys):
     uri = _logged_sweep(tmp_path, {})
     assert main(["pareto", "--tracking-uri", uri, "--sweep", "s"]) == 0
     assert "has no edited candidate yet" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv", [
+    ["merge", "--base", "b", "--delta", "d", "--alpha", "0.1", "--sparsity", "0.1", "--out", "o", "--seed", "-1"],
+    ["rsft", "--model", "m", "--data", "d", "--layer", "0", "--out", "o", "--seed", str(2**32)],
+    ["evaluate", "--model", "m", "--data", "d", "--out", "o.json", "--fluency-seed", "-5"],
+])
+def test_command_line_seeds_outside_32_bits_exit_2_naming_the_flag(argv, capsys):
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    assert info.value.code == 2
+    assert "seed: must be in [0, 2^32)" in capsys.readouterr().err

@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from mm4ke_ray.commands._common import add_model_arguments, resolve_device
+from mm4ke_ray.commands._common import add_model_arguments, resolve_device, seed
 from mm4ke_ray.commands.sweep import add_verbose_argument
 from mm4ke_ray.errors import UserError
 from mm4ke_ray.quiet import set_verbose
@@ -45,7 +45,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--fluency-seed",
-        type=int,
+        type=seed,
         default=0,
         help="Seed of the fluency samples (record i uses seed+i).",
     )
