@@ -314,3 +314,18 @@ def test_command_line_seeds_outside_32_bits_exit_2_naming_the_flag(argv, capsys)
         main(argv)
     assert info.value.code == 2
     assert "seed: must be in [0, 2^32)" in capsys.readouterr().err
+
+
+def test_an_edit_text_longer_than_any_context_is_refused_at_load_naming_the_record(tmp_path):
+    from conftest import ZSRE
+
+    from mm4ke_ray.data import load_edit_records
+    from mm4ke_ray.errors import DataError
+
+    records = json.loads(ZSRE.read_text())[:3]
+    records[1]["prompt"] = "word " * 200_000  # a 200,000-word prompt: tens of GB once batched
+    path = tmp_path / "edits.json"
+    path.write_text(json.dumps(records))
+    with pytest.raises(DataError, match=r"record 1: field 'prompt': is 999,999 characters long.*--skip-invalid"):
+        load_edit_records(str(path))
+    assert len(load_edit_records(str(path), skip_invalid=True).records) == 2
