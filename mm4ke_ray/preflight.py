@@ -18,6 +18,7 @@ from mm4ke_ray.config import DEMO, ModelConfig, SweepConfig
 from mm4ke_ray.data import load_edit_records
 from mm4ke_ray.data.sources import _HUB_ID
 from mm4ke_ray.errors import ConfigError, UserError
+from mm4ke_ray.evaluate.fidelity import rung_sizes
 from mm4ke_ray.storage import storage_problem
 from mm4ke_ray.tracking.health import health_problem
 from mm4ke_ray.tracking.store_check import store_problem
@@ -113,10 +114,30 @@ def data_problems(config: SweepConfig) -> list[str]:
     if data.edits == DEMO or is_hub_dataset(data.edits):
         return []
     try:
-        load_edit_records(data.edits, limit=data.limit, skip_invalid=data.skip_invalid, fmt=data.format)
+        dataset = load_edit_records(data.edits, limit=data.limit, skip_invalid=data.skip_invalid, fmt=data.format)
     except UserError as exc:
         return [f"data.edits: {exc}"]
-    return []
+    return [msg] if (msg := _rungs_problem(config, len(dataset.records))) else []
+
+
+def _rungs_problem(config: SweepConfig, n_records: int) -> str | None:
+    """More halving rungs than the edit set supports: a rung no larger than the one before it
+    scores the same records again and drops on no new evidence."""
+    fid = config.evaluation.fidelity
+    if not fid.enabled or fid.rungs < 2:
+        return None
+
+    def growing(rungs: int) -> bool:
+        sizes = rung_sizes(n_records, rungs, fid.reduction_factor)
+        return all(a < b for a, b in zip(sizes, sizes[1:], strict=False))
+
+    if growing(fid.rungs):
+        return None
+    most = max(r for r in range(1, fid.rungs) if growing(r))
+    sizes = rung_sizes(n_records, fid.rungs, fid.reduction_factor)
+    return (f"evaluation.fidelity.rungs: {fid.rungs} rungs at reduction_factor {fid.reduction_factor:g} need more than "
+            f"the {n_records} edit record(s) give (records per rung: {sizes}); use at most {most} rungs, a smaller "
+            "reduction_factor, or more records")
 
 
 def _check_tracking(uri: str, existing_store: bool = False) -> str | None:
