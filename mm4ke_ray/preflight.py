@@ -42,6 +42,16 @@ def _read_model_config(folder: Path) -> tuple[dict | None, str | None]:
     return data, None
 
 
+def _tokenizer_auto_map(folder: Path) -> dict | None:
+    """tokenizer_config.json's auto_map ({"AutoTokenizer": ...}) when it has one (else None)."""
+    try:
+        data = json.loads((folder / "tokenizer_config.json").read_text())
+    except (OSError, ValueError):
+        return None  # absent or unreadable: the tokenizer load names it
+    auto_map = data.get("auto_map") if isinstance(data, dict) else None
+    return {f"{k} (tokenizer_config.json)": v for k, v in auto_map.items()} if isinstance(auto_map, dict) else None
+
+
 def _num_layers(data: dict | None) -> int | None:
     for key in ("num_hidden_layers", "n_layer", "num_layers"):
         if data and isinstance(data.get(key), int):
@@ -74,11 +84,11 @@ def model_problems(model: ModelConfig) -> tuple[list[str], int | None]:
     if problem:
         return [problem], None
     problems = []
-    auto_map = data.get("auto_map")
+    auto_map = data.get("auto_map") or _tokenizer_auto_map(folder)  # the tokenizer may bring code of its own
     if auto_map and not model.trust_remote_code and not _native_architecture(data.get("model_type")):
         classes = ", ".join(sorted(auto_map)) if isinstance(auto_map, dict) else str(auto_map)
         problems.append(
-            f"model.name: '{model.name}' needs its own Python code (config.json auto_map: {classes}; "
+            f"model.name: '{model.name}' needs its own Python code (auto_map: {classes}; "
             f"model_type {data.get('model_type')!r} is not one transformers knows) and "
             "model.trust_remote_code is off; set model.trust_remote_code: true only if you have read and "
             "trust that code, or use a model transformers supports natively"
