@@ -329,3 +329,16 @@ def test_an_edit_text_longer_than_any_context_is_refused_at_load_naming_the_reco
     with pytest.raises(DataError, match=r"record 1: field 'prompt': is 999,999 characters long.*--skip-invalid"):
         load_edit_records(str(path))
     assert len(load_edit_records(str(path), skip_invalid=True).records) == 2
+
+
+def test_a_spool_is_never_replayed_into_another_apps_database(tmp_path, capsys):
+    from mm4ke_ray.tracking.buffer import Spool
+
+    other = _other_app_db(tmp_path / "app.db")
+    before = _digest(other)
+    spool = Spool(tmp_path / "mlflow-spool.jsonl", f"sqlite:///{other}")
+    spool.append({"op": "status", "run_id": "r", "status": "FINISHED"})
+    kept = spool.path.read_text()
+    assert main(["sweep", "--replay-spool", str(spool.path)]) == 2
+    assert "not an MLflow store" in capsys.readouterr().err
+    assert _digest(other) == before and spool.path.read_text() == kept

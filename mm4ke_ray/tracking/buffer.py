@@ -27,6 +27,7 @@ from mlflow.entities import Metric, Param, RunTag
 from mm4ke_ray.errors import UserError
 from mm4ke_ray.schema import ROLE_TRIAL, Tag
 from mm4ke_ray.tracking.health import reachable
+from mm4ke_ray.tracking.store_check import check_store
 from mm4ke_ray.tracking.system_samples import (
     SYSTEM_METRICS,
     TRIAL_END_MS,
@@ -285,6 +286,7 @@ def replay_spool(path: str | Path, uri: str | None = None) -> ReplayReport:
     uri = uri or header.get("uri")
     if not uri:
         raise UserError(f"--replay-spool {path}: the file has no header naming its tracking URI; give --tracking-uri")
+    check_store(uri, create=True, what=f"--replay-spool {path}: its tracking URI")  # never into another app's database
     spool = Spool(path, uri, header.get("experiment_id"), header.get("parent_run_id"))
     rejected_before = _count_lines(spool.rejected_path)
     total = len(spool.records())
