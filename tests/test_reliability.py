@@ -342,3 +342,14 @@ def test_a_spool_is_never_replayed_into_another_apps_database(tmp_path, capsys):
     assert main(["sweep", "--replay-spool", str(spool.path)]) == 2
     assert "not an MLflow store" in capsys.readouterr().err
     assert _digest(other) == before and spool.path.read_text() == kept
+
+
+def test_a_whole_journal_with_a_cut_last_line_is_accepted_a_damaged_one_refused(tmp_path):
+    from mm4ke_ray.search.resume import STUDY_FILE, read_manifest
+
+    folder = _sweep_folder(tmp_path, str(tmp_path / "runs" / "ray"), f"sqlite:///{tmp_path}/m.db")
+    (folder / STUDY_FILE).write_text('{"op_code": 0}\n{"op_code": 5, "x": [1, 2\n')  # killed mid-write
+    assert read_manifest(str(folder)).parent_run_id == "p"
+    (folder / STUDY_FILE).write_text('{"op_code": 0}\n[1, 2]\n{"op_code": 5}\n')
+    with pytest.raises(UserError, match="line 2 is not an Optuna journal operation"):
+        read_manifest(str(folder))

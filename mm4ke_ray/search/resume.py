@@ -136,6 +136,9 @@ def read_manifest(folder: str) -> Manifest:
             f"--resume {folder}: the sweep stopped before its first trial was scheduled (no Tune state); "
             "start it again without --resume"
         )
+    if not is_uri(folder) and (problem := _journal_problem(Path(folder) / STUDY_FILE)):
+        raise UserError(f"--resume {folder}: {STUDY_FILE} (the Optuna study) is damaged ({problem}); restore the "
+                        "folder from a copy, or start the sweep again without --resume")
     if problem := _pickle_problem(join(folder, "tuner.pkl")):
         raise UserError(f"--resume {folder}: tuner.pkl (Tune's state) is damaged ({problem}), so the sweep cannot be "
                         "continued; restore the folder from a copy, or start the sweep again without --resume")
@@ -151,6 +154,24 @@ def read_manifest(folder: str) -> Manifest:
             tracking["uri"] = absolute_uri(tracking["uri"], _start_dir(folder, config.get("storage_path")))
         config["storage_path"] = folder.rsplit("/", 1)[0] if is_uri(folder) else str(Path(folder).parent)
     return Manifest(**data)
+
+
+def _journal_problem(path: Path) -> str | None:
+    """Why the Optuna journal at `path` cannot be read back (None when absent or whole): each
+    line one JSON operation (`op_code`); only the last may be cut by a crash mid-write."""
+    if not path.is_file():
+        return None
+    lines = path.read_bytes().splitlines()
+    for number, line in enumerate(lines, start=1):
+        try:
+            op = json.loads(line)
+        except ValueError:
+            if number == len(lines):
+                continue
+            return f"line {number} is not JSON"
+        if not isinstance(op, dict) or "op_code" not in op:
+            return f"line {number} is not an Optuna journal operation"
+    return None
 
 
 def _pickle_problem(path: str) -> str | None:
