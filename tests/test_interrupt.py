@@ -84,3 +84,14 @@ def test_ctrl_c_during_a_sweep_exits_130_with_the_resume_command(tmp_path, tiny_
     parent = MlflowClient(config["tracking"]["uri"]).get_run(manifest["parent_run_id"])
     assert parent.info.status == "KILLED"
     assert parent.data.tags["mm4ke.reason"] == "interrupted (Ctrl-C)"
+
+    # A failure after the resumed parent run reopened (Tune's experiment state damaged in a way
+    # no check before it sees) ends that run FAILED with the reason, never RUNNING.
+    for state in folder.glob("experiment_state-*.json"):
+        state.write_text("{")
+    resumed = subprocess.run([CLI, "sweep", "--resume", str(folder)], capture_output=True, text=True,
+                             env=cli_env(Path(ray_tmp)), cwd=tmp_path, timeout=600)
+    assert resumed.returncode != 0
+    parent = MlflowClient(config["tracking"]["uri"]).get_run(manifest["parent_run_id"])
+    assert parent.info.status == "FAILED" and parent.data.tags["mm4ke.reason"] != "interrupted (Ctrl-C)", \
+        (parent.info.status, parent.data.tags.get("mm4ke.reason"), resumed.stderr[-3000:])

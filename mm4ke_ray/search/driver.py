@@ -129,6 +129,7 @@ class SweepRun:
     warm: list[WarmSource] = field(default_factory=list)  # --warm-start sources, checked (new sweep)
     warm_rows: list[dict] = field(default_factory=list)  # their candidates as copied into this sweep
     front_key: str | None = None  # halving against the front: where trials read it (front_board.py)
+    parent_closed: bool = False  # the parent run got its final status (`_finish`)
 
     @property
     def resumed(self) -> bool:
@@ -222,15 +223,22 @@ def _with_pool(run: SweepRun) -> SweepOutcome:
                                              max_concurrent=plan.max_concurrent,
                                              parent_run_id=manifest.parent_run_id if manifest else None)
     try:
-        if manifest:
-            rows, run.finished, run.base_logged = logged_so_far(run.tracker, run.parent)
-            run.rows, run.warm_rows = warm_rows(rows)  # the study holds the warm points already
-        else:
-            write_manifest(manifest_for(config, run.source, run.parent, run.experiment_dir))
-            run.warm_rows = log_warm_rows(run.tracker, run.warm)
-    except BaseException as exc:
-        _fail_parent(run.tracker, exc)
+        return _logged_and_tuned(run, open_clock)
+    except BaseException as exc:  # whatever fails once the parent is open: it ends FAILED, with the reason
+        if not run.parent_closed:
+            _fail_parent(run.tracker, exc)
         raise
+
+
+def _logged_and_tuned(run: SweepRun, open_clock: float) -> SweepOutcome:
+    """Read back (resume) or record (new) what the parent run holds, then tune."""
+    config, manifest, plan = run.config, run.manifest, run.plan
+    if manifest:
+        rows, run.finished, run.base_logged = logged_so_far(run.tracker, run.parent)
+        run.rows, run.warm_rows = warm_rows(rows)  # the study holds the warm points already
+    else:
+        write_manifest(manifest_for(config, run.source, run.parent, run.experiment_dir))
+        run.warm_rows = log_warm_rows(run.tracker, run.warm)
     run.timings.tracking += time.perf_counter() - open_clock  # the parent run opened (or read back)
     verb = "resuming" if manifest else "starting"
     console.print(f"[bold]{verb} sweep {config.name}[/]: {config.search.num_trials} trials, {plan.actors} merge-eval "
@@ -305,6 +313,7 @@ def _tune(run: SweepRun) -> SweepOutcome:
         if reason:
             tracker.set_sweep_tags({Tag.REASON: reason})
         spool = _finish(tracker, publisher, callback, status)
+        run.parent_closed = True
     if interrupt.seen:
         console.print(f"[bold yellow]sweep {config.name} interrupted[/]: finished trials are kept in {run.experiment_dir}",
                       soft_wrap=True)
