@@ -87,8 +87,10 @@ def test_ctrl_c_during_a_sweep_exits_130_with_the_resume_command(tmp_path, tiny_
 
     # A failure after the resumed parent run reopened (Tune's experiment state damaged in a way
     # no check before it sees) ends that run FAILED with the reason, never RUNNING.
-    for state in folder.glob("experiment_state-*.json"):
-        state.write_text("{")
+    states = list(folder.glob("search_gen_state-*.json"))  # the searcher's saved state (a pickle)
+    assert states
+    for state in states:
+        state.write_bytes(b"\x80\x05damaged")
     resumed = subprocess.run([CLI, "sweep", "--resume", str(folder)], capture_output=True, text=True,
                              env=cli_env(Path(ray_tmp)), cwd=tmp_path, timeout=600)
     assert resumed.returncode != 0
