@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from mm4ke_ray.commands._common import add_model_arguments, resolve_device
+from mm4ke_ray.commands._common import add_model_arguments, resolve_device, seed
 from mm4ke_ray.commands.sweep import add_verbose_argument
 from mm4ke_ray.errors import UserError
 from mm4ke_ray.evaluate.definitions import AGGREGATION, DEFAULT_MAX_NEW_TOKENS, EDIT_DEFINITIONS
@@ -47,7 +47,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--fluency-seed",
-        type=int,
+        type=seed,
         default=0,
         help="Seed of the fluency samples (record i uses seed+i).",
     )
@@ -95,7 +95,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "target's token count + this.",
     )
     add_model_arguments(parser, "evaluate")
-    parser.add_argument("--out", required=True, help="Output JSON file.")
+    parser.add_argument("--out", required=True, help="Output JSON file (new, unless --force).")
+    parser.add_argument("--force", action="store_true", help="Replace an existing --out file.")
     add_verbose_argument(parser)
 
 
@@ -121,6 +122,8 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(
             f"--out {out} is a directory; give a file name such as {out / 'metrics.json'}"
         )
+    if out.exists() and not args.force:  # checked before any model loads, like every other writer
+        raise UserError(f"--out {out} exists; give a new file name, or pass --force to replace it")
     device = resolve_device(args.device)
     dataset = load_edit_records(
         args.data, limit=args.limit, skip_invalid=args.skip_invalid, fmt=args.data_format

@@ -72,7 +72,7 @@ def plan_sweep(config_path: str | Path, *, gpus: int = 0, cpus: float | None = N
                         "or plan for GPUs with --gpus N (stored figures per GPU kind)")
     if config is None:
         config = load_config(config_path, overrides)
-    if num_trials:
+    if num_trials is not None:  # validated like the config's own (0 is refused, not ignored)
         config = config.with_overrides(**{"search.num_trials": num_trials})
     results = Path(results) if results else RESULTS
     fixed = load_fixed_costs(results / "sweep.json")

@@ -54,6 +54,11 @@ def parse_spec(spec: str) -> tuple[str, str]:
     uri, _, sweep = spec.rpartition(":")
     if "://" not in uri or not sweep.strip() or sweep.startswith("/"):
         raise UserError(f"--warm-start {spec!r}: {FORMAT_HINT}")
+    host = uri.split("://", 1)[1].split("/", 1)[0]
+    if sweep.strip().isdigit() and uri.startswith(("http://", "https://")) and ":" not in host and "/" not in sweep:
+        # `http://host:5000` alone would be read as server `http://host`, sweep `5000`: the port was lost.
+        raise UserError(f"--warm-start {spec!r}: {sweep} looks like the server's port, and no sweep is named; "
+                        f"{FORMAT_HINT}, e.g. {spec}:my-sweep")
     return uri, sweep.strip()
 
 
