@@ -71,6 +71,7 @@ from mm4ke_ray.tracking.tables import (
     print_table,
     reference_rows,
 )
+from mm4ke_ray.tracking.ui_command import ui_command
 from mm4ke_ray.tracking.warm_start import (
     WarmSource,
     load_warm_sources,
@@ -386,8 +387,7 @@ def _print_summary(out: SweepOutcome, config: SweepConfig) -> None:
     print_breakdown(console, out.timings)
     uri = config.tracking.uri
     if uri.startswith("sqlite"):
-        print_command(console, "[bold]Open MLflow:[/]",
-                      f"{executable('mlflow')} ui --backend-store-uri {uri} --host 127.0.0.1 --port 5000")
+        print_command(console, "[bold]Open MLflow:[/]", ui_command(executable("mlflow"), uri))
         if url := ui_runs_url(uri, out.parent_run_id):
             print_command(console, "  then open", url)
     else:
