@@ -22,6 +22,7 @@ from fault_helpers import free_port
 
 from mm4ke_ray.tracking.mlflow_tracker import SweepTracker
 from mm4ke_ray.tracking.mlflow_ui import DEFAULT_WORKFLOW_SCRIPT, index_page
+from mm4ke_ray.tracking.registry import log_export_model
 from mm4ke_ray.tracking.ui_command import APP_NAME, absolute_store_uri, app_installed, ui_command
 
 BROWSER = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
@@ -66,7 +67,14 @@ def test_experiment_link_opens_on_the_runs(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     uri = "sqlite:///runs/mlflow.db"
     tracker = SweepTracker(uri, "demo", str(tmp_path / "artifacts"))
-    tracker.start_sweep("demo-landing", params={"edits": 3}, tags={})
+    parent = tracker.start_sweep("demo-landing", params={"edits": 3}, tags={})
+    run_id = tracker.log_candidate("t1-c0", {"alpha": 0.3}, {"combined_score": 0.8}, {"mm4ke.kind": "sampled"},
+                                   run_name="α.30 s.10 t01c0")
+    (tmp_path / "export").mkdir()
+    recipe = {"source": {"candidate_run_id": run_id, "sweep_name": "demo", "sweep_run_id": parent, "candidate": "t1-c0"},
+              "base_model": "base", "merge": {"alpha": 0.3, "sparsity": 0.1}, "edits": {"count": 3, "source": "demo"},
+              "recorded_metrics": {"combined_score": 0.8}}
+    log_export_model(uri, tmp_path / "export", recipe, upload=False)
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(
@@ -87,9 +95,13 @@ def test_experiment_link_opens_on_the_runs(tmp_path, monkeypatch):
                 assert server.poll() is None and time.time() < deadline, "mlflow ui did not start"
                 time.sleep(1)
         dom = _dom(f"http://127.0.0.1:{port}/#/experiments/{tracker.experiment_id}", tmp_path / "browser")
+        run_page = _dom(f"http://127.0.0.1:{port}/#/experiments/{tracker.experiment_id}/runs/{run_id}",
+                        tmp_path / "browser")
     finally:
         os.killpg(server.pid, 15)
         server.wait(30)
     assert "<title>Runs - Experiment" in dom, dom[-3000:]
     assert "demo-landing" in dom  # the sweep's run is listed: the store was found from another directory
     assert "workflowType=genai" not in dom and "Detect Issues" not in dom
+    # the exported model is listed on its candidate's run page ("Logged models", not "—")
+    assert "demo-t1-c0" in run_page, run_page[-3000:]
