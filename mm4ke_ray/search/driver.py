@@ -71,7 +71,7 @@ from mm4ke_ray.tracking.tables import (
     print_table,
     reference_rows,
 )
-from mm4ke_ray.tracking.ui_command import ui_command
+from mm4ke_ray.tracking.ui_command import absolute_store_uri, ui_command
 from mm4ke_ray.tracking.warm_start import (
     WarmSource,
     load_warm_sources,
@@ -390,6 +390,10 @@ def _print_summary(out: SweepOutcome, config: SweepConfig) -> None:
         print_command(console, "[bold]Open MLflow:[/]", ui_command(executable("mlflow"), uri))
         if url := ui_runs_url(uri, out.parent_run_id):
             print_command(console, "  then open", url)
+        # by run id: a later sweep of the same config shares the name (`--sweep NAME` then refuses)
+        store = absolute_store_uri(uri)
+        print_command(console, "[bold]This sweep's front:[/]",
+                      f"{executable('mm4ke-ray')} pareto --tracking-uri {store} --sweep {out.parent_run_id}")
     else:
         console.print(f"[bold]MLflow:[/] {uri}")
 
