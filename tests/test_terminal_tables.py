@@ -12,6 +12,7 @@ from mm4ke_ray.schema import BASE, GEN_EDIT_METRICS, PURE_RSFT, SAMPLED
 from mm4ke_ray.tracking.tables import (
     CORE_COLUMNS,
     REFERENCE_CAPTION,
+    column_cells,
     counts_line,
     format_cell,
     print_command,
@@ -155,3 +156,26 @@ def test_sweep_progress_is_one_live_line_on_a_terminal_and_a_line_per_trial_othe
     final = [line for line in text.replace("\r", "\n").splitlines() if line.strip()]
     assert "trial b2 diverged" in final
     assert "3/3" in final[-1] and "candidates 6" in final[-1] and final[-1].lstrip().startswith("sweep")
+
+
+@pytest.mark.parametrize("width", [80, 120])
+def test_the_table_says_which_columns_it_left_out_and_wide_fits_the_width(width):
+    rows = _rows(gen=True)
+    text = _render(rows, width)
+    assert "more column(s) left out to fit" in text and "--wide shows every column" in text
+    everything = _render(rows, width, wide=True)
+    assert max(len(line) for line in everything.splitlines()) <= width  # no wrapped lines (issue 26 §4)
+    assert "left out" not in everything
+    for r in rows:
+        assert everything.count(r["candidate"]) >= 2  # each part of the wide table names the candidate
+        for c in ("run_id", "threshold", "gen.portability", "locality"):
+            assert column_cells(c, rows)[rows.index(r)] in everything, c
+
+
+def test_numbers_in_one_column_share_a_format():
+    rows = [{"candidate": "a", "lr": 3e-4, "alpha": 0.5, "edit_succ": 100.0},
+            {"candidate": "b", "lr": 0.001, "alpha": 0.125, "edit_succ": 7.25}]
+    assert column_cells("lr", rows) == ["3.00e-04", "1.00e-03"]
+    assert column_cells("alpha", rows) == ["0.5000", "0.1250"]
+    assert column_cells("edit_succ", rows) == ["100.0", "7.2"] or column_cells("edit_succ", rows) == ["100.0", "7.3"]
+    assert column_cells("candidate", rows) == ["a", "b"]
