@@ -179,3 +179,10 @@ def test_numbers_in_one_column_share_a_format():
     assert column_cells("alpha", rows) == ["0.5000", "0.1250"]
     assert column_cells("edit_succ", rows) == ["100.0", "7.2"] or column_cells("edit_succ", rows) == ["100.0", "7.3"]
     assert column_cells("candidate", rows) == ["a", "b"]
+
+
+def test_a_halving_trial_gets_one_rung_line():
+    from mm4ke_ray.search.progress import rung_line
+
+    assert rung_line("t03", [2, 0, 1, 0, 0, 2, 0, 1]) == "t03 halving: rung 0: 8 → rung 1: 4 → full rung 2: 2 · 6 pruned"
+    assert rung_line("t03", [0, 0]) is None and rung_line("t03", []) is None  # no halving: no line
