@@ -186,3 +186,14 @@ def test_a_halving_trial_gets_one_rung_line():
 
     assert rung_line("t03", [2, 0, 1, 0, 0, 2, 0, 1]) == "t03 halving: rung 0: 8 → rung 1: 4 → full rung 2: 2 · 6 pruned"
     assert rung_line("t03", [0, 0]) is None and rung_line("t03", []) is None  # no halving: no line
+
+
+def test_the_progress_lines_best_counts_the_warm_started_front():
+    from mm4ke_ray.search.callback import SweepCallback
+
+    callback = SweepCallback(None, total_trials=4, console=Console(file=io.StringIO()), live=False)
+    callback.earlier = [{"candidate": "warm-1", "combined_score": 0.91}]  # copied in by --warm-start
+    callback.rows = [{"candidate": "t1-c0", "combined_score": 0.5}]
+    assert "best 0.9100" in callback._summary(short=True)
+    callback.rows.append({"candidate": "t2-c0", "combined_score": 0.95})
+    assert "best 0.9500" in callback._summary(short=True)

@@ -111,6 +111,7 @@ class SweepCallback(Callback):
         self.pending: dict[str, tuple] = {}  # trial id → (trial, result) waiting for that save
         self.checkpoints: dict = {}  # trial id → its checkpoint (delta + result), registered by Tune
         self.check_orphans = False  # set by resume_from: look once at the restored trials
+        self.earlier: list[dict] = []  # candidates copied from earlier sweeps (--warm-start): count for "best"
 
     def __getstate__(self):
         # Tune pickles its callbacks with the experiment state; the MLflow client and console are
@@ -290,7 +291,8 @@ class SweepCallback(Callback):
         self.check_orphans = True
 
     def _best(self) -> float:
-        return max((r.get(COMBINED.name, float("-inf")) for r in self.rows), default=float("nan"))
+        # the copied-in front counts (issue 26 §4): "best" is the best the front holds
+        return max((r.get(COMBINED.name, float("-inf")) for r in (*self.earlier, *self.rows)), default=float("nan"))
 
     def _summary(self, short: bool = False) -> str:
         minutes = max((time.time() - self.started) / 60, 1e-9)

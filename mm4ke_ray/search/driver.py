@@ -268,6 +268,7 @@ def _tune(run: SweepRun) -> SweepOutcome:
             publisher(rows)
 
     callback = SweepCallback(tracker, config.search.num_trials, on_rows=on_rows)
+    callback.earlier = list(run.warm_rows)
     if run.resumed:
         callback.resume_from(run.rows, run.finished)
     trainable = tune.with_resources(tune.with_parameters(sweep_trial, ctx=_trial_context(run)), TRIAL_RESOURCES)
