@@ -4,15 +4,20 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import pytest
 from fault_helpers import cli_env
 
 from mm4ke_ray.demo.build import build_demo
+from mm4ke_ray.planning.model_size import hub_reachable
 
 CLI = [sys.executable, "-m", "mm4ke_ray.cli"]
+REPO = Path(__file__).resolve().parents[1]
 
 
 def test_evaluate_help_shows_the_defaults(tmp_path):
@@ -35,3 +40,16 @@ def test_evaluate_takes_demo_for_model_base_and_data(tmp_path):
     text = json.dumps(report)
     assert str(assets.model_dir) in text and str(assets.edits_path) in text
     assert report["metrics"]["locality"] == pytest.approx(100.0)  # the base against itself: unchanged
+
+
+@pytest.mark.skipif(hub_reachable(), reason="the Hugging Face hub answers here: this is the offline path")
+def test_plan_offline_reads_the_cache_without_a_line_of_hub_retries(tmp_path):
+    env = {k: v for k, v in cli_env(tmp_path).items() if k not in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")}
+    started = time.monotonic()
+    proc = subprocess.run([*CLI, "plan", str(REPO / "search_spaces" / "wide_exploration.yaml"), "--gpus", "4"],
+                          capture_output=True, text=True, env=env, timeout=300)
+    seconds = time.monotonic() - started
+    assert "Retrying" not in proc.stderr and "thrown while requesting" not in proc.stderr, proc.stderr[-2000:]
+    assert seconds < 25 + 5 * (os.getloadavg()[0] > 4), seconds  # the retries alone took ~23 s
+    assert proc.returncode in (0, 2), proc.stderr[-2000:]  # a plan, or the clear error naming --records
+    assert "Plan for sweep" in proc.stdout or "--records" in proc.stderr
