@@ -24,4 +24,7 @@ def absolute_store_uri(uri: str) -> str:
 def ui_command(mlflow: str, uri: str, port: int = 5000) -> str:
     """The `mlflow ui` line a sweep prints: this app when installed, the store's absolute path."""
     app_flag = f" --app-name {APP_NAME}" if app_installed() else ""
-    return f"{mlflow} ui{app_flag} --backend-store-uri {absolute_store_uri(uri)} --host 127.0.0.1 --port {port}"
+    # One worker: one person's browser needs no more, and uvicorn's supervisor of several kills
+    # workers that start slowly, which on a busy laptop they all do (seen at load 40 on 2 cores).
+    return (f"{mlflow} ui{app_flag} --backend-store-uri {absolute_store_uri(uri)} --host 127.0.0.1 --port {port}"
+            " --workers 1")
