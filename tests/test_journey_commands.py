@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -53,3 +54,15 @@ def test_plan_offline_reads_the_cache_without_a_line_of_hub_retries(tmp_path):
     assert seconds < 25 + 5 * (os.getloadavg()[0] > 4), seconds  # the retries alone took ~23 s
     assert proc.returncode in (0, 2), proc.stderr[-2000:]  # a plan, or the clear error naming --records
     assert "Plan for sweep" in proc.stdout or "--records" in proc.stderr
+
+
+@pytest.mark.skipif(shutil.which("script") is None, reason="no `script` to give the build a terminal")
+def test_the_demo_tokenizer_draws_no_progress_bar_on_a_terminal(tmp_path):
+    code = ("from mm4ke_ray.demo.tiny import build_word_tokenizer\n"
+            "build_word_tokenizer(['the capital of Norvia is Kell .'] * 20000)\n")
+    (tmp_path / "build.py").write_text(code)
+    env = {**cli_env(tmp_path), "PYTHONPATH": str(REPO), "COLUMNS": "80"}
+    proc = subprocess.run(["script", "-qc", f"{sys.executable} {tmp_path / 'build.py'}", "/dev/null"],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:]
+    assert "Pre-processing sequences" not in proc.stdout  # tokenizers' own bar (issue 26 §4)
