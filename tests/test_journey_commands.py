@@ -66,3 +66,17 @@ def test_the_demo_tokenizer_draws_no_progress_bar_on_a_terminal(tmp_path):
                           capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stdout[-2000:]
     assert "Pre-processing sequences" not in proc.stdout  # tokenizers' own bar (issue 26 §4)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("script") is None, reason="no `script` to give the command a terminal")
+def test_plan_probe_on_a_terminal_prints_the_plan_and_no_library_output(tmp_path):
+    build_demo()  # cached after the first build
+    env = {**cli_env(tmp_path), "COLUMNS": "120", "PYTHONPATH": str(REPO)}
+    command = f"{sys.executable} -m mm4ke_ray.cli plan {REPO / 'search_spaces' / 'demo.yaml'} --probe"
+    proc = subprocess.run(["script", "-qc", command, "/dev/null"], capture_output=True, text=True, env=env,
+                          timeout=600)
+    text = proc.stdout.replace("\r", "\n")
+    assert proc.returncode == 0 and "Plan for sweep" in text, text[-3000:]
+    for noise in ("model kwarg is not of type", "already-initialized model", "%|", "Loading weights"):
+        assert noise not in text, noise  # lm-eval's notices, tqdm and transformers' bars (issue 26 §4)
