@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -80,3 +81,25 @@ def test_plan_probe_on_a_terminal_prints_the_plan_and_no_library_output(tmp_path
     assert proc.returncode == 0 and "Plan for sweep" in text, text[-3000:]
     for noise in ("model kwarg is not of type", "already-initialized model", "%|", "Loading weights"):
         assert noise not in text, noise  # lm-eval's notices, tqdm and transformers' bars (issue 26 §4)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("script") is None, reason="no `script` to give the build a terminal")
+def test_demo_build_lines_stand_apart_from_its_live_pretraining_line(tmp_path):
+    code = ("import sys\n"
+            f"sys.path.insert(0, {str(REPO / 'tests')!r})\n"
+            "from rich.console import Console\n"
+            "from test_demo import SMALL\n"
+            "from mm4ke_ray.demo.build import build_demo\n"
+            "say = Console(stderr=True).print  # the command layer's own console, as `demo` has\n"
+            f"build_demo({str(tmp_path / 'cache')!r}, num_edits=6, seed=1, config=SMALL, live=True,\n"
+            "           progress=lambda m: say(f'demo: {m}'))\n")
+    (tmp_path / "build.py").write_text(code)
+    env = {**cli_env(tmp_path), "PYTHONPATH": str(REPO), "COLUMNS": "100"}
+    proc = subprocess.run(["script", "-qc", f"{sys.executable} {tmp_path / 'build.py'}", "/dev/null"],
+                          capture_output=True, text=True, env=env, timeout=600)
+    lines = [re.sub(r"\x1b\[[0-9;?]*[a-zA-Z]", "", x) for x in proc.stdout.replace("\r", "\n").splitlines()]
+    assert proc.returncode == 0, "\n".join(lines[-40:])
+    said = [x for x in lines if "demo: " in x]
+    assert any("demo assets built" in x for x in said)
+    assert not any("demo model: pretraining" in x for x in said), said  # no message glued onto the bar
