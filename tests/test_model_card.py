@@ -65,6 +65,7 @@ def test_a_local_base_is_left_out_with_a_note_and_the_demo_model_is_said_to_be_a
     assert is_demo_model(str(demo / "model")) and not is_demo_model(str(tmp_path / "my-model"))
     card = model_card(_recipe(str(demo / "model")))
     assert "the base is the demo's toy model" in card
+    assert "built by `mm4ke-ray demo` (the project's licence, Apache-2.0)" in card
 
 
 def test_a_path_in_the_hf_cache_gives_the_hub_id():

@@ -203,8 +203,12 @@ def base_licence(base_model: str) -> str | None:
 
 def _licence_lines(recipe: dict) -> list[str]:
     licence = base_licence(recipe["base_model"])
-    text = f"`{licence}`, as the base model's card states it" if licence else \
-        "not known here (the base model's directory states none): check it before sharing this model"
+    if licence:
+        text = f"`{licence}`, as the base model's card states it"
+    elif is_demo_model(recipe["base_model"]):
+        text = "the demo's toy model was built by `mm4ke-ray demo` (the project's licence, Apache-2.0)"
+    else:
+        text = "not known here (the base model's directory states none): check it before sharing this model"
     return [f"- Licence of the base model: {text}; a merge is a derivative of its base."]
 
 
