@@ -47,12 +47,6 @@ def run(args: argparse.Namespace) -> int:
     from mm4ke_ray.tracking.query import load_sweep
 
     sweep = load_sweep(args.tracking_uri, args.sweep, args.experiment)
-    if sweep.others_with_name:
-        print(
-            f"note: {sweep.others_with_name} older sweep run(s) are also named {sweep.name!r}; "
-            f"showing the newest ({sweep.run_id}); pass a run id to pick another",
-            file=sys.stderr,
-        )
     from mm4ke_ray.evaluate.pareto import best_candidate, describe_minimums, minimums_from_params
 
     if not sweep.edited:  # an empty table would look like a front of nothing

@@ -75,6 +75,7 @@ from mm4ke_ray.tracking.tables import (
     print_table,
     reference_rows,
 )
+from mm4ke_ray.tracking.ui_command import absolute_store_uri, ui_command
 from mm4ke_ray.tracking.warm_start import (
     WarmSource,
     load_warm_sources,
@@ -292,6 +293,7 @@ def _tune(run: SweepRun) -> SweepOutcome:
             publisher(rows)
 
     callback = SweepCallback(tracker, config.search.num_trials, on_rows=on_rows)
+    callback.earlier = list(run.warm_rows)
     if run.resumed:
         callback.resume_from(run.rows, run.finished)
     trainable = tune.with_resources(tune.with_parameters(sweep_trial, ctx=_trial_context(run)), TRIAL_RESOURCES)
@@ -438,10 +440,13 @@ def _print_summary(out: SweepOutcome, config: SweepConfig) -> None:
     print_breakdown(console, out.timings)
     uri = config.tracking.uri
     if uri.startswith("sqlite"):
-        print_command(console, "[bold]Open MLflow:[/]",
-                      f"{executable('mlflow')} ui --backend-store-uri {uri} --host 127.0.0.1 --port 5000")
+        print_command(console, "[bold]Open MLflow:[/]", ui_command(executable("mlflow"), uri))
         if url := ui_runs_url(uri, out.parent_run_id):
             print_command(console, "  then open", url)
+        # by run id: a later sweep of the same config shares the name (`--sweep NAME` then refuses)
+        store = absolute_store_uri(uri)
+        print_command(console, "[bold]This sweep's front:[/]",
+                      f"{executable('mm4ke-ray')} pareto --tracking-uri {store} --sweep {out.parent_run_id}")
     else:
         console.print(f"[bold]MLflow:[/] {uri}")
 

@@ -10,6 +10,7 @@ every metric as a float under its MLflow key ('.' where the sweep used '/').
 
 from __future__ import annotations
 
+import datetime as dt
 import math
 import re
 from dataclasses import dataclass, field
@@ -157,7 +158,8 @@ def _experiment_ids(client, experiment: str | None) -> list[str]:
 
 
 def find_sweep_run(client, sweep: str, experiment: str | None = None):
-    """The parent run of `sweep` (a run id, or a sweep name: the newest such run); and how many older ones share the name."""
+    """The parent run of `sweep` (a run id, or a sweep name that only one sweep run has; a
+    UserError lists the run ids when several share it); and 0 (older runs sharing the name)."""
     if _RUN_ID.match(sweep):
         from mlflow.exceptions import MlflowException
 
@@ -192,7 +194,17 @@ def find_sweep_run(client, sweep: str, experiment: str | None = None):
             f"--sweep {sweep!r}: no sweep run with that name or run id in {where} of this tracking store "
             f"(sweeps found: {', '.join(known[:10]) or 'none'})"
         )
-    return runs[0], len(runs) - 1
+    if len(runs) > 1:  # a second sweep of the same config: never pick one silently (issue 26 §4)
+        listed = "; ".join(f"{r.info.run_id} (started {_started(r)}, {r.info.status.lower()})" for r in runs[:10])
+        raise UserError(
+            f"--sweep {sweep!r}: {len(runs)} sweep runs are named {sweep!r}; pass one by its run id "
+            f"(`--sweep RUN_ID`), newest first: {listed}"
+        )
+    return runs[0], 0
+
+
+def _started(run) -> str:
+    return dt.datetime.fromtimestamp((run.info.start_time or 0) / 1000, dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
 
 
 def candidate_id(run) -> str:

@@ -24,6 +24,7 @@ from mm4ke_ray.fingerprint import differences
 from mm4ke_ray.schema import ALPHA, DENSITY, PARAM_COLUMNS, SEARCH_PARAMS, SPARSITY, WARM_START, Tag
 from mm4ke_ray.tracking.health import health_problem
 from mm4ke_ray.tracking.query import Sweep, load_sweep
+from mm4ke_ray.tracking.records import merge_label
 
 FORMAT_HINT = "give TRACKING_URI:SWEEP, e.g. sqlite:///runs/mlflow.db:my-sweep (SWEEP: a sweep name or its parent run id)"
 
@@ -114,7 +115,7 @@ def _copy(row: dict, source: WarmSource) -> tuple[str, dict, dict, dict, str]:
     tags = {Tag.KIND: row.get("kind") or "", Tag.STATUS: "ok", Tag.WARM_START_FROM: source.name,
             Tag.WARM_START_URI: source.uri, Tag.WARM_START_SWEEP_RUN_ID: source.sweep.run_id,
             Tag.WARM_START_RUN_ID: row["run_id"]}
-    name = f"warm {source.name} α{row.get(ALPHA, 0):.2f} s{row.get(SPARSITY, 0):.2f}"
+    name = f"{merge_label(row.get(ALPHA, 0), row.get(SPARSITY, 0))} warm {source.name}"  # as candidate_run_name
     return candidate, params, metrics, tags, name
 
 
