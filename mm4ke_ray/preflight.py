@@ -18,9 +18,11 @@ from mm4ke_ray.config import DEMO, ModelConfig, SweepConfig
 from mm4ke_ray.data import load_edit_records
 from mm4ke_ray.data.sources import _HUB_ID
 from mm4ke_ray.errors import ConfigError, UserError
+from mm4ke_ray.evaluate.fidelity import rung_sizes
 from mm4ke_ray.evaluate.real_tasks import build_local_task, local_task_specs, task_cache_root
 from mm4ke_ray.storage import storage_problem
 from mm4ke_ray.tracking.health import health_problem
+from mm4ke_ray.tracking.store_check import store_problem
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 _DATA_SUFFIXES = (".json", ".jsonl", ".parquet", ".csv", ".arrow")
@@ -39,6 +41,16 @@ def _read_model_config(folder: Path) -> tuple[dict | None, str | None]:
     if not isinstance(data, dict):
         return None, f"model.name: {cfg} must hold a JSON object; re-save the model with save_pretrained"
     return data, None
+
+
+def _tokenizer_auto_map(folder: Path) -> dict | None:
+    """tokenizer_config.json's auto_map ({"AutoTokenizer": ...}) when it has one (else None)."""
+    try:
+        data = json.loads((folder / "tokenizer_config.json").read_text())
+    except (OSError, ValueError):
+        return None  # absent or unreadable: the tokenizer load names it
+    auto_map = data.get("auto_map") if isinstance(data, dict) else None
+    return {f"{k} (tokenizer_config.json)": v for k, v in auto_map.items()} if isinstance(auto_map, dict) else None
 
 
 def _num_layers(data: dict | None) -> int | None:
@@ -90,11 +102,11 @@ def model_problems(model: ModelConfig) -> tuple[list[str], int | None]:
     if problem:
         return [problem], None
     problems = []
-    auto_map = data.get("auto_map")
+    auto_map = data.get("auto_map") or _tokenizer_auto_map(folder)  # the tokenizer may bring code of its own
     if auto_map and not model.trust_remote_code and not _native_architecture(data.get("model_type")):
         classes = ", ".join(sorted(auto_map)) if isinstance(auto_map, dict) else str(auto_map)
         problems.append(
-            f"model.name: '{model.name}' needs its own Python code (config.json auto_map: {classes}; "
+            f"model.name: '{model.name}' needs its own Python code (auto_map: {classes}; "
             f"model_type {data.get('model_type')!r} is not one transformers knows) and "
             "model.trust_remote_code is off; set model.trust_remote_code: true only if you have read and "
             "trust that code, or use a model transformers supports natively"
@@ -130,14 +142,35 @@ def data_problems(config: SweepConfig) -> list[str]:
     if data.edits == DEMO or is_hub_dataset(data.edits):
         return []
     try:
-        load_edit_records(data.edits, limit=data.limit, skip_invalid=data.skip_invalid, fmt=data.format)
+        dataset = load_edit_records(data.edits, limit=data.limit, skip_invalid=data.skip_invalid, fmt=data.format)
     except UserError as exc:
-        text = str(exc).replace("skip_invalid=True", "data.skip_invalid: true")
-        return [f"data.edits: {text}"]
-    return []
+        return [f"data.edits: {exc}"]
+    return [msg] if (msg := _rungs_problem(config, len(dataset.records))) else []
 
 
-def _check_tracking(uri: str) -> str | None:
+def _rungs_problem(config: SweepConfig, n_records: int) -> str | None:
+    """More halving rungs than the edit set supports: a rung no larger than the one before it
+    scores the same records again and drops on no new evidence."""
+    fid = config.evaluation.fidelity
+    if not fid.enabled or fid.rungs < 2:
+        return None
+
+    def growing(rungs: int) -> bool:
+        sizes = rung_sizes(n_records, rungs, fid.reduction_factor)
+        return all(a < b for a, b in zip(sizes, sizes[1:], strict=False))
+
+    if growing(fid.rungs):
+        return None
+    most = max(r for r in range(1, fid.rungs) if growing(r))
+    sizes = rung_sizes(n_records, fid.rungs, fid.reduction_factor)
+    return (f"evaluation.fidelity.rungs: {fid.rungs} rungs at reduction_factor {fid.reduction_factor:g} need more than "
+            f"the {n_records} edit record(s) give (records per rung: {sizes}); use at most {most} rungs, a smaller "
+            "reduction_factor, or more records")
+
+
+def _check_tracking(uri: str, existing_store: bool = False) -> str | None:
+    if uri.startswith("sqlite:///") and (problem := store_problem(uri, create=not existing_store)):
+        return f"tracking.uri: {problem}"
     if uri.startswith(("http://", "https://")):
         if problem := health_problem(uri):
             return (f"tracking.uri: cannot reach the MLflow server at {uri} ({problem}); start it "
@@ -164,8 +197,10 @@ def _layer_problem(config: SweepConfig, num_layers: int | None) -> str | None:
             f"use layers 0..{num_layers - 1}")
 
 
-def preflight(config: SweepConfig, source: str, num_layers: int | None = None, check_tracking: bool = True) -> None:
-    """Raise one ConfigError listing every problem found (no Ray, no model weights loaded)."""
+def preflight(config: SweepConfig, source: str, num_layers: int | None = None, check_tracking: bool = True,
+              existing_store: bool = False) -> None:
+    """Raise one ConfigError listing every problem found (no Ray, no model weights loaded).
+    `existing_store`: the MLflow store must already exist (a resume)."""
     problems, found_layers = model_problems(config.model)
     if msg := _layer_problem(config, num_layers or found_layers):
         problems.append(msg)
@@ -189,7 +224,7 @@ def preflight(config: SweepConfig, source: str, num_layers: int | None = None, c
             problems.append(f"evaluation.general_tasks: {exc}")
     if msg := storage_problem(config.storage_path):
         problems.append(msg)
-    if check_tracking and (msg := _check_tracking(config.tracking.uri)):
+    if check_tracking and (msg := _check_tracking(config.tracking.uri, existing_store)):
         problems.append(msg)
     if problems:
         raise ConfigError(source, problems)

@@ -8,6 +8,7 @@ a typo'd scheme or a pyarrow built without S3 fails before any trial starts, nam
 
 from __future__ import annotations
 
+import os
 import uuid
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
@@ -136,6 +137,8 @@ def check_out_dir(out: Path, force: bool, replaces: str | None = None) -> None:
     """
     if out.exists() and not out.is_dir():
         raise UserError(f"--out '{out}' is a file; give a directory")
+    if problem := _unwritable(out):  # before a merge of many minutes, not after it
+        raise UserError(f"--out '{out}': {problem}; choose a writable place")
     if not out.is_dir() or not any(out.iterdir()):
         return
     if not force:
@@ -146,3 +149,16 @@ def check_out_dir(out: Path, force: bool, replaces: str | None = None) -> None:
             f"--out '{out}' is not empty and holds no {replaces}: it is not an earlier export, "
             "so --force will not delete it; choose another directory"
         )
+
+
+def _unwritable(out: Path) -> str | None:
+    """Why `out` cannot be written (its staging sibling and the final rename live in its parent)."""
+    probe = out.absolute().parent
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir():
+        return f"'{probe}' is a file, so no folder can be made below it"
+    for folder in (probe, out) if out.is_dir() else (probe,):
+        if not os.access(folder, os.W_OK | os.X_OK):  # also a read-only filesystem, for root too
+            return f"'{folder}' is not writable"
+    return None

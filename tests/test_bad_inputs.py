@@ -48,7 +48,17 @@ def models(tmp_path_factory, tiny_model_dir) -> dict[str, Path]:
     no_config = root / "no_config"
     shutil.copytree(tiny_model_dir, no_config)
     (no_config / "config.json").unlink()
-    return {"tiny": tiny_model_dir, "remote_code": remote, "pickle_only": pickle_only, "no_config": no_config}
+    # A model type transformers does not know, whose code ships with the tokenizer only.
+    tok_remote = root / "tokenizer_remote_code"
+    shutil.copytree(tiny_model_dir, tok_remote)
+    cfg = json.loads((tok_remote / "config.json").read_text())
+    (tok_remote / "config.json").write_text(json.dumps({**cfg, "model_type": "mm4ke_custom_lm"}))
+    tok_cfg = json.loads((tok_remote / "tokenizer_config.json").read_text())
+    tok_cfg.update(tokenizer_class="XTokenizer", auto_map={"AutoTokenizer": ["tokenization_x.XTokenizer", None]})
+    (tok_remote / "tokenizer_config.json").write_text(json.dumps(tok_cfg))
+    (tok_remote / "tokenization_x.py").write_text("raise SystemExit('custom code ran')\n")
+    return {"tiny": tiny_model_dir, "remote_code": remote, "pickle_only": pickle_only, "no_config": no_config,
+            "tokenizer_remote_code": tok_remote}
 
 
 def _merge(base: dict, over: dict) -> dict:
@@ -108,10 +118,11 @@ def _prepare(case: dict, tmp: Path, models: dict) -> list[str]:
     }
     config = tmp / "config.yaml"
     if "config_text" in case:
-        config.write_text(case["config_text"])
+        config.write_bytes(case["config_text"].encode(case.get("config_encoding", "utf-8")))
     else:
         config.write_text(yaml.safe_dump(_fill(_merge(base, case.get("config") or {}), subs)))
     subs["config"] = config
+    subs["model"] = models[case.get("model", "tiny")]
     return _fill(case.get("argv") or ["sweep", "{config}"], subs)
 
 

@@ -31,6 +31,7 @@ SCRIPTS = {
     "soak": "bench_soak.py",
     "multifidelity": "bench_multifidelity.py",
     "real": "bench_real.py",
+    "stream": "bench_stream.py",
     "general_eval": "bench_general_eval.py",
 }
 TIMEOUT_S = 400
@@ -141,3 +142,16 @@ def test_real_smoke_has_the_table_both_families_and_the_sweep(runs):
     assert steps["sft"]["rsft_run"]["rsft"]["threshold"] == 0.0 and steps["rsft"]["rsft_run"]["rsft"]["threshold"] > 0
     assert steps["sweep"]["candidates"], "the sweep's candidates are read back"
     assert (out / "real.png").stat().st_size > 10_000 and "| R-SFT |" in (out / "real.md").read_text()
+
+
+def test_stream_smoke_has_retention_curves_per_round_for_each_setting(runs):
+    out, _ = runs
+    doc = _result(runs, "stream")
+    assert set(doc["streams"]) == {"paper", "alpha0.5", "tuned"}  # tuned: the choice of `stream --tune`
+    assert doc["tuning"]["choice"] in {t["candidate"] for t in doc["tuning"]["trials"] if t["on_front"]}
+    for stream in doc["streams"].values():
+        curves = stream["curves"]
+        assert len(curves["seen.gen.edit_succ"]) == 4 and len(curves["general_score"]) == 4  # rounds 0..3
+        assert curves["locality"][0] == 100.0 and [r["merge"]["alpha"] for r in stream["rounds"]] == \
+            [stream["setting"]["alpha"]] * 3
+    assert (out / "stream.png").stat().st_size > 10_000

@@ -86,7 +86,12 @@ def test_a_gguf_dequantizes_once_into_a_folder_plain_transformers_loads(tiny_ggu
 
 
 def test_two_processes_dequantizing_at_once_leave_one_complete_folder(tiny_gguf, cache):
+    from mm4ke_ray.modeling.gguf import cache_folder
+
     _, path = tiny_gguf
+    final = cache_folder(path)
+    stale = final.parent / f".{final.name}.tmp-host-1-dead"  # as a killed dequantization leaves it
+    stale.mkdir(parents=True)
     code = ("import sys; from mm4ke_ray.modeling.gguf import dequantized_folder; "
             "print(dequantized_folder(sys.argv[1]))")
     env = {**__import__("os").environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
@@ -188,3 +193,13 @@ def test_validate_checks_a_configs_layers_against_the_gguf(tiny_gguf, tmp_path, 
     assert main(["validate", "--offline", str(config)]) == 2
     err = capsys.readouterr().err
     assert "search.space.layer" in err and "[9]" in err and "model.name" not in err
+
+
+def test_the_planner_reads_a_ggufs_shape_from_its_dequantized_folder(tiny_gguf, cache):
+    from mm4ke_ray.planning.model_size import read_model_shape
+
+    source, path = tiny_gguf
+    shape = read_model_shape(str(path))
+    assert (shape.layers, shape.hidden, shape.vocab) == (2, 64, source.config.vocab_size)
+    assert shape.params == sum(p.numel() for p in source.parameters())
+    assert str(cache / "gguf") in shape.source

@@ -50,3 +50,24 @@ def test_a_sweep_on_a_gguf_model_scores_its_candidates_and_fingerprints_the_dige
     tags = MlflowClient(config.tracking.uri).get_run(outcome.parent_run_id).data.tags
     fields = json.loads(tags[Tag.FINGERPRINT_FIELDS])
     assert fields["model.gguf_sha256"] == file_sha256(path) and fields["model.name"] == path.name
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_an_edited_gguf_model_exports_as_a_plain_folder_whose_card_names_the_quantization(swept, tmp_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from mm4ke_ray.cli import main
+
+    path, config, outcome = swept
+    out = tmp_path / "export"
+    assert main(["export", "--tracking-uri", config.tracking.uri, "--sweep", outcome.parent_run_id,
+                 "--pick", outcome.rows[0]["candidate"], "--out", str(out), "--device", "cpu"]) == 0
+    recipe = json.loads((out / "mm4ke_merge.json").read_text())
+    assert recipe["base_model"] == str(path)
+    assert recipe["base_gguf"]["sha256"] == file_sha256(path) and recipe["base_gguf"]["quantization"] == "F32"
+    card = (out / "README.md").read_text()
+    assert "**Base from GGUF:** `tiny-llama.F32.gguf`" in card and "dequantized to float32" in card
+    assert not list(out.glob("*.gguf")) and list(out.glob("*.safetensors"))
+    AutoTokenizer.from_pretrained(out)
+    assert AutoModelForCausalLM.from_pretrained(out).config.num_hidden_layers == 2

@@ -11,7 +11,10 @@ evaluation). Evaluation compute (records, documents) is counted, and is smaller 
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
+import re
 from pathlib import Path
 
 import optuna
@@ -46,7 +49,21 @@ def sweeps(ray_2_cpus, tmp_path_factory, tiny_model_dir):
     tmp = tmp_path_factory.mktemp("halving")
     on = _config(tmp / "on", tiny_model_dir, "halving_on", True)
     off = _config(tmp / "off", tiny_model_dir, "halving_off", False)
-    return on, off, run_sweep(on), run_sweep(off)
+    with contextlib.redirect_stderr(io.StringIO()) as said:  # what a person reads (issue 26 §4)
+        halved = run_sweep(on)
+    TERMINAL["on"] = said.getvalue()
+    return on, off, halved, run_sweep(off)
+
+
+TERMINAL: dict[str, str] = {}  # the halving sweep's terminal text
+
+
+def test_the_terminal_says_per_trial_how_many_candidates_each_rung_kept(sweeps):
+    on, _, outcome, _ = sweeps
+    ok, pruned = _runs(on, outcome)
+    line = re.search(r"t\d+ halving: rung 0: (\d+) → full rung 1: (\d+) · (\d+) pruned", TERMINAL["on"])
+    assert line, TERMINAL["on"][-3000:]
+    assert [int(g) for g in line.groups()] == [EXTRA + 1, len(ok), len(pruned)]
 
 
 def _runs(config, outcome) -> tuple[list, list]:

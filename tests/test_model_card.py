@@ -9,7 +9,7 @@ import sys
 
 import yaml
 
-from mm4ke_ray.export.card import SNIPPET_PATH, hub_id, is_demo_model, model_card
+from mm4ke_ray.export.card import hub_id, is_demo_model, model_card
 
 
 def _recipe(base_model: str, edits: str = "/data/zsre.json", prompt_format: str = "plain") -> dict:
@@ -65,6 +65,7 @@ def test_a_local_base_is_left_out_with_a_note_and_the_demo_model_is_said_to_be_a
     assert is_demo_model(str(demo / "model")) and not is_demo_model(str(tmp_path / "my-model"))
     card = model_card(_recipe(str(demo / "model")))
     assert "the base is the demo's toy model" in card
+    assert "built by `mm4ke-ray demo` (the project's licence, Apache-2.0)" in card
 
 
 def test_a_path_in_the_hf_cache_gives_the_hub_id():
@@ -73,18 +74,38 @@ def test_a_path_in_the_hf_cache_gives_the_hub_id():
     assert hub_id("./local/model") is None
 
 
-def test_the_how_to_use_snippet_runs_as_written_against_a_model_directory(tiny_model_dir, tmp_path):
+def test_the_how_to_use_snippet_runs_as_pasted_from_inside_the_directory(tiny_model_dir, tmp_path):
     # The export directory is a saved Hugging Face model + tokenizer, as tiny_model_dir is.
-    card = model_card(_recipe(str(tiny_model_dir)))
-    code = re.search(r"## How to use\n\n```python\n(.*?)```", card, re.S).group(1)
-    assert SNIPPET_PATH in code
+    recipe = _recipe(str(tiny_model_dir))
+    recipe["edits"]["examples"] = [{"prompt": "The capital of Norvia is", "target": "Kell", "generated": "Kell",
+                                    "matches": True}]
+    card = model_card(recipe)
+    code = re.search(r"## How to use\n\n.*?```python\n(.*?)```", card, re.S).group(1)
+    assert "text = 'The capital of Norvia is'" in code and "'Kell'" in code  # a real edited fact
     script = tmp_path / "snippet.py"
-    # The snippet as written, then a check that it generated new tokens.
-    script.write_text(code.replace(SNIPPET_PATH, str(tiny_model_dir))
-                      + 'assert out.shape[1] > inputs["input_ids"].shape[1]\n')
+    # The snippet as pasted, then a check that it generated new tokens.
+    script.write_text(code + 'assert out.shape[1] > inputs["input_ids"].shape[1]\n')
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env, timeout=300)
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env, timeout=300,
+                          cwd=tiny_model_dir)
     assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+def test_the_card_says_what_was_edited_by_example_and_the_base_licence(tmp_path):
+    base = tmp_path / "base"
+    base.mkdir()
+    (base / "README.md").write_text("---\nlicense: apache-2.0\ntags: [x]\n---\n# base\n")
+    recipe = _recipe(str(base))
+    recipe["edits"]["examples"] = [
+        {"prompt": f"Q{i} | is", "target": f"A{i}", "generated": "A0" if i == 0 else "other", "matches": i == 0}
+        for i in range(3)]
+    card = model_card(recipe)
+    assert _front_matter(card)["license"] == "apache-2.0"
+    assert "Licence of the base model: `apache-2.0`" in card
+    assert "The first 3 of the 5 edits" in card
+    assert "| Q0 \\| is | A0 | A0 | yes |" in card and "| Q2 \\| is | A2 | other | no |" in card
+    unknown = model_card(_recipe(str(tmp_path / "no-card")))
+    assert "license" not in _front_matter(unknown) and "Licence of the base model: not known here" in unknown
 
 
 def test_the_card_shows_both_metric_families_and_the_per_kind_means():

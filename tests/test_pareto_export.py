@@ -355,6 +355,12 @@ def _check_export(out: Path, sweep: dict, run_id: str, model_dir: Path) -> None:
         and recipe["verification"]["status"] == "passed"
     )
     AutoModelForCausalLM.from_pretrained(out)
+    # The card shows the first edits with the written model's own generated answer (issue 26 §3).
+    examples = recipe["edits"]["examples"]
+    prompts = [r.prompt for r in load_edit_records(recipe["edits"]["source"]).records[:len(examples)]]
+    assert len(examples) == min(3, recipe["edits"]["count"]) and [x["prompt"] for x in examples] == prompts
+    assert all(isinstance(x["generated"], str) for x in examples)
+    assert f"| {examples[0]['prompt']} | {examples[0]['target']} |" in (out / "README.md").read_text()
     layer = int(recipe["rsft"]["layer"])
     base, exported = (
         load_file(model_dir / "model.safetensors"),

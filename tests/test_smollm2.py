@@ -117,3 +117,31 @@ def test_rsft_merge_and_evaluate_run_on_the_gguf(smollm2_run):
     # on counterfactual targets (the R-SFT threshold stops each edit at a low answer loss).
     assert m["metrics"]["edit_succ"] >= 50.0, m["metrics"]
     print(f"SmolLM2 merged (3 edits): {m['metrics']} / generated: {m['generation_metrics']}; s: {run.seconds}")
+
+
+def test_a_real_general_task_on_20_documents_scores_base_and_merged(smollm2_run, tmp_path):
+    """SST-2 built from its local file as lm-eval's `sst2` (plain prompts, 20 documents) on the
+    base and the merged model: scores with SEs at the chance floor's scale, paired per document."""
+    from conftest import SHARED
+
+    from mm4ke_ray.evaluate.general import GeneralEvaluator
+    from mm4ke_ray.evaluate.real_tasks import LocalTaskSpec, build_local_task
+    from mm4ke_ray.evaluate.scores import retention
+    from mm4ke_ray.modeling import load_model, load_tokenizer
+
+    run = smollm2_run
+    spec = LocalTaskSpec("sst2", str(SHARED / "data" / "general" / "test-SentimentAnalysis.tsv"), limit=20)
+    include = build_local_task(spec, tmp_path)
+    results = {}
+    for name, source in (("base", run.gguf), ("merged", run.merged)):
+        tok, model = load_tokenizer(str(source)), load_model(str(source))
+        evaluator = GeneralEvaluator(model, tok, ["sst2"], include_path=include)
+        results[name] = evaluator.evaluate_result()
+    base, merged = results["base"], results["merged"]
+    for result in (base, merged):
+        assert result.n_docs["sst2"] == 20 and result.chance["sst2"] == 0.5
+        assert 0.0 <= result.scores["sst2"] <= 1.0 and result.stderr["sst2"] > 0
+        assert len(result.per_doc["sst2"]) == 20 and set(result.per_doc["sst2"]) <= {0.0, 1.0}
+    kept = retention(merged.scores, base.scores, {"sst2": True}, base.chance)
+    assert 0.0 <= kept["sst2"] <= 1.0
+    print(f"SmolLM2 SST-2 (20 docs, plain prompts): base {base.scores} ± {base.stderr}, merged {merged.scores}")

@@ -85,12 +85,12 @@ def test_all_candidates_are_child_runs_of_one_parent(outcome, sweep_config):
     for run in candidates:
         trial_run = trial_runs[run.data.tags["mlflow.parentRunId"]]
         assert trial_run.data.tags["mm4ke.trial_id"] == run.data.tags["mm4ke.trial_id"]
-        assert trial_run.info.run_name.split()[0] == run.info.run_name.split()[0]  # "t03 L1 ..." / "t03 c2 ..."
+        assert trial_run.info.run_name.split()[0] == run.info.run_name.split()[-1][:3]  # "t03 L1 ..." / "α.30 s.57 t03c2"
         assert trial_run.data.params["lr"] == run.data.params["lr"]
     # Readable run names from Tune's trial numbers (1..4), the candidate id in a tag (issue 15.1).
     names = sorted(r.info.run_name for r in candidates)
-    assert all(re.fullmatch(r"t0[1-4] c[0-2] α\d\.\d\d s\d\.\d\d", n) for n in names), names
-    assert {n[:3] for n in names} == {"t01", "t02", "t03", "t04"}
+    assert all(re.fullmatch(r"α\.\d\d s\.\d\d t0[1-4]c[0-2]", n) for n in names), names
+    assert {n.split()[-1][:3] for n in names} == {"t01", "t02", "t03", "t04"}
     assert sorted(r.data.tags["mm4ke.candidate"] for r in candidates) == sorted(r["candidate"] for r in outcome.rows)
     for run in candidates:
         for key in ("threshold", "steps", "epochs", "lr", "layer", "alpha", "sparsity", "density"):

@@ -12,6 +12,7 @@ from mm4ke_ray.schema import BASE, GEN_EDIT_METRICS, PURE_RSFT, SAMPLED
 from mm4ke_ray.tracking.tables import (
     CORE_COLUMNS,
     REFERENCE_CAPTION,
+    column_cells,
     counts_line,
     format_cell,
     print_command,
@@ -156,3 +157,44 @@ def test_sweep_progress_is_one_live_line_on_a_terminal_and_a_line_per_trial_othe
     final = [line for line in text.replace("\r", "\n").splitlines() if line.strip()]
     assert "trial b2 diverged" in final
     assert "3/3" in final[-1] and "candidates 6" in final[-1] and final[-1].lstrip().startswith("sweep")
+
+
+@pytest.mark.parametrize("width", [80, 120])
+def test_the_table_says_which_columns_it_left_out_and_wide_fits_the_width(width):
+    rows = _rows(gen=True)
+    text = _render(rows, width)
+    assert "more column(s) left out to fit" in text and "--wide shows every column" in text
+    everything = _render(rows, width, wide=True)
+    assert max(len(line) for line in everything.splitlines()) <= width  # no wrapped lines (issue 26 §4)
+    assert "left out" not in everything
+    for r in rows:
+        assert everything.count(r["candidate"]) >= 2  # each part of the wide table names the candidate
+        for c in ("run_id", "threshold", "gen.portability", "locality"):
+            assert column_cells(c, rows)[rows.index(r)] in everything, c
+
+
+def test_numbers_in_one_column_share_a_format():
+    rows = [{"candidate": "a", "lr": 3e-4, "alpha": 0.5, "edit_succ": 100.0},
+            {"candidate": "b", "lr": 0.001, "alpha": 0.125, "edit_succ": 7.25}]
+    assert column_cells("lr", rows) == ["3.00e-04", "1.00e-03"]
+    assert column_cells("alpha", rows) == ["0.5000", "0.1250"]
+    assert column_cells("edit_succ", rows) == ["100.0", "7.2"] or column_cells("edit_succ", rows) == ["100.0", "7.3"]
+    assert column_cells("candidate", rows) == ["a", "b"]
+
+
+def test_a_halving_trial_gets_one_rung_line():
+    from mm4ke_ray.search.progress import rung_line
+
+    assert rung_line("t03", [2, 0, 1, 0, 0, 2, 0, 1]) == "t03 halving: rung 0: 8 → rung 1: 4 → full rung 2: 2 · 6 pruned"
+    assert rung_line("t03", [0, 0]) is None and rung_line("t03", []) is None  # no halving: no line
+
+
+def test_the_progress_lines_best_counts_the_warm_started_front():
+    from mm4ke_ray.search.callback import SweepCallback
+
+    callback = SweepCallback(None, total_trials=4, console=Console(file=io.StringIO()), live=False)
+    callback.earlier = [{"candidate": "warm-1", "combined_score": 0.91}]  # copied in by --warm-start
+    callback.rows = [{"candidate": "t1-c0", "combined_score": 0.5}]
+    assert "best 0.9100" in callback._summary(short=True)
+    callback.rows.append({"candidate": "t2-c0", "combined_score": 0.95})
+    assert "best 0.9500" in callback._summary(short=True)

@@ -9,7 +9,15 @@ from mm4ke_ray.device import resolve_device
 from mm4ke_ray.storage import check_out_dir
 
 __all__ = ["add_model_arguments", "add_out_dir_arguments", "add_sweep_source_arguments", "check_out_dir",
-           "resolve_device"]
+           "resolve_device", "seed"]
+
+
+def seed(text: str) -> int:
+    """argparse type of a --seed: an integer in [0, 2^32), what numpy and torch take (exit 2 otherwise)."""
+    value = int(text)
+    if not 0 <= value < 2**32:
+        raise argparse.ArgumentTypeError(f"must be in [0, 2^32), got {value}")
+    return value
 
 
 def add_sweep_source_arguments(parser: argparse.ArgumentParser) -> None:

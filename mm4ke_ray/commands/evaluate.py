@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from mm4ke_ray.commands._common import add_model_arguments, resolve_device
+from mm4ke_ray.commands._common import add_model_arguments, resolve_device, seed
 from mm4ke_ray.commands.sweep import add_verbose_argument
 from mm4ke_ray.errors import UserError
 from mm4ke_ray.evaluate.definitions import AGGREGATION, DEFAULT_MAX_NEW_TOKENS, EDIT_DEFINITIONS
@@ -27,13 +27,13 @@ PROTOCOL_NOTE = (
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of `mm4ke-ray evaluate`."""
     parser.add_argument(
-        "--model", required=True, help="Edited model: local Hugging Face directory or hub id."
+        "--model", required=True, help="Edited model: local Hugging Face directory or hub id ('demo': the demo's model)."
     )
     parser.add_argument(
-        "--base", help="Unedited base model; needed for Locality (omitted without it)."
+        "--base", help="Unedited base model; needed for Locality (omitted without it; 'demo': the demo's model)."
     )
     parser.add_argument(
-        "--data", required=True, help="Edit set: KnowEdit/zsre_mend/... file or dataset id."
+        "--data", required=True, help="Edit set: KnowEdit/zsre_mend/... file or dataset id ('demo': the demo's edits)."
     )
     parser.add_argument(
         "--format", dest="data_format", help="Force the data reader (detected when unset)."
@@ -47,7 +47,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--fluency-seed",
-        type=int,
+        type=seed,
         default=0,
         help="Seed of the fluency samples (record i uses seed+i).",
     )
@@ -58,34 +58,35 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="How prompt and answer are joined; use the format the model was edited with.",
     )
     parser.add_argument(
-        "--batch-size", type=int, default=32, help="Evaluation batch size (both modes)."
+        "--batch-size", type=int, default=32, help="Evaluation batch size (both modes; default: %(default)s)."
     )
     parser.add_argument(
         "--mode",
         choices=MODES,
         default="teacher-forced",
         help="teacher-forced: EasyEdit's token accuracy (key 'metrics'); generation: the model "
-        "generates each answer greedily (key 'generation_metrics'); both.",
+        "generates each answer greedily (key 'generation_metrics'); both. Default: %(default)s.",
     )
     parser.add_argument(
         "--match",
         choices=("equals", "starts_with", "contains"),
         default="equals",
         help="Generation mode: how the normalised answer must match the normalised target; equals is "
-        "WILD's exact match, starts_with and contains are lenient (recorded in the JSON).",
+        "WILD's exact match, starts_with and contains are lenient (recorded in the JSON; default: %(default)s).",
     )
     parser.add_argument(
         "--stop",
         choices=STOP_RULES,
         default="wild",
         help="Generation mode: where an answer ends besides EOS/end of turn; wild: a sentence-ending "
-        "'.' (not after Dr., St., initials; not inside 3.5) or a newline; newline: a newline only.",
+        "'.' (not after Dr., St., initials; not inside 3.5) or a newline; newline: a newline only "
+        "(default: %(default)s).",
     )
     parser.add_argument(
         "--max-new-tokens",
         type=int,
         default=DEFAULT_MAX_NEW_TOKENS,
-        help="Generation mode: new tokens an answer may take (cut at the stop).",
+        help="Generation mode: new tokens an answer may take (cut at the stop; default: %(default)s).",
     )
     parser.add_argument(
         "--extra-new-tokens",
@@ -95,7 +96,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "target's token count + this.",
     )
     add_model_arguments(parser, "evaluate")
-    parser.add_argument("--out", required=True, help="Output JSON file.")
+    parser.add_argument("--out", required=True, help="Output JSON file (new, unless --force).")
+    parser.add_argument("--force", action="store_true", help="Replace an existing --out file.")
     add_verbose_argument(parser)
 
 
@@ -121,6 +123,13 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(
             f"--out {out} is a directory; give a file name such as {out / 'metrics.json'}"
         )
+    if out.exists() and not args.force:  # checked before any model loads, like every other writer
+        raise UserError(f"--out {out} exists; give a new file name, or pass --force to replace it")
+    from mm4ke_ray.demo.resolve import resolve_demo_argument
+
+    # 'demo' names the demo's built assets, as in a sweep config (issue 26 §4)
+    args.model, args.base = (resolve_demo_argument(m, "model") for m in (args.model, args.base))
+    args.data = resolve_demo_argument(args.data, "data")
     device = resolve_device(args.device)
     dataset = load_edit_records(
         args.data, limit=args.limit, skip_invalid=args.skip_invalid, fmt=args.data_format

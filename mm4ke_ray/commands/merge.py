@@ -11,6 +11,7 @@ from mm4ke_ray.commands._common import (
     add_out_dir_arguments,
     check_out_dir,
     resolve_device,
+    seed,
 )
 from mm4ke_ray.config import MergeConfig
 
@@ -55,7 +56,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"{_METHOD.description.lower()} (default: {_METHOD.default}, the paper's Top_p)",
     )
     parser.add_argument(
-        "--seed", type=int, default=0, help="seed for random sparsifiers such as dare (default: 0)"
+        "--seed", type=seed, default=0, help="seed for random sparsifiers such as dare (default: 0)"
     )
     add_model_arguments(parser, "merge and save")
     add_out_dir_arguments(parser)

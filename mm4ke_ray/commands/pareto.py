@@ -47,14 +47,12 @@ def run(args: argparse.Namespace) -> int:
     from mm4ke_ray.tracking.query import load_sweep
 
     sweep = load_sweep(args.tracking_uri, args.sweep, args.experiment)
-    if sweep.others_with_name:
-        print(
-            f"note: {sweep.others_with_name} older sweep run(s) are also named {sweep.name!r}; "
-            f"showing the newest ({sweep.run_id}); pass a run id to pick another",
-            file=sys.stderr,
-        )
     from mm4ke_ray.evaluate.pareto import best_candidate, describe_minimums, minimums_from_params
 
+    if not sweep.edited:  # an empty table would look like a front of nothing
+        print(f"note: sweep {sweep.name!r} (run {sweep.run_id}) has no edited candidate yet"
+              f"{f' ({len(sweep.failed)} failed)' if sweep.failed else ''}: nothing to rank; "
+              "it may still be running, or every trial failed", file=sys.stderr)
     mins = minimums_from_params(sweep.params)
     if mins and sweep.edited and best_candidate(sweep.candidates, mins) is None:
         print(f"note: no candidate of sweep {sweep.name!r} meets {describe_minimums(mins)}; the front holds no edited "

@@ -9,9 +9,13 @@ from __future__ import annotations
 import json
 import sys
 
-from mm4ke_ray.commands.sweep import parse_overrides  # the same --set as `mm4ke-ray sweep`
+from mm4ke_ray.commands.sweep import (  # the same --set as `mm4ke-ray sweep`
+    add_verbose_argument,
+    parse_overrides,
+)
 from mm4ke_ray.planning import plan_sweep
 from mm4ke_ray.planning.report import render
+from mm4ke_ray.quiet import set_verbose
 
 NAME = "plan"
 HELP = ("Estimate a sweep's wall time and GPU-hours before submitting it: from the config and per-step "
@@ -38,9 +42,11 @@ def add_arguments(p) -> None:
     p.add_argument("--results", default=None, metavar="DIR",
                    help="Folder of benchmark results to read (default: this checkout's benchmarks/results).")
     p.add_argument("--json", action="store_true", help="Print the plan as JSON instead of tables.")
+    add_verbose_argument(p)
 
 
 def run(args) -> int:
+    set_verbose(args.verbose)  # --probe loads a model and lm-eval: their bars and notices stay off
     plan = plan_sweep(args.config, gpus=args.gpus, cpus=args.cpus, probe=args.probe, gpu_kind=args.gpu_kind,
                       records=args.records, num_trials=args.num_trials, overrides=parse_overrides(args.set) or None,
                       results=args.results)

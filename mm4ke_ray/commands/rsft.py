@@ -14,6 +14,7 @@ from mm4ke_ray.commands._common import (
     add_out_dir_arguments,
     check_out_dir,
     resolve_device,
+    seed,
 )
 from mm4ke_ray.errors import ConfigError
 from mm4ke_ray.rsft.config import RSFTConfig
@@ -68,7 +69,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--prompt-format", choices=["plain", "chat"], default="plain", help=default("prompt_format")
     )
-    parser.add_argument("--seed", type=int, default=0, help=default("seed"))
+    parser.add_argument("--seed", type=seed, default=0, help=default("seed"))
     add_model_arguments(parser, "train")
     add_out_dir_arguments(parser)
     parser.add_argument("--quiet", action="store_true", help="no progress bar")

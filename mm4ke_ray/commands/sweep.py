@@ -6,11 +6,10 @@ that a sweep kept on disk while the tracking server was away.
 
 from __future__ import annotations
 
-import yaml
-
-from mm4ke_ray.config import SweepConfig, load_config
+from mm4ke_ray.config import MAX_TRIALS, SweepConfig, load_config
 from mm4ke_ray.errors import UserError
 from mm4ke_ray.quiet import set_verbose
+from mm4ke_ray.strict_yaml import load_value
 
 NAME = "sweep"
 HELP = "Run a sweep: R-SFT trials (Ray Train) × merge candidates (actor pool), Optuna multi-objective, MLflow."
@@ -48,7 +47,7 @@ def parse_overrides(items: list[str]) -> dict:
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise UserError(f"--set {item!r}: expected KEY=VALUE, e.g. search.seed=3")
-        out[key.strip()] = yaml.safe_load(value)
+        out[key.strip()] = load_value(value, f"--set {key.strip()}")
     return out
 
 
@@ -57,7 +56,7 @@ def _check_mode(args) -> str:
     if len(modes) != 1:
         raise UserError("give exactly one of: CONFIG (a new sweep), --resume FOLDER, or --replay-spool FILE")
     mode = modes[0]
-    if mode != "config" and (args.set or args.num_trials or args.smoke_test or args.warm_start):
+    if mode != "config" and (args.set or args.num_trials is not None or args.smoke_test or args.warm_start):
         raise UserError(f"--{mode.replace('replay', 'replay-spool')} continues what was recorded; "
                         "--set, --num-trials, --smoke-test and --warm-start apply to a new sweep only")
     if args.tracking_uri and mode != "replay":
@@ -82,6 +81,9 @@ def run(args) -> int:
         resume_sweep(args.resume, address=args.address)
     else:
         config = load_config(args.config, parse_overrides(args.set))
+        if config.stream is not None:  # a sweep trial is one batch: it would drop the rounds silently
+            raise UserError(f"{args.config}: has a `stream:` section; run it with `mm4ke-ray stream {args.config}` "
+                            "(one setting) or `mm4ke-ray stream --tune N` (settings tuned for the stream)")
         start_sweep(config, source=args.config, address=args.address, num_trials=args.num_trials,
                     smoke_test=args.smoke_test, warm_start=args.warm_start)
     return 0
@@ -91,6 +93,8 @@ def start_sweep(config: SweepConfig, *, source: str = "<config>", address: str |
                 num_trials: int | None = None, smoke_test: bool = False, warm_start: list[str] | None = None):
     """A new sweep of `config` as the CLI starts it: the demo resolved (built once, cached), then
     `search.driver.run_sweep`; returns its `SweepOutcome`."""
+    if num_trials is not None and not 1 <= num_trials <= MAX_TRIALS:  # 0 was once ignored silently
+        raise UserError(f"--num-trials must be between 1 and {MAX_TRIALS}, got {num_trials}")
     from mm4ke_ray.demo.resolve import resolve_demo  # torch: only when a sweep runs
     from mm4ke_ray.search.driver import run_sweep
 

@@ -62,6 +62,10 @@ def run(args) -> int:
             print(f"{path}: needs the network for {'; '.join(needs)}", file=sys.stderr)
             status = 1 if args.offline else status
         preflight(config, path, check_tracking=not args.offline and not config.tracking.uri.startswith("http"))
+        if config.stream is not None:  # a stream's one setting per round: refused here, not after a model loads
+            from mm4ke_ray.stream.settings import check_stream_settings
+
+            check_stream_settings(config)
         if needs and args.offline:
             continue
         for line in precision_report(config):

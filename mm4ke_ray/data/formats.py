@@ -12,6 +12,8 @@ Built in:
 - zsre_mend: MEND/EasyEdit ZsRE (`src`, `alt`, `answers`, `rephrase`, `loc`/`loc_ans`, and
   optionally `portability{New Question, New Answer}` as in EasyEdit's One Hop file).
 - alpaca: LLaMA-Factory `{instruction, input, output}`; prompt = instruction + "\\n" + input.
+- sharegpt: chat conversations (`conversations[{from, value}]` or `messages[{role, content}]`),
+  multi-turn included: the last assistant turn is taught, earlier turns are its context (`sharegpt.py`).
 - counterfact_flat: ROME CounterFact flattened for EasyEdit (`locality_prompt` without an answer).
   Its locality prompts are NOT loaded: locality is scored on `prompt + answer`, and there is no
   answer to score (use the base model's own continuation outside this reader if needed).
@@ -36,6 +38,7 @@ from mm4ke_ray.data.fields import (
     text_list,
 )
 from mm4ke_ray.data.records import QA, EditRecord
+from mm4ke_ray.data.sharegpt import read_sharegpt
 from mm4ke_ray.errors import UserError
 
 Raw = Mapping[str, Any]
@@ -256,6 +259,16 @@ FORMATS.register(
         "original ROME counterfact.json: requested_rewrite, paraphrase_prompts, neighborhood_prompts",
         priority=10,
         aliases=("counterfact",),
+    )
+)
+FORMATS.register(
+    EditFormat(
+        "sharegpt",
+        lambda raw: "conversations" in raw or "messages" in raw,
+        read_sharegpt,
+        "ShareGPT chat (LLaMA-Factory sharegpt: conversations[{from, value}], [system]; or messages[{role, "
+        "content}]): the last assistant turn is the answer, earlier turns its context",
+        priority=10,
     )
 )
 

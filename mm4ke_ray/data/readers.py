@@ -78,6 +78,7 @@ def load_edit_records(
             if not isinstance(raw, Mapping):
                 raise FieldError(None, f"must be a JSON object, got {type(raw).__name__}")
             record = chosen.read(raw)
+            _check_lengths(record)
         except FieldError as e:
             if not skip_invalid:
                 raise DataError(
@@ -85,7 +86,7 @@ def load_edit_records(
                     index,
                     e.field,
                     f"{e.problem} [format {chosen.name}; fix the record, "
-                    "or pass skip_invalid=True to drop invalid records]",
+                    "or drop invalid records with --skip-invalid (config: data.skip_invalid: true)]",
                 ) from None
             skipped.append(str(DataError(name, index, e.field, e.problem)))
             continue
@@ -100,6 +101,24 @@ def load_edit_records(
     return EditDataset(records=records, format=chosen.name, source=name, skipped=skipped)
 
 
+# Far above any edit prompt (KnowEdit's longest text: 678 characters, a WikiBio paragraph) and
+# below what a model's context holds: a 200,000-word "prompt" would have allocated tens of GB
+# when tokenized and batched. Refused at load, naming the record, instead.
+MAX_TEXT_CHARS = 20_000
+
+
+def _check_lengths(record: EditRecord) -> None:
+    texts = [("prompt", record.prompt), ("target_new", record.target_new), ("ground_truth", record.ground_truth),
+             ("subject", record.subject), *((f"rephrase_prompt[{i}]", t) for i, t in enumerate(record.rephrase_prompts))]
+    for family, items in (("portability", record.portability), ("locality", record.locality)):
+        for i, qa in enumerate(items):
+            texts += [(f"{family}[{i}].prompt", qa.prompt), (f"{family}[{i}].answer", qa.answer)]
+    for name, value in texts:
+        if value is not None and len(value) > MAX_TEXT_CHARS:
+            raise FieldError(name, f"is {len(value):,} characters long; an edit text may hold at most "
+                                    f"{MAX_TEXT_CHARS:,} (shorten it)")
+
+
 def _detect(name: str, rows: list[Any]) -> EditFormat:
     """The format of the first record; if that record is too broken to recognize (e.g. it lacks
     `target_new`), the first later one that is recognized, so the error then names record 0's field."""
@@ -110,7 +129,7 @@ def _detect(name: str, rows: list[Any]) -> EditFormat:
     if found is None:
         raise UserError(
             f"{name}: cannot tell the edit-data format from the first record's keys "
-            f"{sorted(mappings[0])}; pass fmt= one of: {', '.join(FORMATS.names())}\n"
+            f"{sorted(mappings[0])}; name it with --format (config: data.format), one of: {', '.join(FORMATS.names())}\n"
             f"{FORMATS.describe()}"
         )
     return found

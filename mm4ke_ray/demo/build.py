@@ -160,7 +160,9 @@ def _build_into(
             tokenizer,
             world.sentences(),
             config.pretrain,
-            say,
+            # the live line shows step and loss; its own console puts other lines above it, where
+            # a second console's lines were glued onto it (issue 26 §4)
+            getattr(on_step, "print_above", None) or say,
             stop=_stop_check(tokenizer, world),
             on_step=on_step,
         )
@@ -310,6 +312,11 @@ def live_steps(live: bool) -> Iterator[Callable[[int, int, float], None] | None]
         def on_step(step: int, steps: int, loss: float) -> None:
             bar.update(task, completed=step, total=steps, loss=f"{loss:.3f}")
 
+        def print_above(message: str) -> None:
+            if not message.startswith("pretraining step"):  # the line itself shows step and loss
+                bar.console.print(f"demo: {message}", style="dim", markup=False, highlight=False)
+
+        on_step.print_above = print_above
         yield on_step
 
 

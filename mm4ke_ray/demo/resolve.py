@@ -30,3 +30,12 @@ def resolve_demo(config: SweepConfig, build_kwargs: dict | None = None) -> Sweep
         overrides["data.edits"] = str(assets.edits_path)
         overrides["evaluation.task_include_path"] = str(assets.tasks_dir)
     return config.with_overrides(**overrides)
+
+
+def resolve_demo_argument(value: str | None, what: str) -> str | None:
+    """'demo' given to a command's model option (`what` = "model") or edit-set option ("data"):
+    the built (cached) demo asset's path, as a sweep of a config naming 'demo' uses it."""
+    if value != DEMO:
+        return value
+    assets = build_demo(progress=lambda msg: console.print(f"[dim]demo: {msg}[/]"))
+    return str(assets.edits_path if what == "data" else assets.model_dir)

@@ -30,9 +30,9 @@ def build_word_tokenizer(texts: Iterable[str], min_frequency: int = 1):
     tok = Tokenizer(models.WordLevel(unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation()])
     # The chat template's own words are added so that prompt_format "chat" has no unknown tokens.
-    tok.train_from_iterator(
-        [*texts, "user : assistant : system :"], trainers.WordLevelTrainer(special_tokens=SPECIAL_TOKENS, min_frequency=min_frequency)
-    )
+    # show_progress off: its "Pre-processing sequences" bar drew over the demo build's own lines
+    trainer = trainers.WordLevelTrainer(special_tokens=SPECIAL_TOKENS, min_frequency=min_frequency, show_progress=False)
+    tok.train_from_iterator([*texts, "user : assistant : system :"], trainer)
     tok.post_processor = processors.TemplateProcessing(
         single="<bos> $A", pair="<bos> $A $B", special_tokens=[("<bos>", tok.token_to_id("<bos>"))]
     )

@@ -86,6 +86,7 @@ class EvalSettings:
     general_metrics: dict = field(default_factory=dict)  # {task: metric}; default its first
     general_shared_context: bool = True  # evaluation.shared_context: SharedContextHFLM (same results, faster)
     local_tasks: tuple[LocalTaskSpec, ...] = ()  # general tasks built from local files (real_tasks)
+    general_chat_template: bool = False  # lm-eval's apply_chat_template (config.general_chat_template)
     merge_method: str = "magnitude"
     edit_weights: dict = field(default_factory=dict)
     combined_edit_weight: float = 0.5
@@ -122,6 +123,7 @@ def eval_settings(config: SweepConfig, device: str) -> EvalSettings:
         general_tasks=tuple(config.evaluation.general_tasks), task_include_path=config.evaluation.task_include_path,
         general_limit=config.evaluation.general_limit, general_metrics=dict(config.evaluation.general_metrics),
         general_shared_context=config.evaluation.shared_context,
+        general_chat_template=config.general_chat_template,
         local_tasks=local_task_specs(config), merge_method=config.merge.method,
         edit_weights=dict(config.objectives.edit_weights), combined_edit_weight=config.objectives.combined_edit_weight,
         device=device, allow_pickle=config.model.allow_pickle, eval_mode=config.evaluation.mode,
@@ -192,9 +194,10 @@ class CandidateEvaluator:
         if s.general_tasks:
             include = [s.task_include_path] if s.task_include_path else []
             include += build_local_tasks(list(s.local_tasks), task_cache_root())  # later paths win a name
-            self.general_eval = GeneralEvaluator.for_prompt_format(
-                self.model, self.tokenizer, list(s.general_tasks), s.prompt_format, include_path=include or None,
-                limit=s.general_limit, metrics=s.general_metrics, shared_context=s.general_shared_context,
+            self.general_eval = GeneralEvaluator(
+                self.model, self.tokenizer, list(s.general_tasks), apply_chat_template=s.general_chat_template,
+                include_path=include or None, limit=s.general_limit, metrics=s.general_metrics,
+                shared_context=s.general_shared_context,
             )
         if reference is not None:
             _check_reference(reference, s)

@@ -1,4 +1,4 @@
-"""Successive halving over evaluation fidelity: rung subsets, margin promotion, rung standard error.
+"""Successive halving over evaluation fidelity: rung subsets, promotion on evidence, rung standard error.
 
 Ray-free and model-free: plain numbers in, plain numbers out, so the sweep (search/) can call it
 from the driver or an actor and tests can check it on hand-made points.

@@ -36,6 +36,7 @@ from pathlib import Path
 
 import yaml
 
+from mm4ke_ray.cache import default_cache_root
 from mm4ke_ray.config import SweepConfig
 from mm4ke_ray.errors import DataError, UserError
 
@@ -59,8 +60,8 @@ def local_task_specs(config: SweepConfig) -> tuple[LocalTaskSpec, ...]:
 
 
 def task_cache_root() -> Path:
-    """$MM4KE_CACHE, else ~/.cache/mm4ke-ray: the root the demo's assets use too."""
-    return Path(os.environ.get("MM4KE_CACHE") or "~/.cache/mm4ke-ray").expanduser()
+    """The project's cache root ($MM4KE_CACHE, else ~/.cache/mm4ke-ray), as the demo's assets."""
+    return default_cache_root()
 
 
 def _lm_eval_yaml(relative: str) -> Path:

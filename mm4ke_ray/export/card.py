@@ -12,7 +12,8 @@ from mm4ke_ray.tracking.tables import format_cell
 
 _TAGS = ("knowledge-editing", "model-merging", "mm4ke-ray")
 _DEMO_FILES = ("manifest.json", "world.json")
-SNIPPET_PATH = "path/to/this/directory"  # what a user (and the card's test) replaces
+SNIPPET_PATH = "."  # the snippet runs as pasted from inside the exported directory (issue 26 §3)
+_FALLBACK_PROMPT = "The author of Dracula is"  # a recipe without edit examples (older exports)
 
 _METRIC_ROWS = (
     ("edit_succ", "Edit Succ. (%)"),
@@ -155,6 +156,8 @@ def _front_matter(recipe: dict) -> list[str]:
     data = {"library_name": "transformers", "tags": list(_TAGS)}
     if hub:
         data.update(base_model=hub, base_model_relation="merge")
+    if licence := base_licence(base_model):
+        data["license"] = licence
     edits = recipe["edits"]["source"]
     if hub_id(edits) and not Path(edits).exists():
         data["datasets"] = [edits]
@@ -167,21 +170,29 @@ def _front_matter(recipe: dict) -> list[str]:
 
 
 def _how_to_use(recipe: dict) -> list[str]:
+    """A snippet that runs as pasted from inside this directory, asking one edited fact."""
     chat = recipe["evaluation"].get("prompt_format") == "chat"
+    examples = recipe["edits"].get("examples") or []
+    question = examples[0]["prompt"] if examples else _FALLBACK_PROMPT
     prompt = (
-        'text = tokenizer.apply_chat_template([{"role": "user", "content": "Who is the author of Dracula?"}],\n'
+        f'text = tokenizer.apply_chat_template([{{"role": "user", "content": {question!r}}}],\n'
         "                                     tokenize=False, add_generation_prompt=True)"
-        if chat else 'text = "The author of Dracula is"'
+        if chat else f"text = {question!r}"
     )
+    expected = ([f"# an edited fact: the edit's answer is {examples[0]['target']!r}; "
+                 f"this model answered {examples[0]['generated']!r} at export"] if examples else [])
     return [
         "## How to use",
+        "",
+        "Run it from inside this directory (or put the directory's path, or its hub id once uploaded, in `model_dir`):",
         "",
         "```python",
         "from transformers import AutoModelForCausalLM, AutoTokenizer",
         "",
-        f'model_dir = "{SNIPPET_PATH}"  # this directory (or its hub id once uploaded)',
+        f'model_dir = "{SNIPPET_PATH}"',
         "tokenizer = AutoTokenizer.from_pretrained(model_dir)",
         "model = AutoModelForCausalLM.from_pretrained(model_dir)",
+        *expected,
         prompt,
         'inputs = tokenizer(text, return_tensors="pt")',
         "out = model.generate(**inputs, max_new_tokens=16, do_sample=False)",
@@ -200,6 +211,45 @@ def _gguf_note(recipe: dict) -> list[str]:
             "transformers before editing. This export is a normal Hugging Face folder (safetensors, "
             f"{g['dequantized_to']}), not a GGUF: its unedited weights are the dequantized {g['quantization']} "
             "values, not the original unquantized model's.", ""]
+def _cell(text: str) -> str:
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+def _edit_examples(recipe: dict) -> list[str]:
+    """What was edited, by example: the first edits with this model's greedy answer at export."""
+    examples = recipe["edits"].get("examples") or []
+    if not examples:
+        return []
+    lines = [f"The first {len(examples)} of the {recipe['edits']['count']} edits, with this model's greedy answer "
+             "at export (exact match after normalising, as the generation metrics count it):", "",
+             "| prompt | edited answer | this model answers | match |", "|---|---|---|---|"]
+    lines += [f"| {_cell(x['prompt'])} | {_cell(x['target'])} | {_cell(x['generated'])} | {'yes' if x['matches'] else 'no'} |"
+              for x in examples]
+    return [*lines, ""]
+
+
+def base_licence(base_model: str) -> str | None:
+    """The base's licence as its own model card states it (`license:` in README.md's front
+    matter of a local or cached Hugging Face directory); None where not known."""
+    readme = Path(base_model).expanduser() / "README.md"
+    try:
+        text = readme.read_text(encoding="utf-8")
+        meta = yaml.safe_load(text.split("---", 2)[1]) if text.startswith("---") else None
+    except (OSError, yaml.YAMLError, IndexError):
+        return None
+    licence = meta.get("license") if isinstance(meta, dict) else None
+    return str(licence) if licence else None
+
+
+def _licence_lines(recipe: dict) -> list[str]:
+    licence = base_licence(recipe["base_model"])
+    if licence:
+        text = f"`{licence}`, as the base model's card states it"
+    elif is_demo_model(recipe["base_model"]):
+        text = "the demo's toy model was built by `mm4ke-ray demo` (the project's licence, Apache-2.0)"
+    else:
+        text = "not known here (the base model's directory states none): check it before sharing this model"
+    return [f"- Licence of the base model: {text}; a merge is a derivative of its base."]
 
 
 def model_card(recipe: dict) -> str:
@@ -230,7 +280,9 @@ def model_card(recipe: dict) -> str:
         "",
         "## Edit data",
         "",
+        *_edit_examples(recipe),
         f"- Source: `{e['source']}` (format: {e['format'] or 'detected'}; limit: {_fmt(e['limit'])}); **{e['count']} edits**",
+        *_licence_lines(recipe),
         f"- Evaluation protocol: **{recipe['evaluation']['protocol']}** (all edits applied, then every record evaluated)",
         f"- Prompt format: `{recipe['evaluation']['prompt_format']}` (the same in training and evaluation)",
         *_definitions(recipe["evaluation"]),

@@ -26,6 +26,7 @@ from mm4ke_ray.evaluate.candidate import CandidateEvaluator
 from mm4ke_ray.export import DEFAULT_TOLERANCE
 from mm4ke_ray.export.atomic import clean_leftovers, new_staging_dir, publish
 from mm4ke_ray.export.card import model_card
+from mm4ke_ray.export.examples import edit_examples
 from mm4ke_ray.export.plan import ExportPlan, plan_export
 from mm4ke_ray.export.streamed import write_merged
 from mm4ke_ray.export.verify import (
@@ -141,8 +142,9 @@ def _write_json(path: Path, data: dict) -> None:
     path.write_text(json.dumps(data, indent=2, default=str) + "\n")
 
 
-def _reevaluate(plan: ExportPlan, out: Path, update: dict, log) -> tuple[dict, dict, int]:
-    """(weights check, re-evaluated metrics as MLflow keys, number of edits) for the written directory."""
+def _reevaluate(plan: ExportPlan, out: Path, update: dict, log) -> tuple[dict, dict, int, list[dict]]:
+    """(weights check, re-evaluated metrics as MLflow keys, number of edits, edited facts with the
+    written model's answers for the card) for the written directory."""
     import warnings
 
     from mm4ke_ray.modeling.tokenizer_check import TokenizerMismatchWarning
@@ -161,7 +163,8 @@ def _reevaluate(plan: ExportPlan, out: Path, update: dict, log) -> tuple[dict, d
         measured = normalize_row(
             reloaded.evaluate({}, 0.0, 0.0)
         )  # empty delta: the directory's own weights
-    return weights, measured, len(reloaded.edit_eval.records)
+        examples = edit_examples(reloaded.tokenizer, reloaded.model, reloaded.records, plan.settings.prompt_format)
+    return weights, measured, len(reloaded.edit_eval.records), examples
 
 
 def export_candidate(
@@ -248,9 +251,10 @@ def _write_and_verify(
         recipe = _recipe(plan, written.info, delta_dir / DELTA_FILE, delta_meta, num_edits=0)
         _write_json(stage / MERGE_INFO_FILE, recipe)
     recipe["tokenizer_check"] = _tokenizer_check(stage, out, strict_tokenizer, log)
-    weights, measured, num_edits = _reevaluate(plan, stage, written.update, log)
+    weights, measured, num_edits, examples = _reevaluate(plan, stage, written.update, log)
     table, problems = compare_metrics(_metrics_only(c), measured, tolerance)
     recipe["edits"]["count"] = num_edits
+    recipe["edits"]["examples"] = examples
     recipe["verification"] = {
         "status": "failed" if problems else "passed",
         "tolerance": tolerance,

@@ -173,6 +173,8 @@ def dequantized_folder(name: str | os.PathLike, cache_root: Path | None = None) 
     with FileLock(str(final.parent / f".{final.name}.lock")):
         if _recorded(final, digest) is not None:
             return final  # another process finished it while this one waited
+        for stale in final.parent.glob(f".{final.name}.tmp-*"):  # left by a killed process: the
+            shutil.rmtree(stale, ignore_errors=True)  # lock is held, so no one is writing it
         tmp = final.parent / f".{final.name}.tmp-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         try:
             _dequantize_into(path, tmp, info)
@@ -200,11 +202,14 @@ def _dequantize_into(path: Path, out: Path, info: GGUFInfo) -> None:
             raise _unsupported(path, info.architecture) from exc
         raise UserError(f"cannot load GGUF model '{path}': {str(exc).splitlines()[0]}") from exc
     # A GGUF-loaded model refuses save_pretrained; the same architecture built from its config
-    # (without the quantization record) holding the dequantized weights saves normally.
+    # (without the quantization record) holding the dequantized weights saves normally. Built on
+    # the meta device and given the loaded tensors themselves: no second copy of the weights.
     config = loaded.config
-    del config.quantization_config
-    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    model.load_state_dict(loaded.state_dict())
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.load_state_dict(loaded.state_dict(), assign=True)
     model.generation_config = loaded.generation_config
     del loaded
     out.mkdir(parents=True)

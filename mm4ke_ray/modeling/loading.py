@@ -92,6 +92,11 @@ def load_tokenizer(name: str, trust_remote_code: bool = False):
     except OSError as exc:  # e.g. a hub id that does not exist, or the hub went away meanwhile
         raise UserError(f"cannot load the tokenizer of model '{name}': {str(exc).splitlines()[0]}; give a local "
                         "folder or a hub id that exists (and is reachable)") from exc
+    except ValueError as exc:
+        if "custom code" not in str(exc) and "trust_remote_code" not in str(exc):
+            raise
+        raise UserError(f"the tokenizer of model '{name}' needs its own Python code (tokenizer_config.json auto_map); "
+                        "set trust_remote_code only if you have read and trust that code") from None
     if check_auto_tokenizer(name, strict=False, tokenizer=tok) is not None:
         tok = PreTrainedTokenizerFast.from_pretrained(name)
     if tok.pad_token is None:

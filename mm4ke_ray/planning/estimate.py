@@ -60,11 +60,10 @@ class Estimate:
 def _eval_rounds(work: Workload) -> float:
     """Rounds of candidate evaluation on the critical path: per wave, its trials' candidates
     spread over the actors (each trial sends its candidates round-robin from its own offset)."""
-    c, total = max(1, work.concurrent_trials), 0
-    for first in range(0, work.trials, c):
-        in_wave = min(c, work.trials - first)
-        total += math.ceil(in_wave * work.candidates_per_delta / max(1, work.eval_actors))
-    return total
+    c, actors = max(1, work.concurrent_trials), max(1, work.eval_actors)
+    full, last = divmod(work.trials, c)  # arithmetic, not a loop over waves: `plan` answers for any count
+    per_wave = math.ceil(c * work.candidates_per_delta / actors)
+    return full * per_wave + (math.ceil(last * work.candidates_per_delta / actors) if last else 0)
 
 
 def estimate(work: Workload, units: UnitCosts, fixed: FixedCosts, gpus: int, cpus: float,

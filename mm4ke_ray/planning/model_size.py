@@ -112,7 +112,7 @@ def shape_from_config(cfg: dict, source: str, params: int | None = None) -> Mode
     return ModelShape(params=params, source=source, **shape)
 
 
-def _hub_reachable(timeout: float = 2.0) -> bool:
+def hub_reachable(timeout: float = 2.0) -> bool:
     """Whether the hub answers at all (its client would otherwise retry for ~25 s offline)."""
     import os
     import socket
@@ -134,7 +134,7 @@ def _hub_config(name: str) -> tuple[dict, Path | None] | None:
         return None
     path = None
     for local_only in (True, False):
-        if not local_only and not _hub_reachable():
+        if not local_only and not hub_reachable():
             break
         try:
             path = Path(hf_hub_download(name, "config.json", local_files_only=local_only))
@@ -173,3 +173,17 @@ def read_model_shape(name: str) -> ModelShape:
         f"model '{name}': no local folder, not in the Hugging Face cache, and the hub is not reachable; "
         "download its config.json (huggingface-cli download NAME config.json) or give a local folder"
     )
+
+
+def go_offline() -> None:
+    """Make the Hugging Face clients of this process read their caches only: offline, each hub
+    read would otherwise retry for ~25 s (printing a line per retry) before failing."""
+    import os
+    import sys
+
+    os.environ["HF_HUB_OFFLINE"] = os.environ["HF_DATASETS_OFFLINE"] = "1"
+    # the clients read these at import: a loaded one is told directly
+    for module, attr in (("huggingface_hub.constants", "HF_HUB_OFFLINE"), ("datasets.config", "HF_HUB_OFFLINE"),
+                         ("datasets.config", "HF_DATASETS_OFFLINE")):
+        if module in sys.modules and hasattr(sys.modules[module], attr):
+            setattr(sys.modules[module], attr, True)

@@ -11,7 +11,7 @@ from mm4ke_ray.evaluate.precision import precision_report
 from mm4ke_ray.planning.costs import UnitCosts, stored_costs
 from mm4ke_ray.planning.estimate import Estimate, estimate
 from mm4ke_ray.planning.fixed_costs import RESULTS, FixedCosts, load_fixed_costs
-from mm4ke_ray.planning.model_size import ModelShape, read_model_shape
+from mm4ke_ray.planning.model_size import ModelShape, go_offline, hub_reachable, read_model_shape
 from mm4ke_ray.planning.workload import Workload, cluster_resources, workload
 
 
@@ -38,6 +38,8 @@ def _count_records(config: SweepConfig) -> int:
     from mm4ke_ray.data import load_edit_records
 
     d = config.data
+    if not Path(d.edits).expanduser().exists() and not hub_reachable():
+        go_offline()  # a cached hub dataset still counts; an uncached one fails at once (issue 26 §4)
     try:
         return len(load_edit_records(d.edits, limit=d.limit, skip_invalid=d.skip_invalid, fmt=d.format))
     except UserError as exc:  # a hub dataset offline, a missing file, ...: the planner only needs a count
@@ -72,7 +74,7 @@ def plan_sweep(config_path: str | Path, *, gpus: int = 0, cpus: float | None = N
                         "or plan for GPUs with --gpus N (stored figures per GPU kind)")
     if config is None:
         config = load_config(config_path, overrides)
-    if num_trials:
+    if num_trials is not None:  # validated like the config's own (0 is refused, not ignored)
         config = config.with_overrides(**{"search.num_trials": num_trials})
     results = Path(results) if results else RESULTS
     fixed = load_fixed_costs(results / "sweep.json")

@@ -55,7 +55,7 @@ from mm4ke_ray.modeling.encoding import (
 )
 from mm4ke_ray.rsft.config import RSFTConfig
 
-LOSS_DEFINITION = "mean token NLL over the supervised tokens (prompt tokens excluded; see supervision)"
+LOSS_DEFINITION = "mean token NLL over the supervised tokens: the answer tokens, in chat format with the end of turn (see supervision)"
 
 
 class DivergedError(RuntimeError):

@@ -19,7 +19,7 @@ from rich.console import Console
 from mm4ke_ray.delta import DELTA_FILE
 from mm4ke_ray.evaluate.scores import COMBINED
 from mm4ke_ray.schema import PRUNED_CANDIDATES, Tag, delta_folder
-from mm4ke_ray.search.progress import SweepProgress, wants_live
+from mm4ke_ray.search.progress import SweepProgress, rung_line, wants_live
 from mm4ke_ray.tracking.records import (
     candidate_rows,
     candidate_run,
@@ -111,6 +111,7 @@ class SweepCallback(Callback):
         self.pending: dict[str, tuple] = {}  # trial id → (trial, result) waiting for that save
         self.checkpoints: dict = {}  # trial id → its checkpoint (delta + result), registered by Tune
         self.check_orphans = False  # set by resume_from: look once at the restored trials
+        self.earlier: list[dict] = []  # candidates copied from earlier sweeps (--warm-start): count for "best"
 
     def __getstate__(self):
         # Tune pickles its callbacks with the experiment state; the MLflow client and console are
@@ -150,6 +151,7 @@ class SweepCallback(Callback):
                 self.logged.add(trial.trial_id)
                 self.done += 1
                 self._log_pruned(trial, result, group)
+                self._say_rungs(trial, result)
             elif not rows:
                 return
             if rows:
@@ -172,6 +174,13 @@ class SweepCallback(Callback):
             self.tracker.log_candidate(row["candidate"], *pruned_run(row, trial.trial_id), run_name=row["run_name"],
                                        trial=group)
             group.pop(SYSTEM_METRICS, None)
+
+    def _say_rungs(self, trial, result: dict) -> None:
+        """A line per halving trial: how many candidates each rung evaluated, how many were pruned."""
+        cands = [*(result.get("candidates") or []), *(result.get(PRUNED_CANDIDATES) or [])]
+        reached = [c["metrics"]["fidelity.rung"] for c in cands if "fidelity.rung" in (c.get("metrics") or {})]
+        if line := rung_line(_label(trial), reached):
+            self.console.print(line)
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         if result.get("candidates") is None and result.get("status") in (None, "ok"):
@@ -282,7 +291,8 @@ class SweepCallback(Callback):
         self.check_orphans = True
 
     def _best(self) -> float:
-        return max((r.get(COMBINED.name, float("-inf")) for r in self.rows), default=float("nan"))
+        # the copied-in front counts (issue 26 §4): "best" is the best the front holds
+        return max((r.get(COMBINED.name, float("-inf")) for r in (*self.earlier, *self.rows)), default=float("nan"))
 
     def _summary(self, short: bool = False) -> str:
         minutes = max((time.time() - self.started) / 60, 1e-9)

@@ -38,6 +38,7 @@ from mm4ke_ray.search.actors import start_pool, stop_pool
 from mm4ke_ray.search.callback import SweepCallback
 from mm4ke_ray.search.constraints import minimums
 from mm4ke_ray.search.front_board import drop_front, new_front_key, publish_front
+from mm4ke_ray.search.interrupt import catch_interrupt
 from mm4ke_ray.search.local_ray import init_local_ray
 from mm4ke_ray.search.resources import TRIAL_RESOURCES, Plan, plan_resources
 from mm4ke_ray.search.resume import (
@@ -65,6 +66,7 @@ from mm4ke_ray.storage import is_uri, local_storage_warning, normalize_storage_p
 from mm4ke_ray.tracking.mlflow_tracker import SweepTracker
 from mm4ke_ray.tracking.pareto_artifacts import ParetoPublisher
 from mm4ke_ray.tracking.query import ui_runs_url
+from mm4ke_ray.tracking.store_check import absolute_uri
 from mm4ke_ray.tracking.sweep_run import logged_so_far, open_sweep_run
 from mm4ke_ray.tracking.tables import (
     counts_line,
@@ -73,6 +75,7 @@ from mm4ke_ray.tracking.tables import (
     print_table,
     reference_rows,
 )
+from mm4ke_ray.tracking.ui_command import absolute_store_uri, ui_command
 from mm4ke_ray.tracking.warm_start import (
     WarmSource,
     load_warm_sources,
@@ -129,6 +132,7 @@ class SweepRun:
     warm: list[WarmSource] = field(default_factory=list)  # --warm-start sources, checked (new sweep)
     warm_rows: list[dict] = field(default_factory=list)  # their candidates as copied into this sweep
     front_key: str | None = None  # halving against the front: where trials read it (front_board.py)
+    parent_closed: bool = False  # the parent run got its final status (`_finish`)
 
     @property
     def resumed(self) -> bool:
@@ -147,8 +151,11 @@ def run_sweep(config: SweepConfig, *, source: str = "<config>", address: str | N
         raise ValueError("the config names the demo: resolve it first (mm4ke_ray.demo.resolve.resolve_demo)")
     if smoke_test:
         config = config.with_overrides(**{"search.num_trials": 4, "merge.extra_candidates": max(2, min(3, config.merge.extra_candidates))})
-    if num_trials:
+    if num_trials is not None:
         config = config.with_overrides(**{"search.num_trials": num_trials})
+    if (uri := absolute_uri(config.tracking.uri)) != config.tracking.uri:
+        # Recorded absolute in the manifest: `--resume` from any directory opens the same store.
+        config = config.with_overrides(**{"tracking.uri": uri})
     preflight(config, source)
     warm = load_warm_sources(list(warm_start), fingerprint_fields(config)) if warm_start else []
     return _execute(config, source, address, manifest=None, warm=warm)
@@ -162,7 +169,7 @@ def resume_sweep(folder: str, *, address: str | None = None) -> SweepOutcome:
     """
     manifest = read_manifest(folder)
     config = validate_config(manifest.config, f"{manifest.experiment_dir}/{MANIFEST}")
-    preflight(config, manifest.source)
+    preflight(config, manifest.source, existing_store=True)  # a resume never starts an empty store
     return _execute(config, manifest.source, address, manifest=manifest)
 
 
@@ -224,6 +231,17 @@ def _with_pool(run: SweepRun) -> SweepOutcome:
     run.tracker, run.parent = open_sweep_run(config, run.experiment_dir, eval_actors=plan.actors,
                                              max_concurrent=plan.max_concurrent,
                                              parent_run_id=manifest.parent_run_id if manifest else None)
+    try:
+        return _logged_and_tuned(run, open_clock)
+    except BaseException as exc:  # whatever fails once the parent is open: it ends FAILED, with the reason
+        if not run.parent_closed:
+            _fail_parent(run.tracker, exc)
+        raise
+
+
+def _logged_and_tuned(run: SweepRun, open_clock: float) -> SweepOutcome:
+    """Read back (resume) or record (new) what the parent run holds, then tune."""
+    config, manifest, plan = run.config, run.manifest, run.plan
     if manifest:
         rows, run.finished, run.base_logged = logged_so_far(run.tracker, run.parent)
         run.rows, run.warm_rows = warm_rows(rows)  # the study holds the warm points already
@@ -275,6 +293,7 @@ def _tune(run: SweepRun) -> SweepOutcome:
             publisher(rows)
 
     callback = SweepCallback(tracker, config.search.num_trials, on_rows=on_rows)
+    callback.earlier = list(run.warm_rows)
     if run.resumed:
         callback.resume_from(run.rows, run.finished)
     trainable = tune.with_resources(tune.with_parameters(sweep_trial, ctx=_trial_context(run)), TRIAL_RESOURCES)
@@ -282,24 +301,51 @@ def _tune(run: SweepRun) -> SweepOutcome:
     # Tune's default loggers include TensorBoard's, which cannot log our nested results (a long
     # "invalid value" dump per trial): only the JSON (result.json) and CSV loggers are kept.
     os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "1"
-    if run.resumed:
-        tuner, searcher = restore_tuner(run.experiment_dir, trainable, [callback, *_result_loggers()]), None
-    else:
-        tuner, searcher = _new_tuner(run, trainable, callback)
-        _tell_warm_start(run, searcher, tracker)
-    status = "FAILED"
+    status, reason = "FAILED", None
     fit_clock, tracker.in_fit = time.perf_counter(), True
     try:
-        grid = tuner.fit()
-        status = "FINISHED"
+        # Inside the try: a Tune state that cannot be restored also ends the parent run FAILED.
+        if run.resumed:
+            tuner, searcher = restore_tuner(run.experiment_dir, trainable, [callback, *_result_loggers()]), None
+        else:
+            tuner, searcher = _new_tuner(run, trainable, callback)
+            _tell_warm_start(run, searcher, tracker)
+        with catch_interrupt() as interrupt:
+            grid = tuner.fit()
+        status, reason = ("KILLED", "interrupted (Ctrl-C)") if interrupt.seen else ("FINISHED", None)
+    except BaseException as exc:
+        status, reason = ("KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED"), _reason(exc)
+        raise
     finally:
         run.timings.fit, tracker.in_fit = time.perf_counter() - fit_clock, False
         if run.front_key:
             drop_front(run.front_key)
+        if reason:
+            tracker.set_sweep_tags({Tag.REASON: reason})
         spool = _finish(tracker, publisher, callback, status)
+        run.parent_closed = True
+    if interrupt.seen:
+        console.print(f"[bold yellow]sweep {config.name} interrupted[/]: finished trials are kept in {run.experiment_dir}",
+                      soft_wrap=True)
+        print_command(console, "  continue it with:", f"{executable('mm4ke-ray')} sweep --resume {run.experiment_dir}")
+        raise KeyboardInterrupt
     outcome = _outcome(run, callback.rows, base, grid, searcher or restored_searcher(tuner), spool)
     _print_summary(outcome, config)
     return outcome
+
+
+def _reason(exc: BaseException) -> str:
+    return "interrupted (Ctrl-C)" if isinstance(exc, KeyboardInterrupt) else f"{type(exc).__name__}: {exc}"[:500]
+
+
+def _fail_parent(tracker, exc: BaseException) -> None:
+    """End the parent run FAILED with the reason: a sweep that stopped is never left RUNNING."""
+    try:
+        tracker.set_sweep_tags({Tag.REASON: _reason(exc)})
+        tracker.finish("KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
+        tracker.flush()
+    except Exception:  # noqa: BLE001 - the original error is the one to report
+        pass
 
 
 def _new_tuner(run: SweepRun, trainable, callback):
@@ -394,10 +440,13 @@ def _print_summary(out: SweepOutcome, config: SweepConfig) -> None:
     print_breakdown(console, out.timings)
     uri = config.tracking.uri
     if uri.startswith("sqlite"):
-        print_command(console, "[bold]Open MLflow:[/]",
-                      f"{executable('mlflow')} ui --backend-store-uri {uri} --host 127.0.0.1 --port 5000")
+        print_command(console, "[bold]Open MLflow:[/]", ui_command(executable("mlflow"), uri))
         if url := ui_runs_url(uri, out.parent_run_id):
             print_command(console, "  then open", url)
+        # by run id: a later sweep of the same config shares the name (`--sweep NAME` then refuses)
+        store = absolute_store_uri(uri)
+        print_command(console, "[bold]This sweep's front:[/]",
+                      f"{executable('mm4ke-ray')} pareto --tracking-uri {store} --sweep {out.parent_run_id}")
     else:
         console.print(f"[bold]MLflow:[/] {uri}")
 

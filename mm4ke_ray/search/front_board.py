@@ -46,7 +46,15 @@ def read_front(key: str | None) -> list[list[float]]:
     if key is None:
         return []
     raw = internal_kv._internal_kv_get(key, namespace=_NAMESPACE)
-    return json.loads(raw) if raw else []
+    try:
+        points = json.loads(raw) if raw else []
+    except ValueError:
+        return []
+    # Read back as absent unless it is what `publish_front` writes: a list of [edit, general] numbers.
+    ok = isinstance(points, list) and all(
+        isinstance(p, list) and len(p) == len(OBJECTIVES) and all(isinstance(v, int | float) and not isinstance(v, bool) for v in p)
+        for p in points)
+    return points if ok else []
 
 
 def drop_front(key: str) -> None:

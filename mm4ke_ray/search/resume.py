@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickletools
 import socket
 import time
 from dataclasses import asdict, dataclass
@@ -18,6 +19,7 @@ from pathlib import Path
 
 from mm4ke_ray.errors import UserError
 from mm4ke_ray.storage import filesystem, is_uri
+from mm4ke_ray.tracking.store_check import absolute_uri
 
 MANIFEST = "mm4ke-sweep.json"
 CLAIM = ".mm4ke-claim"  # created first, exclusively: the folder belongs to one sweep
@@ -125,17 +127,76 @@ def read_manifest(folder: str) -> Manifest:
             raise UserError(f"--resume {folder}: {MANIFEST} is not valid JSON ({exc})") from None
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise UserError(f"--resume {folder}: {MANIFEST} has an unknown format; it was written by another version")
+    shapes = {"config": dict, "source": str, "parent_run_id": str, "experiment_dir": str, "created": int | float}
+    if bad := [k for k, kind in shapes.items() if not isinstance(data.get(k), kind)] + sorted(set(data) - {*shapes, "format"}):
+        raise UserError(f"--resume {folder}: {MANIFEST} is damaged (field(s) {', '.join(bad)} missing, of the wrong "
+                        "type or unknown); restore it from a copy, or start the sweep again without --resume")
     if not _exists(join(folder, "tuner.pkl")):
         raise UserError(
             f"--resume {folder}: the sweep stopped before its first trial was scheduled (no Tune state); "
             "start it again without --resume"
         )
+    if not is_uri(folder) and (problem := _journal_problem(Path(folder) / STUDY_FILE)):
+        raise UserError(f"--resume {folder}: {STUDY_FILE} (the Optuna study) is damaged ({problem}); restore the "
+                        "folder from a copy, or start the sweep again without --resume")
+    if problem := _pickle_problem(join(folder, "tuner.pkl")):
+        raise UserError(f"--resume {folder}: tuner.pkl (Tune's state) is damaged ({problem}), so the sweep cannot be "
+                        "continued; restore the folder from a copy, or start the sweep again without --resume")
     # The folder may have been moved or copied since: every path of the sweep is re-derived from
     # where it is now (Tune's own state follows `Tuner.restore(folder)`; the study: restore_tuner).
     data["experiment_dir"] = folder
     if isinstance(data.get("config"), dict):
-        data["config"]["storage_path"] = folder.rsplit("/", 1)[0] if is_uri(folder) else str(Path(folder).parent)
+        config = data["config"]
+        tracking = config.get("tracking")
+        if isinstance(tracking, dict) and isinstance(tracking.get("uri"), str) and not is_uri(folder):
+            # Older manifests keep the relative `sqlite:///runs/...` the sweep started with: the
+            # store is where it was, relative to the directory the sweep started in, not to ours.
+            tracking["uri"] = absolute_uri(tracking["uri"], _start_dir(folder, config.get("storage_path")))
+        config["storage_path"] = folder.rsplit("/", 1)[0] if is_uri(folder) else str(Path(folder).parent)
     return Manifest(**data)
+
+
+def _journal_problem(path: Path) -> str | None:
+    """Why the Optuna journal at `path` cannot be read back (None when absent or whole): each
+    line one JSON operation (`op_code`); only the last may be cut by a crash mid-write."""
+    if not path.is_file():
+        return None
+    lines = path.read_bytes().splitlines()
+    for number, line in enumerate(lines, start=1):
+        try:
+            op = json.loads(line)
+        except ValueError:
+            if number == len(lines):
+                continue
+            return f"line {number} is not JSON"
+        if not isinstance(op, dict) or "op_code" not in op:
+            return f"line {number} is not an Optuna journal operation"
+    return None
+
+
+def _pickle_problem(path: str) -> str | None:
+    """Why the pickle at `path` is cut or corrupted (None when whole): its opcodes are walked to
+    STOP without building any object, so nothing in it runs, before any side effect of a resume."""
+    fs, p = filesystem(path)
+    with fs.open_input_stream(p) as f:
+        data = f.readall()
+    try:
+        for _ in pickletools.genops(data):
+            pass
+    except Exception as exc:  # noqa: BLE001 - any failure to parse is damage
+        return str(exc) or type(exc).__name__
+    return None
+
+
+def _start_dir(folder: str, storage_path) -> Path | None:
+    """The directory a sweep started in, when its storage path was relative and the folder is
+    still below it (`runs/ray` + `/x/runs/ray/demo` → `/x`); None when that cannot be told."""
+    if not isinstance(storage_path, str) or is_uri(storage_path) or Path(storage_path).expanduser().is_absolute():
+        return None
+    parts, parent = Path(storage_path).parts, Path(folder).parent
+    if parts and parent.parts[-len(parts):] == parts:
+        return Path(*parent.parts[:-len(parts)])
+    return None
 
 
 def manifest_for(config, source: str, parent_run_id: str, experiment_dir: str) -> Manifest:

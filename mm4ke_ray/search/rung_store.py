@@ -41,6 +41,24 @@ def delta_digest(delta: Mapping[str, torch.Tensor]) -> str:
     return h.hexdigest()
 
 
+def _rungs(raw) -> dict[int, dict[int, dict]]:
+    """{rung: {candidate index: metrics}} from a record's `rungs`; TypeError/ValueError when any
+    part has another shape (`null`, a list, keys that are not numbers, metrics that are not a
+    mapping of numbers): a half-valid record is ignored whole, as an absent one."""
+    if not isinstance(raw, dict):
+        raise TypeError(f"rungs is {type(raw).__name__}, not a mapping")
+    out: dict[int, dict[int, dict]] = {}
+    for rung, got in raw.items():
+        if not isinstance(got, dict):
+            raise TypeError(f"rung {rung!r} is {type(got).__name__}, not a mapping")
+        out[int(rung)] = {}
+        for index, metrics in got.items():
+            if not isinstance(metrics, dict) or not all(isinstance(k, str) for k in metrics):
+                raise TypeError(f"rung {rung!r} candidate {index!r} has no metrics mapping")
+            out[int(rung)][int(index)] = metrics
+    return out
+
+
 class RungStore:
     """The rung results of one trial's candidates, read back and written after every rung.
 
@@ -65,9 +83,13 @@ class RungStore:
         except (OSError, ValueError) as exc:
             log.warning("ignoring the unreadable rung record %s: %s", self.path, exc)
             return {}
-        if doc.get("format") != FORMAT or doc.get("key") != self.key:
-            return {}  # another delta, other candidates or another plan: nothing of it applies
-        return {int(r): {int(i): m for i, m in got.items()} for r, got in doc.get("rungs", {}).items()}
+        if not isinstance(doc, dict) or doc.get("format") != FORMAT or doc.get("key") != self.key:
+            return {}  # not a record, another delta, other candidates or another plan: nothing applies
+        try:
+            return _rungs(doc.get("rungs"))
+        except (TypeError, ValueError, AttributeError) as exc:
+            log.warning("ignoring the rung record %s of the wrong shape: %s", self.path, exc)
+            return {}
 
     def get(self, rung: int) -> dict[int, dict]:
         """What rung `rung` already scored, by candidate index (empty when nothing)."""

@@ -27,6 +27,7 @@ from mlflow.entities import Metric, Param, RunTag
 from mm4ke_ray.errors import UserError
 from mm4ke_ray.schema import ROLE_TRIAL, Tag
 from mm4ke_ray.tracking.health import reachable
+from mm4ke_ray.tracking.store_check import check_store
 from mm4ke_ray.tracking.system_samples import (
     SYSTEM_METRICS,
     TRIAL_END_MS,
@@ -36,6 +37,10 @@ from mm4ke_ray.tracking.system_samples import (
 
 SPOOL_FILE = "mlflow-spool.jsonl"
 HEADER = "header"
+SPOOL_FORMAT = "mm4ke-mlflow-spool"  # the header's `format`: what tells a spool from any other JSON Lines file
+SPOOL_VERSION = 1
+# Every op `send_record` performs; a file with any other op is not (this version's) spool.
+OPS = frozenset({HEADER, "candidate", "batch", "artifacts", "artifact", "text", "status", "trial_mark"})
 
 
 def _metrics(items: list) -> list[Metric]:
@@ -188,13 +193,14 @@ class Spool:
             out.write(json.dumps(record) + "\n")
 
     def _header(self) -> dict:
-        return {"op": HEADER, "uri": self.uri, "experiment_id": self.experiment_id,
+        return {"op": HEADER, "format": SPOOL_FORMAT, "version": SPOOL_VERSION, "uri": self.uri,
+                "experiment_id": self.experiment_id,
                 "parent_run_id": self.parent_run_id, "created": time.time()}
 
     def _rewrite(self, records: list[dict]) -> None:
         if not records:
             self.path.unlink(missing_ok=True)
-            shutil.rmtree(self.files, ignore_errors=True)
+            _remove_if_empty(self.files)  # only the copies this spool made were removed (`_sent`)
             return
         tmp = self.path.with_suffix(".tmp")
         tmp.write_text("".join(json.dumps(r) + "\n" for r in [self._header(), *map(self._stored, records)]))
@@ -219,11 +225,21 @@ class Spool:
                         continue
                     return False
                 left.pop(0)
+                self._sent(record)
                 if on_sent:
                     on_sent(record, run_id)
             return True
         finally:
             self._rewrite(left)
+
+    def _sent(self, record: dict) -> None:
+        """Remove a sent artifact record's copy: its own `<files>/<uuid>` folder, nothing else."""
+        local = record.get("local")
+        if record.get("op") in ("artifacts", "artifact") and local:
+            copy = Path(local)
+            if copy.is_relative_to(self.files) and copy != self.files:
+                own = self.files / copy.relative_to(self.files).parts[0]
+                shutil.rmtree(own, ignore_errors=True)
 
     def _reject(self, record: dict, exc: Exception) -> None:
         with self.rejected_path.open("a") as out:
@@ -263,10 +279,14 @@ def replay_spool(path: str | Path, uri: str | None = None) -> ReplayReport:
     if not path.is_file():
         raise UserError(f"--replay-spool {path}: no such spool file; a sweep prints its spool path when it ends "
                         f"with unsent MLflow records ({SPOOL_FILE} in the sweep's storage folder)")
+    if problem := spool_problem(path):
+        raise UserError(f"--replay-spool {path}: not an MLflow spool of mm4ke-ray: {problem}; nothing was read, "
+                        f"sent or changed. Give the {SPOOL_FILE} a sweep printed")
     header = spool_header(path)
     uri = uri or header.get("uri")
     if not uri:
         raise UserError(f"--replay-spool {path}: the file has no header naming its tracking URI; give --tracking-uri")
+    check_store(uri, create=True, what=f"--replay-spool {path}: its tracking URI")  # never into another app's database
     spool = Spool(path, uri, header.get("experiment_id"), header.get("parent_run_id"))
     rejected_before = _count_lines(spool.rejected_path)
     total = len(spool.records())
@@ -275,6 +295,46 @@ def replay_spool(path: str | Path, uri: str | None = None) -> ReplayReport:
     rejected = _count_lines(spool.rejected_path) - rejected_before
     return ReplayReport(sent=total - left - rejected, left=left, rejected=rejected, path=str(path), uri=uri,
                         parent_run_id=header.get("parent_run_id"))
+
+
+def _remove_if_empty(folder: Path) -> None:
+    try:
+        folder.rmdir()
+    except OSError:  # absent, or holds files that are not this spool's sent copies: kept
+        pass
+
+
+def spool_problem(path: str | Path) -> str | None:
+    """Why `path` is not a spool this version can replay (None when it is one).
+
+    Checked before anything is read as a record, sent, rewritten or deleted: replaying a file
+    that is not a spool would reject each line and then remove the file (and a `<stem>-files`
+    folder beside it). A spool's first line is its header (`op: header`, a tracking `uri`; spools
+    since `format` was added name it and their version), and every later line has a known `op`.
+    """
+    lines = [line for line in Path(path).read_text(errors="replace").splitlines() if line.strip()]
+    try:
+        header = json.loads(lines[0]) if lines else None
+    except ValueError:
+        header = None
+    if not isinstance(header, dict) or header.get("op") != HEADER or not isinstance(header.get("uri"), str):
+        return "its first line is not a spool header ({\"op\": \"header\", \"uri\": ...})"
+    if header.get("format", SPOOL_FORMAT) != SPOOL_FORMAT:
+        return f"its header names the format {header.get('format')!r}, not {SPOOL_FORMAT!r}"
+    version = header.get("version", 1)
+    if not isinstance(version, int) or version > SPOOL_VERSION:
+        return f"its header has version {version!r}; this mm4ke-ray reads spools up to version {SPOOL_VERSION}"
+    for number, line in enumerate(lines[1:], start=2):
+        try:
+            record = json.loads(line)
+        except ValueError:
+            if number == len(lines):  # the last line cut by a crash mid-write: skipped by `records`
+                continue
+            return f"line {number} is not JSON"
+        if not isinstance(record, dict) or record.get("op") not in OPS:
+            op = record.get("op") if isinstance(record, dict) else None
+            return f"line {number} has no known spool op (got {op!r}; known: {', '.join(sorted(OPS))})"
+    return None
 
 
 def _count_lines(path: Path) -> int:

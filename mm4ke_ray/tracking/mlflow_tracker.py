@@ -1,7 +1,7 @@
 """One MLflow parent run per sweep, one nested run per R-SFT trial, one per evaluated merge candidate.
 
 Layout: parent run (name = sweep name) → trial run per R-SFT trial ("t03 L1 lr3.2e-04 τ0.10",
-its R-SFT params) → candidate run per merge candidate of its delta ("t03 c2 α0.30 s0.57"),
+its R-SFT params) → candidate run per merge candidate of its delta ("α.30 s.57 t03c2"),
 tagged with its trial id and kind (sampled / pure_rsft / extra); the base model's run hangs
 off the parent. Every trial and candidate run carries the parent's id (`mm4ke.sweep_run_id`),
 which is how readers find a sweep's runs at any depth. Every call is a batched `log_batch`,

@@ -154,12 +154,16 @@ def write_front_png(rows: list[dict], path: str | Path, title: str, edit_mode: s
     best = best_candidate(rows)
     if best is not None and _xy(best) is not None:
         x, y = _xy(best)
+        # the label on the side of the point that faces the plot's centre, so it stays inside
+        (x_lo, x_hi), (y_lo, y_hi) = ax.dataLim.intervalx, ax.dataLim.intervaly
+        east, south = x < (x_lo + x_hi) / 2, y > (y_lo + y_hi) / 2
         ax.annotate(
             f"best combined: {best['candidate']}\n({COMBINED.name} {best[COMBINED.name]:.3f}, "
             f"α={best.get('alpha', float('nan')):.2f}, sparsity={best.get('sparsity', float('nan')):.2f})",
             (x, y),
-            xytext=(10, -28),
+            xytext=(10 if east else -10, -28 if south else 18),
             textcoords="offset points",
+            ha="left" if east else "right",
             fontsize=8,
             arrowprops={"arrowstyle": "->", "color": "#555555"},
             zorder=5,
@@ -169,7 +173,8 @@ def write_front_png(rows: list[dict], path: str | Path, title: str, edit_mode: s
     ax.set_ylabel(ylabel, fontsize=8)
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="lower left")
+    # below the plot, where it can cover neither a point nor the best candidate's label
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2, frameon=False)
     ax.text(
         0.99,
         0.99,
@@ -181,7 +186,7 @@ def write_front_png(rows: list[dict], path: str | Path, title: str, edit_mode: s
         color="#555555",
     )
     fig.tight_layout()
-    fig.savefig(path)
+    fig.savefig(path, bbox_inches="tight")
     return Path(path)
 
 
@@ -222,6 +227,21 @@ def _marker(kind: str, x: float, y: float, size: float, colour: str) -> str:
     return f'<circle cx="{x:.1f}" cy="{y:.1f}" r="{r:.1f}" fill="{colour}"'
 
 
+def _html_legend(rows: list[dict], pts: list[tuple[dict, tuple[float, float]]]) -> list[tuple]:
+    """(kind, text, colour, size) per legend entry of the HTML page, in drawing order."""
+    kinds = [*_STYLES, *sorted({r.get("kind") for r in rows} - set(_STYLES) - {None})]
+    legend = []
+    for kind in kinds:
+        label, _, colour, size = _STYLES.get(kind, (str(kind), "s", "#756bb1", 36))
+        if shown := sum(1 for r, _ in pts if r.get("kind") == kind and not _infeasible(r)):
+            legend.append((kind, f"{label} ({shown})", colour, size))
+    if greyed := sum(1 for r, _ in pts if _infeasible(r)):
+        legend.append((SAMPLED, f"{INFEASIBLE_LABEL} ({greyed})", INFEASIBLE_COLOUR, 36))
+    if front := sum(1 for r, _ in pts if r.get(ON_FRONT)):
+        legend.append(("front", f"Pareto front ({front})", "#d62728", 0))
+    return legend
+
+
 def write_front_html(rows: list[dict], path: str | Path, title: str, edit_mode: str | None = None) -> Path:
     """The PNG's plot as one self-contained HTML page: inline SVG, no script, no network.
 
@@ -229,8 +249,12 @@ def write_front_html(rows: list[dict], path: str | Path, title: str, edit_mode: 
     `<title>` tooltips needs neither scripts nor downloads there, and stays a few KB per point
     (plotly's inlined bundle was 4.6 MB and stayed blank in that viewer).
     """
-    w, h, left, right, top, bottom = 900, 600, 80, 230, 50, 70
     pts = [(r, _xy(r)) for r in rows if _xy(r) is not None]
+    legend = _html_legend(rows, pts)
+    # The legend sits in rows of two under the x-axis title, so a narrow frame (MLflow's artifact
+    # viewer beside its assistant panel) scales the whole picture instead of clipping a column.
+    legend_h = 22 * math.ceil(len(legend) / 2)
+    w, h, left, right, top, bottom = 900, 600 + legend_h, 80, 20, 50, 70 + legend_h
     xs = [p[0] for _, p in pts] or [0.0, 100.0]
     ys = [p[1] for _, p in pts] or [0.0, 100.0]
     pad_x, pad_y = (max(xs) - min(xs)) * 0.05 or 1.0, (max(ys) - min(ys)) * 0.05 or 1.0
@@ -242,8 +266,8 @@ def write_front_html(rows: list[dict], path: str | Path, title: str, edit_mode: 
     def sy(v: float) -> float:
         return h - bottom - (v - y0) / (y1 - y0) * (h - top - bottom)
 
-    out = [f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {w} {h}" width="{w}" height="{h}" '
-           'font-family="sans-serif" font-size="12">',
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {w} {h}" width="100%" '
+           f'style="max-width:{w}px;height:auto" font-family="sans-serif" font-size="12">',
            f'<text x="{w / 2}" y="24" text-anchor="middle" font-size="15">{escape(title)}</text>']
     for t in _ticks(x0, x1):
         out.append(f'<line x1="{sx(t):.1f}" x2="{sx(t):.1f}" y1="{top}" y2="{h - bottom}" stroke="#eee"/>'
@@ -254,7 +278,7 @@ def write_front_html(rows: list[dict], path: str | Path, title: str, edit_mode: 
     out.append(f'<rect x="{left}" y="{top}" width="{w - left - right}" height="{h - top - bottom}" '
                'fill="none" stroke="#999"/>')
     xlabel, ylabel = axis_labels(rows, edit_mode)
-    out.append(f'<text x="{(left + w - right) / 2}" y="{h - 24}" text-anchor="middle">{escape(xlabel)}</text>')
+    out.append(f'<text x="{(left + w - right) / 2}" y="{h - bottom + 40}" text-anchor="middle">{escape(xlabel)}</text>')
     lines = "".join(f'<tspan x="0" dy="{13 * (i > 0)}">{escape(t)}</tspan>' for i, t in enumerate(ylabel.split("\n")))
     out.append(f'<text transform="translate(18 {(top + h - bottom) / 2}) rotate(-90)" text-anchor="middle" '
                f'font-size="11">{lines}</text>')
@@ -264,15 +288,9 @@ def write_front_html(rows: list[dict], path: str | Path, title: str, edit_mode: 
         line = " ".join(f"{sx(a):.1f},{sy(b):.1f}" for a, b in zip(fx, fy, strict=True))
         out.append(f'<polyline points="{line}" fill="none" stroke="#d62728" stroke-dasharray="6 4"/>')
     kinds = [*_STYLES, *sorted({r.get("kind") for r in rows} - set(_STYLES) - {None})]
-    legend = []
     for kind in kinds:
-        label, _, colour, size = _STYLES.get(kind, (str(kind), "s", "#756bb1", 36))
-        members = [(r, p) for r, p in pts if r.get("kind") == kind]
-        if not members:
-            continue
-        if shown := sum(1 for r, _ in members if not _infeasible(r)):
-            legend.append((kind, f"{label} ({shown})", colour, size))
-        for r, (a, b) in members:
+        _, _, colour, size = _STYLES.get(kind, (str(kind), "s", "#756bb1", 36))
+        for r, (a, b) in ((r, p) for r, p in pts if r.get("kind") == kind):
             ring = (f'<circle cx="{sx(a):.1f}" cy="{sy(b):.1f}" r="9" fill="none" stroke="#d62728" '
                     'stroke-width="1.6"/>' if r.get(ON_FRONT) else "")
             greyed = _infeasible(r)
@@ -281,21 +299,21 @@ def write_front_html(rows: list[dict], path: str | Path, title: str, edit_mode: 
             out.append(f'<g class="point" data-candidate="{escape(str(r.get("candidate")))}"{flag}>{ring}'
                        f'{mark}><title>{escape(_hover(r))}</title>'
                        f'</{"polygon" if kind in (BASE, PURE_RSFT) else "circle"}></g>')
-    if greyed_count := sum(1 for r, _ in pts if _infeasible(r)):
-        legend.append((SAMPLED, f"{INFEASIBLE_LABEL} ({greyed_count})", INFEASIBLE_COLOUR, 36))
-    if front:
-        legend.append(("front", f"Pareto front ({len(front)})", "#d62728", 0))
     for i, (kind, text, colour, size) in enumerate(legend):
-        y = top + 14 + 22 * i
-        mark = (f'<circle cx="{w - right + 20}" cy="{y}" r="8" fill="none" stroke="{colour}" stroke-width="1.6"/>'
-                if kind == "front" else f'{_marker(kind, w - right + 20, y, size, colour)}/>')
-        out.append(f'{mark}<text x="{w - right + 34}" y="{y + 4}" font-size="11">{escape(text)}</text>')
+        x, y = left + 10 + (w - left - right) / 2 * (i % 2), h - legend_h + 6 + 22 * (i // 2)
+        mark = (f'<circle cx="{x:.1f}" cy="{y}" r="8" fill="none" stroke="{colour}" stroke-width="1.6"/>'
+                if kind == "front" else f'{_marker(kind, x, y, size, colour)}/>')
+        out.append(f'{mark}<text class="legend" x="{x + 14:.1f}" y="{y + 4}" font-size="11">{escape(text)}</text>')
     best = best_candidate(rows)
     if best is not None and _xy(best) is not None:
         a, b = _xy(best)
-        out.append(f'<text x="{sx(a) + 10:.1f}" y="{sy(b) + 22:.1f}" font-size="11" fill="#333">best combined: '
-                   f'{escape(str(best["candidate"]))} ({best[COMBINED.name]:.3f})</text>')
-    out.append(f'<text x="{w - right - 6}" y="{top + 16}" text-anchor="end" fill="#555">better ↗</text>')
+        # inside the plot, on the side of the point that faces its centre
+        east = sx(a) < (left + w - right) / 2
+        lx, anchor = (sx(a) + 10, "start") if east else (sx(a) - 10, "end")
+        ly = sy(b) + 22 if sy(b) < (top + h - bottom) / 2 else sy(b) - 14
+        out.append(f'<text class="best-label" x="{lx:.1f}" y="{ly:.1f}" text-anchor="{anchor}" font-size="11" '
+                   f'fill="#333">best combined: {escape(str(best["candidate"]))} ({best[COMBINED.name]:.3f})</text>')
+    out.append(f'<text x="{w - right}" y="{top - 8}" text-anchor="end" fill="#555">better ↗</text>')
     out.append("</svg>")
     page = ("<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>" + escape(title) + "</title>"
             "<style>body{margin:8px;font-family:sans-serif}.point:hover>*{stroke:#000;stroke-width:2}"

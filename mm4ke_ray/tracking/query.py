@@ -10,10 +10,10 @@ every metric as a float under its MLflow key ('.' where the sweep used '/').
 
 from __future__ import annotations
 
+import datetime as dt
 import math
 import re
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from mm4ke_ray.errors import UserError
 from mm4ke_ray.schema import (
@@ -26,6 +26,7 @@ from mm4ke_ray.schema import (
     WARM_START,
     Tag,
 )
+from mm4ke_ray.tracking.store_check import check_store
 
 _RUN_ID = re.compile(r"^[0-9a-f]{32}$")
 _PAGE = 1000
@@ -88,6 +89,7 @@ class Sweep:
     run_tags: dict[str, dict[str, str]] = field(default_factory=dict)  # run id → that run's tags
     others_with_name: int = 0  # older parent runs with the same sweep name (the newest is used)
     experiment_name: str = ""
+    pruned: list[str] = field(default_factory=list)  # candidate names and run ids halving stopped
 
     @property
     def base(self) -> dict | None:
@@ -104,6 +106,10 @@ class Sweep:
         for row in self.candidates:
             if pick in (row["run_id"], row["candidate"]):
                 return row
+        if pick in self.pruned:
+            raise UserError(f"candidate {pick!r} of sweep {self.name!r} was pruned: successive halving stopped it "
+                            "on a subset of the evaluation, so it has no full result to export; pick one of "
+                            "`mm4ke-ray pareto`'s candidates")
         failed = next((r for r in self.failed if pick in (r["run_id"], r["candidate"])), None)
         if failed is not None:
             raise UserError(
@@ -117,16 +123,11 @@ class Sweep:
 
 
 def open_client(uri: str):
-    """An MlflowClient for `uri` (a SQLite URI's folder must already hold the database)."""
+    """An MlflowClient for `uri`, which only reads: a SQLite URI must name an existing MLflow
+    database (MLflow would create or migrate its schema in any other file)."""
     from mlflow import MlflowClient
 
-    if uri.startswith("sqlite:///"):
-
-        db = Path(uri.removeprefix("sqlite:///")).expanduser()
-        if not db.is_file():
-            raise UserError(
-                f"--tracking-uri {uri!r}: no MLflow database at '{db}' (check the path; sweeps write runs/mlflow.db by default)"
-            )
+    check_store(uri, create=False)
     return MlflowClient(tracking_uri=uri)
 
 
@@ -157,7 +158,8 @@ def _experiment_ids(client, experiment: str | None) -> list[str]:
 
 
 def find_sweep_run(client, sweep: str, experiment: str | None = None):
-    """The parent run of `sweep` (a run id, or a sweep name: the newest such run); and how many older ones share the name."""
+    """The parent run of `sweep` (a run id, or a sweep name that only one sweep run has; a
+    UserError lists the run ids when several share it); and 0 (older runs sharing the name)."""
     if _RUN_ID.match(sweep):
         from mlflow.exceptions import MlflowException
 
@@ -192,7 +194,17 @@ def find_sweep_run(client, sweep: str, experiment: str | None = None):
             f"--sweep {sweep!r}: no sweep run with that name or run id in {where} of this tracking store "
             f"(sweeps found: {', '.join(known[:10]) or 'none'})"
         )
-    return runs[0], len(runs) - 1
+    if len(runs) > 1:  # a second sweep of the same config: never pick one silently (issue 26 §4)
+        listed = "; ".join(f"{r.info.run_id} (started {_started(r)}, {r.info.status.lower()})" for r in runs[:10])
+        raise UserError(
+            f"--sweep {sweep!r}: {len(runs)} sweep runs are named {sweep!r}; pass one by its run id "
+            f"(`--sweep RUN_ID`), newest first: {listed}"
+        )
+    return runs[0], 0
+
+
+def _started(run) -> str:
+    return dt.datetime.fromtimestamp((run.info.start_time or 0) / 1000, dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
 
 
 def candidate_id(run) -> str:
@@ -233,7 +245,7 @@ def load_sweep(uri: str, sweep: str, experiment: str | None = None) -> Sweep:
     """Read the sweep `sweep` (name or parent run id) and all its candidate runs from MLflow."""
     client = open_client(uri)
     parent, others = find_sweep_run(client, sweep, experiment)
-    ok, failed, run_tags = [], [], {}
+    ok, failed, run_tags, pruned = [], [], {}, []
     for run in candidate_runs(client, parent.info.experiment_id, parent.info.run_id):
         tags = run.data.tags
         run_tags[run.info.run_id] = dict(tags)
@@ -241,7 +253,7 @@ def load_sweep(uri: str, sweep: str, experiment: str | None = None) -> Sweep:
         if status == "ok":
             ok.append(candidate_row(run))
         elif status == PRUNED:  # stopped by successive halving: neither a candidate row nor a failure
-            continue
+            pruned += [run.info.run_id, candidate_id(run)]
         else:
             failed.append(
                 {
@@ -265,6 +277,7 @@ def load_sweep(uri: str, sweep: str, experiment: str | None = None) -> Sweep:
         run_tags=run_tags,
         others_with_name=others,
         experiment_name=client.get_experiment(parent.info.experiment_id).name,
+        pruned=pruned,
     )
 
 

@@ -33,8 +33,21 @@ def trial_label(trial_id: str, experiment_tag: str = "") -> str:
 
 
 def candidate_run_name(label: str, index: int, alpha: float, sparsity: float) -> str:
-    """A candidate run's display name, e.g. "t03 c2 α0.30 s0.57"; its id is the `mm4ke.candidate` tag."""
-    return f"{label} c{index} α{alpha:.2f} s{sparsity:.2f}"
+    """A candidate run's display name, e.g. "α.30 s.57 t03c2": what tells a trial's candidates
+    apart comes first, within the ~10 characters MLflow's runs table shows before "…" (the run
+    sits under its trial's run); its id is the `mm4ke.candidate` tag."""
+    return f"{merge_label(alpha, sparsity)} {label}c{index}"
+
+
+def merge_label(alpha: float, sparsity: float) -> str:
+    """"α.30 s.57": a merge's two numbers in the fewest characters."""
+    return f"α{_short(alpha)} s{_short(sparsity)}"
+
+
+def _short(fraction: float) -> str:
+    """0.3 → ".30", 1.0 → "1.00": two decimals without the leading zero."""
+    text = f"{fraction:.2f}"
+    return text[1:] if text.startswith("0.") else text
 
 
 def trial_run_name(label: str, params: dict) -> str:

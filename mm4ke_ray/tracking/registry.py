@@ -36,6 +36,17 @@ def _model_name(recipe: dict) -> str:
     return re.sub(r"[^\w.-]+", "-", f"{src['sweep_name']}-{src['candidate']}").strip("-")
 
 
+def _unused_name(client, experiment_id: str, run_id: str, name: str) -> tuple[str, int]:
+    """(`name` or `name-export2`, `-export3`, ... when earlier exports of the candidate hold it;
+    the export's number): each export is its own LoggedModel, told apart in the UI by its name."""
+    taken = {m.name for m in client.search_logged_models(experiment_ids=[experiment_id],
+                                                         filter_string=f"source_run_id = '{run_id}'")}
+    n = 1
+    while (found := name if n == 1 else f"{name}-export{n}") in taken:
+        n += 1
+    return found, n
+
+
 def _provenance_tags(recipe: dict) -> dict:
     src, m = recipe["source"], recipe["merge"]
     return {Tag.SWEEP: src["sweep_name"], Tag.SWEEP_RUN_ID: src["sweep_run_id"], Tag.CANDIDATE: src["candidate"],
@@ -46,7 +57,7 @@ def log_export_model(uri: str, out: str | Path, recipe: dict, upload: bool = Tru
     """The export `out` as an MLflow 3 LoggedModel of its candidate run, with the candidate's
     recorded metrics linked to it; `upload` logs the directory as the model's artifacts."""
     from mlflow import MlflowClient
-    from mlflow.entities import Metric
+    from mlflow.entities import LoggedModelOutput, Metric
 
     run_id = recipe["source"]["candidate_run_id"]
     client = MlflowClient(tracking_uri=uri)
@@ -57,9 +68,14 @@ def log_export_model(uri: str, out: str | Path, recipe: dict, upload: bool = Tru
     tags = _provenance_tags(recipe)
     if not upload:
         tags[Tag.EXPORT_DIR] = str(Path(out).resolve())
-    model = client.create_logged_model(client.get_run(run_id).info.experiment_id, name=_model_name(recipe),
-                                       source_run_id=run_id, tags=tags, params=params, model_type=MODEL_TYPE)
+    experiment_id = client.get_run(run_id).info.experiment_id
+    name, number = _unused_name(client, experiment_id, run_id, _model_name(recipe))
+    model = client.create_logged_model(experiment_id, name=name, source_run_id=run_id, tags=tags, params=params,
+                                       model_type=MODEL_TYPE)
     try:
+        # The run's "Logged models" field reads its outputs, as mlflow.<flavor>.log_model records
+        # them; one per step is kept, so each export of the candidate has its own.
+        client.log_outputs(run_id, [LoggedModelOutput(model.model_id, step=number - 1)])
         if upload:
             client.log_model_artifacts(model.model_id, str(out))
         now = int(time.time() * 1000)

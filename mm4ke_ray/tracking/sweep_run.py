@@ -81,7 +81,7 @@ def recorded_choices(config: SweepConfig) -> dict:
                    generation_extra_tokens="none" if ev.generation_extra_tokens is None else ev.generation_extra_tokens)
     if ev.general_tasks:
         # the same rule GeneralEvaluator.for_prompt_format applies: chat-edited models get the template
-        out.update(general_apply_chat_template=config.data.prompt_format == "chat",
+        out.update(general_apply_chat_template=config.general_chat_template,
                    general_limit=ev.general_limit if ev.general_limit is not None else "all",
                    general_shared_context=ev.shared_context,
                    general_retention=RETENTION_DEFINITION,

@@ -8,6 +8,7 @@ a pure R-SFT run) that are not on the front sit above a line, dimmed, apart from
 
 from __future__ import annotations
 
+import math
 import shutil
 import sys
 from pathlib import Path
@@ -94,8 +95,26 @@ def format_cell(value, missing: str = "-") -> str:
     return str(value)
 
 
+def column_cells(column: str, rows: list[dict]) -> list[str]:
+    """`column` of `rows` in one format, so its numbers line up and compare at a glance: fixed
+    point to 4 significant digits of the largest, or scientific when a value is tiny or huge."""
+    floats = [abs(v) for r in rows if isinstance(v := r.get(column), float) and math.isfinite(v)]
+    if not floats:
+        return [format_cell(r.get(column)) for r in rows]
+    top, small = max(floats), min((v for v in floats if v), default=0.0)
+    if top >= 1e5 or 0 < small < 1e-3:
+        fmt = "{:.2e}"
+    else:
+        fmt = "{:.%sf}".replace("%s", str(min(4, max(0, 3 - math.floor(math.log10(top)))))) if top else "{:.1f}"
+
+    def cell(value) -> str:
+        return fmt.format(value) if isinstance(value, float) and math.isfinite(value) else format_cell(value)
+
+    return [cell(r.get(column)) for r in rows]
+
+
 def _width(column: str, rows: list[dict]) -> int:
-    return max([len(label(column)), *(len(format_cell(r.get(column))) for r in rows)]) + _CELL_PAD
+    return max([len(label(column)), *(len(c) for c in column_cells(column, rows))]) + _CELL_PAD
 
 
 def fitting_columns(rows: list[dict], width: int | None, wide: bool = False) -> list[str]:
@@ -116,11 +135,14 @@ def fitting_columns(rows: list[dict], width: int | None, wide: bool = False) -> 
     return [c for c in present if c in shown]
 
 
-def candidate_table(rows: list[dict], title: str, width: int | None, wide: bool = False,
-                    references: list[dict] | None = None, caption: str | None = None) -> Table:
-    """`references` (dimmed, above a line) then `rows`, in the columns that fit `width`."""
+def candidate_table(rows: list[dict], title: str | None, width: int | None, wide: bool = False,
+                    references: list[dict] | None = None, columns: list[str] | None = None,
+                    caption: str | None = None) -> Table:
+    """`references` (dimmed, above a line) then `rows`, in `columns` or those that fit `width`;
+    `caption` (default `FAMILY_CAPTION` when an edit column is shown) under the table."""
     references = references or []
-    columns = fitting_columns([*references, *rows], width, wide)
+    every = [*references, *rows]
+    columns = columns or fitting_columns(every, width, wide)
     if any(c in EDIT_METRICS or c.startswith((GEN_PREFIX, *_PER_KIND)) for c in columns):
         caption = caption or FAMILY_CAPTION
     captions = [text for text in (REFERENCE_CAPTION if references else None, caption) if text]
@@ -128,12 +150,27 @@ def candidate_table(rows: list[dict], title: str, width: int | None, wide: bool 
     for c in columns:
         numeric = c not in _NO_WRAP
         table.add_column(label(c), no_wrap=True, justify="right" if numeric else "left")
-    for i, r in enumerate(references):
-        table.add_row(*[format_cell(r.get(c)) for c in columns], style="dim",
-                      end_section=i == len(references) - 1)
-    for r in rows:
-        table.add_row(*[format_cell(r.get(c)) for c in columns])
+    cells = list(zip(*(column_cells(c, every) for c in columns), strict=True))
+    for i, row in enumerate(cells[:len(references)]):
+        table.add_row(*row, style="dim", end_section=i == len(references) - 1)
+    for row in cells[len(references):]:
+        table.add_row(*row)
     return table
+
+
+def column_groups(rows: list[dict], width: int) -> list[list[str]]:
+    """Every column (`--wide`) as tables that each fit `width`: the columns that fit first, then
+    the candidate column with as many of the rest as fit, and so on; no line wraps."""
+    first = fitting_columns(rows, width)
+    rest = [c for c in fitting_columns(rows, None, True) if c not in first]
+    groups = [first]
+    while rest:
+        group, used = ["candidate"], 1 + _width("candidate", rows)
+        while rest and (len(group) == 1 or used + _width(rest[0], rows) <= width):
+            used += _width(rest[0], rows)
+            group.append(rest.pop(0))
+        groups.append(group)
+    return groups
 
 
 def print_table(rows: list[dict], title: str, wide: bool = False, references: list[dict] | None = None,
@@ -142,17 +179,32 @@ def print_table(rows: list[dict], title: str, wide: bool = False, references: li
     what the edit columns' prefixes mean (default `FAMILY_CAPTION` when such a column is shown)."""
     console = console or Console()
     width = console.width if console.is_terminal or console.record else 120
-    table = candidate_table(rows, title, None if wide else width, wide, references, caption)
     if not console.is_terminal and not console.record:
         console = Console(width=width)
-    if wide:  # every column at its natural width: the terminal may wrap lines, never values
-        before = console.width
-        every = [*(references or []), *rows]
-        console.width = max(before, 1 + sum(_width(c, every) for c in fitting_columns(every, None, True)))
-        console.print(table)
-        console.width = before
-    else:
-        console.print(table)
+    every = [*(references or []), *rows]
+    if wide:  # every column, in tables that each fit the width, the candidate repeated in each
+        groups = column_groups(every, width)
+        for i, columns in enumerate(groups):
+            part = f" ({i + 1}/{len(groups)})" if len(groups) > 1 else ""
+            console.print(candidate_table(rows, title + part if i == 0 else f"…{part}", width, True, references,
+                                          columns, caption))
+        return
+    table = candidate_table(rows, title, width, False, references, caption=caption)
+    console.print(table)
+    shown = {c.header for c in table.columns}
+    left = [c for c in fitting_columns(every, None, True) if label(c) not in shown]
+    if left:
+        console.print(f"[dim]{escape(left_out_note([label(c) for c in left], width))}[/]")
+
+
+def left_out_note(labels: list[str], width: int) -> str:
+    """One line, within `width`, naming as many left-out columns as fit and how to see them all."""
+    for n in range(len(labels), -1, -1):
+        names = ", ".join(labels[:n]) + (", …" if n < len(labels) else "")
+        note = f"{len(labels)} more column(s) left out to fit ({names}); --wide shows every column"
+        if len(note) <= width or n == 0:
+            return note
+    return ""
 
 
 def reference_rows(candidates: list[dict], front: list[dict]) -> list[dict]:

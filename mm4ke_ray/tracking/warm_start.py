@@ -24,6 +24,7 @@ from mm4ke_ray.fingerprint import differences
 from mm4ke_ray.schema import ALPHA, DENSITY, PARAM_COLUMNS, SEARCH_PARAMS, SPARSITY, WARM_START, Tag
 from mm4ke_ray.tracking.health import health_problem
 from mm4ke_ray.tracking.query import Sweep, load_sweep
+from mm4ke_ray.tracking.records import merge_label
 
 FORMAT_HINT = "give TRACKING_URI:SWEEP, e.g. sqlite:///runs/mlflow.db:my-sweep (SWEEP: a sweep name or its parent run id)"
 
@@ -54,6 +55,11 @@ def parse_spec(spec: str) -> tuple[str, str]:
     uri, _, sweep = spec.rpartition(":")
     if "://" not in uri or not sweep.strip() or sweep.startswith("/"):
         raise UserError(f"--warm-start {spec!r}: {FORMAT_HINT}")
+    host = uri.split("://", 1)[1].split("/", 1)[0]
+    if sweep.strip().isdigit() and uri.startswith(("http://", "https://")) and ":" not in host and "/" not in sweep:
+        # `http://host:5000` alone would be read as server `http://host`, sweep `5000`: the port was lost.
+        raise UserError(f"--warm-start {spec!r}: {sweep} looks like the server's port, and no sweep is named; "
+                        f"{FORMAT_HINT}, e.g. {spec}:my-sweep")
     return uri, sweep.strip()
 
 
@@ -109,7 +115,7 @@ def _copy(row: dict, source: WarmSource) -> tuple[str, dict, dict, dict, str]:
     tags = {Tag.KIND: row.get("kind") or "", Tag.STATUS: "ok", Tag.WARM_START_FROM: source.name,
             Tag.WARM_START_URI: source.uri, Tag.WARM_START_SWEEP_RUN_ID: source.sweep.run_id,
             Tag.WARM_START_RUN_ID: row["run_id"]}
-    name = f"warm {source.name} α{row.get(ALPHA, 0):.2f} s{row.get(SPARSITY, 0):.2f}"
+    name = f"{merge_label(row.get(ALPHA, 0), row.get(SPARSITY, 0))} warm {source.name}"  # as candidate_run_name
     return candidate, params, metrics, tags, name
 
 

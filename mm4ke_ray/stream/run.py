@@ -1,0 +1,96 @@
+"""A stream as `mm4ke-ray stream CONFIG` runs it: read and split the edits, resolve each round's
+settings (every config problem is reported here, before a model is loaded), run the rounds on
+one resident model, log every round to MLflow (step = round) and draw the retention curves."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from torch import nn
+
+from mm4ke_ray.config import SweepConfig
+from mm4ke_ray.errors import UserError
+from mm4ke_ray.evaluate.candidate import eval_settings
+from mm4ke_ray.stream.curves import curve_table, draw_retention
+from mm4ke_ray.stream.evaluation import StreamEvaluator, write_stream_edits
+from mm4ke_ray.stream.protocol import StreamResult, run_stream
+from mm4ke_ray.stream.rounds import load_stream
+from mm4ke_ray.stream.settings import round_settings
+
+PICTURE = "retention.png"
+TABLE = "retention.md"
+
+
+@dataclass
+class StreamOutcome:
+    result: StreamResult
+    folder: Path
+    picture: Path
+    table: str
+    run_id: str | None
+
+
+def _summary(metrics: dict) -> str:
+    keys = ("seen.gen.edit_succ", "seen.edit_succ", "gen.locality", "locality", "general_score")
+    return ", ".join(f"{k} {metrics[k]:.3g}" for k in keys if k in metrics)
+
+
+def run_stream_config(config: SweepConfig, folder: str | Path, *, device: str = "cpu", track: bool = True,
+                      log: Callable[[str], None] = print,
+                      watch: Callable[[int, nn.Module], None] | None = None) -> StreamOutcome:
+    """Run the stream `config.stream` describes into `folder` (deltas, manifest, curves).
+    `watch(t, model)`, if given, sees the resident model after each round t (0: the base)."""
+    if config.stream is None:
+        raise UserError("the config has no `stream:` section: add one (e.g. stream: {rounds: 10}) to run a stream")
+    stream = load_stream(config.stream, config.data.edits, data_format=config.data.format, limit=config.data.limit,
+                         skip_invalid=config.data.skip_invalid)
+    settings = round_settings(config, len(stream.rounds))
+    sizes = [len(r) for r in stream.rounds]
+    log(f"{len(stream.rounds)} rounds of {sizes} edits; base {config.model.name}")
+    folder = Path(folder)
+    edits_file = write_stream_edits(stream, folder)
+    evaluator = StreamEvaluator(eval_settings(config, device), edits_file, stream.round_of())  # loads the model
+    model, tokenizer = evaluator.model, evaluator.tokenizer
+    tracker = None
+    if track:
+        from mm4ke_ray.tracking.stream_run import (  # MLflow: only when tracking
+            log_round,
+            open_stream_run,
+        )
+
+        tracker = open_stream_run(config, folder, len(stream.rounds), sizes)
+
+    def on_round(t: int, metrics: dict) -> None:
+        log(f"round {t}{' (base)' if t == 0 else ''}: {_summary(metrics)}")
+        if tracker is not None:
+            log_round(tracker, t, metrics, settings[t - 1].merge_record() if t else None)
+        if watch is not None:
+            watch(t, model)
+
+    info = {"base_model": config.model.name, "dtype": config.model.dtype, "device": device,
+            "trust_remote_code": config.model.trust_remote_code, "prompt_format": config.data.prompt_format,
+            "edits": config.data.edits, "split": config.stream.model_dump(mode="json"), "sources": list(stream.sources),
+            "config": config.model_dump(mode="json")}  # what a rebuild re-reads and re-evaluates with
+    try:
+        result = run_stream(model, tokenizer, stream, settings, folder, evaluator=evaluator, info=info,
+                            on_round=on_round)
+        rows = [result.base_metrics] + [r.metrics for r in result.rounds]
+        table = curve_table(rows)
+        (folder / TABLE).write_text(table)
+        picture = draw_retention(rows, folder / PICTURE, title=f"{config.name}: {len(rows) - 1} rounds of {sizes[0]}"
+                                 f"{'+' if len(set(sizes)) > 1 else ''} edits")
+    except BaseException:
+        if tracker is not None:
+            tracker.finish("FAILED")
+        raise
+    run_id = None
+    if tracker is not None:
+        tracker.log_sweep_metrics(result.summary(), step=len(result.rounds))
+        for path in (picture, folder / TABLE, folder / "stream.json"):
+            tracker.log_artifact(path)
+        tracker.finish()
+        tracker.flush(wait_s=5.0)
+        run_id = tracker.parent_run_id
+    return StreamOutcome(result, folder, picture, table, run_id)
