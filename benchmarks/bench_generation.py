@@ -35,9 +35,14 @@ def hf_generate_one(model, prompt_ids, max_new_tokens: int, stops: set[int], pad
 
 
 def one_at_a_time(model, evaluator, stops) -> list[list[int]]:
-    """Every item of the evaluator, one `generate` call each, in the evaluator's item order."""
-    return [hf_generate_one(model, it.prompt_ids, it.max_new_tokens, stops, evaluator.pad_id)
-            for it in evaluator.items]
+    """Every item of the evaluator, one `generate` call each, in the evaluator's item order, cut
+    after the token that completes the evaluator's text stop ("." or newline; greedy decoding
+    makes the tokens before it the same whether or not generation went on)."""
+    out = []
+    for it in evaluator.items:
+        ids = hf_generate_one(model, it.prompt_ids, it.max_new_tokens, stops, evaluator.pad_id)
+        out.append(next((ids[:k] for k in range(1, len(ids) + 1) if evaluator.text_stop.ended(ids[:k])), ids))
+    return out
 
 
 def check_identical(model, evaluator, stops, single: list[list[int]], metrics) -> dict:
@@ -46,10 +51,9 @@ def check_identical(model, evaluator, stops, single: list[list[int]], metrics) -
 
     items = evaluator.items
     batched = greedy_generate(model, [it.prompt_ids for it in items], [it.max_new_tokens for it in items],
-                              stops, evaluator.pad_id, evaluator.batch_size, evaluator.newline)
-    # No newline token in a word-level vocabulary: both stop at a stop token or the bound only.
+                              stops, evaluator.pad_id, evaluator.batch_size, evaluator.text_stop)
     id_mismatches = sum(a != b for a, b in zip(batched, single, strict=True))
-    texts = [answer_text(evaluator.tokenizer, ids) for ids in single]
+    texts = [answer_text(evaluator.tokenizer, ids, evaluator.stop) for ids in single]
     scored = {}
     for row in metrics.per_record:
         for metric, entries in row["items"].items():

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import json
+from collections import Counter
 
 import pytest
 import torch
@@ -238,6 +239,17 @@ def hf_generate_one(model, prompt_ids, max_new_tokens, stops, pad_id) -> list[in
     return next((out[:k] for k, t in enumerate(out) if t in stops), out)
 
 
+class _EndsAt(TextStop):
+    """A text stop that ends a row at one given token (the batching check needs one that fires)."""
+
+    def __init__(self, tokenizer, token: int):
+        super().__init__(tokenizer)
+        self.token = token
+
+    def ended(self, ids) -> bool:
+        return ids[-1] == self.token
+
+
 def _perturbed(model, seed: int, scale: float = 0.05):
     edited = copy.deepcopy(model)
     gen = torch.Generator().manual_seed(seed)
@@ -251,7 +263,7 @@ def _perturbed(model, seed: int, scale: float = 0.05):
 def test_batched_equals_one_at_a_time(arch, tiny_tokenizer):
     records = load_edit_records(ZSRE, limit=15).records
     model = build_tiny_model(arch, len(tiny_tokenizer), hidden=32, layers=2, seed=4)
-    evaluator = GenerationEvaluator(tiny_tokenizer, records, batch_size=7)
+    evaluator = GenerationEvaluator(tiny_tokenizer, records, batch_size=7, max_new_tokens=12)
     items = evaluator.items
     prompts = [it.prompt_ids for it in items]
     bounds = [it.max_new_tokens for it in items]
@@ -262,8 +274,16 @@ def test_batched_equals_one_at_a_time(arch, tiny_tokenizer):
         assert greedy_generate(model, prompts, bounds, stops, 0, batch_size=batch_size) == single
     hf = [hf_generate_one(model, p, b, stops, 0) for p, b in zip(prompts, bounds, strict=True)]
     assert single == hf
+    # A text stop ends rows mid-batch (the WILD "." / newline; here a frequent token so that it
+    # fires in an untrained model): batched == one at a time == HF's, cut after the stop.
+    common = Counter(t for ids in hf for t in ids[1:]).most_common(1)[0][0]
+    text_stop = _EndsAt(tiny_tokenizer, common)
+    cut = [next((ids[:k] for k in range(1, len(ids) + 1) if text_stop.ended(ids[:k])), ids) for ids in hf]
+    assert sum(len(c) < len(h) for c, h in zip(cut, hf, strict=True)) > 2
+    for batch_size in (1, 5):
+        assert greedy_generate(model, prompts, bounds, stops, 0, batch_size, text_stop) == cut
     # Metrics do not depend on the batch size either.
-    one = GenerationEvaluator(tiny_tokenizer, records, batch_size=1)
+    one = GenerationEvaluator(tiny_tokenizer, records, batch_size=1, max_new_tokens=12)
     edited = _perturbed(model, seed=5)
     a = evaluator.evaluate(edited, evaluator.base_generations(model))
     b = one.evaluate(edited, one.base_generations(model))
@@ -289,7 +309,8 @@ def test_per_kind_means_in_generation_mode(path):
     raw, records = kind_fixture_records(path, 30)
     tokenizer = hand_tokenizer_for(records)
     base = build_tiny_model("qwen2", len(tokenizer), hidden=32, layers=2, seed=0)
-    evaluator = GenerationEvaluator(tokenizer, records, batch_size=16)
+    # An untrained model rarely stops: a short budget keeps the test quick (the means are the point).
+    evaluator = GenerationEvaluator(tokenizer, records, batch_size=16, max_new_tokens=12)
     metrics = evaluator.evaluate(_perturbed(base, seed=2, scale=0.5), evaluator.base_generations(base))
     for group in ("portability", "locality"):
         want = raw_kinds(raw, group)

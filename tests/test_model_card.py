@@ -132,3 +132,7 @@ def test_the_card_states_the_definitions_that_produced_the_numbers():
     # A sweep from before the definitions were recorded says so.
     old = model_card(_recipe("Qwen/Qwen2.5-7B-Instruct"))
     assert "unknown (definitions version 1)" in old and "Generated answers" not in old
+    before = _recipe("Qwen/Qwen2.5-7B-Instruct")
+    before["evaluation"].update(mode="both", generation_match="starts_with", generation_extra_tokens=4)
+    assert ("match `starts_with`, stop `newline` (not recorded: a sweep from before issue 23), at most the "
+            "target's tokens + 4") in model_card(before)

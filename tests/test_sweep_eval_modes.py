@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from conftest import KNOWEDIT
 
 from mm4ke_ray.config import validate_config
 from mm4ke_ray.errors import ConfigError
@@ -23,8 +24,7 @@ from mm4ke_ray.evaluate.scores import edit_family, edit_score
 from mm4ke_ray.modeling import mlp_parameter_names
 from mm4ke_ray.schema import EDIT_METRICS, GEN_EDIT_METRICS, gen_metric
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "knowedit"
-ZSRE = DATA / "benchmark_ZsRE_ZsRE-test-all.json"
+ZSRE = KNOWEDIT / "benchmark_ZsRE_ZsRE-test-all.json"
 DEMO_YAML = Path(__file__).resolve().parents[1] / "mm4ke_ray" / "demo" / "sweep.yaml"
 
 

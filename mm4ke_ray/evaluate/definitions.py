@@ -21,6 +21,3 @@ EDIT_DEFINITIONS = "2"
 # a short answer stops long before either).
 DEFAULT_MAX_NEW_TOKENS = 64
 
-# Which family each edit number is, as tables and the model card label them.
-FAMILY_LABELS = {"teacher-forced": "teacher-forced (EasyEdit token accuracy)",
-                 "generation": "generated (WILD: greedy answer, exact match)"}

@@ -51,11 +51,14 @@ def _definitions(ev: dict) -> list[str]:
     lines.append(f"- Aggregation (portability, locality): {ev.get('aggregation', 'unknown')} "
                  f"(definitions version {ev.get('edit_definitions', '1')})")
     if ev.get("mode", "teacher-forced") != "teacher-forced":
-        extra = ev.get("generation_extra_tokens")
-        lines.append(f"- Generated answers: match `{ev.get('generation_match')}`, stop `{ev.get('generation_stop')}` "
-                     f"({ev.get('generation_stop_rule') or 'rule not recorded'}), up to "
-                     f"{ev.get('generation_max_new_tokens')} new tokens"
-                     + (f" and the target's tokens + {extra}" if extra is not None else ""))
+        # A sweep from before issue 23 recorded neither stop nor budget: its rule was the newline.
+        stop = ev.get("generation_stop") or "newline"
+        rule = ev.get("generation_stop_rule") or "not recorded: a sweep from before issue 23"
+        budget = [f"up to {ev['generation_max_new_tokens']} new tokens"] if ev.get("generation_max_new_tokens") else []
+        if ev.get("generation_extra_tokens") is not None:
+            budget.append(f"at most the target's tokens + {ev['generation_extra_tokens']}")
+        lines.append(f"- Generated answers: match `{ev.get('generation_match', 'starts_with')}`, stop `{stop}` "
+                     f"({rule}), {', '.join(budget) or 'budget not recorded'}")
     return lines
 
 
