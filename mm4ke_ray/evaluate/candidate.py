@@ -357,8 +357,8 @@ def _general_items(result, base: dict[str, float], higher_is_better: dict[str, b
     """Per task, each document's item on the retention scale of the general objective: its value
     over the base's span above chance (value / (base − floor)), or for a perplexity −NLL over the
     mean words (`task_stats.paired_log_items`: differences in log retention, ≈ in retention near
-    1). None when a task has no per-document values or no base above its floor (then the general
-    difference cannot be paired)."""
+    1). A task whose base is at or below its floor is left out, as `general_score` leaves it out;
+    None when a task has no per-document values (then the general difference cannot be paired)."""
     out = {}
     for task, b in base.items():
         values = result.per_doc.get(task)
@@ -371,9 +371,8 @@ def _general_items(result, base: dict[str, float], higher_is_better: dict[str, b
             out[task] = paired_log_items(values, weights)
             continue
         span = b - (result.chance.get(task) or 0.0)
-        if span <= 0:
-            return None
-        out[task] = [v / span for v in values]
+        if span > 0:  # else its retention is undefined and `general_score` leaves the task out too
+            out[task] = [v / span for v in values]
     return out or None
 
 
