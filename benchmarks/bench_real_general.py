@@ -48,6 +48,8 @@ def main() -> None:
     p.add_argument("--tasks", default="sst2,logiqa,boolq,rte,wikitext")
     p.add_argument("--limit", type=int, default=100)
     p.add_argument("--max-words", type=int, default=16000)
+    p.add_argument("--max-length", type=int, default=2048, help="lm-eval's context window (rolling windows)")
+    p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--smoke-test", action="store_true")
     p.add_argument("--out")
     args = p.parse_args()
@@ -63,7 +65,8 @@ def main() -> None:
                              limit=None if name == "wikitext" else args.limit,
                              max_words=args.max_words if name == "wikitext" else None)
         folder = build_local_task(spec, cache)
-        ev = GeneralEvaluator(model, tok, [name], include_path=[folder], batch_size=8)
+        ev = GeneralEvaluator(model, tok, [name], include_path=[folder], max_length=args.max_length,
+                              batch_size=1 if name == "wikitext" else args.batch_size)
         start = time.perf_counter()
         r = ev.evaluate_result()
         seconds = time.perf_counter() - start

@@ -98,6 +98,10 @@ class EvaluationConfig(_Section):
         description="General tasks read from local files, not the hub, e.g. {sst2: /d/test-SentimentAnalysis.tsv, "
         "wikitext: {path: /d/wikitext-2/test.txt, max_words: 16000}}; each must be in general_tasks.",
     )
+    general_max_length: int | None = Field(
+        None, ge=16, description="lm-eval's context window in tokens (default the model's); a perplexity's rolling "
+        "windows fill it, so it bounds their memory and sets the context each token is scored with.",
+    )
     general_se_threshold: float = Field(
         0.05, gt=0, description="plan/validate warn when a task's retention SE at the configured limit exceeds this.",
     )

@@ -191,3 +191,17 @@ def test_unknown_builder_and_misplaced_budget_are_refused(tmp_path):
         read_documents(LocalTaskSpec("squad", str(FILES["sst2"])))
     with pytest.raises(UserError, match="max_words applies to wikitext only"):
         read_documents(LocalTaskSpec("sst2", str(FILES["sst2"]), max_words=10))
+
+
+def test_max_length_sets_the_perplexity_window(world):
+    """`evaluation.general_max_length` reaches lm-eval: shorter rolling windows score each token
+    with less context, so the perplexity changes (and their memory is bounded)."""
+    short = GeneralEvaluator(world["model"], world["tok"], ["wikitext"], include_path=world["folders"],
+                             max_length=32)
+    assert short.lm.max_length == 32 and short.settings["general.max_length"] == 32
+    full = world["ev"].evaluate_result().scores["wikitext"]
+    assert short.evaluate_result().scores["wikitext"] != pytest.approx(full, rel=1e-6)
+    config = validate_config({"evaluation": {"general_tasks": ["wikitext"], "general_max_length": 512}})
+    from mm4ke_ray.evaluate.candidate import eval_settings
+
+    assert eval_settings(config, "cpu").general_max_length == 512

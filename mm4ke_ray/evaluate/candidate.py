@@ -85,6 +85,7 @@ class EvalSettings:
     general_limit: int | float | None = None
     general_metrics: dict = field(default_factory=dict)  # {task: metric}; default its first
     local_tasks: tuple[LocalTaskSpec, ...] = ()  # general tasks built from local files (real_tasks)
+    general_max_length: int | None = None  # lm-eval's context window (None: the model's)
     merge_method: str = "magnitude"
     edit_weights: dict = field(default_factory=dict)
     combined_edit_weight: float = 0.5
@@ -118,7 +119,8 @@ def eval_settings(config: SweepConfig, device: str) -> EvalSettings:
         batch_size=config.evaluation.batch_size, fluency=config.evaluation.fluency,
         general_tasks=tuple(config.evaluation.general_tasks), task_include_path=config.evaluation.task_include_path,
         general_limit=config.evaluation.general_limit, general_metrics=dict(config.evaluation.general_metrics),
-        local_tasks=local_task_specs(config), merge_method=config.merge.method,
+        local_tasks=local_task_specs(config), general_max_length=config.evaluation.general_max_length,
+        merge_method=config.merge.method,
         edit_weights=dict(config.objectives.edit_weights), combined_edit_weight=config.objectives.combined_edit_weight,
         device=device, allow_pickle=config.model.allow_pickle, eval_mode=config.evaluation.mode,
         edit_mode=config.edit_mode, generation_match=config.evaluation.generation_match,
@@ -182,7 +184,7 @@ class CandidateEvaluator:
             include += build_local_tasks(list(s.local_tasks), task_cache_root())  # later paths win a name
             self.general_eval = GeneralEvaluator.for_prompt_format(
                 self.model, self.tokenizer, list(s.general_tasks), s.prompt_format, include_path=include or None,
-                limit=s.general_limit, metrics=s.general_metrics,
+                limit=s.general_limit, metrics=s.general_metrics, max_length=s.general_max_length,
             )
         if reference is not None:
             _check_reference(reference, s)

@@ -176,6 +176,7 @@ class GeneralEvaluator:
         seed: int = 0,
         apply_chat_template: bool = False,
         metrics: Mapping[str, str] | None = None,
+        max_length: int | None = None,
     ):
         tasks = list(tasks)
         if not tasks:
@@ -195,7 +196,11 @@ class GeneralEvaluator:
         self.apply_chat_template = bool(apply_chat_template)
         self._chosen = dict(metrics or {})
         self.task_dict, self.outputs = self._build_task_dict(tasks, include_path)
-        self.lm = _quiet_hflm_class()(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
+        # max_length: lm-eval's context window (default: the model's). A perplexity task's rolling
+        # windows fill it; a batch of 8 windows of 8,192 tokens took 18 GB on CPU for a 135M model.
+        self.max_length = max_length
+        extra = {"max_length": max_length} if max_length else {}
+        self.lm = _quiet_hflm_class()(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, **extra)
 
     @classmethod
     def for_prompt_format(cls, model, tokenizer, tasks, prompt_format: str = "plain", **kwargs):
@@ -264,6 +269,7 @@ class GeneralEvaluator:
         out: dict[str, Any] = {
             "general.apply_chat_template": self.apply_chat_template,
             "general.limit": self.limit,
+            "general.max_length": self.max_length,
         }
         out.update({f"general.{key}.metric": metric for key, _, metric, _ in self.outputs})
         return out

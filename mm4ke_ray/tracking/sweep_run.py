@@ -71,7 +71,7 @@ def recorded_choices(config: SweepConfig) -> dict:
         # the same rule GeneralEvaluator.for_prompt_format applies: chat-edited models get the template
         out.update(general_apply_chat_template=config.data.prompt_format == "chat",
                    general_limit=ev.general_limit if ev.general_limit is not None else "all",
-                   general_retention=RETENTION_DEFINITION,
+                   general_retention=RETENTION_DEFINITION, general_max_length=ev.general_max_length or "model",
                    **{f"general_local_task.{t}": lt.model_dump_json(exclude_none=True) for t, lt in ev.local_tasks.items()},
                    **{f"general_metric.{t}": ev.general_metrics.get(t, "first") for t in ev.general_tasks})
     return out
