@@ -147,6 +147,16 @@ class GeneralResult:
                 out[f"{prefix}.{key}.stderr"] = self.stderr[key]
         return out
 
+    def summary(self) -> list[str]:
+        """Per task one line: metric, score ± SE, chance floor (none for a perplexity), documents."""
+        out = []
+        for key, score in self.scores.items():
+            se, floor = self.stderr.get(key), self.chance.get(key)
+            out.append(f"{key} ({self.metrics.get(key)}): {score:.4g}" + (f" ± {se:.2g}" if se is not None else "")
+                       + (f", chance floor {floor:.3g}" if floor is not None else ", no floor (lower is better)")
+                       + f", {self.n_docs.get(key, 0)} documents")
+        return out
+
     def check_noise(self, z: float = NOISE_Z) -> None:
         """`check_task_noise` on these (the base model's) results: UserError for noisy tasks."""
         check_task_noise(self.scores, self.stderr, self.chance, self.n_docs,
