@@ -84,4 +84,6 @@ def test_general_score_stderr_divides_by_the_base_and_corrects_for_the_populatio
     assert se == pytest.approx(math.sqrt((0.1 * math.sqrt(90 / 99)) ** 2 + 0.0) / 2)
     assert general_score_stderr({"a": None}, {"a": 0.5}, {"a": 3}, {"a": 9}) is None
     assert general_score_stderr({"a": 0.1}, {"a": 0.0}, {"a": 3}, {"a": 9}) is None  # no ratio to a 0 base
-    assert general_score_stderr({"a": 0.1}, {"a": 2.0}, {"a": 3}, {"a": 9}, {"a": False}) is None
+    # a perplexity (lower is better): retention b / c has SE (b / c) · se / c, c = b without a candidate
+    assert general_score_stderr({"a": 0.1}, {"a": 2.0}, {"a": 3}, {"a": 9}, {"a": False}) == \
+        pytest.approx(0.1 / 2.0 * math.sqrt(6 / 8))

@@ -191,3 +191,13 @@ def test_fingerprint_records_the_retention_definition():
     assert fingerprint_fields(tasks.with_overrides(**{"evaluation.general_se_threshold": 0.2})) == fields
     local = tasks.with_overrides(**{"evaluation.local_tasks": {"sst2": "/d/sst2.tsv"}})
     assert differences(fingerprint_fields(local), fields)[0][0] == "evaluation.local_tasks"
+
+
+def test_the_base_summary_names_score_se_floor_and_documents():
+    from mm4ke_ray.evaluate.general import GeneralResult
+
+    result = GeneralResult({"sst2": 0.62, "wikitext": 24.94}, {"sst2": 0.0488, "wikitext": 0.41},
+                           {"sst2": 0.5, "wikitext": None}, {"sst2": 100, "wikitext": 5},
+                           {"sst2": "acc", "wikitext": "word_perplexity"}, {"sst2": True, "wikitext": False})
+    assert result.summary() == ["sst2 (acc): 0.62 ± 0.049, chance floor 0.5, 100 documents",
+                                "wikitext (word_perplexity): 24.94 ± 0.41, no floor (lower is better), 5 documents"]

@@ -191,3 +191,44 @@ def test_unknown_builder_and_misplaced_budget_are_refused(tmp_path):
         read_documents(LocalTaskSpec("squad", str(FILES["sst2"])))
     with pytest.raises(UserError, match="max_words applies to wikitext only"):
         read_documents(LocalTaskSpec("sst2", str(FILES["sst2"]), max_words=10))
+
+
+def test_max_length_sets_the_perplexity_window(world):
+    """`evaluation.general_max_length` reaches lm-eval: shorter rolling windows score each token
+    with less context, so the perplexity changes (and their memory is bounded)."""
+    short = GeneralEvaluator(world["model"], world["tok"], ["wikitext"], include_path=world["folders"],
+                             max_length=32)
+    assert short.lm.max_length == 32 and short.settings["general.max_length"] == 32
+    full = world["ev"].evaluate_result().scores["wikitext"]
+    assert short.evaluate_result().scores["wikitext"] != pytest.approx(full, rel=1e-6)
+    config = validate_config({"evaluation": {"general_tasks": ["wikitext"], "general_max_length": 512}})
+    from mm4ke_ray.evaluate.candidate import eval_settings
+
+    assert eval_settings(config, "cpu").general_max_length == 512
+
+
+def test_validate_warns_on_the_stored_base_measurement_with_the_limit_that_meets_it(
+        tmp_path, tiny_model_dir, capsys, monkeypatch):
+    import yaml
+    from conftest import ZSRE
+
+    from mm4ke_ray.cli import main
+    from mm4ke_ray.evaluate.general import GeneralResult
+    from mm4ke_ray.evaluate.precision import save_base_measurement
+
+    monkeypatch.setenv("MM4KE_CACHE", str(tmp_path / "cache"))
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump({
+        "name": "real", "model": {"name": str(tiny_model_dir)}, "data": {"edits": str(ZSRE)},
+        "tracking": {"uri": f"sqlite:///{tmp_path}/mlflow.db"}, "search": {"space": {"layer": {"choices": [1]}}},
+        "evaluation": {"general_tasks": ["sst2"], "general_limit": 100,
+                       "local_tasks": {"sst2": str(FILES["sst2"])}}}))
+    assert main(["validate", "--offline", str(path)]) == 0
+    assert "no base measurement on this machine yet" in capsys.readouterr().err
+    config = validate_config(yaml.safe_load(path.read_text()))
+    save_base_measurement(config, GeneralResult({"sst2": 0.62}, {"sst2": 0.0488}, {"sst2": 0.5}, {"sst2": 100},
+                                                {"sst2": "acc"}, {"sst2": True}))
+    assert main(["validate", "--offline", str(path)]) == 0
+    err = capsys.readouterr().err
+    assert "warning: general task 'sst2': retention SE 0.407 on 100 documents exceeds 0.05" in err
+    assert "about 6,616 documents would meet it" in err  # 100 · (0.4067 / 0.05)²

@@ -87,6 +87,7 @@ class EvalSettings:
     general_shared_context: bool = True  # evaluation.shared_context: SharedContextHFLM (same results, faster)
     local_tasks: tuple[LocalTaskSpec, ...] = ()  # general tasks built from local files (real_tasks)
     general_chat_template: bool = False  # lm-eval's apply_chat_template (config.general_chat_template)
+    general_max_length: int | None = None  # lm-eval's context window (None: the model's)
     merge_method: str = "magnitude"
     edit_weights: dict = field(default_factory=dict)
     combined_edit_weight: float = 0.5
@@ -124,7 +125,8 @@ def eval_settings(config: SweepConfig, device: str) -> EvalSettings:
         general_limit=config.evaluation.general_limit, general_metrics=dict(config.evaluation.general_metrics),
         general_shared_context=config.evaluation.shared_context,
         general_chat_template=config.general_chat_template,
-        local_tasks=local_task_specs(config), merge_method=config.merge.method,
+        local_tasks=local_task_specs(config), general_max_length=config.evaluation.general_max_length,
+        merge_method=config.merge.method,
         edit_weights=dict(config.objectives.edit_weights), combined_edit_weight=config.objectives.combined_edit_weight,
         device=device, allow_pickle=config.model.allow_pickle, eval_mode=config.evaluation.mode,
         edit_mode=config.edit_mode, generation_match=config.evaluation.generation_match,
@@ -197,7 +199,7 @@ class CandidateEvaluator:
             self.general_eval = GeneralEvaluator(
                 self.model, self.tokenizer, list(s.general_tasks), apply_chat_template=s.general_chat_template,
                 include_path=include or None, limit=s.general_limit, metrics=s.general_metrics,
-                shared_context=s.general_shared_context,
+                shared_context=s.general_shared_context, max_length=s.general_max_length,
             )
         if reference is not None:
             _check_reference(reference, s)
@@ -372,8 +374,8 @@ def _general_items(result, base: dict[str, float], higher_is_better: dict[str, b
     """Per task, each document's item on the retention scale of the general objective: its value
     over the base's span above chance (value / (base − floor)), or for a perplexity −NLL over the
     mean words (`task_stats.paired_log_items`: differences in log retention, ≈ in retention near
-    1). None when a task has no per-document values or no base above its floor (then the general
-    difference cannot be paired)."""
+    1). A task whose base is at or below its floor is left out, as `general_score` leaves it out;
+    None when a task has no per-document values (then the general difference cannot be paired)."""
     out = {}
     for task, b in base.items():
         values = result.per_doc.get(task)
@@ -386,9 +388,8 @@ def _general_items(result, base: dict[str, float], higher_is_better: dict[str, b
             out[task] = paired_log_items(values, weights)
             continue
         span = b - (result.chance.get(task) or 0.0)
-        if span <= 0:
-            return None
-        out[task] = [v / span for v in values]
+        if span > 0:  # else its retention is undefined and `general_score` leaves the task out too
+            out[task] = [v / span for v in values]
     return out or None
 
 

@@ -437,25 +437,25 @@ def general_score_stderr(
     base's where not given). The mean over independent tasks has sqrt(sum SE_t^2) / T. Each
     task's SE gets the finite-population correction of its rung (n of the N documents; an empty
     `population` skips it: the SE of an estimate of the task's ability). The clamp to [0, 1] is
-    ignored (it only shrinks the spread). None when a task's SE or a base above its floor is unknown.
+    ignored (it only shrinks the spread). A task whose base is at or below its floor is left out
+    (as the score leaves it out); None when a counted task's SE is unknown, or none is counted.
     """
-    if not base:
-        return None
-    total = 0.0
+    total, counted = 0.0, 0
     for task, b in base.items():
         se, n, big_n = task_se.get(task), n_docs.get(task, 0), population.get(task, 0)
-        if se is None or not math.isfinite(se):
-            return None
-        if big_n > 1 and n <= big_n:
-            se *= math.sqrt((big_n - n) / (big_n - 1))
         if (higher_is_better or {}).get(task, True):
             span = b - ((floor or {}).get(task) or 0.0)
-            if span <= 0:
-                return None
-            total += (se / span) ** 2
+            if span <= 0:  # no ability to keep: `general_score` leaves the task out, and so does its SE
+                continue
+            scale = 1 / span
         else:
             c = (candidate or {}).get(task, b)
             if b <= 0 or c <= 0:
                 return None
-            total += (b / c * se / c) ** 2
-    return math.sqrt(total) / len(base)
+            scale = b / c / c
+        if se is None or not math.isfinite(se):
+            return None
+        if big_n > 1 and n <= big_n:
+            se *= math.sqrt((big_n - n) / (big_n - 1))
+        total, counted = total + (se * scale) ** 2, counted + 1
+    return math.sqrt(total) / counted if counted else None

@@ -149,6 +149,16 @@ class GeneralResult:
                 out[f"{prefix}.{key}.stderr"] = self.stderr[key]
         return out
 
+    def summary(self) -> list[str]:
+        """Per task one line: metric, score ± SE, chance floor (none for a perplexity), documents."""
+        out = []
+        for key, score in self.scores.items():
+            se, floor = self.stderr.get(key), self.chance.get(key)
+            out.append(f"{key} ({self.metrics.get(key)}): {score:.4g}" + (f" ± {se:.2g}" if se is not None else "")
+                       + (f", chance floor {floor:.3g}" if floor is not None else ", no floor (lower is better)")
+                       + f", {self.n_docs.get(key, 0)} documents")
+        return out
+
     def check_noise(self, z: float = NOISE_Z) -> None:
         """`check_task_noise` on these (the base model's) results: UserError for noisy tasks."""
         check_task_noise(self.scores, self.stderr, self.chance, self.n_docs,
@@ -181,6 +191,7 @@ class GeneralEvaluator:
         apply_chat_template: bool = False,
         metrics: Mapping[str, str] | None = None,
         shared_context: bool = True,
+        max_length: int | None = None,
     ):
         tasks = list(tasks)
         if not tasks:
@@ -201,7 +212,12 @@ class GeneralEvaluator:
         self._chosen = dict(metrics or {})
         self.task_dict, self.outputs = self._build_task_dict(tasks, include_path)
         self.shared_context = bool(shared_context)
-        self.lm = _quiet_hflm_class(self.shared_context)(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
+        # max_length: lm-eval's context window (default: the model's). A perplexity task's rolling
+        # windows fill it; a batch of 8 windows of 8,192 tokens took 18 GB on CPU for a 135M model.
+        self.max_length = max_length
+        extra = {"max_length": max_length} if max_length else {}
+        self.lm = _quiet_hflm_class(self.shared_context)(pretrained=model, tokenizer=tokenizer, batch_size=batch_size,
+                                                         **extra)
 
     @classmethod
     def for_prompt_format(cls, model, tokenizer, tasks, prompt_format: str = "plain", **kwargs):
@@ -271,6 +287,7 @@ class GeneralEvaluator:
             "general.apply_chat_template": self.apply_chat_template,
             "general.limit": self.limit,
             "general.shared_context": self.shared_context,
+            "general.max_length": self.max_length,
         }
         out.update({f"general.{key}.metric": metric for key, _, metric, _ in self.outputs})
         return out

@@ -68,11 +68,12 @@ def measurement_key(settings) -> str:
     if isinstance(settings, SweepConfig):
         ev = settings.evaluation
         fields = [settings.model.name, settings.model.dtype, settings.data.prompt_format, list(ev.general_tasks),
-                  ev.task_include_path, ev.general_limit, dict(ev.general_metrics), local_task_specs(settings)]
+                  ev.task_include_path, ev.general_limit, ev.general_max_length, dict(ev.general_metrics),
+                  local_task_specs(settings)]
     else:
         fields = [settings.model, settings.dtype, settings.prompt_format, list(settings.general_tasks),
-                  settings.task_include_path, settings.general_limit, dict(settings.general_metrics),
-                  settings.local_tasks]
+                  settings.task_include_path, settings.general_limit, settings.general_max_length,
+                  dict(settings.general_metrics), settings.local_tasks]
     fields[-1] = [[s.name, str(Path(s.path).expanduser().resolve()), s.limit, s.max_words] for s in fields[-1]]
     fields[-2] = sorted(fields[-2].items())
     return hashlib.sha256(json.dumps(fields, default=str).encode()).hexdigest()[:16]

@@ -208,6 +208,8 @@ def _execute(config: SweepConfig, source: str, address: str | None, manifest: Ma
     run = SweepRun(config, source, manifest, settings, plan, storage, pool, start, timings, clock, warm=warm or [])
     try:
         if pool.reference.general_result is not None:
+            for line in pool.reference.general_result.summary():
+                console.print(f"base model, general task {line}")
             pool.reference.general_result.check_noise()
             for line in precision_warnings(pool.reference.general_result.__dict__,
                                            config.evaluation.general_se_threshold):

@@ -16,7 +16,7 @@ from html import escape
 from pathlib import Path
 
 from mm4ke_ray.evaluate.pareto import FEASIBLE, ON_FRONT, best_candidate
-from mm4ke_ray.evaluate.scores import COMBINED, EDIT, GENERAL
+from mm4ke_ray.evaluate.scores import COMBINED, EDIT, EDIT_STDERR, GENERAL, GENERAL_STDERR
 from mm4ke_ray.schema import (
     BASE,
     EXTRA,
@@ -91,6 +91,13 @@ def _xy(row: dict) -> tuple[float, float] | None:
     return 100.0 * x, 100.0 * y
 
 
+def _errors(row: dict) -> tuple[float, float]:
+    """(x, y) half-widths of a point's error bars, in percent: one SE of each objective (0: unknown)."""
+    se_x, se_y = row.get(GENERAL_STDERR), row.get(EDIT_STDERR)
+    ok = [v if isinstance(v, int | float) and math.isfinite(v) else 0.0 for v in (se_x, se_y)]
+    return 100.0 * ok[0], 100.0 * ok[1]
+
+
 def _front_steps(front: list[dict]) -> tuple[list[float], list[float]]:
     """The staircase through the front points (the boundary of the region they dominate)."""
     pts = sorted((p for p in map(_xy, front) if p is not None), key=lambda p: (p[0], -p[1]))
@@ -127,6 +134,11 @@ def write_front_png(rows: list[dict], path: str | Path, title: str, edit_mode: s
                 zorder=3,
                 edgecolors="none",
             )
+    bars = [(*_xy(r), *_errors(r)) for r in rows if _xy(r) is not None and any(_errors(r))]
+    if bars:  # each point's SE on both axes: general ability (x) and edit score (y)
+        x, y, ex, ey = zip(*bars, strict=True)
+        ax.errorbar(x, y, xerr=ex, yerr=ey, fmt="none", ecolor="#969696", elinewidth=0.8, capsize=2, zorder=2.2,
+                    label="±1 SE (edit score, general score)")
     greyed = [r for r in rows if _infeasible(r) and _xy(r) is not None]
     for kind in dict.fromkeys(r.get("kind") for r in greyed):  # each kind keeps its marker, greyed
         _, marker, _, size = _STYLES.get(kind, (str(kind), "s", "", 36))
@@ -198,7 +210,8 @@ def _hover(row: dict) -> str:
     params = [f"{k}={row[k]:g}" for k in PARAM_COLUMNS if isinstance(row.get(k), int | float)]
     if params:
         lines.append(", ".join(params))
-    lines += [f"{k}: {row[k]:.4g}" for k in _HOVER_METRICS if isinstance(row.get(k), float)]
+    lines += [f"{k}: {row[k]:.4g}" for k in (*_HOVER_METRICS, EDIT_STDERR, GENERAL_STDERR)
+              if isinstance(row.get(k), float)]
     lines += [
         f"{k}: {v:.4g}" for k, v in sorted(row.items())
         if k.startswith(("general.", "retention.", GEN_PREFIX)) and isinstance(v, int | float)
@@ -255,8 +268,8 @@ def write_front_html(rows: list[dict], path: str | Path, title: str, edit_mode: 
     # viewer beside its assistant panel) scales the whole picture instead of clipping a column.
     legend_h = 22 * math.ceil(len(legend) / 2)
     w, h, left, right, top, bottom = 900, 600 + legend_h, 80, 20, 50, 70 + legend_h
-    xs = [p[0] for _, p in pts] or [0.0, 100.0]
-    ys = [p[1] for _, p in pts] or [0.0, 100.0]
+    xs = [p[0] + sign * _errors(r)[0] for r, p in pts for sign in (-1, 1)] or [0.0, 100.0]  # error bars inside
+    ys = [p[1] + sign * _errors(r)[1] for r, p in pts for sign in (-1, 1)] or [0.0, 100.0]
     pad_x, pad_y = (max(xs) - min(xs)) * 0.05 or 1.0, (max(ys) - min(ys)) * 0.05 or 1.0
     x0, x1, y0, y1 = min(xs) - pad_x, max(xs) + pad_x, min(ys) - pad_y, max(ys) + pad_y
 
@@ -291,6 +304,10 @@ def write_front_html(rows: list[dict], path: str | Path, title: str, edit_mode: 
     for kind in kinds:
         _, _, colour, size = _STYLES.get(kind, (str(kind), "s", "#756bb1", 36))
         for r, (a, b) in ((r, p) for r, p in pts if r.get("kind") == kind):
+            ex, ey = _errors(r)
+            if ex or ey:  # ±1 SE on both axes, under the marker
+                out.append(f'<path class="se" d="M{sx(a - ex):.1f},{sy(b):.1f}H{sx(a + ex):.1f}'
+                           f'M{sx(a):.1f},{sy(b - ey):.1f}V{sy(b + ey):.1f}" stroke="#969696"/>')
             ring = (f'<circle cx="{sx(a):.1f}" cy="{sy(b):.1f}" r="9" fill="none" stroke="#d62728" '
                     'stroke-width="1.6"/>' if r.get(ON_FRONT) else "")
             greyed = _infeasible(r)

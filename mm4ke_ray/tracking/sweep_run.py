@@ -84,7 +84,7 @@ def recorded_choices(config: SweepConfig) -> dict:
         out.update(general_apply_chat_template=config.general_chat_template,
                    general_limit=ev.general_limit if ev.general_limit is not None else "all",
                    general_shared_context=ev.shared_context,
-                   general_retention=RETENTION_DEFINITION,
+                   general_retention=RETENTION_DEFINITION, general_max_length=ev.general_max_length or "model",
                    **{f"general_local_task.{t}": lt.model_dump_json(exclude_none=True) for t, lt in ev.local_tasks.items()},
                    **{f"general_metric.{t}": ev.general_metrics.get(t, "first") for t in ev.general_tasks})
     return out
