@@ -121,6 +121,7 @@ class EvaluationConfig(_Section):
     general_chat_template: bool | None = Field(
         None, description="Wrap general-task prompts in the model's chat template (lm-eval's apply_chat_template); "
         "unset: on when data.prompt_format is chat. A small model may score at chance through the template.",
+    )
     general_max_length: int | None = Field(
         None, ge=16, description="lm-eval's context window in tokens (default the model's); a perplexity's rolling "
         "windows fill it, so it bounds their memory and sets the context each token is scored with.",
