@@ -153,9 +153,12 @@ def table_and_curves(steps: Steps, config, work: Path, smoke: bool) -> None:
         steps.run(f"alpha={alpha}", lambda a=alpha: candidate(evaluator, delta, a, CURVE_SPARSITY))
     for sparsity in sparsities:
         steps.run(f"sparsity={sparsity}", lambda s=sparsity: candidate(evaluator, delta, CURVE_ALPHA, s))
-    # The paper's merge setting, read both ways (its "around 0.8" is α or 1 - α; DESIGN.md §1).
+    # The paper's merge setting, read both ways (its "around 0.8" is α or 1 - α; DESIGN.md §1); a
+    # point the α curve already scored (the same delta, α and sparsity) is not evaluated again.
     for alpha in (0.2, 0.8):
-        steps.run(f"merged α{alpha}", lambda a=alpha: candidate(evaluator, delta, a, 0.2))
+        same = f"alpha={alpha}" if CURVE_SPARSITY == 0.2 and f"alpha={alpha}" in steps.done else None
+        steps.run(f"merged α{alpha}", lambda a=alpha, k=same: dict(steps.done[k]) if k else
+                  candidate(evaluator, delta, a, 0.2))
 
 
 def run_sweep(steps: Steps, config_path: Path, overrides: dict, trials: int, out: Path) -> None:
