@@ -77,7 +77,7 @@ class FidelityConfig(_Section):
     def _margin_z_as_error_rate(cls, data):
         # Issue 23: an old config (or a sweep's stored one) keeps running at its margin's error rate.
         z = data.get("margin_z") if isinstance(data, dict) else None
-        if not isinstance(z, int | float) or isinstance(z, bool) or z < 0:
+        if not isinstance(z, int | float) or isinstance(z, bool) or z < 0 or not math.isfinite(z):
             return data
         rate, given = 1 - NormalDist().cdf(z), data.get("error_rate")
         if given is not None and not math.isclose(given, rate, rel_tol=1e-9):
