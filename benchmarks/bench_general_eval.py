@@ -32,13 +32,11 @@ from pathlib import Path
 
 import common
 import numpy as np
-import torch
 
 GOAL_SPEEDUP = 2.0
 GOAL_LL_DIFF = 1e-5
 GOAL_REUSE_OF_IDEAL = 0.9
 GENERAL = common.SHARED / "data" / "general"
-SMOLLM2 = Path("/tmp/smol/hf")  # a dequantized SmolLM2-135M-Instruct folder (see --model)
 CONTENDERS = ("hflm", "shared", "shared_reuse")
 
 
@@ -63,12 +61,12 @@ def load_model(args, texts):
 
         tok = build_word_tokenizer(texts)
         return build_tiny_model("qwen2", len(tok), hidden=64, layers=6, seed=0), tok, "tiny qwen2 (h64, 6 layers)"
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from mm4ke_ray.modeling import load_model as load_product_model
+    from mm4ke_ray.modeling import load_tokenizer
+    from mm4ke_ray.real.smollm2 import fetch_smollm2
 
-    if not (args.model / "config.json").is_file():
-        raise SystemExit(f"{args.model} holds no Hugging Face model: give --model a SmolLM2-135M-Instruct folder")
-    model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32).eval()
-    return model, AutoTokenizer.from_pretrained(args.model), f"SmolLM2-135M-Instruct ({args.model})"
+    name = str(args.model or fetch_smollm2(say=print))  # a folder, or the project's cached SmolLM2 GGUF
+    return load_product_model(name), load_tokenizer(name), f"SmolLM2-135M-Instruct ({name})"
 
 
 def responses(full: dict, task: str) -> list[list[float]]:
@@ -92,7 +90,8 @@ def compare(got: dict, want: dict, task: str, tokens: list[int] | None) -> dict:
 
 def main() -> None:
     p = common.parser(__doc__.split("\n\n")[0])
-    p.add_argument("--model", type=Path, default=SMOLLM2, help="SmolLM2-135M-Instruct Hugging Face folder (full mode)")
+    p.add_argument("--model", type=Path, default=None,
+                   help="full mode: a Hugging Face folder or .gguf (default: the SmolLM2 GGUF from the project's cache)")
     args = p.parse_args()
     common.setup(args)
     from lm_eval.evaluator import evaluate
