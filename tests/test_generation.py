@@ -367,7 +367,7 @@ def test_evaluate_cli_modes(tmp_path, tiny_tokenizer, tiny_model_dir, capsys):
     assert "generated (WILD, equals, stop wild):" in capsys.readouterr().out
 
     assert main([*common, "--mode", "generation", "--match", "starts_with", "--stop", "newline",
-                 "--max-new-tokens", "8", "--extra-new-tokens", "4"]) == 0
+                 "--max-new-tokens", "8", "--extra-new-tokens", "4", "--force"]) == 0
     report = json.loads(out.read_text())
     assert report["metrics"] is None and report["generation"]["match"] == "starts_with"
     assert (report["generation"]["stop"], report["generation"]["max_new_tokens"]) == ("newline", 8)

@@ -26,7 +26,7 @@ def test_evaluate_help_shows_the_defaults(tmp_path):
     env = {**cli_env(tmp_path), "COLUMNS": "80"}
     text = subprocess.run([*CLI, "evaluate", "--help"], capture_output=True, text=True, env=env, timeout=120).stdout
     flat = " ".join(text.split())
-    for default in ("default: 32", "Default: teacher-forced", "default: starts_with", "default: 4"):
+    for default in ("default: 32", "Default: teacher-forced", "default: equals", "default: wild", "default: 64"):
         assert default in flat, default
     assert max(len(line) for line in text.splitlines()) <= 80
 

@@ -370,7 +370,9 @@ def test_evaluate_cli(tmp_path, tiny_tokenizer, tiny_model_dir, capsys):
     )
     assert report["metrics"] == pytest.approx(expected.flat())
 
-    assert main([*common, "--out", str(out)]) == 0
+    assert main([*common, "--out", str(out)]) == 2  # an earlier report is never overwritten silently
+    assert "--force" in capsys.readouterr().err
+    assert main([*common, "--out", str(out), "--force"]) == 0
     report = json.loads(out.read_text())
     assert report["metrics"]["locality"] is None and "--base" in report["notes"][0]
     assert main([*common, "--batch-size", "0", "--out", str(out)]) == 2
