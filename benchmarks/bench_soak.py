@@ -19,7 +19,7 @@ Checks:
 
     python benchmarks/bench_soak.py               # N = 200
     python benchmarks/bench_soak.py --trials 100  # a shorter full run
-    python benchmarks/bench_soak.py --smoke-test  # N = 10: counts and front asserted, RSS/overhead reported
+    python benchmarks/bench_soak.py --smoke-test  # N = 8: counts and front asserted, RSS/overhead reported
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ import common
 from bench_sweep import demo_config
 
 FULL_TRIALS = 200
-SMOKE_TRIALS = 10
+SMOKE_TRIALS = 8  # the fewest with an early and a last block
 GOAL_RSS_GROWTH = 0.10
 GOAL_OVERHEAD_RATIO = 1.2
 SMALLEST = {  # the demo at its smallest: fixed R-SFT shape, two edits, no lm-eval

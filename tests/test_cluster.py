@@ -441,7 +441,7 @@ class RayNode:
         assert not survivors, f"orphaned Ray processes: {survivors}"
         shutil.rmtree(self.temp_dir, ignore_errors=True)  # session logs; failures quote the job log
 
-    def wait_started(self, timeout: float = 120) -> None:
+    def wait_started(self, timeout: float = 300) -> None:  # a loaded 2-core CI machine took over 120 s
         deadline = time.time() + timeout
         while time.time() < deadline:
             if "Ray runtime started" in self.log.read_text(errors="replace"):
