@@ -2,13 +2,18 @@
 another directory, then the experiment's plain link in headless Chromium (issue 26 §1).
 
 MLflow 3.17 shows the GenAI Overview on `#/experiments/ID` unless the browser chose the
-model-training view; the printed command serves MLflow through this package's app, whose page
-makes "machine learning" the browser's default choice (tracking/mlflow_ui.py).
+model-training view, and a runs table of Source, Models and Dataset with every nested run closed;
+the printed command serves MLflow through this package's app, whose page makes "machine learning"
+the browser's default choice and, for a sweep's experiment, the objectives its columns and the
+newest sweep's rows open (tracking/mlflow_ui.py), where the browser has stored no choice.
 """
 
 from __future__ import annotations
 
+import html
+import json
 import os
+import re
 import shlex
 import shutil
 import subprocess
@@ -19,9 +24,19 @@ from pathlib import Path
 
 import pytest
 from fault_helpers import free_port
+from mlflow import MlflowClient
 
 from mm4ke_ray.tracking.mlflow_tracker import SweepTracker
-from mm4ke_ray.tracking.mlflow_ui import DEFAULT_WORKFLOW_SCRIPT, index_page
+from mm4ke_ray.tracking.mlflow_ui import (
+    DEFAULT_WORKFLOW_SCRIPT,
+    SWEEP_COLUMNS,
+    WORKFLOW_KEY,
+    defaults_script,
+    index_page,
+    sweep_view,
+    view_state_key,
+)
+from mm4ke_ray.tracking.records import trial_run
 from mm4ke_ray.tracking.registry import log_export_model
 from mm4ke_ray.tracking.ui_command import APP_NAME, absolute_store_uri, app_installed, ui_command
 
@@ -33,6 +48,55 @@ def test_index_page_sets_the_default_workflow_before_mlflows_script():
     page = index_page()
     assert page.index(DEFAULT_WORKFLOW_SCRIPT) < page.index("<script defer")
     assert "mlflow.workflowType_v1" in DEFAULT_WORKFLOW_SCRIPT and "===null" in DEFAULT_WORKFLOW_SCRIPT
+
+
+def _sweep(tracker: SweepTracker, name: str, trials: int) -> tuple[str, list[str]]:
+    """A sweep's parent run with `trials` trial runs of one candidate each: (parent, trial run ids)."""
+    parent = tracker.start_sweep(name, params={}, tags={})
+    for t in range(trials):
+        tracker.log_candidate(f"t{t}-c0", {"alpha": 0.3, "sparsity": 0.1},
+                              {"edit_score": 0.7, "general_score": 0.9, "combined_score": 0.8}, {},
+                              trial=trial_run(f"t{t}", f"t{t:02d}", {"layer": 1, "lr": 1e-3}))
+    tracker.finish()
+    return parent, [tracker.trial_runs[f"t{t}"] for t in range(trials)]
+
+
+def test_sweep_view_names_the_objectives_and_opens_the_newest_sweep(tmp_path):
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    older, older_trials = _sweep(SweepTracker(uri, "demo", str(tmp_path / "a")), "first", 1)
+    time.sleep(0.01)  # start times are in ms: the second sweep is the newer one
+    tracker = SweepTracker(uri, "demo", str(tmp_path / "a"))
+    newest, trials = _sweep(tracker, "second", 2)
+    client = MlflowClient(uri)
+    plain = client.create_experiment("no-sweep", artifact_location=str(tmp_path / "b"))
+    client.create_run(plain)
+    views = sweep_view(client)
+    assert set(views) == {tracker.experiment_id}  # MLflow's own defaults elsewhere
+    view = views[tracker.experiment_id]
+    assert {"metrics.`edit_score`", "metrics.`general_score`", "metrics.`combined_score`", "params.`alpha`",
+            "params.`sparsity`"} <= set(view["selectedColumns"]) and view["selectedColumns"] == list(SWEEP_COLUMNS)
+    assert view["runsExpanded"] == dict.fromkeys([newest, *trials], True)  # the older sweep stays closed
+    assert older not in view["runsExpanded"] and older_trials[0] not in view["runsExpanded"]
+    assert view_state_key("7") == 'MLflowLocalStorage-1.1-ExperimentPage-["7"]-ReactComponentState'
+
+
+@pytest.mark.skipif(BROWSER is None, reason="no Chromium installed (.ci/run installs Debian's chromium when it can)")
+def test_the_page_script_writes_only_where_the_browser_stored_nothing(tmp_path):
+    """The defaults script in Chromium, on a page whose storage already holds a person's columns
+    for experiment 1 and nothing for experiment 2 nor the workflow toggle."""
+    mine = '{"selectedColumns":["attributes.`Source`"]}'
+    ours = {"1": {"selectedColumns": ["metrics.`edit_score`"]}, "2": {"selectedColumns": ["metrics.`edit_score`"]}}
+    keys = [view_state_key("1"), view_state_key("2"), WORKFLOW_KEY]
+    page = tmp_path / "page.html"
+    page.write_text(
+        f"<html><head><script>localStorage.clear();localStorage.setItem({view_state_key('1')!r},{mine!r})</script>"
+        f"{defaults_script(ours)}</head><body><pre id=out></pre><script>document.getElementById('out').textContent="
+        f"JSON.stringify({keys!r}.map(function(k){{return localStorage.getItem(k)}}))</script></body></html>")
+    proc = subprocess.run([BROWSER, "--headless", "--no-sandbox", "--disable-gpu", f"--user-data-dir={tmp_path / 'b'}",
+                           "--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    stored = json.loads(html.unescape(re.search(r"<pre id=\"out\">(.*)</pre>", proc.stdout)[1]))
+    assert stored == [mine, '{"selectedColumns":["metrics.`edit_score`"]}', '"machine_learning"']
 
 
 def test_printed_command_names_the_store_by_its_absolute_path(tmp_path, monkeypatch):
@@ -68,8 +132,9 @@ def test_experiment_link_opens_on_the_runs(tmp_path, monkeypatch):
     uri = "sqlite:///runs/mlflow.db"
     tracker = SweepTracker(uri, "demo", str(tmp_path / "artifacts"))
     parent = tracker.start_sweep("demo-landing", params={"edits": 3}, tags={})
-    run_id = tracker.log_candidate("t1-c0", {"alpha": 0.3}, {"combined_score": 0.8}, {"mm4ke.kind": "sampled"},
-                                   run_name="α.30 s.10 t01c0")
+    run_id = tracker.log_candidate("t1-c0", {"alpha": 0.3, "sparsity": 0.1},
+                                   {"edit_score": 0.7, "general_score": 0.9, "combined_score": 0.8},
+                                   {"mm4ke.kind": "sampled"}, run_name="α.30 s.10 t01c0")
     (tmp_path / "export").mkdir()
     recipe = {"source": {"candidate_run_id": run_id, "sweep_name": "demo", "sweep_run_id": parent, "candidate": "t1-c0"},
               "base_model": "base", "merge": {"alpha": 0.3, "sparsity": 0.1}, "edits": {"count": 3, "source": "demo"},
@@ -103,5 +168,10 @@ def test_experiment_link_opens_on_the_runs(tmp_path, monkeypatch):
     assert "<title>Runs - Experiment" in dom, dom[-3000:]
     assert "demo-landing" in dom  # the sweep's run is listed: the store was found from another directory
     assert "workflowType=genai" not in dom and "Detect Issues" not in dom
+    # without a click: the objectives, α and sparsity are columns, and the sweep's run is open
+    headers = set(re.findall(r'role="columnheader"[^>]* col-id="(\w+\.`[^`"]+`)"', dom))
+    assert {"metrics.`edit_score`", "metrics.`general_score`", "metrics.`combined_score`", "params.`alpha`",
+            "params.`sparsity`"} <= headers, sorted(headers)
+    assert "t01c0" in dom  # the candidate's row, under its sweep's run
     # the exported model is listed on its candidate's run page ("Logged models", not "—")
     assert "demo-t1-c0" in run_page, run_page[-3000:]

@@ -198,3 +198,30 @@ def test_the_progress_lines_best_counts_the_warm_started_front():
     assert "best 0.9100" in callback._summary(short=True)
     callback.rows.append({"candidate": "t2-c0", "combined_score": 0.95})
     assert "best 0.9500" in callback._summary(short=True)
+
+
+def test_wide_keeps_related_columns_together_and_explains_once():
+    """`pareto --wide` at 120 columns (issue 26): each general task's score, stderr and retention
+    side by side, the per-kind means by family, timings and the run id at the end, and the notes
+    (the reference line, the families) once under all the parts instead of under each."""
+    rows = _rows(gen=True)
+    for i, row in enumerate(rows):
+        row.update({"eval_seconds": 3.0 + i, "fluency": 500.0 + i, "portability.Reasoning": 40.0,
+                    "gen.portability.Reasoning": 20.0, "locality.Forgetfulness": 90.0})
+        for task in ("logiqa", "arc_easy"):
+            row.update({f"general.{task}": 0.3, f"general.{task}.stderr": 0.02, f"retention.{task}": 0.9 - i / 10})
+    base = {"candidate": BASE, "kind": BASE, "edit_score": 0.01, "general_score": 1.0, "combined_score": 0.5}
+    text = _render(rows, 120, wide=True, references=[base])
+    assert max(len(line) for line in text.splitlines()) <= 120
+    headers = [cell.strip() for line in text.splitlines() if line.startswith("┃") for cell in line.split("┃")]
+    order = [h for h in headers if h and h != "candidate"]
+    for task in ("arc_easy", "logiqa"):
+        at = order.index(f"general.{task}")
+        assert order[at:at + 3] == [f"general.{task}", f"general.{task}.stderr", f"retention.{task}"], order
+    kinds = [h for h in order if h.endswith(("Reasoning", "Forgetfulness"))]
+    assert kinds == ["tf.locality.Forgetfulness", "tf.portability.Reasoning", "wild.portability.Reasoning"], kinds
+    assert order.index("fluency") < order.index("tf.locality.Forgetfulness")
+    assert order.index("general.logiqa") < order.index("eval_seconds") < order.index("run_id") == len(order) - 1
+    flat = " ".join(text.split())
+    assert flat.count(" ".join(REFERENCE_CAPTION.split()[:4])) == 1 and flat.count("tf.* = teacher-forced") == 1
+    assert flat.rindex("tf.* = teacher-forced") > flat.rindex("│")  # under the last part

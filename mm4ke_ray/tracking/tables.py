@@ -21,12 +21,14 @@ from mm4ke_ray.schema import (
     ALPHA,
     BASE,
     EDIT_METRICS,
+    FLUENCY,
     GEN_EDIT_METRICS,
     GEN_PREFIX,
     LAYER,
     LR,
     MERGE_PARAMS,
     PURE_RSFT,
+    RETENTION_PREFIX,
     RSFT_PARAMS,
     WARM_START,
 )
@@ -69,6 +71,8 @@ TF_LABEL, WILD_LABEL = "tf.", "wild."
 FAMILY_CAPTION = ("tf.* = teacher-forced token accuracy (EasyEdit, the paper's tables); "
                   "wild.* = generated answers (WILD: greedy, stop at end of sentence, exact match)")
 _PER_KIND = ("portability.", "locality.")
+# Where lm-eval's numbers sit in a row (MLflow keys: `query.normalize_row`).
+_GENERAL, _RETENTION, _STDERR = "general.", RETENTION_PREFIX.replace("/", "."), ".stderr"
 
 
 def label(column: str) -> str:
@@ -117,12 +121,30 @@ def _width(column: str, rows: list[dict]) -> int:
     return max([len(label(column)), *(len(c) for c in column_cells(column, rows))]) + _CELL_PAD
 
 
+def _wide_order(column: str) -> tuple:
+    """Where a column beyond the secondary ones sits in `--wide`: fluency, the per-kind means
+    (teacher-forced, then generated), each general task's score, stderr and retention side by
+    side, then the rest (timings) by name."""
+    bare = column.removeprefix(GEN_PREFIX)
+    if bare == FLUENCY:
+        return (0, column)
+    if bare.startswith(_PER_KIND):
+        return (1, column.startswith(GEN_PREFIX), bare)
+    if column.startswith((_GENERAL, _RETENTION)):
+        task = column.removeprefix(_GENERAL).removeprefix(_RETENTION).removesuffix(_STDERR)
+        return (2, task, column.startswith(_RETENTION), column.endswith(_STDERR))
+    return (3, column)
+
+
 def fitting_columns(rows: list[dict], width: int | None, wide: bool = False) -> list[str]:
-    """The core columns, then secondary ones (present in `rows`) while the table fits `width`."""
+    """The core columns, then secondary ones (present in `rows`) while the table fits `width`;
+    with `wide` or no width, every numeric column (grouped by `_wide_order`, the run id last)."""
     present = [c for c in (*CORE_COLUMNS, *SECONDARY_COLUMNS) if any(r.get(c) is not None for r in rows)]
-    extra = sorted({k for r in rows for k in r} - set(present)) if wide else []
     if wide or width is None:
-        return [*present, *[c for c in extra if any(isinstance(r.get(c), int | float) for r in rows)]]
+        extra = [k for k in {k for r in rows for k in r} - set(present)
+                 if any(isinstance(r.get(k), int | float) for r in rows)]
+        last = [c for c in present if c == "run_id"]
+        return [*(c for c in present if c not in last), *sorted(extra, key=_wide_order), *last]
     shown = [c for c in present if c in CORE_COLUMNS]
     used = 1 + sum(_width(c, rows) for c in shown)
     for c in present:
@@ -135,17 +157,27 @@ def fitting_columns(rows: list[dict], width: int | None, wide: bool = False) -> 
     return [c for c in present if c in shown]
 
 
+def _has_edit_columns(columns: list[str]) -> bool:
+    return any(c in EDIT_METRICS or c.startswith((GEN_PREFIX, *_PER_KIND)) for c in columns)
+
+
+def _notes(references: list[dict] | None, columns: list[str], caption: str | None) -> list[str]:
+    """What the line above the front means (with references) and `caption` (default
+    `FAMILY_CAPTION` when an edit column is shown)."""
+    if _has_edit_columns(columns):
+        caption = caption or FAMILY_CAPTION
+    return [text for text in (REFERENCE_CAPTION if references else None, caption) if text]
+
+
 def candidate_table(rows: list[dict], title: str | None, width: int | None, wide: bool = False,
                     references: list[dict] | None = None, columns: list[str] | None = None,
-                    caption: str | None = None) -> Table:
+                    caption: str | None = None, notes: bool = True) -> Table:
     """`references` (dimmed, above a line) then `rows`, in `columns` or those that fit `width`;
-    `caption` (default `FAMILY_CAPTION` when an edit column is shown) under the table."""
+    with `notes`, `_notes` as the table's caption."""
     references = references or []
     every = [*references, *rows]
     columns = columns or fitting_columns(every, width, wide)
-    if any(c in EDIT_METRICS or c.startswith((GEN_PREFIX, *_PER_KIND)) for c in columns):
-        caption = caption or FAMILY_CAPTION
-    captions = [text for text in (REFERENCE_CAPTION if references else None, caption) if text]
+    captions = _notes(references, columns, caption) if notes else []
     table = Table(title=title, caption="\n".join(captions) or None)
     for c in columns:
         numeric = c not in _NO_WRAP
@@ -187,7 +219,9 @@ def print_table(rows: list[dict], title: str, wide: bool = False, references: li
         for i, columns in enumerate(groups):
             part = f" ({i + 1}/{len(groups)})" if len(groups) > 1 else ""
             console.print(candidate_table(rows, title + part if i == 0 else f"…{part}", width, True, references,
-                                          columns, caption))
+                                          columns, notes=False))
+        for note in _notes(references, [c for group in groups for c in group], caption):  # once, under all parts
+            console.print(f"[dim]{escape(note)}[/]")
         return
     table = candidate_table(rows, title, width, False, references, caption=caption)
     console.print(table)
