@@ -42,7 +42,7 @@ from mm4ke_ray.evaluate.real_tasks import (
     task_cache_root,
 )
 from mm4ke_ray.evaluate.rung_reuse import REUSE, REUSED_DOCS, REUSED_RECORDS, can_join, payload
-from mm4ke_ray.evaluate.rung_views import Reference, RungViews, View
+from mm4ke_ray.evaluate.rung_views import Reference, RungViews, View, retention_items
 from mm4ke_ray.evaluate.scores import (
     EDIT_STDERR,
     GENERAL_STDERR,
@@ -249,7 +249,7 @@ class CandidateEvaluator(RungViews):
             if low:
                 general_se = general_score_stderr(result.stderr, view.reference.general, result.n_docs,
                                                   view.docs_population or {}, better, floor, scores)
-                general_items = general_items(result, view.reference.general, better)
+                general_items = retention_items(result, view.reference.general, better)
         family = edit_family(out, self.settings.edit_mode)
         out.update(objective_values(family, general, self.settings.edit_weights, self.settings.combined_edit_weight))
         out.update(self._precision(rows.get(self.settings.edit_mode) or [], precision))

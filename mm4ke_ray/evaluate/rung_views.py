@@ -161,7 +161,7 @@ class RungViews:
         return out
 
 
-def general_items(result, base: dict[str, float], higher_is_better: dict[str, bool]) -> dict | None:
+def retention_items(result, base: dict[str, float], higher_is_better: dict[str, bool]) -> dict | None:
     """Per task, each document's item on the retention scale of the general objective: its value
     over the base's span above chance (value / (base − floor)), or for a perplexity −NLL over the
     mean words (`task_stats.paired_log_items`: differences in log retention, ≈ in retention near
