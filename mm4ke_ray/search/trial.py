@@ -334,6 +334,7 @@ def _evaluate_candidates(ctx: TrialContext, cands: list[dict], delta_ref, trial_
             if reached == last else {}
         c["metrics"] = {**own, **lower, "fidelity.rung": reached, "fidelity.reused_rungs": reused.get(i, 0),
                         "fidelity.front_points": len(front), "fidelity.skipped_rungs": len(plan.skipped),
+                        **{f"rung{r}.skipped": 1 for r in plan.skipped},
                         **_compute(list(runs.values()), prefix="compute.")}
         (full if reached == last else pruned).append(c)
     evaluations = [m for got in by_rung.values() for m in got.values()]
