@@ -190,3 +190,17 @@ def test_the_trial_skips_the_rungs_its_plan_skips_and_pays_each_item_once(evalua
         direct = plain.evaluate(delta, c["alpha"], c["sparsity"], seed=7)
         _same({k: v for k, v in c["metrics"].items() if not k.startswith(("compute.", "fidelity.", "rung1."))}, direct)
     assert compute["eval_compute_records"] == sum(c["metrics"]["compute.records"] for c in full + pruned)
+
+
+def test_a_halving_sweep_records_the_minimum_rung_size_and_the_reuse():
+    from pathlib import Path
+
+    from mm4ke_ray.config import load_config
+    from mm4ke_ray.tracking.sweep_run import recorded_choices
+
+    demo = Path(__file__).parent.parent / "search_spaces" / "demo.yaml"
+    on = load_config(demo).with_overrides(**{"evaluation.fidelity.enabled": True, "merge.extra_candidates": 4,
+                                                     "evaluation.fidelity.error_rate": 0.1})
+    got = recorded_choices(on)
+    assert got["fidelity_min_items"] == 4 and "next rung adds" in got["fidelity_reuse"]
+    assert "fidelity_min_items" not in recorded_choices(load_config(demo))  # halving off: nothing said

@@ -23,6 +23,8 @@ from mm4ke_ray.evaluate.fidelity import EVAL_DOCS, EVAL_RECORDS
 from mm4ke_ray.evaluate.general import GeneralResult
 from mm4ke_ray.evaluate.task_stats import chance_floor, sample_stderr
 
+# Recorded with every halving sweep (the parent run's param `fidelity_reuse`).
+REUSE_RULE = "a promoted candidate scores only the items its next rung adds; lm-eval groups are scored whole"
 REUSE = "rung_reuse"  # a lower rung's per-item results for the next rung: not a metric, never logged
 REUSED_RECORDS = "reused_records"  # of the rung's records, those read back from the rung below
 REUSED_DOCS = "reused_docs"  # of its lm-eval documents, likewise
