@@ -241,8 +241,15 @@ def _run_trial(params: dict, ctx: TrialContext, trial_id: str) -> tuple[dict, st
 
 def _rung_plan(ctx: TrialContext) -> RungPlan:
     """The sweep's rung plan (`rung_plan.py`: sizes, skipped rungs), as the merge-eval actors
-    built it from the edit set and the tasks' documents; the same in every actor."""
-    return ray.get(ctx.actors[0].rung_plan.remote())
+    built it from the edit set and the tasks' documents; the same in every actor. Asked once per
+    process and pool: an actor busy with other trials' candidates answers only after them."""
+    key = f"{ctx.actors[0]!r} {ctx.settings!r}"  # an actor handle's repr names its actor id
+    if key not in _PLANS:
+        _PLANS[key] = ray.get(ctx.actors[0].rung_plan.remote())
+    return _PLANS[key]
+
+
+_PLANS: dict[str, RungPlan] = {}  # per process, by pool and settings
 
 
 def _rung_store(ctx: TrialContext, trial_id: str, delta: dict, cands: list[dict]) -> RungStore | None:
