@@ -13,8 +13,10 @@ per-record scores, so promotion could not be replayed from it.
   evidence at error rate 0.05 per comparison (issue 23: sign test + paired z per objective,
   `evaluate/evidence.py`), `against_front`: the sweep's full results so far, base included, as
   the driver publishes them before the trial (`front_board.front_points`); the sampled candidate
-  always reaches the full rung); only candidates that reached the full rung are rows, and only
-  they are told to Optuna (in-space extras as extra points);
+  always reaches the full rung; a lower rung raised to the sign test's minimum items or skipped
+  where it cannot give evidence (`rung_plan.py`); a promoted candidate scores only the items its
+  next rung adds (`rung_reuse.py`)); only candidates that reached the full rung are rows, and
+  only they are told to Optuna (in-space extras as extra points);
 - arm "halving-in-trial" (information): the same with `against_front: false`, promotion among
   the trial's own candidates only.
 R-SFT is seeded and deterministic on CPU, so a delta is trained once per (seed, parameters) and
@@ -25,7 +27,7 @@ sweep's rung subsets are seeded by its seed; it shares the full one's base refer
 Measure per seed and arm: hypervolume of every full-fidelity candidate, reference point (base
 model's edit score, 0) as in search quality; evaluation compute summed over every evaluation of
 every rung, as the trial's `_compute` does: records + documents scored (`eval_records`,
-`eval_docs`) and `eval_seconds` (the wall around each evaluate call is reported beside it: it
+`eval_docs`, less those read back from the rung below: `rung_reuse.scored_items`) and `eval_seconds` (the wall around each evaluate call is reported beside it: it
 also holds the one-time base reference of each lower rung); candidates evaluated per rung.
 True-front drop rate (issue 23): every candidate a halving arm pruned is also evaluated in full,
 for this measurement only (not counted as compute, not a row, not told); of the candidates on the
@@ -79,7 +81,7 @@ def main() -> None:
     from mm4ke_ray.data import load_edit_records
     from mm4ke_ray.demo.build import build_demo
     from mm4ke_ray.evaluate.candidate import CandidateEvaluator
-    from mm4ke_ray.evaluate.evidence import DROP_RULE
+    from mm4ke_ray.evaluate.evidence import DROP_RULE, min_sign_items
     from mm4ke_ray.modeling import load_model, load_tokenizer
 
     smoke = args.smoke_test
@@ -105,7 +107,7 @@ def main() -> None:
         t0 = time.perf_counter()
         halving_eval = CandidateEvaluator(
             dataclasses.replace(settings, fidelity_rungs=fid.rungs, fidelity_reduction_factor=fid.reduction_factor,
-                                fidelity_seed=seed),
+                                fidelity_seed=seed, fidelity_min_items=min_sign_items(fid.error_rate)),
             reference=full_eval.reference,
         )
         setup_s[f"halving_evaluator_seed{seed}"] = time.perf_counter() - t0
@@ -152,6 +154,7 @@ def main() -> None:
                          "seed": "the search seed"},
             "records_per_rung": [len(plan.records(r)) for r in range(plan.rungs)],
             "docs_per_rung": [sum(len(d[r]) for d in plan.general_docs.values()) for r in range(plan.rungs)],
+            "skipped_rungs": list(plan.skipped), "rungs_described": plan.describe(), "min_items": plan.min_items,
             "general_tasks": list(settings.general_tasks), "edit_weights": settings.edit_weights,
             "eval_mode": settings.eval_mode, "setup_seconds": setup_s,
             "rsft_trained": trainer.trained, "rsft_reused": trainer.reused, "rsft_seconds": trainer.seconds,
@@ -207,6 +210,7 @@ def _search(arm: str, seed: int, trials: int, space: dict, evaluator, trainer: _
 
     from mm4ke_ray.config import SearchConfig
     from mm4ke_ray.evaluate.pareto import hypervolume
+    from mm4ke_ray.evaluate.rung_reuse import REUSED_DOCS, REUSED_RECORDS, scored_items
     from mm4ke_ray.evaluate.scores import COMBINED, OBJECTIVES
     from mm4ke_ray.search import space as sp
     from mm4ke_ray.search.front_board import front_points
@@ -253,8 +257,10 @@ def _search(arm: str, seed: int, trials: int, space: dict, evaluator, trainer: _
         })
         trial_log.append({"params": params, "status": "ok", "rsft_reused": reused, "candidates_per_rung": reached,
                           "full_candidates": [c["index"] for c in full], "lower_rungs": rung_logs})
-    compute = {"records": sum(int(m["eval_records"]) for m in evaluations),
-               "docs": sum(int(m["eval_docs"]) for m in evaluations),
+    scored = [scored_items(m) for m in evaluations]
+    compute = {"records": sum(r for r, _ in scored), "docs": sum(d for _, d in scored),
+               "reused_records_docs": sum(int(m.get(REUSED_RECORDS, 0)) + int(m.get(REUSED_DOCS, 0))
+                                          for m in evaluations),
                "seconds": sum(float(m["eval_seconds"]) for m in evaluations),
                "wall_seconds": sum(float(m["wall_seconds"]) for m in evaluations)}
     compute["records_docs"] = compute["records"] + compute["docs"]
@@ -292,14 +298,15 @@ def _evaluate(arm: str, cands: list[dict], delta: dict, evaluator, seed: int, fi
     metrics, candidates evaluated per rung). The halving arm is `_evaluate_candidates`'s logic
     in `search/trial.py`, one candidate after another instead of over an actor pool."""
     from mm4ke_ray.evaluate.fidelity import run_rungs, rung_result
+    from mm4ke_ray.evaluate.rung_reuse import REUSE
 
     for i, c in enumerate(cands):
         c["index"] = i
 
-    def score(i: int, rung: int | None) -> dict:
+    def score(i: int, rung: int | None, prior: dict | None = None) -> dict:
         c = cands[i]
         start = time.perf_counter()
-        metrics = evaluator.evaluate(delta, c["alpha"], c["sparsity"], seed, *(() if rung is None else (rung,)))
+        metrics = evaluator.evaluate(delta, c["alpha"], c["sparsity"], seed, *(() if rung is None else (rung, prior)))
         last = rung is None or rung == fid.rungs - 1
         return {**metrics, "wall_seconds": time.perf_counter() - start, "rung": fid.rungs - 1 if last else rung}
 
@@ -310,11 +317,13 @@ def _evaluate(arm: str, cands: list[dict], delta: dict, evaluator, seed: int, fi
     by_rung: dict[int, dict[int, dict]] = {}
 
     def evaluate_at(rung: int, keys: list[str]) -> dict:
-        by_rung[rung] = {int(k): score(int(k), rung) for k in keys}
+        below = [r for r in sorted(by_rung) if r < rung]  # the candidates' last rung: its items are reused
+        by_rung[rung] = {int(k): score(int(k), rung, by_rung[below[-1]][int(k)].get(REUSE) if below else None)
+                         for k in keys}
         return {str(i): rung_result(str(i), m) for i, m in by_rung[rung].items()}
 
     history = run_rungs([str(i) for i in range(len(cands))], evaluate_at, fid.rungs, fid.reduction_factor,
-                        fid.error_rate, keep=["0"], front=front)
+                        fid.error_rate, keep=["0"], front=front, skip=evaluator.rung_plan().skipped)
     last = fid.rungs - 1
     full = []
     for i, c in enumerate(cands):
@@ -324,7 +333,7 @@ def _evaluate(arm: str, cands: list[dict], delta: dict, evaluator, seed: int, fi
         else:  # pruned: its full value, for the true-front drop rate only (not compute, not a row)
             c["shadow"] = evaluator.evaluate(delta, c["alpha"], c["sparsity"], seed, last)
     reached = [len(h) for h in history] + [0] * (fid.rungs - len(history))
-    rungs = [_rung_log(h, fid.error_rate, front) for h in history[:-1] if len(history) > 1]
+    rungs = [_rung_log(h, fid.error_rate, front) for h in history[:-1]]
     return full, [m for got in by_rung.values() for m in got.values()], reached, rungs
 
 

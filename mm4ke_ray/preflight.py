@@ -18,7 +18,7 @@ from mm4ke_ray.config import DEMO, ModelConfig, SweepConfig
 from mm4ke_ray.data import load_edit_records
 from mm4ke_ray.data.sources import _HUB_ID
 from mm4ke_ray.errors import ConfigError, UserError
-from mm4ke_ray.evaluate.fidelity import rung_sizes
+from mm4ke_ray.evaluate.evidence import min_sign_items
 from mm4ke_ray.evaluate.real_tasks import build_local_task, local_task_specs, task_cache_root
 from mm4ke_ray.storage import storage_problem
 from mm4ke_ray.tracking.health import health_problem
@@ -149,23 +149,18 @@ def data_problems(config: SweepConfig) -> list[str]:
 
 
 def _rungs_problem(config: SweepConfig, n_records: int) -> str | None:
-    """More halving rungs than the edit set supports: a rung no larger than the one before it
-    scores the same records again and drops on no new evidence."""
+    """An edit set too small for halving to drop anything: with fewer records than the sign test
+    needs at the error rate, every rung below the full one is skipped (`rung_plan.py`)."""
     fid = config.evaluation.fidelity
     if not fid.enabled or fid.rungs < 2:
         return None
-
-    def growing(rungs: int) -> bool:
-        sizes = rung_sizes(n_records, rungs, fid.reduction_factor)
-        return all(a < b for a, b in zip(sizes, sizes[1:], strict=False))
-
-    if growing(fid.rungs):
+    need = min_sign_items(fid.error_rate)
+    if n_records >= need:
         return None
-    most = max(r for r in range(1, fid.rungs) if growing(r))
-    sizes = rung_sizes(n_records, fid.rungs, fid.reduction_factor)
-    return (f"evaluation.fidelity.rungs: {fid.rungs} rungs at reduction_factor {fid.reduction_factor:g} need more than "
-            f"the {n_records} edit record(s) give (records per rung: {sizes}); use at most {most} rungs, a smaller "
-            "reduction_factor, or more records")
+    return (f"evaluation.fidelity: the edit set has {n_records} record(s), fewer than the {need} differing items "
+            f"the sign test needs at error_rate {fid.error_rate:g}, so no rung below the full one could show a "
+            f"candidate worse and every one would be skipped; use at least {need} records, an error_rate of at "
+            f"least {0.5 ** max(n_records, 1):g}, or set evaluation.fidelity.enabled: false")
 
 
 def _check_tracking(uri: str, existing_store: bool = False) -> str | None:

@@ -74,7 +74,8 @@ def true_front(points: dict[str, tuple[float, float]]) -> set[str]:
 def replay(world: World, merges: list[tuple[float, float]], seed: int, error_rate: float,
            rng: random.Random) -> tuple[set[str], set[str], int, int]:
     """One trial through the product's `run_rungs`: (true-front keys, keys that reached the full
-    rung, items scored with halving, items scored without)."""
+    rung, items scored with halving, items scored without). As the product does, a promoted
+    candidate scores only the items its rung adds to the rung below (`rung_reuse.py`)."""
     cands = {str(i): world.merge(s, g, rng) for i, (s, g) in enumerate(merges)}
     full = {k: scores(*c, world.base) for k, c in cands.items()}
     plan = plan_rungs(RECORDS, {t: DOCS for t in world.w}, RUNGS, ETA, seed)
@@ -84,7 +85,9 @@ def replay(world: World, merges: list[tuple[float, float]], seed: int, error_rat
     def evaluate_at(rung: int, keys: list[str]) -> dict[str, RungResult]:
         nonlocal cost
         records, samples = plan.records(rung), plan.general_samples(rung)
-        cost += len(keys) * (len(records) + sum(len(v) for v in samples.values()))
+        below = (len(plan.records(rung - 1)) + sum(len(v) for v in plan.general_samples(rung - 1).values())
+                 if rung else 0)
+        cost += len(keys) * (len(records) + sum(len(v) for v in samples.values()) - below)
         base = {t: [world.base[t][j] for j in samples[t]] for t in samples}
         out = {}
         for k in keys:

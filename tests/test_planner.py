@@ -119,29 +119,37 @@ def test_trials_run_in_waves_and_their_candidates_share_the_actors():
 
 
 def test_halving_bounds_the_evaluation_by_what_its_rungs_may_prune():
-    """5 candidates, 3 rungs, factor 3 (1/9, 1/3, all): nothing pruned costs 5 x 13/9 = 7.2 full
-    evaluations; pruning to the minimum (5 -> 2 -> 1) costs 5/9 + 2/3 + 1 = 2.2."""
+    """5 candidates, 3 rungs, factor 3 on 100 records: rungs of 12, 34 and 100 records. A promoted
+    candidate scores only the items its next rung adds, so nothing pruned costs what evaluating
+    everyone in full costs (5); pruning to the minimum (5 -> 2 -> 1) costs 5 x 0.12 + 2 x 0.22 +
+    0.66 = 1.7 full evaluations."""
     from mm4ke_ray.evaluate.fidelity import halving_cost
     from mm4ke_ray.planning.workload import workload
 
-    assert halving_cost(5, 3, 3.0) == pytest.approx((5 / 9 + 2 / 3 + 1, 5 * 13 / 9))
+    assert halving_cost(5, 3, 3.0) == pytest.approx((5 / 9 + 2 * 2 / 9 + 2 / 3, 5))
+    assert halving_cost(5, 3, 3.0, reuse=False) == pytest.approx((5 / 9 + 2 / 3 + 1, 5 * 13 / 9))
     assert halving_cost(5, 1, 3.0) == (5, 5)  # one rung: the full evaluation of everyone
-    assert halving_cost(1, 2, 2.0) == pytest.approx((1.5, 1.5))  # the one kept candidate climbs every rung
+    assert halving_cost(1, 2, 2.0) == pytest.approx((1, 1))  # the one kept candidate climbs every rung
     off = workload(load_config(DEMO), records=10, gpus=0, cpus=2)
     assert off.halving_cost is None
     args = (str(PAPER), "--gpus", "8", "--records", "100", "--set", "merge.extra_candidates=4")
     _, plain = _cli(*args, "--json")
     code, raw = _cli(*args, "--set", "evaluation.fidelity.enabled=true", "--json")
     halving = json.loads(raw)
-    assert code == 0 and halving["workload"]["halving_cost"] == pytest.approx([5 / 9 + 2 / 3 + 1, 5 * 13 / 9])
-    # The expected wall assumes halving breaks even; at most, nothing is pruned (13/9 the evaluation).
+    assert code == 0 and halving["workload"]["halving_cost"] == pytest.approx([5 * 0.12 + 2 * 0.22 + 0.66, 5])
+    assert halving["workload"]["halving_rungs"] == ["rung 0: 12 of 100 records", "rung 1: 34 of 100 records"]
+    # The expected wall assumes halving breaks even; at most, nothing is pruned: the full evaluation.
     phase = {p["name"]: p for p in halving["estimate"]["phases"]}
     before = {p["name"]: p for p in json.loads(plain)["estimate"]["phases"]}
     assert phase["eval rounds"]["wall_s"] == pytest.approx(before["eval rounds"]["wall_s"])
-    assert phase["eval rounds"]["upper_s"] == pytest.approx(before["eval rounds"]["upper_s"] * 13 / 9)
+    assert phase["eval rounds"]["upper_s"] == pytest.approx(before["eval rounds"]["upper_s"])
     code, text = _cli(*args, "--set", "evaluation.fidelity.enabled=true")
-    assert code == 0 and "2.22 to 7.22 full evaluations" in " ".join(text.split())
+    assert code == 0 and "1.7 to 5 full evaluations" in " ".join(text.split())
     assert max(len(line) for line in text.splitlines()) <= 80
+    # 25 records (the benchmark's demo world): rung 0 raised from 3 to the sign test's 5.
+    small = workload(load_config(DEMO).with_overrides(**{"evaluation.fidelity.enabled": True,
+                                                          "merge.extra_candidates": 4}), records=25, gpus=0, cpus=2)
+    assert small.halving_rungs[0].startswith("rung 0: 5 of 25 records (raised from 3: the sign test needs 5")
 
 
 def _cli(*args: str) -> tuple[int, str]:

@@ -187,6 +187,8 @@ def test_a_halving_trial_gets_one_rung_line():
 
     assert rung_line("t03", [2, 0, 1, 0, 0, 2, 0, 1]) == "t03 halving: rung 0: 8 → rung 1: 4 → full rung 2: 2 · 6 pruned"
     assert rung_line("t03", [0, 0]) is None and rung_line("t03", []) is None  # no halving: no line
+    # a rung the plan skips (too few items for the sign test) is said so, not counted
+    assert rung_line("t04", [2, 1, 1], skipped=(0,)) == "t04 halving: rung 0 skipped → rung 1: 3 → full rung 2: 1 · 2 pruned"
 
 
 def test_the_progress_lines_best_counts_the_warm_started_front():

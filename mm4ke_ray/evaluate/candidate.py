@@ -24,21 +24,16 @@ import torch
 from mm4ke_ray.config import SweepConfig
 from mm4ke_ray.data import load_edit_records
 from mm4ke_ray.evaluate.edit_metrics import EditEvaluator
+from mm4ke_ray.evaluate.evidence import min_sign_items
 from mm4ke_ray.evaluate.fidelity import (
-    EDIT_SE,
     EVAL_DOCS,
     EVAL_RECORDS,
-    GENERAL_SE,
-    RUNG_ITEMS,
-    RungItems,
-    RungPlan,
     edit_score_stderr,
     general_score_stderr,
     mean_stderr,
-    plan_rungs,
 )
 from mm4ke_ray.evaluate.general import GeneralEvaluator, GeneralResult, general_score, retention
-from mm4ke_ray.evaluate.generation import GenerationEvaluator, GenerationReference
+from mm4ke_ray.evaluate.generation import GenerationEvaluator
 from mm4ke_ray.evaluate.precision import save_base_measurement
 from mm4ke_ray.evaluate.real_tasks import (
     LocalTaskSpec,
@@ -46,6 +41,8 @@ from mm4ke_ray.evaluate.real_tasks import (
     local_task_specs,
     task_cache_root,
 )
+from mm4ke_ray.evaluate.rung_reuse import REUSE, REUSED_DOCS, REUSED_RECORDS, can_join, payload
+from mm4ke_ray.evaluate.rung_views import Reference, RungViews, View, retention_items
 from mm4ke_ray.evaluate.scores import (
     EDIT_STDERR,
     GENERAL_STDERR,
@@ -53,7 +50,6 @@ from mm4ke_ray.evaluate.scores import (
     edit_score,
     objective_values,
 )
-from mm4ke_ray.evaluate.task_stats import paired_log_items
 from mm4ke_ray.merge import apply_delta_, restore_
 from mm4ke_ray.modeling import decoder_layers, load_model, load_tokenizer, mlp_prefix
 from mm4ke_ray.schema import (
@@ -99,11 +95,13 @@ class EvalSettings:
     generation_stop: str = "wild"
     generation_max_new_tokens: int = 64
     generation_extra_tokens: int | None = None  # the pre-WILD cap: target tokens + this
-    # evaluation.fidelity: rungs of successive halving (1: off), their reduction factor and the
-    # seed of their subsets (the sweep's seed); `evaluate(rung=r)` scores rung r's subset.
+    # evaluation.fidelity: rungs of successive halving (1: off), their reduction factor, the
+    # seed of their subsets (the sweep's seed) and the fewest items a lower rung scores (the sign
+    # test's minimum at the error rate, `rung_plan.py`); `evaluate(rung=r)` scores rung r's subset.
     fidelity_rungs: int = 1
     fidelity_reduction_factor: float = 3.0
     fidelity_seed: int = 0
+    fidelity_min_items: int = 1
 
     @property
     def teacher_forced(self) -> bool:
@@ -150,35 +148,10 @@ def _fidelity_settings(config: SweepConfig) -> dict:
     if not fid.enabled:
         return {}
     return {"fidelity_rungs": fid.rungs, "fidelity_reduction_factor": fid.reduction_factor,
-            "fidelity_seed": config.search.seed}
+            "fidelity_seed": config.search.seed, "fidelity_min_items": min_sign_items(fid.error_rate)}
 
 
-@dataclass
-class _View:
-    """What one fidelity scores with: the evaluators of its records, its lm-eval document subset
-    (None: the configured documents) and the base model's reference on exactly those items."""
-
-    edit_eval: EditEvaluator
-    gen_eval: GenerationEvaluator | None
-    samples: dict[str, list[int]] | None
-    reference: Reference
-    n_records: int
-    n_docs: int
-    docs_population: dict[str, int] | None = None  # per general output key, the full rung's documents
-
-
-@dataclass
-class Reference:
-    """What the base model scores: computed once per sweep and shared by every evaluator."""
-
-    locality: object  # LocalityReference of the base model
-    general: dict[str, float]
-    metrics: dict  # the base model's own edit metrics and objectives
-    general_result: GeneralResult | None = None  # stderr/chance/docs of the base: the noise guard's input
-    generation: GenerationReference | None = None  # the base's generated locality answers (generation mode)
-
-
-class CandidateEvaluator:
+class CandidateEvaluator(RungViews):
     def __init__(self, settings: EvalSettings, reference: Reference | None = None):
         self.settings = s = settings
         self.tokenizer = load_tokenizer(s.model, trust_remote_code=s.trust_remote_code)
@@ -204,48 +177,19 @@ class CandidateEvaluator:
         if reference is not None:
             _check_reference(reference, s)
         self.reference = reference or self._compute_reference()
-        self._plan: RungPlan | None = None
-        self._rung_views: dict[int, _View] = {}
+        self._plan = None
+        self._rung_views: dict[int, View] = {}
+        self._chunk_views: dict[tuple[int, int], View] = {}
         self._full_docs: int | None = None
 
+    def _generation_evaluator(self, records) -> GenerationEvaluator:
+        return generation_evaluator(self.tokenizer, records, self.settings)
+
     @property
-    def _full_view(self) -> _View:
+    def _full_view(self) -> View:
         if self._full_docs is None:
             self._full_docs = sum(self.general_eval.docs_per_task().values()) if self.general_eval else 0
-        return _View(self.edit_eval, self.gen_eval, None, self.reference, len(self.records), self._full_docs)
-
-    def rung_plan(self) -> RungPlan:
-        """The sweep's rung subsets (`fidelity.plan_rungs`): the same in every evaluator of a sweep."""
-        if self._plan is None:
-            s = self.settings
-            docs = self.general_eval.docs_per_task() if self.general_eval else {}
-            self._plan = plan_rungs(len(self.records), docs, s.fidelity_rungs, s.fidelity_reduction_factor,
-                                    s.fidelity_seed)
-        return self._plan
-
-    def _rung_view(self, rung: int) -> _View:
-        """Rung `rung`'s evaluators and the base's reference on its items; built on first use, when
-        the model is the base (never between a merge and its restore), and kept."""
-        if rung not in self._rung_views:
-            s, plan = self.settings, self.rung_plan()
-            records = [self.records[i] for i in plan.records(rung)]
-            edit_eval = EditEvaluator(self.tokenizer, records, prompt_format=s.prompt_format,
-                                      batch_size=s.batch_size, prefix_cache=s.prefix_cache)
-            gen_eval = None
-            if self.gen_eval:
-                gen_eval = generation_evaluator(self.tokenizer, records, s)
-            samples = plan.general_samples(rung) if self.general_eval else None
-            result = self.general_eval.evaluate_result(samples) if self.general_eval else None
-            reference = Reference(
-                locality=edit_eval.base_predictions(self.model) if s.teacher_forced else None,
-                general=result.scores if result else {}, metrics={}, general_result=result,
-                generation=gen_eval.base_generations(self.model) if gen_eval else None,
-            )
-            full = self.reference.general_result
-            self._rung_views[rung] = _View(edit_eval, gen_eval, samples, reference, len(records),
-                                           sum(len(d) for d in (samples or {}).values()),
-                                           dict(full.n_docs) if full else None)
-        return self._rung_views[rung]
+        return View(self.edit_eval, self.gen_eval, None, self.reference, len(self.records), self._full_docs)
 
     def _compute_reference(self) -> Reference:
         locality = self.edit_eval.base_predictions(self.model) if self.settings.teacher_forced else None
@@ -259,29 +203,38 @@ class CandidateEvaluator:
         ref.metrics = self._score(alpha=None, sparsity=None, seconds=0.0)
         return ref
 
-    def _score(self, alpha, sparsity, seconds: float, first_layer: int | None = None,
-               view: _View | None = None) -> dict:
-        """Metrics and objectives of the model as it is now; on a rung's `view`, also the
-        objectives' standard errors (`fidelity.EDIT_SE`, `GENERAL_SE`) that promotion needs."""
-        start = time.perf_counter()
-        low = view is not None
-        view = view or _View(self.edit_eval, self.gen_eval, None, self.reference, 0, 0)
-        metrics, rows = {}, {}
+    def _measure(self, view: View, first_layer: int | None) -> tuple[dict, GeneralResult | None]:
+        """The model as it is now on `view`'s items: per metric family its `EditMetrics` /
+        `GenerationMetrics`, and lm-eval's result (None without tasks)."""
+        measured, result = {}, None
         if self.settings.teacher_forced:
-            edit = view.edit_eval.evaluate(self.model, view.reference.locality, fluency=self.settings.fluency,
-                                           first_layer=first_layer)
-            metrics.update(edit.flat())
-            rows[TEACHER_FORCED] = edit.per_record
+            measured[TEACHER_FORCED] = view.edit_eval.evaluate(self.model, view.reference.locality,
+                                                               fluency=self.settings.fluency, first_layer=first_layer)
         if view.gen_eval:
-            generated = view.gen_eval.evaluate(self.model, view.reference.generation)
-            metrics.update({gen_metric(k): v for k, v in generated.flat().items()})
-            rows[GENERATION] = generated.per_record
-        out = {k: v for k, v in metrics.items() if v is not None}
-        general = general_se = general_items = precision = None
+            measured[GENERATION] = view.gen_eval.evaluate(self.model, view.reference.generation)
         if self.general_eval:
             reuse = first_layer if self.settings.prefix_cache else None  # as for the edit metrics above
             with self.general_eval.layers_below_unchanged(reuse):
                 result = self.general_eval.evaluate_result(view.samples)
+        return measured, result
+
+    def _score(self, alpha, sparsity, seconds: float, first_layer: int | None = None,
+               view: View | None = None, measured: tuple | None = None) -> dict:
+        """Metrics and objectives of the model as it is now (or of what `measured` holds); on a
+        rung's `view`, also the objectives' standard errors (`fidelity.EDIT_SE`, `GENERAL_SE`)
+        that promotion needs."""
+        start = time.perf_counter()
+        low = view is not None
+        view = view or View(self.edit_eval, self.gen_eval, None, self.reference, 0, 0)
+        families, result = measured or self._measure(view, first_layer)
+        metrics, rows = {}, {}
+        for mode, family in families.items():
+            flat = family.flat()
+            metrics.update(flat if mode == TEACHER_FORCED else {gen_metric(k): v for k, v in flat.items()})
+            rows[mode] = family.per_record
+        out = {k: v for k, v in metrics.items() if v is not None}
+        general = general_se = general_items = precision = None
+        if self.general_eval:
             scores, floor = result.scores, result.chance
             better = self.general_eval.higher_is_better
             kept = retention(scores, view.reference.general, better, floor)
@@ -296,7 +249,7 @@ class CandidateEvaluator:
             if low:
                 general_se = general_score_stderr(result.stderr, view.reference.general, result.n_docs,
                                                   view.docs_population or {}, better, floor, scores)
-                general_items = _general_items(result, view.reference.general, better)
+                general_items = retention_items(result, view.reference.general, better)
         family = edit_family(out, self.settings.edit_mode)
         out.update(objective_values(family, general, self.settings.edit_weights, self.settings.combined_edit_weight))
         out.update(self._precision(rows.get(self.settings.edit_mode) or [], precision))
@@ -319,38 +272,24 @@ class CandidateEvaluator:
         out = {EDIT_STDERR: edit_score_stderr(self._edit_rows(per_record)), GENERAL_STDERR: general_se}
         return {k: v for k, v in out.items() if v is not None}
 
-    def _objective_stderrs(self, per_record: list[dict], general_se: float | None,
-                           general_items: dict[str, list[float]] | None, docs_population: dict[str, int]) -> dict:
-        """SEs of the objectives at a rung, from per-record scores (finite-population corrected
-        against the whole edit set), and the per-item scores themselves (`fidelity.RungItems`),
-        for paired comparisons. Without general tasks locality stands in as the general
-        objective, as in `objective_values`."""
-        n, has_tasks = len(self.records), self.general_eval is not None
-        edit = self._edit_rows(per_record)
-        out = {EDIT_SE: edit_score_stderr(edit, n)}
-        population = {task: docs_population.get(task, len(v)) for task, v in (general_items or {}).items()}
-        if not has_tasks:
-            loc = [row["locality"] / 100.0 for row in per_record if row.get("locality") is not None]
-            general_se = mean_stderr(loc, n)
-            general_items, population = {"locality": loc}, {"locality": n}
-        out[GENERAL_SE] = general_se
-        out = {k: v for k, v in out.items() if v is not None}
-        out[RUNG_ITEMS] = RungItems(tuple(edit), n, None if general_items is None else
-                                    {t: tuple(v) for t, v in general_items.items()},
-                                    None if general_items is None else population).to_dict()
-        return out
-
     def evaluate(self, delta: dict[str, torch.Tensor], alpha: float, sparsity: float, seed: int = 0,
-                 rung: int | None = None) -> dict:
+                 rung: int | None = None, prior: dict | None = None) -> dict:
         """Merge (in place), evaluate, restore. Returns metrics and objectives of the candidate.
 
         `rung` (successive halving, `settings.fidelity_rungs` > 1): score only that rung's
         subset of records and documents (`rung_plan`); None or the last rung is the full
         evaluation, the same as without halving. Either way the metrics say how many records
-        (`fidelity.EVAL_RECORDS`) and documents (`EVAL_DOCS`) were scored."""
-        view = None
-        if rung is not None and not self.rung_plan().is_full(rung):
-            view = self._rung_view(rung)  # before the merge: its base reference needs the base model
+        (`fidelity.EVAL_RECORDS`) and documents (`EVAL_DOCS`) the scores stand on. A lower rung
+        also returns its per-item results (`rung_reuse.REUSE`); given back as `prior` to the same
+        candidate's next rung, only the items that rung adds are scored (`REUSED_RECORDS`,
+        `REUSED_DOCS`: how many were read back instead), with the same numbers."""
+        plan = self.rung_plan() if rung is not None else None
+        full = plan is None or plan.is_full(rung)
+        view = None if full else self._rung_view(rung)  # before the merge: its base reference needs the base model
+        if plan is not None and prior is not None and can_join(prior, *self._new_items(prior["rung"], rung)):
+            self._chunk_view(prior["rung"], rung)  # likewise
+        else:
+            prior = None
         start = time.perf_counter()
         device = next(self.model.parameters()).device
         # Sparsify on the model's device: a top-k over a 7B model's MLP takes seconds on CPU, ms on GPU.
@@ -358,8 +297,13 @@ class CandidateEvaluator:
         snapshot = apply_delta_(self.model, delta, alpha=alpha, sparsity=sparsity, method=self.settings.merge_method, seed=seed)
         merge_seconds = time.perf_counter() - start
         try:
-            out = self._score(alpha, sparsity, seconds=merge_seconds, first_layer=delta_first_layer(self.model, delta),
-                              view=view)
+            first_layer = delta_first_layer(self.model, delta)
+            if prior:
+                measured = self._measure_joined(prior, rung, first_layer)
+            else:
+                measured = self._measure(view or self._full_view, first_layer)
+            out = self._score(alpha, sparsity, seconds=time.perf_counter() - start, first_layer=first_layer,
+                              view=view, measured=measured)
         finally:
             restore_(self.model, snapshot)
             del delta, snapshot
@@ -367,30 +311,15 @@ class CandidateEvaluator:
         out["merge_seconds"] = merge_seconds
         counted = view or self._full_view
         out[EVAL_RECORDS], out[EVAL_DOCS] = counted.n_records, counted.n_docs
+        if prior:
+            below = prior["rung"]
+            out[REUSED_RECORDS] = len(plan.records(below))
+            out[REUSED_DOCS] = sum(map(len, plan.general_samples(below).values())) if self.general_eval else 0
+        if not full:
+            families, result = measured
+            out[REUSE] = payload(rung, {mode: f.per_record for mode, f in families.items()}, result,
+                                 self.general_eval is not None)
         return out
-
-
-def _general_items(result, base: dict[str, float], higher_is_better: dict[str, bool]) -> dict | None:
-    """Per task, each document's item on the retention scale of the general objective: its value
-    over the base's span above chance (value / (base − floor)), or for a perplexity −NLL over the
-    mean words (`task_stats.paired_log_items`: differences in log retention, ≈ in retention near
-    1). A task whose base is at or below its floor is left out, as `general_score` leaves it out;
-    None when a task has no per-document values (then the general difference cannot be paired)."""
-    out = {}
-    for task, b in base.items():
-        values = result.per_doc.get(task)
-        if values is None:
-            return None
-        if not higher_is_better.get(task, True):
-            weights = result.doc_weights.get(task)
-            if not weights or sum(weights) <= 0:
-                return None
-            out[task] = paired_log_items(values, weights)
-            continue
-        span = b - (result.chance.get(task) or 0.0)
-        if span > 0:  # else its retention is undefined and `general_score` leaves the task out too
-            out[task] = [v / span for v in values]
-    return out or None
 
 
 def _check_reference(reference: Reference, settings: EvalSettings) -> None:

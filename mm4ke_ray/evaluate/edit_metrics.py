@@ -94,6 +94,13 @@ class EditMetrics:
         """The five aggregates and the per-kind means under flat names (e.g. portability.Reasoning)."""
         return {**self.as_dict(), **self.by_kind}
 
+    @classmethod
+    def from_rows(cls, rows: list[dict]) -> EditMetrics:
+        """The metrics of per-record rows (`per_record`): each metric's mean over the records that
+        have it, and the per-kind means; rows of two subsets joined give the union's metrics."""
+        totals = {m: _mean([row[m] for row in rows if row[m] is not None]) for m in METRICS}
+        return cls(**totals, per_record=rows, by_kind=kind_means(rows))
+
 
 def _mean(values: Sequence[float]) -> float | None:
     return sum(values) / len(values) if values else None
@@ -164,8 +171,11 @@ class EditEvaluator:
         batch_size: int = 32,
         prefix_cache: bool = False,
         prefix_cache_bytes: int = 2 << 30,
+        record_ids: Sequence[int] | None = None,
     ):
-        """`prefix_cache` keeps up to `prefix_cache_bytes` of hidden states (see the module doc)."""
+        """`prefix_cache` keeps up to `prefix_cache_bytes` of hidden states (see the module doc).
+        `record_ids`: each record's index in the whole edit set (default 0..n-1), which seeds its
+        fluency sample, so a record samples the same text in every subset it is scored in."""
         if not records:
             raise UserError(
                 "no edit records to evaluate: the data set is empty (check the file and --limit)"
@@ -174,6 +184,9 @@ class EditEvaluator:
             raise UserError(f"batch_size must be at least 1, got {batch_size}")
         self.tokenizer = tokenizer
         self.records = list(records)
+        self.record_ids = list(range(len(self.records)) if record_ids is None else record_ids)
+        if len(self.record_ids) != len(self.records):
+            raise ValueError(f"{len(self.record_ids)} record_ids for {len(self.records)} records")
         self.prompt_format = prompt_format
         self.batch_size = batch_size
         acc_examples, self._acc_probes = self._encode(
@@ -304,12 +317,11 @@ class EditEvaluator:
                     model,
                     self.tokenizer,
                     record.prompt,
-                    fluency_seed + i,
+                    fluency_seed + self.record_ids[i],
                     prompt_format=self.prompt_format,
                 )
                 row["fluency"], row["fluency_text"] = 100.0 * ngram_entropy(text), text
-        totals = {m: _mean([row[m] for row in rows if row[m] is not None]) for m in METRICS}
-        return EditMetrics(**totals, per_record=rows, by_kind=kind_means(rows))
+        return EditMetrics.from_rows(rows)
 
     def _empty_row(self, index: int, record: EditRecord) -> dict:
         items = {m: [] for m in ("edit_succ", "generalization", "portability", "locality")}

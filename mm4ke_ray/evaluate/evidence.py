@@ -52,6 +52,17 @@ def sign_test_pvalue(wins: int, losses: int) -> float:
     return math.fsum(math.comb(n, k) for k in range(wins, n + 1)) / 2.0**n
 
 
+def min_sign_items(error_rate: float) -> int:
+    """The fewest discordant items on which the sign test can reach `error_rate`: all of them one
+    way, P = 2^-n <= error_rate (0.05 -> 5, 0.1 -> 4, 0.5 -> 1). A rung with fewer items (records,
+    or documents over all tasks) can never show one candidate of a trial worse than another."""
+    z_for(error_rate)  # refuses an error rate outside (0, 0.5]
+    n = 1
+    while sign_test_pvalue(n, 0) > error_rate:
+        n += 1
+    return n
+
+
 def _fpc(n: int, population: int) -> float:
     """Finite-population correction of a mean of n of `population` items drawn without replacement
     (0 when the n are the whole population: the mean is then exact)."""

@@ -7,8 +7,10 @@ Rungs. With R rungs and reduction factor eta, rung r (0-based) evaluates a candi
 fraction eta^-(R-1-r) of the edit records and of each lm-eval task's documents; the last rung is
 the full evaluation. The subsets are the prefixes of one seeded permutation per item list
 (records; each task's documents), so they are nested (a candidate's rung-0 items are part of its
-rung-1 items: a resumed or promoted candidate only needs the rung's new items) and identical for
-every candidate of a sweep (paired comparisons) and for every run with the same seed.
+rung-1 items: a promoted candidate scores only the rung's new items, `rung_reuse.py`) and
+identical for every candidate of a sweep (paired comparisons) and for every run with the same
+seed. A lower rung too small for the sign test is raised to its minimum, or skipped where it
+cannot give evidence at all (`rung_plan.py`).
 
 Promotion. Both objectives (edit, general) are maximised. A lower rung drops candidate a only
 when another candidate b of the rung *dominates it beyond doubt*: in each objective the rung's
@@ -23,107 +25,19 @@ one over every item of a small rung, is no evidence. See `promote` for the whole
 from __future__ import annotations
 
 import math
-import random
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from mm4ke_ray.evaluate.evidence import jeffreys_floor, paired_beats, unpaired_beats, z_for
-
-
-def rung_fractions(rungs: int, reduction_factor: float) -> list[float]:
-    """Fraction of the items each rung evaluates: eta^-(R-1-r) for r = 0..R-1; the last is 1."""
-    _check_plan_args(rungs, reduction_factor)
-    return [reduction_factor ** -(rungs - 1 - r) for r in range(rungs)]
-
-
-def rung_sizes(n_items: int, rungs: int, reduction_factor: float) -> list[int]:
-    """Items per rung out of `n_items`: ceil(n * fraction), at least 1, the last rung all n.
-
-    ceil, not round: a rung never evaluates fewer items than its fraction promises, and a small
-    set (n=4, eta=3) still gives rung 0 at least one item.
-    """
-    if n_items < 0:
-        raise ValueError(f"n_items must be >= 0, got {n_items}")
-    if n_items == 0:
-        return [0] * rungs
-    sizes = [min(n_items, max(1, math.ceil(n_items * f - 1e-9))) for f in rung_fractions(rungs, reduction_factor)]
-    sizes[-1] = n_items
-    return sizes
-
-
-def halving_cost(n: int, rungs: int, reduction_factor: float) -> tuple[float, float]:
-    """Evaluation cost of a trial's n candidates under halving, in full evaluations: (fewest,
-    most). Most: nothing pruned, every candidate scores every rung (1 + 1/eta + ... each).
-    Fewest: each rung passes on only its minimum, ceil(n_r / eta), and at least the kept one.
-    Without halving the cost is n."""
-    fractions = rung_fractions(rungs, reduction_factor)
-    alive, fewest = n, 0.0
-    for f in fractions:
-        fewest += alive * f
-        alive = max(1, math.ceil(alive / reduction_factor))
-    return fewest, n * sum(fractions)
-
-
-def nested_subsets(n_items: int, rungs: int, reduction_factor: float, seed: int, key: str = "") -> list[list[int]]:
-    """Per rung, the sorted indices (into 0..n_items-1) it evaluates; nested and seeded.
-
-    One permutation of range(n_items) drawn from `random.Random(f"{seed}:{key}")` (a str seed
-    is hashed with SHA-512: the same on every Python version and process, unlike `hash()`); rung
-    r takes its first rung_sizes[r] entries. `key` names the item list ("edits", a task name) so
-    two lists of equal length do not get the same permutation.
-    """
-    order = list(range(n_items))
-    random.Random(f"{seed}:{key}").shuffle(order)
-    return [sorted(order[:size]) for size in rung_sizes(n_items, rungs, reduction_factor)]
-
-
-@dataclass(frozen=True)
-class RungPlan:
-    """The fixed items of every rung: edit-record indices and, per lm-eval task, document indices.
-
-    Document indices count into the documents the full evaluation would see (after
-    evaluation.general_limit), in lm-eval's order; `general_samples(r)` gives them in the form of
-    lm-eval's `simple_evaluate(samples=...)`, which cannot be combined with `limit`.
-    """
-
-    rungs: int
-    reduction_factor: float
-    seed: int
-    edit_records: list[list[int]]
-    general_docs: dict[str, list[list[int]]]
-
-    def general_samples(self, rung: int) -> dict[str, list[int]]:
-        self._check_rung(rung)
-        return {task: docs[rung] for task, docs in self.general_docs.items()}
-
-    def records(self, rung: int) -> list[int]:
-        self._check_rung(rung)
-        return self.edit_records[rung]
-
-    def is_full(self, rung: int) -> bool:
-        """Only the last rung's results may enter the Pareto front, the best pick and export."""
-        self._check_rung(rung)
-        return rung == self.rungs - 1
-
-    def _check_rung(self, rung: int) -> None:
-        if not 0 <= rung < self.rungs:
-            raise ValueError(f"rung {rung} out of range: this plan has rungs 0..{self.rungs - 1}")
-
-
-def plan_rungs(
-    n_records: int, docs_per_task: Mapping[str, int], rungs: int, reduction_factor: float, seed: int
-) -> RungPlan:
-    """The rung subsets of a sweep: the edit records and each task's documents, seeded."""
-    return RungPlan(
-        rungs=rungs,
-        reduction_factor=reduction_factor,
-        seed=seed,
-        edit_records=nested_subsets(n_records, rungs, reduction_factor, seed, key="edits"),
-        general_docs={
-            task: nested_subsets(n, rungs, reduction_factor, seed, key=f"general:{task}")
-            for task, n in sorted(docs_per_task.items())
-        },
-    )
+from mm4ke_ray.evaluate.rung_plan import (  # noqa: F401 - the rung plan's names, re-exported
+    RungPlan,
+    check_plan_args,
+    halving_cost,
+    nested_subsets,
+    plan_rungs,
+    rung_fractions,
+    rung_sizes,
+)
 
 
 def mean_stderr(values: Sequence[float], population: int | None = None) -> float | None:
@@ -353,13 +267,6 @@ def promote(results: Sequence[RungResult], reduction_factor: float, error_rate: 
     return [results[i].key for i in sorted(keep)]
 
 
-def _check_plan_args(rungs: int, reduction_factor: float) -> None:
-    if rungs < 1:
-        raise ValueError(f"rungs must be >= 1, got {rungs}")
-    if reduction_factor <= 1:
-        raise ValueError(f"reduction_factor must be > 1, got {reduction_factor}")
-
-
 # -- a trial's rung loop --------------------------------------------------------------------------
 
 # Metric names a rung's evaluation adds to a candidate's metrics: the objectives' standard errors
@@ -387,6 +294,7 @@ def run_rungs(
     error_rate: float,
     keep: Sequence[str] = (),
     front: Sequence[Sequence[float]] = (),
+    skip: Sequence[int] = (),
 ) -> list[dict[str, RungResult]]:
     """Successive halving of one group of candidates: per rung, who was evaluated and how.
 
@@ -395,10 +303,13 @@ def run_rungs(
     every rung but the last, `promote` picks who goes on; the keys in `keep` always go on (the
     sweep's sampled candidate: Optuna needs a full-fidelity value for the point it proposed).
     `front`: exact (edit, general) points the sweep has already evaluated in full, for `promote`.
-    Returns one dict per rung evaluated (key -> result); the last one's keys reached the full
-    evaluation. Rungs are evaluated in order and each only once.
+    `skip`: lower rungs not evaluated (`RungPlan.skipped`): every candidate passes them as is.
+    Returns one dict per rung (key -> result; empty for a skipped rung); the last one's keys
+    reached the full evaluation. Rungs are evaluated in order and each only once.
     """
-    _check_plan_args(rungs, reduction_factor)
+    check_plan_args(rungs, reduction_factor)
+    if any(not 0 <= r < rungs - 1 for r in skip):
+        raise ValueError(f"only lower rungs (0..{rungs - 2}) can be skipped, got {sorted(skip)}")
     if len(set(keys)) != len(keys):
         raise ValueError(f"duplicate candidate keys: {list(keys)}")
     unknown = set(keep) - set(keys)
@@ -408,6 +319,9 @@ def run_rungs(
     for rung in range(rungs):
         if not alive:
             break
+        if rung in skip:
+            history.append({})
+            continue
         got = dict(evaluate_at(rung, list(alive)))
         missing = set(alive) - set(got)
         if missing:

@@ -139,6 +139,7 @@ class GeneralResult:
     per_doc: dict[str, list[float]] = field(default_factory=dict)
     doc_weights: dict[str, list[float]] = field(default_factory=dict)
     scale: dict[str, float] = field(default_factory=dict)
+    doc_chance: dict[str, list[float]] = field(default_factory=dict)  # per task: 1 / each document's choices
 
     def flat(self, prefix: str = "general") -> dict[str, float]:
         """Flat metric names for a tracker: `<prefix>.<task>` and `<prefix>.<task>.stderr`."""
@@ -347,7 +348,7 @@ class GeneralEvaluator:
         from lm_eval.api.metrics import pooled_sample_stderr, unweighted_mean_stderr
 
         scores = primary_scores(full, self.outputs)
-        stderr, chance, n_docs, per_doc, weights, scale = {}, {}, {}, {}, {}, {}
+        stderr, chance, n_docs, per_doc, weights, scale, doc_chance = {}, {}, {}, {}, {}, {}, {}
         for key, kind, metric, _ in self.outputs:
             if kind == "task":
                 filt = _primary_key(full["results"][key], metric).split(",", 1)[1]
@@ -357,6 +358,8 @@ class GeneralEvaluator:
                     per_doc[key] = leaf.values
                 if leaf.weights is not None:
                     weights[key] = leaf.weights
+                if leaf.chance_items is not None:
+                    doc_chance[key] = leaf.chance_items
                 continue
             leaves, by_size = self._leaves[key]
             filt = _primary_key(full["groups"][key], metric).split(",", 1)[1]
@@ -376,7 +379,7 @@ class GeneralEvaluator:
                 stderr[key] = float(unweighted_mean_stderr(ses))
         return GeneralResult(scores, stderr, chance, n_docs,
                              {key: metric for key, _, metric, _ in self.outputs}, self.higher_is_better,
-                             self.settings, per_doc, weights, scale)
+                             self.settings, per_doc, weights, scale, doc_chance)
 
     def _leaf_stats(self, full, name: str, metric: str | None, filt: str) -> LeafStats:
         """`task_stats.leaf_stats` of one leaf task's `metric` under filter `filt`."""

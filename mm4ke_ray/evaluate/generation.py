@@ -247,6 +247,15 @@ class GenerationMetrics:
         """The four aggregates and the per-kind means under flat names (e.g. locality.Forgetfulness)."""
         return {**self.as_dict(), **self.by_kind}
 
+    @classmethod
+    def from_rows(cls, rows: list[dict]) -> GenerationMetrics:
+        """The metrics of per-record rows (`per_record`), as `evaluate` computes them."""
+        totals = {}
+        for metric in GENERATION_METRICS:
+            values = [row[metric] for row in rows if row[metric] is not None]
+            totals[metric] = sum(values) / len(values) if values else None
+        return cls(**totals, by_kind=kind_means(rows), per_record=rows)
+
 
 class GenerationEvaluator:
     """Generation metrics on a fixed list of records; build once, call `evaluate` per model."""
@@ -352,11 +361,7 @@ class GenerationEvaluator:
         for row in rows:
             for metric in GENERATION_METRICS:
                 row[metric] = record_score(row["items"][metric])
-        totals = {}
-        for metric in GENERATION_METRICS:
-            values = [row[metric] for row in rows if row[metric] is not None]
-            totals[metric] = sum(values) / len(values) if values else None
-        return GenerationMetrics(**totals, by_kind=kind_means(rows), per_record=rows)
+        return GenerationMetrics.from_rows(rows)
 
     def _empty_row(self, index: int, record: EditRecord) -> dict:
         return {

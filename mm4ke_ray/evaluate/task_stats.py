@@ -66,6 +66,7 @@ class LeafStats:
     values: list[float] | None  # per document: the metric's value, or a perplexity's NLL
     weights: list[float] | None = None  # per document, a perplexity's words/bytes (else None)
     scale: float = 1.0
+    chance_items: list[float] | None = None  # per document, 1 / its choices (the floor is their mean)
 
 
 def leaf_stats(task, name: str, samples: list[dict], metric: str | None) -> LeafStats:
@@ -87,10 +88,16 @@ def leaf_stats(task, name: str, samples: list[dict], metric: str | None) -> Leaf
             values = [float(s[metric]) for s in samples]
         except (KeyError, TypeError, ValueError):  # a per-document value that is not a number
             values = None
-    floor = 0.0
+    floor, chance = 0.0, None
     if task.OUTPUT_TYPE == "multiple_choice" and metric in _CHANCE_METRICS and samples:
-        floor = sum(1 / len(task.doc_to_choice(s["doc"])) for s in samples) / len(samples)
+        chance = [1 / len(task.doc_to_choice(s["doc"])) for s in samples]
+        floor = chance_floor(chance)
     if not (task.higher_is_better() or {}).get(metric, True):
-        floor = None  # a lower-is-better metric has no chance floor to clear
+        floor = chance = None  # a lower-is-better metric has no chance floor to clear
     se = sample_stderr(values) if values is not None else None
-    return LeafStats(se, floor, len(samples), values, scale=scale)
+    return LeafStats(se, floor, len(samples), values, scale=scale, chance_items=chance)
+
+
+def chance_floor(chance_items: list[float]) -> float:
+    """A multiple-choice task's chance score: the mean over its documents of 1 / their choices."""
+    return sum(chance_items) / len(chance_items)

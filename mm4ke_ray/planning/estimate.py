@@ -77,7 +77,8 @@ def estimate(work: Workload, units: UnitCosts, fixed: FixedCosts, gpus: int, cpu
     startup = fixed.trial_startup_s.get(work.runner, max(fixed.trial_startup_s.values()))
     rounds = _eval_rounds(work)
     candidate = units.candidate_s + fixed.dispatch_per_candidate_s
-    # Halving on: at most every candidate scores every rung (`fidelity.halving_cost`).
+    # Halving on: at most every candidate reaches the full rung, each item scored once
+    # (`rung_plan.halving_cost`, with reuse: what evaluating everyone in full costs).
     eval_upper = work.halving_cost[1] / work.candidates_per_delta if work.halving_cost else 1.0
     per_trial = fixed.driver_per_trial_s.get(work.runner, max(fixed.driver_per_trial_s.values()))
     ray_start = fixed.ray_start_s if local_ray else 0.0

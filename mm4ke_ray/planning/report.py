@@ -49,8 +49,10 @@ def render(plan: dict, console: Console | None = None) -> None:
     if w.get("halving_cost"):
         fewest, most = w["halving_cost"]
         inputs.add_row("halving", f"a delta's evaluation costs {fewest:.3g} to {most:.3g} full evaluations "
-                                  f"({w['candidates_per_delta']} without halving), as its rungs prune; "
-                                  f"times assume {w['candidates_per_delta']}, 'at most' {most:.3g}")
+                                  f"({w['candidates_per_delta']} without halving), as its rungs prune; a "
+                                  "promoted candidate scores only the items its next rung adds")
+        for line in w.get("halving_rungs") or ():
+            inputs.add_row("", line)
     tasks = ", ".join(w["general_tasks"]) or "none"
     limit = f" (limit {w['general_limit']})" if w["general_limit"] else ""
     inputs.add_row("general", tasks + limit)

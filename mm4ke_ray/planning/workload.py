@@ -34,6 +34,8 @@ class Workload:
     runner: str
     # evaluation.fidelity on: a delta's evaluation in full evaluations, (fewest, most); None: off
     halving_cost: tuple[float, float] | None = None
+    # ... and its lower rungs by the edit records (`RungPlan.describe`: raised, skipped and why)
+    halving_rungs: tuple[str, ...] = ()
 
     @property
     def updates_max(self) -> int:
@@ -107,12 +109,21 @@ def workload(config: SweepConfig, records: int, gpus: int = 0, cpus: float | Non
         eval_batch_size=config.evaluation.batch_size,
         concurrent_trials=min(plan.max_concurrent, config.search.num_trials), rsft_slots=plan.rsft_slots,
         eval_actors=plan.actors, rsft_gpus=config.resources.rsft_gpus, eval_gpus=config.resources.eval_gpus,
-        runner=config.search.rsft.runner, halving_cost=_halving_cost(config, per_delta),
+        runner=config.search.rsft.runner, **_halving(config, per_delta, records),
     )
 
 
-def _halving_cost(config: SweepConfig, per_delta: int) -> tuple[float, float] | None:
-    from mm4ke_ray.evaluate.fidelity import halving_cost
+def _halving(config: SweepConfig, per_delta: int, records: int) -> dict:
+    """With halving on: `halving_cost` over the rungs the sweep evaluates, their fractions taken
+    from the edit records (raised to the sign test's minimum, `rung_plan.py`), and the rungs'
+    description. The documents of lm-eval tasks are only known when the sweep starts."""
+    from mm4ke_ray.evaluate.evidence import min_sign_items
+    from mm4ke_ray.evaluate.rung_plan import halving_cost, plan_rungs
 
     fid = config.evaluation.fidelity
-    return halving_cost(per_delta, fid.rungs, fid.reduction_factor) if fid.enabled and fid.rungs > 1 else None
+    if not fid.enabled or fid.rungs <= 1 or records < 1:
+        return {}
+    plan = plan_rungs(records, {}, fid.rungs, fid.reduction_factor, seed=0, min_items=min_sign_items(fid.error_rate))
+    fractions = [len(plan.records(r)) / records for r in plan.evaluated()]
+    return {"halving_cost": halving_cost(per_delta, fid.rungs, fid.reduction_factor, fractions),
+            "halving_rungs": tuple(plan.describe())}

@@ -65,10 +65,16 @@ class MergeEvalActor:
     def reference(self) -> Reference:
         return self.evaluator.reference
 
-    def evaluate(self, delta: dict, alpha: float, sparsity: float, seed: int = 0, rung: int | None = None) -> dict:
-        """One candidate's metrics; at `rung` (successive halving) on that rung's subset only."""
+    def evaluate(self, delta: dict, alpha: float, sparsity: float, seed: int = 0, rung: int | None = None,
+                 prior: dict | None = None) -> dict:
+        """One candidate's metrics; at `rung` (successive halving) on that rung's subset only, the
+        items scored at the candidate's rung below (`prior`) read back instead of scored again."""
         self.count += 1
-        return self.evaluator.evaluate(delta, alpha, sparsity, seed=seed, rung=rung)
+        return self.evaluator.evaluate(delta, alpha, sparsity, seed=seed, rung=rung, prior=prior)
+
+    def rung_plan(self):
+        """The sweep's rung plan (`rung_plan.RungPlan`: items per rung, skipped rungs)."""
+        return self.evaluator.rung_plan()
 
     def stats(self) -> dict:
         """Evaluations done by this incarnation, its resident memory, pid and whether it was restarted."""

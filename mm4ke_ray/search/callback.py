@@ -179,7 +179,9 @@ class SweepCallback(Callback):
         """A line per halving trial: how many candidates each rung evaluated, how many were pruned."""
         cands = [*(result.get("candidates") or []), *(result.get(PRUNED_CANDIDATES) or [])]
         reached = [c["metrics"]["fidelity.rung"] for c in cands if "fidelity.rung" in (c.get("metrics") or {})]
-        if line := rung_line(_label(trial), reached):
+        skipped = tuple(sorted({int(k[4:].split(".")[0]) for c in cands for k in (c.get("metrics") or {})
+                                if k.startswith("rung") and k.endswith(".skipped")}))
+        if line := rung_line(_label(trial), reached, skipped):
             self.console.print(line)
 
     def on_trial_result(self, iteration, trials, trial, result, **info):

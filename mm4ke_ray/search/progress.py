@@ -52,14 +52,16 @@ class SweepProgress:
             self._bar = None
 
 
-def rung_line(label: str, reached: list[int]) -> str | None:
+def rung_line(label: str, reached: list[int], skipped: tuple[int, ...] = ()) -> str | None:
     """One trial's successive halving, e.g. "t03 halving: rung 0: 8 → rung 1: 4 → full rung 2: 2 ·
-    6 pruned" (how many candidates each rung evaluated); None when the trial did not halve."""
+    6 pruned" (how many candidates each rung evaluated; "rung 0 skipped" for a rung the plan
+    skips, `rung_plan.py`); None when the trial did not halve."""
     if not reached:
         return None
     last = max(reached)
     if last == 0:
         return None
-    steps = [f"{'full ' if r == last else ''}rung {r}: {sum(1 for x in reached if x >= r)}" for r in range(last + 1)]
+    steps = [f"rung {r} skipped" if r in skipped else
+             f"{'full ' if r == last else ''}rung {r}: {sum(1 for x in reached if x >= r)}" for r in range(last + 1)]
     pruned = sum(1 for x in reached if x < last)
     return f"{label} halving: {' → '.join(steps)} · {pruned} pruned"

@@ -31,10 +31,12 @@ from mm4ke_ray.evaluate.fidelity import (
     EVAL_DOCS,
     EVAL_RECORDS,
     GENERAL_SE,
+    RungPlan,
     RungResult,
     run_rungs,
     rung_result,
 )
+from mm4ke_ray.evaluate.rung_reuse import REUSE, REUSED_DOCS, REUSED_RECORDS, scored_items
 from mm4ke_ray.evaluate.scores import COMBINED, OBJECTIVES
 from mm4ke_ray.rsft.config import RSFTConfig
 from mm4ke_ray.rsft.run import rsft_to_folder
@@ -237,13 +239,27 @@ def _run_trial(params: dict, ctx: TrialContext, trial_id: str) -> tuple[dict, st
     return report, delta_dir
 
 
+def _rung_plan(ctx: TrialContext) -> RungPlan:
+    """The sweep's rung plan (`rung_plan.py`: sizes, skipped rungs), as the merge-eval actors
+    built it from the edit set and the tasks' documents; the same in every actor. Asked once per
+    process and pool: an actor busy with other trials' candidates answers only after them."""
+    key = f"{ctx.actors[0]!r} {ctx.settings!r}"  # an actor handle's repr names its actor id
+    if key not in _PLANS:
+        _PLANS[key] = ray.get(ctx.actors[0].rung_plan.remote())
+    return _PLANS[key]
+
+
+_PLANS: dict[str, RungPlan] = {}  # per process, by pool and settings
+
+
 def _rung_store(ctx: TrialContext, trial_id: str, delta: dict, cands: list[dict]) -> RungStore | None:
     """The trial's rung record (rung_store.py), with halving on and a folder to keep it in."""
     s = ctx.settings
     if s.fidelity_rungs <= 1 or ctx.rungs_path is None:
         return None
     key = {"delta": delta_digest(delta), "candidates": [[c["alpha"], c["sparsity"]] for c in cands],
-           "rungs": s.fidelity_rungs, "reduction_factor": s.fidelity_reduction_factor, "seed": s.fidelity_seed}
+           "rungs": s.fidelity_rungs, "reduction_factor": s.fidelity_reduction_factor, "seed": s.fidelity_seed,
+           "plan": _rung_plan(ctx).summary()}
     return RungStore(ctx.rungs_path, trial_id, key)
 
 
@@ -268,16 +284,20 @@ def _evaluate_candidates(ctx: TrialContext, cands: list[dict], delta_ref, trial_
     With a `store`, each rung's results are recorded as soon as they are in, and a rung result
     already recorded (this trial started before and died) is read back instead of evaluated:
     `fidelity.reused_rungs` counts them per candidate.
+
+    Rungs the plan skips (too few items for the sign test, `rung_plan.py`) are not evaluated
+    (`fidelity.skipped_rungs`); a promoted candidate's next rung scores only the items it adds
+    to the candidate's last one (`rung_reuse.py`; `compute.reused_records` / `_docs`).
     """
     n = len(ctx.actors)
     offset = zlib.crc32(trial_id.encode()) % n
     done = 0
 
-    def fan_out(rung: int | None, indices: list[int]) -> dict[int, dict]:
+    def fan_out(rung: int | None, indices: list[int], priors: dict[int, dict | None] | None = None) -> dict[int, dict]:
         nonlocal done  # round-robin over the pool across rungs, from the trial's own offset
         futures = [ctx.actors[(offset + done + j) % n].evaluate.remote(
             delta_ref, cands[i]["alpha"], cands[i]["sparsity"], ctx.search.seed,
-            *(() if rung is None else (rung,))) for j, i in enumerate(indices)]
+            *(() if rung is None else (rung, (priors or {}).get(i)))) for j, i in enumerate(indices)]
         done += len(indices)
         return dict(zip(indices, ray.get(futures), strict=True))
 
@@ -289,6 +309,7 @@ def _evaluate_candidates(ctx: TrialContext, cands: list[dict], delta_ref, trial_
             cands[i]["metrics"] = {**metrics, **_compute([metrics], prefix="compute.")}
         return cands, [], _compute([c["metrics"] for c in cands], prefix="eval_compute_")
     last = s.fidelity_rungs - 1
+    plan = _rung_plan(ctx)
     by_rung: dict[int, dict[int, dict]] = {}
     reused: dict[int, int] = {}  # per candidate, rung results read back from `store`
 
@@ -296,7 +317,9 @@ def _evaluate_candidates(ctx: TrialContext, cands: list[dict], delta_ref, trial_
         indices = [int(k) for k in keys]
         saved = store.get(rung) if store else {}
         todo = [i for i in indices if i not in saved]
-        fresh = fan_out(rung, todo) if todo else {}
+        below = [r for r in sorted(by_rung) if r < rung]  # the rung each candidate last scored, to reuse
+        priors = {i: by_rung[below[-1]].get(i, {}).get(REUSE) if below else None for i in todo}
+        fresh = fan_out(rung, todo, priors) if todo else {}
         if store and fresh:
             store.put(rung, fresh)
         for i in indices:
@@ -306,17 +329,20 @@ def _evaluate_candidates(ctx: TrialContext, cands: list[dict], delta_ref, trial_
         return {str(i): rung_result(str(i), m) for i, m in got.items()}
 
     front = read_front(ctx.front_key)
-    history = run_rungs([str(i) for i in range(len(cands))], evaluate_at, s.fidelity_rungs,
-                        s.fidelity_reduction_factor, ctx.fidelity_error_rate, keep=["0"], front=front)
+    run_rungs([str(i) for i in range(len(cands))], evaluate_at, s.fidelity_rungs, s.fidelity_reduction_factor,
+              ctx.fidelity_error_rate, keep=["0"], front=front, skip=plan.skipped)
     full, pruned = [], []
     for i, c in enumerate(cands):
-        runs = [by_rung[r][i] for r in range(len(history)) if i in by_rung[r]]
-        lower = {f"rung{r}.{k}": v for r, m in enumerate(runs) if r < last for k, v in m.items()
+        runs = {r: by_rung[r][i] for r in sorted(by_rung) if i in by_rung[r]}
+        lower = {f"rung{r}.{k}": v for r, m in runs.items() if r < last for k, v in m.items()
                  if k in RUNG_METRICS and isinstance(v, int | float)}
-        reached = len(runs) - 1
-        c["metrics"] = {**(runs[-1] if reached == last else {}), **lower, "fidelity.rung": reached,
-                        "fidelity.reused_rungs": reused.get(i, 0), "fidelity.front_points": len(front),
-                        **_compute(runs, prefix="compute.")}
+        reached = max(runs)
+        own = {k: v for k, v in runs[last].items() if k not in (REUSE, REUSED_RECORDS, REUSED_DOCS)} \
+            if reached == last else {}
+        c["metrics"] = {**own, **lower, "fidelity.rung": reached, "fidelity.reused_rungs": reused.get(i, 0),
+                        "fidelity.front_points": len(front), "fidelity.skipped_rungs": len(plan.skipped),
+                        **{f"rung{r}.skipped": 1 for r in plan.skipped},
+                        **_compute(list(runs.values()), prefix="compute.")}
         (full if reached == last else pruned).append(c)
     evaluations = [m for got in by_rung.values() for m in got.values()]
     return full, pruned, _compute(evaluations, prefix="eval_compute_")
@@ -325,13 +351,16 @@ def _evaluate_candidates(ctx: TrialContext, cands: list[dict], delta_ref, trial_
 # What a lower rung logs of a candidate's evaluation (MLflow `rung{r}.<name>`): its objectives,
 # their standard errors and how many records and documents it scored.
 RUNG_METRICS = (*(o.name for o in (*OBJECTIVES, COMBINED)), EDIT_SE, GENERAL_SE, EVAL_RECORDS, EVAL_DOCS,
-                "eval_seconds")
+                REUSED_RECORDS, REUSED_DOCS, "eval_seconds")
 
 
 def _compute(evaluations: list[dict], prefix: str) -> dict:
-    """Evaluation compute of some evaluations: records and documents scored, seconds spent."""
-    return {f"{prefix}records": sum(int(m.get(EVAL_RECORDS, 0)) for m in evaluations),
-            f"{prefix}docs": sum(int(m.get(EVAL_DOCS, 0)) for m in evaluations),
+    """Evaluation compute of some evaluations: records and documents scored (those a rung read
+    back from the rung below apart: `reused_*`), seconds spent."""
+    scored = [scored_items(m) for m in evaluations]
+    return {f"{prefix}records": sum(r for r, _ in scored), f"{prefix}docs": sum(d for _, d in scored),
+            f"{prefix}reused_records": sum(int(m.get(REUSED_RECORDS, 0)) for m in evaluations),
+            f"{prefix}reused_docs": sum(int(m.get(REUSED_DOCS, 0)) for m in evaluations),
             f"{prefix}seconds": sum(float(m.get("eval_seconds", 0.0)) for m in evaluations)}
 
 

@@ -13,7 +13,8 @@ import yaml
 
 from mm4ke_ray.config import SweepConfig
 from mm4ke_ray.evaluate.definitions import AGGREGATION, EDIT_DEFINITIONS
-from mm4ke_ray.evaluate.evidence import DROP_RULE
+from mm4ke_ray.evaluate.evidence import DROP_RULE, min_sign_items
+from mm4ke_ray.evaluate.rung_reuse import REUSE_RULE
 from mm4ke_ray.evaluate.scores import RETENTION_DEFINITION
 from mm4ke_ray.evaluate.stop_rules import STOP_RULE_TEXT
 from mm4ke_ray.fingerprint import fingerprint, fingerprint_fields
@@ -73,7 +74,10 @@ def recorded_choices(config: SweepConfig) -> dict:
     # generated family's match, stop and budget rules.
     out.update(edit_aggregation=AGGREGATION, edit_definitions=EDIT_DEFINITIONS)
     if ev.fidelity.enabled and ev.fidelity.rungs > 1:  # how a lower rung drops (issue 23)
-        out.update(fidelity_drop_rule=DROP_RULE, fidelity_error_rate=ev.fidelity.error_rate)
+        # ... and the fewest items a lower rung scores: smaller ones are raised, or skipped where
+        # the edit set or the tasks' documents are smaller (rung_plan.py; rung{r}.skipped per run)
+        out.update(fidelity_drop_rule=DROP_RULE, fidelity_error_rate=ev.fidelity.error_rate,
+                   fidelity_min_items=min_sign_items(ev.fidelity.error_rate), fidelity_reuse=REUSE_RULE)
     if ev.mode != "teacher-forced":
         out.update(generation_match=ev.generation_match, generation_stop=ev.generation_stop,
                    generation_stop_rule=STOP_RULE_TEXT[ev.generation_stop],
