@@ -13,6 +13,7 @@ import hashlib
 import json
 from pathlib import Path
 
+from mm4ke_ray.cache import default_cache_root
 from mm4ke_ray.config import SweepConfig
 from mm4ke_ray.evaluate.definitions import EDIT_DEFINITIONS
 from mm4ke_ray.evaluate.scores import RETENTION_DEFINITION
@@ -62,8 +63,6 @@ def _portable(value):
     """A demo asset's path without this machine's cache root (`demo-<key>/model`, ...): the
     build key names the content, so a laptop's demo sweep and a cluster's compare."""
     if isinstance(value, str):
-        from mm4ke_ray.demo.build import default_cache_root
-
         root = str(default_cache_root()).rstrip("/") + "/"
         if value.startswith(root):
             return DEMO_CACHE + value[len(root):]

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from mm4ke_ray.config import DEMO, ModelConfig, SweepConfig
 from mm4ke_ray.data import load_edit_records
-from mm4ke_ray.data.sources import _HUB_ID
+from mm4ke_ray.data.sources import HUB_ID
 from mm4ke_ray.errors import ConfigError, UserError
 from mm4ke_ray.evaluate.fidelity import rung_sizes
 from mm4ke_ray.evaluate.real_tasks import build_local_task, local_task_specs, task_cache_root
@@ -130,7 +130,7 @@ def is_hub_dataset(edits: str) -> bool:
         return True
     if Path(edits).expanduser().exists() or edits.startswith((".", "/", "~")):
         return False
-    hub = _HUB_ID.match(edits)
+    hub = HUB_ID.match(edits)
     # "org/name/path/file.json" names a file inside a hub dataset repo; a bare "dir/file.json"
     # that does not exist is a missing local file (the reader draws the same line).
     return bool(hub) and (hub["file"] is not None or not edits.lower().endswith(_DATA_SUFFIXES))

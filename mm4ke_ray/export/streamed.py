@@ -64,11 +64,11 @@ def _hub_snapshot(name: str) -> Path | None:
 
 def _stream_dtype(base_dir: Path, dtype: str | None) -> str | None:
     """None (keep the bytes) when every floating tensor of the checkpoint already is `dtype`."""
-    from mm4ke_ray.merge.stream import _DTYPES, checkpoint_shards, read_header
+    from mm4ke_ray.merge.stream import DTYPES, checkpoint_shards, read_header
 
     if dtype is None:
         return None
-    want = _DTYPES.get(dtype, dtype)
+    want = DTYPES.get(dtype, dtype)
     for shard in checkpoint_shards(base_dir):
         entries, _ = read_header(shard)
         if any(e.dtype.is_floating_point and e.dtype != want for e in entries.values()):
