@@ -18,6 +18,7 @@ from mm4ke_ray.config import SweepConfig
 from mm4ke_ray.evaluate.definitions import EDIT_DEFINITIONS
 from mm4ke_ray.evaluate.scores import RETENTION_DEFINITION
 from mm4ke_ray.modeling.encoding import SUPERVISED
+from mm4ke_ray.modeling.gguf import file_sha256, is_gguf
 
 # Every field of these sections (a nested one as one value) and single fields. Left out: what
 # changes speed or cost but not a full-fidelity result (evaluation.batch_size; evaluation.fidelity,
@@ -43,9 +44,6 @@ def fingerprint_fields(config: SweepConfig) -> dict:
         out[dotted] = node
     out["objectives.edit_mode"] = config.edit_mode  # resolved: unset and its default are the same scoring
     out["evaluation.general_chat_template"] = config.general_chat_template  # resolved, as edit_mode
-    # Imported here: the modeling package loads torch.
-    from mm4ke_ray.modeling.gguf import file_sha256, is_gguf
-
     if is_gguf(config.model.name):  # a GGUF base is its content: digest and file name, not its path
         out["model.gguf_sha256"] = file_sha256(config.model.name)
         out["model.name"] = Path(config.model.name).name

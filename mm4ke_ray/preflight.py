@@ -20,6 +20,7 @@ from mm4ke_ray.data.sources import HUB_ID
 from mm4ke_ray.errors import ConfigError, UserError
 from mm4ke_ray.evaluate.fidelity import rung_sizes
 from mm4ke_ray.evaluate.real_tasks import build_local_task, local_task_specs, task_cache_root
+from mm4ke_ray.modeling.gguf import is_gguf, read_gguf_info
 from mm4ke_ray.storage import storage_problem
 from mm4ke_ray.tracking.health import health_problem
 from mm4ke_ray.tracking.store_check import store_problem
@@ -84,8 +85,7 @@ def local_task_folders(config: SweepConfig) -> tuple[list[Path], list[str]]:
 def model_problems(model: ModelConfig) -> tuple[list[str], int | None]:
     """(problems, number of layers) for `model.name` when it is a local folder; a hub id passes
     when it can be had from here (cached, or the hub reachable)."""
-    from mm4ke_ray.modeling.gguf import is_gguf, read_gguf_info
-    from mm4ke_ray.modeling.loading import check_model_source
+    from mm4ke_ray.modeling.loading import check_model_source  # loads torch: `validate` stays light
 
     if model.name == DEMO:
         return [], None

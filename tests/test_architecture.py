@@ -225,3 +225,70 @@ def test_the_import_rules_see_private_names(tmp_path):
     names = _imports(nested, package="mm4ke_ray.export", names=True)
     assert names == ["optuna._hypervolume.compute_hypervolume:1", "mm4ke_ray.merge.stream._DTYPES:3"]
     assert _unit("mm4ke_ray.merge.stream._DTYPES") == "merge" and _private("_DTYPES") and not _private("__init__")
+
+
+# Function-level imports of mm4ke_ray outside commands/ that stay there, each with its reason:
+# the module is on a light import path (`validate`, `plan`, `--help`) and the import would load a
+# heavy library there (torch, optuna, mlflow), or the file is another issue's to edit.
+LAZY_IMPORTS_ALLOWED = {
+    # pending: export/writer.py is being edited for another issue; tokenizer_check is light now.
+    ("mm4ke_ray/export/writer.py", "mm4ke_ray.modeling.tokenizer_check"),
+    # The planner (`mm4ke-ray plan`) loads no torch/optuna unless it builds the demo or probes.
+    ("mm4ke_ray/planning/plan.py", "mm4ke_ray.demo.resolve"),  # torch: builds the demo
+    ("mm4ke_ray/planning/probe.py", "mm4ke_ray.rsft"),  # torch: --probe runs R-SFT
+    ("mm4ke_ray/planning/probe.py", "mm4ke_ray.evaluate.candidate"),  # torch
+    ("mm4ke_ray/planning/probe.py", "mm4ke_ray.modeling"),  # torch: load_model
+    ("mm4ke_ray/planning/workload.py", "mm4ke_ray.search.space"),  # optuna
+    # `validate` reads the config without torch; these checks need it only for what they check.
+    ("mm4ke_ray/preflight.py", "mm4ke_ray.modeling.loading"),  # torch
+    ("mm4ke_ray/preflight.py", "mm4ke_ray.merge.registry"),  # torch
+    ("mm4ke_ray/preflight.py", "mm4ke_ray.evaluate.general"),  # torch (and lm_eval inside)
+    # A stream without tracking never imports MLflow.
+    ("mm4ke_ray/stream/run.py", "mm4ke_ray.tracking.stream_run"),
+}
+
+
+def _function_level_imports(path: Path, root: Path = PACKAGE) -> list[tuple[str, int]]:
+    """(module of mm4ke_ray, line) of every import of the package inside a function of `path`."""
+    module = _module_name(path, root)
+    package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+    out = []
+    for func in ast.walk(ast.parse(path.read_text(), str(path))):
+        if not isinstance(func, ast.FunctionDef | ast.AsyncFunctionDef):
+            continue
+        for node in ast.walk(func):
+            if isinstance(node, ast.ImportFrom):
+                if node.level:
+                    base = package.split(".")[: len(package.split(".")) - node.level + 1]
+                    name = ".".join([*base, *([node.module] if node.module else [])])
+                else:
+                    name = node.module or ""
+                out.append((name, node.lineno))
+            elif isinstance(node, ast.Import):
+                out += [(a.name, node.lineno) for a in node.names]
+    return sorted({(n, line) for n, line in out if n.split(".")[0] == "mm4ke_ray"}, key=lambda x: x[1])
+
+
+def test_internal_imports_sit_at_the_top_outside_commands():
+    # An import inside a function hides an arrow from a reader (issue 27: "search never imports
+    # demo" broke unnoticed that way). commands/ keep theirs: `--help` must not load torch or Ray.
+    offenders, used = [], set()
+    for path in sorted(PACKAGE.rglob("*.py")):
+        rel = str(path.relative_to(PACKAGE.parent))
+        if rel.startswith("mm4ke_ray/commands/"):
+            continue
+        for name, line in _function_level_imports(path):
+            if (rel, name) in LAZY_IMPORTS_ALLOWED:
+                used.add((rel, name))
+            else:
+                offenders.append(f"{rel}:{line} imports {name} inside a function")
+    assert not offenders, "move them to the top (or list them, with the reason):\n" + "\n".join(offenders)
+    assert not LAZY_IMPORTS_ALLOWED - used, f"no longer imported lazily: {sorted(LAZY_IMPORTS_ALLOWED - used)}"
+
+
+def test_function_level_imports_are_found(tmp_path):
+    pkg = tmp_path / "mm4ke_ray" / "sub"
+    pkg.mkdir(parents=True)
+    (pkg / "m.py").write_text("import os\n\ndef f():\n    from ..merge import apply\n    import mm4ke_ray.demo\n"
+                              "    import json\n")
+    assert _function_level_imports(pkg / "m.py", tmp_path / "mm4ke_ray") == [("mm4ke_ray.merge", 4), ("mm4ke_ray.demo", 5)]

@@ -11,6 +11,8 @@ from dataclasses import asdict, dataclass
 
 from mm4ke_ray.config import Param, SweepConfig
 from mm4ke_ray.errors import UserError
+from mm4ke_ray.evaluate.fidelity import halving_cost
+from mm4ke_ray.search.resources import plan_resources
 
 
 @dataclass(frozen=True)
@@ -87,8 +89,6 @@ def cluster_resources(config: SweepConfig, gpus: int, cpus: float | None) -> dic
 
 def workload(config: SweepConfig, records: int, gpus: int = 0, cpus: float | None = None) -> Workload:
     """The counts of `config` on a cluster of `gpus` GPUs (0: CPUs only)."""
-    from mm4ke_ray.search.resources import plan_resources
-
     if gpus > 0 and config.resources.rsft_gpus == 0 and config.resources.eval_gpus == 0:
         raise UserError(f"--gpus {gpus}: this config's workers ask for no GPU (resources.rsft_gpus and "
                         "eval_gpus are 0); set them, e.g. --set resources.rsft_gpus=1 --set resources.eval_gpus=1, "
@@ -112,7 +112,5 @@ def workload(config: SweepConfig, records: int, gpus: int = 0, cpus: float | Non
 
 
 def _halving_cost(config: SweepConfig, per_delta: int) -> tuple[float, float] | None:
-    from mm4ke_ray.evaluate.fidelity import halving_cost
-
     fid = config.evaluation.fidelity
     return halving_cost(per_delta, fid.rungs, fid.reduction_factor) if fid.enabled and fid.rungs > 1 else None
