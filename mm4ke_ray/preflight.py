@@ -206,7 +206,7 @@ def preflight(config: SweepConfig, source: str, num_layers: int | None = None, c
         problems.append(msg)
     problems += data_problems(config)
     try:
-        from mm4ke_ray.merge.registry import get_sparsifier
+        from mm4ke_ray.merge.methods import get_sparsifier
 
         get_sparsifier(config.merge.method)
     except UserError as exc:

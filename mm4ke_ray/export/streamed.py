@@ -21,7 +21,7 @@ from mm4ke_ray.delta import load_delta
 from mm4ke_ray.errors import UserError
 from mm4ke_ray.merge.apply import prepare_delta, validate_merge_params
 from mm4ke_ray.merge.build import MERGE_INFO_FILE, build_merged, save_merged
-from mm4ke_ray.merge.registry import get_sparsifier
+from mm4ke_ray.merge.methods import get_sparsifier
 from mm4ke_ray.merge.stream import DTYPES, checkpoint_shards, merge_checkpoint, read_header
 from mm4ke_ray.modeling.gguf import resolve_model_source
 

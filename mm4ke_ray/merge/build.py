@@ -21,7 +21,7 @@ from mm4ke_ray.merge.apply import (
     prepare_delta,
     validate_merge_params,
 )
-from mm4ke_ray.merge.registry import DEFAULT_SPARSIFIER, get_sparsifier
+from mm4ke_ray.merge.methods import DEFAULT_SPARSIFIER, get_sparsifier
 from mm4ke_ray.modeling import load_model, load_tokenizer
 from mm4ke_ray.schema import ALPHA, DENSITY, SPARSITY
 

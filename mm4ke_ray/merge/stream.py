@@ -32,7 +32,7 @@ from mm4ke_ray.merge.apply import (
     validate_merge_params,
 )
 from mm4ke_ray.merge.build import _TOKENIZER_GLOBS, MERGE_INFO_FILE, merge_params
-from mm4ke_ray.merge.registry import DEFAULT_SPARSIFIER, get_sparsifier
+from mm4ke_ray.merge.methods import DEFAULT_SPARSIFIER, get_sparsifier
 
 SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"

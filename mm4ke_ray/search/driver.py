@@ -62,7 +62,7 @@ from mm4ke_ray.tracking.pareto_artifacts import ParetoPublisher
 from mm4ke_ray.tracking.store_check import absolute_uri
 from mm4ke_ray.tracking.sweep_run import logged_so_far, open_sweep_run
 from mm4ke_ray.tracking.tables import executable, print_command
-from mm4ke_ray.tracking.warm_start import (
+from mm4ke_ray.tracking.warm_sources import (
     WarmSource,
     load_warm_sources,
     log_warm_rows,
@@ -111,7 +111,7 @@ def run_sweep(config: SweepConfig, *, source: str = "<config>", address: str | N
     """Run a whole sweep and return its candidates; everything is also in MLflow.
 
     `warm_start`: earlier sweeps (`TRACKING_URI:SWEEP`) whose candidates the study is told before
-    its first trial and the front starts from; checked here, before Ray (tracking/warm_start.py).
+    its first trial and the front starts from; checked here, before Ray (tracking/warm_sources.py).
     """
     if DEMO in (config.model.name, config.data.edits):
         raise ValueError("the config names the demo: resolve it first (mm4ke_ray.demo.resolve.resolve_demo)")
