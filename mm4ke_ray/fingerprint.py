@@ -13,10 +13,12 @@ import hashlib
 import json
 from pathlib import Path
 
+from mm4ke_ray.cache import default_cache_root
 from mm4ke_ray.config import SweepConfig
 from mm4ke_ray.evaluate.definitions import EDIT_DEFINITIONS
 from mm4ke_ray.evaluate.scores import RETENTION_DEFINITION
 from mm4ke_ray.modeling.encoding import SUPERVISED
+from mm4ke_ray.modeling.gguf import file_sha256, is_gguf
 
 # Every field of these sections (a nested one as one value) and single fields. Left out: what
 # changes speed or cost but not a full-fidelity result (evaluation.batch_size; evaluation.fidelity,
@@ -42,9 +44,6 @@ def fingerprint_fields(config: SweepConfig) -> dict:
         out[dotted] = node
     out["objectives.edit_mode"] = config.edit_mode  # resolved: unset and its default are the same scoring
     out["evaluation.general_chat_template"] = config.general_chat_template  # resolved, as edit_mode
-    # Imported here: the modeling package loads torch.
-    from mm4ke_ray.modeling.gguf import file_sha256, is_gguf
-
     if is_gguf(config.model.name):  # a GGUF base is its content: digest and file name, not its path
         out["model.gguf_sha256"] = file_sha256(config.model.name)
         out["model.name"] = Path(config.model.name).name
@@ -62,8 +61,6 @@ def _portable(value):
     """A demo asset's path without this machine's cache root (`demo-<key>/model`, ...): the
     build key names the content, so a laptop's demo sweep and a cluster's compare."""
     if isinstance(value, str):
-        from mm4ke_ray.demo.build import default_cache_root
-
         root = str(default_cache_root()).rstrip("/") + "/"
         if value.startswith(root):
             return DEMO_CACHE + value[len(root):]

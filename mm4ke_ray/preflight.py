@@ -16,10 +16,11 @@ from pathlib import Path
 
 from mm4ke_ray.config import DEMO, ModelConfig, SweepConfig
 from mm4ke_ray.data import load_edit_records
-from mm4ke_ray.data.sources import _HUB_ID
+from mm4ke_ray.data.sources import HUB_ID
 from mm4ke_ray.errors import ConfigError, UserError
 from mm4ke_ray.evaluate.evidence import min_sign_items
 from mm4ke_ray.evaluate.real_tasks import build_local_task, local_task_specs, task_cache_root
+from mm4ke_ray.modeling.gguf import is_gguf, read_gguf_info
 from mm4ke_ray.storage import storage_problem
 from mm4ke_ray.tracking.health import health_problem
 from mm4ke_ray.tracking.store_check import store_problem
@@ -84,8 +85,7 @@ def local_task_folders(config: SweepConfig) -> tuple[list[Path], list[str]]:
 def model_problems(model: ModelConfig) -> tuple[list[str], int | None]:
     """(problems, number of layers) for `model.name` when it is a local folder; a hub id passes
     when it can be had from here (cached, or the hub reachable)."""
-    from mm4ke_ray.modeling.gguf import is_gguf, read_gguf_info
-    from mm4ke_ray.modeling.loading import check_model_source
+    from mm4ke_ray.modeling.loading import check_model_source  # loads torch: `validate` stays light
 
     if model.name == DEMO:
         return [], None
@@ -130,7 +130,7 @@ def is_hub_dataset(edits: str) -> bool:
         return True
     if Path(edits).expanduser().exists() or edits.startswith((".", "/", "~")):
         return False
-    hub = _HUB_ID.match(edits)
+    hub = HUB_ID.match(edits)
     # "org/name/path/file.json" names a file inside a hub dataset repo; a bare "dir/file.json"
     # that does not exist is a missing local file (the reader draws the same line).
     return bool(hub) and (hub["file"] is not None or not edits.lower().endswith(_DATA_SUFFIXES))
@@ -201,7 +201,7 @@ def preflight(config: SweepConfig, source: str, num_layers: int | None = None, c
         problems.append(msg)
     problems += data_problems(config)
     try:
-        from mm4ke_ray.merge.registry import get_sparsifier
+        from mm4ke_ray.merge.methods import get_sparsifier
 
         get_sparsifier(config.merge.method)
     except UserError as exc:

@@ -140,7 +140,7 @@ def _trial_result(alphas_sparsities) -> dict:
 def test_candidate_runs_have_readable_names_and_keep_their_id_in_a_tag(tmp_path):
     from mm4ke_ray.schema import Tag
     from mm4ke_ray.tracking.query import load_sweep
-    from mm4ke_ray.tracking.records import (
+    from mm4ke_ray.tracking.run_records import (
         candidate_rows,
         candidate_run,
         failure_run_name,
@@ -223,7 +223,7 @@ def test_a_trials_system_metrics_reach_its_run_once_with_their_own_times_also_th
     import time
 
     from mm4ke_ray.schema import Tag
-    from mm4ke_ray.tracking.records import candidate_rows, candidate_run, trial_run
+    from mm4ke_ray.tracking.run_records import candidate_rows, candidate_run, trial_run
 
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     tracker = SweepTracker(uri, "systrial", str(tmp_path / "artifacts"), spool_path=tmp_path / "spool.jsonl")
@@ -341,7 +341,7 @@ def test_candidate_runs_nest_under_one_run_per_rsft_trial_also_after_a_resume_an
 
     from mm4ke_ray.schema import RSFT_PARAMS, Tag
     from mm4ke_ray.tracking.query import load_sweep
-    from mm4ke_ray.tracking.records import (
+    from mm4ke_ray.tracking.run_records import (
         candidate_rows,
         candidate_run,
         failure_run_name,

@@ -268,7 +268,7 @@ def test_plan_counts_eval_rounds_by_arithmetic():
 
 
 def test_warm_start_keeps_the_servers_port():
-    from mm4ke_ray.tracking.warm_start import parse_spec
+    from mm4ke_ray.tracking.warm_sources import parse_spec
 
     assert parse_spec("http://127.0.0.1:5000:my-sweep") == ("http://127.0.0.1:5000", "my-sweep")
     with pytest.raises(UserError, match="port"):

@@ -202,7 +202,7 @@ def test_each_candidate_run_records_its_schedule_in_mlflow(tmp_path):
     from mm4ke_ray.config import validate_config
     from mm4ke_ray.tracking.mlflow_tracker import SweepTracker
     from mm4ke_ray.tracking.query import load_sweep
-    from mm4ke_ray.tracking.records import candidate_rows, candidate_run
+    from mm4ke_ray.tracking.run_records import candidate_rows, candidate_run
     from mm4ke_ray.tracking.sweep_run import recorded_choices
 
     config = validate_config({"search": {"space": {"lr_schedule": {"choices": ["constant", "cosine"]},

@@ -262,7 +262,7 @@ def test_the_parent_run_is_tagged_and_the_front_starts_from_the_earlier_one(swee
     # and a rebuild of the front from MLflow alone keeps them.
     from mm4ke_ray.tracking.mlflow_tracker import SweepTracker, republish_pareto
     from mm4ke_ray.tracking.sweep_run import logged_so_far
-    from mm4ke_ray.tracking.warm_start import warm_rows
+    from mm4ke_ray.tracking.warm_sources import warm_rows
 
     rows, finished, _ = logged_so_far(SweepTracker.attach(uri, b.parent_run_id), b.parent_run_id)
     own, copies = warm_rows(rows)

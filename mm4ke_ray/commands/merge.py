@@ -66,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
     from mm4ke_ray.export.atomic import clean_leftovers, new_staging_dir, publish, publish_into
     from mm4ke_ray.merge.apply import validate_merge_params
     from mm4ke_ray.merge.build import MERGE_INFO_FILE
-    from mm4ke_ray.merge.registry import get_sparsifier
+    from mm4ke_ray.merge.methods import get_sparsifier
 
     # Cheap checks first: no model is loaded for a typo.
     validate_merge_params(args.alpha, args.sparsity)

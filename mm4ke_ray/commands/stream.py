@@ -64,7 +64,7 @@ def _tune(config, out: Path, device: str, args) -> int:
     warm = []
     if args.warm_start:
         from mm4ke_ray.tracking.query import load_sweep
-        from mm4ke_ray.tracking.warm_start import parse_spec
+        from mm4ke_ray.tracking.warm_sources import parse_spec
 
         uri, name = parse_spec(args.warm_start)
         sweep = load_sweep(uri, name)

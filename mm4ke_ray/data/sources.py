@@ -22,7 +22,8 @@ from mm4ke_ray.errors import DataError, UserError
 # Loaded through `datasets` builders; .json/.jsonl are read here to report line numbers.
 _ARROW_SUFFIXES = {".parquet": "parquet", ".csv": "csv", ".arrow": "arrow"}
 _LOCAL_DATA_SUFFIXES = (".json", ".jsonl", ".parquet", ".csv", ".arrow")
-_HUB_ID = re.compile(
+# A hub dataset id, optionally with a file inside the repo and a split (preflight reads it too).
+HUB_ID = re.compile(
     r"^(?P<repo>[A-Za-z0-9][\w.-]*/[\w.-]+)(?:/(?P<file>[^:]+))?(?::(?P<split>[^:/]+))?$"
 )
 
@@ -44,7 +45,7 @@ def read_rows(source: str | Path, split: str = "train") -> tuple[str, list[Any]]
             if builder:
                 return text, load_with_datasets(builder, str(path), "train", text)
             return text, read_json_rows(path)
-    hub = _HUB_ID.match(text[3:] if forced else text)
+    hub = HUB_ID.match(text[3:] if forced else text)
     if hub and (forced or not _looks_local(text, hub)):
         return text, load_with_datasets(hub["repo"], hub["file"], hub["split"] or split, text)
     raise UserError(

@@ -40,7 +40,9 @@ from mm4ke_ray.demo.pretrain import (
     pretrain,
     world_accuracy,
 )
+from mm4ke_ray.demo.tiny import build_word_tokenizer, save_pretrained_pair
 from mm4ke_ray.demo.world import WorldConfig, counterfactual_edits, generate_world
+from mm4ke_ray.modeling.tokenizer_check import check_auto_tokenizer
 
 # Bump when generation, training or the directory layout changes: old caches are then ignored.
 # 2: Llama architecture (its saved tokenizer loads through plain AutoTokenizer), early stop once
@@ -143,8 +145,6 @@ def _build_into(
     import torch
     import transformers
 
-    from mm4ke_ray.demo.tiny import build_word_tokenizer, save_pretrained_pair
-
     timings: dict[str, float] = {}
     start = time.perf_counter()
     world = generate_world(config.world)
@@ -227,8 +227,6 @@ def check_tokenizer_round_trip(tokenizer, model_dir: Path, world):
     (`check_auto_tokenizer`, strict) and keeps each prompt's tokens a prefix of prompt + answer.
     Fails the build otherwise."""
     from transformers import AutoTokenizer
-
-    from mm4ke_ray.modeling.tokenizer_check import check_auto_tokenizer
 
     reloaded = AutoTokenizer.from_pretrained(str(model_dir))
     check_auto_tokenizer(str(model_dir), strict=True, tokenizer=reloaded)

@@ -19,6 +19,7 @@ from pathlib import Path
 import yaml
 
 from mm4ke_ray.demo.world import World, relation
+from mm4ke_ray.evaluate.local_tasks import write_multiple_choice_task
 
 TASK_NAMES = ("demo_facts", "demo_rephrase")
 NUM_CHOICES = 4
@@ -73,8 +74,6 @@ def write_tasks(
     `final_dir` is where `tasks_dir` will be once the build is moved into place: the YAMLs name
     their data file by absolute path, so they must name the final one.
     """
-    from mm4ke_ray.evaluate.local_tasks import write_multiple_choice_task
-
     for name, docs in documents.items():
         rows = [
             {"question": d["question"], "choices": d["choices"], "answer_index": d["label"]}

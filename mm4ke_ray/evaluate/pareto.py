@@ -7,17 +7,15 @@ the front nor the best pick, as Optuna's constrained `best_trials` would not cou
 
 Used alike by the sweep (its summary), tracking (the `pareto/` artifacts and tags), `pareto` and
 `export --pick best`. Candidates become trials of a throwaway in-memory Optuna study, so
-"non-dominated" means exactly what Optuna's `Study.best_trials` means; hypervolume is Optuna's
-`compute_hypervolume`.
+"non-dominated" means exactly what Optuna's `Study.best_trials` means. The hypervolume of two
+objectives is a sort and a sum (`hypervolume_2d`), not Optuna's internal `_hypervolume`.
 """
 
 from __future__ import annotations
 
 import math
 
-import numpy as np
 import optuna
-from optuna._hypervolume import compute_hypervolume  # the implementation Optuna's samplers use
 
 from mm4ke_ray.evaluate.scores import COMBINED, OBJECTIVES
 from mm4ke_ray.schema import BASE
@@ -72,10 +70,21 @@ def pareto_front(rows: list[dict], mins: dict[str, float] | None = None) -> list
 def hypervolume(rows: list[dict], reference: tuple[float, ...] = (0.0, 0.0)) -> float:
     """Area dominated by the rows' objectives above `reference` (objectives maximised)."""
     points = [v for v in map(_values, rows) if v is not None and all(a > r for a, r in zip(v, reference, strict=True))]
-    if not points:
-        return 0.0
-    # Optuna minimises: negate both points and reference.
-    return float(compute_hypervolume(-np.asarray(points), -np.asarray(reference, dtype=float)))
+    return hypervolume_2d(points, reference) if points else 0.0
+
+
+def hypervolume_2d(points: list[list[float]], reference: tuple[float, ...]) -> float:
+    """Area dominated by two-objective `points` (both maximised, each above `reference`): sorted by
+    the first objective, best first, each point adds the strip it raises the second above the best
+    so far."""
+    if len(reference) != 2:
+        raise ValueError(f"hypervolume_2d takes two objectives, got a reference of {len(reference)}")
+    (rx, best_y), area = reference, 0.0
+    for x, y in sorted(points, key=lambda p: (-p[0], -p[1])):
+        if y > best_y:
+            area += (x - rx) * (y - best_y)
+            best_y = y
+    return area
 
 
 def _num(value) -> float:

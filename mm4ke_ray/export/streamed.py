@@ -17,7 +17,12 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from mm4ke_ray.delta import load_delta
 from mm4ke_ray.errors import UserError
+from mm4ke_ray.merge.apply import prepare_delta, validate_merge_params
+from mm4ke_ray.merge.build import MERGE_INFO_FILE, build_merged, save_merged
+from mm4ke_ray.merge.methods import get_sparsifier
+from mm4ke_ray.merge.stream import DTYPES, checkpoint_shards, merge_checkpoint, read_header
 from mm4ke_ray.modeling.gguf import resolve_model_source
 
 
@@ -30,8 +35,6 @@ class Written:
 
 def local_checkpoint(name: str) -> Path | None:
     """`name` as a local directory holding safetensors weights, or None (then build the model)."""
-    from mm4ke_ray.merge.stream import checkpoint_shards
-
     path = Path(resolve_model_source(name)).expanduser()
     if not path.is_dir():
         path = _hub_snapshot(name)
@@ -64,11 +67,9 @@ def _hub_snapshot(name: str) -> Path | None:
 
 def _stream_dtype(base_dir: Path, dtype: str | None) -> str | None:
     """None (keep the bytes) when every floating tensor of the checkpoint already is `dtype`."""
-    from mm4ke_ray.merge.stream import _DTYPES, checkpoint_shards, read_header
-
     if dtype is None:
         return None
-    want = _DTYPES.get(dtype, dtype)
+    want = DTYPES.get(dtype, dtype)
     for shard in checkpoint_shards(base_dir):
         entries, _ = read_header(shard)
         if any(e.dtype.is_floating_point and e.dtype != want for e in entries.values()):
@@ -90,25 +91,16 @@ def write_merged(
     trust_remote_code: bool = False,
 ) -> Written:
     """Write the merge of `base` and the delta in `delta_dir` into the (empty) directory `out`."""
-    from mm4ke_ray.delta import load_delta
-    from mm4ke_ray.merge.apply import prepare_delta, validate_merge_params
-    from mm4ke_ray.merge.registry import get_sparsifier
-
     validate_merge_params(alpha, sparsity)
     get_sparsifier(method)
     base_dir = local_checkpoint(base)
     if base_dir is None:
-        from mm4ke_ray.merge.build import build_merged, save_merged
-
         result = build_merged(
             base, delta_dir=delta_dir, alpha=alpha, sparsity=sparsity, method=method, seed=seed,
             dtype=dtype, device=device, trust_remote_code=trust_remote_code,
         )  # fmt: skip
         save_merged(result.model, base, out, result.info)
         return Written(result.info, result.update, streamed=False)
-
-    from mm4ke_ray.merge.build import MERGE_INFO_FILE
-    from mm4ke_ray.merge.stream import merge_checkpoint
 
     delta, meta = load_delta(delta_dir)
     info = merge_checkpoint(

@@ -1,7 +1,7 @@
 """Merge: θ_edited = θ_base + (1 − α) · Top_p(θ_sft − θ_base), as pure tensor ops.
 
 - `sparsify`: per-tensor sparsifiers (`magnitude` = the paper's Top_p, `dare`).
-- `registry`: sparsifiers by name (`SPARSIFIERS`, `get_sparsifier`).
+- `methods`: the sparsifiers by name (`SPARSIFIERS` in a generic `Registry`, `get_sparsifier`).
 - `apply`: `prepare_delta`, in-place `apply_delta_` / `restore_` on a resident model.
 - `build`: a merged model from a base + delta (or fine-tuned model), saved as an HF directory.
 
@@ -26,7 +26,7 @@ from mm4ke_ray.merge.build import (
     build_merged_model,
     save_merged,
 )
-from mm4ke_ray.merge.registry import DEFAULT_SPARSIFIER, SPARSIFIERS, Registry, get_sparsifier
+from mm4ke_ray.merge.methods import DEFAULT_SPARSIFIER, SPARSIFIERS, Registry, get_sparsifier
 from mm4ke_ray.merge.sparsify import dare, kept_count, magnitude, magnitude_mask
 
 __all__ = [

@@ -28,7 +28,7 @@ from torch import nn
 
 from mm4ke_ray.errors import UserError
 from mm4ke_ray.merge.buffers import POOL, BufferPool, recycle_unshared
-from mm4ke_ray.merge.registry import DEFAULT_SPARSIFIER, get_sparsifier
+from mm4ke_ray.merge.methods import DEFAULT_SPARSIFIER, get_sparsifier
 from mm4ke_ray.merge.sparsify import magnitude
 
 

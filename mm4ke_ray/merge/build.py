@@ -21,7 +21,8 @@ from mm4ke_ray.merge.apply import (
     prepare_delta,
     validate_merge_params,
 )
-from mm4ke_ray.merge.registry import DEFAULT_SPARSIFIER, get_sparsifier
+from mm4ke_ray.merge.methods import DEFAULT_SPARSIFIER, get_sparsifier
+from mm4ke_ray.modeling import load_model, load_tokenizer
 from mm4ke_ray.schema import ALPHA, DENSITY, SPARSITY
 
 MERGE_INFO_FILE = "mm4ke_merge.json"
@@ -80,8 +81,6 @@ def build_merged(
     model with the base's architecture; its delta covers every tensor that differs). Parameters
     are checked before any model is loaded.
     """
-    from mm4ke_ray.modeling import load_model
-
     validate_merge_params(alpha, sparsity)
     get_sparsifier(method)
     if (delta_dir is None) == (sft is None):
@@ -145,8 +144,6 @@ def save_merged(model: nn.Module, tokenizer, out_dir: str | Path, info: dict | N
     if isinstance(tokenizer, (str, Path)):
         src = Path(tokenizer).expanduser()
         if not (src.is_dir() and _copy_tokenizer_files(src, out)):
-            from mm4ke_ray.modeling import load_tokenizer
-
             load_tokenizer(str(tokenizer)).save_pretrained(out)
     elif tokenizer is not None:
         tokenizer.save_pretrained(out)

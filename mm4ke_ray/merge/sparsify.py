@@ -2,7 +2,7 @@
 
 `density` is the fraction of entries kept (= 1 − sparsity). Each function returns a new tensor
 of the input's shape, dtype and device (density ≥ 1 returns the input itself, uncopied) and
-never modifies its input. They are registered by name in `mm4ke_ray.merge.registry`.
+never modifies its input. They are registered by name in `mm4ke_ray.merge.methods`.
 """
 
 from __future__ import annotations

@@ -32,7 +32,7 @@ from mm4ke_ray.merge.apply import (
     validate_merge_params,
 )
 from mm4ke_ray.merge.build import _TOKENIZER_GLOBS, MERGE_INFO_FILE, merge_params
-from mm4ke_ray.merge.registry import DEFAULT_SPARSIFIER, get_sparsifier
+from mm4ke_ray.merge.methods import DEFAULT_SPARSIFIER, get_sparsifier
 
 SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
@@ -46,7 +46,8 @@ _ST_DTYPES = {
     "U8": torch.uint8, "BOOL": torch.bool,
 }  # fmt: skip
 _ST_NAMES = {v: k for k, v in _ST_DTYPES.items()}
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+# The dtypes a merged checkpoint may be written in (export/streamed.py checks a base against them).
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 @dataclass(frozen=True)
@@ -154,8 +155,8 @@ def merge_checkpoint(
     """
     validate_merge_params(alpha, sparsity)
     get_sparsifier(method)
-    if dtype is not None and dtype not in _DTYPES:
-        raise UserError(f"dtype must be one of {', '.join(_DTYPES)} or None, got {dtype!r}")
+    if dtype is not None and dtype not in DTYPES:
+        raise UserError(f"dtype must be one of {', '.join(DTYPES)} or None, got {dtype!r}")
     base, out = Path(base_dir).expanduser(), Path(out_dir).expanduser()
     if not base.is_dir():
         raise UserError(f"base checkpoint {base} is not a local directory")
@@ -190,7 +191,7 @@ def merge_checkpoint(
         return u
 
     out.mkdir(parents=True, exist_ok=True)
-    target = _DTYPES.get(dtype)
+    target = DTYPES.get(dtype)
     total_size = 0
     from safetensors import safe_open
 

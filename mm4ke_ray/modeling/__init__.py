@@ -1,25 +1,26 @@
 """Model plumbing shared by R-SFT, merging and evaluation: loading, layer lookup, encoding.
 
 Flow: config → data → rsft → merge → evaluate → search → tracking → export, commands on top;
-modeling/ serves rsft, merge and evaluate.
+modeling/ serves rsft, merge and evaluate. Names load on first use, so a light module (preflight,
+the planner) can import `modeling.gguf` or `modeling.tokenizer_check` without torch.
 """
 
-from mm4ke_ray.modeling.encoding import EncodedExample, encode_example, format_prompt
-from mm4ke_ray.modeling.layers import decoder_layers, mlp_parameter_names, mlp_prefix
-from mm4ke_ray.modeling.loading import load_model, load_tokenizer
-from mm4ke_ray.modeling.prefix_cache import capture_prefix, skip_prefix
-from mm4ke_ray.modeling.tokenizer_check import check_auto_tokenizer
+from mm4ke_ray.lazy import lazy_exports
 
-__all__ = [
-    "EncodedExample",
-    "capture_prefix",
-    "check_auto_tokenizer",
-    "decoder_layers",
-    "encode_example",
-    "format_prompt",
-    "load_model",
-    "load_tokenizer",
-    "mlp_parameter_names",
-    "mlp_prefix",
-    "skip_prefix",
-]
+_EXPORTS = {
+    "EncodedExample": "encoding",
+    "encode_example": "encoding",
+    "format_prompt": "encoding",
+    "decoder_layers": "layers",
+    "mlp_parameter_names": "layers",
+    "mlp_prefix": "layers",
+    "load_model": "loading",
+    "load_tokenizer": "loading",
+    "capture_prefix": "prefix_cache",
+    "skip_prefix": "prefix_cache",
+    "check_auto_tokenizer": "tokenizer_check",
+}
+
+__all__ = sorted(_EXPORTS)
+
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -23,6 +23,7 @@ from pathlib import Path
 
 from mm4ke_ray.cache import default_cache_root
 from mm4ke_ray.errors import UserError
+from mm4ke_ray.modeling.tokenizer_check import check_auto_tokenizer
 
 SUFFIX = ".gguf"
 INFO_FILE = "mm4ke_gguf.json"
@@ -190,8 +191,6 @@ def _dequantize_into(path: Path, out: Path, info: GGUFInfo) -> None:
     """Write config, float32 safetensors and tokenizer of the GGUF model to `out`, record last."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer, __version__
-
-    from mm4ke_ray.modeling.tokenizer_check import check_auto_tokenizer
 
     where = dict(pretrained_model_name_or_path=str(path.parent), gguf_file=path.name)
     try:

@@ -15,6 +15,7 @@ import torch
 
 from mm4ke_ray.errors import UserError
 from mm4ke_ray.modeling.gguf import check_gguf_source, is_gguf, resolve_model_source
+from mm4ke_ray.modeling.tokenizer_check import check_auto_tokenizer
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -82,8 +83,6 @@ def load_tokenizer(name: str, trust_remote_code: bool = False):
     which is what such a user has to do too. The demo and every export round-trip (tested).
     """
     from transformers import AutoTokenizer, PreTrainedTokenizerFast
-
-    from mm4ke_ray.modeling.tokenizer_check import check_auto_tokenizer
 
     check_model_source(name)
     name = resolve_model_source(name)

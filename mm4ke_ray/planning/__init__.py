@@ -10,6 +10,6 @@ Flow: config → data → rsft → merge → evaluate → search → tracking �
 planning/ reads the config, the data and search's resource plan, for `mm4ke-ray plan`.
 """
 
-from mm4ke_ray.planning.plan import SweepPlan, plan_sweep
+from mm4ke_ray.planning.sweep_plan import SweepPlan, plan_sweep
 
 __all__ = ["SweepPlan", "plan_sweep"]

@@ -15,6 +15,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from mm4ke_ray.errors import UserError
+from mm4ke_ray.modeling.gguf import resolve_model_source
+from mm4ke_ray.planning.known_models import KNOWN_CONFIGS
 
 # Bytes per element of the safetensors dtypes (a checkpoint's own dtype, not the run's).
 _DTYPE_BYTES = {"F64": 8, "I64": 8, "U64": 8, "F32": 4, "I32": 4, "U32": 4, "F16": 2, "BF16": 2,
@@ -149,9 +151,6 @@ def _hub_config(name: str) -> tuple[dict, Path | None] | None:
 def read_model_shape(name: str) -> ModelShape:
     """The shape and parameter count of `name`: a local model folder, a hub id or a .gguf file
     (read from its dequantized folder, made first if needed)."""
-    # Imported here: the modeling package loads torch.
-    from mm4ke_ray.modeling.gguf import resolve_model_source
-
     folder = Path(resolve_model_source(name))
     if folder.is_dir():
         config_file = folder / "config.json"
@@ -165,8 +164,6 @@ def read_model_shape(name: str) -> ModelShape:
         cfg, snapshot = found
         counted = checkpoint_params(snapshot) if snapshot else None
         return shape_from_config(cfg, f"config.json of {name} (Hugging Face cache)", counted[0] if counted else None)
-    from mm4ke_ray.planning.known_models import KNOWN_CONFIGS
-
     if name in KNOWN_CONFIGS:
         return shape_from_config(KNOWN_CONFIGS[name], f"built-in copy of {name}'s config.json (hub not reachable)")
     raise UserError(

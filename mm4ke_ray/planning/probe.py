@@ -14,6 +14,7 @@ import time
 from contextlib import contextmanager
 
 from mm4ke_ray.config import SweepConfig
+from mm4ke_ray.data import load_edit_records
 from mm4ke_ray.errors import UserError
 from mm4ke_ray.planning.costs import UnitCosts
 from mm4ke_ray.planning.workload import Workload
@@ -49,7 +50,6 @@ def _update_seconds(model, tok, records, layer: int, steps: int, search) -> floa
 
 def probe_costs(config: SweepConfig, work: Workload, params: int, device: str) -> UnitCosts:
     """Unit costs of `config` (demo resolved) measured here; takes seconds on a small model."""
-    from mm4ke_ray.data import load_edit_records
     from mm4ke_ray.evaluate.candidate import CandidateEvaluator, eval_settings
     from mm4ke_ray.modeling import load_model, load_tokenizer
 

@@ -11,6 +11,9 @@ from dataclasses import asdict, dataclass
 
 from mm4ke_ray.config import Param, SweepConfig
 from mm4ke_ray.errors import UserError
+from mm4ke_ray.evaluate.evidence import min_sign_items
+from mm4ke_ray.evaluate.rung_plan import halving_cost, plan_rungs
+from mm4ke_ray.search.resources import plan_resources
 
 
 @dataclass(frozen=True)
@@ -89,8 +92,6 @@ def cluster_resources(config: SweepConfig, gpus: int, cpus: float | None) -> dic
 
 def workload(config: SweepConfig, records: int, gpus: int = 0, cpus: float | None = None) -> Workload:
     """The counts of `config` on a cluster of `gpus` GPUs (0: CPUs only)."""
-    from mm4ke_ray.search.resources import plan_resources
-
     if gpus > 0 and config.resources.rsft_gpus == 0 and config.resources.eval_gpus == 0:
         raise UserError(f"--gpus {gpus}: this config's workers ask for no GPU (resources.rsft_gpus and "
                         "eval_gpus are 0); set them, e.g. --set resources.rsft_gpus=1 --set resources.eval_gpus=1, "
@@ -117,9 +118,6 @@ def _halving(config: SweepConfig, per_delta: int, records: int) -> dict:
     """With halving on: `halving_cost` over the rungs the sweep evaluates, their fractions taken
     from the edit records (raised to the sign test's minimum, `rung_plan.py`), and the rungs'
     description. The documents of lm-eval tasks are only known when the sweep starts."""
-    from mm4ke_ray.evaluate.evidence import min_sign_items
-    from mm4ke_ray.evaluate.rung_plan import halving_cost, plan_rungs
-
     fid = config.evaluation.fidelity
     if not fid.enabled or fid.rungs <= 1 or records < 1:
         return {}

@@ -1,6 +1,6 @@
 """Driver-side Tune callback: when each trial is recorded in MLflow, progress to the terminal.
 
-What a candidate's or a failure's run holds is `tracking.records`; this module keeps the Tune
+What a candidate's or a failure's run holds is `tracking.run_records`; this module keeps the Tune
 hook state (which trials wait for their saved state, which are logged).
 """
 
@@ -20,7 +20,7 @@ from mm4ke_ray.delta import DELTA_FILE
 from mm4ke_ray.evaluate.scores import COMBINED
 from mm4ke_ray.schema import PRUNED_CANDIDATES, Tag, delta_folder
 from mm4ke_ray.search.progress import SweepProgress, rung_line, wants_live
-from mm4ke_ray.tracking.records import (
+from mm4ke_ray.tracking.run_records import (
     candidate_rows,
     candidate_run,
     failure_run_name,

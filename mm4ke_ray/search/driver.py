@@ -9,7 +9,7 @@ a FAILED run in MLflow), the tracking server away (writes spooled, sent when it 
 
 Read top to bottom: `run_sweep`/`resume_sweep` → `_execute` (settings, storage, Ray, pool → a
 `SweepRun`) → `_with_pool` (folder, parent run) → `_tune` (the Tuner) → `_finish` (Pareto
-artifacts, parent run closed) → `_outcome` + `_print_summary`.
+artifacts, parent run closed) → `outcome.sweep_outcome` + `outcome.print_summary`.
 """
 
 from __future__ import annotations
@@ -27,7 +27,6 @@ from rich.console import Console
 from mm4ke_ray.config import DEMO, SweepConfig, validate_config
 from mm4ke_ray.evaluate.candidate import EvalSettings, eval_settings
 from mm4ke_ray.evaluate.evidence import check_halving_evidence
-from mm4ke_ray.evaluate.pareto import pareto_front, sort_by_combined
 from mm4ke_ray.evaluate.precision import precision_warnings
 from mm4ke_ray.evaluate.scores import OBJECTIVES
 from mm4ke_ray.fingerprint import fingerprint_fields
@@ -40,6 +39,7 @@ from mm4ke_ray.search.constraints import minimums
 from mm4ke_ray.search.front_board import drop_front, new_front_key, publish_front
 from mm4ke_ray.search.interrupt import catch_interrupt
 from mm4ke_ray.search.local_ray import init_local_ray
+from mm4ke_ray.search.outcome import SweepOutcome, print_summary, sweep_outcome
 from mm4ke_ray.search.resources import TRIAL_RESOURCES, Plan, plan_resources
 from mm4ke_ray.search.resume import (
     MANIFEST,
@@ -51,32 +51,18 @@ from mm4ke_ray.search.resume import (
     restored_searcher,
     write_manifest,
 )
-from mm4ke_ray.search.searcher import (
-    EXTRA_ATTR,
-    STUDY_FILE,
-    WARM_ATTR,
-    CandidateAwareOptunaSearch,
-    journal_storage,
-)
+from mm4ke_ray.search.searcher import STUDY_FILE, CandidateAwareOptunaSearch, journal_storage
 from mm4ke_ray.search.space import make_sampler, split_space
-from mm4ke_ray.search.timings import SweepTimings, TimedTracker, print_breakdown
+from mm4ke_ray.search.timings import SweepTimings, TimedTracker
 from mm4ke_ray.search.trial import TrialContext, sweep_trial
 from mm4ke_ray.search.warm_start import warm_points
 from mm4ke_ray.storage import is_uri, local_storage_warning, normalize_storage_path, probe_storage
 from mm4ke_ray.tracking.mlflow_tracker import SweepTracker
 from mm4ke_ray.tracking.pareto_artifacts import ParetoPublisher
-from mm4ke_ray.tracking.query import ui_runs_url
 from mm4ke_ray.tracking.store_check import absolute_uri
 from mm4ke_ray.tracking.sweep_run import logged_so_far, open_sweep_run
-from mm4ke_ray.tracking.tables import (
-    counts_line,
-    executable,
-    print_command,
-    print_table,
-    reference_rows,
-)
-from mm4ke_ray.tracking.ui_command import absolute_store_uri, ui_command
-from mm4ke_ray.tracking.warm_start import (
+from mm4ke_ray.tracking.tables import executable, print_command
+from mm4ke_ray.tracking.warm_sources import (
     WarmSource,
     load_warm_sources,
     log_warm_rows,
@@ -86,26 +72,6 @@ from mm4ke_ray.tracking.warm_start import (
 
 console = Console(stderr=True)
 FINAL_FLUSH_WAIT_S = 60.0  # at the end, how long to wait for an absent tracking server
-
-
-@dataclass
-class SweepOutcome:
-    parent_run_id: str
-    rows: list[dict]
-    base: dict
-    front: list[dict]
-    optuna_trials: int
-    extra_points_told: int
-    rsft_runs: int
-    storage: str
-    seconds: float
-    experiment_dir: str = ""
-    spool: str | None = None  # MLflow records left unsent (server away at the end), if any
-    resumed: bool = False
-    mlflow_spooled: int = 0  # MLflow writes that had to wait on disk (server away) during the sweep
-    timings: dict = field(default_factory=dict)  # wall seconds per step (search/timings.py CATEGORIES)
-    warm_rows: list[dict] = field(default_factory=list)  # earlier sweeps' candidates (--warm-start), on the front too
-    warm_points_told: int = 0  # of them, told to the study
 
 
 @dataclass
@@ -145,7 +111,7 @@ def run_sweep(config: SweepConfig, *, source: str = "<config>", address: str | N
     """Run a whole sweep and return its candidates; everything is also in MLflow.
 
     `warm_start`: earlier sweeps (`TRACKING_URI:SWEEP`) whose candidates the study is told before
-    its first trial and the front starts from; checked here, before Ray (tracking/warm_start.py).
+    its first trial and the front starts from; checked here, before Ray (tracking/warm_sources.py).
     """
     if DEMO in (config.model.name, config.data.edits):
         raise ValueError("the config names the demo: resolve it first (mm4ke_ray.demo.resolve.resolve_demo)")
@@ -331,8 +297,8 @@ def _tune(run: SweepRun) -> SweepOutcome:
                       soft_wrap=True)
         print_command(console, "  continue it with:", f"{executable('mm4ke-ray')} sweep --resume {run.experiment_dir}")
         raise KeyboardInterrupt
-    outcome = _outcome(run, callback.rows, base, grid, searcher or restored_searcher(tuner), spool)
-    _print_summary(outcome, config)
+    outcome = sweep_outcome(run, callback.rows, base, grid, searcher or restored_searcher(tuner), spool)
+    print_summary(outcome, config)
     return outcome
 
 
@@ -417,38 +383,3 @@ def _finish(tracker, publisher, callback, status: str) -> str | None:
                   f"{path}", soft_wrap=True)
     print_command(console, "  send them when it is back:", f"{executable('mm4ke-ray')} sweep --replay-spool {path}")
     return path
-
-
-def _outcome(run: SweepRun, rows, base, grid, searcher, spool) -> SweepOutcome:
-    everything = [base, *run.warm_rows, *rows]  # the front starts from the earlier sweeps' (--warm-start)
-    front = [everything[i] for i in pareto_front(everything, minimums(run.config.objectives))]  # feasible only
-    rsft_runs = sum(1 for r in grid if r.metrics and r.metrics.get("status"))
-    trials = searcher.study.get_trials(deepcopy=False)
-    warm = sum(1 for t in trials if WARM_ATTR in t.user_attrs)
-    extra = sum(1 for t in trials if EXTRA_ATTR in t.user_attrs and WARM_ATTR not in t.user_attrs)
-    breakdown = run.timings.breakdown(time.perf_counter() - run.clock, [r.metrics for r in grid])
-    return SweepOutcome(run.parent, rows, base, front, len(trials), extra, rsft_runs, run.storage,
-                        time.time() - run.start, run.experiment_dir, spool, run.resumed,
-                        mlflow_spooled=run.tracker.spooled, timings=breakdown, warm_rows=list(run.warm_rows),
-                        warm_points_told=warm)
-
-
-def _print_summary(out: SweepOutcome, config: SweepConfig) -> None:
-    # The same table and count sentence as `mm4ke-ray pareto`; base / pure R-SFT rows set apart.
-    front = sort_by_combined(out.front)
-    counts = counts_line(len(front), len(out.rows) + len(out.warm_rows), warm=len(out.warm_rows))
-    print_table(front, f"Pareto front of {config.name}: {counts} ({out.rsft_runs} R-SFT runs)",
-                references=reference_rows([out.base, *out.warm_rows, *out.rows], front))
-    print_breakdown(console, out.timings)
-    uri = config.tracking.uri
-    if uri.startswith("sqlite"):
-        print_command(console, "[bold]Open MLflow:[/]", ui_command(executable("mlflow"), uri))
-        if url := ui_runs_url(uri, out.parent_run_id):
-            print_command(console, "  then open", url)
-        # by run id: a later sweep of the same config shares the name (`--sweep NAME` then refuses)
-        store = absolute_store_uri(uri)
-        print_command(console, "[bold]This sweep's front:[/]",
-                      f"{executable('mm4ke-ray')} pareto --tracking-uri {store} --sweep {out.parent_run_id}")
-    else:
-        console.print(f"[bold]MLflow:[/] {uri}")
-

@@ -2,7 +2,7 @@
 merge per round on the resident model (each round's base is the previous merged model), keep
 every round's delta with its merge settings, evaluate after every round, rebuild round t.
 
-- `mm4ke_ray.stream_config` (outside this package: `config.py` imports it): the `stream:` section.
+- `mm4ke_ray.stream_config` (outside this package: `config/` imports it): the `stream:` section.
 - `rounds`: the edit set split into rounds (by order, by a field, by files).
 - `evaluation`: the metrics of one round's model (that round's edits, all edits so far, locality
   against the base, general tasks), teacher-forced and generated.

@@ -24,7 +24,7 @@ from mm4ke_ray.fingerprint import differences
 from mm4ke_ray.schema import ALPHA, DENSITY, PARAM_COLUMNS, SEARCH_PARAMS, SPARSITY, WARM_START, Tag
 from mm4ke_ray.tracking.health import health_problem
 from mm4ke_ray.tracking.query import Sweep, load_sweep
-from mm4ke_ray.tracking.records import merge_label
+from mm4ke_ray.tracking.run_records import merge_label
 
 FORMAT_HINT = "give TRACKING_URI:SWEEP, e.g. sqlite:///runs/mlflow.db:my-sweep (SWEEP: a sweep name or its parent run id)"
 

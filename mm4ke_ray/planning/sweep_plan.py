@@ -6,12 +6,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mm4ke_ray.config import DEMO, SweepConfig, load_config
+from mm4ke_ray.data import load_edit_records
 from mm4ke_ray.errors import UserError
 from mm4ke_ray.evaluate.precision import precision_report
 from mm4ke_ray.planning.costs import UnitCosts, stored_costs
 from mm4ke_ray.planning.estimate import Estimate, estimate
 from mm4ke_ray.planning.fixed_costs import RESULTS, FixedCosts, load_fixed_costs
 from mm4ke_ray.planning.model_size import ModelShape, go_offline, hub_reachable, read_model_shape
+from mm4ke_ray.planning.probe import probe_costs
 from mm4ke_ray.planning.workload import Workload, cluster_resources, workload
 
 
@@ -35,8 +37,6 @@ class SweepPlan:
 
 
 def _count_records(config: SweepConfig) -> int:
-    from mm4ke_ray.data import load_edit_records
-
     d = config.data
     if not Path(d.edits).expanduser().exists() and not hub_reachable():
         go_offline()  # a cached hub dataset still counts; an uncached one fails at once (issue 26 §4)
@@ -97,8 +97,6 @@ def plan_sweep(config_path: str | Path, *, gpus: int = 0, cpus: float | None = N
     cluster_cpus = cluster_resources(config, gpus, cpus)["CPU"]
     if probe:
         device = _probe_device(gpus)
-        from mm4ke_ray.planning.probe import probe_costs
-
         units, source = probe_costs(config, work, shape.params, device), f"probe on this machine, {device}"
     else:
         units = stored_costs(gpu_kind, shape, work, config.model.dtype, config.data.prompt_format, results)

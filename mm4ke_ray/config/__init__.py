@@ -2,6 +2,8 @@
 
 Every section forbids unknown keys so a YAML typo fails. `load_config` reports every problem
 at once, each naming its field (e.g. `search.space.alpha.high`) and the bad value.
+The `search:` section lives in `search_space.py`, the shared base in `base.py`; both are
+re-exported here, so `mm4ke_ray.config` stays the one place to import a section from.
 """
 
 from __future__ import annotations
@@ -12,23 +14,34 @@ from statistics import NormalDist
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
+from mm4ke_ray.config.base import MAX_EPOCHS, MAX_LAYER, MAX_RUNGS, MAX_STEPS, MAX_TRIALS, Section
+from mm4ke_ray.config.search_space import (
+    SCHEDULE_FIELDS,
+    LRSchedule,
+    Param,
+    RSFTFixed,
+    ScheduleParam,
+    SearchConfig,
+    SearchSpace,
+)
 from mm4ke_ray.errors import ConfigError
 from mm4ke_ray.stream_config import StreamConfig
 from mm4ke_ray.strict_yaml import load_yaml, yaml_problem
 
 DEMO = "demo"  # model/data value meaning "the embedded demo world, built locally"
-# Upper bounds where a larger value is a typo that would hang `plan` or exhaust memory, not a plan.
-MAX_TRIALS, MAX_RUNGS, MAX_STEPS, MAX_EPOCHS, MAX_LAYER = 100_000, 16, 100_000, 10_000, 100_000
+# Re-exported: the search section and the limits are imported from here across the package.
+__all__ = [
+    "DEMO", "LOCAL_TASK_NAMES", "MAX_EPOCHS", "MAX_LAYER", "MAX_RUNGS", "MAX_STEPS", "MAX_TRIALS", "SCHEDULE_FIELDS",
+    "ConfigError", "DataConfig", "EditMetric", "EvaluationConfig", "FidelityConfig", "LRSchedule", "LocalTask",
+    "MergeConfig", "ModelConfig",
+    "ObjectivesConfig", "Param", "RSFTFixed", "ResourcesConfig", "ScheduleParam", "SearchConfig", "SearchSpace",
+    "Section", "SweepConfig", "TrackingConfig", "load_config", "validate_config",
+]
 
 
-class _Section(BaseModel):
-    # No inf/nan in any float field: `inf` edit weights made every score NaN, `inf` cpus or intervals hung.
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
-
-
-class ModelConfig(_Section):
+class ModelConfig(Section):
     name: str = Field(DEMO, description="Local directory, Hugging Face hub id, or 'demo'.")
     dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="Weights dtype.")
     trust_remote_code: bool = Field(False, description="Run the model repo's own code. Off unless you trust it.")
@@ -37,7 +50,7 @@ class ModelConfig(_Section):
     )
 
 
-class DataConfig(_Section):
+class DataConfig(Section):
     edits: str = Field(DEMO, description="Edit set: a KnowEdit/zsre_mend file, a hub dataset id, or 'demo'.")
     format: str | None = Field(None, description="Force a reader (zsre, counterfact, ...); detected when unset.")
     limit: int | None = Field(None, ge=1, description="Use the first N records.")
@@ -45,7 +58,7 @@ class DataConfig(_Section):
     prompt_format: Literal["plain", "chat"] = Field("plain", description="Same in training and evaluation.")
 
 
-class FidelityConfig(_Section):
+class FidelityConfig(Section):
     """Successive halving over evaluation fidelity (mm4ke_ray/evaluate/fidelity.py); off by default.
 
     On, a trial's merge candidates are scored on growing seeded subsets of the edit records and
@@ -90,7 +103,7 @@ class FidelityConfig(_Section):
 LOCAL_TASK_NAMES = ("boolq", "logiqa", "rte", "sst2", "wikitext")
 
 
-class LocalTask(_Section):
+class LocalTask(Section):
     """A general task read from a local file: a bare path, or the path with a budget."""
 
     path: str = Field(description="The task's file (SST-2/RTE TSV, LogiQA Test.txt, BoolQ JSONL, WikiText-2 test.txt).")
@@ -103,7 +116,7 @@ class LocalTask(_Section):
         return {"path": v} if isinstance(v, str) else v
 
 
-class EvaluationConfig(_Section):
+class EvaluationConfig(Section):
     batch_size: int = Field(32, ge=1, description="Teacher-forced evaluation batch size.")
     fluency: bool = Field(False, description="Also compute Fluency (sampled generations; slower).")
     general_tasks: list[str] = Field(default_factory=list, description="lm-eval task names for general ability.")
@@ -181,74 +194,6 @@ class EvaluationConfig(_Section):
         return self
 
 
-class Param(_Section):
-    """One searched parameter: a range (`low`, `high`, optional `log`) or a list of `choices`.
-
-    A bare number in the YAML fixes the parameter (one choice; not searched).
-    """
-
-    low: float | None = None
-    high: float | None = None
-    log: bool = False
-    choices: list[float] | None = Field(None, min_length=1)
-
-    @model_validator(mode="before")
-    @classmethod
-    def _bare_number(cls, v):
-        if isinstance(v, int | float) and not isinstance(v, bool):
-            return {"choices": [v]}
-        return v
-
-    @model_validator(mode="after")
-    def _shape(self):
-        if self.choices is not None:
-            if self.low is not None or self.high is not None:
-                raise ValueError("give either `choices` or `low`/`high`, not both")
-            return self
-        if self.low is None or self.high is None:
-            raise ValueError("a range needs both `low` and `high` (or give `choices`, or a single number)")
-        if not self.low < self.high:
-            raise ValueError(f"empty range: low ({self.low:g}) must be below high ({self.high:g})")
-        if self.log and self.low <= 0:
-            raise ValueError(f"a log range needs low > 0, got {self.low:g}")
-        return self
-
-    @property
-    def fixed(self) -> bool:
-        return self.choices is not None and len(self.choices) == 1
-
-    def bounds(self) -> list[float]:
-        return list(self.choices) if self.choices is not None else [self.low, self.high]
-
-    def text(self) -> str:
-        """How a run records it: the one value, choices joined by '|', or 'low..high' (' log')."""
-        if self.choices is not None:
-            return "|".join(f"{v:g}" for v in self.choices)
-        return f"{self.low:g}..{self.high:g}" + (" log" if self.log else "")
-
-
-LRSchedule = Literal["constant", "linear", "cosine"]  # R-SFT's learning-rate schedules (RSFTConfig too)
-
-
-class ScheduleParam(_Section):
-    """The searched learning-rate schedule: `choices` of schedule names; a bare name fixes it."""
-
-    choices: list[LRSchedule] = Field(min_length=1)
-
-    @model_validator(mode="before")
-    @classmethod
-    def _bare_name(cls, v):
-        return {"choices": [v]} if isinstance(v, str) else v
-
-    @property
-    def fixed(self) -> bool:
-        return len(self.choices) == 1
-
-    def text(self) -> str:
-        """How a run records it: the one schedule, or the choices joined by '|'."""
-        return "|".join(self.choices)
-
-
 def _plain_name(v: str) -> str:
     # The sweep's folder is <storage_path>/<name>: '..' or a separator would put it elsewhere.
     if v.strip(".") == "" or any(c in v for c in "/\\") or any(ord(c) < 32 for c in v):
@@ -256,100 +201,7 @@ def _plain_name(v: str) -> str:
     return v
 
 
-def _check(name: str, param: Param, ok, why: str, integer: bool = False) -> Param:
-    for v in param.bounds():
-        if not math.isfinite(v) or not ok(v):
-            raise ValueError(f"value {v:g} {why}")
-        if integer and v != int(v):
-            raise ValueError(f"value {v:g} must be a whole number")
-    return param
-
-
-class SearchSpace(_Section):
-    """What Optuna searches jointly. A plain number fixes a parameter."""
-
-    threshold: Param = Field(Param(low=0.01, high=0.2, log=True), description="Early-stop τ on answer loss.")
-    steps: Param = Field(Param(low=2, high=8), description="K: max gradient steps per sample.")
-    epochs: Param = Field(Param(low=1, high=5), description="E: passes over the edit set.")
-    lr: Param = Field(Param(low=1e-4, high=1e-3, log=True), description="η: learning rate.")
-    layer: Param = Field(Param(choices=[5]), description="Index of the layer whose MLP is trained.")
-    lr_schedule: ScheduleParam = Field(
-        ScheduleParam(choices=["constant"]),
-        description="η per update: 'constant' (the default: the paper's Algorithm 1) or linear/cosine decay to 0 "
-        "over E·N·K updates (LLaMA-Factory's); searched with e.g. {choices: [constant, cosine]}.",
-    )
-    warmup_ratio: Param = Field(
-        Param(choices=[0.0]), description="Share of E·N·K updates warming η up from 0 (0: none; a range searches it).",
-    )
-    alpha: Param = Field(Param(low=0.0, high=0.9), description="Base weight α: the delta is scaled by 1-α.")
-    sparsity: Param = Field(Param(low=0.0, high=0.9), description="Fraction of each delta tensor zeroed.")
-
-    _threshold = field_validator("threshold")(lambda p: _check("threshold", p, lambda v: v >= 0, "must be >= 0"))
-    _steps = field_validator("steps")(lambda p: _check("steps", p, lambda v: 1 <= v <= MAX_STEPS, f"must be in [1, {MAX_STEPS}]", True))
-    _epochs = field_validator("epochs")(lambda p: _check("epochs", p, lambda v: 1 <= v <= MAX_EPOCHS, f"must be in [1, {MAX_EPOCHS}]", True))
-    _lr = field_validator("lr")(lambda p: _check("lr", p, lambda v: v > 0, "must be > 0"))
-    _layer = field_validator("layer")(lambda p: _check("layer", p, lambda v: 0 <= v <= MAX_LAYER, f"must be in [0, {MAX_LAYER}]", True))
-    _warmup_ratio = field_validator("warmup_ratio")(
-        lambda p: _check("warmup_ratio", p, lambda v: 0 <= v < 1, "must be in [0, 1): 1 warms up through every update")
-    )
-    _alpha = field_validator("alpha")(
-        lambda p: _check("alpha", p, lambda v: 0 <= v < 1, "must be in [0, 1): alpha = 1 discards the edit")
-    )
-    _sparsity = field_validator("sparsity")(
-        lambda p: _check("sparsity", p, lambda v: 0 <= v < 1, "must be in [0, 1): sparsity = 1 zeroes the delta")
-    )
-
-    def layers(self) -> list[int]:
-        """Every layer index the search may pick."""
-        p = self.layer
-        return sorted({int(v) for v in p.choices}) if p.choices is not None else list(range(int(p.low), int(p.high) + 1))
-
-
-class RSFTFixed(_Section):
-    optimizer: Literal["adamw", "sgd"] = Field("adamw", description="adamw (LLaMA-Factory's) or sgd (eq. 2).")
-    runner: Literal["train", "task"] = Field(
-        "train", description="'train': a Ray Train TorchTrainer per trial; 'task': a plain Ray task (less start-up)."
-    )
-    # The fixed form of earlier configs, still accepted: moved into search.space (searchable there).
-    lr_schedule: LRSchedule | None = Field(None, description="Fixes search.space.lr_schedule (the older form).")
-    warmup_ratio: float | None = Field(
-        None, ge=0.0, lt=1.0, description="Fixes search.space.warmup_ratio (the older form).",
-    )
-
-
-SCHEDULE_FIELDS = ("lr_schedule", "warmup_ratio")  # in search.space; search.rsft's older fixed form too
-
-
-class SearchConfig(_Section):
-    num_trials: int = Field(8, ge=1, le=MAX_TRIALS, description="R-SFT runs (Tune trials).")
-    sampler: Literal["tpe", "nsga2", "gp", "random"] = Field("tpe", description="Optuna sampler.")
-    seed: int = Field(0, ge=0, lt=2**32, description="Seeds the sampler, R-SFT and the extra merge candidates.")
-    startup_trials: int = Field(
-        4, ge=0,
-        description="R-SFT configurations (τ, K, E, lr, layer) drawn at random before the sampler's model takes "
-        "over, counted in R-SFT runs, not in told merge points; α and sparsity use the model from the start.",
-    )
-    space: SearchSpace = Field(default_factory=SearchSpace)
-    rsft: RSFTFixed = Field(default_factory=RSFTFixed)
-
-    @model_validator(mode="after")
-    def _fixed_schedule_into_space(self):
-        # search.rsft.lr_schedule / warmup_ratio (the older, fixed form) become the space's one choice,
-        # so the trial, MLflow and the tables read the schedule from one place.
-        legacy = {k: v for k in SCHEDULE_FIELDS if (v := getattr(self.rsft, k)) is not None}
-        both = sorted(k for k in legacy if k in self.space.model_fields_set)
-        if both:
-            k = both[0]
-            raise ValueError(f"search.space.{k} and search.rsft.{k} are both set: keep search.space.{k} only "
-                             "(a list of choices or a range searches it; one value fixes it)")
-        if legacy:
-            fixed = {k: (ScheduleParam if k == "lr_schedule" else Param)(choices=[v]) for k, v in legacy.items()}
-            object.__setattr__(self, "space", self.space.model_copy(update=fixed))
-            object.__setattr__(self, "rsft", self.rsft.model_copy(update=dict.fromkeys(legacy)))
-        return self
-
-
-class MergeConfig(_Section):
+class MergeConfig(Section):
     method: str = Field("magnitude", description="Sparsifier: magnitude (the paper's), dare, ...")
     extra_candidates: int = Field(4, ge=0, description="Extra (α, sparsity) points evaluated per R-SFT delta.")
 
@@ -357,7 +209,7 @@ class MergeConfig(_Section):
 EditMetric = Literal["edit_succ", "generalization", "portability", "locality"]
 
 
-class ObjectivesConfig(_Section):
+class ObjectivesConfig(Section):
     edit_weights: dict[EditMetric, Annotated[float, Field(ge=0)]] = Field(
         default_factory=lambda: {"edit_succ": 1.0, "generalization": 1.0, "portability": 1.0, "locality": 1.0},
         description="Weights of the edit metrics in the edit score (a weighted mean, 0..1).",
@@ -383,7 +235,7 @@ class ObjectivesConfig(_Section):
         return v
 
 
-class ResourcesConfig(_Section):
+class ResourcesConfig(Section):
     rsft_cpus: float = Field(1, gt=0, description="CPUs per R-SFT worker.")
     rsft_gpus: float = Field(0, ge=0, description="GPUs per R-SFT worker (1 on a GPU cluster).")
     eval_actors: int | Literal["auto"] = Field("auto", description="Merge-eval actors in the pool.")
@@ -400,7 +252,7 @@ class ResourcesConfig(_Section):
         return v
 
 
-class TrackingConfig(_Section):
+class TrackingConfig(Section):
     uri: str = Field("sqlite:///runs/mlflow.db", description="MLflow tracking URI (SQLite file or http://host:port).")
     experiment: str = Field("mm4ke-ray", description="MLflow experiment name.")
     artifact_location: str = Field("runs/mlartifacts", description="Artifact root for a new experiment.")
@@ -411,7 +263,7 @@ class TrackingConfig(_Section):
                                              "trial keeps at most 128, sampling less often when it runs long).")
 
 
-class SweepConfig(_Section):
+class SweepConfig(Section):
     name: str = Field("sweep", min_length=1, description="Sweep name: the MLflow parent run and storage folder.")
 
     model: ModelConfig = Field(default_factory=ModelConfig)
