@@ -36,8 +36,8 @@ from mm4ke_ray.tracking.mlflow_ui import (
     sweep_view,
     view_state_key,
 )
-from mm4ke_ray.tracking.run_records import trial_run
 from mm4ke_ray.tracking.registry import log_export_model
+from mm4ke_ray.tracking.run_records import trial_run
 from mm4ke_ray.tracking.ui_command import APP_NAME, absolute_store_uri, app_installed, ui_command
 
 BROWSER = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
