@@ -8,6 +8,7 @@ R-SFT never re-runs for another α or sparsity.
 from __future__ import annotations
 
 import json
+import logging
 import tempfile
 import time
 import zlib
@@ -38,11 +39,12 @@ from mm4ke_ray.evaluate.fidelity import (
 from mm4ke_ray.evaluate.scores import COMBINED, OBJECTIVES
 from mm4ke_ray.rsft.config import RSFTConfig
 from mm4ke_ray.rsft.run import rsft_to_folder
-from mm4ke_ray.schema import MERGE_PARAMS, PRUNED_CANDIDATES
+from mm4ke_ray.schema import ALPHA, EXTRA, MERGE_PARAMS, PRUNED_CANDIDATES, SPARSITY
 from mm4ke_ray.search.front_board import read_front
 from mm4ke_ray.search.rung_store import RungStore, delta_digest
 from mm4ke_ray.search.searcher import EXTRA_POINTS_KEY
-from mm4ke_ray.search.space import candidate_seed, merge_candidates, split_space
+from mm4ke_ray.search.space import candidate_seed, mark_in_space, merge_candidates, split_space
+from mm4ke_ray.search.surrogate import candidate_grid, choose_mode, surrogate_search
 from mm4ke_ray.search.train_placement import (
     new_placement_key,
     record_placement_group,
@@ -56,12 +58,15 @@ from mm4ke_ray.tracking.system_samples import (
     start_sampling,
 )
 
+log = logging.getLogger(__name__)
+
 RESULT_FILE = "result.json"  # a trial's final report, inside its checkpoint
 SUMMARY_FILE = "rsft-summary.json"  # the R-SFT summary, inside the Ray Train checkpoint
 # Ray Train retries a worker group that cannot start (60 s each) without limit by default: a
 # trial whose worker can never be placed would wait forever. Past this many, the trial fails with
 # the reason and Tune retries it (search.max_failures).
 TRAIN_START_RETRIES = 3
+SURROGATE_INITIAL = 4  # merge.candidates surrogate: evaluations before its first fit (sampled, pure R-SFT, 2 more)
 
 
 @dataclass(frozen=True)
@@ -81,6 +86,8 @@ class TrialContext:
     fidelity_error_rate: float = 0.05  # evaluation.fidelity.error_rate (rungs and factor are in `settings`)
     rungs_path: str | None = None  # folder of the trials' rung records (rung_store.py); None: not kept
     front_key: str | None = None  # where the driver publishes the sweep's front (front_board.py); None: not used
+    merge_candidates: str = "random"  # merge.candidates: random extras, or a per-delta surrogate (surrogate.py)
+    merge_grid: int = 6  # merge.grid: points per axis of the surrogate's α × sparsity grid
 
 
 def _rsft_config(params: dict, search: SearchConfig, settings: EvalSettings) -> RSFTConfig:
@@ -207,12 +214,9 @@ def _run_trial(params: dict, ctx: TrialContext, trial_id: str) -> tuple[dict, st
                 "rsft_wall_seconds": rsft_wall, "params": params}, tempfile.mkdtemp(prefix="mm4ke-result-")
     delta, _ = load_delta(delta_dir)
     delta_ref = ray.put(delta)
-    cands = merge_candidates(ctx.search, float(params["alpha"]), float(params["sparsity"]), ctx.extra_candidates,
-                             candidate_seed(ctx.search.seed, params))
-    store = _rung_store(ctx, trial_id, delta, cands)
-    del delta
     eval_start = time.perf_counter()
-    cands, pruned, compute = _evaluate_candidates(ctx, cands, delta_ref, trial_id, store)
+    cands, pruned, compute = _evaluate_merges(ctx, params, delta_ref, trial_id, delta)
+    del delta
     eval_wall = time.perf_counter() - eval_start
     sampled = cands[0]["metrics"]
     extra_points = [
@@ -237,6 +241,54 @@ def _run_trial(params: dict, ctx: TrialContext, trial_id: str) -> tuple[dict, st
     return report, delta_dir
 
 
+def _evaluate_merges(ctx: TrialContext, params: dict, delta_ref, trial_id: str,
+                     delta: dict) -> tuple[list[dict], list[dict], dict]:
+    """The trial's merge candidates, chosen and evaluated: (full, pruned, compute), as
+    `_evaluate_candidates` returns them, the sampled candidate first among the full ones.
+
+    `merge.candidates random`: the sampled point, the pure R-SFT point and seeded random extras,
+    all evaluated at once. `surrogate`: the first two and space-filling points of the α × sparsity
+    grid, then batches (one per merge-eval actor) where the per-delta surrogate expects the front to
+    move, `extra_candidates + 1` evaluations at most (`surrogate.surrogate_search`); halving runs
+    inside each batch, and only full results teach the surrogate. Falls back to the whole grid or to
+    random extras where the surrogate cannot help (`surrogate.choose_mode`)."""
+    alpha, sparsity = float(params["alpha"]), float(params["sparsity"])
+    seed = candidate_seed(ctx.search.seed, params)
+    budget = ctx.extra_candidates + 1
+    pool = candidate_grid(ctx.search.space, ctx.merge_grid) if ctx.merge_candidates == "surrogate" else []
+    mode = choose_mode(len(pool), budget, SURROGATE_INITIAL) if pool else "random"
+    if mode == "random":
+        cands = merge_candidates(ctx.search, alpha, sparsity, ctx.extra_candidates, seed)
+        return _evaluate_candidates(ctx, cands, delta_ref, trial_id, _rung_store(ctx, trial_id, delta, cands))
+    first = merge_candidates(ctx.search, alpha, sparsity, 1, seed)  # the sampled and the pure R-SFT points
+    batches: list[dict] = []
+
+    def evaluate(group: list[dict]) -> tuple[list[dict], list[dict]]:
+        mark_in_space(ctx.search.space, group)
+        n, offset = len(batches), sum(b["size"] for b in batches)
+        key = trial_id if n == 0 else f"{trial_id}-b{n}"  # each batch its own rung record
+        full, pruned, compute = _evaluate_candidates(ctx, group, delta_ref, key, _rung_store(ctx, key, delta, group),
+                                                     keep_first=n == 0)
+        for c in group:
+            c["index"] += offset  # unique across the trial's batches
+        batches.append({"size": len(group), "compute": compute})
+        return full, pruned
+
+    if mode == "exhaustive":
+        seen = {(c[ALPHA], c[SPARSITY]) for c in first}
+        full, pruned = evaluate([*first, *({"kind": EXTRA, ALPHA: a, SPARSITY: s} for a, s in pool if (a, s) not in seen)])
+        info = {"surrogate.evaluations": len(full) + len(pruned), "surrogate.batches": 1,
+                "surrogate.stopped": "exhaustive", "surrogate.grid": len(pool)}
+    else:
+        full, pruned, info = surrogate_search(first, pool, budget, evaluate, batch_size=len(ctx.actors),
+                                              initial=SURROGATE_INITIAL, kind=EXTRA)
+    compute = {k: sum(b["compute"][k] for b in batches) for k in batches[0]["compute"]}
+    log.info("trial %s: merge.candidates surrogate (%s) evaluated %d of %d grid merges in %d batch(es); %s",
+             trial_id, mode, info["surrogate.evaluations"], len(pool), info["surrogate.batches"],
+             info["surrogate.stopped"])
+    return full, pruned, {**compute, **{k: v for k, v in info.items() if isinstance(v, int | float)}}
+
+
 def _rung_store(ctx: TrialContext, trial_id: str, delta: dict, cands: list[dict]) -> RungStore | None:
     """The trial's rung record (rung_store.py), with halving on and a folder to keep it in."""
     s = ctx.settings
@@ -248,7 +300,7 @@ def _rung_store(ctx: TrialContext, trial_id: str, delta: dict, cands: list[dict]
 
 
 def _evaluate_candidates(ctx: TrialContext, cands: list[dict], delta_ref, trial_id: str,
-                         store: RungStore | None = None) -> tuple[list[dict], list[dict], dict]:
+                         store: RungStore | None = None, keep_first: bool = True) -> tuple[list[dict], list[dict], dict]:
     """Evaluate a trial's candidates on the actor pool: (full-fidelity candidates, pruned ones,
     the trial's evaluation compute). Each candidate gets `index` (its place among the trial's
     candidates, its stable id) and `metrics`.
@@ -307,7 +359,8 @@ def _evaluate_candidates(ctx: TrialContext, cands: list[dict], delta_ref, trial_
 
     front = read_front(ctx.front_key)
     history = run_rungs([str(i) for i in range(len(cands))], evaluate_at, s.fidelity_rungs,
-                        s.fidelity_reduction_factor, ctx.fidelity_error_rate, keep=["0"], front=front)
+                        s.fidelity_reduction_factor, ctx.fidelity_error_rate, keep=["0"] if keep_first else [],
+                        front=front)
     full, pruned = [], []
     for i, c in enumerate(cands):
         runs = [by_rung[r][i] for r in range(len(history)) if i in by_rung[r]]
