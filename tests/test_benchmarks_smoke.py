@@ -33,6 +33,7 @@ SCRIPTS = {
     "real": "bench_real.py",
     "stream": "bench_stream.py",
     "general_eval": "bench_general_eval.py",
+    "real_table_search": "bench_table_search.py",
 }
 TIMEOUT_S = 900  # 16 scripts at once beside the other xdist worker: minutes each on 2 busy cores
 

@@ -1,0 +1,197 @@
+"""Benchmark — samplers and the per-delta surrogate, replayed over a tabulated benchmark (issue 24).
+
+The table (`build_real_table.py`: SmolLM2-135M-Instruct, real ZsRE edits, WikiText-2; per R-SFT
+configuration × 6 α × 6 sparsity) is replayed by `table_replay.replay`: the product's own
+searcher and samplers, the table's measured objectives in place of training. Hypervolume of every
+candidate a search evaluated, reference point (base model's edit score, 0), as
+bench_search_quality.py.
+
+§2, samplers: random, TPE, GP, NSGA-II (the product's `search.sampler`s) and Optuna's own plain
+TPE, GP, QMC and NSGA-III, 10 seeds, hypervolume at 8 / 16 / 32 R-SFT runs and at 25 % of the
+table's runs, as a ratio to random (median of per-seed ratios) and to the table's own front.
+Goals: the default sampler (TPE) >= 1.1x random and >= 0.95 of the table front at <= 25 % of its
+R-SFT runs.
+
+§3, surrogate: per delta of the table, the share of its exhaustive 6 × 6 hypervolume that
+`merge.candidates surrogate` finds with <= 8 merges (goal >= 0.97); and the sweep's front with
+the surrogate (8 merges per R-SFT run) vs evaluating every merge of each run (goal >= 0.98 at
+<= 30 % of the merge evaluations).
+
+    python benchmarks/bench_table_search.py                       # benchmarks/results/real_table
+    python benchmarks/bench_table_search.py --table DIR --seeds 3
+    python benchmarks/bench_table_search.py --smoke-test          # a synthetic table, seconds
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from pathlib import Path
+
+import common
+from table_replay import EXTRA_SAMPLERS, load_table, replay, synthetic_table, table_rows
+
+PRODUCT_SAMPLERS = ("random", "tpe", "gp", "nsga2")
+DEFAULT = "tpe"
+EXTRA = 4  # the product's default merge.extra_candidates
+BUDGETS = (8, 16, 32)
+GOAL_VS_RANDOM, GOAL_VS_FRONT, BUDGET_FRACTION = 1.1, 0.95, 0.25
+GOAL_DELTA_SHARE, SURROGATE_BUDGET = 0.97, 8
+GOAL_SWEEP_SHARE, GOAL_MERGE_FRACTION = 0.98, 0.30
+TABLE = common.REPO / "benchmarks" / "results" / "real_table"
+
+
+def arguments():
+    p = common.parser(__doc__.splitlines()[0])
+    p.add_argument("--table", type=Path, default=TABLE, help="table folder (meta.json + table.jsonl)")
+    p.add_argument("--seeds", type=int, default=10)
+    p.add_argument("--samplers", default=",".join((*PRODUCT_SAMPLERS, *EXTRA_SAMPLERS)))
+    p.add_argument("--name", default="real_table_search", help="result file name (benchmarks/results/NAME.json)")
+    return p.parse_args()
+
+
+def _ratio(a: float, b: float) -> float:
+    return a / b if b > 0 else float("inf") if a > 0 else 1.0
+
+
+def sampler_curves(table, samplers, seeds, budgets, reference, front_hv) -> dict:
+    """Per sampler: per seed, the hypervolume after each budget of R-SFT runs (one replay each)."""
+    from mm4ke_ray.evaluate.pareto import hypervolume
+
+    out = {}
+    for name in samplers:
+        start = time.perf_counter()
+        per_seed = []
+        for seed in seeds:
+            run = replay(table, name, seed, max(budgets), EXTRA)
+            per_seed.append({n: hypervolume([r for r in run["rows"] if r["trial"] < n], reference) for n in budgets})
+        out[name] = per_seed
+        medians = {n: statistics.median(s[n] for s in per_seed) / front_hv for n in budgets}
+        print(f"{name:10s} share of the table front by R-SFT runs: "
+              + ", ".join(f"{n}: {v:.3f}" for n, v in medians.items()) + f" ({time.perf_counter() - start:.0f} s)",
+              flush=True)
+    return out
+
+
+def summarize_samplers(curves: dict, budgets, front_hv) -> dict:
+    out = {}
+    for name, per_seed in curves.items():
+        out[name] = {str(n): {"vs_random": statistics.median(_ratio(s[n], r[n]) for s, r in
+                                                            zip(per_seed, curves["random"], strict=True)),
+                              "vs_front": statistics.median(s[n] for s in per_seed) / front_hv,
+                              "min_vs_front": min(s[n] for s in per_seed) / front_hv}
+                     for n in budgets}
+    return out
+
+
+def delta_shares(table, reference_edit: float, seeds) -> dict:
+    """Per delta: the share of its exhaustive α × sparsity hypervolume the surrogate finds with
+    <= SURROGATE_BUDGET merges, the pure R-SFT point and a sampled grid point first (as a trial)."""
+    import random
+
+    from mm4ke_ray.search.surrogate import hypervolume_2d, surrogate_search
+
+    shares, spent = [], []
+    for key, c in table["configs"].items():
+        if c["status"] != "ok":
+            continue
+        points = c["points"]
+        values = {p: (v["edit_score"], v["general_score"]) for p, v in points.items()}
+        ref = (reference_edit, 0.0)
+        full = hypervolume_2d(list(values.values()), ref)
+        if full <= 0:
+            continue
+
+        def look_up(group, values=values):
+            for g in group:
+                e, gen = values[(g["alpha"], g["sparsity"])]
+                g["metrics"] = {"edit_score": e, "general_score": gen}
+            return group, []
+
+        for seed in seeds:
+            sampled = random.Random(f"{key}-{seed}").choice(sorted(points))
+            first = [{"kind": "sampled", "alpha": sampled[0], "sparsity": sampled[1]}]
+            if sampled != (0.0, 0.0):
+                first.append({"kind": "pure_rsft", "alpha": 0.0, "sparsity": 0.0})
+            got, _, info = surrogate_search(first, sorted(points), SURROGATE_BUDGET, look_up, batch_size=1)
+            shares.append(hypervolume_2d([(g["metrics"]["edit_score"], g["metrics"]["general_score"]) for g in got],
+                                         ref) / full)
+            spent.append(info["surrogate.evaluations"])
+    if not shares:
+        return {"deltas": 0}
+    return {"deltas": len(shares) // max(1, len(seeds)), "median_share": statistics.median(shares),
+            "min_share": min(shares), "share_at_least_goal": sum(s >= GOAL_DELTA_SHARE for s in shares) / len(shares),
+            "mean_evaluations": statistics.mean(spent)}
+
+
+def sweep_with_surrogate(table, seeds, runs: int, reference) -> dict:
+    """The sweep's front with the surrogate (<= 8 merges per run) vs every merge of every run,
+    the default sampler, the same seeds and number of R-SFT runs."""
+    from mm4ke_ray.evaluate.pareto import hypervolume
+
+    shares, fractions = [], []
+    for seed in seeds:
+        full = replay(table, DEFAULT, seed, runs, len(table["merge_grid"]["alpha"]) * len(table["merge_grid"]["sparsity"]),
+                      candidates="exhaustive")
+        sur = replay(table, DEFAULT, seed, runs, SURROGATE_BUDGET - 1, candidates="surrogate")
+        shares.append(_ratio(hypervolume(sur["rows"], reference), hypervolume(full["rows"], reference)))
+        fractions.append(sur["merge_evaluations"] / max(1, full["merge_evaluations"]))
+    return {"rsft_runs": runs, "median_share": statistics.median(shares), "min_share": min(shares),
+            "median_merge_fraction": statistics.median(fractions)}
+
+
+def main() -> None:
+    args = arguments()
+    common.setup(args)
+    from mm4ke_ray.evaluate.pareto import hypervolume
+
+    smoke = args.smoke_test
+    table = synthetic_table() if smoke else load_table(args.table)
+    rows = table_rows(table)
+    reference = (float(table["base"].get("edit_score", 0.0)), 0.0)
+    front_hv = hypervolume(rows, reference)
+    n_runs = len(table["configs"])
+    quarter = max(1, int(n_runs * BUDGET_FRACTION))
+    budgets = sorted({quarter, *((4, 8) if smoke else BUDGETS)})
+    seeds = range(2 if smoke else args.seeds)
+    samplers = ("random", "tpe", "nsga2", "qmc") if smoke else tuple(args.samplers.split(","))
+    print(f"table: {n_runs} R-SFT runs x {len(rows) // max(1, n_runs)} merges, front HV {front_hv:.4f} "
+          f"(reference {reference}); budgets {budgets}, {len(seeds)} seeds")
+    curves = sampler_curves(table, samplers, seeds, budgets, reference, front_hv)
+    summary = summarize_samplers(curves, budgets, front_hv)
+    deltas = delta_shares(table, reference[0], seeds if smoke else range(3))
+    print(f"surrogate per delta: {deltas}")
+    sweep = sweep_with_surrogate(table, seeds if smoke else range(5), quarter if smoke else 16, reference)
+    print(f"surrogate in the sweep: {sweep}")
+    d = summary[DEFAULT][str(quarter)]
+    source = "synthetic" if smoke else "real"
+    goals = [
+        common.goal_line(f"{source} table: hypervolume {DEFAULT} / random at {quarter} R-SFT runs "
+                         f"(25% of the table's {n_runs}), median of {len(seeds)} seeds (x)", d["vs_random"],
+                         GOAL_VS_RANDOM),
+        common.goal_line(f"{source} table: hypervolume {DEFAULT} / table front at {quarter} R-SFT runs, "
+                         f"median of {len(seeds)} seeds", d["vs_front"], GOAL_VS_FRONT),
+    ]
+    if deltas.get("deltas"):
+        goals.append(common.goal_line(f"{source} table: surrogate, hypervolume share of each delta's 6x6 grid "
+                                      f"with <= {SURROGATE_BUDGET} merge evaluations (median over deltas)",
+                                      deltas["median_share"], GOAL_DELTA_SHARE))
+    goals += [
+        common.goal_line(f"{source} table: surrogate sweep front / exhaustive merges' front, hypervolume "
+                         f"({sweep['rsft_runs']} R-SFT runs, median of seeds)", sweep["median_share"],
+                         GOAL_SWEEP_SHARE),
+        common.goal_line(f"{source} table: surrogate merge evaluations / exhaustive", sweep["median_merge_fraction"],
+                         GOAL_MERGE_FRACTION, higher_is_better=False),
+    ]
+    common.write_result(args.name, args, {
+        "table": "synthetic" if smoke else str(args.table.relative_to(common.REPO)),
+        "table_meta": {k: v for k, v in table["meta"].items() if k != "base"}, "base": table["base"],
+        "rsft_runs_in_table": n_runs, "candidates_in_table": len(rows), "reference_point": reference,
+        "table_front_hypervolume": front_hv, "budgets": budgets, "seeds": len(seeds), "extra_candidates": EXTRA,
+        "samplers": summary, "hypervolume_by_seed": curves, "surrogate_per_delta": deltas,
+        "surrogate_sweep": sweep, "goals": goals,
+    })
+
+
+if __name__ == "__main__":
+    main()
