@@ -46,7 +46,7 @@ def arguments():
     p.add_argument("--table", type=Path, default=TABLE, help="table folder (meta.json + table.jsonl)")
     p.add_argument("--seeds", type=int, default=10)
     p.add_argument("--samplers", default=",".join((*PRODUCT_SAMPLERS, *EXTRA_SAMPLERS)))
-    p.add_argument("--name", default="real_table_search", help="result file name (benchmarks/results/NAME.json)")
+    p.add_argument("--name", default="table_search", help="result file name (benchmarks/results/NAME.json)")
     return p.parse_args()
 
 

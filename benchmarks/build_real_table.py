@@ -35,7 +35,7 @@ from pathlib import Path
 
 import common
 
-NAME = "real_table"
+NAME = "table_build"
 OUT = common.REPO / "benchmarks" / "results" / "real_table"
 GRID = {"layer": [4, 8, 12], "lr": [2e-4, 1e-3], "threshold": [0.03, 0.2], "epochs": [1, 2], "steps": [4]}
 ALPHAS = [0.0, 0.18, 0.36, 0.54, 0.72, 0.9]  # the real config's α range, 6 points

@@ -33,8 +33,8 @@ SCRIPTS = {
     "real": "bench_real.py",
     "stream": "bench_stream.py",
     "general_eval": "bench_general_eval.py",
-    "real_table_search": "bench_table_search.py",
-    "real_table": "build_real_table.py",
+    "table_search": "bench_table_search.py",
+    "table_build": "build_real_table.py",
 }
 TIMEOUT_S = 900  # 16 scripts at once beside the other xdist worker: minutes each on 2 busy cores
 
