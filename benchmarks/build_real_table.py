@@ -181,7 +181,7 @@ def main() -> None:
     smoke = args.smoke_test
     out = args.table or (Path(tempfile.mkdtemp(prefix="real-table-")) if smoke else OUT)
     out.mkdir(parents=True, exist_ok=True)
-    (out / ".gitignore").write_text("deltas/\n")
+    (out / ".gitignore").write_text("deltas/\nbuild.log\n")
     grid = SMOKE_GRID if smoke else GRID
     alphas, sparsities = ([0.0, 0.9], [0.0, 0.8]) if smoke else (ALPHAS, SPARSITIES)
     configs = grid_configs(grid)

@@ -4,9 +4,10 @@ front is known exactly and every claim below is about the search, not about nois
 
 Reference point (0, 0): both objectives are scores in [0, 1]. Measured here (README, "One R-SFT
 run, its whole α × sparsity front"), share of the exhaustive 6 × 6 hypervolume at 8 / 10 / 12
-evaluated merges: quadratic 0.944 / 0.975 / 0.989, sigmoid 0.964 / 0.987 / 0.987, sharp 0.959 /
-0.975 / 0.977, flat general 1.0. Issue 24's 0.97 at 8 is met on the flat plane only; at 10 on
-every plane. (The best 8-subset chosen knowing every value keeps 0.98-0.99 on the first three.)
+evaluated merges, the pure R-SFT point first: quadratic 0.950 / 0.966 / 0.977, sigmoid 0.951 /
+0.975 / 0.984, sharp 0.953 / 0.977 / 0.981, flat general 1.0. These planes have large fronts (17-24
+of the 36 points non-dominated); issue 24's 0.97 at 8 is met on the flat plane only, at 10 on
+two of the other three. The best 8-subset chosen knowing every value keeps 0.98-0.99.
 """
 
 from __future__ import annotations
@@ -89,7 +90,7 @@ def test_eight_merges_keep_most_of_the_exhaustive_front(name):
     rng = random.Random(0)
     draws = [[(0.0, 0.0), *rng.sample(POOL[1:], 7)] for _ in range(200)]
     rand = np.mean([_share(plane, _evaluator(plane)([{"alpha": a, "sparsity": s} for a, s in d])[0]) for d in draws])
-    assert share >= min(1.0, rand + 0.02) - 1e-9, f"{name}: surrogate {share:.3f}, random 8-subsets {rand:.3f}"
+    assert share >= min(0.999, rand + 0.02), f"{name}: surrogate {share:.3f}, random 8-subsets {rand:.3f}"
 
 
 @pytest.mark.parametrize("name", sorted(PLANES))
@@ -98,6 +99,28 @@ def test_twelve_merges_keep_097(name):
     full, _, info = _search(plane, budget=12)
     assert info["surrogate.evaluations"] <= 12
     assert _share(plane, full) >= 0.97
+
+
+def _random_planes(n: int, seed: int = 1) -> list:
+    """Smooth planes of the shape a real delta shows: edits fade along a sigmoid in α and a power of
+    sparsity, general ability returns along another, capped at 1 (retention)."""
+    rng = random.Random(seed)
+    planes = []
+    for _ in range(n):
+        c1, w1, w2, p, t1 = rng.uniform(.3, .9), rng.uniform(.5, 1.5), rng.uniform(0, 1), rng.choice([1, 2, 3]), \
+            rng.uniform(.05, .3)
+        g0, g1, c2, t2, v = rng.uniform(.3, .9), rng.uniform(.05, .5), rng.uniform(.2, .8), rng.uniform(.1, .4), \
+            rng.uniform(0, .5)
+        planes.append(lambda a, s, c1=c1, w1=w1, w2=w2, p=p, t1=t1, g0=g0, g1=g1, c2=c2, t2=t2, v=v: (
+            _sig((c1 - a * w1 - w2 * s**p) / t1), min(1.0, g0 + g1 * _sig((a + v * s - c2) / t2))))
+    return planes
+
+
+def test_random_smooth_planes_eight_merges():
+    # 12 random planes of the real shape: 8 of 36 merges keep 0.98 of the grid's hypervolume on
+    # average and at least 0.97 on most (measured: mean 0.991, all 12 at 0.978 or more).
+    shares = [_share(plane, _search(plane, budget=8)[0]) for plane in _random_planes(12)]
+    assert np.mean(shares) >= 0.98 and sum(s >= 0.97 for s in shares) >= 9 and min(shares) >= 0.9, shares
 
 
 def test_it_stops_when_the_front_can_no_longer_move():
@@ -125,9 +148,10 @@ def test_halving_inside_a_batch_pruned_points_count_and_are_not_told():
     plane = PLANES["sigmoid"]
     seen = []
     cands = [{"kind": "pure_rsft", "alpha": 0.0, "sparsity": 0.0}]
-    prune = {(0.95, 0.8)}  # the first space-filling point: halving drops it below the full rung
+    probe = FrontSurrogate(POOL, spent={(0.0, 0.0)})
+    prune = set(probe.space_filling(1))  # the first space-filling point: halving drops it below the full rung
     full, pruned, info = surrogate_search(cands, POOL, 8, _evaluator(plane, seen, prune), batch_size=2)
-    assert [(c["alpha"], c["sparsity"]) for c in pruned] == [(0.95, 0.8)]
+    assert [(c["alpha"], c["sparsity"]) for c in pruned] == sorted(prune)
     assert info["surrogate.evaluations"] == len(seen) == 8 == len(full) + len(pruned)
     assert len(set(seen)) == len(seen)  # a pruned point is never proposed again
 
