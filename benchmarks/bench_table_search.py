@@ -84,7 +84,7 @@ def summarize_samplers(curves: dict, budgets, front_hv) -> dict:
     return out
 
 
-def delta_shares(table, reference_edit: float, seeds) -> dict:
+def delta_shares(table, reference_edit: float, seeds, max_deltas: int | None = None) -> dict:
     """Per delta: the share of its exhaustive α × sparsity hypervolume the surrogate finds with
     <= SURROGATE_BUDGET merges, the pure R-SFT point and a sampled grid point first (as a trial)."""
     import random
@@ -92,7 +92,7 @@ def delta_shares(table, reference_edit: float, seeds) -> dict:
     from mm4ke_ray.search.surrogate import hypervolume_2d, surrogate_search
 
     shares, spent = [], []
-    for key, c in table["configs"].items():
+    for key, c in list(table["configs"].items())[:max_deltas]:
         if c["status"] != "ok":
             continue
         points = c["points"]
@@ -122,6 +122,72 @@ def delta_shares(table, reference_edit: float, seeds) -> dict:
     return {"deltas": len(shares) // max(1, len(seeds)), "median_share": statistics.median(shares),
             "min_share": min(shares), "share_at_least_goal": sum(s >= GOAL_DELTA_SHARE for s in shares) / len(shares),
             "mean_evaluations": statistics.mean(spent)}
+
+
+def merge_curves(table, reference_edit: float, budgets=(4, 5, 6, 8, 10, 12, 16, 24, 36), draws: int = 20,
+                 max_deltas: int | None = None) -> dict:
+    """Per number of merges evaluated for one delta: the mean share of its grid's hypervolume
+    found by the surrogate (the pure R-SFT point first) and by as many merges drawn at random (the
+    pure R-SFT point among them, as the product's random extras), over the table's deltas."""
+    import random
+
+    from mm4ke_ray.search.surrogate import hypervolume_2d, surrogate_search
+
+    ref = (reference_edit, 0.0)
+    sur = {b: [] for b in budgets}
+    rand = {b: [] for b in budgets}
+    for key, c in list(table["configs"].items())[:max_deltas]:
+        if c["status"] != "ok":
+            continue
+        values = {p: (v["edit_score"], v["general_score"]) for p, v in c["points"].items()}
+        full = hypervolume_2d(list(values.values()), ref)
+        if full <= 0:
+            continue
+
+        def look_up(group, values=values):
+            for g in group:
+                e, gen = values[(g["alpha"], g["sparsity"])]
+                g["metrics"] = {"edit_score": e, "general_score": gen}
+            return group, []
+
+        rng = random.Random(str(key))
+        others = [p for p in sorted(values) if p != (0.0, 0.0)]
+        for b in budgets:
+            got, _, _ = surrogate_search([{"alpha": 0.0, "sparsity": 0.0}], sorted(values), b, look_up, tol=0.0)
+            sur[b].append(hypervolume_2d([values[(g["alpha"], g["sparsity"])] for g in got], ref) / full)
+            rand[b].append(statistics.mean(
+                hypervolume_2d([values[(0.0, 0.0)], *(values[p] for p in rng.sample(others, min(b, 36) - 1))], ref)
+                / full for _ in range(draws)))
+    return {"budgets": list(budgets), "surrogate": {b: statistics.mean(v) for b, v in sur.items() if v},
+            "random": {b: statistics.mean(v) for b, v in rand.items() if v}}
+
+
+def picture(curves: dict, budgets, front_hv: float, merges: dict, path: Path) -> None:
+    """Left: share of the table's front by R-SFT runs, per sampler (median of seeds). Right: share
+    of one delta's grid front by merges evaluated, surrogate vs random merges (mean over deltas)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4.2))
+    for name, per_seed in curves.items():
+        a.plot(budgets, [statistics.median(s[n] for s in per_seed) / front_hv for n in budgets], marker="o",
+               label=name, linewidth=2.5 if name == DEFAULT else 1.2)
+    a.set(xlabel="R-SFT runs", ylabel="hypervolume / table front (median of seeds)",
+          title="samplers, replayed over the table")
+    a.legend(fontsize=8)
+    for name in ("surrogate", "random"):
+        xs = [x for x in merges["budgets"] if x in merges[name]]
+        b.plot(xs, [merges[name][x] for x in xs], marker="o", label=f"{name} merges")
+    b.axhline(GOAL_DELTA_SHARE, color="grey", linestyle=":", label=f"goal {GOAL_DELTA_SHARE}")
+    b.axvline(SURROGATE_BUDGET, color="grey", linestyle="--", linewidth=0.8)
+    b.set(xlabel="merges evaluated for one delta (of the 6 x 6 grid)", ylabel="hypervolume / the grid's (mean of deltas)",
+          title="one delta's α × sparsity front")
+    b.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    print(f"wrote {path}")
 
 
 def sweep_with_surrogate(table, seeds, runs: int, reference) -> dict:
@@ -159,8 +225,11 @@ def main() -> None:
           f"(reference {reference}); budgets {budgets}, {len(seeds)} seeds")
     curves = sampler_curves(table, samplers, seeds, budgets, reference, front_hv)
     summary = summarize_samplers(curves, budgets, front_hv)
-    deltas = delta_shares(table, reference[0], seeds if smoke else range(3))
+    deltas = delta_shares(table, reference[0], seeds if smoke else range(3), max_deltas=6 if smoke else None)
     print(f"surrogate per delta: {deltas}")
+    merges = merge_curves(table, reference[0], **({"budgets": (4, 8, 12), "draws": 5, "max_deltas": 6} if smoke else {}))
+    print("mean share of a delta's grid by merges evaluated: " + ", ".join(
+        f"{b}: surrogate {merges['surrogate'][b]:.3f} / random {merges['random'][b]:.3f}" for b in merges["surrogate"]))
     sweep = sweep_with_surrogate(table, seeds if smoke else range(5), quarter if smoke else 16, reference)
     print(f"surrogate in the sweep: {sweep}")
     d = summary[DEFAULT][str(quarter)]
@@ -183,14 +252,15 @@ def main() -> None:
         common.goal_line(f"{source} table: surrogate merge evaluations / exhaustive", sweep["median_merge_fraction"],
                          GOAL_MERGE_FRACTION, higher_is_better=False),
     ]
-    common.write_result(args.name, args, {
+    path = common.write_result(args.name, args, {
         "table": "synthetic" if smoke else str(args.table.relative_to(common.REPO)),
         "table_meta": {k: v for k, v in table["meta"].items() if k != "base"}, "base": table["base"],
         "rsft_runs_in_table": n_runs, "candidates_in_table": len(rows), "reference_point": reference,
         "table_front_hypervolume": front_hv, "budgets": budgets, "seeds": len(seeds), "extra_candidates": EXTRA,
         "samplers": summary, "hypervolume_by_seed": curves, "surrogate_per_delta": deltas,
-        "surrogate_sweep": sweep, "goals": goals,
+        "surrogate_sweep": sweep, "merge_curves": merges, "goals": goals,
     })
+    picture(curves, budgets, front_hv, merges, path.with_suffix(".png"))
 
 
 if __name__ == "__main__":
