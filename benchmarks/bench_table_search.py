@@ -29,7 +29,14 @@ import time
 from pathlib import Path
 
 import common
-from table_replay import EXTRA_SAMPLERS, load_table, replay, synthetic_table, table_rows
+from table_replay import (
+    EXTRA_SAMPLERS,
+    OBJECTIVE_PAIRS,
+    load_table,
+    replay,
+    synthetic_table,
+    table_rows,
+)
 
 PRODUCT_SAMPLERS = ("random", "tpe", "gp", "nsga2")
 DEFAULT = "tpe"
@@ -46,6 +53,8 @@ def arguments():
     p = common.parser(__doc__.splitlines()[0])
     p.add_argument("--table", type=Path, default=TABLE, help="table folder (meta.json + table.jsonl)")
     p.add_argument("--seeds", type=int, default=10)
+    p.add_argument("--objectives", default="product", choices=sorted(OBJECTIVE_PAIRS),
+                   help="objective pair replayed (table_replay.OBJECTIVE_PAIRS; default: the product's)")
     p.add_argument("--samplers", default=",".join((*PRODUCT_SAMPLERS, *EXTRA_SAMPLERS)))
     p.add_argument("--name", default="table_search", help="result file name (benchmarks/results/NAME.json)")
     return p.parse_args()
@@ -219,7 +228,7 @@ def main() -> None:
     from mm4ke_ray.evaluate.pareto import hypervolume
 
     smoke = args.smoke_test
-    table = synthetic_table() if smoke else load_table(args.table)
+    table = synthetic_table() if smoke else load_table(args.table, objectives=args.objectives)
     rows = table_rows(table)
     reference = (float(table["base"].get("edit_score", 0.0)), 0.0)
     front_hv = hypervolume(rows, reference)
@@ -244,7 +253,7 @@ def main() -> None:
     sweep = sweep_with_surrogate(table, seeds if smoke else range(5), quarter if smoke else 16, reference) \
         if not partial else None
     print(f"surrogate in the sweep: {sweep}")
-    source = "synthetic" if smoke else "real"
+    source = "synthetic" if smoke else "real" + ("" if args.objectives == "product" else f" ({args.objectives})")
     goals = []
     if summary:
         d = summary[DEFAULT][str(quarter)]
@@ -269,6 +278,7 @@ def main() -> None:
         ]
     path = common.write_result(args.name, args, {
         "table": "synthetic" if smoke else str(args.table.relative_to(common.REPO)),
+        "objectives": "synthetic" if smoke else args.objectives,
         "table_meta": {k: v for k, v in table["meta"].items() if k != "base"}, "base": table["base"],
         "rsft_runs_in_table": n_runs, "candidates_in_table": len(rows), "reference_point": reference,
         "table_front_hypervolume": front_hv, "budgets": budgets, "seeds": len(seeds), "extra_candidates": EXTRA,

@@ -35,6 +35,22 @@ META_FILE = "meta.json"
 EXTRA_SAMPLERS = ("tpe_plain", "gp_plain", "qmc", "nsga3")
 
 
+def _reliability_locality(row: dict) -> tuple[float, float]:
+    """(mean of edit success, generalization and portability; locality), as fractions."""
+    reliability = sum(float(row[k]) for k in ("edit_succ", "generalization", "portability")) / 300
+    return reliability, float(row["locality"]) / 100
+
+
+# Objective pairs a table can be replayed with: name -> row -> (first, second), both maximised.
+# "product": the sweep's own objectives as the build's config defines them (edit_score, a weighted
+# mean of the edit metrics locality included, and general_score, the general tasks' retention).
+# "reliability_locality": what the edit does against what it leaves alone, teacher-forced.
+OBJECTIVE_PAIRS = {
+    "product": lambda row: (float(row["edit_score"]), float(row["general_score"])),
+    "reliability_locality": _reliability_locality,
+}
+
+
 def _cell_key(params: dict) -> tuple:
     return tuple(float(params[k]) for k in RSFT_NAMES)
 
@@ -58,12 +74,22 @@ def rows_to_table(meta: dict, rows: list[dict]) -> dict:
             "base": meta.get("base", {})}
 
 
-def load_table(folder: Path, complete_only: bool = True) -> dict:
+def load_table(folder: Path, complete_only: bool = True, objectives: str = "product") -> dict:
     """The table in `folder` (meta.json + table.jsonl). `complete_only`: keep the configurations
-    whose whole α × sparsity grid is in (a table still being built has a partial last one)."""
+    whose whole α × sparsity grid is in (a table still being built has a partial last one).
+    `objectives`: a name of `OBJECTIVE_PAIRS`; its pair becomes each row's (and the base's)
+    edit_score and general_score, the product's kept as product.edit_score / product.general_score."""
     folder = Path(folder)
     meta = json.loads((folder / META_FILE).read_text())
-    rows = [json.loads(line) for line in (folder / TABLE_FILE).read_text().splitlines() if line.strip()]
+    rows = []
+    for line in (folder / TABLE_FILE).read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:  # a line cut off while the build writes it
+            continue
+    pair = OBJECTIVE_PAIRS[objectives]
+    rows = [_with_objectives(r, pair) if "alpha" in r else r for r in rows]
+    meta = {**meta, "objectives_replayed": objectives, "base": _with_objectives(meta.get("base", {}), pair)}
     table = rows_to_table(meta, rows)
     if complete_only:
         size = len(meta["merge_grid"]["alpha"]) * len(meta["merge_grid"]["sparsity"])
@@ -72,6 +98,15 @@ def load_table(folder: Path, complete_only: bool = True) -> dict:
         table = rows_to_table(meta, [r for c in table["configs"].values()
                                      for r in [*([c["rsft"]] if "rsft" in c else []), *c["points"].values()]])
     return table
+
+
+def _with_objectives(row: dict, pair) -> dict:
+    try:
+        first, second = pair(row)
+    except KeyError:
+        return row
+    return {**row, "product.edit_score": row.get("edit_score"), "product.general_score": row.get("general_score"),
+            "edit_score": first, "general_score": second}
 
 
 def table_rows(table: dict) -> list[dict]:

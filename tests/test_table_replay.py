@@ -92,3 +92,20 @@ def test_the_bench_reports_ratios_to_random_and_to_the_front(table):
     assert summary["random"]["4"]["vs_random"] == 1.0
     for s in summary.values():
         assert 0 < s["4"]["vs_front"] <= 1 + 1e-9 and s["4"]["vs_front"] >= s["2"]["vs_front"] - 1e-9
+
+
+def test_another_objective_pair_from_the_kept_metrics(tmp_path):
+    config = {"layer": 2, "lr": 1e-4, "threshold": 0.1, "epochs": 1, "steps": 4}
+    meta = {"merge_grid": {"alpha": [0.0], "sparsity": [0.0]},
+            "base": {"edit_score": 0.45, "general_score": 1.0, "edit_succ": 30.0, "generalization": 30.0,
+                     "portability": 30.0, "locality": 100.0}}
+    row = {"config": config, "alpha": 0.0, "sparsity": 0.0, "edit_score": 0.6, "general_score": 0.99,
+           "edit_succ": 90.0, "generalization": 60.0, "portability": 30.0, "locality": 40.0}
+    (tmp_path / tr.META_FILE).write_text(json.dumps(meta))
+    (tmp_path / tr.TABLE_FILE).write_text(json.dumps(row) + "\n" + '{"config": {"lay')  # a line cut off
+    product = tr.load_table(tmp_path)
+    assert tr.table_rows(product)[0]["edit_score"] == 0.6
+    other = tr.load_table(tmp_path, objectives="reliability_locality")
+    got = tr.table_rows(other)[0]
+    assert (got["edit_score"], got["general_score"], got["product.edit_score"]) == (0.6, 0.4, 0.6)
+    assert other["base"]["edit_score"] == pytest.approx(0.3) and other["base"]["general_score"] == 1.0
