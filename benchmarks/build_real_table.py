@@ -179,7 +179,8 @@ def main() -> None:
     args = arguments()
     common.setup(args)
     smoke = args.smoke_test
-    out = args.table or (Path(tempfile.mkdtemp(prefix="real-table-")) if smoke else OUT)
+    out = args.table or ((args.out / "real_table" if args.out else Path(tempfile.mkdtemp(prefix="real-table-")))
+                         if smoke else OUT)
     out.mkdir(parents=True, exist_ok=True)
     (out / ".gitignore").write_text("deltas/\nbuild.log\n")
     grid = SMOKE_GRID if smoke else GRID
@@ -259,7 +260,8 @@ def _summary(args, out: Path, meta: dict, timings: dict, cells: int, n_configs: 
     rows = sum(1 for line in (out / "table.jsonl").read_text().splitlines() if '"alpha"' in line)
     goals = []
     if hours == hours:
-        goals.append(common.goal_line(f"real table: projected build time, {n_configs} R-SFT runs x "
+        which = "demo (smoke)" if args.smoke_test else "real"
+        goals.append(common.goal_line(f"{which} table: projected build time, {n_configs} R-SFT runs x "
                                       f"{cells // max(1, n_configs)} merges, one process (h)", hours, GOAL_HOURS,
                                       higher_is_better=False))
     args.out = args.out or (out if args.smoke_test else common.RESULTS)
