@@ -134,6 +134,37 @@ def delta_shares(table, reference_edit: float, seeds, max_deltas: int | None = N
             "mean_evaluations": statistics.mean(spent)}
 
 
+def self_stopping(table, reference_edit: float, max_deltas: int | None = None) -> dict:
+    """Per delta, the surrogate given the whole grid to spend (the pure R-SFT point first): how many
+    merges it evaluates before it stops by itself (no grid point expected to add 0.5 % to the
+    front's hypervolume) and the share of the grid's hypervolume it has then."""
+    from mm4ke_ray.search.surrogate import hypervolume_2d, surrogate_search
+
+    ref = (reference_edit, 0.0)
+    spent, shares = [], []
+    for c in list(table["configs"].values())[:max_deltas]:
+        if c["status"] != "ok":
+            continue
+        values = {p: (v["edit_score"], v["general_score"]) for p, v in c["points"].items()}
+        full = hypervolume_2d(list(values.values()), ref)
+        if full <= 0:
+            continue
+
+        def look_up(group, values=values):
+            for g in group:
+                e, gen = values[(g["alpha"], g["sparsity"])]
+                g["metrics"] = {"edit_score": e, "general_score": gen}
+            return group, []
+
+        got, _, info = surrogate_search([{"alpha": 0.0, "sparsity": 0.0}], sorted(values), len(values), look_up)
+        spent.append(info["surrogate.evaluations"] / len(values))
+        shares.append(hypervolume_2d([values[(g["alpha"], g["sparsity"])] for g in got], ref) / full)
+    if not spent:
+        return {"deltas": 0}
+    return {"deltas": len(spent), "median_merge_fraction": statistics.median(spent), "max_merge_fraction": max(spent),
+            "median_share": statistics.median(shares), "min_share": min(shares)}
+
+
 def merge_curves(table, reference_edit: float, budgets=(4, 5, 6, 8, 10, 12, 16, 24, 36), draws: int = 20,
                  max_deltas: int | None = None) -> dict:
     """Per number of merges evaluated for one delta: the mean share of its grid's hypervolume
@@ -247,6 +278,8 @@ def main() -> None:
     summary = summarize_samplers(curves, budgets, front_hv) if curves else {}
     deltas = delta_shares(table, reference[0], seeds if smoke else range(3), max_deltas=6 if smoke else None)
     print(f"surrogate per delta: {deltas}")
+    stopping = self_stopping(table, reference[0], max_deltas=6 if smoke else None)
+    print(f"surrogate left to stop by itself: {stopping}")
     merges = merge_curves(table, reference[0], **({"budgets": (4, 8, 12), "draws": 5, "max_deltas": 6} if smoke else {}))
     print("mean share of a delta's grid by merges evaluated: " + ", ".join(
         f"{b}: surrogate {merges['surrogate'][b]:.3f} / random {merges['random'][b]:.3f}" for b in merges["surrogate"]))
@@ -283,7 +316,7 @@ def main() -> None:
         "rsft_runs_in_table": n_runs, "candidates_in_table": len(rows), "reference_point": reference,
         "table_front_hypervolume": front_hv, "budgets": budgets, "seeds": len(seeds), "extra_candidates": EXTRA,
         "samplers": summary, "hypervolume_by_seed": curves, "surrogate_per_delta": deltas,
-        "surrogate_sweep": sweep, "merge_curves": merges, "partial_table": partial, "goals": goals,
+        "surrogate_sweep": sweep, "surrogate_self_stopping": stopping, "merge_curves": merges, "partial_table": partial, "goals": goals,
     })
     picture(curves, budgets, front_hv, merges, path.with_suffix(".png"))
 
