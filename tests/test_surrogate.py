@@ -243,9 +243,9 @@ def test_random_stays_the_default_and_small_budgets_fall_back(monkeypatch):
 
     params = {"alpha": 0.31, "sparsity": 0.22}
     calls = _fake_pool(monkeypatch, PLANES["sigmoid"])
-    full, _, compute = trial._evaluate_merges(_ctx("random", extra=7), params, None, "t", {})
+    full, _, compute = trial._evaluate_merges(_ctx("random", extra=7), params, None, "t", None)
     assert len(full) == 8 and len(calls) == 1 and "surrogate.evaluations" not in compute
-    full, _, compute = trial._evaluate_merges(_ctx("surrogate", extra=3), params, None, "t", {})
+    full, _, compute = trial._evaluate_merges(_ctx("surrogate", extra=3), params, None, "t", None)
     assert len(full) == 4 and "surrogate.evaluations" not in compute  # too few to fit: random extras
 
 
@@ -258,3 +258,20 @@ def test_driver_passes_the_merge_settings():
                           pool=SimpleNamespace(actors=[]), front_key=None)
     ctx = driver._trial_context(run)
     assert (ctx.merge_candidates, ctx.merge_grid, ctx.extra_candidates) == ("surrogate", 5, 7)
+
+
+def test_with_halving_each_batch_has_its_rung_record_and_only_the_first_keeps_the_sampled(monkeypatch):
+    import dataclasses
+
+    from mm4ke_ray.search import trial
+
+    calls = _fake_pool(monkeypatch, PLANES["sharp"])
+    stores = []
+    monkeypatch.setattr(trial, "_store", lambda ctx, key, digest, cands: stores.append((key, digest, len(cands))))
+    ctx = _ctx("surrogate", extra=7)
+    ctx = dataclasses.replace(ctx, settings=dataclasses.replace(ctx.settings, fidelity_rungs=3), rungs_path="/tmp/r")
+    full, _, compute = trial._evaluate_merges(ctx, {"alpha": 0.31, "sparsity": 0.22}, None, "t9", "abc")
+    assert [k for k, _, _ in stores] == ["t9", *(f"t9-b{i}" for i in range(1, len(stores)))]
+    assert {d for _, d, _ in stores} == {"abc"} and [n for *_, n in stores] == [n for _, n, _ in calls]
+    assert [keep for *_, keep in calls] == [True] + [False] * (len(calls) - 1)
+    assert compute["surrogate.evaluations"] == len(full) <= 8

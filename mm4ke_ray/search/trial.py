@@ -214,9 +214,10 @@ def _run_trial(params: dict, ctx: TrialContext, trial_id: str) -> tuple[dict, st
                 "rsft_wall_seconds": rsft_wall, "params": params}, tempfile.mkdtemp(prefix="mm4ke-result-")
     delta, _ = load_delta(delta_dir)
     delta_ref = ray.put(delta)
-    eval_start = time.perf_counter()
-    cands, pruned, compute = _evaluate_merges(ctx, params, delta_ref, trial_id, delta)
+    digest = _digest(ctx, delta)  # for the rung records: the delta itself is freed before evaluating
     del delta
+    eval_start = time.perf_counter()
+    cands, pruned, compute = _evaluate_merges(ctx, params, delta_ref, trial_id, digest)
     eval_wall = time.perf_counter() - eval_start
     sampled = cands[0]["metrics"]
     extra_points = [
@@ -242,7 +243,7 @@ def _run_trial(params: dict, ctx: TrialContext, trial_id: str) -> tuple[dict, st
 
 
 def _evaluate_merges(ctx: TrialContext, params: dict, delta_ref, trial_id: str,
-                     delta: dict) -> tuple[list[dict], list[dict], dict]:
+                     digest: str | None) -> tuple[list[dict], list[dict], dict]:
     """The trial's merge candidates, chosen and evaluated: (full, pruned, compute), as
     `_evaluate_candidates` returns them, the sampled candidate first among the full ones.
 
@@ -259,7 +260,7 @@ def _evaluate_merges(ctx: TrialContext, params: dict, delta_ref, trial_id: str,
     mode = choose_mode(len(pool), budget, SURROGATE_INITIAL) if pool else "random"
     if mode == "random":
         cands = merge_candidates(ctx.search, alpha, sparsity, ctx.extra_candidates, seed)
-        return _evaluate_candidates(ctx, cands, delta_ref, trial_id, _rung_store(ctx, trial_id, delta, cands))
+        return _evaluate_candidates(ctx, cands, delta_ref, trial_id, _store(ctx, trial_id, digest, cands))
     first = merge_candidates(ctx.search, alpha, sparsity, 1, seed)  # the sampled and the pure R-SFT points
     batches: list[dict] = []
 
@@ -267,7 +268,7 @@ def _evaluate_merges(ctx: TrialContext, params: dict, delta_ref, trial_id: str,
         mark_in_space(ctx.search.space, group)
         n, offset = len(batches), sum(b["size"] for b in batches)
         key = trial_id if n == 0 else f"{trial_id}-b{n}"  # each batch its own rung record
-        full, pruned, compute = _evaluate_candidates(ctx, group, delta_ref, key, _rung_store(ctx, key, delta, group),
+        full, pruned, compute = _evaluate_candidates(ctx, group, delta_ref, key, _store(ctx, key, digest, group),
                                                      keep_first=n == 0)
         for c in group:
             c["index"] += offset  # unique across the trial's batches
@@ -289,12 +290,24 @@ def _evaluate_merges(ctx: TrialContext, params: dict, delta_ref, trial_id: str,
     return full, pruned, {**compute, **{k: v for k, v in info.items() if isinstance(v, int | float)}}
 
 
+def _digest(ctx: TrialContext, delta: dict) -> str | None:
+    """The delta's digest where rung records are kept (halving on and a folder for them), else None."""
+    if ctx.settings.fidelity_rungs <= 1 or ctx.rungs_path is None:
+        return None
+    return delta_digest(delta)
+
+
 def _rung_store(ctx: TrialContext, trial_id: str, delta: dict, cands: list[dict]) -> RungStore | None:
     """The trial's rung record (rung_store.py), with halving on and a folder to keep it in."""
+    return _store(ctx, trial_id, _digest(ctx, delta), cands)
+
+
+def _store(ctx: TrialContext, trial_id: str, digest: str | None, cands: list[dict]) -> RungStore | None:
+    """A rung record of these candidates of the delta with `digest`; None where none is kept."""
     s = ctx.settings
-    if s.fidelity_rungs <= 1 or ctx.rungs_path is None:
+    if digest is None:
         return None
-    key = {"delta": delta_digest(delta), "candidates": [[c["alpha"], c["sparsity"]] for c in cands],
+    key = {"delta": digest, "candidates": [[c["alpha"], c["sparsity"]] for c in cands],
            "rungs": s.fidelity_rungs, "reduction_factor": s.fidelity_reduction_factor, "seed": s.fidelity_seed}
     return RungStore(ctx.rungs_path, trial_id, key)
 
