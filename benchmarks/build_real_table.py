@@ -52,6 +52,8 @@ def arguments():
                    help="edit metrics: teacher-forced (default) or both families (generated too; slower)")
     p.add_argument("--configs", default=None, metavar="A:B", help="only configurations A..B-1 of the grid")
     p.add_argument("--table", type=Path, default=None, help=f"table folder (default {OUT.relative_to(common.REPO)})")
+    p.add_argument("--status", action="store_true",
+                   help="build nothing: write the result file (candidates in, seconds each, projection) from the table")
     return p.parse_args()
 
 
@@ -175,9 +177,25 @@ def _append(table: Path, row: dict) -> None:
         f.flush()
 
 
+def status(args) -> None:
+    """The result file of a table being built (or split across runs), from its rows alone."""
+    out = args.table or OUT
+    meta = json.loads((out / "meta.json").read_text())
+    rows = [json.loads(line) for line in (out / "table.jsonl").read_text().splitlines() if line.endswith("}")]
+    grid = meta["grid"]
+    n_configs = len(grid_configs(grid))
+    cells = n_configs * len(meta["merge_grid"]["alpha"]) * len(meta["merge_grid"]["sparsity"])
+    timings = {"rsft": [r["seconds"] for r in rows if r.get("kind") == "rsft"],
+               "candidate": [r["seconds"] for r in rows if "alpha" in r]}
+    _summary(args, out, meta, timings, cells, n_configs, None)
+
+
 def main() -> None:
     args = arguments()
     common.setup(args)
+    if args.status:
+        status(args)
+        return
     smoke = args.smoke_test
     out = args.table or ((args.out / "real_table" if args.out else Path(tempfile.mkdtemp(prefix="real-table-")))
                          if smoke else OUT)
@@ -247,15 +265,18 @@ def main() -> None:
 
 
 def _projection(timings: dict, cells: int, n_configs: int) -> float:
-    per = sorted(timings["candidate"])[len(timings["candidate"]) // 2]
+    """Hours for the whole table at the mean seconds seen so far (a loaded machine's slow spells
+    count: the median would hide them)."""
+    times = timings["candidate"]
+    per, median = sum(times) / len(times), sorted(times)[len(times) // 2]
     rsft = sum(timings["rsft"]) / max(1, len(timings["rsft"]))
     hours = (per * cells + rsft * n_configs) / 3600
-    print(f"time per candidate {per:.2f} s (median of {len(timings['candidate'])}), R-SFT {rsft:.0f} s per "
+    print(f"time per candidate {per:.2f} s mean, {median:.2f} s median (of {len(times)}), R-SFT {rsft:.0f} s per "
           f"configuration: the whole table ~{hours:.2f} h on this machine", flush=True)
     return hours
 
 
-def _summary(args, out: Path, meta: dict, timings: dict, cells: int, n_configs: int, wall: float) -> None:
+def _summary(args, out: Path, meta: dict, timings: dict, cells: int, n_configs: int, wall: float | None) -> None:
     hours = _projection(timings, cells, n_configs) if timings["candidate"] else float("nan")
     rows = sum(1 for line in (out / "table.jsonl").read_text().splitlines() if '"alpha"' in line)
     goals = []
@@ -265,8 +286,11 @@ def _summary(args, out: Path, meta: dict, timings: dict, cells: int, n_configs: 
                                       f"{cells // max(1, n_configs)} merges, one process (h)", hours, GOAL_HOURS,
                                       higher_is_better=False))
     args.out = args.out or (out if args.smoke_test else common.RESULTS)
-    common.write_result(NAME, args, {"table": str(out), "candidates_done": rows, "candidates_total": cells,
-                                     "wall_s_this_run": wall, "median_candidate_s": (
+    where = str(out.relative_to(common.REPO)) if out.is_relative_to(common.REPO) else str(out)
+    common.write_result(NAME, args, {"table": where, "candidates_done": rows, "candidates_total": cells,
+                                     "wall_s_this_run": wall,
+                                     "mean_candidate_s": sum(timings["candidate"]) / max(1, len(timings["candidate"])),
+                                     "median_candidate_s": (
                                          sorted(timings["candidate"])[len(timings["candidate"]) // 2]
                                          if timings["candidate"] else None),
                                      "rsft_s": timings["rsft"], "meta": {k: v for k, v in meta.items() if k != "base"},
