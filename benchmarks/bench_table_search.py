@@ -310,7 +310,8 @@ def main() -> None:
                              sweep["median_merge_fraction"], GOAL_MERGE_FRACTION, higher_is_better=False),
         ]
     path = common.write_result(args.name, args, {
-        "table": "synthetic" if smoke else str(args.table.relative_to(common.REPO)),
+        "table": "synthetic" if smoke else (str(args.table.resolve().relative_to(common.REPO))
+                                            if args.table.resolve().is_relative_to(common.REPO) else str(args.table)),
         "objectives": "synthetic" if smoke else args.objectives,
         "table_meta": {k: v for k, v in table["meta"].items() if k != "base"}, "base": table["base"],
         "rsft_runs_in_table": n_runs, "candidates_in_table": len(rows), "reference_point": reference,
