@@ -171,6 +171,14 @@ def _done(table: Path) -> set[tuple]:
     return done
 
 
+def _end_line(table: Path) -> None:
+    """A build killed mid-line leaves a line without its end: end it, so the next row starts its own
+    (the cut line is skipped by readers and its candidate evaluated again)."""
+    if table.exists() and table.stat().st_size and not table.read_bytes().endswith(b"\n"):
+        with table.open("a") as f:
+            f.write("\n")
+
+
 def _append(table: Path, row: dict) -> None:
     with table.open("a") as f:
         f.write(json.dumps(row, default=float) + "\n")
@@ -228,6 +236,7 @@ def main() -> None:
             "base": _plain(evaluator.reference.metrics), "threads": args.threads}
     (out / "meta.json").write_text(json.dumps(meta, indent=1, default=float) + "\n")
     table = out / "table.jsonl"
+    _end_line(table)
     done = _done(table)
     cells = len(configs) * len(alphas) * len(sparsities)
     print(f"{len(configs)} R-SFT configurations x {len(alphas)} x {len(sparsities)} merges = {cells} candidates; "

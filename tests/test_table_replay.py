@@ -109,3 +109,23 @@ def test_another_objective_pair_from_the_kept_metrics(tmp_path):
     got = tr.table_rows(other)[0]
     assert (got["edit_score"], got["general_score"], got["product.edit_score"]) == (0.6, 0.4, 0.6)
     assert other["base"]["edit_score"] == pytest.approx(0.3) and other["base"]["general_score"] == 1.0
+
+
+def test_the_build_resumes_from_its_lines_and_its_order_spans_the_grid(tmp_path):
+    import build_real_table as build
+
+    configs = build.grid_configs(build.GRID)
+    assert len(configs) == 24 and len({build._key(c) for c in configs}) == 24  # every configuration, once
+    assert configs == build.grid_configs(build.GRID)  # the same seeded order on every run
+    assert {c["layer"] for c in configs[:6]} == set(build.GRID["layer"])  # a prefix spans the layers
+    table = tmp_path / "table.jsonl"
+    build._append(table, {"kind": "rsft", "config": configs[0], "status": "ok"})
+    build._append(table, {"config": configs[0], "alpha": 0.0, "sparsity": 0.16, "edit_score": 0.5})
+    with table.open("a") as f:
+        f.write('{"config": {"layer": 4, "lr"')  # killed mid-line: evaluated again
+    done = build._done(table)
+    key = build._key(configs[0])
+    assert done == {(key, "rsft", None, None), (key, "merge", 0.0, 0.16)}
+    build._end_line(table)  # a restart ends the cut line: the next row is read back whole
+    build._append(table, {"config": configs[0], "alpha": 0.0, "sparsity": 0.32, "edit_score": 0.5})
+    assert (key, "merge", 0.0, 0.32) in build._done(table)
