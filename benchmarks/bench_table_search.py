@@ -286,7 +286,8 @@ def main() -> None:
     sweep = sweep_with_surrogate(table, seeds if smoke else range(5), quarter if smoke else 16, reference) \
         if not partial else None
     print(f"surrogate in the sweep: {sweep}")
-    source = "synthetic" if smoke else "real" + ("" if args.objectives == "product" else f" ({args.objectives})")
+    source = ("synthetic" if smoke or table["meta"].get("source") == "synthetic" else "real") + \
+        ("" if smoke or args.objectives == "product" else f" ({args.objectives})")
     goals = []
     if summary:
         d = summary[DEFAULT][str(quarter)]
