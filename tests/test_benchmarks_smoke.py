@@ -25,6 +25,8 @@ SCRIPTS = {  # the slowest first (smoke walls one at a time on this 2-core machi
     "stream": "bench_stream.py",
     "general_eval": "bench_general_eval.py",
     "real_general": "bench_real_general.py",  # ~25 s
+    "table_search": "bench_table_search.py",
+    "table_build": "build_real_table.py",
     "sweep": "bench_sweep.py",  # ~70 s
     "memory": "bench_memory.py",
     "mergekit": "bench_mergekit.py",

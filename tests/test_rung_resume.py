@@ -26,7 +26,8 @@ from mm4ke_ray.evaluate.candidate import EvalSettings
 from mm4ke_ray.modeling import load_model
 from mm4ke_ray.search.actors import start_pool, stop_pool
 from mm4ke_ray.search.rung_store import RungStore, delta_digest
-from mm4ke_ray.search.trial import TrialContext, _evaluate_candidates, _rung_store
+from mm4ke_ray.search.trial_candidates import _evaluate_candidates, _rung_store
+from mm4ke_ray.search.trial_context import TrialContext
 
 pytestmark = [pytest.mark.ray]
 

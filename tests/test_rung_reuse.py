@@ -153,7 +153,7 @@ def test_with_reuse_nothing_pruned_costs_the_full_evaluation():
 
 def test_the_trial_skips_the_rungs_its_plan_skips_and_pays_each_item_once(evaluators, monkeypatch):
     from mm4ke_ray.config import SearchConfig
-    from mm4ke_ray.search import trial
+    from mm4ke_ray.search import trial, trial_candidates
 
     plain, _, common = evaluators
     # 9 records, 18 documents: raised to 6 items, rung 0 would score what rung 1 does (skipped).
@@ -169,14 +169,14 @@ def test_the_trial_skips_the_rungs_its_plan_skips_and_pays_each_item_once(evalua
 
     actor = types.SimpleNamespace(evaluate=types.SimpleNamespace(remote=evaluate),
                                   rung_plan=types.SimpleNamespace(remote=evaluator.rung_plan))
-    monkeypatch.setattr(trial, "ray", types.SimpleNamespace(get=lambda x: x))
+    monkeypatch.setattr(trial_candidates, "ray", types.SimpleNamespace(get=lambda x: x))
     ctx = trial.TrialContext(settings=settings, search=SearchConfig(seed=7, space={"alpha": {"low": 0.0, "high": 0.95}}),
                              extra_candidates=2, runner="task", rsft_cpus=1, rsft_gpus=0, storage_path="unused",
                              actors=(actor,), fidelity_error_rate=0.05)
     cands = [{"kind": "sampled", "alpha": 0.5, "sparsity": 0.0}, {"kind": "extra", "alpha": 0.0, "sparsity": 0.0},
              {"kind": "extra", "alpha": 0.9, "sparsity": 0.5}]
     delta = _delta(evaluator.model, 2, 3)
-    full, pruned, compute = trial._evaluate_candidates(ctx, cands, delta, "t1")
+    full, pruned, compute = trial_candidates._evaluate_candidates(ctx, cands, delta, "t1")
     assert (0,) not in calls and calls.count((1,)) == 3  # rung 0 never evaluated
     plan = evaluator.rung_plan()
     for c in full + pruned:

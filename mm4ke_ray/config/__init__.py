@@ -204,6 +204,15 @@ def _plain_name(v: str) -> str:
 class MergeConfig(Section):
     method: str = Field("magnitude", description="Sparsifier: magnitude (the paper's), dare, ...")
     extra_candidates: int = Field(4, ge=0, description="Extra (α, sparsity) points evaluated per R-SFT delta.")
+    candidates: Literal["random", "surrogate"] = Field(
+        "random", description="How a delta's extra merge points are chosen: random draws from the space, or "
+        "surrogate: from a merge.grid × merge.grid α × sparsity grid, a few first, then where a per-delta surrogate "
+        "expects the front to move (search/surrogate.py); merge.extra_candidates + 1 is then its budget of "
+        "evaluated merges per delta. It falls back to evaluating the whole grid when the budget covers it, and to "
+        "random extras when the budget is no more than its 4 first points (merge.extra_candidates 3 or fewer).",
+    )
+    grid: int = Field(6, ge=2, le=20, description="Points per axis of the α × sparsity grid of "
+                      "merge.candidates surrogate (a list of choices in the space is used as it is).")
 
 
 EditMetric = Literal["edit_succ", "generalization", "portability", "locality"]

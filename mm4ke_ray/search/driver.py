@@ -239,6 +239,7 @@ def _trial_context(run: SweepRun) -> TrialContext:
         fidelity_error_rate=config.evaluation.fidelity.error_rate,
         # Halving's finished rungs per trial, kept with the sweep so a restarted trial skips them.
         rungs_path=f"{run.experiment_dir.rstrip('/')}/rungs", front_key=run.front_key,
+        merge_candidates=config.merge.candidates, merge_grid=config.merge.grid,
     )
 
 

@@ -108,7 +108,7 @@ def merge_candidates(search: SearchConfig, alpha: float, sparsity: float, extra:
     space = search.space
     cands = [{"kind": SAMPLED, ALPHA: alpha, SPARSITY: sparsity}]
     if extra <= 0:
-        _mark_in_space(space, cands)
+        mark_in_space(space, cands)
         return cands
     seen = {(alpha, sparsity)}
     if (0.0, 0.0) not in seen:
@@ -124,11 +124,11 @@ def merge_candidates(search: SearchConfig, alpha: float, sparsity: float, extra:
             cands.append({"kind": EXTRA, ALPHA: point[0], SPARSITY: point[1]})
     if len(cands) < extra + 1:
         log.info("only %d distinct merge candidates in the space (asked for %d)", len(cands), extra + 1)
-    _mark_in_space(space, cands)
+    mark_in_space(space, cands)
     return cands
 
 
-def _mark_in_space(space, cands: list[dict]) -> None:
+def mark_in_space(space, cands: list[dict]) -> None:
     for c in cands:
         c["in_space"] = all(_contains(getattr(space, k), c[k]) for k in MERGE_PARAMS)
         if not c["in_space"]:

@@ -8,10 +8,9 @@ R-SFT never re-runs for another α or sparsity.
 from __future__ import annotations
 
 import json
+import logging
 import tempfile
 import time
-import zlib
-from dataclasses import dataclass
 from pathlib import Path
 
 import ray
@@ -26,30 +25,19 @@ from ray.train.v2.api.data_parallel_trainer import DataParallelTrainer
 from mm4ke_ray.config import SearchConfig
 from mm4ke_ray.delta import load_delta
 from mm4ke_ray.evaluate.candidate import EvalSettings
-from mm4ke_ray.evaluate.fidelity import (
-    EDIT_SE,
-    EVAL_DOCS,
-    EVAL_RECORDS,
-    GENERAL_SE,
-    RungPlan,
-    RungResult,
-    run_rungs,
-    rung_result,
-)
-from mm4ke_ray.evaluate.rung_reuse import REUSE, REUSED_DOCS, REUSED_RECORDS, scored_items
 from mm4ke_ray.evaluate.scores import COMBINED, OBJECTIVES
 from mm4ke_ray.rsft.config import RSFTConfig
 from mm4ke_ray.rsft.run import rsft_to_folder
 from mm4ke_ray.schema import MERGE_PARAMS, PRUNED_CANDIDATES
-from mm4ke_ray.search.front_board import read_front
-from mm4ke_ray.search.rung_store import RungStore, delta_digest
 from mm4ke_ray.search.searcher import EXTRA_POINTS_KEY
-from mm4ke_ray.search.space import candidate_seed, merge_candidates, split_space
+from mm4ke_ray.search.space import split_space
 from mm4ke_ray.search.train_placement import (
     new_placement_key,
     record_placement_group,
     release_placement_group,
 )
+from mm4ke_ray.search.trial_candidates import _digest, _evaluate_merges
+from mm4ke_ray.search.trial_context import TrialContext
 from mm4ke_ray.tracking.system_samples import (
     SYSTEM_METRICS,
     TRIAL_END_MS,
@@ -58,31 +46,14 @@ from mm4ke_ray.tracking.system_samples import (
     start_sampling,
 )
 
+log = logging.getLogger(__name__)
+
 RESULT_FILE = "result.json"  # a trial's final report, inside its checkpoint
 SUMMARY_FILE = "rsft-summary.json"  # the R-SFT summary, inside the Ray Train checkpoint
 # Ray Train retries a worker group that cannot start (60 s each) without limit by default: a
 # trial whose worker can never be placed would wait forever. Past this many, the trial fails with
 # the reason and Tune retries it (search.max_failures).
 TRAIN_START_RETRIES = 3
-
-
-@dataclass(frozen=True)
-class TrialContext:
-    """What every trial shares: resolved settings, the search config and the actor pool."""
-
-    settings: EvalSettings
-    search: SearchConfig
-    extra_candidates: int
-    runner: str  # "train" or "task"
-    rsft_cpus: float
-    rsft_gpus: float
-    storage_path: str
-    actors: tuple
-    allow_pickle: bool = False  # model.allow_pickle: load pickle checkpoints too
-    system_metrics_s: float | None = None  # tracking.system_metrics: sample every this many seconds; None: off
-    fidelity_error_rate: float = 0.05  # evaluation.fidelity.error_rate (rungs and factor are in `settings`)
-    rungs_path: str | None = None  # folder of the trials' rung records (rung_store.py); None: not kept
-    front_key: str | None = None  # where the driver publishes the sweep's front (front_board.py); None: not used
 
 
 def _rsft_config(params: dict, search: SearchConfig, settings: EvalSettings) -> RSFTConfig:
@@ -209,12 +180,10 @@ def _run_trial(params: dict, ctx: TrialContext, trial_id: str) -> tuple[dict, st
                 "rsft_wall_seconds": rsft_wall, "params": params}, tempfile.mkdtemp(prefix="mm4ke-result-")
     delta, _ = load_delta(delta_dir)
     delta_ref = ray.put(delta)
-    cands = merge_candidates(ctx.search, float(params["alpha"]), float(params["sparsity"]), ctx.extra_candidates,
-                             candidate_seed(ctx.search.seed, params))
-    store = _rung_store(ctx, trial_id, delta, cands)
+    digest = _digest(ctx, delta)  # for the rung records: the delta itself is freed before evaluating
     del delta
     eval_start = time.perf_counter()
-    cands, pruned, compute = _evaluate_candidates(ctx, cands, delta_ref, trial_id, store)
+    cands, pruned, compute = _evaluate_merges(ctx, params, delta_ref, trial_id, digest)
     eval_wall = time.perf_counter() - eval_start
     sampled = cands[0]["metrics"]
     extra_points = [
@@ -237,131 +206,6 @@ def _run_trial(params: dict, ctx: TrialContext, trial_id: str) -> tuple[dict, st
     if pruned:
         report[PRUNED_CANDIDATES] = pruned
     return report, delta_dir
-
-
-def _rung_plan(ctx: TrialContext) -> RungPlan:
-    """The sweep's rung plan (`rung_plan.py`: sizes, skipped rungs), as the merge-eval actors
-    built it from the edit set and the tasks' documents; the same in every actor. Asked once per
-    process and pool: an actor busy with other trials' candidates answers only after them."""
-    key = f"{ctx.actors[0]!r} {ctx.settings!r}"  # an actor handle's repr names its actor id
-    if key not in _PLANS:
-        _PLANS[key] = ray.get(ctx.actors[0].rung_plan.remote())
-    return _PLANS[key]
-
-
-_PLANS: dict[str, RungPlan] = {}  # per process, by pool and settings
-
-
-def _rung_store(ctx: TrialContext, trial_id: str, delta: dict, cands: list[dict]) -> RungStore | None:
-    """The trial's rung record (rung_store.py), with halving on and a folder to keep it in."""
-    s = ctx.settings
-    if s.fidelity_rungs <= 1 or ctx.rungs_path is None:
-        return None
-    key = {"delta": delta_digest(delta), "candidates": [[c["alpha"], c["sparsity"]] for c in cands],
-           "rungs": s.fidelity_rungs, "reduction_factor": s.fidelity_reduction_factor, "seed": s.fidelity_seed,
-           "plan": _rung_plan(ctx).summary()}
-    return RungStore(ctx.rungs_path, trial_id, key)
-
-
-def _evaluate_candidates(ctx: TrialContext, cands: list[dict], delta_ref, trial_id: str,
-                         store: RungStore | None = None) -> tuple[list[dict], list[dict], dict]:
-    """Evaluate a trial's candidates on the actor pool: (full-fidelity candidates, pruned ones,
-    the trial's evaluation compute). Each candidate gets `index` (its place among the trial's
-    candidates, its stable id) and `metrics`.
-
-    Without halving every candidate is evaluated in full, once. With it (`evaluation.fidelity`,
-    `fidelity.run_rungs`) the candidates go through the rungs, promotion among this trial's own
-    candidates; the sampled one (index 0) always reaches the full rung. A full candidate's
-    metrics are its full evaluation's plus `rung{r}.*` for its lower rungs; a pruned one holds
-    only `rung{r}.*`. Only full candidates are reported as candidates (Optuna, front, export):
-    a lower rung's score is a noisy estimate on fewer items, and telling it to the sampler as if
-    it were a full value would mix two fidelities in one TPE/NSGA model and bias it toward
-    whatever the subsets happen to favour; so lower rungs are logged to MLflow only.
-
-    With `ctx.front_key`, promotion also drops candidates that the sweep's full results so far
-    beat (`front_board.py`, read once here); `fidelity.front_points` says how many points it had.
-
-    With a `store`, each rung's results are recorded as soon as they are in, and a rung result
-    already recorded (this trial started before and died) is read back instead of evaluated:
-    `fidelity.reused_rungs` counts them per candidate.
-
-    Rungs the plan skips (too few items for the sign test, `rung_plan.py`) are not evaluated
-    (`fidelity.skipped_rungs`); a promoted candidate's next rung scores only the items it adds
-    to the candidate's last one (`rung_reuse.py`; `compute.reused_records` / `_docs`).
-    """
-    n = len(ctx.actors)
-    offset = zlib.crc32(trial_id.encode()) % n
-    done = 0
-
-    def fan_out(rung: int | None, indices: list[int], priors: dict[int, dict | None] | None = None) -> dict[int, dict]:
-        nonlocal done  # round-robin over the pool across rungs, from the trial's own offset
-        futures = [ctx.actors[(offset + done + j) % n].evaluate.remote(
-            delta_ref, cands[i]["alpha"], cands[i]["sparsity"], ctx.search.seed,
-            *(() if rung is None else (rung, (priors or {}).get(i)))) for j, i in enumerate(indices)]
-        done += len(indices)
-        return dict(zip(indices, ray.get(futures), strict=True))
-
-    for i, c in enumerate(cands):
-        c["index"] = i
-    s = ctx.settings
-    if s.fidelity_rungs <= 1:
-        for i, metrics in fan_out(None, list(range(len(cands)))).items():
-            cands[i]["metrics"] = {**metrics, **_compute([metrics], prefix="compute.")}
-        return cands, [], _compute([c["metrics"] for c in cands], prefix="eval_compute_")
-    last = s.fidelity_rungs - 1
-    plan = _rung_plan(ctx)
-    by_rung: dict[int, dict[int, dict]] = {}
-    reused: dict[int, int] = {}  # per candidate, rung results read back from `store`
-
-    def evaluate_at(rung: int, keys: list[str]) -> dict[str, RungResult]:
-        indices = [int(k) for k in keys]
-        saved = store.get(rung) if store else {}
-        todo = [i for i in indices if i not in saved]
-        below = [r for r in sorted(by_rung) if r < rung]  # the rung each candidate last scored, to reuse
-        priors = {i: by_rung[below[-1]].get(i, {}).get(REUSE) if below else None for i in todo}
-        fresh = fan_out(rung, todo, priors) if todo else {}
-        if store and fresh:
-            store.put(rung, fresh)
-        for i in indices:
-            reused[i] = reused.get(i, 0) + (i in saved)
-        got = {i: fresh[i] if i in fresh else saved[i] for i in indices}
-        by_rung[rung] = got
-        return {str(i): rung_result(str(i), m) for i, m in got.items()}
-
-    front = read_front(ctx.front_key)
-    run_rungs([str(i) for i in range(len(cands))], evaluate_at, s.fidelity_rungs, s.fidelity_reduction_factor,
-              ctx.fidelity_error_rate, keep=["0"], front=front, skip=plan.skipped)
-    full, pruned = [], []
-    for i, c in enumerate(cands):
-        runs = {r: by_rung[r][i] for r in sorted(by_rung) if i in by_rung[r]}
-        lower = {f"rung{r}.{k}": v for r, m in runs.items() if r < last for k, v in m.items()
-                 if k in RUNG_METRICS and isinstance(v, int | float)}
-        reached = max(runs)
-        own = {k: v for k, v in runs[last].items() if k not in (REUSE, REUSED_RECORDS, REUSED_DOCS)} \
-            if reached == last else {}
-        c["metrics"] = {**own, **lower, "fidelity.rung": reached, "fidelity.reused_rungs": reused.get(i, 0),
-                        "fidelity.front_points": len(front), "fidelity.skipped_rungs": len(plan.skipped),
-                        **{f"rung{r}.skipped": 1 for r in plan.skipped},
-                        **_compute(list(runs.values()), prefix="compute.")}
-        (full if reached == last else pruned).append(c)
-    evaluations = [m for got in by_rung.values() for m in got.values()]
-    return full, pruned, _compute(evaluations, prefix="eval_compute_")
-
-
-# What a lower rung logs of a candidate's evaluation (MLflow `rung{r}.<name>`): its objectives,
-# their standard errors and how many records and documents it scored.
-RUNG_METRICS = (*(o.name for o in (*OBJECTIVES, COMBINED)), EDIT_SE, GENERAL_SE, EVAL_RECORDS, EVAL_DOCS,
-                REUSED_RECORDS, REUSED_DOCS, "eval_seconds")
-
-
-def _compute(evaluations: list[dict], prefix: str) -> dict:
-    """Evaluation compute of some evaluations: records and documents scored (those a rung read
-    back from the rung below apart: `reused_*`), seconds spent."""
-    scored = [scored_items(m) for m in evaluations]
-    return {f"{prefix}records": sum(r for r, _ in scored), f"{prefix}docs": sum(d for _, d in scored),
-            f"{prefix}reused_records": sum(int(m.get(REUSED_RECORDS, 0)) for m in evaluations),
-            f"{prefix}reused_docs": sum(int(m.get(REUSED_DOCS, 0)) for m in evaluations),
-            f"{prefix}seconds": sum(float(m.get("eval_seconds", 0.0)) for m in evaluations)}
 
 
 def _report_final(report: dict, folder: str) -> None:
