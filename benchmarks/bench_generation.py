@@ -12,7 +12,7 @@ scored against the base model's own answers, computed once before timing. Real Z
 (KnowEdit test file), a word-level tokenizer that knows all their words.
 
     python benchmarks/bench_generation.py               # 110M Qwen2-shaped model, 200 records
-    python benchmarks/bench_generation.py --model smollm2  # SmolLM2-135M-Instruct, chat, 20 records
+    python benchmarks/bench_generation.py --model smollm2  # SmolLM2-135M-Instruct, chat, 8 records
     python benchmarks/bench_generation.py --smoke-test  # tiny model, 10 records
 
 `--model smollm2` (issue 28 section 2): SmolLM2-135M-Instruct offline through the product
@@ -79,7 +79,7 @@ def main() -> None:
     p = common.parser(__doc__.split("\n\n")[0])
     p.add_argument("--model", choices=["demo", "smollm2"], default="demo",
                    help="demo: the Qwen2-shaped stand-in (default); smollm2: SmolLM2-135M-Instruct, chat")
-    p.add_argument("--records", type=int, default=20, help="with --model smollm2: how many ZsRE records")
+    p.add_argument("--records", type=int, default=8, help="with --model smollm2: how many ZsRE records")
     args = p.parse_args()
     common.setup(args)
     from mm4ke_ray.evaluate.edit_metrics import EditEvaluator
