@@ -12,7 +12,15 @@ scored against the base model's own answers, computed once before timing. Real Z
 (KnowEdit test file), a word-level tokenizer that knows all their words.
 
     python benchmarks/bench_generation.py               # 110M Qwen2-shaped model, 200 records
+    python benchmarks/bench_generation.py --model smollm2  # SmolLM2-135M-Instruct, chat, 8 records
     python benchmarks/bench_generation.py --smoke-test  # tiny model, 10 records
+
+`--model smollm2` (issue 28 section 2): SmolLM2-135M-Instruct offline through the product
+(`fetch_smollm2`, `modeling.load_model`/`load_tokenizer`), the real tokenizer, records in chat
+format, the WILD stop rules with max_new_tokens 64 (the product's default). Beside the batched and
+one-at-a-time contenders it times the same batched evaluator with the old budget (each item at most
+its target's token count + 4 tokens, `extra_new_tokens=4`, same stop rule), so the cost of the
+longer budget is stated. The result goes to `generation_real.json` (the demo's `generation.json` stays).
 """
 
 from __future__ import annotations
@@ -68,22 +76,38 @@ def check_identical(model, evaluator, stops, single: list[list[int]], metrics) -
 
 
 def main() -> None:
-    args = common.parser(__doc__.split("\n\n")[0]).parse_args()
+    p = common.parser(__doc__.split("\n\n")[0])
+    p.add_argument("--model", choices=["demo", "smollm2"], default="demo",
+                   help="demo: the Qwen2-shaped stand-in (default); smollm2: SmolLM2-135M-Instruct, chat")
+    p.add_argument("--records", type=int, default=8, help="with --model smollm2: how many ZsRE records")
+    args = p.parse_args()
     common.setup(args)
     from mm4ke_ray.evaluate.edit_metrics import EditEvaluator
     from mm4ke_ray.evaluate.generation import GenerationEvaluator, stop_token_ids
     from mm4ke_ray.merge import apply_delta_
 
     smoke = args.smoke_test
-    shape = "tiny" if smoke else "110m"
-    n_records, repeats = (10, 1) if smoke else (200, 2)
-    records = common.zsre_records(n_records)
-    tok = common.word_tokenizer(records)
-    model = common.qwen2_model(shape)
-    layer = common.SHAPES[shape]["layers"] // 2
-    gen_eval = GenerationEvaluator(tok, records, batch_size=32)
-    forced_eval = EditEvaluator(tok, records, batch_size=32)
+    real = args.model == "smollm2" and not smoke
+    if real:
+        n_records, repeats = args.records, 2
+        records = common.zsre_records(n_records)
+        model, tok, model_info = common.smollm2()
+        layer, prompt_format = 6, "chat"
+    else:
+        shape = "tiny" if smoke else "110m"
+        n_records, repeats = (10, 1) if smoke else (200, 2)
+        records = common.zsre_records(n_records)
+        tok = common.word_tokenizer(records)
+        model = common.qwen2_model(shape)
+        layer, prompt_format = common.SHAPES[shape]["layers"] // 2, "plain"
+        model_info = {"shape": common.SHAPES[shape]}
+    gen_eval = GenerationEvaluator(tok, records, prompt_format=prompt_format, batch_size=32)
+    forced_eval = EditEvaluator(tok, records, prompt_format=prompt_format, batch_size=32)
     reference, forced_reference = gen_eval.base_generations(model), forced_eval.base_predictions(model)
+    # The pre-WILD budget (target's tokens + 4), same stop rule: what the longer budget costs.
+    old_eval = GenerationEvaluator(tok, records, prompt_format=prompt_format, batch_size=32,
+                                   extra_new_tokens=4) if real else None
+    old_reference = old_eval.base_generations(model) if real else None
     apply_delta_(model, common.one_layer_delta(model, layer, seed=1), alpha=0.0, sparsity=0.0)
     stops = stop_token_ids(tok, model)
 
@@ -92,11 +116,14 @@ def main() -> None:
     def keep(name, fn):
         return lambda: outputs.__setitem__(name, fn())
 
-    times = common.interleaved({
+    contenders = {
         "one_at_a_time": keep("single", lambda: one_at_a_time(model, gen_eval, stops)),
         "batched": keep("metrics", lambda: gen_eval.evaluate(model, reference)),
         "teacher_forced": lambda: forced_eval.evaluate(model, forced_reference),
-    }, repeats=repeats, warmup=0)  # a full pass is long enough not to need a warm-up round
+    }
+    if real:
+        contenders["batched_old_budget"] = keep("old_metrics", lambda: old_eval.evaluate(model, old_reference))
+    times = common.interleaved(contenders, repeats=repeats, warmup=0)  # a full pass needs no warm-up round
     metrics = outputs["metrics"]
     same = check_identical(model, gen_eval, stops, outputs["single"], metrics)
     speedup = common.ratio(times["one_at_a_time"], times["batched"])
@@ -109,8 +136,19 @@ def main() -> None:
         common.goal_line("batched vs one-at-a-time generation (x)", speedup, GOAL_BATCHED),
         common.goal_line("generations differing (items)", same["id_mismatches"] + same["text_mismatches"], 0, False),
     ]
-    common.write_result("generation", args, {
-        "model": {"shape": common.SHAPES[shape], "params": common.param_count(model)},
+    extra = {}
+    if real:
+        old = outputs["old_metrics"]
+        extra = {"batched_old_budget": common.summary(times["batched_old_budget"]),
+                 "wild_vs_old_budget_cost": med["batched"] / med["batched_old_budget"],
+                 "old_budget_rules": old_eval.rules(), "old_budget_generation_metrics": old.flat(),
+                 "old_budget_mean_max_new_tokens": sum(it.max_new_tokens for it in old_eval.items)
+                 / len(old_eval.items)}
+        print(f"  batched, old budget (target + 4 tokens): {med['batched_old_budget']:.2f} s; the WILD budget "
+              f"(64) costs {extra['wild_vs_old_budget_cost']:.2f}x; old-budget metrics {old.as_dict()}")
+    common.write_result("generation_real" if real else "generation", args, {
+        "model": {**model_info, "params": common.param_count(model)}, "prompt_format": prompt_format,
+        "rules": gen_eval.rules(), **extra,
         "records": n_records, "data": str(common.ZSRE.name), "repeats": repeats, "batch_size": 32,
         "identical": same, "generation_metrics": metrics.flat(),
         "one_at_a_time": common.summary(times["one_at_a_time"]), "batched": common.summary(times["batched"]),

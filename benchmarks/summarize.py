@@ -31,26 +31,42 @@ def _where(doc: dict) -> str:
     return f"{gpu}{m.get('cpu_count', '?')} CPU, {m.get('torch_threads', '?')} thread(s), {str(m.get('date', '?'))[:10]}"
 
 
+def rows(docs: dict) -> list[tuple[int, str, str]]:
+    """(number, file stem, label) of every row group: the known benchmarks in ORDER, each followed
+    by its real-model result `<name>_real` (same number, labelled "<name> real", e.g. bench_rsft.py
+    --model smollm2), then any other file (e.g. gpu_check)."""
+    out = []
+    for number, name in enumerate(ORDER, start=1):
+        out.append((number, name, name))
+        if f"{name}_real" in docs:
+            out.append((number, f"{name}_real", f"{name} real"))
+    taken = {name for _, name, _ in out}
+    number = len(ORDER)
+    for name in docs:
+        if name not in taken:
+            number += 1
+            out.append((number, name, name))
+    return out
+
+
 def table(results: Path) -> str:
     """One Markdown row per goal of every `<name>.json` in `results`."""
     lines = ["| # | benchmark | goal | target | measured | met | machine, date |", "|---|---|---|---|---|---|---|"]
     docs = {p.stem: json.loads(p.read_text()) for p in sorted(results.glob("*.json"))}
-    # Every JSON gets a row: the known benchmarks in ORDER, then any other file (e.g. gpu_check).
-    names = [*ORDER, *(name for name in docs if name not in ORDER)]
-    for number, name in enumerate(names, start=1):
+    for number, name, label in rows(docs):
         doc = docs.get(name)
         if doc is None:
-            lines.append(f"| {number} | {name} | (no result yet) | | | | |")
+            lines.append(f"| {number} | {label} | (no result yet) | | | | |")
             continue
         if not doc.get("goals"):
-            lines.append(f"| {number} | {name} | (measurements only, no goal: see benchmarks/README.md) | | | | "
+            lines.append(f"| {number} | {label} | (measurements only, no goal: see benchmarks/README.md) | | | | "
                          f"{_where(doc)} |")
             continue
         where = _where(doc)
         for goal in doc["goals"]:
             sign = ">=" if goal["higher_is_better"] else "<="
             met = "**met**" if goal["met"] else "**not met**"
-            lines.append(f"| {number} | {name} | {goal['goal']} | {sign} {_fmt(goal['target'])} | "
+            lines.append(f"| {number} | {label} | {goal['goal']} | {sign} {_fmt(goal['target'])} | "
                          f"{_fmt(goal['measured'])} | {met} | {where} |")
     return "\n".join(lines)
 
