@@ -96,7 +96,7 @@ class ItemCapture:
     evaluators' results, caught on the way out."""
 
     def __init__(self, evaluator):
-        from mm4ke_ray.evaluate.candidate import _general_items
+        from mm4ke_ray.evaluate.rung_views import retention_items
 
         self.last: dict = {}
         ev = evaluator
@@ -109,7 +109,7 @@ class ItemCapture:
 
             def general(*a, **k):
                 result = run(*a, **k)
-                items = _general_items(result, ev.reference.general, ev.general_eval.higher_is_better)
+                items = retention_items(result, ev.reference.general, ev.general_eval.higher_is_better)
                 self.last["general_items"] = {t: _round(v) for t, v in (items or {}).items()}
                 return result
 
