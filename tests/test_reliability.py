@@ -353,3 +353,32 @@ def test_a_whole_journal_with_a_cut_last_line_is_accepted_a_damaged_one_refused(
     (folder / STUDY_FILE).write_text('{"op_code": 0}\n[1, 2]\n{"op_code": 5}\n')
     with pytest.raises(UserError, match="line 2 is not an Optuna journal operation"):
         read_manifest(str(folder))
+
+
+def test_a_store_whose_writer_was_killed_mid_transaction_opens_at_its_last_commit(tmp_path):
+    """A SIGKILLed sweep driver can leave a hot rollback journal; the resume must not call the
+    store corrupted (a read-only connection cannot replay the journal, so the check rolls it back)."""
+    import subprocess
+    import sys
+
+    from mm4ke_ray.tracking.store_check import store_problem
+
+    uri = _mlflow_store(tmp_path)
+    db = tmp_path / "mlflow.db"
+    writer = subprocess.Popen([sys.executable, "-c", (
+        "import sqlite3, sys, time\n"
+        f"con = sqlite3.connect({str(db)!r}, isolation_level=None)\n"
+        "con.execute('PRAGMA cache_size=1'); con.execute('BEGIN'); con.execute('CREATE TABLE scratch (x)')\n"
+        "for i in range(5000): con.execute('INSERT INTO scratch VALUES (?)', ('x' * 400,))\n"
+        "print('writing', flush=True); time.sleep(120)\n")], stdout=subprocess.PIPE, text=True)
+    assert writer.stdout.readline().strip() == "writing"
+    writer.kill()
+    writer.wait()
+    assert (tmp_path / "mlflow.db-journal").stat().st_size > 0  # the hot journal the kill left
+
+    assert store_problem(uri, create=False) is None
+    assert MlflowClient(uri).get_experiment_by_name("x") is not None
+    con = sqlite3.connect(db)
+    tables = {row[0] for row in con.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    con.close()
+    assert "scratch" not in tables and "runs" in tables  # the unfinished transaction is gone, the store kept

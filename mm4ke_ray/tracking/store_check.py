@@ -3,7 +3,10 @@
 MLflow's SQLite store creates its schema in whatever file it is pointed at: a 0-byte file or
 another application's database would be changed by a command that only reads (`pareto`,
 `export`, `--warm-start`), and a sweep would write its runs into it. The file is read here with
-Python's own sqlite3 in read-only mode, so this check itself changes nothing.
+Python's own sqlite3 in read-only mode, so this check itself changes nothing, with one exception:
+a writer killed mid-transaction (a SIGKILLed sweep driver) leaves a hot rollback journal, which a
+read-only connection cannot replay. Then the file is opened read-write once, and SQLite rolls the
+unfinished transaction back: the database returns to its last commit, as any writer would make it.
 """
 
 from __future__ import annotations
@@ -58,12 +61,12 @@ def store_problem(uri: str, create: bool) -> str | None:
     if magic != _SQLITE_MAGIC:
         return f"'{db}' is not a SQLite database, so not an MLflow store; give the sweep's database or a new path"
     try:
-        con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
         try:
-            tables = {row[0] for row in con.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-            check = con.execute("PRAGMA quick_check(1)").fetchone()[0]
-        finally:
-            con.close()
+            tables, check = _read_schema(db, "ro")
+        except sqlite3.OperationalError as exc:
+            if "readonly" not in str(exc) or not _has_hot_journal(db):
+                raise
+            tables, check = _read_schema(db, "rw")  # rolls the killed writer's transaction back
     except sqlite3.Error as exc:
         return f"'{db}' cannot be read as a SQLite database ({exc}); it is truncated or corrupted: restore it from a copy"
     if missing := MLFLOW_TABLES - tables:
@@ -72,6 +75,20 @@ def store_problem(uri: str, create: bool) -> str | None:
     if check != "ok":
         return f"'{db}' is damaged (SQLite integrity check: {check}); restore it from a copy"
     return None
+
+
+def _read_schema(db: Path, mode: str) -> tuple[set[str], str]:
+    con = sqlite3.connect(f"file:{db}?mode={mode}", uri=True)
+    try:
+        tables = {row[0] for row in con.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        return tables, con.execute("PRAGMA quick_check(1)").fetchone()[0]
+    finally:
+        con.close()
+
+
+def _has_hot_journal(db: Path) -> bool:
+    """A non-empty rollback journal or write-ahead log next to the file: a writer stopped mid-way."""
+    return any(p.is_file() and p.stat().st_size > 0 for p in (Path(f"{db}-journal"), Path(f"{db}-wal")))
 
 
 def check_store(uri: str, create: bool, what: str = "--tracking-uri") -> None:
