@@ -184,7 +184,7 @@ def test_the_trial_trains_with_its_drawn_schedule(tiny_model_dir, tmp_path):
     from conftest import ZSRE
 
     from mm4ke_ray.evaluate.candidate import EvalSettings
-    from mm4ke_ray.search.trial import trial_rsft
+    from mm4ke_ray.search.rsft_runner import trial_rsft
 
     search = _search({"lr_schedule": {"choices": ["constant", "cosine"]}, "warmup_ratio": {"low": 0.0, "high": 0.5}})
     params = {"threshold": 0.0, "steps": 2, "epochs": 1, "lr": 1e-3, "layer": 1, "alpha": 0.0, "sparsity": 0.0,
@@ -240,9 +240,9 @@ def test_params_without_the_schedule_take_the_spaces_fixed_one():
     """A trial restored from a sweep started before the schedule was searched, or a caller's
     partial params: the space's fixed values fill in."""
     from mm4ke_ray.evaluate.candidate import EvalSettings
-    from mm4ke_ray.search.trial import _rsft_config
+    from mm4ke_ray.search.rsft_runner import rsft_config
 
     params = {"threshold": 0.1, "steps": 2, "epochs": 1, "lr": 1e-3, "layer": 1}
-    config = _rsft_config(params, _search(rsft={"lr_schedule": "linear", "warmup_ratio": 0.2}),
+    config = rsft_config(params, _search(rsft={"lr_schedule": "linear", "warmup_ratio": 0.2}),
                           EvalSettings(model="m", edits="e"))
     assert (config.lr_schedule, config.warmup_ratio) == ("linear", 0.2)

@@ -220,7 +220,7 @@ def test_the_trial_uses_the_surrogate_and_tells_every_full_candidate(monkeypatch
     from mm4ke_ray.search.searcher import EXTRA_POINTS_KEY
 
     calls = _fake_pool(monkeypatch, PLANES["sigmoid"])
-    monkeypatch.setattr(trial, "_rsft_via_task", lambda ctx, params: ({"status": "ok"}, "/tmp"))
+    monkeypatch.setattr(trial, "run_trial_rsft", lambda ctx, params, trial_id: ({"status": "ok"}, "/tmp"))
     monkeypatch.setattr(trial, "load_delta", lambda folder: ({}, None))
     monkeypatch.setattr(trial.ray, "put", lambda value: value)
     params = {"layer": 1, "lr": 1e-4, "threshold": 0.1, "epochs": 1, "steps": 2, "alpha": 0.31, "sparsity": 0.22}
@@ -243,9 +243,9 @@ def test_random_stays_the_default_and_small_budgets_fall_back(monkeypatch):
 
     params = {"alpha": 0.31, "sparsity": 0.22}
     calls = _fake_pool(monkeypatch, PLANES["sigmoid"])
-    full, _, compute = trial_candidates._evaluate_merges(_ctx("random", extra=7), params, None, "t", None)
+    full, _, compute = trial_candidates.evaluate_merges(_ctx("random", extra=7), params, None, "t", None)
     assert len(full) == 8 and len(calls) == 1 and "surrogate.evaluations" not in compute
-    full, _, compute = trial_candidates._evaluate_merges(_ctx("surrogate", extra=3), params, None, "t", None)
+    full, _, compute = trial_candidates.evaluate_merges(_ctx("surrogate", extra=3), params, None, "t", None)
     assert len(full) == 4 and "surrogate.evaluations" not in compute  # too few to fit: random extras
 
 
@@ -270,7 +270,7 @@ def test_with_halving_each_batch_has_its_rung_record_and_only_the_first_keeps_th
     monkeypatch.setattr(trial_candidates, "_store", lambda ctx, key, digest, cands: stores.append((key, digest, len(cands))))
     ctx = _ctx("surrogate", extra=7)
     ctx = dataclasses.replace(ctx, settings=dataclasses.replace(ctx.settings, fidelity_rungs=3), rungs_path="/tmp/r")
-    full, _, compute = trial_candidates._evaluate_merges(ctx, {"alpha": 0.31, "sparsity": 0.22}, None, "t9", "abc")
+    full, _, compute = trial_candidates.evaluate_merges(ctx, {"alpha": 0.31, "sparsity": 0.22}, None, "t9", "abc")
     assert [k for k, _, _ in stores] == ["t9", *(f"t9-b{i}" for i in range(1, len(stores)))]
     assert {d for _, d, _ in stores} == {"abc"} and [n for *_, n in stores] == [n for _, n, _ in calls]
     assert [keep for *_, keep in calls] == [True] + [False] * (len(calls) - 1)

@@ -45,7 +45,7 @@ def _rung_plan(ctx: TrialContext) -> RungPlan:
 _PLANS: dict[str, RungPlan] = {}  # per process, by pool and settings
 
 
-def _evaluate_merges(ctx: TrialContext, params: dict, delta_ref, trial_id: str,
+def evaluate_merges(ctx: TrialContext, params: dict, delta_ref, trial_id: str,
                      digest: str | None) -> tuple[list[dict], list[dict], dict]:
     """The trial's merge candidates, chosen and evaluated: (full, pruned, compute), as
     `_evaluate_candidates` returns them, the sampled candidate first among the full ones.
@@ -93,7 +93,7 @@ def _evaluate_merges(ctx: TrialContext, params: dict, delta_ref, trial_id: str,
     return full, pruned, {**compute, **{k: v for k, v in info.items() if isinstance(v, int | float)}}
 
 
-def _digest(ctx: TrialContext, delta: dict) -> str | None:
+def rung_digest(ctx: TrialContext, delta: dict) -> str | None:
     """The delta's digest where rung records are kept (halving on and a folder for them), else None."""
     if ctx.settings.fidelity_rungs <= 1 or ctx.rungs_path is None:
         return None
@@ -102,7 +102,7 @@ def _digest(ctx: TrialContext, delta: dict) -> str | None:
 
 def _rung_store(ctx: TrialContext, trial_id: str, delta: dict, cands: list[dict]) -> RungStore | None:
     """The trial's rung record (rung_store.py), with halving on and a folder to keep it in."""
-    return _store(ctx, trial_id, _digest(ctx, delta), cands)
+    return _store(ctx, trial_id, rung_digest(ctx, delta), cands)
 
 
 def _store(ctx: TrialContext, trial_id: str, digest: str | None, cands: list[dict]) -> RungStore | None:

@@ -1,0 +1,128 @@
+"""The trial's R-SFT, once: on a Ray Train worker (runner 'train') or as a Ray task ('task').
+
+Either way `rsft.run.rsft_to_folder` trains and writes the delta; this returns the R-SFT summary
+and a local folder holding the delta (None when there is none: diverged, failed).
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+
+import ray
+import ray.train
+import ray.train.torch
+import torch
+from ray.train import FailureConfig, RunConfig, ScalingConfig
+from ray.train.backend import BackendConfig
+from ray.train.v2.api.data_parallel_trainer import DataParallelTrainer
+
+from mm4ke_ray.config import SearchConfig
+from mm4ke_ray.evaluate.candidate import EvalSettings
+from mm4ke_ray.rsft.config import RSFTConfig
+from mm4ke_ray.rsft.run import rsft_to_folder
+from mm4ke_ray.search.space import split_space
+from mm4ke_ray.search.train_placement import (
+    new_placement_key,
+    record_placement_group,
+    release_placement_group,
+)
+from mm4ke_ray.search.trial_context import TrialContext
+
+SUMMARY_FILE = "rsft-summary.json"  # the R-SFT summary, inside the Ray Train checkpoint
+# Ray Train retries a worker group that cannot start (60 s each) without limit by default: a
+# trial whose worker can never be placed would wait forever. Past this many, the trial fails with
+# the reason and Tune retries it (search.max_failures).
+TRAIN_START_RETRIES = 3
+
+
+def run_trial_rsft(ctx: TrialContext, params: dict, trial_id: str) -> tuple[dict, str | None]:
+    """R-SFT of `params` by the sweep's runner: its summary and the local folder of its delta."""
+    if ctx.runner == "train":
+        return _rsft_via_train(ctx, params, trial_id)
+    return _rsft_via_task(ctx, params)
+
+
+def rsft_config(params: dict, search: SearchConfig, settings: EvalSettings) -> RSFTConfig:
+    params = {**split_space(search)[1], **params}  # a caller's partial params: the space's fixed values fill in
+    return RSFTConfig(
+        layer=int(params["layer"]), epochs=int(params["epochs"]), steps=int(params["steps"]), lr=float(params["lr"]),
+        threshold=float(params["threshold"]), optimizer=search.rsft.optimizer, prompt_format=settings.prompt_format,
+        seed=search.seed, lr_schedule=str(params["lr_schedule"]), warmup_ratio=float(params["warmup_ratio"]),
+    )
+
+
+def trial_rsft(settings: EvalSettings, search: SearchConfig, params: dict, out: str, device: str,
+          allow_pickle: bool = False) -> dict:
+    """R-SFT of this trial's parameters into `out` (`rsft_to_folder`); its summary for Tune."""
+    s = settings
+    return rsft_to_folder(out, model=s.model, edits=s.edits, config=rsft_config(params, search, s), device=device,
+                          dtype=s.dtype, trust_remote_code=s.trust_remote_code, allow_pickle=allow_pickle,
+                          limit=s.limit, skip_invalid=s.skip_invalid, data_format=s.data_format).summary()
+
+
+def _train_loop(cfg: dict) -> None:
+    """Ray Train worker body: R-SFT on this worker's device, the delta reported as checkpoint."""
+    record_placement_group(cfg["placement_key"])
+    previous = ray.train.get_checkpoint()
+    if previous is not None:
+        # A retried trial whose R-SFT had already finished: Ray Train restored its delta.
+        with previous.as_directory() as folder:
+            summary = json.loads((Path(folder) / SUMMARY_FILE).read_text())
+        ray.train.report(summary, checkpoint=previous)
+        return
+    out = tempfile.mkdtemp(prefix="mm4ke-delta-")
+    summary = trial_rsft(cfg["settings"], cfg["search"], cfg["params"], out, str(ray.train.torch.get_device()),
+                    cfg.get("allow_pickle", False))
+    checkpoint = None
+    if summary["status"] == "ok":
+        (Path(out) / SUMMARY_FILE).write_text(json.dumps(summary))
+        checkpoint = ray.train.Checkpoint.from_directory(out)
+    ray.train.report(summary, checkpoint=checkpoint)
+
+
+def _rsft_via_train(ctx: TrialContext, params: dict, trial_id: str) -> tuple[dict, str | None]:
+    # One worker, so no torch process group: TorchTrainer would start one, and its rendezvous
+    # store (torch's TCPStore) listens on every interface, whatever the node's IP.
+    placement_key = new_placement_key()
+    trainer = DataParallelTrainer(
+        _train_loop,
+        backend_config=BackendConfig(),
+        train_loop_config={"settings": ctx.settings, "search": ctx.search, "params": params,
+                           "allow_pickle": ctx.allow_pickle, "placement_key": placement_key},
+        scaling_config=ScalingConfig(num_workers=1, use_gpu=ctx.rsft_gpus > 0,
+                                     resources_per_worker={"CPU": ctx.rsft_cpus, "GPU": ctx.rsft_gpus}),
+        run_config=RunConfig(storage_path=ctx.storage_path, name=trial_id,
+                             failure_config=FailureConfig(controller_failure_limit=TRAIN_START_RETRIES)),
+    )
+    try:
+        result = trainer.fit()
+    finally:
+        release_placement_group(placement_key)  # one Ray Train may leave behind (train_placement.py)
+    summary = dict(result.metrics or {})
+    if result.checkpoint is None:
+        return summary, None
+    local = tempfile.mkdtemp(prefix="mm4ke-delta-")
+    result.checkpoint.to_directory(local)
+    return summary, local
+
+
+@ray.remote
+def _rsft_task(settings, search, params, allow_pickle: bool = False) -> tuple[dict, dict]:
+    out = tempfile.mkdtemp(prefix="mm4ke-delta-")
+    summary = trial_rsft(settings, search, params, out, "cuda" if torch.cuda.is_available() else "cpu", allow_pickle)
+    files = {p.name: p.read_bytes() for p in Path(out).iterdir()} if summary["status"] == "ok" else {}
+    return summary, files
+
+
+def _rsft_via_task(ctx: TrialContext, params: dict) -> tuple[dict, str | None]:
+    # "DEFAULT": outside the trial's placement group, which holds only the trial's CPU-free reservation.
+    task = _rsft_task.options(num_cpus=ctx.rsft_cpus, num_gpus=ctx.rsft_gpus, scheduling_strategy="DEFAULT")
+    summary, files = ray.get(task.remote(ctx.settings, ctx.search, params, ctx.allow_pickle))
+    if not files:
+        return summary, None
+    local = tempfile.mkdtemp(prefix="mm4ke-delta-")
+    for name, data in files.items():
+        (Path(local) / name).write_bytes(data)
+    return summary, local
