@@ -27,5 +27,8 @@ def demo_config_path() -> Path:
 def run(args) -> int:
     set_verbose(args.verbose)  # before the demo model build and Ray
     path = demo_config_path()
-    start_sweep(load_config(path), source=str(path), num_trials=args.num_trials, smoke_test=args.smoke_test)
+    outcome = start_sweep(load_config(path), source=str(path), num_trials=args.num_trials, smoke_test=args.smoke_test)
+    from mm4ke_ray.search.outcome import print_summary  # Ray: only once a sweep ran
+
+    print_summary(outcome)
     return 0

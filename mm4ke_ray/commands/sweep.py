@@ -78,14 +78,17 @@ def run(args) -> int:
         # Ray, MLflow and torch load when a sweep runs, not for --help.
         from mm4ke_ray.search.driver import resume_sweep
 
-        resume_sweep(args.resume, address=args.address)
+        outcome = resume_sweep(args.resume, address=args.address)
     else:
         config = load_config(args.config, parse_overrides(args.set))
         if config.stream is not None:  # a sweep trial is one batch: it would drop the rounds silently
             raise UserError(f"{args.config}: has a `stream:` section; run it with `mm4ke-ray stream {args.config}` "
                             "(one setting) or `mm4ke-ray stream --tune N` (settings tuned for the stream)")
-        start_sweep(config, source=args.config, address=args.address, num_trials=args.num_trials,
-                    smoke_test=args.smoke_test, warm_start=args.warm_start)
+        outcome = start_sweep(config, source=args.config, address=args.address, num_trials=args.num_trials,
+                              smoke_test=args.smoke_test, warm_start=args.warm_start)
+    from mm4ke_ray.search.outcome import print_summary
+
+    print_summary(outcome)
     return 0
 
 

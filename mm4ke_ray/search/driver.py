@@ -7,9 +7,10 @@ written. Faults survived while running: a dead R-SFT worker (Tune retries the tr
 merge-eval actor (Ray restarts it and re-sends its calls), a diverged R-SFT (a FAIL for Optuna,
 a FAILED run in MLflow), the tracking server away (writes spooled, sent when it is back).
 
-Read top to bottom: `run_sweep`/`resume_sweep` → `_execute` (settings, storage, Ray, pool → a
-`SweepRun`) → `_with_pool` (folder, parent run) → `_tune` (the Tuner) → `_finish` (Pareto
-artifacts, parent run closed) → `outcome.sweep_outcome` + `outcome.print_summary`.
+`run_sweep`/`resume_sweep` check, then `_execute` is the recipe, one step a function: set up
+(settings, storage, Ray, the pool → a `SweepRun`) → check the base → open the parent run → read
+back or record → fit (the Tuner) → finish (Pareto artifacts, parent run closed) → the outcome,
+which the command prints (`outcome.print_summary`).
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ from mm4ke_ray.search.constraints import minimums
 from mm4ke_ray.search.front_board import drop_front, new_front_key, publish_front
 from mm4ke_ray.search.interrupt import catch_interrupt
 from mm4ke_ray.search.local_ray import init_local_ray
-from mm4ke_ray.search.outcome import SweepOutcome, print_summary, sweep_outcome
+from mm4ke_ray.search.outcome import SweepOutcome, sweep_outcome
 from mm4ke_ray.search.resources import TRIAL_RESOURCES, Plan, plan_resources
 from mm4ke_ray.search.resume import (
     MANIFEST,
@@ -88,7 +89,7 @@ class SweepRun:
     start: float  # time.time() at the sweep's start
     timings: SweepTimings
     clock: float  # perf_counter at the sweep's start
-    # Set by `_with_pool` once the parent run is open:
+    # Set once the parent run is open (`_open_parent_run`, `_read_back_or_record`):
     experiment_dir: str = ""  # <storage>/<name>: Tune's folder, the manifest, the study
     tracker: SweepTracker | None = None
     parent: str = ""  # the parent run's id
@@ -99,6 +100,7 @@ class SweepRun:
     warm_rows: list[dict] = field(default_factory=list)  # their candidates as copied into this sweep
     front_key: str | None = None  # halving against the front: where trials read it (front_board.py)
     parent_closed: bool = False  # the parent run got its final status (`_finish`)
+    open_clock: float = 0.0  # perf_counter when the parent run began to open (its share of the wall)
 
     @property
     def resumed(self) -> bool:
@@ -154,8 +156,32 @@ def _init_ray(address: str | None) -> None:
 
 def _execute(config: SweepConfig, source: str, address: str | None, manifest: Manifest | None,
              warm: list[WarmSource] | None = None) -> SweepOutcome:
+    """The recipe. A refused base (exit 2) leaves no folder and no parent run; once the parent run
+    is open, whatever fails ends it FAILED (or KILLED) with the reason."""
+    run = _set_up(config, source, address, manifest, warm or [])
+    try:
+        _check_base(run)
+        _open_parent_run(run)
+        try:
+            _read_back_or_record(run)
+            return _fit(run)
+        except BaseException as exc:
+            if not run.parent_closed:
+                _fail_parent(run.tracker, exc)
+            raise
+    finally:
+        # Tune's registry keeps the trainable's parameters (and so the pool's handles) for the
+        # process's lifetime: without an explicit kill the pool would hold its CPUs/GPUs until
+        # the driver exits and starve a next sweep in the same process.
+        stop_pool(run.pool)
+
+
+def _set_up(config: SweepConfig, source: str, address: str | None, manifest: Manifest | None,
+            warm: list[WarmSource]) -> SweepRun:
+    """Settings, storage, Ray and the merge-eval pool: the sweep's run state."""
     start, clock, timings = time.time(), time.perf_counter(), SweepTimings()
     quiet_libraries()  # before Ray starts: its workers inherit the environment
+    _tune_environment()
     device = "cuda" if config.resources.eval_gpus > 0 else "cpu"
     settings = eval_settings(config, device)  # raises for settings this version cannot honour, before any side effect
     storage = normalize_storage_path(config.storage_path)
@@ -165,50 +191,47 @@ def _execute(config: SweepConfig, source: str, address: str | None, manifest: Ma
     if warning := local_storage_warning(storage, len([n for n in ray.nodes() if n.get("Alive")])):
         console.print(f"[yellow]{warning}[/]")
     plan = plan_resources(config.resources, ray.cluster_resources(), config.merge.extra_candidates + 1)
-    # The pool first: its base reference decides whether the general tasks are informative, and a
-    # refused task (exit 2) then leaves no folder, no parent run and no trial behind.
+    # The pool first: its base reference decides whether the general tasks are informative.
     pool_clock = time.perf_counter()
     pool = start_pool(settings, plan.actors, config.resources.eval_cpus,
                       config.resources.eval_gpus, config.resources.eval_resource)
     timings.pool_start = time.perf_counter() - pool_clock
-    run = SweepRun(config, source, manifest, settings, plan, storage, pool, start, timings, clock, warm=warm or [])
-    try:
-        if pool.reference.general_result is not None:
-            for line in pool.reference.general_result.summary():
-                console.print(f"base model, general task {line}")
-            pool.reference.general_result.check_noise()
-            for line in precision_warnings(pool.reference.general_result.__dict__,
-                                           config.evaluation.general_se_threshold):
-                console.print(f"[yellow]{line}[/]")
-            if settings.fidelity_rungs > 1:
-                result = pool.reference.general_result
-                check_halving_evidence(result.stderr, result.higher_is_better)
-        return _with_pool(run)
-    finally:
-        # Tune's registry keeps the trainable's parameters (and so the pool's handles) for the
-        # process's lifetime: without an explicit kill the pool would hold its CPUs/GPUs until
-        # the driver exits and starve a next sweep in the same process.
-        stop_pool(pool)
+    return SweepRun(config, source, manifest, settings, plan, storage, pool, start, timings, clock, warm=warm)
 
 
-def _with_pool(run: SweepRun) -> SweepOutcome:
-    """Claim the sweep's folder, open (or reopen) its parent run, then tune."""
+def _tune_environment() -> None:
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    # Tune's default loggers include TensorBoard's, which cannot log our nested results (a long
+    # "invalid value" dump per trial): only the JSON (result.json) and CSV loggers are kept.
+    os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "1"
+
+
+def _check_base(run: SweepRun) -> None:
+    """The base model's general tasks: printed, and refused when they cannot tell candidates apart."""
+    result = run.pool.reference.general_result
+    if result is None:
+        return
+    for line in result.summary():
+        console.print(f"base model, general task {line}")
+    result.check_noise()
+    for line in precision_warnings(result.__dict__, run.config.evaluation.general_se_threshold):
+        console.print(f"[yellow]{line}[/]")
+    if run.settings.fidelity_rungs > 1:
+        check_halving_evidence(result.stderr, result.higher_is_better)
+
+
+def _open_parent_run(run: SweepRun) -> None:
+    """Claim the sweep's folder and open (or reopen) its parent run."""
     config, manifest, plan = run.config, run.manifest, run.plan
-    open_clock = time.perf_counter()
+    run.open_clock = time.perf_counter()
     run.experiment_dir = manifest.experiment_dir if manifest else claim_experiment_folder(run.storage, config.name)
     run.tracker, run.parent = open_sweep_run(config, run.experiment_dir, eval_actors=plan.actors,
                                              max_concurrent=plan.max_concurrent,
                                              parent_run_id=manifest.parent_run_id if manifest else None)
-    try:
-        return _logged_and_tuned(run, open_clock)
-    except BaseException as exc:  # whatever fails once the parent is open: it ends FAILED, with the reason
-        if not run.parent_closed:
-            _fail_parent(run.tracker, exc)
-        raise
 
 
-def _logged_and_tuned(run: SweepRun, open_clock: float) -> SweepOutcome:
-    """Read back (resume) or record (new) what the parent run holds, then tune."""
+def _read_back_or_record(run: SweepRun) -> None:
+    """Read back (resume) or record (new) what the parent run holds; say what starts."""
     config, manifest, plan = run.config, run.manifest, run.plan
     if manifest:
         rows, run.finished, run.base_logged = logged_so_far(run.tracker, run.parent)
@@ -216,13 +239,12 @@ def _logged_and_tuned(run: SweepRun, open_clock: float) -> SweepOutcome:
     else:
         write_manifest(manifest_for(config, run.source, run.parent, run.experiment_dir))
         run.warm_rows = log_warm_rows(run.tracker, run.warm)
-    run.timings.tracking += time.perf_counter() - open_clock  # the parent run opened (or read back)
+    run.timings.tracking += time.perf_counter() - run.open_clock  # the parent run opened (or read back)
     verb = "resuming" if manifest else "starting"
     console.print(f"[bold]{verb} sweep {config.name}[/]: {config.search.num_trials} trials, {plan.actors} merge-eval "
                   f"actor(s), {plan.max_concurrent} trial(s) at once · MLflow run {run.parent}\n"
                   f"  folder {run.experiment_dir}", soft_wrap=True)
     print_command(console, "  if it is interrupted:", f"{executable('mm4ke-ray')} sweep --resume {run.experiment_dir}")
-    return _tune(run)
 
 
 def _trial_context(run: SweepRun) -> TrialContext:
@@ -243,7 +265,8 @@ def _trial_context(run: SweepRun) -> TrialContext:
     )
 
 
-def _tune(run: SweepRun) -> SweepOutcome:
+def _fit(run: SweepRun) -> SweepOutcome:
+    """The base logged, the front's publisher, the Tuner's fit, then `_finish`; the outcome."""
     config = run.config
     tracker = TimedTracker(run.tracker, run.timings)  # MLflow's share of the wall
     base = {"candidate": BASE, "kind": BASE, **run.pool.reference.metrics}
@@ -266,10 +289,6 @@ def _tune(run: SweepRun) -> SweepOutcome:
     if run.resumed:
         callback.resume_from(run.rows, run.finished)
     trainable = tune.with_resources(tune.with_parameters(sweep_trial, ctx=_trial_context(run)), TRIAL_RESOURCES)
-    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-    # Tune's default loggers include TensorBoard's, which cannot log our nested results (a long
-    # "invalid value" dump per trial): only the JSON (result.json) and CSV loggers are kept.
-    os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "1"
     status, reason = "FAILED", None
     fit_clock, tracker.in_fit = time.perf_counter(), True
     try:
@@ -298,9 +317,7 @@ def _tune(run: SweepRun) -> SweepOutcome:
                       soft_wrap=True)
         print_command(console, "  continue it with:", f"{executable('mm4ke-ray')} sweep --resume {run.experiment_dir}")
         raise KeyboardInterrupt
-    outcome = sweep_outcome(run, callback.rows, base, grid, searcher or restored_searcher(tuner), spool)
-    print_summary(outcome, config)
-    return outcome
+    return sweep_outcome(run, callback.rows, base, grid, searcher or restored_searcher(tuner), spool)
 
 
 def _reason(exc: BaseException) -> str:

@@ -46,6 +46,7 @@ class SweepOutcome:
     timings: dict = field(default_factory=dict)  # wall seconds per step (search/timings.py CATEGORIES)
     warm_rows: list[dict] = field(default_factory=list)  # earlier sweeps' candidates (--warm-start), on the front too
     warm_points_told: int = 0  # of them, told to the study
+    config: SweepConfig | None = None  # the sweep's config as it ran (a resume: the manifest's)
 
 
 def sweep_outcome(run, rows, base, grid, searcher, spool) -> SweepOutcome:
@@ -61,11 +62,12 @@ def sweep_outcome(run, rows, base, grid, searcher, spool) -> SweepOutcome:
     return SweepOutcome(run.parent, rows, base, front, len(trials), extra, rsft_runs, run.storage,
                         time.time() - run.start, run.experiment_dir, spool, run.resumed,
                         mlflow_spooled=run.tracker.spooled, timings=breakdown, warm_rows=list(run.warm_rows),
-                        warm_points_told=warm)
+                        warm_points_told=warm, config=run.config)
 
 
-def print_summary(out: SweepOutcome, config: SweepConfig) -> None:
+def print_summary(out: SweepOutcome) -> None:
     """The front table, the time breakdown and how to open MLflow and this front."""
+    config = out.config
     # The same table and count sentence as `mm4ke-ray pareto`; base / pure R-SFT rows set apart.
     front = sort_by_combined(out.front)
     counts = counts_line(len(front), len(out.rows) + len(out.warm_rows), warm=len(out.warm_rows))
