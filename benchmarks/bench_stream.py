@@ -13,11 +13,15 @@ Goals (the issue's): after the last round, generated edit success on all edits s
 its value after round 1 (round 1's edits), and general score >= 0.95.
 
 `--smoke-test`: the demo model, 3 rounds of 3 edits, two settings, the demo's general tasks.
+
+A full run takes hours on a laptop's CPU: each finished stream (and the tuning) is kept in
+`results/stream.partial.json`, and a rerun with the same arguments skips it (`--fresh` starts over).
 """
 
 from __future__ import annotations
 
 import json
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -54,7 +58,25 @@ def arguments():
     p.add_argument("--tune-rounds", type=int, default=3, help="rounds of each tuning stream (default 3)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="config overrides for every stream (YAML values), e.g. general tasks")
+    p.add_argument("--fresh", action="store_true", help="ignore the streams a killed run kept; run them all again")
     return p.parse_args()
+
+
+class Kept:
+    """Finished streams of this exact invocation, on disk as they finish: a rerun skips them."""
+
+    def __init__(self, path: Path, key: dict, fresh: bool):
+        self.path, self.key = path, key
+        doc = {} if fresh or not path.exists() else json.loads(path.read_text())
+        self.done = doc.get("done", {}) if doc.get("key") == key else {}
+
+    def get(self, name: str, fn):
+        if name not in self.done:
+            self.done[name] = fn()
+            tmp = self.path.with_suffix(".tmp")
+            tmp.write_text(json.dumps({"key": self.key, "done": self.done}, default=float))
+            tmp.replace(self.path)
+        return self.done[name]
 
 
 def parse_setting(text: str, base: dict) -> tuple[str, dict]:
@@ -154,25 +176,35 @@ def main() -> None:
     device = resolve_device(args.device)
     tuning = None
     n_tune = args.tune or (2 if args.smoke_test else 0)
+    key = {k: getattr(args, k) for k in ("model", "rounds", "per_round", "setting", "tune", "tune_rounds", "set",
+                                         "smoke_test")}
+    kept = Kept(out / f"{NAME}.partial.json", key, args.fresh or args.smoke_test)
     if n_tune:
-        tuning = tune(args, out, paper, n_tune, device)
+        tuning = kept.get("tuning", lambda: tune(args, out, paper, n_tune, device))
         settings.append(("tuned", {**paper, **tuning["choice_params"]}))
     streams, results = {}, {}
     for name, values in settings:
-        raw = base_config(args, out)
-        raw["name"] = f"stream-{name}"
-        raw["search"] = {"space": values, "seed": 0}
-        config = validate_config(raw).with_overrides(**parse_overrides(args.set))
-        folder = out / "stream-work" / name
-        start = time.perf_counter()
-        outcome = run_stream_config(config, folder, device=device, log=lambda m, n=name: print(f"[{n}] {m}"))
-        rows = [outcome.result.base_metrics] + [r.metrics for r in outcome.result.rounds]
-        streams[name] = rows
-        results[name] = {"setting": values, "seconds": time.perf_counter() - start, "mlflow_run": outcome.run_id,
-                         "table": curve_table(rows), "curves": {k: [row.get(k) for row in rows] for k in CURVE_KEYS},
-                         "rounds": [{"n_edits": r.n_edits, "merge": r.merge, "seconds": r.seconds}
-                                    for r in outcome.result.rounds],
-                         "has_general_tasks": bool(config.evaluation.general_tasks)}
+        def stream(name=name, values=values) -> dict:
+            raw = base_config(args, out)
+            raw["name"] = f"stream-{name}"
+            raw["search"] = {"space": values, "seed": 0}
+            config = validate_config(raw).with_overrides(**parse_overrides(args.set))
+            folder = out / "stream-work" / name
+            if folder.exists():  # a stream killed part-way: it starts again from the base
+                shutil.rmtree(folder)
+            start = time.perf_counter()
+            outcome = run_stream_config(config, folder, device=device, log=lambda m: print(f"[{name}] {m}"))
+            rows = [outcome.result.base_metrics] + [r.metrics for r in outcome.result.rounds]
+            return {"rows": rows, "setting": values, "seconds": time.perf_counter() - start,
+                    "mlflow_run": outcome.run_id, "table": curve_table(rows),
+                    "curves": {k: [row.get(k) for row in rows] for k in CURVE_KEYS},
+                    "rounds": [{"n_edits": r.n_edits, "merge": r.merge, "seconds": r.seconds}
+                               for r in outcome.result.rounds],
+                    "has_general_tasks": bool(config.evaluation.general_tasks)}
+
+        done = dict(kept.get(name, stream))
+        streams[name] = done.pop("rows")
+        results[name] = done
         print(results[name]["table"])
     first, *rest = streams
     picture = draw_retention(streams[first], out / "stream.png", title=f"retention over rounds ({' vs '.join(streams)})",
