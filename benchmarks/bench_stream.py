@@ -179,11 +179,13 @@ def main() -> None:
     key = {k: getattr(args, k) for k in ("model", "rounds", "per_round", "setting", "tune", "tune_rounds", "set",
                                          "smoke_test")}
     kept = Kept(out / f"{NAME}.partial.json", key, args.fresh or args.smoke_test)
-    if n_tune:
-        tuning = kept.get("tuning", lambda: tune(args, out, paper, n_tune, device))
-        settings.append(("tuned", {**paper, **tuning["choice_params"]}))
     streams, results = {}, {}
-    for name, values in settings:
+    # The given settings first, then the tuning and its choice: a run cut short keeps the paper's.
+    for name, values in [*settings, *([("tuned", None)] if n_tune else [])]:
+        if name == "tuned":
+            tuning = kept.get("tuning", lambda: tune(args, out, paper, n_tune, device))
+            values = {**paper, **tuning["choice_params"]}
+
         def stream(name=name, values=values) -> dict:
             raw = base_config(args, out)
             raw["name"] = f"stream-{name}"
