@@ -200,7 +200,7 @@ class CandidateEvaluator(RungViews):
         ref = Reference(locality=locality, general=result.scores if result else {}, metrics={}, general_result=result,
                         generation=generation)
         self.reference = ref
-        ref.metrics = self._score(alpha=None, sparsity=None, seconds=0.0)
+        ref.metrics = self._score(seconds=0.0)
         return ref
 
     def _measure(self, view: View, first_layer: int | None) -> tuple[dict, GeneralResult | None]:
@@ -218,7 +218,7 @@ class CandidateEvaluator(RungViews):
                 result = self.general_eval.evaluate_result(view.samples)
         return measured, result
 
-    def _score(self, alpha, sparsity, seconds: float, first_layer: int | None = None,
+    def _score(self, seconds: float, first_layer: int | None = None,
                view: View | None = None, measured: tuple | None = None) -> dict:
         """Metrics and objectives of the model as it is now (or of what `measured` holds); on a
         rung's `view`, also the objectives' standard errors (`fidelity.EDIT_SE`, `GENERAL_SE`)
@@ -302,7 +302,7 @@ class CandidateEvaluator(RungViews):
                 measured = self._measure_joined(prior, rung, first_layer)
             else:
                 measured = self._measure(view or self._full_view, first_layer)
-            out = self._score(alpha, sparsity, seconds=time.perf_counter() - start, first_layer=first_layer,
+            out = self._score(seconds=time.perf_counter() - start, first_layer=first_layer,
                               view=view, measured=measured)
         finally:
             restore_(self.model, snapshot)

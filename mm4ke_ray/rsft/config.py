@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from mm4ke_ray.config import LRSchedule
+from mm4ke_ray.config import LRSchedule, SearchConfig
+from mm4ke_ray.schema import RSFT_PARAMS
 
 
 class RSFTConfig(BaseModel):
@@ -97,6 +99,14 @@ class RSFTConfig(BaseModel):
         if not 0 <= v < 1:  # also rejects NaN
             raise ValueError(f"warmup_ratio must be in [0, 1), got {v} (0 = no warm-up)")
         return v
+
+    @classmethod
+    def from_setting(cls, setting: Mapping, search: SearchConfig, prompt_format: str) -> RSFTConfig:
+        """R-SFT's config for one setting of the search space (the sweep's trial, a stream's round):
+        the space's R-SFT parameters from `setting`, the optimizer and seed from `search`."""
+        # Optuna's numpy scalars become Python numbers first: pydantic takes those only.
+        values = {k: setting[k].item() if hasattr(setting[k], "item") else setting[k] for k in RSFT_PARAMS}
+        return cls(optimizer=search.rsft.optimizer, prompt_format=prompt_format, seed=search.seed, **values)
 
     @property
     def layers(self) -> list[int]:

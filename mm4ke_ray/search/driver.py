@@ -256,7 +256,6 @@ def _trial_context(run: SweepRun) -> TrialContext:
         rsft_cpus=config.resources.rsft_cpus, rsft_gpus=config.resources.rsft_gpus,
         # R-SFT's Ray Train runs live inside the sweep's own folder, one per trial.
         storage_path=f"{run.experiment_dir.rstrip('/')}/rsft", actors=tuple(run.pool.actors),
-        allow_pickle=config.model.allow_pickle,
         system_metrics_s=config.tracking.system_metrics_interval_s if config.tracking.system_metrics else None,
         fidelity_error_rate=config.evaluation.fidelity.error_rate,
         # Halving's finished rungs per trial, kept with the sweep so a restarted trial skips them.

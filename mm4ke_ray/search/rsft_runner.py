@@ -46,19 +46,14 @@ def run_trial_rsft(ctx: TrialContext, params: dict, trial_id: str) -> tuple[dict
 
 def rsft_config(params: dict, search: SearchConfig, settings: EvalSettings) -> RSFTConfig:
     params = {**split_space(search)[1], **params}  # a caller's partial params: the space's fixed values fill in
-    return RSFTConfig(
-        layer=int(params["layer"]), epochs=int(params["epochs"]), steps=int(params["steps"]), lr=float(params["lr"]),
-        threshold=float(params["threshold"]), optimizer=search.rsft.optimizer, prompt_format=settings.prompt_format,
-        seed=search.seed, lr_schedule=str(params["lr_schedule"]), warmup_ratio=float(params["warmup_ratio"]),
-    )
+    return RSFTConfig.from_setting(params, search, settings.prompt_format)
 
 
-def trial_rsft(settings: EvalSettings, search: SearchConfig, params: dict, out: str, device: str,
-          allow_pickle: bool = False) -> dict:
+def trial_rsft(settings: EvalSettings, search: SearchConfig, params: dict, out: str, device: str) -> dict:
     """R-SFT of this trial's parameters into `out` (`rsft_to_folder`); its summary for Tune."""
     s = settings
     return rsft_to_folder(out, model=s.model, edits=s.edits, config=rsft_config(params, search, s), device=device,
-                          dtype=s.dtype, trust_remote_code=s.trust_remote_code, allow_pickle=allow_pickle,
+                          dtype=s.dtype, trust_remote_code=s.trust_remote_code, allow_pickle=s.allow_pickle,
                           limit=s.limit, skip_invalid=s.skip_invalid, data_format=s.data_format).summary()
 
 
@@ -73,8 +68,7 @@ def _train_loop(cfg: dict) -> None:
         ray.train.report(summary, checkpoint=previous)
         return
     out = tempfile.mkdtemp(prefix="mm4ke-delta-")
-    summary = trial_rsft(cfg["settings"], cfg["search"], cfg["params"], out, str(ray.train.torch.get_device()),
-                    cfg.get("allow_pickle", False))
+    summary = trial_rsft(cfg["settings"], cfg["search"], cfg["params"], out, str(ray.train.torch.get_device()))
     checkpoint = None
     if summary["status"] == "ok":
         (Path(out) / SUMMARY_FILE).write_text(json.dumps(summary))
@@ -90,7 +84,7 @@ def _rsft_via_train(ctx: TrialContext, params: dict, trial_id: str) -> tuple[dic
         _train_loop,
         backend_config=BackendConfig(),
         train_loop_config={"settings": ctx.settings, "search": ctx.search, "params": params,
-                           "allow_pickle": ctx.allow_pickle, "placement_key": placement_key},
+                           "placement_key": placement_key},
         scaling_config=ScalingConfig(num_workers=1, use_gpu=ctx.rsft_gpus > 0,
                                      resources_per_worker={"CPU": ctx.rsft_cpus, "GPU": ctx.rsft_gpus}),
         run_config=RunConfig(storage_path=ctx.storage_path, name=trial_id,
@@ -109,9 +103,9 @@ def _rsft_via_train(ctx: TrialContext, params: dict, trial_id: str) -> tuple[dic
 
 
 @ray.remote
-def _rsft_task(settings, search, params, allow_pickle: bool = False) -> tuple[dict, dict]:
+def _rsft_task(settings, search, params) -> tuple[dict, dict]:
     out = tempfile.mkdtemp(prefix="mm4ke-delta-")
-    summary = trial_rsft(settings, search, params, out, "cuda" if torch.cuda.is_available() else "cpu", allow_pickle)
+    summary = trial_rsft(settings, search, params, out, "cuda" if torch.cuda.is_available() else "cpu")
     files = {p.name: p.read_bytes() for p in Path(out).iterdir()} if summary["status"] == "ok" else {}
     return summary, files
 
@@ -119,7 +113,7 @@ def _rsft_task(settings, search, params, allow_pickle: bool = False) -> tuple[di
 def _rsft_via_task(ctx: TrialContext, params: dict) -> tuple[dict, str | None]:
     # "DEFAULT": outside the trial's placement group, which holds only the trial's CPU-free reservation.
     task = _rsft_task.options(num_cpus=ctx.rsft_cpus, num_gpus=ctx.rsft_gpus, scheduling_strategy="DEFAULT")
-    summary, files = ray.get(task.remote(ctx.settings, ctx.search, params, ctx.allow_pickle))
+    summary, files = ray.get(task.remote(ctx.settings, ctx.search, params))
     if not files:
         return summary, None
     local = tempfile.mkdtemp(prefix="mm4ke-delta-")

@@ -20,7 +20,6 @@ class TrialContext:
     rsft_gpus: float
     storage_path: str
     actors: tuple
-    allow_pickle: bool = False  # model.allow_pickle: load pickle checkpoints too
     system_metrics_s: float | None = None  # tracking.system_metrics: sample every this many seconds; None: off
     fidelity_error_rate: float = 0.05  # evaluation.fidelity.error_rate (rungs and factor are in `settings`)
     rungs_path: str | None = None  # folder of the trials' rung records (rung_store.py); None: not kept

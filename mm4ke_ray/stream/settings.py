@@ -47,12 +47,7 @@ def round_settings(config: SweepConfig, n_rounds: int) -> list[RoundSettings]:
     check_stream_settings(config)
     per_round = dict(config.stream.per_round) if config.stream is not None else {}
     fixed = {k: p.choices[0] for k, p in config.search.space if p.fixed}
-    rsft = RSFTConfig(
-        layer=int(fixed["layer"]), epochs=int(fixed["epochs"]), steps=int(fixed["steps"]), lr=float(fixed["lr"]),
-        threshold=float(fixed["threshold"]), optimizer=config.search.rsft.optimizer,
-        prompt_format=config.data.prompt_format, seed=config.search.seed, lr_schedule=str(fixed["lr_schedule"]),
-        warmup_ratio=float(fixed["warmup_ratio"]),
-    )
+    rsft = RSFTConfig.from_setting(fixed, config.search, config.data.prompt_format)
     out = []
     for t in range(n_rounds):
         merge = {k: float(per_round[k][t]) if k in per_round else float(fixed[k]) for k in ("alpha", "sparsity")}
