@@ -28,16 +28,6 @@ from mm4ke_ray.evaluate import (
 )
 from mm4ke_ray.modeling import decoder_layers, encode_example
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny models on a shared 2-core machine run several times faster on one thread.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 # -- a Qwen2 whose next-token argmax is a lookup table (tests/hand_models.py) -------------------
 
 

@@ -18,14 +18,6 @@ from mm4ke_ray.rsft import RSFTConfig, run_rsft
 PROMPT, ANSWER = "Which river flows through the old town", "the green river"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def tok():
     # Qwen-like: the turn ends with a special token and a newline, then the next turn may follow.
