@@ -54,8 +54,8 @@ def evaluated(tmp_path_factory, tiny_model_dir):
     """The sweep's config, its two R-SFT deltas and every candidate's real metrics (computed once)."""
     from mm4ke_ray.config import validate_config
     from mm4ke_ray.evaluate.candidate import CandidateEvaluator, eval_settings
-    from mm4ke_ray.search.space import merge_candidates
     from mm4ke_ray.search.rsft_runner import trial_rsft as run_rsft_to_dir
+    from mm4ke_ray.search.space import merge_candidates
 
     tmp = tmp_path_factory.mktemp("evaluated")
     config = validate_config(

@@ -47,8 +47,8 @@ def sweep(tmp_path_factory, tiny_model_dir) -> str:
     from mm4ke_ray.config import validate_config
     from mm4ke_ray.delta import load_delta
     from mm4ke_ray.evaluate.candidate import CandidateEvaluator, eval_settings
-    from mm4ke_ray.search.space import merge_candidates
     from mm4ke_ray.search.rsft_runner import trial_rsft
+    from mm4ke_ray.search.space import merge_candidates
 
     tmp = tmp_path_factory.mktemp("quiet_commands")
     task = general_task(tmp / "tasks", docs=8)
