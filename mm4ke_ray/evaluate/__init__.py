@@ -12,8 +12,8 @@ from __future__ import annotations
 from mm4ke_ray.lazy import lazy_exports
 
 __all__, __getattr__, __dir__ = lazy_exports(__name__, {
-    "edit_metrics": ("EditEvaluator", "EditMetrics", "LocalityReference", "METRICS", "kind_means",
-                     "record_score"),
+    "edit_metrics": ("EditEvaluator", "EditMetrics", "LocalityReference", "METRICS"),
+    "metric_rows": ("kind_means", "record_score"),
     "generation": ("GenerationEvaluator", "GenerationMetrics", "GenerationReference", "answer_matches",
                    "greedy_generate", "normalize_answer"),
     "stop_rules": ("stop_token_ids", "cut_answer", "stop_index"),
