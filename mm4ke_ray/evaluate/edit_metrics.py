@@ -114,6 +114,14 @@ def encode_item(tokenizer, record: EditRecord, index: int, prompt: str, answer: 
         raise UserError(f"{source}: field '{where}': {exc}; fix or drop the record (skip_invalid)") from exc
 
 
+def check_evaluator_inputs(records: Sequence[EditRecord], batch_size: int) -> None:
+    """UserError unless there are records to evaluate and batches hold at least one."""
+    if not records:
+        raise UserError("no edit records to evaluate: the data set is empty (check the file and --limit)")
+    if batch_size < 1:
+        raise UserError(f"batch_size must be at least 1, got {batch_size}")
+
+
 class EditEvaluator:
     """Scores models on a fixed list of edit records; build once, call `evaluate` per model."""
 
@@ -130,12 +138,7 @@ class EditEvaluator:
         """`prefix_cache` keeps up to `prefix_cache_bytes` of hidden states (see the module doc).
         `record_ids`: each record's index in the whole edit set (default 0..n-1), which seeds its
         fluency sample, so a record samples the same text in every subset it is scored in."""
-        if not records:
-            raise UserError(
-                "no edit records to evaluate: the data set is empty (check the file and --limit)"
-            )
-        if batch_size < 1:
-            raise UserError(f"batch_size must be at least 1, got {batch_size}")
+        check_evaluator_inputs(records, batch_size)
         self.tokenizer = tokenizer
         self.records = list(records)
         self.record_ids = list(range(len(self.records)) if record_ids is None else record_ids)

@@ -52,7 +52,7 @@ from mm4ke_ray.data.records import EditRecord
 from mm4ke_ray.errors import UserError
 from mm4ke_ray.evaluate.accuracy import model_device
 from mm4ke_ray.evaluate.definitions import DEFAULT_MAX_NEW_TOKENS
-from mm4ke_ray.evaluate.edit_metrics import encode_item, record_items
+from mm4ke_ray.evaluate.edit_metrics import check_evaluator_inputs, encode_item, record_items
 from mm4ke_ray.evaluate.fluency import cache_kwarg
 from mm4ke_ray.evaluate.metric_rows import ITEM_METRICS, RowMetrics, empty_row, score_rows
 from mm4ke_ray.evaluate.stop_rules import STOP_RULES, StopRule, TextStop, cut_answer, stop_token_ids
@@ -259,12 +259,7 @@ class GenerationEvaluator:
     ):
         """Every item may generate `max_new_tokens` (cut at its stop); with `extra_new_tokens`
         (the pre-WILD bound) at most its answer's token count + that."""
-        if not records:
-            raise UserError(
-                "no edit records to evaluate: the data set is empty (check the file and --limit)"
-            )
-        if batch_size < 1:
-            raise UserError(f"batch_size must be at least 1, got {batch_size}")
+        check_evaluator_inputs(records, batch_size)
         if match not in MATCH_MODES:
             raise UserError(f"match must be one of {', '.join(MATCH_MODES)}, got {match!r}")
         if stop not in STOP_RULES:
