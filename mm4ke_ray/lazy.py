@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 
 
-def lazy_exports(package: str, exports: dict[str, str]) -> tuple[Callable, Callable]:
-    """(`__getattr__`, `__dir__`) for `package`: name → the submodule that defines it, imported
-    when the name is first read."""
+def lazy_exports(
+    package: str, modules: Mapping[str, Iterable[str]], eager: Iterable[str] = ()
+) -> tuple[list[str], Callable, Callable]:
+    """(`__all__`, `__getattr__`, `__dir__`) for `package`, from {submodule: the names it defines}:
+    each name is imported from its submodule when it is first read. `eager` names are defined in
+    the package itself and only join `__all__`."""
+    exports = {name: module for module, names in modules.items() for name in names}
 
     def __getattr__(name: str):
         if name in exports:
@@ -18,4 +22,4 @@ def lazy_exports(package: str, exports: dict[str, str]) -> tuple[Callable, Calla
     def __dir__() -> list[str]:
         return sorted([*vars(importlib.import_module(package)), *exports])
 
-    return __getattr__, __dir__
+    return sorted([*exports, *eager]), __getattr__, __dir__

@@ -9,7 +9,7 @@ from mm4ke_ray.device import resolve_device
 from mm4ke_ray.storage import check_out_dir
 
 __all__ = ["add_model_arguments", "add_out_dir_arguments", "add_sweep_source_arguments", "check_out_dir",
-           "resolve_device", "seed"]
+           "model_options", "resolve_device", "seed"]
 
 
 def seed(text: str) -> int:
@@ -53,6 +53,12 @@ def add_model_arguments(parser: argparse.ArgumentParser, use: str) -> None:
         action="store_true",
         help="run the model repository's own code (off by default; only for code you trust)",
     )
+
+
+def model_options(args: argparse.Namespace) -> dict:
+    """`add_model_arguments`' values as model loaders take them (dtype, device, trust_remote_code),
+    the device resolved: an unusable --device fails here, before anything is loaded."""
+    return {"dtype": args.dtype, "device": resolve_device(args.device), "trust_remote_code": args.trust_remote_code}
 
 
 def add_out_dir_arguments(parser: argparse.ArgumentParser) -> None:

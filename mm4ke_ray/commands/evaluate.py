@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from mm4ke_ray.commands._common import add_model_arguments, resolve_device, seed
+from mm4ke_ray.commands._common import add_model_arguments, model_options, seed
 from mm4ke_ray.commands.sweep import add_verbose_argument
 from mm4ke_ray.errors import UserError
 from mm4ke_ray.evaluate.definitions import AGGREGATION, DEFAULT_MAX_NEW_TOKENS, EDIT_DEFINITIONS
@@ -130,7 +130,7 @@ def run(args: argparse.Namespace) -> int:
     # 'demo' names the demo's built assets, as in a sweep config (issue 26 §4)
     args.model, args.base = (resolve_demo_argument(m, "model") for m in (args.model, args.base))
     args.data = resolve_demo_argument(args.data, "data")
-    device = resolve_device(args.device)
+    load = model_options(args)
     dataset = load_edit_records(
         args.data, limit=args.limit, skip_invalid=args.skip_invalid, fmt=args.data_format
     )
@@ -154,7 +154,6 @@ def run(args: argparse.Namespace) -> int:
             max_new_tokens=args.max_new_tokens,
             extra_new_tokens=args.extra_new_tokens,
         )
-    load = dict(dtype=args.dtype, device=device, trust_remote_code=args.trust_remote_code)
 
     notes, reference, gen_reference = [], None, None
     if args.base:

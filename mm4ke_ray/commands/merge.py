@@ -10,7 +10,7 @@ from mm4ke_ray.commands._common import (
     add_model_arguments,
     add_out_dir_arguments,
     check_out_dir,
-    resolve_device,
+    model_options,
     seed,
 )
 from mm4ke_ray.config import MergeConfig
@@ -100,33 +100,14 @@ def run(args: argparse.Namespace) -> int:
 def _write(args: argparse.Namespace, stage: Path) -> dict:
     """Write the merge into `stage`: tensor by tensor for a delta (no model built), by building
     both models for --sft (its delta is every tensor that differs)."""
+    # What both ways share: the merge recipe and how the models load.
+    merge = dict(alpha=args.alpha, sparsity=args.sparsity, method=args.method, seed=args.seed, **model_options(args))
     if args.sft is None:
         from mm4ke_ray.export.streamed import write_merged
 
-        return write_merged(
-            args.base,
-            stage,
-            delta_dir=args.delta,
-            alpha=args.alpha,
-            sparsity=args.sparsity,
-            method=args.method,
-            seed=args.seed,
-            dtype=args.dtype,
-            device=resolve_device(args.device),
-            trust_remote_code=args.trust_remote_code,
-        ).info
+        return write_merged(args.base, stage, delta_dir=args.delta, **merge).info
     from mm4ke_ray.merge.build import build_merged, save_merged
 
-    result = build_merged(
-        args.base,
-        sft=args.sft,
-        alpha=args.alpha,
-        sparsity=args.sparsity,
-        method=args.method,
-        seed=args.seed,
-        dtype=args.dtype,
-        device=resolve_device(args.device),
-        trust_remote_code=args.trust_remote_code,
-    )
+    result = build_merged(args.base, sft=args.sft, **merge)
     save_merged(result.model, args.base, stage, result.info)
     return result.info

@@ -13,7 +13,7 @@ from mm4ke_ray.commands._common import (
     add_model_arguments,
     add_out_dir_arguments,
     check_out_dir,
-    resolve_device,
+    model_options,
     seed,
 )
 from mm4ke_ray.errors import ConfigError
@@ -127,7 +127,7 @@ def run(args: argparse.Namespace) -> int:
     config = _config(args)
     out = Path(args.out)
     check_out_dir(out, args.force)
-    device = resolve_device(args.device)
+    load = model_options(args)
     bar, update = None, None
 
     def progress_bar(total: int):
@@ -135,9 +135,9 @@ def run(args: argparse.Namespace) -> int:
         bar, update = _progress_bar(total, args.quiet)
         return bar
 
-    done = rsft_to_folder(out, model=args.model, edits=args.data, config=config, device=device, dtype=args.dtype,
-                          trust_remote_code=args.trust_remote_code, limit=args.limit, skip_invalid=args.skip_invalid,
-                          progress=lambda entry: update(entry) if update else None, before_training=progress_bar)
+    done = rsft_to_folder(out, model=args.model, edits=args.data, config=config, **load, limit=args.limit,
+                          skip_invalid=args.skip_invalid, before_training=progress_bar,
+                          progress=lambda entry: update(entry) if update else None)
     if done.result is None:
         print(f"mm4ke-ray rsft: {done.reason}; nothing was written", file=sys.stderr)
         return 1

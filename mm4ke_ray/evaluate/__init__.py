@@ -11,31 +11,12 @@ from __future__ import annotations
 
 from mm4ke_ray.lazy import lazy_exports
 
-_EXPORTS = {
-    "EditEvaluator": "edit_metrics",
-    "EditMetrics": "edit_metrics",
-    "LocalityReference": "edit_metrics",
-    "METRICS": "edit_metrics",
-    "kind_means": "edit_metrics",
-    "GenerationEvaluator": "generation",
-    "GenerationMetrics": "generation",
-    "GenerationReference": "generation",
-    "answer_matches": "generation",
-    "greedy_generate": "generation",
-    "normalize_answer": "generation",
-    "stop_token_ids": "stop_rules",
-    "cut_answer": "stop_rules",
-    "stop_index": "stop_rules",
-    "record_score": "edit_metrics",
-    "PaddedBatch": "accuracy",
-    "build_batches": "accuracy",
-    "predict_answer_tokens": "accuracy",
-    "token_accuracy": "accuracy",
-    "generate_for_fluency": "fluency",
-    "ngram_entropy": "fluency",
-    "word_tokens": "fluency",
-}
-
-__all__ = sorted(_EXPORTS)
-
-__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
+__all__, __getattr__, __dir__ = lazy_exports(__name__, {
+    "edit_metrics": ("EditEvaluator", "EditMetrics", "LocalityReference", "METRICS"),
+    "metric_rows": ("kind_means", "record_score"),
+    "generation": ("GenerationEvaluator", "GenerationMetrics", "GenerationReference", "answer_matches",
+                   "greedy_generate", "normalize_answer"),
+    "stop_rules": ("stop_token_ids", "cut_answer", "stop_index"),
+    "accuracy": ("PaddedBatch", "build_batches", "predict_answer_tokens", "token_accuracy"),
+    "fluency": ("generate_for_fluency", "ngram_entropy", "word_tokens"),
+})

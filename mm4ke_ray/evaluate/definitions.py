@@ -8,7 +8,7 @@ of different definitions then never compare silently (`--warm-start` names the f
 from __future__ import annotations
 
 # Portability and locality (both families): per record the mean of its per-kind means, then the
-# mean over records, as KnowEdit's runner computes them (`edit_metrics.record_score`).
+# mean over records, as KnowEdit's runner computes them (`metric_rows.record_score`).
 AGGREGATION = "record: mean of its per-kind means; overall: mean over records (KnowEdit)"
 
 # 1: items pooled per record; generation cut at the target's tokens + 4; chat fluency ran past

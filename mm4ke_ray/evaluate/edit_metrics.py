@@ -8,17 +8,18 @@ Per record (all teacher-forced token accuracies, see `accuracy.py`):
 - Locality        mean over its locality items of the fraction of answer positions where the
                   model's argmax equals the *base* model's argmax ("unchanged", not "correct")
 - Fluency         n-gram entropy of a top-k sampled generation from the prompt (x 100)
-A record's portability and locality are the mean of its per-kind means (`record_score`: each kind's
-items averaged first, so a kind with many items weighs as much as one with few), as KnowEdit's
-runner computes them (issue 23: pooling every item instead moved WikiData_recent by 2.7 points of
-portability and 4.1 of locality). Each metric is then the mean over the records that have it (records
-without rephrases, portability or locality items are left out of that metric), in percent
-(fluency x 100). `definitions.AGGREGATION` states this rule; runs record it.
+A record's portability and locality are the mean of its per-kind means (`metric_rows.record_score`:
+each kind's items averaged first, so a kind with many items weighs as much as one with few), as
+KnowEdit's runner computes them (issue 23: pooling every item instead moved WikiData_recent by 2.7
+points of portability and 4.1 of locality). Each metric is then the mean over the records that have
+it (records without rephrases, portability or locality items are left out of that metric), in
+percent (fluency x 100). `definitions.AGGREGATION` states this rule; runs record it.
 
-Per-kind means (`kind_means`, EasyEdit's summary): for each portability/locality kind of the data
-(Reasoning, Subject_Aliasing, Logical_Generalization, Relation_Specificity, Forgetfulness, ...),
-per record the mean over its items of that kind, then the mean over the records that have the
-kind; flat names `portability.<kind>` / `locality.<kind>` in `EditMetrics.by_kind`.
+Per-kind means (`metric_rows.kind_means`, EasyEdit's summary): for each portability/locality kind
+of the data (Reasoning, Subject_Aliasing, Logical_Generalization, Relation_Specificity,
+Forgetfulness, ...), per record the mean over its items of that kind, then the mean over the
+records that have the kind; flat names `portability.<kind>` / `locality.<kind>` in
+`EditMetrics.by_kind`.
 
 All prompts are encoded and padded once, in `__init__`; `evaluate` only runs forward passes.
 Every forward pass goes through `EditEvaluator._predict(model, batch)`.
@@ -35,6 +36,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import torch
 
@@ -48,11 +50,12 @@ from mm4ke_ray.evaluate.accuracy import (
     predict_answer_tokens,
 )
 from mm4ke_ray.evaluate.fluency import generate_for_fluency, ngram_entropy
+from mm4ke_ray.evaluate.metric_rows import ITEM_METRICS, RowMetrics, empty_row, score_rows
 from mm4ke_ray.modeling import EncodedExample, encode_example
 from mm4ke_ray.modeling.encoding import PromptFormat
 from mm4ke_ray.modeling.modes import eval_mode
 
-METRICS = ("edit_succ", "generalization", "portability", "locality", "fluency")
+METRICS = (*ITEM_METRICS, "fluency")
 
 
 @dataclass(frozen=True)
@@ -75,8 +78,10 @@ class LocalityReference:
 
 
 @dataclass
-class EditMetrics:
+class EditMetrics(RowMetrics):
     """Edit metrics in percent (fluency: n-gram entropy x 100); None where not applicable."""
+
+    NAMES: ClassVar[tuple[str, ...]] = METRICS
 
     edit_succ: float | None
     generalization: float | None
@@ -85,57 +90,6 @@ class EditMetrics:
     fluency: float | None
     per_record: list[dict] = field(default_factory=list)
     by_kind: dict[str, float] = field(default_factory=dict)  # "portability.Reasoning": mean, ...
-
-    def as_dict(self) -> dict[str, float | None]:
-        """The five aggregate metrics only, keyed by their names."""
-        return {name: getattr(self, name) for name in METRICS}
-
-    def flat(self) -> dict[str, float | None]:
-        """The five aggregates and the per-kind means under flat names (e.g. portability.Reasoning)."""
-        return {**self.as_dict(), **self.by_kind}
-
-    @classmethod
-    def from_rows(cls, rows: list[dict]) -> EditMetrics:
-        """The metrics of per-record rows (`per_record`): each metric's mean over the records that
-        have it, and the per-kind means; rows of two subsets joined give the union's metrics."""
-        totals = {m: _mean([row[m] for row in rows if row[m] is not None]) for m in METRICS}
-        return cls(**totals, per_record=rows, by_kind=kind_means(rows))
-
-
-def _mean(values: Sequence[float]) -> float | None:
-    return sum(values) / len(values) if values else None
-
-
-def record_score(items: Sequence[dict]) -> float | None:
-    """One record's score of a metric: the mean over kinds of each kind's mean item score.
-
-    `items` = [{"kind", "score"}, ...]; items without a kind form one group of their own (edit
-    success and generalization have only those, so theirs is the plain mean). None when empty.
-    """
-    by_kind: dict[str, list[float]] = {}
-    for item in items:
-        by_kind.setdefault(item["kind"], []).append(item["score"])
-    return _mean([sum(v) / len(v) for v in by_kind.values()])
-
-
-def kind_means(rows: Sequence[dict], metrics: Sequence[str] = ("portability", "locality")) -> dict[str, float]:
-    """Per-kind means of per-record rows (`row["items"][metric]` = [{"kind", "score"}, ...]).
-
-    Per record the mean of its items of a kind, then the mean over the records with that kind;
-    keys `metric.kind`, kinds in order of first appearance; items without a kind are left out.
-    """
-    out: dict[str, float] = {}
-    for metric in metrics:
-        per_kind: dict[str, list[float]] = {}
-        for row in rows:
-            by_kind: dict[str, list[float]] = {}
-            for item in row["items"][metric]:
-                if item["kind"]:
-                    by_kind.setdefault(item["kind"], []).append(item["score"])
-            for kind, scores in by_kind.items():
-                per_kind.setdefault(kind, []).append(sum(scores) / len(scores))
-        out.update({f"{metric}.{kind}": sum(v) / len(v) for kind, v in per_kind.items()})
-    return out
 
 
 def record_items(record: EditRecord, metric: str):
@@ -160,6 +114,14 @@ def encode_item(tokenizer, record: EditRecord, index: int, prompt: str, answer: 
         raise UserError(f"{source}: field '{where}': {exc}; fix or drop the record (skip_invalid)") from exc
 
 
+def check_evaluator_inputs(records: Sequence[EditRecord], batch_size: int) -> None:
+    """UserError unless there are records to evaluate and batches hold at least one."""
+    if not records:
+        raise UserError("no edit records to evaluate: the data set is empty (check the file and --limit)")
+    if batch_size < 1:
+        raise UserError(f"batch_size must be at least 1, got {batch_size}")
+
+
 class EditEvaluator:
     """Scores models on a fixed list of edit records; build once, call `evaluate` per model."""
 
@@ -176,12 +138,7 @@ class EditEvaluator:
         """`prefix_cache` keeps up to `prefix_cache_bytes` of hidden states (see the module doc).
         `record_ids`: each record's index in the whole edit set (default 0..n-1), which seeds its
         fluency sample, so a record samples the same text in every subset it is scored in."""
-        if not records:
-            raise UserError(
-                "no edit records to evaluate: the data set is empty (check the file and --limit)"
-            )
-        if batch_size < 1:
-            raise UserError(f"batch_size must be at least 1, got {batch_size}")
+        check_evaluator_inputs(records, batch_size)
         self.tokenizer = tokenizer
         self.records = list(records)
         self.record_ids = list(range(len(self.records)) if record_ids is None else record_ids)
@@ -295,7 +252,7 @@ class EditEvaluator:
     def _evaluate(self, model, reference, fluency: bool, fluency_seed: int) -> EditMetrics:
         acc_hits = self._predictions(model, "accuracy", len(self._acc_labels)) == self._acc_labels
         acc = self._per_probe(acc_hits, self._acc_probes)
-        rows = [self._empty_row(i, r) for i, r in enumerate(self.records)]
+        rows = [empty_row(i, r, METRICS) for i, r in enumerate(self.records)]
         for probe, value in zip(self._acc_probes, acc, strict=True):
             rows[probe.record]["items"][probe.metric].append(
                 {"kind": probe.kind, "score": 100.0 * value}
@@ -308,9 +265,7 @@ class EditEvaluator:
                 rows[probe.record]["items"]["locality"].append(
                     {"kind": probe.kind, "score": 100.0 * value}
                 )
-        for row in rows:
-            for metric in ("edit_succ", "generalization", "portability", "locality"):
-                row[metric] = record_score(row["items"][metric])
+        score_rows(rows)
         if fluency:
             for i, (row, record) in enumerate(zip(rows, self.records, strict=True)):
                 text = generate_for_fluency(
@@ -322,17 +277,6 @@ class EditEvaluator:
                 )
                 row["fluency"], row["fluency_text"] = 100.0 * ngram_entropy(text), text
         return EditMetrics.from_rows(rows)
-
-    def _empty_row(self, index: int, record: EditRecord) -> dict:
-        items = {m: [] for m in ("edit_succ", "generalization", "portability", "locality")}
-        return {
-            "index": index,
-            "source": record.source,
-            "prompt": record.prompt,
-            "target_new": record.target_new,
-            "items": items,
-            **{m: None for m in METRICS},
-        }
 
     def _check_reference(self, reference: LocalityReference) -> None:
         if (

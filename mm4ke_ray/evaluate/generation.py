@@ -30,11 +30,11 @@ Hit (`answer_matches`), on those word lists, `match`:
 
 Metrics, per item 100 for a hit and 0 otherwise, then as the teacher-forced ones (per record the
 mean of its per-kind means, then the mean over the records that have the metric;
-`edit_metrics.record_score`): Edit Succ. (prompt -> target_new), Generalization (rephrases ->
+`metric_rows.record_score`): Edit Succ. (prompt -> target_new), Generalization (rephrases ->
 target_new), Portability (item prompt -> item answer). Locality: 100 when the edited model's
 normalised answer to the locality prompt equals the base model's (`base_generations`, generated
 and normalised alike), else 0 ("unchanged", not "correct"; the base against itself scores 100).
-Per-kind means of portability and locality as in `edit_metrics.kind_means`. Every per-record row
+Per-kind means of portability and locality as in `metric_rows.kind_means`. Every per-record row
 names its `match` and `stop`; `GenerationEvaluator.rules()` is what a run records.
 """
 
@@ -44,7 +44,7 @@ import hashlib
 import unicodedata
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 
@@ -52,15 +52,16 @@ from mm4ke_ray.data.records import EditRecord
 from mm4ke_ray.errors import UserError
 from mm4ke_ray.evaluate.accuracy import model_device
 from mm4ke_ray.evaluate.definitions import DEFAULT_MAX_NEW_TOKENS
-from mm4ke_ray.evaluate.edit_metrics import encode_item, kind_means, record_items, record_score
+from mm4ke_ray.evaluate.edit_metrics import check_evaluator_inputs, encode_item, record_items
 from mm4ke_ray.evaluate.fluency import cache_kwarg
+from mm4ke_ray.evaluate.metric_rows import ITEM_METRICS, RowMetrics, empty_row, score_rows
 from mm4ke_ray.evaluate.stop_rules import STOP_RULES, StopRule, TextStop, cut_answer, stop_token_ids
 from mm4ke_ray.modeling.encoding import PromptFormat
 from mm4ke_ray.modeling.modes import eval_mode
 
 MatchMode = Literal["starts_with", "equals", "contains"]
 MATCH_MODES: tuple[str, ...] = ("starts_with", "equals", "contains")
-GENERATION_METRICS = ("edit_succ", "generalization", "portability", "locality")
+GENERATION_METRICS = ITEM_METRICS  # no fluency here
 _ARTICLES = frozenset({"a", "an", "the"})
 
 # -- normalisation and matching -------------------------------------------------------------------
@@ -229,8 +230,10 @@ class GenerationReference:
 
 
 @dataclass
-class GenerationMetrics:
+class GenerationMetrics(RowMetrics):
     """Generation-based edit metrics in percent; None where not applicable."""
+
+    NAMES: ClassVar[tuple[str, ...]] = GENERATION_METRICS
 
     edit_succ: float | None
     generalization: float | None
@@ -238,23 +241,6 @@ class GenerationMetrics:
     locality: float | None
     by_kind: dict[str, float] = field(default_factory=dict)  # "portability.Reasoning": mean, ...
     per_record: list[dict] = field(default_factory=list)
-
-    def as_dict(self) -> dict[str, float | None]:
-        """The four aggregate metrics only, keyed by their names."""
-        return {name: getattr(self, name) for name in GENERATION_METRICS}
-
-    def flat(self) -> dict[str, float | None]:
-        """The four aggregates and the per-kind means under flat names (e.g. locality.Forgetfulness)."""
-        return {**self.as_dict(), **self.by_kind}
-
-    @classmethod
-    def from_rows(cls, rows: list[dict]) -> GenerationMetrics:
-        """The metrics of per-record rows (`per_record`), as `evaluate` computes them."""
-        totals = {}
-        for metric in GENERATION_METRICS:
-            values = [row[metric] for row in rows if row[metric] is not None]
-            totals[metric] = sum(values) / len(values) if values else None
-        return cls(**totals, by_kind=kind_means(rows), per_record=rows)
 
 
 class GenerationEvaluator:
@@ -273,12 +259,7 @@ class GenerationEvaluator:
     ):
         """Every item may generate `max_new_tokens` (cut at its stop); with `extra_new_tokens`
         (the pre-WILD bound) at most its answer's token count + that."""
-        if not records:
-            raise UserError(
-                "no edit records to evaluate: the data set is empty (check the file and --limit)"
-            )
-        if batch_size < 1:
-            raise UserError(f"batch_size must be at least 1, got {batch_size}")
+        check_evaluator_inputs(records, batch_size)
         if match not in MATCH_MODES:
             raise UserError(f"match must be one of {', '.join(MATCH_MODES)}, got {match!r}")
         if stop not in STOP_RULES:
@@ -348,7 +329,10 @@ class GenerationEvaluator:
             )
         answers = self.generate(model, items)
         base = dict(zip(map(id, self._loc), reference.answers, strict=True)) if reference else {}
-        rows = [self._empty_row(i, r) for i, r in enumerate(self.records)]
+        rows = [
+            empty_row(i, r, GENERATION_METRICS, match=self.match, stop=self.stop)
+            for i, r in enumerate(self.records)
+        ]
         for it, answer in zip(items, answers, strict=True):
             entry = {"kind": it.kind, "prompt": it.prompt, "target": it.target, "generated": answer}
             if it.metric == "locality":
@@ -358,19 +342,5 @@ class GenerationEvaluator:
                 hit = answer_matches(answer, it.target, self.match)
             entry["score"] = 100.0 if hit else 0.0
             rows[it.record]["items"][it.metric].append(entry)
-        for row in rows:
-            for metric in GENERATION_METRICS:
-                row[metric] = record_score(row["items"][metric])
+        score_rows(rows)
         return GenerationMetrics.from_rows(rows)
-
-    def _empty_row(self, index: int, record: EditRecord) -> dict:
-        return {
-            "index": index,
-            "source": record.source,
-            "prompt": record.prompt,
-            "target_new": record.target_new,
-            "match": self.match,
-            "stop": self.stop,
-            "items": {m: [] for m in GENERATION_METRICS},
-            **{m: None for m in GENERATION_METRICS},
-        }

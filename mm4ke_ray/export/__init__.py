@@ -18,17 +18,8 @@ from mm4ke_ray.lazy import lazy_exports
 # Each re-evaluated metric must be within this of the recorded one (absolute, metric's unit).
 DEFAULT_TOLERANCE = 1e-6
 
-_EXPORTS = {
-    "CHECKSUM_FILE": "verify",
-    "ExportVerificationError": "verify",
-    "verify_checksums": "verify",
-    "ExportPlan": "plan",
-    "plan_export": "plan",
-    "FAILED_FILE": "writer",
-    "ExportResult": "writer",
-    "export_candidate": "writer",
-}
-
-__all__ = sorted([*_EXPORTS, "DEFAULT_TOLERANCE"])
-
-__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
+__all__, __getattr__, __dir__ = lazy_exports(__name__, {
+    "verify": ("CHECKSUM_FILE", "ExportVerificationError", "verify_checksums"),
+    "plan": ("ExportPlan", "plan_export"),
+    "writer": ("FAILED_FILE", "ExportResult", "export_candidate"),
+}, eager=["DEFAULT_TOLERANCE"])

@@ -245,16 +245,10 @@ def restore_(model: nn.Module, snapshot: Snapshot) -> None:
 
 
 @contextmanager
-def merged_in_place(
-    model: nn.Module,
-    delta: Mapping[str, torch.Tensor],
-    alpha: float,
-    sparsity: float,
-    method: str = DEFAULT_SPARSIFIER,
-    seed: int = 0,
-) -> Iterator[nn.Module]:
-    """`with merged_in_place(model, delta, α, s): evaluate(model)` — restored on exit, even on error."""
-    snapshot = apply_delta_(model, delta, alpha, sparsity, method, seed)
+def merged_in_place(model: nn.Module, *merge, **options) -> Iterator[nn.Module]:
+    """`with merged_in_place(model, delta, α, s): evaluate(model)` — `apply_delta_` with the same
+    arguments, restored on exit, even on error."""
+    snapshot = apply_delta_(model, *merge, **options)
     try:
         yield model
     finally:

@@ -7,20 +7,10 @@ the planner) can import `modeling.gguf` or `modeling.tokenizer_check` without to
 
 from mm4ke_ray.lazy import lazy_exports
 
-_EXPORTS = {
-    "EncodedExample": "encoding",
-    "encode_example": "encoding",
-    "format_prompt": "encoding",
-    "decoder_layers": "layers",
-    "mlp_parameter_names": "layers",
-    "mlp_prefix": "layers",
-    "load_model": "loading",
-    "load_tokenizer": "loading",
-    "capture_prefix": "prefix_cache",
-    "skip_prefix": "prefix_cache",
-    "check_auto_tokenizer": "tokenizer_check",
-}
-
-__all__ = sorted(_EXPORTS)
-
-__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
+__all__, __getattr__, __dir__ = lazy_exports(__name__, {
+    "encoding": ("EncodedExample", "encode_example", "format_prompt"),
+    "layers": ("decoder_layers", "mlp_parameter_names", "mlp_prefix"),
+    "loading": ("load_model", "load_tokenizer"),
+    "prefix_cache": ("capture_prefix", "skip_prefix"),
+    "tokenizer_check": ("check_auto_tokenizer",),
+})

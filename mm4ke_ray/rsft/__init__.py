@@ -10,16 +10,8 @@ from __future__ import annotations
 
 from mm4ke_ray.lazy import lazy_exports
 
-_EXPORTS = {
-    "RSFTConfig": "config",
-    "LOSS_DEFINITION": "trainer",
-    "DivergedError": "trainer",
-    "RSFTResult": "trainer",
-    "run_rsft": "trainer",
-    "RSFTRun": "run",
-    "rsft_to_folder": "run",
-}
-
-__all__ = sorted(_EXPORTS)
-
-__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
+__all__, __getattr__, __dir__ = lazy_exports(__name__, {
+    "config": ("RSFTConfig",),
+    "trainer": ("LOSS_DEFINITION", "DivergedError", "RSFTResult", "run_rsft"),
+    "run": ("RSFTRun", "rsft_to_folder"),
+})
