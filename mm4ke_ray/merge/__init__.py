@@ -3,7 +3,7 @@
 - `sparsify`: per-tensor sparsifiers (`magnitude` = the paper's Top_p, `dare`).
 - `methods`: the sparsifiers by name (`SPARSIFIERS` in a generic `Registry`, `get_sparsifier`).
 - `apply`: `prepare_delta`, in-place `apply_delta_` / `restore_` on a resident model.
-- `build`: a merged model from a base + delta (or fine-tuned model), saved as an HF directory.
+- `merged_model`: a merged model from a base + delta (or fine-tuned model), saved as an HF directory.
 
 Flow: config → data → rsft → [merge] → evaluate → search → tracking → export, commands on top.
 """
@@ -19,7 +19,7 @@ from mm4ke_ray.merge.apply import (
     restore_,
     validate_merge_params,
 )
-from mm4ke_ray.merge.build import (
+from mm4ke_ray.merge.merged_model import (
     MERGE_INFO_FILE,
     MergeResult,
     build_merged,

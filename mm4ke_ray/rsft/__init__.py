@@ -1,6 +1,6 @@
 """R-SFT: freeze all but the chosen block's MLP, run Algorithm 1, return the delta.
 
-`rsft.run.rsft_to_folder` is R-SFT to a folder (delta + log), for the CLI and the sweep trial.
+`rsft.to_folder.rsft_to_folder` is R-SFT to a folder (delta + log), for the CLI and the sweep trial.
 Names load on first use, so `mm4ke_ray.rsft.config` (the CLI's --help) does not import torch.
 
 Flow: config → data → [rsft] → merge → evaluate → search → tracking → export, commands on top.
@@ -16,8 +16,8 @@ _EXPORTS = {
     "DivergedError": "trainer",
     "RSFTResult": "trainer",
     "run_rsft": "trainer",
-    "RSFTRun": "run",
-    "rsft_to_folder": "run",
+    "RSFTRun": "to_folder",
+    "rsft_to_folder": "to_folder",
 }
 
 __all__ = sorted(_EXPORTS)
