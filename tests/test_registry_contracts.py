@@ -96,6 +96,11 @@ def test_every_example_is_of_a_registered_format():
     assert set(EXAMPLES) <= set(FORMATS.names()), f"examples of no format: {sorted(set(EXAMPLES) - set(FORMATS.names()))}"
 
 
+def _example(name: str) -> dict:
+    assert name in EXAMPLES, f"format {name!r} has no example: add a minimal record of it to EXAMPLES"
+    return EXAMPLES[name]
+
+
 def _read_checked(name: str, record: EditRecord) -> None:
     assert isinstance(record, EditRecord), f"{name} read {type(record).__name__}, not an EditRecord"
     assert record.prompt.strip() and record.target_new.strip(), f"{name} read an empty prompt or target: {record}"
@@ -103,8 +108,7 @@ def _read_checked(name: str, record: EditRecord) -> None:
 
 @pytest.mark.parametrize("name", FORMATS.names())
 def test_format_detects_and_reads_its_own_example(name):
-    assert name in EXAMPLES, f"format {name!r} has no example: add a minimal record of it to EXAMPLES"
-    fmt, raw = get_format(name), EXAMPLES[name]
+    fmt, raw = get_format(name), _example(name)
     assert fmt.detect(raw), f"{name} does not claim its own example"
     detected = FORMATS.detect(raw)
     assert detected is fmt, f"{name}'s example is detected as {detected and detected.name!r}"
@@ -114,7 +118,7 @@ def test_format_detects_and_reads_its_own_example(name):
 @pytest.mark.parametrize("name", FORMATS.names())
 def test_format_example_loads_as_an_edit_set(name, tmp_path):
     path = tmp_path / "edits.json"
-    path.write_text(json.dumps([EXAMPLES[name]]))
+    path.write_text(json.dumps([_example(name)]))
     data = load_edit_records(path)
     assert data.format == name and len(data.records) == 1
     _read_checked(name, data.records[0])
