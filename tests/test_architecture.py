@@ -187,8 +187,8 @@ def test_modules_are_at_most_450_lines():
 
 
 def test_no_private_name_crosses_packages():
-    # `from mm4ke_ray.merge.checkpoint_merge import _DTYPES` in export/: a private name is the module's own
-    # business; another package gets a public one. Within one package it is fine.
+    # `from mm4ke_ray.merge.checkpoint_merge import _DTYPES` in export/: a private name is the
+    # module's own business; another package gets a public one. Within one package it is fine.
     offenders = []
     for path in sorted(PACKAGE.rglob("*.py")):
         unit = _unit(_module_name(path))

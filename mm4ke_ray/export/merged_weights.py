@@ -1,8 +1,8 @@
 """Write base + (1 − α) · sparsify(Δ) to a directory, tensor by tensor when the base allows it.
 
-`write_merged` uses `merge.checkpoint_merge.merge_checkpoint` (no model is built; one checkpoint tensor in
-memory at a time) whenever the base is a local safetensors directory or a hub id already in the
-local Hugging Face cache. Only a base with `.bin` weights only, or one that cannot be resolved
+`write_merged` uses `merge.checkpoint_merge.merge_checkpoint` (no model is built; one checkpoint
+tensor in memory at a time) whenever the base is a local safetensors directory or a hub id
+already in the local Hugging Face cache. Only a base with `.bin` weights only, or one that cannot be resolved
 to local files, falls back to building the model (`build_merged` + `save_merged`).
 
 Output dtype: as `build_merged` has always written it, every floating tensor in `dtype`

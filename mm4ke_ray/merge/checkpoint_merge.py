@@ -46,7 +46,8 @@ _ST_DTYPES = {
     "U8": torch.uint8, "BOOL": torch.bool,
 }  # fmt: skip
 _ST_NAMES = {v: k for k, v in _ST_DTYPES.items()}
-# The dtypes a merged checkpoint may be written in (export/merged_weights.py checks a base against them).
+# The dtypes a merged checkpoint may be written in (export/merged_weights.py checks a base
+# against them).
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
