@@ -5,7 +5,7 @@ and a one-layer-MLP delta; for mergekit that is `ties` with one fine-tuned model
 `weight: 1 − α`, `density`, `normalize: false` (STACK-NOTES: without it one model's weight is
 cancelled). Each side runs as a fresh process, as a user would run it, interpreter start and
 imports included:
-- ours: `merge_checkpoint` (mm4ke_ray/merge/stream.py) reading the R-SFT delta file;
+- ours: `merge_checkpoint` (mm4ke_ray/merge/checkpoint_merge.py) reading the R-SFT delta file;
 - in memory: `build_merged` + `save_merged` (what `mm4ke-ray merge` did before), for reference;
 - mergekit: `mergekit-yaml CONFIG OUT` from its own venv (benchmarks/.mergekit-venv, git-ignored:
   `python3 -m venv benchmarks/.mergekit-venv && benchmarks/.mergekit-venv/bin/pip install
@@ -43,7 +43,7 @@ MERGEKIT = Path(os.environ.get("MERGEKIT_YAML", common.REPO / "benchmarks" / ".m
 _OURS = """
 import json, sys
 from mm4ke_ray.delta import load_delta
-from mm4ke_ray.merge.stream import merge_checkpoint
+from mm4ke_ray.merge.checkpoint_merge import merge_checkpoint
 
 def status(key):  # bytes, from /proc/self/status (Linux)
     for line in open("/proc/self/status"):

@@ -209,7 +209,7 @@ def _search(arm: str, seed: int, trials: int, space: dict, evaluator, trainer: _
     import optuna
 
     from mm4ke_ray.config import SearchConfig
-    from mm4ke_ray.evaluate.pareto import hypervolume
+    from mm4ke_ray.evaluate.pareto_front import hypervolume
     from mm4ke_ray.evaluate.rung_reuse import REUSED_DOCS, REUSED_RECORDS, scored_items
     from mm4ke_ray.evaluate.scores import COMBINED, OBJECTIVES
     from mm4ke_ray.search import space as sp
@@ -357,7 +357,7 @@ def _rung_log(results: dict, error_rate: float, front: list) -> dict:
 def _front_drops(runs: list[dict]) -> dict:
     """Over `runs` (one arm, every seed): candidates on the front of all of a run's candidates at
     full fidelity (pruned ones at their shadow full values), and how many of them were pruned."""
-    from mm4ke_ray.evaluate.pareto import pareto_front
+    from mm4ke_ray.evaluate.pareto_front import pareto_front
 
     front = dropped = 0
     for run in runs:

@@ -40,7 +40,7 @@ SAMPLERS = ("tpe", "random", "nsga2", "gp")
 def main() -> None:
     args = common.parser(__doc__.split("\n\n")[0]).parse_args()
     common.setup(args)
-    from mm4ke_ray.evaluate.pareto import hypervolume
+    from mm4ke_ray.evaluate.pareto_front import hypervolume
 
     doc = load_grid()
     all_rows = grid_rows(doc)
@@ -104,7 +104,7 @@ def points_startup_tpe(search, points_per_trial=1):
 
 def _ten_seeds(doc: dict, trials: int, reference, grid_hv: float) -> dict:
     """Information: median share of the grid's hypervolume over 10 seeds, per search."""
-    from mm4ke_ray.evaluate.pareto import hypervolume
+    from mm4ke_ray.evaluate.pareto_front import hypervolume
 
     out = {}
     for name, sampler, make in (("tpe", "tpe", None), ("random", "random", None), ("gp", "gp", None),

@@ -66,7 +66,7 @@ def _ratio(a: float, b: float) -> float:
 
 def sampler_curves(table, samplers, seeds, budgets, reference, front_hv) -> dict:
     """Per sampler: per seed, the hypervolume after each budget of R-SFT runs (one replay each)."""
-    from mm4ke_ray.evaluate.pareto import hypervolume
+    from mm4ke_ray.evaluate.pareto_front import hypervolume
 
     out = {}
     for name in samplers:
@@ -240,7 +240,7 @@ def picture(curves: dict, budgets, front_hv: float, merges: dict, path: Path) ->
 def sweep_with_surrogate(table, seeds, runs: int, reference) -> dict:
     """The sweep's front with the surrogate (<= 8 merges per run) vs every merge of every run,
     the default sampler, the same seeds and number of R-SFT runs."""
-    from mm4ke_ray.evaluate.pareto import hypervolume
+    from mm4ke_ray.evaluate.pareto_front import hypervolume
 
     shares, fractions = [], []
     for seed in seeds:
@@ -256,7 +256,7 @@ def sweep_with_surrogate(table, seeds, runs: int, reference) -> dict:
 def main() -> None:
     args = arguments()
     common.setup(args)
-    from mm4ke_ray.evaluate.pareto import hypervolume
+    from mm4ke_ray.evaluate.pareto_front import hypervolume
 
     smoke = args.smoke_test
     table = synthetic_table() if smoke else load_table(args.table, objectives=args.objectives)

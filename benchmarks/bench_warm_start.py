@@ -54,7 +54,7 @@ TOL = 1e-9  # hypervolumes are sums of float areas; equal fronts may differ in t
 def trials_to_reach(rows: list[dict], target: float, horizon: int, reference, strict: bool = False) -> float:
     """Smallest n (1..horizon) whose first n R-SFT runs' candidates reach `target` (exceed it when
     `strict`); inf when none does."""
-    from mm4ke_ray.evaluate.pareto import hypervolume
+    from mm4ke_ray.evaluate.pareto_front import hypervolume
 
     for n in range(1, horizon + 1):
         hv = hypervolume([r for r in rows if r["trial"] < n], reference)
@@ -65,7 +65,7 @@ def trials_to_reach(rows: list[dict], target: float, horizon: int, reference, st
 
 def one_seed(doc: dict, seed: int, first_trials: int, second_trials: int, horizon: int, reference) -> dict:
     """The first sweep, then the second warm and cold, for one seed; trials-to-reach of each."""
-    from mm4ke_ray.evaluate.pareto import hypervolume
+    from mm4ke_ray.evaluate.pareto_front import hypervolume
 
     start = time.perf_counter()
     first = replay(doc, SAMPLER, seed, first_trials, EXTRA)["rows"]

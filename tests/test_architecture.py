@@ -187,8 +187,8 @@ def test_modules_are_at_most_450_lines():
 
 
 def test_no_private_name_crosses_packages():
-    # `from mm4ke_ray.merge.stream import _DTYPES` in export/: a private name is the module's own
-    # business; another package gets a public one. Within one package it is fine.
+    # `from mm4ke_ray.merge.checkpoint_merge import _DTYPES` in export/: a private name is the
+    # module's own business; another package gets a public one. Within one package it is fine.
     offenders = []
     for path in sorted(PACKAGE.rglob("*.py")):
         unit = _unit(_module_name(path))
@@ -219,10 +219,10 @@ def test_the_import_rules_see_private_names(tmp_path):
     # The two checks above must be able to fail.
     nested = tmp_path / "nested.py"
     nested.write_text("from optuna._hypervolume import compute_hypervolume\n"
-                      "def f():\n    from ..merge.stream import _DTYPES\n")
+                      "def f():\n    from ..merge.checkpoint_merge import _DTYPES\n")
     names = _imports(nested, package="mm4ke_ray.export", names=True)
-    assert names == ["optuna._hypervolume.compute_hypervolume:1", "mm4ke_ray.merge.stream._DTYPES:3"]
-    assert _unit("mm4ke_ray.merge.stream._DTYPES") == "merge" and _private("_DTYPES") and not _private("__init__")
+    assert names == ["optuna._hypervolume.compute_hypervolume:1", "mm4ke_ray.merge.checkpoint_merge._DTYPES:3"]
+    assert _unit("mm4ke_ray.merge.checkpoint_merge._DTYPES") == "merge" and _private("_DTYPES") and not _private("__init__")
 
 
 # Function-level imports of mm4ke_ray outside commands/ that stay there, each with its reason:
@@ -292,20 +292,31 @@ def test_function_level_imports_are_found(tmp_path):
     assert _function_level_imports(pkg / "m.py", tmp_path / "mm4ke_ray") == [("mm4ke_ray.merge", 4), ("mm4ke_ray.demo", 5)]
 
 
-# Module names used twice outside commands/ (whose modules are named after their subcommands).
-# Not in issue 27 §6's list, left as they are: each names a different step of its package.
-SAME_NAME_ALLOWED = {
-    "build.py": {"mm4ke_ray/demo/build.py", "mm4ke_ray/merge/build.py"},
-    "run.py": {"mm4ke_ray/rsft/run.py", "mm4ke_ray/stream/run.py"},
-}
+def _colliding_module_names(root: Path = PACKAGE) -> dict[str, list[str]]:
+    """Module file names used more than once in the package → the files, `__init__.py` and the
+    modules of commands/ (one per subcommand, named after it: `commands/plan.py`) aside."""
+    by_name: dict[str, list[str]] = {}
+    for path in sorted(root.rglob("*.py")):
+        rel = path.relative_to(root.parent)
+        if path.name != "__init__.py" and rel.parts[1:2] != ("commands",):
+            by_name.setdefault(path.name, []).append(str(rel))
+    return {name: files for name, files in sorted(by_name.items()) if len(files) > 1}
 
 
 def test_module_names_do_not_collide():
-    # Two `registry.py` (a sparsifier registry and MLflow's model registry) read as one thing.
-    by_name: dict[str, set[str]] = {}
-    for path in sorted(PACKAGE.rglob("*.py")):
-        rel = str(path.relative_to(PACKAGE.parent))
-        if path.name != "__init__.py" and not rel.startswith("mm4ke_ray/commands/"):
-            by_name.setdefault(path.name, set()).add(rel)
-    same = {name: files for name, files in by_name.items() if len(files) > 1}
-    assert same == SAME_NAME_ALLOWED, f"modules sharing a name: {same}"
+    # Two `build.py` (the demo's and a merged model's) or `merge/stream.py` beside `stream/` read
+    # as one thing: each module's name says what it does, once in the package.
+    same = _colliding_module_names()
+    assert not same, "modules sharing a name (rename one after what it does):\n" + "\n".join(
+        f"  {name}: {', '.join(files)}" for name, files in same.items())
+
+
+def test_the_name_rule_sees_a_collision(tmp_path):
+    # The check above must be able to fail; commands/ and __init__.py may repeat a name.
+    pkg = tmp_path / "mm4ke_ray"
+    for rel in ("__init__.py", "a/__init__.py", "a/run.py", "b/__init__.py", "b/run.py", "b/plan.py",
+                "commands/__init__.py", "commands/plan.py", "commands/run.py", "run.py"):
+        (pkg / rel).parent.mkdir(parents=True, exist_ok=True)
+        (pkg / rel).write_text("")
+    assert _colliding_module_names(pkg) == {"run.py": ["mm4ke_ray/a/run.py", "mm4ke_ray/b/run.py",
+                                                       "mm4ke_ray/run.py"]}

@@ -17,7 +17,7 @@ import yaml
 from mlflow import MlflowClient
 
 from mm4ke_ray.config import SweepConfig
-from mm4ke_ray.evaluate.pareto import FEASIBLE, ON_FRONT, best_candidate, split_front
+from mm4ke_ray.evaluate.pareto_front import FEASIBLE, ON_FRONT, best_candidate, split_front
 from mm4ke_ray.schema import BASE, PARETO_DIR, SAMPLED, Tag
 from mm4ke_ray.tracking.mlflow_tracker import SweepTracker
 from mm4ke_ray.tracking.pareto_artifacts import publish_pareto
@@ -145,7 +145,7 @@ def test_front_html_greys_the_infeasible_points_and_rings_only_feasible_ones(pub
 
 def test_the_best_tags_the_pareto_command_and_export_pick_feasible_only(published):
     from mm4ke_ray.commands.pareto import front_rows
-    from mm4ke_ray.export.plan import plan_export
+    from mm4ke_ray.export.export_plan import plan_export
 
     uri, parent, _ = published
     tags = MlflowClient(uri).get_run(parent).data.tags

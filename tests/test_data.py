@@ -403,8 +403,9 @@ def test_registry_detection_priority_and_duplicates(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="already registered"):
         registry.register(EditFormat("sp", generic.detect, generic.read, ""))
     # a format registered in the global registry is used by load_edit_records
-    monkeypatch.setattr(formats_module.FORMATS, "_formats", dict(formats_module.FORMATS._formats))
-    monkeypatch.setattr(formats_module.FORMATS, "_aliases", dict(formats_module.FORMATS._aliases))
+    names = formats_module.FORMATS._registry
+    monkeypatch.setattr(names, "_items", dict(names._items))
+    monkeypatch.setattr(names, "_aliases", dict(names._aliases))
     formats_module.register_format(special)
     assert "special" in known_formats()
     data = load_edit_records(_write(tmp_path, [{"q": "a", "x": "Q?", "a": "A"}]))

@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from mm4ke_ray.evaluate.pareto import split_front
+from mm4ke_ray.evaluate.pareto_front import split_front
 from mm4ke_ray.evaluate.scores import EDIT_STDERR, GENERAL_STDERR
 from mm4ke_ray.schema import SAMPLED
 from mm4ke_ray.tracking.pareto_plots import write_front_html, write_front_png

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from mm4ke_ray.evaluate.pareto import FEASIBLE, ON_FRONT
+from mm4ke_ray.evaluate.pareto_front import FEASIBLE, ON_FRONT
 from mm4ke_ray.schema import EXTRA, PURE_RSFT, SAMPLED
 from mm4ke_ray.tracking.pareto_plots import write_front_html, write_front_png
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from optuna._hypervolume import compute_hypervolume  # the oracle; the product does not import it
 
-from mm4ke_ray.evaluate.pareto import hypervolume, hypervolume_2d
+from mm4ke_ray.evaluate.pareto_front import hypervolume, hypervolume_2d
 
 
 def test_hand_computed_areas():

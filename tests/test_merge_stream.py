@@ -1,4 +1,4 @@
-"""Tensor-wise merge of a safetensors checkpoint (merge/stream.py) == the in-memory merge, bit for bit."""
+"""Tensor-wise merge of a safetensors checkpoint (merge/checkpoint_merge.py) == the in-memory merge, bit for bit."""
 
 from __future__ import annotations
 
@@ -14,7 +14,12 @@ from safetensors import safe_open
 from mm4ke_ray.delta import save_delta
 from mm4ke_ray.errors import UserError
 from mm4ke_ray.merge import MERGE_INFO_FILE, build_merged, save_merged
-from mm4ke_ray.merge.stream import INDEX_FILE, SINGLE_FILE, checkpoint_shards, merge_checkpoint
+from mm4ke_ray.merge.checkpoint_merge import (
+    INDEX_FILE,
+    SINGLE_FILE,
+    checkpoint_shards,
+    merge_checkpoint,
+)
 from mm4ke_ray.modeling import mlp_parameter_names
 
 
@@ -156,8 +161,8 @@ _MEASURE = textwrap.dedent(
     import json, sys
     import torch
     from mm4ke_ray.delta import load_delta
-    from mm4ke_ray.merge.stream import merge_checkpoint
-    import mm4ke_ray.merge.build, safetensors, safetensors.torch  # every import before the baseline
+    from mm4ke_ray.merge.checkpoint_merge import merge_checkpoint
+    import mm4ke_ray.merge.merged_model, safetensors, safetensors.torch  # every import before the baseline
 
     def status(key):
         for line in open("/proc/self/status"):

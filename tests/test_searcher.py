@@ -17,7 +17,7 @@ import optuna
 import pytest
 
 from mm4ke_ray.config import ObjectivesConfig, Param, SearchConfig
-from mm4ke_ray.evaluate.pareto import feasible
+from mm4ke_ray.evaluate.pareto_front import feasible
 from mm4ke_ray.search.constraints import constraint_values, minimums
 from mm4ke_ray.search.searcher import EXTRA_ATTR, EXTRA_POINTS_KEY, CandidateAwareOptunaSearch
 from mm4ke_ray.search.space import candidate_seed, draw, make_sampler, merge_candidates, split_space

@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 
 from mm4ke_ray.config import SearchConfig, SweepConfig
-from mm4ke_ray.evaluate.pareto import hypervolume
+from mm4ke_ray.evaluate.pareto_front import hypervolume
 from mm4ke_ray.search import surrogate as sur
 from mm4ke_ray.search.surrogate import FrontSurrogate, choose_mode, hypervolume_2d, surrogate_search
 

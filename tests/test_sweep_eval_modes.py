@@ -141,7 +141,7 @@ def test_demo_best_candidate_generates_its_edits_and_the_base_does_not(tmp_path)
     from mm4ke_ray.delta import load_delta
     from mm4ke_ray.demo.resolve import resolve_demo
     from mm4ke_ray.rsft.config import RSFTConfig
-    from mm4ke_ray.rsft.run import rsft_to_folder
+    from mm4ke_ray.rsft.to_folder import rsft_to_folder
 
     config = resolve_demo(validate_config(yaml.safe_load(DEMO_YAML.read_text())))
     assert config.evaluation.mode == "both"  # the demo shows both families

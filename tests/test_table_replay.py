@@ -83,7 +83,7 @@ def test_surrogate_and_exhaustive_candidates(table):
 def test_the_bench_reports_ratios_to_random_and_to_the_front(table):
     import bench_table_search as bench
 
-    from mm4ke_ray.evaluate.pareto import hypervolume
+    from mm4ke_ray.evaluate.pareto_front import hypervolume
 
     ref = (table["base"]["edit_score"], 0.0)
     front = hypervolume(tr.table_rows(table), ref)

@@ -221,7 +221,7 @@ def test_the_parent_run_is_tagged_and_the_front_starts_from_the_earlier_one(swee
     from mlflow import MlflowClient
 
     from mm4ke_ray.cli import main
-    from mm4ke_ray.evaluate.pareto import pareto_front
+    from mm4ke_ray.evaluate.pareto_front import pareto_front
 
     first, _, a, b = sweeps
     uri = first.tracking.uri
@@ -275,7 +275,7 @@ def test_the_parent_run_is_tagged_and_the_front_starts_from_the_earlier_one(swee
     assert tags[Tag.PARETO_SIZE] == before == str(len(b.front)) and tags[Tag.CANDIDATES] == "4"
 
     # export cannot rebuild a copy from this sweep: it says how to export it from the earlier one.
-    from mm4ke_ray.export.plan import plan_export
+    from mm4ke_ray.export.export_plan import plan_export
 
     copy = b.warm_rows[0]
     with pytest.raises(UserError, match="warm-start point from the earlier sweep 'wsa'") as info:

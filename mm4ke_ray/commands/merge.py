@@ -65,7 +65,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from mm4ke_ray.export.atomic import clean_leftovers, new_staging_dir, publish, publish_into
     from mm4ke_ray.merge.apply import validate_merge_params
-    from mm4ke_ray.merge.build import MERGE_INFO_FILE
+    from mm4ke_ray.merge.merged_model import MERGE_INFO_FILE
     from mm4ke_ray.merge.methods import get_sparsifier
 
     # Cheap checks first: no model is loaded for a typo.
@@ -103,10 +103,10 @@ def _write(args: argparse.Namespace, stage: Path) -> dict:
     # What both ways share: the merge recipe and how the models load.
     merge = dict(alpha=args.alpha, sparsity=args.sparsity, method=args.method, seed=args.seed, **model_options(args))
     if args.sft is None:
-        from mm4ke_ray.export.streamed import write_merged
+        from mm4ke_ray.export.merged_weights import write_merged
 
         return write_merged(args.base, stage, delta_dir=args.delta, **merge).info
-    from mm4ke_ray.merge.build import build_merged, save_merged
+    from mm4ke_ray.merge.merged_model import build_merged, save_merged
 
     result = build_merged(args.base, sft=args.sft, **merge)
     save_merged(result.model, args.base, stage, result.info)

@@ -34,7 +34,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def front_rows(sweep, everything: bool = False) -> list[dict]:
     """The sweep's front (or every candidate, marked), sorted by combined score, best first."""
     # optuna loads only when the command runs
-    from mm4ke_ray.evaluate.pareto import minimums_from_params, sort_by_combined, split_front
+    from mm4ke_ray.evaluate.pareto_front import minimums_from_params, sort_by_combined, split_front
 
     marked, front = split_front(sweep.candidates, minimums_from_params(sweep.params))
     return sort_by_combined(marked) if everything else front
@@ -42,12 +42,16 @@ def front_rows(sweep, everything: bool = False) -> list[dict]:
 
 def run(args: argparse.Namespace) -> int:
     # optuna, numpy and MLflow load when the command runs, not for --help.
-    from mm4ke_ray.evaluate.pareto import ON_FRONT
+    from mm4ke_ray.evaluate.pareto_front import ON_FRONT
     from mm4ke_ray.tracking.pareto_artifacts import columns, to_csv
     from mm4ke_ray.tracking.query import load_sweep
 
     sweep = load_sweep(args.tracking_uri, args.sweep, args.experiment)
-    from mm4ke_ray.evaluate.pareto import best_candidate, describe_minimums, minimums_from_params
+    from mm4ke_ray.evaluate.pareto_front import (
+        best_candidate,
+        describe_minimums,
+        minimums_from_params,
+    )
 
     if not sweep.edited:  # an empty table would look like a front of nothing
         print(f"note: sweep {sweep.name!r} (run {sweep.run_id}) has no edited candidate yet"

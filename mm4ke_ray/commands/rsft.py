@@ -121,7 +121,7 @@ def _progress_bar(total: int, quiet: bool):
 
 def run(args: argparse.Namespace) -> int:
     # torch and transformers load here, when the command runs, not for --help.
-    from mm4ke_ray.rsft.run import RSFT_LOG, rsft_to_folder
+    from mm4ke_ray.rsft.to_folder import RSFT_LOG, rsft_to_folder
 
     # Cheap checks first: nothing is loaded for a typo.
     config = _config(args)

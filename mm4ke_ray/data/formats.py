@@ -1,4 +1,4 @@
-"""Edit-data formats: one reader per source schema, kept in a small registry.
+"""Edit-data formats: one reader per source schema, kept in a registry (`FORMATS`).
 
 A format is a name, a `detect(first_record)` predicate on the keys of the first record, and a
 `read(raw) -> EditRecord` that raises `FieldError` for a bad field. Detection tries formats by
@@ -23,7 +23,6 @@ Built in:
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -40,6 +39,7 @@ from mm4ke_ray.data.fields import (
 from mm4ke_ray.data.records import QA, EditRecord
 from mm4ke_ray.data.sharegpt import read_sharegpt
 from mm4ke_ray.errors import UserError
+from mm4ke_ray.named_registry import Registry
 
 Raw = Mapping[str, Any]
 
@@ -57,20 +57,15 @@ class EditFormat:
 
 
 class FormatRegistry:
-    """Formats by name (and alias); `detect` picks the first that claims a record."""
+    """Formats by name (and alias), kept in a generic `Registry`; `detect` picks the first that
+    claims a record, trying formats by descending priority (ties: in registration order)."""
 
     def __init__(self) -> None:
-        self._formats: dict[str, EditFormat] = {}
-        self._aliases: dict[str, str] = {}
+        self._registry: Registry[EditFormat] = Registry("edit-data format")
 
     def register(self, fmt: EditFormat) -> EditFormat:
         """Add a format; a name or alias already taken is a programming error (ValueError)."""
-        for name in (fmt.name, *fmt.aliases):
-            if name in self._formats or name in self._aliases:
-                raise ValueError(f"edit-data format name {name!r} is already registered")
-        self._formats[fmt.name] = fmt
-        self._aliases.update(dict.fromkeys(fmt.aliases, fmt.name))
-        return fmt
+        return self._registry.register(fmt.name, fmt, fmt.aliases)
 
     def names(self) -> list[str]:
         """Canonical names, in detection order."""
@@ -78,15 +73,14 @@ class FormatRegistry:
 
     def get(self, name: str) -> EditFormat:
         """The format called `name` (or an alias); unknown names list the known ones."""
-        key = self._aliases.get(name, name)
-        if key in self._formats:
-            return self._formats[key]
-        known = self.names() + sorted(self._aliases)
-        close = difflib.get_close_matches(name, known, n=1)
-        hint = f" Did you mean {close[0]!r}?" if close else ""
+        if name in self._registry:
+            return self._registry.get(name)
+        close = self._registry.closest(name)
+        hint = f" Did you mean {close!r}?" if close else ""
+        aliases = self._registry.aliases()
         raise UserError(
             f"unknown edit-data format {name!r}.{hint} Known formats: {', '.join(self.names())}"
-            f" (aliases: {', '.join(f'{a}={n}' for a, n in sorted(self._aliases.items()))})"
+            f" (aliases: {', '.join(f'{a}={n}' for a, n in aliases.items())})"
         )
 
     def detect(self, record: Raw) -> EditFormat | None:
@@ -98,7 +92,7 @@ class FormatRegistry:
         return "\n".join(f"  - {f.name}: {f.description}" for f in self._ordered())
 
     def _ordered(self) -> list[EditFormat]:
-        return sorted(self._formats.values(), key=lambda f: -f.priority)  # stable: ties keep order
+        return sorted(self._registry.entries(), key=lambda f: -f.priority)  # stable: ties keep order
 
 
 def _has(*keys: str) -> Callable[[Raw], bool]:

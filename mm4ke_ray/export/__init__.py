@@ -20,6 +20,6 @@ DEFAULT_TOLERANCE = 1e-6
 
 __all__, __getattr__, __dir__ = lazy_exports(__name__, {
     "verify": ("CHECKSUM_FILE", "ExportVerificationError", "verify_checksums"),
-    "plan": ("ExportPlan", "plan_export"),
+    "export_plan": ("ExportPlan", "plan_export"),
     "writer": ("FAILED_FILE", "ExportResult", "export_candidate"),
 }, eager=["DEFAULT_TOLERANCE"])

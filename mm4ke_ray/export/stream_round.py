@@ -27,7 +27,7 @@ from mm4ke_ray.export.verify import (
     verify_checksums,
     write_checksums,
 )
-from mm4ke_ray.merge.build import MERGE_INFO_FILE, save_merged
+from mm4ke_ray.merge.merged_model import MERGE_INFO_FILE, save_merged
 from mm4ke_ray.modeling import load_model
 from mm4ke_ray.stream.evaluation import STREAM_EDITS, StreamEvaluator
 from mm4ke_ray.stream.kept import read_manifest

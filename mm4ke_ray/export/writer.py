@@ -3,7 +3,7 @@
 Atomic: everything is written into a hidden sibling of the target (`export.atomic`) and renamed
 to it only at the end, so a killed export leaves the target absent (or the earlier export); the
 next export removes the sibling. The weights are written tensor by tensor from the base's
-safetensors (`export.streamed`; no model built for the write). The model card and
+safetensors (`export.merged_weights`; no model built for the write). The model card and
 `checksums.sha256` are written only after every check passed; an export that does not reproduce
 its candidate is still renamed into place for inspection, with `VERIFICATION_FAILED.json` and
 without them, so a directory without them was never verified.
@@ -27,8 +27,8 @@ from mm4ke_ray.export import DEFAULT_TOLERANCE
 from mm4ke_ray.export.atomic import clean_leftovers, new_staging_dir, publish
 from mm4ke_ray.export.card import model_card
 from mm4ke_ray.export.examples import edit_examples
-from mm4ke_ray.export.plan import ExportPlan, plan_export
-from mm4ke_ray.export.streamed import write_merged
+from mm4ke_ray.export.export_plan import ExportPlan, plan_export
+from mm4ke_ray.export.merged_weights import write_merged
 from mm4ke_ray.export.verify import (
     ExportVerificationError,
     check_weights,
@@ -37,7 +37,7 @@ from mm4ke_ray.export.verify import (
     verify_checksums,
     write_checksums,
 )
-from mm4ke_ray.merge.build import MERGE_INFO_FILE, merge_params
+from mm4ke_ray.merge.merged_model import MERGE_INFO_FILE, merge_params
 from mm4ke_ray.modeling.gguf import gguf_provenance
 from mm4ke_ray.schema import EDIT_METRICS, FLUENCY, LAYER, RSFT_PARAMS, Tag
 from mm4ke_ray.storage import check_out_dir

@@ -1,9 +1,10 @@
 """Merge: θ_edited = θ_base + (1 − α) · Top_p(θ_sft − θ_base), as pure tensor ops.
 
 - `sparsify`: per-tensor sparsifiers (`magnitude` = the paper's Top_p, `dare`).
-- `methods`: the sparsifiers by name (`SPARSIFIERS` in a generic `Registry`, `get_sparsifier`).
+- `methods`: the sparsifiers by name (`SPARSIFIERS`, a `mm4ke_ray.named_registry.Registry`;
+  `get_sparsifier`).
 - `apply`: `prepare_delta`, in-place `apply_delta_` / `restore_` on a resident model.
-- `build`: a merged model from a base + delta (or fine-tuned model), saved as an HF directory.
+- `merged_model`: a merged model from a base + delta (or fine-tuned model), saved as an HF directory.
 
 Flow: config → data → rsft → [merge] → evaluate → search → tracking → export, commands on top.
 """
@@ -19,15 +20,16 @@ from mm4ke_ray.merge.apply import (
     restore_,
     validate_merge_params,
 )
-from mm4ke_ray.merge.build import (
+from mm4ke_ray.merge.merged_model import (
     MERGE_INFO_FILE,
     MergeResult,
     build_merged,
     build_merged_model,
     save_merged,
 )
-from mm4ke_ray.merge.methods import DEFAULT_SPARSIFIER, SPARSIFIERS, Registry, get_sparsifier
+from mm4ke_ray.merge.methods import DEFAULT_SPARSIFIER, SPARSIFIERS, get_sparsifier
 from mm4ke_ray.merge.sparsify import dare, kept_count, magnitude, magnitude_mask
+from mm4ke_ray.named_registry import Registry  # public here since it lived in merge.methods
 
 __all__ = [
     "DEFAULT_SPARSIFIER",

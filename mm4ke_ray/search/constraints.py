@@ -5,7 +5,7 @@ or `create_trial(constraints=...)` for an added point); a trial is feasible when
 <= 0. TPE, NSGA-II and GP then favour feasible regions, so the search concentrates where the
 user will pick. Every told trial carries the same keys (GP requires it), even a trial with no
 minimum set is not given any. The front marks infeasible candidates greyed, by the same rule
-(`evaluate.pareto.feasible`: value >= minimum; constraint value <= 0 here).
+(`evaluate.pareto_front.feasible`: value >= minimum; constraint value <= 0 here).
 """
 
 from __future__ import annotations

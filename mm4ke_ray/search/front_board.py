@@ -17,7 +17,7 @@ import uuid
 
 from ray.experimental import internal_kv
 
-from mm4ke_ray.evaluate.pareto import pareto_front
+from mm4ke_ray.evaluate.pareto_front import pareto_front
 from mm4ke_ray.evaluate.scores import OBJECTIVES
 
 _NAMESPACE = "mm4ke-front"

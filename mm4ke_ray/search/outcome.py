@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from rich.console import Console
 
 from mm4ke_ray.config import SweepConfig
-from mm4ke_ray.evaluate.pareto import pareto_front, sort_by_combined
+from mm4ke_ray.evaluate.pareto_front import pareto_front, sort_by_combined
 from mm4ke_ray.search.constraints import minimums
 from mm4ke_ray.search.searcher import EXTRA_ATTR, WARM_ATTR
 from mm4ke_ray.search.timings import print_breakdown

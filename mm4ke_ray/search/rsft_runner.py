@@ -1,6 +1,6 @@
 """The trial's R-SFT, once: on a Ray Train worker (runner 'train') or as a Ray task ('task').
 
-Either way `rsft.run.rsft_to_folder` trains and writes the delta; this returns the R-SFT summary
+Either way `rsft.to_folder.rsft_to_folder` trains and writes the delta; this returns the R-SFT summary
 and a local folder holding the delta (None when there is none: diverged, failed).
 """
 
@@ -21,7 +21,7 @@ from ray.train.v2.api.data_parallel_trainer import DataParallelTrainer
 from mm4ke_ray.config import SearchConfig
 from mm4ke_ray.evaluate.candidate import EvalSettings
 from mm4ke_ray.rsft.config import RSFTConfig
-from mm4ke_ray.rsft.run import rsft_to_folder
+from mm4ke_ray.rsft.to_folder import rsft_to_folder
 from mm4ke_ray.search.space import split_space
 from mm4ke_ray.search.train_placement import (
     new_placement_key,

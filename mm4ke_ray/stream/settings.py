@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from mm4ke_ray.config import SweepConfig
 from mm4ke_ray.errors import ConfigError
-from mm4ke_ray.merge.build import merge_params
+from mm4ke_ray.merge.merged_model import merge_params
 from mm4ke_ray.rsft.config import RSFTConfig
 from mm4ke_ray.stream_config import PER_ROUND_KEYS
 

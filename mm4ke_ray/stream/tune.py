@@ -24,7 +24,7 @@ import optuna
 
 from mm4ke_ray.config import Param, ScheduleParam, SweepConfig
 from mm4ke_ray.errors import UserError
-from mm4ke_ray.evaluate.pareto import ON_FRONT, split_front
+from mm4ke_ray.evaluate.pareto_front import ON_FRONT, split_front
 from mm4ke_ray.evaluate.scores import COMBINED, EDIT, GENERAL
 from mm4ke_ray.search.space import split_space
 from mm4ke_ray.stream.run import run_stream_config

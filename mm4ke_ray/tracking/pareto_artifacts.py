@@ -25,7 +25,7 @@ import tempfile
 import warnings
 from pathlib import Path
 
-from mm4ke_ray.evaluate.pareto import (
+from mm4ke_ray.evaluate.pareto_front import (
     FEASIBLE,
     ON_FRONT,
     best_candidate,

@@ -15,7 +15,7 @@ import math
 from html import escape
 from pathlib import Path
 
-from mm4ke_ray.evaluate.pareto import FEASIBLE, ON_FRONT, best_candidate
+from mm4ke_ray.evaluate.pareto_front import FEASIBLE, ON_FRONT, best_candidate
 from mm4ke_ray.evaluate.scores import COMBINED, EDIT, EDIT_STDERR, GENERAL, GENERAL_STDERR
 from mm4ke_ray.schema import (
     BASE,

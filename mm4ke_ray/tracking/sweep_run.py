@@ -66,7 +66,7 @@ def recorded_choices(config: SweepConfig) -> dict:
            "train_supervision": TRAIN_SUPERVISION[config.data.prompt_format], "eval_scoring": EVAL_SCORING,
            "rsft_supervised": SUPERVISED[config.data.prompt_format],
            "eval_mode": ev.mode, "edit_mode": config.edit_mode}
-    # The front, best pick and export read these back (evaluate.pareto.minimums_from_params).
+    # The front, best pick and export read these back (evaluate.pareto_front.minimums_from_params).
     obj = config.objectives
     out.update({f"min_{name}": low for name, low in (("edit_score", obj.min_edit_score),
                                                      ("general_score", obj.min_general_score)) if low is not None})

@@ -21,7 +21,7 @@ from mm4ke_ray.delta import DELTA_FILE
 from mm4ke_ray.device import resolve_device
 from mm4ke_ray.errors import ConfigError, UserError
 from mm4ke_ray.evaluate.candidate import EvalSettings, eval_settings
-from mm4ke_ray.evaluate.pareto import best_candidate, describe_minimums, minimums_from_params
+from mm4ke_ray.evaluate.pareto_front import best_candidate, describe_minimums, minimums_from_params
 from mm4ke_ray.schema import (
     ALPHA,
     BASE,

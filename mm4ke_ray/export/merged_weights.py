@@ -1,8 +1,8 @@
 """Write base + (1 − α) · sparsify(Δ) to a directory, tensor by tensor when the base allows it.
 
-`write_merged` uses `merge.stream.merge_checkpoint` (no model is built; one checkpoint tensor in
-memory at a time) whenever the base is a local safetensors directory or a hub id already in the
-local Hugging Face cache. Only a base with `.bin` weights only, or one that cannot be resolved
+`write_merged` uses `merge.checkpoint_merge.merge_checkpoint` (no model is built; one checkpoint
+tensor in memory at a time) whenever the base is a local safetensors directory or a hub id
+already in the local Hugging Face cache. Only a base with `.bin` weights only, or one that cannot be resolved
 to local files, falls back to building the model (`build_merged` + `save_merged`).
 
 Output dtype: as `build_merged` has always written it, every floating tensor in `dtype`
@@ -20,9 +20,14 @@ from pathlib import Path
 from mm4ke_ray.delta import load_delta
 from mm4ke_ray.errors import UserError
 from mm4ke_ray.merge.apply import prepare_delta, validate_merge_params
-from mm4ke_ray.merge.build import MERGE_INFO_FILE, build_merged, save_merged
+from mm4ke_ray.merge.checkpoint_merge import (
+    DTYPES,
+    checkpoint_shards,
+    merge_checkpoint,
+    read_header,
+)
+from mm4ke_ray.merge.merged_model import MERGE_INFO_FILE, build_merged, save_merged
 from mm4ke_ray.merge.methods import get_sparsifier
-from mm4ke_ray.merge.stream import DTYPES, checkpoint_shards, merge_checkpoint, read_header
 from mm4ke_ray.modeling.gguf import resolve_model_source
 
 

@@ -31,7 +31,7 @@ from mm4ke_ray.merge.apply import (
     check_delta_tensor,
     validate_merge_params,
 )
-from mm4ke_ray.merge.build import _TOKENIZER_GLOBS, MERGE_INFO_FILE, merge_params
+from mm4ke_ray.merge.merged_model import _TOKENIZER_GLOBS, MERGE_INFO_FILE, merge_params
 from mm4ke_ray.merge.methods import DEFAULT_SPARSIFIER, get_sparsifier
 
 SINGLE_FILE = "model.safetensors"
@@ -46,7 +46,8 @@ _ST_DTYPES = {
     "U8": torch.uint8, "BOOL": torch.bool,
 }  # fmt: skip
 _ST_NAMES = {v: k for k, v in _ST_DTYPES.items()}
-# The dtypes a merged checkpoint may be written in (export/streamed.py checks a base against them).
+# The dtypes a merged checkpoint may be written in (export/merged_weights.py checks a base
+# against them).
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
