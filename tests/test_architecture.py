@@ -134,6 +134,42 @@ def test_the_cycle_finder_names_the_files_of_a_cycle():
     assert _find_cycle({"a": {"b": set()}, "b": {}}) is None
 
 
+# The one way through the package (README "Layout"): each of these imports only those before it.
+# tracking sits before search (a sweep records itself; tracking never runs one); demo late, so
+# nothing the product runs depends on the demo. The small top-level modules (errors, schema,
+# cache, ...) sit outside the order.
+LAYERS = ("config", "data", "modeling", "rsft", "merge", "evaluate", "tracking", "search", "stream", "export",
+          "demo", "planning", "commands", "cli")
+
+
+def _arrows_against_the_layers(graph: dict[str, dict[str, set[str]]]) -> list[str]:
+    """Arrows from a layer to a later one (not allowed), or from anything but cli to commands."""
+    rank = {name: i for i, name in enumerate(LAYERS)}
+    bad = []
+    for src, targets in graph.items():
+        for dst, files in targets.items():
+            later = src in rank and dst in rank and rank[dst] > rank[src]
+            into_commands = dst in ("commands", "cli") and src not in ("commands", "cli")
+            if later or into_commands:
+                bad.append(f"{src} -> {dst} ({', '.join(sorted(files))})")
+    return sorted(bad)
+
+
+def test_each_layer_imports_only_the_layers_before_it():
+    # e.g. "search never imports demo", "tracking never imports search", "merge never imports
+    # evaluate", "nothing but the CLI imports commands".
+    assert not _arrows_against_the_layers(_graph()), "\n".join(_arrows_against_the_layers(_graph()))
+
+
+def test_the_layer_rule_sees_a_forbidden_arrow():
+    graph = {"search": {"demo": {"mm4ke_ray/search/x.py"}, "tracking": {"mm4ke_ray/search/driver.py"}},
+             "tracking": {"search": {"mm4ke_ray/tracking/y.py"}}, "schema": {"commands": {"mm4ke_ray/schema.py"}},
+             "export": {"tracking": {"mm4ke_ray/export/z.py"}}}
+    assert _arrows_against_the_layers(graph) == ["schema -> commands (mm4ke_ray/schema.py)",
+                                                 "search -> demo (mm4ke_ray/search/x.py)",
+                                                 "tracking -> search (mm4ke_ray/tracking/y.py)"]
+
+
 def test_each_heavy_framework_is_imported_by_its_one_subpackage():
     offenders = []
     for path in sorted(PACKAGE.rglob("*.py")):
