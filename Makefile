@@ -16,11 +16,10 @@ install: $(VENV)/.installed
 demo: install
 	$(VENV)/bin/mm4ke-ray demo
 
-test: install lint
+test: install
 	$(PY) -m pytest -m "not gpu" -q --durations=30 -n 2 --dist loadfile
 
 lint: install
 	$(VENV)/bin/ruff check mm4ke_ray tests benchmarks
-	$(VENV)/bin/ruff format --check mm4ke_ray tests benchmarks
 
 .PHONY: install demo test lint

@@ -51,10 +51,8 @@ def one_at_a_time_metrics(model, tok, records, loc_reference) -> dict:
         per["edit_succ"].append(100.0 * token_accuracy(model, tok, r.prompt, r.target_new))
         gen = [100.0 * token_accuracy(model, tok, p, r.target_new) for p in r.rephrase_prompts]
         port = [100.0 * token_accuracy(model, tok, qa.prompt, qa.answer) for qa in r.portability]
-        loc = [
-            100.0 * (_argmax_at_answer(model, tok, qa.prompt, qa.answer) == ref).double().mean().item()
-            for qa, ref in zip(r.locality, loc_ref, strict=True)
-        ]
+        loc = [100.0 * (_argmax_at_answer(model, tok, qa.prompt, qa.answer) == ref).double().mean().item()
+               for qa, ref in zip(r.locality, loc_ref, strict=True)]
         for name, items in (("generalization", gen), ("portability", port), ("locality", loc)):
             if items:
                 per[name].append(mean(items))
@@ -91,26 +89,18 @@ def part_a(model, base_snapshot_fn, tok, records, repeats):
     argmax_agree = float((flat_batched == flat_single).double().mean())
     if max(diffs.values()) > 1e-6 or argmax_agree != 1.0:
         raise SystemExit(f"batched and one-at-a-time disagree: {diffs}, argmax agreement {argmax_agree}")
-    times = common.interleaved(
-        {
-            "one_at_a_time": lambda: one_at_a_time_metrics(model, tok, records, loc_ref),
-            "batched": lambda: evaluator.evaluate(model, reference),
-        },
-        repeats=repeats,
-    )
+    times = common.interleaved({
+        "one_at_a_time": lambda: one_at_a_time_metrics(model, tok, records, loc_ref),
+        "batched": lambda: evaluator.evaluate(model, reference),
+    }, repeats=repeats)
     n_tokens = sum(int(b.attention_mask.sum()) for b in evaluator.accuracy_batches + evaluator.locality_batches)
     padded = sum(b.attention_mask.numel() for b in evaluator.accuracy_batches + evaluator.locality_batches)
     return {
-        "metrics_batched": batched,
-        "metrics_one_at_a_time": single,
-        "max_abs_diff": max(diffs.values()),
-        "answer_argmax_agreement": argmax_agree,
-        "forwards_one_at_a_time": n_probes(records),
+        "metrics_batched": batched, "metrics_one_at_a_time": single, "max_abs_diff": max(diffs.values()),
+        "answer_argmax_agreement": argmax_agree, "forwards_one_at_a_time": n_probes(records),
         "batches": len(evaluator.accuracy_batches) + len(evaluator.locality_batches),
-        "tokens": n_tokens,
-        "padding_fraction": 1 - n_tokens / padded,
-        "one_at_a_time": common.summary(times["one_at_a_time"]),
-        "batched": common.summary(times["batched"]),
+        "tokens": n_tokens, "padding_fraction": 1 - n_tokens / padded,
+        "one_at_a_time": common.summary(times["one_at_a_time"]), "batched": common.summary(times["batched"]),
         "speedup": common.ratio(times["one_at_a_time"], times["batched"]),
     }
 
@@ -135,14 +125,10 @@ def part_b(model, tok, records, layers, n_layers, repeats):
             got = cached.evaluate(model, reference, first_layer=layer)  # also fills the cache
             if got.as_dict() != want.as_dict() or got.per_record != want.per_record:
                 raise SystemExit(f"layer {layer}: cached metrics differ from the full forward's")
-            times = common.interleaved(
-                {
-                    "full": lambda: full.evaluate(model, reference),
-                    "cached": lambda layer=layer: cached.evaluate(model, reference, first_layer=layer),
-                },
-                repeats=repeats,
-                warmup=0,
-            )
+            times = common.interleaved({
+                "full": lambda: full.evaluate(model, reference),
+                "cached": lambda layer=layer: cached.evaluate(model, reference, first_layer=layer),
+            }, repeats=repeats, warmup=0)
         finally:
             restore_(model, snapshot)
         speedup = common.ratio(times["full"], times["cached"])
@@ -152,20 +138,12 @@ def part_b(model, tok, records, layers, n_layers, repeats):
         t_full = common.statistics.median(times["full"])
         bound = t_full / (head_s + (t_full - head_s) * (n_layers - layer) / n_layers)
         rows[f"layer={layer}"] = {
-            "layer": layer,
-            "full": common.summary(times["full"]),
-            "cached": common.summary(times["cached"]),
-            "speedup": speedup,
-            "ideal": ideal,
-            "fraction_of_ideal": speedup / ideal,
-            "head_s": head_s,
-            "bound_with_head": bound,
-            "fraction_of_bound_with_head": speedup / bound,
+            "layer": layer, "full": common.summary(times["full"]), "cached": common.summary(times["cached"]),
+            "speedup": speedup, "ideal": ideal, "fraction_of_ideal": speedup / ideal,
+            "head_s": head_s, "bound_with_head": bound, "fraction_of_bound_with_head": speedup / bound,
         }
-        print(
-            f"layer {layer}: cache speedup {speedup:.2f}x, ideal {ideal:.2f}x -> {speedup / ideal:.2f} of ideal "
-            f"(bound with the LM head {bound:.2f}x -> {speedup / bound:.2f} of it)"
-        )
+        print(f"layer {layer}: cache speedup {speedup:.2f}x, ideal {ideal:.2f}x -> {speedup / ideal:.2f} of ideal "
+              f"(bound with the LM head {bound:.2f}x -> {speedup / bound:.2f} of it)")
     return rows, cached.prefix_cache.nbytes
 
 
@@ -173,10 +151,8 @@ def part_b(model, tok, records, layers, n_layers, repeats):
 def head_seconds(model, evaluator, repeats: int) -> float:
     """Time of the final LM head at every answer position of one evaluation (hidden states given)."""
     batches = evaluator.accuracy_batches + evaluator.locality_batches
-    finals = [
-        model.model(input_ids=b.input_ids, attention_mask=b.attention_mask).last_hidden_state[b.predict_mask]
-        for b in batches
-    ]
+    finals = [model.model(input_ids=b.input_ids, attention_mask=b.attention_mask).last_hidden_state[b.predict_mask]
+              for b in batches]
     times = common.interleaved({"head": lambda: [model.lm_head(h).argmax(-1) for h in finals]}, repeats=repeats)
     return common.statistics.median(times["head"])
 
@@ -209,39 +185,21 @@ def main() -> None:
 
     a = part_a(model, base_model, tok, records, repeats)
     restore_(model, snapshot)
-    print(
-        f"batched {a['batched']['median_s']:.2f} s vs one at a time {a['one_at_a_time']['median_s']:.2f} s: "
-        f"{a['speedup']:.2f}x; metrics {a['metrics_batched']}, max diff {a['max_abs_diff']:.2g}"
-    )
+    print(f"batched {a['batched']['median_s']:.2f} s vs one at a time {a['one_at_a_time']['median_s']:.2f} s: "
+          f"{a['speedup']:.2f}x; metrics {a['metrics_batched']}, max diff {a['max_abs_diff']:.2g}")
     b_layers = [1, n_layers // 2, n_layers - 1] if smoke else [n_layers // 4, n_layers // 2, 3 * n_layers // 4]
     b, cache_bytes = part_b(model, tok, records, b_layers, n_layers, repeats)
     goals = [
         common.goal_line("batched vs one-at-a-time evaluation (x)", a["speedup"], GOAL_BATCHED),
         common.goal_line("metrics identical (max abs diff, percent points)", a["max_abs_diff"], 1e-6, False),
-        *[
-            common.goal_line(
-                f"prefix cache at L={r['layer']} of {n_layers} (fraction of ideal {r['ideal']:.2f}x)",
-                r["fraction_of_ideal"],
-                GOAL_CACHE_OF_IDEAL,
-            )
-            for r in b.values()
-        ],
+        *[common.goal_line(f"prefix cache at L={r['layer']} of {n_layers} (fraction of ideal {r['ideal']:.2f}x)",
+                           r["fraction_of_ideal"], GOAL_CACHE_OF_IDEAL) for r in b.values()],
     ]
-    common.write_result(
-        "eval",
-        args,
-        {
-            "model": {"shape": common.SHAPES[shape], "params": common.param_count(model)},
-            "records": n_records,
-            "data": str(common.ZSRE.name),
-            "repeats": repeats,
-            "batch_size": 32,
-            "batched_vs_one_at_a_time": a,
-            "prefix_cache": b,
-            "prefix_cache_bytes": cache_bytes,
-            "goals": goals,
-        },
-    )
+    common.write_result("eval", args, {
+        "model": {"shape": common.SHAPES[shape], "params": common.param_count(model)},
+        "records": n_records, "data": str(common.ZSRE.name), "repeats": repeats, "batch_size": 32,
+        "batched_vs_one_at_a_time": a, "prefix_cache": b, "prefix_cache_bytes": cache_bytes, "goals": goals,
+    })
 
 
 if __name__ == "__main__":

@@ -44,11 +44,9 @@ def build_tasks(sizes: dict, out: Path) -> dict:
     """The product's real local tasks (lm-eval's own YAMLs over the shared files), built into `out`."""
     from mm4ke_ray.evaluate.real_tasks import LocalTaskSpec, build_local_task, read_documents
 
-    specs = [
-        LocalTaskSpec("logiqa", str(GENERAL / "logiqa" / "Test.txt"), limit=sizes["logiqa"]),
-        LocalTaskSpec("sst2", str(GENERAL / "test-SentimentAnalysis.tsv"), limit=sizes["sst2"]),
-        LocalTaskSpec("wikitext", str(GENERAL / "wikitext-2" / "test.txt"), max_words=sizes["wikitext"]),
-    ]
+    specs = [LocalTaskSpec("logiqa", str(GENERAL / "logiqa" / "Test.txt"), limit=sizes["logiqa"]),
+             LocalTaskSpec("sst2", str(GENERAL / "test-SentimentAnalysis.tsv"), limit=sizes["sst2"]),
+             LocalTaskSpec("wikitext", str(GENERAL / "wikitext-2" / "test.txt"), max_words=sizes["wikitext"])]
     texts = []
     for spec in specs:
         for doc in read_documents(spec):
@@ -92,12 +90,8 @@ def compare(got: dict, want: dict, task: str, tokens: list[int] | None) -> dict:
 
 def main() -> None:
     p = common.parser(__doc__.split("\n\n")[0])
-    p.add_argument(
-        "--model",
-        type=Path,
-        default=None,
-        help="full mode: a Hugging Face folder or .gguf (default: the SmolLM2 GGUF from the project's cache)",
-    )
+    p.add_argument("--model", type=Path, default=None,
+                   help="full mode: a Hugging Face folder or .gguf (default: the SmolLM2 GGUF from the project's cache)")
     args = p.parse_args()
     common.setup(args)
     from lm_eval.evaluator import evaluate
@@ -145,15 +139,12 @@ def main() -> None:
                     if r:  # round 0 is the warm-up
                         times[task][name].append(time.perf_counter() - start)
                 for name in CONTENDERS[1:]:
-                    checks[task][name].append(
-                        compare(results[name], results["hflm"], task, wiki_tokens if task == "wikitext" else None)
-                    )
+                    checks[task][name].append(compare(results[name], results["hflm"], task,
+                                                      wiki_tokens if task == "wikitext" else None))
         finally:
             restore_(model, snapshot)
-        print(
-            f"round {r}: "
-            + ", ".join(f"{t} {n} {times[t][n][-1]:.2f}s" for t in sizes for n in CONTENDERS if times[t][n])
-        )
+        print(f"round {r}: " + ", ".join(f"{t} {n} {times[t][n][-1]:.2f}s" for t in sizes for n in CONTENDERS
+                                         if times[t][n]))
     per_candidate = {name: [sum(times[t][name][i] for t in sizes) for i in range(rounds - 1)] for name in CONTENDERS}
     speedup = common.ratio(per_candidate["hflm"], per_candidate["shared_reuse"])
     context_only = common.ratio(per_candidate["hflm"], per_candidate["shared"])
@@ -161,61 +152,32 @@ def main() -> None:
     ideal = n_layers / (n_layers - layer)
     max_diff = max(c["max_abs_diff"] for t in checks.values() for cs in t.values() for c in cs)
     same = min(c["same_choice"] for task in ("logiqa", "sst2") for cs in checks[task].values() for c in cs)
-    per_task = {
-        task: {
-            "docs": sizes[task] if task != "wikitext" else f"{len(wiki_tokens)} ({sizes[task]} words)",
-            **{name: common.summary(times[task][name]) for name in CONTENDERS},
-            "speedup_shared": common.ratio(times[task]["hflm"], times[task]["shared"]),
-            "speedup_shared_reuse": common.ratio(times[task]["hflm"], times[task]["shared_reuse"]),
-            "reuse_speedup": common.ratio(times[task]["shared"], times[task]["shared_reuse"]),
-            "checks": checks[task],
-        }
-        for task in sizes
-    }
+    per_task = {task: {
+        "docs": sizes[task] if task != "wikitext" else f"{len(wiki_tokens)} ({sizes[task]} words)", **{name: common.summary(times[task][name]) for name in CONTENDERS},
+        "speedup_shared": common.ratio(times[task]["hflm"], times[task]["shared"]),
+        "speedup_shared_reuse": common.ratio(times[task]["hflm"], times[task]["shared_reuse"]),
+        "reuse_speedup": common.ratio(times[task]["shared"], times[task]["shared_reuse"]),
+        "checks": checks[task]} for task in sizes}
     for task, row in per_task.items():
-        print(
-            f"{task}: hflm {statistics.median(times[task]['hflm']):.2f}s, shared x{row['speedup_shared']:.2f}, "
-            f"shared+reuse x{row['speedup_shared_reuse']:.2f}"
-        )
+        print(f"{task}: hflm {statistics.median(times[task]['hflm']):.2f}s, shared x{row['speedup_shared']:.2f}, "
+              f"shared+reuse x{row['speedup_shared_reuse']:.2f}")
     goals = [
-        common.goal_line(
-            f"general evaluation per candidate vs lm-eval's HFLM (x; context once + reuse below L={layer})",
-            speedup,
-            GOAL_SPEEDUP,
-        ),
+        common.goal_line(f"general evaluation per candidate vs lm-eval's HFLM (x; context once + reuse below L={layer})",
+                         speedup, GOAL_SPEEDUP),
         common.goal_line("general evaluation: same choice as lm-eval's HFLM (fraction of documents)", same, 1.0),
-        common.goal_line(
-            "general evaluation: max abs log-likelihood diff vs lm-eval (per choice; per token for perplexity)",
-            max_diff,
-            GOAL_LL_DIFF,
-            higher_is_better=False,
-        ),
-        common.goal_line(
-            f"general evaluation: reuse below L={layer} of {n_layers} (fraction of ideal {ideal:.2f}x), lm-eval tasks",
-            reuse / ideal,
-            GOAL_REUSE_OF_IDEAL,
-        ),
+        common.goal_line("general evaluation: max abs log-likelihood diff vs lm-eval (per choice; per token for "
+                         "perplexity)", max_diff, GOAL_LL_DIFF, higher_is_better=False),
+        common.goal_line(f"general evaluation: reuse below L={layer} of {n_layers} (fraction of ideal {ideal:.2f}x), "
+                         "lm-eval tasks", reuse / ideal, GOAL_REUSE_OF_IDEAL),
     ]
-    common.write_result(
-        "general_eval",
-        args,
-        {
-            "model": {"name": model_name, "params": common.param_count(model), "layers": n_layers},
-            "layer": layer,
-            "max_length": max_length,
-            "batch_size": 8,
-            "rounds_timed": rounds - 1,
-            "tasks": per_task,
-            "per_candidate": {name: common.summary(v) for name, v in per_candidate.items()},
-            "speedup_shared_reuse": speedup,
-            "speedup_shared": context_only,
-            "reuse_speedup": reuse,
-            "reuse_ideal": ideal,
-            "reuse_fraction_of_ideal": reuse / ideal,
-            "prefix_cache_bytes": lms["shared_reuse"].prefix_cache.nbytes,
-            "goals": goals,
-        },
-    )
+    common.write_result("general_eval", args, {
+        "model": {"name": model_name, "params": common.param_count(model), "layers": n_layers},
+        "layer": layer, "max_length": max_length, "batch_size": 8, "rounds_timed": rounds - 1, "tasks": per_task,
+        "per_candidate": {name: common.summary(v) for name, v in per_candidate.items()},
+        "speedup_shared_reuse": speedup, "speedup_shared": context_only, "reuse_speedup": reuse, "reuse_ideal": ideal,
+        "reuse_fraction_of_ideal": reuse / ideal, "prefix_cache_bytes": lms["shared_reuse"].prefix_cache.nbytes,
+        "goals": goals,
+    })
 
 
 if __name__ == "__main__":

@@ -36,13 +36,9 @@ def hf_generate_one(model, prompt_ids, max_new_tokens: int, stops: set[int], pad
     """One prompt through `model.generate` (greedy, no padding), cut before the first stop token."""
     ids = torch.tensor([list(prompt_ids)])
     out = model.generate(
-        ids,
-        attention_mask=torch.ones_like(ids),
-        do_sample=False,
-        max_new_tokens=max_new_tokens,
-        eos_token_id=sorted(stops),
-        pad_token_id=pad_id,
-    )[0, ids.shape[1] :].tolist()
+        ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=max_new_tokens,
+        eos_token_id=sorted(stops), pad_token_id=pad_id,
+    )[0, ids.shape[1]:].tolist()
     return next((out[:k] for k, t in enumerate(out) if t in stops), out)
 
 
@@ -62,15 +58,8 @@ def check_identical(model, evaluator, stops, single: list[list[int]], metrics) -
     from mm4ke_ray.evaluate.generation import answer_text, greedy_generate
 
     items = evaluator.items
-    batched = greedy_generate(
-        model,
-        [it.prompt_ids for it in items],
-        [it.max_new_tokens for it in items],
-        stops,
-        evaluator.pad_id,
-        evaluator.batch_size,
-        evaluator.text_stop,
-    )
+    batched = greedy_generate(model, [it.prompt_ids for it in items], [it.max_new_tokens for it in items],
+                              stops, evaluator.pad_id, evaluator.batch_size, evaluator.text_stop)
     id_mismatches = sum(a != b for a, b in zip(batched, single, strict=True))
     texts = [answer_text(evaluator.tokenizer, ids, evaluator.stop) for ids in single]
     scored = {}
@@ -79,25 +68,17 @@ def check_identical(model, evaluator, stops, single: list[list[int]], metrics) -
             scored.setdefault(metric, []).extend(e["generated"] for e in entries)
     by_metric = {m: [t for it, t in zip(items, texts, strict=True) if it.metric == m] for m in scored}
     text_mismatches = sum(a != b for m in scored for a, b in zip(scored[m], by_metric[m], strict=True))
-    return {
-        "items": len(items),
-        "id_mismatches": id_mismatches,
-        "text_mismatches": text_mismatches,
-        "generated_tokens": sum(map(len, single)),
-        "prompt_tokens": sum(len(it.prompt_ids) for it in items),
-        "mean_max_new_tokens": sum(it.max_new_tokens for it in items) / len(items),
-        "distinct_answers": len(set(texts)),
-    }
+    return {"items": len(items), "id_mismatches": id_mismatches, "text_mismatches": text_mismatches,
+            "generated_tokens": sum(map(len, single)),
+            "prompt_tokens": sum(len(it.prompt_ids) for it in items),
+            "mean_max_new_tokens": sum(it.max_new_tokens for it in items) / len(items),
+            "distinct_answers": len(set(texts))}
 
 
 def main() -> None:
     p = common.parser(__doc__.split("\n\n")[0])
-    p.add_argument(
-        "--model",
-        choices=["demo", "smollm2"],
-        default="demo",
-        help="demo: the Qwen2-shaped stand-in (default); smollm2: SmolLM2-135M-Instruct, chat",
-    )
+    p.add_argument("--model", choices=["demo", "smollm2"], default="demo",
+                   help="demo: the Qwen2-shaped stand-in (default); smollm2: SmolLM2-135M-Instruct, chat")
     p.add_argument("--records", type=int, default=8, help="with --model smollm2: how many ZsRE records")
     args = p.parse_args()
     common.setup(args)
@@ -124,11 +105,8 @@ def main() -> None:
     forced_eval = EditEvaluator(tok, records, prompt_format=prompt_format, batch_size=32)
     reference, forced_reference = gen_eval.base_generations(model), forced_eval.base_predictions(model)
     # The pre-WILD budget (target's tokens + 4), same stop rule: what the longer budget costs.
-    old_eval = (
-        GenerationEvaluator(tok, records, prompt_format=prompt_format, batch_size=32, extra_new_tokens=4)
-        if real
-        else None
-    )
+    old_eval = GenerationEvaluator(tok, records, prompt_format=prompt_format, batch_size=32,
+                                   extra_new_tokens=4) if real else None
     old_reference = old_eval.base_generations(model) if real else None
     apply_delta_(model, common.one_layer_delta(model, layer, seed=1), alpha=0.0, sparsity=0.0)
     stops = stop_token_ids(tok, model)
@@ -151,11 +129,9 @@ def main() -> None:
     speedup = common.ratio(times["one_at_a_time"], times["batched"])
     med = {k: common.statistics.median(v) for k, v in times.items()}
     per_record = {k: v / n_records for k, v in med.items()}
-    print(
-        f"{same['items']} items of {n_records} records: batched {med['batched']:.2f} s vs one at a time "
-        f"{med['one_at_a_time']:.2f} s: {speedup:.2f}x; teacher-forced {med['teacher_forced']:.2f} s; "
-        f"generation metrics {metrics.as_dict()}"
-    )
+    print(f"{same['items']} items of {n_records} records: batched {med['batched']:.2f} s vs one at a time "
+          f"{med['one_at_a_time']:.2f} s: {speedup:.2f}x; teacher-forced {med['teacher_forced']:.2f} s; "
+          f"generation metrics {metrics.as_dict()}")
     goals = [
         common.goal_line("batched vs one-at-a-time generation (x)", speedup, GOAL_BATCHED),
         common.goal_line("generations differing (items)", same["id_mismatches"] + same["text_mismatches"], 0, False),
@@ -163,40 +139,24 @@ def main() -> None:
     extra = {}
     if real:
         old = outputs["old_metrics"]
-        extra = {
-            "batched_old_budget": common.summary(times["batched_old_budget"]),
-            "wild_vs_old_budget_cost": med["batched"] / med["batched_old_budget"],
-            "old_budget_rules": old_eval.rules(),
-            "old_budget_generation_metrics": old.flat(),
-            "old_budget_mean_max_new_tokens": sum(it.max_new_tokens for it in old_eval.items) / len(old_eval.items),
-        }
-        print(
-            f"  batched, old budget (target + 4 tokens): {med['batched_old_budget']:.2f} s; the WILD budget "
-            f"(64) costs {extra['wild_vs_old_budget_cost']:.2f}x; old-budget metrics {old.as_dict()}"
-        )
-    common.write_result(
-        "generation_real" if real else "generation",
-        args,
-        {
-            "model": {**model_info, "params": common.param_count(model)},
-            "prompt_format": prompt_format,
-            "rules": gen_eval.rules(),
-            **extra,
-            "records": n_records,
-            "data": str(common.ZSRE.name),
-            "repeats": repeats,
-            "batch_size": 32,
-            "identical": same,
-            "generation_metrics": metrics.flat(),
-            "one_at_a_time": common.summary(times["one_at_a_time"]),
-            "batched": common.summary(times["batched"]),
-            "teacher_forced": common.summary(times["teacher_forced"]),
-            "speedup": speedup,
-            "seconds_per_record": per_record,
-            "generation_vs_teacher_forced_cost": med["batched"] / med["teacher_forced"],
-            "goals": goals,
-        },
-    )
+        extra = {"batched_old_budget": common.summary(times["batched_old_budget"]),
+                 "wild_vs_old_budget_cost": med["batched"] / med["batched_old_budget"],
+                 "old_budget_rules": old_eval.rules(), "old_budget_generation_metrics": old.flat(),
+                 "old_budget_mean_max_new_tokens": sum(it.max_new_tokens for it in old_eval.items)
+                 / len(old_eval.items)}
+        print(f"  batched, old budget (target + 4 tokens): {med['batched_old_budget']:.2f} s; the WILD budget "
+              f"(64) costs {extra['wild_vs_old_budget_cost']:.2f}x; old-budget metrics {old.as_dict()}")
+    common.write_result("generation_real" if real else "generation", args, {
+        "model": {**model_info, "params": common.param_count(model)}, "prompt_format": prompt_format,
+        "rules": gen_eval.rules(), **extra,
+        "records": n_records, "data": str(common.ZSRE.name), "repeats": repeats, "batch_size": 32,
+        "identical": same, "generation_metrics": metrics.flat(),
+        "one_at_a_time": common.summary(times["one_at_a_time"]), "batched": common.summary(times["batched"]),
+        "teacher_forced": common.summary(times["teacher_forced"]), "speedup": speedup,
+        "seconds_per_record": per_record,
+        "generation_vs_teacher_forced_cost": med["batched"] / med["teacher_forced"],
+        "goals": goals,
+    })
     if same["id_mismatches"] or same["text_mismatches"]:
         raise SystemExit(f"batched and one-at-a-time generations differ: {same}")
 

@@ -49,9 +49,7 @@ def main() -> None:
     smoke = args.smoke_test
     shape = "tiny" if smoke else "110m"
     n_candidates = args.candidates or (10 if smoke else 100)
-    checkpoints = sorted(
-        {1, *(c for c in ([5, 10] if smoke else [10, 25, 50, 75, 100]) if c < n_candidates), n_candidates}
-    )
+    checkpoints = sorted({1, *(c for c in ([5, 10] if smoke else [10, 25, 50, 75, 100]) if c < n_candidates), n_candidates})
     n_layers = common.SHAPES[shape]["layers"]
     layers = [n_layers // 4, n_layers // 2, 3 * n_layers // 4]
     records = common.zsre_records(20)
@@ -75,40 +73,21 @@ def main() -> None:
             if i + 1 in checkpoints:
                 rss[i + 1] = ray.get(actor.stats.remote())["rss_bytes"]
                 kinds[i + 1] = ray.get(actor.__ray_call__.remote(_proc_status))
-                print(
-                    f"after {i + 1:3d} candidates: RSS {rss[i + 1] / 2**20:.1f} MiB ("
-                    + ", ".join(f"{k} {v / 2**20:.1f}" for k, v in kinds[i + 1].items())
-                    + ")"
-                )
+                print(f"after {i + 1:3d} candidates: RSS {rss[i + 1] / 2**20:.1f} MiB ("
+                      + ", ".join(f"{k} {v / 2**20:.1f}" for k, v in kinds[i + 1].items()) + ")")
     finally:
         ray.shutdown()
         shutil.rmtree(workdir, ignore_errors=True)
     growth = rss[n_candidates] / rss[1] - 1.0
-    goals = [
-        common.goal_line(
-            f"RSS growth from candidate 1 to {n_candidates} (fraction)", growth, GOAL, higher_is_better=False
-        )
-    ]
-    common.write_result(
-        "memory",
-        args,
-        {
-            "model": {
-                "shape": common.SHAPES[shape],
-                "params": common.param_count(model),
-                "fp32_bytes": 4 * common.param_count(model),
-            },
-            "candidates": n_candidates,
-            "candidates_per_delta": CANDIDATES_PER_DELTA,
-            "delta_layers": layers,
-            "records": 20,
-            "rss_before_first_candidate": start_rss,
-            "rss_bytes": rss,
-            "rss_by_kind": kinds,
-            "growth": growth,
-            "goals": goals,
-        },
-    )
+    goals = [common.goal_line(f"RSS growth from candidate 1 to {n_candidates} (fraction)", growth, GOAL,
+                              higher_is_better=False)]
+    common.write_result("memory", args, {
+        "model": {"shape": common.SHAPES[shape], "params": common.param_count(model),
+                  "fp32_bytes": 4 * common.param_count(model)},
+        "candidates": n_candidates, "candidates_per_delta": CANDIDATES_PER_DELTA, "delta_layers": layers,
+        "records": 20, "rss_before_first_candidate": start_rss, "rss_bytes": rss, "rss_by_kind": kinds, "growth": growth,
+        "goals": goals,
+    })
 
 
 if __name__ == "__main__":

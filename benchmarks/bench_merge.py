@@ -74,49 +74,26 @@ def main() -> None:
                 "ours": common.summary(times["ours"]),
                 "speedup": common.ratio(times["naive"], times["ours"]),
             }
-            print(
-                f"sparsity {sparsity}: naive {rows[f'sparsity={sparsity}']['naive']['median_s'] * 1e3:.1f} ms, "
-                f"ours {rows[f'sparsity={sparsity}']['ours']['median_s'] * 1e3:.2f} ms"
-            )
+            print(f"sparsity {sparsity}: naive {rows[f'sparsity={sparsity}']['naive']['median_s'] * 1e3:.1f} ms, "
+                  f"ours {rows[f'sparsity={sparsity}']['ours']['median_s'] * 1e3:.2f} ms")
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     limits = _limits(model, delta, repeats)
     naive_median = rows["sparsity=0.2"]["naive"]["median_s"]
-    limits["best_possible_speedup_sparsity_0.2"] = naive_median / (
-        limits["one_copy_s"] + limits["bracketed_selection_s"]
-    )
+    limits["best_possible_speedup_sparsity_0.2"] = naive_median / (limits["one_copy_s"] + limits["bracketed_selection_s"])
     limits["best_possible_speedup_sparsity_0"] = naive_median / limits["one_copy_s"]
-    print(
-        "  limits: one copy of the delta's tensors {:.2f} ms, exact top-k selection {:.2f} ms, "
-        "bracketed selection {:.2f} ms".format(
-            1e3 * limits["one_copy_s"], 1e3 * limits["selection_s"], 1e3 * limits["bracketed_selection_s"]
-        )
-    )
-    goals = [
-        common.goal_line("merge candidate speedup, sparsity 0.2 (x)", rows["sparsity=0.2"]["speedup"], GOAL_SPARSE),
-        common.goal_line(
-            "merge candidate speedup, sparsity 0.2, issue 7's goal (x)", rows["sparsity=0.2"]["speedup"], GOAL
-        ),
-        common.goal_line("merge candidate speedup, sparsity 0 (x)", rows["sparsity=0.0"]["speedup"], GOAL),
-    ]
-    common.write_result(
-        "merge",
-        args,
-        {
-            "model": {
-                "shape": common.SHAPES[shape],
-                "params": common.param_count(model),
-                "layer": layer,
-                "delta_entries": sum(t.numel() for t in delta.values()),
-            },
-            "alpha": alpha,
-            "method": "magnitude",
-            "repeats": repeats,
-            "results": rows,
-            "limits": limits,
-            "goals": goals,
-        },
-    )
+    print("  limits: one copy of the delta's tensors {:.2f} ms, exact top-k selection {:.2f} ms, "
+          "bracketed selection {:.2f} ms".format(1e3 * limits["one_copy_s"], 1e3 * limits["selection_s"],
+                                                 1e3 * limits["bracketed_selection_s"]))
+    goals = [common.goal_line("merge candidate speedup, sparsity 0.2 (x)", rows["sparsity=0.2"]["speedup"], GOAL_SPARSE),
+             common.goal_line("merge candidate speedup, sparsity 0.2, issue 7's goal (x)",
+                              rows["sparsity=0.2"]["speedup"], GOAL),
+             common.goal_line("merge candidate speedup, sparsity 0 (x)", rows["sparsity=0.0"]["speedup"], GOAL)]
+    common.write_result("merge", args, {
+        "model": {"shape": common.SHAPES[shape], "params": common.param_count(model), "layer": layer,
+                  "delta_entries": sum(t.numel() for t in delta.values())},
+        "alpha": alpha, "method": "magnitude", "repeats": repeats, "results": rows, "limits": limits, "goals": goals,
+    })
 
 
 def _limits(model, delta, repeats) -> dict:
@@ -146,12 +123,10 @@ def _limits(model, delta, repeats) -> dict:
         for n, s in scores.items():
             _selection(s, k[n])
 
-    times = common.interleaved({"copy": copy_once, "select": select, "bracketed": bracketed}, repeats=max(3, repeats))
-    return {
-        "one_copy_s": min(times["copy"]),
-        "selection_s": min(times["select"]),
-        "bracketed_selection_s": min(times["bracketed"]),
-    }
+    times = common.interleaved({"copy": copy_once, "select": select, "bracketed": bracketed},
+                               repeats=max(3, repeats))
+    return {"one_copy_s": min(times["copy"]), "selection_s": min(times["select"]),
+            "bracketed_selection_s": min(times["bracketed"])}
 
 
 def _check_same_result(model, delta, alpha, sparsity, workdir) -> None:

@@ -38,9 +38,7 @@ GOAL = 3.0
 ALPHA, SPARSITY = 0.5, 0.2
 SHARD = "100MB"  # 110M float32 (438 MB): 5 shards
 MEMORY_GOAL = 1.2  # peak RSS growth ≤ 1.2 × (largest shard + delta)
-MERGEKIT = Path(
-    os.environ.get("MERGEKIT_YAML", common.REPO / "benchmarks" / ".mergekit-venv" / "bin" / "mergekit-yaml")
-)
+MERGEKIT = Path(os.environ.get("MERGEKIT_YAML", common.REPO / "benchmarks" / ".mergekit-venv" / "bin" / "mergekit-yaml"))
 
 _OURS = """
 import json, sys
@@ -68,14 +66,8 @@ save_merged(r.model, sys.argv[1], sys.argv[3], r.info)
 
 
 def _env() -> dict:
-    return {
-        **os.environ,
-        "HF_HUB_OFFLINE": "1",
-        "HF_DATASETS_OFFLINE": "1",
-        "OMP_NUM_THREADS": "1",
-        "TOKENIZERS_PARALLELISM": "false",
-        "PYTHONPATH": str(common.REPO),
-    }
+    return {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1",
+            "TOKENIZERS_PARALLELISM": "false", "PYTHONPATH": str(common.REPO)}
 
 
 def _run(cmd: list[str], out: Path, accept_rc_1: bool = False) -> dict:
@@ -86,11 +78,8 @@ def _run(cmd: list[str], out: Path, accept_rc_1: bool = False) -> dict:
         raise SystemExit(f"{cmd[0]} failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
     if not written:
         raise SystemExit(f"{' '.join(cmd[:3])} wrote no model to {out}")
-    return {
-        "rc": proc.returncode,
-        "stdout": proc.stdout,
-        "stderr_tail": proc.stderr.strip().splitlines()[-1:] if proc.returncode else [],
-    }
+    return {"rc": proc.returncode, "stdout": proc.stdout,
+            "stderr_tail": proc.stderr.strip().splitlines()[-1:] if proc.returncode else []}
 
 
 def _mergekit_config(base: Path, sft: Path, path: Path) -> Path:
@@ -125,13 +114,9 @@ def _compare(ours: Path, other: Path, delta: dict, base: dict) -> dict:
         mask_agreement.append(float(((a[n] != base[n]) == (b[n] != base[n])).float().mean()))
     if untouched_diff:
         raise SystemExit(f"{other.name}: untouched tensors differ, e.g. {untouched_diff[:3]}")
-    return {
-        "tensors_compared": len(shared),
-        "delta_max_abs_diff": max_abs,
-        "delta_kept_mask_agreement_min": min(mask_agreement),
-        "only_in_ours": sorted(set(a) - set(b))[:5],
-        "only_in_other": sorted(set(b) - set(a))[:5],
-    }
+    return {"tensors_compared": len(shared), "delta_max_abs_diff": max_abs,
+            "delta_kept_mask_agreement_min": min(mask_agreement),
+            "only_in_ours": sorted(set(a) - set(b))[:5], "only_in_other": sorted(set(b) - set(a))[:5]}
 
 
 def main() -> None:
@@ -160,27 +145,20 @@ def main() -> None:
         py = sys.executable
         tail = [str(ALPHA), str(SPARSITY)]
         contenders = {
-            "ours": lambda: _run(
-                [py, "-c", _OURS, str(base_dir), str(delta_dir), str(work / "ours"), *tail], work / "ours"
-            ),
-            "in_memory": lambda: _run(
-                [py, "-c", _IN_MEMORY, str(base_dir), str(delta_dir), str(work / "in_memory"), *tail],
-                work / "in_memory",
-            ),
+            "ours": lambda: _run([py, "-c", _OURS, str(base_dir), str(delta_dir), str(work / "ours"), *tail], work / "ours"),
+            "in_memory": lambda: _run([py, "-c", _IN_MEMORY, str(base_dir), str(delta_dir), str(work / "in_memory"), *tail],
+                                      work / "in_memory"),
         }
         skipped = None
         if MERGEKIT.is_file():
             cfg = _mergekit_config(base_dir, sft_dir, work / "ties.yaml")
-            contenders["mergekit"] = lambda: _run(
-                [str(MERGEKIT), str(cfg), str(work / "mergekit")], work / "mergekit", accept_rc_1=True
-            )
+            contenders["mergekit"] = lambda: _run([str(MERGEKIT), str(cfg), str(work / "mergekit")], work / "mergekit",
+                                                  accept_rc_1=True)
         else:
             skipped = f"mergekit not installed ({MERGEKIT} missing; see this script's docstring)"
             print(f"  skipped mergekit: {skipped}")
         runs = {name: fn() for name, fn in contenders.items()}  # one untimed run each, then the check
-        checks = {
-            name: _compare(work / "ours", work / name, delta, base_state) for name in contenders if name != "ours"
-        }
+        checks = {name: _compare(work / "ours", work / name, delta, base_state) for name in contenders if name != "ours"}
         times = common.interleaved(contenders, repeats=repeats, warmup=0)
         rows = {name: common.summary(t) for name, t in times.items()}
         for name, row in rows.items():
@@ -188,55 +166,27 @@ def main() -> None:
         goals = []
         if "mergekit" in times:
             rows["speedup_vs_mergekit"] = common.ratio(times["mergekit"], times["ours"])
-            goals.append(
-                common.goal_line(
-                    "tensor-wise merge vs mergekit-yaml, same ties merge (x)", rows["speedup_vs_mergekit"], GOAL
-                )
-            )
+            goals.append(common.goal_line("tensor-wise merge vs mergekit-yaml, same ties merge (x)",
+                                          rows["speedup_vs_mergekit"], GOAL))
         rows["speedup_vs_in_memory"] = common.ratio(times["in_memory"], times["ours"])
         print(f"  ours vs in memory: {rows['speedup_vs_in_memory']:.2f}x")
         rss = json.loads(runs["ours"]["stdout"].strip().splitlines()[-1])
         shards = sorted(base_dir.glob("*.safetensors"))
-        memory = {
-            **rss,
-            "growth": rss["rss_peak"] - rss["rss_before"],
-            "shards": len(shards),
-            "largest_shard": max(f.stat().st_size for f in shards),
-            "delta_bytes": sum(t.numel() * t.element_size() for t in delta.values()),
-        }
+        memory = {**rss, "growth": rss["rss_peak"] - rss["rss_before"], "shards": len(shards),
+                  "largest_shard": max(f.stat().st_size for f in shards),
+                  "delta_bytes": sum(t.numel() * t.element_size() for t in delta.values())}
         memory["growth_over_shard_plus_delta"] = memory["growth"] / (memory["largest_shard"] + memory["delta_bytes"])
-        goals.append(
-            common.goal_line(
-                "tensor-wise merge peak RSS growth / (largest shard + delta)",
-                memory["growth_over_shard_plus_delta"],
-                MEMORY_GOAL,
-                higher_is_better=False,
-            )
-        )
-        common.write_result(
-            "mergekit",
-            args,
-            {
-                "model": {
-                    "shape": common.SHAPES[shape],
-                    "params": params,
-                    "layer": layer,
-                    "delta_entries": sum(t.numel() for t in delta.values()),
-                    "checkpoint_bytes": sum(f.stat().st_size for f in base_dir.glob("*.safetensors")),
-                },
-                "alpha": ALPHA,
-                "sparsity": SPARSITY,
-                "repeats": repeats,
-                "mergekit": str(MERGEKIT),
-                "mergekit_skipped": skipped,
-                "exit_codes": {n: r["rc"] for n, r in runs.items()},
-                "mergekit_stderr_tail": runs.get("mergekit", {}).get("stderr_tail"),
-                "checks": checks,
-                "results": rows,
-                "memory": memory,
-                "goals": goals,
-            },
-        )
+        goals.append(common.goal_line("tensor-wise merge peak RSS growth / (largest shard + delta)",
+                                      memory["growth_over_shard_plus_delta"], MEMORY_GOAL, higher_is_better=False))
+        common.write_result("mergekit", args, {
+            "model": {"shape": common.SHAPES[shape], "params": params,
+                      "layer": layer, "delta_entries": sum(t.numel() for t in delta.values()),
+                      "checkpoint_bytes": sum(f.stat().st_size for f in base_dir.glob("*.safetensors"))},
+            "alpha": ALPHA, "sparsity": SPARSITY, "repeats": repeats, "mergekit": str(MERGEKIT),
+            "mergekit_skipped": skipped, "exit_codes": {n: r["rc"] for n, r in runs.items()},
+            "mergekit_stderr_tail": runs.get("mergekit", {}).get("stderr_tail"),
+            "checks": checks, "results": rows, "memory": memory, "goals": goals,
+        })
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

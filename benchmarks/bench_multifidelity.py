@@ -27,8 +27,7 @@ sweep's rung subsets are seeded by its seed; it shares the full one's base refer
 Measure per seed and arm: hypervolume of every full-fidelity candidate, reference point (base
 model's edit score, 0) as in search quality; evaluation compute summed over every evaluation of
 every rung, as the trial's `_compute` does: records + documents scored (`eval_records`,
-`eval_docs`, less those read back from the rung below: `rung_reuse.scored_items`) and `eval_seconds` (the
-wall around each evaluate call is reported beside it: it
+`eval_docs`, less those read back from the rung below: `rung_reuse.scored_items`) and `eval_seconds` (the wall around each evaluate call is reported beside it: it
 also holds the one-time base reference of each lower rung); candidates evaluated per rung.
 True-front drop rate (issue 23): every candidate a halving arm pruned is also evaluated in full,
 for this measurement only (not counted as compute, not a row, not told); of the candidates on the
@@ -97,30 +96,18 @@ def main() -> None:
     setup_s = {"full_evaluator": time.perf_counter() - t0}
     base = full_eval.reference.metrics
     reference = (base["edit_score"], 0.0)
-    trainer = _Trainer(
-        load_model(settings.model),
-        load_tokenizer(settings.model),
-        load_edit_records(settings.edits).records,
-        settings.prompt_format,
-    )
-    print(
-        f"world: {'everyday demo' if smoke else f'{search_world.DEMO_LAYERS}-block demo'} "
-        f"({assets.model_dir}), {len(full_eval.records)} edits, general tasks {list(settings.general_tasks)}; "
-        f"{trials} R-SFT runs x {EXTRA + 1} candidates, seeds {list(seeds)}; halving: {fid.rungs} rungs, "
-        f"factor {fid.reduction_factor:g}, error rate {fid.error_rate:g}; HV reference {reference}",
-        flush=True,
-    )
+    trainer = _Trainer(load_model(settings.model), load_tokenizer(settings.model),
+                       load_edit_records(settings.edits).records, settings.prompt_format)
+    print(f"world: {'everyday demo' if smoke else f'{search_world.DEMO_LAYERS}-block demo'} "
+          f"({assets.model_dir}), {len(full_eval.records)} edits, general tasks {list(settings.general_tasks)}; "
+          f"{trials} R-SFT runs x {EXTRA + 1} candidates, seeds {list(seeds)}; halving: {fid.rungs} rungs, "
+          f"factor {fid.reduction_factor:g}, error rate {fid.error_rate:g}; HV reference {reference}", flush=True)
     runs = []
     for seed in seeds:
         t0 = time.perf_counter()
         halving_eval = CandidateEvaluator(
-            dataclasses.replace(
-                settings,
-                fidelity_rungs=fid.rungs,
-                fidelity_reduction_factor=fid.reduction_factor,
-                fidelity_seed=seed,
-                fidelity_min_items=min_sign_items(fid.error_rate),
-            ),
+            dataclasses.replace(settings, fidelity_rungs=fid.rungs, fidelity_reduction_factor=fid.reduction_factor,
+                                fidelity_seed=seed, fidelity_min_items=min_sign_items(fid.error_rate)),
             reference=full_eval.reference,
         )
         setup_s[f"halving_evaluator_seed{seed}"] = time.perf_counter() - t0
@@ -138,87 +125,46 @@ def main() -> None:
     drops = {arm: _front_drops([r for r in runs if r["arm"] == arm]) for arm in ARMS[1:]}
     print("true-front drop rate: " + ", ".join(f"{arm} {d['dropped']}/{d['front']}" for arm, d in drops.items()))
     print(f"median halving / full over {n} seed(s): " + ", ".join(f"{k} {v:.3f}" for k, v in median.items()))
-    print(
-        "(information) median halving-in-trial / full: " + ", ".join(f"{k} {v:.3f}" for k, v in median_in_trial.items())
-    )
+    print("(information) median halving-in-trial / full: "
+          + ", ".join(f"{k} {v:.3f}" for k, v in median_in_trial.items()))
     goals = [
-        common.goal_line(
-            f"multi-fidelity: hypervolume with successive halving / full evaluation, ref "
-            f"({reference[0]:.3g}, 0), {trials} R-SFT runs, median of {n} seeds (x)",
-            median["hypervolume"],
-            GOAL_HV,
-        ),
-        common.goal_line(
-            f"multi-fidelity: evaluation compute (records + documents) with halving / full, "
-            f"median of {n} seeds (fraction)",
-            median["records_docs"],
-            GOAL_COMPUTE,
-            higher_is_better=False,
-        ),
-        common.goal_line(
-            f"multi-fidelity: evaluation compute (seconds) with halving / full, median of {n} seeds (fraction)",
-            median["seconds"],
-            GOAL_COMPUTE,
-            higher_is_better=False,
-        ),
-        common.goal_line(
-            f"multi-fidelity: true-front drop rate with halving (pruned candidates on the front of all "
-            f"the arm's candidates at full fidelity / that front), {n} seeds pooled (fraction)",
-            drops["halving"]["rate"],
-            GOAL_FRONT_DROP,
-            higher_is_better=False,
-        ),
+        common.goal_line(f"multi-fidelity: hypervolume with successive halving / full evaluation, ref "
+                         f"({reference[0]:.3g}, 0), {trials} R-SFT runs, median of {n} seeds (x)",
+                         median["hypervolume"], GOAL_HV),
+        common.goal_line(f"multi-fidelity: evaluation compute (records + documents) with halving / full, "
+                         f"median of {n} seeds (fraction)", median["records_docs"], GOAL_COMPUTE,
+                         higher_is_better=False),
+        common.goal_line(f"multi-fidelity: evaluation compute (seconds) with halving / full, median of {n} "
+                         f"seeds (fraction)", median["seconds"], GOAL_COMPUTE, higher_is_better=False),
+        common.goal_line(f"multi-fidelity: true-front drop rate with halving (pruned candidates on the front of all "
+                         f"the arm's candidates at full fidelity / that front), {n} seeds pooled (fraction)",
+                         drops["halving"]["rate"], GOAL_FRONT_DROP, higher_is_better=False),
     ]
     plan = halving_eval.rung_plan()
-    common.write_result(
-        "multifidelity",
-        args,
-        {
-            "reference_point": reference,
-            "base": {k: base[k] for k in ("edit_score", "general_score", "combined_score") if k in base},
-            "setup": {
-                "world": "everyday demo (2 blocks)" if smoke else f"search_world ({search_world.DEMO_LAYERS} blocks)",
-                "demo_key": assets.manifest["key"],
-                "space": space,
-                "sampler": SAMPLER,
-                "rsft_runs": trials,
-                "extra_candidates": EXTRA,
-                "seeds": list(seeds),
-                "arms": list(ARMS),
-                "fidelity": {
-                    "rungs": fid.rungs,
-                    "reduction_factor": fid.reduction_factor,
-                    "error_rate": fid.error_rate,
-                    "drop_rule": DROP_RULE,
-                    "against_front": {"halving": True, "halving-in-trial": False},
-                    "seed": "the search seed",
-                },
-                "records_per_rung": [len(plan.records(r)) for r in range(plan.rungs)],
-                "docs_per_rung": [sum(len(d[r]) for d in plan.general_docs.values()) for r in range(plan.rungs)],
-                "skipped_rungs": list(plan.skipped),
-                "rungs_described": plan.describe(),
-                "min_items": plan.min_items,
-                "general_tasks": list(settings.general_tasks),
-                "edit_weights": settings.edit_weights,
-                "eval_mode": settings.eval_mode,
-                "setup_seconds": setup_s,
-                "rsft_trained": trainer.trained,
-                "rsft_reused": trainer.reused,
-                "rsft_seconds": trainer.seconds,
-            },
-            "row_fields": ROW_FIELDS,
-            "rung_fields": RUNG_FIELDS,
-            "per_seed_ratios": dict(zip(map(str, seeds), ratios, strict=True)),
-            "median_ratios": median,
-            "in_trial_only": {
-                "per_seed_ratios": dict(zip(map(str, seeds), in_trial, strict=True)),
-                "median_ratios": median_in_trial,
-            },
-            "true_front_drops": drops,
-            "runs": runs,
-            "goals": goals,
+    common.write_result("multifidelity", args, {
+        "reference_point": reference,
+        "base": {k: base[k] for k in ("edit_score", "general_score", "combined_score") if k in base},
+        "setup": {
+            "world": "everyday demo (2 blocks)" if smoke else f"search_world ({search_world.DEMO_LAYERS} blocks)",
+            "demo_key": assets.manifest["key"], "space": space, "sampler": SAMPLER, "rsft_runs": trials,
+            "extra_candidates": EXTRA, "seeds": list(seeds), "arms": list(ARMS),
+            "fidelity": {"rungs": fid.rungs, "reduction_factor": fid.reduction_factor, "error_rate": fid.error_rate,
+                         "drop_rule": DROP_RULE,
+                         "against_front": {"halving": True, "halving-in-trial": False},
+                         "seed": "the search seed"},
+            "records_per_rung": [len(plan.records(r)) for r in range(plan.rungs)],
+            "docs_per_rung": [sum(len(d[r]) for d in plan.general_docs.values()) for r in range(plan.rungs)],
+            "skipped_rungs": list(plan.skipped), "rungs_described": plan.describe(), "min_items": plan.min_items,
+            "general_tasks": list(settings.general_tasks), "edit_weights": settings.edit_weights,
+            "eval_mode": settings.eval_mode, "setup_seconds": setup_s,
+            "rsft_trained": trainer.trained, "rsft_reused": trainer.reused, "rsft_seconds": trainer.seconds,
         },
-    )
+        "row_fields": ROW_FIELDS, "rung_fields": RUNG_FIELDS,
+        "per_seed_ratios": dict(zip(map(str, seeds), ratios, strict=True)), "median_ratios": median,
+        "in_trial_only": {"per_seed_ratios": dict(zip(map(str, seeds), in_trial, strict=True)),
+                          "median_ratios": median_in_trial},
+        "true_front_drops": drops, "runs": runs, "goals": goals,
+    })
 
 
 class _Trainer:
@@ -236,15 +182,9 @@ class _Trainer:
         from mm4ke_ray.rsft import DivergedError, RSFTConfig, run_rsft
 
         config = RSFTConfig(
-            layer=int(params["layer"]),
-            epochs=int(params["epochs"]),
-            steps=int(params["steps"]),
-            lr=float(params["lr"]),
-            threshold=float(params["threshold"]),
-            optimizer=search.rsft.optimizer,
-            prompt_format=self.prompt_format,
-            seed=search.seed,
-            lr_schedule=str(params["lr_schedule"]),
+            layer=int(params["layer"]), epochs=int(params["epochs"]), steps=int(params["steps"]),
+            lr=float(params["lr"]), threshold=float(params["threshold"]), optimizer=search.rsft.optimizer,
+            prompt_format=self.prompt_format, seed=search.seed, lr_schedule=str(params["lr_schedule"]),
             warmup_ratio=float(params["warmup_ratio"]),
         )
         key = config.model_dump_json()
@@ -262,17 +202,8 @@ class _Trainer:
         return delta, False
 
 
-def _search(
-    arm: str,
-    seed: int,
-    trials: int,
-    space: dict,
-    evaluator,
-    trainer: _Trainer,
-    fid,
-    reference: tuple[float, float],
-    base: dict,
-) -> dict:
+def _search(arm: str, seed: int, trials: int, space: dict, evaluator, trainer: _Trainer, fid,
+            reference: tuple[float, float], base: dict) -> dict:
     """One sweep's search, trial by trial as Tune would drive the searcher: suggest, R-SFT,
     evaluate the candidates (in full, or through the rungs), tell the trial's result."""
     import optuna
@@ -289,9 +220,7 @@ def _search(
     search = SearchConfig(num_trials=trials, sampler=SAMPLER, seed=seed, space=space)
     searched, fixed = sp.split_space(search)
     searcher = CandidateAwareOptunaSearch(
-        space=searched,
-        metric=[o.name for o in OBJECTIVES],
-        mode=[o.mode for o in OBJECTIVES],
+        space=searched, metric=[o.name for o in OBJECTIVES], mode=[o.mode for o in OBJECTIVES],
         sampler=sp.make_sampler(search, points_per_trial=EXTRA + 1),
     )
     names = [o.name for o in (*OBJECTIVES, COMBINED)]
@@ -303,97 +232,50 @@ def _search(
         delta, reused = trainer.delta(search, params)
         if delta is None:
             trial_log.append({"params": params, "status": "diverged", "rsft_reused": reused})
-            searcher.on_trial_complete(
-                trial_id, {"status": "diverged", "params": params, **dict.fromkeys(names, float("nan"))}
-            )
+            searcher.on_trial_complete(trial_id, {"status": "diverged", "params": params,
+                                                  **dict.fromkeys(names, float("nan"))})
             continue
-        cands = sp.merge_candidates(
-            search, float(params["alpha"]), float(params["sparsity"]), EXTRA, sp.candidate_seed(search.seed, params)
-        )
+        cands = sp.merge_candidates(search, float(params["alpha"]), float(params["sparsity"]), EXTRA,
+                                    sp.candidate_seed(search.seed, params))
         # The front the driver would have published before this trial: base and every full row so far.
         front = front_points([base, *rows]) if arm != "full" and fid.against_front else []
         full, evals, reached, rung_logs = _evaluate(arm, cands, delta, evaluator, seed, fid, front)
-        shadow += [
-            [
-                i,
-                c["index"],
-                c["index"] in {f["index"] for f in full},
-                *(_round(c["shadow"][o.name]) for o in OBJECTIVES),
-            ]
-            for c in cands
-        ]
+        shadow += [[i, c["index"], c["index"] in {f["index"] for f in full},
+                    *(_round(c["shadow"][o.name]) for o in OBJECTIVES)] for c in cands]
         evaluations += evals
         for r, count in enumerate(reached):
             per_rung[r] += count
         for c in full:
-            rows.append(
-                {
-                    "trial": i,
-                    "kind": c["kind"],
-                    "alpha": c["alpha"],
-                    "sparsity": c["sparsity"],
-                    **{k: c["metrics"][k] for k in names},
-                }
-            )
+            rows.append({"trial": i, "kind": c["kind"], "alpha": c["alpha"], "sparsity": c["sparsity"],
+                         **{k: c["metrics"][k] for k in names}})
         sampled = full[0]["metrics"]  # index 0, the sampled candidate, always reaches the full rung
-        searcher.on_trial_complete(
-            trial_id,
-            {
-                "status": "ok",
-                **{o.name: sampled[o.name] for o in OBJECTIVES},
-                "params": params,
-                EXTRA_POINTS_KEY: [
-                    {
-                        "params": {**params, **{k: c[k] for k in sp.MERGE_PARAMS}},
-                        "values": [c["metrics"][o.name] for o in OBJECTIVES],
-                    }
-                    for c in full[1:]
-                    if c["in_space"]
-                ],
-            },
-        )
-        trial_log.append(
-            {
-                "params": params,
-                "status": "ok",
-                "rsft_reused": reused,
-                "candidates_per_rung": reached,
-                "full_candidates": [c["index"] for c in full],
-                "lower_rungs": rung_logs,
-            }
-        )
+        searcher.on_trial_complete(trial_id, {
+            "status": "ok", **{o.name: sampled[o.name] for o in OBJECTIVES}, "params": params,
+            EXTRA_POINTS_KEY: [{"params": {**params, **{k: c[k] for k in sp.MERGE_PARAMS}},
+                                "values": [c["metrics"][o.name] for o in OBJECTIVES]}
+                               for c in full[1:] if c["in_space"]],
+        })
+        trial_log.append({"params": params, "status": "ok", "rsft_reused": reused, "candidates_per_rung": reached,
+                          "full_candidates": [c["index"] for c in full], "lower_rungs": rung_logs})
     scored = [scored_items(m) for m in evaluations]
-    compute = {
-        "records": sum(r for r, _ in scored),
-        "docs": sum(d for _, d in scored),
-        "reused_records_docs": sum(int(m.get(REUSED_RECORDS, 0)) + int(m.get(REUSED_DOCS, 0)) for m in evaluations),
-        "seconds": sum(float(m["eval_seconds"]) for m in evaluations),
-        "wall_seconds": sum(float(m["wall_seconds"]) for m in evaluations),
-    }
+    compute = {"records": sum(r for r, _ in scored), "docs": sum(d for _, d in scored),
+               "reused_records_docs": sum(int(m.get(REUSED_RECORDS, 0)) + int(m.get(REUSED_DOCS, 0))
+                                          for m in evaluations),
+               "seconds": sum(float(m["eval_seconds"]) for m in evaluations),
+               "wall_seconds": sum(float(m["wall_seconds"]) for m in evaluations)}
     compute["records_docs"] = compute["records"] + compute["docs"]
     # Per rung: a low rung's evaluation also pays fixed costs (merge, restore, lm-eval's set-up per
     # call) that do not shrink with its items, so seconds fall less than records + documents.
-    compute["seconds_per_rung"] = [
-        sum(float(m["eval_seconds"]) for m in evaluations if m["rung"] == r) for r in range(fid.rungs)
-    ]
-    return {
-        "arm": arm,
-        "seed": seed,
-        "rsft_runs": trials,
-        "hypervolume": hypervolume(rows, reference),
-        "full_candidates": len(rows),
-        "evaluations": len(evaluations),
-        "candidates_per_rung": per_rung,
-        "eval_compute": compute,
-        "extra_points_told": searcher.extra_points_told,
-        "layers": sorted({int(t["params"]["layer"]) for t in trial_log}),
-        "diverged": sum(t["status"] == "diverged" for t in trial_log),
-        "lower_rungs": _rung_counts(trial_log, fid.rungs),
-        "seconds": time.perf_counter() - start,
-        "rows": [[_round(r[k]) for k in ROW_FIELDS] for r in rows],
-        "trials": trial_log,
-        "all_candidates": shadow,
-    }
+    compute["seconds_per_rung"] = [sum(float(m["eval_seconds"]) for m in evaluations if m["rung"] == r)
+                                   for r in range(fid.rungs)]
+    return {"arm": arm, "seed": seed, "rsft_runs": trials, "hypervolume": hypervolume(rows, reference),
+            "full_candidates": len(rows), "evaluations": len(evaluations), "candidates_per_rung": per_rung,
+            "eval_compute": compute, "extra_points_told": searcher.extra_points_told,
+            "layers": sorted({int(t["params"]["layer"]) for t in trial_log}),
+            "diverged": sum(t["status"] == "diverged" for t in trial_log),
+            "lower_rungs": _rung_counts(trial_log, fid.rungs), "seconds": time.perf_counter() - start,
+            "rows": [[_round(r[k]) for k in ROW_FIELDS] for r in rows], "trials": trial_log,
+            "all_candidates": shadow}
 
 
 def _rung_counts(trial_log: list[dict], rungs: int) -> list[dict]:
@@ -403,23 +285,15 @@ def _rung_counts(trial_log: list[dict], rungs: int) -> list[dict]:
     for r in range(rungs - 1):
         logs = [t["lower_rungs"][r] for t in trial_log if len(t.get("lower_rungs", [])) > r]
         cands = [c for log in logs for c in log.values()]
-        out.append(
-            {
-                "evaluated": len(cands),
-                "dominated": sum(c[4] for c in cands),
-                "dominated_beyond_doubt": sum(c[5] for c in cands),
-                "beaten_by_front": sum(c[6] for c in cands),
-                "promoted": sum(
-                    t["candidates_per_rung"][r + 1] for t in trial_log if len(t.get("lower_rungs", [])) > r
-                ),
-            }
-        )
+        out.append({"evaluated": len(cands), "dominated": sum(c[4] for c in cands),
+                    "dominated_beyond_doubt": sum(c[5] for c in cands), "beaten_by_front": sum(c[6] for c in cands),
+                    "promoted": sum(t["candidates_per_rung"][r + 1] for t in trial_log
+                                    if len(t.get("lower_rungs", [])) > r)})
     return out
 
 
-def _evaluate(
-    arm: str, cands: list[dict], delta: dict, evaluator, seed: int, fid, front: list
-) -> tuple[list[dict], list[dict], list[int]]:
+def _evaluate(arm: str, cands: list[dict], delta: dict, evaluator, seed: int, fid, front: list
+              ) -> tuple[list[dict], list[dict], list[int]]:
     """(the full-fidelity candidates in index order with their `metrics`, every evaluation's
     metrics, candidates evaluated per rung). The halving arm is `_evaluate_candidates`'s logic
     in `search/trial.py`, one candidate after another instead of over an actor pool."""
@@ -444,21 +318,12 @@ def _evaluate(
 
     def evaluate_at(rung: int, keys: list[str]) -> dict:
         below = [r for r in sorted(by_rung) if r < rung]  # the candidates' last rung: its items are reused
-        by_rung[rung] = {
-            int(k): score(int(k), rung, by_rung[below[-1]][int(k)].get(REUSE) if below else None) for k in keys
-        }
+        by_rung[rung] = {int(k): score(int(k), rung, by_rung[below[-1]][int(k)].get(REUSE) if below else None)
+                         for k in keys}
         return {str(i): rung_result(str(i), m) for i, m in by_rung[rung].items()}
 
-    history = run_rungs(
-        [str(i) for i in range(len(cands))],
-        evaluate_at,
-        fid.rungs,
-        fid.reduction_factor,
-        fid.error_rate,
-        keep=["0"],
-        front=front,
-        skip=evaluator.rung_plan().skipped,
-    )
+    history = run_rungs([str(i) for i in range(len(cands))], evaluate_at, fid.rungs, fid.reduction_factor,
+                        fid.error_rate, keep=["0"], front=front, skip=evaluator.rung_plan().skipped)
     last = fid.rungs - 1
     full = []
     for i, c in enumerate(cands):
@@ -481,20 +346,12 @@ def _rung_log(results: dict, error_rate: float, front: list) -> dict:
     group = list(results.values())
 
     def plain(a) -> bool:
-        return any(
-            b is not a and all(x >= y for x, y in zip(b.values(), a.values(), strict=True)) and b.values() != a.values()
-            for b in group
-        )
+        return any(b is not a and all(x >= y for x, y in zip(b.values(), a.values(), strict=True))
+                   and b.values() != a.values() for b in group)
 
-    return {
-        k: [
-            *map(_round, (r.edit, r.general, r.edit_se, r.general_se)),
-            plain(r),
-            dominators(r, group, error_rate) > 0,
-            any(beaten_by_exact(r, pt, error_rate) for pt in front),
-        ]
-        for k, r in results.items()
-    }
+    return {k: [*map(_round, (r.edit, r.general, r.edit_se, r.general_se)), plain(r),
+                dominators(r, group, error_rate) > 0, any(beaten_by_exact(r, pt, error_rate) for pt in front)]
+            for k, r in results.items()}
 
 
 def _front_drops(runs: list[dict]) -> dict:
@@ -528,20 +385,15 @@ def _seed_ratios(runs: list[dict], seed: int, arm: str = "halving") -> dict:
 
 def _line(run: dict) -> str:
     c = run["eval_compute"]
-    return (
-        f"seed {run['seed']} {run['arm']:7s}: HV {run['hypervolume']:.4f}, {run['full_candidates']} full "
-        f"candidates, per rung {run['candidates_per_rung']}; compute {c['records']} records + {c['docs']} docs, "
-        f"eval {c['seconds']:.1f} s (per rung {', '.join(f'{x:.1f}' for x in c['seconds_per_rung'])}; wall "
-        f"{c['wall_seconds']:.1f} s); layers {run['layers']}, "
-        f"{run['diverged']} diverged; {run['seconds']:.0f} s in all"
-        + "".join(
-            f"\n    rung {r}: {x['evaluated']} evaluated, {x['dominated']} dominated, "
-            f"{x['dominated_beyond_doubt']} beyond doubt, {x['beaten_by_front']} beaten by the front, "
-            f"{x['promoted']} promoted"
-            for r, x in enumerate(run["lower_rungs"])
-            if x["evaluated"]
-        )
-    )
+    return (f"seed {run['seed']} {run['arm']:7s}: HV {run['hypervolume']:.4f}, {run['full_candidates']} full "
+            f"candidates, per rung {run['candidates_per_rung']}; compute {c['records']} records + {c['docs']} docs, "
+            f"eval {c['seconds']:.1f} s (per rung {', '.join(f'{x:.1f}' for x in c['seconds_per_rung'])}; wall "
+            f"{c['wall_seconds']:.1f} s); layers {run['layers']}, "
+            f"{run['diverged']} diverged; {run['seconds']:.0f} s in all"
+            + "".join(f"\n    rung {r}: {x['evaluated']} evaluated, {x['dominated']} dominated, "
+                      f"{x['dominated_beyond_doubt']} beyond doubt, {x['beaten_by_front']} beaten by the front, "
+                      f"{x['promoted']} promoted"
+                      for r, x in enumerate(run["lower_rungs"]) if x["evaluated"]))
 
 
 def _ratio(a: float, b: float) -> float:

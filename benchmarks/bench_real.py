@@ -44,13 +44,8 @@ def arguments():
     p.add_argument("--records", type=int, default=50, help="ZsRE records edited and evaluated (default 50)")
     p.add_argument("--sweep-trials", type=int, default=12, help="trials of the real sweep (default 12; 0: none)")
     p.add_argument("--fresh", action="store_true", help="start over instead of resuming <out>/real.partial.json")
-    p.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="extra config overrides for every step, as the sweep's --set",
-    )
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="extra config overrides for every step, as the sweep's --set")
     return p.parse_args()
 
 
@@ -59,35 +54,24 @@ def offline_overrides() -> dict:
     from mm4ke_ray.real.smollm2 import fetch_smollm2
 
     general = SHARED / "data" / "general"
-    return {
-        "model.name": str(fetch_smollm2(say=print)),
-        "data.edits": str(ZSRE),
-        "evaluation.local_tasks.wikitext": {"path": str(general / "wikitext-2" / "test.txt"), "max_words": 8000},
-    }
+    return {"model.name": str(fetch_smollm2(say=print)), "data.edits": str(ZSRE),
+            "evaluation.local_tasks.wikitext": {"path": str(general / "wikitext-2" / "test.txt"), "max_words": 8000}}
 
 
 def table_only(overrides: dict) -> dict:
     """The table also reports SST-2 (200 documents) per row, for information: the config leaves it out
     because the noise guard refuses it for this model (its base is within 2 SEs of chance)."""
     general = SHARED / "data" / "general"
-    return {
-        **overrides,
-        "evaluation.general_tasks": ["wikitext", "sst2"],
-        "evaluation.general_limit": 200,
-        "evaluation.local_tasks.sst2": str(general / "test-SentimentAnalysis.tsv"),
-    }
+    return {**overrides, "evaluation.general_tasks": ["wikitext", "sst2"], "evaluation.general_limit": 200,
+            "evaluation.local_tasks.sst2": str(general / "test-SentimentAnalysis.tsv")}
 
 
 def smoke_overrides() -> dict:
     from mm4ke_ray.demo.build import build_demo
 
     assets = build_demo()
-    return {
-        "model.name": str(assets.model_dir),
-        "data.edits": str(assets.edits_path),
-        "evaluation.task_include_path": str(assets.tasks_dir),
-        "data.limit": 3,
-    }
+    return {"model.name": str(assets.model_dir), "data.edits": str(assets.edits_path),
+            "evaluation.task_include_path": str(assets.tasks_dir), "data.limit": 3}
 
 
 def load(config_path: Path, overrides: dict):
@@ -173,10 +157,8 @@ def table_and_curves(steps: Steps, config, work: Path, smoke: bool) -> None:
     # point the α curve already scored (the same delta, α and sparsity) is not evaluated again.
     for alpha in (0.2, 0.8):
         same = f"alpha={alpha}" if CURVE_SPARSITY == 0.2 and f"alpha={alpha}" in steps.done else None
-        steps.run(
-            f"merged α{alpha}",
-            lambda a=alpha, k=same: dict(steps.done[k]) if k else candidate(evaluator, delta, a, 0.2),
-        )
+        steps.run(f"merged α{alpha}", lambda a=alpha, k=same: dict(steps.done[k]) if k else
+                  candidate(evaluator, delta, a, 0.2))
 
 
 def run_sweep(steps: Steps, config_path: Path, overrides: dict, trials: int, out: Path) -> None:
@@ -184,13 +166,9 @@ def run_sweep(steps: Steps, config_path: Path, overrides: dict, trials: int, out
     read back with `mm4ke-ray pareto --all --format json`."""
     folder = out / "real-sweep"
     name = "bench-real"
-    sets = {
-        **overrides,
-        "name": name,
-        "storage_path": str(folder / "ray"),
-        "tracking.uri": f"sqlite:///{folder / 'mlflow.db'}",
-        "tracking.artifact_location": str(folder / "mlartifacts"),
-    }
+    sets = {**overrides, "name": name, "storage_path": str(folder / "ray"),
+            "tracking.uri": f"sqlite:///{folder / 'mlflow.db'}",
+            "tracking.artifact_location": str(folder / "mlartifacts")}
     cli = [sys.executable, "-m", "mm4ke_ray.cli"]
 
     def sweep() -> dict:
@@ -202,12 +180,8 @@ def run_sweep(steps: Steps, config_path: Path, overrides: dict, trials: int, out
             cmd = [*cli, "sweep", str(config_path), "--num-trials", str(trials)]
             cmd += [a for k, v in sets.items() for a in ("--set", f"{k}={_yaml(v)}")]
         subprocess.run(cmd, check=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
-        shown = subprocess.run(
-            [*cli, "pareto", "--tracking-uri", sets["tracking.uri"], "--sweep", name, "--all", "--format", "json"],
-            check=True,
-            capture_output=True,
-            text=True,
-        )
+        shown = subprocess.run([*cli, "pareto", "--tracking-uri", sets["tracking.uri"], "--sweep", name, "--all",
+                                "--format", "json"], check=True, capture_output=True, text=True)
         return {"candidates": json.loads(shown.stdout), "trials": trials}
 
     steps.run("sweep", sweep)
@@ -220,9 +194,8 @@ def _yaml(value) -> str:
 def main() -> None:
     args = arguments()
     setup(args)
-    out = args.out or (
-        Path(os.environ.get("TMPDIR", "/tmp")) / "bench-real" if args.smoke_test else REPO / "benchmarks" / "results"
-    )
+    out = args.out or (Path(os.environ.get("TMPDIR", "/tmp")) / "bench-real" if args.smoke_test
+                       else REPO / "benchmarks" / "results")
     out.mkdir(parents=True, exist_ok=True)
     config_path = (REPO / "mm4ke_ray" / "demo" / "sweep.yaml") if args.smoke_test else CONFIG
     import yaml
@@ -232,10 +205,8 @@ def main() -> None:
         key, _, value = item.partition("=")
         overrides[key] = yaml.safe_load(value)
     # The table edits `--records` records; the sweep runs the config's own size (a laptop's hour).
-    table_overrides = {
-        **(overrides if args.smoke_test else table_only(overrides)),
-        "data.limit": 3 if args.smoke_test else args.records,
-    }
+    table_overrides = {**(overrides if args.smoke_test else table_only(overrides)),
+                       "data.limit": 3 if args.smoke_test else args.records}
     steps = Steps(out / f"{NAME}.partial.json", args.fresh)
     started = time.perf_counter()
     table_and_curves(steps, load(config_path, table_overrides), out / "real-work", args.smoke_test)
@@ -245,19 +216,11 @@ def main() -> None:
     from real_report import write_report
 
     args.out = out
-    write_report(
-        args,
-        {
-            "config": str(config_path.relative_to(REPO)),
-            "records": table_overrides["data.limit"],
-            "sweep_records": load(config_path, overrides).data.limit,
-            "objective_tasks": load(config_path, overrides).evaluation.general_tasks,
-            "paper_settings": PAPER,
-            "steps": steps.done,
-            "wall_s": round(time.perf_counter() - started, 1),
-        },
-        out,
-    )
+    write_report(args, {"config": str(config_path.relative_to(REPO)), "records": table_overrides["data.limit"],
+                        "sweep_records": load(config_path, overrides).data.limit,
+                        "objective_tasks": load(config_path, overrides).evaluation.general_tasks,
+                        "paper_settings": PAPER, "steps": steps.done,
+                        "wall_s": round(time.perf_counter() - started, 1)}, out)
 
 
 if __name__ == "__main__":

@@ -25,22 +25,13 @@ from mm4ke_ray.evaluate.general import GeneralEvaluator
 from mm4ke_ray.evaluate.real_tasks import LocalTaskSpec, build_local_task, read_documents
 from mm4ke_ray.evaluate.scores import check_task_noise
 
-FILES = {
-    "sst2": "test-SentimentAnalysis.tsv",
-    "logiqa": "logiqa/Test.txt",
-    "boolq": "test-ClosedDomainQA.jsonl",
-    "rte": "test-NLI.tsv",
-    "wikitext": "wikitext-2/test.txt",
-}
+FILES = {"sst2": "test-SentimentAnalysis.tsv", "logiqa": "logiqa/Test.txt", "boolq": "test-ClosedDomainQA.jsonl",
+         "rte": "test-NLI.tsv", "wikitext": "wikitext-2/test.txt"}
 
 
 def _spec(name: str, args) -> LocalTaskSpec:
-    return LocalTaskSpec(
-        name,
-        str(Path(args.data) / FILES[name]),
-        limit=None if name == "wikitext" else args.limit,
-        max_words=args.max_words if name == "wikitext" else None,
-    )
+    return LocalTaskSpec(name, str(Path(args.data) / FILES[name]), limit=None if name == "wikitext" else args.limit,
+                         max_words=args.max_words if name == "wikitext" else None)
 
 
 def _load(args, names: list[str]):
@@ -84,14 +75,8 @@ def main() -> None:
     rows = {}
     for name in names:
         folder = build_local_task(_spec(name, args), cache)
-        ev = GeneralEvaluator(
-            model,
-            tok,
-            [name],
-            include_path=[folder],
-            max_length=args.max_length,
-            batch_size=1 if name == "wikitext" else args.batch_size,
-        )
+        ev = GeneralEvaluator(model, tok, [name], include_path=[folder], max_length=args.max_length,
+                              batch_size=1 if name == "wikitext" else args.batch_size)
         start = time.perf_counter()
         r = ev.evaluate_result()
         seconds = time.perf_counter() - start
@@ -100,33 +85,17 @@ def main() -> None:
             verdict = "accepted"
         except UserError:
             verdict = "refused"
-        rows[name] = {
-            "metric": r.metrics[name],
-            "score": r.scores[name],
-            "stderr": r.stderr[name],
-            "floor": r.chance[name],
-            "docs": r.n_docs[name],
-            "seconds": round(seconds, 1),
-            "noise_guard": verdict,
-        }
+        rows[name] = {"metric": r.metrics[name], "score": r.scores[name], "stderr": r.stderr[name],
+                      "floor": r.chance[name], "docs": r.n_docs[name], "seconds": round(seconds, 1),
+                      "noise_guard": verdict}
         print(json.dumps({name: rows[name]}), flush=True)
     goals = [common.goal_line("tasks evaluated", float(len(rows)), float(len(names)))]
     if "wikitext" in rows:
-        goals.append(
-            common.goal_line("wikitext perplexity finite", float(math.isfinite(rows["wikitext"]["score"])), 1.0)
-        )
-    common.write_result(
-        "real_general",
-        args,
-        {
-            "model": args.gguf or args.model or "tiny random qwen2",
-            "limit": args.limit,
-            "max_words": args.max_words,
-            "max_length": args.max_length,
-            "tasks": rows,
-            "goals": goals,
-        },
-    )
+        goals.append(common.goal_line("wikitext perplexity finite", float(math.isfinite(rows["wikitext"]["score"])),
+                                      1.0))
+    common.write_result("real_general", args, {"model": args.gguf or args.model or "tiny random qwen2",
+                                               "limit": args.limit, "max_words": args.max_words,
+                                               "max_length": args.max_length, "tasks": rows, "goals": goals})
 
 
 if __name__ == "__main__":

@@ -106,9 +106,8 @@ def floor_setup(model, examples, layer):
             hidden = capture_prefix(model, layer, ids)
             pos = torch.arange(ids.shape[1]).unsqueeze(0)
             pe = inner.rotary_emb(hidden, pos)
-            mask = create_causal_mask(
-                config=inner.config, inputs_embeds=hidden, attention_mask=None, cache=None, position_ids=pos
-            )
+            mask = create_causal_mask(config=inner.config, inputs_embeds=hidden, attention_mask=None,
+                                      cache=None, position_ids=pos)
             prepared.append((hidden, pe, mask, pos, ids[0, start:], ids.shape[1] - start))
     return prepared
 
@@ -136,12 +135,8 @@ def floor_run(model, prepared, layer, epochs, steps, lr) -> int:
 
 def main() -> None:
     p = common.parser(__doc__.split("\n\n")[0])
-    p.add_argument(
-        "--model",
-        choices=["demo", "smollm2"],
-        default="demo",
-        help="demo: the Qwen2-shaped stand-in (default); smollm2: SmolLM2-135M-Instruct, chat, L = 6",
-    )
+    p.add_argument("--model", choices=["demo", "smollm2"], default="demo",
+                   help="demo: the Qwen2-shaped stand-in (default); smollm2: SmolLM2-135M-Instruct, chat, L = 6")
     args = p.parse_args()
     common.setup(args)
     from mm4ke_ray.rsft import RSFTConfig, run_rsft
@@ -163,9 +158,8 @@ def main() -> None:
         layer, prompt_format = common.SHAPES[shape]["layers"] // 2, "plain"
         model_info = {"shape": common.SHAPES[shape]}
     lr, threshold = 1e-4, 0.0
-    config = RSFTConfig(
-        layer=layer, epochs=epochs, steps=steps, lr=lr, threshold=threshold, prompt_format=prompt_format
-    )
+    config = RSFTConfig(layer=layer, epochs=epochs, steps=steps, lr=lr, threshold=threshold,
+                        prompt_format=prompt_format)
     examples = _encode(tok, records, prompt_format)
     restore = _Restore(model, layer)
     prepared = floor_setup(model, examples, layer)
@@ -179,7 +173,6 @@ def main() -> None:
             updates[name] = fn()
             cpu.setdefault(name, []).append(time.process_time() - start)
             restore()
-
         return run
 
     # Same deltas as before the default changed: the final-loss forward only logs.
@@ -188,17 +181,13 @@ def main() -> None:
     same_delta = all(torch.equal(a.delta[n], b.delta[n]) for n in a.delta)
     if not same_delta:
         raise SystemExit("final_loss changed the delta")
-    times = common.interleaved(
-        {
-            "ours": contender("ours", lambda: run_rsft(model, tok, records, config).updates),
-            "ours_final_loss": contender(
-                "ours_final_loss", lambda: run_rsft(model, tok, records, config, final_loss=True).updates
-            ),
-            "naive": contender("naive", lambda: naive_run(model, examples, layer, epochs, steps, lr, threshold)),
-            "floor": contender("floor", lambda: floor_run(model, prepared, layer, epochs, steps, lr)),
-        },
-        repeats=repeats,
-    )
+    times = common.interleaved({
+        "ours": contender("ours", lambda: run_rsft(model, tok, records, config).updates),
+        "ours_final_loss": contender(
+            "ours_final_loss", lambda: run_rsft(model, tok, records, config, final_loss=True).updates),
+        "naive": contender("naive", lambda: naive_run(model, examples, layer, epochs, steps, lr, threshold)),
+        "floor": contender("floor", lambda: floor_run(model, prepared, layer, epochs, steps, lr)),
+    }, repeats=repeats)
     expected = n_records * epochs * steps
     if any(u != expected for u in updates.values()):
         raise SystemExit(f"contenders took different numbers of updates: {updates} (expected {expected})")
@@ -209,16 +198,9 @@ def main() -> None:
     # On a loaded machine wall samples of one contender spread widely; CPU seconds (one torch
     # thread) are the work done and give a steadier ratio (the warm-up call left out).
     cpu_med = {name: statistics.median(c[-repeats:]) for name, c in cpu.items()}
-    results = {
-        name: {
-            **common.summary(t),
-            "steps_per_s_median": med[name],
-            "steps_per_s_mean": rate[name],
-            "cpu_samples_s": cpu[name][-repeats:],
-            "cpu_steps_per_s_median": expected / cpu_med[name],
-        }
-        for name, t in times.items()
-    }
+    results = {name: {**common.summary(t), "steps_per_s_median": med[name], "steps_per_s_mean": rate[name],
+                      "cpu_samples_s": cpu[name][-repeats:], "cpu_steps_per_s_median": expected / cpu_med[name]}
+               for name, t in times.items()}
     goals = [
         common.goal_line("R-SFT steps/s vs naive loop (x)", med["ours"] / med["naive"], GOAL_VS_NAIVE),
         common.goal_line("R-SFT steps/s vs floor (fraction)", med["ours"] / med["floor"], GOAL_VS_FLOOR),
@@ -231,30 +213,15 @@ def main() -> None:
         "naive_vs_floor": med["naive"] / med["floor"],
     }
     print("  " + ", ".join(f"{k} {v:.3f}" for k, v in extra.items()))
-    common.write_result(
-        "rsft_real" if real else "rsft",
-        args,
-        {
-            "model": {**model_info, "params": common.param_count(model)},
-            "setup": {
-                "layer": layer,
-                "prompt_format": prompt_format,
-                "records": n_records,
-                "epochs": epochs,
-                "steps": steps,
-                "lr": lr,
-                "threshold": threshold,
-                "updates_per_run": expected,
-                "repeats": repeats,
-                "mean_tokens_per_record": sum(ids.shape[1] for ids, _ in examples) / len(examples),
-            },
-            "results": results,
-            "ratios": extra,
-            "goals": goals,
-            "default_stepper": a.stepper,
-            "delta_equal_with_and_without_final_loss": same_delta,
-        },
-    )
+    common.write_result("rsft_real" if real else "rsft", args, {
+        "model": {**model_info, "params": common.param_count(model)},
+        "setup": {"layer": layer, "prompt_format": prompt_format, "records": n_records, "epochs": epochs,
+                  "steps": steps, "lr": lr,
+                  "threshold": threshold, "updates_per_run": expected, "repeats": repeats,
+                  "mean_tokens_per_record": sum(ids.shape[1] for ids, _ in examples) / len(examples)},
+        "results": results, "ratios": extra, "goals": goals,
+        "default_stepper": a.stepper, "delta_equal_with_and_without_final_loss": same_delta,
+    })
 
 
 if __name__ == "__main__":

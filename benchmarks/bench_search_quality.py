@@ -59,76 +59,40 @@ def main() -> None:
             r = replay(doc, sampler, seed, trials, EXTRA)
             rows = r["rows"]
             curve = {n: hypervolume([x for x in rows if x["trial"] < n], reference) for n in steps}
-            runs.append(
-                {
-                    "sampler": sampler,
-                    "seed": seed,
-                    "rsft_runs": trials,
-                    "candidates": len(rows),
-                    "extra_points_told": r["extra_points_told"],
-                    "hypervolume": curve[trials],
-                    "hypervolume_ref_origin": hypervolume(rows, (0.0, 0.0)),
-                    "hypervolume_by_rsft_runs": curve,
-                    "layers": sorted({t["params"]["layer"] for t in r["trials"]}),
-                    "distinct_rsft_cells": len({tuple(x["cell"][k] for k in doc["grid"]) for x in rows}),
-                    "seconds": time.perf_counter() - start,
-                }
-            )
-            print(
-                f"seed {seed} {sampler:6s}: HV {curve[trials]:.4f} ({curve[trials] / grid_hv:.1%} of the grid) "
-                f"by runs {', '.join(f'{n}: {v:.4f}' for n, v in curve.items())}; layers {runs[-1]['layers']}, "
-                f"{runs[-1]['distinct_rsft_cells']} grid cells"
-            )
+            runs.append({
+                "sampler": sampler, "seed": seed, "rsft_runs": trials, "candidates": len(rows),
+                "extra_points_told": r["extra_points_told"], "hypervolume": curve[trials],
+                "hypervolume_ref_origin": hypervolume(rows, (0.0, 0.0)), "hypervolume_by_rsft_runs": curve,
+                "layers": sorted({t["params"]["layer"] for t in r["trials"]}),
+                "distinct_rsft_cells": len({tuple(x["cell"][k] for k in doc["grid"]) for x in rows}),
+                "seconds": time.perf_counter() - start,
+            })
+            print(f"seed {seed} {sampler:6s}: HV {curve[trials]:.4f} ({curve[trials] / grid_hv:.1%} of the grid) "
+                  f"by runs {', '.join(f'{n}: {v:.4f}' for n, v in curve.items())}; layers {runs[-1]['layers']}, "
+                  f"{runs[-1]['distinct_rsft_cells']} grid cells")
     info = {} if smoke else _ten_seeds(doc, trials, reference, grid_hv)
     hv = {(x["sampler"], x["seed"]): x["hypervolume"] for x in runs}
     median = {s: statistics.median(hv[s, seed] for seed in seeds) for s in samplers}
     ratio_random = statistics.median(_ratio(hv["tpe", s], hv["random", s]) for s in seeds)
     ratio_grid = median["tpe"] / grid_hv if grid_hv > 0 else 0.0
-    print(
-        f"median HV at {trials} R-SFT runs: "
-        + ", ".join(f"{s} {v:.4f}" for s, v in median.items())
-        + f"; grid {grid_hv:.4f}"
-    )
+    print(f"median HV at {trials} R-SFT runs: " + ", ".join(f"{s} {v:.4f}" for s, v in median.items())
+          + f"; grid {grid_hv:.4f}")
     goals = [
-        common.goal_line(
-            f"hypervolume TPE / random at {trials} R-SFT runs, ref {reference}, median of {len(seeds)} seeds (x)",
-            ratio_random,
-            GOAL_VS_RANDOM,
-        ),
-        common.goal_line(
-            f"hypervolume TPE / grid ({grid_runs} R-SFT runs) at {trials} R-SFT runs "
-            f"({trials / grid_runs:.0%} of the grid's), median of {len(seeds)} seeds (x)",
-            ratio_grid,
-            GOAL_VS_GRID,
-        ),
+        common.goal_line(f"hypervolume TPE / random at {trials} R-SFT runs, ref {reference}, "
+                         f"median of {len(seeds)} seeds (x)", ratio_random, GOAL_VS_RANDOM),
+        common.goal_line(f"hypervolume TPE / grid ({grid_runs} R-SFT runs) at {trials} R-SFT runs "
+                         f"({trials / grid_runs:.0%} of the grid's), median of {len(seeds)} seeds (x)",
+                         ratio_grid, GOAL_VS_GRID),
     ]
-    common.write_result(
-        "search_quality",
-        args,
-        {
-            "reference_point": reference,
-            "objectives": doc["objectives"],
-            "setup": {
-                "rsft_runs": trials,
-                "extra_candidates": EXTRA,
-                "seeds": list(seeds),
-                "samplers": list(samplers),
-                "fixture": str(FIXTURE.relative_to(common.REPO)),
-                "grid": doc["grid"],
-                "merge_grid": doc["merge_grid"],
-                "grid_rsft_runs": grid_runs,
-                "grid_candidates": len(all_rows),
-                "world": doc["world"],
-            },
-            "grid_hypervolume": grid_hv,
-            "median_hypervolume": median,
-            "median_ratio_vs_random": ratio_random,
-            "median_ratio_vs_grid": ratio_grid,
-            "ten_seeds_share_of_grid": info,
-            "runs": runs,
-            "goals": goals,
-        },
-    )
+    common.write_result("search_quality", args, {
+        "reference_point": reference, "objectives": doc["objectives"],
+        "setup": {"rsft_runs": trials, "extra_candidates": EXTRA, "seeds": list(seeds), "samplers": list(samplers),
+                  "fixture": str(FIXTURE.relative_to(common.REPO)), "grid": doc["grid"],
+                  "merge_grid": doc["merge_grid"], "grid_rsft_runs": grid_runs, "grid_candidates": len(all_rows),
+                  "world": doc["world"]},
+        "grid_hypervolume": grid_hv, "median_hypervolume": median, "median_ratio_vs_random": ratio_random,
+        "median_ratio_vs_grid": ratio_grid, "ten_seeds_share_of_grid": info, "runs": runs, "goals": goals,
+    })
 
 
 def points_startup_tpe(search, points_per_trial=1):
@@ -143,23 +107,13 @@ def _ten_seeds(doc: dict, trials: int, reference, grid_hv: float) -> dict:
     from mm4ke_ray.evaluate.pareto_front import hypervolume
 
     out = {}
-    for name, sampler, make in (
-        ("tpe", "tpe", None),
-        ("random", "random", None),
-        ("gp", "gp", None),
-        ("nsga2", "nsga2", None),
-        ("tpe_points_startup", "tpe", points_startup_tpe),
-    ):
-        shares = [
-            hypervolume(replay(doc, sampler, seed, trials, EXTRA, make_sampler=make)["rows"], reference) / grid_hv
-            for seed in range(10)
-        ]
+    for name, sampler, make in (("tpe", "tpe", None), ("random", "random", None), ("gp", "gp", None),
+                                ("nsga2", "nsga2", None), ("tpe_points_startup", "tpe", points_startup_tpe)):
+        shares = [hypervolume(replay(doc, sampler, seed, trials, EXTRA, make_sampler=make)["rows"], reference) / grid_hv
+                  for seed in range(10)]
         out[name] = {"median": statistics.median(shares), "min": min(shares), "max": max(shares)}
-        print(
-            f"10 seeds, {name:18s}: median {out[name]['median']:.1%} of the grid's HV "
-            f"(min {out[name]['min']:.1%}, max {out[name]['max']:.1%})",
-            flush=True,
-        )
+        print(f"10 seeds, {name:18s}: median {out[name]['median']:.1%} of the grid's HV "
+              f"(min {out[name]['min']:.1%}, max {out[name]['max']:.1%})", flush=True)
     return out
 
 

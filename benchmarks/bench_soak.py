@@ -5,8 +5,7 @@ Tune, the merge-eval actor pool and MLflow in a SQLite file, at the demo's small
 2 edits, K = 2 steps, E = 1 epoch, teacher-forced edit metrics only, no lm-eval tasks (the
 general objective is then locality), the demo's TPE sampler (its cost per draw grows with the
 told points and is part of the driver's overhead measured here; random search refuses extra merge
-candidates). The sweep runs in this process, so this process is the driver: after each finished trial it
-records its RSS (after `gc.collect()`) and the time.
+candidates). The sweep runs in this process, so this process is the driver: after each finished trial it records its RSS (after `gc.collect()`) and the time.
 
 Checks:
 - driver RSS growth from trial `warm` to trial N (users of Ray Tune report driver memory that
@@ -68,17 +67,12 @@ def record_driver(samples: list[dict]):
         if self.done > before:
             now = time.perf_counter()
             gc.collect()
-            samples.append(
-                {
-                    "trial": self.done,
-                    "t": now,
-                    "rss": process.memory_info().rss,
-                    "callback_s": now - start,
-                    "status": result.get("status"),
-                    "rsft_wall_s": float(result.get("rsft_wall_seconds") or 0.0),
-                    "eval_wall_s": float(result.get("eval_wall_seconds") or 0.0),
-                }
-            )
+            samples.append({
+                "trial": self.done, "t": now, "rss": process.memory_info().rss, "callback_s": now - start,
+                "status": result.get("status"),
+                "rsft_wall_s": float(result.get("rsft_wall_seconds") or 0.0),
+                "eval_wall_s": float(result.get("eval_wall_seconds") or 0.0),
+            })
 
     SweepCallback._record = recording
     return original
@@ -116,11 +110,9 @@ def check_tracking(uri: str, parent_run_id: str, trials: int, dest: Path) -> dic
     assert all(o.higher_is_better for o in OBJECTIVES)
     client = MlflowClient(uri)
     parent = client.get_run(parent_run_id)
-    runs = client.search_runs(
-        [parent.info.experiment_id],
-        f"tags.`mm4ke.role` = 'candidate' AND tags.`mm4ke.sweep_run_id` = '{parent_run_id}'",
-        max_results=10 * trials + 100,
-    )
+    runs = client.search_runs([parent.info.experiment_id], f"tags.`mm4ke.role` = 'candidate' AND "
+                              f"tags.`mm4ke.sweep_run_id` = '{parent_run_id}'",
+                              max_results=10 * trials + 100)
     cands = [r for r in runs if r.data.tags.get("mm4ke.kind") != "base"]
     names = [r.data.tags.get("mm4ke.candidate", r.info.run_name) for r in cands]  # id tag, else run name
     finished = [r for r in cands if r.info.status == "FINISHED" and r.data.tags.get("mm4ke.status") == "ok"]
@@ -135,16 +127,12 @@ def check_tracking(uri: str, parent_run_id: str, trials: int, dest: Path) -> dic
     expected = sorted(c for c in points if not any(_dominates(points[o], points[c], objectives) for o in points))
     got = sorted(r["candidate"] for r in front_rows)
     return {
-        "candidate_runs": len(cands),
-        "candidate_runs_finished_ok": len(finished),
-        "distinct_candidate_names": len(set(names)),
-        "base_runs": len(runs) - len(cands),
+        "candidate_runs": len(cands), "candidate_runs_finished_ok": len(finished),
+        "distinct_candidate_names": len(set(names)), "base_runs": len(runs) - len(cands),
         "expected_candidates": 2 * trials,
-        "all_csv_rows": len(all_rows),
-        "all_csv_candidates_match_mlflow": sorted(r["candidate"] for r in all_rows if r["candidate"] != "base")
-        == sorted(names),
-        "front_csv_rows": len(got),
-        "front_equals_non_dominated_set": got == expected,
+        "all_csv_rows": len(all_rows), "all_csv_candidates_match_mlflow":
+            sorted(r["candidate"] for r in all_rows if r["candidate"] != "base") == sorted(names),
+        "front_csv_rows": len(got), "front_equals_non_dominated_set": got == expected,
         "on_front_column_agrees": sorted(r["candidate"] for r in all_rows if r["on_front"] == "True") == expected,
     }
 
@@ -164,36 +152,26 @@ def driver_figures(samples: list[dict], trials: int, warm: int, block: int) -> d
     last = [overhead[n] for n in last_trials if n in overhead]
     marks = sorted({1, warm, *range(0, trials + 1, max(1, trials // 10)), trials} - {0})
     return {
-        "warm_trial": warm,
-        "block": block,
+        "warm_trial": warm, "block": block,
         "rss_mib_at": {str(n): by_trial[n]["rss"] / 2**20 for n in marks if n in by_trial},
         "rss_growth": rss_last / rss_warm - 1.0,
-        "overhead_s_early_median": _median(early),
-        "overhead_s_last_median": _median(last),
+        "overhead_s_early_median": _median(early), "overhead_s_last_median": _median(last),
         "overhead_ratio": _median(last) / _median(early),
         "interval_s_early_median": _median([intervals[n] for n in early_trials if n in intervals]),
         "interval_s_last_median": _median([intervals[n] for n in last_trials if n in intervals]),
         # The driver's own share: the callback that logs a trial's candidates and refreshes pareto/.
         "callback_s_early_median": _median([by_trial[n]["callback_s"] for n in early_trials if n in by_trial]),
         "callback_s_last_median": _median([by_trial[n]["callback_s"] for n in last_trials if n in by_trial]),
-        "per_trial": [
-            {
-                "trial": s["trial"],
-                "rss_mib": round(s["rss"] / 2**20, 2),
-                "interval_s": round(intervals.get(s["trial"], float("nan")), 3),
-                "overhead_s": round(overhead.get(s["trial"], float("nan")), 3),
-                "callback_s": round(s["callback_s"], 3),
-            }
-            for s in samples
-        ],
+        "per_trial": [{"trial": s["trial"], "rss_mib": round(s["rss"] / 2**20, 2),
+                       "interval_s": round(intervals.get(s["trial"], float("nan")), 3),
+                       "overhead_s": round(overhead.get(s["trial"], float("nan")), 3),
+                       "callback_s": round(s["callback_s"], 3)} for s in samples],
     }
 
 
 def main() -> None:
     p = common.parser(__doc__.split("\n\n")[0])
-    p.add_argument(
-        "--trials", type=int, default=None, help=f"N (default {FULL_TRIALS}; {SMOKE_TRIALS} with --smoke-test)"
-    )
+    p.add_argument("--trials", type=int, default=None, help=f"N (default {FULL_TRIALS}; {SMOKE_TRIALS} with --smoke-test)")
     args = p.parse_args()
     common.setup(args)
     from mm4ke_ray.demo.build import build_demo
@@ -210,59 +188,30 @@ def main() -> None:
     wall = time.perf_counter() - start
     tracking = check_tracking(config.tracking.uri, outcome.parent_run_id, trials, workdir / "dl")
     figures = driver_figures(samples, trials, warm, block)
-    print(
-        f"soak: {trials} trials x 2 candidates in {wall:.0f} s ({wall / trials:.1f} s/trial); "
-        f"driver RSS {figures['rss_mib_at'][str(warm)]:.0f} MiB at trial {warm}, "
-        f"{figures['rss_mib_at'][str(trials)]:.0f} MiB at trial {trials} ({100 * figures['rss_growth']:+.1f}%); "
-        f"overhead/trial {figures['overhead_s_early_median']:.2f} s early, "
-        f"{figures['overhead_s_last_median']:.2f} s last "
-        f"(driver callback {figures['callback_s_early_median']:.2f} s, {figures['callback_s_last_median']:.2f} s)"
-    )
+    print(f"soak: {trials} trials x 2 candidates in {wall:.0f} s ({wall / trials:.1f} s/trial); "
+          f"driver RSS {figures['rss_mib_at'][str(warm)]:.0f} MiB at trial {warm}, "
+          f"{figures['rss_mib_at'][str(trials)]:.0f} MiB at trial {trials} ({100 * figures['rss_growth']:+.1f}%); "
+          f"overhead/trial {figures['overhead_s_early_median']:.2f} s early, {figures['overhead_s_last_median']:.2f} s last "
+          f"(driver callback {figures['callback_s_early_median']:.2f} s, {figures['callback_s_last_median']:.2f} s)")
     print("  tracking: " + ", ".join(f"{k} {v}" for k, v in tracking.items()))
-    counts_ok = (
-        tracking["candidate_runs"]
-        == tracking["candidate_runs_finished_ok"]
-        == tracking["distinct_candidate_names"]
-        == 2 * trials
-        and tracking["base_runs"] == 1
-        and tracking["all_csv_rows"] == 2 * trials + 1
-        and tracking["all_csv_candidates_match_mlflow"]
-    )
+    counts_ok = (tracking["candidate_runs"] == tracking["candidate_runs_finished_ok"]
+                 == tracking["distinct_candidate_names"] == 2 * trials and tracking["base_runs"] == 1
+                 and tracking["all_csv_rows"] == 2 * trials + 1 and tracking["all_csv_candidates_match_mlflow"])
     pareto_ok = tracking["front_equals_non_dominated_set"] and tracking["on_front_column_agrees"]
     goals = [
-        common.goal_line(
-            f"driver RSS growth, trial {warm} -> {trials}",
-            figures["rss_growth"],
-            GOAL_RSS_GROWTH,
-            higher_is_better=False,
-        ),
-        common.goal_line(
-            f"per-trial overhead, median of last {block} / trials {warm + 1}-{warm + block}",
-            figures["overhead_ratio"],
-            GOAL_OVERHEAD_RATIO,
-            higher_is_better=False,
-        ),
-        common.goal_line(f"MLflow and all.csv hold the {2 * trials} candidates once (1 = yes)", float(counts_ok), 1.0),
+        common.goal_line(f"driver RSS growth, trial {warm} -> {trials}", figures["rss_growth"], GOAL_RSS_GROWTH,
+                         higher_is_better=False),
+        common.goal_line(f"per-trial overhead, median of last {block} / trials {warm + 1}-{warm + block}",
+                         figures["overhead_ratio"], GOAL_OVERHEAD_RATIO, higher_is_better=False),
+        common.goal_line(f"MLflow and all.csv hold the {2 * trials} candidates once (1 = yes)",
+                         float(counts_ok), 1.0),
         common.goal_line("front.csv = non-dominated set of all.csv (1 = yes)", float(pareto_ok), 1.0),
     ]
-    common.write_result(
-        "soak",
-        args,
-        {
-            "trials": trials,
-            "candidates_per_trial": 2,
-            "settings": SMALLEST,
-            "sampler": "tpe",
-            "runner": "task",
-            "wall_s": wall,
-            "ray_start_s": ray_start,
-            "s_per_trial": wall / trials,
-            "sweep_timings_s": outcome.timings,
-            "tracking": tracking,
-            "driver": figures,
-            "goals": goals,
-        },
-    )
+    common.write_result("soak", args, {
+        "trials": trials, "candidates_per_trial": 2, "settings": SMALLEST, "sampler": "tpe", "runner": "task",
+        "wall_s": wall, "ray_start_s": ray_start, "s_per_trial": wall / trials, "sweep_timings_s": outcome.timings,
+        "tracking": tracking, "driver": figures, "goals": goals,
+    })
     # Counts and the front are exact in every mode; RSS and overhead are bounded only by the goals above.
     assert len(samples) == trials, f"{len(samples)} trials finished, expected {trials}"
     assert counts_ok, tracking

@@ -25,10 +25,8 @@ def main() -> None:
     args = common.parser(__doc__.splitlines()[0]).parse_args()
     repeats = 1 if args.smoke_test else 7
     names = [m.NAME for m in COMMANDS][:1] if args.smoke_test else [m.NAME for m in COMMANDS]
-    contenders = {
-        "import torch": lambda: _run(["-c", "import torch"]),
-        "--help": lambda: _run(["-m", "mm4ke_ray.cli", "--help"]),
-    }
+    contenders = {"import torch": lambda: _run(["-c", "import torch"]),
+                  "--help": lambda: _run(["-m", "mm4ke_ray.cli", "--help"])}
     for name in names:
         contenders[f"{name} --help"] = lambda name=name: _run(["-m", "mm4ke_ray.cli", name, "--help"])
     times = common.interleaved(contenders, repeats=repeats, warmup=1)
@@ -38,19 +36,14 @@ def main() -> None:
     print(f"import torch: {torch_s:.2f} s (median of {repeats})")
     for k, share in shares.items():
         print(f"  {k}: {share:.2f}x import torch")
-    goals = [
-        common.goal_line(f"slowest CLI help ({worst}) / import torch", shares[worst], GOAL, higher_is_better=False)
-    ]
-    common.write_result(
-        "startup",
-        args,
-        {
-            "repeats": repeats,
-            "timings": {k: common.summary(v) for k, v in times.items()},
-            "share_of_import_torch": shares,
-            "goals": goals,
-        },
-    )
+    goals = [common.goal_line(f"slowest CLI help ({worst}) / import torch", shares[worst], GOAL,
+                              higher_is_better=False)]
+    common.write_result("startup", args, {
+        "repeats": repeats,
+        "timings": {k: common.summary(v) for k, v in times.items()},
+        "share_of_import_torch": shares,
+        "goals": goals,
+    })
 
 
 if __name__ == "__main__":

@@ -37,20 +37,10 @@ CONSERVATIVE = {**PAPER, "alpha": 0.5}
 SMOKE_PAPER = {"layer": 1, "epochs": 3, "steps": 6, "lr": 3e-4, "threshold": 0.1, "alpha": 0.2, "sparsity": 0.0}
 EDIT_GOAL, GENERAL_GOAL = 0.8, 0.95
 # What --tune searches around the paper's setting (R-SFT's layer, epochs and steps stay the paper's).
-TUNED_SPACE = {
-    "lr": {"low": 1e-4, "high": 1e-3, "log": True},
-    "alpha": {"low": 0.0, "high": 0.8},
-    "sparsity": {"low": 0.0, "high": 0.8},
-}
-CURVE_KEYS = (
-    "seen.gen.edit_succ",
-    "current.gen.edit_succ",
-    "round1.gen.edit_succ",
-    "seen.edit_succ",
-    "gen.locality",
-    "locality",
-    "general_score",
-)
+TUNED_SPACE = {"lr": {"low": 1e-4, "high": 1e-3, "log": True}, "alpha": {"low": 0.0, "high": 0.8},
+               "sparsity": {"low": 0.0, "high": 0.8}}
+CURVE_KEYS = ("seen.gen.edit_succ", "current.gen.edit_succ", "round1.gen.edit_succ", "seen.edit_succ",
+              "gen.locality", "locality", "general_score")
 
 
 def arguments():
@@ -59,30 +49,15 @@ def arguments():
     p.add_argument("--rounds", type=int, default=10, help="rounds (default 10)")
     p.add_argument("--per-round", type=int, default=20, help="edits per round (default 20)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda")
-    p.add_argument(
-        "--setting",
-        action="append",
-        default=[],
-        metavar="NAME:key=value,...",
-        help="a setting to stream with (layer, epochs, steps, lr, threshold, alpha, sparsity); "
-        "default: 'paper' and 'alpha0.5'",
-    )
-    p.add_argument(
-        "--tune",
-        type=int,
-        default=0,
-        metavar="N",
-        help="also tune (stream --tune) N short streams over TUNED_SPACE and stream the choice in full "
-        "as setting 'tuned' (default 0: no; --smoke-test: 2)",
-    )
+    p.add_argument("--setting", action="append", default=[], metavar="NAME:key=value,...",
+                   help="a setting to stream with (layer, epochs, steps, lr, threshold, alpha, sparsity); "
+                        "default: 'paper' and 'alpha0.5'")
+    p.add_argument("--tune", type=int, default=0, metavar="N",
+                   help="also tune (stream --tune) N short streams over TUNED_SPACE and stream the choice in full "
+                        "as setting 'tuned' (default 0: no; --smoke-test: 2)")
     p.add_argument("--tune-rounds", type=int, default=3, help="rounds of each tuning stream (default 3)")
-    p.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="config overrides for every stream (YAML values), e.g. general tasks",
-    )
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="config overrides for every stream (YAML values), e.g. general tasks")
     p.add_argument("--fresh", action="store_true", help="ignore the streams a killed run kept; run them all again")
     return p.parse_args()
 
@@ -128,67 +103,36 @@ def base_config(args, out: Path) -> dict:
 
         demo = build_demo()
         model, edits, rounds, per_round = str(demo.model_dir), str(demo.edits_path), 3, 3
-        evaluation = {
-            "mode": "both",
-            "general_tasks": list(demo.task_names),
-            "task_include_path": str(demo.tasks_dir),
-            "general_limit": 40,
-        }
+        evaluation = {"mode": "both", "general_tasks": list(demo.task_names),
+                      "task_include_path": str(demo.tasks_dir), "general_limit": 40}
         prompt_format = "plain"
     else:
         model, edits, rounds, per_round = args.model or default_model(), str(ZSRE), args.rounds, args.per_round
         evaluation, prompt_format = {"mode": "both", "batch_size": 16}, "chat"
-    return {
-        "model": {"name": model},
-        "data": {"edits": edits, "limit": rounds * per_round, "prompt_format": prompt_format},
-        "evaluation": evaluation,
-        "stream": {"rounds": rounds},
-        "tracking": {
-            "uri": f"sqlite:///{out}/stream-mlflow.db",
-            "experiment": "bench-stream",
-            "artifact_location": str(out / "stream-artifacts"),
-        },
-        "storage_path": str(out / "stream-runs"),
-    }
+    return {"model": {"name": model}, "data": {"edits": edits, "limit": rounds * per_round,
+                                               "prompt_format": prompt_format},
+            "evaluation": evaluation, "stream": {"rounds": rounds},
+            "tracking": {"uri": f"sqlite:///{out}/stream-mlflow.db", "experiment": "bench-stream",
+                         "artifact_location": str(out / "stream-artifacts")}, "storage_path": str(out / "stream-runs")}
 
 
 def goals(name: str, rows: list[dict], has_general: bool) -> list[dict]:
     first, last = rows[1].get("seen.gen.edit_succ"), rows[-1].get("seen.gen.edit_succ")
     out = []
     if first:
-        out.append(
-            goal_line(
-                f"{name}: generated edit success on all edits after round {len(rows) - 1} / after round 1",
-                last / first,
-                EDIT_GOAL,
-            )
-        )
+        out.append(goal_line(f"{name}: generated edit success on all edits after round {len(rows) - 1} / after "
+                             "round 1", last / first, EDIT_GOAL))
     else:
         print(f"  {name}: generated edit success after round 1 is 0: the ratio goal is undefined -> NOT MET")
-        out.append(
-            {
-                "goal": f"{name}: edit retention ratio",
-                "measured": None,
-                "target": EDIT_GOAL,
-                "higher_is_better": True,
-                "met": False,
-            }
-        )
+        out.append({"goal": f"{name}: edit retention ratio", "measured": None, "target": EDIT_GOAL,
+                    "higher_is_better": True, "met": False})
     if has_general:
-        out.append(
-            goal_line(f"{name}: general score after round {len(rows) - 1}", rows[-1]["general_score"], GENERAL_GOAL)
-        )
+        out.append(goal_line(f"{name}: general score after round {len(rows) - 1}", rows[-1]["general_score"],
+                             GENERAL_GOAL))
     else:
-        out.append(
-            {
-                "goal": f"{name}: general score",
-                "measured": None,
-                "target": GENERAL_GOAL,
-                "higher_is_better": True,
-                "met": False,
-                "note": "no general tasks configured (pass them with --set): not measured, so not met",
-            }
-        )
+        out.append({"goal": f"{name}: general score", "measured": None, "target": GENERAL_GOAL,
+                    "higher_is_better": True, "met": False,
+                    "note": "no general tasks configured (pass them with --set): not measured, so not met"})
     return out
 
 
@@ -205,18 +149,12 @@ def tune(args, out: Path, paper: dict, n_trials: int, device: str) -> dict:
     raw["name"] = "stream-tune"
     raw["search"] = {"space": {**paper, **TUNED_SPACE}, "seed": 0, "startup_trials": max(1, n_trials // 2)}
     config = validate_config(raw).with_overrides(**parse_overrides(args.set))
-    outcome = tune_stream(
-        config, out / "stream-work" / "tune", n_trials, device=device, log=lambda m: print(f"[tune] {m}")
-    )
-    trials = [
-        {k: r[k] for k in ("candidate", "params", "edit_score", "general_score", "on_front")} for r in outcome.rows
-    ]
-    return {
-        "trials": trials,
-        "rounds": rounds,
-        "choice": outcome.choice["candidate"],
-        "choice_params": outcome.choice["params"],
-    }
+    outcome = tune_stream(config, out / "stream-work" / "tune", n_trials, device=device,
+                          log=lambda m: print(f"[tune] {m}"))
+    trials = [{k: r[k] for k in ("candidate", "params", "edit_score", "general_score", "on_front")}
+              for r in outcome.rows]
+    return {"trials": trials, "rounds": rounds, "choice": outcome.choice["candidate"],
+            "choice_params": outcome.choice["params"]}
 
 
 def main() -> None:
@@ -228,11 +166,8 @@ def main() -> None:
     from mm4ke_ray.stream.curves import curve_table, draw_retention
     from mm4ke_ray.stream.run import run_stream_config
 
-    out = args.out or (
-        Path(tempfile.mkdtemp(prefix="mm4ke-bench-"))
-        if args.smoke_test
-        else Path(__file__).resolve().parent / "results"
-    )
+    out = args.out or (Path(tempfile.mkdtemp(prefix="mm4ke-bench-")) if args.smoke_test
+                       else Path(__file__).resolve().parent / "results")
     out.mkdir(parents=True, exist_ok=True)
     args.out = out
     paper = SMOKE_PAPER if args.smoke_test else PAPER
@@ -241,10 +176,8 @@ def main() -> None:
     device = resolve_device(args.device)
     tuning = None
     n_tune = args.tune or (2 if args.smoke_test else 0)
-    key = {
-        k: getattr(args, k)
-        for k in ("model", "rounds", "per_round", "setting", "tune", "tune_rounds", "set", "smoke_test")
-    }
+    key = {k: getattr(args, k) for k in ("model", "rounds", "per_round", "setting", "tune", "tune_rounds", "set",
+                                         "smoke_test")}
     kept = Kept(out / f"{NAME}.partial.json", key, args.fresh or args.smoke_test)
     streams, results = {}, {}
     # The given settings first, then the tuning and its choice: a run cut short keeps the paper's.
@@ -264,44 +197,24 @@ def main() -> None:
             start = time.perf_counter()
             outcome = run_stream_config(config, folder, device=device, log=lambda m: print(f"[{name}] {m}"))
             rows = [outcome.result.base_metrics] + [r.metrics for r in outcome.result.rounds]
-            return {
-                "rows": rows,
-                "setting": values,
-                "seconds": time.perf_counter() - start,
-                "mlflow_run": outcome.run_id,
-                "table": curve_table(rows),
-                "curves": {k: [row.get(k) for row in rows] for k in CURVE_KEYS},
-                "rounds": [
-                    {"n_edits": r.n_edits, "merge": r.merge, "seconds": r.seconds} for r in outcome.result.rounds
-                ],
-                "has_general_tasks": bool(config.evaluation.general_tasks),
-            }
+            return {"rows": rows, "setting": values, "seconds": time.perf_counter() - start,
+                    "mlflow_run": outcome.run_id, "table": curve_table(rows),
+                    "curves": {k: [row.get(k) for row in rows] for k in CURVE_KEYS},
+                    "rounds": [{"n_edits": r.n_edits, "merge": r.merge, "seconds": r.seconds}
+                               for r in outcome.result.rounds],
+                    "has_general_tasks": bool(config.evaluation.general_tasks)}
 
         done = dict(kept.get(name, stream))
         streams[name] = done.pop("rows")
         results[name] = done
         print(results[name]["table"])
     first, *rest = streams
-    picture = draw_retention(
-        streams[first],
-        out / "stream.png",
-        title=f"retention over rounds ({' vs '.join(streams)})",
-        extra={n: streams[n] for n in rest},
-        name=first,
-    )
+    picture = draw_retention(streams[first], out / "stream.png", title=f"retention over rounds ({' vs '.join(streams)})",
+                             extra={n: streams[n] for n in rest}, name=first)
     goal_rows = [g for name in streams for g in goals(name, streams[name], results[name]["has_general_tasks"])]
-    write_result(
-        NAME,
-        args,
-        {
-            "model": base_config(args, out)["model"]["name"],
-            "edits": str(ZSRE) if not args.smoke_test else "demo",
-            "streams": results,
-            "goals": goal_rows,
-            "picture": str(picture),
-            "tuning": tuning,
-        },
-    )
+    write_result(NAME, args, {"model": base_config(args, out)["model"]["name"], "edits": str(ZSRE) if not
+                              args.smoke_test else "demo", "streams": results, "goals": goal_rows,
+                              "picture": str(picture), "tuning": tuning})
     print(json.dumps({g["goal"]: g["met"] for g in goal_rows}, indent=1))
 
 

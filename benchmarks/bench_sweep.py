@@ -35,20 +35,13 @@ def demo_config(workdir: Path, name: str, trials: int, extra: int, runner: str, 
     from mm4ke_ray.config import load_config
 
     config = load_config(common.REPO / "search_spaces" / "demo.yaml")
-    return config.with_overrides(
-        **{
-            "name": name,
-            "search.num_trials": trials,
-            "merge.extra_candidates": extra,
-            "search.rsft.runner": runner,
-            "search.sampler": sampler,
-            "search.seed": seed,
-            "tracking.uri": f"sqlite:///{workdir}/{name}.db",
-            "tracking.experiment": name,
-            "tracking.artifact_location": str(workdir / f"{name}-artifacts"),
-            "storage_path": str(workdir / f"{name}-ray"),
-        }
-    )
+    return config.with_overrides(**{
+        "name": name, "search.num_trials": trials, "merge.extra_candidates": extra,
+        "search.rsft.runner": runner, "search.sampler": sampler, "search.seed": seed,
+        "tracking.uri": f"sqlite:///{workdir}/{name}.db", "tracking.experiment": name,
+        "tracking.artifact_location": str(workdir / f"{name}-artifacts"),
+        "storage_path": str(workdir / f"{name}-ray"),
+    })
 
 
 def run_timed(config) -> dict:
@@ -81,21 +74,13 @@ def run_timed(config) -> dict:
         "driver_tune_mlflow": wall - ray_start - rsft_wall - eval_wall,  # pool start, Tune, MLflow, ...
     }
     return {
-        "trials": len(rsft),
-        "candidates": len(rows),
-        "wall_s": wall,
-        "ray_start_s": ray_start,
-        "run_sweep_s": outcome.seconds,
-        "rsft_s": rsft_s,
-        "eval_s": eval_s,
+        "trials": len(rsft), "candidates": len(rows), "wall_s": wall, "ray_start_s": ray_start,
+        "run_sweep_s": outcome.seconds, "rsft_s": rsft_s, "eval_s": eval_s,
         "candidates_per_min": 60.0 * len(rows) / wall,
-        "outside_share": 1.0 - (rsft_s + eval_s) / wall,
-        "breakdown_s": breakdown,
+        "outside_share": 1.0 - (rsft_s + eval_s) / wall, "breakdown_s": breakdown,
         # The sweep's own "where its time went" figures (search/timings.py), as it prints them.
         "sweep_timings_s": outcome.timings,
-        "front": outcome.front,
-        "rows": rows,
-        "base": outcome.base,
+        "front": outcome.front, "rows": rows, "base": outcome.base,
     }
 
 
@@ -119,12 +104,10 @@ def compare(workdir: Path, runner: str, trials: int, per_rsft: int) -> dict:
     ours = run_timed(demo_config(workdir, f"ours-{runner}", trials, per_rsft - 1, runner))
     naive = run_timed(demo_config(workdir, f"naive-{runner}", trials * per_rsft, 0, runner))
     ratio = ours["candidates_per_min"] / naive["candidates_per_min"]
-    print(
-        f"runner {runner}: ours {ours['candidates_per_min']:.1f} candidates/min "
-        f"({ours['candidates']} in {ours['wall_s']:.0f} s), naive {naive['candidates_per_min']:.1f} "
-        f"({naive['candidates']} in {naive['wall_s']:.0f} s): {ratio:.2f}x; "
-        f"ours outside R-SFT+eval {100 * ours['outside_share']:.0f}%"
-    )
+    print(f"runner {runner}: ours {ours['candidates_per_min']:.1f} candidates/min "
+          f"({ours['candidates']} in {ours['wall_s']:.0f} s), naive {naive['candidates_per_min']:.1f} "
+          f"({naive['candidates']} in {naive['wall_s']:.0f} s): {ratio:.2f}x; "
+          f"ours outside R-SFT+eval {100 * ours['outside_share']:.0f}%")
     print("  ours, seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in ours["breakdown_s"].items()))
     print("  ours, the sweep's own table: " + ", ".join(f"{k} {v:.1f}" for k, v in ours["sweep_timings_s"].items()))
     return {"ours": _brief(ours), "naive": _brief(naive), "throughput_ratio": ratio}
@@ -142,15 +125,9 @@ def paper_scale(ours: dict) -> dict:
     evals = 8 * 60.0  # 8 candidates, ~60 s each (edit metrics on 1,000 records + lm-eval tasks)
     overhead = per_trial_overhead + train_startup + model_load
     return {
-        "assumptions": {
-            "rsft_steps": 15_000,
-            "steps_per_s": 8.0,
-            "candidate_eval_s": 60.0,
-            "train_startup_s": train_startup,
-            "model_load_s": model_load,
-            "demo_per_trial_overhead_s": per_trial_overhead,
-            "fixed_per_sweep_s": fixed_per_sweep,
-        },
+        "assumptions": {"rsft_steps": 15_000, "steps_per_s": 8.0, "candidate_eval_s": 60.0,
+                        "train_startup_s": train_startup, "model_load_s": model_load,
+                        "demo_per_trial_overhead_s": per_trial_overhead, "fixed_per_sweep_s": fixed_per_sweep},
         "trial_s": rsft + evals + overhead,
         "outside_share_per_trial": overhead / (rsft + evals + overhead),
     }
@@ -166,42 +143,21 @@ def main() -> None:
     if args.smoke_test:
         runs = {"task": compare(workdir, "task", trials=1, per_rsft=2)}
     else:
-        runs = {
-            "task": compare(workdir, "task", trials=4, per_rsft=CANDIDATES_PER_RSFT),
-            "train": compare(workdir, "train", trials=2, per_rsft=CANDIDATES_PER_RSFT),
-        }
+        runs = {"task": compare(workdir, "task", trials=4, per_rsft=CANDIDATES_PER_RSFT),
+                "train": compare(workdir, "train", trials=2, per_rsft=CANDIDATES_PER_RSFT)}
     goals = []
     for runner, r in runs.items():
-        goals.append(
-            common.goal_line(
-                f"sweep throughput, runner {runner} (x, candidates/min vs naive)",
-                r["throughput_ratio"],
-                GOAL_THROUGHPUT,
-            )
-        )
-        goals.append(
-            common.goal_line(
-                f"share of wall time outside R-SFT + eval, runner {runner}",
-                r["ours"]["outside_share"],
-                GOAL_OVERHEAD,
-                higher_is_better=False,
-            )
-        )
+        goals.append(common.goal_line(f"sweep throughput, runner {runner} (x, candidates/min vs naive)",
+                                      r["throughput_ratio"], GOAL_THROUGHPUT))
+        goals.append(common.goal_line(f"share of wall time outside R-SFT + eval, runner {runner}",
+                                      r["ours"]["outside_share"], GOAL_OVERHEAD, higher_is_better=False))
     scale = paper_scale(runs["task"]["ours"])
-    print(
-        f"  at the paper's scale (arithmetic): outside share per trial ~{100 * scale['outside_share_per_trial']:.1f}%"
-    )
-    common.write_result(
-        "sweep",
-        args,
-        {
-            "demo": {"model_dir": str(assets.model_dir), "manifest": assets.manifest.get("model", {})},
-            "candidates_per_rsft": 2 if args.smoke_test else CANDIDATES_PER_RSFT,
-            "runs": runs,
-            "paper_scale": scale,
-            "goals": goals,
-        },
-    )
+    print(f"  at the paper's scale (arithmetic): outside share per trial ~{100 * scale['outside_share_per_trial']:.1f}%")
+    common.write_result("sweep", args, {
+        "demo": {"model_dir": str(assets.model_dir), "manifest": assets.manifest.get("model", {})},
+        "candidates_per_rsft": 2 if args.smoke_test else CANDIDATES_PER_RSFT,
+        "runs": runs, "paper_scale": scale, "goals": goals,
+    })
 
 
 if __name__ == "__main__":

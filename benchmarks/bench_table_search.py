@@ -53,12 +53,8 @@ def arguments():
     p = common.parser(__doc__.splitlines()[0])
     p.add_argument("--table", type=Path, default=TABLE, help="table folder (meta.json + table.jsonl)")
     p.add_argument("--seeds", type=int, default=10)
-    p.add_argument(
-        "--objectives",
-        default="product",
-        choices=sorted(OBJECTIVE_PAIRS),
-        help="objective pair replayed (table_replay.OBJECTIVE_PAIRS; default: the product's)",
-    )
+    p.add_argument("--objectives", default="product", choices=sorted(OBJECTIVE_PAIRS),
+                   help="objective pair replayed (table_replay.OBJECTIVE_PAIRS; default: the product's)")
     p.add_argument("--samplers", default=",".join((*PRODUCT_SAMPLERS, *EXTRA_SAMPLERS)))
     p.add_argument("--name", default="table_search", help="result file name (benchmarks/results/NAME.json)")
     return p.parse_args()
@@ -81,28 +77,20 @@ def sampler_curves(table, samplers, seeds, budgets, reference, front_hv) -> dict
             per_seed.append({n: hypervolume([r for r in run["rows"] if r["trial"] < n], reference) for n in budgets})
         out[name] = per_seed
         medians = {n: statistics.median(s[n] for s in per_seed) / front_hv for n in budgets}
-        print(
-            f"{name:10s} share of the table front by R-SFT runs: "
-            + ", ".join(f"{n}: {v:.3f}" for n, v in medians.items())
-            + f" ({time.perf_counter() - start:.0f} s)",
-            flush=True,
-        )
+        print(f"{name:10s} share of the table front by R-SFT runs: "
+              + ", ".join(f"{n}: {v:.3f}" for n, v in medians.items()) + f" ({time.perf_counter() - start:.0f} s)",
+              flush=True)
     return out
 
 
 def summarize_samplers(curves: dict, budgets, front_hv) -> dict:
     out = {}
     for name, per_seed in curves.items():
-        out[name] = {
-            str(n): {
-                "vs_random": statistics.median(
-                    _ratio(s[n], r[n]) for s, r in zip(per_seed, curves["random"], strict=True)
-                ),
-                "vs_front": statistics.median(s[n] for s in per_seed) / front_hv,
-                "min_vs_front": min(s[n] for s in per_seed) / front_hv,
-            }
-            for n in budgets
-        }
+        out[name] = {str(n): {"vs_random": statistics.median(_ratio(s[n], r[n]) for s, r in
+                                                            zip(per_seed, curves["random"], strict=True)),
+                              "vs_front": statistics.median(s[n] for s in per_seed) / front_hv,
+                              "min_vs_front": min(s[n] for s in per_seed) / front_hv}
+                     for n in budgets}
     return out
 
 
@@ -136,19 +124,14 @@ def delta_shares(table, reference_edit: float, seeds, max_deltas: int | None = N
             if sampled != (0.0, 0.0):
                 first.append({"kind": "pure_rsft", "alpha": 0.0, "sparsity": 0.0})
             got, _, info = surrogate_search(first, sorted(points), SURROGATE_BUDGET, look_up, batch_size=1)
-            shares.append(
-                hypervolume_2d([(g["metrics"]["edit_score"], g["metrics"]["general_score"]) for g in got], ref) / full
-            )
+            shares.append(hypervolume_2d([(g["metrics"]["edit_score"], g["metrics"]["general_score"]) for g in got],
+                                         ref) / full)
             spent.append(info["surrogate.evaluations"])
     if not shares:
         return {"deltas": 0}
-    return {
-        "deltas": len(shares) // max(1, len(seeds)),
-        "median_share": statistics.median(shares),
-        "min_share": min(shares),
-        "share_at_least_goal": sum(s >= GOAL_DELTA_SHARE for s in shares) / len(shares),
-        "mean_evaluations": statistics.mean(spent),
-    }
+    return {"deltas": len(shares) // max(1, len(seeds)), "median_share": statistics.median(shares),
+            "min_share": min(shares), "share_at_least_goal": sum(s >= GOAL_DELTA_SHARE for s in shares) / len(shares),
+            "mean_evaluations": statistics.mean(spent)}
 
 
 def self_stopping(table, reference_edit: float, max_deltas: int | None = None) -> dict:
@@ -178,22 +161,12 @@ def self_stopping(table, reference_edit: float, max_deltas: int | None = None) -
         shares.append(hypervolume_2d([values[(g["alpha"], g["sparsity"])] for g in got], ref) / full)
     if not spent:
         return {"deltas": 0}
-    return {
-        "deltas": len(spent),
-        "median_merge_fraction": statistics.median(spent),
-        "max_merge_fraction": max(spent),
-        "median_share": statistics.median(shares),
-        "min_share": min(shares),
-    }
+    return {"deltas": len(spent), "median_merge_fraction": statistics.median(spent), "max_merge_fraction": max(spent),
+            "median_share": statistics.median(shares), "min_share": min(shares)}
 
 
-def merge_curves(
-    table,
-    reference_edit: float,
-    budgets=(4, 5, 6, 8, 10, 12, 16, 24, 36),
-    draws: int = 20,
-    max_deltas: int | None = None,
-) -> dict:
+def merge_curves(table, reference_edit: float, budgets=(4, 5, 6, 8, 10, 12, 16, 24, 36), draws: int = 20,
+                 max_deltas: int | None = None) -> dict:
     """Per number of merges evaluated for one delta: the mean share of its grid's hypervolume
     found by the surrogate (the pure R-SFT point first) and by as many merges drawn at random (the
     pure R-SFT point among them, as the product's random extras), over the table's deltas."""
@@ -223,18 +196,11 @@ def merge_curves(
         for b in budgets:
             got, _, _ = surrogate_search([{"alpha": 0.0, "sparsity": 0.0}], sorted(values), b, look_up, tol=0.0)
             sur[b].append(hypervolume_2d([values[(g["alpha"], g["sparsity"])] for g in got], ref) / full)
-            rand[b].append(
-                statistics.mean(
-                    hypervolume_2d([values[(0.0, 0.0)], *(values[p] for p in rng.sample(others, min(b, 36) - 1))], ref)
-                    / full
-                    for _ in range(draws)
-                )
-            )
-    return {
-        "budgets": list(budgets),
-        "surrogate": {b: statistics.mean(v) for b, v in sur.items() if v},
-        "random": {b: statistics.mean(v) for b, v in rand.items() if v},
-    }
+            rand[b].append(statistics.mean(
+                hypervolume_2d([values[(0.0, 0.0)], *(values[p] for p in rng.sample(others, min(b, 36) - 1))], ref)
+                / full for _ in range(draws)))
+    return {"budgets": list(budgets), "surrogate": {b: statistics.mean(v) for b, v in sur.items() if v},
+            "random": {b: statistics.mean(v) for b, v in rand.items() if v}}
 
 
 def picture(curves: dict, budgets, front_hv: float, merges: dict, path: Path) -> None:
@@ -247,47 +213,24 @@ def picture(curves: dict, budgets, front_hv: float, merges: dict, path: Path) ->
 
     fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4.2))
     if not curves:
-        a.text(
-            0.5,
-            0.5,
-            "samplers not replayed:\nthe table is not complete yet",
-            ha="center",
-            va="center",
-            transform=a.transAxes,
-        )
+        a.text(0.5, 0.5, "samplers not replayed:\nthe table is not complete yet", ha="center", va="center",
+               transform=a.transAxes)
     if not curves:
-        a.text(
-            0.5,
-            0.5,
-            "samplers not replayed:\nthe table is not complete yet",
-            ha="center",
-            va="center",
-            transform=a.transAxes,
-        )
+        a.text(0.5, 0.5, "samplers not replayed:\nthe table is not complete yet", ha="center", va="center",
+               transform=a.transAxes)
     for name, per_seed in curves.items():
-        a.plot(
-            budgets,
-            [statistics.median(s[n] for s in per_seed) / front_hv for n in budgets],
-            marker="o",
-            label=name,
-            linewidth=2.5 if name == DEFAULT else 1.2,
-        )
-    a.set(
-        xlabel="R-SFT runs",
-        ylabel="hypervolume / table front (median of seeds)",
-        title="samplers, replayed over the table",
-    )
+        a.plot(budgets, [statistics.median(s[n] for s in per_seed) / front_hv for n in budgets], marker="o",
+               label=name, linewidth=2.5 if name == DEFAULT else 1.2)
+    a.set(xlabel="R-SFT runs", ylabel="hypervolume / table front (median of seeds)",
+          title="samplers, replayed over the table")
     a.legend(fontsize=8)
     for name in ("surrogate", "random"):
         xs = [x for x in merges["budgets"] if x in merges[name]]
         b.plot(xs, [merges[name][x] for x in xs], marker="o", label=f"{name} merges")
     b.axhline(GOAL_DELTA_SHARE, color="grey", linestyle=":", label=f"goal {GOAL_DELTA_SHARE}")
     b.axvline(SURROGATE_BUDGET, color="grey", linestyle="--", linewidth=0.8)
-    b.set(
-        xlabel="merges evaluated for one delta (of the 6 x 6 grid)",
-        ylabel="hypervolume / the grid's (mean of deltas)",
-        title="one delta's α × sparsity front",
-    )
+    b.set(xlabel="merges evaluated for one delta (of the 6 x 6 grid)", ylabel="hypervolume / the grid's (mean of deltas)",
+          title="one delta's α × sparsity front")
     b.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -301,23 +244,13 @@ def sweep_with_surrogate(table, seeds, runs: int, reference) -> dict:
 
     shares, fractions = [], []
     for seed in seeds:
-        full = replay(
-            table,
-            DEFAULT,
-            seed,
-            runs,
-            len(table["merge_grid"]["alpha"]) * len(table["merge_grid"]["sparsity"]),
-            candidates="exhaustive",
-        )
+        full = replay(table, DEFAULT, seed, runs, len(table["merge_grid"]["alpha"]) * len(table["merge_grid"]["sparsity"]),
+                      candidates="exhaustive")
         sur = replay(table, DEFAULT, seed, runs, SURROGATE_BUDGET - 1, candidates="surrogate")
         shares.append(_ratio(hypervolume(sur["rows"], reference), hypervolume(full["rows"], reference)))
         fractions.append(sur["merge_evaluations"] / max(1, full["merge_evaluations"]))
-    return {
-        "rsft_runs": runs,
-        "median_share": statistics.median(shares),
-        "min_share": min(shares),
-        "median_merge_fraction": statistics.median(fractions),
-    }
+    return {"rsft_runs": runs, "median_share": statistics.median(shares), "min_share": min(shares),
+            "median_merge_fraction": statistics.median(fractions)}
 
 
 def main() -> None:
@@ -335,10 +268,8 @@ def main() -> None:
     budgets = sorted({quarter, *((4, 8) if smoke else BUDGETS)})
     seeds = range(2 if smoke else args.seeds)
     samplers = ("random", "tpe", "nsga2", "qmc") if smoke else tuple(args.samplers.split(","))
-    print(
-        f"table: {n_runs} R-SFT runs x {len(rows) // max(1, n_runs)} merges, front HV {front_hv:.4f} "
-        f"(reference {reference}); budgets {budgets}, {len(seeds)} seeds"
-    )
+    print(f"table: {n_runs} R-SFT runs x {len(rows) // max(1, n_runs)} merges, front HV {front_hv:.4f} "
+          f"(reference {reference}); budgets {budgets}, {len(seeds)} seeds")
     partial = n_runs < MIN_CONFIGS and not smoke
     if partial:  # a table still being built: the samplers need its whole grid; the deltas do not
         print(f"only {n_runs} complete R-SFT configurations (< {MIN_CONFIGS}): samplers not replayed")
@@ -349,98 +280,46 @@ def main() -> None:
     print(f"surrogate per delta: {deltas}")
     stopping = self_stopping(table, reference[0], max_deltas=6 if smoke else None)
     print(f"surrogate left to stop by itself: {stopping}")
-    merges = merge_curves(
-        table, reference[0], **({"budgets": (4, 8, 12), "draws": 5, "max_deltas": 6} if smoke else {})
-    )
-    print(
-        "mean share of a delta's grid by merges evaluated: "
-        + ", ".join(
-            f"{b}: surrogate {merges['surrogate'][b]:.3f} / random {merges['random'][b]:.3f}"
-            for b in merges["surrogate"]
-        )
-    )
-    sweep = (
-        sweep_with_surrogate(table, seeds if smoke else range(5), quarter if smoke else 16, reference)
-        if not partial
-        else None
-    )
+    merges = merge_curves(table, reference[0], **({"budgets": (4, 8, 12), "draws": 5, "max_deltas": 6} if smoke else {}))
+    print("mean share of a delta's grid by merges evaluated: " + ", ".join(
+        f"{b}: surrogate {merges['surrogate'][b]:.3f} / random {merges['random'][b]:.3f}" for b in merges["surrogate"]))
+    sweep = sweep_with_surrogate(table, seeds if smoke else range(5), quarter if smoke else 16, reference) \
+        if not partial else None
     print(f"surrogate in the sweep: {sweep}")
-    source = ("synthetic" if smoke or table["meta"].get("source") == "synthetic" else "real") + (
-        "" if smoke or args.objectives == "product" else f" ({args.objectives})"
-    )
+    source = ("synthetic" if smoke or table["meta"].get("source") == "synthetic" else "real") + \
+        ("" if smoke or args.objectives == "product" else f" ({args.objectives})")
     goals = []
     if summary:
         d = summary[DEFAULT][str(quarter)]
         goals += [
-            common.goal_line(
-                f"{source} table: hypervolume {DEFAULT} / random at {quarter} R-SFT runs "
-                f"(25% of the table's {n_runs}), median of {len(seeds)} seeds (x)",
-                d["vs_random"],
-                GOAL_VS_RANDOM,
-            ),
-            common.goal_line(
-                f"{source} table: hypervolume {DEFAULT} / table front at {quarter} R-SFT runs, "
-                f"median of {len(seeds)} seeds",
-                d["vs_front"],
-                GOAL_VS_FRONT,
-            ),
+            common.goal_line(f"{source} table: hypervolume {DEFAULT} / random at {quarter} R-SFT runs "
+                             f"(25% of the table's {n_runs}), median of {len(seeds)} seeds (x)", d["vs_random"],
+                             GOAL_VS_RANDOM),
+            common.goal_line(f"{source} table: hypervolume {DEFAULT} / table front at {quarter} R-SFT runs, "
+                             f"median of {len(seeds)} seeds", d["vs_front"], GOAL_VS_FRONT),
         ]
     if deltas.get("deltas"):
-        goals.append(
-            common.goal_line(
-                f"{source} table: surrogate, hypervolume share of each delta's 6x6 grid "
-                f"with <= {SURROGATE_BUDGET} merge evaluations (median over "
-                f"{deltas['deltas']} deltas)",
-                deltas["median_share"],
-                GOAL_DELTA_SHARE,
-            )
-        )
+        goals.append(common.goal_line(f"{source} table: surrogate, hypervolume share of each delta's 6x6 grid "
+                                      f"with <= {SURROGATE_BUDGET} merge evaluations (median over "
+                                      f"{deltas['deltas']} deltas)", deltas["median_share"], GOAL_DELTA_SHARE))
     if sweep:
         goals += [
-            common.goal_line(
-                f"{source} table: surrogate sweep front / exhaustive merges' front, hypervolume "
-                f"({sweep['rsft_runs']} R-SFT runs, median of seeds)",
-                sweep["median_share"],
-                GOAL_SWEEP_SHARE,
-            ),
-            common.goal_line(
-                f"{source} table: surrogate merge evaluations / exhaustive",
-                sweep["median_merge_fraction"],
-                GOAL_MERGE_FRACTION,
-                higher_is_better=False,
-            ),
+            common.goal_line(f"{source} table: surrogate sweep front / exhaustive merges' front, hypervolume "
+                             f"({sweep['rsft_runs']} R-SFT runs, median of seeds)", sweep["median_share"],
+                             GOAL_SWEEP_SHARE),
+            common.goal_line(f"{source} table: surrogate merge evaluations / exhaustive",
+                             sweep["median_merge_fraction"], GOAL_MERGE_FRACTION, higher_is_better=False),
         ]
-    path = common.write_result(
-        args.name,
-        args,
-        {
-            "table": "synthetic"
-            if smoke
-            else (
-                str(args.table.resolve().relative_to(common.REPO))
-                if args.table.resolve().is_relative_to(common.REPO)
-                else str(args.table)
-            ),
-            "objectives": "synthetic" if smoke else args.objectives,
-            "table_meta": {k: v for k, v in table["meta"].items() if k != "base"},
-            "base": table["base"],
-            "rsft_runs_in_table": n_runs,
-            "candidates_in_table": len(rows),
-            "reference_point": reference,
-            "table_front_hypervolume": front_hv,
-            "budgets": budgets,
-            "seeds": len(seeds),
-            "extra_candidates": EXTRA,
-            "samplers": summary,
-            "hypervolume_by_seed": curves,
-            "surrogate_per_delta": deltas,
-            "surrogate_sweep": sweep,
-            "surrogate_self_stopping": stopping,
-            "merge_curves": merges,
-            "partial_table": partial,
-            "goals": goals,
-        },
-    )
+    path = common.write_result(args.name, args, {
+        "table": "synthetic" if smoke else (str(args.table.resolve().relative_to(common.REPO))
+                                            if args.table.resolve().is_relative_to(common.REPO) else str(args.table)),
+        "objectives": "synthetic" if smoke else args.objectives,
+        "table_meta": {k: v for k, v in table["meta"].items() if k != "base"}, "base": table["base"],
+        "rsft_runs_in_table": n_runs, "candidates_in_table": len(rows), "reference_point": reference,
+        "table_front_hypervolume": front_hv, "budgets": budgets, "seeds": len(seeds), "extra_candidates": EXTRA,
+        "samplers": summary, "hypervolume_by_seed": curves, "surrogate_per_delta": deltas,
+        "surrogate_sweep": sweep, "surrogate_self_stopping": stopping, "merge_curves": merges, "partial_table": partial, "goals": goals,
+    })
     picture(curves, budgets, front_hv, merges, path.with_suffix(".png"))
 
 

@@ -80,13 +80,11 @@ def one_seed(doc: dict, seed: int, first_trials: int, second_trials: int, horizo
         out[mode] = {
             "trials_to_reach": trials_to_reach(own, hv_first, horizon, reference),
             "union_trials_to_reach": 0.0,  # the union holds the first sweep's front from the start
-            "union_trials_to_improve": trials_to_reach(
-                [*first_before, *own], hv_first, horizon, reference, strict=True
-            ),
+            "union_trials_to_improve": trials_to_reach([*first_before, *own], hv_first, horizon, reference,
+                                                       strict=True),
             "hv_at_second_trials": hypervolume(short, reference),
-            "hv_by_rsft_runs": {
-                n: hypervolume([r for r in own if r["trial"] < n], reference) for n in range(1, horizon + 1)
-            },
+            "hv_by_rsft_runs": {n: hypervolume([r for r in own if r["trial"] < n], reference)
+                                for n in range(1, horizon + 1)},
             "hv_union_at_horizon": hypervolume([*first, *own], reference),
             "short_run_is_prefix": _same_rows(short, [r for r in own if r["trial"] < second_trials]),
             "layers": [t["params"]["layer"] for t in run["trials"]],
@@ -120,96 +118,59 @@ def main() -> None:
     reference = (doc["base"]["edit_score"], 0.0)
     seeds = (0, 1) if smoke else tuple(range(SEEDS))
     first_trials, second_trials, horizon = (4, 2, 6) if smoke else (FIRST_TRIALS, SECOND_TRIALS, HORIZON)
-    print(
-        f"first sweep {first_trials} R-SFT runs, second {second_trials} (continued to {horizon}), "
-        f"{SAMPLER}, {EXTRA} extra candidates, ref {reference}, {len(seeds)} seeds"
-    )
+    print(f"first sweep {first_trials} R-SFT runs, second {second_trials} (continued to {horizon}), "
+          f"{SAMPLER}, {EXTRA} extra candidates, ref {reference}, {len(seeds)} seeds")
     runs = []
     for seed in seeds:
         r = one_seed(doc, seed, first_trials, second_trials, horizon, reference)
         runs.append(r)
         w, c = r["warm"], r["cold"]
-        print(
-            f"seed {seed:2d}: HV_first {r['hv_first']:.4f}; trials-to-reach warm "
-            f"{_show(w['trials_to_reach'], horizon)}, cold {_show(c['trials_to_reach'], horizon)}; HV at "
-            f"{second_trials} warm {w['hv_at_second_trials']:.4f}, cold {c['hv_at_second_trials']:.4f}; warm told "
-            f"{w['warm'][SOURCE]['told']} of {w['warm'][SOURCE]['rows']} ({r['seconds']:.1f} s)",
-            flush=True,
-        )
+        print(f"seed {seed:2d}: HV_first {r['hv_first']:.4f}; trials-to-reach warm "
+              f"{_show(w['trials_to_reach'], horizon)}, cold {_show(c['trials_to_reach'], horizon)}; HV at "
+              f"{second_trials} warm {w['hv_at_second_trials']:.4f}, cold {c['hv_at_second_trials']:.4f}; warm told "
+              f"{w['warm'][SOURCE]['told']} of {w['warm'][SOURCE]['rows']} ({r['seconds']:.1f} s)", flush=True)
     stats = _stats(runs, second_trials, horizon)
     n = len(seeds)
-    print(
-        f"median trials-to-reach: warm {_show(stats['median_trials_to_reach']['warm'], horizon)}, cold "
-        f"{_show(stats['median_trials_to_reach']['cold'], horizon)}; within {second_trials}: warm "
-        f"{stats['share_within']['warm']:.0%}, cold {stats['share_within']['cold']:.0%}; per seed warm sooner / "
-        f"same / later: {stats['paired']['warm_sooner']} / {stats['paired']['same']} / {stats['paired']['warm_later']} "
-        f"(sign test p {stats['paired']['sign_test_p']:.3g})"
-    )
-    print(
-        f"median HV of own candidates at {second_trials} runs: warm {stats['median_hv_at_second_trials']['warm']:.4f}, "
-        f"cold {stats['median_hv_at_second_trials']['cold']:.4f}; median trials-to-improve the union's front: "
-        f"warm {_show(stats['median_union_trials_to_improve']['warm'], horizon)}, "
-        f"cold {_show(stats['median_union_trials_to_improve']['cold'], horizon)}"
-    )
+    print(f"median trials-to-reach: warm {_show(stats['median_trials_to_reach']['warm'], horizon)}, cold "
+          f"{_show(stats['median_trials_to_reach']['cold'], horizon)}; within {second_trials}: warm "
+          f"{stats['share_within']['warm']:.0%}, cold {stats['share_within']['cold']:.0%}; per seed warm sooner / "
+          f"same / later: {stats['paired']['warm_sooner']} / {stats['paired']['same']} / {stats['paired']['warm_later']} "
+          f"(sign test p {stats['paired']['sign_test_p']:.3g})")
+    print(f"median HV of own candidates at {second_trials} runs: warm {stats['median_hv_at_second_trials']['warm']:.4f}, "
+          f"cold {stats['median_hv_at_second_trials']['cold']:.4f}; median trials-to-improve the union's front: "
+          f"warm {_show(stats['median_union_trials_to_improve']['warm'], horizon)}, "
+          f"cold {_show(stats['median_union_trials_to_improve']['cold'], horizon)}")
     info = {} if smoke else _more_seeds(doc, first_trials, second_trials, horizon, reference, runs)
     goals = [
-        common.goal_line(
-            f"warm start: trials-to-reach the first sweep's hypervolume ({first_trials} R-SFT runs) "
-            f"with the second sweep's own candidates, median of {n} seeds, warm / cold "
-            f"(x; < 1: warm sooner)",
-            stats["ratio_of_medians"],
-            GOAL_RATIO,
-            higher_is_better=False,
-        ),
-        common.goal_line(
-            f"warm start: share of {n} seeds whose second sweep reaches the first's hypervolume within "
-            f"{second_trials} R-SFT runs, warm minus cold ({stats['share_within']['warm']:.0%} vs "
-            f"{stats['share_within']['cold']:.0%}; goal: one seed more)",
-            stats["share_within"]["warm"] - stats["share_within"]["cold"],
-            1 / n,
-        ),
+        common.goal_line(f"warm start: trials-to-reach the first sweep's hypervolume ({first_trials} R-SFT runs) "
+                         f"with the second sweep's own candidates, median of {n} seeds, warm / cold "
+                         f"(x; < 1: warm sooner)", stats["ratio_of_medians"], GOAL_RATIO, higher_is_better=False),
+        common.goal_line(f"warm start: share of {n} seeds whose second sweep reaches the first's hypervolume within "
+                         f"{second_trials} R-SFT runs, warm minus cold ({stats['share_within']['warm']:.0%} vs "
+                         f"{stats['share_within']['cold']:.0%}; goal: one seed more)",
+                         stats["share_within"]["warm"] - stats["share_within"]["cold"], 1 / n),
     ]
-    common.write_result(
-        "warm_start",
-        args,
-        {
-            "reference_point": reference,
-            "objectives": doc["objectives"],
-            "setup": {
-                "sampler": SAMPLER,
-                "extra_candidates": EXTRA,
-                "first_rsft_runs": first_trials,
-                "second_rsft_runs": second_trials,
-                "horizon_rsft_runs": horizon,
-                "seeds": list(seeds),
-                "second_seed_offset": SEED_OFFSET,
-                "fixture": str(FIXTURE.relative_to(common.REPO)),
-                "censored_as": "inf (not reached within the horizon)",
-            },
-            **stats,
-            f"{INFO_SEEDS}_seeds": info,
-            "runs": runs,
-            "goals": goals,
-        },
-    )
+    common.write_result("warm_start", args, {
+        "reference_point": reference, "objectives": doc["objectives"],
+        "setup": {"sampler": SAMPLER, "extra_candidates": EXTRA, "first_rsft_runs": first_trials,
+                  "second_rsft_runs": second_trials, "horizon_rsft_runs": horizon, "seeds": list(seeds),
+                  "second_seed_offset": SEED_OFFSET, "fixture": str(FIXTURE.relative_to(common.REPO)),
+                  "censored_as": "inf (not reached within the horizon)"},
+        **stats, f"{INFO_SEEDS}_seeds": info, "runs": runs, "goals": goals,
+    })
 
 
 def _more_seeds(doc: dict, first_trials: int, second_trials: int, horizon: int, reference, runs: list[dict]) -> dict:
     """Information: the statistics over INFO_SEEDS seeds (the goal's seeds first), without per-seed rows."""
-    more = [
-        *runs,
-        *(one_seed(doc, s, first_trials, second_trials, horizon, reference) for s in range(len(runs), INFO_SEEDS)),
-    ]
+    more = [*runs, *(one_seed(doc, s, first_trials, second_trials, horizon, reference)
+                     for s in range(len(runs), INFO_SEEDS))]
     stats = _stats(more, second_trials, horizon)
     m, w, p = stats["median_trials_to_reach"], stats["share_within"], stats["paired"]
-    print(
-        f"{INFO_SEEDS} seeds (information): median trials-to-reach warm {_show(m['warm'], horizon)}, cold "
-        f"{_show(m['cold'], horizon)}; within {second_trials}: warm {w['warm']:.0%}, cold {w['cold']:.0%}; warm "
-        f"sooner / same / later {p['warm_sooner']} / {p['same']} / {p['warm_later']} (sign test p "
-        f"{p['sign_test_p']:.3g}); median HV at {second_trials} warm "
-        f"{stats['median_hv_at_second_trials']['warm']:.4f}, "
-        f"cold {stats['median_hv_at_second_trials']['cold']:.4f}"
-    )
+    print(f"{INFO_SEEDS} seeds (information): median trials-to-reach warm {_show(m['warm'], horizon)}, cold "
+          f"{_show(m['cold'], horizon)}; within {second_trials}: warm {w['warm']:.0%}, cold {w['cold']:.0%}; warm "
+          f"sooner / same / later {p['warm_sooner']} / {p['same']} / {p['warm_later']} (sign test p "
+          f"{p['sign_test_p']:.3g}); median HV at {second_trials} warm {stats['median_hv_at_second_trials']['warm']:.4f}, "
+          f"cold {stats['median_hv_at_second_trials']['cold']:.4f}")
     return stats
 
 
@@ -234,19 +195,13 @@ def _stats(runs: list[dict], second_trials: int, horizon: int) -> dict:
         "ratio_of_medians": _ratio(reach["warm"], reach["cold"]),
         "share_within": {m: sum(r[m]["trials_to_reach"] <= second_trials for r in runs) / len(runs) for m in modes},
         "share_within_horizon": {m: sum(r[m]["trials_to_reach"] <= horizon for r in runs) / len(runs) for m in modes},
-        "paired": {
-            "warm_sooner": (sooner := sum(w < c for w, c in pairs)),
-            "same": sum(w == c for w, c in pairs),
-            "warm_later": (later := sum(w > c for w, c in pairs)),
-            "sign_test_p": _sign_test(sooner, sooner + later),
-        },
+        "paired": {"warm_sooner": (sooner := sum(w < c for w, c in pairs)), "same": sum(w == c for w, c in pairs),
+                   "warm_later": (later := sum(w > c for w, c in pairs)),
+                   "sign_test_p": _sign_test(sooner, sooner + later)},
         "median_hv_at_second_trials": med("hv_at_second_trials"),
         "median_hv_ratio_at_second_trials": statistics.median(
-            r["warm"]["hv_at_second_trials"] / r["cold"]["hv_at_second_trials"]
-            if r["cold"]["hv_at_second_trials"] > 0
-            else math.inf
-            for r in runs
-        ),
+            r["warm"]["hv_at_second_trials"] / r["cold"]["hv_at_second_trials"] if r["cold"]["hv_at_second_trials"] > 0
+            else math.inf for r in runs),
         "median_union_trials_to_improve": med("union_trials_to_improve"),
         "median_hv_first": statistics.median(r["hv_first"] for r in runs),
         "short_runs_are_prefixes": all(r[m]["short_run_is_prefix"] for r in runs for m in modes),

@@ -48,19 +48,12 @@ def arguments():
     p = common.parser(__doc__.splitlines()[0])
     p.add_argument("--records", type=int, default=8, help="ZsRE records edited and evaluated (default 8)")
     p.add_argument("--wikitext-words", type=int, default=600, help="words of WikiText-2 scored (default 600)")
-    p.add_argument(
-        "--mode",
-        choices=("teacher-forced", "both"),
-        default="teacher-forced",
-        help="edit metrics: teacher-forced (default) or both families (generated too; slower)",
-    )
+    p.add_argument("--mode", choices=("teacher-forced", "both"), default="teacher-forced",
+                   help="edit metrics: teacher-forced (default) or both families (generated too; slower)")
     p.add_argument("--configs", default=None, metavar="A:B", help="only configurations A..B-1 of the grid")
     p.add_argument("--table", type=Path, default=None, help=f"table folder (default {OUT.relative_to(common.REPO)})")
-    p.add_argument(
-        "--status",
-        action="store_true",
-        help="build nothing: write the result file (candidates in, seconds each, projection) from the table",
-    )
+    p.add_argument("--status", action="store_true",
+                   help="build nothing: write the result file (candidates in, seconds each, projection) from the table")
     return p.parse_args()
 
 
@@ -85,14 +78,8 @@ def _overrides(args) -> dict:
     base = offline_overrides()
     wikitext = {**base["evaluation.local_tasks.wikitext"], "max_words": args.wikitext_words}
     edit_mode = "teacher-forced" if args.mode == "teacher-forced" else "generation"
-    return {
-        **base,
-        "evaluation.local_tasks.wikitext": wikitext,
-        "data.limit": args.records,
-        "evaluation.mode": args.mode,
-        "objectives.edit_mode": edit_mode,
-        "evaluation.general_tasks": ["wikitext"],
-    }
+    return {**base, "evaluation.local_tasks.wikitext": wikitext, "data.limit": args.records,
+            "evaluation.mode": args.mode, "objectives.edit_mode": edit_mode, "evaluation.general_tasks": ["wikitext"]}
 
 
 def _plain(metrics: dict) -> dict:
@@ -134,7 +121,6 @@ class ItemCapture:
             keys = sorted({k for r in result.per_record for k, v in r.items() if isinstance(v, int | float)})
             self.last[f"{name}_records"] = {key: _round([r.get(key) for r in result.per_record]) for key in keys}
             return result
-
         return wrapped
 
     def take(self) -> dict:
@@ -160,12 +146,8 @@ def train(evaluator, work: Path, config: dict):
         with torch.enable_grad():
             result = run_rsft(evaluator.model, evaluator.tokenizer, evaluator.records, rsft)
     except DivergedError as exc:
-        info = {
-            "config": config,
-            "status": "diverged",
-            "reason": str(exc)[:300],
-            "seconds": time.perf_counter() - start,
-        }
+        info = {"config": config, "status": "diverged", "reason": str(exc)[:300],
+                "seconds": time.perf_counter() - start}
         delta = None
     else:
         info = {"config": config, "status": "ok", "updates": result.updates, "seconds": result.seconds}
@@ -211,10 +193,8 @@ def status(args) -> None:
     grid = meta["grid"]
     n_configs = len(grid_configs(grid))
     cells = n_configs * len(meta["merge_grid"]["alpha"]) * len(meta["merge_grid"]["sparsity"])
-    timings = {
-        "rsft": [r["seconds"] for r in rows if r.get("kind") == "rsft"],
-        "candidate": [r["seconds"] for r in rows if "alpha" in r],
-    }
+    timings = {"rsft": [r["seconds"] for r in rows if r.get("kind") == "rsft"],
+               "candidate": [r["seconds"] for r in rows if "alpha" in r]}
     _summary(args, out, meta, timings, cells, n_configs, None)
 
 
@@ -225,9 +205,8 @@ def main() -> None:
         status(args)
         return
     smoke = args.smoke_test
-    out = args.table or (
-        (args.out / "real_table" if args.out else Path(tempfile.mkdtemp(prefix="real-table-"))) if smoke else OUT
-    )
+    out = args.table or ((args.out / "real_table" if args.out else Path(tempfile.mkdtemp(prefix="real-table-")))
+                         if smoke else OUT)
     out.mkdir(parents=True, exist_ok=True)
     (out / ".gitignore").write_text("deltas/\nbuild.log\n")
     grid = SMOKE_GRID if smoke else GRID
@@ -235,7 +214,7 @@ def main() -> None:
     configs = grid_configs(grid)
     if args.configs:
         a, _, b = args.configs.partition(":")
-        configs = configs[int(a or 0) : int(b) if b else None]
+        configs = configs[int(a or 0): int(b) if b else None]
     from bench_real import CONFIG, load
 
     from mm4ke_ray.evaluate.candidate import CandidateEvaluator, eval_settings
@@ -248,31 +227,21 @@ def main() -> None:
     _ = evaluator.reference  # the base model's reference first: the capture reads it
     capture = ItemCapture(evaluator)
     setup_s = time.perf_counter() - started
-    meta = {
-        "model": str(sweep_config.model.name),
-        "config": str(config_path.relative_to(common.REPO)),
-        "overrides": {k: v for k, v in overrides.items() if k not in ("model.name",)},
-        "records": len(evaluator.records),
-        "mode": sweep_config.evaluation.mode,
-        "edit_mode": sweep_config.edit_mode,
-        "general_tasks": list(sweep_config.evaluation.general_tasks),
-        "grid": grid,
-        "merge_grid": {"alpha": alphas, "sparsity": sparsities},
-        "objectives": ["edit_score", "general_score"],
-        "seed": 0,
-        "base": _plain(evaluator.reference.metrics),
-        "threads": args.threads,
-    }
+    meta = {"model": str(sweep_config.model.name), "config": str(config_path.relative_to(common.REPO)),
+            "overrides": {k: v for k, v in overrides.items() if k not in ("model.name",)},
+            "records": len(evaluator.records), "mode": sweep_config.evaluation.mode,
+            "edit_mode": sweep_config.edit_mode, "general_tasks": list(sweep_config.evaluation.general_tasks),
+            "grid": grid, "merge_grid": {"alpha": alphas, "sparsity": sparsities},
+            "objectives": ["edit_score", "general_score"], "seed": 0,
+            "base": _plain(evaluator.reference.metrics), "threads": args.threads}
     (out / "meta.json").write_text(json.dumps(meta, indent=1, default=float) + "\n")
     table = out / "table.jsonl"
     _end_line(table)
     done = _done(table)
     cells = len(configs) * len(alphas) * len(sparsities)
-    print(
-        f"{len(configs)} R-SFT configurations x {len(alphas)} x {len(sparsities)} merges = {cells} candidates; "
-        f"{sum(1 for d in done if d[1] == 'merge')} already in {table}; model and reference in {setup_s:.0f} s",
-        flush=True,
-    )
+    print(f"{len(configs)} R-SFT configurations x {len(alphas)} x {len(sparsities)} merges = {cells} candidates; "
+          f"{sum(1 for d in done if d[1] == 'merge')} already in {table}; model and reference in {setup_s:.0f} s",
+          flush=True)
     timings = {"rsft": [], "candidate": []}
     for n, config in enumerate(configs, start=1):
         key = _key(config)
@@ -292,33 +261,15 @@ def main() -> None:
             metrics = evaluator.evaluate(delta, alpha=a, sparsity=s, seed=0)
             seconds = time.perf_counter() - t0
             timings["candidate"].append(seconds)
-            _append(
-                table,
-                {
-                    "config": config,
-                    "alpha": a,
-                    "sparsity": s,
-                    **_plain(metrics),
-                    "seconds": seconds,
-                    "items": capture.take(),
-                },
-            )
+            _append(table, {"config": config, "alpha": a, "sparsity": s, **_plain(metrics), "seconds": seconds,
+                            "items": capture.take()})
             if len(timings["candidate"]) in (1, 3):
                 _projection(timings, cells, len(configs))
-        best = (
-            max(
-                (json.loads(x) for x in table.read_text().splitlines()[-len(merges) :]),
-                key=lambda r: r.get("edit_score", 0),
-                default={},
-            )
-            if merges
-            else {}
-        )
-        print(
-            f"[{n}/{len(configs)}] {config}: R-SFT {info['seconds']:.0f} s, {len(merges)} merges "
-            f"(best edit {best.get('edit_score', float('nan')):.3f}); {time.perf_counter() - started:.0f} s so far",
-            flush=True,
-        )
+        best = max((json.loads(x) for x in table.read_text().splitlines()[-len(merges):]),
+                   key=lambda r: r.get("edit_score", 0), default={}) if merges else {}
+        print(f"[{n}/{len(configs)}] {config}: R-SFT {info['seconds']:.0f} s, {len(merges)} merges "
+              f"(best edit {best.get('edit_score', float('nan')):.3f}); {time.perf_counter() - started:.0f} s so far",
+              flush=True)
     _summary(args, out, meta, timings, cells, len(configs), time.perf_counter() - started)
 
 
@@ -329,11 +280,8 @@ def _projection(timings: dict, cells: int, n_configs: int) -> float:
     per, median = sum(times) / len(times), sorted(times)[len(times) // 2]
     rsft = sum(timings["rsft"]) / max(1, len(timings["rsft"]))
     hours = (per * cells + rsft * n_configs) / 3600
-    print(
-        f"time per candidate {per:.2f} s mean, {median:.2f} s median (of {len(times)}), R-SFT {rsft:.0f} s per "
-        f"configuration: the whole table ~{hours:.2f} h on this machine",
-        flush=True,
-    )
+    print(f"time per candidate {per:.2f} s mean, {median:.2f} s median (of {len(times)}), R-SFT {rsft:.0f} s per "
+          f"configuration: the whole table ~{hours:.2f} h on this machine", flush=True)
     return hours
 
 
@@ -343,34 +291,19 @@ def _summary(args, out: Path, meta: dict, timings: dict, cells: int, n_configs: 
     goals = []
     if hours == hours:
         which = "demo (smoke)" if args.smoke_test else "real"
-        goals.append(
-            common.goal_line(
-                f"{which} table: projected build time, {n_configs} R-SFT runs x "
-                f"{cells // max(1, n_configs)} merges, one process (h)",
-                hours,
-                GOAL_HOURS,
-                higher_is_better=False,
-            )
-        )
+        goals.append(common.goal_line(f"{which} table: projected build time, {n_configs} R-SFT runs x "
+                                      f"{cells // max(1, n_configs)} merges, one process (h)", hours, GOAL_HOURS,
+                                      higher_is_better=False))
     args.out = args.out or (out if args.smoke_test else common.RESULTS)
     where = str(out.relative_to(common.REPO)) if out.is_relative_to(common.REPO) else str(out)
-    common.write_result(
-        NAME,
-        args,
-        {
-            "table": where,
-            "candidates_done": rows,
-            "candidates_total": cells,
-            "wall_s_this_run": wall,
-            "mean_candidate_s": sum(timings["candidate"]) / max(1, len(timings["candidate"])),
-            "median_candidate_s": (
-                sorted(timings["candidate"])[len(timings["candidate"]) // 2] if timings["candidate"] else None
-            ),
-            "rsft_s": timings["rsft"],
-            "meta": {k: v for k, v in meta.items() if k != "base"},
-            "goals": goals,
-        },
-    )
+    common.write_result(NAME, args, {"table": where, "candidates_done": rows, "candidates_total": cells,
+                                     "wall_s_this_run": wall,
+                                     "mean_candidate_s": sum(timings["candidate"]) / max(1, len(timings["candidate"])),
+                                     "median_candidate_s": (
+                                         sorted(timings["candidate"])[len(timings["candidate"]) // 2]
+                                         if timings["candidate"] else None),
+                                     "rsft_s": timings["rsft"], "meta": {k: v for k, v in meta.items() if k != "base"},
+                                     "goals": goals})
 
 
 if __name__ == "__main__":

@@ -40,18 +40,10 @@ def parser(description: str) -> argparse.ArgumentParser:
     """The options every benchmark takes: --smoke-test, --out, --threads."""
     p = argparse.ArgumentParser(description=description)
     p.add_argument("--smoke-test", action="store_true", help="tiny sizes, seconds, for CI")
-    p.add_argument(
-        "--out",
-        type=Path,
-        default=None,
-        help="folder for the JSON result (default: benchmarks/results; a temp folder with --smoke-test)",
-    )
-    p.add_argument(
-        "--threads",
-        type=int,
-        default=1,
-        help="torch threads (default 1: on a shared 2-core machine one thread gives steadier ratios)",
-    )
+    p.add_argument("--out", type=Path, default=None,
+                   help="folder for the JSON result (default: benchmarks/results; a temp folder with --smoke-test)")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch threads (default 1: on a shared 2-core machine one thread gives steadier ratios)")
     return p
 
 
@@ -163,17 +155,9 @@ def qwen2_model(shape: str = "110m", seed: int = 0, dtype: str = "float32"):
 
     s = SHAPES[shape]
     config = Qwen2Config(
-        vocab_size=s["vocab"],
-        hidden_size=s["hidden"],
-        intermediate_size=s["intermediate"],
-        num_hidden_layers=s["layers"],
-        num_attention_heads=s["heads"],
-        num_key_value_heads=s["kv_heads"],
-        max_position_embeddings=512,
-        tie_word_embeddings=True,
-        bos_token_id=2,
-        eos_token_id=3,
-        pad_token_id=0,
+        vocab_size=s["vocab"], hidden_size=s["hidden"], intermediate_size=s["intermediate"],
+        num_hidden_layers=s["layers"], num_attention_heads=s["heads"], num_key_value_heads=s["kv_heads"],
+        max_position_embeddings=512, tie_word_embeddings=True, bos_token_id=2, eos_token_id=3, pad_token_id=0,
     )
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(config, dtype=getattr(torch, dtype))
@@ -190,18 +174,8 @@ def smollm2():
     name = str(fetch_smollm2(say=print))
     model, tok = load_model(name), load_tokenizer(name)
     cfg = model.config
-    return (
-        model,
-        tok,
-        {
-            "name": "SmolLM2-135M-Instruct",
-            "source": name,
-            "model_type": cfg.model_type,
-            "layers": cfg.num_hidden_layers,
-            "hidden": cfg.hidden_size,
-            "vocab": cfg.vocab_size,
-        },
-    )
+    return model, tok, {"name": "SmolLM2-135M-Instruct", "source": name, "model_type": cfg.model_type,
+                        "layers": cfg.num_hidden_layers, "hidden": cfg.hidden_size, "vocab": cfg.vocab_size}
 
 
 def param_count(model) -> int:

@@ -32,11 +32,9 @@ def main() -> None:
     built = bench.build_tasks({"logiqa": args.docs, "sst2": 1, "wikitext": 10}, out)
     model, tok, _ = bench.load_model(args, built["texts"])
     tasks = TaskManager(include_path=[str(p) for p in built["paths"]], include_defaults=False).load(["logiqa"])
-    lms = {
-        "hflm_b8": HFLM(pretrained=model, tokenizer=tok, batch_size=8, max_length=1024),
-        "hflm_b1": HFLM(pretrained=model, tokenizer=tok, batch_size=1, max_length=1024),
-        "shared_b8": shared_context_hflm_class()(pretrained=model, tokenizer=tok, batch_size=8, max_length=1024),
-    }
+    lms = {"hflm_b8": HFLM(pretrained=model, tokenizer=tok, batch_size=8, max_length=1024),
+           "hflm_b1": HFLM(pretrained=model, tokenizer=tok, batch_size=1, max_length=1024),
+           "shared_b8": shared_context_hflm_class()(pretrained=model, tokenizer=tok, batch_size=8, max_length=1024)}
     full = {n: evaluate(lm=lm, task_dict=tasks, bootstrap_iters=0, log_samples=True) for n, lm in lms.items()}
     for a, b in (("hflm_b8", "hflm_b1"), ("hflm_b8", "shared_b8"), ("hflm_b1", "shared_b8")):
         print(a, "vs", b, bench.compare(full[a], full[b], "logiqa", None))

@@ -36,22 +36,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 
 SHAPES = {
-    "qwen2.5-0.5b": dict(
-        hidden_size=896,
-        intermediate_size=4864,
-        num_hidden_layers=24,
-        num_attention_heads=14,
-        num_key_value_heads=2,
-        vocab_size=151936,
-    ),
-    "tiny": dict(
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=4,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        vocab_size=3000,
-    ),
+    "qwen2.5-0.5b": dict(hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14,
+                         num_key_value_heads=2, vocab_size=151936),
+    "tiny": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4,
+                 num_key_value_heads=2, vocab_size=3000),
 }
 
 
@@ -83,14 +71,8 @@ def peak() -> int | None:
 def build_model(shape: str):
     from transformers import AutoModelForCausalLM, Qwen2Config
 
-    config = Qwen2Config(
-        **SHAPES[shape],
-        max_position_embeddings=4096,
-        tie_word_embeddings=True,
-        bos_token_id=2,
-        eos_token_id=3,
-        pad_token_id=0,
-    )
+    config = Qwen2Config(**SHAPES[shape], max_position_embeddings=4096, tie_word_embeddings=True,
+                         bos_token_id=2, eos_token_id=3, pad_token_id=0)
     torch.manual_seed(0)
     dtype = torch.bfloat16 if torch.cuda.is_available() else torch.float32
     with device():  # initialise on the GPU: a CPU init of 0.5B weights takes many seconds
@@ -110,16 +92,9 @@ def synthetic_records(n: int, seed: int = 0):
         return " ".join(rng.choice(words) for _ in range(rng.randint(lo, hi)))
 
     return [
-        EditRecord(
-            prompt=text(8, 16),
-            target_new=text(1, 3),
-            ground_truth=text(1, 3),
-            subject=text(1, 2),
-            rephrase_prompts=(text(8, 16),),
-            portability=(QA(text(8, 16), text(1, 3), "Reasoning"),),
-            locality=(QA(text(8, 16), text(1, 3), "Relation_Specificity"),),
-            source=f"synthetic:{i}",
-        )
+        EditRecord(prompt=text(8, 16), target_new=text(1, 3), ground_truth=text(1, 3), subject=text(1, 2),
+                   rephrase_prompts=(text(8, 16),), portability=(QA(text(8, 16), text(1, 3), "Reasoning"),),
+                   locality=(QA(text(8, 16), text(1, 3), "Relation_Specificity"),), source=f"synthetic:{i}")
         for i in range(n)
     ]
 
@@ -144,21 +119,12 @@ def section_rsft(model, tok, records, layer) -> dict:
         sync()
         seconds = time.perf_counter() - start
         deltas[name] = result.delta
-        out[name] = {
-            "updates": result.updates,
-            "seconds": seconds,
-            "steps_per_s": result.updates / seconds,
-            "peak_gpu_bytes": peak(),
-            "stepper": result.stepper,
-            "captured": result.captured,
-            "master_dtype": result.master_dtype,
-        }
+        out[name] = {"updates": result.updates, "seconds": seconds, "steps_per_s": result.updates / seconds,
+                     "peak_gpu_bytes": peak(), "stepper": result.stepper, "captured": result.captured,
+                     "master_dtype": result.master_dtype}
 
-    for name, kwargs in (
-        ("ours", {}),
-        ("ours_final_loss", {"final_loss": True}),
-        ("naive_full_forward", {"use_prefix_cache": False}),
-    ):
+    for name, kwargs in (("ours", {}), ("ours_final_loss", {"final_loss": True}),
+                         ("naive_full_forward", {"use_prefix_cache": False})):
         timed(name, **kwargs)
     out["ratio_vs_naive"] = out["ours"]["steps_per_s"] / out["naive_full_forward"]["steps_per_s"]
     try:  # the captured path: compile (all length buckets) once, then time a second run
@@ -208,9 +174,8 @@ def section_merge(model, layer) -> dict:
             add_update_(merged, prepare_delta(delta, 0.5, 0.2))
             merged.save_pretrained(work, safe_serialization=True)
             del merged
-            loaded = AutoModelForCausalLM.from_pretrained(
-                work, dtype=next(model.parameters()).dtype, device_map=str(device())
-            )
+            loaded = AutoModelForCausalLM.from_pretrained(work, dtype=next(model.parameters()).dtype,
+                                                          device_map=str(device()))
             sync()
             times.append(time.perf_counter() - start)
             del loaded
@@ -237,10 +202,8 @@ def section_eval(model, tok, records, layer, one_at_a_time: int) -> dict:
         want = full.evaluate(model, reference).as_dict()
         got = cached.evaluate(model, reference, first_layer=layer).as_dict()  # fills the cache
         out["cached_metrics_equal"] = want == got
-        for name, fn in (
-            ("batched", lambda: full.evaluate(model, reference)),
-            ("batched_prefix_cache", lambda: cached.evaluate(model, reference, first_layer=layer)),
-        ):
+        for name, fn in (("batched", lambda: full.evaluate(model, reference)),
+                         ("batched_prefix_cache", lambda: cached.evaluate(model, reference, first_layer=layer))):
             reset_peak()
             sync()
             start = time.perf_counter()
@@ -262,14 +225,9 @@ def section_eval(model, tok, records, layer, one_at_a_time: int) -> dict:
                 token_accuracy(model, tok, qa.prompt, qa.answer)
         sync()
         seconds = time.perf_counter() - start
-        out["one_at_a_time_accuracy_probes"] = {
-            "records": len(subset),
-            "seconds": seconds,
-            "tokens_per_s": sub_tokens / seconds,
-        }
-        out["batched_vs_one_at_a_time"] = (
-            out["batched"]["tokens_per_s"] / out["one_at_a_time_accuracy_probes"]["tokens_per_s"]
-        )
+        out["one_at_a_time_accuracy_probes"] = {"records": len(subset), "seconds": seconds,
+                                                "tokens_per_s": sub_tokens / seconds}
+        out["batched_vs_one_at_a_time"] = out["batched"]["tokens_per_s"] / out["one_at_a_time_accuracy_probes"]["tokens_per_s"]
         out["prefix_cache_speedup"] = out["batched"]["seconds"] / out["batched_prefix_cache"]["seconds"]
         n = model.config.num_hidden_layers
         out["prefix_cache_ideal"] = n / (n - layer)
@@ -313,9 +271,7 @@ def main() -> None:
         except Exception as exc:  # noqa: BLE001 - report the failure, keep the other sections
             doc[name] = {"error": f"{type(exc).__name__}: {exc}", "trace": traceback.format_exc()[-3000:]}
         doc[name]["section_seconds"] = time.perf_counter() - t0
-        print(
-            f"[{time.perf_counter() - started:6.1f} s] {name}: {json.dumps(doc[name], default=str)[:600]}", flush=True
-        )
+        print(f"[{time.perf_counter() - started:6.1f} s] {name}: {json.dumps(doc[name], default=str)[:600]}", flush=True)
         path.write_text(json.dumps(doc, indent=2, default=str) + "\n")  # partial results survive a kill
     if torch.cuda.is_available():
         peak()

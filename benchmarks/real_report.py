@@ -8,13 +8,8 @@ from pathlib import Path
 
 EDIT = ("edit_succ", "generalization", "portability", "locality")
 SHORT = {"edit_succ": "Succ", "generalization": "Gen", "portability": "Port", "locality": "Loc"}
-TABLE_ROWS = (
-    ("Base", "base"),
-    ("SFT (τ 0)", "sft"),
-    ("R-SFT", "rsft"),
-    ("Merged α0.2 s0.2", "merged α0.2"),
-    ("Merged α0.8 s0.2", "merged α0.8"),
-)
+TABLE_ROWS = (("Base", "base"), ("SFT (τ 0)", "sft"), ("R-SFT", "rsft"), ("Merged α0.2 s0.2", "merged α0.2"),
+              ("Merged α0.8 s0.2", "merged α0.8"))
 
 
 def _num(value, digits: int = 1) -> str:
@@ -41,13 +36,8 @@ def markdown(steps: dict, objective_tasks: list[str]) -> str:
     """The table: edit metrics of both families (percent), each task's score ± SE and retention,
     and the two objectives."""
     tasks = _tasks(steps)
-    head = (
-        ["model"]
-        + [f"TF {SHORT[m]}" for m in EDIT]
-        + [f"gen {SHORT[m]}" for m in EDIT]
-        + [f"{t} (ret.)" for t in tasks]
-        + ["edit score", f"general ({'+'.join(objective_tasks)})"]
-    )
+    head = (["model"] + [f"TF {SHORT[m]}" for m in EDIT] + [f"gen {SHORT[m]}" for m in EDIT]
+            + [f"{t} (ret.)" for t in tasks] + ["edit score", f"general ({'+'.join(objective_tasks)})"])
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     rows = [*TABLE_ROWS, *((k, k) for k in steps if k.startswith(("alpha=", "sparsity=")))]
     for label, key in rows:
@@ -70,31 +60,16 @@ def findings(steps: dict, tasks: list[str]) -> list[dict]:
     out = []
     rsft, merged, sft = steps.get("rsft"), steps.get("merged α0.2"), steps.get("sft")
     if rsft and merged:
-        out.append(
-            goal_line(
-                "paper: merging restores general ability (general score, merged α0.2 s0.2 - R-SFT)",
-                objective_general(merged, tasks) - objective_general(rsft, tasks),
-                0.0,
-            )
-        )
+        out.append(goal_line("paper: merging restores general ability (general score, merged α0.2 s0.2 - R-SFT)",
+                             objective_general(merged, tasks) - objective_general(rsft, tasks), 0.0))
     alpha = [objective_general(steps[k], tasks) for k in steps if k.startswith("alpha=")]
     sparsity = [objective_general(steps[k], tasks) for k in steps if k.startswith("sparsity=")]
     if len(alpha) > 1 and len(sparsity) > 1:
-        out.append(
-            goal_line(
-                "paper: sparsity matters less than scaling (general-score range along α - along sparsity)",
-                (max(alpha) - min(alpha)) - (max(sparsity) - min(sparsity)),
-                0.0,
-            )
-        )
+        out.append(goal_line("paper: sparsity matters less than scaling (general-score range along α - along "
+                             "sparsity)", (max(alpha) - min(alpha)) - (max(sparsity) - min(sparsity)), 0.0))
     if rsft and sft:
-        out.append(
-            goal_line(
-                "paper: early stopping protects general ability (general score, R-SFT - SFT τ0)",
-                objective_general(rsft, tasks) - objective_general(sft, tasks),
-                0.0,
-            )
-        )
+        out.append(goal_line("paper: early stopping protects general ability (general score, R-SFT - SFT τ0)",
+                             objective_general(rsft, tasks) - objective_general(sft, tasks), 0.0))
     return out
 
 
@@ -108,12 +83,8 @@ def picture(steps: dict, path: Path, tasks: list[str]) -> None:
     for ax, prefix, label in ((axes[0], "alpha=", "α (sparsity 0.2)"), (axes[1], "sparsity=", "sparsity (α 0.2)")):
         points = sorted((float(k.removeprefix(prefix)), m) for k, m in steps.items() if k.startswith(prefix))
         xs = [x for x, _ in points]
-        for key, name, style in (
-            ("gen.edit_succ", "generated edit succ.", "o-"),
-            ("edit_succ", "TF edit succ.", "o--"),
-            ("gen.locality", "generated locality", "s-"),
-            ("locality", "TF locality", "s--"),
-        ):
+        for key, name, style in (("gen.edit_succ", "generated edit succ.", "o-"), ("edit_succ", "TF edit succ.", "o--"),
+                                 ("gen.locality", "generated locality", "s-"), ("locality", "TF locality", "s--")):
             ax.plot(xs, [m.get(key, math.nan) / 100 for _, m in points], style, label=name)
         ax.plot(xs, [objective_general(m, tasks) for _, m in points], "^-", color="black", label="general score")
         ax.set_xlabel(label)
@@ -127,21 +98,11 @@ def picture(steps: dict, path: Path, tasks: list[str]) -> None:
     rows = [c for c in sweep if isinstance(c.get("edit_score"), (int, float))]
     if rows:
         front = [c for c in rows if c.get("on_front") in (True, "True", "true", 1)]
-        ax.scatter(
-            [c["edit_score"] for c in rows],
-            [c["general_score"] for c in rows],
-            s=14,
-            color="0.6",
-            label=f"sweep candidates ({len(rows)})",
-        )
+        ax.scatter([c["edit_score"] for c in rows], [c["general_score"] for c in rows], s=14, color="0.6",
+                   label=f"sweep candidates ({len(rows)})")
         front.sort(key=lambda c: c["edit_score"])
-        ax.plot(
-            [c["edit_score"] for c in front],
-            [c["general_score"] for c in front],
-            "o-",
-            color="tab:red",
-            label="sweep front",
-        )
+        ax.plot([c["edit_score"] for c in front], [c["general_score"] for c in front], "o-", color="tab:red",
+                label="sweep front")
     for label, key in TABLE_ROWS:
         m = steps.get(key)
         if m:

@@ -28,11 +28,8 @@ def _settings(assets):
 
     # As search_spaces/demo.yaml: both local lm-eval tasks, every edit metric weighted 1.
     return EvalSettings(
-        model=str(assets.model_dir),
-        edits=str(assets.edits_path),
-        batch_size=64,
-        general_tasks=tuple(assets.task_names),
-        task_include_path=str(assets.tasks_dir),
+        model=str(assets.model_dir), edits=str(assets.edits_path), batch_size=64,
+        general_tasks=tuple(assets.task_names), task_include_path=str(assets.tasks_dir),
         edit_weights={"edit_succ": 1, "generalization": 1, "portability": 1, "locality": 1},
         combined_edit_weight=0.5,
     )
@@ -64,15 +61,11 @@ def main() -> None:
     records = load_edit_records(settings.edits).records
     doc = json.loads(args.out.read_text()) if args.out.is_file() else None
     if doc is None or doc.get("grid") != search_world.GRID or doc.get("merge_grid") != search_world.MERGE_GRID:
-        doc = {
-            "world": {"demo_layers": search_world.DEMO_LAYERS, "demo_key": assets.manifest["key"]},
-            "grid": search_world.GRID,
-            "merge_grid": search_world.MERGE_GRID,
-            "objectives": [o.name for o in OBJECTIVES],
-            "seed": 0,
-            "base": {k: evaluator.reference.metrics[k] for k in (*(o.name for o in OBJECTIVES), COMBINED.name)},
-            "configs": [],
-        }
+        doc = {"world": {"demo_layers": search_world.DEMO_LAYERS, "demo_key": assets.manifest["key"]},
+               "grid": search_world.GRID, "merge_grid": search_world.MERGE_GRID,
+               "objectives": [o.name for o in OBJECTIVES], "seed": 0,
+               "base": {k: evaluator.reference.metrics[k] for k in (*(o.name for o in OBJECTIVES), COMBINED.name)},
+               "configs": []}
     done = {_key(c["params"]) for c in doc["configs"]}
     configs = search_world.rsft_grid()[: args.limit]
     start = time.perf_counter()
@@ -89,7 +82,8 @@ def main() -> None:
             entry.update(status="ok", rsft_seconds=result.seconds, updates=result.updates, points=[])
             for m in search_world.merge_grid():
                 metrics = evaluator.evaluate(result.delta, m["alpha"], m["sparsity"], seed=0)
-                entry["points"].append({**m, **{k: metrics[k] for k in (*(o.name for o in OBJECTIVES), COMBINED.name)}})
+                entry["points"].append({**m, **{k: metrics[k] for k in
+                                                (*(o.name for o in OBJECTIVES), COMBINED.name)}})
         entry["seconds"] = time.perf_counter() - t0
         doc["configs"].append(entry)
         args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -97,11 +91,8 @@ def main() -> None:
         tmp.write_text(json.dumps(doc, indent=1))
         tmp.replace(args.out)
         best = max((x["edit_score"] for x in entry["points"]), default=float("nan"))
-        print(
-            f"[{i + 1}/{len(configs)}] {params} {entry['status']} in {entry['seconds']:.1f} s "
-            f"(best edit {best:.3f}; {time.perf_counter() - start:.0f} s so far)",
-            flush=True,
-        )
+        print(f"[{i + 1}/{len(configs)}] {params} {entry['status']} in {entry['seconds']:.1f} s "
+              f"(best edit {best:.3f}; {time.perf_counter() - start:.0f} s so far)", flush=True)
 
 
 if __name__ == "__main__":

@@ -76,17 +76,9 @@ def tracked_rows(rows: list[dict]) -> list[dict]:
     return [{**r, "trial_id": f"replay_{r['trial']:05d}"} for r in rows]
 
 
-def replay(
-    doc: dict,
-    sampler: str,
-    seed: int,
-    num_trials: int,
-    extra_candidates: int,
-    startup_trials: int | None = None,
-    constraints: dict | None = None,
-    make_sampler=None,
-    warm: list[tuple[str, list[dict]]] | None = None,
-) -> dict:
+def replay(doc: dict, sampler: str, seed: int, num_trials: int, extra_candidates: int,
+           startup_trials: int | None = None, constraints: dict | None = None, make_sampler=None,
+           warm: list[tuple[str, list[dict]]] | None = None) -> dict:
     """One sweep's search over the grid: `num_trials` R-SFT runs, each with its merge candidates.
 
     `make_sampler(search, points_per_trial)` replaces the product's sampler factory (to compare
@@ -113,11 +105,8 @@ def replay(
         search = search.model_copy(update={"startup_trials": startup_trials})
     searched, fixed = split_space(search)
     searcher = CandidateAwareOptunaSearch(
-        space=searched,
-        metric=[o.name for o in OBJECTIVES],
-        mode=[o.mode for o in OBJECTIVES],
-        sampler=make_sampler(search, points_per_trial=extra_candidates + 1),
-        constraints=constraints,
+        space=searched, metric=[o.name for o in OBJECTIVES], mode=[o.mode for o in OBJECTIVES],
+        sampler=make_sampler(search, points_per_trial=extra_candidates + 1), constraints=constraints,
     )
     warm_told = _tell_warm(searcher, search, warm or [])
     rows, trials = [], []
@@ -127,45 +116,25 @@ def replay(
         params = {**fixed, **searcher.suggest(trial_id)}
         # As search/trial.py: the extra draws are seeded by the trial's parameters.
         cand_seed = space.candidate_seed(search.seed, params)
-        cands = merge_candidates(search, float(params["alpha"]), float(params["sparsity"]), extra_candidates, cand_seed)
+        cands = merge_candidates(search, float(params["alpha"]), float(params["sparsity"]), extra_candidates,
+                                 cand_seed)
         entry, scored = evaluate(doc, params, cands)
         trials.append({"params": params, "status": entry["status"] if entry else "diverged"})
         if entry is None:
-            searcher.on_trial_complete(
-                trial_id, {"status": "diverged", "params": params, **{o.name: nan for o in (*OBJECTIVES, COMBINED)}}
-            )
+            searcher.on_trial_complete(trial_id, {"status": "diverged", "params": params,
+                                                  **{o.name: nan for o in (*OBJECTIVES, COMBINED)}})
             continue
         for c, s in zip(cands, scored, strict=True):
-            rows.append(
-                {
-                    **params,
-                    **{k: c[k] for k in MERGE_PARAMS},
-                    "kind": c["kind"],
-                    "trial": i,
-                    "cell": s["cell"],
-                    **{o.name: s[o.name] for o in (*OBJECTIVES, COMBINED)},
-                }
-            )
+            rows.append({**params, **{k: c[k] for k in MERGE_PARAMS}, "kind": c["kind"], "trial": i,
+                         "cell": s["cell"], **{o.name: s[o.name] for o in (*OBJECTIVES, COMBINED)}})
         sampled = scored[0]
-        result = {
-            "status": "ok",
-            **{o.name: sampled[o.name] for o in OBJECTIVES},
-            "params": params,
-            EXTRA_POINTS_KEY: [
-                {"params": {**params, **{k: c[k] for k in MERGE_PARAMS}}, "values": [s[o.name] for o in OBJECTIVES]}
-                for c, s in zip(cands[1:], scored[1:], strict=True)
-                if c["in_space"]
-            ],
-        }
+        result = {"status": "ok", **{o.name: sampled[o.name] for o in OBJECTIVES}, "params": params,
+                  EXTRA_POINTS_KEY: [{"params": {**params, **{k: c[k] for k in MERGE_PARAMS}},
+                                      "values": [s[o.name] for o in OBJECTIVES]}
+                                     for c, s in zip(cands[1:], scored[1:], strict=True) if c["in_space"]]}
         searcher.on_trial_complete(trial_id, result)
-    return {
-        "rows": rows,
-        "trials": trials,
-        "study": searcher.study,
-        "rsft_runs": num_trials,
-        "extra_points_told": searcher.extra_points_told,
-        "warm": warm_told,
-    }
+    return {"rows": rows, "trials": trials, "study": searcher.study, "rsft_runs": num_trials,
+            "extra_points_told": searcher.extra_points_told, "warm": warm_told}
 
 
 def _tell_warm(searcher, search, warm: list[tuple[str, list[dict]]]) -> dict:

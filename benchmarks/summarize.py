@@ -1,6 +1,6 @@
 """Print the goal table of every result in benchmarks/results/ as Markdown (for the README).
 
-python benchmarks/summarize.py [RESULTS_DIR]
+    python benchmarks/summarize.py [RESULTS_DIR]
 """
 
 from __future__ import annotations
@@ -9,24 +9,8 @@ import json
 import sys
 from pathlib import Path
 
-ORDER = [
-    "merge",
-    "rsft",
-    "eval",
-    "sweep",
-    "search_quality",
-    "memory",
-    "generation",
-    "mergekit",
-    "startup",
-    "soak",
-    "multifidelity",
-    "warm_start",
-    "real",
-    "general_eval",
-    "table_build",
-    "table_search",
-]
+ORDER = ["merge", "rsft", "eval", "sweep", "search_quality", "memory", "generation", "mergekit", "startup", "soak",
+         "multifidelity", "warm_start", "real", "general_eval", "table_build", "table_search"]
 
 
 def _fmt(value: float) -> str:
@@ -44,9 +28,7 @@ def _fmt(value: float) -> str:
 def _where(doc: dict) -> str:
     m = doc.get("machine") or {}
     gpu = f"{m['gpu']}, " if m.get("gpu") else ""
-    return (
-        f"{gpu}{m.get('cpu_count', '?')} CPU, {m.get('torch_threads', '?')} thread(s), {str(m.get('date', '?'))[:10]}"
-    )
+    return f"{gpu}{m.get('cpu_count', '?')} CPU, {m.get('torch_threads', '?')} thread(s), {str(m.get('date', '?'))[:10]}"
 
 
 def rows(docs: dict) -> list[tuple[int, str, str]]:
@@ -77,18 +59,15 @@ def table(results: Path) -> str:
             lines.append(f"| {number} | {label} | (no result yet) | | | | |")
             continue
         if not doc.get("goals"):
-            lines.append(
-                f"| {number} | {label} | (measurements only, no goal: see benchmarks/README.md) | | | | {_where(doc)} |"
-            )
+            lines.append(f"| {number} | {label} | (measurements only, no goal: see benchmarks/README.md) | | | | "
+                         f"{_where(doc)} |")
             continue
         where = _where(doc)
         for goal in doc["goals"]:
             sign = ">=" if goal["higher_is_better"] else "<="
             met = "**met**" if goal["met"] else "**not met**"
-            lines.append(
-                f"| {number} | {label} | {goal['goal']} | {sign} {_fmt(goal['target'])} | "
-                f"{_fmt(goal['measured'])} | {met} | {where} |"
-            )
+            lines.append(f"| {number} | {label} | {goal['goal']} | {sign} {_fmt(goal['target'])} | "
+                         f"{_fmt(goal['measured'])} | {met} | {where} |")
     return "\n".join(lines)
 
 

@@ -61,9 +61,8 @@ def rows_to_table(meta: dict, rows: list[dict]) -> dict:
     configs: dict[tuple, dict] = {}
     for r in rows:
         key = _cell_key(r["config"])
-        entry = configs.setdefault(
-            key, {"params": {k: r["config"][k] for k in RSFT_NAMES}, "status": "ok", "points": {}}
-        )
+        entry = configs.setdefault(key, {"params": {k: r["config"][k] for k in RSFT_NAMES}, "status": "ok",
+                                         "points": {}})
         if r.get("kind") == "rsft":
             entry["status"] = r.get("status", "ok")
             entry["rsft"] = r
@@ -71,7 +70,8 @@ def rows_to_table(meta: dict, rows: list[dict]) -> dict:
         entry["points"][(float(r["alpha"]), float(r["sparsity"]))] = r
     grid = {k: sorted({float(c["params"][k]) for c in configs.values()}) for k in RSFT_NAMES}
     merge_grid = {k: sorted({p[i] for c in configs.values() for p in c["points"]}) for i, k in enumerate(MERGE_NAMES)}
-    return {"meta": meta, "grid": grid, "merge_grid": merge_grid, "configs": configs, "base": meta.get("base", {})}
+    return {"meta": meta, "grid": grid, "merge_grid": merge_grid, "configs": configs,
+            "base": meta.get("base", {})}
 
 
 def load_table(folder: Path, complete_only: bool = True, objectives: str = "product") -> dict:
@@ -93,17 +93,10 @@ def load_table(folder: Path, complete_only: bool = True, objectives: str = "prod
     table = rows_to_table(meta, rows)
     if complete_only:
         size = len(meta["merge_grid"]["alpha"]) * len(meta["merge_grid"]["sparsity"])
-        table["configs"] = {
-            k: c for k, c in table["configs"].items() if c["status"] != "ok" or len(c["points"]) == size
-        }
-        table = rows_to_table(
-            meta,
-            [
-                r
-                for c in table["configs"].values()
-                for r in [*([c["rsft"]] if "rsft" in c else []), *c["points"].values()]
-            ],
-        )
+        table["configs"] = {k: c for k, c in table["configs"].items()
+                            if c["status"] != "ok" or len(c["points"]) == size}
+        table = rows_to_table(meta, [r for c in table["configs"].values()
+                                     for r in [*([c["rsft"]] if "rsft" in c else []), *c["points"].values()]])
     return table
 
 
@@ -112,20 +105,13 @@ def _with_objectives(row: dict, pair) -> dict:
         first, second = pair(row)
     except KeyError:
         return row
-    return {
-        **row,
-        "product.edit_score": row.get("edit_score"),
-        "product.general_score": row.get("general_score"),
-        "edit_score": first,
-        "general_score": second,
-    }
+    return {**row, "product.edit_score": row.get("edit_score"), "product.general_score": row.get("general_score"),
+            "edit_score": first, "general_score": second}
 
 
 def table_rows(table: dict) -> list[dict]:
     """Every candidate of the table as a row (for the table's own front)."""
-    return [
-        {**c["params"], **p} for c in table["configs"].values() if c["status"] == "ok" for p in c["points"].values()
-    ]
+    return [{**c["params"], **p} for c in table["configs"].values() if c["status"] == "ok" for p in c["points"].values()]
 
 
 def space_of(table: dict) -> dict:
@@ -178,15 +164,8 @@ def make_extra_sampler(name: str):
     return make
 
 
-def replay(
-    table: dict,
-    sampler: str,
-    seed: int,
-    num_trials: int,
-    extra_candidates: int,
-    candidates: str = "random",
-    startup_trials: int | None = None,
-) -> dict:
+def replay(table: dict, sampler: str, seed: int, num_trials: int, extra_candidates: int,
+           candidates: str = "random", startup_trials: int | None = None) -> dict:
     """One sweep's search over the table: `num_trials` R-SFT runs, each with its merge candidates.
 
     `sampler`: a `search.sampler` of the product (random, tpe, gp, nsga2) or one of
@@ -207,19 +186,14 @@ def replay(
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     product = sampler in ("random", "tpe", "gp", "nsga2")
-    search = SearchConfig(
-        num_trials=num_trials, sampler=sampler if product else "tpe", seed=seed, space=space_of(table)
-    )
+    search = SearchConfig(num_trials=num_trials, sampler=sampler if product else "tpe", seed=seed,
+                          space=space_of(table))
     if startup_trials is not None:
         search = search.model_copy(update={"startup_trials": startup_trials})
     make = sp.make_sampler if product else make_extra_sampler(sampler)
     searched, fixed = sp.split_space(search)
-    searcher = CandidateAwareOptunaSearch(
-        space=searched,
-        metric=list(OBJECTIVES),
-        mode=["max", "max"],
-        sampler=make(search, points_per_trial=extra_candidates + 1),
-    )
+    searcher = CandidateAwareOptunaSearch(space=searched, metric=list(OBJECTIVES), mode=["max", "max"],
+                                          sampler=make(search, points_per_trial=extra_candidates + 1))
     pool = [(a, s) for a in table["merge_grid"]["alpha"] for s in table["merge_grid"]["sparsity"]]
     rows, trials, merges = [], [], 0
     for i in range(num_trials):
@@ -229,9 +203,8 @@ def replay(
         entry = table["configs"].get(_cell_key(cell))
         if entry is None or entry["status"] != "ok":
             trials.append({"params": params, "status": entry["status"] if entry else "missing"})
-            searcher.on_trial_complete(
-                trial_id, {"status": "diverged", "params": params, **{o: float("nan") for o in OBJECTIVES}}
-            )
+            searcher.on_trial_complete(trial_id, {"status": "diverged", "params": params,
+                                                  **{o: float("nan") for o in OBJECTIVES}})
             continue
         trials.append({"params": params, "status": "ok"})
 
@@ -255,83 +228,41 @@ def replay(
             merges += info["surrogate.evaluations"]
         elif candidates == "exhaustive":  # every merge of the grid, the sampled point first
             first = sp.merge_candidates(search, alpha, sparsity, 0, cseed)
-            cands, _ = look_up(
-                [*first, *({"kind": "extra", "alpha": a, "sparsity": s, "in_space": True} for a, s in pool)]
-            )
+            cands, _ = look_up([*first, *({"kind": "extra", "alpha": a, "sparsity": s, "in_space": True}
+                                          for a, s in pool)])
             merges += len(pool)
         else:
             cands, _ = look_up(sp.merge_candidates(search, alpha, sparsity, extra_candidates, cseed))
             merges += len(cands)
         for c in cands:
-            rows.append(
-                {
-                    **params,
-                    "alpha": c["alpha"],
-                    "sparsity": c["sparsity"],
-                    "trial": i,
-                    "cell": c["cell"],
-                    **c["metrics"],
-                }
-            )
-        result = {
-            "status": "ok",
-            **cands[0]["metrics"],
-            "params": params,
-            EXTRA_POINTS_KEY: [
-                {
-                    "params": {**params, "alpha": c["alpha"], "sparsity": c["sparsity"]},
-                    "values": [c["metrics"][o] for o in OBJECTIVES],
-                }
-                for c in cands[1:]
-                if c.get("in_space", True)
-            ],
-        }
+            rows.append({**params, "alpha": c["alpha"], "sparsity": c["sparsity"], "trial": i, "cell": c["cell"],
+                         **c["metrics"]})
+        result = {"status": "ok", **cands[0]["metrics"], "params": params,
+                  EXTRA_POINTS_KEY: [{"params": {**params, "alpha": c["alpha"], "sparsity": c["sparsity"]},
+                                      "values": [c["metrics"][o] for o in OBJECTIVES]}
+                                     for c in cands[1:] if c.get("in_space", True)]}
         searcher.on_trial_complete(trial_id, result)
-    return {
-        "rows": rows,
-        "trials": trials,
-        "merge_evaluations": merges,
-        "rsft_runs": num_trials,
-        "extra_points_told": searcher.extra_points_told,
-    }
+    return {"rows": rows, "trials": trials, "merge_evaluations": merges, "rsft_runs": num_trials,
+            "extra_points_told": searcher.extra_points_told}
 
 
-def synthetic_table(
-    seed: int = 0,
-    layers=(2, 4, 6),
-    lrs=(1e-4, 3e-4, 1e-3),
-    thresholds=(0.03, 0.2),
-    epochs_list=(1, 2),
-    steps_list=(4,),
-    alphas=(0.0, 0.18, 0.36, 0.54, 0.72, 0.9),
-    sparsities=(0.0, 0.16, 0.32, 0.48, 0.64, 0.8),
-) -> dict:
+def synthetic_table(seed: int = 0, layers=(2, 4, 6), lrs=(1e-4, 3e-4, 1e-3), thresholds=(0.03, 0.2),
+                    epochs_list=(1, 2), steps_list=(4,), alphas=(0.0, 0.18, 0.36, 0.54, 0.72, 0.9),
+                    sparsities=(0.0, 0.16, 0.32, 0.48, 0.64, 0.8)) -> dict:
     """A small table of smooth made-up planes (for tests and --smoke-test): per configuration an
     edit strength (which layer, lr and schedule edit best) and a damage; per merge, edits fade with
     α and pruning while general ability returns."""
     rng = random.Random(seed)
-    meta = {
-        "source": "synthetic",
-        "seed": seed,
-        "merge_grid": {"alpha": list(alphas), "sparsity": list(sparsities)},
-        "base": {"edit_score": 0.25, "general_score": 1.0},
-        "objectives": list(OBJECTIVES),
-    }
+    meta = {"source": "synthetic", "seed": seed, "merge_grid": {"alpha": list(alphas), "sparsity": list(sparsities)},
+            "base": {"edit_score": 0.25, "general_score": 1.0}, "objectives": list(OBJECTIVES)}
     rows = []
     for layer in layers:
         for lr in lrs:
             for tau in thresholds:
                 for epochs, steps in itertools.product(epochs_list, steps_list):
                     config = {"layer": layer, "lr": lr, "threshold": tau, "epochs": epochs, "steps": steps}
-                    strength = min(
-                        1.0,
-                        0.35
-                        + 0.25 * math.log10(lr / 1e-4)
-                        + 0.1 * epochs
-                        - 0.3 * tau
-                        - 0.05 * abs(layer - 4)
-                        + 0.05 * rng.random(),
-                    )
+                    strength = min(1.0, 0.35 + 0.25 * math.log10(lr / 1e-4) + 0.1 * epochs - 0.3 * tau
+                                   - 0.05 * abs(layer - 4) + 0.05 * rng.random())
                     damage = 0.15 * math.log10(lr / 1e-5) * (1.2 - layer / 10) + 0.05 * epochs
                     rows.append({"kind": "rsft", "config": config, "status": "ok"})
                     for a in alphas:
@@ -339,13 +270,6 @@ def synthetic_table(
                             keep = (1 - a) * (1 - s**3)
                             edit = 0.25 + 0.75 * strength / (1 + math.exp(-(keep - 0.45) / 0.08))
                             general = 1 - damage * keep**1.5
-                            rows.append(
-                                {
-                                    "config": config,
-                                    "alpha": a,
-                                    "sparsity": s,
-                                    "edit_score": edit,
-                                    "general_score": general,
-                                }
-                            )
+                            rows.append({"config": config, "alpha": a, "sparsity": s, "edit_score": edit,
+                                         "general_score": general})
     return rows_to_table(meta, rows)

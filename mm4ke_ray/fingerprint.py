@@ -24,14 +24,9 @@ from mm4ke_ray.modeling.gguf import file_sha256, is_gguf
 # changes speed or cost but not a full-fidelity result (evaluation.batch_size; evaluation.fidelity,
 # since successive halving's full rung is the full evaluation) and what only gates loading.
 _SECTIONS = ("model", "data", "evaluation")
-_LEFT_OUT = {
-    "model.trust_remote_code",
-    "model.allow_pickle",
-    "evaluation.batch_size",
-    "evaluation.fidelity",
-    "evaluation.general_se_threshold",  # only sets when plan/validate warn
-    "evaluation.shared_context",
-}  # the same per-document results as lm-eval's HFLM, only faster
+_LEFT_OUT = {"model.trust_remote_code", "model.allow_pickle", "evaluation.batch_size", "evaluation.fidelity",
+             "evaluation.general_se_threshold",  # only sets when plan/validate warn
+             "evaluation.shared_context"}  # the same per-document results as lm-eval's HFLM, only faster
 _LONGEST = 300  # characters of one field's JSON kept as is
 _FIELDS = ("merge.method", "search.rsft.optimizer", "objectives.edit_weights", "objectives.combined_edit_weight")
 
@@ -68,7 +63,7 @@ def _portable(value):
     if isinstance(value, str):
         root = str(default_cache_root()).rstrip("/") + "/"
         if value.startswith(root):
-            return DEMO_CACHE + value[len(root) :]
+            return DEMO_CACHE + value[len(root):]
     return value
 
 

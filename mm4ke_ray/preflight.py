@@ -33,10 +33,8 @@ def _read_model_config(folder: Path) -> tuple[dict | None, str | None]:
     """(config.json as a dict, problem) for a local model folder."""
     cfg = folder / "config.json"
     if not cfg.is_file():
-        return None, (
-            f"model.name: '{folder}' has no config.json, so it is not a Hugging Face model folder; "
-            "give the folder that holds config.json and the *.safetensors weights"
-        )
+        return None, (f"model.name: '{folder}' has no config.json, so it is not a Hugging Face model folder; "
+                      "give the folder that holds config.json and the *.safetensors weights")
     try:
         data = json.loads(cfg.read_text())
     except (OSError, ValueError) as exc:
@@ -80,9 +78,7 @@ def local_task_folders(config: SweepConfig) -> tuple[list[Path], list[str]]:
         try:
             folders.append(build_local_task(spec, task_cache_root()))
         except UserError as exc:
-            problems.append(
-                str(exc) if str(exc).startswith("evaluation.") else f"evaluation.local_tasks.{spec.name}: {exc}"
-            )
+            problems.append(str(exc) if str(exc).startswith("evaluation.") else f"evaluation.local_tasks.{spec.name}: {exc}")
     return folders, problems
 
 
@@ -118,10 +114,8 @@ def model_problems(model: ModelConfig) -> tuple[list[str], int | None]:
     if not any(folder.glob("*.safetensors")):
         pickles = sorted(p.name for p in folder.iterdir() if p.suffix in PICKLE_SUFFIXES)
         if not pickles:
-            problems.append(
-                f"model.name: '{model.name}' holds no weights (*.safetensors); "
-                "save the model there with save_pretrained(safe_serialization=True)"
-            )
+            problems.append(f"model.name: '{model.name}' holds no weights (*.safetensors); "
+                            "save the model there with save_pretrained(safe_serialization=True)")
         elif not model.allow_pickle:
             problems.append(
                 f"model.name: '{model.name}' has only pickle weights ({', '.join(pickles[:3])}), which can run "
@@ -163,12 +157,10 @@ def _rungs_problem(config: SweepConfig, n_records: int) -> str | None:
     need = min_sign_items(fid.error_rate)
     if n_records >= need:
         return None
-    return (
-        f"evaluation.fidelity: the edit set has {n_records} record(s), fewer than the {need} differing items "
-        f"the sign test needs at error_rate {fid.error_rate:g}, so no rung below the full one could show a "
-        f"candidate worse and every one would be skipped; use at least {need} records, an error_rate of at "
-        f"least {0.5 ** max(n_records, 1):g}, or set evaluation.fidelity.enabled: false"
-    )
+    return (f"evaluation.fidelity: the edit set has {n_records} record(s), fewer than the {need} differing items "
+            f"the sign test needs at error_rate {fid.error_rate:g}, so no rung below the full one could show a "
+            f"candidate worse and every one would be skipped; use at least {need} records, an error_rate of at "
+            f"least {0.5 ** max(n_records, 1):g}, or set evaluation.fidelity.enabled: false")
 
 
 def _check_tracking(uri: str, existing_store: bool = False) -> str | None:
@@ -176,10 +168,8 @@ def _check_tracking(uri: str, existing_store: bool = False) -> str | None:
         return f"tracking.uri: {problem}"
     if uri.startswith(("http://", "https://")):
         if problem := health_problem(uri):
-            return (
-                f"tracking.uri: cannot reach the MLflow server at {uri} ({problem}); start it "
-                f"(mlflow server --host 127.0.0.1 --port PORT ...) or fix the URI"
-            )
+            return (f"tracking.uri: cannot reach the MLflow server at {uri} ({problem}); start it "
+                    f"(mlflow server --host 127.0.0.1 --port PORT ...) or fix the URI")
     elif uri.startswith("sqlite:///"):
         folder = Path(uri.removeprefix("sqlite:///")).expanduser().resolve().parent
         probe = folder
@@ -198,16 +188,12 @@ def _layer_problem(config: SweepConfig, num_layers: int | None) -> str | None:
     bad = [layer for layer in config.search.space.layers() if layer >= num_layers]
     if not bad:
         return None
-    return f"search.space.layer: {bad} out of range: the model has {num_layers} layers; use layers 0..{num_layers - 1}"
+    return (f"search.space.layer: {bad} out of range: the model has {num_layers} layers; "
+            f"use layers 0..{num_layers - 1}")
 
 
-def preflight(
-    config: SweepConfig,
-    source: str,
-    num_layers: int | None = None,
-    check_tracking: bool = True,
-    existing_store: bool = False,
-) -> None:
+def preflight(config: SweepConfig, source: str, num_layers: int | None = None, check_tracking: bool = True,
+              existing_store: bool = False) -> None:
     """Raise one ConfigError listing every problem found (no Ray, no model weights loaded).
     `existing_store`: the MLflow store must already exist (a resume)."""
     problems, found_layers = model_problems(config.model)

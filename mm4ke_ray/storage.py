@@ -142,9 +142,7 @@ def check_out_dir(out: Path, force: bool, replaces: str | None = None) -> None:
     if not out.is_dir() or not any(out.iterdir()):
         return
     if not force:
-        choose, what = (
-            ("a new", "replace an earlier export there") if replaces else ("an empty or new", "write into it")
-        )
+        choose, what = ("a new", "replace an earlier export there") if replaces else ("an empty or new", "write into it")
         raise UserError(f"--out '{out}' is not empty; choose {choose} directory, or pass --force to {what}")
     if replaces and not (out / replaces).is_file():
         raise UserError(

@@ -26,34 +26,26 @@ class StreamConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     split: Literal["order", "field", "files"] = Field(
-        "order",
-        description="How the edit set becomes rounds: 'order' (consecutive, near-equal chunks of "
+        "order", description="How the edit set becomes rounds: 'order' (consecutive, near-equal chunks of "
         "data.edits), 'field' (one round per value of `field`, in order of first appearance) or 'files' "
         "(one round per file of `files`, in that order; data.edits is then not read).",
     )
     rounds: int | None = Field(
-        None,
-        ge=1,
-        description="Number of rounds; required for split 'order', derived (and checked when "
+        None, ge=1, description="Number of rounds; required for split 'order', derived (and checked when "
         "given) for 'field' and 'files'.",
     )
     field: Literal["subject", "target_new", "ground_truth", "prompt"] | None = Field(
-        None,
-        description="split 'field': the edit record's field whose values define the rounds.",
+        None, description="split 'field': the edit record's field whose values define the rounds.",
     )
     files: list[str] | None = Field(
-        None,
-        min_length=1,
-        description="split 'files': one edit file per round, read with data.format.",
+        None, min_length=1, description="split 'files': one edit file per round, read with data.format.",
     )
     per_round: dict[Literal["alpha", "sparsity"], list[float]] = Field(
-        default_factory=dict,
-        description="Per-round values of the settings that may differ per round "
+        default_factory=dict, description="Per-round values of the settings that may differ per round "
         "(alpha, sparsity), one per round; a setting not listed keeps search.space's one value.",
     )
     objective: Literal["mean", "final"] = Field(
-        "mean",
-        description="How `mm4ke-ray stream --tune` scores a stream's edits: 'mean' over rounds of the edit "
+        "mean", description="How `mm4ke-ray stream --tune` scores a stream's edits: 'mean' over rounds of the edit "
         "score on all edits so far (the area under its retention curve) or 'final' (after the last round); "
         "the general objective is the final model's general score.",
     )

@@ -27,8 +27,7 @@ class _UniqueKeyLoader(yaml.SafeLoader):
                 break
             if first != key_node.start_mark.line + 1:
                 raise yaml.constructor.ConstructorError(
-                    None, None, f"the key {key!r} is given twice (first on line {first}); keep one", key_node.start_mark
-                )
+                    None, None, f"the key {key!r} is given twice (first on line {first}); keep one", key_node.start_mark)
         return super().construct_mapping(node, deep=deep)
 
 

@@ -19,12 +19,9 @@ from pathlib import Path
 from conftest import ZSRE
 
 SPACE = {
-    "threshold": {"low": 0.01, "high": 0.2, "log": True},
-    "steps": {"low": 1, "high": 3},
-    "epochs": {"low": 1, "high": 2},
-    "lr": {"low": 1e-4, "high": 1e-3, "log": True},
-    "layer": {"choices": [0, 1, 2, 3]},
-    "alpha": {"low": 0.0, "high": 0.8},
+    "threshold": {"low": 0.01, "high": 0.2, "log": True}, "steps": {"low": 1, "high": 3},
+    "epochs": {"low": 1, "high": 2}, "lr": {"low": 1e-4, "high": 1e-3, "log": True},
+    "layer": {"choices": [0, 1, 2, 3]}, "alpha": {"low": 0.0, "high": 0.8},
     "sparsity": {"low": 0.0, "high": 0.8},
 }
 
@@ -45,31 +42,14 @@ def general_task(folder: Path, docs: int = 24, name: str = "faults_mc") -> str:
     for i, r in enumerate(records):
         pool = [a for a in answers if a != answers[i]]
         others = [f"{pool[(i + j) % len(pool)]} {pool[(i + j + 7) % len(pool)]}" for j in range(3)]
-        rows.append(
-            {
-                "question": r["locality"]["Relation_Specificity"][0]["prompt"],
-                "choices": [answers[i], *others],
-                "answer_index": 0,
-            }
-        )
+        rows.append({"question": r["locality"]["Relation_Specificity"][0]["prompt"],
+                     "choices": [answers[i], *others], "answer_index": 0})
     return write_multiple_choice_task(name, rows, folder)
 
 
-def sweep_dict(
-    tmp: Path,
-    model_dir: Path,
-    name: str,
-    *,
-    trials: int = 2,
-    runner: str = "task",
-    extra: int = 1,
-    limit: int = 4,
-    seed: int = 3,
-    space: dict | None = None,
-    tracking_uri: str | None = None,
-    general: bool = False,
-    optimizer: str = "adamw",
-) -> dict:
+def sweep_dict(tmp: Path, model_dir: Path, name: str, *, trials: int = 2, runner: str = "task",
+               extra: int = 1, limit: int = 4, seed: int = 3, space: dict | None = None,
+               tracking_uri: str | None = None, general: bool = False, optimizer: str = "adamw") -> dict:
     """A small valid sweep config (as a dict) writing everything under `tmp`."""
     evaluation = {"batch_size": 8}
     if general:
@@ -79,19 +59,11 @@ def sweep_dict(
         "model": {"name": str(model_dir)},
         "data": {"edits": str(ZSRE), "limit": limit},
         "evaluation": evaluation,
-        "search": {
-            "num_trials": trials,
-            "sampler": "tpe",
-            "seed": seed,
-            "space": {**SPACE, **(space or {})},
-            "rsft": {"runner": runner, "optimizer": optimizer},
-        },
+        "search": {"num_trials": trials, "sampler": "tpe", "seed": seed, "space": {**SPACE, **(space or {})},
+                   "rsft": {"runner": runner, "optimizer": optimizer}},
         "merge": {"extra_candidates": extra},
-        "tracking": {
-            "uri": tracking_uri or f"sqlite:///{tmp}/mlflow.db",
-            "experiment": name,
-            "artifact_location": str(tmp / "artifacts"),
-        },
+        "tracking": {"uri": tracking_uri or f"sqlite:///{tmp}/mlflow.db", "experiment": name,
+                     "artifact_location": str(tmp / "artifacts")},
         "storage_path": str(tmp / "ray"),
     }
 
@@ -103,11 +75,8 @@ def child_runs(uri: str, parent_run_id: str) -> list:
 
     client = MlflowClient(uri)
     parent = client.get_run(parent_run_id)
-    return client.search_runs(
-        [parent.info.experiment_id],
-        f"tags.`mm4ke.role` = 'candidate' AND tags.`mm4ke.sweep_run_id` = '{parent_run_id}'",
-        max_results=5000,
-    )
+    return client.search_runs([parent.info.experiment_id], f"tags.`mm4ke.role` = 'candidate' AND "
+                              f"tags.`mm4ke.sweep_run_id` = '{parent_run_id}'", max_results=5000)
 
 
 def trial_runs(uri: str, parent_run_id: str) -> list:
@@ -116,11 +85,8 @@ def trial_runs(uri: str, parent_run_id: str) -> list:
 
     client = MlflowClient(uri)
     parent = client.get_run(parent_run_id)
-    return client.search_runs(
-        [parent.info.experiment_id],
-        f"tags.`mm4ke.role` = 'trial' AND tags.`mlflow.parentRunId` = '{parent_run_id}'",
-        max_results=5000,
-    )
+    return client.search_runs([parent.info.experiment_id], f"tags.`mm4ke.role` = 'trial' AND "
+                              f"tags.`mlflow.parentRunId` = '{parent_run_id}'", max_results=5000)
 
 
 def pareto_candidates(uri: str, parent_run_id: str, tmp: Path) -> list[str]:
@@ -182,25 +148,9 @@ def start_mlflow_server(folder: Path, port: int, log_name: str = "server.log") -
     folder.mkdir(parents=True, exist_ok=True)
     log = open(folder / log_name, "a")  # noqa: SIM115 - lives as long as the server
     proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "mlflow",
-            "server",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--workers",
-            "1",
-            "--backend-store-uri",
-            f"sqlite:///{folder}/server.db",
-            "--artifacts-destination",
-            str(folder / "artifacts"),
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
+        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+         "--backend-store-uri", f"sqlite:///{folder}/server.db", "--artifacts-destination", str(folder / "artifacts")],
+        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
     )
     from mm4ke_ray.tracking.buffer import reachable
 
@@ -225,13 +175,7 @@ def stop_process_group(proc: subprocess.Popen, sig: int = signal.SIGKILL) -> Non
 def cli_env(tmp: Path) -> dict:
     """Environment for an `mm4ke-ray` subprocess: its own Ray temp dir, offline, one thread."""
     env = dict(os.environ)
-    env.update(
-        RAY_TMPDIR=str(tmp),
-        HF_HUB_OFFLINE="1",
-        HF_DATASETS_OFFLINE="1",
-        TOKENIZERS_PARALLELISM="false",
-        OMP_NUM_THREADS="1",
-        PYTHONUNBUFFERED="1",
-    )
+    env.update(RAY_TMPDIR=str(tmp), HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TOKENIZERS_PARALLELISM="false",
+               OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
     env.pop("RAY_ADDRESS", None)
     return env

@@ -47,18 +47,13 @@ class World:
 
     def merge(self, s: float, g: float, rng: random.Random) -> tuple[list[float], dict[str, list[float]]]:
         """A merge's per-record edit scores and per-document values."""
-
         def flip(x: float) -> float:
             return 1.0 - x if rng.random() < NOISE else x
 
         edit = [statistics.fmean(flip(float(s > ui)) for ui in row) for row in self.u]
-        docs = {
-            t: [
-                flip(b if g <= wj else float(rng.random() < 0.25))
-                for wj, b in zip(self.w[t], self.base[t], strict=True)
-            ]
-            for t in self.w
-        }
+        docs = {t: [flip(b if g <= wj else float(rng.random() < 0.25)) for wj, b in zip(self.w[t], self.base[t],
+                                                                                         strict=True)]
+                for t in self.w}
         return edit, docs
 
 
@@ -70,16 +65,14 @@ def scores(edit: list[float], docs: dict[str, list[float]], base: dict[str, list
 
 def true_front(points: dict[str, tuple[float, float]]) -> set[str]:
     """Keys whose full scores no other full score dominates (>= in both, > in one)."""
-
     def dominates(b, a):
         return all(x >= y for x, y in zip(b, a, strict=True)) and b != a
 
     return {k for k, p in points.items() if not any(dominates(q, p) for j, q in points.items() if j != k)}
 
 
-def replay(
-    world: World, merges: list[tuple[float, float]], seed: int, error_rate: float, rng: random.Random
-) -> tuple[set[str], set[str], int, int]:
+def replay(world: World, merges: list[tuple[float, float]], seed: int, error_rate: float,
+           rng: random.Random) -> tuple[set[str], set[str], int, int]:
     """One trial through the product's `run_rungs`: (true-front keys, keys that reached the full
     rung, items scored with halving, items scored without). As the product does, a promoted
     candidate scores only the items its rung adds to the rung below (`rung_reuse.py`)."""
@@ -92,9 +85,8 @@ def replay(
     def evaluate_at(rung: int, keys: list[str]) -> dict[str, RungResult]:
         nonlocal cost
         records, samples = plan.records(rung), plan.general_samples(rung)
-        below = (
-            len(plan.records(rung - 1)) + sum(len(v) for v in plan.general_samples(rung - 1).values()) if rung else 0
-        )
+        below = (len(plan.records(rung - 1)) + sum(len(v) for v in plan.general_samples(rung - 1).values())
+                 if rung else 0)
         cost += len(keys) * (len(records) + sum(len(v) for v in samples.values()) - below)
         base = {t: [world.base[t][j] for j in samples[t]] for t in samples}
         out = {}
@@ -107,14 +99,8 @@ def replay(
             general = {t: tuple(v / scale[t] for v in docs[t]) for t in docs}
             ses = [mean_stderr(v, DOCS) for v in general.values()]
             general_se = None if None in ses else sum(x * x for x in ses) ** 0.5 / len(ses)
-            out[k] = RungResult(
-                k,
-                e,
-                g,
-                mean_stderr(edit, RECORDS),
-                general_se,
-                RungItems(tuple(edit), RECORDS, general, {t: DOCS for t in general}),
-            )
+            out[k] = RungResult(k, e, g, mean_stderr(edit, RECORDS), general_se,
+                                RungItems(tuple(edit), RECORDS, general, {t: DOCS for t in general}))
         return out
 
     history = run_rungs(list(cands), evaluate_at, RUNGS, ETA, error_rate, front=[base_point])

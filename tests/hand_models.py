@@ -46,6 +46,8 @@ BASE_NEXT = {
 EDITED_NEXT = {**BASE_NEXT, "is": "rome", "capital": "rome", "by": "smith", "william": "jones"}
 
 
+
+
 def hand_tokenizer_for(records, *tables: dict[str, str]):
     """A word-level tokenizer knowing every word of `records` and of the successor `tables`."""
     words = [r.prompt + " " + r.target_new for r in records]

@@ -33,9 +33,7 @@ def raw_kinds(raw: list[dict], group: str) -> dict[str, int]:
 def kind_fixture_records(path, n):
     """First `n` records of a KnowEdit file: raw JSON (independent of the readers) and EditRecords."""
     text = path.read_text()
-    raw = (
-        json.loads(text)
-        if text.lstrip().startswith("[")
-        else [json.loads(line) for line in text.splitlines() if line.strip()]
-    )
+    raw = json.loads(text) if text.lstrip().startswith("[") else [
+        json.loads(line) for line in text.splitlines() if line.strip()
+    ]
     return raw[:n], load_edit_records(str(path), limit=n).records

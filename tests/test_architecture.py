@@ -84,7 +84,7 @@ def _find_cycle(graph: dict[str, dict[str, set[str]]]) -> list[str] | None:
         path.append(node)
         for nxt in sorted(graph.get(node, {})):
             if state.get(nxt) == 1:
-                return [*path[path.index(nxt) :], nxt]
+                return [*path[path.index(nxt):], nxt]
             if nxt not in state and (found := visit(nxt)):
                 return found
         path.pop()
@@ -138,22 +138,8 @@ def test_the_cycle_finder_names_the_files_of_a_cycle():
 # tracking sits before search (a sweep records itself; tracking never runs one); demo late, so
 # nothing the product runs depends on the demo. The small top-level modules (errors, schema,
 # cache, ...) sit outside the order.
-LAYERS = (
-    "config",
-    "data",
-    "modeling",
-    "rsft",
-    "merge",
-    "evaluate",
-    "tracking",
-    "search",
-    "stream",
-    "export",
-    "demo",
-    "planning",
-    "commands",
-    "cli",
-)
+LAYERS = ("config", "data", "modeling", "rsft", "merge", "evaluate", "tracking", "search", "stream", "export",
+          "demo", "planning", "commands", "cli")
 
 
 def _arrows_against_the_layers(graph: dict[str, dict[str, set[str]]]) -> list[str]:
@@ -176,17 +162,12 @@ def test_each_layer_imports_only_the_layers_before_it():
 
 
 def test_the_layer_rule_sees_a_forbidden_arrow():
-    graph = {
-        "search": {"demo": {"mm4ke_ray/search/x.py"}, "tracking": {"mm4ke_ray/search/driver.py"}},
-        "tracking": {"search": {"mm4ke_ray/tracking/y.py"}},
-        "schema": {"commands": {"mm4ke_ray/schema.py"}},
-        "export": {"tracking": {"mm4ke_ray/export/z.py"}},
-    }
-    assert _arrows_against_the_layers(graph) == [
-        "schema -> commands (mm4ke_ray/schema.py)",
-        "search -> demo (mm4ke_ray/search/x.py)",
-        "tracking -> search (mm4ke_ray/tracking/y.py)",
-    ]
+    graph = {"search": {"demo": {"mm4ke_ray/search/x.py"}, "tracking": {"mm4ke_ray/search/driver.py"}},
+             "tracking": {"search": {"mm4ke_ray/tracking/y.py"}}, "schema": {"commands": {"mm4ke_ray/schema.py"}},
+             "export": {"tracking": {"mm4ke_ray/export/z.py"}}}
+    assert _arrows_against_the_layers(graph) == ["schema -> commands (mm4ke_ray/schema.py)",
+                                                 "search -> demo (mm4ke_ray/search/x.py)",
+                                                 "tracking -> search (mm4ke_ray/tracking/y.py)"]
 
 
 def test_each_heavy_framework_is_imported_by_its_one_subpackage():
@@ -263,9 +244,8 @@ def test_no_library_internals_are_imported():
         for name in _imports(path, names=True):
             dotted, _, line = name.rpartition(":")
             parts = dotted.split(".")
-            allowed = any(
-                rel == where and (dotted + ".").startswith(what + ".") for where, what in LIBRARY_INTERNALS_ALLOWED
-            )
+            allowed = any(rel == where and (dotted + ".").startswith(what + ".")
+                          for where, what in LIBRARY_INTERNALS_ALLOWED)
             if parts[0] not in ("mm4ke_ray", "__future__") and any(map(_private, parts)) and not allowed:
                 offenders.append(f"{rel}:{line} imports {dotted}")
     assert not offenders, "\n".join(offenders)
@@ -274,17 +254,11 @@ def test_no_library_internals_are_imported():
 def test_the_import_rules_see_private_names(tmp_path):
     # The two checks above must be able to fail.
     nested = tmp_path / "nested.py"
-    nested.write_text(
-        "from optuna._hypervolume import compute_hypervolume\n"
-        "def f():\n    from ..merge.checkpoint_merge import _DTYPES\n"
-    )
+    nested.write_text("from optuna._hypervolume import compute_hypervolume\n"
+                      "def f():\n    from ..merge.checkpoint_merge import _DTYPES\n")
     names = _imports(nested, package="mm4ke_ray.export", names=True)
     assert names == ["optuna._hypervolume.compute_hypervolume:1", "mm4ke_ray.merge.checkpoint_merge._DTYPES:3"]
-    assert (
-        _unit("mm4ke_ray.merge.checkpoint_merge._DTYPES") == "merge"
-        and _private("_DTYPES")
-        and not _private("__init__")
-    )
+    assert _unit("mm4ke_ray.merge.checkpoint_merge._DTYPES") == "merge" and _private("_DTYPES") and not _private("__init__")
 
 
 # Function-level imports of mm4ke_ray outside commands/ that stay there, each with its reason:
@@ -349,13 +323,9 @@ def test_internal_imports_sit_at_the_top_outside_commands():
 def test_function_level_imports_are_found(tmp_path):
     pkg = tmp_path / "mm4ke_ray" / "sub"
     pkg.mkdir(parents=True)
-    (pkg / "m.py").write_text(
-        "import os\n\ndef f():\n    from ..merge import apply\n    import mm4ke_ray.demo\n    import json\n"
-    )
-    assert _function_level_imports(pkg / "m.py", tmp_path / "mm4ke_ray") == [
-        ("mm4ke_ray.merge", 4),
-        ("mm4ke_ray.demo", 5),
-    ]
+    (pkg / "m.py").write_text("import os\n\ndef f():\n    from ..merge import apply\n    import mm4ke_ray.demo\n"
+                              "    import json\n")
+    assert _function_level_imports(pkg / "m.py", tmp_path / "mm4ke_ray") == [("mm4ke_ray.merge", 4), ("mm4ke_ray.demo", 5)]
 
 
 def _colliding_module_names(root: Path = PACKAGE) -> dict[str, list[str]]:
@@ -374,25 +344,15 @@ def test_module_names_do_not_collide():
     # as one thing: each module's name says what it does, once in the package.
     same = _colliding_module_names()
     assert not same, "modules sharing a name (rename one after what it does):\n" + "\n".join(
-        f"  {name}: {', '.join(files)}" for name, files in same.items()
-    )
+        f"  {name}: {', '.join(files)}" for name, files in same.items())
 
 
 def test_the_name_rule_sees_a_collision(tmp_path):
     # The check above must be able to fail; commands/ and __init__.py may repeat a name.
     pkg = tmp_path / "mm4ke_ray"
-    for rel in (
-        "__init__.py",
-        "a/__init__.py",
-        "a/run.py",
-        "b/__init__.py",
-        "b/run.py",
-        "b/plan.py",
-        "commands/__init__.py",
-        "commands/plan.py",
-        "commands/run.py",
-        "run.py",
-    ):
+    for rel in ("__init__.py", "a/__init__.py", "a/run.py", "b/__init__.py", "b/run.py", "b/plan.py",
+                "commands/__init__.py", "commands/plan.py", "commands/run.py", "run.py"):
         (pkg / rel).parent.mkdir(parents=True, exist_ok=True)
         (pkg / rel).write_text("")
-    assert _colliding_module_names(pkg) == {"run.py": ["mm4ke_ray/a/run.py", "mm4ke_ray/b/run.py", "mm4ke_ray/run.py"]}
+    assert _colliding_module_names(pkg) == {"run.py": ["mm4ke_ray/a/run.py", "mm4ke_ray/b/run.py",
+                                                       "mm4ke_ray/run.py"]}

@@ -57,13 +57,8 @@ def models(tmp_path_factory, tiny_model_dir) -> dict[str, Path]:
     tok_cfg.update(tokenizer_class="XTokenizer", auto_map={"AutoTokenizer": ["tokenization_x.XTokenizer", None]})
     (tok_remote / "tokenizer_config.json").write_text(json.dumps(tok_cfg))
     (tok_remote / "tokenization_x.py").write_text("raise SystemExit('custom code ran')\n")
-    return {
-        "tiny": tiny_model_dir,
-        "remote_code": remote,
-        "pickle_only": pickle_only,
-        "no_config": no_config,
-        "tokenizer_remote_code": tok_remote,
-    }
+    return {"tiny": tiny_model_dir, "remote_code": remote, "pickle_only": pickle_only, "no_config": no_config,
+            "tokenizer_remote_code": tok_remote}
 
 
 def _merge(base: dict, over: dict) -> dict:
@@ -117,11 +112,8 @@ def _prepare(case: dict, tmp: Path, models: dict) -> list[str]:
         "model": {"name": str(models[case.get("model", "tiny")])},
         "data": {"edits": str(_write_edits(tmp, case.get("edits"))), "limit": 4},
         "search": {"num_trials": 2, "space": {"layer": {"choices": [0, 1]}}},
-        "tracking": {
-            "uri": f"sqlite:///{tmp}/mlflow/mlflow.db",
-            "experiment": "bad",
-            "artifact_location": str(tmp / "mlflow" / "artifacts"),
-        },
+        "tracking": {"uri": f"sqlite:///{tmp}/mlflow/mlflow.db", "experiment": "bad",
+                     "artifact_location": str(tmp / "mlflow" / "artifacts")},
         "storage_path": str(tmp / "ray"),
     }
     config = tmp / "config.yaml"

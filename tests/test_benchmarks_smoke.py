@@ -18,9 +18,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 BENCH = REPO / "benchmarks"
-# The slowest first (smoke walls one at a time on this 2-core machine at load ~10, 2026-12-06), so
-# the pool ends together.
-SCRIPTS = {
+SCRIPTS = {  # the slowest first (smoke walls one at a time on this 2-core machine at load ~10, 2026-12-06), so the pool ends together
     "soak": "bench_soak.py",  # ~310 s
     "real": "bench_real.py",  # ~270 s
     "multifidelity": "bench_multifidelity.py",  # ~230 s
@@ -58,18 +56,11 @@ def runs(tmp_path_factory):
 
     build_demo()  # once, before the scripts that use it start: on a new machine six would build it at once
     out = tmp_path_factory.mktemp("bench")
-    env = {
-        **os.environ,
-        "HF_HUB_OFFLINE": "1",
-        "HF_DATASETS_OFFLINE": "1",
-        "TOKENIZERS_PARALLELISM": "false",
-        "PYTHONUNBUFFERED": "1",
-    }
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
+           "PYTHONUNBUFFERED": "1"}
     gpu_env = {**env, "GPU_CHECK_SHAPE": "tiny", "OUT": str(out), "PYTHON": sys.executable}
-    queue = [
-        (name, [sys.executable, str(BENCH / script), "--smoke-test", "--out", str(out)], env, BENCH)
-        for name, script in SCRIPTS.items()
-    ]
+    queue = [(name, [sys.executable, str(BENCH / script), "--smoke-test", "--out", str(out)], env, BENCH)
+             for name, script in SCRIPTS.items()]
     queue.insert(5, ("gpu_check", ["bash", str(BENCH / "gpu_check.sh")], gpu_env, REPO))
     running: dict[str, tuple[subprocess.Popen, object, float]] = {}
     codes: dict[str, int | str] = {}
@@ -181,8 +172,6 @@ def test_stream_smoke_has_retention_curves_per_round_for_each_setting(runs):
     for stream in doc["streams"].values():
         curves = stream["curves"]
         assert len(curves["seen.gen.edit_succ"]) == 4 and len(curves["general_score"]) == 4  # rounds 0..3
-        assert (
-            curves["locality"][0] == 100.0
-            and [r["merge"]["alpha"] for r in stream["rounds"]] == [stream["setting"]["alpha"]] * 3
-        )
+        assert curves["locality"][0] == 100.0 and [r["merge"]["alpha"] for r in stream["rounds"]] == \
+            [stream["setting"]["alpha"]] * 3
     assert (out / "stream.png").stat().st_size > 10_000

@@ -26,15 +26,12 @@ def test_no_parser_completes_an_abbreviated_option():
     assert not parser.allow_abbrev and not [name for name, p in subs.items() if p.allow_abbrev]
 
 
-@pytest.mark.parametrize(
-    "argv",
-    [
-        ["rsft", "--mod", "x", "--data", "d.json", "--out", "o"],  # would have been --model x
-        ["rsft", "--model", "m", "--mode", "both", "--data", "d.json", "--out", "o"],  # rsft has no --mode
-        ["evaluate", "--model", "m", "--data", "d.json", "--out", "o", "--mod", "both"],
-        ["merge", "--base", "b", "--sft", "s", "--alpha", "0.5", "--spars", "0.1", "--out", "o"],
-    ],
-)
+@pytest.mark.parametrize("argv", [
+    ["rsft", "--mod", "x", "--data", "d.json", "--out", "o"],  # would have been --model x
+    ["rsft", "--model", "m", "--mode", "both", "--data", "d.json", "--out", "o"],  # rsft has no --mode
+    ["evaluate", "--model", "m", "--data", "d.json", "--out", "o", "--mod", "both"],
+    ["merge", "--base", "b", "--sft", "s", "--alpha", "0.5", "--spars", "0.1", "--out", "o"],
+])
 def test_an_abbreviated_or_unknown_option_is_an_error(argv, capsys):
     with pytest.raises(SystemExit) as exc:
         main(argv)

@@ -56,8 +56,12 @@ def test_launcher_config_passes_rays_schema(name):
     types = config["available_node_types"]
     assert types[config["head_node_type"]]["resources"] == {"CPU": 0}  # no trial/actor on the head
     gpu = {k: t for k, t in types.items() if t["resources"].get("GPU", 0) >= 1}
-    assert gpu and any(t.get("min_workers", 0) >= 1 for t in gpu.values()), "no GPU workers at start"
-    assert any(t["resources"].get("mm4ke_eval") for t in gpu.values()), "no dedicated evaluation type"
+    assert gpu and any(t.get("min_workers", 0) >= 1 for t in gpu.values()), (
+        "no GPU workers at start"
+    )
+    assert any(t["resources"].get("mm4ke_eval") for t in gpu.values()), (
+        "no dedicated evaluation type"
+    )
     head_start = " ".join(config["head_start_ray_commands"])
     assert "--dashboard-host=127.0.0.1" in head_start, "the dashboard/job API must not be public"
     for cmds in (config["head_start_ray_commands"], config["worker_start_ray_commands"]):
@@ -96,7 +100,9 @@ def _check_raycluster_spec(spec: dict) -> None:
             assert int(limits["nvidia.com/gpu"]) >= 1
             assert limits == c["resources"]["requests"]  # guaranteed QoS: no eviction mid-trial
     custom = [
-        json.loads(json.loads(g["rayStartParams"]["resources"])) for g in groups if "resources" in g["rayStartParams"]
+        json.loads(json.loads(g["rayStartParams"]["resources"]))
+        for g in groups
+        if "resources" in g["rayStartParams"]
     ]
     assert {"mm4ke_eval": 1} in custom
 
@@ -138,12 +144,16 @@ def test_kuberay_manifests_carry_required_fields():
     args = parser.parse_args(argv[2:])
     in_image = "/home/ray/mm4ke-ray/"
     assert args.config.startswith(in_image)
-    config = load_config(REPO / args.config.removeprefix(in_image), sweep_cmd.parse_overrides(args.set))
+    config = load_config(
+        REPO / args.config.removeprefix(in_image), sweep_cmd.parse_overrides(args.set)
+    )
     assert config.name == "zsre-qwen2.5-7b" and config.resources.rsft_gpus == 1
     assert config.storage_path.startswith("s3://")
 
     # The MLflow server the entrypoint points at accepts that host name.
-    deployment, service = list(yaml.safe_load_all((CLUSTER / "kuberay" / "mlflow.yaml").read_text()))
+    deployment, service = list(
+        yaml.safe_load_all((CLUSTER / "kuberay" / "mlflow.yaml").read_text())
+    )
     assert (deployment["kind"], service["kind"]) == ("Deployment", "Service")
     host = config.tracking.uri.removeprefix("http://")
     assert host.split(".")[0] == service["metadata"]["name"]
@@ -439,7 +449,9 @@ class RayNode:
             if self.proc.poll() is not None:
                 break
             time.sleep(0.5)
-        raise RuntimeError(f"ray start did not come up:\n{self.log.read_text(errors='replace')[-3000:]}")
+        raise RuntimeError(
+            f"ray start did not come up:\n{self.log.read_text(errors='replace')[-3000:]}"
+        )
 
 
 def _start_node(args: list[str], env: dict, num_cpus: int, label: str) -> RayNode:
@@ -492,7 +504,11 @@ def start_head(num_cpus: int, loopback_only: bool) -> tuple[RayNode, str, str]:
     if loopback_only:
         args.append("--node-ip-address=127.0.0.1")
     node = _start_node(args, env, num_cpus, "h")
-    ip = "127.0.0.1" if loopback_only else _ray_call(env, "print(ray._private.services.get_node_ip_address())")
+    ip = (
+        "127.0.0.1"
+        if loopback_only
+        else _ray_call(env, "print(ray._private.services.get_node_ip_address())")
+    )
     return node, f"{ip}:{gcs_port}", f"http://127.0.0.1:{dash_port}"
 
 
@@ -509,7 +525,9 @@ def _ray_call(env: dict, code: str) -> str:
 
 
 def _ray_cli(env: dict, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
-    return subprocess.run([str(VENV_BIN / "ray"), *args], env=env, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [str(VENV_BIN / "ray"), *args], env=env, capture_output=True, text=True, timeout=timeout
+    )
 
 
 def _state(env: dict, api: str) -> dict:
@@ -522,12 +540,16 @@ out = {{name: [dataclasses.asdict(x) for x in fn(**kw)]
        for name, fn in (("nodes", list_nodes), ("actors", list_actors), ("tasks", list_tasks))}}
 print(json.dumps(out, default=str))
 """
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def _submit_and_wait(env: dict, api: str, gcs: str, workdir: Path, argv: list[str], timeout: float) -> str:
+def _submit_and_wait(
+    env: dict, api: str, gcs: str, workdir: Path, argv: list[str], timeout: float
+) -> str:
     """`ray job submit --working-dir`, then wait for the job's terminal status."""
     job_id = f"mm4ke-test-{int(time.time())}"
     sub = _ray_cli(
@@ -559,7 +581,11 @@ def _submit_and_wait(env: dict, api: str, gcs: str, workdir: Path, argv: list[st
             text=True,
             timeout=120,
         )
-        status = out.stdout.strip().splitlines()[-1] if out.returncode == 0 and out.stdout.strip() else "?"
+        status = (
+            out.stdout.strip().splitlines()[-1]
+            if out.returncode == 0 and out.stdout.strip()
+            else "?"
+        )
         if status in ("SUCCEEDED", "FAILED", "STOPPED"):
             break
         time.sleep(10)
@@ -603,12 +629,8 @@ def _mlflow_sweep(tmp: Path, experiment: str) -> tuple:
     parents = [r for r in runs if r.data.tags.get("mm4ke.role") == "sweep"]
     assert len(parents) == 1
     # The candidate runs, at any depth (the base under the parent, the others under their trial runs).
-    children = [
-        r
-        for r in runs
-        if r.data.tags.get("mm4ke.sweep_run_id") == parents[0].info.run_id
-        and r.data.tags.get("mm4ke.role") == "candidate"
-    ]
+    children = [r for r in runs if r.data.tags.get("mm4ke.sweep_run_id") == parents[0].info.run_id
+                and r.data.tags.get("mm4ke.role") == "candidate"]
     return parents[0], children
 
 
@@ -618,7 +640,9 @@ def _loopback_listeners(node: RayNode) -> set[str]:
     ips = set()
     for p in node.processes():
         try:
-            ips |= {c.laddr.ip for c in p.net_connections(kind="tcp") if c.status == psutil.CONN_LISTEN}
+            ips |= {
+                c.laddr.ip for c in p.net_connections(kind="tcp") if c.status == psutil.CONN_LISTEN
+            }
         except psutil.NoSuchProcess:
             pass
     return ips
@@ -668,7 +692,16 @@ def test_ray_job_submit_runs_the_demo_sweep(tmp_path, ray_nodes):
     assert parent.info.status == "FINISHED" and parent.info.run_name == "demo"
     kinds = [c.data.tags.get("mm4ke.kind") for c in children]
     assert kinds.count("base") == 1 and kinds.count("sampled") == 4  # --smoke-test: 4 trials
-    assert len({c.data.tags["mm4ke.trial_id"] for c in children if c.data.tags.get("mm4ke.kind") != "base"}) == 4
+    assert (
+        len(
+            {
+                c.data.tags["mm4ke.trial_id"]
+                for c in children
+                if c.data.tags.get("mm4ke.kind") != "base"
+            }
+        )
+        == 4
+    )
     assert all(c.info.status == "FINISHED" for c in children)
     assert (tmp_path / "ray-results" / "demo").is_dir()  # Tune's storage where the config said
     # It ran on this cluster: its merge-eval actor is in this head's records.
@@ -682,7 +715,9 @@ def test_second_node_hosts_the_merge_eval_actors(tmp_path, ray_nodes):
     # resources.eval_resource makes every merge-eval actor require.
     head, gcs, api = start_head(num_cpus=2, loopback_only=False)
     ray_nodes.append(head)
-    ray_nodes.append(_start_node([f"--address={gcs}", '--resources={"evalnode": 1}'], head.env, 1, "w"))
+    ray_nodes.append(
+        _start_node([f"--address={gcs}", '--resources={"evalnode": 1}'], head.env, 1, "w")
+    )
     workdir = _repo_copy(tmp_path / "repo")
     _submit_and_wait(
         head.env,
@@ -721,7 +756,9 @@ def test_second_node_hosts_the_merge_eval_actors(tmp_path, ray_nodes):
     rsft_ids = {a["actor_id"] for a in rsft}
     rsft_tasks = [t for t in tasks if t["actor_id"] in rsft_ids and t["node_id"]]
     pool_ready = max(
-        t["end_time_ms"] for t in tasks if t["actor_id"] == pool[0]["actor_id"] and t["type"] == "ACTOR_CREATION_TASK"
+        t["end_time_ms"]
+        for t in tasks
+        if t["actor_id"] == pool[0]["actor_id"] and t["type"] == "ACTOR_CREATION_TASK"
     )
     assert rsft_tasks and {t["node_id"] for t in rsft_tasks} == {head_id}
     assert pool_ready <= min(t["start_time_ms"] for t in rsft_tasks)

@@ -119,7 +119,8 @@ def test_two_sweeps_at_once_share_nothing(tmp_path, tiny_model_dir, mlflow_port)
     from mm4ke_ray.search.searcher import STUDY_FILE, journal_storage
 
     port = mlflow_port
-    config = sweep_dict(tmp_path, tiny_model_dir, "twin", trials=1, extra=1, tracking_uri=f"http://127.0.0.1:{port}")
+    config = sweep_dict(tmp_path, tiny_model_dir, "twin", trials=1, extra=1,
+                        tracking_uri=f"http://127.0.0.1:{port}")
     del config["tracking"]["artifact_location"]  # artifacts go through the server
     (tmp_path / "sweep.yaml").write_text(yaml.safe_dump(config))
     procs, logs = [], []
@@ -131,15 +132,8 @@ def test_two_sweeps_at_once_share_nothing(tmp_path, tiny_model_dir, mlflow_port)
         log = open(tmp_path / f"sweep{i}.log", "w")  # noqa: SIM115 - closed below
         logs.append(log)
         start.wait()
-        procs.append(
-            subprocess.Popen(
-                [CLI, "sweep", str(tmp_path / "sweep.yaml")],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env=env,
-                cwd=tmp_path,
-            )
-        )
+        procs.append(subprocess.Popen([CLI, "sweep", str(tmp_path / "sweep.yaml")], stdout=log,
+                                      stderr=subprocess.STDOUT, env=env, cwd=tmp_path))
 
     threads = [threading.Thread(target=launch, args=(i,)) for i in (1, 2)]
     for t in threads:

@@ -23,17 +23,8 @@ def test_every_shipped_config_validates(path):
     config = load_config(path)
     assert config.search.num_trials >= 1
     # Each searched hyperparameter of the method is in the space (fixed or searched).
-    assert set(dict(config.search.space)) == {
-        "threshold",
-        "steps",
-        "epochs",
-        "lr",
-        "layer",
-        "lr_schedule",
-        "warmup_ratio",
-        "alpha",
-        "sparsity",
-    }
+    assert set(dict(config.search.space)) == {"threshold", "steps", "epochs", "lr", "layer", "lr_schedule",
+                                              "warmup_ratio", "alpha", "sparsity"}
 
 
 @pytest.mark.parametrize("path", SPACES, ids=lambda p: p.name)
@@ -71,14 +62,8 @@ def test_all_errors_reported_at_once_with_field_names():
     with pytest.raises(ConfigError) as info:
         validate_config(bad, "bad.yaml")
     text = str(info.value)
-    for field in (
-        "serch",
-        "model.dtype",
-        "search.num_trials",
-        "search.space.alpha",
-        "search.space.sparsity",
-        "search.space.steps",
-    ):
+    for field in ("serch", "model.dtype", "search.num_trials", "search.space.alpha", "search.space.sparsity",
+                  "search.space.steps"):
         assert field in text, field
     assert len(info.value.problems) == 6
 
@@ -100,15 +85,8 @@ def test_yaml_syntax_error_names_the_line(tmp_path):
 
 def test_layer_out_of_range_for_a_local_model(tmp_path, tiny_model_dir, capsys):
     path = tmp_path / "c.yaml"
-    path.write_text(
-        yaml.safe_dump(
-            {
-                "model": {"name": str(tiny_model_dir)},
-                "data": {"edits": str(tmp_path / "none.json")},
-                "search": {"space": {"layer": {"choices": [1, 9]}}},
-            }
-        )
-    )
+    path.write_text(yaml.safe_dump({"model": {"name": str(tiny_model_dir)}, "data": {"edits": str(tmp_path / "none.json")},
+                                    "search": {"space": {"layer": {"choices": [1, 9]}}}}))
     assert main(["validate", "--offline", str(path)]) == 2
     err = capsys.readouterr().err
     assert "search.space.layer" in err and "[9]" in err and "data.edits" in err

@@ -45,33 +45,15 @@ INFEASIBLE = {"c", "d", BASE}
 
 def _metrics(edit: float, general: float) -> dict:
     pct = 100 * edit
-    return {
-        "edit_score": edit,
-        "general_score": general,
-        "combined_score": (edit + general) / 2,
-        "edit_succ": pct,
-        "generalization": pct,
-        "portability": pct,
-        "locality": 100 * general,
-        "gen.edit_succ": pct - 7.0,
-        "gen.generalization": pct - 9.0,
-        "gen.portability": pct - 11.0,
-        "gen.locality": 100 * general,
-    }
+    return {"edit_score": edit, "general_score": general, "combined_score": (edit + general) / 2,
+            "edit_succ": pct, "generalization": pct, "portability": pct, "locality": 100 * general,
+            "gen.edit_succ": pct - 7.0, "gen.generalization": pct - 9.0, "gen.portability": pct - 11.0,
+            "gen.locality": 100 * general}
 
 
 def _rows(points: dict) -> list[dict]:
-    return [
-        {
-            "candidate": f"t{i}-{name}",
-            "kind": SAMPLED,
-            "trial_id": f"t{i}",
-            "alpha": 0.1 * i,
-            "sparsity": 0.2,
-            **_metrics(*point),
-        }
-        for i, (name, point) in enumerate(points.items())
-    ]
+    return [{"candidate": f"t{i}-{name}", "kind": SAMPLED, "trial_id": f"t{i}", "alpha": 0.1 * i, "sparsity": 0.2,
+             **_metrics(*point)} for i, (name, point) in enumerate(points.items())]
 
 
 def _short(candidate: str) -> str:
@@ -96,24 +78,13 @@ def _log_sweep(tmp: Path, name: str, min_edit: float, edit_mode: str = "generati
     """A parent run as `mm4ke-ray sweep` opens it (the params and config.yaml export reads), the base
     and every candidate as child runs, then the Pareto artifacts published. (uri, parent run id)"""
     uri = f"sqlite:///{tmp}/mlflow.db"
-    config = SweepConfig(
-        name=name, evaluation={"mode": "both"}, objectives={"edit_mode": edit_mode, "min_edit_score": min_edit}
-    )
+    config = SweepConfig(name=name, evaluation={"mode": "both"},
+                         objectives={"edit_mode": edit_mode, "min_edit_score": min_edit})
     tracker = SweepTracker(uri, "constraints", str(tmp / "artifacts"))
-    parent = tracker.start_sweep(
-        name,
-        params={
-            "model": "unused/model",
-            "edits": "unused.json",
-            "prompt_format": "plain",
-            "merge_method": "magnitude",
-            "seed": 0,
-            "eval_mode": "both",
-            "edit_mode": edit_mode,
-            "min_edit_score": min_edit,
-        },
-        tags={},
-    )
+    parent = tracker.start_sweep(name, params={
+        "model": "unused/model", "edits": "unused.json", "prompt_format": "plain", "merge_method": "magnitude",
+        "seed": 0, "eval_mode": "both", "edit_mode": edit_mode, "min_edit_score": min_edit,
+    }, tags={})
     tracker.log_text(yaml.safe_dump(config.model_dump(), sort_keys=False), "config.yaml")
     base = {"candidate": BASE, "kind": BASE, **_metrics(*BASE_POINT)}
     tracker.log_candidate(BASE, {"alpha": None}, base, {Tag.KIND: BASE, Tag.STATUS: "ok"})
@@ -121,9 +92,8 @@ def _log_sweep(tmp: Path, name: str, min_edit: float, edit_mode: str = "generati
     for row in rows:
         params = {k: row[k] for k in ("alpha", "sparsity")}
         metrics = {k: v for k, v in row.items() if isinstance(v, float) and k not in params}
-        row["run_id"] = tracker.log_candidate(
-            row["candidate"], params, metrics, {Tag.KIND: SAMPLED, Tag.STATUS: "ok", Tag.TRIAL_ID: row["trial_id"]}
-        )
+        row["run_id"] = tracker.log_candidate(row["candidate"], params, metrics,
+                                              {Tag.KIND: SAMPLED, Tag.STATUS: "ok", Tag.TRIAL_ID: row["trial_id"]})
     publish_pareto(tracker, rows, base)  # the minimums and edit_mode come from the parent's params
     tracker.finish()
     return uri, parent
@@ -151,9 +121,7 @@ def test_all_csv_marks_infeasible_rows_and_front_csv_has_feasible_ones_only(publ
 
 def _points(html: str) -> dict[str, str]:
     """candidate -> its `<g class="point">` element, as front.html draws it."""
-    return {
-        m.group(1): m.group(0) for m in re.finditer(r'<g class="point" data-candidate="([^"]+)".*?</g>', html, re.S)
-    }
+    return {m.group(1): m.group(0) for m in re.finditer(r'<g class="point" data-candidate="([^"]+)".*?</g>', html, re.S)}
 
 
 def test_front_html_greys_the_infeasible_points_and_rings_only_feasible_ones(published):
@@ -216,9 +184,8 @@ def test_the_edit_axis_names_its_family(published):
     assert "teacher-forced" in axis_labels(rows, "teacher-forced")[1]
     assert "generation" in axis_labels(rows, "generation")[1] and "gen.edit succ." in axis_labels(rows, "generation")[1]
     assert "teacher-forced" in axis_labels(rows)[1]  # both families present, none recorded: the default
-    gen_only = [
-        {k: v for k, v in r.items() if not k.startswith(("edit_succ", "generalization", "portability"))} for r in rows
-    ]
+    gen_only = [{k: v for k, v in r.items() if not k.startswith(("edit_succ", "generalization", "portability"))}
+                for r in rows]
     assert "generation" in axis_labels(gen_only)[1]  # only gen.* metrics: the score can only be theirs
     _, _, folder = published  # that sweep recorded edit_mode: generation
     html = (folder / "front.html").read_text()

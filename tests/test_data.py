@@ -117,7 +117,9 @@ def test_wikibio_mapping():
     assert r.prompt.startswith("This is a Wikipedia passage about john russell reynolds. Sir John")
     assert r.target_new.startswith("He received general education from his father")
     assert (r.subject, r.ground_truth, r.portability) == ("john russell reynolds", None, ())
-    assert r.locality[0] == QA("The field of work of john russell reynolds is", "medicine", "Relation_Specificity")
+    assert r.locality[0] == QA(
+        "The field of work of john russell reynolds is", "medicine", "Relation_Specificity"
+    )
 
 
 def test_zsre_mend_mapping():
@@ -128,7 +130,11 @@ def test_zsre_mend_mapping():
         ground_truth="1998",
         subject="IAAF Combined Events Challenge",
         rephrase_prompts=("When was the IAAF Combined Events Challenge launched?",),
-        locality=(QA("nq question: what is the name of the last episode of spongebob", "The String", "NQ"),),
+        locality=(
+            QA(
+                "nq question: what is the name of the last episode of spongebob", "The String", "NQ"
+            ),
+        ),
         portability=(
             QA(
                 "What type of sports event is the IAAF Combined Events Challenge, which was established in 2006?",
@@ -193,7 +199,9 @@ def test_forced_format_and_aliases():
     assert load_edit_records(ZSRE, fmt="zsre", limit=2).format == "knowedit"
     with pytest.raises(DataError, match=r"record 0: field 'text'"):
         load_edit_records(ZSRE, fmt="wikibio")
-    with pytest.raises(UserError, match=r"unknown edit-data format 'wikbio'.*Did you mean 'wikibio'.*knowedit"):
+    with pytest.raises(
+        UserError, match=r"unknown edit-data format 'wikbio'.*Did you mean 'wikibio'.*knowedit"
+    ):
         load_edit_records(ZSRE, fmt="wikbio")
 
 
@@ -248,7 +256,10 @@ def test_skip_invalid_drops_and_reports(tmp_path, caplog):
     assert [r.prompt for r in data] == ["The capital of France is", "Another"]
     assert [r.source.rsplit(":", 1)[1] for r in data] == ["0", "3"]
     assert len(data.skipped) == 3
-    assert "record 1: field 'target_new'" in data.skipped[0] and "record 4: field 'target_new'" in data.skipped[2]
+    assert (
+        "record 1: field 'target_new'" in data.skipped[0]
+        and "record 4: field 'target_new'" in data.skipped[2]
+    )
     assert "skipped 3 invalid" in caplog.text
 
 
@@ -305,7 +316,9 @@ def test_all_invalid_with_skip_is_user_error(tmp_path):
         load_edit_records(f)
 
 
-@pytest.mark.parametrize("missing", ["data/missing-edits.json", "./nope", "/nonexistent/dir/edits.jsonl"])
+@pytest.mark.parametrize(
+    "missing", ["data/missing-edits.json", "./nope", "/nonexistent/dir/edits.jsonl"]
+)
 def test_missing_local_path_is_user_error(missing):
     with pytest.raises(UserError, match="not found: no such file or directory") as info:
         load_edit_records(missing)
@@ -314,9 +327,13 @@ def test_missing_local_path_is_user_error(missing):
 
 def test_hub_id_goes_through_datasets_and_fails_clearly_offline(monkeypatch):
     monkeypatch.setattr("datasets.config.HF_HUB_OFFLINE", True)
-    with pytest.raises(UserError, match=r"datasets\.load_dataset\('nonexistent-org-xyz/nothing'.*split='test'"):
+    with pytest.raises(
+        UserError, match=r"datasets\.load_dataset\('nonexistent-org-xyz/nothing'.*split='test'"
+    ):
         load_edit_records("nonexistent-org-xyz/nothing:test")
-    with pytest.raises(UserError, match=r"load_dataset\('zjunlp/KnowEdit', data_files='benchmark/ZsRE/x\.json'"):
+    with pytest.raises(
+        UserError, match=r"load_dataset\('zjunlp/KnowEdit', data_files='benchmark/ZsRE/x\.json'"
+    ):
         load_edit_records("hf:zjunlp/KnowEdit/benchmark/ZsRE/x.json")
 
 
@@ -331,7 +348,10 @@ def test_local_directory_and_parquet_go_through_datasets(tmp_path, monkeypatch):
     via_dir = load_edit_records(tmp_path / "dir")
     assert via_dir.format == "knowedit" and via_dir.records == expected
     datasets.Dataset.from_list(json.loads(ZSRE.read_text())[:20]).to_parquet(tmp_path / "z.parquet")
-    assert load_edit_records(tmp_path / "z.parquet").records == load_edit_records(ZSRE, limit=20).records
+    assert (
+        load_edit_records(tmp_path / "z.parquet").records
+        == load_edit_records(ZSRE, limit=20).records
+    )
     with pytest.raises(UserError, match="split='test'"):
         load_edit_records(tmp_path / "dir", split="test")
 
@@ -343,12 +363,17 @@ def test_write_round_trip(tmp_path):
         + load_edit_records(MEND, limit=20).records
         + load_edit_records(CF_TEST, limit=10).records
     )
-    records.append(EditRecord("p", "t", rephrase_prompts=("r1", "r2"), locality=(QA("l", "a", ""),)))
+    records.append(
+        EditRecord("p", "t", rephrase_prompts=("r1", "r2"), locality=(QA("l", "a", ""),))
+    )
     out = write_edit_records(records, tmp_path / "sub" / "edits.json")
     back = load_edit_records(out)
     assert back.format == "knowedit" and back.records == records
     row = json.loads(out.read_text())[0]
-    assert row["ground_truth"] == ["Aspidoceratidae"] and row["rephrase_prompt"] == "What family are Epaspidoceras?"
+    assert (
+        row["ground_truth"] == ["Aspidoceratidae"]
+        and row["rephrase_prompt"] == "What family are Epaspidoceras?"
+    )
     assert row["locality"]["Relation_Specificity"][0] == {
         "prompt": "The taxon rank of Epaspidoceras is",
         "ground_truth": ["genus"],
@@ -359,7 +384,9 @@ def test_write_round_trip(tmp_path):
 
 def test_registry_detection_priority_and_duplicates(tmp_path, monkeypatch):
     registry = FormatRegistry()
-    generic = EditFormat("generic", lambda r: "q" in r, lambda r: EditRecord(r["q"], r["a"]), "q, a")
+    generic = EditFormat(
+        "generic", lambda r: "q" in r, lambda r: EditRecord(r["q"], r["a"]), "q, a"
+    )
     special = EditFormat(
         "special",
         lambda r: "q" in r and "x" in r,

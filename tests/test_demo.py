@@ -65,7 +65,9 @@ def test_world_shape():
     # statement + question for everyone, rephrase for half, then the filler
     assert len(world.sentences()) == 30 * 5 * 2 + 15 * 5 + 20
     held_out = next(e for e in world.entities if e not in world.rephrase_trained)
-    assert not any(s.startswith(relation("city").prompt("rephrase", held_out)) for s in world.sentences())
+    assert not any(
+        s.startswith(relation("city").prompt("rephrase", held_out)) for s in world.sentences()
+    )
 
 
 def test_edits_are_counterfactual_and_in_zsre_schema(tmp_path):
@@ -192,7 +194,9 @@ def test_moved_cache_still_points_at_its_tasks(small_build, tmp_path):
     shutil.copytree(assets.tasks_dir, moved)
     assert relocate_tasks(moved, list(assets.task_names))
     config = yaml.safe_load((moved / f"{assets.task_names[0]}.yaml").read_text())
-    assert config["dataset_kwargs"]["data_files"]["test"] == str((moved / f"{assets.task_names[0]}.jsonl").resolve())
+    assert config["dataset_kwargs"]["data_files"]["test"] == str(
+        (moved / f"{assets.task_names[0]}.jsonl").resolve()
+    )
     assert not relocate_tasks(moved, list(assets.task_names))  # idempotent
 
 
@@ -238,14 +242,8 @@ def test_stop_check_stops_once_every_fact_is_known():
     pairs = encode_pairs(tok, [(f.prompt("question"), f.value) for f in world.facts])
     seen = []
     model = build_model(cfg, len(tok), tok)
-    stats = pretrain(
-        model,
-        tok,
-        world.sentences(),
-        cfg,
-        stop=StopCheck(pairs, every=20),
-        on_step=lambda step, steps, loss: seen.append((step, steps)),
-    )
+    stats = pretrain(model, tok, world.sentences(), cfg, stop=StopCheck(pairs, every=20),
+                     on_step=lambda step, steps, loss: seen.append((step, steps)))
     assert stats["stopped_early"] and stats["steps"] < 400 and stats["steps"] % 20 == 0
     assert seen[-1] == (stats["steps"], 400) and len(seen) == stats["steps"]
     assert answer_scores(model, tok, [(f.prompt("question"), f.value) for f in world.facts]).fact == 1

@@ -28,13 +28,8 @@ def _start(tmp: Path, model_dir: Path) -> subprocess.Popen:
     config = sweep_dict(tmp, model_dir, "determinism", trials=TRIALS, extra=2, seed=11)
     (tmp / "sweep.yaml").write_text(yaml.safe_dump(config))
     env = cli_env(Path(tempfile.mkdtemp(prefix="ray", dir="/tmp")))
-    return subprocess.Popen(
-        [CLI, "sweep", str(tmp / "sweep.yaml")],
-        stdout=subprocess.DEVNULL,
-        stderr=open(tmp / "sweep.log", "w"),
-        env=env,
-        cwd=tmp,
-    )  # noqa: SIM115
+    return subprocess.Popen([CLI, "sweep", str(tmp / "sweep.yaml")], stdout=subprocess.DEVNULL,
+                            stderr=open(tmp / "sweep.log", "w"), env=env, cwd=tmp)  # noqa: SIM115
 
 
 def _runs(tmp: Path, model_dir: Path) -> list[Path]:

@@ -46,14 +46,7 @@ def _evaluate_candidates(evaluator, model, reference, candidates, use_layer: boo
 
 # Candidates of several layers, interleaved, repeated deltas with other (α, sparsity): the cache
 # must serve each layer's entries and never mix them up.
-CANDIDATES = [
-    (2, 1, 0.0, 0.0),
-    (1, 2, 0.3, 0.2),
-    (2, 3, 0.5, 0.5),
-    (3, 4, 0.0, 0.0),
-    (1, 2, 0.1, 0.0),
-    (0, 5, 0.2, 0.1),
-]
+CANDIDATES = [(2, 1, 0.0, 0.0), (1, 2, 0.3, 0.2), (2, 3, 0.5, 0.5), (3, 4, 0.0, 0.0), (1, 2, 0.1, 0.0), (0, 5, 0.2, 0.1)]
 
 
 @pytest.mark.parametrize("arch", ["qwen2", "llama", "gpt2"])
@@ -79,10 +72,8 @@ def test_cache_skips_the_low_blocks(tiny_model_factory, tiny_tokenizer, records)
     evaluator = EditEvaluator(tiny_tokenizer, records, batch_size=5, prefix_cache=True)
     reference = evaluator.base_predictions(model)
     calls = [0] * LAYERS
-    handles = [
-        b.register_forward_hook(lambda *_, i=i: calls.__setitem__(i, calls[i] + 1))
-        for i, b in enumerate(decoder_layers(model))
-    ]
+    handles = [b.register_forward_hook(lambda *_, i=i: calls.__setitem__(i, calls[i] + 1))
+               for i, b in enumerate(decoder_layers(model))]
     try:
         _evaluate_candidates(evaluator, model, reference, [(2, 1, 0.0, 0.0)], use_layer=True)
         first = list(calls)

@@ -111,7 +111,7 @@ def test_killed_rsft_worker_is_retried_and_others_are_undisturbed(ray_2_cpus, wo
     # WorkerGroupError when the worker dies while training; ControllerError when it dies before
     # Ray Train saw its training function start (the case that left a placement group behind and
     # made the retry wait forever before train_placement.py).
-    assert "WorkerGroupError" in reason or "ControllerError" in reason, reason
+    assert ("WorkerGroupError" in reason or "ControllerError" in reason), reason
     assert "died" in reason and "error.txt" in reason, reason
     assert "error" not in status and "diverged" not in status
     # The retry completed: both trials' candidates, each logged exactly once.
@@ -138,12 +138,8 @@ def test_killed_merge_eval_actor_reruns_in_flight_candidates_once(ray_2_cpus, ti
     def watch_restart():
         killer.join()
         if killer.killed:
-            pid = wait_for(
-                lambda: [p.pid for p in ray_processes("MergeEvalActor") if p.pid != killer.killed],
-                120,
-                0.1,
-                "the restarted actor",
-            )
+            pid = wait_for(lambda: [p.pid for p in ray_processes("MergeEvalActor") if p.pid != killer.killed],
+                           120, 0.1, "the restarted actor")
             restarted.extend(pid)
 
     killer.start()
@@ -165,11 +161,8 @@ def test_killed_merge_eval_actor_reruns_in_flight_candidates_once(ray_2_cpus, ti
     assert sorted(table) == sorted(["base", *names])  # each candidate exactly once in the Pareto table
 
 
-SECRETS = {
-    "HF_TOKEN": "hf_TESTSECRETtoken1234567890",
-    "AWS_SECRET_ACCESS_KEY": "AKIAtestSECRETkey/abcdefgh12345",
-    "MLFLOW_TRACKING_PASSWORD": "pw-TESTSECRET-987654",
-}
+SECRETS = {"HF_TOKEN": "hf_TESTSECRETtoken1234567890", "AWS_SECRET_ACCESS_KEY": "AKIAtestSECRETkey/abcdefgh12345",
+           "MLFLOW_TRACKING_PASSWORD": "pw-TESTSECRET-987654"}
 
 
 @pytest.fixture
@@ -193,9 +186,8 @@ def test_diverging_trial_is_recorded_and_the_sweep_goes_on(ray_2_cpus, tiny_mode
 
     # SGD at lr 1e20 turns the loss into NaN within two steps; 5e-4 trains normally. Seed 3 draws
     # both within three trials (and draws them the same way every run: the sampler is seeded).
-    config = _config(
-        tmp_path, tiny_model_dir, "diverge", trials=3, extra=1, optimizer="sgd", space={"lr": {"choices": [1e20, 5e-4]}}
-    )
+    config = _config(tmp_path, tiny_model_dir, "diverge", trials=3, extra=1, optimizer="sgd",
+                     space={"lr": {"choices": [1e20, 5e-4]}})
     start = time.time()
     out = run_sweep(config)
 
@@ -401,16 +393,10 @@ def test_a_worker_dying_as_training_starts_leaves_no_placement_group(ray_2_cpus,
     for attempt in range(3):
         key = new_placement_key()
         trainer = DataParallelTrainer(
-            die_as_training_starts,
-            backend_config=BackendConfig(),
-            train_loop_config={"key": key},
+            die_as_training_starts, backend_config=BackendConfig(), train_loop_config={"key": key},
             scaling_config=ScalingConfig(num_workers=1, resources_per_worker={"CPU": 1}),
-            run_config=RunConfig(
-                storage_path=str(tmp_path),
-                name=f"die{attempt}",
-                failure_config=FailureConfig(controller_failure_limit=1),
-            ),
-        )
+            run_config=RunConfig(storage_path=str(tmp_path), name=f"die{attempt}",
+                                 failure_config=FailureConfig(controller_failure_limit=1)))
         with pytest.raises(ray.train.TrainingFailedError) as failed:
             trainer.fit()
         seen.add(type(failed.value).__name__)

@@ -62,9 +62,8 @@ def test_subsets_are_nested_seeded_and_cover_the_full_set():
 
 def test_subsets_repeat_in_another_process():
     code = "from mm4ke_ray.evaluate.fidelity import nested_subsets as n; print(n(200, 3, 3.0, 5, 'edits'))"
-    out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True, env={"PYTHONHASHSEED": "123"}
-    ).stdout
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env={"PYTHONHASHSEED": "123"}).stdout
     assert json.loads(out) == nested_subsets(200, 3, 3.0, 5, "edits")
 
 
@@ -129,14 +128,8 @@ def _with_items(key, edit_items, doc_items, docs_population=30):
     """A rung result whose objectives are the means of its items, with unpaired SEs of those."""
     edit, general = statistics.fmean(edit_items), min(1.0, statistics.fmean(doc_items))
     items = RungItems(tuple(edit_items), 27, {"task": tuple(doc_items)}, {"task": docs_population})
-    return RungResult(
-        key,
-        edit,
-        general,
-        edit_se=mean_stderr(edit_items, 27),
-        general_se=mean_stderr(doc_items, docs_population),
-        items=items,
-    )
+    return RungResult(key, edit, general, edit_se=mean_stderr(edit_items, 27),
+                      general_se=mean_stderr(doc_items, docs_population), items=items)
 
 
 def test_identical_items_or_one_differing_document_is_no_evidence():
@@ -324,16 +317,13 @@ def test_enabling_halving_is_accepted_but_not_without_extra_candidates(tmp_path)
     assert load_config(config).evaluation.fidelity.rungs == 1  # one rung: no halving, nothing wasted
 
 
-@pytest.mark.parametrize(
-    ("field", "value", "fragment"),
-    [
-        ("rungs", 0, "greater than or equal to 1"),
-        ("reduction_factor", 1.0, "greater than 1"),
-        ("margin_z", -0.5, "greater than or equal to 0"),
-        ("error_rate", 0, "greater than 0"),
-        ("error_rate", 0.7, "less than or equal to 0.5"),
-    ],
-)
+@pytest.mark.parametrize(("field", "value", "fragment"), [
+    ("rungs", 0, "greater than or equal to 1"),
+    ("reduction_factor", 1.0, "greater than 1"),
+    ("margin_z", -0.5, "greater than or equal to 0"),
+    ("error_rate", 0, "greater than 0"),
+    ("error_rate", 0.7, "less than or equal to 0.5"),
+])
 def test_bad_fidelity_fields_are_named(tmp_path, field, value, fragment):
     config = tmp_path / "c.yaml"
     config.write_text(f"evaluation:\n  fidelity:\n    enabled: true\n    {field}: {value}\n")

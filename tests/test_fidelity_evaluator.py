@@ -23,19 +23,11 @@ def _delta(model, layer: int, seed: int) -> dict[str, torch.Tensor]:
 @pytest.fixture(scope="module")
 def evaluators(tiny_model_dir, tmp_path_factory):
     tasks = tmp_path_factory.mktemp("tasks")
-    common = dict(
-        model=str(tiny_model_dir),
-        edits=str(ZSRE),
-        limit=9,
-        batch_size=4,
-        general_tasks=(general_task(tasks, docs=18),),
-        task_include_path=str(tasks),
-    )
+    common = dict(model=str(tiny_model_dir), edits=str(ZSRE), limit=9, batch_size=4,
+                  general_tasks=(general_task(tasks, docs=18),), task_include_path=str(tasks))
     plain = CandidateEvaluator(EvalSettings(**common))
-    halving = CandidateEvaluator(
-        EvalSettings(**common, fidelity_rungs=2, fidelity_reduction_factor=3.0, fidelity_seed=5),
-        reference=plain.reference,
-    )
+    halving = CandidateEvaluator(EvalSettings(**common, fidelity_rungs=2, fidelity_reduction_factor=3.0,
+                                              fidelity_seed=5), reference=plain.reference)
     return plain, halving
 
 
@@ -59,9 +51,8 @@ def test_the_last_rung_is_the_full_evaluation_and_lower_rungs_score_subsets(eval
     assert 0 <= low["edit_score"] <= 1 and 0 <= low["general_score"] <= 1
     # the same subset and seed: the same numbers again; the base restored bit for bit
     again = halving.evaluate(delta, 0.4, 0.2, seed=3, rung=0)
-    assert {k: v for k, v in again.items() if not k.endswith("seconds")} == {
-        k: v for k, v in low.items() if not k.endswith("seconds")
-    }
+    assert {k: v for k, v in again.items() if not k.endswith("seconds")} == \
+        {k: v for k, v in low.items() if not k.endswith("seconds")}
     after = halving.model.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
 

@@ -31,14 +31,9 @@ def _run(merges_of, error_rate: float, seed: int) -> dict:
         if weakest in on_front:
             conservative += 1
             conservative_dropped += weakest not in reached
-    return {
-        "front": front,
-        "dropped": dropped / front,
-        "conservative_dropped": conservative_dropped / conservative,
-        "dominated": dominated,
-        "dominated_pruned": dominated_pruned / max(dominated, 1),
-        "compute": cost / every,
-    }
+    return {"front": front, "dropped": dropped / front, "conservative_dropped": conservative_dropped / conservative,
+            "dominated": dominated, "dominated_pruned": dominated_pruned / max(dominated, 1),
+            "compute": cost / every}
 
 
 def _one_delta(rng: random.Random) -> list[tuple[float, float]]:

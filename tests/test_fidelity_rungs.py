@@ -19,21 +19,17 @@ from mm4ke_ray.evaluate.fidelity import (
 
 def _scorer(table: dict[int, dict[str, tuple[float, float]]], se: float, calls: list):
     """evaluate_at from a table: rung -> key -> (edit, general), every SE `se`."""
-
     def evaluate_at(rung, keys):
         calls.append((rung, list(keys)))
         return {k: RungResult(k, *table[rung][k], se, se) for k in keys}
-
     return evaluate_at
 
 
 def test_dominated_candidates_stop_and_the_kept_one_always_goes_on():
     # Rung 0: "a" and "b" beat "c" and "d" by far; "d" (the sampled one here) is kept anyway.
-    table = {
-        0: {"a": (0.9, 0.9), "b": (0.8, 0.95), "c": (0.1, 0.1), "d": (0.2, 0.2)},
-        1: {"a": (0.9, 0.9), "b": (0.1, 0.1), "d": (0.2, 0.2)},
-        2: {"a": (0.88, 0.91), "d": (0.21, 0.2)},
-    }
+    table = {0: {"a": (0.9, 0.9), "b": (0.8, 0.95), "c": (0.1, 0.1), "d": (0.2, 0.2)},
+             1: {"a": (0.9, 0.9), "b": (0.1, 0.1), "d": (0.2, 0.2)},
+             2: {"a": (0.88, 0.91), "d": (0.21, 0.2)}}
     calls = []
     history = run_rungs(["d", "a", "b", "c"], _scorer(table, 0.01, calls), 3, 2.0, 0.16, keep=["d"])
     assert calls == [(0, ["d", "a", "b", "c"]), (1, ["d", "a", "b"]), (2, ["d", "a"])]
@@ -53,10 +49,8 @@ def test_noisy_rungs_drop_nothing():
 def test_the_minimum_fill_keeps_ceil_n_over_eta():
     # One candidate dominates all others beyond doubt, but ceil(4/2) = 2 go on: the one with the
     # fewest dominators fills up ("b": "a" only; "c": "a" and "b").
-    table = {
-        0: {"a": (0.9, 0.9), "b": (0.5, 0.4), "c": (0.4, 0.3), "d": (0.1, 0.1)},
-        1: {k: (0.5, 0.5) for k in "abcd"},
-    }
+    table = {0: {"a": (0.9, 0.9), "b": (0.5, 0.4), "c": (0.4, 0.3), "d": (0.1, 0.1)},
+             1: {k: (0.5, 0.5) for k in "abcd"}}
     history = run_rungs(list("abcd"), _scorer(table, 0.01, []), 2, 2.0, 0.05)
     assert sorted(history[-1]) == ["a", "b"]
 
@@ -91,6 +85,5 @@ def test_general_score_stderr_divides_by_the_base_and_corrects_for_the_populatio
     assert general_score_stderr({"a": None}, {"a": 0.5}, {"a": 3}, {"a": 9}) is None
     assert general_score_stderr({"a": 0.1}, {"a": 0.0}, {"a": 3}, {"a": 9}) is None  # no ratio to a 0 base
     # a perplexity (lower is better): retention b / c has SE (b / c) · se / c, c = b without a candidate
-    assert general_score_stderr({"a": 0.1}, {"a": 2.0}, {"a": 3}, {"a": 9}, {"a": False}) == pytest.approx(
-        0.1 / 2.0 * math.sqrt(6 / 8)
-    )
+    assert general_score_stderr({"a": 0.1}, {"a": 2.0}, {"a": 3}, {"a": 9}, {"a": False}) == \
+        pytest.approx(0.1 / 2.0 * math.sqrt(6 / 8))

@@ -26,19 +26,10 @@ def _rows(n: int) -> list[dict]:
     rng = random.Random(0)
     kinds = [SAMPLED, EXTRA, EXTRA, PURE_RSFT]
     return [
-        {
-            "candidate": f"t{i // 4:02d}-c{i % 4}",
-            "kind": kinds[i % 4],
-            "trial_id": f"t{i // 4:02d}",
-            "alpha": rng.random(),
-            "sparsity": rng.random(),
-            "layer": 1,
-            "lr": 1e-3,
-            "edit_succ": 100 * rng.random(),
-            "edit_score": rng.random(),
-            "general_score": 0.8 + rng.random() / 5,
-            "combined_score": rng.random(),
-        }
+        {"candidate": f"t{i // 4:02d}-c{i % 4}", "kind": kinds[i % 4], "trial_id": f"t{i // 4:02d}",
+         "alpha": rng.random(), "sparsity": rng.random(), "layer": 1, "lr": 1e-3,
+         "edit_succ": 100 * rng.random(), "edit_score": rng.random(), "general_score": 0.8 + rng.random() / 5,
+         "combined_score": rng.random()}
         for i in range(n)
     ]
 
@@ -69,18 +60,9 @@ def test_front_html_is_small_and_needs_no_script_or_network(front_html):
 def test_chromium_renders_every_candidate_of_the_front_html(front_html):
     rows, path = front_html
     proc = subprocess.run(
-        [
-            BROWSER,
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--virtual-time-budget=5000",
-            "--dump-dom",
-            path.as_uri(),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
+        [BROWSER, "--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=5000", "--dump-dom",
+         path.as_uri()],
+        capture_output=True, text=True, timeout=120,
     )
     dom = proc.stdout
     assert proc.returncode == 0 and "<svg" in dom, proc.stderr[-2000:]

@@ -18,16 +18,8 @@ POINTS = {"a": (0.95, 0.80, 0.02, 0.04), "b": (0.86, 0.90, 0.03, 0.01), "c": (0.
 def _rows(with_se: bool) -> list[dict]:
     rows = []
     for i, (name, (edit, general, se_edit, se_general)) in enumerate(POINTS.items()):
-        row = {
-            "candidate": f"t{i}-{name}",
-            "kind": SAMPLED,
-            "alpha": 0.1 * i,
-            "sparsity": 0.2,
-            "edit_score": edit,
-            "general_score": general,
-            "combined_score": (edit + general) / 2,
-            "edit_succ": 100 * edit,
-        }
+        row = {"candidate": f"t{i}-{name}", "kind": SAMPLED, "alpha": 0.1 * i, "sparsity": 0.2, "edit_score": edit,
+               "general_score": general, "combined_score": (edit + general) / 2, "edit_succ": 100 * edit}
         if with_se:
             row.update({EDIT_STDERR: se_edit, GENERAL_STDERR: se_general})
         rows.append(row)

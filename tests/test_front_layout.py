@@ -37,20 +37,10 @@ def _rows(best_corner: str) -> list[dict]:
     """Candidates whose best combined sits in `best_corner` ('right' or 'left' of the plot)."""
     rng = random.Random(1)
     kinds = [SAMPLED, EXTRA, EXTRA, PURE_RSFT]
-    rows = [
-        {
-            "candidate": f"t{i // 4:02d}-c{i % 4}-a0.{i:03d}",
-            "kind": kinds[i % 4],
-            "alpha": rng.random(),
-            "sparsity": rng.random(),
-            "edit_score": 0.2 + 0.6 * rng.random(),
-            "general_score": 0.5 + 0.4 * rng.random(),
-            "combined_score": 0.3 * rng.random(),
-            ON_FRONT: i % 7 == 0,
-            FEASIBLE: i % 11 != 0,
-        }
-        for i in range(60)
-    ]
+    rows = [{"candidate": f"t{i // 4:02d}-c{i % 4}-a0.{i:03d}", "kind": kinds[i % 4], "alpha": rng.random(),
+             "sparsity": rng.random(), "edit_score": 0.2 + 0.6 * rng.random(), "general_score": 0.5 + 0.4 * rng.random(),
+             "combined_score": 0.3 * rng.random(), ON_FRONT: i % 7 == 0, FEASIBLE: i % 11 != 0}
+            for i in range(60)]
     rows[5].update(combined_score=0.9, general_score=0.95 if best_corner == "right" else 0.45, edit_score=0.85)
     return rows
 
@@ -58,21 +48,9 @@ def _rows(best_corner: str) -> list[dict]:
 def _boxes(html: Path, width: int) -> dict:
     page = html.with_name(f"measure-{width}.html")
     page.write_text(html.read_text().replace("</body>", MEASURE + "</body>"))
-    proc = subprocess.run(
-        [
-            BROWSER,
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            f"--window-size={width},900",
-            "--virtual-time-budget=5000",
-            "--dump-dom",
-            page.as_uri(),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    proc = subprocess.run([BROWSER, "--headless", "--no-sandbox", "--disable-gpu", f"--window-size={width},900",
+                           "--virtual-time-budget=5000", "--dump-dom", page.as_uri()],
+                          capture_output=True, text=True, timeout=120)
     found = re.search(r'<pre id="measure">(.*?)</pre>', proc.stdout)
     assert found, proc.stderr[-2000:]
     return json.loads(found.group(1).replace("&quot;", '"'))
@@ -99,20 +77,8 @@ def test_legend_is_whole_and_the_best_label_covers_none_of_it(tmp_path, corner, 
 def test_narrow_screenshot_has_nothing_cut_at_the_right_edge(tmp_path):
     html = write_front_html(_rows("right"), tmp_path / "front.html", "demo: 60 candidates")
     shot = tmp_path / "shot.png"
-    subprocess.run(
-        [
-            BROWSER,
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--window-size=520,900",
-            "--hide-scrollbars",
-            f"--screenshot={shot}",
-            html.as_uri(),
-        ],
-        capture_output=True,
-        timeout=120,
-    )
+    subprocess.run([BROWSER, "--headless", "--no-sandbox", "--disable-gpu", "--window-size=520,900",
+                    "--hide-scrollbars", f"--screenshot={shot}", html.as_uri()], capture_output=True, timeout=120)
     img = Image.open(shot).convert("L")
     edge = [img.getpixel((img.width - 3, y)) for y in range(img.height)]
     assert min(edge) > 200, "something is drawn up to the frame's right edge: the picture is cut off"

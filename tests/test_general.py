@@ -42,7 +42,9 @@ def logiqa_docs(n: int, start: int = 0) -> list[dict]:
         options = [re.sub(r"^[A-D][.\s]?\s*", "", ln) for ln in lines[3:]]
         listing = "\n".join(f"{L}. {o}" for L, o in zip(LETTERS, options, strict=True))
         question = f"{lines[1]}\n{lines[2]}\n{listing}"
-        docs.append({"question": question, "choices": LETTERS, "answer_index": "abcd".index(lines[0])})
+        docs.append(
+            {"question": question, "choices": LETTERS, "answer_index": "abcd".index(lines[0])}
+        )
     return docs[start : start + n]
 
 
@@ -120,14 +122,20 @@ def test_in_place_weight_change_is_seen_and_restore_is_exact(evaluator, world):
 
 def test_limit_int_and_fraction(world):
     for limit in (5, 0.25):
-        ev = GeneralEvaluator(world["model"], world["tok"], ["logiqa20"], include_path=world["dir"], limit=limit)
+        ev = GeneralEvaluator(
+            world["model"], world["tok"], ["logiqa20"], include_path=world["dir"], limit=limit
+        )
         full = ev.evaluate_full()
         assert full["n-samples"]["logiqa20"] == {"original": 20, "effective": 5}
         assert len(full["samples"]["logiqa20"]) == 5
-    whole = GeneralEvaluator(world["model"], world["tok"], ["logiqa20"], include_path=world["dir"], limit=1.0)
+    whole = GeneralEvaluator(
+        world["model"], world["tok"], ["logiqa20"], include_path=world["dir"], limit=1.0
+    )
     assert whole.limit is None  # lm-eval would read 1.0 as "one document"
     with pytest.raises(UserError, match="limit"):
-        GeneralEvaluator(world["model"], world["tok"], ["logiqa20"], include_path=world["dir"], limit=0)
+        GeneralEvaluator(
+            world["model"], world["tok"], ["logiqa20"], include_path=world["dir"], limit=0
+        )
 
 
 def test_chat_template_reaches_the_prompts(world):
@@ -176,7 +184,9 @@ def test_group_and_rewritten_task_in_one_process(world, tmp_path):
     scores = ev.evaluate()
     assert list(scores) == ["mc_group"] and ev.higher_is_better == {"mc_group": True}
     r = full["results"]
-    assert scores["mc_group"] == pytest.approx((r["mc_a"]["acc,none"] * 10 + r["mc_b"]["acc,none"] * 6) / 16)
+    assert scores["mc_group"] == pytest.approx(
+        (r["mc_a"]["acc,none"] * 10 + r["mc_b"]["acc,none"] * 6) / 16
+    )
     # Rewriting a task's data under the same name is seen by a new evaluator (no stale datasets cache).
     write_multiple_choice_task("mc_b", docs[:3], tmp_path)
     ev2 = GeneralEvaluator(world["model"], world["tok"], ["mc_b"], include_path=tmp_path)
@@ -185,7 +195,9 @@ def test_group_and_rewritten_task_in_one_process(world, tmp_path):
 
 def test_unknown_task_names_suggest_close_matches(world):
     validate_tasks(["logiqa20"], world["dir"])  # local: no built-in index needed
-    validate_tasks(["logiqa"], world["dir"])  # built-in name; offline, so passing proves no data is loaded
+    validate_tasks(
+        ["logiqa"], world["dir"]
+    )  # built-in name; offline, so passing proves no data is loaded
     with pytest.raises(UserError, match=r"'logiqa20_tset': did you mean: .*logiqa20"):
         validate_tasks(["logiqa20_tset"], world["dir"])
     with pytest.raises(UserError, match=r"'logiqaa': did you mean: .*logiqa"):
@@ -209,9 +221,13 @@ def test_write_task_rejects_bad_docs(tmp_path):
             tmp_path,
         )
     with pytest.raises(DataError, match="field 'choices'"):
-        write_multiple_choice_task("t", [{"question": "q", "choices": ["a"], "answer_index": 0}], tmp_path)
+        write_multiple_choice_task(
+            "t", [{"question": "q", "choices": ["a"], "answer_index": 0}], tmp_path
+        )
     with pytest.raises(UserError, match="task name"):
-        write_multiple_choice_task("bad name", [{"question": "q", "choices": ["a", "b"], "answer_index": 0}], tmp_path)
+        write_multiple_choice_task(
+            "bad name", [{"question": "q", "choices": ["a", "b"], "answer_index": 0}], tmp_path
+        )
 
 
 def test_offline_by_default_unless_the_user_chose(monkeypatch):
@@ -226,7 +242,9 @@ def test_offline_by_default_unless_the_user_chose(monkeypatch):
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
     general.use_offline_defaults()
     assert os.environ["HF_HUB_OFFLINE"] == os.environ["HF_DATASETS_OFFLINE"] == "1"
-    assert datasets.config.HF_HUB_OFFLINE is True and huggingface_hub.constants.HF_HUB_OFFLINE is True
+    assert (
+        datasets.config.HF_HUB_OFFLINE is True and huggingface_hub.constants.HF_HUB_OFFLINE is True
+    )
     monkeypatch.setenv("HF_HUB_OFFLINE", "0")
     monkeypatch.delenv("HF_DATASETS_OFFLINE")
     monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", False)
@@ -285,10 +303,7 @@ def test_noise_check_refuses_a_task_at_chance(world):
 
 def test_config_chooses_a_task_metric(world):
     norm = GeneralEvaluator(
-        world["model"],
-        world["tok"],
-        ["logiqa20_norm"],
-        include_path=world["dir"],
+        world["model"], world["tok"], ["logiqa20_norm"], include_path=world["dir"],
         metrics={"logiqa20_norm": "acc_norm"},
     )
     full = norm.evaluate_full()
@@ -296,11 +311,11 @@ def test_config_chooses_a_task_metric(world):
     assert norm.settings["general.logiqa20_norm.metric"] == "acc_norm"
     assert norm.evaluate_result().metrics == {"logiqa20_norm": "acc_norm"}
     with pytest.raises(UserError, match=r"'logiqa20_norm' reports no metric 'f1'; it reports: acc, acc_norm"):
-        GeneralEvaluator(
-            world["model"], world["tok"], ["logiqa20_norm"], include_path=world["dir"], metrics={"logiqa20_norm": "f1"}
-        )
+        GeneralEvaluator(world["model"], world["tok"], ["logiqa20_norm"], include_path=world["dir"],
+                         metrics={"logiqa20_norm": "f1"})
     with pytest.raises(UserError, match="not among the evaluated tasks"):
-        GeneralEvaluator(world["model"], world["tok"], ["logiqa20"], include_path=world["dir"], metrics={"drop": "f1"})
+        GeneralEvaluator(world["model"], world["tok"], ["logiqa20"], include_path=world["dir"],
+                         metrics={"drop": "f1"})
 
 
 def test_chat_format_is_applied_and_recorded(world):
@@ -346,15 +361,12 @@ def test_config_general_metrics_field(tmp_path):
 
     paper = load_config(Path(__file__).resolve().parents[1] / "search_spaces" / "zsre_qwen2.5-7b.yaml")
     assert paper.evaluation.general_metrics == {
-        "ceval-valid": "acc",
-        "coqa": "f1",
-        "drop": "f1",
-        "squadv2": "f1",
-        "logiqa": "acc",
+        "ceval-valid": "acc", "coqa": "f1", "drop": "f1", "squadv2": "f1", "logiqa": "acc"
     }
     bad = tmp_path / "bad.yaml"
     bad.write_text(
-        "model: {name: m}\ndata: {edits: e.json}\nevaluation: {general_tasks: [drop], general_metrics: {dorp: f1}}\n"
+        "model: {name: m}\ndata: {edits: e.json}\n"
+        "evaluation: {general_tasks: [drop], general_metrics: {dorp: f1}}\n"
     )
     with pytest.raises(ConfigError, match=r"general_metrics names \['dorp'\], not in general_tasks"):
         load_config(bad)

@@ -70,9 +70,8 @@ def test_perplexity_retention_is_base_over_candidate_capped():
     base, hib = {"wikitext": 24.94}, {"wikitext": False}
     assert retention({"wikitext": 25.06}, base, hib, {"wikitext": None})["wikitext"] == pytest.approx(24.94 / 25.06)
     assert general_score({"wikitext": 20.0}, base, hib) == 1.0  # lower perplexity than the base: capped
-    mixed = general_score(
-        {"wikitext": 49.88, "sst2": 0.56}, {"wikitext": 24.94, "sst2": 0.62}, hib, {"sst2": 0.5, "wikitext": None}
-    )
+    mixed = general_score({"wikitext": 49.88, "sst2": 0.56}, {"wikitext": 24.94, "sst2": 0.62}, hib,
+                          {"sst2": 0.5, "wikitext": None})
     assert mixed == pytest.approx((0.5 + 0.5) / 2)
 
 
@@ -113,15 +112,8 @@ def test_general_score_stderr_above_chance_and_for_perplexity():
     assert se == pytest.approx(0.05 / 0.5)  # the span above chance, not the base, divides
     ppl = general_score_stderr({"w": 0.5}, {"w": 20.0}, {"w": 5}, {}, {"w": False}, candidate={"w": 25.0})
     assert ppl == pytest.approx(20.0 / 25.0 * 0.5 / 25.0)
-    both = general_score_stderr(
-        {"mc": 0.05, "w": 0.5},
-        {"mc": 0.75, "w": 20.0},
-        {"mc": 100, "w": 5},
-        {},
-        {"w": False},
-        {"mc": 0.25},
-        {"mc": 0.7, "w": 25.0},
-    )
+    both = general_score_stderr({"mc": 0.05, "w": 0.5}, {"mc": 0.75, "w": 20.0}, {"mc": 100, "w": 5}, {},
+                                {"w": False}, {"mc": 0.25}, {"mc": 0.7, "w": 25.0})
     assert both == pytest.approx(math.hypot(0.1, 0.016) / 2)
     assert general_score_stderr({"mc": 0.05}, {"mc": 0.25}, {"mc": 100}, {}, floor={"mc": 0.25}) is None
     # the rung's finite-population correction still applies: the full set has no error
@@ -155,7 +147,8 @@ def test_paired_log_items_difference_is_the_log_retention_difference():
 
 
 def test_precision_warns_with_the_limit_that_meets_the_threshold():
-    result = {"scores": SMOL, "stderr": SMOL_SE, "chance": SMOL_CHANCE, "n_docs": SMOL_N, "higher_is_better": SMOL_HIB}
+    result = {"scores": SMOL, "stderr": SMOL_SE, "chance": SMOL_CHANCE, "n_docs": SMOL_N,
+              "higher_is_better": SMOL_HIB}
     ses = retention_stderrs(result)
     assert ses["sst2"] == pytest.approx(SMOL_SE["sst2"] / 0.12)
     assert ses["wikitext"] == pytest.approx(0.4 / 24.94) and ses["logiqa"] is None  # below its floor
@@ -173,13 +166,11 @@ def test_plan_and_validate_read_the_stored_base_measurement(tmp_path, monkeypatc
     from mm4ke_ray.evaluate.general import GeneralResult
 
     monkeypatch.setenv("MM4KE_CACHE", str(tmp_path))
-    config = validate_config(
-        {"model": {"name": str(tmp_path / "model")}, "evaluation": {"general_tasks": ["sst2"], "general_limit": 100}}
-    )
+    config = validate_config({"model": {"name": str(tmp_path / "model")},
+                              "evaluation": {"general_tasks": ["sst2"], "general_limit": 100}})
     assert "no base measurement" in precision_report(config)[0]
-    result = GeneralResult(
-        {"sst2": 0.62}, {"sst2": SMOL_SE["sst2"]}, {"sst2": 0.5}, {"sst2": 100}, {"sst2": "acc"}, {"sst2": True}
-    )
+    result = GeneralResult({"sst2": 0.62}, {"sst2": SMOL_SE["sst2"]}, {"sst2": 0.5}, {"sst2": 100}, {"sst2": "acc"},
+                           {"sst2": True})
     save_base_measurement(config, result)
     assert "'sst2': retention SE" in precision_report(config)[0]
     assert precision_report(config.with_overrides(**{"evaluation.general_se_threshold": 0.5})) == []
@@ -205,15 +196,8 @@ def test_fingerprint_records_the_retention_definition():
 def test_the_base_summary_names_score_se_floor_and_documents():
     from mm4ke_ray.evaluate.general import GeneralResult
 
-    result = GeneralResult(
-        {"sst2": 0.62, "wikitext": 24.94},
-        {"sst2": 0.0488, "wikitext": 0.41},
-        {"sst2": 0.5, "wikitext": None},
-        {"sst2": 100, "wikitext": 5},
-        {"sst2": "acc", "wikitext": "word_perplexity"},
-        {"sst2": True, "wikitext": False},
-    )
-    assert result.summary() == [
-        "sst2 (acc): 0.62 ± 0.049, chance floor 0.5, 100 documents",
-        "wikitext (word_perplexity): 24.94 ± 0.41, no floor (lower is better), 5 documents",
-    ]
+    result = GeneralResult({"sst2": 0.62, "wikitext": 24.94}, {"sst2": 0.0488, "wikitext": 0.41},
+                           {"sst2": 0.5, "wikitext": None}, {"sst2": 100, "wikitext": 5},
+                           {"sst2": "acc", "wikitext": "word_perplexity"}, {"sst2": True, "wikitext": False})
+    assert result.summary() == ["sst2 (acc): 0.62 ± 0.049, chance floor 0.5, 100 documents",
+                                "wikitext (word_perplexity): 24.94 ± 0.41, no floor (lower is better), 5 documents"]

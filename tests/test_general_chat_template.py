@@ -18,24 +18,13 @@ def _config(prompt_format: str, chat_template: bool | None):
     evaluation = {"general_tasks": ["sst2"]}
     if chat_template is not None:
         evaluation["general_chat_template"] = chat_template
-    return validate_config(
-        {
-            "model": {"name": "/m"},
-            "data": {"edits": "/e.json", "prompt_format": prompt_format},
-            "evaluation": evaluation,
-        }
-    )
+    return validate_config({"model": {"name": "/m"}, "data": {"edits": "/e.json", "prompt_format": prompt_format},
+                            "evaluation": evaluation})
 
 
-@pytest.mark.parametrize(
-    ("prompt_format", "setting", "resolved"),
-    [
-        ("chat", None, True),
-        ("plain", None, False),
-        ("chat", False, False),
-        ("plain", True, True),
-    ],
-)
+@pytest.mark.parametrize(("prompt_format", "setting", "resolved"), [
+    ("chat", None, True), ("plain", None, False), ("chat", False, False), ("plain", True, True),
+])
 def test_resolved_everywhere_it_is_used_and_recorded(prompt_format, setting, resolved):
     config = _config(prompt_format, setting)
     assert config.general_chat_template is resolved

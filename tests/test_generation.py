@@ -145,11 +145,9 @@ def test_reference_must_match(hand_tokenizer, hand_models):
     base, edited = hand_models
     evaluator = GenerationEvaluator(hand_tokenizer, HAND_RECORDS)
     assert evaluator.evaluate(edited, None).locality is None
-    for other in (
-        GenerationEvaluator(hand_tokenizer, HAND_RECORDS, extra_new_tokens=1),
-        GenerationEvaluator(hand_tokenizer, HAND_RECORDS, max_new_tokens=8),
-        GenerationEvaluator(hand_tokenizer, HAND_RECORDS, stop="newline"),
-    ):
+    for other in (GenerationEvaluator(hand_tokenizer, HAND_RECORDS, extra_new_tokens=1),
+                  GenerationEvaluator(hand_tokenizer, HAND_RECORDS, max_new_tokens=8),
+                  GenerationEvaluator(hand_tokenizer, HAND_RECORDS, stop="newline")):
         with pytest.raises(ValueError, match="different GenerationEvaluator"):
             evaluator.evaluate(edited, other.base_generations(base))
 
@@ -170,9 +168,7 @@ def test_budget_is_max_new_tokens_and_the_old_bound_caps_it(hand_tokenizer, hand
         assert item.max_new_tokens == 2 + extra
         (ids,) = greedy_generate(looping, [item.prompt_ids], [item.max_new_tokens], set(), 0)
         assert len(ids) == 2 + extra
-    assert (
-        GenerationEvaluator(hand_tokenizer, record, max_new_tokens=3, extra_new_tokens=5).items[0].max_new_tokens == 3
-    )
+    assert GenerationEvaluator(hand_tokenizer, record, max_new_tokens=3, extra_new_tokens=5).items[0].max_new_tokens == 3
     with pytest.raises(UserError, match="max_new_tokens"):
         GenerationEvaluator(hand_tokenizer, record, max_new_tokens=0)
     with pytest.raises(UserError, match="stop must be one of"):
@@ -197,7 +193,8 @@ def test_chat_format_uses_the_training_prompt_and_stops_at_end_of_turn(hand_toke
     assert item.prompt_ids == tuple(ex.input_ids[: ex.answer_start])
     head = format_prompt(hand_tokenizer, "spain has capital", "chat")
     assert hand_tokenizer.decode(list(item.prompt_ids)) == head.strip()
-    ids = greedy_generate(chatty, [item.prompt_ids], [item.max_new_tokens], stop_token_ids(hand_tokenizer, chatty), 0)
+    ids = greedy_generate(chatty, [item.prompt_ids], [item.max_new_tokens],
+                          stop_token_ids(hand_tokenizer, chatty), 0)
     assert ids == [[hand_tokenizer.convert_tokens_to_ids("rome")]]  # the stop token is not kept
     metrics = evaluator.evaluate(chatty, evaluator.base_generations(chatty))
     assert metrics.edit_succ == 100.0
@@ -295,9 +292,8 @@ def test_batched_equals_one_at_a_time(arch, tiny_tokenizer):
 
 def test_stop_token_ends_a_row_not_the_batch(hand_tokenizer):
     eos = hand_tokenizer.eos_token
-    model = lookup_qwen2(
-        hand_tokenizer, {"is": "rome", "rome": eos, "capital": "rome", "in": "madrid", "madrid": "city", "city": "city"}
-    )
+    model = lookup_qwen2(hand_tokenizer, {"is": "rome", "rome": eos, "capital": "rome",
+                                          "in": "madrid", "madrid": "city", "city": "city"})
     prompts = [hand_tokenizer(p)["input_ids"] for p in ("the sea is", "the pope lives in")]
     stops = {hand_tokenizer.eos_token_id}
     got = greedy_generate(model, prompts, [5, 5], stops, 0)
@@ -332,9 +328,8 @@ def test_per_kind_means_in_generation_mode(path):
     for row in metrics.per_record:
         for group in ("portability", "locality"):
             kinds = {i["kind"] for i in row["items"][group]}
-            means = [
-                sum(s) / len(s) for k in kinds if (s := [i["score"] for i in row["items"][group] if i["kind"] == k])
-            ]
+            means = [sum(s) / len(s) for k in kinds
+                     if (s := [i["score"] for i in row["items"][group] if i["kind"] == k])]
             assert row[group] == (pytest.approx(sum(means) / len(means)) if means else None)
 
 
@@ -349,21 +344,8 @@ def test_evaluate_cli_modes(tmp_path, tiny_tokenizer, tiny_model_dir, capsys):
         _perturbed(load_model(str(tiny_model_dir)), seed=2), tiny_tokenizer, tmp_path / "edited"
     )
     out = tmp_path / "metrics.json"
-    common = [
-        "evaluate",
-        "--model",
-        str(edited_dir),
-        "--base",
-        str(tiny_model_dir),
-        "--data",
-        str(ZSRE),
-        "--limit",
-        "5",
-        "--batch-size",
-        "3",
-        "--out",
-        str(out),
-    ]
+    common = ["evaluate", "--model", str(edited_dir), "--base", str(tiny_model_dir),
+              "--data", str(ZSRE), "--limit", "5", "--batch-size", "3", "--out", str(out)]
     assert main([*common, "--mode", "both"]) == 0
     report = json.loads(out.read_text())
     assert report["mode"] == "both"
@@ -384,25 +366,8 @@ def test_evaluate_cli_modes(tmp_path, tiny_tokenizer, tiny_model_dir, capsys):
     assert report["generation_metrics"] == pytest.approx(want.flat())
     assert "generated (WILD, equals, stop wild):" in capsys.readouterr().out
 
-    assert (
-        main(
-            [
-                *common,
-                "--mode",
-                "generation",
-                "--match",
-                "starts_with",
-                "--stop",
-                "newline",
-                "--max-new-tokens",
-                "8",
-                "--extra-new-tokens",
-                "4",
-                "--force",
-            ]
-        )
-        == 0
-    )
+    assert main([*common, "--mode", "generation", "--match", "starts_with", "--stop", "newline",
+                 "--max-new-tokens", "8", "--extra-new-tokens", "4", "--force"]) == 0
     report = json.loads(out.read_text())
     assert report["metrics"] is None and report["generation"]["match"] == "starts_with"
     assert (report["generation"]["stop"], report["generation"]["max_new_tokens"]) == ("newline", 8)
@@ -417,6 +382,7 @@ def test_evaluate_cli_modes(tmp_path, tiny_tokenizer, tiny_model_dir, capsys):
 
 def test_items_without_a_kind_are_left_out_of_per_kind_means(hand_tokenizer, hand_models):
     _, edited = hand_models
-    record = [EditRecord(prompt="the sea is", target_new="rome", portability=(QA("italy has capital", "rome"),))]
+    record = [EditRecord(prompt="the sea is", target_new="rome",
+                         portability=(QA("italy has capital", "rome"),))]
     metrics = GenerationEvaluator(hand_tokenizer, record, match="starts_with").evaluate(edited, None)
     assert metrics.portability == 100.0 and metrics.by_kind == {}

@@ -23,11 +23,8 @@ from mm4ke_ray.modeling import load_model, load_tokenizer
 from mm4ke_ray.modeling.gguf import INFO_FILE, dequantized_folder, file_sha256, read_gguf_info
 from mm4ke_ray.modeling.loading import check_model_source
 
-TEXTS = (
-    "What is the capital of France? Paris.",
-    "Which river flows through Warsaw ? Vistula",
-    "The quick brown fox jumps over the lazy dog.",
-)
+TEXTS = ("What is the capital of France? Paris.", "Which river flows through Warsaw ? Vistula",
+         "The quick brown fox jumps over the lazy dog.")
 
 
 @pytest.fixture(scope="module")
@@ -95,12 +92,11 @@ def test_two_processes_dequantizing_at_once_leave_one_complete_folder(tiny_gguf,
     final = cache_folder(path)
     stale = final.parent / f".{final.name}.tmp-host-1-dead"  # as a killed dequantization leaves it
     stale.mkdir(parents=True)
-    code = "import sys; from mm4ke_ray.modeling.gguf import dequantized_folder; print(dequantized_folder(sys.argv[1]))"
+    code = ("import sys; from mm4ke_ray.modeling.gguf import dequantized_folder; "
+            "print(dequantized_folder(sys.argv[1]))")
     env = {**__import__("os").environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-    procs = [
-        subprocess.Popen([sys.executable, "-c", code, str(path)], stdout=subprocess.PIPE, text=True, env=env)
-        for _ in range(2)
-    ]
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(path)], stdout=subprocess.PIPE, text=True, env=env)
+             for _ in range(2)]
     outs = [p.communicate(timeout=300)[0].strip() for p in procs]
     assert [p.returncode for p in procs] == [0, 0] and outs[0] == outs[1]
     left = sorted(p.name for p in (cache / "gguf").iterdir() if not p.name.endswith(".lock"))
@@ -108,9 +104,7 @@ def test_two_processes_dequantizing_at_once_leave_one_complete_folder(tiny_gguf,
     assert json.loads((Path(outs[0]) / INFO_FILE).read_text())["sha256"] == file_sha256(path)
 
 
-def test_an_architecture_transformers_cannot_load_is_refused_naming_file_and_architecture(
-    tiny_gguf, bpe, tmp_path, cache
-):
+def test_an_architecture_transformers_cannot_load_is_refused_naming_file_and_architecture(tiny_gguf, bpe, tmp_path, cache):
     from mm4ke_ray.config import ModelConfig
     from mm4ke_ray.preflight import model_problems
 
@@ -194,15 +188,8 @@ def test_validate_checks_a_configs_layers_against_the_gguf(tiny_gguf, tmp_path, 
 
     _, path = tiny_gguf
     config = tmp_path / "c.yaml"
-    config.write_text(
-        yaml.safe_dump(
-            {
-                "model": {"name": str(path)},
-                "data": {"edits": str(tmp_path / "none.json")},
-                "search": {"space": {"layer": {"choices": [1, 9]}}},
-            }
-        )
-    )
+    config.write_text(yaml.safe_dump({"model": {"name": str(path)}, "data": {"edits": str(tmp_path / "none.json")},
+                                      "search": {"space": {"layer": {"choices": [1, 9]}}}}))
     assert main(["validate", "--offline", str(config)]) == 2
     err = capsys.readouterr().err
     assert "search.space.layer" in err and "[9]" in err and "model.name" not in err

@@ -61,24 +61,8 @@ def test_an_edited_gguf_model_exports_as_a_plain_folder_whose_card_names_the_qua
 
     path, config, outcome = swept
     out = tmp_path / "export"
-    assert (
-        main(
-            [
-                "export",
-                "--tracking-uri",
-                config.tracking.uri,
-                "--sweep",
-                outcome.parent_run_id,
-                "--pick",
-                outcome.rows[0]["candidate"],
-                "--out",
-                str(out),
-                "--device",
-                "cpu",
-            ]
-        )
-        == 0
-    )
+    assert main(["export", "--tracking-uri", config.tracking.uri, "--sweep", outcome.parent_run_id,
+                 "--pick", outcome.rows[0]["candidate"], "--out", str(out), "--device", "cpu"]) == 0
     recipe = json.loads((out / "mm4ke_merge.json").read_text())
     assert recipe["base_model"] == str(path)
     assert recipe["base_gguf"]["sha256"] == file_sha256(path) and recipe["base_gguf"]["quantization"] == "F32"

@@ -69,10 +69,8 @@ def test_the_terminal_says_per_trial_how_many_candidates_each_rung_kept(sweeps):
 def _runs(config, outcome) -> tuple[list, list]:
     """(ok candidate runs, pruned runs) of a sweep, from MLflow; the base left out."""
     runs = [r for r in child_runs(config.tracking.uri, outcome.parent_run_id) if r.data.tags.get(Tag.KIND) != "base"]
-    return (
-        [r for r in runs if r.data.tags.get(Tag.STATUS) == "ok"],
-        [r for r in runs if r.data.tags.get(Tag.STATUS) == "pruned"],
-    )
+    return ([r for r in runs if r.data.tags.get(Tag.STATUS) == "ok"],
+            [r for r in runs if r.data.tags.get(Tag.STATUS) == "pruned"])
 
 
 def test_pruned_candidates_are_logged_with_rung_metrics_but_are_no_candidates(sweeps, tmp_path):
@@ -116,11 +114,8 @@ def test_only_full_fidelity_points_are_told_to_optuna(sweeps):
 
     on, _, a, _ = sweeps
     study = optuna.load_study(study_name=on.name, storage=journal_storage(Path(a.experiment_dir) / STUDY_FILE))
-    told = sorted(
-        (round(t.params["alpha"], 9), round(t.params["sparsity"], 9))
-        for t in study.get_trials()
-        if t.state == optuna.trial.TrialState.COMPLETE
-    )
+    told = sorted((round(t.params["alpha"], 9), round(t.params["sparsity"], 9)) for t in study.get_trials()
+                  if t.state == optuna.trial.TrialState.COMPLETE)
     rows = sorted((round(r["alpha"], 9), round(r["sparsity"], 9)) for r in a.rows)
     assert told == rows  # (every candidate here is inside the space)
 
@@ -155,57 +150,19 @@ def test_a_full_fidelity_candidate_exports_and_a_pruned_one_is_no_candidate(swee
     _, pruned = _runs(on, a)
     uri = on.tracking.uri
     # The export re-evaluates in full and compares every recorded metric but the rung/compute ones.
-    assert (
-        main(
-            [
-                "export",
-                "--tracking-uri",
-                uri,
-                "--sweep",
-                a.parent_run_id,
-                "--pick",
-                a.rows[0]["candidate"],
-                "--out",
-                str(tmp_path / "full"),
-                "--device",
-                "cpu",
-            ]
-        )
-        == 0
-    )
+    assert main(["export", "--tracking-uri", uri, "--sweep", a.parent_run_id, "--pick", a.rows[0]["candidate"],
+                 "--out", str(tmp_path / "full"), "--device", "cpu"]) == 0
     gone = pruned[0].data.tags[Tag.CANDIDATE]
-    assert (
-        main(
-            [
-                "export",
-                "--tracking-uri",
-                uri,
-                "--sweep",
-                a.parent_run_id,
-                "--pick",
-                gone,
-                "--out",
-                str(tmp_path / "pruned"),
-                "--device",
-                "cpu",
-            ]
-        )
-        == 2
-    )
+    assert main(["export", "--tracking-uri", uri, "--sweep", a.parent_run_id, "--pick", gone,
+                 "--out", str(tmp_path / "pruned"), "--device", "cpu"]) == 2
     assert not (tmp_path / "pruned").exists()
 
 
 def test_export_verification_leaves_the_halving_bookkeeping_out_and_compares_the_rest():
     from mm4ke_ray.export.verify import compare_metrics
 
-    recorded = {
-        "edit_score": 0.5,
-        "fidelity.rung": 2.0,
-        "fidelity.reused_rungs": 1.0,
-        "fidelity.front_points": 3.0,
-        "rung0.edit_score": 0.4,
-        "compute.records": 12.0,
-    }
+    recorded = {"edit_score": 0.5, "fidelity.rung": 2.0, "fidelity.reused_rungs": 1.0, "fidelity.front_points": 3.0,
+                "rung0.edit_score": 0.4, "compute.records": 12.0}
     table, problems = compare_metrics(recorded, {"edit_score": 0.5}, 1e-6)
     assert list(table) == ["edit_score"] and problems == []
     _, problems = compare_metrics(recorded, {"edit_score": 0.7}, 1e-6)  # a real difference still fails

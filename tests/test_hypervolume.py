@@ -24,12 +24,8 @@ def test_hand_computed_areas():
 
 
 def test_rows_below_the_reference_or_unscored_add_nothing():
-    rows = [
-        {"edit_score": 0.8, "general_score": 0.9},
-        {"edit_score": 0.9, "general_score": 0.1},
-        {"edit_score": None, "general_score": 1.0},
-        {"edit_score": float("nan"), "general_score": 1.0},
-    ]
+    rows = [{"edit_score": 0.8, "general_score": 0.9}, {"edit_score": 0.9, "general_score": 0.1},
+            {"edit_score": None, "general_score": 1.0}, {"edit_score": float("nan"), "general_score": 1.0}]
     assert hypervolume(rows, (0.5, 0.5)) == pytest.approx(0.3 * 0.4)
     assert hypervolume([], (0.0, 0.0)) == 0.0 and hypervolume(rows[1:2], (0.95, 0.0)) == 0.0
 
@@ -39,10 +35,8 @@ def test_equals_optunas_hypervolume(seed):
     rng = random.Random(seed)
     n = rng.randint(1, 40)
     grid = rng.random() < 0.5  # ties and duplicates on a coarse grid
-    points = [
-        [round(rng.random(), 1) if grid else rng.random(), round(rng.random(), 1) if grid else rng.random()]
-        for _ in range(n)
-    ]
+    points = [[round(rng.random(), 1) if grid else rng.random(), round(rng.random(), 1) if grid else rng.random()]
+              for _ in range(n)]
     reference = (rng.uniform(-0.2, -0.01), rng.uniform(-0.2, -0.01))  # Optuna takes no point beyond it
     ours = hypervolume_2d(points, reference)
     # Optuna minimises: negate both points and reference.

@@ -61,15 +61,9 @@ def test_ctrl_c_during_a_sweep_exits_130_with_the_resume_command(tmp_path, tiny_
     folder = tmp_path / "ray" / "ctrlc"
     ray_tmp = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # short: Ray's socket paths are length-limited
     log = open(tmp_path / "sweep.log", "w")  # noqa: SIM115
-    proc = subprocess.Popen(
-        [CLI, "sweep", str(tmp_path / "sweep.yaml")],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        env=cli_env(Path(ray_tmp)),
-        cwd=tmp_path,
-    )
+    proc = subprocess.Popen([CLI, "sweep", str(tmp_path / "sweep.yaml")], stdout=log, stderr=subprocess.STDOUT,
+                            env=cli_env(Path(ray_tmp)), cwd=tmp_path)
     try:
-
         def first_trial_done():
             if proc.poll() is not None:
                 raise AssertionError(f"the sweep ended by itself: {(tmp_path / 'sweep.log').read_text()[-3000:]}")
@@ -97,18 +91,9 @@ def test_ctrl_c_during_a_sweep_exits_130_with_the_resume_command(tmp_path, tiny_
     assert states
     for state in states:
         state.write_bytes(b"\x80\x05damaged")
-    resumed = subprocess.run(
-        [CLI, "sweep", "--resume", str(folder)],
-        capture_output=True,
-        text=True,
-        env=cli_env(Path(ray_tmp)),
-        cwd=tmp_path,
-        timeout=600,
-    )
+    resumed = subprocess.run([CLI, "sweep", "--resume", str(folder)], capture_output=True, text=True,
+                             env=cli_env(Path(ray_tmp)), cwd=tmp_path, timeout=600)
     assert resumed.returncode != 0
     parent = MlflowClient(config["tracking"]["uri"]).get_run(manifest["parent_run_id"])
-    assert parent.info.status == "FAILED" and parent.data.tags["mm4ke.reason"] != "interrupted (Ctrl-C)", (
-        parent.info.status,
-        parent.data.tags.get("mm4ke.reason"),
-        resumed.stderr[-3000:],
-    )
+    assert parent.info.status == "FAILED" and parent.data.tags["mm4ke.reason"] != "interrupted (Ctrl-C)", \
+        (parent.info.status, parent.data.tags.get("mm4ke.reason"), resumed.stderr[-3000:])

@@ -82,9 +82,8 @@ def test_local_sweep_listens_on_loopback_only(tmp_path, tiny_model_dir):
     env = cli_env(Path(ray_tmp))
     env.pop("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", None)  # the product must not rely on the caller's env
     with open(tmp_path / "sweep.log", "w") as log:
-        proc = subprocess.Popen(
-            [CLI, "sweep", str(tmp_path / "sweep.yaml")], stdout=log, stderr=subprocess.STDOUT, env=env, cwd=tmp_path
-        )
+        proc = subprocess.Popen([CLI, "sweep", str(tmp_path / "sweep.yaml")], stdout=log,
+                                stderr=subprocess.STDOUT, env=env, cwd=tmp_path)
         try:
             seen = watch_listeners(proc, ray_tmp)
         finally:

@@ -79,7 +79,9 @@ def test_magnitude_edge_cases_and_ties():
     # Ties at the threshold go to the lowest flat index, every time.
     t = torch.tensor([1.0, -1.0, 1.0, 2.0, -1.0])
     assert torch.equal(magnitude(t, 0.6), torch.tensor([1.0, -1.0, 0.0, 2.0, 0.0]))
-    assert torch.equal(magnitude(torch.ones(4, 4), 0.5).reshape(-1), torch.tensor([1.0] * 8 + [0.0] * 8))
+    assert torch.equal(
+        magnitude(torch.ones(4, 4), 0.5).reshape(-1), torch.tensor([1.0] * 8 + [0.0] * 8)
+    )
     # Zeroed entries are +0.0, not -0.0.
     assert not torch.signbit(magnitude(-torch.ones(3), 0.4)[1:]).any()
 
@@ -256,11 +258,12 @@ def test_cli_merge_end_to_end(tmp_path, tiny_model_dir, saved_delta, capsys):
 
     delta_dir, names, base = saved_delta
     out = tmp_path / "merged"
-    argv = ["merge", "--base", str(tiny_model_dir), "--delta", str(delta_dir), "--alpha", "0.25",
-            "--sparsity", "0.5", "--out", str(out)]  # fmt: skip
+    argv = ["merge", "--base", str(tiny_model_dir), "--delta", str(delta_dir), "--alpha", "0.25", "--sparsity", "0.5", "--out", str(out)]  # fmt: skip
     assert main(argv) == 0
     printed = capsys.readouterr().out
-    assert "alpha=0.25" in printed and "sparsity=0.5 (density 0.5)" in printed and str(out) in printed
+    assert (
+        "alpha=0.25" in printed and "sparsity=0.5 (density 0.5)" in printed and str(out) in printed
+    )
 
     merged = AutoModelForCausalLM.from_pretrained(out)
     from mm4ke_ray.delta import load_delta
@@ -284,7 +287,9 @@ def test_cli_merge_end_to_end(tmp_path, tiny_model_dir, saved_delta, capsys):
     # Non-empty --out: refused (exit 2), then accepted with --force.
     assert main(argv) == 2
     assert "--force" in capsys.readouterr().err
-    assert main([*argv[:-4], "--alpha", "0.5", "--sparsity", "0.0", "--out", str(out), "--force"]) == 0
+    assert (
+        main([*argv[:-4], "--alpha", "0.5", "--sparsity", "0.0", "--out", str(out), "--force"]) == 0
+    )
 
 
 def test_cli_merge_from_finetuned_model(tmp_path, tiny_model_dir, saved_delta):
@@ -312,8 +317,7 @@ def test_cli_merge_from_finetuned_model(tmp_path, tiny_model_dir, saved_delta):
      (["--alpha", "0.2", "--sparsity", "0.2", "--method", "dar"], "did you mean 'dare'?")],
 )  # fmt: skip
 def test_cli_merge_bad_input_exits_2(tmp_path, tiny_model_dir, saved_delta, capsys, args, message):
-    argv = ["merge", "--base", str(tiny_model_dir), "--delta", str(saved_delta[0]), *args,
-            "--out", str(tmp_path / "o")]  # fmt: skip
+    argv = ["merge", "--base", str(tiny_model_dir), "--delta", str(saved_delta[0]), *args, "--out", str(tmp_path / "o")]  # fmt: skip
     assert main(argv) == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "o").exists()

@@ -80,8 +80,7 @@ def test_merge_command_streams_without_building_the_model(base_and_delta, tmp_pa
         import sys
         from mm4ke_ray.cli import main
         rc = main({_argv(base, delta, out)!r})
-        built = sorted(m for m in sys.modules
-                       if m.startswith(("transformers.modeling_utils", "transformers.models.qwen2")))
+        built = sorted(m for m in sys.modules if m.startswith(("transformers.modeling_utils", "transformers.models.qwen2")))
         print("BUILT", built)
         sys.exit(rc)
     """)
@@ -112,7 +111,9 @@ def test_bf16_base_is_upcast_as_before_unless_dtype_says_otherwise(base_and_delt
     _assert_equal(got16, _reference(base16, delta, tmp_path, "bfloat16"))
 
 
-def test_sharded_base_stays_sharded_and_bin_only_base_falls_back(base_and_delta, tmp_path, tiny_tokenizer, capsys):
+def test_sharded_base_stays_sharded_and_bin_only_base_falls_back(
+    base_and_delta, tmp_path, tiny_tokenizer, capsys
+):
     model, _, delta, _ = base_and_delta
     sharded = _save(model, tiny_tokenizer, tmp_path / "sharded", max_shard_size="100KB")
     out = tmp_path / "ms"

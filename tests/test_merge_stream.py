@@ -204,10 +204,7 @@ def test_peak_memory_is_one_shard_plus_delta(tmp_path, tiny_model_factory, tiny_
     )  # fmt: skip
     rss = json.loads(run.stdout.strip().splitlines()[-1])
     growth = rss["peak"] - rss["before"]
-    print(
-        f"peak RSS growth {growth / 2**20:.1f} MiB; largest shard {largest / 2**20:.1f}, delta "
-        f"{delta_bytes / 2**20:.1f}, checkpoint {checkpoint / 2**20:.1f} MiB"
-    )
+    print(f"peak RSS growth {growth / 2**20:.1f} MiB; largest shard {largest / 2**20:.1f}, delta {delta_bytes / 2**20:.1f}, checkpoint {checkpoint / 2**20:.1f} MiB")
     assert growth <= 1.2 * (largest + delta_bytes), (growth, largest, delta_bytes, checkpoint)
     merged, _ = _all_tensors(tmp_path / "out")
     assert not torch.equal(merged[next(iter(delta))], model.state_dict()[next(iter(delta))])

@@ -157,7 +157,10 @@ def _perturbed(model, seed: int, scale: float = NOISE):
 
 def _one_at_a_time(model, tokenizer, examples):
     with torch.no_grad():
-        return [model(input_ids=torch.tensor([ex.input_ids])).logits[0, ex.answer_start - 1 : -1] for ex in examples]
+        return [
+            model(input_ids=torch.tensor([ex.input_ids])).logits[0, ex.answer_start - 1 : -1]
+            for ex in examples
+        ]
 
 
 @pytest.mark.parametrize("arch", ["qwen2", "gpt2"])
@@ -171,13 +174,23 @@ def test_batched_equals_one_at_a_time(arch, tiny_tokenizer, zsre_records):
         assert row["edit_succ"] == pytest.approx(
             100 * token_accuracy(edited, tiny_tokenizer, record.prompt, record.target_new), abs=1e-6
         )
-        rephrase = [token_accuracy(edited, tiny_tokenizer, p, record.target_new) for p in record.rephrase_prompts]
+        rephrase = [
+            token_accuracy(edited, tiny_tokenizer, p, record.target_new)
+            for p in record.rephrase_prompts
+        ]
         assert [it["score"] for it in row["items"]["generalization"]] == pytest.approx(
             [100 * a for a in rephrase], abs=1e-6
         )
-        port = [token_accuracy(edited, tiny_tokenizer, qa.prompt, qa.answer) for qa in record.portability]
-        assert [it["score"] for it in row["items"]["portability"]] == pytest.approx([100 * a for a in port], abs=1e-6)
-        loc_examples = [encode_example(tiny_tokenizer, qa.prompt, qa.answer) for qa in record.locality]
+        port = [
+            token_accuracy(edited, tiny_tokenizer, qa.prompt, qa.answer)
+            for qa in record.portability
+        ]
+        assert [it["score"] for it in row["items"]["portability"]] == pytest.approx(
+            [100 * a for a in port], abs=1e-6
+        )
+        loc_examples = [
+            encode_example(tiny_tokenizer, qa.prompt, qa.answer) for qa in record.locality
+        ]
         agreement = [
             (e.argmax(-1) == b.argmax(-1)).sum().item() / len(e)
             for e, b in zip(
@@ -186,7 +199,9 @@ def test_batched_equals_one_at_a_time(arch, tiny_tokenizer, zsre_records):
                 strict=True,
             )
         ]
-        assert [it["score"] for it in row["items"]["locality"]] == pytest.approx([100 * a for a in agreement], abs=1e-6)
+        assert [it["score"] for it in row["items"]["locality"]] == pytest.approx(
+            [100 * a for a in agreement], abs=1e-6
+        )
     # The perturbation changes some locality predictions but not all: the comparison has teeth.
     assert 0.0 < metrics.locality < 100.0
 
@@ -197,23 +212,36 @@ def test_batched_equals_one_at_a_time(arch, tiny_tokenizer, zsre_records):
     singles = torch.cat(_one_at_a_time(edited, tiny_tokenizer, examples))
     for batch in build_batches(examples, 7, tiny_tokenizer.pad_token_id):
         with torch.no_grad():
-            padded = edited(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits[batch.predict_mask]
-        assert batch.attention_mask.sum() < batch.attention_mask.numel() or batch.input_ids.shape[0] == 1
+            padded = edited(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits[
+                batch.predict_mask
+            ]
+        assert (
+            batch.attention_mask.sum() < batch.attention_mask.numel()
+            or batch.input_ids.shape[0] == 1
+        )
         torch.testing.assert_close(padded, singles[batch.token_index], atol=1e-6, rtol=0)
-        assert torch.equal(predict_answer_tokens(edited, batch), singles[batch.token_index].argmax(-1))
+        assert torch.equal(
+            predict_answer_tokens(edited, batch), singles[batch.token_index].argmax(-1)
+        )
 
 
 @pytest.mark.parametrize("prompt_format", ["plain", "chat"])
-def test_batch_size_does_not_change_results(prompt_format, tiny_tokenizer, zsre_records, tiny_model_factory):
+def test_batch_size_does_not_change_results(
+    prompt_format, tiny_tokenizer, zsre_records, tiny_model_factory
+):
     base = tiny_model_factory("qwen2", hidden=32, layers=2)
     edited = _perturbed(base, seed=3)
     one = EditEvaluator(tiny_tokenizer, zsre_records[:8], prompt_format=prompt_format, batch_size=1)
-    many = EditEvaluator(tiny_tokenizer, zsre_records[:8], prompt_format=prompt_format, batch_size=32)
+    many = EditEvaluator(
+        tiny_tokenizer, zsre_records[:8], prompt_format=prompt_format, batch_size=32
+    )
     a = one.evaluate(edited, one.base_predictions(base))
     b = many.evaluate(edited, many.base_predictions(base))
     assert a.per_record == b.per_record and a.as_dict() == b.as_dict()
     assert 0.0 < a.locality < 100.0
-    assert many.evaluate(base, many.base_predictions(base)).locality == 100.0  # the model against itself
+    assert (
+        many.evaluate(base, many.base_predictions(base)).locality == 100.0
+    )  # the model against itself
     record = zsre_records[0]
     single = token_accuracy(edited, tiny_tokenizer, record.prompt, record.target_new, prompt_format)
     assert a.per_record[0]["edit_succ"] == pytest.approx(100 * single, abs=1e-6)
@@ -260,7 +288,9 @@ def test_fluency_generation_is_seeded(tiny_tokenizer, tiny_model_factory):
     assert first != generate_for_fluency(model, tiny_tokenizer, prompt, seed=4, max_length=30)
     assert first.startswith(prompt)
     # Without a KV cache (full recompute each step) the same seed samples the same text.
-    assert first == generate_for_fluency(_NoLogitsToKeep(model), tiny_tokenizer, prompt, seed=3, max_length=30)
+    assert first == generate_for_fluency(
+        _NoLogitsToKeep(model), tiny_tokenizer, prompt, seed=3, max_length=30
+    )
 
 
 def test_evaluate_with_fluency_repeats(tiny_tokenizer, zsre_records, tiny_model_factory):
@@ -284,10 +314,7 @@ def test_evaluate_with_fluency_repeats(tiny_tokenizer, zsre_records, tiny_model_
 
 def test_package_import_is_lazy():
     # Importing the package loads neither torch nor lm-eval (general.py); names load on use.
-    code = (
-        "import sys, mm4ke_ray.evaluate; "
-        "assert not {'torch', 'lm_eval', 'mm4ke_ray.evaluate.general'} & set(sys.modules)"
-    )
+    code = "import sys, mm4ke_ray.evaluate; assert not {'torch', 'lm_eval', 'mm4ke_ray.evaluate.general'} & set(sys.modules)"
     subprocess.run([sys.executable, "-c", code], check=True)
     import mm4ke_ray.evaluate as ev
     from mm4ke_ray.evaluate.edit_metrics import EditEvaluator as direct
@@ -343,7 +370,6 @@ def test_evaluate_cli(tmp_path, tiny_tokenizer, tiny_model_dir, capsys):
 
 
 # -- per-kind means on real KnowEdit WikiData records ----------------------------------------------
-
 
 @pytest.mark.parametrize("path", [RECENT, COUNTERFACT], ids=["recent", "counterfact"])
 def test_per_kind_means_on_wikidata(path):

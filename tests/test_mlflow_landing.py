@@ -54,13 +54,9 @@ def _sweep(tracker: SweepTracker, name: str, trials: int) -> tuple[str, list[str
     """A sweep's parent run with `trials` trial runs of one candidate each: (parent, trial run ids)."""
     parent = tracker.start_sweep(name, params={}, tags={})
     for t in range(trials):
-        tracker.log_candidate(
-            f"t{t}-c0",
-            {"alpha": 0.3, "sparsity": 0.1},
-            {"edit_score": 0.7, "general_score": 0.9, "combined_score": 0.8},
-            {},
-            trial=trial_run(f"t{t}", f"t{t:02d}", {"layer": 1, "lr": 1e-3}),
-        )
+        tracker.log_candidate(f"t{t}-c0", {"alpha": 0.3, "sparsity": 0.1},
+                              {"edit_score": 0.7, "general_score": 0.9, "combined_score": 0.8}, {},
+                              trial=trial_run(f"t{t}", f"t{t:02d}", {"layer": 1, "lr": 1e-3}))
     tracker.finish()
     return parent, [tracker.trial_runs[f"t{t}"] for t in range(trials)]
 
@@ -77,13 +73,8 @@ def test_sweep_view_names_the_objectives_and_opens_the_newest_sweep(tmp_path):
     views = sweep_view(client)
     assert set(views) == {tracker.experiment_id}  # MLflow's own defaults elsewhere
     view = views[tracker.experiment_id]
-    assert {
-        "metrics.`edit_score`",
-        "metrics.`general_score`",
-        "metrics.`combined_score`",
-        "params.`alpha`",
-        "params.`sparsity`",
-    } <= set(view["selectedColumns"]) and view["selectedColumns"] == list(SWEEP_COLUMNS)
+    assert {"metrics.`edit_score`", "metrics.`general_score`", "metrics.`combined_score`", "params.`alpha`",
+            "params.`sparsity`"} <= set(view["selectedColumns"]) and view["selectedColumns"] == list(SWEEP_COLUMNS)
     assert view["runsExpanded"] == dict.fromkeys([newest, *trials], True)  # the older sweep stays closed
     assert older not in view["runsExpanded"] and older_trials[0] not in view["runsExpanded"]
     assert view_state_key("7") == 'MLflowLocalStorage-1.1-ExperimentPage-["7"]-ReactComponentState'
@@ -100,22 +91,9 @@ def test_the_page_script_writes_only_where_the_browser_stored_nothing(tmp_path):
     page.write_text(
         f"<html><head><script>localStorage.clear();localStorage.setItem({view_state_key('1')!r},{mine!r})</script>"
         f"{defaults_script(ours)}</head><body><pre id=out></pre><script>document.getElementById('out').textContent="
-        f"JSON.stringify({keys!r}.map(function(k){{return localStorage.getItem(k)}}))</script></body></html>"
-    )
-    proc = subprocess.run(
-        [
-            BROWSER,
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            f"--user-data-dir={tmp_path / 'b'}",
-            "--dump-dom",
-            page.as_uri(),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+        f"JSON.stringify({keys!r}.map(function(k){{return localStorage.getItem(k)}}))</script></body></html>")
+    proc = subprocess.run([BROWSER, "--headless", "--no-sandbox", "--disable-gpu", f"--user-data-dir={tmp_path / 'b'}",
+                           "--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
     stored = json.loads(html.unescape(re.search(r"<pre id=\"out\">(.*)</pre>", proc.stdout)[1]))
     assert stored == [mine, '{"selectedColumns":["metrics.`edit_score`"]}', '"machine_learning"']
@@ -140,22 +118,9 @@ def _entry_point_dir(tmp_path: Path) -> Path:
 
 
 def _dom(url: str, profile: Path) -> str:
-    proc = subprocess.run(
-        [
-            BROWSER,
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            f"--user-data-dir={profile}",
-            "--window-size=1600,1000",
-            "--virtual-time-budget=20000",
-            "--dump-dom",
-            url,
-        ],
-        capture_output=True,
-        text=True,
-        timeout=180,
-    )
+    proc = subprocess.run([BROWSER, "--headless", "--no-sandbox", "--disable-gpu", f"--user-data-dir={profile}",
+                           "--window-size=1600,1000", "--virtual-time-budget=20000", "--dump-dom", url],
+                          capture_output=True, text=True, timeout=180)
     assert proc.returncode == 0, proc.stderr[-2000:]
     return proc.stdout
 
@@ -167,34 +132,18 @@ def test_experiment_link_opens_on_the_runs(tmp_path, monkeypatch):
     uri = "sqlite:///runs/mlflow.db"
     tracker = SweepTracker(uri, "demo", str(tmp_path / "artifacts"))
     parent = tracker.start_sweep("demo-landing", params={"edits": 3}, tags={})
-    run_id = tracker.log_candidate(
-        "t1-c0",
-        {"alpha": 0.3, "sparsity": 0.1},
-        {"edit_score": 0.7, "general_score": 0.9, "combined_score": 0.8},
-        {"mm4ke.kind": "sampled"},
-        run_name="α.30 s.10 t01c0",
-    )
+    run_id = tracker.log_candidate("t1-c0", {"alpha": 0.3, "sparsity": 0.1},
+                                   {"edit_score": 0.7, "general_score": 0.9, "combined_score": 0.8},
+                                   {"mm4ke.kind": "sampled"}, run_name="α.30 s.10 t01c0")
     (tmp_path / "export").mkdir()
-    recipe = {
-        "source": {"candidate_run_id": run_id, "sweep_name": "demo", "sweep_run_id": parent, "candidate": "t1-c0"},
-        "base_model": "base",
-        "merge": {"alpha": 0.3, "sparsity": 0.1},
-        "edits": {"count": 3, "source": "demo"},
-        "recorded_metrics": {"combined_score": 0.8},
-    }
+    recipe = {"source": {"candidate_run_id": run_id, "sweep_name": "demo", "sweep_run_id": parent, "candidate": "t1-c0"},
+              "base_model": "base", "merge": {"alpha": 0.3, "sparsity": 0.1}, "edits": {"count": 3, "source": "demo"},
+              "recorded_metrics": {"combined_score": 0.8}}
     log_export_model(uri, tmp_path / "export", recipe, upload=False)
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join(
-            [
-                str(Path(__file__).resolve().parents[1]),
-                str(_entry_point_dir(tmp_path)),
-                os.environ.get("PYTHONPATH", ""),
-            ]
-        ),
-    }
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        [str(Path(__file__).resolve().parents[1]), str(_entry_point_dir(tmp_path)), os.environ.get("PYTHONPATH", "")])}
     port = free_port()
     cmd = shlex.split(ui_command(str(MLFLOW), uri, port))
     if "--app-name" not in cmd:  # this process's install lacks the entry point; the subprocess has it
@@ -211,9 +160,8 @@ def test_experiment_link_opens_on_the_runs(tmp_path, monkeypatch):
                 assert server.poll() is None and time.time() < deadline, (tmp_path / "ui.log").read_text()[-3000:]
                 time.sleep(1)
         dom = _dom(f"http://127.0.0.1:{port}/#/experiments/{tracker.experiment_id}", tmp_path / "browser")
-        run_page = _dom(
-            f"http://127.0.0.1:{port}/#/experiments/{tracker.experiment_id}/runs/{run_id}", tmp_path / "browser"
-        )
+        run_page = _dom(f"http://127.0.0.1:{port}/#/experiments/{tracker.experiment_id}/runs/{run_id}",
+                        tmp_path / "browser")
     finally:
         os.killpg(server.pid, 15)
         server.wait(30)
@@ -222,13 +170,8 @@ def test_experiment_link_opens_on_the_runs(tmp_path, monkeypatch):
     assert "workflowType=genai" not in dom and "Detect Issues" not in dom
     # without a click: the objectives, α and sparsity are columns, and the sweep's run is open
     headers = set(re.findall(r'role="columnheader"[^>]* col-id="(\w+\.`[^`"]+`)"', dom))
-    assert {
-        "metrics.`edit_score`",
-        "metrics.`general_score`",
-        "metrics.`combined_score`",
-        "params.`alpha`",
-        "params.`sparsity`",
-    } <= headers, sorted(headers)
+    assert {"metrics.`edit_score`", "metrics.`general_score`", "metrics.`combined_score`", "params.`alpha`",
+            "params.`sparsity`"} <= headers, sorted(headers)
     assert "t01c0" in dom  # the candidate's row, under its sweep's run
     # the exported model is listed on its candidate's run page ("Logged models", not "—")
     assert "demo-t1-c0" in run_page, run_page[-3000:]

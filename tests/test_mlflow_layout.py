@@ -60,13 +60,10 @@ def test_a_registered_export_gets_the_champion_alias_not_a_stage(tmp_path, monke
     out = tmp_path / "export"
     out.mkdir()
     (out / "README.md").write_text("card")
-    recipe = {
-        "source": {"candidate_run_id": run_id, "sweep_name": "regtest", "sweep_run_id": parent, "candidate": "t1-c0"},
-        "base_model": "base",
-        "merge": {"alpha": 0.3, "sparsity": 0.5},
-        "edits": {"count": 5, "source": "edits.json"},
-        "recorded_metrics": {"combined_score": 0.9},
-    }
+    recipe = {"source": {"candidate_run_id": run_id, "sweep_name": "regtest", "sweep_run_id": parent,
+                         "candidate": "t1-c0"},
+              "base_model": "base", "merge": {"alpha": 0.3, "sparsity": 0.5},
+              "edits": {"count": 5, "source": "edits.json"}, "recorded_metrics": {"combined_score": 0.9}}
     first = register_export(uri, out, "regtest-model", recipe)
     second = register_export(uri, out, "regtest-model", recipe)
     client = MlflowClient(uri)
@@ -90,9 +87,8 @@ def test_a_registered_export_gets_the_champion_alias_not_a_stage(tmp_path, monke
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)  # set_tracking_uri writes it too; restored after the test
     mlflow.set_tracking_uri(uri)
     try:
-        fetched = mlflow.artifacts.download_artifacts(
-            f"models:/regtest-model@{CHAMPION}", dst_path=str(tmp_path / "dl")
-        )
+        fetched = mlflow.artifacts.download_artifacts(f"models:/regtest-model@{CHAMPION}",
+                                                      dst_path=str(tmp_path / "dl"))
     finally:
         mlflow.set_tracking_uri(None)
     assert (Path(fetched) / "README.md").read_text() == "card"
@@ -105,38 +101,23 @@ def test_an_export_that_is_not_registered_is_a_logged_model_without_uploaded_fil
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     tracker = SweepTracker(uri, "lmtest", str(tmp_path / "artifacts"))
     parent = tracker.start_sweep("lmtest", params={}, tags={})
-    run_id = tracker.log_candidate(
-        "a_00002-c1",
-        {"alpha": 0.2},
-        {"combined_score": 0.8, "edit_succ": 95.0},
-        {"mm4ke.kind": "extra"},
-        run_name="t02 c1 α0.20 s0.10",
-    )
+    run_id = tracker.log_candidate("a_00002-c1", {"alpha": 0.2}, {"combined_score": 0.8, "edit_succ": 95.0},
+                                   {"mm4ke.kind": "extra"}, run_name="t02 c1 α0.20 s0.10")
     out = tmp_path / "export"
     out.mkdir()
     (out / "model.safetensors").write_bytes(b"weights")
-    recipe = {
-        "source": {
-            "candidate_run_id": run_id,
-            "sweep_name": "lmtest",
-            "sweep_run_id": parent,
-            "candidate": "a_00002-c1",
-        },
-        "base_model": "base",
-        "merge": {"alpha": 0.2, "sparsity": 0.1, "method": "dare"},
-        "edits": {"count": 5, "source": "edits.json"},
-        "recorded_metrics": {"combined_score": 0.8, "edit_succ": 95.0, "retention.arc_easy": 1.0},
-    }
+    recipe = {"source": {"candidate_run_id": run_id, "sweep_name": "lmtest", "sweep_run_id": parent,
+                         "candidate": "a_00002-c1"},
+              "base_model": "base", "merge": {"alpha": 0.2, "sparsity": 0.1, "method": "dare"},
+              "edits": {"count": 5, "source": "edits.json"},
+              "recorded_metrics": {"combined_score": 0.8, "edit_succ": 95.0, "retention.arc_easy": 1.0}}
     model = log_export_model(uri, out, recipe, upload=False)
     client = MlflowClient(uri)
     stored = client.get_logged_model(model.model_id)
     assert stored.source_run_id == run_id and stored.name == "lmtest-a_00002-c1"
     assert stored.tags[Tag.EXPORT_DIR] == str(out.resolve()) and stored.params["method"] == "dare"
-    assert {m.key: m.value for m in stored.metrics} == {
-        "combined_score": 0.8,
-        "edit_succ": 95.0,
-        "retention.arc_easy": 1.0,
-    }
+    assert {m.key: m.value for m in stored.metrics} == {"combined_score": 0.8, "edit_succ": 95.0,
+                                                        "retention.arc_easy": 1.0}
     assert client.list_logged_model_artifacts(model.model_id) == []  # the weights stay in --out
     # The run lists the model among its outputs (the run page's "Logged models"), and a second
     # export of the same candidate is a second model told apart by its name (issue 26 §2).
@@ -150,21 +131,10 @@ def _trial_result(alphas_sparsities) -> dict:
     """A finished trial's result as the Tune trial reports it (two merge candidates of one delta)."""
     params = {"threshold": 0.1, "steps": 2, "lr": 3e-4, "layers": 1, "alpha": 0.3, "sparsity": 0.57}
     kinds = ["sampled", "extra"]
-    return {
-        "status": "ok",
-        "params": params,
-        "rsft_updates": 2,
-        "rsft_seconds": 1.0,
-        "candidates": [
-            {
-                "alpha": a,
-                "sparsity": s,
-                "kind": kinds[i],
-                "metrics": {"edit_score": 0.5 + i / 10, "general_score": 0.9, "combined_score": 0.7},
-            }
-            for i, (a, s) in enumerate(alphas_sparsities)
-        ],
-    }
+    return {"status": "ok", "params": params, "rsft_updates": 2, "rsft_seconds": 1.0,
+            "candidates": [{"alpha": a, "sparsity": s, "kind": kinds[i],
+                            "metrics": {"edit_score": 0.5 + i / 10, "general_score": 0.9, "combined_score": 0.7}}
+                           for i, (a, s) in enumerate(alphas_sparsities)]}
 
 
 def test_candidate_runs_have_readable_names_and_keep_their_id_in_a_tag(tmp_path):
@@ -185,19 +155,11 @@ def test_candidate_runs_have_readable_names_and_keep_their_id_in_a_tag(tmp_path)
     rows = candidate_rows(_trial_result([(0.3, 0.567), (0.05, 0.0)]), trial_id, trial_label(trial_id, "3_alpha=0.3"))
     for row in rows:
         row["run_id"] = tracker.log_candidate(row["candidate"], *candidate_run(row, trial_id), run_name=row["run_name"])
-    tracker.log_candidate(
-        "e5f6a7b8-diverged",
-        {"lr": 1e20},
-        {},
-        {Tag.TRIAL_ID: "e5f6a7b8", Tag.STATUS: "diverged"},
-        run_name=failure_run_name(trial_label("e5f6a7b8", "4_lr=1e+20"), "diverged"),
-    )
+    tracker.log_candidate("e5f6a7b8-diverged", {"lr": 1e20}, {}, {Tag.TRIAL_ID: "e5f6a7b8", Tag.STATUS: "diverged"},
+                          run_name=failure_run_name(trial_label("e5f6a7b8", "4_lr=1e+20"), "diverged"))
     # A candidate logged by an older version: named by its id, no candidate tag.
-    old = MlflowClient(uri).create_run(
-        tracker.experiment_id,
-        run_name="old_00007-c0",
-        tags={"mlflow.parentRunId": parent, Tag.ROLE: "candidate", Tag.KIND: "sampled"},
-    )
+    old = MlflowClient(uri).create_run(tracker.experiment_id, run_name="old_00007-c0",
+                                       tags={"mlflow.parentRunId": parent, Tag.ROLE: "candidate", Tag.KIND: "sampled"})
     MlflowClient(uri).set_terminated(old.info.run_id)
 
     client = MlflowClient(uri)
@@ -222,18 +184,9 @@ def test_system_metrics_are_logged_on_the_parent_run_when_asked(tmp_path):
     from mm4ke_ray.tracking.sweep_run import open_sweep_run
 
     def sweep(name: str, on: bool):
-        config = SweepConfig.model_validate(
-            {
-                "name": name,
-                "tracking": {
-                    "uri": f"sqlite:///{tmp_path}/mlflow.db",
-                    "experiment": "systest",
-                    "artifact_location": str(tmp_path / "artifacts"),
-                    "system_metrics": on,
-                    "system_metrics_interval_s": 0.5,
-                },
-            }
-        )
+        config = SweepConfig.model_validate({"name": name, "tracking": {
+            "uri": f"sqlite:///{tmp_path}/mlflow.db", "experiment": "systest",
+            "artifact_location": str(tmp_path / "artifacts"), "system_metrics": on, "system_metrics_interval_s": 0.5}})
         tracker, parent = open_sweep_run(config, str(tmp_path / name), eval_actors=1, max_concurrent=1)
         time.sleep(2.0)  # a short sweep: a few samples
         tracker.finish()
@@ -276,29 +229,22 @@ def test_a_trials_system_metrics_reach_its_run_once_with_their_own_times_also_th
     tracker = SweepTracker(uri, "systrial", str(tmp_path / "artifacts"), spool_path=tmp_path / "spool.jsonl")
     tracker.start_sweep("systrial", params={}, tags={})
     result = _rsft_result([(0.3, 0.5), (0.1, 0.0)])
-    result.update(
-        trial_start_ms=1_000_000,
-        trial_end_ms=1_009_000,
-        system_metrics={
-            "names": ["cpu_utilization_percentage", "gpu_0_utilization_percentage"],
-            "rows": [[1_000_000 + 3000 * (step + 1), step, 50.0 + step, None if step else 99.0] for step in range(3)],
-        },
-    )
+    result.update(trial_start_ms=1_000_000, trial_end_ms=1_009_000, system_metrics={
+        "names": ["cpu_utilization_percentage", "gpu_0_utilization_percentage"],
+        "rows": [[1_000_000 + 3000 * (step + 1), step, 50.0 + step, None if step else 99.0] for step in range(3)]})
     group = trial_run("a1b2c3d4", "t03", result["params"], result)
     # MLflow away: the records wait in the spool, with the samples, and are sent when it is back.
     tracker.offline_since, tracker._last_probe = time.time(), time.monotonic()
     for row in candidate_rows(result, "a1b2c3d4", "t03"):
-        tracker.log_candidate(row["candidate"], *candidate_run(row, "a1b2c3d4"), run_name=row["run_name"], trial=group)
+        tracker.log_candidate(row["candidate"], *candidate_run(row, "a1b2c3d4"), run_name=row["run_name"],
+                              trial=group)
         group.pop("system_metrics", None)  # what the callback does: sent with the first candidate only
     assert tracker.pending == 2 and tracker.flush()
     client = MlflowClient(uri)
     [run] = client.search_runs([tracker.experiment_id], f"tags.`{Tag.ROLE}` = 'trial'")
     history = client.get_metric_history(run.info.run_id, "system/cpu_utilization_percentage")
-    assert [(m.value, m.timestamp, m.step) for m in history] == [
-        (50.0, 1_003_000, 0),
-        (51.0, 1_006_000, 1),
-        (52.0, 1_009_000, 2),
-    ]
+    assert [(m.value, m.timestamp, m.step) for m in history] == [(50.0, 1_003_000, 0), (51.0, 1_006_000, 1),
+                                                                 (52.0, 1_009_000, 2)]
     gpu = client.get_metric_history(run.info.run_id, "system/gpu_0_utilization_percentage")
     assert [(m.value, m.step) for m in gpu] == [(99.0, 0)]  # a value a sample lacks is not logged
     assert (run.info.start_time, run.info.end_time) == (1_000_000, 1_009_000)  # the trial's own span
@@ -337,10 +283,8 @@ def _trial_and_candidate_runs(uri: str, parent_run_id: str) -> tuple[list, list]
     client = MlflowClient(uri)
     exp = client.get_run(parent_run_id).info.experiment_id
     runs = client.search_runs([exp], f"tags.`{Tag.SWEEP_RUN_ID}` = '{parent_run_id}'", max_results=1000)
-    return (
-        [r for r in runs if r.data.tags.get(Tag.ROLE) == "trial"],
-        [r for r in runs if r.data.tags.get(Tag.ROLE) == "candidate"],
-    )
+    return ([r for r in runs if r.data.tags.get(Tag.ROLE) == "trial"],
+            [r for r in runs if r.data.tags.get(Tag.ROLE) == "candidate"])
 
 
 @pytest.mark.ray
@@ -384,30 +328,12 @@ def test_without_system_metrics_no_run_of_the_sweep_has_any(system_metrics_sweep
 
 def _rsft_result(candidates) -> dict:
     """A finished trial's result with every R-SFT parameter the search space has."""
-    params = {
-        "threshold": 0.1,
-        "steps": 2,
-        "epochs": 1,
-        "lr": 3.2e-4,
-        "layer": 1,
-        "lr_schedule": "constant",
-        "warmup_ratio": 0.0,
-    }
-    return {
-        "status": "ok",
-        "params": params,
-        "rsft_updates": 2,
-        "rsft_seconds": 1.0,
-        "candidates": [
-            {
-                "alpha": a,
-                "sparsity": s,
-                "kind": "sampled" if i == 0 else "extra",
-                "metrics": {"edit_score": 0.5, "general_score": 0.9, "combined_score": 0.7 + i / 100},
-            }
-            for i, (a, s) in enumerate(candidates)
-        ],
-    }
+    params = {"threshold": 0.1, "steps": 2, "epochs": 1, "lr": 3.2e-4, "layer": 1, "lr_schedule": "constant",
+              "warmup_ratio": 0.0}
+    return {"status": "ok", "params": params, "rsft_updates": 2, "rsft_seconds": 1.0,
+            "candidates": [{"alpha": a, "sparsity": s, "kind": "sampled" if i == 0 else "extra",
+                            "metrics": {"edit_score": 0.5, "general_score": 0.9, "combined_score": 0.7 + i / 100}}
+                           for i, (a, s) in enumerate(candidates)]}
 
 
 def test_candidate_runs_nest_under_one_run_per_rsft_trial_also_after_a_resume_and_a_spool(tmp_path):
@@ -437,20 +363,14 @@ def test_candidate_runs_nest_under_one_run_per_rsft_trial_also_after_a_resume_an
 
     # A failed attempt that Tune retries, then the retry's first candidate: the trial run is made
     # with the failure (FAILED) and is FINISHED once a candidate of the trial is.
-    tracker.log_candidate(
-        "a1b2c3d4-attempt1-failed",
-        searched_params(result["params"]),
-        {},
-        failure_tags("a1b2c3d4", "failed", "boom", attempt=1, retried=True),
-        run_name=failure_run_name("t03", "attempt1 failed"),
-        trial=group,
-    )
+    tracker.log_candidate("a1b2c3d4-attempt1-failed", searched_params(result["params"]), {},
+                          failure_tags("a1b2c3d4", "failed", "boom", attempt=1, retried=True),
+                          run_name=failure_run_name("t03", "attempt1 failed"), trial=group)
     [made] = trial_runs()
     assert made.info.status == "FAILED"
     rows = candidate_rows(result, "a1b2c3d4", "t03")
-    rows[0]["run_id"] = tracker.log_candidate(
-        rows[0]["candidate"], *candidate_run(rows[0], "a1b2c3d4"), run_name=rows[0]["run_name"], trial=group
-    )
+    rows[0]["run_id"] = tracker.log_candidate(rows[0]["candidate"], *candidate_run(rows[0], "a1b2c3d4"),
+                                              run_name=rows[0]["run_name"], trial=group)
     [made] = trial_runs()
     assert made.info.run_name == "t03 L1 lr3.2e-04 τ0.10" and made.info.status == "FINISHED"
     assert made.data.tags["mlflow.parentRunId"] == parent and made.data.tags[Tag.TRIAL_ID] == "a1b2c3d4"
@@ -460,30 +380,21 @@ def test_candidate_runs_nest_under_one_run_per_rsft_trial_also_after_a_resume_an
     # MLflow goes away: the next candidate waits in the spool, and its trial run is found (not
     # made again) when the spool is sent.
     tracker.offline_since, tracker._last_probe = time.time(), time.monotonic()
-    assert (
-        tracker.log_candidate(
-            rows[1]["candidate"], *candidate_run(rows[1], "a1b2c3d4"), run_name=rows[1]["run_name"], trial=group
-        )
-        is None
-    )
+    assert tracker.log_candidate(rows[1]["candidate"], *candidate_run(rows[1], "a1b2c3d4"),
+                                 run_name=rows[1]["run_name"], trial=group) is None
     other = _rsft_result([(0.2, 0.1)])
     other["params"]["lr"] = 5e-4
     [late] = candidate_rows(other, "e5f6a7b8", "t04")
-    tracker.log_candidate(
-        late["candidate"],
-        *candidate_run(late, "e5f6a7b8"),
-        run_name=late["run_name"],
-        trial=trial_run("e5f6a7b8", "t04", other["params"]),
-    )
+    tracker.log_candidate(late["candidate"], *candidate_run(late, "e5f6a7b8"), run_name=late["run_name"],
+                          trial=trial_run("e5f6a7b8", "t04", other["params"]))
     assert tracker.pending == 2 and len(trial_runs()) == 1  # t04's run is made only when its record is sent
     assert tracker.flush()
 
     # A resumed driver (a fresh tracker on the same parent run) logs the trial's last candidate.
     resumed = SweepTracker(uri, "nesttest")
     resumed.start_sweep("nesttest", {}, {}, parent_run_id=parent)
-    resumed.log_candidate(
-        rows[2]["candidate"], *candidate_run(rows[2], "a1b2c3d4"), run_name=rows[2]["run_name"], trial=group
-    )
+    resumed.log_candidate(rows[2]["candidate"], *candidate_run(rows[2], "a1b2c3d4"), run_name=rows[2]["run_name"],
+                          trial=group)
 
     by_trial = {r.data.tags[Tag.TRIAL_ID]: r for r in trial_runs()}
     assert sorted(by_trial) == ["a1b2c3d4", "e5f6a7b8"]  # one run per trial: none made twice
@@ -492,34 +403,19 @@ def test_candidate_runs_nest_under_one_run_per_rsft_trial_also_after_a_resume_an
     candidates = client.search_runs([tracker.experiment_id], f"tags.`{Tag.ROLE}` = 'candidate'")
     parent_of = {r.data.tags[Tag.CANDIDATE]: r.data.tags["mlflow.parentRunId"] for r in candidates}
     first, second = by_trial["a1b2c3d4"].info.run_id, by_trial["e5f6a7b8"].info.run_id
-    assert parent_of == {
-        "base": parent,
-        "a1b2c3d4-attempt1-failed": first,
-        "a1b2c3d4-c0": first,
-        "a1b2c3d4-c1": first,
-        "a1b2c3d4-c2": first,
-        "e5f6a7b8-c0": second,
-    }
+    assert parent_of == {"base": parent, "a1b2c3d4-attempt1-failed": first, "a1b2c3d4-c0": first,
+                         "a1b2c3d4-c1": first, "a1b2c3d4-c2": first, "e5f6a7b8-c0": second}
 
     # Readers find every candidate of the sweep at its depth.
     sweep = load_sweep(uri, parent)
-    assert sorted(r["candidate"] for r in sweep.candidates) == [
-        "a1b2c3d4-c0",
-        "a1b2c3d4-c1",
-        "a1b2c3d4-c2",
-        "base",
-        "e5f6a7b8-c0",
-    ]
+    assert sorted(r["candidate"] for r in sweep.candidates) == ["a1b2c3d4-c0", "a1b2c3d4-c1", "a1b2c3d4-c2", "base",
+                                                                "e5f6a7b8-c0"]
     assert [f["candidate"] for f in sweep.failed] == ["a1b2c3d4-attempt1-failed"]
 
     # An orphaned trial (its driver died before Tune saved it) has its run marked as well; a later
     # trial with that id gets a run of its own.
     resumed.mark_trial("e5f6a7b8", "KILLED", {Tag.STATUS: "orphaned"})
     assert client.get_run(second).info.status == "KILLED"
-    resumed.log_candidate(
-        late["candidate"] + "x",
-        *candidate_run(late, "e5f6a7b8"),
-        run_name=late["run_name"],
-        trial=trial_run("e5f6a7b8", "t04", other["params"]),
-    )
+    resumed.log_candidate(late["candidate"] + "x", *candidate_run(late, "e5f6a7b8"), run_name=late["run_name"],
+                          trial=trial_run("e5f6a7b8", "t04", other["params"]))
     assert len([r for r in trial_runs() if r.data.tags[Tag.TRIAL_ID] == "e5f6a7b8"]) == 2

@@ -63,14 +63,8 @@ def _start_head_with_address(num_cpus: int):
     env = _ray_env(loopback_only=False)
     gcs = f"{_ray_call(env, 'print(ray._private.services.get_node_ip_address())')}:{_free_port()}"
     env["RAY_ADDRESS"] = gcs
-    args = [
-        "--head",
-        f"--port={gcs.rsplit(':', 1)[1]}",
-        "--dashboard-host=127.0.0.1",
-        f"--dashboard-port={_free_port()}",
-        f"--ray-client-server-port={_free_port()}",
-        "--include-dashboard=true",
-    ]
+    args = ["--head", f"--port={gcs.rsplit(':', 1)[1]}", "--dashboard-host=127.0.0.1",
+            f"--dashboard-port={_free_port()}", f"--ray-client-server-port={_free_port()}", "--include-dashboard=true"]
     return _start_node(args, env, num_cpus, "h"), gcs
 
 
@@ -89,28 +83,19 @@ def test_lost_worker_node_loses_and_doubles_nothing(tmp_path, tiny_model_dir, ra
     config = sweep_dict(tmp_path, tiny_model_dir, "nodeloss", trials=2, extra=1, runner="train")
     (tmp_path / "sweep.yaml").write_text(yaml.safe_dump(config))
     log = open(tmp_path / "sweep.log", "w")  # noqa: SIM115 - closed below
-    driver = subprocess.Popen(
-        [CLI, "sweep", str(tmp_path / "sweep.yaml"), "--address", gcs],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        env=env,
-        cwd=tmp_path,
-    )
+    driver = subprocess.Popen([CLI, "sweep", str(tmp_path / "sweep.yaml"), "--address", gcs],
+                              stdout=log, stderr=subprocess.STDOUT, env=env, cwd=tmp_path)
     events: dict = {}
 
     def lose_a_mid_trial():
         try:
-
             def both_running():
                 if driver.poll() is not None:
                     return True
                 titles = [t for _, t in _titles(node_a)]
                 training = list(a_tmp.glob("mm4ke-delta-*"))
-                return (
-                    training
-                    and any(t.startswith("ray::RayTrainWorker") for t in titles)
-                    and any(t.startswith("ray::MergeEvalActor") for t in titles)
-                )
+                return (training and any(t.startswith("ray::RayTrainWorker") for t in titles)
+                        and any(t.startswith("ray::MergeEvalActor") for t in titles))
 
             wait_for(both_running, 300, 0.1, "R-SFT training and the merge-eval actor on node A")
             if driver.poll() is None:

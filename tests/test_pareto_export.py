@@ -87,7 +87,9 @@ def evaluated(tmp_path_factory, tiny_model_dir):
             seed=7,
         )
         for cand in cands:
-            cand["metrics"] = evaluator.evaluate(delta, cand["alpha"], cand["sparsity"], seed=config.search.seed)
+            cand["metrics"] = evaluator.evaluate(
+                delta, cand["alpha"], cand["sparsity"], seed=config.search.seed
+            )
         result = {
             "status": "ok",
             **{k: v for k, v in cands[0]["metrics"].items() if isinstance(v, int | float)},
@@ -128,7 +130,9 @@ def log_sweep(evaluated: dict, uri: str, artifact_location: str | None) -> dict:
         },
         tags={"mm4ke.git_revision": "test", "mm4ke.protocol": config.evaluation.protocol},
     )
-    tracker.client.log_text(parent, yaml.safe_dump(config.model_dump(), sort_keys=False), "config.yaml")
+    tracker.client.log_text(
+        parent, yaml.safe_dump(config.model_dump(), sort_keys=False), "config.yaml"
+    )
     base = {"candidate": "base", "kind": "base", **evaluated["reference"]}
     tracker.log_candidate(
         "base",
@@ -197,7 +201,9 @@ def mlflow_server(tmp_path_factory):
             except OSError:
                 pass
             if proc.poll() is not None or time.time() > deadline:
-                raise RuntimeError(f"mlflow server did not start:\n{(tmp / 'server.log').read_text()[-3000:]}")
+                raise RuntimeError(
+                    f"mlflow server did not start:\n{(tmp / 'server.log').read_text()[-3000:]}"
+                )
             time.sleep(0.5)
         yield url
     finally:
@@ -236,7 +242,9 @@ def _pareto_artifacts(sweep: dict, dst: Path) -> Path:
 
 def _dominates(b: dict, a: dict) -> bool:
     vb, va = [float(b[k]) for k in OBJ], [float(a[k]) for k in OBJ]
-    return all(x >= y for x, y in zip(vb, va, strict=True)) and any(x > y for x, y in zip(vb, va, strict=True))
+    return all(x >= y for x, y in zip(vb, va, strict=True)) and any(
+        x > y for x, y in zip(vb, va, strict=True)
+    )
 
 
 # -- the tests ----------------------------------------------------------------------------------
@@ -255,7 +263,9 @@ def test_parent_run_holds_the_front_and_it_is_exactly_the_non_dominated_set(swee
     assert {r["candidate"] for r in all_rows if r["on_front"] == "True"} == expected
     combined = [float(r["combined_score"]) for r in front]
     assert combined == sorted(combined, reverse=True)
-    assert len(front) >= 2  # locality (general ability without lm-eval tasks) trades off against the edits
+    assert (
+        len(front) >= 2
+    )  # locality (general ability without lm-eval tasks) trades off against the edits
     assert {
         "alpha",
         "sparsity",
@@ -285,8 +295,7 @@ def test_parent_run_holds_the_front_and_it_is_exactly_the_non_dominated_set(swee
     assert parent.data.tags["mm4ke.best_run_id"] == best["run_id"]
     assert float(parent.data.tags["mm4ke.best_combined_score"]) == float(best["combined_score"])
     children = client.search_runs(  # the candidates, under their trial runs or (base) the parent
-        [parent.info.experiment_id],
-        f"tags.`mm4ke.sweep_run_id` = '{sweep['parent']}' AND tags.`mm4ke.role` = 'candidate'",
+        [parent.info.experiment_id], f"tags.`mm4ke.sweep_run_id` = '{sweep['parent']}' AND tags.`mm4ke.role` = 'candidate'"
     )
     tagged = {r.data.tags["mm4ke.candidate"] for r in children if r.data.tags.get("pareto") == "true"}
     untagged = {r.data.tags["mm4ke.candidate"] for r in children if r.data.tags.get("pareto") == "false"}
@@ -295,7 +304,10 @@ def test_parent_run_holds_the_front_and_it_is_exactly_the_non_dominated_set(swee
 
 def test_pareto_command_prints_the_front_csv_rows(sweep, tmp_path, capsys):
     front = _read_csv((_pareto_artifacts(sweep, tmp_path) / "front.csv").read_text())
-    assert _cli("pareto", "--tracking-uri", sweep["uri"], "--sweep", "paretotest", "--format", "csv") == 0
+    assert (
+        _cli("pareto", "--tracking-uri", sweep["uri"], "--sweep", "paretotest", "--format", "csv")
+        == 0
+    )
     assert _read_csv(capsys.readouterr().out) == front
     assert (
         _cli(
@@ -338,11 +350,14 @@ def _check_export(out: Path, sweep: dict, run_id: str, model_dir: Path) -> None:
     from mm4ke_ray.modeling import load_model, load_tokenizer
 
     recipe = json.loads((out / "mm4ke_merge.json").read_text())
-    assert recipe["source"]["candidate_run_id"] == run_id and recipe["verification"]["status"] == "passed"
+    assert (
+        recipe["source"]["candidate_run_id"] == run_id
+        and recipe["verification"]["status"] == "passed"
+    )
     AutoModelForCausalLM.from_pretrained(out)
     # The card shows the first edits with the written model's own generated answer (issue 26 §3).
     examples = recipe["edits"]["examples"]
-    prompts = [r.prompt for r in load_edit_records(recipe["edits"]["source"]).records[: len(examples)]]
+    prompts = [r.prompt for r in load_edit_records(recipe["edits"]["source"]).records[:len(examples)]]
     assert len(examples) == min(3, recipe["edits"]["count"]) and [x["prompt"] for x in examples] == prompts
     assert all(isinstance(x["generated"], str) for x in examples)
     assert f"| {examples[0]['prompt']} | {examples[0]['target']} |" in (out / "README.md").read_text()
@@ -355,10 +370,19 @@ def _check_export(out: Path, sweep: dict, run_id: str, model_dir: Path) -> None:
     changed = {n for n in base if not torch.equal(base[n], exported[n])}
     assert changed and all(n.startswith(f"model.layers.{layer}.mlp.") for n in changed), changed
 
-    listed = dict(reversed(line.split("  ", 1)) for line in (out / "checksums.sha256").read_text().splitlines())
+    listed = dict(
+        reversed(line.split("  ", 1))
+        for line in (out / "checksums.sha256").read_text().splitlines()
+    )
     files = {p.name for p in out.iterdir() if p.name != "checksums.sha256"}
-    assert set(listed) == files and {"README.md", "mm4ke_merge.json", "config.json", "tokenizer.json"} <= files
-    assert all(hashlib.sha256((out / name).read_bytes()).hexdigest() == digest for name, digest in listed.items())
+    assert (
+        set(listed) == files
+        and {"README.md", "mm4ke_merge.json", "config.json", "tokenizer.json"} <= files
+    )
+    assert all(
+        hashlib.sha256((out / name).read_bytes()).hexdigest() == digest
+        for name, digest in listed.items()
+    )
 
     # Re-evaluate independently of the export code: base locality reference + the reloaded model.
     records = load_edit_records(str(ZSRE), limit=5).records
@@ -380,8 +404,7 @@ def test_export_best_writes_a_verified_directory(sweep, tmp_path, tiny_model_dir
     client = MlflowClient(sweep["uri"])
     parent = client.get_run(sweep["parent"])
     runs = client.search_runs(
-        [parent.info.experiment_id],
-        f"tags.`mm4ke.sweep_run_id` = '{sweep['parent']}' AND tags.`mm4ke.role` = 'candidate'",
+        [parent.info.experiment_id], f"tags.`mm4ke.sweep_run_id` = '{sweep['parent']}' AND tags.`mm4ke.role` = 'candidate'"
     )
     edited = [r for r in runs if r.data.tags.get("mm4ke.kind") != "base"]
     best = max(edited, key=lambda r: r.data.metrics["combined_score"])
@@ -405,7 +428,11 @@ def test_export_best_writes_a_verified_directory(sweep, tmp_path, tiny_model_dir
 
     # A non-empty --out is refused without --force (and nothing is touched) ...
     before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
-    pure = next(r for r in edited if r.data.tags["mm4ke.kind"] == "pure_rsft" and r.info.run_id != best.info.run_id)
+    pure = next(
+        r
+        for r in edited
+        if r.data.tags["mm4ke.kind"] == "pure_rsft" and r.info.run_id != best.info.run_id
+    )
     args = [
         "export",
         "--tracking-uri",
@@ -508,7 +535,9 @@ def test_pareto_tags_are_reset_when_a_candidate_leaves_the_front(tmp_path):
             "general_score": general,
             "combined_score": (edit + general) / 2,
         }
-        run_id = tracker.log_candidate(name, {"alpha": 0.1, "sparsity": 0.0}, metrics, {"mm4ke.kind": "sampled"})
+        run_id = tracker.log_candidate(
+            name, {"alpha": 0.1, "sparsity": 0.0}, metrics, {"mm4ke.kind": "sampled"}
+        )
         return {
             "candidate": name,
             "kind": "sampled",
@@ -536,6 +565,8 @@ def test_pareto_tags_are_reset_when_a_candidate_leaves_the_front(tmp_path):
         "c": "true",
     }
     parent = client.get_run(tracker.parent_run_id).data.tags
-    assert parent["mm4ke.best_candidate"] == "c" and parent["mm4ke.pareto_size"] == "2"  # c and the base
+    assert (
+        parent["mm4ke.best_candidate"] == "c" and parent["mm4ke.pareto_size"] == "2"
+    )  # c and the base
     base_run = client.search_runs([tracker.experiment_id], "attributes.run_name = 'base'")[0]
     assert base_run.data.tags["pareto"] == "true"

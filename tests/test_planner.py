@@ -104,23 +104,11 @@ def test_trials_run_in_waves_and_their_candidates_share_the_actors():
     from mm4ke_ray.planning.fixed_costs import FixedCosts
     from mm4ke_ray.planning.workload import workload
 
-    work = replace(
-        workload(load_config(DEMO), records=10, gpus=0, cpus=2),
-        trials=5,
-        concurrent_trials=2,
-        candidates_per_delta=3,
-        eval_actors=2,
-        layers=(0, 1),
-    )
+    work = replace(workload(load_config(DEMO), records=10, gpus=0, cpus=2), trials=5, concurrent_trials=2,
+                   candidates_per_delta=3, eval_actors=2, layers=(0, 1))
     units = UnitCosts(update_s={0: 0.02, 1: 0.01}, candidate_s=1.0, pool_start_s=5.0, worker_load_s=0.5)
-    fixed = FixedCosts(
-        ray_start_s=4.0,
-        trial_startup_s={"train": 20.0},
-        driver_per_trial_s={"train": 2.0},
-        driver_per_sweep_s=10.0,
-        dispatch_per_candidate_s=0.0,
-        basis="hand-made",
-    )
+    fixed = FixedCosts(ray_start_s=4.0, trial_startup_s={"train": 20.0}, driver_per_trial_s={"train": 2.0},
+                       driver_per_sweep_s=10.0, dispatch_per_candidate_s=0.0, basis="hand-made")
     est = estimate(work, units, fixed, gpus=0, cpus=2, local_ray=True, source="probe")
     phase = {p.name: p for p in est.phases}
     assert phase["eval rounds"].count == 8 and phase["eval rounds"].wall_s == 8.0
@@ -159,12 +147,8 @@ def test_halving_bounds_the_evaluation_by_what_its_rungs_may_prune():
     assert code == 0 and "1.7 to 5 full evaluations" in " ".join(text.split())
     assert max(len(line) for line in text.splitlines()) <= 80
     # 25 records (the benchmark's demo world): rung 0 raised from 3 to the sign test's 5.
-    small = workload(
-        load_config(DEMO).with_overrides(**{"evaluation.fidelity.enabled": True, "merge.extra_candidates": 4}),
-        records=25,
-        gpus=0,
-        cpus=2,
-    )
+    small = workload(load_config(DEMO).with_overrides(**{"evaluation.fidelity.enabled": True,
+                                                          "merge.extra_candidates": 4}), records=25, gpus=0, cpus=2)
     assert small.halving_rungs[0].startswith("rung 0: 5 of 25 records (raised from 3: the sign test needs 5")
 
 
@@ -214,10 +198,8 @@ def test_bad_requests_are_refused_with_the_fix(capsys):
 
 
 def test_the_command_module_imports_nothing_heavy():
-    code = (
-        "import sys, mm4ke_ray.commands.plan; "
-        "heavy = [m for m in ('torch', 'transformers', 'ray') if m in sys.modules]; print(heavy)"
-    )
+    code = ("import sys, mm4ke_ray.commands.plan; "
+            "heavy = [m for m in ('torch', 'transformers', 'ray') if m in sys.modules]; print(heavy)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
     assert out.stdout.strip() == "[]"
 
@@ -233,18 +215,11 @@ def test_probe_estimate_is_the_measured_demo_sweep_within_a_factor_of_three(tmp_
     from mm4ke_ray.commands.sweep import start_sweep as run_sweep
     from mm4ke_ray.planning import plan_sweep
 
-    config = load_config(
-        DEMO,
-        {
-            "name": "plantest",
-            "search.num_trials": 2,
-            "merge.extra_candidates": 2,
-            "tracking.uri": f"sqlite:///{tmp_path}/mlflow.db",
-            "tracking.experiment": "plantest",
-            "tracking.artifact_location": str(tmp_path / "artifacts"),
-            "storage_path": str(tmp_path / "ray"),
-        },
-    )
+    config = load_config(DEMO, {
+        "name": "plantest", "search.num_trials": 2, "merge.extra_candidates": 2,
+        "tracking.uri": f"sqlite:///{tmp_path}/mlflow.db", "tracking.experiment": "plantest",
+        "tracking.artifact_location": str(tmp_path / "artifacts"), "storage_path": str(tmp_path / "ray"),
+    })
     plan = plan_sweep(DEMO, config=config, probe=True, cpus=2)
 
     start = time.perf_counter()

@@ -50,7 +50,9 @@ def test_capture_prefix_is_block_input_and_has_no_graph(model):
     ids, mask = _batch(model.config.vocab_size, True)
     blocks = decoder_layers(model)
     seen = []
-    handle = blocks[1].register_forward_pre_hook(lambda m, args: seen.append(args[0].detach().clone()))
+    handle = blocks[1].register_forward_pre_hook(
+        lambda m, args: seen.append(args[0].detach().clone())
+    )
     try:
         with torch.no_grad():
             _logits(model, ids, mask)

@@ -45,9 +45,8 @@ def test_a_sweep_terminal_has_no_library_noise_and_says_where_its_time_went(tmp_
     (tmp_path / "sweep.yaml").write_text(yaml.safe_dump(config))
     env = cli_env(Path(tempfile.mkdtemp(prefix="ray", dir="/tmp")))  # short: Ray's socket paths
     env.pop(VERBOSE_ENV, None)
-    done = subprocess.run(
-        [CLI, "sweep", str(tmp_path / "sweep.yaml")], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=420
-    )
+    done = subprocess.run([CLI, "sweep", str(tmp_path / "sweep.yaml")], capture_output=True, text=True,
+                          env=env, cwd=tmp_path, timeout=420)
     output = done.stdout + done.stderr
     assert done.returncode == 0, output[-4000:]
     noisy = [line for line in output.splitlines() if any(n in line for n in NOISE)]
@@ -66,9 +65,7 @@ def test_a_sweep_terminal_has_no_library_noise_and_says_where_its_time_went(tmp_
 def test_the_breakdown_adds_up_to_the_wall_and_scales_overlapping_trials():
     timings = SweepTimings(ray_start=5.0, pool_start=3.0, fit=20.0, tracking=4.0, tracking_in_fit=2.0)
     # Two trials at once: 40 trial-seconds in a 20 s fit, so concurrency 2.
-    trials = [
-        {"trial_wall_seconds": 20.0, "rsft_seconds": 6.0, "rsft_wall_seconds": 12.0, "eval_wall_seconds": 4.0}
-    ] * 2
+    trials = [{"trial_wall_seconds": 20.0, "rsft_seconds": 6.0, "rsft_wall_seconds": 12.0, "eval_wall_seconds": 4.0}] * 2
     out = timings.breakdown(40.0, [*trials, None])
     assert list(out) == list(CATEGORIES)
     assert out["rsft"] == 6.0 and out["evaluation"] == 3.0 + 4.0

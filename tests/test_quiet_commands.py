@@ -64,7 +64,9 @@ def sweep(tmp_path_factory, tiny_model_dir) -> str:
     assert summary["status"] == "ok"
     delta, _ = load_delta(delta_dir)
     [candidate] = merge_candidates(config.search, PARAMS["alpha"], PARAMS["sparsity"], 0, seed=7)
-    metrics = candidate["metrics"] = evaluator.evaluate(delta, PARAMS["alpha"], PARAMS["sparsity"], seed=0)
+    metrics = candidate["metrics"] = evaluator.evaluate(
+        delta, PARAMS["alpha"], PARAMS["sparsity"], seed=0
+    )
     result = {"status": "ok", **{k: v for k, v in metrics.items() if isinstance(v, int | float)},
               "rsft_updates": summary["rsft_updates"], "rsft_seconds": summary["rsft_seconds"],
               "params": PARAMS, "candidates": [candidate]}  # fmt: skip

@@ -28,21 +28,11 @@ def _delta(model, layer: int, seed: int, scale: float) -> dict[str, torch.Tensor
 @pytest.fixture(scope="module")
 def evaluator(tiny_model_dir, tmp_path_factory, monkeypatch_module):
     monkeypatch_module.setenv("MM4KE_CACHE", str(tmp_path_factory.mktemp("cache")))
-    local = (
-        LocalTaskSpec("sst2", str(GENERAL / "test-SentimentAnalysis.tsv"), limit=12),
-        LocalTaskSpec("wikitext", str(GENERAL / "wikitext-2" / "test.txt"), max_words=6000),
-    )
-    settings = EvalSettings(
-        model=str(tiny_model_dir),
-        edits=str(ZSRE),
-        limit=6,
-        batch_size=4,
-        general_tasks=("sst2", "wikitext"),
-        local_tasks=local,
-        fidelity_rungs=2,
-        fidelity_reduction_factor=2.0,
-        fidelity_seed=1,
-    )
+    local = (LocalTaskSpec("sst2", str(GENERAL / "test-SentimentAnalysis.tsv"), limit=12),
+             LocalTaskSpec("wikitext", str(GENERAL / "wikitext-2" / "test.txt"), max_words=6000))
+    settings = EvalSettings(model=str(tiny_model_dir), edits=str(ZSRE), limit=6, batch_size=4,
+                            general_tasks=("sst2", "wikitext"), local_tasks=local,
+                            fidelity_rungs=2, fidelity_reduction_factor=2.0, fidelity_seed=1)
     return CandidateEvaluator(settings)
 
 
@@ -64,9 +54,8 @@ def test_a_candidate_on_sst2_and_wikitext(evaluator):
     span = ref.scores["sst2"] - 0.5
     if span > 0:  # above chance, retention counts the ability above it
         assert out["retention/sst2"] == pytest.approx((out["general.sst2"] - 0.5) / span)
-    kept = [
-        min(max(out[f"retention/{t}"], 0.0), 1.0) for t in ("sst2", "wikitext") if not math.isnan(out[f"retention/{t}"])
-    ]
+    kept = [min(max(out[f"retention/{t}"], 0.0), 1.0) for t in ("sst2", "wikitext")
+            if not math.isnan(out[f"retention/{t}"])]
     assert out["general_score"] == pytest.approx(sum(kept) / len(kept))
     assert out["general.wikitext.stderr"] > 0
     # each candidate carries its objectives' SEs (the front's error bars), at full fidelity too

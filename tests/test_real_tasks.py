@@ -27,27 +27,16 @@ from mm4ke_ray.evaluate.real_tasks import (  # noqa: E402
 from mm4ke_ray.preflight import local_task_folders  # noqa: E402
 
 GENERAL = SHARED / "data" / "general"
-FILES = {
-    "sst2": GENERAL / "test-SentimentAnalysis.tsv",
-    "logiqa": GENERAL / "logiqa" / "Test.txt",
-    "boolq": GENERAL / "test-ClosedDomainQA.jsonl",
-    "rte": GENERAL / "test-NLI.tsv",
-    "wikitext": GENERAL / "wikitext-2" / "test.txt",
-}
+FILES = {"sst2": GENERAL / "test-SentimentAnalysis.tsv", "logiqa": GENERAL / "logiqa" / "Test.txt",
+         "boolq": GENERAL / "test-ClosedDomainQA.jsonl", "rte": GENERAL / "test-NLI.tsv",
+         "wikitext": GENERAL / "wikitext-2" / "test.txt"}
 N_DOCS = 4
 WORDS = 1500  # the first article (1,091 words) and part of the second
 
 
 def specs() -> list[LocalTaskSpec]:
-    return [
-        LocalTaskSpec(
-            name,
-            str(path),
-            limit=None if name == "wikitext" else N_DOCS,
-            max_words=WORDS if name == "wikitext" else None,
-        )
-        for name, path in FILES.items()
-    ]
+    return [LocalTaskSpec(name, str(path), limit=None if name == "wikitext" else N_DOCS,
+                          max_words=WORDS if name == "wikitext" else None) for name, path in FILES.items()]
 
 
 @pytest.fixture(scope="module")
@@ -59,9 +48,8 @@ def world(tmp_path_factory):
     for spec in specs():
         for doc in read_documents(spec):
             texts += [str(v) for v in doc.values()] + [str(o) for o in doc.get("options", [])]
-    texts.append(
-        "Question: Is this sentence positive or negative? Answer: True or False? Passage: Choices: A. B. C. D. yes no"
-    )
+    texts.append("Question: Is this sentence positive or negative? Answer: True or False? Passage: Choices: "
+                 "A. B. C. D. yes no")
     tok = build_word_tokenizer(texts)
     model = build_tiny_model("qwen2", len(tok), hidden=32, layers=2, seed=0)
     ev = GeneralEvaluator(model, tok, list(FILES), include_path=folders)
@@ -72,10 +60,8 @@ def test_files_convert_to_the_hub_datasets_fields():
     counts = {name: len(read_documents(LocalTaskSpec(name, str(path)))) for name, path in FILES.items()}
     assert counts == {"sst2": 872, "logiqa": 651, "boolq": 3267, "rte": 2489, "wikitext": 62}
     sst2 = read_documents(LocalTaskSpec("sst2", str(FILES["sst2"]), limit=2))
-    assert sst2 == [
-        {"sentence": "it 's a charming and often affecting journey .", "label": 1, "idx": 0},
-        {"sentence": "unflinchingly bleak and desperate", "label": 0, "idx": 1},
-    ]
+    assert sst2 == [{"sentence": "it 's a charming and often affecting journey .", "label": 1, "idx": 0},
+                    {"sentence": "unflinchingly bleak and desperate", "label": 0, "idx": 1}]
     rte = read_documents(LocalTaskSpec("rte", str(FILES["rte"]), limit=2))
     assert [d["label"] for d in rte] == [1, 0]  # not_entailment, entailment: GLUE's indices
     boolq = read_documents(LocalTaskSpec("boolq", str(FILES["boolq"]), limit=1))[0]
@@ -110,13 +96,8 @@ def test_prompts_and_choices_are_lm_evals_own(world):
 
 def test_every_task_runs_through_lm_eval_with_scores_floors_and_per_document_values(world):
     got = world["ev"].evaluate_result()
-    assert got.n_docs == {
-        "sst2": N_DOCS,
-        "logiqa": N_DOCS,
-        "boolq": N_DOCS,
-        "rte": N_DOCS,
-        "wikitext": got.n_docs["wikitext"],
-    }
+    assert got.n_docs == {"sst2": N_DOCS, "logiqa": N_DOCS, "boolq": N_DOCS, "rte": N_DOCS,
+                          "wikitext": got.n_docs["wikitext"]}
     assert got.chance == {"sst2": 0.5, "logiqa": 0.25, "boolq": 0.5, "rte": 0.5, "wikitext": None}
     assert got.metrics["wikitext"] == "word_perplexity" and got.higher_is_better["wikitext"] is False
     for task in ("sst2", "logiqa", "boolq", "rte"):
@@ -165,16 +146,13 @@ def test_cache_folder_is_reused_and_follows_the_file(tmp_path):
     assert build_local_task(spec, tmp_path / "cache") != first  # an edited file: a new conversion
 
 
-@pytest.mark.parametrize(
-    "name, text, where",
-    [
-        ("sst2", "sentence\tlabel\ngood\t1\nbad\tx\n", "line 3: label must be 0 or 1"),
-        ("sst2", "text\tlabel\ngood\t1\n", "line 1 must be the header"),
-        ("rte", "index\tsentence1\tsentence2\tlabel\n0\ta\tb\tmaybe\n", "line 2: label must be entailment"),
-        ("boolq", '{"question": "q", "passage": "p", "answer": true}\n{"question": "q"}\n', "line 2: field 'passage'"),
-        ("logiqa", "\na\nctx\nq\nA.x\nB.y\nC.z\n\nb\nctx\nq\nA.x\nB.y\nC.z\nD.w\n", "line 2: a question block needs 7"),
-    ],
-)
+@pytest.mark.parametrize("name, text, where", [
+    ("sst2", "sentence\tlabel\ngood\t1\nbad\tx\n", "line 3: label must be 0 or 1"),
+    ("sst2", "text\tlabel\ngood\t1\n", "line 1 must be the header"),
+    ("rte", "index\tsentence1\tsentence2\tlabel\n0\ta\tb\tmaybe\n", "line 2: label must be entailment"),
+    ("boolq", '{"question": "q", "passage": "p", "answer": true}\n{"question": "q"}\n', "line 2: field 'passage'"),
+    ("logiqa", "\na\nctx\nq\nA.x\nB.y\nC.z\n\nb\nctx\nq\nA.x\nB.y\nC.z\nD.w\n", "line 2: a question block needs 7"),
+])
 def test_bad_files_are_named_by_line(tmp_path, name, text, where):
     src = tmp_path / "data.txt"
     src.write_text(text)
@@ -185,10 +163,8 @@ def test_bad_files_are_named_by_line(tmp_path, name, text, where):
 
 def test_config_names_local_tasks_and_preflight_reports_their_problems(tmp_path, monkeypatch):
     monkeypatch.setenv("MM4KE_CACHE", str(tmp_path / "cache"))
-    good = {
-        "general_tasks": ["sst2", "wikitext"],
-        "local_tasks": {"sst2": str(FILES["sst2"]), "wikitext": {"path": str(FILES["wikitext"]), "max_words": 500}},
-    }
+    good = {"general_tasks": ["sst2", "wikitext"],
+            "local_tasks": {"sst2": str(FILES["sst2"]), "wikitext": {"path": str(FILES["wikitext"]), "max_words": 500}}}
     config = validate_config({"evaluation": good})
     folders, problems = local_task_folders(config)
     assert problems == [] and [f.name.split("-")[0] for f in folders] == ["sst2", "wikitext"]
@@ -201,10 +177,7 @@ def test_config_names_local_tasks_and_preflight_reports_their_problems(tmp_path,
     _, problems = local_task_folders(config.with_overrides(**{"evaluation.local_tasks.sst2.path": str(bad)}))
     assert len(problems) == 1 and "line 2: label must be 0 or 1" in problems[0] and str(bad) in problems[0]
     for evaluation, says in (
-        (
-            {"general_tasks": ["rte"], "local_tasks": {"sst2": "x.tsv"}},
-            "local_tasks names ['sst2'], not in general_tasks",
-        ),
+        ({"general_tasks": ["rte"], "local_tasks": {"sst2": "x.tsv"}}, "local_tasks names ['sst2'], not in general_tasks"),
         ({"general_tasks": ["sst3"], "local_tasks": {"sst3": "x"}}, "'boolq', 'logiqa', 'rte', 'sst2' or 'wikitext'"),
         ({"general_tasks": ["sst2"], "local_tasks": {"sst2": {"path": "x", "max_words": 5}}}, "wikitext only"),
         ({"general_tasks": ["sst2"], "local_tasks": {"sst2": {"path": "x", "limit": 0}}}, "local_tasks.sst2.limit"),
@@ -223,7 +196,8 @@ def test_unknown_builder_and_misplaced_budget_are_refused(tmp_path):
 def test_max_length_sets_the_perplexity_window(world):
     """`evaluation.general_max_length` reaches lm-eval: shorter rolling windows score each token
     with less context, so the perplexity changes (and their memory is bounded)."""
-    short = GeneralEvaluator(world["model"], world["tok"], ["wikitext"], include_path=world["folders"], max_length=32)
+    short = GeneralEvaluator(world["model"], world["tok"], ["wikitext"], include_path=world["folders"],
+                             max_length=32)
     assert short.lm.max_length == 32 and short.settings["general.max_length"] == 32
     full = world["ev"].evaluate_result().scores["wikitext"]
     assert short.evaluate_result().scores["wikitext"] != pytest.approx(full, rel=1e-6)
@@ -234,8 +208,7 @@ def test_max_length_sets_the_perplexity_window(world):
 
 
 def test_validate_warns_on_the_stored_base_measurement_with_the_limit_that_meets_it(
-    tmp_path, tiny_model_dir, capsys, monkeypatch
-):
+        tmp_path, tiny_model_dir, capsys, monkeypatch):
     import yaml
     from conftest import ZSRE
 
@@ -245,29 +218,16 @@ def test_validate_warns_on_the_stored_base_measurement_with_the_limit_that_meets
 
     monkeypatch.setenv("MM4KE_CACHE", str(tmp_path / "cache"))
     path = tmp_path / "sweep.yaml"
-    path.write_text(
-        yaml.safe_dump(
-            {
-                "name": "real",
-                "model": {"name": str(tiny_model_dir)},
-                "data": {"edits": str(ZSRE)},
-                "tracking": {"uri": f"sqlite:///{tmp_path}/mlflow.db"},
-                "search": {"space": {"layer": {"choices": [1]}}},
-                "evaluation": {
-                    "general_tasks": ["sst2"],
-                    "general_limit": 100,
-                    "local_tasks": {"sst2": str(FILES["sst2"])},
-                },
-            }
-        )
-    )
+    path.write_text(yaml.safe_dump({
+        "name": "real", "model": {"name": str(tiny_model_dir)}, "data": {"edits": str(ZSRE)},
+        "tracking": {"uri": f"sqlite:///{tmp_path}/mlflow.db"}, "search": {"space": {"layer": {"choices": [1]}}},
+        "evaluation": {"general_tasks": ["sst2"], "general_limit": 100,
+                       "local_tasks": {"sst2": str(FILES["sst2"])}}}))
     assert main(["validate", "--offline", str(path)]) == 0
     assert "no base measurement on this machine yet" in capsys.readouterr().err
     config = validate_config(yaml.safe_load(path.read_text()))
-    save_base_measurement(
-        config,
-        GeneralResult({"sst2": 0.62}, {"sst2": 0.0488}, {"sst2": 0.5}, {"sst2": 100}, {"sst2": "acc"}, {"sst2": True}),
-    )
+    save_base_measurement(config, GeneralResult({"sst2": 0.62}, {"sst2": 0.0488}, {"sst2": 0.5}, {"sst2": 100},
+                                                {"sst2": "acc"}, {"sst2": True}))
     assert main(["validate", "--offline", str(path)]) == 0
     err = capsys.readouterr().err
     assert "warning: general task 'sst2': retention SE 0.407 on 100 documents exceeds 0.05" in err

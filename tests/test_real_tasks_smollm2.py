@@ -18,17 +18,13 @@ from mm4ke_ray.errors import UserError  # noqa: E402
 from mm4ke_ray.evaluate.general import GeneralEvaluator  # noqa: E402
 from mm4ke_ray.evaluate.real_tasks import LocalTaskSpec, build_local_tasks  # noqa: E402
 
-CANDIDATES = [
-    os.environ.get("MM4KE_SMOLLM2_GGUF", ""),
-    str(Path("~/.cache/mm4ke-ray/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf").expanduser()),
-]
+CANDIDATES = [os.environ.get("MM4KE_SMOLLM2_GGUF", ""),
+              str(Path("~/.cache/mm4ke-ray/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf").expanduser())]
 GGUF = next((Path(p) for p in CANDIDATES if p and Path(p).is_file()), None)
 GENERAL = SHARED / "data" / "general"
 
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(GGUF is None, reason="SmolLM2's GGUF is not on this machine (set MM4KE_SMOLLM2_GGUF)"),
-]
+pytestmark = [pytest.mark.slow,
+              pytest.mark.skipif(GGUF is None, reason="SmolLM2's GGUF is not on this machine (set MM4KE_SMOLLM2_GGUF)")]
 
 
 def test_smollm2_sst2_carries_signal_and_rte_is_refused_at_chance(tmp_path):
@@ -36,10 +32,8 @@ def test_smollm2_sst2_carries_signal_and_rte_is_refused_at_chance(tmp_path):
 
     tok = AutoTokenizer.from_pretrained(GGUF.parent, gguf_file=GGUF.name)
     model = AutoModelForCausalLM.from_pretrained(GGUF.parent, gguf_file=GGUF.name).eval()
-    specs = [
-        LocalTaskSpec("sst2", str(GENERAL / "test-SentimentAnalysis.tsv"), limit=100),
-        LocalTaskSpec("rte", str(GENERAL / "test-NLI.tsv"), limit=100),
-    ]
+    specs = [LocalTaskSpec("sst2", str(GENERAL / "test-SentimentAnalysis.tsv"), limit=100),
+             LocalTaskSpec("rte", str(GENERAL / "test-NLI.tsv"), limit=100)]
     ev = GeneralEvaluator(model, tok, ["sst2", "rte"], include_path=build_local_tasks(specs, tmp_path))
     base = ev.evaluate_result()
     assert base.n_docs == {"sst2": 100, "rte": 100} and base.chance == {"sst2": 0.5, "rte": 0.5}

@@ -57,8 +57,7 @@ def test_sparsifier_keeps_the_tensor_and_zeroes_the_requested_fraction(name, dty
     if not torch.equal(out, sparsify(delta, density, _seeded(2))):  # a random mask
         tolerance += 4 * math.sqrt(density * (1 - density) / n)
     assert abs(zeroed - (1 - density)) <= tolerance, (
-        f"{name} zeroed {zeroed:.4f} of the entries at density {density} (expected {1 - density:.4f} ± {tolerance:.4f})"
-    )
+        f"{name} zeroed {zeroed:.4f} of the entries at density {density} (expected {1 - density:.4f} ± {tolerance:.4f})")
 
 
 @pytest.mark.parametrize("density", DENSITIES)
@@ -84,33 +83,17 @@ EXAMPLES = {
     "wikibio": {"text": "Ada Lovelace was an English", "labels": "mathematician.", "concept": "Ada Lovelace"},
     "zsre_mend": {"src": "What is the capital of France?", "alt": "Lyon"},
     "alpaca": {"instruction": "Name the capital of France.", "input": "", "output": "Lyon"},
-    "counterfact_flat": {
-        "prompt": "The capital of France is",
-        "target_new": "Lyon",
-        "ground_truth": "Paris",
-        "locality_prompt": "The capital of Spain is",
-    },
-    "rome_counterfact": {
-        "requested_rewrite": {
-            "prompt": "The capital of {} is",
-            "subject": "France",
-            "target_new": {"str": "Lyon"},
-            "target_true": {"str": "Paris"},
-        }
-    },
-    "sharegpt": {
-        "conversations": [
-            {"from": "human", "value": "What is the capital of France?"},
-            {"from": "gpt", "value": "Lyon"},
-        ]
-    },
+    "counterfact_flat": {"prompt": "The capital of France is", "target_new": "Lyon", "ground_truth": "Paris",
+                         "locality_prompt": "The capital of Spain is"},
+    "rome_counterfact": {"requested_rewrite": {"prompt": "The capital of {} is", "subject": "France",
+                                               "target_new": {"str": "Lyon"}, "target_true": {"str": "Paris"}}},
+    "sharegpt": {"conversations": [{"from": "human", "value": "What is the capital of France?"},
+                                   {"from": "gpt", "value": "Lyon"}]},
 }
 
 
 def test_every_example_is_of_a_registered_format():
-    assert set(EXAMPLES) <= set(FORMATS.names()), (
-        f"examples of no format: {sorted(set(EXAMPLES) - set(FORMATS.names()))}"
-    )
+    assert set(EXAMPLES) <= set(FORMATS.names()), f"examples of no format: {sorted(set(EXAMPLES) - set(FORMATS.names()))}"
 
 
 def _example(name: str) -> dict:

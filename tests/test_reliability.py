@@ -48,17 +48,13 @@ def _other_app_db(path: Path) -> Path:
 
 # -- 1. files the user owns are never changed or deleted -------------------------------------------
 
-
-@pytest.mark.parametrize(
-    "text",
-    [
-        '{"id": 1, "text": "mine"}\n{"id": 2}\n',  # any JSON Lines file
-        '{"op_code": 0, "worker_id": "w", "study_name": "s", "directions": [2, 2]}\n',  # an Optuna journal
-        '{"op": "header"}\n{"op": "batch", "run_id": "r"}\n',  # a header without the tracking URI
-        '{"op": "header", "uri": "sqlite:///x.db", "format": "other-tool"}\n',
-        '{"op": "header", "uri": "sqlite:///x.db", "version": 99}\n',
-    ],
-)
+@pytest.mark.parametrize("text", [
+    '{"id": 1, "text": "mine"}\n{"id": 2}\n',  # any JSON Lines file
+    '{"op_code": 0, "worker_id": "w", "study_name": "s", "directions": [2, 2]}\n',  # an Optuna journal
+    '{"op": "header"}\n{"op": "batch", "run_id": "r"}\n',  # a header without the tracking URI
+    '{"op": "header", "uri": "sqlite:///x.db", "format": "other-tool"}\n',
+    '{"op": "header", "uri": "sqlite:///x.db", "version": 99}\n',
+])
 def test_replaying_a_file_that_is_not_a_spool_changes_nothing(tmp_path, text, capsys):
     path = tmp_path / "optuna-study.journal"
     path.write_text(text)
@@ -89,13 +85,10 @@ def test_a_sent_spool_removes_only_its_own_copies(tmp_path):
     assert (folder / "delta.safetensors").is_file()  # the caller's source was never the spool's
 
 
-@pytest.mark.parametrize(
-    "argv",
-    [
-        ["pareto", "--tracking-uri", "{uri}", "--sweep", "s"],
-        ["export", "--tracking-uri", "{uri}", "--sweep", "s", "--out", "{tmp}/out"],
-    ],
-)
+@pytest.mark.parametrize("argv", [
+    ["pareto", "--tracking-uri", "{uri}", "--sweep", "s"],
+    ["export", "--tracking-uri", "{uri}", "--sweep", "s", "--out", "{tmp}/out"],
+])
 @pytest.mark.parametrize("kind", ["empty", "other_app", "truncated_mlflow"])
 def test_read_only_commands_never_write_into_a_store(tmp_path, argv, kind, capsys):
     db = tmp_path / "store.db"
@@ -143,31 +136,16 @@ def test_a_sweep_refuses_another_apps_database_before_anything(tmp_path, tiny_mo
 def test_evaluate_out_is_replaced_only_with_force(tmp_path, capsys):
     out = tmp_path / "metrics.json"
     out.write_text('{"mine": true}')
-    assert (
-        main(["evaluate", "--model", str(tmp_path / "m"), "--data", str(tmp_path / "d.json"), "--out", str(out)]) == 2
-    )
+    assert main(["evaluate", "--model", str(tmp_path / "m"), "--data", str(tmp_path / "d.json"),
+                 "--out", str(out)]) == 2
     assert "--force" in capsys.readouterr().err and out.read_text() == '{"mine": true}'
     # With --force the check passes and the next problem (the missing data) is reported instead.
-    assert (
-        main(
-            [
-                "evaluate",
-                "--model",
-                str(tmp_path / "m"),
-                "--data",
-                str(tmp_path / "d.json"),
-                "--out",
-                str(out),
-                "--force",
-            ]
-        )
-        == 2
-    )
+    assert main(["evaluate", "--model", str(tmp_path / "m"), "--data", str(tmp_path / "d.json"),
+                 "--out", str(out), "--force"]) == 2
     assert "exists" not in capsys.readouterr().err
 
 
 # -- 3. state a resume reads -----------------------------------------------------------------------
-
 
 @pytest.mark.parametrize("rungs", [None, [], [1, 2], {"x": {}}, {"0": None}, {"0": {"a": {}}}, {"0": {"0": [1]}}])
 def test_a_rung_record_of_the_wrong_shape_is_ignored_and_overwritten(tmp_path, rungs):
@@ -241,30 +219,26 @@ def test_a_resume_never_creates_an_empty_store(tmp_path):
 
 # -- 5. bad values refused where they are typed ----------------------------------------------------
 
-
 @pytest.mark.parametrize("name", [".", "..", "a/b", "../x", "a\\b", "x\ny"])
 def test_sweep_names_cannot_leave_the_storage_folder(name):
     with pytest.raises(UserError, match="name: must be a plain folder name"):
         validate_config({"name": name})
 
 
-@pytest.mark.parametrize(
-    "data, field",
-    [
-        ({"objectives": {"edit_weights": {"edit_succ": math.inf}}}, "objectives.edit_weights.edit_succ"),
-        ({"objectives": {"combined_edit_weight": math.nan}}, "objectives.combined_edit_weight"),
-        ({"resources": {"eval_cpus": math.inf}}, "resources.eval_cpus"),
-        ({"evaluation": {"fidelity": {"margin_z": math.inf}}}, "evaluation.fidelity.margin_z"),
-        ({"evaluation": {"general_limit": math.inf}}, "evaluation.general_limit"),
-        ({"search": {"space": {"lr": {"low": 1e-4, "high": math.inf}}}}, "search.space.lr"),
-        ({"search": {"seed": -1}}, "search.seed"),
-        ({"search": {"seed": 2**32}}, "search.seed"),
-        ({"search": {"num_trials": 10**11}}, "search.num_trials"),
-        ({"evaluation": {"fidelity": {"rungs": 10**9}}}, "evaluation.fidelity.rungs"),
-        ({"search": {"space": {"epochs": 10**18}}}, "search.space.epochs"),
-        ({"max_failures": 10**12}, "max_failures"),
-    ],
-)
+@pytest.mark.parametrize("data, field", [
+    ({"objectives": {"edit_weights": {"edit_succ": math.inf}}}, "objectives.edit_weights.edit_succ"),
+    ({"objectives": {"combined_edit_weight": math.nan}}, "objectives.combined_edit_weight"),
+    ({"resources": {"eval_cpus": math.inf}}, "resources.eval_cpus"),
+    ({"evaluation": {"fidelity": {"margin_z": math.inf}}}, "evaluation.fidelity.margin_z"),
+    ({"evaluation": {"general_limit": math.inf}}, "evaluation.general_limit"),
+    ({"search": {"space": {"lr": {"low": 1e-4, "high": math.inf}}}}, "search.space.lr"),
+    ({"search": {"seed": -1}}, "search.seed"),
+    ({"search": {"seed": 2**32}}, "search.seed"),
+    ({"search": {"num_trials": 10**11}}, "search.num_trials"),
+    ({"evaluation": {"fidelity": {"rungs": 10**9}}}, "evaluation.fidelity.rungs"),
+    ({"search": {"space": {"epochs": 10**18}}}, "search.space.epochs"),
+    ({"max_failures": 10**12}, "max_failures"),
+])
 def test_numbers_are_finite_and_bounded(data, field):
     with pytest.raises(UserError, match=field.replace(".", r"\.")):
         validate_config(data)
@@ -309,9 +283,8 @@ def _logged_sweep(tmp_path: Path, candidates: dict[str, str]) -> str:
     tracker = SweepTracker(f"sqlite:///{tmp_path}/mlflow.db", "e", str(tmp_path / "art"))
     tracker.start_sweep("s", {"seed": 1}, {})
     for name, status in candidates.items():
-        tracker.log_candidate(
-            name, {"alpha": 0.1}, {"edit_score": 0.5, "general_score": 0.9}, {Tag.KIND: "sampled", Tag.STATUS: status}
-        )
+        tracker.log_candidate(name, {"alpha": 0.1}, {"edit_score": 0.5, "general_score": 0.9},
+                              {Tag.KIND: "sampled", Tag.STATUS: status})
     tracker.finish()
     return tracker.uri
 
@@ -331,14 +304,11 @@ def test_pareto_on_a_sweep_without_candidates_says_so(tmp_path, capsys):
     assert "has no edited candidate yet" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize(
-    "argv",
-    [
-        ["merge", "--base", "b", "--delta", "d", "--alpha", "0.1", "--sparsity", "0.1", "--out", "o", "--seed", "-1"],
-        ["rsft", "--model", "m", "--data", "d", "--layer", "0", "--out", "o", "--seed", str(2**32)],
-        ["evaluate", "--model", "m", "--data", "d", "--out", "o.json", "--fluency-seed", "-5"],
-    ],
-)
+@pytest.mark.parametrize("argv", [
+    ["merge", "--base", "b", "--delta", "d", "--alpha", "0.1", "--sparsity", "0.1", "--out", "o", "--seed", "-1"],
+    ["rsft", "--model", "m", "--data", "d", "--layer", "0", "--out", "o", "--seed", str(2**32)],
+    ["evaluate", "--model", "m", "--data", "d", "--out", "o.json", "--fluency-seed", "-5"],
+])
 def test_command_line_seeds_outside_32_bits_exit_2_naming_the_flag(argv, capsys):
     with pytest.raises(SystemExit) as info:
         main(argv)
@@ -395,21 +365,12 @@ def test_a_store_whose_writer_was_killed_mid_transaction_opens_at_its_last_commi
 
     uri = _mlflow_store(tmp_path)
     db = tmp_path / "mlflow.db"
-    writer = subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            (
-                "import sqlite3, sys, time\n"
-                f"con = sqlite3.connect({str(db)!r}, isolation_level=None)\n"
-                "con.execute('PRAGMA cache_size=1'); con.execute('BEGIN'); con.execute('CREATE TABLE scratch (x)')\n"
-                "for i in range(5000): con.execute('INSERT INTO scratch VALUES (?)', ('x' * 400,))\n"
-                "print('writing', flush=True); time.sleep(120)\n"
-            ),
-        ],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
+    writer = subprocess.Popen([sys.executable, "-c", (
+        "import sqlite3, sys, time\n"
+        f"con = sqlite3.connect({str(db)!r}, isolation_level=None)\n"
+        "con.execute('PRAGMA cache_size=1'); con.execute('BEGIN'); con.execute('CREATE TABLE scratch (x)')\n"
+        "for i in range(5000): con.execute('INSERT INTO scratch VALUES (?)', ('x' * 400,))\n"
+        "print('writing', flush=True); time.sleep(120)\n")], stdout=subprocess.PIPE, text=True)
     assert writer.stdout.readline().strip() == "writing"
     writer.kill()
     writer.wait()

@@ -1,8 +1,7 @@
 """A sweep whose driver is SIGKILLed finishes with `mm4ke-ray sweep --resume FOLDER`.
 
 Both runs are real `mm4ke-ray` processes with their own local Ray. The first is killed while
-its second trial runs, its folder is moved to another path, and the resumed one must end with the requested
-number of trials, run no
+its second trial runs, its folder is moved to another path, and the resumed one must end with the requested number of trials, run no
 finished trial again (finished: in the experiment state Tune stored), and log into the same MLflow
 parent run.
 """
@@ -65,11 +64,9 @@ def test_sigkilled_driver_resumes_into_the_same_run(tmp_path, tiny_model_dir):
     ray_tmp = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # short: Ray's socket paths are length-limited
     env = cli_env(Path(ray_tmp))
     log = open(tmp_path / "first.log", "w")  # noqa: SIM115
-    first = subprocess.Popen(
-        [CLI, "sweep", str(tmp_path / "sweep.yaml")], stdout=log, stderr=subprocess.STDOUT, env=env, cwd=tmp_path
-    )
+    first = subprocess.Popen([CLI, "sweep", str(tmp_path / "sweep.yaml")], stdout=log, stderr=subprocess.STDOUT,
+                             env=env, cwd=tmp_path)
     try:
-
         def second_trial_running():
             if first.poll() is not None:
                 raise AssertionError(f"the first run ended by itself: {(tmp_path / 'first.log').read_text()[-3000:]}")
@@ -104,9 +101,8 @@ def test_sigkilled_driver_resumes_into_the_same_run(tmp_path, tiny_model_dir):
     old_folder, folder = folder, tmp_path / "moved" / "elsewhere"
     folder.parent.mkdir()
     shutil.move(old_folder, folder)
-    resumed = subprocess.run(
-        [CLI, "sweep", "--resume", str(folder)], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=600
-    )
+    resumed = subprocess.run([CLI, "sweep", "--resume", str(folder)], capture_output=True, text=True, env=env,
+                             cwd=tmp_path, timeout=600)
     _kill_leftovers(ray_tmp)
     assert resumed.returncode == 0, resumed.stderr[-5000:]
     assert "resuming sweep resumetest" in resumed.stderr
@@ -120,15 +116,10 @@ def test_sigkilled_driver_resumes_into_the_same_run(tmp_path, tiny_model_dir):
     parents = [r for r in runs if r.data.tags.get("mm4ke.role") == "sweep"]
     assert [p.info.run_id for p in parents] == [manifest["parent_run_id"]]
     assert parents[0].info.status == "FINISHED"
-    children = [
-        r
-        for r in runs
-        if r.data.tags.get("mm4ke.sweep_run_id") == manifest["parent_run_id"]
-        and r.data.tags.get("mm4ke.role") == "candidate"
-    ]
-    assert all(r.data.tags.get("mm4ke.status") == "ok" for r in children), [
-        (r.info.run_name, r.data.tags) for r in children if r.data.tags.get("mm4ke.status") != "ok"
-    ]
+    children = [r for r in runs if r.data.tags.get("mm4ke.sweep_run_id") == manifest["parent_run_id"]
+                and r.data.tags.get("mm4ke.role") == "candidate"]
+    assert all(r.data.tags.get("mm4ke.status") == "ok" for r in children), \
+        [(r.info.run_name, r.data.tags) for r in children if r.data.tags.get("mm4ke.status") != "ok"]
     assert [r.data.tags.get("mm4ke.kind") for r in children].count("base") == 1
     cands = [r for r in children if r.data.tags.get("mm4ke.kind") != "base"]
     names = [r.data.tags["mm4ke.candidate"] for r in cands]
@@ -136,9 +127,8 @@ def test_sigkilled_driver_resumes_into_the_same_run(tmp_path, tiny_model_dir):
     trials = {r.data.tags["mm4ke.trial_id"] for r in cands}
     assert len(trials) == 3
     # One trial run per trial, the resumed driver's candidates under the run its first driver made.
-    trial_runs = [
-        r for r in runs if r.data.tags.get("mm4ke.role") == "trial" and r.data.tags.get("mm4ke.status") != "orphaned"
-    ]
+    trial_runs = [r for r in runs if r.data.tags.get("mm4ke.role") == "trial"
+                  and r.data.tags.get("mm4ke.status") != "orphaned"]
     assert sorted(r.data.tags["mm4ke.trial_id"] for r in trial_runs) == sorted(trials)
     by_trial = {r.data.tags["mm4ke.trial_id"]: r.info.run_id for r in trial_runs}
     assert all(r.data.tags["mlflow.parentRunId"] == by_trial[r.data.tags["mm4ke.trial_id"]] for r in cands)

@@ -26,14 +26,8 @@ TASK = "logiqa20"
 
 def _metrics(kept: float) -> dict:
     """A candidate's metrics under the names `CandidateEvaluator.evaluate` returns them."""
-    return {
-        "edit_succ": 80.0,
-        "edit_score": 0.8,
-        "general_score": kept,
-        "combined_score": (0.8 + kept) / 2,
-        f"{GENERAL_PREFIX}.{TASK}": 0.3 * kept,
-        f"{RETENTION_PREFIX}{TASK}": kept,
-    }
+    return {"edit_succ": 80.0, "edit_score": 0.8, "general_score": kept, "combined_score": (0.8 + kept) / 2,
+            f"{GENERAL_PREFIX}.{TASK}": 0.3 * kept, f"{RETENTION_PREFIX}{TASK}": kept}
 
 
 def test_logged_retention_reaches_the_pareto_table_the_recipe_and_the_card(tmp_path):
@@ -43,12 +37,8 @@ def test_logged_retention_reaches_the_pareto_table_the_recipe_and_the_card(tmp_p
     base = {"candidate": BASE, "kind": BASE, **_metrics(1.0)}
     tracker.log_candidate(BASE, {"alpha": None}, _metrics(1.0), {Tag.KIND: BASE, Tag.STATUS: "ok"})
     row = {"candidate": "t0-c0", "kind": SAMPLED, "trial_id": "t0", "alpha": 0.3, "sparsity": 0.1, **_metrics(0.875)}
-    row["run_id"] = tracker.log_candidate(
-        "t0-c0",
-        {"alpha": 0.3, "sparsity": 0.1},
-        _metrics(0.875),
-        {Tag.KIND: SAMPLED, Tag.STATUS: "ok", Tag.TRIAL_ID: "t0"},
-    )
+    row["run_id"] = tracker.log_candidate("t0-c0", {"alpha": 0.3, "sparsity": 0.1}, _metrics(0.875),
+                                          {Tag.KIND: SAMPLED, Tag.STATUS: "ok", Tag.TRIAL_ID: "t0"})
     publish_pareto(tracker, [row], base)  # the sweep's rows carry the evaluator's names
     tracker.finish()
 

@@ -63,11 +63,17 @@ def test_zero_threshold_takes_every_step(model, tiny_tokenizer, records):
     flags = {n: p.requires_grad for n, p in model.named_parameters()}
     result = run_rsft(model, tiny_tokenizer, records, config)
     assert result.updates == config.epochs * N * config.steps
-    assert [(s["index"], s["epoch"]) for s in result.samples] == [(i, e) for e in (1, 2) for i in range(N)]
+    assert [(s["index"], s["epoch"]) for s in result.samples] == [
+        (i, e) for e in (1, 2) for i in range(N)
+    ]
     # K updates and no final-loss forward by default: K losses, each measured before an update.
     assert all(s["steps"] == 3 and len(s["losses"]) == 3 for s in result.samples)
     # Only layer 1's MLP is in the delta, every tensor moved, float32 on CPU.
-    assert sorted(result.delta) == sorted(mlp_parameter_names(model, 1)) == sorted(result.trained_tensors)
+    assert (
+        sorted(result.delta)
+        == sorted(mlp_parameter_names(model, 1))
+        == sorted(result.trained_tensors)
+    )
     assert all(".1.mlp." in n for n in result.delta)
     for d in result.delta.values():
         assert d.dtype == torch.float32 and d.device.type == "cpu" and torch.count_nonzero(d) > 0
@@ -80,22 +86,30 @@ def test_zero_threshold_takes_every_step(model, tiny_tokenizer, records):
 
 
 def test_training_lowers_the_answer_loss(qwen, tiny_tokenizer, records):
-    result = run_rsft(qwen, tiny_tokenizer, records[:1], cfg(epochs=1, steps=6, lr=1e-2), final_loss=True)
+    result = run_rsft(
+        qwen, tiny_tokenizer, records[:1], cfg(epochs=1, steps=6, lr=1e-2), final_loss=True
+    )
     losses = result.samples[0]["losses"]
     assert len(losses) == 7  # the loss after the 6th update, on request
     assert losses[-1] < losses[0] - 0.5
 
 
 def test_early_stop_threshold_between_losses(qwen, tiny_tokenizer, records):
-    first = run_rsft(qwen, tiny_tokenizer, records[:1], cfg(epochs=1, steps=6, lr=1e-2)).samples[0]["losses"]
+    first = run_rsft(qwen, tiny_tokenizer, records[:1], cfg(epochs=1, steps=6, lr=1e-2)).samples[0][
+        "losses"
+    ]
     tau = (first[2] + first[3]) / 2  # reached after exactly 3 updates
-    again = run_rsft(qwen, tiny_tokenizer, records[:1], cfg(epochs=1, steps=6, lr=1e-2, threshold=tau)).samples[0]
+    again = run_rsft(
+        qwen, tiny_tokenizer, records[:1], cfg(epochs=1, steps=6, lr=1e-2, threshold=tau)
+    ).samples[0]
     assert again["steps"] == 3 and again["losses"] == first[:4]
 
 
 @pytest.mark.parametrize("prompt_format", ["plain", "chat"])
 def test_loss_is_mean_nll_over_answer_tokens_only(qwen, tiny_tokenizer, records, prompt_format):
-    result = run_rsft(qwen, tiny_tokenizer, records, cfg(threshold=HUGE, prompt_format=prompt_format, epochs=1))
+    result = run_rsft(
+        qwen, tiny_tokenizer, records, cfg(threshold=HUGE, prompt_format=prompt_format, epochs=1)
+    )
     for rec, sample in zip(records, result.samples, strict=True):
         # Training's encoding: in chat format the end-of-turn token is supervised too.
         enc = encode_training_example(tiny_tokenizer, rec.prompt, rec.target_new, prompt_format)
@@ -134,7 +148,9 @@ def test_prefix_cache_matches_naive_loop(model, tiny_tokenizer, records):
 
 def test_sgd_step_is_literal_gradient_descent(qwen, tiny_tokenizer, records):
     lr = 0.5
-    result = run_rsft(qwen, tiny_tokenizer, records[:1], cfg(optimizer="sgd", lr=lr, epochs=1, steps=1))
+    result = run_rsft(
+        qwen, tiny_tokenizer, records[:1], cfg(optimizer="sgd", lr=lr, epochs=1, steps=1)
+    )
     assert result.updates == 1
     names = mlp_parameter_names(qwen, 1)
     params = dict(qwen.named_parameters())
@@ -274,7 +290,11 @@ def test_cli_writes_delta_and_log(tmp_path, tiny_model_dir, capsys):
     assert _cli(tmp_path, tiny_model_dir, "--out", str(out)) == 0
     delta, meta = load_delta(out)
     assert sorted(delta) == [f"model.layers.1.mlp.{m}_proj.weight" for m in ("down", "gate", "up")]
-    assert meta["base_model"] == str(tiny_model_dir) and meta["layers"] == [1] and meta["config"]["steps"] == 2
+    assert (
+        meta["base_model"] == str(tiny_model_dir)
+        and meta["layers"] == [1]
+        and meta["config"]["steps"] == 2
+    )
     log = json.loads((out / "rsft.json").read_text())
     assert log["updates"] == 6 and log["num_records"] == 3 and len(log["samples"]) == 3
     assert log["config"]["threshold"] == 0 and log["data_format"]
@@ -286,7 +306,10 @@ def test_cli_writes_delta_and_log(tmp_path, tiny_model_dir, capsys):
 
 
 def test_cli_refuses_bad_options_before_loading(tmp_path, tiny_model_dir, capsys):
-    assert _cli(tmp_path, tiny_model_dir, "--out", str(tmp_path / "a"), "--lr", "-1", "--epochs", "0") == 2
+    assert (
+        _cli(tmp_path, tiny_model_dir, "--out", str(tmp_path / "a"), "--lr", "-1", "--epochs", "0")
+        == 2
+    )
     err = capsys.readouterr().err
     assert "--lr: lr must be a finite number > 0" in err and "--epochs" in err
     assert _cli(tmp_path, tiny_model_dir, "--out", str(tmp_path / "b"), "--layer", "9") == 2

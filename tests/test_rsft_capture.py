@@ -23,16 +23,14 @@ def test_captured_step_matches_eager(tiny_model_factory, tiny_tokenizer, zsre_ra
     counters.clear()
     # aot_eager: Dynamo capture + AOTAutograd's joint forward/backward graph, no C++ codegen
     # (a CPU test in seconds); on CUDA the default is inductor with CUDA graphs.
-    captured = run_rsft(
-        model, tiny_tokenizer, records, config, capture=True, length_bucket=32, compile_backend="aot_eager"
-    )
+    captured = run_rsft(model, tiny_tokenizer, records, config, capture=True, length_bucket=32,
+                        compile_backend="aot_eager")
     assert eager.stepper == captured.stepper == "suffix"
     assert captured.captured and not eager.captured and captured.as_json()["captured"]
     graphs = counters["stats"]["unique_graphs"]
     assert 1 <= graphs <= 3, graphs  # one per (length bucket, answer bucket), not per record
-    again = run_rsft(
-        model, tiny_tokenizer, records, config, capture=True, length_bucket=32, compile_backend="aot_eager"
-    )
+    again = run_rsft(model, tiny_tokenizer, records, config, capture=True, length_bucket=32,
+                     compile_backend="aot_eager")
     assert counters["stats"]["unique_graphs"] == graphs  # the next run reuses the graphs
     assert all(torch.equal(again.delta[n], captured.delta[n]) for n in again.delta)
     for a, b in zip(eager.samples, captured.samples, strict=True):
@@ -43,7 +41,8 @@ def test_captured_step_matches_eager(tiny_model_factory, tiny_tokenizer, zsre_ra
         assert torch.allclose(eager.delta[n], captured.delta[n], atol=1e-2 * config.lr, rtol=1e-4), n
 
 
-def test_capture_is_ignored_where_the_suffix_step_does_not_apply(tiny_model_factory, tiny_tokenizer, zsre_raw):
+def test_capture_is_ignored_where_the_suffix_step_does_not_apply(tiny_model_factory, tiny_tokenizer,
+                                                                  zsre_raw):
     records = [EditRecord(prompt=r["prompt"], target_new=r["target_new"]) for r in zsre_raw[:2]]
     gpt2 = tiny_model_factory("gpt2", hidden=32, layers=3, seed=6)
     config = RSFTConfig(layer=1, epochs=1, steps=2, lr=1e-3, threshold=0.0)

@@ -83,10 +83,8 @@ def test_chat_rsft_learns_to_close_the_turn(tok):
 
 
 # A ChatML tokenizer (Qwen's turn format), byte-level BPE as Qwen's, so "\n" is a token of its own.
-CHATML = (
-    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
-    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
+CHATML = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+          "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
 
 
 @pytest.fixture(scope="module")
@@ -97,20 +95,11 @@ def chatml():
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    tok.train_from_iterator(
-        [PROMPT, ANSWER, "user\nassistant\nsystem\n"],
-        trainers.BpeTrainer(
-            vocab_size=400,
-            special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
-            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        ),
-    )
-    fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok,
-        eos_token="<|im_end|>",
-        pad_token="<|endoftext|>",
-        additional_special_tokens=["<|im_start|>"],
-    )
+    tok.train_from_iterator([PROMPT, ANSWER, "user\nassistant\nsystem\n"], trainers.BpeTrainer(
+        vocab_size=400, special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>",
+                                   additional_special_tokens=["<|im_start|>"])
     fast.chat_template = CHATML
     return fast
 
@@ -127,9 +116,8 @@ def test_chatml_training_supervises_the_answer_im_end_and_the_newline(chatml):
     assert chatml.decode(training.answer_ids) == ANSWER + "<|im_end|>\n"  # R-SFT's labels
     assert chatml.decode(evaluation.answer_ids) == ANSWER  # teacher-forced scoring: the answer only
     # The whole training sequence is the template's own rendering of the exchange.
-    rendered = chatml.apply_chat_template(
-        [{"role": "user", "content": PROMPT}, {"role": "assistant", "content": ANSWER}], tokenize=False
-    )
+    rendered = chatml.apply_chat_template([{"role": "user", "content": PROMPT},
+                                           {"role": "assistant", "content": ANSWER}], tokenize=False)
     assert chatml.decode(training.input_ids) == rendered
     assert encode_training_example(chatml, PROMPT, ANSWER, "plain") == encode_example(chatml, PROMPT, ANSWER, "plain")
 

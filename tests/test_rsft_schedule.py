@@ -87,7 +87,8 @@ def test_decay_shrinks_late_updates_and_is_recorded(qwen, tiny_tokenizer, record
     assert stopped.updates == 0 and stopped.schedule_updates == 24
 
 
-@pytest.mark.parametrize("field,value", [("warmup_ratio", 1.0), ("warmup_ratio", -0.1), ("lr_schedule", "step")])
+@pytest.mark.parametrize("field,value", [("warmup_ratio", 1.0), ("warmup_ratio", -0.1),
+                                         ("lr_schedule", "step")])
 def test_bad_schedule_names_the_field(field, value):
     with pytest.raises(ValidationError, match=field):
         RSFTConfig(**{field: value})
@@ -122,14 +123,9 @@ def test_a_choice_list_and_a_range_make_the_schedule_a_search_dimension():
     assert "lr_schedule" not in fixed and "warmup_ratio" not in fixed
 
 
-@pytest.mark.parametrize(
-    "form",
-    [
-        {"space": {"lr_schedule": "cosine", "warmup_ratio": 0.1}},
-        {"rsft": {"lr_schedule": "cosine", "warmup_ratio": 0.1}},
-    ],
-    ids=["bare value in space", "older search.rsft form"],
-)
+@pytest.mark.parametrize("form", [{"space": {"lr_schedule": "cosine", "warmup_ratio": 0.1}},
+                                  {"rsft": {"lr_schedule": "cosine", "warmup_ratio": 0.1}}],
+                         ids=["bare value in space", "older search.rsft form"])
 def test_the_fixed_forms_fix_it_in_the_space(form):
     from mm4ke_ray.search.space import split_space
 
@@ -155,14 +151,9 @@ def test_setting_it_in_both_places_is_refused_naming_both():
         validate_config({"search": {"space": {"lr_schedule": "cosine"}, "rsft": {"lr_schedule": "linear"}}})
 
 
-@pytest.mark.parametrize(
-    "space,field",
-    [
-        ({"lr_schedule": {"choices": ["constant", "step"]}}, "search.space.lr_schedule"),
-        ({"warmup_ratio": {"low": 0.0, "high": 1.0}}, "search.space.warmup_ratio"),
-        ({"warmup_ratio": -0.1}, "search.space.warmup_ratio"),
-    ],
-)
+@pytest.mark.parametrize("space,field", [({"lr_schedule": {"choices": ["constant", "step"]}}, "search.space.lr_schedule"),
+                                         ({"warmup_ratio": {"low": 0.0, "high": 1.0}}, "search.space.warmup_ratio"),
+                                         ({"warmup_ratio": -0.1}, "search.space.warmup_ratio")])
 def test_a_bad_searched_schedule_names_its_field(space, field):
     from mm4ke_ray.config import ConfigError, validate_config
 
@@ -176,9 +167,8 @@ def test_the_sampler_draws_every_schedule_of_the_choice_list(sampler):
 
     from mm4ke_ray.search.space import make_sampler, split_space
 
-    search = _search(
-        {"lr_schedule": {"choices": ["constant", "linear", "cosine"]}, "warmup_ratio": {"low": 0.0, "high": 0.2}}
-    ).model_copy(update={"sampler": sampler})
+    search = _search({"lr_schedule": {"choices": ["constant", "linear", "cosine"]},
+                      "warmup_ratio": {"low": 0.0, "high": 0.2}}).model_copy(update={"sampler": sampler})
     searched, _ = split_space(search)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(directions=["maximize", "maximize"], sampler=make_sampler(search))
@@ -197,17 +187,8 @@ def test_the_trial_trains_with_its_drawn_schedule(tiny_model_dir, tmp_path):
     from mm4ke_ray.search.rsft_runner import trial_rsft
 
     search = _search({"lr_schedule": {"choices": ["constant", "cosine"]}, "warmup_ratio": {"low": 0.0, "high": 0.5}})
-    params = {
-        "threshold": 0.0,
-        "steps": 2,
-        "epochs": 1,
-        "lr": 1e-3,
-        "layer": 1,
-        "alpha": 0.0,
-        "sparsity": 0.0,
-        "lr_schedule": "cosine",
-        "warmup_ratio": 0.25,
-    }
+    params = {"threshold": 0.0, "steps": 2, "epochs": 1, "lr": 1e-3, "layer": 1, "alpha": 0.0, "sparsity": 0.0,
+              "lr_schedule": "cosine", "warmup_ratio": 0.25}
     settings = EvalSettings(model=str(tiny_model_dir), edits=str(ZSRE), limit=2)
     summary = trial_rsft(settings, search, params, str(tmp_path), "cpu")
     assert summary["status"] == "ok"
@@ -224,22 +205,15 @@ def test_each_candidate_run_records_its_schedule_in_mlflow(tmp_path):
     from mm4ke_ray.tracking.run_records import candidate_rows, candidate_run
     from mm4ke_ray.tracking.sweep_run import recorded_choices
 
-    config = validate_config(
-        {
-            "search": {
-                "space": {"lr_schedule": {"choices": ["constant", "cosine"]}, "warmup_ratio": {"low": 0.0, "high": 0.1}}
-            }
-        }
-    )
+    config = validate_config({"search": {"space": {"lr_schedule": {"choices": ["constant", "cosine"]},
+                                                   "warmup_ratio": {"low": 0.0, "high": 0.1}}}})
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     tracker = SweepTracker(uri, "schedule", str(tmp_path / "artifacts"))
     tracker.start_sweep("sched", recorded_choices(config), {})
     params = {"threshold": 0.1, "steps": 2, "epochs": 1, "lr": 1e-3, "layer": 1, "alpha": 0.2, "sparsity": 0.3}
     for trial, (kind, warmup) in enumerate((("cosine", 0.05), ("constant", 0.0))):
-        result = {
-            "params": {**params, "lr_schedule": kind, "warmup_ratio": warmup},
-            "candidates": [{"alpha": 0.2, "sparsity": 0.3, "kind": "sampled", "metrics": {"edit_score": 0.5}}],
-        }
+        result = {"params": {**params, "lr_schedule": kind, "warmup_ratio": warmup},
+                  "candidates": [{"alpha": 0.2, "sparsity": 0.3, "kind": "sampled", "metrics": {"edit_score": 0.5}}]}
         for row in candidate_rows(result, f"t{trial}"):
             tracker.log_candidate(row["candidate"], *candidate_run(row, f"t{trial}"))
     tracker.finish()
@@ -269,7 +243,6 @@ def test_params_without_the_schedule_take_the_spaces_fixed_one():
     from mm4ke_ray.search.rsft_runner import rsft_config
 
     params = {"threshold": 0.1, "steps": 2, "epochs": 1, "lr": 1e-3, "layer": 1}
-    config = rsft_config(
-        params, _search(rsft={"lr_schedule": "linear", "warmup_ratio": 0.2}), EvalSettings(model="m", edits="e")
-    )
+    config = rsft_config(params, _search(rsft={"lr_schedule": "linear", "warmup_ratio": 0.2}),
+                          EvalSettings(model="m", edits="e"))
     assert (config.lr_schedule, config.warmup_ratio) == ("linear", 0.2)

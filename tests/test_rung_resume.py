@@ -37,18 +37,10 @@ EXTRA = 5
 @pytest.fixture(scope="module")
 def pool(ray_2_cpus, tiny_model_dir, tmp_path_factory):
     tasks = tmp_path_factory.mktemp("tasks")
-    settings = EvalSettings(
-        model=str(tiny_model_dir),
-        edits=str(ZSRE),
-        limit=9,
-        batch_size=4,
-        general_tasks=(general_task(tasks, docs=18),),
-        task_include_path=str(tasks),
-        edit_weights={"edit_succ": 1, "generalization": 1, "portability": 1, "locality": 1},
-        fidelity_rungs=3,
-        fidelity_reduction_factor=3.0,
-        fidelity_seed=7,
-    )
+    settings = EvalSettings(model=str(tiny_model_dir), edits=str(ZSRE), limit=9, batch_size=4,
+                            general_tasks=(general_task(tasks, docs=18),), task_include_path=str(tasks),
+                            edit_weights={"edit_succ": 1, "generalization": 1, "portability": 1, "locality": 1},
+                            fidelity_rungs=3, fidelity_reduction_factor=3.0, fidelity_seed=7)
     p = start_pool(settings, size=1, cpus=1, gpus=0, resource=None)
     yield settings, p
     stop_pool(p)
@@ -72,26 +64,11 @@ def deltas(tiny_model_dir):
 
 
 def _run(settings, p, folder: Path, delta, trial_id="trial_a", front_key=None, error_rate=0.5):
-    ctx = TrialContext(
-        settings=settings,
-        search=SearchConfig(seed=7, space={"alpha": {"low": 0.0, "high": 0.95}}),
-        extra_candidates=EXTRA,
-        runner="task",
-        rsft_cpus=1,
-        rsft_gpus=0,
-        storage_path=str(folder),
-        actors=tuple(p.actors),
-        fidelity_error_rate=error_rate,
-        rungs_path=str(folder / "rungs"),
-        front_key=front_key,
-    )
-    cands = [
-        {"kind": "sampled", "alpha": 0.1, "sparsity": 0.0},
-        *(
-            {"kind": "extra", "alpha": a, "sparsity": s}
-            for a, s in ((0.0, 0.0), (0.3, 0.5), (0.5, 0.2), (0.7, 0.0), (0.95, 0.8))
-        ),
-    ]
+    ctx = TrialContext(settings=settings, search=SearchConfig(seed=7, space={"alpha": {"low": 0.0, "high": 0.95}}),
+                       extra_candidates=EXTRA, runner="task", rsft_cpus=1, rsft_gpus=0, storage_path=str(folder),
+                       actors=tuple(p.actors), fidelity_error_rate=error_rate, rungs_path=str(folder / "rungs"), front_key=front_key)
+    cands = [{"kind": "sampled", "alpha": 0.1, "sparsity": 0.0}, *({"kind": "extra", "alpha": a, "sparsity": s}
+             for a, s in ((0.0, 0.0), (0.3, 0.5), (0.5, 0.2), (0.7, 0.0), (0.95, 0.8)))]
     for c in cands:
         c["in_space"] = True
     store = _rung_store(ctx, trial_id, delta, cands)
@@ -101,16 +78,8 @@ def _run(settings, p, folder: Path, delta, trial_id="trial_a", front_key=None, e
 
 
 def _outcome(full, pruned) -> dict:
-    keep = (
-        "edit_score",
-        "general_score",
-        "fidelity.rung",
-        "rung0.edit_score",
-        "rung0.general_score",
-        "rung1.edit_score",
-        "compute.records",
-        "compute.docs",
-    )
+    keep = ("edit_score", "general_score", "fidelity.rung", "rung0.edit_score", "rung0.general_score",
+            "rung1.edit_score", "compute.records", "compute.docs")
     return {c["index"]: {k: c["metrics"].get(k) for k in keep} for c in full + pruned}
 
 
@@ -127,7 +96,8 @@ def far_front():
     drop_front(key)
 
 
-def test_a_restarted_trial_reads_back_its_finished_rungs_and_evaluates_only_the_rest(pool, deltas, tmp_path, far_front):
+def test_a_restarted_trial_reads_back_its_finished_rungs_and_evaluates_only_the_rest(pool, deltas, tmp_path,
+                                                                                      far_front):
     settings, p = pool
     delta = deltas[0]
     full, pruned, compute, evaluations = _run(settings, p, tmp_path, delta, front_key=far_front)
@@ -146,10 +116,8 @@ def test_a_restarted_trial_reads_back_its_finished_rungs_and_evaluates_only_the_
     assert evaluations2 == evaluations - (EXTRA + 1)
     assert _outcome(full2, pruned2) == first  # the same promotions and the same full values
     assert all(c["metrics"]["fidelity.reused_rungs"] == 1 for c in full2 + pruned2)
-    assert (compute2["eval_compute_records"], compute2["eval_compute_docs"]) == (
-        compute["eval_compute_records"],
-        compute["eval_compute_docs"],
-    )  # what the results cost, as before
+    assert (compute2["eval_compute_records"], compute2["eval_compute_docs"]) == \
+        (compute["eval_compute_records"], compute["eval_compute_docs"])  # what the results cost, as before
 
     # Finished every rung: a restart evaluates nothing.
     assert _run(settings, p, tmp_path, delta, front_key=far_front)[3] == 0
@@ -187,19 +155,14 @@ def test_the_sweep_front_drops_what_it_already_beats_and_the_sampled_one_still_g
     settings, p = pool
     key = new_front_key()
     assert read_front(key) == []  # nothing published yet: no front to compare with
-    rows = [
-        {"edit_score": 0.2, "general_score": 1.0},
-        {"edit_score": 0.1, "general_score": 0.5},
-        {"edit_score": 0.9, "general_score": 0.3},
-        {"edit_score": float("nan"), "general_score": 1.0},
-    ]
+    rows = [{"edit_score": 0.2, "general_score": 1.0}, {"edit_score": 0.1, "general_score": 0.5},
+            {"edit_score": 0.9, "general_score": 0.3}, {"edit_score": float("nan"), "general_score": 1.0}]
     assert publish_front(key, rows) == 2 and read_front(key) == [[0.9, 0.3], [0.2, 1.0]]
     full, pruned, _, _ = _run(settings, p, tmp_path / "a", deltas[0], front_key=key, error_rate=0.16)
     assert all(c["metrics"]["fidelity.front_points"] == 2 for c in full + pruned)
     # A front no merge can reach (an edit score of 1 at full retention) beats every candidate by
     # its own (Jeffreys-floored) standard errors as soon as it has them: rung 0 is one record (no
-    # spread to judge: nothing is dropped on it), rung 1 three. Only the sampled one, which Optuna needs, goes
-    # on to the full rung.
+    # spread to judge: nothing is dropped on it), rung 1 three. Only the sampled one, which Optuna needs, goes on to the full rung.
     publish_front(key, [{"edit_score": 1.0, "general_score": 1.0}])
     full, pruned, _, evaluations = _run(settings, p, tmp_path / "b", deltas[0], front_key=key, error_rate=0.16)
     assert [c["index"] for c in full] == [0] and len(pruned) == EXTRA

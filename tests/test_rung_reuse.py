@@ -53,20 +53,11 @@ def _same(got: dict, want: dict) -> None:
 @pytest.fixture(scope="module")
 def evaluators(tiny_model_dir, tmp_path_factory):
     tasks = tmp_path_factory.mktemp("tasks")
-    common = dict(
-        model=str(tiny_model_dir),
-        edits=str(ZSRE),
-        limit=9,
-        batch_size=4,
-        edit_weights=WEIGHTS,
-        general_tasks=(general_task(tasks, docs=18),),
-        task_include_path=str(tasks),
-    )
+    common = dict(model=str(tiny_model_dir), edits=str(ZSRE), limit=9, batch_size=4, edit_weights=WEIGHTS,
+                  general_tasks=(general_task(tasks, docs=18),), task_include_path=str(tasks))
     plain = CandidateEvaluator(EvalSettings(**common))
-    halving = CandidateEvaluator(
-        EvalSettings(**common, fidelity_rungs=3, fidelity_reduction_factor=3.0, fidelity_seed=5),
-        reference=plain.reference,
-    )
+    halving = CandidateEvaluator(EvalSettings(**common, fidelity_rungs=3, fidelity_reduction_factor=3.0,
+                                              fidelity_seed=5), reference=plain.reference)
     return plain, halving, common
 
 
@@ -105,21 +96,11 @@ def test_a_prior_that_cannot_be_joined_scores_the_whole_rung(evaluators):
 def test_generation_mode_and_fluency_join_too(tiny_model_dir, tmp_path_factory):
     # No general tasks: locality stands in as the general objective; every record's fluency
     # sample is seeded by its place in the whole edit set, so it is the same in every subset.
-    common = dict(
-        model=str(tiny_model_dir),
-        edits=str(ZSRE),
-        limit=9,
-        batch_size=4,
-        edit_weights=WEIGHTS,
-        eval_mode="both",
-        fluency=True,
-        generation_max_new_tokens=8,
-    )
+    common = dict(model=str(tiny_model_dir), edits=str(ZSRE), limit=9, batch_size=4, edit_weights=WEIGHTS,
+                  eval_mode="both", fluency=True, generation_max_new_tokens=8)
     plain = CandidateEvaluator(EvalSettings(**common))
-    halving = CandidateEvaluator(
-        EvalSettings(**common, fidelity_rungs=2, fidelity_reduction_factor=2.0, fidelity_seed=1),
-        reference=plain.reference,
-    )
+    halving = CandidateEvaluator(EvalSettings(**common, fidelity_rungs=2, fidelity_reduction_factor=2.0,
+                                              fidelity_seed=1), reference=plain.reference)
     delta = _delta(halving.model, 2, 4)
     low = halving.evaluate(delta, 0.8, 0.1, seed=3, rung=0)
     assert "gen.edit_succ" in low and "fluency" in low
@@ -128,16 +109,8 @@ def test_generation_mode_and_fluency_join_too(tiny_model_dir, tmp_path_factory):
 
 def test_only_results_of_per_document_means_can_be_joined():
     def result(**kw):
-        base = dict(
-            scores={"a": 0.5},
-            stderr={"a": 0.1},
-            chance={"a": 0.25},
-            n_docs={"a": 2},
-            metrics={"a": "acc"},
-            higher_is_better={"a": True},
-            per_doc={"a": [0.0, 1.0]},
-            doc_chance={"a": [0.25, 0.25]},
-        )
+        base = dict(scores={"a": 0.5}, stderr={"a": 0.1}, chance={"a": 0.25}, n_docs={"a": 2}, metrics={"a": "acc"},
+                    higher_is_better={"a": True}, per_doc={"a": [0.0, 1.0]}, doc_chance={"a": [0.25, 0.25]})
         return GeneralResult(**{**base, **kw})
 
     assert general_payload(result()) == {"a": {"values": [0.0, 1.0], "chance": [0.25, 0.25]}}
@@ -184,9 +157,8 @@ def test_the_trial_skips_the_rungs_its_plan_skips_and_pays_each_item_once(evalua
 
     plain, _, common = evaluators
     # 9 records, 18 documents: raised to 6 items, rung 0 would score what rung 1 does (skipped).
-    settings = EvalSettings(
-        **common, fidelity_rungs=3, fidelity_reduction_factor=3.0, fidelity_seed=5, fidelity_min_items=6
-    )
+    settings = EvalSettings(**common, fidelity_rungs=3, fidelity_reduction_factor=3.0, fidelity_seed=5,
+                            fidelity_min_items=6)
     evaluator = CandidateEvaluator(settings, reference=plain.reference)
     assert evaluator.rung_plan().skipped == (0,)
     calls = []
@@ -195,26 +167,14 @@ def test_the_trial_skips_the_rungs_its_plan_skips_and_pays_each_item_once(evalua
         calls.append(args[4:5])
         return evaluator.evaluate(*args)
 
-    actor = types.SimpleNamespace(
-        evaluate=types.SimpleNamespace(remote=evaluate), rung_plan=types.SimpleNamespace(remote=evaluator.rung_plan)
-    )
+    actor = types.SimpleNamespace(evaluate=types.SimpleNamespace(remote=evaluate),
+                                  rung_plan=types.SimpleNamespace(remote=evaluator.rung_plan))
     monkeypatch.setattr(trial_candidates, "ray", types.SimpleNamespace(get=lambda x: x))
-    ctx = trial.TrialContext(
-        settings=settings,
-        search=SearchConfig(seed=7, space={"alpha": {"low": 0.0, "high": 0.95}}),
-        extra_candidates=2,
-        runner="task",
-        rsft_cpus=1,
-        rsft_gpus=0,
-        storage_path="unused",
-        actors=(actor,),
-        fidelity_error_rate=0.05,
-    )
-    cands = [
-        {"kind": "sampled", "alpha": 0.5, "sparsity": 0.0},
-        {"kind": "extra", "alpha": 0.0, "sparsity": 0.0},
-        {"kind": "extra", "alpha": 0.9, "sparsity": 0.5},
-    ]
+    ctx = trial.TrialContext(settings=settings, search=SearchConfig(seed=7, space={"alpha": {"low": 0.0, "high": 0.95}}),
+                             extra_candidates=2, runner="task", rsft_cpus=1, rsft_gpus=0, storage_path="unused",
+                             actors=(actor,), fidelity_error_rate=0.05)
+    cands = [{"kind": "sampled", "alpha": 0.5, "sparsity": 0.0}, {"kind": "extra", "alpha": 0.0, "sparsity": 0.0},
+             {"kind": "extra", "alpha": 0.9, "sparsity": 0.5}]
     delta = _delta(evaluator.model, 2, 3)
     full, pruned, compute = trial_candidates._evaluate_candidates(ctx, cands, delta, "t1")
     assert (0,) not in calls and calls.count((1,)) == 3  # rung 0 never evaluated
@@ -223,10 +183,8 @@ def test_the_trial_skips_the_rungs_its_plan_skips_and_pays_each_item_once(evalua
         m, r = c["metrics"], c["metrics"]["fidelity.rung"]
         assert m["fidelity.skipped_rungs"] == 1 and [k for k in m if k.startswith("rung0.")] == ["rung0.skipped"]
         # each item once: a candidate's records and documents are those of the highest rung it reached
-        assert (m["compute.records"], m["compute.docs"]) == (
-            len(plan.records(r)),
-            sum(len(d[r]) for d in plan.general_docs.values()),
-        )
+        assert (m["compute.records"], m["compute.docs"]) == (len(plan.records(r)),
+                                                             sum(len(d[r]) for d in plan.general_docs.values()))
     for c in full:
         assert c["metrics"]["compute.reused_records"] == 6 and c["metrics"]["rung1.eval_records"] == 6
         direct = plain.evaluate(delta, c["alpha"], c["sparsity"], seed=7)
@@ -241,9 +199,8 @@ def test_a_halving_sweep_records_the_minimum_rung_size_and_the_reuse():
     from mm4ke_ray.tracking.sweep_run import recorded_choices
 
     demo = Path(__file__).parent.parent / "search_spaces" / "demo.yaml"
-    on = load_config(demo).with_overrides(
-        **{"evaluation.fidelity.enabled": True, "merge.extra_candidates": 4, "evaluation.fidelity.error_rate": 0.1}
-    )
+    on = load_config(demo).with_overrides(**{"evaluation.fidelity.enabled": True, "merge.extra_candidates": 4,
+                                                     "evaluation.fidelity.error_rate": 0.1})
     got = recorded_choices(on)
     assert got["fidelity_min_items"] == 4 and "next rung adds" in got["fidelity_reuse"]
     assert "fidelity_min_items" not in recorded_choices(load_config(demo))  # halving off: nothing said

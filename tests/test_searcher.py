@@ -48,50 +48,31 @@ def flat(params: dict) -> tuple[float, float]:
 
 def towards(target_alpha: float):
     """A toy objective whose best α is `target_alpha` (for 'suggestions follow the told points')."""
-
     def f(params):
         d = abs(params["alpha"] - target_alpha)
         return 1 - d, 1 - d * d
-
     return f
 
 
-def sweep(
-    sampler: str,
-    trials: int,
-    objective=flat,
-    *,
-    extra: int = 4,
-    tell_extra: bool = True,
-    seed: int = 0,
-    startup: int = 4,
-    constraints: dict | None = None,
-    extra_objective=None,
-) -> CandidateAwareOptunaSearch:
+def sweep(sampler: str, trials: int, objective=flat, *, extra: int = 4, tell_extra: bool = True, seed: int = 0,
+          startup: int = 4, constraints: dict | None = None, extra_objective=None) -> CandidateAwareOptunaSearch:
     """A sweep's search as the driver runs it, with `objective` in place of R-SFT + evaluation."""
     search = SearchConfig(num_trials=trials, sampler=sampler, seed=seed, startup_trials=startup, space=DEMO_SPACE)
     searched, fixed = split_space(search)
-    s = CandidateAwareOptunaSearch(
-        space=searched,
-        metric=OBJ,
-        mode=["max", "max"],
-        sampler=make_sampler(search, points_per_trial=extra + 1),
-        constraints=constraints,
-    )
+    s = CandidateAwareOptunaSearch(space=searched, metric=OBJ, mode=["max", "max"],
+                                   sampler=make_sampler(search, points_per_trial=extra + 1), constraints=constraints)
     extra_objective = extra_objective or objective
     for i in range(trials):
         tid = f"t{i}"
         params = {**fixed, **s.suggest(tid)}
         cands = merge_candidates(search, params["alpha"], params["sparsity"], extra, candidate_seed(seed, params))
-        points = [
-            {"params": {**params, "alpha": c["alpha"], "sparsity": c["sparsity"]}} for c in cands[1:] if c["in_space"]
-        ]
+        points = [{"params": {**params, "alpha": c["alpha"], "sparsity": c["sparsity"]}} for c in cands[1:]
+                  if c["in_space"]]
         for p in points:
             p["values"] = list(extra_objective(p["params"]))
         e, g = objective(params)
-        s.on_trial_complete(
-            tid, {"edit_score": e, "general_score": g, "params": params, EXTRA_POINTS_KEY: points if tell_extra else []}
-        )
+        s.on_trial_complete(tid, {"edit_score": e, "general_score": g, "params": params,
+                                  EXTRA_POINTS_KEY: points if tell_extra else []})
     return s
 
 
@@ -100,7 +81,6 @@ def suggested(s: CandidateAwareOptunaSearch) -> list[dict]:
 
 
 # --- 1. start-up counted in R-SFT configurations -------------------------------------------------
-
 
 def test_startup_rsft_params_do_not_depend_on_told_points():
     with_extra = suggested(sweep("tpe", 5))
@@ -143,16 +123,14 @@ def test_searcher_with_the_startup_sampler_survives_save_and_restore(tmp_path):
     s = sweep("tpe", 5)
     s.save(str(tmp_path / "searcher.pkl"))
     search = SearchConfig(num_trials=6, sampler="tpe", space=DEMO_SPACE)
-    restored = CandidateAwareOptunaSearch(
-        space=split_space(search)[0], metric=OBJ, mode=["max", "max"], sampler=make_sampler(search)
-    )
+    restored = CandidateAwareOptunaSearch(space=split_space(search)[0], metric=OBJ, mode=["max", "max"],
+                                          sampler=make_sampler(search))
     restored.restore(str(tmp_path / "searcher.pkl"))
     assert isinstance(restored.study.sampler, RSFTStartupSampler)
     assert len(restored.study.trials) == 25 and restored.suggest("t5")
 
 
 # --- 2. every sampler learns from the told points ------------------------------------------------
-
 
 @pytest.mark.parametrize("sampler", ["tpe", "nsga2", "gp"])
 def test_next_suggestions_depend_on_told_points(sampler):
@@ -196,7 +174,6 @@ def test_random_is_the_baseline_that_learns_from_nothing():
 
 # --- 3. extra draws honour the space --------------------------------------------------------------
 
-
 def test_draw_honours_log_integer_choices_and_bounds():
     rng = random.Random(0)
     log_range = Param(low=1e-4, high=1e-2, log=True)
@@ -229,19 +206,17 @@ def test_out_of_space_candidates_are_logged_and_refused_points_counted(caplog):
     pure = next(c for c in cands if c["kind"] == "pure_rsft")
     assert not pure["in_space"] and "outside the search space" in caplog.text
     searched, fixed = split_space(search)
-    s = CandidateAwareOptunaSearch(space=searched, metric=OBJ, mode=["max", "max"], sampler=make_sampler(search))
+    s = CandidateAwareOptunaSearch(space=searched, metric=OBJ, mode=["max", "max"],
+                                   sampler=make_sampler(search))
     params = {**fixed, **s.suggest("a")}
-    bad = [
-        {"params": {**params, "alpha": 0.05}, "values": [0.5, 0.5]},  # below alpha's low
-        {"params": params, "values": [float("nan"), 0.5]},
-    ]
+    bad = [{"params": {**params, "alpha": 0.05}, "values": [0.5, 0.5]},  # below alpha's low
+           {"params": params, "values": [float("nan"), 0.5]}]
     good = [{"params": {**params, "alpha": 0.3}, "values": [0.4, 0.6]}]
     s.on_trial_complete("a", {"edit_score": 0.5, "general_score": 0.5, EXTRA_POINTS_KEY: bad + good})
     assert (s.extra_points_told, s.extra_points_refused) == (1, 2)
 
 
 # --- 4. constraints -------------------------------------------------------------------------------
-
 
 def test_constraint_values_and_feasibility():
     mins = minimums(ObjectivesConfig(min_edit_score=0.6))
@@ -251,9 +226,7 @@ def test_constraint_values_and_feasibility():
     assert not feasible({"edit_score": float("nan")}, mins) and feasible({"edit_score": 0.1}, {})
     # The front's rule and the sampler's constraint values agree, at the minimum too.
     for v in (0.59, 0.6, 0.61, float("nan"), float("inf")):
-        assert feasible({"edit_score": v}, mins) == all(
-            c <= 0 for c in constraint_values({"edit_score": v}, mins).values()
-        )
+        assert feasible({"edit_score": v}, mins) == all(c <= 0 for c in constraint_values({"edit_score": v}, mins).values())
     with pytest.raises(ValueError, match="min_general_score"):
         ObjectivesConfig(min_general_score=1.5)
 

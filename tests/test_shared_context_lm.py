@@ -41,13 +41,8 @@ def logiqa_docs(n: int) -> list[dict]:
             continue
         options = [re.sub(r"^[A-D][.\s]?\s*", "", ln) for ln in lines[3:]]
         listing = "\n".join(f"{letter}. {o}" for letter, o in zip("ABCD", options, strict=True))
-        docs.append(
-            {
-                "question": f"Passage: {lines[1]}\nQuestion: {lines[2]}\nChoices:\n{listing}",
-                "choices": options,
-                "answer_index": "abcd".index(lines[0]),
-            }
-        )
+        docs.append({"question": f"Passage: {lines[1]}\nQuestion: {lines[2]}\nChoices:\n{listing}",
+                     "choices": options, "answer_index": "abcd".index(lines[0])})
     return docs[:n]
 
 
@@ -62,17 +57,10 @@ def write_rolling_task(name: str, pages: list[str], out) -> str:
     import json
 
     (out / f"{name}.jsonl").write_text("".join(json.dumps({"page": p}) + "\n" for p in pages))
-    config = {
-        "task": name,
-        "dataset_path": "json",
-        "dataset_kwargs": {"data_files": {"test": str(out / f"{name}.jsonl")}},
-        "output_type": "loglikelihood_rolling",
-        "test_split": "test",
-        "doc_to_text": "",
-        "doc_to_target": "{{page}}",
-        "metric_list": [{"metric": "word_perplexity"}, {"metric": "byte_perplexity"}],
-        "metadata": {"version": 1.0},
-    }
+    config = {"task": name, "dataset_path": "json", "dataset_kwargs": {"data_files": {"test": str(out / f"{name}.jsonl")}},
+              "output_type": "loglikelihood_rolling", "test_split": "test", "doc_to_text": "",
+              "doc_to_target": "{{page}}", "metric_list": [{"metric": "word_perplexity"}, {"metric": "byte_perplexity"}],
+              "metadata": {"version": 1.0}}
     (out / f"{name}.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     return name
 
@@ -85,12 +73,8 @@ def world(tmp_path_factory):
     write_rolling_task("wiki2", pages, out)
     tok = build_word_tokenizer([d["question"] + " " + " ".join(d["choices"]) for d in docs] + pages)
     manager = TaskManager(include_path=str(out), include_defaults=False)
-    return {
-        "tok": tok,
-        "tasks": manager.load(["logiqa8", "wiki2"]),
-        "logiqa": manager.load(["logiqa8"]),
-        "wiki": manager.load(["wiki2"]),
-    }
+    return {"tok": tok, "tasks": manager.load(["logiqa8", "wiki2"]), "logiqa": manager.load(["logiqa8"]),
+            "wiki": manager.load(["wiki2"])}
 
 
 def _model(tok, arch: str = "qwen2"):
@@ -112,7 +96,7 @@ ULP2 = 2.0**-22
 
 
 def _assert_same_per_document(got: dict, want: dict, tol: float = 1e-5) -> None:
-    for g_doc, w_doc in zip(_responses(got, "logiqa8"), _responses(want, "logiqa8"), strict=True):
+    for (g_doc, w_doc) in zip(_responses(got, "logiqa8"), _responses(want, "logiqa8"), strict=True):
         assert [ll for ll, _ in g_doc] == pytest.approx([ll for ll, _ in w_doc], rel=ULP2, abs=tol)
         assert [greedy for _, greedy in g_doc] == [greedy for _, greedy in w_doc]
         assert max(range(4), key=lambda i: g_doc[i][0]) == max(range(4), key=lambda i: w_doc[i][0])
@@ -150,19 +134,9 @@ def test_requests_hflm_truncates_take_its_own_path(world):
     # together beyond the model's length).
     shared.rows_run = 0
     full = _run(shared, world["wiki"])
-    assert shared.rows_run == sum(
-        len(
-            list(
-                get_rolling_token_windows(
-                    token_list=shared.tok_encode(s["doc"]["page"]),
-                    prefix_token=shared.prefix_token_id,
-                    max_seq_len=64,
-                    context_len=1,
-                )
-            )
-        )
-        for s in full["samples"]["wiki2"]
-    )
+    assert shared.rows_run == sum(len(list(get_rolling_token_windows(
+        token_list=shared.tok_encode(s["doc"]["page"]), prefix_token=shared.prefix_token_id, max_seq_len=64,
+        context_len=1))) for s in full["samples"]["wiki2"])
 
 
 def _scale_block_(model, block: int, factor: float) -> dict:

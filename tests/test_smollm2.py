@@ -58,54 +58,14 @@ def smollm2_run(tmp_path_factory) -> SmolLM2Run:
         gguf = tmp / "cache" / "smollm2" / GGUF_NAME
         folder = _timed(seconds, "dequantize", dequantized_folder, gguf)
         delta, merged, report = tmp / "delta", tmp / "merged", tmp / "metrics.json"
-        rsft = [
-            "rsft",
-            "--model",
-            str(gguf),
-            "--data",
-            str(ZSRE),
-            "--limit",
-            str(RECORDS),
-            "--layer",
-            str(LAYER),
-            "--prompt-format",
-            "chat",
-            "--out",
-            str(delta),
-            "--quiet",
-        ]
+        rsft = ["rsft", "--model", str(gguf), "--data", str(ZSRE), "--limit", str(RECORDS), "--layer", str(LAYER),
+                "--prompt-format", "chat", "--out", str(delta), "--quiet"]
         assert _timed(seconds, "rsft", main, rsft) == 0
-        merge = [
-            "merge",
-            "--base",
-            str(gguf),
-            "--delta",
-            str(delta),
-            "--alpha",
-            "0.2",
-            "--sparsity",
-            "0.2",
-            "--out",
-            str(merged),
-        ]
+        merge = ["merge", "--base", str(gguf), "--delta", str(delta), "--alpha", "0.2", "--sparsity", "0.2",
+                 "--out", str(merged)]
         assert _timed(seconds, "merge", main, merge) == 0
-        evaluate = [
-            "evaluate",
-            "--model",
-            str(merged),
-            "--base",
-            str(gguf),
-            "--data",
-            str(ZSRE),
-            "--limit",
-            str(RECORDS),
-            "--prompt-format",
-            "chat",
-            "--mode",
-            "both",
-            "--out",
-            str(report),
-        ]
+        evaluate = ["evaluate", "--model", str(merged), "--base", str(gguf), "--data", str(ZSRE), "--limit",
+                    str(RECORDS), "--prompt-format", "chat", "--mode", "both", "--out", str(report)]
         assert _timed(seconds, "evaluate", main, evaluate) == 0
         yield SmolLM2Run(gguf, folder, delta, merged, json.loads(report.read_text()), seconds)
     finally:
@@ -129,14 +89,10 @@ def test_the_gguf_is_the_pinned_one_and_answers_through_its_chat_template(smollm
     assert (record["architecture"], record["block_count"], record["quantization"]) == ("llama", 30, "Q4_1")
     tok, model = load_tokenizer(str(run.gguf)), load_model(str(run.gguf))
     assert model.config.hidden_size == 576 and model.config.num_hidden_layers == 30
-    inputs = tok.apply_chat_template(
-        [{"role": "user", "content": "What is the capital of France?"}],
-        add_generation_prompt=True,
-        return_tensors="pt",
-        return_dict=True,
-    )
+    inputs = tok.apply_chat_template([{"role": "user", "content": "What is the capital of France?"}],
+                                     add_generation_prompt=True, return_tensors="pt", return_dict=True)
     out = model.generate(**inputs, max_new_tokens=12, do_sample=False)
-    answer = tok.decode(out[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
+    answer = tok.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
     assert "Paris" in answer, answer
 
 

@@ -15,12 +15,8 @@ from mlflow import MlflowClient
 def _tracker(tmp_path, spool=True):
     from mm4ke_ray.tracking.mlflow_tracker import SweepTracker
 
-    tracker = SweepTracker(
-        f"sqlite:///{tmp_path}/mlflow.db",
-        "spooltest",
-        str(tmp_path / "art"),
-        spool_path=tmp_path / "mlflow-spool.jsonl" if spool else None,
-    )
+    tracker = SweepTracker(f"sqlite:///{tmp_path}/mlflow.db", "spooltest", str(tmp_path / "art"),
+                           spool_path=tmp_path / "mlflow-spool.jsonl" if spool else None)
     tracker.start_sweep("s", {"model": "m", "seed": 1}, {"mm4ke.protocol": "sequential"})
     return tracker
 
@@ -32,32 +28,15 @@ def test_spooled_records_replay_in_order_into_the_same_runs(tmp_path):
     tracker = _tracker(tmp_path)
     client = MlflowClient(tracker.uri)
     # A candidate whose run was created before the server went away: its record carries the id.
-    half = client.create_run(
-        tracker.experiment_id,
-        run_name="t1-c0",
-        tags={"mlflow.parentRunId": tracker.parent_run_id, "mm4ke.role": "candidate"},
-    ).info.run_id
+    half = client.create_run(tracker.experiment_id, run_name="t1-c0",
+                             tags={"mlflow.parentRunId": tracker.parent_run_id, "mm4ke.role": "candidate"}).info.run_id
     spool = Spool(tmp_path / "later.jsonl", tracker.uri, tracker.experiment_id, tracker.parent_run_id)
-    spool.append(
-        {
-            "op": "candidate",
-            "experiment_id": tracker.experiment_id,
-            "name": "t1-c0",
-            "run_id": half,
-            "tags": [["mm4ke.kind", "sampled"], ["mm4ke.trial_id", "t1"], ["mm4ke.status", "ok"]],
-            "params": [["alpha", "0.1"], ["sparsity", "0.2"]],
-            "metrics": [["edit_score", 0.5, 1000, 0], ["general_score", 0.9, 1000, 0]],
-            "status": "FINISHED",
-        }
-    )
+    spool.append({"op": "candidate", "experiment_id": tracker.experiment_id, "name": "t1-c0", "run_id": half,
+                  "tags": [["mm4ke.kind", "sampled"], ["mm4ke.trial_id", "t1"], ["mm4ke.status", "ok"]],
+                  "params": [["alpha", "0.1"], ["sparsity", "0.2"]],
+                  "metrics": [["edit_score", 0.5, 1000, 0], ["general_score", 0.9, 1000, 0]], "status": "FINISHED"})
     for step in (1, 2):
-        spool.append(
-            {
-                "op": "batch",
-                "run_id": tracker.parent_run_id,
-                "metrics": [["trials_done", float(step), 1000 + step, step]],
-            }
-        )
+        spool.append({"op": "batch", "run_id": tracker.parent_run_id, "metrics": [["trials_done", float(step), 1000 + step, step]]})
     spool.append({"op": "status", "run_id": tracker.parent_run_id, "status": "FINISHED"})
     assert spool_header(spool.path)["parent_run_id"] == tracker.parent_run_id
 
@@ -94,9 +73,7 @@ def test_artifacts_are_copied_into_the_spool(tmp_path):
     folder.mkdir()
     (folder / "delta.safetensors").write_bytes(b"\x00" * 16)
     spool = Spool(tmp_path / "a.jsonl", tracker.uri, tracker.experiment_id, tracker.parent_run_id)
-    spool.append(
-        {"op": "artifacts", "run_id": tracker.parent_run_id, "local": str(folder), "artifact_path": "deltas/t1"}
-    )
+    spool.append({"op": "artifacts", "run_id": tracker.parent_run_id, "local": str(folder), "artifact_path": "deltas/t1"})
     (folder / "delta.safetensors").unlink()  # the caller's temporary folder is gone
     assert spool.flush(tracker.client)
     names = [a.path for a in tracker.client.list_artifacts(tracker.parent_run_id, "deltas/t1")]
@@ -116,9 +93,7 @@ def test_a_moved_spool_still_sends_its_artifacts(tmp_path):
     folder.mkdir()
     (folder / "delta.safetensors").write_bytes(b"\x00" * 16)
     spool = Spool(tmp_path / "sweep" / "a.jsonl", tracker.uri, tracker.experiment_id, tracker.parent_run_id)
-    spool.append(
-        {"op": "artifacts", "run_id": tracker.parent_run_id, "local": str(folder), "artifact_path": "deltas/t1"}
-    )
+    spool.append({"op": "artifacts", "run_id": tracker.parent_run_id, "local": str(folder), "artifact_path": "deltas/t1"})
     spool.append({"op": "batch", "run_id": tracker.parent_run_id, "metrics": [["trials_done", 1.0, 1000, 1]]})
     shutil.move(tmp_path / "sweep", tmp_path / "moved")
     moved = Spool(tmp_path / "moved" / "a.jsonl", tracker.uri, tracker.experiment_id, tracker.parent_run_id)
@@ -139,18 +114,12 @@ def test_secrets_never_reach_mlflow(tmp_path, monkeypatch):
     assert redact("token=hf_abcdefSECRET123456") == "token=***"
     assert redact("https://alice:pa55word@host/db") == "https://alice:***@host/db"
     tracker = _tracker(tmp_path, spool=False)
-    tracker.log_candidate(
-        "c",
-        {"model": "x hf_abcdefSECRET123456"},
-        {"m": 1.0},
-        {"note": "key k-SECRET-42424242", "uri": "postgresql://u:pw-123@db/mlflow"},
-    )
+    tracker.log_candidate("c", {"model": "x hf_abcdefSECRET123456"}, {"m": 1.0},
+                          {"note": "key k-SECRET-42424242", "uri": "postgresql://u:pw-123@db/mlflow"})
     tracker.log_text("edits: https://u:hunter22@example.com/e.json\n", "config.yaml")
     runs = MlflowClient(tracker.uri).search_runs([tracker.experiment_id])
     blob = json.dumps([{**r.data.params, **r.data.tags} for r in runs])
-    blob += open(
-        MlflowClient(tracker.uri).download_artifacts(tracker.parent_run_id, "config.yaml", str(tmp_path))
-    ).read()
+    blob += open(MlflowClient(tracker.uri).download_artifacts(tracker.parent_run_id, "config.yaml", str(tmp_path))).read()
     for secret in ("hf_abcdefSECRET123456", "k-SECRET-42424242", "pw-123", "hunter22"):
         assert secret not in blob
     assert "***" in blob

@@ -41,18 +41,11 @@ def _config(demo, tmp: Path, **stream) -> dict:
         "name": "stream-test",
         "model": {"name": str(demo.model_dir)},
         "data": {"edits": str(demo.edits_path), "limit": ROUNDS * PER_ROUND},
-        "evaluation": {
-            "mode": "both",
-            "general_tasks": list(demo.task_names),
-            "task_include_path": str(demo.tasks_dir),
-            "general_limit": 40,
-        },
+        "evaluation": {"mode": "both", "general_tasks": list(demo.task_names),
+                       "task_include_path": str(demo.tasks_dir), "general_limit": 40},
         "search": {"space": FIXED_SPACE, "seed": 0},
-        "tracking": {
-            "uri": f"sqlite:///{tmp}/mlflow.db",
-            "experiment": "stream-test",
-            "artifact_location": str(tmp / "artifacts"),
-        },
+        "tracking": {"uri": f"sqlite:///{tmp}/mlflow.db", "experiment": "stream-test",
+                     "artifact_location": str(tmp / "artifacts")},
         "storage_path": str(tmp / "runs"),
         "stream": {"rounds": ROUNDS, "per_round": {"alpha": ALPHAS}, **stream},
     }
@@ -66,16 +59,12 @@ def streamed(demo, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("stream")
     config = validate_config(_config(demo, tmp))
     states = {}
-    outcome = run_stream_config(
-        config,
-        tmp / "out",
-        watch=lambda t, m: states.__setitem__(t, {k: v.detach().clone() for k, v in m.state_dict().items()}),
-    )
+    outcome = run_stream_config(config, tmp / "out", watch=lambda t, m: states.__setitem__(
+        t, {k: v.detach().clone() for k, v in m.state_dict().items()}))
     return config, outcome, states
 
 
 # -- splitting --------------------------------------------------------------------------------
-
 
 def test_split_by_order_keeps_stream_order_in_near_equal_rounds():
     records = load_edit_records(ZSRE, limit=10).records
@@ -111,30 +100,22 @@ def test_split_by_files_one_round_per_file_in_order(tmp_path):
 
 # -- config -----------------------------------------------------------------------------------
 
-
-@pytest.mark.parametrize(
-    ("stream", "message"),
-    [
-        ({"split": "order"}, "split 'order' needs `rounds`"),
-        ({"split": "field"}, "split 'field' needs `field`"),
-        ({"rounds": 2, "per_round": {"alpha": [0.1]}}, "per_round.alpha has 1 values for 2 rounds"),
-        ({"rounds": 2, "per_round": {"alpha": [0.1, 1.0]}}, "values must be in \\[0, 1\\)"),
-        ({"rounds": 2, "per_round": {"lr": [1e-4, 2e-4]}}, "stream.per_round.lr"),
-        ({"rounds": 2, "split": "files", "files": ["a.json"]}, "rounds is 2 but `files` lists 1"),
-    ],
-)
+@pytest.mark.parametrize(("stream", "message"), [
+    ({"split": "order"}, "split 'order' needs `rounds`"),
+    ({"split": "field"}, "split 'field' needs `field`"),
+    ({"rounds": 2, "per_round": {"alpha": [0.1]}}, "per_round.alpha has 1 values for 2 rounds"),
+    ({"rounds": 2, "per_round": {"alpha": [0.1, 1.0]}}, "values must be in \\[0, 1\\)"),
+    ({"rounds": 2, "per_round": {"lr": [1e-4, 2e-4]}}, "stream.per_round.lr"),
+    ({"rounds": 2, "split": "files", "files": ["a.json"]}, "rounds is 2 but `files` lists 1"),
+])
 def test_bad_stream_sections_are_refused_naming_the_field(stream, message):
     with pytest.raises(ConfigError, match=message):
         validate_config({"stream": stream})
 
 
 def test_a_searched_parameter_is_refused_unless_given_per_round():
-    config = validate_config(
-        {
-            "search": {"space": {**FIXED_SPACE, "lr": {"low": 1e-4, "high": 1e-3}, "alpha": {"low": 0.0, "high": 0.5}}},
-            "stream": {"rounds": 2},
-        }
-    )
+    config = validate_config({"search": {"space": {**FIXED_SPACE, "lr": {"low": 1e-4, "high": 1e-3}, "alpha": {
+        "low": 0.0, "high": 0.5}}}, "stream": {"rounds": 2}})
     with pytest.raises(ConfigError) as err:
         round_settings(config, 2)
     assert "search.space.lr is searched" in str(err.value) and "search.space.alpha is searched" in str(err.value)
@@ -161,7 +142,6 @@ def test_the_stream_section_changes_the_sweep_fingerprint(demo, tmp_path):
 
 
 # -- the protocol -----------------------------------------------------------------------------
-
 
 def test_every_round_keeps_its_delta_and_merge_settings(streamed):
     _, outcome, _ = streamed
@@ -239,9 +219,7 @@ def test_retention_of_old_edits_is_measured_every_round(streamed):
             assert key in m, (t, key)
     assert rows[0]["locality"] == 100.0 and rows[0]["general_score"] == 1.0
     assert rows[0]["current.edit_succ"] < rows[1]["current.edit_succ"]  # round 1's edits took
-    assert [r.metrics["round1.edit_succ"] for r in outcome.result.rounds] == outcome.result.curve("round1.edit_succ")[
-        1:
-    ]
+    assert [r.metrics["round1.edit_succ"] for r in outcome.result.rounds] == outcome.result.curve("round1.edit_succ")[1:]
     summary = outcome.result.summary()
     seen = [r.metrics["seen.gen.edit_succ"] for r in outcome.result.rounds]
     assert summary["final.seen.gen.edit_succ"] == seen[-1]
@@ -266,9 +244,8 @@ def test_mlflow_run_has_every_metric_at_step_round(streamed):
     assert alphas == [(t, pytest.approx(a)) for t, a in enumerate(ALPHAS, 1)]
     general = {m.step: m.value for m in client.get_metric_history(outcome.run_id, "general_score")}
     assert general[ROUNDS] == pytest.approx(outcome.result.rounds[-1].metrics["general_score"], abs=1e-6)
-    assert run.data.metrics["mean.general_score"] == pytest.approx(
-        outcome.result.summary()["mean.general_score"], abs=1e-6
-    )
+    assert run.data.metrics["mean.general_score"] == pytest.approx(outcome.result.summary()["mean.general_score"],
+                                                                    abs=1e-6)
     artifacts = {a.path for a in client.list_artifacts(outcome.run_id)}
     assert {"retention.png", "retention.md", "stream.json", "config.yaml"} <= artifacts
 
@@ -293,9 +270,8 @@ def test_cli_stream_then_export_of_round_t_equals_that_round(demo, tmp_path, cap
     model = AutoModelForCausalLM.from_pretrained(exported)
     rebuilt = AutoModelForCausalLM.from_pretrained(demo.model_dir)
     rebuild_round_(rebuilt, out, 1)
-    assert all(
-        torch.equal(a, b) for a, b in zip(model.state_dict().values(), rebuilt.state_dict().values(), strict=True)
-    )
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), rebuilt.state_dict().values(),
+                                                strict=True))
     assert main(["stream-export", str(out), "--round", "3", "--out", str(tmp_path / "r3")]) == 2
     assert "round 3 is not in this stream: it has rounds 1..2" in capsys.readouterr().err
 
@@ -340,21 +316,11 @@ def test_sharegpt_multi_turn_chat_data_as_a_stream(tmp_path):
     from mm4ke_ray.errors import DataError
 
     rows = [
-        {
-            "conversations": [
-                {"from": "human", "value": "Which city hosts the 2031 fair?"},
-                {"from": "gpt", "value": "Lisbon"},
-            ]
-        },
-        {
-            "system": "Answer briefly.",
-            "conversations": [
-                {"from": "human", "value": "Who runs Acme?"},
-                {"from": "gpt", "value": "Ada Park"},
-                {"from": "human", "value": "Since when?"},
-                {"from": "gpt", "value": "2029"},
-            ],
-        },
+        {"conversations": [{"from": "human", "value": "Which city hosts the 2031 fair?"},
+                           {"from": "gpt", "value": "Lisbon"}]},
+        {"system": "Answer briefly.", "conversations": [
+            {"from": "human", "value": "Who runs Acme?"}, {"from": "gpt", "value": "Ada Park"},
+            {"from": "human", "value": "Since when?"}, {"from": "gpt", "value": "2029"}]},
         {"messages": [{"role": "user", "content": "Capital of Zubrowka?"}, {"role": "assistant", "content": "Lutz"}]},
     ]
     path = tmp_path / "chat.json"
@@ -371,19 +337,15 @@ def test_sharegpt_multi_turn_chat_data_as_a_stream(tmp_path):
 
 # -- tuning for the stream (§2) ----------------------------------------------------------------
 
-
 def test_warm_points_take_a_sweeps_best_settings_inside_this_space(demo, tmp_path):
     from mm4ke_ray.stream.tune import warm_points
 
     cfg = _config(demo, tmp_path)
     cfg["search"]["space"] = {**FIXED_SPACE, "lr": {"choices": [2e-4, 4e-4]}, "sparsity": {"low": 0.0, "high": 0.5}}
     config = validate_config(cfg)
-    rows = [
-        {"lr": 2e-4, "sparsity": 0.1, "combined_score": 0.5},
-        {"lr": 4e-4, "sparsity": 0.2, "combined_score": 0.9},
-        {"lr": 1e-3, "sparsity": 0.1, "combined_score": 0.99},  # outside the space: dropped
-        {"lr": 4e-4, "sparsity": 0.2, "combined_score": 0.8},
-    ]  # a repeat: once
+    rows = [{"lr": 2e-4, "sparsity": 0.1, "combined_score": 0.5}, {"lr": 4e-4, "sparsity": 0.2, "combined_score": 0.9},
+            {"lr": 1e-3, "sparsity": 0.1, "combined_score": 0.99},  # outside the space: dropped
+            {"lr": 4e-4, "sparsity": 0.2, "combined_score": 0.8}]  # a repeat: once
     assert warm_points(rows, config, most=5) == [{"lr": 4e-4, "sparsity": 0.2}, {"lr": 2e-4, "sparsity": 0.1}]
     assert warm_points(rows, config, most=1) == [{"lr": 4e-4, "sparsity": 0.2}]
 
@@ -421,12 +383,8 @@ def test_cli_tune_warm_started_from_a_one_round_sweep_in_mlflow(demo, tmp_path, 
     tracker = SweepTracker(uri, "stream-test", str(tmp_path / "artifacts"))
     tracker.start_sweep("one-round", params={"model": str(demo.model_dir)}, tags={})
     for i, (lr, combined) in enumerate(((2e-4, 0.4), (4e-4, 0.7))):
-        tracker.log_candidate(
-            f"t{i}-c0",
-            {"lr": lr, "alpha": 0.2},
-            {"edit_score": combined, "general_score": 1.0, "combined_score": combined},
-            {Tag.KIND: SAMPLED, Tag.STATUS: "ok"},
-        )
+        tracker.log_candidate(f"t{i}-c0", {"lr": lr, "alpha": 0.2}, {"edit_score": combined, "general_score": 1.0,
+                              "combined_score": combined}, {Tag.KIND: SAMPLED, Tag.STATUS: "ok"})
     tracker.finish()
     cfg = _config(demo, tmp_path)
     cfg["evaluation"] = {"mode": "teacher-forced"}
@@ -446,10 +404,8 @@ def test_cli_tune_warm_started_from_a_one_round_sweep_in_mlflow(demo, tmp_path, 
     assert run.data.params["lr"] == "0.0004" and run.data.tags["mm4ke.role"] == "stream"
     other = tmp_path / "other.yaml"
     other.write_text(yaml.safe_dump({**cfg, "model": {"name": str(tmp_path)}}))
-    assert (
-        main(["stream", str(other), "--out", str(tmp_path / "y"), "--tune", "1", "--warm-start", f"{uri}:one-round"])
-        == 2
-    )
+    assert main(["stream", str(other), "--out", str(tmp_path / "y"), "--tune", "1",
+                 "--warm-start", f"{uri}:one-round"]) == 2
     assert "that sweep edited model" in capsys.readouterr().err
 
 

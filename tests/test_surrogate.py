@@ -56,7 +56,6 @@ def _evaluator(plane, log=None, prune=()):
             edit, general = plane(c["alpha"], c["sparsity"])
             full.append({**c, "metrics": {"edit_score": edit, "general_score": general}})
         return full, pruned
-
     return evaluate
 
 
@@ -108,26 +107,12 @@ def _random_planes(n: int, seed: int = 1) -> list:
     rng = random.Random(seed)
     planes = []
     for _ in range(n):
-        c1, w1, w2, p, t1 = (
-            rng.uniform(0.3, 0.9),
-            rng.uniform(0.5, 1.5),
-            rng.uniform(0, 1),
-            rng.choice([1, 2, 3]),
-            rng.uniform(0.05, 0.3),
-        )
-        g0, g1, c2, t2, v = (
-            rng.uniform(0.3, 0.9),
-            rng.uniform(0.05, 0.5),
-            rng.uniform(0.2, 0.8),
-            rng.uniform(0.1, 0.4),
-            rng.uniform(0, 0.5),
-        )
-        planes.append(
-            lambda a, s, c1=c1, w1=w1, w2=w2, p=p, t1=t1, g0=g0, g1=g1, c2=c2, t2=t2, v=v: (
-                _sig((c1 - a * w1 - w2 * s**p) / t1),
-                min(1.0, g0 + g1 * _sig((a + v * s - c2) / t2)),
-            )
-        )
+        c1, w1, w2, p, t1 = rng.uniform(.3, .9), rng.uniform(.5, 1.5), rng.uniform(0, 1), rng.choice([1, 2, 3]), \
+            rng.uniform(.05, .3)
+        g0, g1, c2, t2, v = rng.uniform(.3, .9), rng.uniform(.05, .5), rng.uniform(.2, .8), rng.uniform(.1, .4), \
+            rng.uniform(0, .5)
+        planes.append(lambda a, s, c1=c1, w1=w1, w2=w2, p=p, t1=t1, g0=g0, g1=g1, c2=c2, t2=t2, v=v: (
+            _sig((c1 - a * w1 - w2 * s**p) / t1), min(1.0, g0 + g1 * _sig((a + v * s - c2) / t2))))
     return planes
 
 
@@ -206,18 +191,9 @@ def _ctx(candidates: str, extra: int, actors: int = 2):
     from mm4ke_ray.search.trial import TrialContext
 
     search = SearchConfig(seed=3, space={"alpha": {"low": 0.0, "high": 0.95}, "sparsity": {"low": 0.0, "high": 0.8}})
-    return TrialContext(
-        settings=EvalSettings(model="m", edits="e"),
-        search=search,
-        extra_candidates=extra,
-        runner="task",
-        rsft_cpus=1,
-        rsft_gpus=0,
-        storage_path="/tmp",
-        actors=tuple(range(actors)),
-        merge_candidates=candidates,
-        merge_grid=6,
-    )
+    return TrialContext(settings=EvalSettings(model="m", edits="e"), search=search, extra_candidates=extra,
+                        runner="task", rsft_cpus=1, rsft_gpus=0, storage_path="/tmp", actors=tuple(range(actors)),
+                        merge_candidates=candidates, merge_grid=6)
 
 
 def _fake_pool(monkeypatch, plane):
@@ -232,11 +208,8 @@ def _fake_pool(monkeypatch, plane):
             edit, general = plane(c["alpha"], c["sparsity"])
             c["index"] = i
             c["metrics"] = {"edit_score": edit, "general_score": general, "eval_records": 3, "eval_docs": 2}
-        return (
-            cands,
-            [],
-            {"eval_compute_records": 3 * len(cands), "eval_compute_docs": 2 * len(cands), "eval_compute_seconds": 0.0},
-        )
+        return cands, [], {"eval_compute_records": 3 * len(cands), "eval_compute_docs": 2 * len(cands),
+                           "eval_compute_seconds": 0.0}
 
     monkeypatch.setattr(trial_candidates, "_evaluate_candidates", fake)
     return calls
@@ -260,9 +233,8 @@ def test_the_trial_uses_the_surrogate_and_tells_every_full_candidate(monkeypatch
     assert [c["index"] for c in cands] == list(range(len(cands)))
     told = report[EXTRA_POINTS_KEY]
     assert len(told) == len(cands) - 1  # every full candidate but the sampled one, which Tune tells
-    assert {(p["params"]["alpha"], p["params"]["sparsity"]) for p in told} == {
-        (c["alpha"], c["sparsity"]) for c in cands[1:]
-    }
+    assert {(p["params"]["alpha"], p["params"]["sparsity"]) for p in told} == \
+        {(c["alpha"], c["sparsity"]) for c in cands[1:]}
     assert report["eval_compute_records"] == 3 * len(cands)
 
 
@@ -282,13 +254,8 @@ def test_driver_passes_the_merge_settings():
     from mm4ke_ray.search import driver
 
     cfg = SweepConfig.model_validate({"merge": {"candidates": "surrogate", "extra_candidates": 7, "grid": 5}})
-    run = SimpleNamespace(
-        config=cfg,
-        settings=EvalSettings(model="m", edits="e"),
-        experiment_dir="/tmp/x",
-        pool=SimpleNamespace(actors=[]),
-        front_key=None,
-    )
+    run = SimpleNamespace(config=cfg, settings=EvalSettings(model="m", edits="e"), experiment_dir="/tmp/x",
+                          pool=SimpleNamespace(actors=[]), front_key=None)
     ctx = driver._trial_context(run)
     assert (ctx.merge_candidates, ctx.merge_grid, ctx.extra_candidates) == ("surrogate", 5, 7)
 
@@ -300,9 +267,7 @@ def test_with_halving_each_batch_has_its_rung_record_and_only_the_first_keeps_th
 
     calls = _fake_pool(monkeypatch, PLANES["sharp"])
     stores = []
-    monkeypatch.setattr(
-        trial_candidates, "_store", lambda ctx, key, digest, cands: stores.append((key, digest, len(cands)))
-    )
+    monkeypatch.setattr(trial_candidates, "_store", lambda ctx, key, digest, cands: stores.append((key, digest, len(cands))))
     ctx = _ctx("surrogate", extra=7)
     ctx = dataclasses.replace(ctx, settings=dataclasses.replace(ctx.settings, fidelity_rungs=3), rungs_path="/tmp/r")
     full, _, compute = trial_candidates.evaluate_merges(ctx, {"alpha": 0.31, "sparsity": 0.22}, None, "t9", "abc")

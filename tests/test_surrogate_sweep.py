@@ -23,23 +23,17 @@ def outcome(ray_2_cpus, tmp_path_factory, tiny_model_dir):
 
     tmp = tmp_path_factory.mktemp("surrogate_sweep")
     task = general_task(tmp / "tasks", name="surrogate_mc")
-    config = validate_config(
-        {
-            "name": "surrogatesweep",
-            "model": {"name": str(tiny_model_dir)},
-            "data": {"edits": str(ZSRE), "limit": 4},
-            "evaluation": {"general_tasks": [task], "task_include_path": str(tmp / "tasks"), "batch_size": 8},
-            "search": {"num_trials": TRIALS, "sampler": "tpe", "seed": 3, "space": SPACE, "rsft": {"runner": "task"}},
-            "merge": {"extra_candidates": EXTRA, "candidates": "surrogate", "grid": GRID},
-            "tracking": {
-                "uri": f"sqlite:///{tmp}/mlflow.db",
-                "experiment": "surrogatesweep",
-                "artifact_location": str(tmp / "artifacts"),
-            },
-            "storage_path": str(tmp / "ray"),
-        },
-        "test",
-    )
+    config = validate_config({
+        "name": "surrogatesweep",
+        "model": {"name": str(tiny_model_dir)},
+        "data": {"edits": str(ZSRE), "limit": 4},
+        "evaluation": {"general_tasks": [task], "task_include_path": str(tmp / "tasks"), "batch_size": 8},
+        "search": {"num_trials": TRIALS, "sampler": "tpe", "seed": 3, "space": SPACE, "rsft": {"runner": "task"}},
+        "merge": {"extra_candidates": EXTRA, "candidates": "surrogate", "grid": GRID},
+        "tracking": {"uri": f"sqlite:///{tmp}/mlflow.db", "experiment": "surrogatesweep",
+                     "artifact_location": str(tmp / "artifacts")},
+        "storage_path": str(tmp / "ray"),
+    }, "test")
     return run_sweep(config)
 
 

@@ -19,30 +19,20 @@ def sweep_config(tmp_path_factory, tiny_model_dir):
 
     tmp = tmp_path_factory.mktemp("sweep")
     task = general_task(tmp / "tasks", name="sweeptest_mc")
-    return validate_config(
-        {
-            "name": "sweeptest",
-            "model": {"name": str(tiny_model_dir)},
-            "data": {"edits": str(ZSRE), "limit": 4},
-            # Both metric families, the edit objective from the generated answers (issue 14).
-            "evaluation": {
-                "general_tasks": [task],
-                "task_include_path": str(tmp / "tasks"),
-                "batch_size": 8,
-                "mode": "both",
-            },
-            "search": {"num_trials": 4, "sampler": "tpe", "seed": 3, "space": SPACE},
-            "merge": {"extra_candidates": 2},
-            "objectives": {"edit_mode": "generation"},
-            "tracking": {
-                "uri": f"sqlite:///{tmp}/mlflow.db",
-                "experiment": "sweeptest",
-                "artifact_location": str(tmp / "artifacts"),
-            },
-            "storage_path": str(tmp / "ray"),
-        },
-        "test",
-    )
+    return validate_config({
+        "name": "sweeptest",
+        "model": {"name": str(tiny_model_dir)},
+        "data": {"edits": str(ZSRE), "limit": 4},
+        # Both metric families, the edit objective from the generated answers (issue 14).
+        "evaluation": {"general_tasks": [task], "task_include_path": str(tmp / "tasks"), "batch_size": 8,
+                       "mode": "both"},
+        "search": {"num_trials": 4, "sampler": "tpe", "seed": 3, "space": SPACE},
+        "merge": {"extra_candidates": 2},
+        "objectives": {"edit_mode": "generation"},
+        "tracking": {"uri": f"sqlite:///{tmp}/mlflow.db", "experiment": "sweeptest",
+                     "artifact_location": str(tmp / "artifacts")},
+        "storage_path": str(tmp / "ray"),
+    }, "test")
 
 
 @pytest.fixture(scope="module")
@@ -95,9 +85,7 @@ def test_all_candidates_are_child_runs_of_one_parent(outcome, sweep_config):
     for run in candidates:
         trial_run = trial_runs[run.data.tags["mlflow.parentRunId"]]
         assert trial_run.data.tags["mm4ke.trial_id"] == run.data.tags["mm4ke.trial_id"]
-        assert (
-            trial_run.info.run_name.split()[0] == run.info.run_name.split()[-1][:3]
-        )  # "t03 L1 ..." / "α.30 s.57 t03c2"
+        assert trial_run.info.run_name.split()[0] == run.info.run_name.split()[-1][:3]  # "t03 L1 ..." / "α.30 s.57 t03c2"
         assert trial_run.data.params["lr"] == run.data.params["lr"]
     # Readable run names from Tune's trial numbers (1..4), the candidate id in a tag (issue 15.1).
     names = sorted(r.info.run_name for r in candidates)
@@ -118,12 +106,8 @@ def test_front_is_non_dominated(outcome):
     rows = [outcome.base, *outcome.rows]
 
     def dominated(a):
-        return any(
-            b["edit_score"] >= a["edit_score"]
-            and b["general_score"] >= a["general_score"]
-            and (b["edit_score"] > a["edit_score"] or b["general_score"] > a["general_score"])
-            for b in rows
-        )
+        return any(b["edit_score"] >= a["edit_score"] and b["general_score"] >= a["general_score"]
+                   and (b["edit_score"] > a["edit_score"] or b["general_score"] > a["general_score"]) for b in rows)
 
     assert outcome.front and all(not dominated(r) for r in outcome.front)
     assert all(dominated(r) for r in rows if r not in outcome.front)
@@ -147,17 +131,8 @@ def test_the_real_sweep_publishes_its_front_and_exports_the_best(outcome, sweep_
     assert (Path(folder) / "front.png").stat().st_size > 0 and (Path(folder) / "front.html").stat().st_size > 0
 
     out = tmp_path / "export"
-    args = [
-        "export",
-        "--tracking-uri",
-        sweep_config.tracking.uri,
-        "--sweep",
-        "sweeptest",
-        "--pick",
-        "best",
-        "--out",
-        str(out),
-    ]
+    args = ["export", "--tracking-uri", sweep_config.tracking.uri, "--sweep", "sweeptest", "--pick", "best",
+            "--out", str(out)]
     assert main(args) == 0
     assert verify_checksums(out) == []
     recipe = json.loads((out / "mm4ke_merge.json").read_text())
@@ -182,11 +157,8 @@ def test_both_metric_families_reach_mlflow_and_the_edit_score_follows_generation
     assert params["eval_mode"] == "both" and params["edit_mode"] == "generation"
     assert params["rsft_lr_schedule"] == "constant" and "answer tokens" in params["train_supervision"]
     assert params["general_apply_chat_template"] == "False" and params["general_metric.sweeptest_mc"] == "first"
-    runs = client.search_runs(
-        [parent.info.experiment_id],
-        f"tags.`mm4ke.sweep_run_id` = '{parent.info.run_id}' AND tags.`mm4ke.role` = 'candidate'",
-        max_results=1000,
-    )
+    runs = client.search_runs([parent.info.experiment_id], f"tags.`mm4ke.sweep_run_id` = '{parent.info.run_id}' "
+                              "AND tags.`mm4ke.role` = 'candidate'", max_results=1000)
     assert len(runs) == len(outcome.rows) + 1  # the candidates and the base
     weights = dict(sweep_config.objectives.edit_weights)
     differ = 0
@@ -215,19 +187,13 @@ def test_a_general_task_at_chance_is_refused_before_anything_is_recorded(ray_2_c
     rows = [{"question": f"Question {i}?", "choices": ["the same"] * 4, "answer_index": 1} for i in range(12)]
     task = write_multiple_choice_task("sweeptest_chance", rows, tmp_path / "tasks")
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    config = validate_config(
-        {
-            "name": "chance",
-            "model": {"name": str(tiny_model_dir)},
-            "data": {"edits": str(ZSRE), "limit": 2},
-            "evaluation": {"general_tasks": [task], "task_include_path": str(tmp_path / "tasks"), "batch_size": 8},
-            "search": {"num_trials": 1, "space": SPACE},
-            "merge": {"extra_candidates": 1},
-            "tracking": {"uri": uri, "experiment": "chance", "artifact_location": str(tmp_path / "artifacts")},
-            "storage_path": str(tmp_path / "ray"),
-        },
-        "test",
-    )
+    config = validate_config({
+        "name": "chance", "model": {"name": str(tiny_model_dir)}, "data": {"edits": str(ZSRE), "limit": 2},
+        "evaluation": {"general_tasks": [task], "task_include_path": str(tmp_path / "tasks"), "batch_size": 8},
+        "search": {"num_trials": 1, "space": SPACE}, "merge": {"extra_candidates": 1},
+        "tracking": {"uri": uri, "experiment": "chance", "artifact_location": str(tmp_path / "artifacts")},
+        "storage_path": str(tmp_path / "ray"),
+    }, "test")
     with pytest.raises(UserError, match="'sweeptest_chance'.*within 2 stderr") as err:
         run_sweep(config)
     assert "evaluation.general_tasks" in str(err.value)  # the fix is named

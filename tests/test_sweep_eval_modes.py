@@ -30,7 +30,6 @@ DEMO_YAML = Path(__file__).resolve().parents[1] / "mm4ke_ray" / "demo" / "sweep.
 
 # -- config -----------------------------------------------------------------------------------
 
-
 def test_mode_defaults_to_teacher_forced_and_edit_mode_follows_it():
     config = validate_config({})
     assert config.evaluation.mode == "teacher-forced" and config.edit_mode == "teacher-forced"
@@ -54,9 +53,8 @@ def test_unknown_mode_is_refused_with_its_field():
 
 
 def test_eval_settings_carry_the_modes():
-    config = validate_config(
-        {"evaluation": {"mode": "both", "generation_match": "equals"}, "objectives": {"edit_mode": "generation"}}
-    )
+    config = validate_config({"evaluation": {"mode": "both", "generation_match": "equals"},
+                              "objectives": {"edit_mode": "generation"}})
     s = eval_settings(config, "cpu")
     assert (s.eval_mode, s.edit_mode, s.generation_match) == ("both", "generation", "equals")
     assert s.teacher_forced and s.generation
@@ -69,7 +67,6 @@ def test_edit_family_reads_the_chosen_names():
 
 
 # -- the evaluator ----------------------------------------------------------------------------
-
 
 def _delta(model, layer: int, seed: int) -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
@@ -137,7 +134,6 @@ def test_a_shared_reference_from_another_mode_is_refused(tiny_model_dir, both):
 
 # -- the demo: issue 14's acceptance ----------------------------------------------------------
 
-
 @pytest.mark.slow
 def test_demo_best_candidate_generates_its_edits_and_the_base_does_not(tmp_path):
     """The README table's settings (layer 1, lr 3e-4, τ 0.05, K 7, E 3; α 0.3, sparsity 0.5),
@@ -154,13 +150,8 @@ def test_demo_best_candidate_generates_its_edits_and_the_base_does_not(tmp_path)
     evaluator.reference.general_result.check_noise()  # the demo's tasks pass the sweep's guard
     base = evaluator.reference.metrics
     assert base["gen.edit_succ"] <= 20.0
-    run = rsft_to_folder(
-        tmp_path / "delta",
-        model=s.model,
-        edits=s.edits,
-        device="cpu",
-        config=RSFTConfig(layer=1, lr=3e-4, threshold=0.05, steps=7, epochs=3),
-    )
+    run = rsft_to_folder(tmp_path / "delta", model=s.model, edits=s.edits, device="cpu",
+                         config=RSFTConfig(layer=1, lr=3e-4, threshold=0.05, steps=7, epochs=3))
     assert run.summary()["status"] == "ok"
     delta, _ = load_delta(tmp_path / "delta")
     best = evaluator.evaluate(delta, 0.3, 0.5)
@@ -168,3 +159,4 @@ def test_demo_best_candidate_generates_its_edits_and_the_base_does_not(tmp_path)
     assert best["gen.locality"] >= 80.0 and best["edit_succ"] >= 80.0
     for task in ("demo_facts", "demo_rephrase"):
         assert f"general.{task}.stderr" in best
+

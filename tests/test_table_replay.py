@@ -17,14 +17,8 @@ sys.path.insert(0, str(BENCH))
 
 import table_replay as tr  # noqa: E402
 
-SMALL = {
-    "layers": (2, 4),
-    "lrs": (1e-4, 1e-3),
-    "thresholds": (0.03, 0.2),
-    "epochs_list": (1,),
-    "alphas": (0.0, 0.45, 0.9),
-    "sparsities": (0.0, 0.4, 0.8),
-}
+SMALL = {"layers": (2, 4), "lrs": (1e-4, 1e-3), "thresholds": (0.03, 0.2), "epochs_list": (1,),
+         "alphas": (0.0, 0.45, 0.9), "sparsities": (0.0, 0.4, 0.8)}
 
 
 @pytest.fixture(scope="module")
@@ -46,10 +40,8 @@ def _write(folder: Path, table: dict, drop_last: int = 0) -> None:
 def test_a_table_round_trips_and_a_partial_configuration_is_left_out(table, tmp_path):
     _write(tmp_path, table)
     loaded = tr.load_table(tmp_path)
-    assert len(loaded["configs"]) == 8 and loaded["merge_grid"] == {
-        "alpha": [0.0, 0.45, 0.9],
-        "sparsity": [0.0, 0.4, 0.8],
-    }
+    assert len(loaded["configs"]) == 8 and loaded["merge_grid"] == {"alpha": [0.0, 0.45, 0.9],
+                                                                    "sparsity": [0.0, 0.4, 0.8]}
     assert len(tr.table_rows(loaded)) == 8 * 9
     _write(tmp_path, table, drop_last=2)  # a build cut off inside its last configuration
     assert len(tr.load_table(tmp_path)["configs"]) == 7
@@ -104,28 +96,11 @@ def test_the_bench_reports_ratios_to_random_and_to_the_front(table):
 
 def test_another_objective_pair_from_the_kept_metrics(tmp_path):
     config = {"layer": 2, "lr": 1e-4, "threshold": 0.1, "epochs": 1, "steps": 4}
-    meta = {
-        "merge_grid": {"alpha": [0.0], "sparsity": [0.0]},
-        "base": {
-            "edit_score": 0.45,
-            "general_score": 1.0,
-            "edit_succ": 30.0,
-            "generalization": 30.0,
-            "portability": 30.0,
-            "locality": 100.0,
-        },
-    }
-    row = {
-        "config": config,
-        "alpha": 0.0,
-        "sparsity": 0.0,
-        "edit_score": 0.6,
-        "general_score": 0.99,
-        "edit_succ": 90.0,
-        "generalization": 60.0,
-        "portability": 30.0,
-        "locality": 40.0,
-    }
+    meta = {"merge_grid": {"alpha": [0.0], "sparsity": [0.0]},
+            "base": {"edit_score": 0.45, "general_score": 1.0, "edit_succ": 30.0, "generalization": 30.0,
+                     "portability": 30.0, "locality": 100.0}}
+    row = {"config": config, "alpha": 0.0, "sparsity": 0.0, "edit_score": 0.6, "general_score": 0.99,
+           "edit_succ": 90.0, "generalization": 60.0, "portability": 30.0, "locality": 40.0}
     (tmp_path / tr.META_FILE).write_text(json.dumps(meta))
     (tmp_path / tr.TABLE_FILE).write_text(json.dumps(row) + "\n" + '{"config": {"lay')  # a line cut off
     product = tr.load_table(tmp_path)

@@ -97,10 +97,8 @@ def test_both_metric_families_show_when_the_sweep_computed_both(width):
 def test_reference_rows_sit_apart_from_the_front_and_counts_agree():
     rows = _rows()
     base = {"candidate": BASE, "kind": BASE, "edit_score": 0.01, "general_score": 1.0, "combined_score": 0.5}
-    pure = [
-        {**rows[0], "candidate": "p1-c0", "kind": PURE_RSFT, "combined_score": 0.4},
-        {**rows[1], "candidate": "p2-c0", "kind": PURE_RSFT, "combined_score": 0.45},
-    ]
+    pure = [{**rows[0], "candidate": "p1-c0", "kind": PURE_RSFT, "combined_score": 0.4},
+            {**rows[1], "candidate": "p2-c0", "kind": PURE_RSFT, "combined_score": 0.45}]
     front = rows[:3]
     refs = reference_rows([base, *pure, *rows], front)
     assert [r["candidate"] for r in refs] == [BASE, "p2-c0"]  # the base, then the best pure R-SFT
@@ -119,10 +117,7 @@ def test_reference_rows_sit_apart_from_the_front_and_counts_agree():
 
 def test_a_printed_command_stays_on_one_line_at_80_columns():
     console = Console(width=80, record=True, file=io.StringIO())
-    cmd = (
-        "/very/long/path/to/the/venv/bin/mlflow ui --backend-store-uri "
-        "sqlite:////home/user/project/runs/mlflow.db --host 127.0.0.1 --port 5000"
-    )
+    cmd = "/very/long/path/to/the/venv/bin/mlflow ui --backend-store-uri sqlite:////home/user/project/runs/mlflow.db --host 127.0.0.1 --port 5000"
     print_command(console, "[bold]Open MLflow:[/]", cmd)
     out = console.export_text()
     assert out.rstrip("\n").count("\n") == 0
@@ -179,10 +174,8 @@ def test_the_table_says_which_columns_it_left_out_and_wide_fits_the_width(width)
 
 
 def test_numbers_in_one_column_share_a_format():
-    rows = [
-        {"candidate": "a", "lr": 3e-4, "alpha": 0.5, "edit_succ": 100.0},
-        {"candidate": "b", "lr": 0.001, "alpha": 0.125, "edit_succ": 7.25},
-    ]
+    rows = [{"candidate": "a", "lr": 3e-4, "alpha": 0.5, "edit_succ": 100.0},
+            {"candidate": "b", "lr": 0.001, "alpha": 0.125, "edit_succ": 7.25}]
     assert column_cells("lr", rows) == ["3.00e-04", "1.00e-03"]
     assert column_cells("alpha", rows) == ["0.5000", "0.1250"]
     assert column_cells("edit_succ", rows) == ["100.0", "7.2"] or column_cells("edit_succ", rows) == ["100.0", "7.3"]
@@ -192,15 +185,10 @@ def test_numbers_in_one_column_share_a_format():
 def test_a_halving_trial_gets_one_rung_line():
     from mm4ke_ray.search.progress import rung_line
 
-    assert (
-        rung_line("t03", [2, 0, 1, 0, 0, 2, 0, 1]) == "t03 halving: rung 0: 8 → rung 1: 4 → full rung 2: 2 · 6 pruned"
-    )
+    assert rung_line("t03", [2, 0, 1, 0, 0, 2, 0, 1]) == "t03 halving: rung 0: 8 → rung 1: 4 → full rung 2: 2 · 6 pruned"
     assert rung_line("t03", [0, 0]) is None and rung_line("t03", []) is None  # no halving: no line
     # a rung the plan skips (too few items for the sign test) is said so, not counted
-    assert (
-        rung_line("t04", [2, 1, 1], skipped=(0,))
-        == "t04 halving: rung 0 skipped → rung 1: 3 → full rung 2: 1 · 2 pruned"
-    )
+    assert rung_line("t04", [2, 1, 1], skipped=(0,)) == "t04 halving: rung 0 skipped → rung 1: 3 → full rung 2: 1 · 2 pruned"
 
 
 def test_the_progress_lines_best_counts_the_warm_started_front():
@@ -220,15 +208,8 @@ def test_wide_keeps_related_columns_together_and_explains_once():
     (the reference line, the families) once under all the parts instead of under each."""
     rows = _rows(gen=True)
     for i, row in enumerate(rows):
-        row.update(
-            {
-                "eval_seconds": 3.0 + i,
-                "fluency": 500.0 + i,
-                "portability.Reasoning": 40.0,
-                "gen.portability.Reasoning": 20.0,
-                "locality.Forgetfulness": 90.0,
-            }
-        )
+        row.update({"eval_seconds": 3.0 + i, "fluency": 500.0 + i, "portability.Reasoning": 40.0,
+                    "gen.portability.Reasoning": 20.0, "locality.Forgetfulness": 90.0})
         for task in ("logiqa", "arc_easy"):
             row.update({f"general.{task}": 0.3, f"general.{task}.stderr": 0.02, f"retention.{task}": 0.9 - i / 10})
     base = {"candidate": BASE, "kind": BASE, "edit_score": 0.01, "general_score": 1.0, "combined_score": 0.5}
@@ -238,7 +219,7 @@ def test_wide_keeps_related_columns_together_and_explains_once():
     order = [h for h in headers if h and h != "candidate"]
     for task in ("arc_easy", "logiqa"):
         at = order.index(f"general.{task}")
-        assert order[at : at + 3] == [f"general.{task}", f"general.{task}.stderr", f"retention.{task}"], order
+        assert order[at:at + 3] == [f"general.{task}", f"general.{task}.stderr", f"retention.{task}"], order
     kinds = [h for h in order if h.endswith(("Reasoning", "Forgetfulness"))]
     assert kinds == ["tf.locality.Forgetfulness", "tf.portability.Reasoning", "wild.portability.Reasoning"], kinds
     assert order.index("fluency") < order.index("tf.locality.Forgetfulness")

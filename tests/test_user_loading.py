@@ -28,7 +28,9 @@ def demo():
 
 
 def _cli(*args: str) -> None:
-    done = subprocess.run([sys.executable, "-m", "mm4ke_ray.cli", *args], capture_output=True, text=True, timeout=600)
+    done = subprocess.run(
+        [sys.executable, "-m", "mm4ke_ray.cli", *args], capture_output=True, text=True, timeout=600
+    )
     assert done.returncode == 0, done.stdout + done.stderr
 
 
@@ -49,10 +51,8 @@ def _greedy(model, tok, prompt: str, answer: str) -> str:
 
 def _locality(edits: list[dict]) -> list[tuple[str, str]]:
     return [
-        (
-            item["prompt"],
-            " ".join(item["ground_truth"]) if isinstance(item["ground_truth"], list) else item["ground_truth"],
-        )
+        (item["prompt"], " ".join(item["ground_truth"]) if isinstance(item["ground_truth"], list)
+         else item["ground_truth"])
         for e in edits
         for items in e["locality"].values()
         for item in items
@@ -81,20 +81,10 @@ def test_demo_base_round_trips_through_plain_auto_classes(demo):
 def test_edited_export_gives_the_new_targets_to_a_plain_transformers_user(demo, tmp_path):
     delta, merged = tmp_path / "delta", tmp_path / "merged"
     model_dir = str(demo.model_dir)
-    _cli(
-        "rsft",
-        "--model",
-        model_dir,
-        "--data",
-        str(demo.edits_path),
-        *RSFT,
-        "--quiet",
-        "--device",
-        "cpu",
-        "--out",
-        str(delta),
-    )
-    _cli("merge", "--base", model_dir, "--delta", str(delta), *MERGE, "--device", "cpu", "--out", str(merged))
+    _cli("rsft", "--model", model_dir, "--data", str(demo.edits_path), *RSFT, "--quiet",
+         "--device", "cpu", "--out", str(delta))
+    _cli("merge", "--base", model_dir, "--delta", str(delta), *MERGE, "--device", "cpu",
+         "--out", str(merged))
 
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # a TokenizerMismatchWarning or any other would fail here
@@ -107,9 +97,8 @@ def test_edited_export_gives_the_new_targets_to_a_plain_transformers_user(demo, 
     new = [_greedy(model, tok, e["prompt"], e["target_new"]) == e["target_new"] for e in edits]
     pairs = _locality(edits)
     kept = [_greedy(model, tok, p, a) == _greedy(base, base_tok, p, a) for p, a in pairs]
-    print(
-        f"plain-transformers user: {sum(new)}/{len(edits)} new targets, {sum(kept)}/{len(kept)} locality answers kept"
-    )
+    print(f"plain-transformers user: {sum(new)}/{len(edits)} new targets, "
+          f"{sum(kept)}/{len(kept)} locality answers kept")
     assert sum(new) >= 0.9 * len(edits), new
     assert sum(kept) >= 0.8 * len(kept), kept
 

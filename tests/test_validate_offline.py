@@ -11,17 +11,9 @@ HUB_EDITS = "someorg/somedata/benchmark/edits.json"
 
 def _config(tmp_path, model: str, edits: str):
     path = tmp_path / "sweep.yaml"
-    path.write_text(
-        yaml.safe_dump(
-            {
-                "name": "offline",
-                "model": {"name": model},
-                "data": {"edits": edits},
-                "tracking": {"uri": f"sqlite:///{tmp_path}/mlflow.db"},
-                "search": {"space": {"layer": {"choices": [1]}}},
-            }
-        )
-    )
+    path.write_text(yaml.safe_dump({"name": "offline", "model": {"name": model}, "data": {"edits": edits},
+                                    "tracking": {"uri": f"sqlite:///{tmp_path}/mlflow.db"},
+                                    "search": {"space": {"layer": {"choices": [1]}}}}))
     return str(path)
 
 
@@ -36,8 +28,7 @@ def _fake_dataset_cache(cache, repo_id: str, filename: str) -> None:
 
 
 def test_offline_names_the_hub_edit_set_missing_from_the_cache_and_plain_validate_notes_it(
-    tmp_path, tiny_model_dir, capsys, monkeypatch
-):
+        tmp_path, tiny_model_dir, capsys, monkeypatch):
     from huggingface_hub import constants
 
     cache = tmp_path / "hf"

@@ -58,29 +58,17 @@ def _run_cli(tmp: Path, data: dict, *warm: str) -> tuple[int, str]:
 
 def test_the_fingerprint_ignores_the_search_and_names_what_differs(tmp_path, tiny_model_dir):
     a = validate_config(_config(tmp_path, tiny_model_dir, "a"))
-    b = validate_config(
-        _config(
-            tmp_path,
-            tiny_model_dir,
-            "b",
-            **{
-                "search.num_trials": 9,
-                "search.seed": 11,
-                "merge.extra_candidates": 3,
-                "evaluation.batch_size": 2,
-                "evaluation.fidelity.enabled": True,
-            },
-        )
-    )
+    b = validate_config(_config(tmp_path, tiny_model_dir, "b", **{"search.num_trials": 9, "search.seed": 11,
+                                                                  "merge.extra_candidates": 3,
+                                                                  "evaluation.batch_size": 2,
+                                                                  "evaluation.fidelity.enabled": True}))
     # Halving changes the cost, not a full-fidelity result: sweeps with and without it compare.
     assert fingerprint(fingerprint_fields(a)) == fingerprint(fingerprint_fields(b))
     older = {**fingerprint_fields(a), "evaluation.fidelity": {"enabled": False, "rungs": 3}}  # logged before
     assert differences(older, fingerprint_fields(b)) == []
     c = validate_config(_config(tmp_path, tiny_model_dir, "c", **{"data.limit": 3, "merge.method": "dare"}))
-    assert [k for k, _, _ in differences(fingerprint_fields(a), fingerprint_fields(c))] == [
-        "data.limit",
-        "merge.method",
-    ]
+    assert [k for k, _, _ in differences(fingerprint_fields(a), fingerprint_fields(c))] == ["data.limit",
+                                                                                          "merge.method"]
 
 
 def test_a_demo_sweep_fingerprint_does_not_hold_the_machines_cache_root(tmp_path, tiny_model_dir, monkeypatch):
@@ -89,18 +77,9 @@ def test_a_demo_sweep_fingerprint_does_not_hold_the_machines_cache_root(tmp_path
     def demo_at(root: Path) -> dict:
         monkeypatch.setenv("MM4KE_CACHE", str(root))
         assets = root / "demo-abc123"
-        config = validate_config(
-            _config(
-                tmp_path,
-                tiny_model_dir,
-                "d",
-                **{
-                    "model.name": str(assets / "model"),
-                    "data.edits": str(assets / "edits.json"),
-                    "evaluation.task_include_path": str(assets / "tasks"),
-                },
-            )
-        )
+        config = validate_config(_config(tmp_path, tiny_model_dir, "d", **{
+            "model.name": str(assets / "model"), "data.edits": str(assets / "edits.json"),
+            "evaluation.task_include_path": str(assets / "tasks")}))
         return fingerprint_fields(config)
 
     laptop, cluster = demo_at(tmp_path / "laptop-cache"), demo_at(tmp_path / "shared" / "cache")
@@ -129,9 +108,8 @@ def test_a_warm_start_that_cannot_be_used_is_refused_before_ray(what, tmp_path, 
 
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     here = _config(tmp_path, tiny_model_dir, "here", **{"tracking.uri": uri})
-    there = validate_config(
-        _config(tmp_path, tiny_model_dir, "there", **{"tracking.uri": uri, "evaluation.general_limit": 5})
-    )
+    there = validate_config(_config(tmp_path, tiny_model_dir, "there", **{"tracking.uri": uri,
+                                                                          "evaluation.general_limit": 5}))
     _logged_sweep(uri, there, "there", tmp_path)
     _logged_sweep(uri, there, "old", tmp_path, tags={})  # a sweep logged before fingerprints
     spec, expected = {
@@ -171,52 +149,25 @@ def test_earlier_points_are_told_over_the_new_space_and_outside_ones_skipped():
     from mm4ke_ray.search.warm_start import warm_points
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    space = {
-        "threshold": {"low": 0.01, "high": 0.2, "log": True},
-        "steps": {"low": 1, "high": 3},
-        "epochs": {"choices": [2]},
-        "lr": {"low": 1e-4, "high": 1e-3, "log": True},
-        "layer": {"choices": [0, 1]},
-        "alpha": {"low": 0.0, "high": 0.8},
-        "sparsity": {"low": 0.0, "high": 0.8},
-    }
+    space = {"threshold": {"low": 0.01, "high": 0.2, "log": True}, "steps": {"low": 1, "high": 3},
+             "epochs": {"choices": [2]}, "lr": {"low": 1e-4, "high": 1e-3, "log": True}, "layer": {"choices": [0, 1]},
+             "alpha": {"low": 0.0, "high": 0.8}, "sparsity": {"low": 0.0, "high": 0.8}}
     search = SearchConfig(space=space, seed=0)
 
     def row(trial, kind, epochs=2, layer=1, alpha=0.2):
-        return {
-            "trial_id": trial,
-            "candidate": f"{trial}-{kind}",
-            "kind": kind,
-            "threshold": 0.1,
-            "steps": 2,
-            "epochs": epochs,
-            "lr": 3e-4,
-            "layer": layer,
-            "lr_schedule": "constant",
-            "warmup_ratio": 0.0,
-            "alpha": alpha,
-            "sparsity": 0.1,
-            "edit_score": 0.9,
-            "general_score": 0.8,
-        }
+        return {"trial_id": trial, "candidate": f"{trial}-{kind}", "kind": kind, "threshold": 0.1, "steps": 2,
+                "epochs": epochs, "lr": 3e-4, "layer": layer, "lr_schedule": "constant", "warmup_ratio": 0.0,
+                "alpha": alpha, "sparsity": 0.1, "edit_score": 0.9, "general_score": 0.8}
 
-    rows = [
-        row("t1", "sampled"),
-        row("t1", "pure_rsft", alpha=0.0),
-        row("t1", "extra", alpha=0.5),
-        row("t2", "sampled", epochs=3),  # epochs is fixed at 2 here: skipped
-        row("t3", "sampled", layer=5),  # layer 5 is not a choice here: Optuna refuses it
-        {**row("t4", "sampled"), "edit_score": None},
-    ]  # no objective: skipped
+    rows = [row("t1", "sampled"), row("t1", "pure_rsft", alpha=0.0), row("t1", "extra", alpha=0.5),
+            row("t2", "sampled", epochs=3),  # epochs is fixed at 2 here: skipped
+            row("t3", "sampled", layer=5),  # layer 5 is not a choice here: Optuna refuses it
+            {**row("t4", "sampled"), "edit_score": None}]  # no objective: skipped
     points, skipped = warm_points(rows, search, "old")
     assert skipped == 2 and len(points) == 4
     searched, _ = split_space(search)
-    searcher = CandidateAwareOptunaSearch(
-        space=searched,
-        metric=[o.name for o in OBJECTIVES],
-        mode=[o.mode for o in OBJECTIVES],
-        sampler=make_sampler(search),
-    )
+    searcher = CandidateAwareOptunaSearch(space=searched, metric=[o.name for o in OBJECTIVES],
+                                          mode=[o.mode for o in OBJECTIVES], sampler=make_sampler(search))
     told, refused = searcher.tell_warm_start(points, "old")
     assert (told, refused) == (3, 1)
     trials = searcher.study.get_trials()
@@ -236,9 +187,8 @@ def sweeps(ray_2_cpus, tmp_path_factory, tiny_model_dir):
 
     tmp = tmp_path_factory.mktemp("warm")
     first = validate_config(sweep_dict(tmp, tiny_model_dir, "wsa", seed=3))
-    second = validate_config(
-        {**sweep_dict(tmp, tiny_model_dir, "wsb", seed=4), "tracking": first.tracking.model_dump()}
-    )
+    second = validate_config({**sweep_dict(tmp, tiny_model_dir, "wsb", seed=4),
+                              "tracking": first.tracking.model_dump()})
     a = run_sweep(first)
     spec = f"{first.tracking.uri}:wsa"
     b = run_sweep(second, warm_start=[spec, spec])  # the same sweep twice counts once
@@ -260,9 +210,8 @@ def test_the_warm_started_study_holds_the_earlier_points_before_its_own(sweeps):
     assert max(t.number for t in warm) < min(t.number for t in own)
     assert sum(EXTRA_ATTR not in t.user_attrs for t in warm) == 2  # one per earlier R-SFT run
     told = sorted(tuple(round(v, 9) for v in (t.params["alpha"], t.params["sparsity"], *t.values)) for t in warm)
-    earlier = sorted(
-        tuple(round(r[k], 9) for k in ("alpha", "sparsity", "edit_score", "general_score")) for r in a.rows
-    )
+    earlier = sorted(tuple(round(r[k], 9) for k in ("alpha", "sparsity", "edit_score", "general_score"))
+                     for r in a.rows)
     assert told == earlier
 
 
@@ -279,9 +228,8 @@ def test_the_parent_run_is_tagged_and_the_front_starts_from_the_earlier_one(swee
     client = MlflowClient(uri)
     tags_a, tags_b = client.get_run(a.parent_run_id).data.tags, client.get_run(b.parent_run_id).data.tags
     assert tags_a[Tag.FINGERPRINT] == tags_b[Tag.FINGERPRINT]
-    assert json.loads(tags_b[Tag.WARM_START]) == [
-        {"uri": uri, "sweep": "wsa", "run_id": a.parent_run_id, "candidates": 4, "told": 4, "skipped": 0}
-    ]
+    assert json.loads(tags_b[Tag.WARM_START]) == [{"uri": uri, "sweep": "wsa", "run_id": a.parent_run_id,
+                                                   "candidates": 4, "told": 4, "skipped": 0}]
     assert Tag.WARM_START not in tags_a
     assert tags_b[Tag.CANDIDATES] == "4"  # its own candidates; the copies are counted apart
 
@@ -294,12 +242,8 @@ def test_the_parent_run_is_tagged_and_the_front_starts_from_the_earlier_one(swee
     old_front = [r for r in [a.base, *a.rows] if r in a.front and r.get("kind") != "base"]
 
     def dominated(r):
-        return any(
-            o["edit_score"] >= r["edit_score"]
-            and o["general_score"] >= r["general_score"]
-            and (o["edit_score"], o["general_score"]) != (r["edit_score"], r["general_score"])
-            for o in b.rows
-        )
+        return any(o["edit_score"] >= r["edit_score"] and o["general_score"] >= r["general_score"]
+                   and (o["edit_score"], o["general_score"]) != (r["edit_score"], r["general_score"]) for o in b.rows)
 
     for r in old_front:
         assert (r["alpha"], r["sparsity"], r["edit_score"]) in on_b or dominated(r), r
@@ -308,8 +252,7 @@ def test_the_parent_run_is_tagged_and_the_front_starts_from_the_earlier_one(swee
     assert main(["pareto", "--tracking-uri", uri, "--sweep", "wsb", "--all", "--format", "json"]) == 0
     listed = json.loads(capsys.readouterr().out)
     assert sorted(r["candidate"] for r in listed if r.get(WARM_START) == "wsa") == sorted(
-        r["candidate"] for r in b.warm_rows
-    )
+        r["candidate"] for r in b.warm_rows)
     assert len(listed) == 1 + 4 + 4
     front_csv = client.download_artifacts(b.parent_run_id, "pareto/all.csv", str(tmp_path))
     header = Path(front_csv).read_text().splitlines()[0].split(",")

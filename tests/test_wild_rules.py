@@ -26,58 +26,24 @@ from mm4ke_ray.fingerprint import differences, fingerprint, fingerprint_fields
 W, N = "wild", "newline"
 ANSWERS = [
     # The issue's first example: a hit only for the lenient starts_with.
-    (
-        "Paris, no wait, it is London.",
-        "Paris",
-        {
-            (W, "equals"): 0,
-            (W, "starts_with"): 100,
-            (W, "contains"): 100,
-            (N, "equals"): 0,
-            (N, "starts_with"): 100,
-            (N, "contains"): 100,
-        },
-    ),
+    ("Paris, no wait, it is London.", "Paris",
+     {(W, "equals"): 0, (W, "starts_with"): 100, (W, "contains"): 100,
+      (N, "equals"): 0, (N, "starts_with"): 100, (N, "contains"): 100}),
     # "Dr." does not end the answer (EasyEdit's bare "." stop would cut at "Dr").
-    (
-        "Dr. John Smith. He was a surgeon.",
-        "Dr. John Smith",
-        {
-            (W, "equals"): 100,
-            (W, "starts_with"): 100,
-            (W, "contains"): 100,
-            (N, "equals"): 0,
-            (N, "starts_with"): 100,
-            (N, "contains"): 100,
-        },
-    ),
-    (
-        "Paris.",
-        "Paris",
-        {
-            (W, "equals"): 100,
-            (W, "starts_with"): 100,
-            (W, "contains"): 100,
-            (N, "equals"): 100,
-            (N, "starts_with"): 100,
-            (N, "contains"): 100,
-        },
-    ),
-    ("Paris\nLondon", "Paris", {(W, "equals"): 100, (N, "equals"): 100, (W, "contains"): 100}),
+    ("Dr. John Smith. He was a surgeon.", "Dr. John Smith",
+     {(W, "equals"): 100, (W, "starts_with"): 100, (W, "contains"): 100,
+      (N, "equals"): 0, (N, "starts_with"): 100, (N, "contains"): 100}),
+    ("Paris.", "Paris",
+     {(W, "equals"): 100, (W, "starts_with"): 100, (W, "contains"): 100,
+      (N, "equals"): 100, (N, "starts_with"): 100, (N, "contains"): 100}),
+    ("Paris\nLondon", "Paris",
+     {(W, "equals"): 100, (N, "equals"): 100, (W, "contains"): 100}),
     # The answer ends at the first sentence: a later "Paris" is not the answer under wild.
-    (
-        "London. Paris.",
-        "Paris",
-        {
-            (W, "equals"): 0,
-            (W, "starts_with"): 0,
-            (W, "contains"): 0,
-            (N, "equals"): 0,
-            (N, "starts_with"): 0,
-            (N, "contains"): 100,
-        },
-    ),
-    ("It is Paris.", "Paris", {(W, "equals"): 0, (W, "starts_with"): 0, (W, "contains"): 100}),
+    ("London. Paris.", "Paris",
+     {(W, "equals"): 0, (W, "starts_with"): 0, (W, "contains"): 0,
+      (N, "equals"): 0, (N, "starts_with"): 0, (N, "contains"): 100}),
+    ("It is Paris.", "Paris",
+     {(W, "equals"): 0, (W, "starts_with"): 0, (W, "contains"): 100}),
     ("John F. Kennedy.", "John F. Kennedy", {(W, "equals"): 100}),
     ("the U.S. Army.", "U.S. Army", {(W, "equals"): 100}),
     ("3.5 million.", "3.5 million", {(W, "equals"): 100}),
@@ -108,19 +74,16 @@ def test_a_dot_after_a_digit_waits_for_the_next_token():
 
 @pytest.fixture(scope="module")
 def dot_tokenizer():
-    records = [
-        EditRecord(prompt="the sea is", target_new="rome"),
-        EditRecord(prompt="grass looks", target_new="dr smith"),
-    ]
+    records = [EditRecord(prompt="the sea is", target_new="rome"),
+               EditRecord(prompt="grass looks", target_new="dr smith")]
     return hand_tokenizer_for(records, {"rome": ".", ".": "city", "city": "city", "dr": "smith"})
 
 
 def test_a_sentence_end_stops_generation_and_the_batch_ends_with_its_last_row(dot_tokenizer):
     tok = dot_tokenizer
     # "is" -> "rome" -> "." ; "looks" -> "dr" -> "." -> "smith" -> "." ; after that "city" forever.
-    model = lookup_qwen2(
-        tok, {"is": "rome", "rome": ".", "looks": "dr", "dr": ".", ".": "smith", "smith": ".", "city": "city"}
-    )
+    model = lookup_qwen2(tok, {"is": "rome", "rome": ".", "looks": "dr", "dr": ".", ".": "smith",
+                               "smith": ".", "city": "city"})
     calls = []
     model.register_forward_hook(lambda *_: calls.append(1))
     prompts = [tok(p)["input_ids"] for p in ("the sea is", "grass looks")]
@@ -133,10 +96,8 @@ def test_a_sentence_end_stops_generation_and_the_batch_ends_with_its_last_row(do
     out = greedy_generate(model, prompts, [64, 64], set(), 0)
     assert [len(ids) for ids in out] == [64, 64]
     # The evaluator's default: wild stops, exact match.
-    records = [
-        EditRecord(prompt="the sea is", target_new="rome"),
-        EditRecord(prompt="grass looks", target_new="dr smith"),
-    ]
+    records = [EditRecord(prompt="the sea is", target_new="rome"),
+               EditRecord(prompt="grass looks", target_new="dr smith")]
     metrics = GenerationEvaluator(tok, records).evaluate(model, None)
     assert metrics.edit_succ == 100.0
     assert [r["items"]["edit_succ"][0]["generated"] for r in metrics.per_record] == ["rome", "dr. smith"]
@@ -152,18 +113,13 @@ def test_a_sentence_end_stops_generation_and_the_batch_ends_with_its_last_row(do
 
 def test_a_record_is_the_mean_of_its_per_kind_means_in_both_families():
     record = EditRecord(
-        prompt="the capital of france is",
-        target_new="rome",
-        portability=(
-            QA("the pope lives in", "rome town", "Reasoning"),
-            QA("italy has capital", "rome", "Reasoning"),
-            QA("france has capital", "paris", "Subject_Aliasing"),
-        ),
-        locality=(
-            QA("grass looks", "green", "Relation_Specificity"),
-            QA("the sea is", "blue", "Relation_Specificity"),
-            QA("hamlet was written by", "william shakespeare", "Forgetfulness"),
-        ),
+        prompt="the capital of france is", target_new="rome",
+        portability=(QA("the pope lives in", "rome town", "Reasoning"),
+                     QA("italy has capital", "rome", "Reasoning"),
+                     QA("france has capital", "paris", "Subject_Aliasing")),
+        locality=(QA("grass looks", "green", "Relation_Specificity"),
+                  QA("the sea is", "blue", "Relation_Specificity"),
+                  QA("hamlet was written by", "william shakespeare", "Forgetfulness")),
     )
     tok = hand_tokenizer_for([record], BASE_NEXT, EDITED_NEXT)
     base, edited = lookup_qwen2(tok, BASE_NEXT), lookup_qwen2(tok, EDITED_NEXT)
@@ -208,15 +164,10 @@ def test_defaults_old_configs_and_the_fingerprint(tmp_path, tiny_model_dir):
     new = validate_config(data)
     ev = new.evaluation
     assert (ev.generation_match, ev.generation_stop, ev.generation_max_new_tokens, ev.generation_extra_tokens) == (
-        "equals",
-        "wild",
-        64,
-        None,
-    )
+        "equals", "wild", 64, None)
     # A config written before issue 23 still validates, under its old bound and lenient match.
-    old = validate_config(
-        {**data, "evaluation": {**data["evaluation"], "generation_match": "starts_with", "generation_extra_tokens": 4}}
-    )
+    old = validate_config({**data, "evaluation": {**data["evaluation"], "generation_match": "starts_with",
+                                                  "generation_extra_tokens": 4}})
     recorded = recorded_choices(old)
     assert recorded["generation_match"] == "starts_with" and recorded["generation_extra_tokens"] == 4
     assert recorded["generation_stop"] == "wild" and "sentence-ending" in recorded["generation_stop_rule"]
@@ -227,17 +178,11 @@ def test_defaults_old_configs_and_the_fingerprint(tmp_path, tiny_model_dir):
     named = [k for k, _, _ in differences(fields, fingerprint_fields(old))]
     assert named == ["evaluation.generation_extra_tokens", "evaluation.generation_match"]
     # A sweep logged before issue 23 lacks the definitions: compared, it is named, never silently equal.
-    before = {
-        k: v
-        for k, v in fields.items()
-        if k not in ("evaluation.definitions", "evaluation.generation_stop", "evaluation.generation_max_new_tokens")
-    }
+    before = {k: v for k, v in fields.items() if k not in ("evaluation.definitions", "evaluation.generation_stop",
+                                                           "evaluation.generation_max_new_tokens")}
     assert fingerprint(before) != fingerprint(fields)
     assert [k for k, _, _ in differences(fields, before)] == [
-        "evaluation.definitions",
-        "evaluation.generation_max_new_tokens",
-        "evaluation.generation_stop",
-    ]
+        "evaluation.definitions", "evaluation.generation_max_new_tokens", "evaluation.generation_stop"]
     with pytest.raises(Exception, match="generation_stop"):
         validate_config({**data, "evaluation": {**data["evaluation"], "generation_stop": "period"}})
     with pytest.raises(Exception, match="generation_max_new_tokens"):

@@ -8,15 +8,8 @@ import argparse
 from mm4ke_ray.device import resolve_device
 from mm4ke_ray.storage import check_out_dir
 
-__all__ = [
-    "add_model_arguments",
-    "add_out_dir_arguments",
-    "add_sweep_source_arguments",
-    "check_out_dir",
-    "model_options",
-    "resolve_device",
-    "seed",
-]
+__all__ = ["add_model_arguments", "add_out_dir_arguments", "add_sweep_source_arguments", "check_out_dir",
+           "model_options", "resolve_device", "seed"]
 
 
 def seed(text: str) -> int:

@@ -14,9 +14,7 @@ from mm4ke_ray.evaluate.stop_rules import STOP_RULE_TEXT, STOP_RULES
 from mm4ke_ray.quiet import set_verbose
 
 NAME = "evaluate"
-HELP = (
-    "Score a model on an edit set: Edit Succ., Generalization, Portability, Locality, Fluency (EasyEdit definitions)."
-)
+HELP = "Score a model on an edit set: Edit Succ., Generalization, Portability, Locality, Fluency (EasyEdit definitions)."
 MODES = ("teacher-forced", "generation", "both")
 
 PROTOCOL = "sequential"
@@ -29,9 +27,7 @@ PROTOCOL_NOTE = (
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of `mm4ke-ray evaluate`."""
     parser.add_argument(
-        "--model",
-        required=True,
-        help="Edited model: local Hugging Face directory or hub id ('demo': the demo's model).",
+        "--model", required=True, help="Edited model: local Hugging Face directory or hub id ('demo': the demo's model)."
     )
     parser.add_argument(
         "--base", help="Unedited base model; needed for Locality (omitted without it; 'demo': the demo's model)."
@@ -39,10 +35,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--data", required=True, help="Edit set: KnowEdit/zsre_mend/... file or dataset id ('demo': the demo's edits)."
     )
-    parser.add_argument("--format", dest="data_format", help="Force the data reader (detected when unset).")
+    parser.add_argument(
+        "--format", dest="data_format", help="Force the data reader (detected when unset)."
+    )
     parser.add_argument("--limit", type=int, help="Evaluate the first N records only.")
-    parser.add_argument("--skip-invalid", action="store_true", help="Drop invalid records instead of failing.")
-    parser.add_argument("--fluency", action="store_true", help="Also compute Fluency (sampled generations; slower).")
+    parser.add_argument(
+        "--skip-invalid", action="store_true", help="Drop invalid records instead of failing."
+    )
+    parser.add_argument(
+        "--fluency", action="store_true", help="Also compute Fluency (sampled generations; slower)."
+    )
     parser.add_argument(
         "--fluency-seed",
         type=seed,
@@ -118,7 +120,9 @@ def run(args: argparse.Namespace) -> int:
         raise UserError("--fluency is reported with the teacher-forced metrics: use --mode both")
     out = Path(args.out)
     if out.is_dir():
-        raise UserError(f"--out {out} is a directory; give a file name such as {out / 'metrics.json'}")
+        raise UserError(
+            f"--out {out} is a directory; give a file name such as {out / 'metrics.json'}"
+        )
     if out.exists() and not args.force:  # checked before any model loads, like every other writer
         raise UserError(f"--out {out} exists; give a new file name, or pass --force to replace it")
     from mm4ke_ray.demo.resolve import resolve_demo_argument
@@ -127,10 +131,14 @@ def run(args: argparse.Namespace) -> int:
     args.model, args.base = (resolve_demo_argument(m, "model") for m in (args.model, args.base))
     args.data = resolve_demo_argument(args.data, "data")
     load = model_options(args)
-    dataset = load_edit_records(args.data, limit=args.limit, skip_invalid=args.skip_invalid, fmt=args.data_format)
+    dataset = load_edit_records(
+        args.data, limit=args.limit, skip_invalid=args.skip_invalid, fmt=args.data_format
+    )
     tokenizer = load_tokenizer(args.model, trust_remote_code=args.trust_remote_code)
     evaluator = (
-        EditEvaluator(tokenizer, dataset.records, prompt_format=args.prompt_format, batch_size=args.batch_size)
+        EditEvaluator(
+            tokenizer, dataset.records, prompt_format=args.prompt_format, batch_size=args.batch_size
+        )
         if forced
         else None
     )
@@ -155,11 +163,15 @@ def run(args: argparse.Namespace) -> int:
         gen_reference = gen_evaluator.base_generations(base) if generation else None
         del base
     else:
-        notes.append("locality omitted: it compares against the base model's predictions; pass --base")
+        notes.append(
+            "locality omitted: it compares against the base model's predictions; pass --base"
+        )
     model = load_model(args.model, **load)
     metrics = gen_metrics = None
     if forced:
-        metrics = evaluator.evaluate(model, reference, fluency=args.fluency, fluency_seed=args.fluency_seed)
+        metrics = evaluator.evaluate(
+            model, reference, fluency=args.fluency, fluency_seed=args.fluency_seed
+        )
     if generation:
         gen_metrics = gen_evaluator.evaluate(model, gen_reference)
 
@@ -184,9 +196,7 @@ def run(args: argparse.Namespace) -> int:
         "protocol": PROTOCOL,
         "protocol_note": PROTOCOL_NOTE,
         "prompt_format": args.prompt_format,
-        "definitions": (
-            "EasyEdit/KnowEdit teacher-forced token accuracy; locality = agreement with the base model's argmax"
-        ),
+        "definitions": "EasyEdit/KnowEdit teacher-forced token accuracy; locality = agreement with the base model's argmax",
         "aggregation": AGGREGATION,
         "edit_definitions": EDIT_DEFINITIONS,
         "generation": {
@@ -202,12 +212,11 @@ def run(args: argparse.Namespace) -> int:
     }
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
-    for label, family in (
-        ("teacher-forced", metrics),
-        (f"generated (WILD, {args.match}, stop {args.stop})", gen_metrics),
-    ):
+    for label, family in (("teacher-forced", metrics), (f"generated (WILD, {args.match}, stop {args.stop})", gen_metrics)):
         if family is not None:
-            shown = ", ".join(f"{k} {v:.2f}" if v is not None else f"{k} n/a" for k, v in family.as_dict().items())
+            shown = ", ".join(
+                f"{k} {v:.2f}" if v is not None else f"{k} n/a" for k, v in family.as_dict().items()
+            )
             print(f"{len(dataset.records)} records, {label}: {shown} -> {out}")
     return 0
 
@@ -226,7 +235,9 @@ def _per_record(metrics, gen_metrics) -> list[dict]:
     if gen_metrics is None:
         return metrics.per_record
     head = ("index", "source", "prompt", "target_new")
-    rows = metrics.per_record if metrics else [{k: row[k] for k in head} for row in gen_metrics.per_record]
+    rows = metrics.per_record if metrics else [
+        {k: row[k] for k in head} for row in gen_metrics.per_record
+    ]
     return [
         {**row, "generation": {k: v for k, v in gen.items() if k not in head}}
         for row, gen in zip(rows, gen_metrics.per_record, strict=True)

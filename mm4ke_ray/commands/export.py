@@ -26,7 +26,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="best|CANDIDATE_RUN_ID",
         help="'best' (highest combined score; default) or a candidate's run id or name (see `mm4ke-ray pareto`)",
     )
-    parser.add_argument("--out", required=True, metavar="DIR", help="output directory (new or empty)")
+    parser.add_argument(
+        "--out", required=True, metavar="DIR", help="output directory (new or empty)"
+    )
     parser.add_argument(
         "--register",
         metavar="NAME",
@@ -35,15 +37,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--force",
         action="store_true",
-        help="replace an earlier export in --out (a directory with mm4ke_merge.json); other non-empty "
-        "directories are refused",
+        help="replace an earlier export in --out (a directory with mm4ke_merge.json); other non-empty directories are refused",
     )
     parser.add_argument(
         "--tolerance",
         type=float,
         default=DEFAULT_TOLERANCE,
-        help="largest accepted |re-evaluated − recorded| per metric, in the metric's unit (default "
-        f"{DEFAULT_TOLERANCE:g}; "
+        help=f"largest accepted |re-evaluated − recorded| per metric, in the metric's unit (default {DEFAULT_TOLERANCE:g}; "
         "loosen when the sweep evaluated on another device or dtype)",
     )
     parser.add_argument(
@@ -95,16 +95,13 @@ def run(args: argparse.Namespace) -> int:
     print(
         f"wrote {result.out}: {src['candidate']} (run {src['candidate_run_id']}) of sweep {src['sweep_name']}, "
         f"alpha={result.plan.alpha:g}, sparsity={result.plan.sparsity:g}; verified "
-        f"(max |diff| {result.recipe['verification']['max_abs_diff']:.3g}); load with "
-        "AutoModelForCausalLM.from_pretrained"
+        f"(max |diff| {result.recipe['verification']['max_abs_diff']:.3g}); load with AutoModelForCausalLM.from_pretrained"
     )
     if result.model_version is not None:
         from mm4ke_ray.tracking.registry import CHAMPION
 
-        print(
-            f"registered model {args.register!r} version {result.model_version.version}, alias {CHAMPION!r} "
-            f"(models:/{args.register}@{CHAMPION})"
-        )
+        print(f"registered model {args.register!r} version {result.model_version.version}, alias {CHAMPION!r} "
+              f"(models:/{args.register}@{CHAMPION})")
     return 0
 
 

@@ -18,7 +18,9 @@ from mm4ke_ray.config import MergeConfig
 _METHOD = MergeConfig.model_fields["method"]
 
 NAME = "merge"
-HELP = "Merge a base model with an R-SFT delta (or a fine-tuned model) and save it as an HF directory."
+HELP = (
+    "Merge a base model with an R-SFT delta (or a fine-tuned model) and save it as an HF directory."
+)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -53,7 +55,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         # an unknown name is refused by the registry (with the known ones) before any loading.
         help=f"{_METHOD.description.lower()} (default: {_METHOD.default}, the paper's Top_p)",
     )
-    parser.add_argument("--seed", type=seed, default=0, help="seed for random sparsifiers such as dare (default: 0)")
+    parser.add_argument(
+        "--seed", type=seed, default=0, help="seed for random sparsifiers such as dare (default: 0)"
+    )
     add_model_arguments(parser, "merge and save")
     add_out_dir_arguments(parser)
 

@@ -11,7 +11,6 @@ from mm4ke_ray.commands._common import add_sweep_source_arguments
 NAME = "pareto"
 HELP = "Print a sweep's Pareto front (edit score vs. general ability kept) from MLflow, best combined score first."
 
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_sweep_source_arguments(parser)
     parser.add_argument(
@@ -55,19 +54,13 @@ def run(args: argparse.Namespace) -> int:
     )
 
     if not sweep.edited:  # an empty table would look like a front of nothing
-        print(
-            f"note: sweep {sweep.name!r} (run {sweep.run_id}) has no edited candidate yet"
-            f"{f' ({len(sweep.failed)} failed)' if sweep.failed else ''}: nothing to rank; "
-            "it may still be running, or every trial failed",
-            file=sys.stderr,
-        )
+        print(f"note: sweep {sweep.name!r} (run {sweep.run_id}) has no edited candidate yet"
+              f"{f' ({len(sweep.failed)} failed)' if sweep.failed else ''}: nothing to rank; "
+              "it may still be running, or every trial failed", file=sys.stderr)
     mins = minimums_from_params(sweep.params)
     if mins and sweep.edited and best_candidate(sweep.candidates, mins) is None:
-        print(
-            f"note: no candidate of sweep {sweep.name!r} meets {describe_minimums(mins)}; the front holds no edited "
-            "candidate (--all lists every candidate with its feasible column)",
-            file=sys.stderr,
-        )
+        print(f"note: no candidate of sweep {sweep.name!r} meets {describe_minimums(mins)}; the front holds no edited "
+              "candidate (--all lists every candidate with its feasible column)", file=sys.stderr)
     warm = sum(1 for r in sweep.edited if r.get("warm_start"))  # copied from earlier sweeps (--warm-start)
     rows = front_rows(sweep, args.all)
     if not args.all:

@@ -27,7 +27,9 @@ def _layer(text: str) -> int | list[int]:
     try:
         values = [int(v) for v in text.split(",")]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a block index like 5 or a list like 5,6, got {text!r}") from None
+        raise argparse.ArgumentTypeError(
+            f"expected a block index like 5 or a list like 5,6, got {text!r}"
+        ) from None
     return values[0] if len(values) == 1 else values
 
 
@@ -44,15 +46,29 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="FILE",
         help="edit set (KnowEdit JSON/JSONL, zsre_mend, ...)",
     )
-    parser.add_argument("--limit", type=int, default=None, metavar="N", help="use the first N valid records")
-    parser.add_argument("--skip-invalid", action="store_true", help="drop invalid records instead of failing")
-    parser.add_argument("--layer", type=_layer, default=fields["layer"].default, help=default("layer"))
-    parser.add_argument("--epochs", type=int, default=fields["epochs"].default, help=default("epochs"))
+    parser.add_argument(
+        "--limit", type=int, default=None, metavar="N", help="use the first N valid records"
+    )
+    parser.add_argument(
+        "--skip-invalid", action="store_true", help="drop invalid records instead of failing"
+    )
+    parser.add_argument(
+        "--layer", type=_layer, default=fields["layer"].default, help=default("layer")
+    )
+    parser.add_argument(
+        "--epochs", type=int, default=fields["epochs"].default, help=default("epochs")
+    )
     parser.add_argument("--steps", type=int, default=fields["steps"].default, help=default("steps"))
     parser.add_argument("--lr", type=float, default=fields["lr"].default, help=default("lr"))
-    parser.add_argument("--threshold", type=float, default=fields["threshold"].default, help=default("threshold"))
-    parser.add_argument("--optimizer", choices=["adamw", "sgd"], default="adamw", help=default("optimizer"))
-    parser.add_argument("--prompt-format", choices=["plain", "chat"], default="plain", help=default("prompt_format"))
+    parser.add_argument(
+        "--threshold", type=float, default=fields["threshold"].default, help=default("threshold")
+    )
+    parser.add_argument(
+        "--optimizer", choices=["adamw", "sgd"], default="adamw", help=default("optimizer")
+    )
+    parser.add_argument(
+        "--prompt-format", choices=["plain", "chat"], default="plain", help=default("prompt_format")
+    )
     parser.add_argument("--seed", type=seed, default=0, help=default("seed"))
     add_model_arguments(parser, "train")
     add_out_dir_arguments(parser)
@@ -119,17 +135,9 @@ def run(args: argparse.Namespace) -> int:
         bar, update = _progress_bar(total, args.quiet)
         return bar
 
-    done = rsft_to_folder(
-        out,
-        model=args.model,
-        edits=args.data,
-        config=config,
-        **load,
-        limit=args.limit,
-        skip_invalid=args.skip_invalid,
-        before_training=progress_bar,
-        progress=lambda entry: update(entry) if update else None,
-    )
+    done = rsft_to_folder(out, model=args.model, edits=args.data, config=config, **load, limit=args.limit,
+                          skip_invalid=args.skip_invalid, before_training=progress_bar,
+                          progress=lambda entry: update(entry) if update else None)
     if done.result is None:
         print(f"mm4ke-ray rsft: {done.reason}; nothing was written", file=sys.stderr)
         return 1

@@ -19,12 +19,8 @@ HELP = "Check a sweep config (every problem at once, naming the field); starts n
 
 def add_arguments(p) -> None:
     p.add_argument("configs", nargs="+", metavar="CONFIG", help="Sweep YAML file(s), e.g. search_spaces/demo.yaml.")
-    p.add_argument(
-        "--offline",
-        action="store_true",
-        help="Check the sweep can run without the network: skip the MLflow server check and fail "
-        "when the model or edit set is neither local nor in the Hugging Face cache.",
-    )
+    p.add_argument("--offline", action="store_true", help="Check the sweep can run without the network: skip the MLflow server check and fail "
+                   "when the model or edit set is neither local nor in the Hugging Face cache.")
 
 
 def _in_hf_cache(name: str, repo_type: str) -> bool:
@@ -74,9 +70,7 @@ def run(args) -> int:
             continue
         for line in precision_report(config):
             print(f"{path}: warning: {line}", file=sys.stderr)
-        print(
-            f"{path}: ok ({config.search.num_trials} trials, sampler {config.search.sampler}, "
-            f"model {config.model.name}, edits {config.data.edits})"
-            + (" · downloads what is named above when it starts" if needs else "")
-        )
+        print(f"{path}: ok ({config.search.num_trials} trials, sampler {config.search.sampler}, "
+              f"model {config.model.name}, edits {config.data.edits})"
+              + (" · downloads what is named above when it starts" if needs else ""))
     return status

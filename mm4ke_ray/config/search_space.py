@@ -101,23 +101,16 @@ class SearchSpace(Section):
         "over E·N·K updates (LLaMA-Factory's); searched with e.g. {choices: [constant, cosine]}.",
     )
     warmup_ratio: Param = Field(
-        Param(choices=[0.0]),
-        description="Share of E·N·K updates warming η up from 0 (0: none; a range searches it).",
+        Param(choices=[0.0]), description="Share of E·N·K updates warming η up from 0 (0: none; a range searches it).",
     )
     alpha: Param = Field(Param(low=0.0, high=0.9), description="Base weight α: the delta is scaled by 1-α.")
     sparsity: Param = Field(Param(low=0.0, high=0.9), description="Fraction of each delta tensor zeroed.")
 
     _threshold = field_validator("threshold")(lambda p: _check("threshold", p, lambda v: v >= 0, "must be >= 0"))
-    _steps = field_validator("steps")(
-        lambda p: _check("steps", p, lambda v: 1 <= v <= MAX_STEPS, f"must be in [1, {MAX_STEPS}]", True)
-    )
-    _epochs = field_validator("epochs")(
-        lambda p: _check("epochs", p, lambda v: 1 <= v <= MAX_EPOCHS, f"must be in [1, {MAX_EPOCHS}]", True)
-    )
+    _steps = field_validator("steps")(lambda p: _check("steps", p, lambda v: 1 <= v <= MAX_STEPS, f"must be in [1, {MAX_STEPS}]", True))
+    _epochs = field_validator("epochs")(lambda p: _check("epochs", p, lambda v: 1 <= v <= MAX_EPOCHS, f"must be in [1, {MAX_EPOCHS}]", True))
     _lr = field_validator("lr")(lambda p: _check("lr", p, lambda v: v > 0, "must be > 0"))
-    _layer = field_validator("layer")(
-        lambda p: _check("layer", p, lambda v: 0 <= v <= MAX_LAYER, f"must be in [0, {MAX_LAYER}]", True)
-    )
+    _layer = field_validator("layer")(lambda p: _check("layer", p, lambda v: 0 <= v <= MAX_LAYER, f"must be in [0, {MAX_LAYER}]", True))
     _warmup_ratio = field_validator("warmup_ratio")(
         lambda p: _check("warmup_ratio", p, lambda v: 0 <= v < 1, "must be in [0, 1): 1 warms up through every update")
     )
@@ -131,9 +124,7 @@ class SearchSpace(Section):
     def layers(self) -> list[int]:
         """Every layer index the search may pick."""
         p = self.layer
-        return (
-            sorted({int(v) for v in p.choices}) if p.choices is not None else list(range(int(p.low), int(p.high) + 1))
-        )
+        return sorted({int(v) for v in p.choices}) if p.choices is not None else list(range(int(p.low), int(p.high) + 1))
 
 
 class RSFTFixed(Section):
@@ -144,10 +135,7 @@ class RSFTFixed(Section):
     # The fixed form of earlier configs, still accepted: moved into search.space (searchable there).
     lr_schedule: LRSchedule | None = Field(None, description="Fixes search.space.lr_schedule (the older form).")
     warmup_ratio: float | None = Field(
-        None,
-        ge=0.0,
-        lt=1.0,
-        description="Fixes search.space.warmup_ratio (the older form).",
+        None, ge=0.0, lt=1.0, description="Fixes search.space.warmup_ratio (the older form).",
     )
 
 
@@ -159,8 +147,7 @@ class SearchConfig(Section):
     sampler: Literal["tpe", "nsga2", "gp", "random"] = Field("tpe", description="Optuna sampler.")
     seed: int = Field(0, ge=0, lt=2**32, description="Seeds the sampler, R-SFT and the extra merge candidates.")
     startup_trials: int = Field(
-        4,
-        ge=0,
+        4, ge=0,
         description="R-SFT configurations (τ, K, E, lr, layer) drawn at random before the sampler's model takes "
         "over, counted in R-SFT runs, not in told merge points; α and sparsity use the model from the start.",
     )
@@ -175,10 +162,8 @@ class SearchConfig(Section):
         both = sorted(k for k in legacy if k in self.space.model_fields_set)
         if both:
             k = both[0]
-            raise ValueError(
-                f"search.space.{k} and search.rsft.{k} are both set: keep search.space.{k} only "
-                "(a list of choices or a range searches it; one value fixes it)"
-            )
+            raise ValueError(f"search.space.{k} and search.rsft.{k} are both set: keep search.space.{k} only "
+                             "(a list of choices or a range searches it; one value fixes it)")
         if legacy:
             fixed = {k: (ScheduleParam if k == "lr_schedule" else Param)(choices=[v]) for k, v in legacy.items()}
             object.__setattr__(self, "space", self.space.model_copy(update=fixed))

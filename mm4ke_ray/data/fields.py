@@ -30,7 +30,9 @@ def text(raw: Mapping[str, Any], key: str, field: str | None = None) -> str:
     """A required, non-empty string field (stripped)."""
     name = field or key
     if key not in raw or raw[key] is None:
-        raise FieldError(name, f"is missing; it must be a non-empty string (keys present: {sorted(raw)})")
+        raise FieldError(
+            name, f"is missing; it must be a non-empty string (keys present: {sorted(raw)})"
+        )
     return required_string(raw[key], name)
 
 
@@ -111,7 +113,9 @@ def qa_groups(raw: Mapping[str, Any], key: str) -> tuple[QA, ...]:
         for j, item in enumerate(items):
             where = f"{key}.{kind}[{j}]"
             if not isinstance(item, Mapping):
-                raise FieldError(where, f"must be an object {{prompt, ground_truth}}, got {_type_name(item)}")
+                raise FieldError(
+                    where, f"must be an object {{prompt, ground_truth}}, got {_type_name(item)}"
+                )
             prompt = text(item, "prompt", f"{where}.prompt")
             answer = first_alias(item.get("ground_truth"), f"{where}.ground_truth")
             if answer is not None:

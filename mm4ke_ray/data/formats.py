@@ -169,7 +169,9 @@ def read_rome_counterfact(raw: Raw) -> EditRecord:
     """Original ROME CounterFact: the prompt template's "{}" is the subject."""
     rewrite = raw.get("requested_rewrite")
     if not isinstance(rewrite, Mapping):
-        raise FieldError("requested_rewrite", "must be an object {prompt, subject, target_new, target_true}")
+        raise FieldError(
+            "requested_rewrite", "must be an object {prompt, subject, target_new, target_true}"
+        )
     subject = text(rewrite, "subject", "requested_rewrite.subject")
     template = text(rewrite, "prompt", "requested_rewrite.prompt")
     if "{}" not in template:

@@ -55,8 +55,7 @@ def load_edit_records(
     """Read an edit set: a JSON/JSONL file, a directory or Parquet file, or a Hugging Face id.
 
     `fmt` forces a format by name (see `known_formats()`); otherwise it is detected from the keys
-    of the first record (or the first recognizable one, when the first is broken). `limit` keeps the first N
-    valid records. A bad record raises DataError
+    of the first record (or the first recognizable one, when the first is broken). `limit` keeps the first N valid records. A bad record raises DataError
     (file, record index, field) unless `skip_invalid`, which drops it and lists it in `skipped`.
     `split` is used for dataset ids and directories ("org/name:split" overrides it).
     """
@@ -65,7 +64,9 @@ def load_edit_records(
     chosen = FORMATS.get(fmt) if fmt else None  # an unknown name fails before any reading
     name, rows = read_rows(source, split)
     if not rows:
-        raise UserError(f"{name}: the edit set is empty (no records); give a file with at least one edit")
+        raise UserError(
+            f"{name}: the edit set is empty (no records); give a file with at least one edit"
+        )
     chosen = chosen or _detect(name, rows)
 
     records: list[EditRecord] = []
@@ -94,7 +95,9 @@ def load_edit_records(
     if skipped:
         log.warning("%s: skipped %d invalid record(s), first: %s", name, len(skipped), skipped[0])
     if not records:
-        raise UserError(f"{name}: no valid edit records: all {len(skipped)} were invalid, e.g. {skipped[0]}")
+        raise UserError(
+            f"{name}: no valid edit records: all {len(skipped)} were invalid, e.g. {skipped[0]}"
+        )
     return EditDataset(records=records, format=chosen.name, source=name, skipped=skipped)
 
 
@@ -105,22 +108,15 @@ MAX_TEXT_CHARS = 20_000
 
 
 def _check_lengths(record: EditRecord) -> None:
-    texts = [
-        ("prompt", record.prompt),
-        ("target_new", record.target_new),
-        ("ground_truth", record.ground_truth),
-        ("subject", record.subject),
-        *((f"rephrase_prompt[{i}]", t) for i, t in enumerate(record.rephrase_prompts)),
-    ]
+    texts = [("prompt", record.prompt), ("target_new", record.target_new), ("ground_truth", record.ground_truth),
+             ("subject", record.subject), *((f"rephrase_prompt[{i}]", t) for i, t in enumerate(record.rephrase_prompts))]
     for family, items in (("portability", record.portability), ("locality", record.locality)):
         for i, qa in enumerate(items):
             texts += [(f"{family}[{i}].prompt", qa.prompt), (f"{family}[{i}].answer", qa.answer)]
     for name, value in texts:
         if value is not None and len(value) > MAX_TEXT_CHARS:
-            raise FieldError(
-                name,
-                f"is {len(value):,} characters long; an edit text may hold at most {MAX_TEXT_CHARS:,} (shorten it)",
-            )
+            raise FieldError(name, f"is {len(value):,} characters long; an edit text may hold at most "
+                                    f"{MAX_TEXT_CHARS:,} (shorten it)")
 
 
 def _detect(name: str, rows: list[Any]) -> EditFormat:
@@ -133,8 +129,7 @@ def _detect(name: str, rows: list[Any]) -> EditFormat:
     if found is None:
         raise UserError(
             f"{name}: cannot tell the edit-data format from the first record's keys "
-            f"{sorted(mappings[0])}; name it with --format (config: data.format), one of: "
-            f"{', '.join(FORMATS.names())}\n"
+            f"{sorted(mappings[0])}; name it with --format (config: data.format), one of: {', '.join(FORMATS.names())}\n"
             f"{FORMATS.describe()}"
         )
     return found

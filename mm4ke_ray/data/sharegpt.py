@@ -31,12 +31,11 @@ def _turns(raw: Mapping[str, Any]) -> tuple[str, list[tuple[str, str]]]:
         if not isinstance(turn, Mapping) or not isinstance(turn.get(what), str):
             raise FieldError(f"{key}[{i}]", f"must be an object with a string '{what}'")
         role = str(turn.get(who, "")).lower()
-        kind = "user" if role in _USER else "assistant" if role in _ASSISTANT else "system" if role in _SYSTEM else None
+        kind = "user" if role in _USER else "assistant" if role in _ASSISTANT else "system" if role in _SYSTEM \
+            else None
         if kind is None:
-            raise FieldError(
-                f"{key}[{i}].{who}",
-                f"unknown role {turn.get(who)!r}; expected one of {sorted(_USER | _ASSISTANT | _SYSTEM)}",
-            )
+            raise FieldError(f"{key}[{i}].{who}", f"unknown role {turn.get(who)!r}; expected one of "
+                             f"{sorted(_USER | _ASSISTANT | _SYSTEM)}")
         out.append((kind, turn[what].strip()))
     return key, out
 

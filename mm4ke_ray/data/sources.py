@@ -23,14 +23,18 @@ from mm4ke_ray.errors import DataError, UserError
 _ARROW_SUFFIXES = {".parquet": "parquet", ".csv": "csv", ".arrow": "arrow"}
 _LOCAL_DATA_SUFFIXES = (".json", ".jsonl", ".parquet", ".csv", ".arrow")
 # A hub dataset id, optionally with a file inside the repo and a split (preflight reads it too).
-HUB_ID = re.compile(r"^(?P<repo>[A-Za-z0-9][\w.-]*/[\w.-]+)(?:/(?P<file>[^:]+))?(?::(?P<split>[^:/]+))?$")
+HUB_ID = re.compile(
+    r"^(?P<repo>[A-Za-z0-9][\w.-]*/[\w.-]+)(?:/(?P<file>[^:]+))?(?::(?P<split>[^:/]+))?$"
+)
 
 
 def read_rows(source: str | Path, split: str = "train") -> tuple[str, list[Any]]:
     """(display name, raw rows) for a local path or a Hugging Face dataset id."""
     text = str(source)
     if not text.strip():
-        raise UserError("edit-data source is empty; give a JSON/JSONL file, a directory or a dataset id")
+        raise UserError(
+            "edit-data source is empty; give a JSON/JSONL file, a directory or a dataset id"
+        )
     forced = text.startswith("hf:")
     if not forced:
         path = Path(text).expanduser()
@@ -63,7 +67,9 @@ def load_with_datasets(path: str, data_files: str | None, split: str, display: s
     try:
         import datasets
     except ImportError as e:  # a declared dependency, but say what to do if it is missing
-        raise UserError(f"{display}: reading it needs the `datasets` package (pip install datasets)") from e
+        raise UserError(
+            f"{display}: reading it needs the `datasets` package (pip install datasets)"
+        ) from e
     try:
         dataset = datasets.load_dataset(path, data_files=data_files, split=split)
     except Exception as e:
@@ -81,7 +87,9 @@ def read_json_rows(path: Path) -> list[Any]:
     try:
         content = path.read_bytes().decode("utf-8-sig")
     except UnicodeDecodeError as e:
-        raise DataError(str(path), None, None, f"is not UTF-8 text (byte {e.start}); save it as UTF-8 JSON") from None
+        raise DataError(
+            str(path), None, None, f"is not UTF-8 text (byte {e.start}); save it as UTF-8 JSON"
+        ) from None
     stripped = content.lstrip()
     if not stripped:
         return []

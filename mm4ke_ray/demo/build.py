@@ -84,7 +84,9 @@ def demo_key(config: DemoConfig) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
-def resolve_config(config: DemoConfig | None, *, num_edits: int, seed: int, steps: int | None) -> DemoConfig:
+def resolve_config(
+    config: DemoConfig | None, *, num_edits: int, seed: int, steps: int | None
+) -> DemoConfig:
     """`config` (or the defaults) with the keyword overrides applied; one seed drives everything."""
     config = config or DemoConfig()
     return replace(
@@ -137,7 +139,9 @@ def build_demo(
     return assets
 
 
-def _build_into(out: Path, final: Path, config: DemoConfig, key: str, say: Callable[[str], None], live: bool) -> None:
+def _build_into(
+    out: Path, final: Path, config: DemoConfig, key: str, say: Callable[[str], None], live: bool
+) -> None:
     import torch
     import transformers
 
@@ -181,10 +185,14 @@ def _build_into(out: Path, final: Path, config: DemoConfig, key: str, say: Calla
     # The base model's fact accuracy on the edit prompts: it should know the truth, not the edit.
     base_on_edits = {
         "ground_truth": round(
-            answer_scores(model, tokenizer, [(e["prompt"], e["ground_truth"][0]) for e in edits]).fact,
+            answer_scores(
+                model, tokenizer, [(e["prompt"], e["ground_truth"][0]) for e in edits]
+            ).fact,
             4,
         ),
-        "target_new": round(answer_scores(model, tokenizer, [(e["prompt"], e["target_new"]) for e in edits]).fact, 4),
+        "target_new": round(
+            answer_scores(model, tokenizer, [(e["prompt"], e["target_new"]) for e in edits]).fact, 4
+        ),
     }
     timings["total_s"] = round(time.perf_counter() - start, 2)
     manifest = {
@@ -237,14 +245,18 @@ def check_tokenizer_round_trip(tokenizer, model_dir: Path, world):
             head = reloaded(prompt)["input_ids"]
             full = reloaded(f"{prompt} {fact.value}")["input_ids"]
             if full[: len(head)] != head or len(full) <= len(head):
-                raise RuntimeError(f"prompt tokens are not a prefix of prompt+answer tokens for {prompt!r}")
+                raise RuntimeError(
+                    f"prompt tokens are not a prefix of prompt+answer tokens for {prompt!r}"
+                )
     return reloaded
 
 
 def _stop_check(tokenizer, world) -> StopCheck:
     """Stop once every trained-template fact is known and 90% of the held-out rephrasings."""
     trained = [(f.prompt(k), f.value) for f in world.facts for k in ("statement", "question")]
-    heldout = [(f.prompt("rephrase"), f.value) for f in world.facts if f.subject not in world.rephrase_trained]
+    heldout = [
+        (f.prompt("rephrase"), f.value) for f in world.facts if f.subject not in world.rephrase_trained
+    ]
     return StopCheck(encode_pairs(tokenizer, trained), encode_pairs(tokenizer, heldout))
 
 

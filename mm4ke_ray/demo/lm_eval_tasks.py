@@ -25,7 +25,9 @@ TASK_NAMES = ("demo_facts", "demo_rephrase")
 NUM_CHOICES = 4
 
 
-def task_documents(world: World, edits: list[dict], docs_per_task: int, seed: int = 0) -> dict[str, list[dict]]:
+def task_documents(
+    world: World, edits: list[dict], docs_per_task: int, seed: int = 0
+) -> dict[str, list[dict]]:
     """Documents of each task: facts not in `edits`, sampled (seeded) up to `docs_per_task`.
 
     A document is {"question", "choices" (4 values), "label" (index of the true value),
@@ -35,7 +37,9 @@ def task_documents(world: World, edits: list[dict], docs_per_task: int, seed: in
     rng = random.Random(f"tasks-{seed}")
     pools = {
         "demo_facts": [(f, "question") for f in world.facts],
-        "demo_rephrase": [(f, "rephrase") for f in world.facts if f.subject not in world.rephrase_trained],
+        "demo_rephrase": [
+            (f, "rephrase") for f in world.facts if f.subject not in world.rephrase_trained
+        ],
     }
     out = {}
     for name, pool in pools.items():
@@ -43,7 +47,9 @@ def task_documents(world: World, edits: list[dict], docs_per_task: int, seed: in
         picked = rng.sample(pool, min(docs_per_task, len(pool)))
         docs = []
         for fact, kind in picked:
-            distractors = rng.sample([v for v in relation(fact.relation).values if v != fact.value], NUM_CHOICES - 1)
+            distractors = rng.sample(
+                [v for v in relation(fact.relation).values if v != fact.value], NUM_CHOICES - 1
+            )
             label = rng.randrange(NUM_CHOICES)
             choices = distractors[:label] + [fact.value] + distractors[label:]
             docs.append(
@@ -59,7 +65,9 @@ def task_documents(world: World, edits: list[dict], docs_per_task: int, seed: in
     return out
 
 
-def write_tasks(tasks_dir: Path, documents: dict[str, list[dict]], final_dir: Path | None = None) -> list[str]:
+def write_tasks(
+    tasks_dir: Path, documents: dict[str, list[dict]], final_dir: Path | None = None
+) -> list[str]:
     """Write `<name>.yaml` + `<name>.jsonl` per task into `tasks_dir` (via the project's
     `write_multiple_choice_task`, prompt = the bare question) and return the task names.
 
@@ -67,7 +75,10 @@ def write_tasks(tasks_dir: Path, documents: dict[str, list[dict]], final_dir: Pa
     their data file by absolute path, so they must name the final one.
     """
     for name, docs in documents.items():
-        rows = [{"question": d["question"], "choices": d["choices"], "answer_index": d["label"]} for d in docs]
+        rows = [
+            {"question": d["question"], "choices": d["choices"], "answer_index": d["label"]}
+            for d in docs
+        ]
         write_multiple_choice_task(name, rows, tasks_dir, doc_to_text="{{question}}")
     relocate_tasks(tasks_dir, list(documents), final_dir or tasks_dir)
     return list(documents)
@@ -84,7 +95,9 @@ def relocate_tasks(tasks_dir: Path, names: list[str], final_dir: Path | None = N
         kwargs = config["dataset_kwargs"]
         wanted = {"data_files": {"test": str(final_dir / f"{name}.jsonl")}}
         if "cache_dir" in kwargs:  # keep the content-hash folder name, move its parent
-            wanted["cache_dir"] = str(final_dir / ".datasets_cache" / Path(kwargs["cache_dir"]).name)
+            wanted["cache_dir"] = str(
+                final_dir / ".datasets_cache" / Path(kwargs["cache_dir"]).name
+            )
         if any(kwargs.get(k) != v for k, v in wanted.items()):
             kwargs.update(wanted)
             path.write_text(yaml.safe_dump(config, sort_keys=False, allow_unicode=True))

@@ -189,9 +189,13 @@ def pretrain(
     """
     ids, labels = _encode_corpus(tokenizer, sentences)
     generator = torch.Generator().manual_seed(config.seed)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=config.lr, weight_decay=config.weight_decay
+    )
     warmup = max(1, int(config.warmup_fraction * config.steps))
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _lr_factor(s, config.steps, warmup))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: _lr_factor(s, config.steps, warmup)
+    )
     order, cursor = torch.randperm(len(ids), generator=generator), 0
     model.train()
     start, loss_value, done = time.perf_counter(), float("nan"), 0
@@ -250,7 +254,9 @@ class EncodedPairs:
         return len(self.ids)
 
 
-def encode_pairs(tokenizer, pairs: Sequence[tuple[str, str]], prompt_format: PromptFormat = "plain") -> EncodedPairs:
+def encode_pairs(
+    tokenizer, pairs: Sequence[tuple[str, str]], prompt_format: PromptFormat = "plain"
+) -> EncodedPairs:
     """Encode with `encode_example`, the same way R-SFT and the edit metrics do."""
     if not pairs:
         raise ValueError("answer_scores needs at least one (prompt, answer) pair")
@@ -280,7 +286,9 @@ def score_encoded(model, encoded: EncodedPairs, batch_size: int = 256) -> Answer
         hits = (logits[:, :-1].argmax(-1).cpu() == ids[:, 1:]) & target
         token_total += (hits.sum(1) / target.sum(1)).sum().item()
         fact_total += int((hits | ~target).all(1).sum())
-    return AnswerScores(token=token_total / len(encoded), fact=fact_total / len(encoded), count=len(encoded))
+    return AnswerScores(
+        token=token_total / len(encoded), fact=fact_total / len(encoded), count=len(encoded)
+    )
 
 
 def answer_scores(
@@ -299,7 +307,9 @@ def answer_scores(
     return score_encoded(model, encode_pairs(tokenizer, pairs, prompt_format), batch_size)
 
 
-def fact_accuracy(model, tokenizer, pairs: Sequence[tuple[str, str]], prompt_format: PromptFormat = "plain") -> float:
+def fact_accuracy(
+    model, tokenizer, pairs: Sequence[tuple[str, str]], prompt_format: PromptFormat = "plain"
+) -> float:
     """Fraction of (prompt, answer) pairs whose whole answer the model produces greedily."""
     return answer_scores(model, tokenizer, pairs, prompt_format).fact
 
@@ -311,10 +321,14 @@ def world_accuracy(model, tokenizer, world) -> dict:
         "statement": [(f.prompt("statement"), f.value) for f in world.facts],
         "question": [(f.prompt("question"), f.value) for f in world.facts],
         "rephrase_trained": [
-            (f.prompt("rephrase"), f.value) for f in world.facts if f.subject in world.rephrase_trained
+            (f.prompt("rephrase"), f.value)
+            for f in world.facts
+            if f.subject in world.rephrase_trained
         ],
         "rephrase_heldout": [
-            (f.prompt("rephrase"), f.value) for f in world.facts if f.subject not in world.rephrase_trained
+            (f.prompt("rephrase"), f.value)
+            for f in world.facts
+            if f.subject not in world.rephrase_trained
         ],
     }
     out = {}

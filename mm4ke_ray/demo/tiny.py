@@ -51,31 +51,14 @@ def build_tiny_model(arch: str, vocab_size: int, hidden: int = 64, layers: int =
     from transformers import AutoModelForCausalLM, GPT2Config, LlamaConfig, Qwen2Config
 
     if arch == "gpt2":
-        config = GPT2Config(
-            vocab_size=vocab_size,
-            n_embd=hidden,
-            n_layer=layers,
-            n_head=4,
-            n_positions=256,
-            bos_token_id=2,
-            eos_token_id=3,
-            pad_token_id=0,
-        )
+        config = GPT2Config(vocab_size=vocab_size, n_embd=hidden, n_layer=layers, n_head=4, n_positions=256,
+                            bos_token_id=2, eos_token_id=3, pad_token_id=0)
     elif arch in ("qwen2", "llama"):
         cls = Qwen2Config if arch == "qwen2" else LlamaConfig
-        config = cls(
-            vocab_size=vocab_size,
-            hidden_size=hidden,
-            intermediate_size=hidden * 2,
-            num_hidden_layers=layers,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            max_position_embeddings=256,
-            tie_word_embeddings=False,
-            bos_token_id=2,
-            eos_token_id=3,
-            pad_token_id=0,
-        )
+        config = cls(vocab_size=vocab_size, hidden_size=hidden, intermediate_size=hidden * 2,
+                     num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
+                     max_position_embeddings=256, tie_word_embeddings=False,
+                     bos_token_id=2, eos_token_id=3, pad_token_id=0)
     else:
         raise ValueError(f"arch must be 'qwen2', 'llama' or 'gpt2', got {arch!r}")
     torch.manual_seed(seed)

@@ -229,7 +229,9 @@ class World:
     def vocabulary_texts(self) -> list[str]:
         """Texts that cover every word the world can produce (all three templates of every fact,
         so held-out prompts have no unknown words)."""
-        return [sentence(f, kind) for f in self.facts for kind in TEMPLATE_KINDS] + list(self.filler)
+        return [sentence(f, kind) for f in self.facts for kind in TEMPLATE_KINDS] + list(
+            self.filler
+        )
 
     def to_dict(self) -> dict:
         """A JSON-serializable description (for the build's world.json)."""
@@ -260,7 +262,9 @@ def _name_words(rng: random.Random, count: int, taken: set[str]) -> list[str]:
     """`count` distinct made-up capitalized two-syllable words not in `taken`."""
     words: list[str] = []
     while len(words) < count:
-        word = "".join(rng.choice(_ONSETS) + rng.choice(_VOWELS) + rng.choice(_CODAS) for _ in range(2))
+        word = "".join(
+            rng.choice(_ONSETS) + rng.choice(_VOWELS) + rng.choice(_CODAS) for _ in range(2)
+        )
         word = word.capitalize()
         if word.lower() not in taken:
             taken.add(word.lower())
@@ -343,10 +347,15 @@ def counterfactual_edits(world: World, num_edits: int, seed: int = 0) -> list[di
                 "target_new": target,
                 "ground_truth": [fact.value],
                 "rephrase_prompt": fact.prompt("rephrase"),
-                "portability": {"Subject_Aliasing": [{"prompt": fact.prompt("statement"), "ground_truth": target}]},
+                "portability": {
+                    "Subject_Aliasing": [
+                        {"prompt": fact.prompt("statement"), "ground_truth": target}
+                    ]
+                },
                 "locality": {
                     "Relation_Specificity": [
-                        {"prompt": f.prompt("question"), "ground_truth": [f.value]} for f in loc_facts
+                        {"prompt": f.prompt("question"), "ground_truth": [f.value]}
+                        for f in loc_facts
                     ]
                 },
             }

@@ -11,21 +11,12 @@ from __future__ import annotations
 
 from mm4ke_ray.lazy import lazy_exports
 
-__all__, __getattr__, __dir__ = lazy_exports(
-    __name__,
-    {
-        "edit_metrics": ("EditEvaluator", "EditMetrics", "LocalityReference", "METRICS"),
-        "metric_rows": ("kind_means", "record_score"),
-        "generation": (
-            "GenerationEvaluator",
-            "GenerationMetrics",
-            "GenerationReference",
-            "answer_matches",
-            "greedy_generate",
-            "normalize_answer",
-        ),
-        "stop_rules": ("stop_token_ids", "cut_answer", "stop_index"),
-        "accuracy": ("PaddedBatch", "build_batches", "predict_answer_tokens", "token_accuracy"),
-        "fluency": ("generate_for_fluency", "ngram_entropy", "word_tokens"),
-    },
-)
+__all__, __getattr__, __dir__ = lazy_exports(__name__, {
+    "edit_metrics": ("EditEvaluator", "EditMetrics", "LocalityReference", "METRICS"),
+    "metric_rows": ("kind_means", "record_score"),
+    "generation": ("GenerationEvaluator", "GenerationMetrics", "GenerationReference", "answer_matches",
+                   "greedy_generate", "normalize_answer"),
+    "stop_rules": ("stop_token_ids", "cut_answer", "stop_index"),
+    "accuracy": ("PaddedBatch", "build_batches", "predict_answer_tokens", "token_accuracy"),
+    "fluency": ("generate_for_fluency", "ngram_entropy", "word_tokens"),
+})

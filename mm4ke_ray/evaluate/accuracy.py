@@ -32,7 +32,9 @@ def model_device(model) -> torch.device:
 
 
 @torch.no_grad()
-def token_accuracy(model, tokenizer, prompt: str, target: str, prompt_format: PromptFormat = "plain") -> float:
+def token_accuracy(
+    model, tokenizer, prompt: str, target: str, prompt_format: PromptFormat = "plain"
+) -> float:
     """EasyEdit's teacher-forced accuracy of `target` after `prompt`, in [0, 1], one unpadded pass.
 
     This is the reference the batched evaluator is tested against.
@@ -121,7 +123,9 @@ def build_batches(
 
 
 @torch.no_grad()
-def predict_answer_tokens(model, batch: PaddedBatch, prefix: tuple[int, torch.Tensor] | None = None) -> torch.Tensor:
+def predict_answer_tokens(
+    model, batch: PaddedBatch, prefix: tuple[int, torch.Tensor] | None = None
+) -> torch.Tensor:
     """Argmax token ids at the batch's answer positions, shape (N,), in the order of `batch.labels`.
 
     Only the needed positions go through the LM head (transformers 5's 2-D boolean

@@ -115,32 +115,19 @@ class EvalSettings:
 def eval_settings(config: SweepConfig, device: str) -> EvalSettings:
     """A sweep config's evaluation settings on `device`: what the pool, the trial and export use."""
     return EvalSettings(
-        model=config.model.name,
-        edits=config.data.edits,
-        dtype=config.model.dtype,
-        trust_remote_code=config.model.trust_remote_code,
-        data_format=config.data.format,
-        limit=config.data.limit,
-        skip_invalid=config.data.skip_invalid,
-        prompt_format=config.data.prompt_format,
-        batch_size=config.evaluation.batch_size,
-        fluency=config.evaluation.fluency,
-        general_tasks=tuple(config.evaluation.general_tasks),
-        task_include_path=config.evaluation.task_include_path,
-        general_limit=config.evaluation.general_limit,
-        general_metrics=dict(config.evaluation.general_metrics),
+        model=config.model.name, edits=config.data.edits, dtype=config.model.dtype,
+        trust_remote_code=config.model.trust_remote_code, data_format=config.data.format, limit=config.data.limit,
+        skip_invalid=config.data.skip_invalid, prompt_format=config.data.prompt_format,
+        batch_size=config.evaluation.batch_size, fluency=config.evaluation.fluency,
+        general_tasks=tuple(config.evaluation.general_tasks), task_include_path=config.evaluation.task_include_path,
+        general_limit=config.evaluation.general_limit, general_metrics=dict(config.evaluation.general_metrics),
         general_shared_context=config.evaluation.shared_context,
         general_chat_template=config.general_chat_template,
-        local_tasks=local_task_specs(config),
-        general_max_length=config.evaluation.general_max_length,
+        local_tasks=local_task_specs(config), general_max_length=config.evaluation.general_max_length,
         merge_method=config.merge.method,
-        edit_weights=dict(config.objectives.edit_weights),
-        combined_edit_weight=config.objectives.combined_edit_weight,
-        device=device,
-        allow_pickle=config.model.allow_pickle,
-        eval_mode=config.evaluation.mode,
-        edit_mode=config.edit_mode,
-        generation_match=config.evaluation.generation_match,
+        edit_weights=dict(config.objectives.edit_weights), combined_edit_weight=config.objectives.combined_edit_weight,
+        device=device, allow_pickle=config.model.allow_pickle, eval_mode=config.evaluation.mode,
+        edit_mode=config.edit_mode, generation_match=config.evaluation.generation_match,
         generation_extra_tokens=config.evaluation.generation_extra_tokens,
         generation_stop=config.evaluation.generation_stop,
         generation_max_new_tokens=config.evaluation.generation_max_new_tokens,
@@ -150,28 +137,18 @@ def eval_settings(config: SweepConfig, device: str) -> EvalSettings:
 
 def generation_evaluator(tokenizer, records, s: EvalSettings) -> GenerationEvaluator:
     """The generated-answer evaluator of `records` under the settings' match, stop and budget rules."""
-    return GenerationEvaluator(
-        tokenizer,
-        records,
-        prompt_format=s.prompt_format,
-        batch_size=s.batch_size,
-        match=s.generation_match,
-        stop=s.generation_stop,
-        max_new_tokens=s.generation_max_new_tokens,
-        extra_new_tokens=s.generation_extra_tokens,
-    )
+    return GenerationEvaluator(tokenizer, records, prompt_format=s.prompt_format, batch_size=s.batch_size,
+                               match=s.generation_match, stop=s.generation_stop,
+                               max_new_tokens=s.generation_max_new_tokens,
+                               extra_new_tokens=s.generation_extra_tokens)
 
 
 def _fidelity_settings(config: SweepConfig) -> dict:
     fid = config.evaluation.fidelity
     if not fid.enabled:
         return {}
-    return {
-        "fidelity_rungs": fid.rungs,
-        "fidelity_reduction_factor": fid.reduction_factor,
-        "fidelity_seed": config.search.seed,
-        "fidelity_min_items": min_sign_items(fid.error_rate),
-    }
+    return {"fidelity_rungs": fid.rungs, "fidelity_reduction_factor": fid.reduction_factor,
+            "fidelity_seed": config.search.seed, "fidelity_min_items": min_sign_items(fid.error_rate)}
 
 
 class CandidateEvaluator(RungViews):
@@ -183,9 +160,8 @@ class CandidateEvaluator(RungViews):
         )
         records = load_edit_records(s.edits, limit=s.limit, skip_invalid=s.skip_invalid, fmt=s.data_format).records
         self.records = records
-        self.edit_eval = EditEvaluator(
-            self.tokenizer, records, prompt_format=s.prompt_format, batch_size=s.batch_size, prefix_cache=s.prefix_cache
-        )
+        self.edit_eval = EditEvaluator(self.tokenizer, records, prompt_format=s.prompt_format, batch_size=s.batch_size,
+                                       prefix_cache=s.prefix_cache)
         self.gen_eval = None
         if s.generation:
             self.gen_eval = generation_evaluator(self.tokenizer, records, s)
@@ -194,15 +170,9 @@ class CandidateEvaluator(RungViews):
             include = [s.task_include_path] if s.task_include_path else []
             include += build_local_tasks(list(s.local_tasks), task_cache_root())  # later paths win a name
             self.general_eval = GeneralEvaluator(
-                self.model,
-                self.tokenizer,
-                list(s.general_tasks),
-                apply_chat_template=s.general_chat_template,
-                include_path=include or None,
-                limit=s.general_limit,
-                metrics=s.general_metrics,
-                shared_context=s.general_shared_context,
-                max_length=s.general_max_length,
+                self.model, self.tokenizer, list(s.general_tasks), apply_chat_template=s.general_chat_template,
+                include_path=include or None, limit=s.general_limit, metrics=s.general_metrics,
+                shared_context=s.general_shared_context, max_length=s.general_max_length,
             )
         if reference is not None:
             _check_reference(reference, s)
@@ -227,13 +197,8 @@ class CandidateEvaluator(RungViews):
         result = self.general_eval.evaluate_result() if self.general_eval else None
         if result is not None:
             save_base_measurement(self.settings, result)  # what `plan` / `validate` judge precision by
-        ref = Reference(
-            locality=locality,
-            general=result.scores if result else {},
-            metrics={},
-            general_result=result,
-            generation=generation,
-        )
+        ref = Reference(locality=locality, general=result.scores if result else {}, metrics={}, general_result=result,
+                        generation=generation)
         self.reference = ref
         ref.metrics = self._score(seconds=0.0)
         return ref
@@ -243,9 +208,8 @@ class CandidateEvaluator(RungViews):
         `GenerationMetrics`, and lm-eval's result (None without tasks)."""
         measured, result = {}, None
         if self.settings.teacher_forced:
-            measured[TEACHER_FORCED] = view.edit_eval.evaluate(
-                self.model, view.reference.locality, fluency=self.settings.fluency, first_layer=first_layer
-            )
+            measured[TEACHER_FORCED] = view.edit_eval.evaluate(self.model, view.reference.locality,
+                                                               fluency=self.settings.fluency, first_layer=first_layer)
         if view.gen_eval:
             measured[GENERATION] = view.gen_eval.evaluate(self.model, view.reference.generation)
         if self.general_eval:
@@ -254,9 +218,8 @@ class CandidateEvaluator(RungViews):
                 result = self.general_eval.evaluate_result(view.samples)
         return measured, result
 
-    def _score(
-        self, seconds: float, first_layer: int | None = None, view: View | None = None, measured: tuple | None = None
-    ) -> dict:
+    def _score(self, seconds: float, first_layer: int | None = None,
+               view: View | None = None, measured: tuple | None = None) -> dict:
         """Metrics and objectives of the model as it is now (or of what `measured` holds); on a
         rung's `view`, also the objectives' standard errors (`fidelity.EDIT_SE`, `GENERAL_SE`)
         that promotion needs."""
@@ -281,29 +244,18 @@ class CandidateEvaluator(RungViews):
             out.update(result.flat(GENERAL_PREFIX))  # general.<task>, general.<task>.stderr
             out.update({f"{RETENTION_PREFIX}{k}": v for k, v in kept.items()})
             # the general score's SE as an estimate of the candidate's ability (no rung correction)
-            precision = general_score_stderr(
-                result.stderr, view.reference.general, result.n_docs, {}, better, floor, scores
-            )
+            precision = general_score_stderr(result.stderr, view.reference.general, result.n_docs, {}, better,
+                                             floor, scores)
             if low:
-                general_se = general_score_stderr(
-                    result.stderr,
-                    view.reference.general,
-                    result.n_docs,
-                    view.docs_population or {},
-                    better,
-                    floor,
-                    scores,
-                )
+                general_se = general_score_stderr(result.stderr, view.reference.general, result.n_docs,
+                                                  view.docs_population or {}, better, floor, scores)
                 general_items = retention_items(result, view.reference.general, better)
         family = edit_family(out, self.settings.edit_mode)
         out.update(objective_values(family, general, self.settings.edit_weights, self.settings.combined_edit_weight))
         out.update(self._precision(rows.get(self.settings.edit_mode) or [], precision))
         if low:
-            out.update(
-                self._objective_stderrs(
-                    rows.get(self.settings.edit_mode) or [], general_se, general_items, view.docs_population or {}
-                )
-            )
+            out.update(self._objective_stderrs(rows.get(self.settings.edit_mode) or [], general_se, general_items,
+                                               view.docs_population or {}))
         out["eval_seconds"] = time.perf_counter() - start + seconds
         return out
 
@@ -320,15 +272,8 @@ class CandidateEvaluator(RungViews):
         out = {EDIT_STDERR: edit_score_stderr(self._edit_rows(per_record)), GENERAL_STDERR: general_se}
         return {k: v for k, v in out.items() if v is not None}
 
-    def evaluate(
-        self,
-        delta: dict[str, torch.Tensor],
-        alpha: float,
-        sparsity: float,
-        seed: int = 0,
-        rung: int | None = None,
-        prior: dict | None = None,
-    ) -> dict:
+    def evaluate(self, delta: dict[str, torch.Tensor], alpha: float, sparsity: float, seed: int = 0,
+                 rung: int | None = None, prior: dict | None = None) -> dict:
         """Merge (in place), evaluate, restore. Returns metrics and objectives of the candidate.
 
         `rung` (successive halving, `settings.fidelity_rungs` > 1): score only that rung's
@@ -349,9 +294,7 @@ class CandidateEvaluator(RungViews):
         device = next(self.model.parameters()).device
         # Sparsify on the model's device: a top-k over a 7B model's MLP takes seconds on CPU, ms on GPU.
         delta = {k: v.to(device, non_blocking=True) for k, v in delta.items()}
-        snapshot = apply_delta_(
-            self.model, delta, alpha=alpha, sparsity=sparsity, method=self.settings.merge_method, seed=seed
-        )
+        snapshot = apply_delta_(self.model, delta, alpha=alpha, sparsity=sparsity, method=self.settings.merge_method, seed=seed)
         merge_seconds = time.perf_counter() - start
         try:
             first_layer = delta_first_layer(self.model, delta)
@@ -359,9 +302,8 @@ class CandidateEvaluator(RungViews):
                 measured = self._measure_joined(prior, rung, first_layer)
             else:
                 measured = self._measure(view or self._full_view, first_layer)
-            out = self._score(
-                seconds=time.perf_counter() - start, first_layer=first_layer, view=view, measured=measured
-            )
+            out = self._score(seconds=time.perf_counter() - start, first_layer=first_layer,
+                              view=view, measured=measured)
         finally:
             restore_(self.model, snapshot)
             del delta, snapshot
@@ -375,27 +317,20 @@ class CandidateEvaluator(RungViews):
             out[REUSED_DOCS] = sum(map(len, plan.general_samples(below).values())) if self.general_eval else 0
         if not full:
             families, result = measured
-            out[REUSE] = payload(
-                rung, {mode: f.per_record for mode, f in families.items()}, result, self.general_eval is not None
-            )
+            out[REUSE] = payload(rung, {mode: f.per_record for mode, f in families.items()}, result,
+                                 self.general_eval is not None)
         return out
 
 
 def _check_reference(reference: Reference, settings: EvalSettings) -> None:
     """A shared reference must hold what this evaluator's mode compares against."""
-    missing = [
-        what
-        for what, needed, held in (
-            ("teacher-forced locality predictions", settings.teacher_forced, reference.locality),
-            ("generated locality answers", settings.generation, reference.generation),
-        )
-        if needed and held is None
-    ]
+    missing = [what for what, needed, held in (
+        ("teacher-forced locality predictions", settings.teacher_forced, reference.locality),
+        ("generated locality answers", settings.generation, reference.generation),
+    ) if needed and held is None]
     if missing:
-        raise ValueError(
-            f"the shared reference lacks the base's {' and '.join(missing)} that evaluation.mode "
-            f"{settings.eval_mode!r} needs: it was computed under another mode"
-        )
+        raise ValueError(f"the shared reference lacks the base's {' and '.join(missing)} that evaluation.mode "
+                         f"{settings.eval_mode!r} needs: it was computed under another mode")
 
 
 def release_freed_memory() -> None:

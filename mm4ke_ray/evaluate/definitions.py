@@ -20,3 +20,4 @@ EDIT_DEFINITIONS = "2"
 # Generated answers: new tokens an answer may take (WILD generates up to 512 and cuts at the stop;
 # a short answer stops long before either).
 DEFAULT_MAX_NEW_TOKENS = 64
+

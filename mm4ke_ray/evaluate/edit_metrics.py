@@ -104,9 +104,8 @@ def record_items(record: EditRecord, metric: str):
             yield qa.prompt, qa.answer, qa.kind, f"{metric}[{j}]"
 
 
-def encode_item(
-    tokenizer, record: EditRecord, index: int, prompt: str, answer: str, where: str, prompt_format
-) -> EncodedExample:
+def encode_item(tokenizer, record: EditRecord, index: int, prompt: str, answer: str, where: str,
+                prompt_format) -> EncodedExample:
     """`encode_example`, with an error naming the record and field it came from."""
     try:
         return encode_example(tokenizer, prompt, answer, prompt_format)
@@ -147,12 +146,16 @@ class EditEvaluator:
             raise ValueError(f"{len(self.record_ids)} record_ids for {len(self.records)} records")
         self.prompt_format = prompt_format
         self.batch_size = batch_size
-        acc_examples, self._acc_probes = self._encode(("edit_succ", "generalization", "portability"))
+        acc_examples, self._acc_probes = self._encode(
+            ("edit_succ", "generalization", "portability")
+        )
         loc_examples, self._loc_probes = self._encode(("locality",))
         pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         self.accuracy_batches = build_batches(acc_examples, batch_size, pad_id, "accuracy")
         self.locality_batches = build_batches(loc_examples, batch_size, pad_id, "locality")
-        self._acc_labels = torch.tensor([t for ex in acc_examples for t in ex.answer_ids], dtype=torch.long)
+        self._acc_labels = torch.tensor(
+            [t for ex in acc_examples for t in ex.answer_ids], dtype=torch.long
+        )
         self._n_loc_tokens = sum(len(ex.answer_ids) for ex in loc_examples)
         digest = hashlib.sha1(prompt_format.encode())
         for ex in loc_examples:
@@ -205,8 +208,12 @@ class EditEvaluator:
         """Mean of `hits` (one bool per answer token) over each probe's span."""
         if not probes:
             return []
-        owner = torch.repeat_interleave(torch.arange(len(probes)), torch.tensor([p.count for p in probes]))
-        sums = torch.zeros(len(probes), dtype=torch.float64).index_add_(0, owner, hits.to(torch.float64))
+        owner = torch.repeat_interleave(
+            torch.arange(len(probes)), torch.tensor([p.count for p in probes])
+        )
+        sums = torch.zeros(len(probes), dtype=torch.float64).index_add_(
+            0, owner, hits.to(torch.float64)
+        )
         counts = torch.tensor([p.count for p in probes], dtype=torch.float64)
         return (sums / counts).tolist()
 
@@ -247,13 +254,17 @@ class EditEvaluator:
         acc = self._per_probe(acc_hits, self._acc_probes)
         rows = [empty_row(i, r, METRICS) for i, r in enumerate(self.records)]
         for probe, value in zip(self._acc_probes, acc, strict=True):
-            rows[probe.record]["items"][probe.metric].append({"kind": probe.kind, "score": 100.0 * value})
+            rows[probe.record]["items"][probe.metric].append(
+                {"kind": probe.kind, "score": 100.0 * value}
+            )
         if reference is not None:
             self._check_reference(reference)
             loc_preds = self._predictions(model, "locality", self._n_loc_tokens)
             agree = self._per_probe(loc_preds == reference.predictions, self._loc_probes)
             for probe, value in zip(self._loc_probes, agree, strict=True):
-                rows[probe.record]["items"]["locality"].append({"kind": probe.kind, "score": 100.0 * value})
+                rows[probe.record]["items"]["locality"].append(
+                    {"kind": probe.kind, "score": 100.0 * value}
+                )
         score_rows(rows)
         if fluency:
             for i, (row, record) in enumerate(zip(rows, self.records, strict=True)):
@@ -268,7 +279,10 @@ class EditEvaluator:
         return EditMetrics.from_rows(rows)
 
     def _check_reference(self, reference: LocalityReference) -> None:
-        if reference.signature != self.locality_signature or reference.predictions.numel() != self._n_loc_tokens:
+        if (
+            reference.signature != self.locality_signature
+            or reference.predictions.numel() != self._n_loc_tokens
+        ):
             raise ValueError(
                 "the locality reference was computed by a different EditEvaluator (other records, "
                 "tokenizer or prompt format); call base_predictions(base_model) on this evaluator"

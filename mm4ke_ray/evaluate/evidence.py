@@ -119,9 +119,7 @@ def check_halving_evidence(stderr: dict[str, float | None], higher_is_better: di
     would never drop anything on evidence (both objectives must show it), at extra cost."""
     blind = sorted(t for t, se in stderr.items() if se is None or not higher_is_better.get(t, True))
     if blind:
-        raise UserError(
-            f"evaluation.fidelity: general task(s) {blind} report no per-document values or are "
-            "lower-is-better, so no lower rung can show a candidate worse on them and halving would "
-            "evaluate every candidate in full at extra cost; leave them out of "
-            "evaluation.general_tasks or set evaluation.fidelity.enabled: false"
-        )
+        raise UserError(f"evaluation.fidelity: general task(s) {blind} report no per-document values or are "
+                        "lower-is-better, so no lower rung can show a candidate worse on them and halving would "
+                        "evaluate every candidate in full at extra cost; leave them out of "
+                        "evaluation.general_tasks or set evaluation.fidelity.enabled: false")

@@ -84,20 +84,15 @@ class RungItems:
     @classmethod
     def from_dict(cls, d: Mapping) -> RungItems:
         general = d.get("general")
-        return cls(
-            edit=tuple(float(v) for v in d["edit"]),
-            edit_population=int(d["edit_population"]),
-            general=None if general is None else {t: tuple(float(v) for v in vs) for t, vs in general.items()},
-            general_population=None if general is None else {t: int(n) for t, n in d["general_population"].items()},
-        )
+        return cls(edit=tuple(float(v) for v in d["edit"]), edit_population=int(d["edit_population"]),
+                   general=None if general is None else {t: tuple(float(v) for v in vs) for t, vs in general.items()},
+                   general_population=None if general is None else {t: int(n) for t, n in
+                                                                    d["general_population"].items()})
 
     def to_dict(self) -> dict:
-        return {
-            "edit": list(self.edit),
-            "edit_population": self.edit_population,
-            "general": None if self.general is None else {t: list(v) for t, v in self.general.items()},
-            "general_population": self.general_population,
-        }
+        return {"edit": list(self.edit), "edit_population": self.edit_population,
+                "general": None if self.general is None else {t: list(v) for t, v in self.general.items()},
+                "general_population": self.general_population}
 
 
 def paired_stderrs(b: RungItems | None, a: RungItems | None) -> tuple[float | None, float | None]:
@@ -150,16 +145,10 @@ def _paired_groups(b: RungItems | None, a: RungItems | None) -> tuple[list | Non
     if len(a.edit) == len(b.edit) and a.edit_population == b.edit_population:
         edit = [([x - y for x, y in zip(b.edit, a.edit, strict=True)], a.edit_population)]
     general = None
-    if (
-        a.general
-        and b.general
-        and a.general.keys() == b.general.keys()
-        and all(len(a.general[t]) == len(b.general[t]) for t in a.general)
-    ):
-        general = [
-            ([x - y for x, y in zip(b.general[t], av, strict=True)], (a.general_population or {}).get(t, len(av)))
-            for t, av in a.general.items()
-        ]
+    if a.general and b.general and a.general.keys() == b.general.keys() \
+            and all(len(a.general[t]) == len(b.general[t]) for t in a.general):
+        general = [([x - y for x, y in zip(b.general[t], av, strict=True)],
+                    (a.general_population or {}).get(t, len(av))) for t, av in a.general.items()]
     return edit, general
 
 
@@ -175,10 +164,8 @@ def dominates_beyond_doubt(b: RungResult, a: RungResult, error_rate: float) -> b
     retentions: b's uncapped general above a's means b's capped one is at least a's.
     """
     groups = _paired_groups(b.items, a.items)
-    unpaired = [
-        None if sa is None or sb is None else math.hypot(sa, sb)
-        for sa, sb in zip(a.stderrs(), b.stderrs(), strict=True)
-    ]
+    unpaired = [None if sa is None or sb is None else math.hypot(sa, sb)
+                for sa, sb in zip(a.stderrs(), b.stderrs(), strict=True)]
     for vb, va, group, se in zip(b.values(), a.values(), groups, unpaired, strict=True):
         if group is not None:
             if not paired_beats(group, error_rate):
@@ -195,7 +182,6 @@ def dominators(a: RungResult, results: Sequence[RungResult], error_rate: float) 
 
 def _plain_pareto_ranks(results: Sequence[RungResult]) -> list[int]:
     """Non-dominated sorting rank (0 = the front) under plain dominance, for tie-breaking."""
-
     def dominates(b: RungResult, a: RungResult) -> bool:
         return all(x >= y for x, y in zip(b.values(), a.values(), strict=True)) and b.values() != a.values()
 
@@ -224,10 +210,8 @@ def _estimate_stderrs(a: RungResult) -> tuple[float | None, float | None]:
         pops = a.items.general_population or {}
         floors = [jeffreys_floor(v, pops.get(t, len(v))) for t, v in a.items.general.items()]
         general = math.sqrt(math.fsum(f * f for f in floors)) / len(floors)
-    return tuple(
-        None if se is None and floor is None else max(x for x in (se, floor) if x is not None)
-        for se, floor in zip(a.stderrs(), (edit, general), strict=True)
-    )
+    return tuple(None if se is None and floor is None else max(x for x in (se, floor) if x is not None)
+                 for se, floor in zip(a.stderrs(), (edit, general), strict=True))
 
 
 def beaten_by_exact(a: RungResult, point: Sequence[float], error_rate: float) -> bool:
@@ -249,9 +233,8 @@ def beaten_by_exact(a: RungResult, point: Sequence[float], error_rate: float) ->
     return strictly
 
 
-def promote(
-    results: Sequence[RungResult], reduction_factor: float, error_rate: float, front: Sequence[Sequence[float]] = ()
-) -> list[str]:
+def promote(results: Sequence[RungResult], reduction_factor: float, error_rate: float,
+            front: Sequence[Sequence[float]] = ()) -> list[str]:
     """Keys of the candidates that go on to the next rung, in the order of `results`.
 
     Rule: a candidate goes on when no other candidate of the rung dominates it beyond doubt
@@ -298,14 +281,9 @@ RUNG_ITEMS = "rung_items"  # a lower rung's per-item scores (`RungItems.to_dict`
 def rung_result(key: str, metrics: Mapping) -> RungResult:
     """A candidate's `RungResult` out of the metrics one rung's evaluation returned."""
     items = metrics.get(RUNG_ITEMS)
-    return RungResult(
-        key=key,
-        edit=float(metrics["edit_score"]),
-        general=float(metrics["general_score"]),
-        edit_se=metrics.get(EDIT_SE),
-        general_se=metrics.get(GENERAL_SE),
-        items=None if items is None else RungItems.from_dict(items),
-    )
+    return RungResult(key=key, edit=float(metrics["edit_score"]), general=float(metrics["general_score"]),
+                      edit_se=metrics.get(EDIT_SE), general_se=metrics.get(GENERAL_SE),
+                      items=None if items is None else RungItems.from_dict(items))
 
 
 def run_rungs(

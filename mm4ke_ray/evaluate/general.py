@@ -56,7 +56,6 @@ __all__ = [
     "write_multiple_choice_task",
 ]
 
-
 def _quiet_hflm_class(shared_context: bool = False):
     """HFLM without per-call progress bars (one per candidate would flood a worker's log);
     `shared_context`: lm-eval's HFLM that scores each shared context once (same results)."""
@@ -156,26 +155,15 @@ class GeneralResult:
         out = []
         for key, score in self.scores.items():
             se, floor = self.stderr.get(key), self.chance.get(key)
-            out.append(
-                f"{key} ({self.metrics.get(key)}): {score:.4g}"
-                + (f" ± {se:.2g}" if se is not None else "")
-                + (f", chance floor {floor:.3g}" if floor is not None else ", no floor (lower is better)")
-                + f", {self.n_docs.get(key, 0)} documents"
-            )
+            out.append(f"{key} ({self.metrics.get(key)}): {score:.4g}" + (f" ± {se:.2g}" if se is not None else "")
+                       + (f", chance floor {floor:.3g}" if floor is not None else ", no floor (lower is better)")
+                       + f", {self.n_docs.get(key, 0)} documents")
         return out
 
     def check_noise(self, z: float = NOISE_Z) -> None:
         """`check_task_noise` on these (the base model's) results: UserError for noisy tasks."""
-        check_task_noise(
-            self.scores,
-            self.stderr,
-            self.chance,
-            self.n_docs,
-            self.higher_is_better,
-            self.metrics,
-            z=z,
-            scale=self.scale,
-        )
+        check_task_noise(self.scores, self.stderr, self.chance, self.n_docs,
+                         self.higher_is_better, self.metrics, z=z, scale=self.scale)
 
 
 class GeneralEvaluator:
@@ -215,7 +203,8 @@ class GeneralEvaluator:
         validate_tasks(tasks, include_path)
         if apply_chat_template and not getattr(tokenizer, "chat_template", None):
             raise UserError(
-                "general tasks in chat format need a tokenizer with a chat template; use data.prompt_format: plain"
+                "general tasks in chat format need a tokenizer with a chat template; "
+                "use data.prompt_format: plain"
             )
         # lm-eval reads a float limit >= 1.0 as a document count: 1.0 would mean one document.
         self.limit = None if limit == 1.0 and isinstance(limit, float) else limit
@@ -228,9 +217,8 @@ class GeneralEvaluator:
         # windows fill it; a batch of 8 windows of 8,192 tokens took 18 GB on CPU for a 135M model.
         self.max_length = max_length
         extra = {"max_length": max_length} if max_length else {}
-        self.lm = _quiet_hflm_class(self.shared_context)(
-            pretrained=model, tokenizer=tokenizer, batch_size=batch_size, **extra
-        )
+        self.lm = _quiet_hflm_class(self.shared_context)(pretrained=model, tokenizer=tokenizer, batch_size=batch_size,
+                                                         **extra)
 
     @classmethod
     def for_prompt_format(cls, model, tokenizer, tasks, prompt_format: str = "plain", **kwargs):
@@ -389,19 +377,9 @@ class GeneralEvaluator:
                 stderr[key] = float(pooled_sample_stderr(ses, sizes))
             else:
                 stderr[key] = float(unweighted_mean_stderr(ses))
-        return GeneralResult(
-            scores,
-            stderr,
-            chance,
-            n_docs,
-            {key: metric for key, _, metric, _ in self.outputs},
-            self.higher_is_better,
-            self.settings,
-            per_doc,
-            weights,
-            scale,
-            doc_chance,
-        )
+        return GeneralResult(scores, stderr, chance, n_docs,
+                             {key: metric for key, _, metric, _ in self.outputs}, self.higher_is_better,
+                             self.settings, per_doc, weights, scale, doc_chance)
 
     def _leaf_stats(self, full, name: str, metric: str | None, filt: str) -> LeafStats:
         """`task_stats.leaf_stats` of one leaf task's `metric` under filter `filt`."""
@@ -424,7 +402,9 @@ def _check_limit(limit) -> None:
     ok_int = isinstance(limit, int) and not isinstance(limit, bool) and limit >= 1
     ok_frac = isinstance(limit, float) and 0.0 < limit <= 1.0
     if not (ok_int or ok_frac):
-        raise UserError(f"limit must be an int >= 1 (documents) or a float in (0, 1] (fraction), got {limit!r}")
+        raise UserError(
+            f"limit must be an int >= 1 (documents) or a float in (0, 1] (fraction), got {limit!r}"
+        )
 
 
 @contextlib.contextmanager

@@ -125,7 +125,9 @@ def _generate_batch(model, prompts, bounds, stops, pad_id, text_stop) -> list[li
     # Real tokens keep the positions they have unpadded (what generate() computes, too).
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
     cache_name = cache_kwarg(model)
-    logits, cache = _forward(model, cache_name, None, input_ids=ids, attention_mask=mask, position_ids=positions)
+    logits, cache = _forward(
+        model, cache_name, None, input_ids=ids, attention_mask=mask, position_ids=positions
+    )
     next_pos = positions[:, -1:] + 1
     out: list[list[int]] = [[] for _ in prompts]
     done = [False] * len(prompts)
@@ -156,7 +158,9 @@ def _generate_batch(model, prompts, bounds, stops, pad_id, text_stop) -> list[li
         if cache_name is None:  # no KV cache: feed the whole sequence again
             ids = torch.cat([ids, step], dim=1)
             positions = torch.cat([positions, next_pos], dim=1)
-            logits, _ = _forward(model, None, None, input_ids=ids, attention_mask=mask, position_ids=positions)
+            logits, _ = _forward(
+                model, None, None, input_ids=ids, attention_mask=mask, position_ids=positions
+            )
         else:
             logits, cache = _forward(
                 model, cache_name, cache, input_ids=step, attention_mask=mask, position_ids=next_pos
@@ -195,7 +199,9 @@ def greedy_generate(
             bounds = [max_new_tokens[i] for i in rows]
             if max(bounds) < 1:
                 continue
-            got = _generate_batch(model, [list(prompts[i]) for i in rows], bounds, stops, pad_id, text_stop)
+            got = _generate_batch(
+                model, [list(prompts[i]) for i in rows], bounds, stops, pad_id, text_stop
+            )
             for i, ids in zip(rows, got, strict=True):
                 result[i] = ids
     return result
@@ -314,7 +320,8 @@ class GenerationEvaluator:
         """Generate every answer with `model` and score it; locality needs the base's `reference`."""
         items = self._acc + (self._loc if reference is not None else [])
         if reference is not None and (
-            reference.signature != self.locality_signature or len(reference.answers) != len(self._loc)
+            reference.signature != self.locality_signature
+            or len(reference.answers) != len(self._loc)
         ):
             raise ValueError(
                 "the generation reference was computed by a different GenerationEvaluator (other "
@@ -323,7 +330,8 @@ class GenerationEvaluator:
         answers = self.generate(model, items)
         base = dict(zip(map(id, self._loc), reference.answers, strict=True)) if reference else {}
         rows = [
-            empty_row(i, r, GENERATION_METRICS, match=self.match, stop=self.stop) for i, r in enumerate(self.records)
+            empty_row(i, r, GENERATION_METRICS, match=self.match, stop=self.stop)
+            for i, r in enumerate(self.records)
         ]
         for it, answer in zip(items, answers, strict=True):
             entry = {"kind": it.kind, "prompt": it.prompt, "target": it.target, "generated": answer}

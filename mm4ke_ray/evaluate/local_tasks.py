@@ -36,7 +36,11 @@ def _check_docs(name: str, docs: Sequence[dict]) -> list[dict]:
             or not all(isinstance(c, str) and c.strip() for c in choices)
         ):
             raise DataError(where, i, "choices", "must be a list of at least 2 non-empty strings")
-        if isinstance(answer, bool) or not isinstance(answer, int) or not 0 <= answer < len(choices):
+        if (
+            isinstance(answer, bool)
+            or not isinstance(answer, int)
+            or not 0 <= answer < len(choices)
+        ):
             raise DataError(
                 where,
                 i,
@@ -107,18 +111,16 @@ def write_multiple_choice_task(
             f"task '{name}': num_fewshot={num_fewshot} needs at least {num_fewshot + 1} docs, got {len(rows)}"
         )
     out, config = _write_docs(name, rows, out_dir)
-    config.update(
-        {
-            "output_type": "multiple_choice",
-            "test_split": "test",
-            "doc_to_text": doc_to_text,
-            # Field names, not templates: lm-eval reads them from the doc as they are.
-            "doc_to_choice": "choices",
-            "doc_to_target": "answer",
-            "metric_list": [{"metric": m, "aggregation": "mean", "higher_is_better": True} for m in metrics],
-            "metadata": {"version": 1.0},
-        }
-    )
+    config.update({
+        "output_type": "multiple_choice",
+        "test_split": "test",
+        "doc_to_text": doc_to_text,
+        # Field names, not templates: lm-eval reads them from the doc as they are.
+        "doc_to_choice": "choices",
+        "doc_to_target": "answer",
+        "metric_list": [{"metric": m, "aggregation": "mean", "higher_is_better": True} for m in metrics],
+        "metadata": {"version": 1.0},
+    })
     if num_fewshot:
         config.update(fewshot_split="test", num_fewshot=num_fewshot)
     (out / f"{name}.yaml").write_text(yaml.safe_dump(config, sort_keys=False, allow_unicode=True))
@@ -154,20 +156,18 @@ def write_generation_task(
                 raise DataError(where, i, field, "must be a non-empty string")
         rows.append({"question": doc["question"], "answer": doc["answer"]})
     out, config = _write_docs(name, rows, out_dir)
-    config.update(
-        {
-            "output_type": "generate_until",
-            "test_split": "test",
-            "doc_to_text": doc_to_text,
-            "doc_to_target": "{{answer}}",
-            "target_delimiter": " ",
-            "generation_kwargs": {"until": ["\n"], "do_sample": False, "max_gen_toks": max_gen_toks},
-            "filter_list": [
-                {"name": "strip", "filter": [{"function": "remove_whitespace"}, {"function": "take_first"}]}
-            ],
-            "metric_list": [{"metric": "exact_match", "aggregation": "mean", "higher_is_better": True}],
-            "metadata": {"version": 1.0},
-        }
-    )
+    config.update({
+        "output_type": "generate_until",
+        "test_split": "test",
+        "doc_to_text": doc_to_text,
+        "doc_to_target": "{{answer}}",
+        "target_delimiter": " ",
+        "generation_kwargs": {"until": ["\n"], "do_sample": False, "max_gen_toks": max_gen_toks},
+        "filter_list": [
+            {"name": "strip", "filter": [{"function": "remove_whitespace"}, {"function": "take_first"}]}
+        ],
+        "metric_list": [{"metric": "exact_match", "aggregation": "mean", "higher_is_better": True}],
+        "metadata": {"version": 1.0},
+    })
     (out / f"{name}.yaml").write_text(yaml.safe_dump(config, sort_keys=False, allow_unicode=True))
     return name

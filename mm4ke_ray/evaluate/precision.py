@@ -56,11 +56,9 @@ def precision_warnings(result: Mapping, threshold: float = DEFAULT_THRESHOLD) ->
         if se is None or se <= threshold or n < 1:
             continue
         need = limit_for(se, n, threshold)
-        lines.append(
-            f"general task {task!r}: retention SE {se:.3f} on {n} documents exceeds {threshold:g}; "
-            f"about {need:,} documents would meet it (evaluation.general_limit, or "
-            f"evaluation.local_tasks.{task}.limit / max_words for a local task)"
-        )
+        lines.append(f"general task {task!r}: retention SE {se:.3f} on {n} documents exceeds {threshold:g}; "
+                     f"about {need:,} documents would meet it (evaluation.general_limit, or "
+                     f"evaluation.local_tasks.{task}.limit / max_words for a local task)")
     return lines
 
 
@@ -69,29 +67,13 @@ def measurement_key(settings) -> str:
     `SweepConfig` (resolved to the same fields, without importing the evaluator's torch stack)."""
     if isinstance(settings, SweepConfig):
         ev = settings.evaluation
-        fields = [
-            settings.model.name,
-            settings.model.dtype,
-            settings.data.prompt_format,
-            list(ev.general_tasks),
-            ev.task_include_path,
-            ev.general_limit,
-            ev.general_max_length,
-            dict(ev.general_metrics),
-            local_task_specs(settings),
-        ]
+        fields = [settings.model.name, settings.model.dtype, settings.data.prompt_format, list(ev.general_tasks),
+                  ev.task_include_path, ev.general_limit, ev.general_max_length, dict(ev.general_metrics),
+                  local_task_specs(settings)]
     else:
-        fields = [
-            settings.model,
-            settings.dtype,
-            settings.prompt_format,
-            list(settings.general_tasks),
-            settings.task_include_path,
-            settings.general_limit,
-            settings.general_max_length,
-            dict(settings.general_metrics),
-            settings.local_tasks,
-        ]
+        fields = [settings.model, settings.dtype, settings.prompt_format, list(settings.general_tasks),
+                  settings.task_include_path, settings.general_limit, settings.general_max_length,
+                  dict(settings.general_metrics), settings.local_tasks]
     fields[-1] = [[s.name, str(Path(s.path).expanduser().resolve()), s.limit, s.max_words] for s in fields[-1]]
     fields[-2] = sorted(fields[-2].items())
     return hashlib.sha256(json.dumps(fields, default=str).encode()).hexdigest()[:16]
@@ -130,8 +112,6 @@ def precision_report(config: SweepConfig) -> list[str]:
         return []  # the demo's model is built where it runs; `plan` resolves it first
     stored = load_base_measurement(config)
     if stored is None:
-        return [
-            "general tasks: no base measurement on this machine yet, so their retention SE is unknown; "
-            "`mm4ke-ray plan --probe` (or a sweep) measures it"
-        ]
+        return ["general tasks: no base measurement on this machine yet, so their retention SE is unknown; "
+                "`mm4ke-ray plan --probe` (or a sweep) measures it"]
     return precision_warnings(stored, config.evaluation.general_se_threshold)

@@ -55,9 +55,8 @@ class LocalTaskSpec:
 
 def local_task_specs(config: SweepConfig) -> tuple[LocalTaskSpec, ...]:
     """`evaluation.local_tasks` as specs, in name order."""
-    return tuple(
-        LocalTaskSpec(name, t.path, t.limit, t.max_words) for name, t in sorted(config.evaluation.local_tasks.items())
-    )
+    return tuple(LocalTaskSpec(name, t.path, t.limit, t.max_words)
+                 for name, t in sorted(config.evaluation.local_tasks.items()))
 
 
 def task_cache_root() -> Path:
@@ -83,12 +82,8 @@ def _rows_tsv(path: Path, header: tuple[str, ...]) -> list[tuple[int, dict]]:
             if not any(c.strip() for c in cells):
                 continue
             if len(cells) != len(header):
-                raise DataError(
-                    str(path),
-                    None,
-                    None,
-                    f"line {line}: {len(cells)} columns, expected {len(header)} ({', '.join(header)})",
-                )
+                raise DataError(str(path), None, None, f"line {line}: {len(cells)} columns, expected {len(header)} "
+                                f"({', '.join(header)})")
             rows.append((line, dict(zip(header, cells, strict=True))))
     return rows
 
@@ -110,9 +105,8 @@ def _rte(path: Path) -> list[dict]:
     for line, row in _rows_tsv(path, ("index", "sentence1", "sentence2", "label")):
         label = _RTE_LABELS.get(row["label"].strip())
         if label is None:
-            raise DataError(
-                str(path), None, None, f"line {line}: label must be entailment or not_entailment, got {row['label']!r}"
-            )
+            raise DataError(str(path), None, None, f"line {line}: label must be entailment or not_entailment, "
+                            f"got {row['label']!r}")
         docs.append({"sentence1": row["sentence1"], "sentence2": row["sentence2"], "label": label, "idx": len(docs)})
     return docs
 
@@ -130,9 +124,8 @@ def _boolq(path: Path) -> list[dict]:
             for key, kind in (("question", str), ("passage", str), ("answer", bool)):
                 if not isinstance(rec.get(key) if isinstance(rec, dict) else None, kind):
                     raise DataError(str(path), None, None, f"line {line}: field '{key}' must be a {kind.__name__}")
-            docs.append(
-                {"question": rec["question"], "passage": rec["passage"], "label": int(rec["answer"]), "idx": len(docs)}
-            )
+            docs.append({"question": rec["question"], "passage": rec["passage"], "label": int(rec["answer"]),
+                         "idx": len(docs)})
     return docs
 
 
@@ -151,26 +144,15 @@ def _logiqa(path: Path) -> list[dict]:
         start = text.count("\n", 0, pos) + 1  # the block's first line, 1-based
         rows = block.strip("\n").split("\n")
         if len(rows) != 7:
-            raise DataError(
-                str(path),
-                None,
-                None,
-                f"line {start}: a question block needs 7 lines (answer letter, "
-                f"context, question, options A-D), found {len(rows)}",
-            )
+            raise DataError(str(path), None, None, f"line {start}: a question block needs 7 lines (answer letter, "
+                            f"context, question, options A-D), found {len(rows)}")
         label = rows[0].strip()
         if label not in ("a", "b", "c", "d"):
             raise DataError(str(path), None, None, f"line {start}: answer letter must be a-d, got {rows[0]!r}")
         # Options are taken in file order, each without its first two characters ("A."), as the
         # hub loader does: one block of the test file lists C before B, and it stays so there too.
-        docs.append(
-            {
-                "label": label,
-                "context": _normalize_logiqa(rows[1]),
-                "question": _normalize_logiqa(rows[2]),
-                "options": [_normalize_logiqa(option[2:]) for option in rows[3:]],
-            }
-        )
+        docs.append({"label": label, "context": _normalize_logiqa(rows[1]), "question": _normalize_logiqa(rows[2]),
+                     "options": [_normalize_logiqa(option[2:]) for option in rows[3:]]})
     return docs
 
 
@@ -215,9 +197,8 @@ def check_spec(spec: LocalTaskSpec) -> Path:
     """The spec's file; UserError naming the config field for an unknown task, a missing file
     or a budget that does not apply."""
     if spec.name not in BUILDERS:
-        raise UserError(
-            f"evaluation.local_tasks: no local builder for task {spec.name!r}; known: {', '.join(sorted(BUILDERS))}"
-        )
+        raise UserError(f"evaluation.local_tasks: no local builder for task {spec.name!r}; "
+                        f"known: {', '.join(sorted(BUILDERS))}")
     path = Path(spec.path).expanduser()
     if not path.is_file():
         raise UserError(f"evaluation.local_tasks.{spec.name}: file {str(path)!r} does not exist")
@@ -239,17 +220,8 @@ def _cache_key(spec: LocalTaskSpec) -> str:
     import lm_eval
 
     digest = hashlib.sha256(Path(spec.path).expanduser().read_bytes()).hexdigest()
-    blob = json.dumps(
-        [
-            BUILDER_VERSION,
-            spec.name,
-            digest,
-            spec.limit,
-            spec.max_words,
-            getattr(lm_eval, "__version__", "?"),
-            str(_lm_eval_yaml("")),
-        ]
-    )
+    blob = json.dumps([BUILDER_VERSION, spec.name, digest, spec.limit, spec.max_words,
+                       getattr(lm_eval, "__version__", "?"), str(_lm_eval_yaml(""))])
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -282,9 +254,8 @@ def build_local_task(spec: LocalTaskSpec, cache_root: str | Path) -> Path:
     tmp = Path(tempfile.mkdtemp(prefix=f".{spec.name}-", dir=folder.parent))
     try:
         data_file = folder / f"{spec.name}.jsonl"
-        (tmp / data_file.name).write_text(
-            "".join(json.dumps(d, ensure_ascii=False) + "\n" for d in docs), encoding="utf-8"
-        )
+        (tmp / data_file.name).write_text("".join(json.dumps(d, ensure_ascii=False) + "\n" for d in docs),
+                                          encoding="utf-8")
         config = _task_yaml(spec, data_file, folder / ".datasets_cache")
         (tmp / f"{spec.name}.yaml").write_text(yaml.safe_dump(config, sort_keys=False, allow_unicode=True))
         try:

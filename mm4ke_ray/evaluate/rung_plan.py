@@ -61,9 +61,8 @@ def skipped_rungs(records: Sequence[int], docs: Sequence[Sequence[int]], min_ite
     return tuple(out)
 
 
-def halving_cost(
-    n: int, rungs: int, reduction_factor: float, fractions: Sequence[float] | None = None, reuse: bool = True
-) -> tuple[float, float]:
+def halving_cost(n: int, rungs: int, reduction_factor: float, fractions: Sequence[float] | None = None,
+                 reuse: bool = True) -> tuple[float, float]:
     """Evaluation cost of a trial's n candidates under halving, in full evaluations: (fewest,
     most). `fractions`: of the items each evaluated rung scores (default `rung_fractions`; the
     last 1). With `reuse` a promoted candidate scores only the items its next rung adds (what
@@ -79,9 +78,8 @@ def halving_cost(
     return fewest, n * (1.0 if reuse else sum(fractions))
 
 
-def nested_subsets(
-    n_items: int, rungs: int, reduction_factor: float, seed: int, key: str = "", min_items: int = 1
-) -> list[list[int]]:
+def nested_subsets(n_items: int, rungs: int, reduction_factor: float, seed: int, key: str = "",
+                   min_items: int = 1) -> list[list[int]]:
     """Per rung, the sorted indices (into 0..n_items-1) it evaluates; nested and seeded.
 
     One permutation of range(n_items) drawn from `random.Random(f"{seed}:{key}")` (a str seed
@@ -132,12 +130,9 @@ class RungPlan:
 
     def summary(self) -> dict:
         """Sizes and skipped rungs, JSON-able: what a rung record must match (`rung_store.py`)."""
-        return {
-            "records": [len(r) for r in self.edit_records],
-            "docs": {t: [len(d) for d in docs] for t, docs in self.general_docs.items()},
-            "min_items": self.min_items,
-            "skipped": list(self.skipped),
-        }
+        return {"records": [len(r) for r in self.edit_records],
+                "docs": {t: [len(d) for d in docs] for t, docs in self.general_docs.items()},
+                "min_items": self.min_items, "skipped": list(self.skipped)}
 
     def describe(self) -> list[str]:
         """One line per lower rung: its records and documents, raised or skipped and why."""
@@ -149,10 +144,8 @@ class RungPlan:
             docs = sum(len(d[r]) for d in self.general_docs.values())
             line = f"rung {r}: {size} of {n} records" + (f", {docs} documents" if self.general_docs else "")
             if size > asked[r]:
-                line += (
-                    f" (raised from {asked[r]}: the sign test needs {self.min_items} differing items at "
-                    "this error rate)"
-                )
+                line += (f" (raised from {asked[r]}: the sign test needs {self.min_items} differing items at "
+                         "this error rate)")
             if r in self.skipped:
                 line += f"; skipped: {self.skip_reason(r)}"
             out.append(line)
@@ -161,10 +154,8 @@ class RungPlan:
     def skip_reason(self, rung: int) -> str:
         docs = sum(len(d[rung]) for d in self.general_docs.values())
         if len(self.edit_records[rung]) < self.min_items or (self.general_docs and docs < self.min_items):
-            return (
-                f"fewer than {self.min_items} records or documents, so the sign test could never show a "
-                "candidate worse there"
-            )
+            return (f"fewer than {self.min_items} records or documents, so the sign test could never show a "
+                    "candidate worse there")
         return f"it would score the same items as rung {rung + 1}"
 
     def _check_rung(self, rung: int) -> None:
@@ -172,23 +163,13 @@ class RungPlan:
             raise ValueError(f"rung {rung} out of range: this plan has rungs 0..{self.rungs - 1}")
 
 
-def plan_rungs(
-    n_records: int, docs_per_task: Mapping[str, int], rungs: int, reduction_factor: float, seed: int, min_items: int = 1
-) -> RungPlan:
+def plan_rungs(n_records: int, docs_per_task: Mapping[str, int], rungs: int, reduction_factor: float, seed: int,
+               min_items: int = 1) -> RungPlan:
     """The rung subsets of a sweep: the edit records and each task's documents, seeded; lower
     rungs raised to `min_items` items per list and skipped where they cannot give evidence."""
     records = nested_subsets(n_records, rungs, reduction_factor, seed, key="edits", min_items=min_items)
-    docs = {
-        task: nested_subsets(n, rungs, reduction_factor, seed, key=f"general:{task}", min_items=min_items)
-        for task, n in sorted(docs_per_task.items())
-    }
+    docs = {task: nested_subsets(n, rungs, reduction_factor, seed, key=f"general:{task}", min_items=min_items)
+            for task, n in sorted(docs_per_task.items())}
     skipped = skipped_rungs([len(r) for r in records], [[len(d) for d in ds] for ds in docs.values()], min_items)
-    return RungPlan(
-        rungs=rungs,
-        reduction_factor=reduction_factor,
-        seed=seed,
-        edit_records=records,
-        general_docs=docs,
-        min_items=min_items,
-        skipped=skipped,
-    )
+    return RungPlan(rungs=rungs, reduction_factor=reduction_factor, seed=seed, edit_records=records,
+                    general_docs=docs, min_items=min_items, skipped=skipped)

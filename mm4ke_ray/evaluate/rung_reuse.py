@@ -32,19 +32,16 @@ REUSED_DOCS = "reused_docs"  # of its lm-eval documents, likewise
 
 def scored_items(metrics: Mapping) -> tuple[int, int]:
     """(records, documents) an evaluation actually scored: its rung's items less those reused."""
-    return (
-        int(metrics.get(EVAL_RECORDS, 0)) - int(metrics.get(REUSED_RECORDS, 0)),
-        int(metrics.get(EVAL_DOCS, 0)) - int(metrics.get(REUSED_DOCS, 0)),
-    )
+    return (int(metrics.get(EVAL_RECORDS, 0)) - int(metrics.get(REUSED_RECORDS, 0)),
+            int(metrics.get(EVAL_DOCS, 0)) - int(metrics.get(REUSED_DOCS, 0)))
 
 
 def slim_row(row: Mapping) -> dict:
     """What joining needs of a per-record row: its metric values and items' kinds and scores
     (prompts, targets and generated texts stay behind: they would only fill the payload)."""
     out = {k: v for k, v in row.items() if k not in ("items", "source", "prompt", "target_new", "fluency_text")}
-    out["items"] = {
-        m: [{"kind": it["kind"], "score": it["score"]} for it in items] for m, items in row["items"].items()
-    }
+    out["items"] = {m: [{"kind": it["kind"], "score": it["score"]} for it in items]
+                    for m, items in row["items"].items()}
     return out
 
 
@@ -53,17 +50,14 @@ def general_payload(result: GeneralResult | None) -> dict | None:
     be joined with another (a group, a task without per-document means, a perplexity)."""
     if result is None or result.doc_weights or set(result.scores) != set(result.per_doc):
         return None
-    return {key: {"values": list(result.per_doc[key]), "chance": result.doc_chance.get(key)} for key in result.scores}
+    return {key: {"values": list(result.per_doc[key]), "chance": result.doc_chance.get(key)}
+            for key in result.scores}
 
 
 def payload(rung: int, rows: Mapping[str, list[dict]], general: GeneralResult | None, has_tasks: bool) -> dict:
     """A lower rung's `REUSE` entry: the rung, per metric family its rows, its tasks' items."""
-    return {
-        "rung": rung,
-        "rows": {mode: [slim_row(r) for r in rs] for mode, rs in rows.items()},
-        "general": general_payload(general) if has_tasks else None,
-        "has_tasks": has_tasks,
-    }
+    return {"rung": rung, "rows": {mode: [slim_row(r) for r in rs] for mode, rs in rows.items()},
+            "general": general_payload(general) if has_tasks else None, "has_tasks": has_tasks}
 
 
 def can_join(prior: Mapping | None, new_records: Sequence[int], new_docs: Mapping[str, Sequence[int]]) -> bool:
@@ -72,11 +66,8 @@ def can_join(prior: Mapping | None, new_records: Sequence[int], new_docs: Mappin
     if not prior or not new_records:
         return False
     if prior.get("has_tasks"):
-        return (
-            prior.get("general") is not None
-            and all(new_docs.get(t) for t in prior["general"])
+        return prior.get("general") is not None and all(new_docs.get(t) for t in prior["general"]) \
             and set(prior["general"]) == set(new_docs)
-        )
     return True
 
 
@@ -91,12 +82,8 @@ def join_rows(old: Sequence[dict], old_ids: Sequence[int], new: Sequence[dict], 
     return [{**by_id[i], "index": k} for k, i in enumerate(sorted(by_id))]
 
 
-def join_general(
-    old: Mapping[str, dict],
-    old_docs: Mapping[str, Sequence[int]],
-    new: GeneralResult,
-    new_docs: Mapping[str, Sequence[int]],
-) -> GeneralResult:
+def join_general(old: Mapping[str, dict], old_docs: Mapping[str, Sequence[int]], new: GeneralResult,
+                 new_docs: Mapping[str, Sequence[int]]) -> GeneralResult:
     """The `GeneralResult` of two disjoint document subsets per task, as one lm-eval call on their
     union gives it: per task the values in document order, its score lm-eval's mean of them,
     their standard error and chance floor recomputed as `task_stats.leaf_stats` does."""
@@ -104,33 +91,17 @@ def join_general(
 
     scores, stderr, chance, n_docs, per_doc, doc_chance = {}, {}, {}, {}, {}, {}
     for key in new.scores:
-        pairs = sorted(
-            [*zip(old_docs[key], old[key]["values"], strict=True), *zip(new_docs[key], new.per_doc[key], strict=True)]
-        )
+        pairs = sorted([*zip(old_docs[key], old[key]["values"], strict=True),
+                        *zip(new_docs[key], new.per_doc[key], strict=True)])
         values = [v for _, v in pairs]
         if len({d for d, _ in pairs}) != len(pairs):
             raise ValueError(f"{key}: the document subsets to join overlap")
         scores[key], stderr[key], n_docs[key], per_doc[key] = mean(values), sample_stderr(values), len(values), values
         chance[key] = new.chance.get(key)
         if old[key].get("chance") is not None and key in new.doc_chance:
-            shares = sorted(
-                [
-                    *zip(old_docs[key], old[key]["chance"], strict=True),
-                    *zip(new_docs[key], new.doc_chance[key], strict=True),
-                ]
-            )
+            shares = sorted([*zip(old_docs[key], old[key]["chance"], strict=True),
+                             *zip(new_docs[key], new.doc_chance[key], strict=True)])
             doc_chance[key] = [c for _, c in shares]
             chance[key] = chance_floor(doc_chance[key])
-    return GeneralResult(
-        scores,
-        stderr,
-        chance,
-        n_docs,
-        dict(new.metrics),
-        dict(new.higher_is_better),
-        dict(new.settings),
-        per_doc,
-        {},
-        dict(new.scale),
-        doc_chance,
-    )
+    return GeneralResult(scores, stderr, chance, n_docs, dict(new.metrics), dict(new.higher_is_better),
+                         dict(new.settings), per_doc, {}, dict(new.scale), doc_chance)

@@ -71,14 +71,8 @@ class RungViews:
         if self._plan is None:
             s = self.settings
             docs = self.general_eval.docs_per_task() if self.general_eval else {}
-            self._plan = plan_rungs(
-                len(self.records),
-                docs,
-                s.fidelity_rungs,
-                s.fidelity_reduction_factor,
-                s.fidelity_seed,
-                s.fidelity_min_items,
-            )
+            self._plan = plan_rungs(len(self.records), docs, s.fidelity_rungs, s.fidelity_reduction_factor,
+                                    s.fidelity_seed, s.fidelity_min_items)
         return self._plan
 
     def _rung_view(self, rung: int) -> View:
@@ -87,14 +81,9 @@ class RungViews:
         if rung not in self._rung_views:
             s, plan = self.settings, self.rung_plan()
             records = [self.records[i] for i in plan.records(rung)]
-            edit_eval = EditEvaluator(
-                self.tokenizer,
-                records,
-                prompt_format=s.prompt_format,
-                batch_size=s.batch_size,
-                prefix_cache=s.prefix_cache,
-                record_ids=plan.records(rung),
-            )
+            edit_eval = EditEvaluator(self.tokenizer, records, prompt_format=s.prompt_format,
+                                      batch_size=s.batch_size, prefix_cache=s.prefix_cache,
+                                      record_ids=plan.records(rung))
             gen_eval = None
             if self.gen_eval:
                 gen_eval = self._generation_evaluator(records)
@@ -102,21 +91,13 @@ class RungViews:
             result = self.general_eval.evaluate_result(samples) if self.general_eval else None
             reference = Reference(
                 locality=edit_eval.base_predictions(self.model) if s.teacher_forced else None,
-                general=result.scores if result else {},
-                metrics={},
-                general_result=result,
+                general=result.scores if result else {}, metrics={}, general_result=result,
                 generation=gen_eval.base_generations(self.model) if gen_eval else None,
             )
             full = self.reference.general_result
-            self._rung_views[rung] = View(
-                edit_eval,
-                gen_eval,
-                samples,
-                reference,
-                len(records),
-                sum(len(d) for d in (samples or {}).values()),
-                dict(full.n_docs) if full else None,
-            )
+            self._rung_views[rung] = View(edit_eval, gen_eval, samples, reference, len(records),
+                                           sum(len(d) for d in (samples or {}).values()),
+                                           dict(full.n_docs) if full else None)
         return self._rung_views[rung]
 
     def _new_items(self, below: int, rung: int) -> tuple[list[int], dict[str, list[int]]]:
@@ -135,24 +116,14 @@ class RungViews:
         if (below, rung) not in self._chunk_views:
             s, (ids, docs) = self.settings, self._new_items(below, rung)
             records = [self.records[i] for i in ids]
-            edit_eval = EditEvaluator(
-                self.tokenizer,
-                records,
-                prompt_format=s.prompt_format,
-                batch_size=s.batch_size,
-                prefix_cache=s.prefix_cache,
-                record_ids=ids,
-            )
+            edit_eval = EditEvaluator(self.tokenizer, records, prompt_format=s.prompt_format,
+                                      batch_size=s.batch_size, prefix_cache=s.prefix_cache, record_ids=ids)
             gen_eval = self._generation_evaluator(records) if self.gen_eval else None
             reference = Reference(
-                locality=edit_eval.base_predictions(self.model) if s.teacher_forced else None,
-                general={},
-                metrics={},
-                generation=gen_eval.base_generations(self.model) if gen_eval else None,
-            )
-            self._chunk_views[(below, rung)] = View(
-                edit_eval, gen_eval, docs or None, reference, len(records), sum(len(d) for d in docs.values())
-            )
+                locality=edit_eval.base_predictions(self.model) if s.teacher_forced else None, general={},
+                metrics={}, generation=gen_eval.base_generations(self.model) if gen_eval else None)
+            self._chunk_views[(below, rung)] = View(edit_eval, gen_eval, docs or None, reference, len(records),
+                                                     sum(len(d) for d in docs.values()))
         return self._chunk_views[(below, rung)]
 
     def _measure_joined(self, prior: dict, rung: int, first_layer: int | None) -> tuple[dict, GeneralResult | None]:
@@ -162,21 +133,14 @@ class RungViews:
         ids, docs = self._new_items(below, rung)
         measured, result = self._measure(self._chunk_view(below, rung), first_layer)
         kinds = {TEACHER_FORCED: EditMetrics, GENERATION: GenerationMetrics}
-        joined = {
-            mode: kinds[mode].from_rows(join_rows(prior["rows"][mode], plan.records(below), m.per_record, ids))
-            for mode, m in measured.items()
-        }
+        joined = {mode: kinds[mode].from_rows(join_rows(prior["rows"][mode], plan.records(below), m.per_record, ids))
+                  for mode, m in measured.items()}
         if result is not None:
             result = join_general(prior["general"], plan.general_samples(below), result, docs)
         return joined, result
 
-    def _objective_stderrs(
-        self,
-        per_record: list[dict],
-        general_se: float | None,
-        general_items: dict[str, list[float]] | None,
-        docs_population: dict[str, int],
-    ) -> dict:
+    def _objective_stderrs(self, per_record: list[dict], general_se: float | None,
+                           general_items: dict[str, list[float]] | None, docs_population: dict[str, int]) -> dict:
         """SEs of the objectives at a rung, from per-record scores (finite-population corrected
         against the whole edit set), and the per-item scores themselves (`fidelity.RungItems`),
         for paired comparisons. Without general tasks locality stands in as the general
@@ -191,12 +155,9 @@ class RungViews:
             general_items, population = {"locality": loc}, {"locality": n}
         out[GENERAL_SE] = general_se
         out = {k: v for k, v in out.items() if v is not None}
-        out[RUNG_ITEMS] = RungItems(
-            tuple(edit),
-            n,
-            None if general_items is None else {t: tuple(v) for t, v in general_items.items()},
-            None if general_items is None else population,
-        ).to_dict()
+        out[RUNG_ITEMS] = RungItems(tuple(edit), n, None if general_items is None else
+                                    {t: tuple(v) for t, v in general_items.items()},
+                                    None if general_items is None else population).to_dict()
         return out
 
 

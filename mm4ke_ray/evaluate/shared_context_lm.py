@@ -100,9 +100,9 @@ def _pack(rows: Sequence[_Row], device: torch.device, dtype: torch.dtype) -> _Pa
         start, row_spans = n, []
         for j, cont in enumerate(row.continuations, start=1):
             m = len(cont) - 1
-            ids[b, start : start + m] = torch.tensor(cont[:-1], dtype=torch.long)
-            pos[b, start : start + m] = torch.arange(n, n + m)
-            seg[b, start : start + m] = j
+            ids[b, start:start + m] = torch.tensor(cont[:-1], dtype=torch.long)
+            pos[b, start:start + m] = torch.arange(n, n + m)
+            seg[b, start:start + m] = j
             # cont[0] is predicted at the context's last token, cont[k] at cont[k-1]'s position.
             at = [n - 1, *range(start, start + m)]
             keep[b, at] = True
@@ -111,9 +111,8 @@ def _pack(rows: Sequence[_Row], device: torch.device, dtype: torch.dtype) -> _Pa
         spans.append(row_spans)
     # Flat index of each kept position in the head's output (row-major order of `keep`).
     order = torch.cumsum(keep.flatten(), 0) - 1
-    targets = [
-        [([int(order[b * width + p]) for p in at], cont) for at, cont in row_spans] for b, row_spans in enumerate(spans)
-    ]
+    targets = [[([int(order[b * width + p]) for p in at], cont) for at, cont in row_spans]
+               for b, row_spans in enumerate(spans)]
     key = hashlib.sha256(b"".join(t.numpy().tobytes() for t in (ids, pos, seg))).hexdigest()
     mask = positions = None
     # A row needs the block mask only where two continuations put tokens in it; one-token
@@ -175,11 +174,11 @@ def shared_context_hflm_class() -> type:
                 self.first_layer = None
 
         def _packs(self) -> bool:
-            return self.backend == "causal" and isinstance(self.batch_size, int) and self.mixed_precision_dtype is None
+            return (self.backend == "causal" and isinstance(self.batch_size, int)
+                    and self.mixed_precision_dtype is None)
 
-        def _loglikelihood_tokens(
-            self, requests: list[Request], disable_tqdm: bool = False, override_bs: int | None = None
-        ) -> list[tuple[float, bool]]:
+        def _loglikelihood_tokens(self, requests: list[Request], disable_tqdm: bool = False,
+                                  override_bs: int | None = None) -> list[tuple[float, bool]]:
             if not self._packs():
                 return super()._loglikelihood_tokens(requests, disable_tqdm=disable_tqdm, override_bs=override_bs)
             results: list[tuple[float, bool] | None] = [None] * len(requests)
@@ -190,15 +189,14 @@ def shared_context_hflm_class() -> type:
                 else:
                     groups.setdefault(tuple(ctx), {}).setdefault(tuple(cont), []).append(i)
             if truncated:
-                plain = super()._loglikelihood_tokens(
-                    [requests[i] for i in truncated], disable_tqdm=True, override_bs=override_bs
-                )
+                plain = super()._loglikelihood_tokens([requests[i] for i in truncated], disable_tqdm=True,
+                                                      override_bs=override_bs)
                 for i, answer in zip(truncated, plain, strict=True):
                     results[i] = answer
             rows = _rows(groups, min(self.max_length, PACKED_TOKENS))
             size = override_bs or self.batch_size
             for first in range(0, len(rows), size):
-                chunk = rows[first : first + size]
+                chunk = rows[first:first + size]
                 for row, answers in zip(chunk, self._score(chunk), strict=True):
                     for cont, answer in zip(row.continuations, answers, strict=True):
                         for i in groups[row.context][cont]:

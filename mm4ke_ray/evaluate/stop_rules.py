@@ -25,51 +25,11 @@ STOP_RULES: tuple[str, ...] = ("wild", "newline")
 
 # Short forms that come before a name or a number, so their "." does not end an answer. Forms
 # that usually end a phrase ("Jr.", "Inc.", "Ltd.", "etc.") are left out: they stop.
-ABBREVIATIONS = frozenset(
-    {
-        "mr",
-        "mrs",
-        "ms",
-        "dr",
-        "prof",
-        "st",
-        "mt",
-        "ft",
-        "fr",
-        "gen",
-        "col",
-        "lt",
-        "sgt",
-        "capt",
-        "cmdr",
-        "adm",
-        "gov",
-        "sen",
-        "rep",
-        "rev",
-        "hon",
-        "pres",
-        "no",
-        "nos",
-        "vs",
-        "approx",
-        "ca",
-        "vol",
-        "pp",
-        "jan",
-        "feb",
-        "mar",
-        "apr",
-        "jun",
-        "jul",
-        "aug",
-        "sep",
-        "sept",
-        "oct",
-        "nov",
-        "dec",
-    }
-)
+ABBREVIATIONS = frozenset({
+    "mr", "mrs", "ms", "dr", "prof", "st", "mt", "ft", "fr", "gen", "col", "lt", "sgt", "capt", "cmdr",
+    "adm", "gov", "sen", "rep", "rev", "hon", "pres", "no", "nos", "vs", "approx", "ca", "vol", "pp",
+    "jan", "feb", "mar", "apr", "jun", "jul", "aug", "sep", "sept", "oct", "nov", "dec",
+})
 # A word of one letter or letters joined by dots, before its final "."  ("F", "U.S", "e.g").
 _INITIALS = re.compile(r"(?:[^\W\d_]\.)*[^\W\d_]")
 _WORD_BEFORE = re.compile(r"([^\s.]+(?:\.[^\s.]+)*)$")

@@ -43,7 +43,9 @@ def _include_paths(include_path) -> list[Path]:
     for one in [include_path] if isinstance(include_path, str | Path) else include_path:
         path = Path(one)
         if not path.exists():
-            raise UserError(f"include_path {str(path)!r} does not exist: give a folder of lm-eval task YAMLs")
+            raise UserError(
+                f"include_path {str(path)!r} does not exist: give a folder of lm-eval task YAMLs"
+            )
         out.append(path.resolve())
     return out
 
@@ -128,3 +130,5 @@ def load_each(manager, tasks: Sequence[str]) -> list[dict]:
                 "use a local task YAML, or set HF_HUB_OFFLINE=0 to allow downloads."
             ) from e
     return loaded
+
+

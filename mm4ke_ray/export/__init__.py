@@ -18,12 +18,8 @@ from mm4ke_ray.lazy import lazy_exports
 # Each re-evaluated metric must be within this of the recorded one (absolute, metric's unit).
 DEFAULT_TOLERANCE = 1e-6
 
-__all__, __getattr__, __dir__ = lazy_exports(
-    __name__,
-    {
-        "verify": ("CHECKSUM_FILE", "ExportVerificationError", "verify_checksums"),
-        "export_plan": ("ExportPlan", "plan_export"),
-        "writer": ("FAILED_FILE", "ExportResult", "export_candidate"),
-    },
-    eager=["DEFAULT_TOLERANCE"],
-)
+__all__, __getattr__, __dir__ = lazy_exports(__name__, {
+    "verify": ("CHECKSUM_FILE", "ExportVerificationError", "verify_checksums"),
+    "export_plan": ("ExportPlan", "plan_export"),
+    "writer": ("FAILED_FILE", "ExportResult", "export_candidate"),
+}, eager=["DEFAULT_TOLERANCE"])

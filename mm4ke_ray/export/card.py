@@ -35,7 +35,7 @@ _ROW_NAMES = dict(_METRIC_ROWS)
 def _family_label(key: str) -> str:
     """An edit metric's row name with its family (issue 23): teacher-forced or generated (WILD)."""
     generated = key.startswith(GEN_PREFIX)
-    bare = key[len(GEN_PREFIX) :] if generated else key
+    bare = key[len(GEN_PREFIX):] if generated else key
     if not (bare in _TF_EDIT_ROWS or bare.startswith(("portability.", "locality."))):
         return key
     name = _ROW_NAMES.get(bare, bare)
@@ -44,16 +44,12 @@ def _family_label(key: str) -> str:
 
 def _definitions(ev: dict) -> list[str]:
     """Which definitions produced the edit numbers: families, the objective's, aggregation, rules."""
-    lines = [
-        "- Edit metrics: *teacher-forced* = EasyEdit token accuracy (the paper's tables); *generated "
-        "(WILD)* = the model's greedy answer judged whole"
-    ]
+    lines = ["- Edit metrics: *teacher-forced* = EasyEdit token accuracy (the paper's tables); *generated "
+             "(WILD)* = the model's greedy answer judged whole"]
     if ev.get("edit_mode"):
         lines.append(f"- The edit objective was computed from the **{ev['edit_mode']}** metrics")
-    lines.append(
-        f"- Aggregation (portability, locality): {ev.get('aggregation', 'unknown')} "
-        f"(definitions version {ev.get('edit_definitions', '1')})"
-    )
+    lines.append(f"- Aggregation (portability, locality): {ev.get('aggregation', 'unknown')} "
+                 f"(definitions version {ev.get('edit_definitions', '1')})")
     if ev.get("mode", "teacher-forced") != "teacher-forced":
         # A sweep from before issue 23 recorded neither stop nor budget: its rule was the newline.
         stop = ev.get("generation_stop") or "newline"
@@ -61,10 +57,8 @@ def _definitions(ev: dict) -> list[str]:
         budget = [f"up to {ev['generation_max_new_tokens']} new tokens"] if ev.get("generation_max_new_tokens") else []
         if ev.get("generation_extra_tokens") is not None:
             budget.append(f"at most the target's tokens + {ev['generation_extra_tokens']}")
-        lines.append(
-            f"- Generated answers: match `{ev.get('generation_match', 'starts_with')}`, stop `{stop}` "
-            f"({rule}), {', '.join(budget) or 'budget not recorded'}"
-        )
+        lines.append(f"- Generated answers: match `{ev.get('generation_match', 'starts_with')}`, stop `{stop}` "
+                     f"({rule}), {', '.join(budget) or 'budget not recorded'}")
     return lines
 
 
@@ -83,14 +77,12 @@ def _metric_table(recipe: dict) -> list[str]:
     keys += [(k, _family_label(k)) for k in sorted(this) if k not in shown and k.startswith(_MORE_ROWS)]
     keys = [(k, _family_label(k) if k in _TF_EDIT_ROWS else label) for k, label in keys]
     lines = [
-        "| metric | base model | pure R-SFT, same delta (α=0, sparsity=0) | this model (sweep) | this model "
-        "(re-evaluated) |",
+        "| metric | base model | pure R-SFT, same delta (α=0, sparsity=0) | this model (sweep) | this model (re-evaluated) |",
         "|---|---|---|---|---|",
     ]
     for key, label in keys:
         lines.append(
-            f"| {label} | {_fmt(base.get(key))} | {_fmt(pure.get(key))} | {_fmt(this.get(key))} | "
-            f"{_fmt(measured.get(key))} |"
+            f"| {label} | {_fmt(base.get(key))} | {_fmt(pure.get(key))} | {_fmt(this.get(key))} | {_fmt(measured.get(key))} |"
         )
     return lines
 
@@ -150,7 +142,7 @@ def hub_id(base_model: str) -> str | None:
     parts = Path(base_model).parts
     for part in parts:  # .../hub/models--Qwen--Qwen2.5-7B/snapshots/<sha>
         if part.startswith("models--") and "snapshots" in parts:
-            return part[len("models--") :].replace("--", "/")
+            return part[len("models--"):].replace("--", "/")
     looks_like_id = base_model.count("/") == 1 and not base_model.startswith((".", "/", "~"))
     return base_model if looks_like_id and not Path(base_model).exists() else None
 
@@ -173,8 +165,10 @@ def _front_matter(recipe: dict) -> list[str]:
     if hub_id(edits) and not Path(edits).exists():
         data["datasets"] = [edits]
     text = yaml.safe_dump(data, sort_keys=False).rstrip("\n")
-    why = "the demo's toy model" if is_demo_model(base_model) else "set it by hand after uploading"
-    note = [] if hub else [f"# base_model left out: the base is a local path, not a hub id ({why})"]
+    note = [] if hub else [
+        "# base_model left out: the base is a local path, not a hub id "
+        f"({'the demo' + chr(39) + 's toy model' if is_demo_model(base_model) else 'set it by hand after uploading'})"
+    ]
     return ["---", text, *note, "---"]
 
 
@@ -186,17 +180,10 @@ def _how_to_use(recipe: dict) -> list[str]:
     prompt = (
         f'text = tokenizer.apply_chat_template([{{"role": "user", "content": {question!r}}}],\n'
         "                                     tokenize=False, add_generation_prompt=True)"
-        if chat
-        else f"text = {question!r}"
+        if chat else f"text = {question!r}"
     )
-    expected = (
-        [
-            f"# an edited fact: the edit's answer is {examples[0]['target']!r}; "
-            f"this model answered {examples[0]['generated']!r} at export"
-        ]
-        if examples
-        else []
-    )
+    expected = ([f"# an edited fact: the edit's answer is {examples[0]['target']!r}; "
+                 f"this model answered {examples[0]['generated']!r} at export"] if examples else [])
     return [
         "## How to use",
         "",
@@ -222,16 +209,11 @@ def _gguf_note(recipe: dict) -> list[str]:
     g = recipe.get("base_gguf")
     if not g:
         return []
-    return [
-        f"> **Base from GGUF:** `{g['file']}` (architecture `{g['architecture']}`, quantized "
-        f"**{g['quantization']}**, sha256 `{g['sha256']}`), dequantized to {g['dequantized_to']} by "
-        "transformers before editing. This export is a normal Hugging Face folder (safetensors, "
-        f"{g['dequantized_to']}), not a GGUF: its unedited weights are the dequantized {g['quantization']} "
-        "values, not the original unquantized model's.",
-        "",
-    ]
-
-
+    return [f"> **Base from GGUF:** `{g['file']}` (architecture `{g['architecture']}`, quantized "
+            f"**{g['quantization']}**, sha256 `{g['sha256']}`), dequantized to {g['dequantized_to']} by "
+            "transformers before editing. This export is a normal Hugging Face folder (safetensors, "
+            f"{g['dequantized_to']}), not a GGUF: its unedited weights are the dequantized {g['quantization']} "
+            "values, not the original unquantized model's.", ""]
 def _cell(text: str) -> str:
     return str(text).replace("|", "\\|").replace("\n", " ")
 
@@ -241,17 +223,11 @@ def _edit_examples(recipe: dict) -> list[str]:
     examples = recipe["edits"].get("examples") or []
     if not examples:
         return []
-    lines = [
-        f"The first {len(examples)} of the {recipe['edits']['count']} edits, with this model's greedy answer "
-        "at export (exact match after normalising, as the generation metrics count it):",
-        "",
-        "| prompt | edited answer | this model answers | match |",
-        "|---|---|---|---|",
-    ]
-    lines += [
-        f"| {_cell(x['prompt'])} | {_cell(x['target'])} | {_cell(x['generated'])} | {'yes' if x['matches'] else 'no'} |"
-        for x in examples
-    ]
+    lines = [f"The first {len(examples)} of the {recipe['edits']['count']} edits, with this model's greedy answer "
+             "at export (exact match after normalising, as the generation metrics count it):", "",
+             "| prompt | edited answer | this model answers | match |", "|---|---|---|---|"]
+    lines += [f"| {_cell(x['prompt'])} | {_cell(x['target'])} | {_cell(x['generated'])} | {'yes' if x['matches'] else 'no'} |"
+              for x in examples]
     return [*lines, ""]
 
 
@@ -284,21 +260,12 @@ def model_card(recipe: dict) -> str:
     r, m, e, src = recipe["rsft"], recipe["merge"], recipe["edits"], recipe["source"]
     base_model = recipe["base_model"]
     front = _front_matter(recipe)
-    demo = (
-        [
-            "> **Note:** the base is the demo's toy model (a small model trained by `mm4ke-ray demo` on a "
-            "generated world), for trying the tools; it is no general-purpose language model.",
-            "",
-        ]
-        if is_demo_model(base_model)
-        else []
-    )
+    demo = (["> **Note:** the base is the demo's toy model (a small model trained by `mm4ke-ray demo` on a "
+             "generated world), for trying the tools; it is no general-purpose language model.", ""]
+            if is_demo_model(base_model) else [])
     experiment = src.get("experiment_name")
-    experiment = (
-        f"experiment `{experiment}` (id {src['experiment_id']})"
-        if experiment
-        else f"experiment `{src['experiment_id']}`"
-    )
+    experiment = f"experiment `{experiment}` (id {src['experiment_id']})" if experiment else \
+        f"experiment `{src['experiment_id']}`"
     ver = recipe["verification"]
     lines = [
         *front,
@@ -317,11 +284,9 @@ def model_card(recipe: dict) -> str:
         "## Edit data",
         "",
         *_edit_examples(recipe),
-        f"- Source: `{e['source']}` (format: {e['format'] or 'detected'}; limit: {_fmt(e['limit'])}); "
-        f"**{e['count']} edits**",
+        f"- Source: `{e['source']}` (format: {e['format'] or 'detected'}; limit: {_fmt(e['limit'])}); **{e['count']} edits**",
         *_licence_lines(recipe),
-        f"- Evaluation protocol: **{recipe['evaluation']['protocol']}** (all edits applied, then every record "
-        "evaluated)",
+        f"- Evaluation protocol: **{recipe['evaluation']['protocol']}** (all edits applied, then every record evaluated)",
         f"- Prompt format: `{recipe['evaluation']['prompt_format']}` (the same in training and evaluation)",
         *_definitions(recipe["evaluation"]),
         "",
@@ -348,8 +313,7 @@ def model_card(recipe: dict) -> str:
         "",
         f"Re-evaluated after export by reloading this directory: every metric within {ver['tolerance']:g} "
         f"(absolute) of the value recorded in MLflow (largest difference {ver['max_abs_diff']:.3g}). "
-        f"Weights outside the edited tensors equal the base model's bit for bit ({ver['weights']['unchanged']} "
-        "tensors).",
+        f"Weights outside the edited tensors equal the base model's bit for bit ({ver['weights']['unchanged']} tensors).",
         "",
         "## Provenance",
         "",

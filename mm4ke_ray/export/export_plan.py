@@ -93,7 +93,9 @@ def _pick(sweep: Sweep, pick: str) -> dict:
         return row
     row = sweep.find(pick)
     if row.get("kind") == BASE:
-        raise UserError(f"{pick!r} is the unedited base model of sweep {sweep.name!r}; pick an edited candidate")
+        raise UserError(
+            f"{pick!r} is the unedited base model of sweep {sweep.name!r}; pick an edited candidate"
+        )
     return row
 
 
@@ -149,17 +151,25 @@ def plan_export(
         _refuse_warm_start(record, row)
     for key in MERGE_PARAMS:
         if not isinstance(row.get(key), int | float):
-            raise UserError(f"candidate run {row['run_id']} has no numeric param {key!r}; it cannot be rebuilt")
+            raise UserError(
+                f"candidate run {row['run_id']} has no numeric param {key!r}; it cannot be rebuilt"
+            )
     config = _sweep_config(record)
     settings = _settings(record, config, resolve_device(device))
     tags = record.run_tags.get(row["run_id"], {})
-    delta = tags.get(DELTA_TAG) or (delta_artifact_path(row["trial_id"]) if row.get("trial_id") else None)
+    delta = tags.get(DELTA_TAG) or (
+        delta_artifact_path(row["trial_id"]) if row.get("trial_id") else None
+    )
     if not delta:
         raise UserError(
             f"candidate run {row['run_id']} has neither a {DELTA_TAG!r} tag nor a trial id: its delta cannot be found"
         )
     pure = next(
-        (r for r in record.candidates if r.get("kind") == PURE_RSFT and r.get("trial_id") == row.get("trial_id")),
+        (
+            r
+            for r in record.candidates
+            if r.get("kind") == PURE_RSFT and r.get("trial_id") == row.get("trial_id")
+        ),
         None,
     )
     if pure is None and float(row[ALPHA]) == 0.0 and float(row[SPARSITY]) == 0.0:

@@ -41,11 +41,8 @@ class RoundExport:
 
 
 def _same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
-    return (
-        a.dtype == b.dtype
-        and a.shape == b.shape
-        and torch.equal(a.contiguous().view(torch.uint8), b.contiguous().view(torch.uint8))
-    )
+    return a.dtype == b.dtype and a.shape == b.shape and torch.equal(
+        a.contiguous().view(torch.uint8), b.contiguous().view(torch.uint8))
 
 
 def check_saved_weights(folder: Path, model) -> int:
@@ -59,22 +56,12 @@ def check_saved_weights(folder: Path, model) -> int:
                 if name not in state or not _same_bits(f.get_tensor(name), state[name]):
                     problems.append(name)
     if not seen or problems:
-        raise ExportVerificationError(
-            f"written weights differ from the rebuilt model: {problems[:10] or 'none written'}"
-        )
+        raise ExportVerificationError(f"written weights differ from the rebuilt model: {problems[:10] or 'none written'}")
     return len(seen)
 
 
-def export_round(
-    stream_dir: str | Path,
-    t: int,
-    out: str | Path,
-    *,
-    device: str = "cpu",
-    tolerance: float = 1e-6,
-    reevaluate: bool = True,
-    log: Callable[[str], None] = print,
-) -> RoundExport:
+def export_round(stream_dir: str | Path, t: int, out: str | Path, *, device: str = "cpu", tolerance: float = 1e-6,
+                 reevaluate: bool = True, log: Callable[[str], None] = print) -> RoundExport:
     """Rebuild round `t` of the stream in `stream_dir` and write it, checked, to `out`."""
     manifest = read_manifest(stream_dir)
     entry = check_round(manifest, t)  # a round not in the stream fails before any model loads
@@ -86,20 +73,15 @@ def export_round(
         evaluator = StreamEvaluator(eval_settings(config, device), Path(stream_dir) / STREAM_EDITS, rounds)
         model = evaluator.model
     else:
-        model = load_model(
-            base, dtype=manifest["dtype"], device=device, trust_remote_code=manifest.get("trust_remote_code", False)
-        )
+        model = load_model(base, dtype=manifest["dtype"], device=device,
+                           trust_remote_code=manifest.get("trust_remote_code", False))
     rebuild_round_(model, stream_dir, t)
     log(f"rebuilt round {t} from {base} and {t} kept delta(s); weights sha256 matches the stream's")
     out = Path(out)
     stage = new_staging_dir(out)
-    recipe = {
-        "source": {"stream": str(Path(stream_dir).resolve()), "round": t, "of_rounds": manifest["n_rounds"]},
-        "base_model": base,
-        "protocol": manifest["protocol"],
-        "rounds": manifest["rounds"][:t],
-        "verification": {"weights_sha256": entry["weights_sha256"], "device": device},
-    }
+    recipe = {"source": {"stream": str(Path(stream_dir).resolve()), "round": t, "of_rounds": manifest["n_rounds"]},
+              "base_model": base, "protocol": manifest["protocol"], "rounds": manifest["rounds"][:t],
+              "verification": {"weights_sha256": entry["weights_sha256"], "device": device}}
     try:
         _write_checked(stage, model, base, recipe, evaluator, entry, t, tolerance, log)
     except BaseException:
@@ -109,17 +91,8 @@ def export_round(
     return RoundExport(out, recipe)
 
 
-def _write_checked(
-    stage: Path,
-    model,
-    base: str,
-    recipe: dict,
-    evaluator,
-    entry: dict,
-    t: int,
-    tolerance: float,
-    log: Callable[[str], None],
-) -> None:
+def _write_checked(stage: Path, model, base: str, recipe: dict, evaluator, entry: dict, t: int, tolerance: float,
+                   log: Callable[[str], None]) -> None:
     save_merged(model, base, stage)
     recipe["verification"]["tensors"] = check_saved_weights(stage, model)
     if evaluator is not None:

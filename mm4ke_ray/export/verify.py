@@ -68,8 +68,12 @@ def check_weights(out: Path, base_model, update: dict[str, torch.Tensor]) -> dic
                 if name in update:
                     work = torch.promote_types(ref.dtype, torch.float32)
                     ref = (ref.to(work) + update[name].cpu().to(work)).to(ref.dtype)
-                    if bool(update[name].count_nonzero()) and _bytes_equal(saved, base[name].detach().cpu()):
-                        problems.append(f"edited tensor {name!r} equals the base: the merge did not reach the file")
+                    if bool(update[name].count_nonzero()) and _bytes_equal(
+                        saved, base[name].detach().cpu()
+                    ):
+                        problems.append(
+                            f"edited tensor {name!r} equals the base: the merge did not reach the file"
+                        )
                 if not _bytes_equal(saved, ref):
                     what = "edited tensor" if name in update else "tensor outside the delta"
                     problems.append(f"{what} {name!r} differs from the expected bits")
@@ -83,17 +87,16 @@ def check_weights(out: Path, base_model, update: dict[str, torch.Tensor]) -> dic
 
 def compare_metrics(recorded: dict, measured: dict, tolerance: float) -> tuple[dict, list[str]]:
     """Per metric {recorded, measured, abs_diff}, and the problems (missing or beyond `tolerance`)."""
-    keys = sorted(
-        k
-        for k, v in recorded.items()
-        if isinstance(v, float) and k not in _NOT_COMPARED and not _NOT_COMPARED_PATTERN.match(k)
-    )
+    keys = sorted(k for k, v in recorded.items()
+                  if isinstance(v, float) and k not in _NOT_COMPARED and not _NOT_COMPARED_PATTERN.match(k))
     table, problems = {}, []
     for key in keys:
         got = measured.get(key)
         want = recorded[key]
         if got is None:
-            problems.append(f"{key}: recorded {want:.10g}, but the re-evaluation did not produce it")
+            problems.append(
+                f"{key}: recorded {want:.10g}, but the re-evaluation did not produce it"
+            )
             continue
         diff = abs(got - want) if math.isfinite(got) else math.inf
         table[key] = {"recorded": want, "measured": got, "abs_diff": diff}
@@ -142,6 +145,10 @@ def verify_checksums(out: str | Path) -> list[str]:
             problems.append(f"{name}: listed but missing")
         elif sha256_file(file) != digest:
             problems.append(f"{name}: checksum mismatch")
-    extra = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file() and p.name != CHECKSUM_FILE)
+    extra = sorted(
+        p.relative_to(out).as_posix()
+        for p in out.rglob("*")
+        if p.is_file() and p.name != CHECKSUM_FILE
+    )
     problems += [f"{name}: present but not listed" for name in extra if name not in listed]
     return problems

@@ -71,7 +71,9 @@ def _metrics_only(row: dict | None) -> dict | None:
     return {k: v for k, v in row.items() if k in _METRICS or k.startswith(_METRIC_PREFIXES)}
 
 
-def _recipe(plan: ExportPlan, info: dict, delta_file: Path, delta_meta: dict, num_edits: int) -> dict:
+def _recipe(
+    plan: ExportPlan, info: dict, delta_file: Path, delta_meta: dict, num_edits: int
+) -> dict:
     c, sweep = plan.candidate, plan.sweep
     data = plan.config.get("data", {})
     return {
@@ -158,7 +160,9 @@ def _reevaluate(plan: ExportPlan, out: Path, update: dict, log) -> tuple[dict, d
         del base_eval  # one model resident at a time
         log(f"reloading the written model and re-evaluating {plan.settings.edits}")  # not the hidden stage's name
         reloaded = CandidateEvaluator(replace(plan.settings, model=str(out)), reference)
-        measured = normalize_row(reloaded.evaluate({}, 0.0, 0.0))  # empty delta: the directory's own weights
+        measured = normalize_row(
+            reloaded.evaluate({}, 0.0, 0.0)
+        )  # empty delta: the directory's own weights
         examples = edit_examples(reloaded.tokenizer, reloaded.model, reloaded.records, plan.settings.prompt_format)
     return weights, measured, len(reloaded.edit_eval.records), examples
 
@@ -219,7 +223,9 @@ def export_candidate(
     return ExportResult(out=out, plan=plan, recipe=recipe, model_version=version)
 
 
-def _write_and_verify(plan: ExportPlan, stage: Path, out: Path, tolerance: float, strict_tokenizer: bool, log) -> dict:
+def _write_and_verify(
+    plan: ExportPlan, stage: Path, out: Path, tolerance: float, strict_tokenizer: bool, log
+) -> dict:
     """Write the candidate into `stage`, verify it; publish it to `out` when every check passed."""
     c, s = plan.candidate, plan.settings
     with tempfile.TemporaryDirectory(prefix="mm4ke-export-") as tmp:
@@ -238,7 +244,9 @@ def _write_and_verify(plan: ExportPlan, stage: Path, out: Path, tolerance: float
             device=s.device,
             trust_remote_code=s.trust_remote_code,
         )
-        log(f"wrote the merged weights {'tensor by tensor' if written.streamed else 'from the built model'}")
+        log(
+            f"wrote the merged weights {'tensor by tensor' if written.streamed else 'from the built model'}"
+        )
         delta_meta = written.info["delta_metadata"]
         recipe = _recipe(plan, written.info, delta_dir / DELTA_FILE, delta_meta, num_edits=0)
         _write_json(stage / MERGE_INFO_FILE, recipe)
@@ -270,8 +278,7 @@ def _write_and_verify(plan: ExportPlan, stage: Path, out: Path, tolerance: float
     if bad:
         raise ExportVerificationError(f"checksums of {out} do not verify: {bad}")
     log(
-        f"verified: {len(table)} metrics within {tolerance:g} of MLflow's; {weights['unchanged']} tensors "
-        "equal the base"
+        f"verified: {len(table)} metrics within {tolerance:g} of MLflow's; {weights['unchanged']} tensors equal the base"
     )
     publish(stage, out)
     return recipe
@@ -290,7 +297,8 @@ def _tokenizer_check(stage: Path, out: Path, strict: bool, log) -> dict:
             mismatch = check_auto_tokenizer(str(stage), strict=strict)
         except UserError as exc:
             raise UserError(
-                str(exc).replace(str(stage), str(out)) + " (refused by --strict-tokenizer; nothing was exported)"
+                str(exc).replace(str(stage), str(out))
+                + " (refused by --strict-tokenizer; nothing was exported)"
             ) from exc
     if mismatch is None:
         return {"status": "passed"}

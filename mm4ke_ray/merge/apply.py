@@ -113,8 +113,7 @@ def check_delta_tensor(name: str, tensor: torch.Tensor) -> None:
         )
     if not _all_finite(tensor):
         raise UserError(
-            f"delta tensor '{name}' contains NaN or inf; the R-SFT run that produced it diverged (lower the "
-            "learning rate)"
+            f"delta tensor '{name}' contains NaN or inf; the R-SFT run that produced it diverged (lower the learning rate)"
         )
 
 
@@ -151,7 +150,9 @@ class Snapshot:
 def _unknown_name_error(unknown: list[str], known: list[str]) -> UserError:
     close = difflib.get_close_matches(unknown[0], known, n=1)
     hint = f"; did you mean '{close[0]}'?" if close else ""
-    shown = ", ".join(repr(n) for n in unknown[:5]) + (f" and {len(unknown) - 5} more" if len(unknown) > 5 else "")
+    shown = ", ".join(repr(n) for n in unknown[:5]) + (
+        f" and {len(unknown) - 5} more" if len(unknown) > 5 else ""
+    )
     return UserError(
         f"delta names {len(unknown)} tensor(s) the model does not have: {shown}{hint} "
         "(was the delta made from a different base model?)"
@@ -169,8 +170,7 @@ def _resolve(model: nn.Module, tensors: Mapping[str, torch.Tensor]) -> dict[str,
         p = params[name]
         if tuple(tensor.shape) != tuple(p.shape):
             raise UserError(
-                f"delta tensor '{name}' has shape {tuple(tensor.shape)} but the model's has {tuple(p.shape)} "
-                "(different base model?)"
+                f"delta tensor '{name}' has shape {tuple(tensor.shape)} but the model's has {tuple(p.shape)} (different base model?)"
             )
         # Tied weights share storage: updating both names would add the delta twice.
         ptr = p.data_ptr()
@@ -265,8 +265,7 @@ def delta_from_models(
         if set(base) != set(sft):
             only = sorted(set(base) ^ set(sft))
             raise UserError(
-                f"base and fine-tuned models have different parameters (e.g. {only[:3]}); they must share one "
-                "architecture"
+                f"base and fine-tuned models have different parameters (e.g. {only[:3]}); they must share one architecture"
             )
         candidates = list(base)
     else:
@@ -279,8 +278,7 @@ def delta_from_models(
         b, s = base[name].detach(), sft[name].detach().to(base[name].device)
         if b.shape != s.shape:
             raise UserError(
-                f"parameter '{name}' has shape {tuple(s.shape)} in the fine-tuned model but {tuple(b.shape)} "
-                "in the base"
+                f"parameter '{name}' has shape {tuple(s.shape)} in the fine-tuned model but {tuple(b.shape)} in the base"
             )
         if names is None and torch.equal(b, s):
             continue

@@ -96,9 +96,7 @@ def checkpoint_shards(base_dir: Path) -> list[Path]:
     if (base_dir / SINGLE_FILE).is_file():
         return [base_dir / SINGLE_FILE]
     found = sorted(p.name for p in base_dir.glob("*.bin")) + sorted(p.name for p in base_dir.glob("*.pt*"))
-    hint = (
-        f" (it has {', '.join(found[:3])}: re-save it with save_pretrained(safe_serialization=True))" if found else ""
-    )
+    hint = f" (it has {', '.join(found[:3])}: re-save it with save_pretrained(safe_serialization=True))" if found else ""
     raise UserError(f"{base_dir} has neither {SINGLE_FILE} nor {INDEX_FILE}{hint}")
 
 
@@ -115,9 +113,7 @@ def _as_bytes(tensor: torch.Tensor) -> memoryview:
     return memoryview(flat.view(torch.uint8).numpy()) if flat.numel() else memoryview(b"")
 
 
-def _write_safetensors(
-    path: Path, layout: list[tuple[str, torch.dtype, tuple]], tensors: Iterator[torch.Tensor], metadata: dict | None
-) -> int:
+def _write_safetensors(path: Path, layout: list[tuple[str, torch.dtype, tuple]], tensors: Iterator[torch.Tensor], metadata: dict | None) -> int:
     """Write a safetensors file whose tensors (in `layout` order) come one at a time."""
     header: dict = {"__metadata__": metadata} if metadata else {}
     offset = 0
@@ -179,14 +175,9 @@ def merge_checkpoint(
         check_delta_tensor(name, tensor)
         entry = layouts[where[name]][0][name]
         if tuple(tensor.shape) != entry.shape:
-            raise UserError(
-                f"delta tensor '{name}' has shape {tuple(tensor.shape)} but the checkpoint's has {entry.shape} "
-                "(different base model?)"
-            )
+            raise UserError(f"delta tensor '{name}' has shape {tuple(tensor.shape)} but the checkpoint's has {entry.shape} (different base model?)")
         if not entry.dtype.is_floating_point:
-            raise UserError(
-                f"checkpoint tensor '{name}' has dtype {entry.dtype}; only floating-point weights can be merged"
-            )
+            raise UserError(f"checkpoint tensor '{name}' has dtype {entry.dtype}; only floating-point weights can be merged")
 
     # Magnitude (Top_p) is per tensor: each update is made when its shard is written. A random
     # sparsifier draws over the tensors in sorted-name order, so its update is made up front.
@@ -195,11 +186,7 @@ def merge_checkpoint(
     stats = {"kept_entries": 0, "total_entries": 0}
 
     def update_for(name: str) -> torch.Tensor:
-        u = (
-            _prepare({name: delta[name]}, alpha, sparsity, method, seed, pool=None)[name]
-            if per_tensor
-            else update_all[name]
-        )
+        u = _prepare({name: delta[name]}, alpha, sparsity, method, seed, pool=None)[name] if per_tensor else update_all[name]
         stats["kept_entries"] += int(u.count_nonzero())
         stats["total_entries"] += u.numel()
         return u
@@ -225,9 +212,7 @@ def merge_checkpoint(
                     w.write(_as_bytes(merged))
             continue
         names = sorted(entries, key=lambda n: entries[n].begin)
-        layout = [
-            (n, target if entries[n].dtype.is_floating_point else entries[n].dtype, entries[n].shape) for n in names
-        ]
+        layout = [(n, target if entries[n].dtype.is_floating_point else entries[n].dtype, entries[n].shape) for n in names]
         with safe_open(shard, framework="pt") as f:
 
             def tensors(f=f, names=names, layout=layout) -> Iterator[torch.Tensor]:

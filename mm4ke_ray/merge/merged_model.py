@@ -84,7 +84,9 @@ def build_merged(
     validate_merge_params(alpha, sparsity)
     get_sparsifier(method)
     if (delta_dir is None) == (sft is None):
-        raise UserError("give exactly one of delta_dir (an R-SFT delta) and sft (a fine-tuned model)")
+        raise UserError(
+            "give exactly one of delta_dir (an R-SFT delta) and sft (a fine-tuned model)"
+        )
     load = dict(dtype=dtype, device=device, trust_remote_code=trust_remote_code)
     if delta_dir is not None:
         delta, delta_meta = load_delta(delta_dir)
@@ -96,7 +98,9 @@ def build_merged(
         delta, source = delta_from_models(model, sft_model), {"sft": str(sft)}
         del sft_model
     if not delta:
-        raise UserError(f"the delta from {source.get('delta') or source.get('sft')!r} is empty: nothing to merge")
+        raise UserError(
+            f"the delta from {source.get('delta') or source.get('sft')!r} is empty: nothing to merge"
+        )
     update = prepare_delta(delta, alpha, sparsity, method, seed)
     add_update_(model, update)
     info = {

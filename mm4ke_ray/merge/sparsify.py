@@ -211,7 +211,9 @@ def magnitude(
 _NUMPY = {torch.float32: np.float32, torch.float64: np.float64}
 
 
-def dare(delta: torch.Tensor, density: float, generator: torch.Generator | None = None) -> torch.Tensor:
+def dare(
+    delta: torch.Tensor, density: float, generator: torch.Generator | None = None
+) -> torch.Tensor:
     """DARE: keep each entry independently with probability `density`, rescale survivors by 1/density.
 
     The expected value of the result equals `delta`. Randomness is drawn on the CPU from

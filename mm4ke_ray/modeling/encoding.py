@@ -68,7 +68,7 @@ def encode_example(tokenizer, prompt: str, answer: str, prompt_format: PromptFor
 TRAIN_SUPERVISION = {
     "plain": "answer tokens (EasyEdit)",
     "chat": "answer tokens + the assistant's end-of-turn token + the whitespace after it, e.g. <|im_end|> and "
-    "the newline (LLaMA-Factory's assistant slot)",
+            "the newline (LLaMA-Factory's assistant slot)",
 }
 # The same rule in short, a param and a fingerprint field (`rsft.supervised`).
 SUPERVISED = {"plain": "answer", "chat": "answer+eot"}

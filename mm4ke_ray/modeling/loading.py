@@ -60,10 +60,8 @@ def check_model_source(name: str) -> None:
         return
     if looks_local(name):
         if not Path(name).expanduser().exists():
-            raise UserError(
-                f"model path '{name}' does not exist (give a local directory or a hub id like "
-                "'Qwen/Qwen2.5-7B-Instruct')"
-            )
+            raise UserError(f"model path '{name}' does not exist (give a local directory or a hub id like "
+                            "'Qwen/Qwen2.5-7B-Instruct')")
         return
     if _in_hub_cache(name):
         return
@@ -91,17 +89,13 @@ def load_tokenizer(name: str, trust_remote_code: bool = False):
     try:
         tok = AutoTokenizer.from_pretrained(name, trust_remote_code=trust_remote_code)
     except OSError as exc:  # e.g. a hub id that does not exist, or the hub went away meanwhile
-        raise UserError(
-            f"cannot load the tokenizer of model '{name}': {str(exc).splitlines()[0]}; give a local "
-            "folder or a hub id that exists (and is reachable)"
-        ) from exc
+        raise UserError(f"cannot load the tokenizer of model '{name}': {str(exc).splitlines()[0]}; give a local "
+                        "folder or a hub id that exists (and is reachable)") from exc
     except ValueError as exc:
         if "custom code" not in str(exc) and "trust_remote_code" not in str(exc):
             raise
-        raise UserError(
-            f"the tokenizer of model '{name}' needs its own Python code (tokenizer_config.json auto_map); "
-            "set trust_remote_code only if you have read and trust that code"
-        ) from None
+        raise UserError(f"the tokenizer of model '{name}' needs its own Python code (tokenizer_config.json auto_map); "
+                        "set trust_remote_code only if you have read and trust that code") from None
     if check_auto_tokenizer(name, strict=False, tokenizer=tok) is not None:
         tok = PreTrainedTokenizerFast.from_pretrained(name)
     if tok.pad_token is None:
@@ -133,13 +127,9 @@ def load_model(
     except (OSError, ValueError) as exc:
         msg = str(exc)
         if "trust_remote_code" in msg:
-            raise UserError(
-                f"model '{name}' needs custom code; set trust_remote_code: true only if you trust it"
-            ) from exc
+            raise UserError(f"model '{name}' needs custom code; set trust_remote_code: true only if you trust it") from exc
         if "safetensors" in msg.lower() and not allow_pickle:
-            raise UserError(
-                f"model '{name}' has no safetensors weights; pickle checkpoints are refused unless allow_pickle is set"
-            ) from exc
+            raise UserError(f"model '{name}' has no safetensors weights; pickle checkpoints are refused unless allow_pickle is set") from exc
         raise UserError(f"cannot load model '{name}': {msg.splitlines()[0]}") from exc
     model.to(device).eval()
     model.requires_grad_(False)

@@ -37,7 +37,9 @@ class _StopForward(Exception):
 def _check_layer(model: nn.Module, layer: int) -> nn.ModuleList:
     blocks = decoder_layers(model)
     if not 0 <= layer < len(blocks):
-        raise ValueError(f"layer {layer} is out of range: the model has {len(blocks)} layers (0..{len(blocks) - 1})")
+        raise ValueError(
+            f"layer {layer} is out of range: the model has {len(blocks)} layers (0..{len(blocks) - 1})"
+        )
     return blocks
 
 
@@ -75,7 +77,9 @@ def capture_prefix(
     finally:
         handle.remove()
     if not captured:
-        raise RuntimeError(f"{type(model).__name__}: block {layer} was never called; cannot capture its input")
+        raise RuntimeError(
+            f"{type(model).__name__}: block {layer} was never called; cannot capture its input"
+        )
     return captured[0].detach()
 
 

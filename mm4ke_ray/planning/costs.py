@@ -56,12 +56,8 @@ PROMPTS_PER_RECORD = 4
 TOKENS_PER_PROMPT = {"plain": 24, "chat": 56}  # Qwen2.5's chat template adds ~30 tokens
 # lm-eval tasks of the shipped configs: (forward tokens per document, generated tokens per document).
 TASK_TOKENS = {
-    "ceval-valid": (4 * 130, 0),
-    "logiqa": (4 * 260, 0),
-    "coqa": (520, 16),
-    "drop": (380, 16),
-    "squadv2": (220, 16),
-    "arc_easy": (4 * 40, 0),
+    "ceval-valid": (4 * 130, 0), "logiqa": (4 * 260, 0), "coqa": (520, 16), "drop": (380, 16),
+    "squadv2": (220, 16), "arc_easy": (4 * 40, 0),
 }
 DEFAULT_TASK_TOKENS = (4 * 150, 0)
 TASK_DOCS = {"ceval-valid": 1346}  # a group: its limit applies per subject, all 1,346 questions fit
@@ -106,10 +102,8 @@ class _Fit:
 def _fit_reference(kind: GpuKind, results: Path) -> _Fit:
     path = results / kind.results
     if not path.is_file():
-        raise UserError(
-            f"{path}: no stored figures for the {kind.name}; run benchmarks/gpu_check.sh on one, "
-            "or plan with --probe on the machine itself"
-        )
+        raise UserError(f"{path}: no stored figures for the {kind.name}; run benchmarks/gpu_check.sh on one, "
+                        "or plan with --probe on the machine itself")
     ref = json.loads(path.read_text())
     try:
         shape = shape_from_config(ref["config"], kind.results, ref.get("params"))
@@ -133,9 +127,8 @@ def _task_docs(task: str, limit: int | float | None) -> float:
     return TASK_DOCS.get(task, limit if isinstance(limit, int) else 500)
 
 
-def _eval_seconds(
-    kind: GpuKind, fit: _Fit, shape: ModelShape, work: Workload, dbytes: int, tokens: int
-) -> tuple[float, float]:
+def _eval_seconds(kind: GpuKind, fit: _Fit, shape: ModelShape, work: Workload, dbytes: int,
+                  tokens: int) -> tuple[float, float]:
     """(edit metrics, general tasks) seconds of one candidate on `shape`."""
     # Edit metrics: every record's prompts, batched, the prefix cache running from the layer up.
     mean_layer = round(sum(work.layers) / len(work.layers))
@@ -154,15 +147,12 @@ def _eval_seconds(
     return edit_s, general_s
 
 
-def stored_costs(
-    kind_name: str, shape: ModelShape, work: Workload, dtype: str, prompt_format: str, results: Path
-) -> UnitCosts:
+def stored_costs(kind_name: str, shape: ModelShape, work: Workload, dtype: str, prompt_format: str,
+                 results: Path) -> UnitCosts:
     """Unit costs on `shape` scaled from the figures stored for GPU kind `kind_name`."""
     if kind_name not in GPU_KINDS:
-        raise UserError(
-            f"--gpu-kind {kind_name!r}: no stored figures for it; known kinds: {', '.join(GPU_KINDS)} "
-            "(or measure with --probe on the machine)"
-        )
+        raise UserError(f"--gpu-kind {kind_name!r}: no stored figures for it; known kinds: {', '.join(GPU_KINDS)} "
+                        "(or measure with --probe on the machine)")
     kind = GPU_KINDS[kind_name]
     fit = _fit_reference(kind, results)
     dbytes, tokens = RUN_DTYPE_BYTES[dtype], TOKENS_PER_PROMPT.get(prompt_format, 24)
@@ -189,26 +179,15 @@ def stored_costs(
         f"document of each task, model load at {LOAD_BYTES_PER_S / 1e9:.0f} GB/s",
     ]
     return UnitCosts(
-        update_s=update_s,
-        candidate_s=candidate,
-        pool_start_s=load_s + 2 * candidate,
-        worker_load_s=load_s,
+        update_s=update_s, candidate_s=candidate, pool_start_s=load_s + 2 * candidate, worker_load_s=load_s,
         basis=basis,
-        measured={
-            "reference_update_s": fit.update_s,
-            "reference_layer": fit.layer,
-            "step_overhead_per_block_s": fit.step_overhead,
-            "forward_overhead_per_block_s": fit.fwd_overhead,
-            "edit_eval_s": edit_s,
-            "general_eval_s": general_s,
-            "merge_s": merge_s,
-            "model_load_s": load_s,
-            "assumed_tokens_per_prompt": tokens,
-            "assumed_prompts_per_record": PROMPTS_PER_RECORD,
-            "assumed_task_tokens": {t: TASK_TOKENS.get(t, DEFAULT_TASK_TOKENS) for t in work.general_tasks},
-            "assumed_task_docs": {t: _task_docs(t, work.general_limit) for t in work.general_tasks},
-            "assumed_load_bytes_per_s": LOAD_BYTES_PER_S,
-        },
+        measured={"reference_update_s": fit.update_s, "reference_layer": fit.layer,
+                  "step_overhead_per_block_s": fit.step_overhead, "forward_overhead_per_block_s": fit.fwd_overhead,
+                  "edit_eval_s": edit_s, "general_eval_s": general_s, "merge_s": merge_s, "model_load_s": load_s,
+                  "assumed_tokens_per_prompt": tokens, "assumed_prompts_per_record": PROMPTS_PER_RECORD,
+                  "assumed_task_tokens": {t: TASK_TOKENS.get(t, DEFAULT_TASK_TOKENS) for t in work.general_tasks},
+                  "assumed_task_docs": {t: _task_docs(t, work.general_limit) for t in work.general_tasks},
+                  "assumed_load_bytes_per_s": LOAD_BYTES_PER_S},
     )
 
 

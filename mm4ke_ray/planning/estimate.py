@@ -52,12 +52,9 @@ class Estimate:
         return self.gpus * self.upper_wall_s / 3600
 
     def as_json(self) -> dict:
-        return {
-            **asdict(self),
-            "billed_gpu_hours": self.billed_gpu_hours,
-            "upper_billed_gpu_hours": self.upper_billed_gpu_hours,
-            "cpu_hours": self.cpus * self.wall_s / 3600,
-        }
+        return {**asdict(self), "billed_gpu_hours": self.billed_gpu_hours,
+                "upper_billed_gpu_hours": self.upper_billed_gpu_hours,
+                "cpu_hours": self.cpus * self.wall_s / 3600}
 
 
 def _eval_rounds(work: Workload) -> float:
@@ -69,9 +66,8 @@ def _eval_rounds(work: Workload) -> float:
     return full * per_wave + (math.ceil(last * work.candidates_per_delta / actors) if last else 0)
 
 
-def estimate(
-    work: Workload, units: UnitCosts, fixed: FixedCosts, gpus: int, cpus: float, local_ray: bool, source: str
-) -> Estimate:
+def estimate(work: Workload, units: UnitCosts, fixed: FixedCosts, gpus: int, cpus: float,
+             local_ray: bool, source: str) -> Estimate:
     """Expected and upper-bound wall time and GPU-hours of the sweep `work` describes."""
     waves = math.ceil(work.trials / max(1, work.concurrent_trials))
     mean_update = sum(units.update_s[x] for x in work.layers) / len(work.layers)
@@ -89,36 +85,21 @@ def estimate(
     phases = [
         Phase("Ray start", 1, ray_start, ray_start, ray_start, "bench" if local_ray else "cluster up"),
         Phase("eval pool start", 1, units.pool_start_s, units.pool_start_s, units.pool_start_s, source),
-        Phase(
-            "trial start-up",
-            waves,
-            startup + units.worker_load_s,
-            waves * (startup + units.worker_load_s),
-            waves * (startup + units.worker_load_s),
-            f"bench+{source}",
-        ),
+        Phase("trial start-up", waves, startup + units.worker_load_s, waves * (startup + units.worker_load_s),
+              waves * (startup + units.worker_load_s), f"bench+{source}"),
         Phase("R-SFT", waves, rsft, waves * rsft, waves * rsft_upper, source),
         Phase("eval rounds", rounds, candidate, rounds * candidate, rounds * candidate * eval_upper, source),
-        Phase(
-            "sweep start/end", 1, fixed.driver_per_sweep_s, fixed.driver_per_sweep_s, fixed.driver_per_sweep_s, "bench"
-        ),
+        Phase("sweep start/end", 1, fixed.driver_per_sweep_s, fixed.driver_per_sweep_s, fixed.driver_per_sweep_s,
+              "bench"),
         Phase("Tune/MLflow", work.trials, per_trial, work.trials * per_trial, work.trials * per_trial, "bench"),
     ]
     wall = sum(p.wall_s for p in phases)
     upper = sum(p.upper_s for p in phases)
     # GPU time spent computing: R-SFT on the workers, candidates and the base reference on the actors.
     busy = work.trials * rsft * work.rsft_gpus + work.candidates * units.candidate_s * work.eval_gpus
-    busy_upper = (
-        work.trials * rsft_upper * work.rsft_gpus + work.candidates * units.candidate_s * eval_upper * work.eval_gpus
-    )
+    busy_upper = (work.trials * rsft_upper * work.rsft_gpus
+                  + work.candidates * units.candidate_s * eval_upper * work.eval_gpus)
     pool = units.pool_start_s * work.eval_actors * work.eval_gpus
-    return Estimate(
-        phases=phases,
-        wall_s=wall,
-        upper_wall_s=upper,
-        gpus=gpus,
-        cpus=cpus,
-        busy_gpu_hours=(busy + pool) / 3600,
-        upper_busy_gpu_hours=(busy_upper + pool) / 3600,
-        basis=[*units.basis, f"fixed costs: {fixed.basis}"],
-    )
+    return Estimate(phases=phases, wall_s=wall, upper_wall_s=upper, gpus=gpus, cpus=cpus,
+                    busy_gpu_hours=(busy + pool) / 3600, upper_busy_gpu_hours=(busy_upper + pool) / 3600,
+                    basis=[*units.basis, f"fixed costs: {fixed.basis}"])

@@ -41,10 +41,8 @@ def _run(runs: dict, runner: str, which: str, path: Path) -> dict:
         run = runs[runner][which]
         run["breakdown_s"], run["trials"], run["candidates"]  # noqa: B018 - the fields the fit needs
     except (KeyError, TypeError):
-        raise UserError(
-            f"{path}: no runs.{runner}.{which} with breakdown_s, trials and candidates; "
-            "rerun python benchmarks/bench_sweep.py"
-        ) from None
+        raise UserError(f"{path}: no runs.{runner}.{which} with breakdown_s, trials and candidates; "
+                        "rerun python benchmarks/bench_sweep.py") from None
     return run
 
 
@@ -72,15 +70,10 @@ def load_fixed_costs(path: Path | None = None) -> FixedCosts:
     if not startup:
         raise UserError(f"{path}: no runs; rerun python benchmarks/bench_sweep.py")
     machine = data.get("machine", {})
-    basis = (
-        f"{path.name}: demo sweeps of {machine.get('date', '?')[:10]} on {machine.get('cpu_count', '?')} CPUs "
-        f"(runners {', '.join(sorted(startup))})"
-    )
+    basis = (f"{path.name}: demo sweeps of {machine.get('date', '?')[:10]} on {machine.get('cpu_count', '?')} CPUs "
+             f"(runners {', '.join(sorted(startup))})")
     return FixedCosts(
-        ray_start_s=statistics.median(ray_start),
-        trial_startup_s=startup,
-        driver_per_trial_s=per_trial,
-        driver_per_sweep_s=statistics.mean(per_sweep),
-        dispatch_per_candidate_s=statistics.mean(dispatch),
+        ray_start_s=statistics.median(ray_start), trial_startup_s=startup, driver_per_trial_s=per_trial,
+        driver_per_sweep_s=statistics.mean(per_sweep), dispatch_per_candidate_s=statistics.mean(dispatch),
         basis=basis,
     )

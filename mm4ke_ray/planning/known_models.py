@@ -10,23 +10,13 @@ _QWEN25 = {"model_type": "qwen2", "hidden_act": "silu"}
 
 KNOWN_CONFIGS: dict[str, dict] = {
     "Qwen/Qwen2.5-7B-Instruct": {
-        **_QWEN25,
-        "hidden_size": 3584,
-        "intermediate_size": 18944,
-        "num_hidden_layers": 28,
-        "num_attention_heads": 28,
-        "num_key_value_heads": 4,
-        "vocab_size": 152064,
+        **_QWEN25, "hidden_size": 3584, "intermediate_size": 18944, "num_hidden_layers": 28,
+        "num_attention_heads": 28, "num_key_value_heads": 4, "vocab_size": 152064,
         "tie_word_embeddings": False,
     },
     "Qwen/Qwen2.5-0.5B-Instruct": {
-        **_QWEN25,
-        "hidden_size": 896,
-        "intermediate_size": 4864,
-        "num_hidden_layers": 24,
-        "num_attention_heads": 14,
-        "num_key_value_heads": 2,
-        "vocab_size": 151936,
+        **_QWEN25, "hidden_size": 896, "intermediate_size": 4864, "num_hidden_layers": 24,
+        "num_attention_heads": 14, "num_key_value_heads": 2, "vocab_size": 151936,
         "tie_word_embeddings": True,
     },
 }

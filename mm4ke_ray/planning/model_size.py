@@ -19,23 +19,8 @@ from mm4ke_ray.modeling.gguf import resolve_model_source
 from mm4ke_ray.planning.known_models import KNOWN_CONFIGS
 
 # Bytes per element of the safetensors dtypes (a checkpoint's own dtype, not the run's).
-_DTYPE_BYTES = {
-    "F64": 8,
-    "I64": 8,
-    "U64": 8,
-    "F32": 4,
-    "I32": 4,
-    "U32": 4,
-    "F16": 2,
-    "BF16": 2,
-    "I16": 2,
-    "U16": 2,
-    "F8_E4M3": 1,
-    "F8_E5M2": 1,
-    "I8": 1,
-    "U8": 1,
-    "BOOL": 1,
-}
+_DTYPE_BYTES = {"F64": 8, "I64": 8, "U64": 8, "F32": 4, "I32": 4, "U32": 4, "F16": 2, "BF16": 2,
+                "I16": 2, "U16": 2, "F8_E4M3": 1, "F8_E5M2": 1, "I8": 1, "U8": 1, "BOOL": 1}
 RUN_DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 
 
@@ -118,12 +103,8 @@ def shape_from_config(cfg: dict, source: str, params: int | None = None) -> Mode
     layers = int(pick("num_hidden_layers", "n_layer", "num_layers"))
     heads = int(pick("num_attention_heads", "n_head"))
     shape = dict(
-        layers=layers,
-        hidden=hidden,
-        intermediate=int(pick("intermediate_size", "n_inner", default=4 * hidden)),
-        vocab=int(pick("vocab_size")),
-        heads=heads,
-        kv_heads=int(pick("num_key_value_heads", default=heads)),
+        layers=layers, hidden=hidden, intermediate=int(pick("intermediate_size", "n_inner", default=4 * hidden)),
+        vocab=int(pick("vocab_size")), heads=heads, kv_heads=int(pick("num_key_value_heads", default=heads)),
         tied_embeddings=bool(cfg.get("tie_word_embeddings", text.get("tie_word_embeddings", True))),
     )
     if params is None:  # no weights at hand: count from the shape (biases and norms are noise)
@@ -199,10 +180,7 @@ def go_offline() -> None:
 
     os.environ["HF_HUB_OFFLINE"] = os.environ["HF_DATASETS_OFFLINE"] = "1"
     # the clients read these at import: a loaded one is told directly
-    for module, attr in (
-        ("huggingface_hub.constants", "HF_HUB_OFFLINE"),
-        ("datasets.config", "HF_HUB_OFFLINE"),
-        ("datasets.config", "HF_DATASETS_OFFLINE"),
-    ):
+    for module, attr in (("huggingface_hub.constants", "HF_HUB_OFFLINE"), ("datasets.config", "HF_HUB_OFFLINE"),
+                         ("datasets.config", "HF_DATASETS_OFFLINE")):
         if module in sys.modules and hasattr(sys.modules[module], attr):
             setattr(sys.modules[module], attr, True)

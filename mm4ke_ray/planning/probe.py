@@ -41,9 +41,8 @@ def _update_seconds(model, tok, records, layer: int, steps: int, search) -> floa
     from mm4ke_ray.rsft import RSFTConfig, run_rsft
 
     lr = search.space.lr.bounds()[0]
-    config = RSFTConfig(
-        layer=layer, epochs=1, steps=steps, lr=lr, threshold=0.0, optimizer=search.rsft.optimizer, seed=search.seed
-    )
+    config = RSFTConfig(layer=layer, epochs=1, steps=steps, lr=lr, threshold=0.0, optimizer=search.rsft.optimizer,
+                        seed=search.seed)
     run_rsft(model, tok, records[:1], config.model_copy(update={"steps": 1}))  # warm-up: allocator, kernels
     result = run_rsft(model, tok, records, config)
     return result.seconds / max(1, result.updates), result
@@ -55,26 +54,17 @@ def probe_costs(config: SweepConfig, work: Workload, params: int, device: str) -
     from mm4ke_ray.modeling import load_model, load_tokenizer
 
     if device == "cpu" and params > CPU_PROBE_MAX_PARAMS:
-        raise UserError(
-            f"--probe: {config.model.name} has {params / 1e9:.1f}B parameters; probing it on this "
-            "CPU would take hours. Probe on a GPU machine, or plan from stored figures with --gpu-kind"
-        )
+        raise UserError(f"--probe: {config.model.name} has {params / 1e9:.1f}B parameters; probing it on this "
+                        "CPU would take hours. Probe on a GPU machine, or plan from stored figures with --gpu-kind")
     settings = eval_settings(config, device)
     r = config.resources
-
     def load():
         start = time.perf_counter()
         tok = load_tokenizer(settings.model, trust_remote_code=settings.trust_remote_code)
-        model = load_model(
-            settings.model,
-            dtype=settings.dtype,
-            device=device,
-            trust_remote_code=settings.trust_remote_code,
-            allow_pickle=settings.allow_pickle,
-        )
-        records = load_edit_records(
-            settings.edits, limit=settings.limit, skip_invalid=settings.skip_invalid, fmt=settings.data_format
-        ).records
+        model = load_model(settings.model, dtype=settings.dtype, device=device,
+                           trust_remote_code=settings.trust_remote_code, allow_pickle=settings.allow_pickle)
+        records = load_edit_records(settings.edits, limit=settings.limit, skip_invalid=settings.skip_invalid,
+                                    fmt=settings.data_format).records
         return tok, model, records, time.perf_counter() - start
 
     with _threads(r.rsft_cpus):
@@ -95,25 +85,18 @@ def probe_costs(config: SweepConfig, work: Workload, params: int, device: str) -
         start = time.perf_counter()
         evaluator = CandidateEvaluator(settings)
         pool_start = time.perf_counter() - start
-        alpha, sparsity = (
-            sum(p.bounds()) / len(p.bounds()) for p in (config.search.space.alpha, config.search.space.sparsity)
-        )
+        alpha, sparsity = (sum(p.bounds()) / len(p.bounds()) for p in (config.search.space.alpha,
+                                                                       config.search.space.sparsity))
         times = []
         for _ in range(2):
             start = time.perf_counter()
             evaluator.evaluate(delta, alpha, sparsity, seed=config.search.seed)
             times.append(time.perf_counter() - start)
     candidate = sum(times) / len(times)
-    basis = [
-        f"probe here ({device}): {len(probed)} layer(s) x {min(PROBE_RECORDS, len(records))} records x K={steps} "
-        f"R-SFT updates, one candidate evaluated twice, model and actor start timed"
-    ]
+    basis = [f"probe here ({device}): {len(probed)} layer(s) x {min(PROBE_RECORDS, len(records))} records x K={steps} "
+             f"R-SFT updates, one candidate evaluated twice, model and actor start timed"]
     return UnitCosts(
-        update_s=update_s,
-        candidate_s=candidate,
-        pool_start_s=pool_start,
-        worker_load_s=worker_load,
-        basis=basis,
+        update_s=update_s, candidate_s=candidate, pool_start_s=pool_start, worker_load_s=worker_load, basis=basis,
         measured={"update_s_probed": probed, "candidate_s_runs": times, "device": device},
     )
 

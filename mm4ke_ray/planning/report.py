@@ -38,32 +38,19 @@ def render(plan: dict, console: Console | None = None) -> None:
     inputs = Table(show_header=False, box=None, pad_edge=False)
     inputs.add_column(style="dim")
     inputs.add_column(overflow="fold")
-    inputs.add_row(
-        "model", f"{plan['model_name']}: {params(m['params'])} parameters, {m['layers']} layers, hidden {m['hidden']}"
-    )
-    inputs.add_row(
-        "edits",
-        f"{w['records']:,} records; E {w['epochs_mean']:g} (max {w['epochs_max']}), "
-        f"K {w['steps_mean']:g} (max {w['steps_max']}), layers {_layers(w['layers'])}",
-    )
-    inputs.add_row(
-        "R-SFT",
-        f"{w['updates_expected_per_trial']:,.0f} updates per trial expected, at most "
-        f"E·N·K = {w['updates_max_per_trial']:,}",
-    )
-    inputs.add_row(
-        "trials",
-        f"{w['trials']} x {w['candidates_per_delta']} candidates = {w['candidates']:,}; "
-        f"{w['concurrent_trials']} at once, {w['eval_actors']} merge-eval actor(s)",
-    )
+    inputs.add_row("model", f"{plan['model_name']}: {params(m['params'])} parameters, {m['layers']} layers, "
+                            f"hidden {m['hidden']}")
+    inputs.add_row("edits", f"{w['records']:,} records; E {w['epochs_mean']:g} (max {w['epochs_max']}), "
+                            f"K {w['steps_mean']:g} (max {w['steps_max']}), layers {_layers(w['layers'])}")
+    inputs.add_row("R-SFT", f"{w['updates_expected_per_trial']:,.0f} updates per trial expected, at most "
+                            f"E·N·K = {w['updates_max_per_trial']:,}")
+    inputs.add_row("trials", f"{w['trials']} x {w['candidates_per_delta']} candidates = {w['candidates']:,}; "
+                             f"{w['concurrent_trials']} at once, {w['eval_actors']} merge-eval actor(s)")
     if w.get("halving_cost"):
         fewest, most = w["halving_cost"]
-        inputs.add_row(
-            "halving",
-            f"a delta's evaluation costs {fewest:.3g} to {most:.3g} full evaluations "
-            f"({w['candidates_per_delta']} without halving), as its rungs prune; a "
-            "promoted candidate scores only the items its next rung adds",
-        )
+        inputs.add_row("halving", f"a delta's evaluation costs {fewest:.3g} to {most:.3g} full evaluations "
+                                  f"({w['candidates_per_delta']} without halving), as its rungs prune; a "
+                                  "promoted candidate scores only the items its next rung adds")
         for line in w.get("halving_rungs") or ():
             inputs.add_row("", line)
     tasks = ", ".join(w["general_tasks"]) or "none"
@@ -81,27 +68,17 @@ def render(plan: dict, console: Console | None = None) -> None:
     table.add_column("at most", justify="right")
     table.add_column("from")
     for p in e["phases"]:
-        table.add_row(
-            p["name"],
-            _count(p["count"]),
-            duration(p["each_s"]),
-            duration(p["wall_s"]),
-            duration(p["upper_s"]),
-            p["source"],
-        )
+        table.add_row(p["name"], _count(p["count"]), duration(p["each_s"]), duration(p["wall_s"]),
+                      duration(p["upper_s"]), p["source"])
     table.add_section()
     table.add_row("[bold]sweep[/]", "", "", f"[bold]{duration(e['wall_s'])}[/]", duration(e["upper_wall_s"]), "")
     console.print(table)
-    console.print(
-        f"[dim]times: on the critical path ({w['concurrent_trials']} trial(s) at once, their candidates "
-        f"shared by {w['eval_actors']} actor(s)); at most: E·N·K updates at the costliest layer[/]"
-    )
+    console.print(f"[dim]times: on the critical path ({w['concurrent_trials']} trial(s) at once, their candidates "
+                  f"shared by {w['eval_actors']} actor(s)); at most: E·N·K updates at the costliest layer[/]")
     if e["gpus"]:
-        console.print(
-            f"GPU-hours: [bold]{e['billed_gpu_hours']:,.1f}[/] for {e['gpus']} GPUs over the sweep "
-            f"(at most {e['upper_billed_gpu_hours']:,.1f}); computing {e['busy_gpu_hours']:,.1f} "
-            f"(at most {e['upper_busy_gpu_hours']:,.1f})"
-        )
+        console.print(f"GPU-hours: [bold]{e['billed_gpu_hours']:,.1f}[/] for {e['gpus']} GPUs over the sweep "
+                      f"(at most {e['upper_billed_gpu_hours']:,.1f}); computing {e['busy_gpu_hours']:,.1f} "
+                      f"(at most {e['upper_busy_gpu_hours']:,.1f})")
     else:
         console.print(f"GPU-hours: 0 (CPUs only); CPU-hours {e['cpu_hours']:,.2f}")
     console.print("[dim]Basis (bench: the sweep benchmark's demo sweeps on this machine):[/]")

@@ -31,18 +31,9 @@ class SweepPlan:
     precision: list[str] = field(default_factory=list)  # general tasks' retention-SE warnings
 
     def as_json(self) -> dict:
-        return {
-            "precision": self.precision,
-            "name": self.name,
-            "config": self.config_path,
-            "model_name": self.model_name,
-            "source": self.source,
-            "model": self.model.as_json(),
-            "workload": self.workload.as_json(),
-            "unit_costs": self.units.as_json(),
-            "fixed_costs": self.fixed.as_json(),
-            "estimate": self.estimate.as_json(),
-        }
+        return {"precision": self.precision, "name": self.name, "config": self.config_path, "model_name": self.model_name, "source": self.source,
+                "model": self.model.as_json(), "workload": self.workload.as_json(), "unit_costs": self.units.as_json(),
+                "fixed_costs": self.fixed.as_json(), "estimate": self.estimate.as_json()}
 
 
 def _count_records(config: SweepConfig) -> int:
@@ -54,10 +45,8 @@ def _count_records(config: SweepConfig) -> int:
     except UserError as exc:  # a hub dataset offline, a missing file, ...: the planner only needs a count
         raise UserError(f"{exc}\n  (to plan without reading it, give the record count with --records N)") from None
     except Exception as exc:  # noqa: BLE001 - a network error of any client
-        raise UserError(
-            f"data.edits '{d.edits}': cannot read it here ({type(exc).__name__}: {exc}); "
-            "give the record count with --records N"
-        ) from None
+        raise UserError(f"data.edits '{d.edits}': cannot read it here ({type(exc).__name__}: {exc}); "
+                        "give the record count with --records N") from None
 
 
 def _resolve_demo(config: SweepConfig) -> SweepConfig:
@@ -68,19 +57,10 @@ def _resolve_demo(config: SweepConfig) -> SweepConfig:
     return resolve_demo(config)
 
 
-def plan_sweep(
-    config_path: str | Path,
-    *,
-    gpus: int = 0,
-    cpus: float | None = None,
-    probe: bool = False,
-    gpu_kind: str = "h200",
-    records: int | None = None,
-    num_trials: int | None = None,
-    overrides: dict | None = None,
-    results: str | Path | None = None,
-    config: SweepConfig | None = None,
-) -> SweepPlan:
+def plan_sweep(config_path: str | Path, *, gpus: int = 0, cpus: float | None = None, probe: bool = False,
+               gpu_kind: str = "h200", records: int | None = None, num_trials: int | None = None,
+               overrides: dict | None = None, results: str | Path | None = None,
+               config: SweepConfig | None = None) -> SweepPlan:
     """Estimate the sweep in `config_path` (or `config`, already loaded) on `gpus` GPUs.
 
     `probe`: measure unit costs here (needs the model's weights; a GPU plan needs a GPU here).
@@ -90,10 +70,8 @@ def plan_sweep(
     if gpus < 0:
         raise UserError(f"--gpus must be >= 0, got {gpus}")
     if gpus == 0 and not probe:
-        raise UserError(
-            "a CPU-only plan needs measured costs: add --probe (seconds on a small model), "
-            "or plan for GPUs with --gpus N (stored figures per GPU kind)"
-        )
+        raise UserError("a CPU-only plan needs measured costs: add --probe (seconds on a small model), "
+                        "or plan for GPUs with --gpus N (stored figures per GPU kind)")
     if config is None:
         config = load_config(config_path, overrides)
     if num_trials is not None:  # validated like the config's own (0 is refused, not ignored)
@@ -134,8 +112,6 @@ def _probe_device(gpus: int) -> str:
     import torch
 
     if gpus > 0 and not torch.cuda.is_available():
-        raise UserError(
-            f"--probe measures this machine, which has no GPU, but the plan is for --gpus {gpus}; "
-            "probe on a GPU machine, drop --probe to scale stored figures, or plan with --gpus 0"
-        )
+        raise UserError(f"--probe measures this machine, which has no GPU, but the plan is for --gpus {gpus}; "
+                        "probe on a GPU machine, drop --probe to scale stored figures, or plan with --gpus 0")
     return "cuda" if gpus > 0 else "cpu"

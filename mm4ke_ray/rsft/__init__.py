@@ -10,11 +10,8 @@ from __future__ import annotations
 
 from mm4ke_ray.lazy import lazy_exports
 
-__all__, __getattr__, __dir__ = lazy_exports(
-    __name__,
-    {
-        "config": ("RSFTConfig",),
-        "trainer": ("LOSS_DEFINITION", "DivergedError", "RSFTResult", "run_rsft"),
-        "to_folder": ("RSFTRun", "rsft_to_folder"),
-    },
-)
+__all__, __getattr__, __dir__ = lazy_exports(__name__, {
+    "config": ("RSFTConfig",),
+    "trainer": ("LOSS_DEFINITION", "DivergedError", "RSFTResult", "run_rsft"),
+    "to_folder": ("RSFTRun", "rsft_to_folder"),
+})

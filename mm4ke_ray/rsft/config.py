@@ -25,7 +25,9 @@ class RSFTConfig(BaseModel):
     )
     epochs: int = Field(5, description="E: passes over the edit set (paper: 5).")
     steps: int = Field(6, description="K: most optimizer steps per edit per epoch (paper: 6).")
-    lr: float = Field(5e-4, description="η: learning rate (paper: 5e-4 max; higher edits more, keeps less).")
+    lr: float = Field(
+        5e-4, description="η: learning rate (paper: 5e-4 max; higher edits more, keeps less)."
+    )
     threshold: float = Field(
         0.1,
         description="τ: an edit stops for this epoch once its answer loss (mean token NLL) is below τ "
@@ -41,7 +43,9 @@ class RSFTConfig(BaseModel):
         description="'plain': prompt + ' ' + answer (EasyEdit); 'chat': the tokenizer's chat template. "
         "Evaluation must use the same format.",
     )
-    seed: int = Field(0, description="Seed of torch's RNG during training (CPU runs repeat bit-identically).")
+    seed: int = Field(
+        0, description="Seed of torch's RNG during training (CPU runs repeat bit-identically)."
+    )
     lr_schedule: LRSchedule = Field(
         "constant",
         description="'constant': η on every update, as the paper's Algorithm 1 states (the default). "
@@ -84,7 +88,9 @@ class RSFTConfig(BaseModel):
     @classmethod
     def _threshold(cls, v: float) -> float:
         if not v >= 0:  # also rejects NaN; +inf is allowed and means "never train"
-            raise ValueError(f"threshold must be >= 0, got {v} (paper: 0.1; 0 disables early stopping)")
+            raise ValueError(
+                f"threshold must be >= 0, got {v} (paper: 0.1; 0 disables early stopping)"
+            )
         return v
 
     @field_validator("warmup_ratio")

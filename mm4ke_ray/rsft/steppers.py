@@ -91,9 +91,8 @@ class SuffixStepper:
 
     kind = "suffix"
 
-    def __init__(
-        self, model: nn.Module, first_layer: int, *, capture: bool, length_bucket: int, compile_backend: str | None
-    ):
+    def __init__(self, model: nn.Module, first_layer: int, *, capture: bool, length_bucket: int,
+                 compile_backend: str | None):
         self.model, self.first_layer = model, first_layer
         self.inner = model.model
         self.layer_types = getattr(model.config, "layer_types", None)
@@ -122,7 +121,8 @@ class SuffixStepper:
         pos = torch.arange(ids.shape[1], device=ids.device).unsqueeze(0)
         with torch.no_grad():
             pe = self.inner.rotary_emb(hidden, pos)
-            kw = dict(config=self.inner.config, inputs_embeds=hidden, attention_mask=None, cache=None, position_ids=pos)
+            kw = dict(config=self.inner.config, inputs_embeds=hidden, attention_mask=None, cache=None,
+                      position_ids=pos)
             masks = {"full_attention": create_causal_mask(**kw)}
             if getattr(self.inner, "has_sliding_layers", False):
                 masks["sliding_attention"] = create_sliding_window_causal_mask(**kw)
@@ -131,15 +131,15 @@ class SuffixStepper:
             masks[self.layer_types[i]] if self.layer_types else masks["full_attention"]
             for i in range(self.first_layer, len(blocks))
         ]
-        return {"hidden": hidden, "pe": pe, "masks": per_block, "pos": pos, "rows": rows, "targets": targets}
+        return {"hidden": hidden, "pe": pe, "masks": per_block, "pos": pos, "rows": rows,
+                "targets": targets}
 
     def loss(self, ex: Example) -> torch.Tensor:
         if ex.suffix is None:
             ex.suffix = self._prepare(ex)
         c = ex.suffix
-        return self.step(
-            self.model, self.first_layer, c["hidden"], c["pe"], c["masks"], c["pos"], c["rows"], c["targets"]
-        )
+        return self.step(self.model, self.first_layer, c["hidden"], c["pe"], c["masks"], c["pos"],
+                         c["rows"], c["targets"])
 
 
 def _suffix_loss(model, first_layer, hidden, pe, masks, pos, rows, targets) -> torch.Tensor:
@@ -174,9 +174,8 @@ def _compiled_suffix_loss(backend: str | None, on_cuda: bool) -> Callable:
 def make_stepper(model, first_layer, use_prefix_cache, capture, length_bucket, compile_backend):
     """The suffix stepper where the model allows it and the prefix is cached, else the model's own."""
     if use_prefix_cache and _suffix_ok(model):
-        return SuffixStepper(
-            model, first_layer, capture=capture, length_bucket=length_bucket, compile_backend=compile_backend
-        )
+        return SuffixStepper(model, first_layer, capture=capture, length_bucket=length_bucket,
+                              compile_backend=compile_backend)
     return ModelStepper(model, first_layer, use_prefix_cache)
 
 

@@ -38,22 +38,11 @@ class RSFTRun:
         return {"status": "ok", "rsft_updates": self.result.updates, "rsft_seconds": self.result.seconds}
 
 
-def rsft_to_folder(
-    out: str | Path,
-    *,
-    model: str,
-    edits: str,
-    config: RSFTConfig,
-    device: str,
-    dtype: str = "float32",
-    trust_remote_code: bool = False,
-    allow_pickle: bool = False,
-    limit: int | None = None,
-    skip_invalid: bool = False,
-    data_format: str | None = None,
-    progress: Callable[[dict], None] | None = None,
-    before_training: Callable[[int], object] | None = None,
-) -> RSFTRun:
+def rsft_to_folder(out: str | Path, *, model: str, edits: str, config: RSFTConfig, device: str,
+                   dtype: str = "float32", trust_remote_code: bool = False, allow_pickle: bool = False,
+                   limit: int | None = None, skip_invalid: bool = False, data_format: str | None = None,
+                   progress: Callable[[dict], None] | None = None, before_training: Callable[[int], object] | None = None,
+                   ) -> RSFTRun:
     """Train R-SFT of `model` on `edits` and write the delta and its log into `out`.
 
     `before_training(total)` (optional) is called with the number of record-epochs once the data
@@ -69,23 +58,11 @@ def rsft_to_folder(
     except DivergedError as exc:
         return RSFTRun("diverged", dataset, reason=str(exc))
     out = Path(out)
-    info = {
-        "base_model": model,
-        "data": dataset.source,
-        "data_format": dataset.format,
-        "skipped_records": len(dataset.skipped),
-        "dtype": dtype,
-        "device": device,
-    }
+    info = {"base_model": model, "data": dataset.source, "data_format": dataset.format,
+            "skipped_records": len(dataset.skipped), "dtype": dtype, "device": device}
     # "rsft" is what export and the model card read; "config" what `mm4ke-ray rsft` always wrote.
-    meta = {
-        **info,
-        "edits": edits,
-        "num_edits": len(dataset.records),
-        "layers": result.layers,
-        "rsft": config.model_dump(),
-        "config": config.model_dump(),
-    }
+    meta = {**info, "edits": edits, "num_edits": len(dataset.records), "layers": result.layers,
+            "rsft": config.model_dump(), "config": config.model_dump()}
     save_delta(out, result.delta, meta)
     (out / RSFT_LOG).write_text(json.dumps({**info, **result.as_json()}, indent=2) + "\n")
     return RSFTRun("ok", dataset, result)

@@ -53,10 +53,7 @@ from mm4ke_ray.modeling.encoding import (
 from mm4ke_ray.rsft.config import RSFTConfig
 from mm4ke_ray.rsft.steppers import Example, Stepper, make_stepper
 
-LOSS_DEFINITION = (
-    "mean token NLL over the supervised tokens: the answer tokens, in chat format with the end of turn "
-    "(see supervision)"
-)
+LOSS_DEFINITION = "mean token NLL over the supervised tokens: the answer tokens, in chat format with the end of turn (see supervision)"
 
 
 class DivergedError(RuntimeError):
@@ -74,7 +71,9 @@ class DivergedError(RuntimeError):
         self.index, self.epoch, self.step, self.loss = index, epoch, step, loss
         where = f"record {index}" + (f" ({source})" if source else "")
         hint = f"; lower lr (was {lr:g})" if lr is not None else ""
-        super().__init__(f"R-SFT diverged: loss {loss} at {where}, epoch {epoch}, step {step}{hint}")
+        super().__init__(
+            f"R-SFT diverged: loss {loss} at {where}, epoch {epoch}, step {step}{hint}"
+        )
 
 
 @dataclass
@@ -309,7 +308,9 @@ def _delta(names: list[str], trained: list[torch.Tensor], base: dict) -> dict[st
     only once allocated, and allocating it cost ~1 s on an H200, more than the copy it saves in a
     fresh trial process (measured: pageable 0.5 s).
     """
-    return {n: (p.detach().float() - base[n].float()).cpu() for n, p in zip(names, trained, strict=True)}
+    return {
+        n: (p.detach().float() - base[n].float()).cpu() for n, p in zip(names, trained, strict=True)
+    }
 
 
 @dataclass

@@ -47,13 +47,8 @@ class ReferenceStore:
 class MergeEvalActor:
     """Wraps a CandidateEvaluator. Restarted by Ray if its process dies; calls are retried."""
 
-    def __init__(
-        self,
-        settings: EvalSettings | None = None,
-        store=None,
-        reference: Reference | None = None,
-        store_name: str | None = None,
-    ):
+    def __init__(self, settings: EvalSettings | None = None, store=None, reference: Reference | None = None,
+                 store_name: str | None = None):
         quiet_worker()
         torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS", "1"))))
         if store_name is not None:  # the pool's way: constructor arguments stay small (see start_pool)
@@ -70,15 +65,8 @@ class MergeEvalActor:
     def reference(self) -> Reference:
         return self.evaluator.reference
 
-    def evaluate(
-        self,
-        delta: dict,
-        alpha: float,
-        sparsity: float,
-        seed: int = 0,
-        rung: int | None = None,
-        prior: dict | None = None,
-    ) -> dict:
+    def evaluate(self, delta: dict, alpha: float, sparsity: float, seed: int = 0, rung: int | None = None,
+                 prior: dict | None = None) -> dict:
         """One candidate's metrics; at `rung` (successive halving) on that rung's subset only, the
         items scored at the candidate's rung below (`prior`) read back instead of scored again."""
         self.count += 1
@@ -90,12 +78,8 @@ class MergeEvalActor:
 
     def stats(self) -> dict:
         """Evaluations done by this incarnation, its resident memory, pid and whether it was restarted."""
-        return {
-            "count": self.count,
-            "rss_bytes": psutil.Process().memory_info().rss,
-            "pid": os.getpid(),
-            "restarted": ray.get_runtime_context().was_current_actor_reconstructed,
-        }
+        return {"count": self.count, "rss_bytes": psutil.Process().memory_info().rss, "pid": os.getpid(),
+                "restarted": ray.get_runtime_context().was_current_actor_reconstructed}
 
 
 class Pool(NamedTuple):

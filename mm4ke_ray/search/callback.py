@@ -86,15 +86,15 @@ def _wait_for_state_upload(trial) -> None:
     try:
         syncer.wait()
     except Exception as exc:  # noqa: BLE001 - Tune logs failed uploads itself; record anyway
-        warnings.warn(f"Tune's experiment state upload failed ({exc}); a resume may run this trial again", stacklevel=2)
+        warnings.warn(f"Tune's experiment state upload failed ({exc}); a resume may run this trial again",
+                      stacklevel=2)
 
 
 class SweepCallback(Callback):
     """Logs each finished trial's candidates as nested MLflow runs and prints progress."""
 
-    def __init__(
-        self, tracker, total_trials: int, on_rows=None, console: Console | None = None, live: bool | None = None
-    ):
+    def __init__(self, tracker, total_trials: int, on_rows=None, console: Console | None = None,
+                 live: bool | None = None):
         self.tracker = tracker
         self.total = total_trials
         self.on_rows = on_rows  # called with all rows so far (e.g. to refresh the Pareto artifacts)
@@ -136,16 +136,12 @@ class SweepCallback(Callback):
             self.failed += 1
             params = result.get("params") or trial.config
             self.tracker.log_candidate(
-                f"{trial.trial_id}-{result['status']}",
-                searched_params(params),
+                f"{trial.trial_id}-{result['status']}", searched_params(params),
                 {"rsft_wall_seconds": result.get("rsft_wall_seconds", 0.0)},
                 failure_tags(trial.trial_id, result["status"], result.get("reason", "")[:500]),
-                run_name=failure_run_name(_label(trial), result["status"]),
-                trial=_trial_run(trial, params, result),
+                run_name=failure_run_name(_label(trial), result["status"]), trial=_trial_run(trial, params, result),
             )
-            self.console.print(
-                f"[yellow]trial {trial.trial_id} {result['status']}[/]: {result.get('reason', '')[:200]}"
-            )
+            self.console.print(f"[yellow]trial {trial.trial_id} {result['status']}[/]: {result.get('reason', '')[:200]}")
         else:
             # Per candidate: a resumed sweep may find a trial whose candidates were half logged.
             known = {r["candidate"] for r in self.rows}
@@ -161,9 +157,8 @@ class SweepCallback(Callback):
             if rows:
                 self._store_delta(trial)
             for row in rows:
-                row["run_id"] = self.tracker.log_candidate(
-                    row["candidate"], *candidate_run(row, trial.trial_id), run_name=row["run_name"], trial=group
-                )
+                row["run_id"] = self.tracker.log_candidate(row["candidate"], *candidate_run(row, trial.trial_id),
+                                                           run_name=row["run_name"], trial=group)
                 group.pop(SYSTEM_METRICS, None)  # sent once, with the trial's first candidate
             self.rows.extend(rows)
         self._progress()
@@ -176,25 +171,16 @@ class SweepCallback(Callback):
         rows, so a resumed sweep that finds the trial logged does not log them again (a driver
         killed between the two may leave them logged twice: both copies say the same)."""
         for row in candidate_rows(result, trial.trial_id, _label(trial), key=PRUNED_CANDIDATES):
-            self.tracker.log_candidate(
-                row["candidate"], *pruned_run(row, trial.trial_id), run_name=row["run_name"], trial=group
-            )
+            self.tracker.log_candidate(row["candidate"], *pruned_run(row, trial.trial_id), run_name=row["run_name"],
+                                       trial=group)
             group.pop(SYSTEM_METRICS, None)
 
     def _say_rungs(self, trial, result: dict) -> None:
         """A line per halving trial: how many candidates each rung evaluated, how many were pruned."""
         cands = [*(result.get("candidates") or []), *(result.get(PRUNED_CANDIDATES) or [])]
         reached = [c["metrics"]["fidelity.rung"] for c in cands if "fidelity.rung" in (c.get("metrics") or {})]
-        skipped = tuple(
-            sorted(
-                {
-                    int(k[4:].split(".")[0])
-                    for c in cands
-                    for k in (c.get("metrics") or {})
-                    if k.startswith("rung") and k.endswith(".skipped")
-                }
-            )
-        )
+        skipped = tuple(sorted({int(k[4:].split(".")[0]) for c in cands for k in (c.get("metrics") or {})
+                                if k.startswith("rung") and k.endswith(".skipped")}))
         if line := rung_line(_label(trial), reached, skipped):
             self.console.print(line)
 
@@ -235,10 +221,8 @@ class SweepCallback(Callback):
         if not known:  # nothing restored to compare with: never drop what is logged
             return
         orphans = {r.get("trial_id") for r in self.rows} - known - {None}
-        why = {
-            Tag.STATUS: "orphaned",
-            Tag.REASON: "its driver died before Tune saved this trial; the resumed sweep replaced it",
-        }
+        why = {Tag.STATUS: "orphaned",
+               Tag.REASON: "its driver died before Tune saved this trial; the resumed sweep replaced it"}
         for row in [r for r in self.rows if r.get("trial_id") in orphans]:
             if row.get("run_id"):
                 self.tracker.mark_run(row["run_id"], "KILLED", why)
@@ -248,10 +232,8 @@ class SweepCallback(Callback):
         self.logged -= orphans
         self.done = len(self.logged)
         if orphans:
-            self.console.print(
-                f"[yellow]resume: {len(orphans)} trial(s) logged after the last saved state were "
-                f"marked orphaned in MLflow: {', '.join(sorted(orphans))}[/]"
-            )
+            self.console.print(f"[yellow]resume: {len(orphans)} trial(s) logged after the last saved state were "
+                               f"marked orphaned in MLflow: {', '.join(sorted(orphans))}[/]")
 
     def on_checkpoint(self, iteration, trials, trial, checkpoint, **info):
         self.checkpoints[trial.trial_id] = checkpoint
@@ -279,12 +261,9 @@ class SweepCallback(Callback):
         self.checkpoints.pop(trial.trial_id, None)
         self.pending.pop(trial.trial_id, None)
         self.tracker.log_candidate(
-            f"{trial.trial_id}-attempt{attempt}-failed",
-            searched_params(trial.config),
-            {},
+            f"{trial.trial_id}-attempt{attempt}-failed", searched_params(trial.config), {},
             failure_tags(trial.trial_id, "failed", reason, attempt=attempt, retried=True),
-            run_name=failure_run_name(_label(trial), f"attempt{attempt} failed"),
-            trial=_trial_run(trial),
+            run_name=failure_run_name(_label(trial), f"attempt{attempt} failed"), trial=_trial_run(trial),
         )
         self.console.print(f"[yellow]trial {trial.trial_id} attempt {attempt} failed, retrying[/]: {reason[:200]}")
 
@@ -297,12 +276,9 @@ class SweepCallback(Callback):
         self.failed += 1
         reason = error_reason(trial)
         self.tracker.log_candidate(
-            f"{trial.trial_id}-error",
-            searched_params(trial.config),
-            {},
+            f"{trial.trial_id}-error", searched_params(trial.config), {},
             failure_tags(trial.trial_id, "error", reason, attempt=trial.run_metadata.num_failures),
-            run_name=failure_run_name(_label(trial), "error"),
-            trial=_trial_run(trial),
+            run_name=failure_run_name(_label(trial), "error"), trial=_trial_run(trial),
         )
         self.console.print(f"[red]trial {trial.trial_id} failed after its retries[/]: {reason[:200]}")
         self._progress()
@@ -326,10 +302,8 @@ class SweepCallback(Callback):
         shown = f"{best:.4f}" if math.isfinite(best) else "none yet"
         if short:  # the live line: bar, count and clock beside it in 80 columns
             return f"({self.failed} failed) · {len(self.rows)} candidates · best {shown}"
-        return (
-            f"({self.failed} failed) · candidates {len(self.rows)} ({len(self.rows) / minutes:.1f}/min) · "
-            f"best {COMBINED.name} {shown}"
-        )
+        return (f"({self.failed} failed) · candidates {len(self.rows)} ({len(self.rows) / minutes:.1f}/min) · "
+                f"best {COMBINED.name} {shown}")
 
     def _progress(self) -> None:
         self.progress.update(self.done, self._summary(), self._summary(short=True))

@@ -107,15 +107,9 @@ class SweepRun:
         return self.manifest is not None
 
 
-def run_sweep(
-    config: SweepConfig,
-    *,
-    source: str = "<config>",
-    address: str | None = None,
-    num_trials: int | None = None,
-    smoke_test: bool = False,
-    warm_start: list[str] | tuple[str, ...] = (),
-) -> SweepOutcome:
+def run_sweep(config: SweepConfig, *, source: str = "<config>", address: str | None = None,
+              num_trials: int | None = None, smoke_test: bool = False,
+              warm_start: list[str] | tuple[str, ...] = ()) -> SweepOutcome:
     """Run a whole sweep and return its candidates; everything is also in MLflow.
 
     `warm_start`: earlier sweeps (`TRACKING_URI:SWEEP`) whose candidates the study is told before
@@ -124,9 +118,7 @@ def run_sweep(
     if DEMO in (config.model.name, config.data.edits):
         raise ValueError("the config names the demo: resolve it first (mm4ke_ray.demo.resolve.resolve_demo)")
     if smoke_test:
-        config = config.with_overrides(
-            **{"search.num_trials": 4, "merge.extra_candidates": max(2, min(3, config.merge.extra_candidates))}
-        )
+        config = config.with_overrides(**{"search.num_trials": 4, "merge.extra_candidates": max(2, min(3, config.merge.extra_candidates))})
     if num_trials is not None:
         config = config.with_overrides(**{"search.num_trials": num_trials})
     if (uri := absolute_uri(config.tracking.uri)) != config.tracking.uri:
@@ -158,18 +150,12 @@ def _init_ray(address: str | None) -> None:
     else:
         # No dashboard UI, and every socket of this local Ray (GCS, raylet, agents, workers) on
         # 127.0.0.1: a laptop's sweep is not reachable from the network (local_ray.py).
-        init_local_ray(
-            include_dashboard=False, dashboard_host="127.0.0.1", log_to_driver=is_verbose(), configure_logging=False
-        )
+        init_local_ray(include_dashboard=False, dashboard_host="127.0.0.1", log_to_driver=is_verbose(),
+                       configure_logging=False)
 
 
-def _execute(
-    config: SweepConfig,
-    source: str,
-    address: str | None,
-    manifest: Manifest | None,
-    warm: list[WarmSource] | None = None,
-) -> SweepOutcome:
+def _execute(config: SweepConfig, source: str, address: str | None, manifest: Manifest | None,
+             warm: list[WarmSource] | None = None) -> SweepOutcome:
     """The recipe. A refused base (exit 2) leaves no folder and no parent run; once the parent run
     is open, whatever fails ends it FAILED (or KILLED) with the reason."""
     run = _set_up(config, source, address, manifest, warm or [])
@@ -190,9 +176,8 @@ def _execute(
         stop_pool(run.pool)
 
 
-def _set_up(
-    config: SweepConfig, source: str, address: str | None, manifest: Manifest | None, warm: list[WarmSource]
-) -> SweepRun:
+def _set_up(config: SweepConfig, source: str, address: str | None, manifest: Manifest | None,
+            warm: list[WarmSource]) -> SweepRun:
     """Settings, storage, Ray and the merge-eval pool: the sweep's run state."""
     start, clock, timings = time.time(), time.perf_counter(), SweepTimings()
     quiet_libraries()  # before Ray starts: its workers inherit the environment
@@ -208,9 +193,8 @@ def _set_up(
     plan = plan_resources(config.resources, ray.cluster_resources(), config.merge.extra_candidates + 1)
     # The pool first: its base reference decides whether the general tasks are informative.
     pool_clock = time.perf_counter()
-    pool = start_pool(
-        settings, plan.actors, config.resources.eval_cpus, config.resources.eval_gpus, config.resources.eval_resource
-    )
+    pool = start_pool(settings, plan.actors, config.resources.eval_cpus,
+                      config.resources.eval_gpus, config.resources.eval_resource)
     timings.pool_start = time.perf_counter() - pool_clock
     return SweepRun(config, source, manifest, settings, plan, storage, pool, start, timings, clock, warm=warm)
 
@@ -241,13 +225,9 @@ def _open_parent_run(run: SweepRun) -> None:
     config, manifest, plan = run.config, run.manifest, run.plan
     run.open_clock = time.perf_counter()
     run.experiment_dir = manifest.experiment_dir if manifest else claim_experiment_folder(run.storage, config.name)
-    run.tracker, run.parent = open_sweep_run(
-        config,
-        run.experiment_dir,
-        eval_actors=plan.actors,
-        max_concurrent=plan.max_concurrent,
-        parent_run_id=manifest.parent_run_id if manifest else None,
-    )
+    run.tracker, run.parent = open_sweep_run(config, run.experiment_dir, eval_actors=plan.actors,
+                                             max_concurrent=plan.max_concurrent,
+                                             parent_run_id=manifest.parent_run_id if manifest else None)
 
 
 def _read_back_or_record(run: SweepRun) -> None:
@@ -261,12 +241,9 @@ def _read_back_or_record(run: SweepRun) -> None:
         run.warm_rows = log_warm_rows(run.tracker, run.warm)
     run.timings.tracking += time.perf_counter() - run.open_clock  # the parent run opened (or read back)
     verb = "resuming" if manifest else "starting"
-    console.print(
-        f"[bold]{verb} sweep {config.name}[/]: {config.search.num_trials} trials, {plan.actors} merge-eval "
-        f"actor(s), {plan.max_concurrent} trial(s) at once · MLflow run {run.parent}\n"
-        f"  folder {run.experiment_dir}",
-        soft_wrap=True,
-    )
+    console.print(f"[bold]{verb} sweep {config.name}[/]: {config.search.num_trials} trials, {plan.actors} merge-eval "
+                  f"actor(s), {plan.max_concurrent} trial(s) at once · MLflow run {run.parent}\n"
+                  f"  folder {run.experiment_dir}", soft_wrap=True)
     print_command(console, "  if it is interrupted:", f"{executable('mm4ke-ray')} sweep --resume {run.experiment_dir}")
 
 
@@ -274,22 +251,16 @@ def _trial_context(run: SweepRun) -> TrialContext:
     config = run.config
     return TrialContext(
         # The trial's R-SFT runs on the device Ray gives its worker; its settings say cpu.
-        settings=dataclasses.replace(run.settings, device="cpu"),
-        search=config.search,
-        extra_candidates=config.merge.extra_candidates,
-        runner=config.search.rsft.runner,
-        rsft_cpus=config.resources.rsft_cpus,
-        rsft_gpus=config.resources.rsft_gpus,
+        settings=dataclasses.replace(run.settings, device="cpu"), search=config.search,
+        extra_candidates=config.merge.extra_candidates, runner=config.search.rsft.runner,
+        rsft_cpus=config.resources.rsft_cpus, rsft_gpus=config.resources.rsft_gpus,
         # R-SFT's Ray Train runs live inside the sweep's own folder, one per trial.
-        storage_path=f"{run.experiment_dir.rstrip('/')}/rsft",
-        actors=tuple(run.pool.actors),
+        storage_path=f"{run.experiment_dir.rstrip('/')}/rsft", actors=tuple(run.pool.actors),
         system_metrics_s=config.tracking.system_metrics_interval_s if config.tracking.system_metrics else None,
         fidelity_error_rate=config.evaluation.fidelity.error_rate,
         # Halving's finished rungs per trial, kept with the sweep so a restarted trial skips them.
-        rungs_path=f"{run.experiment_dir.rstrip('/')}/rungs",
-        front_key=run.front_key,
-        merge_candidates=config.merge.candidates,
-        merge_grid=config.merge.grid,
+        rungs_path=f"{run.experiment_dir.rstrip('/')}/rungs", front_key=run.front_key,
+        merge_candidates=config.merge.candidates, merge_grid=config.merge.grid,
     )
 
 
@@ -341,10 +312,8 @@ def _fit(run: SweepRun) -> SweepOutcome:
         spool = _finish(tracker, publisher, callback, status)
         run.parent_closed = True
     if interrupt.seen:
-        console.print(
-            f"[bold yellow]sweep {config.name} interrupted[/]: finished trials are kept in {run.experiment_dir}",
-            soft_wrap=True,
-        )
+        console.print(f"[bold yellow]sweep {config.name} interrupted[/]: finished trials are kept in {run.experiment_dir}",
+                      soft_wrap=True)
         print_command(console, "  continue it with:", f"{executable('mm4ke-ray')} sweep --resume {run.experiment_dir}")
         raise KeyboardInterrupt
     return sweep_outcome(run, callback.rows, base, grid, searcher or restored_searcher(tuner), spool)
@@ -368,26 +337,20 @@ def _new_tuner(run: SweepRun, trainable, callback):
     config, experiment_dir = run.config, run.experiment_dir
     searched, _ = split_space(config.search)
     searcher = CandidateAwareOptunaSearch(
-        space=searched,
-        metric=[o.name for o in OBJECTIVES],
-        mode=[o.mode for o in OBJECTIVES],
+        space=searched, metric=[o.name for o in OBJECTIVES], mode=[o.mode for o in OBJECTIVES],
         sampler=make_sampler(config.search, points_per_trial=config.merge.extra_candidates + 1),
-        constraints=minimums(config.objectives),
-        study_name=config.name,
+        constraints=minimums(config.objectives), study_name=config.name,
         # The study on disk beside Tune's state: every told point (extra candidates too) survives
         # the driver. A cloud storage_path has no local folder: Tune's own searcher state then.
         storage=None if is_uri(experiment_dir) else journal_storage(Path(experiment_dir) / STUDY_FILE),
     )
     tuner = tune.Tuner(
         trainable,
-        tune_config=tune.TuneConfig(
-            search_alg=searcher, num_samples=config.search.num_trials, max_concurrent_trials=run.plan.max_concurrent
-        ),
+        tune_config=tune.TuneConfig(search_alg=searcher, num_samples=config.search.num_trials,
+                                    max_concurrent_trials=run.plan.max_concurrent),
         run_config=tune.RunConfig(
-            name=Path(experiment_dir.rstrip("/")).name,
-            storage_path=run.storage,
-            callbacks=[callback, *_result_loggers()],
-            verbose=0,
+            name=Path(experiment_dir.rstrip("/")).name, storage_path=run.storage,
+            callbacks=[callback, *_result_loggers()], verbose=0,
             failure_config=tune.FailureConfig(max_failures=config.max_failures),
             # One checkpoint per trial (delta + result); Tune saves its experiment state right
             # after each one, and SweepCallback records the trial once that state is stored.
@@ -406,11 +369,8 @@ def _tell_warm_start(run: SweepRun, searcher: CandidateAwareOptunaSearch, tracke
         told, refused = searcher.tell_warm_start(points, source.name)
         source.told, source.skipped = told, skipped + refused
         outside = f"; {source.skipped} outside this search space, skipped" if source.skipped else ""
-        console.print(
-            f"warm start from sweep {source.name} (run {source.sweep.run_id}): {told} of "
-            f"{len(source.rows)} candidate(s) told to the study{outside}",
-            soft_wrap=True,
-        )
+        console.print(f"warm start from sweep {source.name} (run {source.sweep.run_id}): {told} of "
+                      f"{len(source.rows)} candidate(s) told to the study{outside}", soft_wrap=True)
     record_warm_start(tracker, run.warm)
 
 
@@ -430,16 +390,13 @@ def _finish(tracker, publisher, callback, status: str) -> str | None:
         try:
             publisher.final(callback.rows)
         except Exception as exc:  # noqa: BLE001 - the candidates are logged; the front can be rebuilt
-            console.print(
-                f"[yellow]could not publish the Pareto artifacts ({exc}); rebuild them with mm4ke-ray pareto[/]"
-            )
+            console.print(f"[yellow]could not publish the Pareto artifacts ({exc}); "
+                          "rebuild them with mm4ke-ray pareto[/]")
     tracker.finish(status)
     if tracker.flush() and not tracker.pending:
         return None
     path = str(tracker.spool.path)
-    console.print(
-        f"[bold red]MLflow at {tracker.uri} did not answer:[/] {tracker.pending} record(s) are kept in {path}",
-        soft_wrap=True,
-    )
+    console.print(f"[bold red]MLflow at {tracker.uri} did not answer:[/] {tracker.pending} record(s) are kept in "
+                  f"{path}", soft_wrap=True)
     print_command(console, "  send them when it is back:", f"{executable('mm4ke-ray')} sweep --replay-spool {path}")
     return path

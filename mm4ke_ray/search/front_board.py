@@ -52,11 +52,8 @@ def read_front(key: str | None) -> list[list[float]]:
         return []
     # Read back as absent unless it is what `publish_front` writes: a list of [edit, general] numbers.
     ok = isinstance(points, list) and all(
-        isinstance(p, list)
-        and len(p) == len(OBJECTIVES)
-        and all(isinstance(v, int | float) and not isinstance(v, bool) for v in p)
-        for p in points
-    )
+        isinstance(p, list) and len(p) == len(OBJECTIVES) and all(isinstance(v, int | float) and not isinstance(v, bool) for v in p)
+        for p in points)
     return points if ok else []
 
 

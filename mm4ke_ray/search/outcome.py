@@ -59,25 +59,10 @@ def sweep_outcome(run, rows, base, grid, searcher, spool) -> SweepOutcome:
     warm = sum(1 for t in trials if WARM_ATTR in t.user_attrs)
     extra = sum(1 for t in trials if EXTRA_ATTR in t.user_attrs and WARM_ATTR not in t.user_attrs)
     breakdown = run.timings.breakdown(time.perf_counter() - run.clock, [r.metrics for r in grid])
-    return SweepOutcome(
-        run.parent,
-        rows,
-        base,
-        front,
-        len(trials),
-        extra,
-        rsft_runs,
-        run.storage,
-        time.time() - run.start,
-        run.experiment_dir,
-        spool,
-        run.resumed,
-        mlflow_spooled=run.tracker.spooled,
-        timings=breakdown,
-        warm_rows=list(run.warm_rows),
-        warm_points_told=warm,
-        config=run.config,
-    )
+    return SweepOutcome(run.parent, rows, base, front, len(trials), extra, rsft_runs, run.storage,
+                        time.time() - run.start, run.experiment_dir, spool, run.resumed,
+                        mlflow_spooled=run.tracker.spooled, timings=breakdown, warm_rows=list(run.warm_rows),
+                        warm_points_told=warm, config=run.config)
 
 
 def print_summary(out: SweepOutcome) -> None:
@@ -86,11 +71,8 @@ def print_summary(out: SweepOutcome) -> None:
     # The same table and count sentence as `mm4ke-ray pareto`; base / pure R-SFT rows set apart.
     front = sort_by_combined(out.front)
     counts = counts_line(len(front), len(out.rows) + len(out.warm_rows), warm=len(out.warm_rows))
-    print_table(
-        front,
-        f"Pareto front of {config.name}: {counts} ({out.rsft_runs} R-SFT runs)",
-        references=reference_rows([out.base, *out.warm_rows, *out.rows], front),
-    )
+    print_table(front, f"Pareto front of {config.name}: {counts} ({out.rsft_runs} R-SFT runs)",
+                references=reference_rows([out.base, *out.warm_rows, *out.rows], front))
     print_breakdown(console, out.timings)
     uri = config.tracking.uri
     if uri.startswith("sqlite"):
@@ -99,10 +81,7 @@ def print_summary(out: SweepOutcome) -> None:
             print_command(console, "  then open", url)
         # by run id: a later sweep of the same config shares the name (`--sweep NAME` then refuses)
         store = absolute_store_uri(uri)
-        print_command(
-            console,
-            "[bold]This sweep's front:[/]",
-            f"{executable('mm4ke-ray')} pareto --tracking-uri {store} --sweep {out.parent_run_id}",
-        )
+        print_command(console, "[bold]This sweep's front:[/]",
+                      f"{executable('mm4ke-ray')} pareto --tracking-uri {store} --sweep {out.parent_run_id}")
     else:
         console.print(f"[bold]MLflow:[/] {uri}")

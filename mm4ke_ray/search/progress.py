@@ -32,15 +32,9 @@ class SweepProgress:
     def start(self, done: int = 0, text: str = "") -> None:
         if not self.live or self._bar is not None:
             return
-        self._bar = Progress(
-            TextColumn("[bold]sweep[/]"),
-            BarColumn(bar_width=12),
-            MofNCompleteColumn(),
-            TextColumn("{task.fields[text]}"),
-            TimeElapsedColumn(),
-            console=self.console,
-            transient=False,
-        )
+        self._bar = Progress(TextColumn("[bold]sweep[/]"), BarColumn(bar_width=12), MofNCompleteColumn(),
+                             TextColumn("{task.fields[text]}"), TimeElapsedColumn(),
+                             console=self.console, transient=False)
         self._task = self._bar.add_task("trials", total=self.total, completed=done, text=text)
         self._bar.start()
 
@@ -67,11 +61,7 @@ def rung_line(label: str, reached: list[int], skipped: tuple[int, ...] = ()) -> 
     last = max(reached)
     if last == 0:
         return None
-    steps = [
-        f"rung {r} skipped"
-        if r in skipped
-        else f"{'full ' if r == last else ''}rung {r}: {sum(1 for x in reached if x >= r)}"
-        for r in range(last + 1)
-    ]
+    steps = [f"rung {r} skipped" if r in skipped else
+             f"{'full ' if r == last else ''}rung {r}: {sum(1 for x in reached if x >= r)}" for r in range(last + 1)]
     pruned = sum(1 for x in reached if x < last)
     return f"{label} halving: {' → '.join(steps)} · {pruned} pruned"

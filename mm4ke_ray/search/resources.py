@@ -61,7 +61,9 @@ def _auto_actors(cfg: ResourcesConfig, cluster: dict[str, float]) -> int:
     return max(1, _fits(cluster, pair))
 
 
-def plan_resources(cfg: ResourcesConfig, cluster: dict[str, float], candidates_per_trial: int = 1) -> Plan:
+def plan_resources(
+    cfg: ResourcesConfig, cluster: dict[str, float], candidates_per_trial: int = 1
+) -> Plan:
     """Derive pool size and trial concurrency from `ray.cluster_resources()`.
 
     `candidates_per_trial` (merge candidates evaluated per R-SFT delta) sizes
@@ -89,7 +91,9 @@ def plan_resources(cfg: ResourcesConfig, cluster: dict[str, float], candidates_p
     pipelined = slots + math.ceil(actors / max(1, candidates_per_trial))
     # Beyond R-SFT slots + actors, extra trials could only wait: cap an explicit value there.
     concurrent = slots if cfg.max_concurrent == "auto" else min(cfg.max_concurrent, slots + actors)
-    return Plan(actors=actors, max_concurrent=concurrent, rsft_slots=slots, pipelined_concurrency=pipelined)
+    return Plan(
+        actors=actors, max_concurrent=concurrent, rsft_slots=slots, pipelined_concurrency=pipelined
+    )
 
 
 def _show(demand: dict[str, float]) -> str:

@@ -1,8 +1,7 @@
 """What a killed sweep needs to go on: its folder, the manifest in it, and the restored Tuner.
 
 A sweep's folder is `<storage_path>/<name>` (a suffix is added when that folder already holds
-or is being claimed by another sweep; `.mm4ke-claim` marks it as taken). It holds Tune's experiment state
-(trials, searcher, checkpoints = deltas +
+or is being claimed by another sweep; `.mm4ke-claim` marks it as taken). It holds Tune's experiment state (trials, searcher, checkpoints = deltas +
 results), the Optuna study as a journal file (every told point, extra candidates included), the
 MLflow spool if the server was away, and `mm4ke-sweep.json`: the resolved config and the MLflow
 parent run id, so `mm4ke-ray sweep --resume FOLDER` continues the same sweep into the same run.
@@ -129,28 +128,20 @@ def read_manifest(folder: str) -> Manifest:
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise UserError(f"--resume {folder}: {MANIFEST} has an unknown format; it was written by another version")
     shapes = {"config": dict, "source": str, "parent_run_id": str, "experiment_dir": str, "created": int | float}
-    if bad := [k for k, kind in shapes.items() if not isinstance(data.get(k), kind)] + sorted(
-        set(data) - {*shapes, "format"}
-    ):
-        raise UserError(
-            f"--resume {folder}: {MANIFEST} is damaged (field(s) {', '.join(bad)} missing, of the wrong "
-            "type or unknown); restore it from a copy, or start the sweep again without --resume"
-        )
+    if bad := [k for k, kind in shapes.items() if not isinstance(data.get(k), kind)] + sorted(set(data) - {*shapes, "format"}):
+        raise UserError(f"--resume {folder}: {MANIFEST} is damaged (field(s) {', '.join(bad)} missing, of the wrong "
+                        "type or unknown); restore it from a copy, or start the sweep again without --resume")
     if not _exists(join(folder, "tuner.pkl")):
         raise UserError(
             f"--resume {folder}: the sweep stopped before its first trial was scheduled (no Tune state); "
             "start it again without --resume"
         )
     if not is_uri(folder) and (problem := _journal_problem(Path(folder) / STUDY_FILE)):
-        raise UserError(
-            f"--resume {folder}: {STUDY_FILE} (the Optuna study) is damaged ({problem}); restore the "
-            "folder from a copy, or start the sweep again without --resume"
-        )
+        raise UserError(f"--resume {folder}: {STUDY_FILE} (the Optuna study) is damaged ({problem}); restore the "
+                        "folder from a copy, or start the sweep again without --resume")
     if problem := _pickle_problem(join(folder, "tuner.pkl")):
-        raise UserError(
-            f"--resume {folder}: tuner.pkl (Tune's state) is damaged ({problem}), so the sweep cannot be "
-            "continued; restore the folder from a copy, or start the sweep again without --resume"
-        )
+        raise UserError(f"--resume {folder}: tuner.pkl (Tune's state) is damaged ({problem}), so the sweep cannot be "
+                        "continued; restore the folder from a copy, or start the sweep again without --resume")
     # The folder may have been moved or copied since: every path of the sweep is re-derived from
     # where it is now (Tune's own state follows `Tuner.restore(folder)`; the study: restore_tuner).
     data["experiment_dir"] = folder
@@ -203,19 +194,14 @@ def _start_dir(folder: str, storage_path) -> Path | None:
     if not isinstance(storage_path, str) or is_uri(storage_path) or Path(storage_path).expanduser().is_absolute():
         return None
     parts, parent = Path(storage_path).parts, Path(folder).parent
-    if parts and parent.parts[-len(parts) :] == parts:
-        return Path(*parent.parts[: -len(parts)])
+    if parts and parent.parts[-len(parts):] == parts:
+        return Path(*parent.parts[:-len(parts)])
     return None
 
 
 def manifest_for(config, source: str, parent_run_id: str, experiment_dir: str) -> Manifest:
-    return Manifest(
-        config=config.model_dump(),
-        source=source,
-        parent_run_id=parent_run_id,
-        experiment_dir=experiment_dir,
-        created=time.time(),
-    )
+    return Manifest(config=config.model_dump(), source=source, parent_run_id=parent_run_id,
+                    experiment_dir=experiment_dir, created=time.time())
 
 
 def restore_tuner(experiment_dir: str, trainable, callbacks: list):
@@ -259,9 +245,8 @@ def _repoint_search_state(experiment_dir: str) -> None:
         with state_file.open("rb") as f:
             state = cloudpickle.load(f)
         storage = getattr(state.get("experiment"), "storage", None)
-        if storage is None or (
-            storage.storage_fs_path == str(folder.parent) and storage.experiment_dir_name == folder.name
-        ):
+        if storage is None or (storage.storage_fs_path == str(folder.parent)
+                               and storage.experiment_dir_name == folder.name):
             continue
         storage.storage_filesystem = LocalFileSystem()
         storage.storage_fs_path, storage.experiment_dir_name = str(folder.parent), folder.name

@@ -52,19 +52,9 @@ def rsft_config(params: dict, search: SearchConfig, settings: EvalSettings) -> R
 def trial_rsft(settings: EvalSettings, search: SearchConfig, params: dict, out: str, device: str) -> dict:
     """R-SFT of this trial's parameters into `out` (`rsft_to_folder`); its summary for Tune."""
     s = settings
-    return rsft_to_folder(
-        out,
-        model=s.model,
-        edits=s.edits,
-        config=rsft_config(params, search, s),
-        device=device,
-        dtype=s.dtype,
-        trust_remote_code=s.trust_remote_code,
-        allow_pickle=s.allow_pickle,
-        limit=s.limit,
-        skip_invalid=s.skip_invalid,
-        data_format=s.data_format,
-    ).summary()
+    return rsft_to_folder(out, model=s.model, edits=s.edits, config=rsft_config(params, search, s), device=device,
+                          dtype=s.dtype, trust_remote_code=s.trust_remote_code, allow_pickle=s.allow_pickle,
+                          limit=s.limit, skip_invalid=s.skip_invalid, data_format=s.data_format).summary()
 
 
 def _train_loop(cfg: dict) -> None:
@@ -93,20 +83,12 @@ def _rsft_via_train(ctx: TrialContext, params: dict, trial_id: str) -> tuple[dic
     trainer = DataParallelTrainer(
         _train_loop,
         backend_config=BackendConfig(),
-        train_loop_config={
-            "settings": ctx.settings,
-            "search": ctx.search,
-            "params": params,
-            "placement_key": placement_key,
-        },
-        scaling_config=ScalingConfig(
-            num_workers=1, use_gpu=ctx.rsft_gpus > 0, resources_per_worker={"CPU": ctx.rsft_cpus, "GPU": ctx.rsft_gpus}
-        ),
-        run_config=RunConfig(
-            storage_path=ctx.storage_path,
-            name=trial_id,
-            failure_config=FailureConfig(controller_failure_limit=TRAIN_START_RETRIES),
-        ),
+        train_loop_config={"settings": ctx.settings, "search": ctx.search, "params": params,
+                           "placement_key": placement_key},
+        scaling_config=ScalingConfig(num_workers=1, use_gpu=ctx.rsft_gpus > 0,
+                                     resources_per_worker={"CPU": ctx.rsft_cpus, "GPU": ctx.rsft_gpus}),
+        run_config=RunConfig(storage_path=ctx.storage_path, name=trial_id,
+                             failure_config=FailureConfig(controller_failure_limit=TRAIN_START_RETRIES)),
     )
     try:
         result = trainer.fit()

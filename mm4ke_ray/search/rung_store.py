@@ -98,11 +98,8 @@ class RungStore:
     def put(self, rung: int, got: Mapping[int, dict]) -> None:
         """Add rung `rung`'s results and write the record (atomically where the filesystem allows)."""
         self.results.setdefault(rung, {}).update(got)
-        doc = {
-            "format": FORMAT,
-            "key": self.key,
-            "rungs": {str(r): {str(i): m for i, m in got.items()} for r, got in sorted(self.results.items())},
-        }
+        doc = {"format": FORMAT, "key": self.key,
+               "rungs": {str(r): {str(i): m for i, m in got.items()} for r, got in sorted(self.results.items())}}
         data = json.dumps(doc).encode()
         fs, path = filesystem(self.path)
         parent = path.rsplit("/", 1)[0]

@@ -49,9 +49,8 @@ def journal_storage(path: str | Path) -> optuna.storages.BaseStorage:
 class CandidateAwareOptunaSearch(OptunaSearch):
     """Multi-objective OptunaSearch; a trial's extra (α, sparsity) points become study trials."""
 
-    def __init__(
-        self, space: dict, metric: list[str], mode: list[str], constraints: dict[str, float] | None = None, **kwargs
-    ):
+    def __init__(self, space: dict, metric: list[str], mode: list[str], constraints: dict[str, float] | None = None,
+                 **kwargs):
         """`constraints`: objective name -> minimum (`constraints.minimums(config.objectives)`)."""
         super().__init__(space=space, metric=metric, mode=mode, **kwargs)
         self.constraints = dict(constraints or {})
@@ -113,25 +112,17 @@ class CandidateAwareOptunaSearch(OptunaSearch):
                 self.extra_points_told += 1
             except (ValueError, TypeError) as exc:  # a point outside the space or a non-finite value
                 self.extra_points_refused += 1
-                log.warning(
-                    "extra point of trial %s not told to Optuna (%d so far): %s",
-                    trial_id,
-                    self.extra_points_refused,
-                    exc,
-                )
+                log.warning("extra point of trial %s not told to Optuna (%d so far): %s", trial_id,
+                            self.extra_points_refused, exc)
 
     def _add_point(self, point: dict, user_attrs: dict, system_attrs: dict | None) -> None:
         """One evaluated point as a COMPLETE study trial; ValueError/TypeError when it cannot be."""
         params = {k: v for k, v in point["params"].items() if k in self._space}
         values = [float(v) for v in point["values"]]
-        trial = optuna.trial.create_trial(
-            params=params,
-            distributions=self._space,
-            values=values,
-            user_attrs={**user_attrs, **point.get("user_attrs", {})},
-            system_attrs=dict(system_attrs or {}),
-            constraints=self._constraint_values(values) or None,
-        )
+        trial = optuna.trial.create_trial(params=params, distributions=self._space, values=values,
+                                          user_attrs={**user_attrs, **point.get("user_attrs", {})},
+                                          system_attrs=dict(system_attrs or {}),
+                                          constraints=self._constraint_values(values) or None)
         self._ot_study.add_trial(trial)
 
     def tell_warm_start(self, points: list[dict], source: str) -> tuple[int, int]:
@@ -188,9 +179,8 @@ class CandidateAwareOptunaSearch(OptunaSearch):
         if study_file and self._storage is not None:
             self._study_file = study_file
             self._storage = journal_storage(study_file)
-            self._ot_study = optuna.load_study(
-                study_name=self._ot_study.study_name, storage=self._storage, sampler=self._ot_study.sampler
-            )
+            self._ot_study = optuna.load_study(study_name=self._ot_study.study_name, storage=self._storage,
+                                               sampler=self._ot_study.sampler)
             for ot_trial in self._ot_trials.values():  # Trial objects Tune still holds (running trials)
                 ot_trial.study, ot_trial.storage = self._ot_study, self._storage
         closed = self.fail_orphans()

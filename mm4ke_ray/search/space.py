@@ -60,9 +60,8 @@ def make_sampler(search: SearchConfig, points_per_trial: int = 1) -> optuna.samp
     if search.sampler == "nsga2":
         population = max(2, max(1, startup) * max(1, points_per_trial))
         # Its crossovers mix whole told points; there is no density to narrow onto one run.
-        return RSFTStartupSampler(
-            optuna.samplers.NSGAIISampler(seed=seed, population_size=population), startup, seed=seed
-        )
+        return RSFTStartupSampler(optuna.samplers.NSGAIISampler(seed=seed, population_size=population), startup,
+                                  seed=seed)
 
     def model(s: int | None):
         if search.sampler == "tpe":
@@ -133,13 +132,8 @@ def mark_in_space(space, cands: list[dict]) -> None:
     for c in cands:
         c["in_space"] = all(_contains(getattr(space, k), c[k]) for k in MERGE_PARAMS)
         if not c["in_space"]:
-            log.info(
-                "merge candidate %s (α %g, sparsity %g) is outside the search space: evaluated, "
-                "not told to the sampler",
-                c["kind"],
-                c[ALPHA],
-                c[SPARSITY],
-            )
+            log.info("merge candidate %s (α %g, sparsity %g) is outside the search space: evaluated, "
+                     "not told to the sampler", c["kind"], c[ALPHA], c[SPARSITY])
 
 
 def _contains(p: Param, v: float) -> bool:

@@ -107,14 +107,8 @@ class RSFTStartupSampler(BaseSampler):
     sampler of the same kind: GP caches its fitted surrogate per search space), that one draws
     the R-SFT parameters after the start-up, from a `ConfigurationView` of the study."""
 
-    def __init__(
-        self,
-        model: BaseSampler,
-        startup_trials: int,
-        seed: int | None = None,
-        merge_params: Sequence[str] = MERGE_PARAMS,
-        rsft_model: BaseSampler | None = None,
-    ):
+    def __init__(self, model: BaseSampler, startup_trials: int, seed: int | None = None,
+                 merge_params: Sequence[str] = MERGE_PARAMS, rsft_model: BaseSampler | None = None):
         self.model = model
         self.rsft_model = rsft_model
         self.startup_trials = startup_trials
@@ -144,9 +138,8 @@ class RSFTStartupSampler(BaseSampler):
             out.update(self.rsft_model.sample_relative(ConfigurationView(study, self.merge_params), trial, rsft))
         return out
 
-    def sample_independent(
-        self, study: Study, trial: FrozenTrial, param_name: str, param_distribution: BaseDistribution
-    ) -> Any:
+    def sample_independent(self, study: Study, trial: FrozenTrial, param_name: str,
+                           param_distribution: BaseDistribution) -> Any:
         if param_name in self.merge_params:
             return self.model.sample_independent(study, trial, param_name, param_distribution)
         if self.in_startup(study, trial):
@@ -163,7 +156,8 @@ class RSFTStartupSampler(BaseSampler):
         for s in self._samplers():
             s.before_trial(study, trial)
 
-    def after_trial(self, study: Study, trial: FrozenTrial, state: TrialState, values: Sequence[float] | None) -> None:
+    def after_trial(self, study: Study, trial: FrozenTrial, state: TrialState,
+                    values: Sequence[float] | None) -> None:
         for s in self._samplers():
             s.after_trial(study, trial, state, values)
 

@@ -193,9 +193,8 @@ class FrontSurrogate:
         distribution with fixed draws, so a run repeats) or, with `kappa` set, the hypervolume its
         optimistic prediction would add."""
         if self.kappa is not None:
-            return np.array(
-                [hypervolume_2d([*front, tuple(o)], ref) - hv_now for o in np.clip(mean + self.kappa * sd, *BOUNDS)]
-            )
+            return np.array([hypervolume_2d([*front, tuple(o)], ref) - hv_now
+                             for o in np.clip(mean + self.kappa * sd, *BOUNDS)])
         z = np.random.default_rng(0).standard_normal((self.draws, 2))
         out = np.empty(len(mean))
         for i in range(len(mean)):
@@ -243,16 +242,9 @@ class FrontSurrogate:
         return chosen
 
 
-def surrogate_search(
-    first: list[dict],
-    pool: Sequence[Point],
-    budget: int,
-    evaluate: Callable[[list[dict]], tuple[list[dict], list[dict]]],
-    batch_size: int = 1,
-    initial: int = 4,
-    kind: str = "extra",
-    **surrogate_kw,
-) -> tuple[list[dict], list[dict], dict]:
+def surrogate_search(first: list[dict], pool: Sequence[Point], budget: int,
+                     evaluate: Callable[[list[dict]], tuple[list[dict], list[dict]]], batch_size: int = 1,
+                     initial: int = 4, kind: str = "extra", **surrogate_kw) -> tuple[list[dict], list[dict], dict]:
     """Evaluate one delta's merges where the front can still move: (full, pruned, info).
 
     `first`: candidates that are always evaluated, in the first batch (the sampled point first, the
@@ -283,10 +275,6 @@ def surrogate_search(
             sur.stopped = sur.stopped or "budget"
             break
         group = [{"kind": kind, "alpha": a, "sparsity": s} for a, s in sur.ask(min(batch_size, room))]
-    info = {
-        "surrogate.evaluations": spent,
-        "surrogate.batches": batches,
-        "surrogate.stopped": sur.stopped or "",
-        "surrogate.grid": len(sur.pool),
-    }
+    info = {"surrogate.evaluations": spent, "surrogate.batches": batches, "surrogate.stopped": sur.stopped or "",
+            "surrogate.grid": len(sur.pool)}
     return full, pruned, info

@@ -16,14 +16,9 @@ import time
 from dataclasses import dataclass
 
 CATEGORIES = ("ray_start", "trial_startup", "rsft", "evaluation", "tracking", "other")
-LABELS = {
-    "ray_start": "Ray start",
-    "trial_startup": "trial start-up (Tune, Ray Train)",
-    "rsft": "R-SFT",
-    "evaluation": "evaluation (incl. base reference)",
-    "tracking": "tracking (MLflow)",
-    "other": "other (driver)",
-}
+LABELS = {"ray_start": "Ray start", "trial_startup": "trial start-up (Tune, Ray Train)",
+          "rsft": "R-SFT", "evaluation": "evaluation (incl. base reference)", "tracking": "tracking (MLflow)",
+          "other": "other (driver)"}
 
 
 @dataclass
@@ -42,13 +37,8 @@ class SweepTimings:
         rsft = sum(float(m.get("rsft_seconds") or m.get("rsft_wall_seconds") or 0.0) for m in trials) / concurrency
         evaluation = sum(float(m.get("eval_wall_seconds") or 0.0) for m in trials) / concurrency
         startup = max(0.0, self.fit - rsft - evaluation - self.tracking_in_fit)
-        out = {
-            "ray_start": self.ray_start,
-            "trial_startup": startup,
-            "rsft": rsft,
-            "evaluation": self.pool_start + evaluation,
-            "tracking": self.tracking,
-        }
+        out = {"ray_start": self.ray_start, "trial_startup": startup, "rsft": rsft,
+               "evaluation": self.pool_start + evaluation, "tracking": self.tracking}
         out["other"] = max(0.0, total - sum(out.values()))
         return {k: round(out[k], 3) for k in CATEGORIES}
 

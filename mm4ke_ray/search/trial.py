@@ -53,9 +53,8 @@ def sweep_trial(params: dict, ctx: TrialContext) -> None:
         report, folder = _run_trial({**_fixed(ctx.search), **params}, ctx, trial_id)
     finally:
         samples = sampler.stop() if sampler else None
-    report.update(
-        {"trial_wall_seconds": time.perf_counter() - trial_clock, TRIAL_START_MS: started, TRIAL_END_MS: now_ms()}
-    )
+    report.update({"trial_wall_seconds": time.perf_counter() - trial_clock, TRIAL_START_MS: started,
+                   TRIAL_END_MS: now_ms()})
     if samples and samples["rows"]:
         report[SYSTEM_METRICS] = samples
     _report_final(report, folder)
@@ -71,13 +70,9 @@ def _run_trial(params: dict, ctx: TrialContext, trial_id: str) -> tuple[dict, st
         # sweep does not train it again. Tune refuses a result without the objectives, so they
         # are NaN: the searcher tells Optuna a FAIL, never a point.
         nan = float("nan")
-        return {
-            "status": summary.get("status", "failed"),
-            "reason": summary.get("reason", ""),
-            **{o.name: nan for o in (*OBJECTIVES, COMBINED)},
-            "rsft_wall_seconds": rsft_wall,
-            "params": params,
-        }, tempfile.mkdtemp(prefix="mm4ke-result-")
+        return {"status": summary.get("status", "failed"), "reason": summary.get("reason", ""),
+                **{o.name: nan for o in (*OBJECTIVES, COMBINED)},
+                "rsft_wall_seconds": rsft_wall, "params": params}, tempfile.mkdtemp(prefix="mm4ke-result-")
     delta, _ = load_delta(delta_dir)
     delta_ref = ray.put(delta)
     digest = rung_digest(ctx, delta)  # for the rung records: the delta itself is freed before evaluating
@@ -87,9 +82,9 @@ def _run_trial(params: dict, ctx: TrialContext, trial_id: str) -> tuple[dict, st
     eval_wall = time.perf_counter() - eval_start
     sampled = cands[0]["metrics"]
     extra_points = [
-        {"params": {**params, **{k: c[k] for k in MERGE_PARAMS}}, "values": [c["metrics"][o.name] for o in OBJECTIVES]}
-        for c in cands[1:]
-        if c["in_space"]
+        {"params": {**params, **{k: c[k] for k in MERGE_PARAMS}},
+         "values": [c["metrics"][o.name] for o in OBJECTIVES]}
+        for c in cands[1:] if c["in_space"]
     ]
     report = {
         "status": "ok",

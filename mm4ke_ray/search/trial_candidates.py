@@ -45,9 +45,8 @@ def _rung_plan(ctx: TrialContext) -> RungPlan:
 _PLANS: dict[str, RungPlan] = {}  # per process, by pool and settings
 
 
-def evaluate_merges(
-    ctx: TrialContext, params: dict, delta_ref, trial_id: str, digest: str | None
-) -> tuple[list[dict], list[dict], dict]:
+def evaluate_merges(ctx: TrialContext, params: dict, delta_ref, trial_id: str,
+                     digest: str | None) -> tuple[list[dict], list[dict], dict]:
     """The trial's merge candidates, chosen and evaluated: (full, pruned, compute), as
     `_evaluate_candidates` returns them, the sampled candidate first among the full ones.
 
@@ -72,9 +71,8 @@ def evaluate_merges(
         mark_in_space(ctx.search.space, group)
         n, offset = len(batches), sum(b["size"] for b in batches)
         key = trial_id if n == 0 else f"{trial_id}-b{n}"  # each batch its own rung record
-        full, pruned, compute = _evaluate_candidates(
-            ctx, group, delta_ref, key, _store(ctx, key, digest, group), keep_first=n == 0
-        )
+        full, pruned, compute = _evaluate_candidates(ctx, group, delta_ref, key, _store(ctx, key, digest, group),
+                                                     keep_first=n == 0)
         for c in group:
             c["index"] += offset  # unique across the trial's batches
         batches.append({"size": len(group), "compute": compute})
@@ -82,29 +80,16 @@ def evaluate_merges(
 
     if mode == "exhaustive":
         seen = {(c[ALPHA], c[SPARSITY]) for c in first}
-        full, pruned = evaluate(
-            [*first, *({"kind": EXTRA, ALPHA: a, SPARSITY: s} for a, s in pool if (a, s) not in seen)]
-        )
-        info = {
-            "surrogate.evaluations": len(full) + len(pruned),
-            "surrogate.batches": 1,
-            "surrogate.stopped": "exhaustive",
-            "surrogate.grid": len(pool),
-        }
+        full, pruned = evaluate([*first, *({"kind": EXTRA, ALPHA: a, SPARSITY: s} for a, s in pool if (a, s) not in seen)])
+        info = {"surrogate.evaluations": len(full) + len(pruned), "surrogate.batches": 1,
+                "surrogate.stopped": "exhaustive", "surrogate.grid": len(pool)}
     else:
-        full, pruned, info = surrogate_search(
-            first, pool, budget, evaluate, batch_size=len(ctx.actors), initial=SURROGATE_INITIAL, kind=EXTRA
-        )
+        full, pruned, info = surrogate_search(first, pool, budget, evaluate, batch_size=len(ctx.actors),
+                                              initial=SURROGATE_INITIAL, kind=EXTRA)
     compute = {k: sum(b["compute"][k] for b in batches) for k in batches[0]["compute"]}
-    log.info(
-        "trial %s: merge.candidates surrogate (%s) evaluated %d of %d grid merges in %d batch(es); %s",
-        trial_id,
-        mode,
-        info["surrogate.evaluations"],
-        len(pool),
-        info["surrogate.batches"],
-        info["surrogate.stopped"],
-    )
+    log.info("trial %s: merge.candidates surrogate (%s) evaluated %d of %d grid merges in %d batch(es); %s",
+             trial_id, mode, info["surrogate.evaluations"], len(pool), info["surrogate.batches"],
+             info["surrogate.stopped"])
     return full, pruned, {**compute, **{k: v for k, v in info.items() if isinstance(v, int | float)}}
 
 
@@ -125,25 +110,14 @@ def _store(ctx: TrialContext, trial_id: str, digest: str | None, cands: list[dic
     s = ctx.settings
     if digest is None:
         return None
-    key = {
-        "delta": digest,
-        "candidates": [[c["alpha"], c["sparsity"]] for c in cands],
-        "rungs": s.fidelity_rungs,
-        "reduction_factor": s.fidelity_reduction_factor,
-        "seed": s.fidelity_seed,
-        "plan": _rung_plan(ctx).summary(),
-    }
+    key = {"delta": digest, "candidates": [[c["alpha"], c["sparsity"]] for c in cands],
+           "rungs": s.fidelity_rungs, "reduction_factor": s.fidelity_reduction_factor, "seed": s.fidelity_seed,
+           "plan": _rung_plan(ctx).summary()}
     return RungStore(ctx.rungs_path, trial_id, key)
 
 
-def _evaluate_candidates(
-    ctx: TrialContext,
-    cands: list[dict],
-    delta_ref,
-    trial_id: str,
-    store: RungStore | None = None,
-    keep_first: bool = True,
-) -> tuple[list[dict], list[dict], dict]:
+def _evaluate_candidates(ctx: TrialContext, cands: list[dict], delta_ref, trial_id: str,
+                         store: RungStore | None = None, keep_first: bool = True) -> tuple[list[dict], list[dict], dict]:
     """Evaluate a trial's candidates on the actor pool: (full-fidelity candidates, pruned ones,
     the trial's evaluation compute). Each candidate gets `index` (its place among the trial's
     candidates, its stable id) and `metrics`.
@@ -174,16 +148,9 @@ def _evaluate_candidates(
 
     def fan_out(rung: int | None, indices: list[int], priors: dict[int, dict | None] | None = None) -> dict[int, dict]:
         nonlocal done  # round-robin over the pool across rungs, from the trial's own offset
-        futures = [
-            ctx.actors[(offset + done + j) % n].evaluate.remote(
-                delta_ref,
-                cands[i]["alpha"],
-                cands[i]["sparsity"],
-                ctx.search.seed,
-                *(() if rung is None else (rung, (priors or {}).get(i))),
-            )
-            for j, i in enumerate(indices)
-        ]
+        futures = [ctx.actors[(offset + done + j) % n].evaluate.remote(
+            delta_ref, cands[i]["alpha"], cands[i]["sparsity"], ctx.search.seed,
+            *(() if rung is None else (rung, (priors or {}).get(i)))) for j, i in enumerate(indices)]
         done += len(indices)
         return dict(zip(indices, ray.get(futures), strict=True))
 
@@ -215,42 +182,20 @@ def _evaluate_candidates(
         return {str(i): rung_result(str(i), m) for i, m in got.items()}
 
     front = read_front(ctx.front_key)
-    run_rungs(
-        [str(i) for i in range(len(cands))],
-        evaluate_at,
-        s.fidelity_rungs,
-        s.fidelity_reduction_factor,
-        ctx.fidelity_error_rate,
-        keep=["0"] if keep_first else [],
-        front=front,
-        skip=plan.skipped,
-    )
+    run_rungs([str(i) for i in range(len(cands))], evaluate_at, s.fidelity_rungs, s.fidelity_reduction_factor,
+              ctx.fidelity_error_rate, keep=["0"] if keep_first else [], front=front, skip=plan.skipped)
     full, pruned = [], []
     for i, c in enumerate(cands):
         runs = {r: by_rung[r][i] for r in sorted(by_rung) if i in by_rung[r]}
-        lower = {
-            f"rung{r}.{k}": v
-            for r, m in runs.items()
-            if r < last
-            for k, v in m.items()
-            if k in RUNG_METRICS and isinstance(v, int | float)
-        }
+        lower = {f"rung{r}.{k}": v for r, m in runs.items() if r < last for k, v in m.items()
+                 if k in RUNG_METRICS and isinstance(v, int | float)}
         reached = max(runs)
-        own = (
-            {k: v for k, v in runs[last].items() if k not in (REUSE, REUSED_RECORDS, REUSED_DOCS)}
-            if reached == last
-            else {}
-        )
-        c["metrics"] = {
-            **own,
-            **lower,
-            "fidelity.rung": reached,
-            "fidelity.reused_rungs": reused.get(i, 0),
-            "fidelity.front_points": len(front),
-            "fidelity.skipped_rungs": len(plan.skipped),
-            **{f"rung{r}.skipped": 1 for r in plan.skipped},
-            **_compute(list(runs.values()), prefix="compute."),
-        }
+        own = {k: v for k, v in runs[last].items() if k not in (REUSE, REUSED_RECORDS, REUSED_DOCS)} \
+            if reached == last else {}
+        c["metrics"] = {**own, **lower, "fidelity.rung": reached, "fidelity.reused_rungs": reused.get(i, 0),
+                        "fidelity.front_points": len(front), "fidelity.skipped_rungs": len(plan.skipped),
+                        **{f"rung{r}.skipped": 1 for r in plan.skipped},
+                        **_compute(list(runs.values()), prefix="compute.")}
         (full if reached == last else pruned).append(c)
     evaluations = [m for got in by_rung.values() for m in got.values()]
     return full, pruned, _compute(evaluations, prefix="eval_compute_")
@@ -258,26 +203,15 @@ def _evaluate_candidates(
 
 # What a lower rung logs of a candidate's evaluation (MLflow `rung{r}.<name>`): its objectives,
 # their standard errors and how many records and documents it scored.
-RUNG_METRICS = (
-    *(o.name for o in (*OBJECTIVES, COMBINED)),
-    EDIT_SE,
-    GENERAL_SE,
-    EVAL_RECORDS,
-    EVAL_DOCS,
-    REUSED_RECORDS,
-    REUSED_DOCS,
-    "eval_seconds",
-)
+RUNG_METRICS = (*(o.name for o in (*OBJECTIVES, COMBINED)), EDIT_SE, GENERAL_SE, EVAL_RECORDS, EVAL_DOCS,
+                REUSED_RECORDS, REUSED_DOCS, "eval_seconds")
 
 
 def _compute(evaluations: list[dict], prefix: str) -> dict:
     """Evaluation compute of some evaluations: records and documents scored (those a rung read
     back from the rung below apart: `reused_*`), seconds spent."""
     scored = [scored_items(m) for m in evaluations]
-    return {
-        f"{prefix}records": sum(r for r, _ in scored),
-        f"{prefix}docs": sum(d for _, d in scored),
-        f"{prefix}reused_records": sum(int(m.get(REUSED_RECORDS, 0)) for m in evaluations),
-        f"{prefix}reused_docs": sum(int(m.get(REUSED_DOCS, 0)) for m in evaluations),
-        f"{prefix}seconds": sum(float(m.get("eval_seconds", 0.0)) for m in evaluations),
-    }
+    return {f"{prefix}records": sum(r for r, _ in scored), f"{prefix}docs": sum(d for _, d in scored),
+            f"{prefix}reused_records": sum(int(m.get(REUSED_RECORDS, 0)) for m in evaluations),
+            f"{prefix}reused_docs": sum(int(m.get(REUSED_DOCS, 0)) for m in evaluations),
+            f"{prefix}seconds": sum(float(m.get("eval_seconds", 0.0)) for m in evaluations)}

@@ -19,10 +19,8 @@ CURVES = (
 )
 # The issue's three: edit success on all edits so far, locality, general score; generated where
 # measured (keyed by that), teacher-forced otherwise.
-KEY_CURVES = {
-    True: ("seen.gen.edit_succ", "gen.locality", "general_score"),
-    False: ("seen.edit_succ", "locality", "general_score"),
-}
+KEY_CURVES = {True: ("seen.gen.edit_succ", "gen.locality", "general_score"),
+              False: ("seen.edit_succ", "locality", "general_score")}
 PERCENT_FREE = {"general_score", "edit_score", "combined_score"}  # already 0..1
 
 
@@ -45,19 +43,13 @@ def curve_table(per_round: list[dict]) -> str:
     rows = []
     for t, row in enumerate(per_round):
         cells = [_unit(m, row.get(m)) for m, _ in curves]
-        rows.append(
-            f"| {t if t else '0 (base)'} | " + " | ".join("–" if v is None else f"{v:.3f}" for v in cells) + " |"
-        )
+        rows.append(f"| {t if t else '0 (base)'} | " + " | ".join("–" if v is None else f"{v:.3f}" for v in cells)
+                    + " |")
     return "\n".join([head, rule, *rows]) + "\n"
 
 
-def draw_retention(
-    per_round: list[dict],
-    path: str | Path,
-    title: str = "retention over rounds",
-    extra: dict[str, list[dict]] | None = None,
-    name: str = "this stream",
-) -> Path:
+def draw_retention(per_round: list[dict], path: str | Path, title: str = "retention over rounds",
+                   extra: dict[str, list[dict]] | None = None, name: str = "this stream") -> Path:
     """PNG of the curves over rounds 0..T: every measured one for a single stream; with `extra`
     (other streams' rows by name, e.g. the paper's defaults beside a tuned setting) the issue's
     three (`KEY_CURVES`) per stream, one colour per curve and one line style per stream."""
@@ -80,14 +72,11 @@ def draw_retention(
             points = [(t, _unit(metric, row.get(metric))) for t, row in enumerate(rows)]
             points = [(t, v) for t, v in points if v is not None]
             ax.plot([t for t, _ in points], [v for _, v in points], style, marker="o", markersize=3, color=f"C{i}")
-    handles = [
-        Line2D([], [], color=f"C{i}", marker="o", markersize=3, label=label) for i, (_, label) in enumerate(curves)
-    ]
+    handles = [Line2D([], [], color=f"C{i}", marker="o", markersize=3, label=label)
+               for i, (_, label) in enumerate(curves)]
     if extra:
-        handles += [
-            Line2D([], [], color="black", linestyle=style, label=stream)
-            for style, (stream, _) in zip(styles, streams, strict=False)
-        ]
+        handles += [Line2D([], [], color="black", linestyle=style, label=stream)
+                    for style, (stream, _) in zip(styles, streams, strict=False)]
     ax.legend(handles=handles, fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("round (0 = base)")
@@ -100,3 +89,4 @@ def draw_retention(
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)
     return path
+

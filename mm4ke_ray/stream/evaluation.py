@@ -50,9 +50,8 @@ def group_means(rows: list[dict], rounds: list[int], upto: int, prefix: str = ""
             if value is not None:
                 out[f"{name}.{prefix}{m}"] = value
     for s in range(1, upto + 1):
-        value = _mean(
-            [row["edit_succ"] for row, r in zip(rows, rounds, strict=True) if r == s and row["edit_succ"] is not None]
-        )
+        value = _mean([row["edit_succ"] for row, r in zip(rows, rounds, strict=True)
+                       if r == s and row["edit_succ"] is not None])
         if value is not None:
             out[f"round{s}.{prefix}edit_succ"] = value
     loc = _mean([row["locality"] for row in rows if row["locality"] is not None])
@@ -77,9 +76,8 @@ class StreamEvaluator:
     """
 
     def __init__(self, settings: EvalSettings, edits_file: str | Path, rounds: list[int]):
-        self.candidate = CandidateEvaluator(
-            replace(settings, edits=str(edits_file), limit=None, data_format=None, skip_invalid=False, fidelity_rungs=1)
-        )
+        self.candidate = CandidateEvaluator(replace(settings, edits=str(edits_file), limit=None, data_format=None,
+                                                    skip_invalid=False, fidelity_rungs=1))
         if len(self.candidate.records) != len(rounds):
             raise ValueError(f"{edits_file} holds {len(self.candidate.records)} records, the rounds {len(rounds)}")
         self.settings, self.rounds = settings, list(rounds)
@@ -105,12 +103,8 @@ class StreamEvaluator:
             general = general_score(result.scores, c.reference.general, better, result.chance)
             general = 0.0 if general != general else general  # NaN: no task had a base score to keep
             out.update(result.flat(GENERAL_PREFIX))
-            out.update(
-                {
-                    f"{RETENTION_PREFIX}{k}": v
-                    for k, v in retention(result.scores, c.reference.general, better, result.chance).items()
-                }
-            )
+            out.update({f"{RETENTION_PREFIX}{k}": v for k, v in retention(result.scores, c.reference.general,
+                                                                          better, result.chance).items()})
         p = _prefix(self.settings.edit_mode)
         seen = {f"{p}{m}": out[f"{SEEN}.{p}{m}"] for m in ACCURACY_METRICS if f"{SEEN}.{p}{m}" in out}
         if f"{p}locality" in out:
@@ -122,3 +116,4 @@ class StreamEvaluator:
 
 def _prefix(edit_mode: str) -> str:
     return "" if edit_mode == TEACHER_FORCED else GEN_PREFIX
+

@@ -30,9 +30,8 @@ def round_dir(root: str | Path, t: int) -> Path:
     return Path(root) / f"round{t:02d}"
 
 
-def merge_round_(
-    model: nn.Module, delta: Mapping[str, torch.Tensor], alpha: float, sparsity: float, method: str, seed: int
-) -> None:
+def merge_round_(model: nn.Module, delta: Mapping[str, torch.Tensor], alpha: float, sparsity: float,
+                 method: str, seed: int) -> None:
     """θ ← θ + (1 − α) · sparsify(Δ), in place and for good: the round's merged model is the
     next round's base."""
     device = next(model.parameters()).device
@@ -40,9 +39,8 @@ def merge_round_(
     add_update_(model, prepare_delta(delta, alpha, sparsity, method, seed))
 
 
-def save_round(
-    root: str | Path, t: int, delta: Mapping[str, torch.Tensor], settings: RoundSettings, rsft_log: dict
-) -> Path:
+def save_round(root: str | Path, t: int, delta: Mapping[str, torch.Tensor], settings: RoundSettings,
+               rsft_log: dict) -> Path:
     """Write round t's delta (merge settings and R-SFT config in its header) and R-SFT log."""
     folder = round_dir(root, t)
     meta = {"round": t, "merge": settings.merge_record(), "rsft": settings.rsft.model_dump()}
@@ -55,10 +53,8 @@ def load_round(root: str | Path, t: int) -> tuple[dict[str, torch.Tensor], dict]
     """Round t's delta and its merge record (alpha, sparsity, method, seed)."""
     delta, meta = load_delta(round_dir(root, t))
     if meta.get("round") != t or "merge" not in meta:
-        raise UserError(
-            f"{round_dir(root, t) / DELTA_FILE} is not round {t} of a stream (its header says "
-            f"round {meta.get('round')!r}); was the stream folder changed by hand?"
-        )
+        raise UserError(f"{round_dir(root, t) / DELTA_FILE} is not round {t} of a stream (its header says "
+                        f"round {meta.get('round')!r}); was the stream folder changed by hand?")
     return delta, meta["merge"]
 
 

@@ -48,17 +48,9 @@ class RoundResult:
     seconds: dict
 
     def as_json(self) -> dict:
-        return {
-            "round": self.round,
-            "n_edits": self.n_edits,
-            "source": self.source,
-            "merge": self.merge,
-            "rsft": self.rsft,
-            "weights_sha256": self.digest,
-            "metrics": self.metrics,
-            "seconds": self.seconds,
-            "delta": f"round{self.round:02d}/delta.safetensors",
-        }
+        return {"round": self.round, "n_edits": self.n_edits, "source": self.source, "merge": self.merge,
+                "rsft": self.rsft, "weights_sha256": self.digest, "metrics": self.metrics, "seconds": self.seconds,
+                "delta": f"round{self.round:02d}/delta.safetensors"}
 
 
 @dataclass
@@ -85,17 +77,9 @@ class StreamResult:
         return [self.base_metrics.get(metric)] + [r.metrics.get(metric) for r in self.rounds]
 
 
-def run_stream(
-    model: nn.Module,
-    tokenizer,
-    stream: Stream,
-    settings: list[RoundSettings],
-    out: str | Path,
-    *,
-    evaluator: StreamEvaluator | None = None,
-    info: dict | None = None,
-    on_round: Callable[[int, dict], None] | None = None,
-) -> StreamResult:
+def run_stream(model: nn.Module, tokenizer, stream: Stream, settings: list[RoundSettings], out: str | Path, *,
+               evaluator: StreamEvaluator | None = None, info: dict | None = None,
+               on_round: Callable[[int, dict], None] | None = None) -> StreamResult:
     """Run every round of `stream` on `model` (changed in place: it ends as round T's model),
     keeping each round's delta in `out/roundNN/` and the manifest in `out/stream.json`.
 
@@ -112,21 +96,14 @@ def run_stream(
         on_round(0, base)
     result = StreamResult(base)
     touched: set[str] = set()
-    manifest = {
-        **(info or {}),
-        "protocol": STREAM_PROTOCOL,
-        "n_rounds": len(stream.rounds),
-        "base_metrics": base,
-        "rounds": [],
-    }
+    manifest = {**(info or {}), "protocol": STREAM_PROTOCOL, "n_rounds": len(stream.rounds),
+                "base_metrics": base, "rounds": []}
     for t, (records, s) in enumerate(zip(stream.rounds, settings, strict=True), 1):
         start = time.perf_counter()
         try:
             trained = run_rsft(model, tokenizer, list(records), s.rsft)
         except DivergedError as exc:  # the rounds before stay kept and in the manifest
-            raise UserError(
-                f"stream round {t} of {len(stream.rounds)}: {exc}; rounds 1..{t - 1} are kept in {out}"
-            ) from exc
+            raise UserError(f"stream round {t} of {len(stream.rounds)}: {exc}; rounds 1..{t - 1} are kept in {out}") from exc
         rsft_s = time.perf_counter() - start
         save_round(out, t, trained.delta, s, trained.as_json())
         merge_round_(model, trained.delta, s.alpha, s.sparsity, s.method, s.seed)

@@ -43,6 +43,5 @@ def rebuild_round_(model: nn.Module, root: str | Path, t: int, verify: bool = Tr
             raise RebuildMismatchError(
                 f"round {t} rebuilt from the base and {t} kept delta(s) does not match the stream's model after "
                 f"round {t} (weights sha256 {digest[:12]} != recorded {entry['weights_sha256'][:12]}); rebuild on "
-                f"the device and dtype the stream ran on ({manifest.get('device')}, {manifest.get('dtype')})"
-            )
+                f"the device and dtype the stream ran on ({manifest.get('device')}, {manifest.get('dtype')})")
     return entry

@@ -33,10 +33,8 @@ def split_by_order(records: list[EditRecord], rounds: int) -> list[list[EditReco
     if rounds < 1:
         raise UserError(f"stream.rounds must be >= 1, got {rounds}")
     if rounds > len(records):
-        raise UserError(
-            f"stream.rounds is {rounds} but the edit set has only {len(records)} records: "
-            "lower stream.rounds or raise data.limit"
-        )
+        raise UserError(f"stream.rounds is {rounds} but the edit set has only {len(records)} records: "
+                        "lower stream.rounds or raise data.limit")
     size, extra = divmod(len(records), rounds)
     out, start = [], 0
     for t in range(rounds):
@@ -58,14 +56,8 @@ def split_by_field(records: list[EditRecord], field: str) -> tuple[list[list[Edi
     return list(groups.values()), [f"{field}={v}" for v in groups]
 
 
-def load_stream(
-    config: StreamConfig,
-    edits: str,
-    *,
-    data_format: str | None = None,
-    limit: int | None = None,
-    skip_invalid: bool = False,
-) -> Stream:
+def load_stream(config: StreamConfig, edits: str, *, data_format: str | None = None, limit: int | None = None,
+                skip_invalid: bool = False) -> Stream:
     """Read the edit set (or `config.files`) and split it as `config` says.
 
     `limit` keeps the first N records of the whole stream (for 'files': of the files in order).
@@ -77,14 +69,13 @@ def load_stream(
             sources.append(path)
         if limit is not None:
             rounds = _cut(rounds, limit)
-            sources = sources[: len(rounds)]
+            sources = sources[:len(rounds)]
     else:
         records = list(load_edit_records(edits, limit=limit, skip_invalid=skip_invalid, fmt=data_format).records)
         if config.split == "order":
             rounds = split_by_order(records, config.rounds)
-            sources = [
-                f"{edits}[{sum(map(len, rounds[:t]))}:{sum(map(len, rounds[: t + 1]))}]" for t in range(len(rounds))
-            ]
+            sources = [f"{edits}[{sum(map(len, rounds[:t]))}:{sum(map(len, rounds[:t + 1]))}]"
+                       for t in range(len(rounds))]
         else:
             rounds, sources = split_by_field(records, config.field)
     empty = [i + 1 for i, rnd in enumerate(rounds) if not rnd]
@@ -106,10 +97,8 @@ def _cut(rounds: list[list[EditRecord]], limit: int) -> list[list[EditRecord]]:
 
 def _check_counts(config: StreamConfig, n: int) -> None:
     if config.rounds is not None and config.rounds != n:
-        raise UserError(
-            f"stream.rounds is {config.rounds} but split {config.split!r} gives {n} rounds: "
-            f"set stream.rounds to {n} or leave it out"
-        )
+        raise UserError(f"stream.rounds is {config.rounds} but split {config.split!r} gives {n} rounds: "
+                        f"set stream.rounds to {n} or leave it out")
     for key, values in config.per_round.items():
         if len(values) != n:
             raise UserError(f"stream.per_round.{key} has {len(values)} values for {n} rounds: give one per round")

@@ -37,26 +37,15 @@ def _summary(metrics: dict) -> str:
     return ", ".join(f"{k} {metrics[k]:.3g}" for k in keys if k in metrics)
 
 
-def run_stream_config(
-    config: SweepConfig,
-    folder: str | Path,
-    *,
-    device: str = "cpu",
-    track: bool = True,
-    log: Callable[[str], None] = print,
-    watch: Callable[[int, nn.Module], None] | None = None,
-) -> StreamOutcome:
+def run_stream_config(config: SweepConfig, folder: str | Path, *, device: str = "cpu", track: bool = True,
+                      log: Callable[[str], None] = print,
+                      watch: Callable[[int, nn.Module], None] | None = None) -> StreamOutcome:
     """Run the stream `config.stream` describes into `folder` (deltas, manifest, curves).
     `watch(t, model)`, if given, sees the resident model after each round t (0: the base)."""
     if config.stream is None:
         raise UserError("the config has no `stream:` section: add one (e.g. stream: {rounds: 10}) to run a stream")
-    stream = load_stream(
-        config.stream,
-        config.data.edits,
-        data_format=config.data.format,
-        limit=config.data.limit,
-        skip_invalid=config.data.skip_invalid,
-    )
+    stream = load_stream(config.stream, config.data.edits, data_format=config.data.format, limit=config.data.limit,
+                         skip_invalid=config.data.skip_invalid)
     settings = round_settings(config, len(stream.rounds))
     sizes = [len(r) for r in stream.rounds]
     log(f"{len(stream.rounds)} rounds of {sizes} edits; base {config.model.name}")
@@ -80,29 +69,18 @@ def run_stream_config(
         if watch is not None:
             watch(t, model)
 
-    info = {
-        "base_model": config.model.name,
-        "dtype": config.model.dtype,
-        "device": device,
-        "trust_remote_code": config.model.trust_remote_code,
-        "prompt_format": config.data.prompt_format,
-        "edits": config.data.edits,
-        "split": config.stream.model_dump(mode="json"),
-        "sources": list(stream.sources),
-        "config": config.model_dump(mode="json"),
-    }  # what a rebuild re-reads and re-evaluates with
+    info = {"base_model": config.model.name, "dtype": config.model.dtype, "device": device,
+            "trust_remote_code": config.model.trust_remote_code, "prompt_format": config.data.prompt_format,
+            "edits": config.data.edits, "split": config.stream.model_dump(mode="json"), "sources": list(stream.sources),
+            "config": config.model_dump(mode="json")}  # what a rebuild re-reads and re-evaluates with
     try:
-        result = run_stream(
-            model, tokenizer, stream, settings, folder, evaluator=evaluator, info=info, on_round=on_round
-        )
+        result = run_stream(model, tokenizer, stream, settings, folder, evaluator=evaluator, info=info,
+                            on_round=on_round)
         rows = [result.base_metrics] + [r.metrics for r in result.rounds]
         table = curve_table(rows)
         (folder / TABLE).write_text(table)
-        picture = draw_retention(
-            rows,
-            folder / PICTURE,
-            title=f"{config.name}: {len(rows) - 1} rounds of {sizes[0]}{'+' if len(set(sizes)) > 1 else ''} edits",
-        )
+        picture = draw_retention(rows, folder / PICTURE, title=f"{config.name}: {len(rows) - 1} rounds of {sizes[0]}"
+                                 f"{'+' if len(set(sizes)) > 1 else ''} edits")
     except BaseException:
         if tracker is not None:
             tracker.finish("FAILED")

@@ -36,14 +36,9 @@ def check_stream_settings(config: SweepConfig) -> None:
     space = config.search.space
     unfixed = [k for k, p in space if not p.fixed and k not in per_round]
     if unfixed:
-        raise ConfigError(
-            "search.space",
-            [
-                f"search.space.{k} is searched ({getattr(space, k).text()}): a stream runs one setting; fix it to one "
-                f"value{' or give stream.per_round.' + k if k in PER_ROUND_KEYS else ''}"
-                for k in unfixed
-            ],
-        )
+        raise ConfigError("search.space", [
+            f"search.space.{k} is searched ({getattr(space, k).text()}): a stream runs one setting; fix it to one "
+            f"value{' or give stream.per_round.' + k if k in PER_ROUND_KEYS else ''}" for k in unfixed])
 
 
 def round_settings(config: SweepConfig, n_rounds: int) -> list[RoundSettings]:
@@ -57,14 +52,8 @@ def round_settings(config: SweepConfig, n_rounds: int) -> list[RoundSettings]:
     for t in range(n_rounds):
         merge = {k: float(per_round[k][t]) if k in per_round else float(fixed[k]) for k in ("alpha", "sparsity")}
         # A different R-SFT seed per round: the same seed would replay one sample order every round.
-        out.append(
-            RoundSettings(
-                rsft.model_copy(update={"seed": config.search.seed + t}),
-                method=config.merge.method,
-                seed=config.search.seed,
-                **merge,
-            )
-        )
+        out.append(RoundSettings(rsft.model_copy(update={"seed": config.search.seed + t}), method=config.merge.method,
+                                 seed=config.search.seed, **merge))
     return out
 
 

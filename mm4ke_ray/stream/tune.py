@@ -63,16 +63,8 @@ def warm_points(rows: list[dict], config: SweepConfig, most: int) -> list[dict]:
     return points[:most]
 
 
-def tune_stream(
-    config: SweepConfig,
-    folder: str | Path,
-    n_trials: int,
-    *,
-    device: str = "cpu",
-    track: bool = True,
-    warm: list[dict] = (),
-    log: Callable[[str], None] = print,
-) -> TuneOutcome:
+def tune_stream(config: SweepConfig, folder: str | Path, n_trials: int, *, device: str = "cpu", track: bool = True,
+                warm: list[dict] = (), log: Callable[[str], None] = print) -> TuneOutcome:
     """Run `n_trials` streams with settings Optuna draws; return the trials, front and choice."""
     if config.stream is None:
         raise UserError("tuning a stream needs a `stream:` section in the config")
@@ -85,9 +77,8 @@ def tune_stream(
     if not searched:
         raise UserError("search.space searches nothing: give a range or choices for the parameters to tune")
     folder = Path(folder)
-    sampler = optuna.samplers.TPESampler(
-        seed=config.search.seed, multivariate=True, n_startup_trials=min(config.search.startup_trials, n_trials)
-    )
+    sampler = optuna.samplers.TPESampler(seed=config.search.seed, multivariate=True,
+                                         n_startup_trials=min(config.search.startup_trials, n_trials))
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(directions=[EDIT.direction, GENERAL.direction], sampler=sampler)
     for point in warm:
@@ -100,46 +91,21 @@ def tune_stream(
         values = {**fixed, **trial.params}
         overrides = {f"search.space.{k}": v for k, v in values.items()}
         trial_config = config.with_overrides(name=f"{config.name}-t{i:02d}", **overrides)
-        shown = ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in trial.params.items())
-        log(f"trial {i}: {shown}")
-        outcome = run_stream_config(
-            trial_config,
-            folder / f"trial{i:02d}",
-            device=device,
-            track=track,
-            log=lambda m, i=i: log(f"  t{i:02d} {m}"),
-        )
+        log(f"trial {i}: {', '.join(f'{k}={v:g}' if isinstance(v, float) else f'{k}={v}' for k, v in trial.params.items())}")
+        outcome = run_stream_config(trial_config, folder / f"trial{i:02d}", device=device, track=track,
+                                    log=lambda m, i=i: log(f"  t{i:02d} {m}"))
         summary = outcome.result.summary()
         edit, general = summary[f"{objective}.{EDIT.name}"], summary[f"final.{GENERAL.name}"]
         study.tell(trial, [edit, general])
-        rows.append(
-            {
-                "candidate": f"t{i:02d}",
-                "trial": i,
-                "params": trial.params,
-                "folder": str(outcome.folder),
-                "mlflow_run": outcome.run_id,
-                "warm_start": i < len(warm),
-                EDIT.name: edit,
-                GENERAL.name: general,
-                COMBINED.name: w * edit + (1 - w) * general,
-                "summary": summary,
-            }
-        )
+        rows.append({"candidate": f"t{i:02d}", "trial": i, "params": trial.params, "folder": str(outcome.folder),
+                     "mlflow_run": outcome.run_id, "warm_start": i < len(warm), EDIT.name: edit, GENERAL.name: general,
+                     COMBINED.name: w * edit + (1 - w) * general, "summary": summary})
     marked, front = split_front(rows)
     choice = front[0]
-    doc = {
-        "objective": f"{objective}.{EDIT.name} (over rounds) and final.{GENERAL.name}",
-        "trials": marked,
-        "front": [r["candidate"] for r in front],
-        "choice": choice["candidate"],
-        "choice_params": choice["params"],
-    }
+    doc = {"objective": f"{objective}.{EDIT.name} (over rounds) and final.{GENERAL.name}", "trials": marked,
+           "front": [r["candidate"] for r in front], "choice": choice["candidate"], "choice_params": choice["params"]}
     folder.mkdir(parents=True, exist_ok=True)
     (folder / TUNE_FILE).write_text(json.dumps(doc, indent=2, default=str) + "\n")
-    log(
-        f"front: {doc['front']}; choice {choice['candidate']} ({choice['params']}): {EDIT.name} "
-        f"{choice[EDIT.name]:.3f}, "
-        f"{GENERAL.name} {choice[GENERAL.name]:.3f}"
-    )
+    log(f"front: {doc['front']}; choice {choice['candidate']} ({choice['params']}): {EDIT.name} {choice[EDIT.name]:.3f}, "
+        f"{GENERAL.name} {choice[GENERAL.name]:.3f}")
     return TuneOutcome(marked, [r for r in marked if r[ON_FRONT]], choice, folder)

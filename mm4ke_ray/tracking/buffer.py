@@ -58,13 +58,9 @@ def _tags(items: list) -> list[RunTag]:
 def find_trial_run(client, experiment_id: str, sweep_run_id: str, trial_id: str) -> str | None:
     """The run of R-SFT trial `trial_id` in sweep `sweep_run_id`, if one was made (by this driver,
     a driver before a resume, or a replayed spool); a run marked orphaned does not count."""
-    runs = client.search_runs(
-        [experiment_id],
-        f"tags.`{Tag.ROLE}` = '{ROLE_TRIAL}' AND "
-        f"tags.`{Tag.SWEEP_RUN_ID}` = '{sweep_run_id}' AND tags.`{Tag.TRIAL_ID}` = '{trial_id}'",
-        max_results=20,
-        order_by=["attributes.start_time ASC"],
-    )
+    runs = client.search_runs([experiment_id], f"tags.`{Tag.ROLE}` = '{ROLE_TRIAL}' AND "
+                              f"tags.`{Tag.SWEEP_RUN_ID}` = '{sweep_run_id}' AND tags.`{Tag.TRIAL_ID}` = '{trial_id}'",
+                              max_results=20, order_by=["attributes.start_time ASC"])
     return next((r.info.run_id for r in runs if r.data.tags.get(Tag.STATUS) != "orphaned"), None)
 
 
@@ -80,15 +76,10 @@ def _trial_run_id(client, record: dict) -> str:
     if not record.get("trial_run_id"):
         found = find_trial_run(client, record["experiment_id"], trial["sweep_run_id"], trial["trial_id"])
         if found is None:
-            tags = {
-                Tag.ROLE: ROLE_TRIAL,
-                Tag.SWEEP_RUN_ID: trial["sweep_run_id"],
-                Tag.TRIAL_ID: trial["trial_id"],
-                "mlflow.parentRunId": trial["sweep_run_id"],
-            }
-            found = client.create_run(
-                record["experiment_id"], run_name=trial["name"], tags=tags, start_time=trial.get(TRIAL_START_MS)
-            ).info.run_id
+            tags = {Tag.ROLE: ROLE_TRIAL, Tag.SWEEP_RUN_ID: trial["sweep_run_id"], Tag.TRIAL_ID: trial["trial_id"],
+                    "mlflow.parentRunId": trial["sweep_run_id"]}
+            found = client.create_run(record["experiment_id"], run_name=trial["name"], tags=tags,
+                                      start_time=trial.get(TRIAL_START_MS)).info.run_id
             trial["params_due"] = True  # kept in the record: a failure before they are sent retries them
         record["trial_run_id"] = found
     if trial.get("params_due"):
@@ -122,12 +113,8 @@ def send_record(client, record: dict) -> str | None:
         client.log_batch(record["run_id"], metrics=_metrics(record["metrics"]), params=_params(record["params"]))
         client.set_terminated(record["run_id"], status=record["status"])
     elif op == "batch":
-        client.log_batch(
-            record["run_id"],
-            metrics=_metrics(record.get("metrics", [])),
-            params=_params(record.get("params", [])),
-            tags=_tags(record.get("tags", [])),
-        )
+        client.log_batch(record["run_id"], metrics=_metrics(record.get("metrics", [])),
+                         params=_params(record.get("params", [])), tags=_tags(record.get("tags", [])))
     elif op == "artifacts":
         client.log_artifacts(record["run_id"], record["local"], artifact_path=record.get("artifact_path"))
     elif op == "artifact":
@@ -206,15 +193,9 @@ class Spool:
             out.write(json.dumps(record) + "\n")
 
     def _header(self) -> dict:
-        return {
-            "op": HEADER,
-            "format": SPOOL_FORMAT,
-            "version": SPOOL_VERSION,
-            "uri": self.uri,
-            "experiment_id": self.experiment_id,
-            "parent_run_id": self.parent_run_id,
-            "created": time.time(),
-        }
+        return {"op": HEADER, "format": SPOOL_FORMAT, "version": SPOOL_VERSION, "uri": self.uri,
+                "experiment_id": self.experiment_id,
+                "parent_run_id": self.parent_run_id, "created": time.time()}
 
     def _rewrite(self, records: list[dict]) -> None:
         if not records:
@@ -296,15 +277,11 @@ def replay_spool(path: str | Path, uri: str | None = None) -> ReplayReport:
     """
     path = Path(path)
     if not path.is_file():
-        raise UserError(
-            f"--replay-spool {path}: no such spool file; a sweep prints its spool path when it ends "
-            f"with unsent MLflow records ({SPOOL_FILE} in the sweep's storage folder)"
-        )
+        raise UserError(f"--replay-spool {path}: no such spool file; a sweep prints its spool path when it ends "
+                        f"with unsent MLflow records ({SPOOL_FILE} in the sweep's storage folder)")
     if problem := spool_problem(path):
-        raise UserError(
-            f"--replay-spool {path}: not an MLflow spool of mm4ke-ray: {problem}; nothing was read, "
-            f"sent or changed. Give the {SPOOL_FILE} a sweep printed"
-        )
+        raise UserError(f"--replay-spool {path}: not an MLflow spool of mm4ke-ray: {problem}; nothing was read, "
+                        f"sent or changed. Give the {SPOOL_FILE} a sweep printed")
     header = spool_header(path)
     uri = uri or header.get("uri")
     if not uri:
@@ -316,14 +293,8 @@ def replay_spool(path: str | Path, uri: str | None = None) -> ReplayReport:
     spool.flush(MlflowClient(tracking_uri=uri))
     left = len(spool.records())
     rejected = _count_lines(spool.rejected_path) - rejected_before
-    return ReplayReport(
-        sent=total - left - rejected,
-        left=left,
-        rejected=rejected,
-        path=str(path),
-        uri=uri,
-        parent_run_id=header.get("parent_run_id"),
-    )
+    return ReplayReport(sent=total - left - rejected, left=left, rejected=rejected, path=str(path), uri=uri,
+                        parent_run_id=header.get("parent_run_id"))
 
 
 def _remove_if_empty(folder: Path) -> None:
@@ -347,7 +318,7 @@ def spool_problem(path: str | Path) -> str | None:
     except ValueError:
         header = None
     if not isinstance(header, dict) or header.get("op") != HEADER or not isinstance(header.get("uri"), str):
-        return 'its first line is not a spool header ({"op": "header", "uri": ...})'
+        return "its first line is not a spool header ({\"op\": \"header\", \"uri\": ...})"
     if header.get("format", SPOOL_FORMAT) != SPOOL_FORMAT:
         return f"its header names the format {header.get('format')!r}, not {SPOOL_FORMAT!r}"
     version = header.get("version", 1)

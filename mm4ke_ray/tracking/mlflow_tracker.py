@@ -111,9 +111,8 @@ class SweepTracker:
     without it, they raise as MlflowClient does.
     """
 
-    def __init__(
-        self, uri: str, experiment: str, artifact_location: str | None = None, spool_path: str | Path | None = None
-    ):
+    def __init__(self, uri: str, experiment: str, artifact_location: str | None = None,
+                 spool_path: str | Path | None = None):
         self.uri = resolve_local_uri(uri)
         self.client = MlflowClient(tracking_uri=self.uri)
         exp = self.client.get_experiment_by_name(experiment)
@@ -133,9 +132,8 @@ class SweepTracker:
     def _create_experiment(self, name: str, location: str | None) -> str:
         """Create experiment `name`; if another sweep created it since we looked, use that one."""
         try:
-            return self.client.create_experiment(
-                name, artifact_location=location, tags={EXPERIMENT_KIND_TAG: MODEL_TRAINING_KIND}
-            )
+            return self.client.create_experiment(name, artifact_location=location,
+                                                 tags={EXPERIMENT_KIND_TAG: MODEL_TRAINING_KIND})
         except MlflowException as exc:
             if exc.error_code != "RESOURCE_ALREADY_EXISTS":
                 raise
@@ -214,11 +212,8 @@ class SweepTracker:
             except Exception as exc:  # noqa: BLE001 - the sweep must go on; the record is kept
                 self.offline_since = time.time()
                 self._last_probe = time.monotonic()
-                warnings.warn(
-                    f"MLflow write failed ({type(exc).__name__}: {str(exc)[:200]}); keeping records in "
-                    f"{self.spool.path} until {self.uri} answers again",
-                    stacklevel=3,
-                )
+                warnings.warn(f"MLflow write failed ({type(exc).__name__}: {str(exc)[:200]}); keeping records in "
+                              f"{self.spool.path} until {self.uri} answers again", stacklevel=3)
         self.spool.append(record)
         self.spooled += 1
         return None
@@ -230,9 +225,8 @@ class SweepTracker:
         if parent_run_id:
             self.client.update_run(parent_run_id, status="RUNNING")
         else:
-            run = self.client.create_run(
-                self.experiment_id, run_name=name, tags=dict(_tag_items({Tag.ROLE: ROLE_SWEEP, **tags}))
-            )
+            run = self.client.create_run(self.experiment_id, run_name=name,
+                                         tags=dict(_tag_items({Tag.ROLE: ROLE_SWEEP, **tags})))
             parent_run_id = run.info.run_id
         self.parent_run_id = parent_run_id
         if self.spool:
@@ -242,15 +236,8 @@ class SweepTracker:
         self.client.log_batch(self.parent_run_id, params=[Param(k, v) for k, v in _param_items(params)])
         return self.parent_run_id
 
-    def log_candidate(
-        self,
-        candidate: str,
-        params: dict,
-        metrics: dict,
-        tags: dict,
-        run_name: str | None = None,
-        trial: dict | None = None,
-    ) -> str | None:
+    def log_candidate(self, candidate: str, params: dict, metrics: dict, tags: dict,
+                      run_name: str | None = None, trial: dict | None = None) -> str | None:
         """A nested run for one evaluated candidate (or failed attempt); its run id (None while spooled).
 
         `candidate` is the stable id, kept in the `mm4ke.candidate` tag (what pareto, export
@@ -259,25 +246,13 @@ class SweepTracker:
         system metrics, if known) the run nests under that trial's run, made when the trial's
         first run is sent; without, under the parent.
         """
-        all_tags = {
-            "mlflow.parentRunId": self.parent_run_id,
-            Tag.ROLE: ROLE_CANDIDATE,
-            Tag.SWEEP_RUN_ID: self.parent_run_id,
-            Tag.CANDIDATE: candidate,
-            **tags,
-        }
+        all_tags = {"mlflow.parentRunId": self.parent_run_id, Tag.ROLE: ROLE_CANDIDATE,
+                    Tag.SWEEP_RUN_ID: self.parent_run_id, Tag.CANDIDATE: candidate, **tags}
         # A pruned candidate (successive halving) finished as intended: its run is not a failure.
         status = "FINISHED" if str(tags.get(Tag.STATUS, "ok")) in ("ok", PRUNED) else "FAILED"
-        record = {
-            "op": "candidate",
-            "experiment_id": self.experiment_id,
-            "candidate": candidate,
-            "name": run_name or candidate,
-            "tags": _tag_items(all_tags),
-            "params": _param_items(params),
-            "metrics": _metric_items(metrics),
-            "status": status,
-        }
+        record = {"op": "candidate", "experiment_id": self.experiment_id, "candidate": candidate,
+                  "name": run_name or candidate, "tags": _tag_items(all_tags), "params": _param_items(params),
+                  "metrics": _metric_items(metrics), "status": status}
         if trial is not None:
             record.update(self._trial_part(trial, status))
         return self._emit(record)
@@ -289,17 +264,10 @@ class SweepTracker:
         known = self._trial_status.get(trial_id)
         wanted = "FINISHED" if "FINISHED" in (status, known) else "FAILED"
         self._trial_status[trial_id] = wanted
-        part = {
-            "trial": {
-                "trial_id": trial_id,
-                "name": trial["name"],
-                "params": _param_items(trial["params"]),
-                "sweep_run_id": self.parent_run_id,
-                "status": wanted if wanted != known else None,
-                # when it ran and its system metrics (`records.trial_run`), if the trial said
-                **{k: trial[k] for k in (TRIAL_START_MS, TRIAL_END_MS, SYSTEM_METRICS) if k in trial},
-            }
-        }
+        part = {"trial": {"trial_id": trial_id, "name": trial["name"], "params": _param_items(trial["params"]),
+                          "sweep_run_id": self.parent_run_id, "status": wanted if wanted != known else None,
+                          # when it ran and its system metrics (`records.trial_run`), if the trial said
+                          **{k: trial[k] for k in (TRIAL_START_MS, TRIAL_END_MS, SYSTEM_METRICS) if k in trial}}}
         if trial_id in self.trial_runs:
             part["trial_run_id"] = self.trial_runs[trial_id]
         return part
@@ -308,16 +276,8 @@ class SweepTracker:
         """Tag a trial's run and set its status (e.g. KILLED for an orphaned trial), if it has one."""
         self.trial_runs.pop(trial_id, None)
         self._trial_status.pop(trial_id, None)
-        self._emit(
-            {
-                "op": "trial_mark",
-                "experiment_id": self.experiment_id,
-                "sweep_run_id": self.parent_run_id,
-                "trial_id": trial_id,
-                "tags": _tag_items(tags),
-                "status": status,
-            }
-        )
+        self._emit({"op": "trial_mark", "experiment_id": self.experiment_id, "sweep_run_id": self.parent_run_id,
+                    "trial_id": trial_id, "tags": _tag_items(tags), "status": status})
 
     def log_sweep_metrics(self, metrics: dict, step: int) -> None:
         # Summaries are read by people in the UI: 0.9925, not float32's 0.99249999...
@@ -339,18 +299,16 @@ class SweepTracker:
         self._emit({"op": "artifact", "run_id": self.parent_run_id, "local": str(path), "artifact_path": artifact_path})
 
     def log_artifacts(self, folder: str | Path, artifact_path: str | None = None) -> None:
-        self._emit(
-            {"op": "artifacts", "run_id": self.parent_run_id, "local": str(folder), "artifact_path": artifact_path}
-        )
+        self._emit({"op": "artifacts", "run_id": self.parent_run_id, "local": str(folder),
+                    "artifact_path": artifact_path})
 
     def monitor_system(self, interval_s: float, resumed: bool = False) -> None:
         """MLflow's system metrics (`system/cpu_utilization_percentage`, memory, disk, network, GPU
         when present) of this machine on the parent run, every `interval_s`, until `finish`."""
         from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 
-        self._system = SystemMetricsMonitor(
-            self.parent_run_id, sampling_interval=interval_s, resume_logging=resumed, tracking_uri=self.uri
-        )
+        self._system = SystemMetricsMonitor(self.parent_run_id, sampling_interval=interval_s,
+                                            resume_logging=resumed, tracking_uri=self.uri)
         self._system.start()
 
     def finish(self, status: str = "FINISHED") -> None:

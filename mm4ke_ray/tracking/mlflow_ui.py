@@ -55,7 +55,8 @@ WORKFLOW_KEY = "mlflow.workflowType_v1"  # useLocalStorage({key: "mlflow.workflo
 MACHINE_LEARNING = "machine_learning"
 _KEY, _VALUE = json.dumps(WORKFLOW_KEY), json.dumps(json.dumps(MACHINE_LEARNING))  # stored as JSON
 DEFAULT_WORKFLOW_SCRIPT = (
-    f"<script>try{{if(localStorage.getItem({_KEY})===null)localStorage.setItem({_KEY},{_VALUE})}}catch(e){{}}</script>"
+    f"<script>try{{if(localStorage.getItem({_KEY})===null)localStorage.setItem({_KEY},{_VALUE})}}"
+    "catch(e){}</script>"
 )
 
 
@@ -100,12 +101,8 @@ def sweep_view(client: MlflowClient) -> dict[str, dict]:
         newest.setdefault(run.info.experiment_id, run.info.run_id)
     views = {}
     for experiment_id, sweep in newest.items():
-        trials = _runs(
-            client,
-            [experiment_id],
-            f"tags.`{Tag.ROLE}` = '{ROLE_TRIAL}' AND tags.`{Tag.SWEEP_RUN_ID}` = '{sweep}'",
-            _MAX_OPEN_TRIALS + 1,
-        )
+        trials = _runs(client, [experiment_id], f"tags.`{Tag.ROLE}` = '{ROLE_TRIAL}' AND "
+                       f"tags.`{Tag.SWEEP_RUN_ID}` = '{sweep}'", _MAX_OPEN_TRIALS + 1)
         opened = [sweep, *(r.info.run_id for r in trials if len(trials) <= _MAX_OPEN_TRIALS)]
         views[experiment_id] = {"selectedColumns": list(SWEEP_COLUMNS), "runsExpanded": dict.fromkeys(opened, True)}
     return views
@@ -116,11 +113,8 @@ def defaults_script(views: dict[str, dict]) -> str:
     only where the browser has no value under its key."""
     states = {view_state_key(k): json.dumps(v, separators=(",", ":")) for k, v in views.items()}
     data = json.dumps(states, separators=(",", ":")).replace("<", "\\u003c")  # stays inside <script>
-    views_part = (
-        f"try{{var v={data};for(var k in v)if(localStorage.getItem(k)===null)localStorage.setItem(k,v[k])}}catch(e){{}}"
-        if views
-        else ""
-    )
+    views_part = (f"try{{var v={data};for(var k in v)if(localStorage.getItem(k)===null)localStorage.setItem(k,v[k])}}"
+                  "catch(e){}" if views else "")
     return DEFAULT_WORKFLOW_SCRIPT.replace("</script>", views_part + "</script>")
 
 

@@ -143,7 +143,9 @@ def publish_pareto(tracker, rows: list[dict], base: dict, mins: dict[str, float]
             )
         )
     tracker.set_sweep_tags(tags)
-    tracker.log_sweep_metrics({"pareto_size": len(front), "pareto_hypervolume": hypervolume(front)}, step=len(rows))
+    tracker.log_sweep_metrics(
+        {"pareto_size": len(front), "pareto_hypervolume": hypervolume(front)}, step=len(rows)
+    )
     _tag_candidates(tracker, marked)
 
 
@@ -169,7 +171,9 @@ class ParetoPublisher:
         try:
             publish_pareto(self.tracker, [*self.warm, *rows], self.base)
         except Exception as exc:  # noqa: BLE001 - a refresh must not end a long sweep
-            warnings.warn(f"could not refresh the Pareto artifacts ({exc}); will retry", stacklevel=2)
+            warnings.warn(
+                f"could not refresh the Pareto artifacts ({exc}); will retry", stacklevel=2
+            )
 
     def final(self, rows: list[dict]) -> None:
         publish_pareto(self.tracker, [*self.warm, *rows], self.base)

@@ -137,36 +137,20 @@ def write_front_png(rows: list[dict], path: str | Path, title: str, edit_mode: s
     bars = [(*_xy(r), *_errors(r)) for r in rows if _xy(r) is not None and any(_errors(r))]
     if bars:  # each point's SE on both axes: general ability (x) and edit score (y)
         x, y, ex, ey = zip(*bars, strict=True)
-        ax.errorbar(
-            x,
-            y,
-            xerr=ex,
-            yerr=ey,
-            fmt="none",
-            ecolor="#969696",
-            elinewidth=0.8,
-            capsize=2,
-            zorder=2.2,
-            label="±1 SE (edit score, general score)",
-        )
+        ax.errorbar(x, y, xerr=ex, yerr=ey, fmt="none", ecolor="#969696", elinewidth=0.8, capsize=2, zorder=2.2,
+                    label="±1 SE (edit score, general score)")
     greyed = [r for r in rows if _infeasible(r) and _xy(r) is not None]
     for kind in dict.fromkeys(r.get("kind") for r in greyed):  # each kind keeps its marker, greyed
         _, marker, _, size = _STYLES.get(kind, (str(kind), "s", "", 36))
         pts = [_xy(r) for r in greyed if r.get("kind") == kind]
-        ax.scatter(*zip(*pts, strict=True), marker=marker, c=INFEASIBLE_COLOUR, s=size, zorder=2.5, edgecolors="none")
+        ax.scatter(*zip(*pts, strict=True), marker=marker, c=INFEASIBLE_COLOUR, s=size, zorder=2.5,
+                   edgecolors="none")
     if greyed:  # one legend entry for them all
         ax.scatter([], [], marker="o", c=INFEASIBLE_COLOUR, s=36, label=f"{INFEASIBLE_LABEL} ({len(greyed)})")
     warm = [p for p in (_xy(r) for r in rows if r.get(WARM_START)) if p is not None]
     if warm:  # over whatever marker its kind has: an earlier sweep's point keeps its kind
-        ax.scatter(
-            *zip(*warm, strict=True),
-            marker="x",
-            c=WARM_COLOUR,
-            s=30,
-            linewidths=1.4,
-            zorder=3.5,
-            label=f"{WARM_LABEL} ({len(warm)})",
-        )
+        ax.scatter(*zip(*warm, strict=True), marker="x", c=WARM_COLOUR, s=30, linewidths=1.4, zorder=3.5,
+                   label=f"{WARM_LABEL} ({len(warm)})")
     front = [r for r in rows if r.get(ON_FRONT)]
     if front:
         ax.plot(*_front_steps(front), color="#d62728", lw=1.2, ls="--", zorder=2)
@@ -226,12 +210,10 @@ def _hover(row: dict) -> str:
     params = [f"{k}={row[k]:g}" for k in PARAM_COLUMNS if isinstance(row.get(k), int | float)]
     if params:
         lines.append(", ".join(params))
+    lines += [f"{k}: {row[k]:.4g}" for k in (*_HOVER_METRICS, EDIT_STDERR, GENERAL_STDERR)
+              if isinstance(row.get(k), float)]
     lines += [
-        f"{k}: {row[k]:.4g}" for k in (*_HOVER_METRICS, EDIT_STDERR, GENERAL_STDERR) if isinstance(row.get(k), float)
-    ]
-    lines += [
-        f"{k}: {v:.4g}"
-        for k, v in sorted(row.items())
+        f"{k}: {v:.4g}" for k, v in sorted(row.items())
         if k.startswith(("general.", "retention.", GEN_PREFIX)) and isinstance(v, int | float)
     ]
     if row.get("run_id"):
@@ -249,19 +231,12 @@ def _ticks(lo: float, hi: float, n: int = 5) -> list[float]:
 def _marker(kind: str, x: float, y: float, size: float, colour: str) -> str:
     r = max(3.5, size**0.5 / 1.6)
     if kind == BASE:  # a five-pointed star
-        pts = [
-            (
-                x + (r * 1.6 if i % 2 == 0 else r * 0.7) * math.sin(i * math.pi / 5),
-                y - (r * 1.6 if i % 2 == 0 else r * 0.7) * math.cos(i * math.pi / 5),
-            )
-            for i in range(10)
-        ]
+        pts = [(x + (r * 1.6 if i % 2 == 0 else r * 0.7) * math.sin(i * math.pi / 5),
+                y - (r * 1.6 if i % 2 == 0 else r * 0.7) * math.cos(i * math.pi / 5)) for i in range(10)]
         return f'<polygon points="{" ".join(f"{a:.1f},{b:.1f}" for a, b in pts)}" fill="{colour}"'
     if kind == PURE_RSFT:
-        return (
-            f'<polygon points="{x:.1f},{y - r * 1.2:.1f} {x - r:.1f},{y + r * 0.8:.1f} '
-            f'{x + r:.1f},{y + r * 0.8:.1f}" fill="{colour}"'
-        )
+        return (f'<polygon points="{x:.1f},{y - r * 1.2:.1f} {x - r:.1f},{y + r * 0.8:.1f} '
+                f'{x + r:.1f},{y + r * 0.8:.1f}" fill="{colour}"')
     return f'<circle cx="{x:.1f}" cy="{y:.1f}" r="{r:.1f}" fill="{colour}"'
 
 
@@ -304,31 +279,22 @@ def write_front_html(rows: list[dict], path: str | Path, title: str, edit_mode: 
     def sy(v: float) -> float:
         return h - bottom - (v - y0) / (y1 - y0) * (h - top - bottom)
 
-    out = [
-        f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {w} {h}" width="100%" '
-        f'style="max-width:{w}px;height:auto" font-family="sans-serif" font-size="12">',
-        f'<text x="{w / 2}" y="24" text-anchor="middle" font-size="15">{escape(title)}</text>',
-    ]
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {w} {h}" width="100%" '
+           f'style="max-width:{w}px;height:auto" font-family="sans-serif" font-size="12">',
+           f'<text x="{w / 2}" y="24" text-anchor="middle" font-size="15">{escape(title)}</text>']
     for t in _ticks(x0, x1):
-        out.append(
-            f'<line x1="{sx(t):.1f}" x2="{sx(t):.1f}" y1="{top}" y2="{h - bottom}" stroke="#eee"/>'
-            f'<text x="{sx(t):.1f}" y="{h - bottom + 16}" text-anchor="middle">{t:g}</text>'
-        )
+        out.append(f'<line x1="{sx(t):.1f}" x2="{sx(t):.1f}" y1="{top}" y2="{h - bottom}" stroke="#eee"/>'
+                   f'<text x="{sx(t):.1f}" y="{h - bottom + 16}" text-anchor="middle">{t:g}</text>')
     for t in _ticks(y0, y1):
-        out.append(
-            f'<line x1="{left}" x2="{w - right}" y1="{sy(t):.1f}" y2="{sy(t):.1f}" stroke="#eee"/>'
-            f'<text x="{left - 6}" y="{sy(t) + 4:.1f}" text-anchor="end">{t:g}</text>'
-        )
-    out.append(
-        f'<rect x="{left}" y="{top}" width="{w - left - right}" height="{h - top - bottom}" fill="none" stroke="#999"/>'
-    )
+        out.append(f'<line x1="{left}" x2="{w - right}" y1="{sy(t):.1f}" y2="{sy(t):.1f}" stroke="#eee"/>'
+                   f'<text x="{left - 6}" y="{sy(t) + 4:.1f}" text-anchor="end">{t:g}</text>')
+    out.append(f'<rect x="{left}" y="{top}" width="{w - left - right}" height="{h - top - bottom}" '
+               'fill="none" stroke="#999"/>')
     xlabel, ylabel = axis_labels(rows, edit_mode)
     out.append(f'<text x="{(left + w - right) / 2}" y="{h - bottom + 40}" text-anchor="middle">{escape(xlabel)}</text>')
     lines = "".join(f'<tspan x="0" dy="{13 * (i > 0)}">{escape(t)}</tspan>' for i, t in enumerate(ylabel.split("\n")))
-    out.append(
-        f'<text transform="translate(18 {(top + h - bottom) / 2}) rotate(-90)" text-anchor="middle" '
-        f'font-size="11">{lines}</text>'
-    )
+    out.append(f'<text transform="translate(18 {(top + h - bottom) / 2}) rotate(-90)" text-anchor="middle" '
+               f'font-size="11">{lines}</text>')
     front = [(r, p) for r, p in pts if r.get(ON_FRONT)]
     if front:
         fx, fy = _front_steps([r for r, _ in front])
@@ -340,30 +306,20 @@ def write_front_html(rows: list[dict], path: str | Path, title: str, edit_mode: 
         for r, (a, b) in ((r, p) for r, p in pts if r.get("kind") == kind):
             ex, ey = _errors(r)
             if ex or ey:  # ±1 SE on both axes, under the marker
-                out.append(
-                    f'<path class="se" d="M{sx(a - ex):.1f},{sy(b):.1f}H{sx(a + ex):.1f}'
-                    f'M{sx(a):.1f},{sy(b - ey):.1f}V{sy(b + ey):.1f}" stroke="#969696"/>'
-                )
-            ring = (
-                f'<circle cx="{sx(a):.1f}" cy="{sy(b):.1f}" r="9" fill="none" stroke="#d62728" stroke-width="1.6"/>'
-                if r.get(ON_FRONT)
-                else ""
-            )
+                out.append(f'<path class="se" d="M{sx(a - ex):.1f},{sy(b):.1f}H{sx(a + ex):.1f}'
+                           f'M{sx(a):.1f},{sy(b - ey):.1f}V{sy(b + ey):.1f}" stroke="#969696"/>')
+            ring = (f'<circle cx="{sx(a):.1f}" cy="{sy(b):.1f}" r="9" fill="none" stroke="#d62728" '
+                    'stroke-width="1.6"/>' if r.get(ON_FRONT) else "")
             greyed = _infeasible(r)
             mark = _marker(kind, sx(a), sy(b), size, INFEASIBLE_COLOUR if greyed else colour)
             flag = ' data-feasible="false"' if greyed else ""
-            out.append(
-                f'<g class="point" data-candidate="{escape(str(r.get("candidate")))}"{flag}>{ring}'
-                f"{mark}><title>{escape(_hover(r))}</title>"
-                f"</{'polygon' if kind in (BASE, PURE_RSFT) else 'circle'}></g>"
-            )
+            out.append(f'<g class="point" data-candidate="{escape(str(r.get("candidate")))}"{flag}>{ring}'
+                       f'{mark}><title>{escape(_hover(r))}</title>'
+                       f'</{"polygon" if kind in (BASE, PURE_RSFT) else "circle"}></g>')
     for i, (kind, text, colour, size) in enumerate(legend):
         x, y = left + 10 + (w - left - right) / 2 * (i % 2), h - legend_h + 6 + 22 * (i // 2)
-        mark = (
-            f'<circle cx="{x:.1f}" cy="{y}" r="8" fill="none" stroke="{colour}" stroke-width="1.6"/>'
-            if kind == "front"
-            else f"{_marker(kind, x, y, size, colour)}/>"
-        )
+        mark = (f'<circle cx="{x:.1f}" cy="{y}" r="8" fill="none" stroke="{colour}" stroke-width="1.6"/>'
+                if kind == "front" else f'{_marker(kind, x, y, size, colour)}/>')
         out.append(f'{mark}<text class="legend" x="{x + 14:.1f}" y="{y + 4}" font-size="11">{escape(text)}</text>')
     best = best_candidate(rows)
     if best is not None and _xy(best) is not None:
@@ -372,19 +328,14 @@ def write_front_html(rows: list[dict], path: str | Path, title: str, edit_mode: 
         east = sx(a) < (left + w - right) / 2
         lx, anchor = (sx(a) + 10, "start") if east else (sx(a) - 10, "end")
         ly = sy(b) + 22 if sy(b) < (top + h - bottom) / 2 else sy(b) - 14
-        out.append(
-            f'<text class="best-label" x="{lx:.1f}" y="{ly:.1f}" text-anchor="{anchor}" font-size="11" '
-            f'fill="#333">best combined: {escape(str(best["candidate"]))} ({best[COMBINED.name]:.3f})</text>'
-        )
+        out.append(f'<text class="best-label" x="{lx:.1f}" y="{ly:.1f}" text-anchor="{anchor}" font-size="11" '
+                   f'fill="#333">best combined: {escape(str(best["candidate"]))} ({best[COMBINED.name]:.3f})</text>')
     out.append(f'<text x="{w - right}" y="{top - 8}" text-anchor="end" fill="#555">better ↗</text>')
     out.append("</svg>")
-    page = (
-        '<!DOCTYPE html>\n<html><head><meta charset="utf-8"><title>' + escape(title) + "</title>"
-        "<style>body{margin:8px;font-family:sans-serif}.point:hover>*{stroke:#000;stroke-width:2}"
-        "</style></head><body>\n"
-        + "\n".join(out)
-        + '\n<p style="font-size:12px;color:#555">Hover a point for its parameters and metrics.</p>'
-        "</body></html>\n"
-    )
+    page = ("<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>" + escape(title) + "</title>"
+            "<style>body{margin:8px;font-family:sans-serif}.point:hover>*{stroke:#000;stroke-width:2}"
+            "</style></head><body>\n" + "\n".join(out)
+            + "\n<p style=\"font-size:12px;color:#555\">Hover a point for its parameters and metrics.</p>"
+            "</body></html>\n")
     Path(path).write_text(page, encoding="utf-8")
     return Path(path)

@@ -64,7 +64,11 @@ def normalize_row(row: dict) -> dict:
     for key, value in row.items():
         if key in ID_COLUMNS or key in PARAM_COLUMNS or key == WARM_START:
             continue
-        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int | float)
+            or not math.isfinite(value)
+        ):
             continue
         out[key.replace("/", ".")] = float(value)
     return out
@@ -103,11 +107,9 @@ class Sweep:
             if pick in (row["run_id"], row["candidate"]):
                 return row
         if pick in self.pruned:
-            raise UserError(
-                f"candidate {pick!r} of sweep {self.name!r} was pruned: successive halving stopped it "
-                "on a subset of the evaluation, so it has no full result to export; pick one of "
-                "`mm4ke-ray pareto`'s candidates"
-            )
+            raise UserError(f"candidate {pick!r} of sweep {self.name!r} was pruned: successive halving stopped it "
+                            "on a subset of the evaluation, so it has no full result to export; pick one of "
+                            "`mm4ke-ray pareto`'s candidates")
         failed = next((r for r in self.failed if pick in (r["run_id"], r["candidate"])), None)
         if failed is not None:
             raise UserError(
@@ -129,10 +131,14 @@ def open_client(uri: str):
     return MlflowClient(tracking_uri=uri)
 
 
-def _all_runs(client, experiment_ids: list[str], filter_string: str, order_by: list[str] | None = None) -> list:
+def _all_runs(
+    client, experiment_ids: list[str], filter_string: str, order_by: list[str] | None = None
+) -> list:
     runs, token = [], None
     while True:
-        page = client.search_runs(experiment_ids, filter_string, max_results=_PAGE, order_by=order_by, page_token=token)
+        page = client.search_runs(
+            experiment_ids, filter_string, max_results=_PAGE, order_by=order_by, page_token=token
+        )
         runs.extend(page)
         token = page.token
         if not token:
@@ -145,8 +151,7 @@ def _experiment_ids(client, experiment: str | None) -> list[str]:
         if exp is None:
             names = [e.name for e in client.search_experiments()]
             raise UserError(
-                f"--experiment {experiment!r} does not exist in this tracking store (it has: "
-                f"{', '.join(names) or 'none'})"
+                f"--experiment {experiment!r} does not exist in this tracking store (it has: {', '.join(names) or 'none'})"
             )
         return [exp.experiment_id]
     return [e.experiment_id for e in client.search_experiments()]
@@ -167,7 +172,9 @@ def find_sweep_run(client, sweep: str, experiment: str | None = None):
             if role != ROLE_SWEEP:
                 parent = run.data.tags.get(Tag.SWEEP_RUN_ID) or run.data.tags.get("mlflow.parentRunId")
                 hint = f"; its sweep's run id is {parent}" if parent else ""
-                raise UserError(f"run {sweep} is not a sweep's parent run (mm4ke.role={role!r}){hint}")
+                raise UserError(
+                    f"run {sweep} is not a sweep's parent run (mm4ke.role={role!r}){hint}"
+                )
             return run, 0
     ids = _experiment_ids(client, experiment)
     name = sweep.replace("'", "\\'")
@@ -178,7 +185,9 @@ def find_sweep_run(client, sweep: str, experiment: str | None = None):
         ["attributes.start_time DESC"],
     )
     if not runs:
-        sweeps = _all_runs(client, ids, "tags.`mm4ke.role` = 'sweep'", ["attributes.start_time DESC"])
+        sweeps = _all_runs(
+            client, ids, "tags.`mm4ke.role` = 'sweep'", ["attributes.start_time DESC"]
+        )
         known = sorted({r.info.run_name for r in sweeps})
         where = f"experiment {experiment!r}" if experiment else "any experiment"
         raise UserError(
@@ -224,12 +233,8 @@ def candidate_runs(client, experiment_id: str, parent_run_id: str) -> list:
     `parent_run_id`, oldest first, however it nests: under its trial's run, tagged with the
     parent's id, or (sweeps logged before trial runs existed) directly under the parent."""
     order = ["attributes.start_time ASC"]
-    tagged = _all_runs(
-        client,
-        [experiment_id],
-        f"tags.`{Tag.ROLE}` = '{ROLE_CANDIDATE}' AND tags.`{Tag.SWEEP_RUN_ID}` = '{parent_run_id}'",
-        order,
-    )
+    tagged = _all_runs(client, [experiment_id], f"tags.`{Tag.ROLE}` = '{ROLE_CANDIDATE}' AND "
+                       f"tags.`{Tag.SWEEP_RUN_ID}` = '{parent_run_id}'", order)
     direct = _all_runs(client, [experiment_id], f"tags.`mlflow.parentRunId` = '{parent_run_id}'", order)
     seen = {r.info.run_id for r in tagged}
     older = [r for r in direct if r.info.run_id not in seen and r.data.tags.get(Tag.ROLE) == ROLE_CANDIDATE]
@@ -284,7 +289,9 @@ def download_parent_artifact(uri: str, run_id: str, path: str, dst: str) -> str:
     try:
         return client.download_artifacts(run_id, path, dst)
     except (MlflowException, OSError) as exc:
-        raise UserError(f"artifact {path!r} of run {run_id} could not be read from {uri}: {exc}") from exc
+        raise UserError(
+            f"artifact {path!r} of run {run_id} could not be read from {uri}: {exc}"
+        ) from exc
 
 
 def ui_runs_url(uri: str, parent_run_id: str, host: str = "http://127.0.0.1:5000") -> str | None:

@@ -39,12 +39,8 @@ def _model_name(recipe: dict) -> str:
 def _unused_name(client, experiment_id: str, run_id: str, name: str) -> tuple[str, int]:
     """(`name` or `name-export2`, `-export3`, ... when earlier exports of the candidate hold it;
     the export's number): each export is its own LoggedModel, told apart in the UI by its name."""
-    taken = {
-        m.name
-        for m in client.search_logged_models(
-            experiment_ids=[experiment_id], filter_string=f"source_run_id = '{run_id}'"
-        )
-    }
+    taken = {m.name for m in client.search_logged_models(experiment_ids=[experiment_id],
+                                                         filter_string=f"source_run_id = '{run_id}'")}
     n = 1
     while (found := name if n == 1 else f"{name}-export{n}") in taken:
         n += 1
@@ -53,14 +49,8 @@ def _unused_name(client, experiment_id: str, run_id: str, name: str) -> tuple[st
 
 def _provenance_tags(recipe: dict) -> dict:
     src, m = recipe["source"], recipe["merge"]
-    return {
-        Tag.SWEEP: src["sweep_name"],
-        Tag.SWEEP_RUN_ID: src["sweep_run_id"],
-        Tag.CANDIDATE: src["candidate"],
-        Tag.BASE_MODEL: recipe["base_model"],
-        Tag.ALPHA: repr(m["alpha"]),
-        Tag.SPARSITY: repr(m["sparsity"]),
-    }
+    return {Tag.SWEEP: src["sweep_name"], Tag.SWEEP_RUN_ID: src["sweep_run_id"], Tag.CANDIDATE: src["candidate"],
+            Tag.BASE_MODEL: recipe["base_model"], Tag.ALPHA: repr(m["alpha"]), Tag.SPARSITY: repr(m["sparsity"])}
 
 
 def log_export_model(uri: str, out: str | Path, recipe: dict, upload: bool = True):
@@ -72,22 +62,16 @@ def log_export_model(uri: str, out: str | Path, recipe: dict, upload: bool = Tru
     run_id = recipe["source"]["candidate_run_id"]
     client = MlflowClient(tracking_uri=uri)
     m = recipe["merge"]
-    params = {
-        "base_model": recipe["base_model"],
-        "alpha": repr(m["alpha"]),
-        "sparsity": repr(m["sparsity"]),
-        **{k: str(m[k]) for k in ("method", "dtype") if m.get(k) is not None},
-        "edits": str(recipe["edits"]["count"]),
-        "edits_source": str(recipe["edits"]["source"]),
-    }
+    params = {"base_model": recipe["base_model"], "alpha": repr(m["alpha"]), "sparsity": repr(m["sparsity"]),
+              **{k: str(m[k]) for k in ("method", "dtype") if m.get(k) is not None},
+              "edits": str(recipe["edits"]["count"]), "edits_source": str(recipe["edits"]["source"])}
     tags = _provenance_tags(recipe)
     if not upload:
         tags[Tag.EXPORT_DIR] = str(Path(out).resolve())
     experiment_id = client.get_run(run_id).info.experiment_id
     name, number = _unused_name(client, experiment_id, run_id, _model_name(recipe))
-    model = client.create_logged_model(
-        experiment_id, name=name, source_run_id=run_id, tags=tags, params=params, model_type=MODEL_TYPE
-    )
+    model = client.create_logged_model(experiment_id, name=name, source_run_id=run_id, tags=tags, params=params,
+                                       model_type=MODEL_TYPE)
     try:
         # The run's "Logged models" field reads its outputs, as mlflow.<flavor>.log_model records
         # them; one per step is kept, so each export of the candidate has its own.
@@ -95,11 +79,9 @@ def log_export_model(uri: str, out: str | Path, recipe: dict, upload: bool = Tru
         if upload:
             client.log_model_artifacts(model.model_id, str(out))
         now = int(time.time() * 1000)
-        metrics = [
-            Metric(k.replace("/", "."), float(v), now, 0, model_id=model.model_id)
-            for k, v in (recipe.get("recorded_metrics") or {}).items()
-            if isinstance(v, int | float) and v == v
-        ]
+        metrics = [Metric(k.replace("/", "."), float(v), now, 0, model_id=model.model_id)
+                   for k, v in (recipe.get("recorded_metrics") or {}).items()
+                   if isinstance(v, int | float) and v == v]
         if metrics:
             client.log_batch(run_id, metrics=metrics)
     except Exception:
@@ -125,12 +107,17 @@ def register_export(uri: str, out: str | Path, name: str, recipe: dict, alias: s
             tags={Tag.KIND: MODEL_TYPE},
         )
     except MlflowException as exc:
-        if "already exists" not in str(exc).lower() and getattr(exc, "error_code", "") != "RESOURCE_ALREADY_EXISTS":
+        if (
+            "already exists" not in str(exc).lower()
+            and getattr(exc, "error_code", "") != "RESOURCE_ALREADY_EXISTS"
+        ):
             raise
     tags = {
         **_provenance_tags(recipe),
         **{
-            f"{Tag.METRIC_PREFIX}{k}": f"{v:.6g}" for k, v in recipe["recorded_metrics"].items() if k in _LINKED_METRICS
+            f"{Tag.METRIC_PREFIX}{k}": f"{v:.6g}"
+            for k, v in recipe["recorded_metrics"].items()
+            if k in _LINKED_METRICS
         },
     }
     description = (
@@ -142,18 +129,12 @@ def register_export(uri: str, out: str | Path, name: str, recipe: dict, alias: s
     # the version and the model both ways (the model's mlflow.modelVersions tag, set below).
     with _process_tracking_uri(uri):
         version = client.create_model_version(
-            name,
-            f"models:/{model.model_id}",
-            run_id=src["candidate_run_id"],
-            tags=tags,
-            description=description,
+            name, f"models:/{model.model_id}", run_id=src["candidate_run_id"], tags=tags, description=description,
             model_id=model.model_id,
         )
     known = json.loads(client.get_logged_model(model.model_id).tags.get(MLFLOW_MODEL_VERSIONS, "[]"))
-    client.set_logged_model_tags(
-        model.model_id,
-        {MLFLOW_MODEL_VERSIONS: json.dumps([*known, {"name": version.name, "version": version.version}])},
-    )
+    client.set_logged_model_tags(model.model_id, {MLFLOW_MODEL_VERSIONS: json.dumps(
+        [*known, {"name": version.name, "version": version.version}])})
     client.set_registered_model_alias(name, alias, version.version)
     return version
 

@@ -40,7 +40,7 @@ def candidate_run_name(label: str, index: int, alpha: float, sparsity: float) ->
 
 
 def merge_label(alpha: float, sparsity: float) -> str:
-    """ "α.30 s.57": a merge's two numbers in the fewest characters."""
+    """"α.30 s.57": a merge's two numbers in the fewest characters."""
     return f"α{_short(alpha)} s{_short(sparsity)}"
 
 
@@ -90,12 +90,8 @@ def candidate_rows(result: dict, trial_id: str, label: str | None = None, key: s
         row = {k: params.get(k) for k in RSFT_PARAMS}
         row.update(alpha=cand["alpha"], sparsity=cand["sparsity"], density=round(1 - cand["sparsity"], 6))
         # `candidate` is the stable id (pareto, export --pick, resume); `run_name` only what the UI shows.
-        row.update(
-            trial_id=trial_id,
-            candidate=f"{trial_id}-c{i}",
-            kind=cand["kind"],
-            run_name=candidate_run_name(label or trial_id, i, cand["alpha"], cand["sparsity"]),
-        )
+        row.update(trial_id=trial_id, candidate=f"{trial_id}-c{i}", kind=cand["kind"],
+                   run_name=candidate_run_name(label or trial_id, i, cand["alpha"], cand["sparsity"]))
         row.update({k: result.get(k) for k in ("rsft_updates", "rsft_seconds")})
         row.update(cand["metrics"])
         rows.append(row)
@@ -105,15 +101,10 @@ def candidate_rows(result: dict, trial_id: str, label: str | None = None, key: s
 def candidate_run(row: dict, trial_id: str) -> tuple[dict, dict, dict]:
     """(params, metrics, tags) of a candidate's MLflow run."""
     params = {k: row[k] for k in (*SEARCH_PARAMS, DENSITY)}
-    metrics = {
-        k: v for k, v in row.items() if k not in params and isinstance(v, int | float) and not isinstance(v, bool)
-    }
-    tags = {
-        Tag.TRIAL_ID: trial_id,
-        Tag.KIND: row["kind"],
-        Tag.STATUS: "ok",
-        Tag.DELTA_ARTIFACT: delta_artifact_path(trial_id),
-    }
+    metrics = {k: v for k, v in row.items()
+               if k not in params and isinstance(v, int | float) and not isinstance(v, bool)}
+    tags = {Tag.TRIAL_ID: trial_id, Tag.KIND: row["kind"], Tag.STATUS: "ok",
+            Tag.DELTA_ARTIFACT: delta_artifact_path(trial_id)}
     return params, metrics, tags
 
 
@@ -123,9 +114,8 @@ def pruned_run(row: dict, trial_id: str) -> tuple[dict, dict, dict]:
     picked, not exported) and the rung it reached."""
     params, metrics, tags = candidate_run(row, trial_id)
     tags[Tag.STATUS] = PRUNED
-    tags[Tag.REASON] = (
-        f"successive halving: dominated beyond doubt at rung {metrics.get('fidelity.rung')}; not evaluated in full"
-    )
+    tags[Tag.REASON] = (f"successive halving: dominated beyond doubt at rung {metrics.get('fidelity.rung')}; "
+                        "not evaluated in full")
     return params, metrics, tags
 
 
@@ -134,7 +124,8 @@ def searched_params(config: dict) -> dict:
     return {k: v for k, v in config.items() if k in SEARCH_PARAMS}
 
 
-def failure_tags(trial_id: str, status: str, reason: str, attempt: int | None = None, retried: bool = False) -> dict:
+def failure_tags(trial_id: str, status: str, reason: str, attempt: int | None = None,
+                 retried: bool = False) -> dict:
     tags = {Tag.TRIAL_ID: trial_id, Tag.STATUS: status}
     if attempt is not None:
         tags[Tag.ATTEMPT] = attempt

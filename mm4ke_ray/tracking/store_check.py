@@ -35,7 +35,7 @@ def absolute_uri(uri: str, base: str | Path | None = None) -> str:
     db = sqlite_path(uri)
     if db is None or db.is_absolute():
         return uri
-    query = uri[len(SQLITE_PREFIX) + len(uri.removeprefix(SQLITE_PREFIX).split("?", 1)[0]) :]
+    query = uri[len(SQLITE_PREFIX) + len(uri.removeprefix(SQLITE_PREFIX).split("?", 1)[0]):]
     return SQLITE_PREFIX + str((Path(base) if base else Path.cwd()).resolve() / db) + query
 
 
@@ -51,18 +51,13 @@ def store_problem(uri: str, create: bool) -> str | None:
     if db is None:
         return None
     if not db.exists():
-        return (
-            None if create else f"no MLflow database at '{db}' (check the path; sweeps write runs/mlflow.db by default)"
-        )
+        return None if create else f"no MLflow database at '{db}' (check the path; sweeps write runs/mlflow.db by default)"
     if not db.is_file():
         return f"'{db}' is not a file"
     with db.open("rb") as f:
         magic = f.read(len(_SQLITE_MAGIC))
     if not magic:
-        return (
-            f"'{db}' is an empty file, not an MLflow database; give a new path (a sweep creates the store) "
-            "or the sweep's database"
-        )
+        return f"'{db}' is an empty file, not an MLflow database; give a new path (a sweep creates the store) or the sweep's database"
     if magic != _SQLITE_MAGIC:
         return f"'{db}' is not a SQLite database, so not an MLflow store; give the sweep's database or a new path"
     try:
@@ -73,14 +68,10 @@ def store_problem(uri: str, create: bool) -> str | None:
                 raise
             tables, check = _read_schema(db, "rw")  # rolls the killed writer's transaction back
     except sqlite3.Error as exc:
-        return (
-            f"'{db}' cannot be read as a SQLite database ({exc}); it is truncated or corrupted: restore it from a copy"
-        )
+        return f"'{db}' cannot be read as a SQLite database ({exc}); it is truncated or corrupted: restore it from a copy"
     if missing := MLFLOW_TABLES - tables:
-        return (
-            f"'{db}' is a SQLite database but not an MLflow store (no table {', '.join(sorted(missing))}); "
-            f"it is left as it is: give the sweep's database or a new path"
-        )
+        return (f"'{db}' is a SQLite database but not an MLflow store (no table {', '.join(sorted(missing))}); "
+                f"it is left as it is: give the sweep's database or a new path")
     if check != "ok":
         return f"'{db}' is damaged (SQLite integrity check: {check}); restore it from a copy"
     return None

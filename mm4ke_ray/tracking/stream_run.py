@@ -30,46 +30,26 @@ def stream_params(config: SweepConfig, n_rounds: int, rounds_sizes: list[int]) -
     """The run's params: what was edited, in how many rounds, trained and merged how."""
     s = config.stream
     fixed = {f"{k}": p.text() for k, p in config.search.space}
-    return {
-        "protocol": "stream",
-        "model": config.model.name,
-        "edits": config.data.edits,
-        "dtype": config.model.dtype,
-        "prompt_format": config.data.prompt_format,
-        "merge_method": config.merge.method,
-        "seed": config.search.seed,
-        "optimizer": config.search.rsft.optimizer,
-        "stream_split": s.split,
-        "stream_rounds": n_rounds,
-        "stream_edits_per_round": ",".join(map(str, rounds_sizes)),
-        **({"stream_field": s.field} if s.field else {}),
-        **{f"stream_per_round.{k}": ",".join(f"{v:g}" for v in vals) for k, vals in s.per_round.items()},
-        **fixed,
-        **recorded_choices(config),
-    }
+    return {"protocol": "stream", "model": config.model.name, "edits": config.data.edits, "dtype": config.model.dtype,
+            "prompt_format": config.data.prompt_format, "merge_method": config.merge.method,
+            "seed": config.search.seed, "optimizer": config.search.rsft.optimizer, "stream_split": s.split,
+            "stream_rounds": n_rounds, "stream_edits_per_round": ",".join(map(str, rounds_sizes)),
+            **({"stream_field": s.field} if s.field else {}),
+            **{f"stream_per_round.{k}": ",".join(f"{v:g}" for v in vals) for k, vals in s.per_round.items()},
+            **fixed, **recorded_choices(config)}
 
 
 def open_stream_run(config: SweepConfig, folder: str | Path, n_rounds: int, rounds_sizes: list[int]) -> SweepTracker:
     """A new MLflow run for the stream in `folder` (spooled there when the server is away)."""
     quick_http_failures(config.tracking.uri)
     location = config.tracking.artifact_location
-    if (
-        config.tracking.uri.startswith(("http://", "https://"))
-        and "artifact_location" not in config.tracking.model_fields_set
-    ):
+    if config.tracking.uri.startswith(("http://", "https://")) and "artifact_location" not in config.tracking.model_fields_set:
         location = None
-    tracker = SweepTracker(
-        config.tracking.uri, config.tracking.experiment, location, spool_path=spool_path(str(folder))
-    )
-    tags = {
-        Tag.ROLE: ROLE_STREAM,
-        Tag.GIT_REVISION: git_revision(),
-        Tag.PROTOCOL: "stream",
-        Tag.PROMPT_FORMAT: config.data.prompt_format,
-        Tag.SWEEP_FOLDER: str(folder),
-        **fingerprint_tags(config),
-        **{Tag.version(k): v for k, v in versions().items()},
-    }
+    tracker = SweepTracker(config.tracking.uri, config.tracking.experiment, location,
+                           spool_path=spool_path(str(folder)))
+    tags = {Tag.ROLE: ROLE_STREAM, Tag.GIT_REVISION: git_revision(), Tag.PROTOCOL: "stream",
+            Tag.PROMPT_FORMAT: config.data.prompt_format, Tag.SWEEP_FOLDER: str(folder), **fingerprint_tags(config),
+            **{Tag.version(k): v for k, v in versions().items()}}
     tracker.start_sweep(config.name, params=stream_params(config, n_rounds, rounds_sizes), tags=tags)
     tracker.log_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False), CONFIG_ARTIFACT)
     return tracker

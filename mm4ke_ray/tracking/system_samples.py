@@ -97,10 +97,8 @@ class SystemSampler:
         self._done.set()
         self._thread.join()
         names = sorted({name for _, _, values in self.samples for name in values})
-        return {
-            "names": names,
-            "rows": [[ts, step, *(_number(values.get(n)) for n in names)] for ts, step, values in self.samples],
-        }
+        return {"names": names, "rows": [[ts, step, *(_number(values.get(n)) for n in names)]
+                                         for ts, step, values in self.samples]}
 
 
 def _number(value) -> float | None:
@@ -113,12 +111,8 @@ def metric_items(samples: dict) -> list[list]:
     """A trial's samples (`SystemSampler.stop`) as MLflow metric items `[system/<name>, value,
     timestamp_ms, step]`, with MLflow's names and each sample's own time and step."""
     names = samples.get("names") or []
-    return [
-        [PREFIX + name, value, ts, step]
-        for ts, step, *values in samples.get("rows") or []
-        for name, value in zip(names, values, strict=True)
-        if value is not None
-    ]
+    return [[PREFIX + name, value, ts, step] for ts, step, *values in samples.get("rows") or []
+            for name, value in zip(names, values, strict=True) if value is not None]
 
 
 def start_sampling(interval_s: float | None) -> SystemSampler | None:

@@ -68,10 +68,8 @@ _CELL_PAD = 3  # rich's default table: one space each side plus the vertical lin
 # Each edit number's family in its header (issue 23): "tf." teacher-forced token accuracy (the
 # paper's tables), "wild." generated answers (WILD). Column keys (CSV, JSON, MLflow) stay as logged.
 TF_LABEL, WILD_LABEL = "tf.", "wild."
-FAMILY_CAPTION = (
-    "tf.* = teacher-forced token accuracy (EasyEdit, the paper's tables); "
-    "wild.* = generated answers (WILD: greedy, stop at end of sentence, exact match)"
-)
+FAMILY_CAPTION = ("tf.* = teacher-forced token accuracy (EasyEdit, the paper's tables); "
+                  "wild.* = generated answers (WILD: greedy, stop at end of sentence, exact match)")
 _PER_KIND = ("portability.", "locality.")
 # Where lm-eval's numbers sit in a row (MLflow keys: `query.normalize_row`).
 _GENERAL, _RETENTION, _STDERR = "general.", RETENTION_PREFIX.replace("/", "."), ".stderr"
@@ -80,7 +78,7 @@ _GENERAL, _RETENTION, _STDERR = "general.", RETENTION_PREFIX.replace("/", "."), 
 def label(column: str) -> str:
     """A column's header: short names for the scores, the edit metrics behind their family's prefix."""
     if column.startswith(GEN_PREFIX):
-        return WILD_LABEL + LABELS.get(column[len(GEN_PREFIX) :], column[len(GEN_PREFIX) :])
+        return WILD_LABEL + LABELS.get(column[len(GEN_PREFIX):], column[len(GEN_PREFIX):])
     if column in EDIT_METRICS or column.startswith(_PER_KIND):
         return TF_LABEL + LABELS.get(column, column)
     return LABELS.get(column, column)
@@ -143,11 +141,8 @@ def fitting_columns(rows: list[dict], width: int | None, wide: bool = False) -> 
     with `wide` or no width, every numeric column (grouped by `_wide_order`, the run id last)."""
     present = [c for c in (*CORE_COLUMNS, *SECONDARY_COLUMNS) if any(r.get(c) is not None for r in rows)]
     if wide or width is None:
-        extra = [
-            k
-            for k in {k for r in rows for k in r} - set(present)
-            if any(isinstance(r.get(k), int | float) for r in rows)
-        ]
+        extra = [k for k in {k for r in rows for k in r} - set(present)
+                 if any(isinstance(r.get(k), int | float) for r in rows)]
         last = [c for c in present if c == "run_id"]
         return [*(c for c in present if c not in last), *sorted(extra, key=_wide_order), *last]
     shown = [c for c in present if c in CORE_COLUMNS]
@@ -174,16 +169,9 @@ def _notes(references: list[dict] | None, columns: list[str], caption: str | Non
     return [text for text in (REFERENCE_CAPTION if references else None, caption) if text]
 
 
-def candidate_table(
-    rows: list[dict],
-    title: str | None,
-    width: int | None,
-    wide: bool = False,
-    references: list[dict] | None = None,
-    columns: list[str] | None = None,
-    caption: str | None = None,
-    notes: bool = True,
-) -> Table:
+def candidate_table(rows: list[dict], title: str | None, width: int | None, wide: bool = False,
+                    references: list[dict] | None = None, columns: list[str] | None = None,
+                    caption: str | None = None, notes: bool = True) -> Table:
     """`references` (dimmed, above a line) then `rows`, in `columns` or those that fit `width`;
     with `notes`, `_notes` as the table's caption."""
     references = references or []
@@ -195,9 +183,9 @@ def candidate_table(
         numeric = c not in _NO_WRAP
         table.add_column(label(c), no_wrap=True, justify="right" if numeric else "left")
     cells = list(zip(*(column_cells(c, every) for c in columns), strict=True))
-    for i, row in enumerate(cells[: len(references)]):
+    for i, row in enumerate(cells[:len(references)]):
         table.add_row(*row, style="dim", end_section=i == len(references) - 1)
-    for row in cells[len(references) :]:
+    for row in cells[len(references):]:
         table.add_row(*row)
     return table
 
@@ -217,14 +205,8 @@ def column_groups(rows: list[dict], width: int) -> list[list[str]]:
     return groups
 
 
-def print_table(
-    rows: list[dict],
-    title: str,
-    wide: bool = False,
-    references: list[dict] | None = None,
-    console: Console | None = None,
-    caption: str | None = None,
-) -> None:
+def print_table(rows: list[dict], title: str, wide: bool = False, references: list[dict] | None = None,
+                console: Console | None = None, caption: str | None = None) -> None:
     """`rows` as a rich table fitted to the terminal (to 120 columns when piped); `caption` says
     what the edit columns' prefixes mean (default `FAMILY_CAPTION` when such a column is shown)."""
     console = console or Console()
@@ -236,11 +218,8 @@ def print_table(
         groups = column_groups(every, width)
         for i, columns in enumerate(groups):
             part = f" ({i + 1}/{len(groups)})" if len(groups) > 1 else ""
-            console.print(
-                candidate_table(
-                    rows, title + part if i == 0 else f"…{part}", width, True, references, columns, notes=False
-                )
-            )
+            console.print(candidate_table(rows, title + part if i == 0 else f"…{part}", width, True, references,
+                                          columns, notes=False))
         for note in _notes(references, [c for group in groups for c in group], caption):  # once, under all parts
             console.print(f"[dim]{escape(note)}[/]")
         return

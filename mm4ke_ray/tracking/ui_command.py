@@ -26,7 +26,5 @@ def ui_command(mlflow: str, uri: str, port: int = 5000) -> str:
     app_flag = f" --app-name {APP_NAME}" if app_installed() else ""
     # One worker: one person's browser needs no more, and uvicorn's supervisor of several kills
     # workers that start slowly, which on a busy laptop they all do (seen at load 40 on 2 cores).
-    return (
-        f"{mlflow} ui{app_flag} --backend-store-uri {absolute_store_uri(uri)} --host 127.0.0.1 --port {port}"
-        " --workers 1"
-    )
+    return (f"{mlflow} ui{app_flag} --backend-store-uri {absolute_store_uri(uri)} --host 127.0.0.1 --port {port}"
+            " --workers 1")

@@ -26,9 +26,7 @@ from mm4ke_ray.tracking.health import health_problem
 from mm4ke_ray.tracking.query import Sweep, load_sweep
 from mm4ke_ray.tracking.run_records import merge_label
 
-FORMAT_HINT = (
-    "give TRACKING_URI:SWEEP, e.g. sqlite:///runs/mlflow.db:my-sweep (SWEEP: a sweep name or its parent run id)"
-)
+FORMAT_HINT = "give TRACKING_URI:SWEEP, e.g. sqlite:///runs/mlflow.db:my-sweep (SWEEP: a sweep name or its parent run id)"
 
 
 @dataclass
@@ -48,14 +46,8 @@ class WarmSource:
         return self.sweep.name
 
     def summary(self) -> dict:
-        return {
-            "uri": self.uri,
-            "sweep": self.name,
-            "run_id": self.sweep.run_id,
-            "candidates": len(self.rows),
-            "told": self.told,
-            "skipped": self.skipped,
-        }
+        return {"uri": self.uri, "sweep": self.name, "run_id": self.sweep.run_id, "candidates": len(self.rows),
+                "told": self.told, "skipped": self.skipped}
 
 
 def parse_spec(spec: str) -> tuple[str, str]:
@@ -66,10 +58,8 @@ def parse_spec(spec: str) -> tuple[str, str]:
     host = uri.split("://", 1)[1].split("/", 1)[0]
     if sweep.strip().isdigit() and uri.startswith(("http://", "https://")) and ":" not in host and "/" not in sweep:
         # `http://host:5000` alone would be read as server `http://host`, sweep `5000`: the port was lost.
-        raise UserError(
-            f"--warm-start {spec!r}: {sweep} looks like the server's port, and no sweep is named; "
-            f"{FORMAT_HINT}, e.g. {spec}:my-sweep"
-        )
+        raise UserError(f"--warm-start {spec!r}: {sweep} looks like the server's port, and no sweep is named; "
+                        f"{FORMAT_HINT}, e.g. {spec}:my-sweep")
     return uri, sweep.strip()
 
 
@@ -88,29 +78,22 @@ def load_warm_source(spec: str, fields: dict) -> WarmSource:
     except UserError as exc:
         raise UserError(f"--warm-start {spec}: {str(exc).removeprefix(f'--sweep {name!r}: ')}") from None
     except Exception as exc:  # noqa: BLE001 - any store failure: say which store, exit 2
-        raise UserError(
-            f"--warm-start {spec}: cannot read sweep {name!r} from {uri} ({type(exc).__name__}: {str(exc)[:300]})"
-        ) from None
+        raise UserError(f"--warm-start {spec}: cannot read sweep {name!r} from {uri} "
+                        f"({type(exc).__name__}: {str(exc)[:300]})") from None
     stored = sweep.tags.get(Tag.FINGERPRINT_FIELDS)
     if not stored:
-        raise UserError(
-            f"--warm-start {spec}: sweep {sweep.name!r} (run {sweep.run_id}) has no fingerprint "
-            f"({Tag.FINGERPRINT} tag): it was logged by an older mm4ke-ray, so it cannot be checked to "
-            "use the same model, edits and evaluation; run it again with this version to warm start from it"
-        )
+        raise UserError(f"--warm-start {spec}: sweep {sweep.name!r} (run {sweep.run_id}) has no fingerprint "
+                        f"({Tag.FINGERPRINT} tag): it was logged by an older mm4ke-ray, so it cannot be checked to "
+                        "use the same model, edits and evaluation; run it again with this version to warm start from it")
     try:
         there = json.loads(stored)
     except ValueError:
-        raise UserError(
-            f"--warm-start {spec}: the {Tag.FINGERPRINT_FIELDS} tag of run {sweep.run_id} is not JSON"
-        ) from None
+        raise UserError(f"--warm-start {spec}: the {Tag.FINGERPRINT_FIELDS} tag of run {sweep.run_id} is not JSON") from None
     if diffs := differences(fields, there):
         shown = "; ".join(f"{k} differs: {_show(a)} here, {_show(b)} in sweep {sweep.name}" for k, a, b in diffs)
-        raise UserError(
-            f"--warm-start {spec}: {shown}. Its candidates were evaluated otherwise, so they are not "
-            "comparable with this sweep's; warm start only from a sweep with the same model, edits, "
-            "evaluation and scoring"
-        )
+        raise UserError(f"--warm-start {spec}: {shown}. Its candidates were evaluated otherwise, so they are not "
+                        "comparable with this sweep's; warm start only from a sweep with the same model, edits, "
+                        "evaluation and scoring")
     return WarmSource(spec, uri, sweep, [r for r in sweep.edited if not r.get(WARM_START)])
 
 
@@ -129,14 +112,9 @@ def _copy(row: dict, source: WarmSource) -> tuple[str, dict, dict, dict, str]:
     candidate = f"warm-{source.sweep.run_id[:8]}-{row['candidate']}"
     params = {k: row[k] for k in (*SEARCH_PARAMS, DENSITY) if row.get(k) is not None}
     metrics = {k: v for k, v in row.items() if k not in PARAM_COLUMNS and isinstance(v, float)}
-    tags = {
-        Tag.KIND: row.get("kind") or "",
-        Tag.STATUS: "ok",
-        Tag.WARM_START_FROM: source.name,
-        Tag.WARM_START_URI: source.uri,
-        Tag.WARM_START_SWEEP_RUN_ID: source.sweep.run_id,
-        Tag.WARM_START_RUN_ID: row["run_id"],
-    }
+    tags = {Tag.KIND: row.get("kind") or "", Tag.STATUS: "ok", Tag.WARM_START_FROM: source.name,
+            Tag.WARM_START_URI: source.uri, Tag.WARM_START_SWEEP_RUN_ID: source.sweep.run_id,
+            Tag.WARM_START_RUN_ID: row["run_id"]}
     name = f"{merge_label(row.get(ALPHA, 0), row.get(SPARSITY, 0))} warm {source.name}"  # as candidate_run_name
     return candidate, params, metrics, tags, name
 
@@ -149,15 +127,8 @@ def log_warm_rows(tracker, sources: list[WarmSource]) -> list[dict]:
         for row in source.rows:
             candidate, params, metrics, tags, name = _copy(row, source)
             run_id = tracker.log_candidate(candidate, params, metrics, tags, run_name=name)
-            copied = {
-                **params,
-                **metrics,
-                "candidate": candidate,
-                "kind": row.get("kind"),
-                "trial_id": None,
-                "run_id": run_id,
-                WARM_START: source.name,
-            }
+            copied = {**params, **metrics, "candidate": candidate, "kind": row.get("kind"), "trial_id": None,
+                      "run_id": run_id, WARM_START: source.name}
             source.logged.append(copied)
             out.append(copied)
     return out
