@@ -16,7 +16,7 @@ install: $(VENV)/.installed
 demo: install
 	$(VENV)/bin/mm4ke-ray demo
 
-test: install
+test: install lint
 	$(PY) -m pytest -m "not gpu" -q --durations=30 -n 2 --dist loadfile
 
 lint: install
