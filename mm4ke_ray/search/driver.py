@@ -73,6 +73,7 @@ from mm4ke_ray.tracking.warm_sources import (
 
 console = Console(stderr=True)
 FINAL_FLUSH_WAIT_S = 60.0  # at the end, how long to wait for an absent tracking server
+FINAL_PUBLISH_ATTEMPTS, FINAL_PUBLISH_WAIT_S = 3, 5.0  # the final Pareto artifacts: tries, and the wait between
 
 
 @dataclass
@@ -387,11 +388,16 @@ def _finish(tracker, publisher, callback, status: str) -> str | None:
         if not row.get("run_id") and row.get("candidate") in tracker.run_ids:
             row["run_id"] = tracker.run_ids[row["candidate"]]
     if tracker.flush(wait_s=FINAL_FLUSH_WAIT_S if tracker.offline else 0.0):
-        try:
-            publisher.final(callback.rows)
-        except Exception as exc:  # noqa: BLE001 - the candidates are logged; the front can be rebuilt
-            console.print(f"[yellow]could not publish the Pareto artifacts ({exc}); "
-                          "rebuild them with mm4ke-ray pareto[/]")
+        for attempt in range(1, FINAL_PUBLISH_ATTEMPTS + 1):
+            try:
+                publisher.final(callback.rows)
+                break
+            except Exception as exc:  # noqa: BLE001 - the candidates are logged; the front can be rebuilt
+                if attempt == FINAL_PUBLISH_ATTEMPTS:
+                    console.print(f"[yellow]could not publish the Pareto artifacts ({exc}); "
+                                  "rebuild them with mm4ke-ray pareto[/]")
+                else:  # a tracking server that has just come back may refuse a moment longer
+                    time.sleep(FINAL_PUBLISH_WAIT_S)
     tracker.finish(status)
     if tracker.flush() and not tracker.pending:
         return None
