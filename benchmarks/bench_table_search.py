@@ -94,20 +94,16 @@ def summarize_samplers(curves: dict, budgets, front_hv) -> dict:
     return out
 
 
-def delta_shares(table, reference_edit: float, seeds, max_deltas: int | None = None) -> dict:
-    """Per delta: the share of its exhaustive α × sparsity hypervolume the surrogate finds with
-    <= SURROGATE_BUDGET merges, the pure R-SFT point and a sampled grid point first (as a trial)."""
-    import random
+def _scored_deltas(table, ref: tuple[float, float], max_deltas: int | None):
+    """Each finished delta of the table with a front above `ref`: its key, its grid's objectives
+    {(α, sparsity): (edit, general)}, the grid's hypervolume, and a `look_up` that scores a group
+    of merge candidates from the table (what `surrogate_search` calls to evaluate)."""
+    from mm4ke_ray.search.surrogate import hypervolume_2d
 
-    from mm4ke_ray.search.surrogate import hypervolume_2d, surrogate_search
-
-    shares, spent = [], []
     for key, c in list(table["configs"].items())[:max_deltas]:
         if c["status"] != "ok":
             continue
-        points = c["points"]
-        values = {p: (v["edit_score"], v["general_score"]) for p, v in points.items()}
-        ref = (reference_edit, 0.0)
+        values = {p: (v["edit_score"], v["general_score"]) for p, v in c["points"].items()}
         full = hypervolume_2d(list(values.values()), ref)
         if full <= 0:
             continue
@@ -118,12 +114,25 @@ def delta_shares(table, reference_edit: float, seeds, max_deltas: int | None = N
                 g["metrics"] = {"edit_score": e, "general_score": gen}
             return group, []
 
+        yield key, values, full, look_up
+
+
+def delta_shares(table, reference_edit: float, seeds, max_deltas: int | None = None) -> dict:
+    """Per delta: the share of its exhaustive α × sparsity hypervolume the surrogate finds with
+    <= SURROGATE_BUDGET merges, the pure R-SFT point and a sampled grid point first (as a trial)."""
+    import random
+
+    from mm4ke_ray.search.surrogate import hypervolume_2d, surrogate_search
+
+    shares, spent = [], []
+    ref = (reference_edit, 0.0)
+    for key, values, full, look_up in _scored_deltas(table, ref, max_deltas):
         for seed in seeds:
-            sampled = random.Random(f"{key}-{seed}").choice(sorted(points))
+            sampled = random.Random(f"{key}-{seed}").choice(sorted(values))
             first = [{"kind": "sampled", "alpha": sampled[0], "sparsity": sampled[1]}]
             if sampled != (0.0, 0.0):
                 first.append({"kind": "pure_rsft", "alpha": 0.0, "sparsity": 0.0})
-            got, _, info = surrogate_search(first, sorted(points), SURROGATE_BUDGET, look_up, batch_size=1)
+            got, _, info = surrogate_search(first, sorted(values), SURROGATE_BUDGET, look_up, batch_size=1)
             shares.append(hypervolume_2d([(g["metrics"]["edit_score"], g["metrics"]["general_score"]) for g in got],
                                          ref) / full)
             spent.append(info["surrogate.evaluations"])
@@ -142,20 +151,7 @@ def self_stopping(table, reference_edit: float, max_deltas: int | None = None) -
 
     ref = (reference_edit, 0.0)
     spent, shares = [], []
-    for c in list(table["configs"].values())[:max_deltas]:
-        if c["status"] != "ok":
-            continue
-        values = {p: (v["edit_score"], v["general_score"]) for p, v in c["points"].items()}
-        full = hypervolume_2d(list(values.values()), ref)
-        if full <= 0:
-            continue
-
-        def look_up(group, values=values):
-            for g in group:
-                e, gen = values[(g["alpha"], g["sparsity"])]
-                g["metrics"] = {"edit_score": e, "general_score": gen}
-            return group, []
-
+    for _, values, full, look_up in _scored_deltas(table, ref, max_deltas):
         got, _, info = surrogate_search([{"alpha": 0.0, "sparsity": 0.0}], sorted(values), len(values), look_up)
         spent.append(info["surrogate.evaluations"] / len(values))
         shares.append(hypervolume_2d([values[(g["alpha"], g["sparsity"])] for g in got], ref) / full)
@@ -177,20 +173,7 @@ def merge_curves(table, reference_edit: float, budgets=(4, 5, 6, 8, 10, 12, 16, 
     ref = (reference_edit, 0.0)
     sur = {b: [] for b in budgets}
     rand = {b: [] for b in budgets}
-    for key, c in list(table["configs"].items())[:max_deltas]:
-        if c["status"] != "ok":
-            continue
-        values = {p: (v["edit_score"], v["general_score"]) for p, v in c["points"].items()}
-        full = hypervolume_2d(list(values.values()), ref)
-        if full <= 0:
-            continue
-
-        def look_up(group, values=values):
-            for g in group:
-                e, gen = values[(g["alpha"], g["sparsity"])]
-                g["metrics"] = {"edit_score": e, "general_score": gen}
-            return group, []
-
+    for key, values, full, look_up in _scored_deltas(table, ref, max_deltas):
         rng = random.Random(str(key))
         others = [p for p in sorted(values) if p != (0.0, 0.0)]
         for b in budgets:
