@@ -58,6 +58,8 @@ def arguments():
     p.add_argument("--tune-rounds", type=int, default=3, help="rounds of each tuning stream (default 3)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="config overrides for every stream (YAML values), e.g. general tasks")
+    p.add_argument("--no-track", action="store_true",
+                   help="log nothing to MLflow (a GPU box without mlflow): the curves land in the JSON and picture only")
     p.add_argument("--fresh", action="store_true", help="ignore the streams a killed run kept; run them all again")
     return p.parse_args()
 
@@ -195,7 +197,8 @@ def main() -> None:
             if folder.exists():  # a stream killed part-way: it starts again from the base
                 shutil.rmtree(folder)
             start = time.perf_counter()
-            outcome = run_stream_config(config, folder, device=device, log=lambda m: print(f"[{name}] {m}"))
+            outcome = run_stream_config(config, folder, device=device, track=not args.no_track,
+                                        log=lambda m: print(f"[{name}] {m}", flush=True))
             rows = [outcome.result.base_metrics] + [r.metrics for r in outcome.result.rounds]
             return {"rows": rows, "setting": values, "seconds": time.perf_counter() - start,
                     "mlflow_run": outcome.run_id, "table": curve_table(rows),

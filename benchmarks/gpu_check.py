@@ -14,7 +14,12 @@ Each section also runs the naive counterpart for a ratio on the same device:
 - evaluation: `EditEvaluator` batched, with the prefix cache at layer 12, and one at a time.
 Peak GPU memory is `torch.cuda.max_memory_allocated` per section. Sections fail independently.
 
-Run through `benchmarks/gpu_check.sh`. GPU_CHECK_SHAPE=tiny runs a tiny model (CPU test).
+GPU_CHECK_SHAPE=smollm2 runs the same sections on SmolLM2-135M-Instruct itself (float32, its tokenizer,
+the first real ZsRE records in chat format, layer 6): `gpu_check_smollm2.json`.
+
+Run through `benchmarks/gpu_check.sh`. GPU_CHECK_SHAPE=tiny runs a tiny model (CPU test);
+GPU_CHECK_SMALL=1 shrinks any shape's record counts the same way; GPU_CHECK_SECTIONS=rsft,eval runs
+only those sections.
 """
 
 from __future__ import annotations
@@ -38,6 +43,10 @@ import common  # noqa: E402
 SHAPES = {
     "qwen2.5-0.5b": dict(hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14,
                          num_key_value_heads=2, vocab_size=151936),
+    # SmolLM2-135M-Instruct itself (real weights, tokenizer and ZsRE records in chat format): the
+    # project's real model, loaded through the product from the GGUF in the mm4ke-ray cache.
+    "smollm2": dict(hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
+                    num_key_value_heads=3, vocab_size=49152),
     "tiny": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4,
                  num_key_value_heads=2, vocab_size=3000),
 }
@@ -66,6 +75,12 @@ def peak() -> int | None:
     value = torch.cuda.max_memory_allocated()
     _OVERALL[0] = max(_OVERALL[0], value)
     return value
+
+
+def real_model():
+    """SmolLM2-135M-Instruct as a sweep loads it (float32), on the GPU; its tokenizer."""
+    model, tok, _ = common.smollm2()
+    return model.to(device()).eval(), tok
 
 
 def build_model(shape: str):
@@ -103,12 +118,12 @@ def synthetic_records(n: int, seed: int = 0):
 BACKEND = os.environ.get("GPU_CHECK_COMPILE_BACKEND") or None
 
 
-def section_rsft(model, tok, records, layer) -> dict:
+def section_rsft(model, tok, records, layer, prompt_format="plain") -> dict:
     from mm4ke_ray.rsft import RSFTConfig, run_rsft
 
-    config = RSFTConfig(layer=layer, epochs=2, steps=6, lr=1e-5, threshold=0.0)
+    config = RSFTConfig(layer=layer, epochs=2, steps=6, lr=1e-5, threshold=0.0, prompt_format=prompt_format)
     run_rsft(model, tok, records[:2], config)  # warm-up: kernels, allocator
-    out = {"records": len(records), "epochs": 2, "steps": 6, "layer": layer}
+    out = {"records": len(records), "epochs": 2, "steps": 6, "layer": layer, "prompt_format": prompt_format}
     deltas = {}
 
     def timed(name, **kwargs):
@@ -186,13 +201,13 @@ def section_merge(model, layer) -> dict:
     return out
 
 
-def section_eval(model, tok, records, layer, one_at_a_time: int) -> dict:
+def section_eval(model, tok, records, layer, one_at_a_time: int, prompt_format="plain") -> dict:
     from mm4ke_ray.evaluate.accuracy import token_accuracy
     from mm4ke_ray.evaluate.edit_metrics import EditEvaluator
     from mm4ke_ray.merge import apply_delta_, restore_
 
-    full = EditEvaluator(tok, records, batch_size=64)
-    cached = EditEvaluator(tok, records, batch_size=64, prefix_cache=True)
+    full = EditEvaluator(tok, records, prompt_format, batch_size=64)
+    cached = EditEvaluator(tok, records, prompt_format, batch_size=64, prefix_cache=True)
     reference = full.base_predictions(model)
     tokens = sum(int(b.attention_mask.sum()) for b in full.accuracy_batches + full.locality_batches)
     delta = {k: v.to(device()) for k, v in common.one_layer_delta(model, layer).items()}
@@ -213,7 +228,7 @@ def section_eval(model, tok, records, layer, one_at_a_time: int) -> dict:
             seconds = (time.perf_counter() - start) / 3
             out[name] = {"seconds": seconds, "tokens_per_s": tokens / seconds, "peak_gpu_bytes": peak()}
         subset = records[:one_at_a_time]
-        sub_eval = EditEvaluator(tok, subset, batch_size=64)
+        sub_eval = EditEvaluator(tok, subset, prompt_format, batch_size=64)
         sub_tokens = sum(int(b.attention_mask.sum()) for b in sub_eval.accuracy_batches)
         sync()
         start = time.perf_counter()
@@ -239,7 +254,8 @@ def section_eval(model, tok, records, layer, one_at_a_time: int) -> dict:
 def main() -> None:
     out_dir = Path(sys.argv[1] if len(sys.argv) > 1 else os.environ.get("OUT") or common.RESULTS)
     shape = os.environ.get("GPU_CHECK_SHAPE", "qwen2.5-0.5b")
-    small = shape == "tiny"
+    small = shape == "tiny" or bool(os.environ.get("GPU_CHECK_SMALL"))
+    wanted = set(filter(None, os.environ.get("GPU_CHECK_SECTIONS", "rsft,merge,eval").split(",")))
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
@@ -247,21 +263,29 @@ def main() -> None:
 
     started = time.perf_counter()
     doc = {"benchmark": "gpu_check", "shape": shape, "config": SHAPES[shape], "machine": common.machine()}
-    model = build_model(shape)
+    if shape == "smollm2":  # the real model: its own tokenizer, real ZsRE records in chat, layer 6
+        model, tok = real_model()
+        layer, prompt_format, records = 6, "chat", common.zsre_records(64 if small else 256)
+        doc["weights"] = "SmolLM2-135M-Instruct (GGUF Q4_1, dequantized to float32)"
+    else:
+        model = build_model(shape)
+        layer, prompt_format = SHAPES[shape]["num_hidden_layers"] // 2, "plain"
+        records = synthetic_records(64 if small else 512)
+        tok = build_word_tokenizer(common.record_texts(records))
     doc["params"] = sum(p.numel() for p in model.parameters())
     doc["dtype"] = str(next(model.parameters()).dtype)
-    layer = SHAPES[shape]["num_hidden_layers"] // 2
-    records = synthetic_records(64 if small else 512)
-    tok = build_word_tokenizer(common.record_texts(records))
     sections = {
-        "rsft": lambda: section_rsft(model, tok, records[: 4 if small else 16], layer),
+        "rsft": lambda: section_rsft(model, tok, records[: 4 if small else 16], layer, prompt_format),
         "merge": lambda: section_merge(model, layer),
-        "eval": lambda: section_eval(model, tok, records, layer, 8 if small else 64),
+        "eval": lambda: section_eval(model, tok, records, layer, 8 if small else 64, prompt_format),
     }
     out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / ("gpu_check.json" if not small else "gpu_check_tiny.json")
+    names = {"tiny": "gpu_check_tiny.json", "smollm2": "gpu_check_smollm2.json"}
+    path = out_dir / names.get(shape, "gpu_check.json")
     budget = float(os.environ.get("GPU_CHECK_BUDGET_S", "420"))  # stay inside the 8-minute limit
     for name, fn in sections.items():
+        if name not in wanted:
+            continue
         if time.perf_counter() - started > budget:
             doc[name] = {"skipped": f"over the {budget:.0f} s budget"}
             continue
