@@ -163,6 +163,21 @@ def _rungs_problem(config: SweepConfig, n_records: int) -> str | None:
             f"least {0.5 ** max(n_records, 1):g}, or set evaluation.fidelity.enabled: false")
 
 
+def halving_warnings(config: SweepConfig) -> list[str]:
+    """Halving rungs beyond what a local edit set supports (`RungPlan.cap_warning`). From the
+    records alone: with general tasks their documents are counted when the sweep starts, which
+    says it then."""
+    fid, data = config.evaluation.fidelity, config.data
+    if (not fid.enabled or fid.rungs < 2 or config.evaluation.general_tasks or data.edits == DEMO
+            or is_hub_dataset(data.edits)):
+        return []
+    from mm4ke_ray.evaluate.rung_plan import plan_rungs
+
+    n = len(load_edit_records(data.edits, limit=data.limit, skip_invalid=data.skip_invalid, fmt=data.format).records)
+    plan = plan_rungs(n, {}, fid.rungs, fid.reduction_factor, seed=0, min_items=min_sign_items(fid.error_rate))
+    return [w] if (w := plan.cap_warning()) else []
+
+
 def _check_tracking(uri: str, existing_store: bool = False) -> str | None:
     if uri.startswith("sqlite:///") and (problem := store_problem(uri, create=not existing_store)):
         return f"tracking.uri: {problem}"

@@ -382,3 +382,23 @@ def test_a_store_whose_writer_was_killed_mid_transaction_opens_at_its_last_commi
     tables = {row[0] for row in con.execute("SELECT name FROM sqlite_master WHERE type='table'")}
     con.close()
     assert "scratch" not in tables and "runs" in tables  # the unfinished transaction is gone, the store kept
+
+
+@pytest.mark.parametrize("rungs, warned", [(6, "halving runs 3 rung(s)"), (3, None)])
+def test_more_halving_rungs_than_the_records_support_are_capped_with_a_warning(tmp_path, tiny_model_dir, capsys,
+                                                                               rungs, warned):
+    """20 records at factor 3: rungs 0-2 would score the sign test's 5 records as rung 3 does, so
+    they are skipped; `validate` (and the sweep, at its start) says so instead of halving quietly less."""
+    import yaml
+    from fault_helpers import sweep_dict
+
+    config = sweep_dict(tmp_path, tiny_model_dir, "s", limit=20, extra=2)
+    config["evaluation"]["fidelity"] = {"enabled": True, "rungs": rungs, "reduction_factor": 3}
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(config))
+    assert main(["validate", str(tmp_path / "s.yaml")]) == 0
+    err = capsys.readouterr().err
+    if warned is None:
+        assert "evaluation.fidelity.rungs" not in err
+        return
+    assert "warning: evaluation.fidelity.rungs: 6 rungs" in err and "20 edit records" in err
+    assert "rung(s) 0, 1, 2 skipped (it would score the same items as rung 1)" in err and warned in err
