@@ -402,3 +402,34 @@ def test_more_halving_rungs_than_the_records_support_are_capped_with_a_warning(t
         return
     assert "warning: evaluation.fidelity.rungs: 6 rungs" in err and "20 edit records" in err
     assert "rung(s) 0, 1, 2 skipped (it would score the same items as rung 1)" in err and warned in err
+
+
+@pytest.mark.parametrize("argv", [
+    ["export", "--tracking-uri", "sqlite:///{tmp}/mlflow.db", "--sweep", "s", "--out", "{ro}/model"],
+    ["merge", "--base", "{tmp}/base", "--delta", "{tmp}/delta", "--alpha", "0.5", "--sparsity", "0.1",
+     "--out", "{ro}/merged"],
+])
+def test_a_read_only_out_is_refused_before_the_merge(tmp_path, argv, monkeypatch, capsys):
+    import os
+
+    import mm4ke_ray.commands.merge as merge_command
+    import mm4ke_ray.export.writer as writer
+
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o555)
+    if os.access(ro, os.W_OK):  # root ignores mode bits: answer as a read-only mount does (EROFS)
+        real = os.access
+        monkeypatch.setattr(os, "access", lambda p, mode, **kw: not (Path(p) == ro and mode & os.W_OK)
+                            and real(p, mode, **kw))
+
+    def merged(*_a, **_k):
+        raise AssertionError("the merge ran before --out was checked")
+
+    monkeypatch.setattr(writer, "plan_export", merged)
+    monkeypatch.setattr(merge_command, "_write", merged)
+    args = [a.replace("{tmp}", str(tmp_path)).replace("{ro}", str(ro)) for a in argv]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert f"'{ro}' is not writable" in err and "--out" in err and "choose a writable place" in err
+    assert list(ro.iterdir()) == [] and not (tmp_path / "mlflow.db").exists()
