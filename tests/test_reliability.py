@@ -433,3 +433,37 @@ def test_a_read_only_out_is_refused_before_the_merge(tmp_path, argv, monkeypatch
     err = capsys.readouterr().err
     assert f"'{ro}' is not writable" in err and "--out" in err and "choose a writable place" in err
     assert list(ro.iterdir()) == [] and not (tmp_path / "mlflow.db").exists()
+
+
+def test_export_pick_of_a_pruned_candidate_says_pruned_by_name_or_run_id(tmp_path, capsys):
+    from mm4ke_ray.tracking.query import load_sweep
+
+    uri = _logged_sweep(tmp_path, {"t1-c0": "ok", "t1-c1": "pruned"})
+    pruned_id = next(p for p in load_sweep(uri, "s").pruned if p != "t1-c1")
+    for pick in ("t1-c1", pruned_id):
+        out = tmp_path / f"out-{pick}"
+        assert main(["export", "--tracking-uri", uri, "--sweep", "s", "--pick", pick, "--out", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert f"{pick!r} of sweep 's' was pruned" in err and "Traceback" not in err
+        assert not out.exists()
+
+
+def test_resume_with_a_cut_tuner_pkl_leaves_the_finished_parent_finished(tmp_path, capsys):
+    """It once reopened the parent run (RUNNING) and then failed on the pickle: now refused first."""
+    from mm4ke_ray.search.resume import MANIFEST
+
+    uri = _logged_sweep(tmp_path, {"t1-c0": "ok"})
+    client = MlflowClient(uri)
+    parent = client.search_runs([client.get_experiment_by_name("e").experiment_id], "tags.`mm4ke.role` = 'sweep'")[0]
+    assert parent.info.status == "FINISHED"
+    folder = _sweep_folder(tmp_path, str(tmp_path / "runs" / "ray"), uri)
+    manifest = json.loads((folder / MANIFEST).read_text())
+    manifest["parent_run_id"], manifest["config"]["tracking"]["experiment"] = parent.info.run_id, "e"
+    (folder / MANIFEST).write_text(json.dumps(manifest))
+    (folder / "tuner.pkl").write_bytes((folder / "tuner.pkl").read_bytes()[:20])
+    before = _tree(tmp_path)
+    assert main(["sweep", "--resume", str(folder)]) == 2
+    err = capsys.readouterr().err
+    assert "tuner.pkl" in err and "damaged" in err and "Traceback" not in err
+    assert client.get_run(parent.info.run_id).info.status == "FINISHED"
+    assert _tree(tmp_path) == before  # the store and the folder byte for byte
