@@ -167,6 +167,19 @@ def test_a_rung_record_that_is_not_an_object_is_ignored(tmp_path, doc):
     assert RungStore(str(tmp_path), "t1", {"k": 1}).results == {}
 
 
+@pytest.mark.parametrize("raw", [b"not json", b"null", b'{"a": 1}', b"[1, 2]", b"[[0.5]]", b'[[0.5, "x"]]',
+                                 b"[[true, 0.5]]", b"[[0.1, 0.2, 0.3]]"])
+def test_a_front_board_of_the_wrong_shape_is_read_as_absent(monkeypatch, raw):
+    from ray.experimental import internal_kv
+
+    from mm4ke_ray.search.front_board import read_front
+
+    monkeypatch.setattr(internal_kv, "_internal_kv_get", lambda key, namespace=None: raw)
+    assert read_front("k") == []  # the trial goes on as with no front, never a crash on every retry
+    monkeypatch.setattr(internal_kv, "_internal_kv_get", lambda key, namespace=None: b"[[0.9, 0.3]]")
+    assert read_front("k") == [[0.9, 0.3]]
+
+
 def _sweep_folder(root: Path, storage_path: str, uri: str) -> Path:
     from mm4ke_ray.search.resume import MANIFEST, Manifest
 
