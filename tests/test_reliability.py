@@ -120,11 +120,18 @@ def test_a_sweep_creates_a_store_only_where_nothing_is(tmp_path):
     assert store_problem("http://127.0.0.1:5000", create=False) is None  # servers: their own checks
 
 
-def test_a_sweep_refuses_another_apps_database_before_anything(tmp_path, tiny_model_dir, capsys):
+@pytest.mark.parametrize("kind", ["other_app", "truncated_mlflow"])
+def test_a_sweep_refuses_another_apps_database_before_anything(tmp_path, tiny_model_dir, capsys, kind):
     import yaml
     from fault_helpers import sweep_dict
 
-    other = _other_app_db(tmp_path / "app.db")
+    other = tmp_path / "app.db"
+    if kind == "other_app":
+        _other_app_db(other)
+    else:  # a sweep's store cut short (copied mid-write, disk full): it failed after Ray and the parent run
+        (tmp_path / "orig").mkdir()
+        full = Path(_mlflow_store(tmp_path / "orig").removeprefix("sqlite:///"))
+        other.write_bytes(full.read_bytes()[: full.stat().st_size // 3])
     before = _digest(other)
     config = sweep_dict(tmp_path, tiny_model_dir, "s", tracking_uri=f"sqlite:///{other}")
     (tmp_path / "s.yaml").write_text(yaml.safe_dump(config))
