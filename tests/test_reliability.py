@@ -487,3 +487,22 @@ def test_resume_with_a_cut_tuner_pkl_leaves_the_finished_parent_finished(tmp_pat
     assert "tuner.pkl" in err and "damaged" in err and "Traceback" not in err
     assert client.get_run(parent.info.run_id).info.status == "FINISHED"
     assert _tree(tmp_path) == before  # the store and the folder byte for byte
+
+
+def test_the_sweep_says_at_its_start_which_halving_rungs_its_plan_skips(monkeypatch):
+    """With general tasks only the merge-eval actors know the documents, so the sweep (not
+    `validate`) says it, from the actors' own plan, before the parent run opens."""
+    from mm4ke_ray.evaluate.rung_plan import plan_rungs
+    from mm4ke_ray.search import driver
+
+    said = []
+    monkeypatch.setattr(driver.console, "print", lambda text, **_k: said.append(text))
+    monkeypatch.setattr(driver.ray, "get", lambda ref: ref)  # the actor's answer, without Ray
+    for docs, warned in [({"t": 20}, True), ({"t": 2000}, False)]:
+        plan = plan_rungs(20, docs, 6, 3, seed=0, min_items=5)
+        actor = SimpleNamespace(rung_plan=SimpleNamespace(remote=lambda plan=plan: plan))
+        run = SimpleNamespace(settings=SimpleNamespace(fidelity_rungs=6),
+                              pool=SimpleNamespace(actors=[actor], reference=SimpleNamespace(general_result=None)))
+        said.clear()
+        driver._check_base(run)
+        assert bool(said) == warned and all("evaluation.fidelity.rungs: 6 rungs" in s for s in said)

@@ -157,8 +157,9 @@ class RungPlan:
         if not self.skipped:
             return None
         kept = len(self.evaluated())
+        items = f"the {len(self.edit_records[-1])} edit records" + (" and the tasks' documents" if self.general_docs else "")
         return (f"evaluation.fidelity.rungs: {self.rungs} rungs at reduction_factor {self.reduction_factor:g} are more "
-                f"than the {len(self.edit_records[-1])} edit records support: rung(s) "
+                f"than {items} support: rung(s) "
                 f"{', '.join(map(str, self.skipped))} skipped ({self.skip_reason(self.skipped[0])}); halving runs "
                 f"{kept} rung(s) (set evaluation.fidelity.rungs: {kept}, or give more records)")
 
