@@ -20,6 +20,7 @@ from mm4ke_ray.data.sources import HUB_ID
 from mm4ke_ray.errors import ConfigError, UserError
 from mm4ke_ray.evaluate.evidence import min_sign_items
 from mm4ke_ray.evaluate.real_tasks import build_local_task, local_task_specs, task_cache_root
+from mm4ke_ray.evaluate.rung_plan import plan_rungs
 from mm4ke_ray.modeling.gguf import is_gguf, read_gguf_info
 from mm4ke_ray.storage import storage_problem
 from mm4ke_ray.tracking.health import health_problem
@@ -161,6 +162,19 @@ def _rungs_problem(config: SweepConfig, n_records: int) -> str | None:
             f"the sign test needs at error_rate {fid.error_rate:g}, so no rung below the full one could show a "
             f"candidate worse and every one would be skipped; use at least {need} records, an error_rate of at "
             f"least {0.5 ** max(n_records, 1):g}, or set evaluation.fidelity.enabled: false")
+
+
+def halving_warnings(config: SweepConfig) -> list[str]:
+    """Halving rungs beyond what a local edit set supports (`RungPlan.cap_warning`). From the
+    records alone: with general tasks their documents are counted when the sweep starts, which
+    says it then."""
+    fid, data = config.evaluation.fidelity, config.data
+    if (not fid.enabled or fid.rungs < 2 or config.evaluation.general_tasks or data.edits == DEMO
+            or is_hub_dataset(data.edits)):
+        return []
+    n = len(load_edit_records(data.edits, limit=data.limit, skip_invalid=data.skip_invalid, fmt=data.format).records)
+    plan = plan_rungs(n, {}, fid.rungs, fid.reduction_factor, seed=0, min_items=min_sign_items(fid.error_rate))
+    return [w] if (w := plan.cap_warning()) else []
 
 
 def _check_tracking(uri: str, existing_store: bool = False) -> str | None:

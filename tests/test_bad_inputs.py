@@ -90,6 +90,7 @@ def _write_edits(tmp: Path, spec: dict | None) -> Path:
         if "delete" in patch:
             del rec[patch["delete"]]
         rec.update(patch.get("set", {}))
+        rec.update({k: text * n for k, (text, n) in (patch.get("repeat") or {}).items()})
     if not spec.get("jsonl"):
         path = tmp / "edits.json"
         path.write_text(json.dumps(records))

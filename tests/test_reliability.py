@@ -120,11 +120,18 @@ def test_a_sweep_creates_a_store_only_where_nothing_is(tmp_path):
     assert store_problem("http://127.0.0.1:5000", create=False) is None  # servers: their own checks
 
 
-def test_a_sweep_refuses_another_apps_database_before_anything(tmp_path, tiny_model_dir, capsys):
+@pytest.mark.parametrize("kind", ["other_app", "truncated_mlflow"])
+def test_a_sweep_refuses_another_apps_database_before_anything(tmp_path, tiny_model_dir, capsys, kind):
     import yaml
     from fault_helpers import sweep_dict
 
-    other = _other_app_db(tmp_path / "app.db")
+    other = tmp_path / "app.db"
+    if kind == "other_app":
+        _other_app_db(other)
+    else:  # a sweep's store cut short (copied mid-write, disk full): it failed after Ray and the parent run
+        (tmp_path / "orig").mkdir()
+        full = Path(_mlflow_store(tmp_path / "orig").removeprefix("sqlite:///"))
+        other.write_bytes(full.read_bytes()[: full.stat().st_size // 3])
     before = _digest(other)
     config = sweep_dict(tmp_path, tiny_model_dir, "s", tracking_uri=f"sqlite:///{other}")
     (tmp_path / "s.yaml").write_text(yaml.safe_dump(config))
@@ -165,6 +172,19 @@ def test_a_rung_record_that_is_not_an_object_is_ignored(tmp_path, doc):
 
     (tmp_path / "t1.json").write_text(doc)
     assert RungStore(str(tmp_path), "t1", {"k": 1}).results == {}
+
+
+@pytest.mark.parametrize("raw", [b"not json", b"null", b'{"a": 1}', b"[1, 2]", b"[[0.5]]", b'[[0.5, "x"]]',
+                                 b"[[true, 0.5]]", b"[[0.1, 0.2, 0.3]]"])
+def test_a_front_board_of_the_wrong_shape_is_read_as_absent(monkeypatch, raw):
+    from ray.experimental import internal_kv
+
+    from mm4ke_ray.search.front_board import read_front
+
+    monkeypatch.setattr(internal_kv, "_internal_kv_get", lambda key, namespace=None: raw)
+    assert read_front("k") == []  # the trial goes on as with no front, never a crash on every retry
+    monkeypatch.setattr(internal_kv, "_internal_kv_get", lambda key, namespace=None: b"[[0.9, 0.3]]")
+    assert read_front("k") == [[0.9, 0.3]]
 
 
 def _sweep_folder(root: Path, storage_path: str, uri: str) -> Path:
@@ -382,3 +402,107 @@ def test_a_store_whose_writer_was_killed_mid_transaction_opens_at_its_last_commi
     tables = {row[0] for row in con.execute("SELECT name FROM sqlite_master WHERE type='table'")}
     con.close()
     assert "scratch" not in tables and "runs" in tables  # the unfinished transaction is gone, the store kept
+
+
+@pytest.mark.parametrize("rungs, warned", [(6, "halving runs 3 rung(s)"), (3, None)])
+def test_more_halving_rungs_than_the_records_support_are_capped_with_a_warning(tmp_path, tiny_model_dir, capsys,
+                                                                               rungs, warned):
+    """20 records at factor 3: rungs 0-2 would score the sign test's 5 records as rung 3 does, so
+    they are skipped; `validate` (and the sweep, at its start) says so instead of halving quietly less."""
+    import yaml
+    from fault_helpers import sweep_dict
+
+    config = sweep_dict(tmp_path, tiny_model_dir, "s", limit=20, extra=2)
+    config["evaluation"]["fidelity"] = {"enabled": True, "rungs": rungs, "reduction_factor": 3}
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(config))
+    assert main(["validate", str(tmp_path / "s.yaml")]) == 0
+    err = capsys.readouterr().err
+    if warned is None:
+        assert "evaluation.fidelity.rungs" not in err
+        return
+    assert "warning: evaluation.fidelity.rungs: 6 rungs" in err and "20 edit records" in err
+    assert "rung(s) 0, 1, 2 skipped (it would score the same items as rung 1)" in err and warned in err
+
+
+@pytest.mark.parametrize("argv", [
+    ["export", "--tracking-uri", "sqlite:///{tmp}/mlflow.db", "--sweep", "s", "--out", "{ro}/model"],
+    ["merge", "--base", "{tmp}/base", "--delta", "{tmp}/delta", "--alpha", "0.5", "--sparsity", "0.1",
+     "--out", "{ro}/merged"],
+])
+def test_a_read_only_out_is_refused_before_the_merge(tmp_path, argv, monkeypatch, capsys):
+    import os
+
+    import mm4ke_ray.commands.merge as merge_command
+    import mm4ke_ray.export.writer as writer
+
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o555)
+    if os.access(ro, os.W_OK):  # root ignores mode bits: answer as a read-only mount does (EROFS)
+        real = os.access
+        monkeypatch.setattr(os, "access", lambda p, mode, **kw: not (Path(p) == ro and mode & os.W_OK)
+                            and real(p, mode, **kw))
+
+    def merged(*_a, **_k):
+        raise AssertionError("the merge ran before --out was checked")
+
+    monkeypatch.setattr(writer, "plan_export", merged)
+    monkeypatch.setattr(merge_command, "_write", merged)
+    args = [a.replace("{tmp}", str(tmp_path)).replace("{ro}", str(ro)) for a in argv]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert f"'{ro}' is not writable" in err and "--out" in err and "choose a writable place" in err
+    assert list(ro.iterdir()) == [] and not (tmp_path / "mlflow.db").exists()
+
+
+def test_export_pick_of_a_pruned_candidate_says_pruned_by_name_or_run_id(tmp_path, capsys):
+    from mm4ke_ray.tracking.query import load_sweep
+
+    uri = _logged_sweep(tmp_path, {"t1-c0": "ok", "t1-c1": "pruned"})
+    pruned_id = next(p for p in load_sweep(uri, "s").pruned if p != "t1-c1")
+    for pick in ("t1-c1", pruned_id):
+        out = tmp_path / f"out-{pick}"
+        assert main(["export", "--tracking-uri", uri, "--sweep", "s", "--pick", pick, "--out", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert f"{pick!r} of sweep 's' was pruned" in err and "Traceback" not in err
+        assert not out.exists()
+
+
+def test_resume_with_a_cut_tuner_pkl_leaves_the_finished_parent_finished(tmp_path, capsys):
+    """It once reopened the parent run (RUNNING) and then failed on the pickle: now refused first."""
+    from mm4ke_ray.search.resume import MANIFEST
+
+    uri = _logged_sweep(tmp_path, {"t1-c0": "ok"})
+    client = MlflowClient(uri)
+    parent = client.search_runs([client.get_experiment_by_name("e").experiment_id], "tags.`mm4ke.role` = 'sweep'")[0]
+    assert parent.info.status == "FINISHED"
+    folder = _sweep_folder(tmp_path, str(tmp_path / "runs" / "ray"), uri)
+    manifest = json.loads((folder / MANIFEST).read_text())
+    manifest["parent_run_id"], manifest["config"]["tracking"]["experiment"] = parent.info.run_id, "e"
+    (folder / MANIFEST).write_text(json.dumps(manifest))
+    (folder / "tuner.pkl").write_bytes((folder / "tuner.pkl").read_bytes()[:20])
+    before = _tree(tmp_path)
+    assert main(["sweep", "--resume", str(folder)]) == 2
+    err = capsys.readouterr().err
+    assert "tuner.pkl" in err and "damaged" in err and "Traceback" not in err
+    assert client.get_run(parent.info.run_id).info.status == "FINISHED"
+    assert _tree(tmp_path) == before  # the store and the folder byte for byte
+
+
+def test_the_sweep_says_at_its_start_which_halving_rungs_its_plan_skips(monkeypatch):
+    """With general tasks only the merge-eval actors know the documents, so the sweep (not
+    `validate`) says it, from the actors' own plan, before the parent run opens."""
+    from mm4ke_ray.evaluate.rung_plan import plan_rungs
+    from mm4ke_ray.search import driver
+
+    said = []
+    monkeypatch.setattr(driver.console, "print", lambda text, **_k: said.append(text))
+    monkeypatch.setattr(driver.ray, "get", lambda ref: ref)  # the actor's answer, without Ray
+    for docs, warned in [({"t": 20}, True), ({"t": 2000}, False)]:
+        plan = plan_rungs(20, docs, 6, 3, seed=0, min_items=5)
+        actor = SimpleNamespace(rung_plan=SimpleNamespace(remote=lambda plan=plan: plan))
+        run = SimpleNamespace(settings=SimpleNamespace(fidelity_rungs=6),
+                              pool=SimpleNamespace(actors=[actor], reference=SimpleNamespace(general_result=None)))
+        said.clear()
+        driver._check_base(run)
+        assert bool(said) == warned and all("evaluation.fidelity.rungs: 6 rungs" in s for s in said)

@@ -46,6 +46,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="FILE",
         help="edit set (KnowEdit JSON/JSONL, zsre_mend, ...)",
     )
+    parser.add_argument(  # the data reader's errors name --format: every command that reads edits has it
+        "--format", dest="data_format", help="force the data reader (detected when unset)"
+    )
     parser.add_argument(
         "--limit", type=int, default=None, metavar="N", help="use the first N valid records"
     )
@@ -136,7 +139,7 @@ def run(args: argparse.Namespace) -> int:
         return bar
 
     done = rsft_to_folder(out, model=args.model, edits=args.data, config=config, **load, limit=args.limit,
-                          skip_invalid=args.skip_invalid, before_training=progress_bar,
+                          skip_invalid=args.skip_invalid, data_format=args.data_format, before_training=progress_bar,
                           progress=lambda entry: update(entry) if update else None)
     if done.result is None:
         print(f"mm4ke-ray rsft: {done.reason}; nothing was written", file=sys.stderr)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from mm4ke_ray.config import DEMO, load_config
 from mm4ke_ray.evaluate.precision import precision_report
-from mm4ke_ray.preflight import is_hub_dataset, preflight
+from mm4ke_ray.preflight import halving_warnings, is_hub_dataset, preflight
 
 NAME = "validate"
 HELP = "Check a sweep config (every problem at once, naming the field); starts no Ray, loads no weights."
@@ -68,7 +68,7 @@ def run(args) -> int:
             check_stream_settings(config)
         if needs and args.offline:
             continue
-        for line in precision_report(config):
+        for line in [*halving_warnings(config), *precision_report(config)]:
             print(f"{path}: warning: {line}", file=sys.stderr)
         print(f"{path}: ok ({config.search.num_trials} trials, sampler {config.search.sampler}, "
               f"model {config.model.name}, edits {config.data.edits})"

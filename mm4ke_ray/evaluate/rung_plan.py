@@ -151,6 +151,18 @@ class RungPlan:
             out.append(line)
         return out
 
+    def cap_warning(self) -> str | None:
+        """More rungs than the items support are capped, not refused: the sweep runs the rungs
+        that can drop a candidate and says so once, at its start (a skipped rung costs nothing)."""
+        if not self.skipped:
+            return None
+        kept = len(self.evaluated())
+        items = f"the {len(self.edit_records[-1])} edit records" + (" and the tasks' documents" if self.general_docs else "")
+        return (f"evaluation.fidelity.rungs: {self.rungs} rungs at reduction_factor {self.reduction_factor:g} are more "
+                f"than {items} support: rung(s) "
+                f"{', '.join(map(str, self.skipped))} skipped ({self.skip_reason(self.skipped[0])}); halving runs "
+                f"{kept} rung(s) (set evaluation.fidelity.rungs: {kept}, or give more records)")
+
     def skip_reason(self, rung: int) -> str:
         docs = sum(len(d[rung]) for d in self.general_docs.values())
         if len(self.edit_records[rung]) < self.min_items or (self.general_docs and docs < self.min_items):

@@ -208,7 +208,10 @@ def _tune_environment() -> None:
 
 
 def _check_base(run: SweepRun) -> None:
-    """The base model's general tasks: printed, and refused when they cannot tell candidates apart."""
+    """The base model's general tasks: printed, and refused when they cannot tell candidates apart;
+    halving rungs beyond what the edit set and documents support: said (they are skipped)."""
+    if run.settings.fidelity_rungs > 1 and (warning := ray.get(run.pool.actors[0].rung_plan.remote()).cap_warning()):
+        console.print(f"[yellow]{warning}[/]")
     result = run.pool.reference.general_result
     if result is None:
         return
