@@ -36,15 +36,14 @@ def _key(params: dict) -> tuple:
     return tuple(float(params[k]) for k in search_world.RSFT_NAMES)
 
 
-def _nearest(name: str, value: float, grid_values: list[float]) -> float:
-    if name in LOG_SCALED:
-        return min(grid_values, key=lambda g: abs(math.log(g) - math.log(value)))
-    return min(grid_values, key=lambda g: abs(g - value))
+def snap(params: dict, grid: dict, log_scaled: tuple[str, ...] = LOG_SCALED) -> dict:
+    """The grid point nearest to `params`, parameter by parameter (log distance for `log_scaled`)."""
+    def nearest(name: str, value: float) -> float:
+        if name in log_scaled:
+            return min(grid[name], key=lambda g: abs(math.log(g) - math.log(value)))
+        return min(grid[name], key=lambda g: abs(g - value))
 
-
-def snap(params: dict, grid: dict) -> dict:
-    """The grid point nearest to `params`, parameter by parameter."""
-    return {k: _nearest(k, float(params[k]), grid[k]) for k in grid}
+    return {k: nearest(k, float(params[k])) for k in grid}
 
 
 def grid_rows(doc: dict) -> list[dict]:

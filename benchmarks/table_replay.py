@@ -23,6 +23,8 @@ import math
 import random
 from pathlib import Path
 
+from search_replay import snap
+
 RSFT_NAMES = ("layer", "lr", "threshold", "epochs", "steps")
 LOG_SCALED = ("lr", "threshold")
 MERGE_NAMES = ("alpha", "sparsity")
@@ -130,17 +132,6 @@ def space_of(table: dict) -> dict:
     return space
 
 
-def _nearest(name: str, value: float, grid: list[float]) -> float:
-    if name in LOG_SCALED:
-        return min(grid, key=lambda g: abs(math.log(g) - math.log(value)))
-    return min(grid, key=lambda g: abs(g - value))
-
-
-def snap(params: dict, grid: dict) -> dict:
-    """The table point nearest to `params`, parameter by parameter."""
-    return {k: _nearest(k, float(params[k]), grid[k]) for k in grid}
-
-
 def make_extra_sampler(name: str):
     """A factory for one of `EXTRA_SAMPLERS`, with the signature of `space.make_sampler`."""
     import warnings
@@ -199,7 +190,7 @@ def replay(table: dict, sampler: str, seed: int, num_trials: int, extra_candidat
     for i in range(num_trials):
         trial_id = f"replay_{i:05d}"
         params = {**fixed, **searcher.suggest(trial_id)}
-        cell = snap(params, table["grid"])
+        cell = snap(params, table["grid"], LOG_SCALED)
         entry = table["configs"].get(_cell_key(cell))
         if entry is None or entry["status"] != "ok":
             trials.append({"params": params, "status": entry["status"] if entry else "missing"})
@@ -210,7 +201,7 @@ def replay(table: dict, sampler: str, seed: int, num_trials: int, extra_candidat
 
         def look_up(group: list[dict], entry=entry, cell=cell) -> tuple[list[dict], list[dict]]:
             for c in group:
-                g = snap(c, table["merge_grid"])
+                g = snap(c, table["merge_grid"], LOG_SCALED)
                 point = entry["points"][(g["alpha"], g["sparsity"])]
                 c["metrics"] = {o: float(point[o]) for o in OBJECTIVES}
                 c["cell"] = {**cell, **g}
