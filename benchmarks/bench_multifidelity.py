@@ -40,6 +40,13 @@ Goals, median over seeds of the per-seed ratio halving / full:
 
     python benchmarks/bench_multifidelity.py               # 16 R-SFT runs x 3 seeds x 2 arms, 4-block world (~11 min)
     python benchmarks/bench_multifidelity.py --smoke-test  # 3 runs x 1 seed, the everyday 2-block demo (~35 s)
+    python benchmarks/bench_multifidelity.py --model smollm2  # the real model: 6 runs x 1 seed, full and halving
+
+`--model smollm2` (issue 23 §4, "on the real model too"): SmolLM2-135M-Instruct offline with
+search_spaces/smollm2_zsre.yaml's space, 25 real ZsRE records in chat format and WikiText-2, as
+bench_real.py loads it, except that the edit objective is teacher-forced and WikiText-2 is cut to
+`REAL_WORDS` words: a generated (WILD) candidate costs minutes on a 2-core CPU. The result goes to
+`multifidelity_real.json` (the demo world's `multifidelity.json` stays).
 """
 
 from __future__ import annotations
@@ -55,6 +62,8 @@ import search_world
 TRIALS = 16  # the search-quality budget: 25% of the grid's 64 R-SFT runs
 SEEDS = (0, 1, 2)
 SMOKE_TRIALS = 3
+REAL_TRIALS, REAL_SEEDS, REAL_WORDS = 6, (0,), 2000
+REAL_ARMS = ("full", "halving")  # the in-trial arm is information only: left out where an evaluation costs a minute
 EXTRA = 4
 SAMPLER = "tpe"
 ARMS = ("full", "halving", "halving-in-trial")
@@ -72,6 +81,8 @@ def main() -> None:
     p = common.parser(__doc__.split("\n\n")[0])
     p.add_argument("--trials", type=int, default=None, help="R-SFT runs per search (default: 16; smoke 3)")
     p.add_argument("--seeds", type=int, nargs="+", default=None, help="search seeds (default: 0 1 2; smoke 0)")
+    p.add_argument("--model", choices=["demo", "smollm2"], default="demo",
+                   help="demo: the 4-block search world (default); smollm2: the real model (see the module doc)")
     args = p.parse_args()
     from mm4ke_ray.quiet import quiet_libraries
 
@@ -85,11 +96,19 @@ def main() -> None:
     from mm4ke_ray.modeling import load_model, load_tokenizer
 
     smoke = args.smoke_test
-    trials = args.trials or (SMOKE_TRIALS if smoke else TRIALS)
-    seeds = tuple(args.seeds or ((0,) if smoke else SEEDS))
-    space = SMOKE_SPACE if smoke else search_world.SPACE
-    assets = build_demo() if smoke else build_demo(config=search_world.demo_config(), progress=print)
-    settings = search_grid._settings(assets)
+    real = args.model == "smollm2" and not smoke
+    trials = args.trials or (SMOKE_TRIALS if smoke else REAL_TRIALS if real else TRIALS)
+    seeds = tuple(args.seeds or ((0,) if smoke else REAL_SEEDS if real else SEEDS))
+    arms = REAL_ARMS if real else ARMS
+    if real:
+        settings, space = _real_world()
+        world, demo_key = f"SmolLM2-135M-Instruct, teacher-forced edit objective, WikiText-2 {REAL_WORDS} words", None
+    else:
+        space = SMOKE_SPACE if smoke else search_world.SPACE
+        assets = build_demo() if smoke else build_demo(config=search_world.demo_config(), progress=print)
+        settings = search_grid._settings(assets)
+        world = "everyday demo (2 blocks)" if smoke else f"search_world ({search_world.DEMO_LAYERS} blocks)"
+        demo_key = assets.manifest["key"]
     fid = FidelityConfig()  # the product's defaults: what `evaluation.fidelity: {enabled: true}` runs
     t0 = time.perf_counter()
     full_eval = CandidateEvaluator(settings)
@@ -98,8 +117,7 @@ def main() -> None:
     reference = (base["edit_score"], 0.0)
     trainer = _Trainer(load_model(settings.model), load_tokenizer(settings.model),
                        load_edit_records(settings.edits).records, settings.prompt_format)
-    print(f"world: {'everyday demo' if smoke else f'{search_world.DEMO_LAYERS}-block demo'} "
-          f"({assets.model_dir}), {len(full_eval.records)} edits, general tasks {list(settings.general_tasks)}; "
+    print(f"world: {world} ({settings.model}), {len(full_eval.records)} edits, general tasks {list(settings.general_tasks)}; "
           f"{trials} R-SFT runs x {EXTRA + 1} candidates, seeds {list(seeds)}; halving: {fid.rungs} rungs, "
           f"factor {fid.reduction_factor:g}, error rate {fid.error_rate:g}; HV reference {reference}", flush=True)
     runs = []
@@ -111,7 +129,7 @@ def main() -> None:
             reference=full_eval.reference,
         )
         setup_s[f"halving_evaluator_seed{seed}"] = time.perf_counter() - t0
-        for arm in ARMS:
+        for arm in arms:
             evaluator = full_eval if arm == "full" else halving_eval
             arm_fid = fid.model_copy(update={"against_front": arm == "halving"})
             run = _search(arm, seed, trials, space, evaluator, trainer, arm_fid, reference, base)
@@ -119,10 +137,10 @@ def main() -> None:
             print(_line(run), flush=True)
     ratios = [_seed_ratios(runs, seed) for seed in seeds]
     median = {k: statistics.median(r[k] for r in ratios) for k in ratios[0]}
-    in_trial = [_seed_ratios(runs, seed, "halving-in-trial") for seed in seeds]
-    median_in_trial = {k: statistics.median(r[k] for r in in_trial) for k in in_trial[0]}
+    in_trial = [_seed_ratios(runs, seed, "halving-in-trial") for seed in seeds] if "halving-in-trial" in arms else []
+    median_in_trial = {k: statistics.median(r[k] for r in in_trial) for k in in_trial[0]} if in_trial else {}
     n = len(seeds)
-    drops = {arm: _front_drops([r for r in runs if r["arm"] == arm]) for arm in ARMS[1:]}
+    drops = {arm: _front_drops([r for r in runs if r["arm"] == arm]) for arm in arms[1:]}
     print("true-front drop rate: " + ", ".join(f"{arm} {d['dropped']}/{d['front']}" for arm, d in drops.items()))
     print(f"median halving / full over {n} seed(s): " + ", ".join(f"{k} {v:.3f}" for k, v in median.items()))
     print("(information) median halving-in-trial / full: "
@@ -141,13 +159,12 @@ def main() -> None:
                          drops["halving"]["rate"], GOAL_FRONT_DROP, higher_is_better=False),
     ]
     plan = halving_eval.rung_plan()
-    common.write_result("multifidelity", args, {
+    common.write_result("multifidelity_real" if real else "multifidelity", args, {
         "reference_point": reference,
         "base": {k: base[k] for k in ("edit_score", "general_score", "combined_score") if k in base},
         "setup": {
-            "world": "everyday demo (2 blocks)" if smoke else f"search_world ({search_world.DEMO_LAYERS} blocks)",
-            "demo_key": assets.manifest["key"], "space": space, "sampler": SAMPLER, "rsft_runs": trials,
-            "extra_candidates": EXTRA, "seeds": list(seeds), "arms": list(ARMS),
+            "world": world, "model": settings.model, "demo_key": demo_key, "space": space, "sampler": SAMPLER,
+            "rsft_runs": trials, "extra_candidates": EXTRA, "seeds": list(seeds), "arms": list(arms),
             "fidelity": {"rungs": fid.rungs, "reduction_factor": fid.reduction_factor, "error_rate": fid.error_rate,
                          "drop_rule": DROP_RULE,
                          "against_front": {"halving": True, "halving-in-trial": False},
@@ -165,6 +182,20 @@ def main() -> None:
                           "median_ratios": median_in_trial},
         "true_front_drops": drops, "runs": runs, "goals": goals,
     })
+
+
+def _real_world() -> tuple:
+    """(EvalSettings, search space) of the real config offline, as bench_real.py loads it, with a
+    teacher-forced edit objective and WikiText-2 cut to REAL_WORDS words."""
+    import bench_real
+
+    from mm4ke_ray.evaluate.candidate import eval_settings
+
+    overrides = bench_real.offline_overrides()
+    overrides["evaluation.local_tasks.wikitext"]["max_words"] = REAL_WORDS
+    overrides.update({"evaluation.mode": "teacher-forced", "objectives.edit_mode": "teacher-forced"})
+    config = bench_real.load(bench_real.CONFIG, overrides)
+    return eval_settings(config, "cpu"), config.search.space.model_dump(exclude_none=True)
 
 
 class _Trainer:
