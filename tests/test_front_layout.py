@@ -90,3 +90,30 @@ def test_png_legend_lies_below_the_plot(tmp_path):
     below = img.crop((0, int(img.height * 0.88), img.width, img.height))  # under the x-axis title
     orange = sum(1 for r, g, b in below.getdata() if abs(r - 0xE6) < 12 and abs(g - 0x55) < 12 and b < 40)
     assert orange > 20, "the pure R-SFT legend marker is not under the plot"
+
+
+# Ink, not boxes: the legend's texts and marks drawn cyan, the label magenta multiplied over them,
+# everything else hidden; a pixel with both inks (red and green low) is the label over the legend.
+INKS = """<style>
+body > p, svg > *{visibility:hidden} svg > text.legend, svg > text.legend ~ :not(text){visibility:visible}
+svg > text.legend{fill:#0ff} svg > text.legend ~ :not(text){stroke:#0ff;fill:#0ff}
+svg > text.best-label{visibility:visible;fill:#f0f;mix-blend-mode:multiply}
+</style>"""
+
+
+@pytest.mark.skipif(BROWSER is None, reason="no Chromium installed (.ci/run installs Debian's chromium when it can)")
+@pytest.mark.parametrize("corner", ["right", "left"])
+def test_screenshots_show_the_best_label_on_no_legend_entry_at_any_width(tmp_path, corner):
+    html = write_front_html(_rows(corner), tmp_path / "front.html", "demo: 60 candidates")
+    page = html.with_name("inks.html")
+    page.write_text(html.read_text().replace("</head>", INKS + "</head>"))
+    for width in (520, 760, 1100, 1600):  # MLflow's viewer beside its panels, to a full screen
+        shot = tmp_path / f"shot-{width}.png"
+        subprocess.run([BROWSER, "--headless", "--no-sandbox", "--disable-gpu", f"--window-size={width},1000",
+                        "--hide-scrollbars", f"--screenshot={shot}", page.as_uri()], capture_output=True, timeout=120)
+        pixels = list(Image.open(shot).convert("RGB").getdata())
+        legend = sum(1 for r, g, b in pixels if r < 200 and g > 200)
+        label = sum(1 for r, g, b in pixels if g < 200 and r > 200)
+        both = sum(1 for r, g, b in pixels if r < 200 and g < 200)
+        assert legend > 100 and label > 20, (width, legend, label)  # both drawn, inside the frame
+        assert both == 0, f"at {width} px the best-combined label is drawn over the legend ({both} pixels)"
