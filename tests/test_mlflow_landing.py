@@ -140,6 +140,7 @@ def test_experiment_link_opens_on_the_runs(tmp_path, monkeypatch):
               "base_model": "base", "merge": {"alpha": 0.3, "sparsity": 0.1}, "edits": {"count": 3, "source": "demo"},
               "recorded_metrics": {"combined_score": 0.8}}
     log_export_model(uri, tmp_path / "export", recipe, upload=False)
+    log_export_model(uri, tmp_path / "export", recipe, upload=False)  # exported again: a model named apart
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(
@@ -174,4 +175,5 @@ def test_experiment_link_opens_on_the_runs(tmp_path, monkeypatch):
             "params.`sparsity`"} <= headers, sorted(headers)
     assert "t01c0" in dom  # the candidate's row, under its sweep's run
     # the exported model is listed on its candidate's run page ("Logged models", not "—")
-    assert "demo-t1-c0" in run_page, run_page[-3000:]
+    assert re.search(r"demo-t1-c0(?!-export)", run_page), run_page[-3000:]
+    assert "demo-t1-c0-export2" in run_page, run_page[-3000:]  # the second export, told apart by its name
