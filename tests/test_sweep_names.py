@@ -39,5 +39,6 @@ def test_the_command_refuses_a_shared_name_as_a_person_types_it(tmp_path):
                           timeout=300)
     assert proc.returncode != 0 and "Pareto front" not in proc.stdout, proc.stdout[-2000:]
     assert all(run in proc.stderr for run in runs) and "--sweep RUN_ID" in proc.stderr, proc.stderr[-2000:]
-    text = " ".join(subprocess.run([*cli, "--help"], capture_output=True, text=True, env=env, timeout=300).stdout.split())
+    helped = subprocess.run([*cli, "--help"], capture_output=True, text=True, env=env, timeout=300)
+    text = " ".join(helped.stdout.split())
     assert "refused, with the run ids, when several sweeps share it" in text and "newest" not in text
