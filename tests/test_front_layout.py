@@ -119,6 +119,18 @@ def test_screenshots_show_the_best_label_on_no_legend_entry_at_any_width(tmp_pat
         assert both == 0, f"at {width} px the best-combined label is drawn over the legend ({both} pixels)"
 
 
+def _viewer_inks(shot: Path) -> tuple[list, list, int]:
+    """(legend ink pixels, label ink pixels, pixels of both) in the screenshot's artifact pane:
+    right of the file tree, under the file's name and path, left of the assistant panel."""
+    img = Image.open(shot).convert("RGB")
+    pane = (int(0.25 * img.width), int(0.2 * img.height), int(0.74 * img.width), img.height)
+    ink = [(pane[0] + i % (pane[2] - pane[0]), pane[1] + i // (pane[2] - pane[0]), p)
+           for i, p in enumerate(img.crop(pane).getdata())]
+    legend = [(x, y) for x, y, (r, g, b) in ink if r < 200 and g > 200 and b > 200]
+    label = [(x, y) for x, y, (r, g, b) in ink if g < 200 and r > 200 and b > 200]
+    return legend, label, sum(1 for _, _, (r, g, b) in ink if r < 200 and g < 200 and b > 200)
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(BROWSER is None, reason="no Chromium installed (.ci/run installs Debian's chromium when it can)")
 def test_in_mlflows_artifact_viewer_the_legend_is_whole_and_clear_of_the_label(tmp_path):
@@ -157,21 +169,18 @@ def test_in_mlflows_artifact_viewer_the_legend_is_whole_and_clear_of_the_label(t
                 assert server.poll() is None and time.time() < deadline
                 time.sleep(1)
         url = f"http://127.0.0.1:{port}/#/experiments/{tracker.experiment_id}/runs/{parent}/artifacts/pareto/front.html"
-        subprocess.run([BROWSER, "--headless", "--no-sandbox", "--disable-gpu", f"--user-data-dir={tmp_path / 'b'}",
-                        "--window-size=1600,1000", "--virtual-time-budget=30000", "--hide-scrollbars",
-                        f"--screenshot={shot}", url], capture_output=True, timeout=180)
+        for _ in range(3):  # a busy machine's server may not have sent the page within the budget
+            subprocess.run([BROWSER, "--headless", "--no-sandbox", "--disable-gpu", f"--user-data-dir={tmp_path / 'b'}",
+                            "--window-size=1600,1000", "--virtual-time-budget=30000", "--hide-scrollbars",
+                            f"--screenshot={shot}", url], capture_output=True, timeout=180)
+            legend, label, both = _viewer_inks(shot)
+            if len(legend) > 100 and len(label) > 20:
+                break
     finally:
         os.killpg(server.pid, 15)
         server.wait(30)
-    img = Image.open(shot).convert("RGB")
-    # the artifact pane, right of the file tree, under the file's name and path, left of the panel
-    pane = (int(0.25 * img.width), int(0.2 * img.height), int(0.74 * img.width), img.height)
-    ink = [(pane[0] + i % (pane[2] - pane[0]), pane[1] + i // (pane[2] - pane[0]), p)
-           for i, p in enumerate(img.crop(pane).getdata())]
-    legend = [(x, y) for x, y, (r, g, b) in ink if r < 200 and g > 200 and b > 200]
-    label = [(x, y) for x, y, (r, g, b) in ink if g < 200 and r > 200 and b > 200]
     assert len(legend) > 100 and len(label) > 20, (len(legend), len(label))  # the page is in the viewer
-    assert not any(r < 200 and g < 200 and b > 200 for _, _, (r, g, b) in ink), "the label is drawn over the legend"
+    assert not both, f"the label is drawn over the legend ({both} pixels)"
     rows = sorted({y for _, y in legend})
     bands = 1 + sum(1 for a, b in zip(rows, rows[1:], strict=False) if b - a > 2)
     assert bands >= 3, f"{bands} of the legend's 3 rows show: the frame cuts it"  # 5 entries in rows of two
