@@ -140,6 +140,7 @@ def test_experiment_link_opens_on_the_runs(tmp_path, monkeypatch):
               "base_model": "base", "merge": {"alpha": 0.3, "sparsity": 0.1}, "edits": {"count": 3, "source": "demo"},
               "recorded_metrics": {"combined_score": 0.8}}
     log_export_model(uri, tmp_path / "export", recipe, upload=False)
+    log_export_model(uri, tmp_path / "export", recipe, upload=False)  # exported again: a model named apart
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(
@@ -172,6 +173,14 @@ def test_experiment_link_opens_on_the_runs(tmp_path, monkeypatch):
     headers = set(re.findall(r'role="columnheader"[^>]* col-id="(\w+\.`[^`"]+`)"', dom))
     assert {"metrics.`edit_score`", "metrics.`general_score`", "metrics.`combined_score`", "params.`alpha`",
             "params.`sparsity`"} <= headers, sorted(headers)
+    # ... and they show without scrolling sideways: at 1600 px with MLflow's assistant panel open
+    # (its default) the grid's scrolling part shows about 525 px beside the pinned name and date
+    # (measured on screenshots); the browser's layout puts each column at its `left` offset there.
+    for name in ("combined_score", "edit_score", "general_score"):
+        cell = re.search(rf'col-id="metrics\.`{name}`"[^>]*style="left: (\d+)px; width: (\d+)px;"', dom)
+        assert cell and int(cell[1]) + int(cell[2]) <= 525, (name, cell and cell.groups())
+    assert 'col-id="attributes.`Models`"' not in dom  # an export shows on its run's page (below)
     assert "t01c0" in dom  # the candidate's row, under its sweep's run
     # the exported model is listed on its candidate's run page ("Logged models", not "—")
-    assert "demo-t1-c0" in run_page, run_page[-3000:]
+    assert re.search(r"demo-t1-c0(?!-export)", run_page), run_page[-3000:]
+    assert "demo-t1-c0-export2" in run_page, run_page[-3000:]  # the second export, told apart by its name

@@ -54,3 +54,32 @@ def test_logged_retention_reaches_the_pareto_table_the_recipe_and_the_card(tmp_p
     recipe["recorded_metrics"] = recorded
     rows = [line for line in model_card(recipe).splitlines() if line.startswith(f"| retention.{TASK} |")]
     assert len(rows) == 1 and "0.875" in rows[0], rows
+
+
+def test_both_edit_families_reach_the_recipe_and_sit_side_by_side_in_the_card(tmp_path):
+    """A sweep scored in both families (the demo's `evaluation.mode: both`): the recipe keeps the
+    generated (WILD) numbers and per-kind means, and the card lists each right under its
+    teacher-forced twin (issue 26 §3; the export used to keep the teacher-forced ones only)."""
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    tracker = SweepTracker(uri, "families", str(tmp_path / "artifacts"))
+    tracker.start_sweep("families", params={}, tags={})
+    metrics = {**_metrics(0.9), "gen.edit_succ": 40.0, "generalization": 70.0, "gen.generalization": 30.0,
+               "portability.Subject_Aliasing": 60.0, "gen.portability.Subject_Aliasing": 20.0,
+               "edit_score.stderr": 0.01, "eval_seconds": 3.0}
+    tracker.log_candidate("t0-c0", {"alpha": 0.3, "sparsity": 0.1}, metrics,
+                          {Tag.KIND: SAMPLED, Tag.STATUS: "ok", Tag.TRIAL_ID: "t0"})
+    tracker.finish()
+    candidate = next(c for c in load_sweep(uri, "families").candidates if c["candidate"] == "t0-c0")
+    recorded = _metrics_only(candidate)
+    assert {"gen.edit_succ", "gen.generalization", "gen.portability.Subject_Aliasing",
+            "portability.Subject_Aliasing"} <= set(recorded)
+    assert "edit_score.stderr" not in recorded and "eval_seconds" not in recorded  # not the model's numbers
+
+    recipe = _recipe("Qwen/Qwen2.5-7B-Instruct")
+    recipe["recorded_metrics"] = recorded
+    labels = [line.split(" | ")[0][2:] for line in model_card(recipe).splitlines() if line.startswith("| ")]
+    at = labels.index("Edit Succ. (%), teacher-forced")
+    assert labels[at:at + 4] == ["Edit Succ. (%), teacher-forced", "Edit Succ. (%), generated (WILD)",
+                                 "Generalization (%), teacher-forced", "Generalization (%), generated (WILD)"], labels
+    kind = labels.index("portability.Subject_Aliasing, teacher-forced")
+    assert labels[kind + 1] == "portability.Subject_Aliasing, generated (WILD)"

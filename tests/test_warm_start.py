@@ -10,7 +10,10 @@ earlier one, and export refuses a warm-start row with the command that exports i
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
+import re
 from pathlib import Path
 
 import optuna
@@ -191,8 +194,23 @@ def sweeps(ray_2_cpus, tmp_path_factory, tiny_model_dir):
                               "tracking": first.tracking.model_dump()})
     a = run_sweep(first)
     spec = f"{first.tracking.uri}:wsa"
-    b = run_sweep(second, warm_start=[spec, spec])  # the same sweep twice counts once
+    with contextlib.redirect_stderr(io.StringIO()) as said:  # what a person reads (issue 26 §4)
+        b = run_sweep(second, warm_start=[spec, spec])  # the same sweep twice counts once
+    TERMINAL["wsb"] = said.getvalue()
     return first, second, a, b
+
+
+TERMINAL: dict[str, str] = {}  # the warm-started sweep's terminal text
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_the_progress_lines_best_starts_from_the_copied_front(sweeps):
+    _, _, a, _ = sweeps
+    said = [float(x) for x in re.findall(r"best (?:combined_score )?(\d\.\d+)", TERMINAL["wsb"])]
+    assert said, TERMINAL["wsb"][-3000:]
+    # the first trial's line already counts the earlier sweep's best (it ignored it before)
+    assert said[0] >= round(max(r["combined_score"] for r in a.rows), 4) - 1e-4, (said, TERMINAL["wsb"][-2000:])
 
 
 @pytest.mark.ray

@@ -32,7 +32,7 @@ def add_sweep_source_arguments(parser: argparse.ArgumentParser) -> None:
         "--sweep",
         required=True,
         metavar="NAME|RUN_ID",
-        help="sweep name (its newest parent run) or the parent run's id",
+        help="sweep name (refused, with the run ids, when several sweeps share it) or the parent run's id",
     )
     parser.add_argument("--experiment", metavar="NAME", help="MLflow experiment to look in (default: all)")
 

@@ -115,4 +115,6 @@ def _log_unregistered_model(uri: str, result, log) -> None:
     except Exception as exc:  # noqa: BLE001 - the export itself is done and verified
         log(f"could not record the export as a logged model in MLflow ({type(exc).__name__}: {str(exc)[:200]})")
         return
-    log(f"recorded as logged model {model.model_id} of run {result.recipe['source']['candidate_run_id']}")
+    # by name too: a repeated export of the candidate is a second model, "…-export2" in the UI
+    log(f"recorded as logged model {model.name!r} ({model.model_id}) of run "
+        f"{result.recipe['source']['candidate_run_id']}")

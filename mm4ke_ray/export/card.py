@@ -42,6 +42,16 @@ def _family_label(key: str) -> str:
     return f"{name}, generated (WILD)" if generated else f"{name}, teacher-forced"
 
 
+def _row_order(key: str, at: int) -> tuple:
+    """Edit metrics first, each generated (WILD) row right under its teacher-forced one and the
+    per-kind means under their metric (issue 26 §3); the other rows as listed."""
+    bare = key.removeprefix(GEN_PREFIX)
+    head = bare.split(".")[0]
+    if head not in _TF_EDIT_ROWS:
+        return (1, at)
+    return (0, _TF_EDIT_ROWS.index(head), bare != head, bare, key != bare)
+
+
 def _definitions(ev: dict) -> list[str]:
     """Which definitions produced the edit numbers: families, the objective's, aggregation, rules."""
     lines = ["- Edit metrics: *teacher-forced* = EasyEdit token accuracy (the paper's tables); *generated "
@@ -76,6 +86,7 @@ def _metric_table(recipe: dict) -> list[str]:
     shown = {k for k, _ in keys}
     keys += [(k, _family_label(k)) for k in sorted(this) if k not in shown and k.startswith(_MORE_ROWS)]
     keys = [(k, _family_label(k) if k in _TF_EDIT_ROWS else label) for k, label in keys]
+    keys = [kl for _, kl in sorted(enumerate(keys), key=lambda ik: _row_order(ik[1][0], ik[0]))]
     lines = [
         "| metric | base model | pure R-SFT, same delta (α=0, sparsity=0) | this model (sweep) | this model (re-evaluated) |",
         "|---|---|---|---|---|",

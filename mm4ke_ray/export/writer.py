@@ -39,7 +39,7 @@ from mm4ke_ray.export.verify import (
 )
 from mm4ke_ray.merge.merged_model import MERGE_INFO_FILE, merge_params
 from mm4ke_ray.modeling.gguf import gguf_provenance
-from mm4ke_ray.schema import EDIT_METRICS, FLUENCY, LAYER, RSFT_PARAMS, Tag
+from mm4ke_ray.schema import EDIT_METRICS, FLUENCY, GEN_PREFIX, LAYER, RSFT_PARAMS, Tag
 from mm4ke_ray.storage import check_out_dir
 from mm4ke_ray.tracking.query import normalize_row
 from mm4ke_ray.tracking.registry import register_export
@@ -68,7 +68,13 @@ class ExportResult:
 def _metrics_only(row: dict | None) -> dict | None:
     if row is None:
         return None
-    return {k: v for k, v in row.items() if k in _METRICS or k.startswith(_METRIC_PREFIXES)}
+    return {k: v for k, v in row.items() if k in _METRICS or k.startswith(_METRIC_PREFIXES) or _is_edit_metric(k)}
+
+
+def _is_edit_metric(key: str) -> bool:
+    """An edit metric of either family, or its per-kind mean ("gen.portability.Reasoning"): the
+    card shows generated (WILD) beside teacher-forced, and the export re-checks both (issue 26 §3)."""
+    return key.removeprefix(GEN_PREFIX).split(".")[0] in EDIT_METRICS
 
 
 def _recipe(

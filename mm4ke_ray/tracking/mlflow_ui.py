@@ -66,11 +66,11 @@ def column(kind: str, name: str) -> str:
 
 
 # What a person compares candidates by: the objectives (the sweep run's best combined score on
-# its own, closed row), where the candidate sits (α, sparsity), whether it is on the front; and
-# MLflow's "Models" column, where an exported candidate's model shows. MLflow's other defaults,
-# Source (the script's path) and Dataset (never logged here), are left to the Columns menu.
+# its own, closed row), where the candidate sits (α, sparsity), whether it is on the front.
+# MLflow's defaults Source (the script's path), Dataset (never logged here) and Models (mostly
+# "-"; an export shows on its run's page) are left to the Columns menu: with Models, a 1600 px
+# window with the assistant panel open showed general_score only after scrolling sideways.
 SWEEP_COLUMNS = (
-    column("attributes", "Models"),
     *(column("metrics", m) for m in (COMBINED.name, EDIT.name, GENERAL.name, f"best_{COMBINED.name}")),
     column("params", ALPHA),
     column("params", SPARSITY),

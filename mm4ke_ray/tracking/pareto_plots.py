@@ -318,8 +318,9 @@ def write_front_html(rows: list[dict], path: str | Path, title: str, edit_mode: 
                        f'</{"polygon" if kind in (BASE, PURE_RSFT) else "circle"}></g>')
     for i, (kind, text, colour, size) in enumerate(legend):
         x, y = left + 10 + (w - left - right) / 2 * (i % 2), h - legend_h + 6 + 22 * (i // 2)
+        # the base's star drawn smaller than in the plot, clear of its text
         mark = (f'<circle cx="{x:.1f}" cy="{y}" r="8" fill="none" stroke="{colour}" stroke-width="1.6"/>'
-                if kind == "front" else f'{_marker(kind, x, y, size, colour)}/>')
+                if kind == "front" else f'{_marker(kind, x, y, min(size, 120), colour)}/>')
         out.append(f'{mark}<text class="legend" x="{x + 14:.1f}" y="{y + 4}" font-size="11">{escape(text)}</text>')
     best = best_candidate(rows)
     if best is not None and _xy(best) is not None:
