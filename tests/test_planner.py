@@ -191,10 +191,46 @@ def test_bad_requests_are_refused_with_the_fix(capsys):
         plan_sweep(PAPER, gpus=8, records=ZSRE_RECORDS, probe=True)
     with pytest.raises(UserError, match="ask for no GPU"):
         plan_sweep(DEMO, gpus=8)
-    with pytest.raises(UserError, match="7.6B parameters"):
+    with pytest.raises(UserError, match="7.6B parameters.*--from-real"):
         plan_sweep(PAPER, gpus=0, records=ZSRE_RECORDS, probe=True, cpus=8)
     code, _ = _cli(str(PAPER), "--gpus", "8", "--records", "1301", "--results", "/nonexistent")
     assert code == 2 and "sweep.json" in capsys.readouterr().err
+
+
+def test_paper_config_on_cpus_is_scaled_from_the_real_sweep_with_its_basis_printed(tmp_path):
+    """`--from-real`: the real SmolLM2 sweep's figures (a hand-made real.json here) x the parameter
+    ratio (and, for a candidate, the record ratio), each step of the arithmetic in the basis."""
+    import shutil
+
+    from mm4ke_ray.planning.model_size import read_model_shape
+
+    rows = [{"kind": "base", "eval_seconds": 100.0},
+            {"kind": "pure_rsft", "layer": 6, "rsft_updates": 100, "rsft_seconds": 40.0, "eval_seconds": 30.0},
+            {"kind": "pure_rsft", "layer": 8, "rsft_updates": 100, "rsft_seconds": 60.0, "eval_seconds": 50.0},
+            {"kind": "merged", "eval_seconds": 40.0}]
+    (tmp_path / "real.json").write_text(json.dumps({
+        "machine": {"date": "2026-12-06T09:00:00"}, "sweep_records": 25, "objective_tasks": ["wikitext"],
+        "steps": {"sweep": {"candidates": rows}}}))
+    shutil.copy(REPO / "benchmarks" / "results" / "sweep.json", tmp_path / "sweep.json")
+    args = (str(PAPER), "--from-real", "--records", "50", "--cpus", "8", "--results", str(tmp_path))
+    code, raw = _cli(*args, "--json")
+    plan = json.loads(raw)
+    size = plan["model"]["params"] / read_model_shape("HuggingFaceTB/SmolLM2-135M-Instruct").params
+    assert code == 0 and 56 < size < 58  # 7.62B / 134.5M
+    units = plan["unit_costs"]
+    assert units["update_s"]["6"] == pytest.approx(0.5 * size)  # 100 s over 200 updates
+    assert units["candidate_s"] == pytest.approx(40.0 * size * 2)  # mean of 3, 50 / 25 records
+    code, text = _cli(*args)
+    flat = " ".join(text.split())
+    assert code == 0 and "(the real model's sweep here, scaled)" in flat
+    assert "scaled from the real sweep (real.json, 2026-12-06): HuggingFaceTB/SmolLM2-135M-Instruct, 134.5M" in flat
+    assert "R-SFT update: 0.5 s (200 updates of 2 trials, layers 6, 8) x 7.62B / 134.5M params (x57)" in flat
+    assert "candidate: 40 s (mean of 3, 25 records) x57 params x2 records" in flat
+    assert "the reference ran wikitext, this config ceval-valid, coqa" in flat
+    with pytest.raises(UserError, match="--from-real scales CPU measurements"):
+        from mm4ke_ray.planning import plan_sweep
+
+        plan_sweep(PAPER, gpus=8, records=50, from_real=True)
 
 
 def test_the_command_module_imports_nothing_heavy():
