@@ -27,20 +27,22 @@ from bench_sweep import demo_config, run_timed
 
 GOAL = 0.30  # |plan / measured - 1|
 MAP = {  # the plan's phases -> the sweep's own time table (search/timings.py)
-    "Ray start": ("ray_start",), "trial start-up": ("trial_startup",), "R-SFT": ("rsft",),
+    "Ray start + stop": ("ray_start",), "trial start-up": ("trial_startup",), "R-SFT": ("rsft",),
     "eval pool start + eval rounds": ("evaluation",), "sweep start/end + Tune/MLflow": ("tracking", "other"),
 }
 
 
 def _phases(plan) -> dict[str, float]:
     p = {ph.name: ph.wall_s for ph in plan.estimate.phases}
-    return {"Ray start": p["Ray start"], "trial start-up": p["trial start-up"], "R-SFT": p["R-SFT"],
+    return {"Ray start + stop": p["Ray start"], "trial start-up": p["trial start-up"], "R-SFT": p["R-SFT"],
             "eval pool start + eval rounds": p["eval pool start"] + p["eval rounds"],
             "sweep start/end + Tune/MLflow": p["sweep start/end"] + p["Tune/MLflow"]}
 
 
 def compare(plan, measured: dict) -> dict:
-    timings = measured["sweep_timings_s"]
+    # run_timed starts Ray before the sweep (whose own table then has no Ray start) and stops it after.
+    timings = {**measured["sweep_timings_s"], "ray_start": 0.0}
+    timings["ray_start"] = measured["wall_s"] - sum(timings.values())
     est = plan.estimate.wall_s
     side = {k: {"plan": v, "measured": sum(timings.get(c, 0.0) for c in MAP[k])} for k, v in _phases(plan).items()}
     return {"plan_s": est, "measured_s": measured["wall_s"], "error": est / measured["wall_s"] - 1,
@@ -97,7 +99,7 @@ def real_runs(workdir: Path, runs: int, trials: int) -> dict:
               f"{recorded['wall_s'] / 60:.0f} min ({100 * run['error_vs_recorded']:+.0f} %), load {load_start[0]:.1f}")
         if trials:
             config = load_config(CONFIG, {**sets, "search.num_trials": trials})
-            plan = plan_sweep(CONFIG, config=config, probe=False, cpus=2, units=plan12.units)
+            plan = plan_sweep(CONFIG, config=config, cpus=2, units=plan12.units, fixed=plan12.fixed)
             run.update(compare(plan, run_timed(config)), load_end=os.getloadavg(), trials=trials)
             print(f"  fresh {trials}-trial sweep: plan {run['plan_s']:.0f} s, measured {run['measured_s']:.0f} s "
                   f"({100 * run['error']:+.0f} %), load -> {run['load_end'][0]:.1f}")

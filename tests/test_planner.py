@@ -118,6 +118,33 @@ def test_trials_run_in_waves_and_their_candidates_share_the_actors():
     assert est.wall_s == pytest.approx(4 + 5 + 61.5 + 3 * work.updates_expected * 0.015 + 8 + 10 + 5 * 2)
 
 
+def test_fixed_costs_probed_now_replace_the_benchmarks_and_say_so():
+    """`plan --probe` measures Ray's start and a trial's start-up now (`ray_probe.py`): the plan
+    takes those figures for its Ray start and trial start-up lines and names the probe as source."""
+    from dataclasses import replace
+
+    from mm4ke_ray.planning.costs import UnitCosts
+    from mm4ke_ray.planning.estimate import estimate
+    from mm4ke_ray.planning.fixed_costs import FixedCosts
+    from mm4ke_ray.planning.workload import workload
+
+    work = replace(workload(load_config(DEMO), records=10, gpus=0, cpus=2), trials=2, concurrent_trials=1)
+    units = UnitCosts(update_s=dict.fromkeys(work.layers, 0.01), candidate_s=1.0, pool_start_s=5.0,
+                      worker_load_s=0.5)
+    stored = FixedCosts(ray_start_s=4.0, trial_startup_s={"train": 20.0, "task": 5.0},
+                        driver_per_trial_s={"train": 2.0}, driver_per_sweep_s=10.0, dispatch_per_candidate_s=0.0,
+                        basis="sweep.json")
+    now = replace(stored, ray_start_s=12.0, trial_startup_s={"train": 31.0, "task": 5.0}, probed=True)
+    before = {p.name: p for p in estimate(work, units, stored, 0, 2, local_ray=True, source="probe").phases}
+    after = {p.name: p for p in estimate(work, units, now, 0, 2, local_ray=True, source="probe").phases}
+    assert (before["Ray start"].wall_s, after["Ray start"].wall_s) == (4.0, 12.0)
+    assert (before["trial start-up"].wall_s, after["trial start-up"].wall_s) == (2 * 20.5, 2 * 31.5)
+    assert (before["Ray start"].source, after["Ray start"].source) == ("bench", "probe")
+    assert (before["trial start-up"].source, after["trial start-up"].source) == ("bench+probe", "probe")
+    cluster = estimate(work, units, now, 8, 8, local_ray=False, source="stored").phases[0]
+    assert (cluster.wall_s, cluster.source) == (0, "cluster up")  # submitted to a running cluster: no start
+
+
 def test_halving_bounds_the_evaluation_by_what_its_rungs_may_prune():
     """5 candidates, 3 rungs, factor 3 on 100 records: rungs of 12, 34 and 100 records. A promoted
     candidate scores only the items its next rung adds, so nothing pruned costs what evaluating

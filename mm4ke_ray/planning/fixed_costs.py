@@ -31,6 +31,7 @@ class FixedCosts:
     driver_per_sweep_s: float  # once: merge-eval pool start, the MLflow parent run, Tune's start and end
     dispatch_per_candidate_s: float  # a candidate's trip to an actor and back, beyond its evaluation
     basis: str
+    probed: bool = False  # Ray start and trial start-up measured now (`ray_probe.py`), not the benchmark's
 
     def as_json(self) -> dict:
         return asdict(self)

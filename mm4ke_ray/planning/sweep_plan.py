@@ -14,6 +14,7 @@ from mm4ke_ray.planning.estimate import Estimate, estimate
 from mm4ke_ray.planning.fixed_costs import RESULTS, FixedCosts, load_fixed_costs
 from mm4ke_ray.planning.model_size import ModelShape, go_offline, hub_reachable, read_model_shape
 from mm4ke_ray.planning.probe import probe_costs
+from mm4ke_ray.planning.ray_probe import probe_fixed_costs
 from mm4ke_ray.planning.scaled import scaled_costs
 from mm4ke_ray.planning.workload import Workload, cluster_resources, workload
 
@@ -62,14 +63,15 @@ def plan_sweep(config_path: str | Path, *, gpus: int = 0, cpus: float | None = N
                from_real: bool = False,
                gpu_kind: str = "h200", records: int | None = None, num_trials: int | None = None,
                overrides: dict | None = None, results: str | Path | None = None,
-               config: SweepConfig | None = None, units: UnitCosts | None = None) -> SweepPlan:
+               config: SweepConfig | None = None, units: UnitCosts | None = None,
+               fixed: FixedCosts | None = None) -> SweepPlan:
     """Estimate the sweep in `config_path` (or `config`, already loaded) on `gpus` GPUs.
 
     `probe`: measure unit costs here (needs the model's weights; a GPU plan needs a GPU here).
     Otherwise the figures stored for `gpu_kind` are scaled to the model (GPU plans only).
     `records` stands in for an edit set that cannot be read here (a hub dataset offline).
     `from_real`: a CPU plan from the real SmolLM2 sweep recorded here, scaled by parameter count.
-    `units`: unit costs already probed for this model (another trial count of the same config).
+    `units`, `fixed`: costs already probed for this model (another trial count of the same config).
     """
     if gpus < 0:
         raise UserError(f"--gpus must be >= 0, got {gpus}")
@@ -84,7 +86,7 @@ def plan_sweep(config_path: str | Path, *, gpus: int = 0, cpus: float | None = N
     if num_trials is not None:  # validated like the config's own (0 is refused, not ignored)
         config = config.with_overrides(**{"search.num_trials": num_trials})
     results = Path(results) if results else RESULTS
-    fixed = load_fixed_costs(results / "sweep.json")
+    fixed = fixed or load_fixed_costs(results / "sweep.json")
     model_name = config.model.name  # as the config names it ("demo", not the cache folder)
     config = _resolve_demo(config)
     n, records_from = records, "--records"
@@ -109,6 +111,8 @@ def plan_sweep(config_path: str | Path, *, gpus: int = 0, cpus: float | None = N
     elif probe:
         device = _probe_device(gpus)
         units, source, tag = probe_costs(config, work, shape.params, device), f"probe on this machine, {device}", "probe"
+        # Ray and a trial's start-up follow the load of the hour, not the benchmark's (ray_probe.py).
+        fixed = probe_fixed_costs(fixed, config.search.rsft.runner, cluster_cpus)
     else:
         units = stored_costs(gpu_kind, shape, work, config.model.dtype, config.data.prompt_format, results)
         source, tag = f"stored {gpu_kind} figures", "stored"
