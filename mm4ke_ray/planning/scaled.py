@@ -38,7 +38,8 @@ def reference_figures(path: Path) -> dict:
                "trials": len(trials), "candidate_s": sum(candidates) / len(candidates),
                "candidates": len(candidates), "base_s": base, "records": data["sweep_records"],
                "layers": sorted({r["layer"] for r in trials}), "tasks": data.get("objective_tasks", []),
-               "date": data.get("machine", {}).get("date", "?")[:10]}
+               "date": data.get("machine", {}).get("date", "?")[:10],
+               "load": (data.get("machine", {}).get("load_average_at_start") or [None])[0]}
     except (KeyError, TypeError, StopIteration, ZeroDivisionError) as exc:
         raise UserError(f"{path}: no usable real sweep ({type(exc).__name__}: {exc}); rerun benchmarks/bench_real.py") from None
     return out
@@ -55,7 +56,8 @@ def scaled_costs(shape: ModelShape, work: Workload, results: Path) -> UnitCosts:
     pool = ref["base_s"] * size * records
     basis = [
         f"scaled from the real sweep ({REFERENCE}, {ref['date']}): {REFERENCE_MODEL}, "
-        f"{ref_params / 1e6:.1f}M params, on this machine's CPUs",
+        f"{ref_params / 1e6:.1f}M params, on this machine's CPUs (1 thread a worker"
+        + (f", load average {ref['load']:.1f} at its start)" if ref["load"] is not None else ")"),
         f"R-SFT update: {ref['update_s']:.3g} s ({ref['updates']:,.0f} updates of {ref['trials']} trials, layers "
         f"{', '.join(map(str, ref['layers']))}) x {shape.params / 1e9:.2f}B / {ref_params / 1e6:.1f}M params "
         f"(x{size:,.0f}) = {update:,.3g} s",
