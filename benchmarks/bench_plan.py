@@ -94,14 +94,15 @@ def real_runs(workdir: Path, runs: int, trials: int) -> dict:
                 "storage_path": str(workdir / f"real{i}-ray")}
         load_start = os.getloadavg()
         plan12 = plan_sweep(CONFIG, config=load_config(CONFIG, sets), probe=True, cpus=2)
-        run = {"plan_s": plan12.estimate.wall_s, "recorded_s": recorded["wall_s"],
+        run = {"plan12_s": plan12.estimate.wall_s, "recorded_s": recorded["wall_s"],
                "error_vs_recorded": plan12.estimate.wall_s / recorded["wall_s"] - 1, "load_start": load_start,
-               "phases": _phases(plan12), "unit_costs": plan12.units.as_json()}
+               "phases12": _phases(plan12), "unit_costs": plan12.units.as_json(), "fixed_costs": plan12.fixed.as_json()}
         print(f"real plan {i}: {plan12.estimate.wall_s / 60:.0f} min for 12 trials vs the recorded sweep "
               f"{recorded['wall_s'] / 60:.0f} min ({100 * run['error_vs_recorded']:+.0f} %), load {load_start[0]:.1f}")
         if trials:
             config = load_config(CONFIG, {**sets, "search.num_trials": trials})
             plan = plan_sweep(CONFIG, config=config, cpus=2, units=plan12.units, fixed=plan12.fixed)
+            # The fresh sweep: the same probe's figures for `trials` trials (plan_s, phases, error).
             run.update(compare(plan, run_timed(config)), load_end=os.getloadavg(), trials=trials)
             print(f"  fresh {trials}-trial sweep: plan {run['plan_s']:.0f} s, measured {run['measured_s']:.0f} s "
                   f"({100 * run['error']:+.0f} %), load -> {run['load_end'][0]:.1f}")
