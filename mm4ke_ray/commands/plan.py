@@ -1,4 +1,4 @@
-"""`mm4ke-ray plan CONFIG [--gpus N] [--probe]`: a sweep's GPU-hours and wall time, before it runs.
+"""`mm4ke-ray plan CONFIG [--gpus N] [--probe | --from-real]`: a sweep's GPU-hours and wall time, before it runs.
 
 Nothing heavy at import time (torch, transformers, ray load only when the command runs), so
 `mm4ke-ray --help` stays fast.
@@ -50,9 +50,9 @@ def add_arguments(p) -> None:
 
 def run(args) -> int:
     set_verbose(args.verbose)  # --probe loads a model and lm-eval: their bars and notices stay off
-    plan = plan_sweep(args.config, gpus=args.gpus, cpus=args.cpus, probe=args.probe, from_real=args.from_real, gpu_kind=args.gpu_kind,
-                      records=args.records, num_trials=args.num_trials, overrides=parse_overrides(args.set) or None,
-                      results=args.results)
+    plan = plan_sweep(args.config, gpus=args.gpus, cpus=args.cpus, probe=args.probe, from_real=args.from_real,
+                      gpu_kind=args.gpu_kind, records=args.records, num_trials=args.num_trials,
+                      overrides=parse_overrides(args.set) or None, results=args.results)
     if args.json:
         json.dump(plan.as_json(), sys.stdout, indent=2)
         print()
