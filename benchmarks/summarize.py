@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 ORDER = ["merge", "rsft", "eval", "sweep", "search_quality", "memory", "generation", "mergekit", "startup", "soak",
-         "multifidelity", "warm_start", "real", "general_eval", "table_build", "table_search"]
+         "multifidelity", "warm_start", "real", "general_eval", "table_build", "table_search", "plan"]
 
 
 def _fmt(value: float) -> str:

@@ -273,6 +273,7 @@ LAZY_IMPORTS_ALLOWED = {
     ("mm4ke_ray/planning/probe.py", "mm4ke_ray.evaluate.candidate"),  # torch
     ("mm4ke_ray/planning/probe.py", "mm4ke_ray.modeling"),  # torch: load_model
     ("mm4ke_ray/planning/workload.py", "mm4ke_ray.search.space"),  # optuna
+    ("mm4ke_ray/planning/ray_probe.py", "mm4ke_ray.search.start_probe"),  # ray: --probe times Ray's start
     # `validate` reads the config without torch; these checks need it only for what they check.
     ("mm4ke_ray/preflight.py", "mm4ke_ray.modeling.loading"),  # torch
     ("mm4ke_ray/preflight.py", "mm4ke_ray.merge.methods"),  # torch

@@ -28,6 +28,7 @@ SCRIPTS = {  # the slowest first (smoke walls one at a time on this 2-core machi
     "table_search": "bench_table_search.py",
     "table_build": "build_real_table.py",
     "sweep": "bench_sweep.py",  # ~70 s
+    "plan": "bench_plan.py",  # ~90 s: a probe (Ray start, an empty trial) and a 1-trial demo sweep
     "memory": "bench_memory.py",
     "mergekit": "bench_mergekit.py",
     "generation": "bench_generation.py",
@@ -121,6 +122,15 @@ def test_sweep_smoke_counts_candidates(runs):
     assert task["ours"]["candidates"] == task["naive"]["candidates"] == 2
     assert task["ours"]["trials"] == 1 and task["naive"]["trials"] == 2
     assert 0 <= task["ours"]["outside_share"] <= 1
+
+
+def test_plan_smoke_splits_both_walls_into_the_same_groups(runs):
+    """bench_plan's groups hold every second of the plan and of the measured sweep (none dropped)."""
+    run = _result(runs, "plan")["demo"][0]
+    assert run["candidates"] == 2 and run["plan_s"] > 0 and run["measured_s"] > 0
+    assert sum(g["plan"] for g in run["phases"].values()) == pytest.approx(run["plan_s"])
+    assert sum(g["measured"] for g in run["phases"].values()) == pytest.approx(run["measured_s"])
+    assert run["error"] == pytest.approx(run["plan_s"] / run["measured_s"] - 1)
 
 
 def test_memory_smoke_reads_rss(runs):

@@ -1,4 +1,4 @@
-"""`mm4ke-ray plan CONFIG [--gpus N] [--probe]`: a sweep's GPU-hours and wall time, before it runs.
+"""`mm4ke-ray plan CONFIG [--gpus N] [--probe | --from-real]`: a sweep's GPU-hours and wall time, before it runs.
 
 Nothing heavy at import time (torch, transformers, ray load only when the command runs), so
 `mm4ke-ray --help` stays fast.
@@ -31,6 +31,9 @@ def add_arguments(p) -> None:
     p.add_argument("--probe", action="store_true",
                    help="Measure per-step costs here: a few R-SFT updates and one candidate evaluation "
                         "(needs the model's weights; seconds on a small model).")
+    p.add_argument("--from-real", action="store_true",
+                   help="CPU plans: scale the real SmolLM2-135M sweep measured here (benchmarks/results/real.json) "
+                        "to the model by parameter count, for a model too big to probe here.")
     p.add_argument("--gpu-kind", default="h200", metavar="KIND",
                    help="Whose stored figures to scale to the model when not probing (default: h200, from "
                         "benchmarks/results/gpu_check.json).")
@@ -47,9 +50,9 @@ def add_arguments(p) -> None:
 
 def run(args) -> int:
     set_verbose(args.verbose)  # --probe loads a model and lm-eval: their bars and notices stay off
-    plan = plan_sweep(args.config, gpus=args.gpus, cpus=args.cpus, probe=args.probe, gpu_kind=args.gpu_kind,
-                      records=args.records, num_trials=args.num_trials, overrides=parse_overrides(args.set) or None,
-                      results=args.results)
+    plan = plan_sweep(args.config, gpus=args.gpus, cpus=args.cpus, probe=args.probe, from_real=args.from_real,
+                      gpu_kind=args.gpu_kind, records=args.records, num_trials=args.num_trials,
+                      overrides=parse_overrides(args.set) or None, results=args.results)
     if args.json:
         json.dump(plan.as_json(), sys.stdout, indent=2)
         print()

@@ -82,11 +82,12 @@ def estimate(work: Workload, units: UnitCosts, fixed: FixedCosts, gpus: int, cpu
     eval_upper = work.halving_cost[1] / work.candidates_per_delta if work.halving_cost else 1.0
     per_trial = fixed.driver_per_trial_s.get(work.runner, max(fixed.driver_per_trial_s.values()))
     ray_start = fixed.ray_start_s if local_ray else 0.0
+    here = "probe" if fixed.probed else "bench"
     phases = [
-        Phase("Ray start", 1, ray_start, ray_start, ray_start, "bench" if local_ray else "cluster up"),
+        Phase("Ray start", 1, ray_start, ray_start, ray_start, here if local_ray else "cluster up"),
         Phase("eval pool start", 1, units.pool_start_s, units.pool_start_s, units.pool_start_s, source),
         Phase("trial start-up", waves, startup + units.worker_load_s, waves * (startup + units.worker_load_s),
-              waves * (startup + units.worker_load_s), f"bench+{source}"),
+              waves * (startup + units.worker_load_s), f"{here}+{source}" if here != source else here),
         Phase("R-SFT", waves, rsft, waves * rsft, waves * rsft_upper, source),
         Phase("eval rounds", rounds, candidate, rounds * candidate, rounds * candidate * eval_upper, source),
         Phase("sweep start/end", 1, fixed.driver_per_sweep_s, fixed.driver_per_sweep_s, fixed.driver_per_sweep_s,

@@ -8,7 +8,8 @@ costs per trial (a Tune actor, a checkpoint, the trial's MLflow runs) from what 
 per sweep. These are costs of Ray, Tune and MLflow on this machine, not of the model; on a
 cluster they are small next to a 7B trial, and the plan shows them as their own line.
 The per-sweep part includes the demo's own pool start (~3 s), which the plan also counts from
-the probe: a demo plan errs that much high.
+the probe: a demo plan errs that much high. `plan --probe` replaces Ray's start and a trial's
+start-up with figures measured at the load of the moment (`ray_probe.py`).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ class FixedCosts:
     driver_per_sweep_s: float  # once: merge-eval pool start, the MLflow parent run, Tune's start and end
     dispatch_per_candidate_s: float  # a candidate's trip to an actor and back, beyond its evaluation
     basis: str
+    probed: bool = False  # Ray start and trial start-up measured now (`ray_probe.py`), not the benchmark's
 
     def as_json(self) -> dict:
         return asdict(self)

@@ -19,4 +19,10 @@ KNOWN_CONFIGS: dict[str, dict] = {
         "num_attention_heads": 14, "num_key_value_heads": 2, "vocab_size": 151936,
         "tie_word_embeddings": True,
     },
+    # The real config's model (smollm2_zsre.yaml) and the reference of `plan --from-real` (scaled.py).
+    "HuggingFaceTB/SmolLM2-135M-Instruct": {
+        "model_type": "llama", "hidden_act": "silu", "hidden_size": 576, "intermediate_size": 1536,
+        "num_hidden_layers": 30, "num_attention_heads": 9, "num_key_value_heads": 3, "vocab_size": 49152,
+        "tie_word_embeddings": True,
+    },
 }

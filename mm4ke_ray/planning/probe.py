@@ -55,7 +55,8 @@ def probe_costs(config: SweepConfig, work: Workload, params: int, device: str) -
 
     if device == "cpu" and params > CPU_PROBE_MAX_PARAMS:
         raise UserError(f"--probe: {config.model.name} has {params / 1e9:.1f}B parameters; probing it on this "
-                        "CPU would take hours. Probe on a GPU machine, or plan from stored figures with --gpu-kind")
+                        "CPU would take hours. Probe on a GPU machine, plan from stored figures with --gpus N, "
+                        "or scale the real model's sweep measured here with --from-real")
     settings = eval_settings(config, device)
     r = config.resources
     def load():

@@ -14,6 +14,8 @@ from mm4ke_ray.planning.estimate import Estimate, estimate
 from mm4ke_ray.planning.fixed_costs import RESULTS, FixedCosts, load_fixed_costs
 from mm4ke_ray.planning.model_size import ModelShape, go_offline, hub_reachable, read_model_shape
 from mm4ke_ray.planning.probe import probe_costs
+from mm4ke_ray.planning.ray_probe import probe_fixed_costs
+from mm4ke_ray.planning.scaled import scaled_costs
 from mm4ke_ray.planning.workload import Workload, cluster_resources, workload
 
 
@@ -58,26 +60,33 @@ def _resolve_demo(config: SweepConfig) -> SweepConfig:
 
 
 def plan_sweep(config_path: str | Path, *, gpus: int = 0, cpus: float | None = None, probe: bool = False,
+               from_real: bool = False,
                gpu_kind: str = "h200", records: int | None = None, num_trials: int | None = None,
                overrides: dict | None = None, results: str | Path | None = None,
-               config: SweepConfig | None = None) -> SweepPlan:
+               config: SweepConfig | None = None, units: UnitCosts | None = None,
+               fixed: FixedCosts | None = None) -> SweepPlan:
     """Estimate the sweep in `config_path` (or `config`, already loaded) on `gpus` GPUs.
 
     `probe`: measure unit costs here (needs the model's weights; a GPU plan needs a GPU here).
     Otherwise the figures stored for `gpu_kind` are scaled to the model (GPU plans only).
     `records` stands in for an edit set that cannot be read here (a hub dataset offline).
+    `from_real`: a CPU plan from the real SmolLM2 sweep recorded here, scaled by parameter count.
+    `units`, `fixed`: costs already probed for this model (another trial count of the same config).
     """
     if gpus < 0:
         raise UserError(f"--gpus must be >= 0, got {gpus}")
-    if gpus == 0 and not probe:
+    if from_real and (probe or gpus > 0):
+        raise UserError("--from-real scales CPU measurements: use it without --probe and with --gpus 0")
+    if gpus == 0 and not probe and not from_real and units is None:
         raise UserError("a CPU-only plan needs measured costs: add --probe (seconds on a small model), "
+                        "--from-real (the real model's sweep measured here, scaled by parameter count), "
                         "or plan for GPUs with --gpus N (stored figures per GPU kind)")
     if config is None:
         config = load_config(config_path, overrides)
     if num_trials is not None:  # validated like the config's own (0 is refused, not ignored)
         config = config.with_overrides(**{"search.num_trials": num_trials})
     results = Path(results) if results else RESULTS
-    fixed = load_fixed_costs(results / "sweep.json")
+    fixed = fixed or load_fixed_costs(results / "sweep.json")
     model_name = config.model.name  # as the config names it ("demo", not the cache folder)
     config = _resolve_demo(config)
     n, records_from = records, "--records"
@@ -95,13 +104,19 @@ def plan_sweep(config_path: str | Path, *, gpus: int = 0, cpus: float | None = N
     shape = read_model_shape(config.model.name)
     work = workload(config, n, gpus, cpus)
     cluster_cpus = cluster_resources(config, gpus, cpus)["CPU"]
-    if probe:
+    if units is not None:
+        source, tag = "probe on this machine, reused", "probe"
+    elif from_real:
+        units, source, tag = scaled_costs(shape, work, results), "the real model's sweep here, scaled", "real"
+    elif probe:
         device = _probe_device(gpus)
-        units, source = probe_costs(config, work, shape.params, device), f"probe on this machine, {device}"
+        units, source, tag = probe_costs(config, work, shape.params, device), f"probe on this machine, {device}", "probe"
+        # Ray and a trial's start-up follow the load of the hour, not the benchmark's (ray_probe.py).
+        fixed = probe_fixed_costs(fixed, config.search.rsft.runner, cluster_cpus)
     else:
         units = stored_costs(gpu_kind, shape, work, config.model.dtype, config.data.prompt_format, results)
-        source = f"stored {gpu_kind} figures"
-    est = estimate(work, units, fixed, gpus, cluster_cpus, local_ray=gpus == 0, source="probe" if probe else "stored")
+        source, tag = f"stored {gpu_kind} figures", "stored"
+    est = estimate(work, units, fixed, gpus, cluster_cpus, local_ray=gpus == 0, source=tag)
     est.basis[:0] = [f"model size: {shape.source}", f"records: {n:,}, {records_from}"]
     # after a probe, the base's general scores are measured (CandidateEvaluator stores them)
     precision = precision_report(config)
