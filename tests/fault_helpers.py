@@ -14,6 +14,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from pathlib import Path
 
 from conftest import ZSRE
@@ -160,6 +161,20 @@ def start_mlflow_server(folder: Path, port: int, log_name: str = "server.log") -
         stop_process_group(proc)
         raise
     return proc
+
+
+def wait_for_health(server: subprocess.Popen, port: int, log: Path | None = None, deadline_s: float = 300) -> None:
+    """Until the MLflow UI on `port` answers /health (~15 s on an idle machine; minutes on a busy
+    2-core one); fail at once if `server` exits, with the end of its `log`."""
+    deadline = time.time() + deadline_s
+    while True:
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2)
+            return
+        except OSError:
+            tail = log.read_text()[-3000:] if log is not None and log.exists() else ""
+            assert server.poll() is None and time.time() < deadline, tail
+            time.sleep(1)
 
 
 def stop_process_group(proc: subprocess.Popen, sig: int = signal.SIGKILL) -> None:

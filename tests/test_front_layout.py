@@ -139,10 +139,8 @@ def test_in_mlflows_artifact_viewer_the_legend_is_whole_and_clear_of_the_label(t
     the two inks as above, read off the screenshot."""
     import os
     import sys
-    import time
-    import urllib.request
 
-    from fault_helpers import free_port
+    from fault_helpers import free_port, wait_for_health
     from mlflow import MlflowClient
 
     from mm4ke_ray.tracking.mlflow_tracker import SweepTracker
@@ -160,14 +158,7 @@ def test_in_mlflows_artifact_viewer_the_legend_is_whole_and_clear_of_the_label(t
                               stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, start_new_session=True)
     shot = tmp_path / "viewer.png"
     try:
-        deadline = time.time() + 300  # ~15 s on an idle machine; minutes on a busy 2-core one
-        while True:
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2)
-                break
-            except OSError:
-                assert server.poll() is None and time.time() < deadline
-                time.sleep(1)
+        wait_for_health(server, port)
         url = f"http://127.0.0.1:{port}/#/experiments/{tracker.experiment_id}/runs/{parent}/artifacts/pareto/front.html"
         for _ in range(3):  # a busy machine's server may not have sent the page within the budget
             subprocess.run([BROWSER, "--headless", "--no-sandbox", "--disable-gpu", f"--user-data-dir={tmp_path / 'b'}",

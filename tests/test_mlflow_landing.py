@@ -19,11 +19,10 @@ import shutil
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
-from fault_helpers import free_port
+from fault_helpers import free_port, wait_for_health
 from mlflow import MlflowClient
 
 from mm4ke_ray.tracking.mlflow_tracker import SweepTracker
@@ -152,14 +151,7 @@ def test_experiment_link_opens_on_the_runs(tmp_path, monkeypatch):
     log = (tmp_path / "ui.log").open("w")
     server = subprocess.Popen(cmd, cwd=elsewhere, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        deadline = time.time() + 300  # ~15 s on an idle machine; minutes on a busy 2-core one
-        while True:
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2)
-                break
-            except OSError:
-                assert server.poll() is None and time.time() < deadline, (tmp_path / "ui.log").read_text()[-3000:]
-                time.sleep(1)
+        wait_for_health(server, port, tmp_path / "ui.log")
         dom = _dom(f"http://127.0.0.1:{port}/#/experiments/{tracker.experiment_id}", tmp_path / "browser")
         run_page = _dom(f"http://127.0.0.1:{port}/#/experiments/{tracker.experiment_id}/runs/{run_id}",
                         tmp_path / "browser")
