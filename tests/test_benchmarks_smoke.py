@@ -131,6 +131,10 @@ def test_plan_smoke_splits_both_walls_into_the_same_groups(runs):
     assert sum(g["plan"] for g in run["phases"].values()) == pytest.approx(run["plan_s"])
     assert sum(g["measured"] for g in run["phases"].values()) == pytest.approx(run["measured_s"])
     assert run["error"] == pytest.approx(run["plan_s"] / run["measured_s"] - 1)
+    # the start-up row: what the sweep spent outside its R-SFT and evaluation seconds
+    work = run["phases"]["R-SFT"]["measured"] + run["phases"]["evaluation"]["measured"]
+    assert 0 < run["outside_share"] < 1 and run["outside_share"] == pytest.approx(1 - work / run["measured_s"])
+    assert any(g["goal"].startswith("start-up:") for g in _result(runs, "plan")["goals"])
 
 
 def test_memory_smoke_reads_rss(runs):
