@@ -455,6 +455,17 @@ class RayNode:
 
 
 def _start_node(args: list[str], env: dict, num_cpus: int, label: str) -> RayNode:
+    """`ray start`, tried twice: Ray gives a new node a fixed 30 s to register with its GCS
+    (ray/_private/node.py), which a 2-core machine under a benchmark's load can miss."""
+    try:
+        return _start_node_once(args, env, num_cpus, label)
+    except RuntimeError as exc:
+        if "timed out during startup" not in str(exc):
+            raise
+        return _start_node_once(args, env, num_cpus, label)
+
+
+def _start_node_once(args: list[str], env: dict, num_cpus: int, label: str) -> RayNode:
     # Short temp dir: Ray's Unix socket paths must stay under ~107 characters.
     temp = Path(tempfile.mkdtemp(prefix=f"rc{label}", dir="/tmp"))
     ports = {flag: _free_port() for flag in _RAY_PORT_FLAGS}
