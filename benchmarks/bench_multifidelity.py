@@ -47,17 +47,25 @@ search_spaces/smollm2_zsre.yaml's space, 25 real ZsRE records in chat format and
 bench_real.py loads it, except that the edit objective is teacher-forced and WikiText-2 is cut to
 `REAL_WORDS` words: a generated (WILD) candidate costs minutes on a 2-core CPU. The result goes to
 `multifidelity_real.json` (the demo world's `multifidelity.json` stays).
+
+Resumable (`disk_memo.py`): every R-SFT delta and every evaluation is kept in `--work` (default
+`results/multifidelity-work/<model>`, ignored by git) as it is made; a rerun with the same
+arguments replays the seeded search and reads them back, so a killed run loses at most the
+evaluation it was in (`--fresh` starts over). Smoke runs keep theirs in a temporary folder.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import statistics
+import tempfile
 import time
+from pathlib import Path
 
 import common
 import search_grid
 import search_world
+from disk_memo import KEPT_WALL, DiskMemo, tensors_digest
 
 TRIALS = 16  # the search-quality budget: 25% of the grid's 64 R-SFT runs
 SEEDS = (0, 1, 2)
@@ -83,6 +91,9 @@ def main() -> None:
     p.add_argument("--seeds", type=int, nargs="+", default=None, help="search seeds (default: 0 1 2; smoke 0)")
     p.add_argument("--model", choices=["demo", "smollm2"], default="demo",
                    help="demo: the 4-block search world (default); smollm2: the real model (see the module doc)")
+    p.add_argument("--work", type=Path, default=None,
+                   help="folder of the kept deltas and evaluations (default: results/multifidelity-work/<model>)")
+    p.add_argument("--fresh", action="store_true", help="forget what a killed run kept; start over")
     args = p.parse_args()
     from mm4ke_ray.quiet import quiet_libraries
 
@@ -110,13 +121,19 @@ def main() -> None:
         world = "everyday demo (2 blocks)" if smoke else f"search_world ({search_world.DEMO_LAYERS} blocks)"
         demo_key = assets.manifest["key"]
     fid = FidelityConfig()  # the product's defaults: what `evaluation.fidelity: {enabled: true}` runs
+    work = args.work or (Path(tempfile.mkdtemp(prefix="mm4ke-mf-")) if smoke
+                         else common.RESULTS / "multifidelity-work" / args.model)
+    memo = DiskMemo(work, {"model": args.model, "smoke": smoke, "trials": trials, "seeds": list(seeds),
+                           "arms": list(arms), "space": space, "settings": repr(settings), "fidelity": fid.model_dump(),
+                           "extra": EXTRA, "sampler": SAMPLER}, fresh=args.fresh)
+    print(f"kept results: {work} ({len(memo.values)} evaluations from an earlier run)", flush=True)
     t0 = time.perf_counter()
     full_eval = CandidateEvaluator(settings)
     setup_s = {"full_evaluator": time.perf_counter() - t0}
     base = full_eval.reference.metrics
     reference = (base["edit_score"], 0.0)
     trainer = _Trainer(load_model(settings.model), load_tokenizer(settings.model),
-                       load_edit_records(settings.edits).records, settings.prompt_format)
+                       load_edit_records(settings.edits).records, settings.prompt_format, memo)
     print(f"world: {world} ({settings.model}), {len(full_eval.records)} edits, general tasks {list(settings.general_tasks)}; "
           f"{trials} R-SFT runs x {EXTRA + 1} candidates, seeds {list(seeds)}; halving: {fid.rungs} rungs, "
           f"factor {fid.reduction_factor:g}, error rate {fid.error_rate:g}; HV reference {reference}", flush=True)
@@ -132,6 +149,7 @@ def main() -> None:
         for arm in arms:
             evaluator = full_eval if arm == "full" else halving_eval
             arm_fid = fid.model_copy(update={"against_front": arm == "halving"})
+            evaluator = _Kept(evaluator, memo, "full" if arm == "full" else f"halving-seed{seed}")
             run = _search(arm, seed, trials, space, evaluator, trainer, arm_fid, reference, base)
             runs.append(run)
             print(_line(run), flush=True)
@@ -175,6 +193,7 @@ def main() -> None:
             "general_tasks": list(settings.general_tasks), "edit_weights": settings.edit_weights,
             "eval_mode": settings.eval_mode, "setup_seconds": setup_s,
             "rsft_trained": trainer.trained, "rsft_reused": trainer.reused, "rsft_seconds": trainer.seconds,
+            "kept_results": {"folder": str(work), "read_back": memo.read_back},
         },
         "row_fields": ROW_FIELDS, "rung_fields": RUNG_FIELDS,
         "per_seed_ratios": dict(zip(map(str, seeds), ratios, strict=True)), "median_ratios": median,
@@ -202,8 +221,9 @@ class _Trainer:
     """R-SFT of a trial's parameters as the sweep's trial configures it (`search/trial.py`'s
     `_rsft_config`), cached per (seed, parameters): seeded and deterministic on CPU."""
 
-    def __init__(self, model, tokenizer, records, prompt_format: str):
+    def __init__(self, model, tokenizer, records, prompt_format: str, memo: DiskMemo):
         self.model, self.tokenizer, self.records, self.prompt_format = model, tokenizer, records, prompt_format
+        self.memo = memo
         self.cache: dict[str, dict | None] = {}
         self.trained = self.reused = 0
         self.seconds = 0.0
@@ -223,14 +243,38 @@ class _Trainer:
             self.reused += 1
             return self.cache[key], True
         start = time.perf_counter()
-        try:
-            delta = run_rsft(self.model, self.tokenizer, self.records, config).delta
-        except DivergedError:
-            delta = None
-        self.seconds += time.perf_counter() - start
+
+        def train() -> dict | None:
+            try:
+                return run_rsft(self.model, self.tokenizer, self.records, config).delta
+            except DivergedError:
+                return None
+
+        delta, _ = self.memo.tensors(key, train)  # read back if a killed run trained it
+        self.seconds += self.memo.get(("rsft_seconds", key), lambda: time.perf_counter() - start)
         self.trained += 1
         self.cache[key] = delta
         return delta, False
+
+
+class _Kept:
+    """An evaluator whose results are kept on disk (`disk_memo`) under its fidelity setting's tag:
+    evaluations are deterministic, so a resumed run reads back what the killed one measured."""
+
+    def __init__(self, evaluator, memo: DiskMemo, tag: str):
+        self.evaluator, self.memo, self.tag = evaluator, memo, tag
+        self.rung_plan = evaluator.rung_plan
+
+    def evaluate(self, delta: dict, alpha: float, sparsity: float, seed: int = 0, rung: int | None = None,
+                 prior: dict | None = None) -> dict:
+        key = (self.tag, tensors_digest(delta), alpha, sparsity, seed, rung, prior is not None)
+
+        def measured() -> dict:
+            start = time.perf_counter()
+            metrics = self.evaluator.evaluate(delta, alpha, sparsity, seed, rung, prior)
+            return {**metrics, KEPT_WALL: time.perf_counter() - start}
+
+        return self.memo.get(key, measured)
 
 
 def _search(arm: str, seed: int, trials: int, space: dict, evaluator, trainer: _Trainer, fid,
@@ -337,9 +381,11 @@ def _evaluate(arm: str, cands: list[dict], delta: dict, evaluator, seed: int, fi
     def score(i: int, rung: int | None, prior: dict | None = None) -> dict:
         c = cands[i]
         start = time.perf_counter()
-        metrics = evaluator.evaluate(delta, c["alpha"], c["sparsity"], seed, *(() if rung is None else (rung, prior)))
+        metrics = dict(evaluator.evaluate(delta, c["alpha"], c["sparsity"], seed, *(() if rung is None else (rung, prior))))
+        wall = metrics.pop(KEPT_WALL, None)  # as first measured, where the evaluation was read back
         last = rung is None or rung == fid.rungs - 1
-        return {**metrics, "wall_seconds": time.perf_counter() - start, "rung": fid.rungs - 1 if last else rung}
+        return {**metrics, "wall_seconds": time.perf_counter() - start if wall is None else wall,
+                "rung": fid.rungs - 1 if last else rung}
 
     if arm == "full":
         for i, c in enumerate(cands):
