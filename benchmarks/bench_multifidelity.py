@@ -41,6 +41,7 @@ Goals, median over seeds of the per-seed ratio halving / full:
     python benchmarks/bench_multifidelity.py               # 16 R-SFT runs x 3 seeds x 2 arms, 4-block world (~11 min)
     python benchmarks/bench_multifidelity.py --smoke-test  # 3 runs x 1 seed, the everyday 2-block demo (~35 s)
     python benchmarks/bench_multifidelity.py --model smollm2  # the real model: 6 runs x 1 seed, full and halving
+    python benchmarks/bench_multifidelity.py --edits 100     # the same world with 100 edits instead of 25
 
 `--model smollm2` (issue 23 §4, "on the real model too"): SmolLM2-135M-Instruct offline with
 search_spaces/smollm2_zsre.yaml's space, 25 real ZsRE records in chat format and WikiText-2, as
@@ -91,6 +92,8 @@ def main() -> None:
     p.add_argument("--seeds", type=int, nargs="+", default=None, help="search seeds (default: 0 1 2; smoke 0)")
     p.add_argument("--model", choices=["demo", "smollm2"], default="demo",
                    help="demo: the 4-block search world (default); smollm2: the real model (see the module doc)")
+    p.add_argument("--edits", type=int, default=None,
+                   help="demo world: its number of edits (default 25; the result goes to multifidelity_edits<N>.json)")
     p.add_argument("--work", type=Path, default=None,
                    help="folder of the kept deltas and evaluations (default: results/multifidelity-work/<model>)")
     p.add_argument("--fresh", action="store_true", help="forget what a killed run kept; start over")
@@ -116,13 +119,17 @@ def main() -> None:
         world, demo_key = f"SmolLM2-135M-Instruct, teacher-forced edit objective, WikiText-2 {REAL_WORDS} words", None
     else:
         space = SMOKE_SPACE if smoke else search_world.SPACE
-        assets = build_demo() if smoke else build_demo(config=search_world.demo_config(), progress=print)
+        world_config = search_world.demo_config()
+        if args.edits:
+            world_config = dataclasses.replace(world_config, num_edits=args.edits)
+        assets = build_demo() if smoke else build_demo(config=world_config, progress=print)
         settings = search_grid._settings(assets)
-        world = "everyday demo (2 blocks)" if smoke else f"search_world ({search_world.DEMO_LAYERS} blocks)"
+        world = "everyday demo (2 blocks)" if smoke else f"search_world ({search_world.DEMO_LAYERS} blocks" + (
+            f", {args.edits} edits)" if args.edits else ")")
         demo_key = assets.manifest["key"]
     fid = FidelityConfig()  # the product's defaults: what `evaluation.fidelity: {enabled: true}` runs
     work = args.work or (Path(tempfile.mkdtemp(prefix="mm4ke-mf-")) if smoke
-                         else common.RESULTS / "multifidelity-work" / args.model)
+                         else common.RESULTS / "multifidelity-work" / (args.model + (f"-{args.edits}" if args.edits else "")))
     memo = DiskMemo(work, {"model": args.model, "smoke": smoke, "trials": trials, "seeds": list(seeds),
                            "arms": list(arms), "space": space, "settings": repr(settings), "fidelity": fid.model_dump(),
                            "extra": EXTRA, "sampler": SAMPLER}, fresh=args.fresh)
@@ -177,7 +184,8 @@ def main() -> None:
                          drops["halving"]["rate"], GOAL_FRONT_DROP, higher_is_better=False),
     ]
     plan = halving_eval.rung_plan()
-    common.write_result("multifidelity_real" if real else "multifidelity", args, {
+    name = "multifidelity_real" if real else f"multifidelity_edits{args.edits}" if args.edits else "multifidelity"
+    common.write_result(name, args, {
         "reference_point": reference,
         "base": {k: base[k] for k in ("edit_score", "general_score", "combined_score") if k in base},
         "setup": {

@@ -34,12 +34,15 @@ def _where(doc: dict) -> str:
 def rows(docs: dict) -> list[tuple[int, str, str]]:
     """(number, file stem, label) of every row group: the known benchmarks in ORDER, each followed
     by its real-model result `<name>_real` (same number, labelled "<name> real", e.g. bench_rsft.py
-    --model smollm2), then any other file (e.g. gpu_check)."""
+    --model smollm2) and its other variants `<name>_<variant>` (e.g. multifidelity_edits100), then
+    any other file (e.g. gpu_check)."""
     out = []
     for number, name in enumerate(ORDER, start=1):
         out.append((number, name, name))
         if f"{name}_real" in docs:
             out.append((number, f"{name}_real", f"{name} real"))
+        for variant in sorted(d for d in docs if d.startswith(f"{name}_") and d != f"{name}_real" and d not in ORDER):
+            out.append((number, variant, f"{name} {variant[len(name) + 1:].replace('_', ' ')}"))
     taken = {name for _, name, _ in out}
     number = len(ORDER)
     for name in docs:
