@@ -119,10 +119,8 @@ def main() -> None:
         world, demo_key = f"SmolLM2-135M-Instruct, teacher-forced edit objective, WikiText-2 {REAL_WORDS} words", None
     else:
         space = SMOKE_SPACE if smoke else search_world.SPACE
-        world_config = search_world.demo_config()
-        if args.edits:
-            world_config = dataclasses.replace(world_config, num_edits=args.edits)
-        assets = build_demo() if smoke else build_demo(config=world_config, progress=print)
+        assets = build_demo() if smoke else build_demo(config=search_world.demo_config(), num_edits=args.edits or 25,
+                                                       progress=print)
         settings = search_grid._settings(assets)
         world = "everyday demo (2 blocks)" if smoke else f"search_world ({search_world.DEMO_LAYERS} blocks" + (
             f", {args.edits} edits)" if args.edits else ")")
