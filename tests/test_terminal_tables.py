@@ -227,3 +227,19 @@ def test_wide_keeps_related_columns_together_and_explains_once():
     flat = " ".join(text.split())
     assert flat.count(" ".join(REFERENCE_CAPTION.split()[:4])) == 1 and flat.count("tf.* = teacher-forced") == 1
     assert flat.rindex("tf.* = teacher-forced") > flat.rindex("│")  # under the last part
+
+
+def test_an_80_column_table_shows_the_edit_objectives_own_family_first():
+    rows = _rows(gen=True)
+    header = lambda text: text.splitlines()[2]  # noqa: E731
+    # At 84 columns one succ column fits: the objective's family's.
+    wild_first = _render(rows, 84, edit_mode="generation")
+    assert "wild.succ" in header(wild_first) and "tf.succ" not in header(wild_first)
+    assert "edit (the objective) is computed from wild.*" in " ".join(wild_first.split())
+    tf_first = _render(rows, 84, edit_mode="teacher-forced")
+    assert "tf.succ" in header(tf_first) and "wild.succ" not in header(tf_first)
+    # At 80 wild.succ does not fit; tf.succ would, but alone it would pass for the objective's.
+    narrow = _render(rows, 80, edit_mode="generation")
+    assert "succ" not in header(narrow) and "wild.succ" in narrow.splitlines()[-1]
+    wide = _render(rows, 160, edit_mode="generation")
+    assert header(wide).index("wild.succ") < header(wide).index("tf.succ")

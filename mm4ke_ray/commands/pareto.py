@@ -72,7 +72,6 @@ def run(args: argparse.Namespace) -> int:
     else:
         from mm4ke_ray.tracking.tables import (
             counts_line,
-            family_caption,
             print_table,
             reference_rows,
         )
@@ -87,6 +86,6 @@ def run(args: argparse.Namespace) -> int:
             f"{counts_line(len(front), len(sweep.edited), len(sweep.failed), warm=warm)}",
             wide=args.wide,
             references=refs,
-            caption=family_caption(sweep.params.get("edit_mode")),
+            edit_mode=sweep.params.get("edit_mode"),
         )
     return 0

@@ -72,7 +72,8 @@ def print_summary(out: SweepOutcome) -> None:
     front = sort_by_combined(out.front)
     counts = counts_line(len(front), len(out.rows) + len(out.warm_rows), warm=len(out.warm_rows))
     print_table(front, f"Pareto front of {config.name}: {counts} ({out.rsft_runs} R-SFT runs)",
-                references=reference_rows([out.base, *out.warm_rows, *out.rows], front))
+                references=reference_rows([out.base, *out.warm_rows, *out.rows], front),
+                edit_mode=config.edit_mode)
     print_breakdown(console, out.timings)
     uri = config.tracking.uri
     if uri.startswith("sqlite"):

@@ -136,10 +136,20 @@ def _wide_order(column: str) -> tuple:
     return (3, column)
 
 
-def fitting_columns(rows: list[dict], width: int | None, wide: bool = False) -> list[str]:
+def secondary_columns(edit_mode: str | None = None) -> tuple[str, ...]:
+    """SECONDARY_COLUMNS with the edit objective's own family first: a sweep that optimises
+    generated (WILD) scores shows `wild.succ` where a narrow terminal has room for one."""
+    if edit_mode != "generation":
+        return SECONDARY_COLUMNS
+    own = GEN_EDIT_METRICS[:1]
+    return (*own, *(c for c in SECONDARY_COLUMNS if c not in own))
+
+
+def fitting_columns(rows: list[dict], width: int | None, wide: bool = False, edit_mode: str | None = None) -> list[str]:
     """The core columns, then secondary ones (present in `rows`) while the table fits `width`;
-    with `wide` or no width, every numeric column (grouped by `_wide_order`, the run id last)."""
-    present = [c for c in (*CORE_COLUMNS, *SECONDARY_COLUMNS) if any(r.get(c) is not None for r in rows)]
+    with `wide` or no width, every numeric column (grouped by `_wide_order`, the run id last).
+    `edit_mode`: the family the edit objective is computed from (`secondary_columns`)."""
+    present = [c for c in (*CORE_COLUMNS, *secondary_columns(edit_mode)) if any(r.get(c) is not None for r in rows)]
     if wide or width is None:
         extra = [k for k in {k for r in rows for k in r} - set(present)
                  if any(isinstance(r.get(k), int | float) for r in rows)]
@@ -150,6 +160,8 @@ def fitting_columns(rows: list[dict], width: int | None, wide: bool = False) -> 
     for c in present:
         if c in CORE_COLUMNS:
             continue
+        if edit_mode == "generation" and c in EDIT_METRICS and GEN_PREFIX + c in present and GEN_PREFIX + c not in shown:
+            continue  # a teacher-forced number only beside the generated one it is compared with
         w = _width(c, rows)
         if used + w <= width:
             shown.append(c)
@@ -171,12 +183,12 @@ def _notes(references: list[dict] | None, columns: list[str], caption: str | Non
 
 def candidate_table(rows: list[dict], title: str | None, width: int | None, wide: bool = False,
                     references: list[dict] | None = None, columns: list[str] | None = None,
-                    caption: str | None = None, notes: bool = True) -> Table:
+                    caption: str | None = None, notes: bool = True, edit_mode: str | None = None) -> Table:
     """`references` (dimmed, above a line) then `rows`, in `columns` or those that fit `width`;
     with `notes`, `_notes` as the table's caption."""
     references = references or []
     every = [*references, *rows]
-    columns = columns or fitting_columns(every, width, wide)
+    columns = columns or fitting_columns(every, width, wide, edit_mode)
     captions = _notes(references, columns, caption) if notes else []
     table = Table(title=title, caption="\n".join(captions) or None)
     for c in columns:
@@ -190,11 +202,11 @@ def candidate_table(rows: list[dict], title: str | None, width: int | None, wide
     return table
 
 
-def column_groups(rows: list[dict], width: int) -> list[list[str]]:
+def column_groups(rows: list[dict], width: int, edit_mode: str | None = None) -> list[list[str]]:
     """Every column (`--wide`) as tables that each fit `width`: the columns that fit first, then
     the candidate column with as many of the rest as fit, and so on; no line wraps."""
-    first = fitting_columns(rows, width)
-    rest = [c for c in fitting_columns(rows, None, True) if c not in first]
+    first = fitting_columns(rows, width, edit_mode=edit_mode)
+    rest = [c for c in fitting_columns(rows, None, True, edit_mode) if c not in first]
     groups = [first]
     while rest:
         group, used = ["candidate"], 1 + _width("candidate", rows)
@@ -206,16 +218,19 @@ def column_groups(rows: list[dict], width: int) -> list[list[str]]:
 
 
 def print_table(rows: list[dict], title: str, wide: bool = False, references: list[dict] | None = None,
-                console: Console | None = None, caption: str | None = None) -> None:
+                console: Console | None = None, caption: str | None = None, edit_mode: str | None = None) -> None:
     """`rows` as a rich table fitted to the terminal (to 120 columns when piped); `caption` says
-    what the edit columns' prefixes mean (default `FAMILY_CAPTION` when such a column is shown)."""
+    what the edit columns' prefixes mean (default `FAMILY_CAPTION` when such a column is shown,
+    with the objective's family when `edit_mode` names it, whose columns then come first)."""
     console = console or Console()
+    if caption is None and edit_mode:
+        caption = family_caption(edit_mode)
     width = console.width if console.is_terminal or console.record else 120
     if not console.is_terminal and not console.record:
         console = Console(width=width)
     every = [*(references or []), *rows]
     if wide:  # every column, in tables that each fit the width, the candidate repeated in each
-        groups = column_groups(every, width)
+        groups = column_groups(every, width, edit_mode)
         for i, columns in enumerate(groups):
             part = f" ({i + 1}/{len(groups)})" if len(groups) > 1 else ""
             console.print(candidate_table(rows, title + part if i == 0 else f"…{part}", width, True, references,
@@ -223,10 +238,10 @@ def print_table(rows: list[dict], title: str, wide: bool = False, references: li
         for note in _notes(references, [c for group in groups for c in group], caption):  # once, under all parts
             console.print(f"[dim]{escape(note)}[/]")
         return
-    table = candidate_table(rows, title, width, False, references, caption=caption)
+    table = candidate_table(rows, title, width, False, references, caption=caption, edit_mode=edit_mode)
     console.print(table)
     shown = {c.header for c in table.columns}
-    left = [c for c in fitting_columns(every, None, True) if label(c) not in shown]
+    left = [c for c in fitting_columns(every, None, True, edit_mode) if label(c) not in shown]
     if left:
         console.print(f"[dim]{escape(left_out_note([label(c) for c in left], width))}[/]")
 
