@@ -8,11 +8,13 @@ import shutil
 from pathlib import Path
 
 import pytest
+import yaml
 from test_stream import _config
 
+from mm4ke_ray.cli import main
 from mm4ke_ray.config import validate_config
 from mm4ke_ray.delta import DELTA_FILE, load_delta, save_delta
-from mm4ke_ray.stream.kept import read_manifest, round_dir
+from mm4ke_ray.stream.kept import MANIFEST, read_manifest, round_dir
 from mm4ke_ray.stream.resume_rounds import KeptRoundsMismatchError, OtherStreamError
 
 KILLED_IN = 3  # the evaluation of round 3 is interrupted: its delta is saved, its manifest entry is not
@@ -147,3 +149,23 @@ def test_a_changed_kept_delta_is_refused_on_resume(streams, evaluated, tmp_path)
         run_stream_config(config, folder, resume=True, track=False)
     assert evaluated.calls == []  # refused before any round ran
 
+
+def test_cli_resume(streams, demo, evaluated, tmp_path, capsys):
+    config, whole, _ = streams
+    path = tmp_path / "stream.yaml"
+    path.write_text(yaml.safe_dump(_config(demo, tmp_path)))
+    out = _copy(whole.folder, tmp_path)
+    args = ["stream", str(path), "--out", str(out), "--device", "cpu"]
+    assert main([*args, "--resume", "--force"]) == 2
+    assert "--resume goes on with the stream kept in --out and --force starts it over" in capsys.readouterr().err
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "notes.txt").write_text("not a stream")
+    assert main(["stream", str(path), "--out", str(other), "--resume"]) == 2
+    assert f"holds no {MANIFEST}, so there is no stream to resume there" in capsys.readouterr().err
+    assert main([*args]) == 2  # without --resume a non-empty --out stays refused
+    assert "is not empty" in capsys.readouterr().err
+    assert main([*args, "--resume"]) == 0  # every round kept: nothing left to run
+    assert "resuming after round 3 of 3" in capsys.readouterr().out
+    assert evaluated.calls == []
+    assert read_manifest(out)["summary"] == whole.result.summary()
