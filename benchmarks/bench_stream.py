@@ -15,7 +15,9 @@ its value after round 1 (round 1's edits), and general score >= 0.95.
 `--smoke-test`: the demo model, 3 rounds of 3 edits, two settings, the demo's general tasks.
 
 A full run takes hours on a laptop's CPU: each finished stream (and the tuning) is kept in
-`results/stream.partial.json`, and a rerun with the same arguments skips it (`--fresh` starts over).
+`results/stream.partial.json`, and a rerun with the same arguments skips it; a stream killed
+part-way resumes after its last kept round (`stream --resume`; a kept stream of other settings
+starts over). `--fresh` starts everything over.
 """
 
 from __future__ import annotations
@@ -60,7 +62,8 @@ def arguments():
                    help="config overrides for every stream (YAML values), e.g. general tasks")
     p.add_argument("--no-track", action="store_true",
                    help="log nothing to MLflow (a GPU box without mlflow): the curves land in the JSON and picture only")
-    p.add_argument("--fresh", action="store_true", help="ignore the streams a killed run kept; run them all again")
+    p.add_argument("--fresh", action="store_true", help="ignore the streams (and rounds) a killed run kept; run them "
+                   "all again")
     return p.parse_args()
 
 
@@ -166,6 +169,7 @@ def main() -> None:
     from mm4ke_ray.config import validate_config
     from mm4ke_ray.device import resolve_device
     from mm4ke_ray.stream.curves import curve_table, draw_retention
+    from mm4ke_ray.stream.resume_rounds import KeptRoundsMismatchError, OtherStreamError
     from mm4ke_ray.stream.run import run_stream_config
 
     out = args.out or (Path(tempfile.mkdtemp(prefix="mm4ke-bench-")) if args.smoke_test
@@ -194,13 +198,24 @@ def main() -> None:
             raw["search"] = {"space": values, "seed": 0}
             config = validate_config(raw).with_overrides(**parse_overrides(args.set))
             folder = out / "stream-work" / name
-            if folder.exists():  # a stream killed part-way: it starts again from the base
+            if args.fresh and folder.exists():
                 shutil.rmtree(folder)
             start = time.perf_counter()
-            outcome = run_stream_config(config, folder, device=device, track=not args.no_track,
-                                        log=lambda m: print(f"[{name}] {m}", flush=True))
+
+            def run(resume: bool):
+                return run_stream_config(config, folder, device=device, track=not args.no_track, resume=resume,
+                                         log=lambda m: print(f"[{name}] {m}", flush=True))
+
+            try:  # a stream killed part-way goes on after its last kept round
+                outcome = run(resume=not args.fresh)
+            except (OtherStreamError, KeptRoundsMismatchError) as exc:  # other arguments or code: of no use here
+                print(f"[{name}] {exc}: starting it over", flush=True)
+                shutil.rmtree(folder)
+                outcome = run(resume=False)
             rows = [outcome.result.base_metrics] + [r.metrics for r in outcome.result.rounds]
+            # seconds: this run's part of a resumed stream (the kept rounds' own times are in "rounds")
             return {"rows": rows, "setting": values, "seconds": time.perf_counter() - start,
+                    "resumed_after": outcome.result.resumed_after,
                     "mlflow_run": outcome.run_id, "table": curve_table(rows),
                     "curves": {k: [row.get(k) for row in rows] for k in CURVE_KEYS},
                     "rounds": [{"n_edits": r.n_edits, "merge": r.merge, "seconds": r.seconds}

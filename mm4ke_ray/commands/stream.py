@@ -3,7 +3,8 @@
 Round t runs R-SFT from the model merged after round t-1 and merges into it; every round's
 delta is kept (rebuild round t with `mm4ke-ray stream-export`), every round is evaluated
 (this round's edits, all edits so far, locality against the base, general tasks) and logged
-to MLflow with step = round; the retention curves are drawn to retention.png.
+to MLflow with step = round; the retention curves are drawn to retention.png. `--resume` goes
+on after the last round a killed run of the same stream kept in --out.
 """
 
 from __future__ import annotations
@@ -26,7 +27,10 @@ def add_arguments(p) -> None:
                    "search.space parameter (or stream.per_round values for alpha/sparsity).")
     p.add_argument("--out", metavar="DIR", help="Stream folder: round deltas, stream.json, retention.png "
                    "(default: <storage_path>/<name>-stream).")
-    p.add_argument("--force", action="store_true", help="Write into a non-empty --out.")
+    p.add_argument("--force", action="store_true", help="Write into a non-empty --out (a stream there starts over).")
+    p.add_argument("--resume", action="store_true", help="Go on after the last round a killed run of this same "
+                   "stream kept in --out (its stream.json); refused for another stream's folder. An empty --out "
+                   "starts from the base.")
     p.add_argument("--device", default="auto", help="auto (cuda if available, else cpu), cpu, cuda or cuda:N.")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="Override a config field, e.g. --set stream.rounds=5 (YAML value syntax).")
@@ -42,20 +46,38 @@ def run(args) -> int:
     config = load_config(args.config, parse_overrides(args.set))
     if args.warm_start and args.tune is None:
         raise UserError("--warm-start goes with --tune (it seeds the tuning with a one-round sweep's settings)")
+    if args.resume and args.force:
+        raise UserError("--resume goes on with the stream kept in --out and --force starts it over: give one of them")
+    if args.resume and args.tune is not None:
+        raise UserError("--resume goes on with one stream; a --tune study cannot be resumed: drop one of them")
     set_verbose(args.verbose)
     from mm4ke_ray.demo.resolve import resolve_demo  # torch: only when a stream runs
     from mm4ke_ray.stream.run import run_stream_config
 
     out = Path(args.out) if args.out else Path(config.storage_path) / f"{config.name}-stream"
-    check_out_dir(out, args.force)
+    if args.resume:
+        check_resumable(out)
+    else:
+        check_out_dir(out, args.force)
     config, device = resolve_demo(config), resolve_device(args.device)
     if args.tune is not None:
         return _tune(config, out, device, args)
-    outcome = run_stream_config(config, out, device=device)
+    outcome = run_stream_config(config, out, device=device, resume=args.resume)
     print(outcome.table, end="")
     print(f"wrote {outcome.folder} ({len(outcome.result.rounds)} rounds; picture {outcome.picture}); MLflow run "
           f"{outcome.run_id}; export round t with: mm4ke-ray stream-export {outcome.folder} --round T --out DIR")
     return 0
+
+
+def check_resumable(out: Path) -> None:
+    """With --resume: --out must be writable, and hold a stream's manifest unless it is empty."""
+    from mm4ke_ray.stream.kept import MANIFEST
+
+    check_out_dir(out, force=True)  # a file, or an unwritable place: refused as without --resume
+    if out.is_dir() and any(out.iterdir()) and not (out / MANIFEST).is_file():
+        raise UserError(f"--resume: --out '{out}' is not empty but holds no {MANIFEST}, so there is no stream to "
+                        "resume there (a stream killed before its base was evaluated kept nothing); choose another "
+                        "--out, or pass --force instead of --resume to start over there")
 
 
 def _tune(config, out: Path, device: str, args) -> int:

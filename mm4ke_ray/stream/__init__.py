@@ -7,5 +7,6 @@ every round's delta with its merge settings, evaluate after every round, rebuild
 - `evaluation`: the metrics of one round's model (that round's edits, all edits so far, locality
   against the base, general tasks), teacher-forced and generated.
 - `protocol`: the rounds themselves, Ray-free; `rebuild`: round t from the base and kept deltas.
+- `resume_rounds`: a killed stream goes on from its kept rounds (the same stream only, digest-checked).
 - `curves`: the retention curves as a table and a picture.
 """

@@ -9,7 +9,8 @@
 Each round's R-SFT trains from the model merged after the round before, so what a round
 learns is measured against the knowledge the stream already holds. The model's weights after
 round t are fingerprinted (`weights_digest` of every tensor some round changed) so that
-`rebuild.rebuild_round` can prove it made the same model from the base and the kept deltas.
+`rebuild.rebuild_round` can prove it made the same model from the base and the kept deltas,
+and a killed stream can go on from its kept rounds (`resume_rounds`).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from mm4ke_ray.evaluate.candidate import delta_first_layer
 from mm4ke_ray.rsft.trainer import DivergedError, run_rsft
 from mm4ke_ray.stream.evaluation import StreamEvaluator
 from mm4ke_ray.stream.kept import merge_round_, save_round, weights_digest, write_manifest
+from mm4ke_ray.stream.resume_rounds import check_same_stream, restore_kept_rounds_
 from mm4ke_ray.stream.rounds import Stream
 from mm4ke_ray.stream.settings import RoundSettings
 
@@ -52,12 +54,19 @@ class RoundResult:
                 "rsft": self.rsft, "weights_sha256": self.digest, "metrics": self.metrics, "seconds": self.seconds,
                 "delta": f"round{self.round:02d}/delta.safetensors"}
 
+    @classmethod
+    def from_json(cls, entry: dict) -> RoundResult:
+        """A kept round back from its manifest entry (`as_json`)."""
+        return cls(entry["round"], entry["n_edits"], entry["source"], entry["merge"], entry["rsft"],
+                   entry["weights_sha256"], entry["metrics"], entry["seconds"])
+
 
 @dataclass
 class StreamResult:
     base_metrics: dict
     rounds: list[RoundResult] = field(default_factory=list)
     touched: list[str] = field(default_factory=list)  # every tensor some round changed
+    resumed_after: int | None = None  # the kept rounds a resume went on from (None: ran from the base)
 
     def summary(self) -> dict[str, float]:
         """Per curve metric measured in every round: `final.<m>` (after the last round) and
@@ -72,6 +81,10 @@ class StreamResult:
                 out[f"final.{key}"], out[f"mean.{key}"] = values[-1], sum(values) / len(values)
         return out
 
+    def curve_rows(self) -> list[dict]:
+        """The metrics after rounds 0 (the base) .. T, one dict per round."""
+        return [self.base_metrics] + [r.metrics for r in self.rounds]
+
     def curve(self, metric: str) -> list[float | None]:
         """`metric` after rounds 0 (the base) .. T; None where it was not measured."""
         return [self.base_metrics.get(metric)] + [r.metrics.get(metric) for r in self.rounds]
@@ -79,26 +92,39 @@ class StreamResult:
 
 def run_stream(model: nn.Module, tokenizer, stream: Stream, settings: list[RoundSettings], out: str | Path, *,
                evaluator: StreamEvaluator | None = None, info: dict | None = None,
-               on_round: Callable[[int, dict], None] | None = None) -> StreamResult:
+               on_round: Callable[[int, dict], None] | None = None, done: dict | None = None) -> StreamResult:
     """Run every round of `stream` on `model` (changed in place: it ends as round T's model),
     keeping each round's delta in `out/roundNN/` and the manifest in `out/stream.json`.
 
     `evaluator` (built on the base `model` before this call) scores the base as round 0 and the
     model after every round; `on_round(t, metrics)` is called after each (0 for the base).
     `info` goes into the manifest as it is (base model, dtype, data sources: what a rebuild needs).
+
+    `done`: the manifest `out` holds, to resume that stream (`resume_rounds`): refused unless it is this
+    stream; its kept rounds 1..k are re-added to the base `model` and checked against the digest
+    recorded after round k, `on_round` sees their recorded metrics (0..k: the model is already
+    round k's then), and the rounds go on from k+1; the base is not evaluated again.
     """
     if len(settings) != len(stream.rounds):
         raise ValueError(f"{len(settings)} round settings for {len(stream.rounds)} rounds")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    base = evaluator.evaluate(0) if evaluator else {}
-    if on_round:
-        on_round(0, base)
-    result = StreamResult(base)
-    touched: set[str] = set()
-    manifest = {**(info or {}), "protocol": STREAM_PROTOCOL, "n_rounds": len(stream.rounds),
-                "base_metrics": base, "rounds": []}
+    manifest = {**(info or {}), "protocol": STREAM_PROTOCOL, "n_rounds": len(stream.rounds), "base_metrics": {},
+                "rounds": []}
+    if done is None:
+        result, touched = StreamResult(evaluator.evaluate(0) if evaluator else {}), set()
+        manifest["base_metrics"] = result.base_metrics
+        write_manifest(out, manifest)  # the base's metrics are kept: a resume does not measure them again
+        if on_round:
+            on_round(0, result.base_metrics)
+    else:
+        result, touched = _resume(model, out, done, manifest, stream, settings, info or {})
+        if on_round:
+            for t, metrics in enumerate(result.curve_rows()):
+                on_round(t, metrics)
     for t, (records, s) in enumerate(zip(stream.rounds, settings, strict=True), 1):
+        if t <= len(result.rounds):  # kept, restored by the resume
+            continue
         start = time.perf_counter()
         try:
             trained = run_rsft(model, tokenizer, list(records), s.rsft)
@@ -123,3 +149,15 @@ def run_stream(model: nn.Module, tokenizer, stream: Stream, settings: list[Round
         if on_round:
             on_round(t, metrics)
     return result
+
+
+def _resume(model: nn.Module, out: Path, done: dict, manifest: dict, stream: Stream, settings: list[RoundSettings],
+            info: dict) -> tuple[StreamResult, set[str]]:
+    """The kept rounds of `done` on `model` and in `result` and `manifest` (changed in place)."""
+    check_same_stream(done, info, stream, settings, out)
+    touched = restore_kept_rounds_(model, out, done)
+    k = len(done["rounds"])
+    result = StreamResult(done["base_metrics"], [RoundResult.from_json(e) for e in done["rounds"]], sorted(touched), k)
+    manifest.update(base_metrics=result.base_metrics, rounds=list(done["rounds"]), touched=result.touched,
+                    summary=result.summary(), resumed_after=[*done.get("resumed_after", []), k])
+    return result, touched

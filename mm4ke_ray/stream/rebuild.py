@@ -27,16 +27,23 @@ def check_round(manifest: dict, t: int) -> dict:
     return rounds[t - 1]
 
 
-def rebuild_round_(model: nn.Module, root: str | Path, t: int, verify: bool = True) -> dict:
-    """Add rounds 1..t of the stream in `root` to `model` (the base, changed in place) and, with
-    `verify`, check its weights against the digest recorded for round t. Returns round t's entry."""
-    manifest = read_manifest(root)
-    entry = check_round(manifest, t)
+def add_rounds_(model: nn.Module, root: str | Path, t: int) -> set[str]:
+    """Add the kept rounds 1..t of the stream in `root` to `model`, in order, each with its own
+    merge settings; the names of the tensors they changed (what `weights_digest` covers)."""
     touched: set[str] = set()
     for s in range(1, t + 1):
         delta, merge = load_round(root, s)
         merge_round_(model, delta, merge["alpha"], merge["sparsity"], merge["method"], merge["seed"])
         touched.update(delta)
+    return touched
+
+
+def rebuild_round_(model: nn.Module, root: str | Path, t: int, verify: bool = True) -> dict:
+    """Add rounds 1..t of the stream in `root` to `model` (the base, changed in place) and, with
+    `verify`, check its weights against the digest recorded for round t. Returns round t's entry."""
+    manifest = read_manifest(root)
+    entry = check_round(manifest, t)
+    touched = add_rounds_(model, root, t)
     if verify:
         digest = weights_digest(model, touched)
         if digest != entry["weights_sha256"]:

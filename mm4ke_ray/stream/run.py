@@ -1,6 +1,7 @@
 """A stream as `mm4ke-ray stream CONFIG` runs it: read and split the edits, resolve each round's
 settings (every config problem is reported here, before a model is loaded), run the rounds on
-one resident model, log every round to MLflow (step = round) and draw the retention curves."""
+one resident model, log every round to MLflow (step = round) and draw the retention curves;
+or resume a killed run of the same stream from the rounds its folder kept."""
 
 from __future__ import annotations
 
@@ -15,9 +16,11 @@ from mm4ke_ray.errors import UserError
 from mm4ke_ray.evaluate.candidate import eval_settings
 from mm4ke_ray.stream.curves import curve_table, draw_retention
 from mm4ke_ray.stream.evaluation import StreamEvaluator, write_stream_edits
+from mm4ke_ray.stream.kept import MANIFEST, read_manifest
 from mm4ke_ray.stream.protocol import StreamResult, run_stream
-from mm4ke_ray.stream.rounds import load_stream
-from mm4ke_ray.stream.settings import round_settings
+from mm4ke_ray.stream.resume_rounds import check_same_stream
+from mm4ke_ray.stream.rounds import Stream, load_stream
+from mm4ke_ray.stream.settings import RoundSettings, round_settings
 
 PICTURE = "retention.png"
 TABLE = "retention.md"
@@ -37,11 +40,28 @@ def _summary(metrics: dict) -> str:
     return ", ".join(f"{k} {metrics[k]:.3g}" for k in keys if k in metrics)
 
 
+def _kept_stream(folder: Path, info: dict, stream: Stream, settings: list[RoundSettings]) -> dict | None:
+    """The manifest of this same stream in `folder` (None: there is none), checked before anything
+    there is overwritten: a folder of another stream keeps its files."""
+    if not (folder / MANIFEST).is_file():
+        return None
+    done = read_manifest(folder)
+    check_same_stream(done, info, stream, settings, folder)
+    return done
+
+
 def run_stream_config(config: SweepConfig, folder: str | Path, *, device: str = "cpu", track: bool = True,
-                      log: Callable[[str], None] = print,
-                      watch: Callable[[int, nn.Module], None] | None = None) -> StreamOutcome:
+                      log: Callable[[str], None] = print, watch: Callable[[int, nn.Module], None] | None = None,
+                      resume: bool = False) -> StreamOutcome:
     """Run the stream `config.stream` describes into `folder` (deltas, manifest, curves).
-    `watch(t, model)`, if given, sees the resident model after each round t (0: the base)."""
+    `watch(t, model)`, if given, sees the resident model after each round t this call runs (0: the base).
+
+    `resume`: go on after the last round a killed run of this same stream kept in `folder` (a
+    folder without `stream.json` starts from the base; one of another stream is refused, naming
+    the differing fields). MLflow: a resume opens a new run, with param `resumed_after_round` = k,
+    and logs the kept rounds' metrics 0..k there too (step = round), so its curves are whole; the
+    killed run stays as it ended (FAILED, or RUNNING after a hard kill).
+    """
     if config.stream is None:
         raise UserError("the config has no `stream:` section: add one (e.g. stream: {rounds: 10}) to run a stream")
     stream = load_stream(config.stream, config.data.edits, data_format=config.data.format, limit=config.data.limit,
@@ -50,6 +70,15 @@ def run_stream_config(config: SweepConfig, folder: str | Path, *, device: str = 
     sizes = [len(r) for r in stream.rounds]
     log(f"{len(stream.rounds)} rounds of {sizes} edits; base {config.model.name}")
     folder = Path(folder)
+    info = {"base_model": config.model.name, "dtype": config.model.dtype, "device": device,
+            "trust_remote_code": config.model.trust_remote_code, "prompt_format": config.data.prompt_format,
+            "edits": config.data.edits, "split": config.stream.model_dump(mode="json"), "sources": list(stream.sources),
+            "config": config.model_dump(mode="json")}  # what a rebuild re-reads and re-evaluates with
+    done = _kept_stream(folder, info, stream, settings) if resume else None
+    kept = len(done["rounds"]) if done is not None else None
+    if resume:
+        log(f"resuming after round {kept} of {len(stream.rounds)}" if done is not None
+            else f"nothing to resume in {folder} (no stream.json): starting from the base")
     edits_file = write_stream_edits(stream, folder)
     evaluator = StreamEvaluator(eval_settings(config, device), edits_file, stream.round_of())  # loads the model
     model, tokenizer = evaluator.model, evaluator.tokenizer
@@ -60,23 +89,20 @@ def run_stream_config(config: SweepConfig, folder: str | Path, *, device: str = 
             open_stream_run,
         )
 
-        tracker = open_stream_run(config, folder, len(stream.rounds), sizes)
+        tracker = open_stream_run(config, folder, len(stream.rounds), sizes, resumed_after=kept)
 
     def on_round(t: int, metrics: dict) -> None:
-        log(f"round {t}{' (base)' if t == 0 else ''}: {_summary(metrics)}")
+        restored = kept is not None and t <= kept
+        log(f"round {t}{' (base)' if t == 0 else ''}{' (kept)' if restored else ''}: {_summary(metrics)}")
         if tracker is not None:
             log_round(tracker, t, metrics, settings[t - 1].merge_record() if t else None)
-        if watch is not None:
+        if watch is not None and not restored:
             watch(t, model)
 
-    info = {"base_model": config.model.name, "dtype": config.model.dtype, "device": device,
-            "trust_remote_code": config.model.trust_remote_code, "prompt_format": config.data.prompt_format,
-            "edits": config.data.edits, "split": config.stream.model_dump(mode="json"), "sources": list(stream.sources),
-            "config": config.model_dump(mode="json")}  # what a rebuild re-reads and re-evaluates with
     try:
         result = run_stream(model, tokenizer, stream, settings, folder, evaluator=evaluator, info=info,
-                            on_round=on_round)
-        rows = [result.base_metrics] + [r.metrics for r in result.rounds]
+                            on_round=on_round, done=done)
+        rows = result.curve_rows()
         table = curve_table(rows)
         (folder / TABLE).write_text(table)
         picture = draw_retention(rows, folder / PICTURE, title=f"{config.name}: {len(rows) - 1} rounds of {sizes[0]}"

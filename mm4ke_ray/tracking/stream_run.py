@@ -39,8 +39,10 @@ def stream_params(config: SweepConfig, n_rounds: int, rounds_sizes: list[int]) -
             **fixed, **recorded_choices(config)}
 
 
-def open_stream_run(config: SweepConfig, folder: str | Path, n_rounds: int, rounds_sizes: list[int]) -> SweepTracker:
-    """A new MLflow run for the stream in `folder` (spooled there when the server is away)."""
+def open_stream_run(config: SweepConfig, folder: str | Path, n_rounds: int, rounds_sizes: list[int],
+                    resumed_after: int | None = None) -> SweepTracker:
+    """A new MLflow run for the stream in `folder` (spooled there when the server is away);
+    `resumed_after`: the kept rounds a resumed stream goes on from (param `resumed_after_round`)."""
     quick_http_failures(config.tracking.uri)
     location = config.tracking.artifact_location
     if config.tracking.uri.startswith(("http://", "https://")) and "artifact_location" not in config.tracking.model_fields_set:
@@ -50,7 +52,10 @@ def open_stream_run(config: SweepConfig, folder: str | Path, n_rounds: int, roun
     tags = {Tag.ROLE: ROLE_STREAM, Tag.GIT_REVISION: git_revision(), Tag.PROTOCOL: "stream",
             Tag.PROMPT_FORMAT: config.data.prompt_format, Tag.SWEEP_FOLDER: str(folder), **fingerprint_tags(config),
             **{Tag.version(k): v for k, v in versions().items()}}
-    tracker.start_sweep(config.name, params=stream_params(config, n_rounds, rounds_sizes), tags=tags)
+    params = stream_params(config, n_rounds, rounds_sizes)
+    if resumed_after is not None:
+        params["resumed_after_round"] = resumed_after
+    tracker.start_sweep(config.name, params=params, tags=tags)
     tracker.log_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False), CONFIG_ARTIFACT)
     return tracker
 
