@@ -84,7 +84,7 @@ def part_a(model, base_snapshot_fn, tok, records, repeats):
     single = one_at_a_time_metrics(model, tok, records, loc_ref)
     diffs = {k: abs(batched[k] - single[k]) for k in single if single[k] is not None}
     with torch.no_grad():
-        flat_batched = evaluator._predictions(model, "accuracy", len(evaluator._acc_labels))
+        flat_batched = evaluator._predictions(model, evaluator._accuracy)
     flat_single = _answer_argmax_one_at_a_time(model, tok, evaluator)
     argmax_agree = float((flat_batched == flat_single).double().mean())
     if max(diffs.values()) > 1e-6 or argmax_agree != 1.0:

@@ -36,7 +36,7 @@ def _evaluate_candidates(evaluator, model, reference, candidates, use_layer: boo
             metrics = evaluator.evaluate(model, reference, first_layer=first)
             # The raw argmax ids too (through the same single forward point, same cache state).
             evaluator._first_layer = first
-            preds = evaluator._predictions(model, "accuracy", len(evaluator._acc_labels))
+            preds = evaluator._predictions(model, evaluator._accuracy)
         finally:
             evaluator._first_layer = None
             restore_(model, snapshot)

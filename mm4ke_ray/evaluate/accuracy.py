@@ -182,6 +182,12 @@ class PrefixCache:
         self._entries.clear()
         self.nbytes = 0
 
+    def drop(self, name: str) -> None:
+        """Drop the entries of the batches named `name` (keys "<name>:<i>"): batches no longer used."""
+        for key in [k for k in self._entries if k[1].rsplit(":", 1)[0] == name]:
+            old = self._entries.pop(key)
+            self.nbytes -= old.numel() * old.element_size()
+
     def hidden(self, model, layer: int, batch: PaddedBatch, **forward_kwargs) -> torch.Tensor:
         """The state entering block `layer` for `batch`: cached, or captured now and kept.
         `forward_kwargs` (e.g. `position_ids`) go to the capturing forward; `batch.key` must name them too."""

@@ -24,6 +24,11 @@ records that have the kind; flat names `portability.<kind>` / `locality.<kind>` 
 All prompts are encoded and padded once, in `__init__`; `evaluate` only runs forward passes.
 Every forward pass goes through `EditEvaluator._predict(model, batch)`.
 
+`evaluate(..., records=ids)` scores the accuracy items (and fluency) of those records only and
+locality of every record, e.g. a stream's edits made so far. The subset's accuracy prompts are
+padded into their own batches on first use (the last subset's are kept); a scored record's values
+are those of a full evaluation (argmax of right-padded rows, see `accuracy.py`).
+
 Opt-in prefix cache (`prefix_cache=True`): `evaluate(model, ..., first_layer=L)` declares that
 `model` differs from the model seen before only in blocks >= L (a merge candidate of a delta on
 block L, applied in place). The hidden states entering block L are then the same for every such
@@ -34,7 +39,7 @@ to the uncached path's (a test checks this); the locality reference is always co
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -67,6 +72,16 @@ class _Probe:
     kind: str  # portability/locality kind from the data, e.g. "Reasoning"
     first: int  # first answer token in the flat numbering of its probe group
     count: int
+
+
+@dataclass(frozen=True)
+class _ProbeGroup:
+    """Padded batches of some items, their probes and the answer tokens they are checked against."""
+
+    name: str  # batch keys are "<name>:<i>" (the prefix cache's keys)
+    batches: list[PaddedBatch]
+    probes: list[_Probe]
+    labels: torch.Tensor  # every probe's answer tokens, probe after probe
 
 
 @dataclass(frozen=True)
@@ -146,17 +161,17 @@ class EditEvaluator:
             raise ValueError(f"{len(self.record_ids)} record_ids for {len(self.records)} records")
         self.prompt_format = prompt_format
         self.batch_size = batch_size
-        acc_examples, self._acc_probes = self._encode(
+        self._acc_examples, self._acc_probes = self._encode(
             ("edit_succ", "generalization", "portability")
         )
         loc_examples, self._loc_probes = self._encode(("locality",))
-        pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-        self.accuracy_batches = build_batches(acc_examples, batch_size, pad_id, "accuracy")
-        self.locality_batches = build_batches(loc_examples, batch_size, pad_id, "locality")
-        self._acc_labels = torch.tensor(
-            [t for ex in acc_examples for t in ex.answer_ids], dtype=torch.long
-        )
-        self._n_loc_tokens = sum(len(ex.answer_ids) for ex in loc_examples)
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        self._accuracy = self._group("accuracy", self._acc_examples, self._acc_probes)
+        self._locality = self._group("locality", loc_examples, self._loc_probes)
+        self._subset: tuple[tuple[int, ...], _ProbeGroup] | None = None  # the last `records` subset's
+        self.accuracy_batches = self._accuracy.batches
+        self.locality_batches = self._locality.batches
+        self._n_loc_tokens = len(self._locality.labels)
         digest = hashlib.sha1(prompt_format.encode())
         for ex in loc_examples:
             digest.update(repr((ex.input_ids, ex.answer_start)).encode())
@@ -178,6 +193,33 @@ class EditEvaluator:
                     first += len(ex.answer_ids)
         return examples, probes
 
+    def _group(self, name: str, examples: list[EncodedExample], probes: list[_Probe]) -> _ProbeGroup:
+        labels = torch.tensor([t for ex in examples for t in ex.answer_ids], dtype=torch.long)
+        return _ProbeGroup(name, build_batches(examples, self.batch_size, self.pad_id, name), probes, labels)
+
+    def _accuracy_group(self, records: Collection[int] | None) -> _ProbeGroup:
+        """The accuracy items of `records` (None: of every record), batched on first use."""
+        if records is None:
+            return self._accuracy
+        ids = tuple(sorted(set(records)))
+        if ids and (ids[0] < 0 or ids[-1] >= len(self.records)):
+            raise ValueError(f"records must be indices 0..{len(self.records) - 1}, got {list(ids)}")
+        if len(ids) == len(self.records):  # every record: the batches built in __init__
+            return self._accuracy
+        if self._subset is None or self._subset[0] != ids:
+            if self._subset is not None:  # only the last subset's batches (and hidden states) are kept
+                old = self._subset[1].name
+                self._on_device = {k: v for k, v in self._on_device.items() if k[0] != old}
+                if self.prefix_cache is not None:
+                    self.prefix_cache.drop(old)
+            keep = set(ids)
+            picked = [i for i, p in enumerate(self._acc_probes) if p.record in keep]
+            # Named by the subset, so the prefix cache never mixes up two subsets' batches.
+            name = f"accuracy[{hashlib.sha1(repr(ids).encode()).hexdigest()[:12]}]"
+            group = self._group(name, [self._acc_examples[i] for i in picked], [self._acc_probes[i] for i in picked])
+            self._subset = (ids, group)
+        return self._subset[1]
+
     # -- forward passes -----------------------------------------------------------------------
 
     def _predict(self, model, batch: PaddedBatch) -> torch.Tensor:
@@ -188,18 +230,17 @@ class EditEvaluator:
         hidden = self.prefix_cache.hidden(model, layer, batch)
         return predict_answer_tokens(model, batch, prefix=(layer, hidden))
 
-    def _batches(self, name: str, device: torch.device) -> list[PaddedBatch]:
-        key = (name, str(device))
+    def _batches(self, group: _ProbeGroup, device: torch.device) -> list[PaddedBatch]:
+        key = (group.name, str(device))
         if key not in self._on_device:  # copy once per device, not once per candidate
-            cpu = self.accuracy_batches if name == "accuracy" else self.locality_batches
-            self._on_device[key] = [b.to(device) for b in cpu]
+            self._on_device[key] = [b.to(device) for b in group.batches]
         return self._on_device[key]
 
-    def _predictions(self, model, name: str, n_tokens: int) -> torch.Tensor:
+    def _predictions(self, model, group: _ProbeGroup) -> torch.Tensor:
         """Argmax ids at every answer position of one probe group, in flat numbering, on CPU."""
         device = model_device(model)
-        flat = torch.empty(n_tokens, dtype=torch.long, device=device)
-        for batch in self._batches(name, device):
+        flat = torch.empty(len(group.labels), dtype=torch.long, device=device)
+        for batch in self._batches(group, device):
             flat[batch.token_index] = self._predict(model, batch)
         return flat.cpu()
 
@@ -222,7 +263,7 @@ class EditEvaluator:
     def base_predictions(self, model) -> LocalityReference:
         """The base model's argmax on every locality item; compute once per sweep."""
         with eval_mode(model):
-            preds = self._predictions(model, "locality", self._n_loc_tokens)
+            preds = self._predictions(model, self._locality)
         return LocalityReference(predictions=preds, signature=self.locality_signature)
 
     def evaluate(
@@ -232,6 +273,7 @@ class EditEvaluator:
         fluency: bool = False,
         fluency_seed: int = 0,
         first_layer: int | None = None,
+        records: Collection[int] | None = None,
     ) -> EditMetrics:
         """Score `model` on every record; locality needs the base model's `reference`.
 
@@ -239,27 +281,31 @@ class EditEvaluator:
         with seed `fluency_seed + i`, so a repeated call gives the same texts.
         `first_layer=L` (with `prefix_cache=True`): the caller vouches that blocks below L are
         the same as in every earlier call with this model, so their outputs are reused.
+        `records` (indices into the evaluator's records; None: all): score the accuracy items and
+        fluency of these records only; the others' rows hold locality alone. Locality is always
+        scored on every record.
         """
         if first_layer is not None and first_layer < 0:
             raise ValueError(f"first_layer must be >= 0 (a block index), got {first_layer}")
+        group = self._accuracy_group(records)
         self._first_layer = first_layer
         try:
             with eval_mode(model):
-                return self._evaluate(model, reference, fluency, fluency_seed)
+                return self._evaluate(model, reference, fluency, fluency_seed, group, records)
         finally:
             self._first_layer = None
 
-    def _evaluate(self, model, reference, fluency: bool, fluency_seed: int) -> EditMetrics:
-        acc_hits = self._predictions(model, "accuracy", len(self._acc_labels)) == self._acc_labels
-        acc = self._per_probe(acc_hits, self._acc_probes)
+    def _evaluate(self, model, reference, fluency: bool, fluency_seed: int, group: _ProbeGroup,
+                  records: Collection[int] | None) -> EditMetrics:
+        acc = self._per_probe(self._predictions(model, group) == group.labels, group.probes)
         rows = [empty_row(i, r, METRICS) for i, r in enumerate(self.records)]
-        for probe, value in zip(self._acc_probes, acc, strict=True):
+        for probe, value in zip(group.probes, acc, strict=True):
             rows[probe.record]["items"][probe.metric].append(
                 {"kind": probe.kind, "score": 100.0 * value}
             )
         if reference is not None:
             self._check_reference(reference)
-            loc_preds = self._predictions(model, "locality", self._n_loc_tokens)
+            loc_preds = self._predictions(model, self._locality)
             agree = self._per_probe(loc_preds == reference.predictions, self._loc_probes)
             for probe, value in zip(self._loc_probes, agree, strict=True):
                 rows[probe.record]["items"]["locality"].append(
@@ -267,7 +313,10 @@ class EditEvaluator:
                 )
         score_rows(rows)
         if fluency:
+            scored = None if records is None else set(records)
             for i, (row, record) in enumerate(zip(rows, self.records, strict=True)):
+                if scored is not None and i not in scored:
+                    continue
                 text = generate_for_fluency(
                     model,
                     self.tokenizer,

@@ -15,6 +15,8 @@ such as "Dr." and initials excepted; "newline" at a newline only), or the budget
 `extra_new_tokens` at most the answer's token count + that). A batch ends as soon as every row has
 stopped. Rows are length-sorted into batches; the generations equal one-prompt-at-a-time ones
 (tests and benchmarks/bench_generation.py check it).
+`evaluate(..., records=ids)` generates the accuracy items of those records only (e.g. a stream's
+edits made so far) and every locality item.
 
 Answer text: the generated ids decoded without special tokens, cut at the stop, stripped.
 
@@ -316,9 +318,18 @@ class GenerationEvaluator:
         """The base model's answers to every locality item; compute once per sweep."""
         return GenerationReference(tuple(self.generate(model, self._loc)), self.locality_signature)
 
-    def evaluate(self, model, reference: GenerationReference | None) -> GenerationMetrics:
-        """Generate every answer with `model` and score it; locality needs the base's `reference`."""
-        items = self._acc + (self._loc if reference is not None else [])
+    def evaluate(self, model, reference: GenerationReference | None,
+                 records: Collection[int] | None = None) -> GenerationMetrics:
+        """Generate every answer with `model` and score it; locality needs the base's `reference`.
+        `records` (indices into the evaluator's records; None: all): generate the accuracy items of
+        these records only; the others' rows hold locality alone, which is scored on every record."""
+        acc = self._acc
+        if records is not None:
+            keep = set(records)
+            if keep and (min(keep) < 0 or max(keep) >= len(self.records)):
+                raise ValueError(f"records must be indices 0..{len(self.records) - 1}, got {sorted(keep)}")
+            acc = [it for it in acc if it.record in keep]
+        items = acc + (self._loc if reference is not None else [])
         if reference is not None and (
             reference.signature != self.locality_signature
             or len(reference.answers) != len(self._loc)
