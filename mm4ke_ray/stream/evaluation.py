@@ -14,6 +14,11 @@ round is compared with). After round t the per-record rows are grouped by round:
 
 Generated metrics carry `gen.` after the group (`seen.gen.edit_succ`), as in the sweep.
 A mean over records counts each record with a value once (as `EditEvaluator` does).
+
+Only what a round reports is scored: the accuracy items (edit, rephrase and portability prompts)
+of rounds 1..t (round 1's for the base) and every record's locality items (the evaluators'
+`records=`); a later round's edits are not scored before their round. The numbers are those of
+scoring every record and keeping these (a test checks it on the demo).
 """
 
 from __future__ import annotations
@@ -83,17 +88,22 @@ class StreamEvaluator:
         self.settings, self.rounds = settings, list(rounds)
         self.model, self.tokenizer = self.candidate.model, self.candidate.tokenizer
 
+    def seen_records(self, upto: int) -> list[int]:
+        """The records of rounds 1..`upto`: those whose accuracy items round `upto` scores."""
+        return [i for i, r in enumerate(self.rounds) if r <= upto]
+
     def evaluate(self, upto: int, first_layer: int | None = None) -> dict[str, float]:
         """Metrics of the model after round `upto` (0: the base, whose groups are all empty but
         round 1's `current`, i.e. the edits before they are made). `first_layer`: the lowest block
         any round has changed (blocks below it still hold the base's weights)."""
         c, group = self.candidate, max(upto, 1)
+        scored = self.seen_records(group)
         out: dict[str, float] = {}
         if self.settings.teacher_forced:
-            edit = c.edit_eval.evaluate(self.model, c.reference.locality, first_layer=first_layer)
+            edit = c.edit_eval.evaluate(self.model, c.reference.locality, first_layer=first_layer, records=scored)
             out.update(group_means(edit.per_record, self.rounds, group))
         if c.gen_eval:
-            generated = c.gen_eval.evaluate(self.model, c.reference.generation)
+            generated = c.gen_eval.evaluate(self.model, c.reference.generation, records=scored)
             out.update(group_means(generated.per_record, self.rounds, group, GEN_PREFIX))
         general = None
         if c.general_eval:
