@@ -117,6 +117,35 @@ def test_a_round_scores_the_accuracy_items_of_its_rounds_so_far_only(rounds):
     assert rounds[1]["counts"]["forced"] < rounds[2]["counts"]["forced"] < rounds[3]["counts"]["forced"]
 
 
+def test_building_a_stream_evaluator_scores_no_accuracy_item(demo, tmp_path, monkeypatch):
+    """The base's references (locality predictions and answers, general tasks) only: round 0
+    scores the base's edits itself, so a full base evaluation at construction would be paid twice."""
+    from mm4ke_ray.evaluate.candidate import eval_settings
+    from mm4ke_ray.stream.evaluation import StreamEvaluator, write_stream_edits
+    from mm4ke_ray.stream.rounds import load_stream
+
+    config = validate_config(_config(demo, tmp_path))
+    stream = load_stream(config.stream, config.data.edits, limit=config.data.limit)
+    counts = {"forced": 0, "generated": 0}
+    predict, generate = EditEvaluator._predict, GenerationEvaluator.generate
+
+    def counting_predict(self, model, batch):
+        counts["forced"] += batch.input_ids.shape[0] if batch.key.startswith("accuracy") else 0
+        return predict(self, model, batch)
+
+    def counting_generate(self, model, items):
+        counts["generated"] += sum(it.metric != "locality" for it in items)
+        return generate(self, model, items)
+
+    monkeypatch.setattr(EditEvaluator, "_predict", counting_predict)
+    monkeypatch.setattr(GenerationEvaluator, "generate", counting_generate)
+    evaluator = StreamEvaluator(eval_settings(config, "cpu"), write_stream_edits(stream, tmp_path), stream.round_of())
+    assert counts == {"forced": 0, "generated": 0}
+    assert evaluator.candidate.reference.generation is not None  # the locality references were made
+    evaluator.evaluate(0)
+    assert counts["forced"] > 0 and counts["generated"] > 0
+
+
 @pytest.mark.parametrize("arch", ["qwen2", "llama", "gpt2"])
 def test_a_record_subset_scores_its_accuracy_items_with_the_full_evaluations_values(arch, tiny_model_factory,
                                                                                    tiny_tokenizer):

@@ -152,7 +152,10 @@ def _fidelity_settings(config: SweepConfig) -> dict:
 
 
 class CandidateEvaluator(RungViews):
-    def __init__(self, settings: EvalSettings, reference: Reference | None = None):
+    def __init__(self, settings: EvalSettings, reference: Reference | None = None, base_metrics: bool = True):
+        """`reference`: the base's, computed by another evaluator of the same settings (else here).
+        `base_metrics=False` leaves `reference.metrics` empty: the base's own scores are a full
+        evaluation, which a caller that scores the base itself (a stream's round 0) need not pay twice."""
         self.settings = s = settings
         self.tokenizer = load_tokenizer(s.model, trust_remote_code=s.trust_remote_code)
         self.model = load_model(
@@ -176,7 +179,7 @@ class CandidateEvaluator(RungViews):
             )
         if reference is not None:
             _check_reference(reference, s)
-        self.reference = reference or self._compute_reference()
+        self.reference = reference or self._compute_reference(base_metrics)
         self._plan = None
         self._rung_views: dict[int, View] = {}
         self._chunk_views: dict[tuple[int, int], View] = {}
@@ -191,7 +194,7 @@ class CandidateEvaluator(RungViews):
             self._full_docs = sum(self.general_eval.docs_per_task().values()) if self.general_eval else 0
         return View(self.edit_eval, self.gen_eval, None, self.reference, len(self.records), self._full_docs)
 
-    def _compute_reference(self) -> Reference:
+    def _compute_reference(self, base_metrics: bool = True) -> Reference:
         locality = self.edit_eval.base_predictions(self.model) if self.settings.teacher_forced else None
         generation = self.gen_eval.base_generations(self.model) if self.gen_eval else None
         result = self.general_eval.evaluate_result() if self.general_eval else None
@@ -200,7 +203,8 @@ class CandidateEvaluator(RungViews):
         ref = Reference(locality=locality, general=result.scores if result else {}, metrics={}, general_result=result,
                         generation=generation)
         self.reference = ref
-        ref.metrics = self._score(seconds=0.0)
+        if base_metrics:
+            ref.metrics = self._score(seconds=0.0)
         return ref
 
     def _measure(self, view: View, first_layer: int | None) -> tuple[dict, GeneralResult | None]:

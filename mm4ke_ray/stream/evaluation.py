@@ -82,7 +82,8 @@ class StreamEvaluator:
 
     def __init__(self, settings: EvalSettings, edits_file: str | Path, rounds: list[int]):
         self.candidate = CandidateEvaluator(replace(settings, edits=str(edits_file), limit=None, data_format=None,
-                                                    skip_invalid=False, fidelity_rungs=1))
+                                                    skip_invalid=False, fidelity_rungs=1),
+                                            base_metrics=False)  # round 0 scores the base itself
         if len(self.candidate.records) != len(rounds):
             raise ValueError(f"{edits_file} holds {len(self.candidate.records)} records, the rounds {len(rounds)}")
         self.settings, self.rounds = settings, list(rounds)
