@@ -349,8 +349,11 @@ def _new_tuner(run: SweepRun, trainable, callback):
     )
     tuner = tune.Tuner(
         trainable,
+        # reuse_actors: one trial process for the sweep's trials, not a fresh one (imports and
+        # all) per trial. A trial keeps nothing between trials but per-sweep caches keyed by
+        # the pool and settings (trial_candidates._PLANS); issue 28 §3.
         tune_config=tune.TuneConfig(search_alg=searcher, num_samples=config.search.num_trials,
-                                    max_concurrent_trials=run.plan.max_concurrent),
+                                    max_concurrent_trials=run.plan.max_concurrent, reuse_actors=True),
         run_config=tune.RunConfig(
             name=Path(experiment_dir.rstrip("/")).name, storage_path=run.storage,
             callbacks=[callback, *_result_loggers()], verbose=0,
