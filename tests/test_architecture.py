@@ -280,6 +280,8 @@ LAZY_IMPORTS_ALLOWED = {
     ("mm4ke_ray/preflight.py", "mm4ke_ray.evaluate.general"),  # torch (and lm_eval inside)
     # A stream without tracking never imports MLflow.
     ("mm4ke_ray/stream/run.py", "mm4ke_ray.tracking.stream_run"),
+    # Ray Train's worker unpickles rsft_worker.py per trial: R-SFT's torch/transformers load when it runs.
+    ("mm4ke_ray/search/rsft_worker.py", "mm4ke_ray.rsft.to_folder"),
 }
 
 

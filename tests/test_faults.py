@@ -330,6 +330,82 @@ def test_mlflow_away_until_the_end_leaves_a_spool_to_replay(ray_2_cpus, tiny_mod
             stop_process_group(server)
 
 
+def test_mlflow_away_as_the_front_is_published_gets_it_when_back(ray_2_cpus, tiny_model_dir, tmp_path, monkeypatch):
+    # The server stops the moment the sweep publishes its final Pareto front (every other record
+    # already sent) and answers again some 15 s + its start later, within the final wait: the
+    # front is published then, nothing is left in a spool.
+    from fault_helpers import free_port, start_mlflow_server, stop_process_group
+
+    from mm4ke_ray.search import driver
+    from mm4ke_ray.tracking.pareto_artifacts import ParetoPublisher
+
+    monkeypatch.setattr(driver, "FINAL_FLUSH_WAIT_S", 240.0)  # a busy machine's server start is slow
+    port, server_dir = free_port(), tmp_path / "server"
+    servers = [start_mlflow_server(server_dir, port)]
+    config = _http_config(tmp_path, tiny_model_dir, "late", port, trials=2, extra=1)
+    times, final = {}, ParetoPublisher.final
+
+    def restart():
+        time.sleep(15)
+        servers.append(start_mlflow_server(server_dir, port))  # same port, same backend store
+        times["up"] = time.time()
+
+    def final_with_outage(self, *args, **kwargs):
+        if "down" not in times:
+            stop_process_group(servers[0])
+            times["down"] = time.time()
+            threading.Thread(target=restart, daemon=True).start()
+        return final(self, *args, **kwargs)
+
+    monkeypatch.setattr(ParetoPublisher, "final", final_with_outage)
+    try:
+        out = driver.run_sweep(config)
+        assert "down" in times and "up" in times
+        assert out.spool is None and not (Path(out.experiment_dir) / "mlflow-spool.jsonl").exists()
+        _assert_all_logged(out, config.tracking.uri, 2, tmp_path)  # pareto/all.csv included
+    finally:
+        for server in servers:
+            stop_process_group(server)
+
+
+def test_a_final_publish_left_in_the_spool_is_made_by_the_replay(tmp_path, monkeypatch):
+    # No Ray: a tracker with a spool, the server gone at the final publish and not back within
+    # the wait. The publish becomes a spool record; --replay-spool makes it from MLflow's records.
+    from fault_helpers import free_port, pareto_candidates, start_mlflow_server, stop_process_group
+    from mlflow import MlflowClient
+
+    from mm4ke_ray.tracking.buffer import Spool
+    from mm4ke_ray.tracking.mlflow_tracker import SweepTracker, replay
+    from mm4ke_ray.tracking.pareto_artifacts import ParetoPublisher
+
+    for name, value in (("MAX_RETRIES", "1"), ("BACKOFF_FACTOR", "1"), ("TIMEOUT", "20")):
+        monkeypatch.setenv(f"MLFLOW_HTTP_REQUEST_{name}", value)  # as a sweep sets them: a dead server fails fast
+    port, server_dir = free_port(), tmp_path / "server"
+    uri = f"http://127.0.0.1:{port}"
+    servers = [start_mlflow_server(server_dir, port)]
+    try:
+        tracker = SweepTracker(uri, "deferred", spool_path=tmp_path / "mlflow-spool.jsonl")
+        tracker.start_sweep("deferred", {"model": "m"}, {})
+        base = {"edit_score": 0.0, "general_score": 1.0, "combined_score": 0.5}
+        tracker.log_candidate("base", {}, base, {"mm4ke.kind": "base"})
+        metrics = {"edit_score": 0.6, "general_score": 0.9, "combined_score": 0.75}
+        run_id = tracker.log_candidate("a", {"alpha": 0.1, "sparsity": 0.0}, metrics, {"mm4ke.kind": "sampled"})
+        rows = [{"candidate": "a", "kind": "sampled", "alpha": 0.1, "sparsity": 0.0, "run_id": run_id, **metrics}]
+        stop_process_group(servers[0])
+        assert ParetoPublisher(tracker, base).final(rows, wait_s=1.0) is False
+        tracker.finish("FINISHED")
+        assert [r["op"] for r in Spool(tracker.spool.path, uri).records()] == ["pareto", "status"]
+
+        servers.append(start_mlflow_server(server_dir, port))
+        report = replay(tracker.spool.path)
+        assert (report.sent, report.left, report.rejected, report.published) == (2, 0, 0, True)
+        assert sorted(pareto_candidates(uri, tracker.parent_run_id, tmp_path)) == ["a", "base"]
+        assert MlflowClient(uri).get_run(run_id).data.tags["pareto"] == "true"
+    finally:
+        for server in servers:
+            stop_process_group(server)
+
+
 def test_a_placement_group_left_behind_is_released(ray_2_cpus):
     import ray
     from ray.util.placement_group import placement_group, placement_group_table

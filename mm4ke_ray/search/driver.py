@@ -73,7 +73,6 @@ from mm4ke_ray.tracking.warm_sources import (
 
 console = Console(stderr=True)
 FINAL_FLUSH_WAIT_S = 60.0  # at the end, how long to wait for an absent tracking server
-FINAL_PUBLISH_ATTEMPTS, FINAL_PUBLISH_WAIT_S = 3, 5.0  # the final Pareto artifacts: tries, and the wait between
 
 
 @dataclass
@@ -350,8 +349,11 @@ def _new_tuner(run: SweepRun, trainable, callback):
     )
     tuner = tune.Tuner(
         trainable,
+        # reuse_actors: one trial process for the sweep's trials, not a fresh one (imports and
+        # all) per trial. A trial keeps nothing between trials but per-sweep caches keyed by
+        # the pool and settings (trial_candidates._PLANS); issue 28 §3.
         tune_config=tune.TuneConfig(search_alg=searcher, num_samples=config.search.num_trials,
-                                    max_concurrent_trials=run.plan.max_concurrent),
+                                    max_concurrent_trials=run.plan.max_concurrent, reuse_actors=True),
         run_config=tune.RunConfig(
             name=Path(experiment_dir.rstrip("/")).name, storage_path=run.storage,
             callbacks=[callback, *_result_loggers()], verbose=0,
@@ -387,20 +389,11 @@ def _result_loggers() -> list:
 def _finish(tracker, publisher, callback, status: str) -> str | None:
     """Publish the final Pareto front and close the parent run; the spool's path if MLflow is away."""
     callback.stop_progress()  # also when the fit failed: the terminal gets its cursor back
-    for row in [*publisher.warm, *callback.rows]:  # candidates that waited in the spool got their run ids when sent
-        if not row.get("run_id") and row.get("candidate") in tracker.run_ids:
-            row["run_id"] = tracker.run_ids[row["candidate"]]
-    if tracker.flush(wait_s=FINAL_FLUSH_WAIT_S if tracker.offline else 0.0):
-        for attempt in range(1, FINAL_PUBLISH_ATTEMPTS + 1):
-            try:
-                publisher.final(callback.rows)
-                break
-            except Exception as exc:  # noqa: BLE001 - the candidates are logged; the front can be rebuilt
-                if attempt == FINAL_PUBLISH_ATTEMPTS:
-                    console.print(f"[yellow]could not publish the Pareto artifacts ({exc}); "
-                                  "rebuild them with mm4ke-ray pareto[/]")
-                else:  # a tracking server that has just come back may refuse a moment longer
-                    time.sleep(FINAL_PUBLISH_WAIT_S)
+    try:
+        # Waits for an absent server; one still away at the end gets the publish in the spool.
+        publisher.final(callback.rows, wait_s=FINAL_FLUSH_WAIT_S)
+    except Exception as exc:  # noqa: BLE001 - the candidates are logged; the front can be rebuilt
+        console.print(f"[yellow]could not publish the Pareto artifacts ({exc}); rebuild them with mm4ke-ray pareto[/]")
     tracker.finish(status)
     if tracker.flush() and not tracker.pending:
         return None

@@ -6,13 +6,10 @@ and a local folder holding the delta (None when there is none: diverged, failed)
 
 from __future__ import annotations
 
-import json
 import tempfile
 from pathlib import Path
 
 import ray
-import ray.train
-import ray.train.torch
 import torch
 from ray.train import FailureConfig, RunConfig, ScalingConfig
 from ray.train.backend import BackendConfig
@@ -22,15 +19,11 @@ from mm4ke_ray.config import SearchConfig
 from mm4ke_ray.evaluate.candidate import EvalSettings
 from mm4ke_ray.rsft.config import RSFTConfig
 from mm4ke_ray.rsft.to_folder import rsft_to_folder
+from mm4ke_ray.search.rsft_worker import rsft_job, rsft_train_loop
 from mm4ke_ray.search.space import split_space
-from mm4ke_ray.search.train_placement import (
-    new_placement_key,
-    record_placement_group,
-    release_placement_group,
-)
+from mm4ke_ray.search.train_placement import new_placement_key, release_placement_group
 from mm4ke_ray.search.trial_context import TrialContext
 
-SUMMARY_FILE = "rsft-summary.json"  # the R-SFT summary, inside the Ray Train checkpoint
 # Ray Train retries a worker group that cannot start (60 s each) without limit by default: a
 # trial whose worker can never be placed would wait forever. Past this many, the trial fails with
 # the reason and Tune retries it (search.max_failures).
@@ -49,31 +42,17 @@ def rsft_config(params: dict, search: SearchConfig, settings: EvalSettings) -> R
     return RSFTConfig.from_setting(params, search, settings.prompt_format)
 
 
+def rsft_arguments(settings: EvalSettings, search: SearchConfig, params: dict) -> dict:
+    """`rsft_to_folder`'s keyword arguments for this trial's parameters, all but the folder and device."""
+    s = settings
+    return {"model": s.model, "edits": s.edits, "config": rsft_config(params, search, s), "dtype": s.dtype,
+            "trust_remote_code": s.trust_remote_code, "allow_pickle": s.allow_pickle, "limit": s.limit,
+            "skip_invalid": s.skip_invalid, "data_format": s.data_format}
+
+
 def trial_rsft(settings: EvalSettings, search: SearchConfig, params: dict, out: str, device: str) -> dict:
     """R-SFT of this trial's parameters into `out` (`rsft_to_folder`); its summary for Tune."""
-    s = settings
-    return rsft_to_folder(out, model=s.model, edits=s.edits, config=rsft_config(params, search, s), device=device,
-                          dtype=s.dtype, trust_remote_code=s.trust_remote_code, allow_pickle=s.allow_pickle,
-                          limit=s.limit, skip_invalid=s.skip_invalid, data_format=s.data_format).summary()
-
-
-def _train_loop(cfg: dict) -> None:
-    """Ray Train worker body: R-SFT on this worker's device, the delta reported as checkpoint."""
-    record_placement_group(cfg["placement_key"])
-    previous = ray.train.get_checkpoint()
-    if previous is not None:
-        # A retried trial whose R-SFT had already finished: Ray Train restored its delta.
-        with previous.as_directory() as folder:
-            summary = json.loads((Path(folder) / SUMMARY_FILE).read_text())
-        ray.train.report(summary, checkpoint=previous)
-        return
-    out = tempfile.mkdtemp(prefix="mm4ke-delta-")
-    summary = trial_rsft(cfg["settings"], cfg["search"], cfg["params"], out, str(ray.train.torch.get_device()))
-    checkpoint = None
-    if summary["status"] == "ok":
-        (Path(out) / SUMMARY_FILE).write_text(json.dumps(summary))
-        checkpoint = ray.train.Checkpoint.from_directory(out)
-    ray.train.report(summary, checkpoint=checkpoint)
+    return rsft_to_folder(out, device=device, **rsft_arguments(settings, search, params)).summary()
 
 
 def _rsft_via_train(ctx: TrialContext, params: dict, trial_id: str) -> tuple[dict, str | None]:
@@ -81,9 +60,9 @@ def _rsft_via_train(ctx: TrialContext, params: dict, trial_id: str) -> tuple[dic
     # store (torch's TCPStore) listens on every interface, whatever the node's IP.
     placement_key = new_placement_key()
     trainer = DataParallelTrainer(
-        _train_loop,
+        rsft_train_loop,  # its worker imports only rsft_worker.py until R-SFT runs
         backend_config=BackendConfig(),
-        train_loop_config={"settings": ctx.settings, "search": ctx.search, "params": params,
+        train_loop_config={"job": rsft_job(rsft_arguments(ctx.settings, ctx.search, params)),
                            "placement_key": placement_key},
         scaling_config=ScalingConfig(num_workers=1, use_gpu=ctx.rsft_gpus > 0,
                                      resources_per_worker={"CPU": ctx.rsft_cpus, "GPU": ctx.rsft_gpus}),

@@ -40,7 +40,7 @@ HEADER = "header"
 SPOOL_FORMAT = "mm4ke-mlflow-spool"  # the header's `format`: what tells a spool from any other JSON Lines file
 SPOOL_VERSION = 1
 # Every op `send_record` performs; a file with any other op is not (this version's) spool.
-OPS = frozenset({HEADER, "candidate", "batch", "artifacts", "artifact", "text", "status", "trial_mark"})
+OPS = frozenset({HEADER, "candidate", "batch", "artifacts", "artifact", "text", "status", "trial_mark", "pareto"})
 
 
 def _metrics(items: list) -> list[Metric]:
@@ -94,8 +94,12 @@ def _trial_run_id(client, record: dict) -> str:
     return record["trial_run_id"]
 
 
-def send_record(client, record: dict) -> str | None:
+def send_record(client, record: dict, republish=None) -> str | None:
     """Perform one spool record with `client`; returns the run id it wrote to.
+
+    A `pareto` record (the sweep's final Pareto publish, deferred while the server was away) is
+    performed by `republish(parent_run_id)`, which rebuilds the front from MLflow's records: the
+    ones before it in the spool have been sent by then.
 
     A candidate record remembers its run id as soon as the run exists, so a failure half-way
     (run created, metrics not yet logged) is resumed in the same run, not a duplicate. A
@@ -129,6 +133,10 @@ def send_record(client, record: dict) -> str | None:
             client.log_batch(run_id, tags=_tags(record["tags"]))
             client.set_terminated(run_id, status=record["status"])
         return run_id
+    elif op == "pareto":
+        if republish is None:
+            raise ValueError("a pareto spool record needs a republish function (mlflow_tracker.republish_pareto)")
+        republish(record["run_id"])
     elif op != HEADER:
         raise ValueError(f"unknown spool record op {op!r}")
     return record.get("run_id")
@@ -137,9 +145,12 @@ def send_record(client, record: dict) -> str | None:
 class Spool:
     """The append-only spool file (and a folder beside it for artifact copies)."""
 
-    def __init__(self, path: str | Path, uri: str, experiment_id: str | None = None, parent_run_id: str | None = None):
+    def __init__(self, path: str | Path, uri: str, experiment_id: str | None = None, parent_run_id: str | None = None,
+                 republish=None):
+        """`republish(parent_run_id)`: what performs a `pareto` record (see `send_record`)."""
         self.path = Path(path)
         self.uri, self.experiment_id, self.parent_run_id = uri, experiment_id, parent_run_id
+        self.republish = republish
         self.files = self.path.with_name(self.path.stem + "-files")
 
     @property
@@ -217,7 +228,7 @@ class Spool:
             while left:
                 record = left[0]
                 try:
-                    run_id = send_record(client, record)
+                    run_id = send_record(client, record, self.republish)
                 except Exception as exc:  # noqa: BLE001
                     if reachable(self.uri):
                         self._reject(record, exc)
@@ -254,6 +265,7 @@ class ReplayReport:
     path: str
     uri: str = ""
     parent_run_id: str | None = None
+    published: bool = False  # a deferred Pareto publish was among the records sent
 
 
 def spool_header(path: str | Path) -> dict:
@@ -269,11 +281,12 @@ def spool_header(path: str | Path) -> dict:
     return {}
 
 
-def replay_spool(path: str | Path, uri: str | None = None) -> ReplayReport:
+def replay_spool(path: str | Path, uri: str | None = None, republish=None) -> ReplayReport:
     """Send a spool file's records to MLflow (`uri`, default: the one in its header), in order.
 
     Returns how many were sent, how many are still waiting (server away) and how many were
-    refused (written to `<spool>.rejected.jsonl`).
+    refused (written to `<spool>.rejected.jsonl`). `republish(uri, parent_run_id)` performs a
+    deferred Pareto publish (a `pareto` record).
     """
     path = Path(path)
     if not path.is_file():
@@ -287,14 +300,16 @@ def replay_spool(path: str | Path, uri: str | None = None) -> ReplayReport:
     if not uri:
         raise UserError(f"--replay-spool {path}: the file has no header naming its tracking URI; give --tracking-uri")
     check_store(uri, create=True, what=f"--replay-spool {path}: its tracking URI")  # never into another app's database
-    spool = Spool(path, uri, header.get("experiment_id"), header.get("parent_run_id"))
+    spool = Spool(path, uri, header.get("experiment_id"), header.get("parent_run_id"),
+                  republish=(lambda run_id: republish(uri, run_id)) if republish else None)
     rejected_before = _count_lines(spool.rejected_path)
     total = len(spool.records())
-    spool.flush(MlflowClient(tracking_uri=uri))
+    sent_ops: set[str] = set()
+    spool.flush(MlflowClient(tracking_uri=uri), lambda record, _run_id: sent_ops.add(record["op"]))
     left = len(spool.records())
     rejected = _count_lines(spool.rejected_path) - rejected_before
     return ReplayReport(sent=total - left - rejected, left=left, rejected=rejected, path=str(path), uri=uri,
-                        parent_run_id=header.get("parent_run_id"))
+                        parent_run_id=header.get("parent_run_id"), published="pareto" in sent_ops)
 
 
 def _remove_if_empty(folder: Path) -> None:

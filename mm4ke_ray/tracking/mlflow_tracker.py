@@ -144,7 +144,8 @@ class SweepTracker:
 
     def _setup(self, spool_path, parent_run_id: str | None = None) -> None:
         self.parent_run_id = parent_run_id
-        self.spool = Spool(spool_path, self.uri, self.experiment_id, parent_run_id) if spool_path else None
+        self.spool = (Spool(spool_path, self.uri, self.experiment_id, parent_run_id, republish=self._republish)
+                      if spool_path else None)
         self.offline_since: float | None = None
         self._last_probe = 0.0
         self.run_ids: dict[str, str] = {}  # candidate id → run id, also for spooled candidates once sent
@@ -181,6 +182,9 @@ class SweepTracker:
             if record.get("trial_run_id"):
                 self.trial_runs[record["trial"]["trial_id"]] = record["trial_run_id"]
 
+    def _republish(self, parent_run_id: str) -> None:
+        republish_pareto(self.uri, parent_run_id)
+
     def flush(self, wait_s: float = 0.0) -> bool:
         """Send the spool (waiting up to `wait_s` for the server); True when nothing is left."""
         if not self.spool:
@@ -198,7 +202,7 @@ class SweepTracker:
 
     def _emit(self, record: dict) -> str | None:
         if self.spool is None:
-            run_id = send_record(self.client, record)
+            run_id = send_record(self.client, record, self._republish)
             self._sent(record, run_id)
             return run_id
         if self.offline and time.monotonic() - self._last_probe >= PROBE_EVERY_S:
@@ -206,7 +210,7 @@ class SweepTracker:
             self.flush()
         if not self.offline:
             try:
-                run_id = send_record(self.client, record)
+                run_id = send_record(self.client, record, self._republish)
                 self._sent(record, run_id)
                 return run_id
             except Exception as exc:  # noqa: BLE001 - the sweep must go on; the record is kept
@@ -302,6 +306,12 @@ class SweepTracker:
         self._emit({"op": "artifacts", "run_id": self.parent_run_id, "local": str(folder),
                     "artifact_path": artifact_path})
 
+    def defer_pareto(self) -> None:
+        """Leave the sweep's final Pareto publish in the spool (the server is away): it is made
+        from MLflow's records once those before it are sent (`republish_pareto`), by this sweep
+        or by `sweep --replay-spool`."""
+        self._emit({"op": "pareto", "run_id": self.parent_run_id})
+
     def monitor_system(self, interval_s: float, resumed: bool = False) -> None:
         """MLflow's system metrics (`system/cpu_utilization_percentage`, memory, disk, network, GPU
         when present) of this machine on the parent run, every `interval_s`, until `finish`."""
@@ -322,8 +332,8 @@ class SweepTracker:
 def replay(path: str | Path, uri: str | None = None) -> ReplayReport:
     """Send a sweep's MLflow spool (see `buffer.replay_spool`); once all is sent, rebuild the
     sweep's Pareto artifacts and tags, which the sweep could not publish while MLflow was away."""
-    report = replay_spool(path, uri)
-    if report.left == 0 and report.parent_run_id:
+    report = replay_spool(path, uri, republish=republish_pareto)
+    if report.left == 0 and report.parent_run_id and not report.published:
         republish_pareto(report.uri, report.parent_run_id)
     return report
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 import csv
 import io
 import tempfile
+import time
 import warnings
 from pathlib import Path
 
@@ -36,6 +37,7 @@ from mm4ke_ray.evaluate.pareto_front import (
 )
 from mm4ke_ray.evaluate.scores import COMBINED, EDIT, GENERAL
 from mm4ke_ray.schema import BASE, BEST_TAGS, ID_COLUMNS, PARAM_COLUMNS, PARETO_DIR, WARM_START, Tag
+from mm4ke_ray.tracking.health import reachable
 from mm4ke_ray.tracking.pareto_plots import write_front_html, write_front_png
 from mm4ke_ray.tracking.query import normalize_row
 
@@ -47,6 +49,9 @@ _OBJECTIVE_COLUMNS = (EDIT.name, GENERAL.name, COMBINED.name)
 # the runs whose membership changed. Empty after a restart: the first refresh then writes all.
 _TAGGED: dict[str, dict[str, str]] = {}
 _BASE_RUN: dict[str, str | None] = {}  # parent run id → its base model's child run id
+# The final publish: a server that answers but refuses is tried this often; one that is away is
+# retried this often until the sweep's final wait is over.
+FINAL_REFUSALS, FINAL_RETRY_S = 3, 5.0
 
 
 def columns(rows: list[dict]) -> list[str]:
@@ -153,7 +158,7 @@ class ParetoPublisher:
     """Calls `publish_pareto` every `every` updates (for `SweepCallback(on_rows=...)`); `final` always.
 
     A failed intermediate refresh (e.g. the tracking server briefly away) warns and lets the
-    sweep go on; the final one raises.
+    sweep go on; the final one waits for an absent server, or leaves the publish in the spool.
     """
 
     def __init__(self, tracker, base: dict, every: int = 3, warm: list[dict] | None = None):
@@ -175,5 +180,40 @@ class ParetoPublisher:
                 f"could not refresh the Pareto artifacts ({exc}); will retry", stacklevel=2
             )
 
-    def final(self, rows: list[dict]) -> None:
-        publish_pareto(self.tracker, [*self.warm, *rows], self.base)
+    def final(self, rows: list[dict], wait_s: float = 0.0) -> bool:
+        """Publish the front of the finished sweep; True once published, False when left in the spool.
+
+        A tracking server that is away (its spool not sent, or the publish failing while it does
+        not answer) is waited for up to `wait_s`, the publish retried every `FINAL_RETRY_S`; once
+        the spool is sent, candidates that waited in it get their run ids here. Still away at the
+        deadline: the publish becomes a spool record (`SweepTracker.defer_pareto`), made from
+        MLflow's own records when the spool is sent (by the sweep, or `sweep --replay-spool`). A
+        server that answers and still refuses raises after `FINAL_REFUSALS` tries; so does a
+        tracker without a spool.
+        """
+        tracker, deadline, refused = self.tracker, time.monotonic() + wait_s, 0
+        while True:
+            left = max(0.0, deadline - time.monotonic())
+            if tracker.flush(wait_s=left if tracker.offline else 0.0):
+                _fill_run_ids([*self.warm, *rows], tracker.run_ids)
+                try:
+                    publish_pareto(tracker, [*self.warm, *rows], self.base)
+                    return True
+                except Exception:  # noqa: BLE001 - told apart below: away (wait) or refusing (raise)
+                    if tracker.spool is None or reachable(tracker.uri):
+                        refused += 1
+                        if refused >= FINAL_REFUSALS or tracker.spool is None:
+                            raise
+            # A server that has just refused gets its tries even past the deadline; an absent one none.
+            if time.monotonic() >= deadline and not (refused and reachable(tracker.uri)):
+                tracker.defer_pareto()
+                return False
+            left = deadline - time.monotonic()
+            time.sleep(min(FINAL_RETRY_S, left) if left > 0 else FINAL_RETRY_S)
+
+
+def _fill_run_ids(rows: list[dict], run_ids: dict[str, str]) -> None:
+    """Candidates that waited in the spool got their run ids when it was sent."""
+    for row in rows:
+        if not row.get("run_id") and row.get("candidate") in run_ids:
+            row["run_id"] = run_ids[row["candidate"]]
