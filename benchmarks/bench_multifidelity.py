@@ -165,8 +165,9 @@ def main() -> None:
     drops = {arm: _front_drops([r for r in runs if r["arm"] == arm]) for arm in arms[1:]}
     print("true-front drop rate: " + ", ".join(f"{arm} {d['dropped']}/{d['front']}" for arm, d in drops.items()))
     print(f"median halving / full over {n} seed(s): " + ", ".join(f"{k} {v:.3f}" for k, v in median.items()))
-    print("(information) median halving-in-trial / full: "
-          + ", ".join(f"{k} {v:.3f}" for k, v in median_in_trial.items()))
+    if median_in_trial:
+        print("(information) median halving-in-trial / full: "
+              + ", ".join(f"{k} {v:.3f}" for k, v in median_in_trial.items()))
     goals = [
         common.goal_line(f"multi-fidelity: hypervolume with successive halving / full evaluation, ref "
                          f"({reference[0]:.3g}, 0), {trials} R-SFT runs, median of {n} seeds (x)",
@@ -202,7 +203,7 @@ def main() -> None:
         },
         "row_fields": ROW_FIELDS, "rung_fields": RUNG_FIELDS,
         "per_seed_ratios": dict(zip(map(str, seeds), ratios, strict=True)), "median_ratios": median,
-        "in_trial_only": {"per_seed_ratios": dict(zip(map(str, seeds), in_trial, strict=True)),
+        "in_trial_only": {"per_seed_ratios": dict(zip(map(str, seeds), in_trial, strict=True)) if in_trial else {},
                           "median_ratios": median_in_trial},
         "true_front_drops": drops, "runs": runs, "goals": goals,
     })
