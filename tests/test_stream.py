@@ -274,6 +274,11 @@ def test_cli_stream_then_export_of_round_t_equals_that_round(demo, tmp_path, cap
                                                 strict=True))
     assert main(["stream-export", str(out), "--round", "3", "--out", str(tmp_path / "r3")]) == 2
     assert "round 3 is not in this stream: it has rounds 1..2" in capsys.readouterr().err
+    manifest = json.loads((out / "stream.json").read_text())
+    (out / "stream.json").write_text(json.dumps({**manifest, "rounds": []}))  # as a stream killed in round 1 leaves it
+    assert main(["stream-export", str(out), "--round", "1", "--out", str(tmp_path / "r1")]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert "no finished round yet (of 2)" in err and "--resume" in err and "1..0" not in err
 
 
 def test_validate_refuses_a_stream_config_with_a_searched_parameter(tmp_path, capsys):

@@ -22,6 +22,9 @@ class RebuildMismatchError(UserError):
 def check_round(manifest: dict, t: int) -> dict:
     """The manifest's entry of round t; UserError naming the rounds there are."""
     rounds = manifest.get("rounds", [])
+    if not rounds:
+        raise UserError(f"this stream has no finished round yet (of {manifest.get('n_rounds', '?')}): it stopped "
+                        "before round 1 ended; go on with `mm4ke-ray stream CONFIG --out <this folder> --resume`")
     if not 1 <= t <= len(rounds):
         raise UserError(f"round {t} is not in this stream: it has rounds 1..{len(rounds)}")
     return rounds[t - 1]
