@@ -212,7 +212,7 @@ def main() -> None:
                 print(f"[{name}] {exc}: starting it over", flush=True)
                 shutil.rmtree(folder)
                 outcome = run(resume=False)
-            rows = [outcome.result.base_metrics] + [r.metrics for r in outcome.result.rounds]
+            rows = outcome.result.curve_rows()
             # seconds: this run's part of a resumed stream (the kept rounds' own times are in "rounds")
             return {"rows": rows, "setting": values, "seconds": time.perf_counter() - start,
                     "resumed_after": outcome.result.resumed_after,

@@ -87,7 +87,7 @@ class StreamResult:
 
     def curve(self, metric: str) -> list[float | None]:
         """`metric` after rounds 0 (the base) .. T; None where it was not measured."""
-        return [self.base_metrics.get(metric)] + [r.metrics.get(metric) for r in self.rounds]
+        return [row.get(metric) for row in self.curve_rows()]
 
 
 def run_stream(model: nn.Module, tokenizer, stream: Stream, settings: list[RoundSettings], out: str | Path, *,
