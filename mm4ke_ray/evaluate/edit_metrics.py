@@ -137,6 +137,15 @@ def check_evaluator_inputs(records: Sequence[EditRecord], batch_size: int) -> No
         raise UserError(f"batch_size must be at least 1, got {batch_size}")
 
 
+def record_subset(records: Collection[int], n_records: int) -> tuple[int, ...]:
+    """`records` (indices into an evaluator's `n_records` records) sorted, without repeats;
+    ValueError naming the valid range if one is outside it."""
+    ids = tuple(sorted(set(records)))
+    if ids and (ids[0] < 0 or ids[-1] >= n_records):
+        raise ValueError(f"records must be indices 0..{n_records - 1}, got {list(ids)}")
+    return ids
+
+
 class EditEvaluator:
     """Scores models on a fixed list of edit records; build once, call `evaluate` per model."""
 
@@ -201,9 +210,7 @@ class EditEvaluator:
         """The accuracy items of `records` (None: of every record), batched on first use."""
         if records is None:
             return self._accuracy
-        ids = tuple(sorted(set(records)))
-        if ids and (ids[0] < 0 or ids[-1] >= len(self.records)):
-            raise ValueError(f"records must be indices 0..{len(self.records) - 1}, got {list(ids)}")
+        ids = record_subset(records, len(self.records))
         if len(ids) == len(self.records):  # every record: the batches built in __init__
             return self._accuracy
         if self._subset is None or self._subset[0] != ids:

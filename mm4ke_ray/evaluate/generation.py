@@ -54,7 +54,12 @@ from mm4ke_ray.data.records import EditRecord
 from mm4ke_ray.errors import UserError
 from mm4ke_ray.evaluate.accuracy import model_device
 from mm4ke_ray.evaluate.definitions import DEFAULT_MAX_NEW_TOKENS
-from mm4ke_ray.evaluate.edit_metrics import check_evaluator_inputs, encode_item, record_items
+from mm4ke_ray.evaluate.edit_metrics import (
+    check_evaluator_inputs,
+    encode_item,
+    record_items,
+    record_subset,
+)
 from mm4ke_ray.evaluate.fluency import cache_kwarg
 from mm4ke_ray.evaluate.metric_rows import ITEM_METRICS, RowMetrics, empty_row, score_rows
 from mm4ke_ray.evaluate.stop_rules import STOP_RULES, StopRule, TextStop, cut_answer, stop_token_ids
@@ -325,9 +330,7 @@ class GenerationEvaluator:
         these records only; the others' rows hold locality alone, which is scored on every record."""
         acc = self._acc
         if records is not None:
-            keep = set(records)
-            if keep and (min(keep) < 0 or max(keep) >= len(self.records)):
-                raise ValueError(f"records must be indices 0..{len(self.records) - 1}, got {sorted(keep)}")
+            keep = set(record_subset(records, len(self.records)))
             acc = [it for it in acc if it.record in keep]
         items = acc + (self._loc if reference is not None else [])
         if reference is not None and (
