@@ -3,24 +3,14 @@ and a run with other arguments does not read another's results."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import torch
-
-MEMO = Path(__file__).resolve().parents[1] / "benchmarks" / "disk_memo.py"
-
-
-def _memo_module():
-    spec = importlib.util.spec_from_file_location("bench_disk_memo", MEMO)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from bench_modules import load_benchmark
 
 
 def test_a_rerun_reads_back_values_and_tensors_and_skips_a_half_written_line(tmp_path):
-    m = _memo_module()
+    m = load_benchmark("disk_memo")
     calls = []
 
     def compute(x):
@@ -44,7 +34,7 @@ def test_a_rerun_reads_back_values_and_tensors_and_skips_a_half_written_line(tmp
 
 
 def test_another_run_key_or_fresh_starts_the_folder_over(tmp_path):
-    m = _memo_module()
+    m = load_benchmark("disk_memo")
     m.DiskMemo(tmp_path, {"trials": 6}).get("k", lambda: 1)
     assert m.DiskMemo(tmp_path, {"trials": 6}).get("k", lambda: 2) == 1
     assert m.DiskMemo(tmp_path, {"trials": 7}).get("k", lambda: 3) == 3
@@ -53,7 +43,7 @@ def test_another_run_key_or_fresh_starts_the_folder_over(tmp_path):
 
 
 def test_tensors_digest_sees_one_changed_bit():
-    m = _memo_module()
+    m = load_benchmark("disk_memo")
     a = {"w": torch.ones(3, 3)}
     b = {"w": torch.ones(3, 3)}
     b["w"][1, 1] = torch.nextafter(torch.tensor(1.0), torch.tensor(2.0))

@@ -2,21 +2,11 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
-SUMMARIZE = Path(__file__).resolve().parents[1] / "benchmarks" / "summarize.py"
-
-
-def _summarize():
-    spec = importlib.util.spec_from_file_location("bench_summarize", SUMMARIZE)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from bench_modules import load_benchmark
 
 
 def test_real_rows_follow_their_benchmark_with_its_number():
-    s = _summarize()
+    s = load_benchmark("summarize")
     docs = {name: {} for name in ("rsft", "rsft_real", "generation_real", "gpu_check")}
     rows = s.rows(docs)
     numbers = {name: number for number, name, _ in rows}
