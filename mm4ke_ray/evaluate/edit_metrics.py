@@ -180,7 +180,6 @@ class EditEvaluator:
         self._subset: tuple[tuple[int, ...], _ProbeGroup] | None = None  # the last `records` subset's
         self.accuracy_batches = self._accuracy.batches
         self.locality_batches = self._locality.batches
-        self._n_loc_tokens = len(self._locality.labels)
         digest = hashlib.sha1(prompt_format.encode())
         for ex in loc_examples:
             digest.update(repr((ex.input_ids, ex.answer_start)).encode())
@@ -337,7 +336,7 @@ class EditEvaluator:
     def _check_reference(self, reference: LocalityReference) -> None:
         if (
             reference.signature != self.locality_signature
-            or reference.predictions.numel() != self._n_loc_tokens
+            or reference.predictions.numel() != len(self._locality.labels)
         ):
             raise ValueError(
                 "the locality reference was computed by a different EditEvaluator (other records, "
