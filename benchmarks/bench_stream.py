@@ -17,7 +17,8 @@ its value after round 1 (round 1's edits), and general score >= 0.95.
 A full run takes hours on a laptop's CPU: each finished stream (and the tuning) is kept in
 `results/stream.partial.json`, and a rerun with the same arguments skips it; a stream killed
 part-way resumes after its last kept round (`stream --resume`; a kept stream of other settings
-starts over). `--fresh` starts everything over.
+starts over), a tuning after its last finished trial (`stream --tune --resume`). `--fresh`
+starts everything over.
 """
 
 from __future__ import annotations
@@ -58,6 +59,9 @@ def arguments():
                    help="also tune (stream --tune) N short streams over TUNED_SPACE and stream the choice in full "
                         "as setting 'tuned' (default 0: no; --smoke-test: 2)")
     p.add_argument("--tune-rounds", type=int, default=3, help="rounds of each tuning stream (default 3)")
+    p.add_argument("--warm", type=Path, metavar="JSON", help="warm-start the tuning with the best settings of a "
+                   "one-round sweep of the same model: a bench_real.py result (results/real.json), its "
+                   "steps.sweep.candidates (their lr, alpha and sparsity)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="config overrides for every stream (YAML values), e.g. general tasks")
     p.add_argument("--no-track", action="store_true",
@@ -154,12 +158,29 @@ def tune(args, out: Path, paper: dict, n_trials: int, device: str) -> dict:
     raw["name"] = "stream-tune"
     raw["search"] = {"space": {**paper, **TUNED_SPACE}, "seed": 0, "startup_trials": max(1, n_trials // 2)}
     config = validate_config(raw).with_overrides(**parse_overrides(args.set))
-    outcome = tune_stream(config, out / "stream-work" / "tune", n_trials, device=device,
-                          log=lambda m: print(f"[tune] {m}"))
+    warm = warm_start(args.warm, config, n_trials) if args.warm else []
+    outcome = tune_stream(config, out / "stream-work" / "tune", n_trials, device=device, track=not args.no_track,
+                          warm=warm, log=lambda m: print(f"[tune] {m}", flush=True), resume=not args.fresh)
     trials = [{k: r[k] for k in ("candidate", "params", "edit_score", "general_score", "on_front")}
               for r in outcome.rows]
     return {"trials": trials, "rounds": rounds, "choice": outcome.choice["candidate"],
-            "choice_params": outcome.choice["params"]}
+            "choice_params": outcome.choice["params"], "warm_start": {"from": str(args.warm), "points": warm}
+            if args.warm else None}
+
+
+def warm_start(path: Path, config, n_trials: int) -> list[dict]:
+    """The best settings (combined score) of the one-round sweep `path` records, inside the
+    tuning's space: at most half the trials (`stream --tune --warm-start` takes as many)."""
+    from mm4ke_ray.stream.tune import warm_points
+
+    doc = json.loads(path.read_text())
+    try:
+        rows = doc["steps"]["sweep"]["candidates"]
+    except (KeyError, TypeError):
+        raise SystemExit(f"--warm {path}: no steps.sweep.candidates (a bench_real.py result has them)") from None
+    points = warm_points(rows, config, most=max(1, n_trials // 2))
+    print(f"[tune] warm start: {points} from {path}", flush=True)
+    return points
 
 
 def main() -> None:

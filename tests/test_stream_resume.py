@@ -117,6 +117,25 @@ def test_a_killed_stream_resumes_to_the_uninterrupted_result_without_evaluating_
     assert {m.step: m.value for m in history}[1] == pytest.approx(want.rounds[0].metrics["seen.edit_succ"])
 
 
+def test_resuming_a_finished_stream_loads_no_model_and_reports_its_kept_rounds(streams, monkeypatch, tmp_path):
+    from mm4ke_ray.evaluate import candidate
+    from mm4ke_ray.stream.run import run_stream_config
+
+    config, whole, _ = streams
+    folder = _copy(whole.folder, tmp_path)
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("a finished stream's resume loaded a model")
+
+    monkeypatch.setattr(candidate, "load_model", no_model)
+    lines = []
+    again = run_stream_config(config, folder, resume=True, track=False, log=lines.append)
+    assert "every round of 3 is kept: nothing left to run" in lines
+    assert again.result.curve_rows() == whole.result.curve_rows()
+    assert again.result.summary() == whole.result.summary() and again.table == whole.table
+    assert read_manifest(folder) == read_manifest(whole.folder)  # reported, not rewritten
+
+
 @pytest.mark.parametrize(("overrides", "field"), [
     ({"stream.per_round": {"alpha": [0.1, 0.2, 0.5]}}, "config.stream.per_round.alpha is [0.1, 0.2, 0.5] here but "
                                                        "[0.1, 0.2, 0.3] there"),

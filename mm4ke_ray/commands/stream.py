@@ -30,7 +30,8 @@ def add_arguments(p) -> None:
     p.add_argument("--force", action="store_true", help="Write into a non-empty --out (a stream there starts over).")
     p.add_argument("--resume", action="store_true", help="Go on after the last round a killed run of this same "
                    "stream kept in --out (its stream.json); refused for another stream's folder. An empty --out "
-                   "starts from the base.")
+                   "starts from the base. With --tune: go on after the last finished trial of the tuning in --out "
+                   "(its tune.json), a trial killed part-way after its last kept round.")
     p.add_argument("--device", default="auto", help="auto (cuda if available, else cpu), cpu, cuda or cuda:N.")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="Override a config field, e.g. --set stream.rounds=5 (YAML value syntax).")
@@ -48,14 +49,14 @@ def run(args) -> int:
         raise UserError("--warm-start goes with --tune (it seeds the tuning with a one-round sweep's settings)")
     if args.resume and args.force:
         raise UserError("--resume goes on with the stream kept in --out and --force starts it over: give one of them")
-    if args.resume and args.tune is not None:
-        raise UserError("--resume goes on with one stream; a --tune study cannot be resumed: drop one of them")
     set_verbose(args.verbose)
     from mm4ke_ray.demo.resolve import resolve_demo  # torch: only when a stream runs
     from mm4ke_ray.stream.run import run_stream_config
 
     out = Path(args.out) if args.out else Path(config.storage_path) / f"{config.name}-stream"
-    if args.resume:
+    if args.resume and args.tune is not None:
+        check_tuning_resumable(out)
+    elif args.resume:
         check_resumable(out)
     else:
         check_out_dir(out, args.force)
@@ -80,6 +81,16 @@ def check_resumable(out: Path) -> None:
                         "--out, or pass --force instead of --resume to start over there")
 
 
+def check_tuning_resumable(out: Path) -> None:
+    """With --tune --resume: --out must be writable, and hold a tuning's tune.json unless it is empty."""
+    from mm4ke_ray.stream.tune import TUNE_FILE
+
+    check_out_dir(out, force=True)
+    if out.is_dir() and any(out.iterdir()) and not (out / TUNE_FILE).is_file():
+        raise UserError(f"--tune --resume: --out '{out}' is not empty but holds no {TUNE_FILE}, so there is no tuning "
+                        "to resume there; choose another --out, or pass --force instead of --resume to start over")
+
+
 def _tune(config, out: Path, device: str, args) -> int:
     from mm4ke_ray.stream.tune import tune_stream, warm_points
 
@@ -95,7 +106,7 @@ def _tune(config, out: Path, device: str, args) -> int:
                             f"this stream {config.model.name!r}; warm start from a sweep of the same model")
         warm = warm_points(sweep.edited, config, most=max(1, args.tune // 2))
         print(f"warm start: {len(warm)} setting(s) of sweep {sweep.name} first")
-    outcome = tune_stream(config, out, args.tune, device=device, warm=warm)
+    outcome = tune_stream(config, out, args.tune, device=device, warm=warm, resume=args.resume)
     choice = outcome.choice
     print(f"front: {[r['candidate'] for r in outcome.front]}; choice {choice['candidate']} {choice['params']} "
           f"(folder {choice['folder']}); export its round t with: mm4ke-ray stream-export {choice['folder']} "

@@ -88,6 +88,7 @@ class StreamEvaluator:
             raise ValueError(f"{edits_file} holds {len(self.candidate.records)} records, the rounds {len(rounds)}")
         self.settings, self.rounds = settings, list(rounds)
         self.model, self.tokenizer = self.candidate.model, self.candidate.tokenizer
+        self._base: dict[str, float] | None = None
 
     def seen_records(self, upto: int) -> list[int]:
         """The records of rounds 1..`upto`: those whose accuracy items round `upto` scores."""
@@ -96,7 +97,12 @@ class StreamEvaluator:
     def evaluate(self, upto: int, first_layer: int | None = None) -> dict[str, float]:
         """Metrics of the model after round `upto` (0: the base, whose groups are all empty but
         round 1's `current`, i.e. the edits before they are made). `first_layer`: the lowest block
-        any round has changed (blocks below it still hold the base's weights)."""
+        any round has changed (blocks below it still hold the base's weights).
+
+        The base's metrics are measured once: a later call with `upto=0` (another stream from
+        the same base, see `shared_base`) gets a copy of them."""
+        if upto == 0 and self._base is not None:
+            return dict(self._base)
         c, group = self.candidate, max(upto, 1)
         scored = self.seen_records(group)
         out: dict[str, float] = {}
@@ -122,6 +128,8 @@ class StreamEvaluator:
             seen[f"{p}locality"] = out[f"{p}locality"]
         family = edit_family(seen, self.settings.edit_mode)
         out.update(objective_values(family, general, self.settings.edit_weights, self.settings.combined_edit_weight))
+        if upto == 0:
+            self._base = dict(out)
         return out
 
 

@@ -20,6 +20,7 @@ from torch import nn
 from mm4ke_ray.delta import DELTA_FILE, load_delta, save_delta
 from mm4ke_ray.errors import UserError
 from mm4ke_ray.merge import add_update_, prepare_delta
+from mm4ke_ray.stream.base_weights import BaseWeights
 from mm4ke_ray.stream.settings import RoundSettings
 
 MANIFEST = "stream.json"
@@ -31,9 +32,11 @@ def round_dir(root: str | Path, t: int) -> Path:
 
 
 def merge_round_(model: nn.Module, delta: Mapping[str, torch.Tensor], alpha: float, sparsity: float,
-                 method: str, seed: int) -> None:
+                 method: str, seed: int, base: BaseWeights | None = None) -> None:
     """θ ← θ + (1 − α) · sparsify(Δ), in place and for good: the round's merged model is the
-    next round's base."""
+    next round's base. `base`, if given, copies the tensors' values first (to put them back later)."""
+    if base is not None:
+        base.keep(delta)
     device = next(model.parameters()).device
     delta = {k: v.to(device) for k, v in delta.items()}
     add_update_(model, prepare_delta(delta, alpha, sparsity, method, seed))

@@ -25,6 +25,7 @@ from torch import nn
 from mm4ke_ray.errors import UserError
 from mm4ke_ray.evaluate.candidate import delta_first_layer
 from mm4ke_ray.rsft.trainer import DivergedError, run_rsft
+from mm4ke_ray.stream.base_weights import BaseWeights
 from mm4ke_ray.stream.evaluation import StreamEvaluator
 from mm4ke_ray.stream.kept import merge_round_, save_round, weights_digest, write_manifest
 from mm4ke_ray.stream.resume_rounds import check_same_stream, restore_kept_rounds_
@@ -68,6 +69,12 @@ class StreamResult:
     touched: list[str] = field(default_factory=list)  # every tensor some round changed
     resumed_after: int | None = None  # the kept rounds a resume went on from (None: ran from the base)
 
+    @classmethod
+    def from_manifest(cls, done: dict) -> StreamResult:
+        """The result a stream's manifest records (`resumed_after`: its kept rounds)."""
+        rounds = [RoundResult.from_json(e) for e in done.get("rounds", [])]
+        return cls(done["base_metrics"], rounds, sorted(done.get("touched", [])), len(rounds))
+
     def summary(self) -> dict[str, float]:
         """Per curve metric measured in every round: `final.<m>` (after the last round) and
         `mean.<m>` (the mean over rounds 1..T, the area under the retention curve per round):
@@ -92,7 +99,8 @@ class StreamResult:
 
 def run_stream(model: nn.Module, tokenizer, stream: Stream, settings: list[RoundSettings], out: str | Path, *,
                evaluator: StreamEvaluator | None = None, info: dict | None = None,
-               on_round: Callable[[int, dict], None] | None = None, done: dict | None = None) -> StreamResult:
+               on_round: Callable[[int, dict], None] | None = None, done: dict | None = None,
+               base: BaseWeights | None = None) -> StreamResult:
     """Run every round of `stream` on `model` (changed in place: it ends as round T's model),
     keeping each round's delta in `out/roundNN/` and the manifest in `out/stream.json`.
 
@@ -104,6 +112,9 @@ def run_stream(model: nn.Module, tokenizer, stream: Stream, settings: list[Round
     stream; its kept rounds 1..k are re-added to the base `model` and checked against the digest
     recorded after round k, `on_round` sees their recorded metrics (0..k: the model is already
     round k's then), and the rounds go on from k+1; the base is not evaluated again.
+
+    `base`, if given, copies each tensor's base value before the stream first changes it, so that
+    the caller can put the base back (`BaseWeights.restore_`) and stream again on the same model.
     """
     if len(settings) != len(stream.rounds):
         raise ValueError(f"{len(settings)} round settings for {len(stream.rounds)} rounds")
@@ -118,7 +129,7 @@ def run_stream(model: nn.Module, tokenizer, stream: Stream, settings: list[Round
         if on_round:
             on_round(0, result.base_metrics)
     else:
-        result, touched = _resume(model, out, done, manifest, stream, settings, info or {})
+        result, touched = _resume(model, out, done, manifest, stream, settings, info or {}, base)
         if on_round:
             for t, metrics in enumerate(result.curve_rows()):
                 on_round(t, metrics)
@@ -132,7 +143,7 @@ def run_stream(model: nn.Module, tokenizer, stream: Stream, settings: list[Round
             raise UserError(f"stream round {t} of {len(stream.rounds)}: {exc}; rounds 1..{t - 1} are kept in {out}") from exc
         rsft_s = time.perf_counter() - start
         save_round(out, t, trained.delta, s, trained.as_json())
-        merge_round_(model, trained.delta, s.alpha, s.sparsity, s.method, s.seed)
+        merge_round_(model, trained.delta, s.alpha, s.sparsity, s.method, s.seed, base)
         touched.update(trained.delta)
         digest = weights_digest(model, touched)
         eval_start = time.perf_counter()
@@ -152,12 +163,12 @@ def run_stream(model: nn.Module, tokenizer, stream: Stream, settings: list[Round
 
 
 def _resume(model: nn.Module, out: Path, done: dict, manifest: dict, stream: Stream, settings: list[RoundSettings],
-            info: dict) -> tuple[StreamResult, set[str]]:
+            info: dict, base: BaseWeights | None) -> tuple[StreamResult, set[str]]:
     """The kept rounds of `done` on `model` and in `result` and `manifest` (changed in place)."""
     check_same_stream(done, info, stream, settings, out)
-    touched = restore_kept_rounds_(model, out, done)
-    k = len(done["rounds"])
-    result = StreamResult(done["base_metrics"], [RoundResult.from_json(e) for e in done["rounds"]], sorted(touched), k)
+    touched = restore_kept_rounds_(model, out, done, base)
+    result = StreamResult.from_manifest(done)
+    result.touched, k = sorted(touched), len(done["rounds"])
     manifest.update(base_metrics=result.base_metrics, rounds=list(done["rounds"]), touched=result.touched,
                     summary=result.summary(), resumed_after=[*done.get("resumed_after", []), k])
     return result, touched

@@ -12,6 +12,7 @@ from pathlib import Path
 from torch import nn
 
 from mm4ke_ray.errors import UserError
+from mm4ke_ray.stream.base_weights import BaseWeights
 from mm4ke_ray.stream.kept import load_round, merge_round_, read_manifest, weights_digest
 
 
@@ -30,13 +31,14 @@ def check_round(manifest: dict, t: int) -> dict:
     return rounds[t - 1]
 
 
-def add_rounds_(model: nn.Module, root: str | Path, t: int) -> set[str]:
+def add_rounds_(model: nn.Module, root: str | Path, t: int, base: BaseWeights | None = None) -> set[str]:
     """Add the kept rounds 1..t of the stream in `root` to `model`, in order, each with its own
-    merge settings; the names of the tensors they changed (what `weights_digest` covers)."""
+    merge settings; the names of the tensors they changed (what `weights_digest` covers).
+    `base`: see `merge_round_`."""
     touched: set[str] = set()
     for s in range(1, t + 1):
         delta, merge = load_round(root, s)
-        merge_round_(model, delta, merge["alpha"], merge["sparsity"], merge["method"], merge["seed"])
+        merge_round_(model, delta, merge["alpha"], merge["sparsity"], merge["method"], merge["seed"], base)
         touched.update(delta)
     return touched
 

@@ -20,6 +20,7 @@ from pathlib import Path
 from torch import nn
 
 from mm4ke_ray.errors import UserError
+from mm4ke_ray.stream.base_weights import BaseWeights
 from mm4ke_ray.stream.kept import weights_digest
 from mm4ke_ray.stream.rebuild import add_rounds_
 from mm4ke_ray.stream.rounds import Stream
@@ -113,11 +114,12 @@ def check_same_stream(done: dict, info: dict, stream: Stream, settings: list[Rou
                                "then lost)")
 
 
-def restore_kept_rounds_(model: nn.Module, out: str | Path, done: dict) -> set[str]:
+def restore_kept_rounds_(model: nn.Module, out: str | Path, done: dict, base: BaseWeights | None = None) -> set[str]:
     """Add the kept rounds 1..k (`done`'s entries) to `model` (the base, changed in place) and
-    check its weights against the digest recorded after round k; the tensors they changed."""
+    check its weights against the digest recorded after round k; the tensors they changed.
+    `base`: see `kept.merge_round_`."""
     rounds = done.get("rounds", [])
-    touched = add_rounds_(model, out, len(rounds))
+    touched = add_rounds_(model, out, len(rounds), base)
     if rounds and (digest := weights_digest(model, touched)) != rounds[-1]["weights_sha256"]:
         k = len(rounds)
         raise KeptRoundsMismatchError(

@@ -21,6 +21,7 @@ from mm4ke_ray.stream.protocol import StreamResult, run_stream
 from mm4ke_ray.stream.resume_rounds import check_same_stream
 from mm4ke_ray.stream.rounds import Stream, load_stream
 from mm4ke_ray.stream.settings import RoundSettings, round_settings
+from mm4ke_ray.stream.shared_base import SharedBase
 
 PICTURE = "retention.png"
 TABLE = "retention.md"
@@ -50,9 +51,24 @@ def _kept_stream(folder: Path, info: dict, stream: Stream, settings: list[RoundS
     return done
 
 
+def _load(config: SweepConfig) -> Stream:
+    if config.stream is None:
+        raise UserError("the config has no `stream:` section: add one (e.g. stream: {rounds: 10}) to run a stream")
+    return load_stream(config.stream, config.data.edits, data_format=config.data.format, limit=config.data.limit,
+                       skip_invalid=config.data.skip_invalid)
+
+
+def open_shared_base(config: SweepConfig, folder: str | Path, *, device: str = "cpu") -> SharedBase:
+    """The base model and evaluator of `config`'s stream, loaded once for several streams of it
+    that differ in their settings only (`run_stream_config(shared=...)`); its edit file in `folder`."""
+    stream = _load(config)
+    edits_file = write_stream_edits(stream, Path(folder))
+    return SharedBase.build(eval_settings(config, device), edits_file, stream.round_of())
+
+
 def run_stream_config(config: SweepConfig, folder: str | Path, *, device: str = "cpu", track: bool = True,
                       log: Callable[[str], None] = print, watch: Callable[[int, nn.Module], None] | None = None,
-                      resume: bool = False) -> StreamOutcome:
+                      resume: bool = False, shared: SharedBase | None = None) -> StreamOutcome:
     """Run the stream `config.stream` describes into `folder` (deltas, manifest, curves).
     `watch(t, model)`, if given, sees the resident model after each round t this call runs (0: the base).
 
@@ -60,12 +76,14 @@ def run_stream_config(config: SweepConfig, folder: str | Path, *, device: str = 
     folder without `stream.json` starts from the base; one of another stream is refused, naming
     the differing fields). MLflow: a resume opens a new run, with param `resumed_after_round` = k,
     and logs the kept rounds' metrics 0..k there too (step = round), so its curves are whole; the
-    killed run stays as it ended (FAILED, or RUNNING after a hard kill).
+    killed run stays as it ended (FAILED, or RUNNING after a hard kill). A stream whose every round
+    is kept loads no model: its recorded rounds are reported (and logged) as they are.
+
+    `shared`: a base model and evaluator already loaded for this stream's records and evaluation
+    settings (`shared_base.SharedBase.build`; another stream's are refused), used instead of
+    loading them again; the model is put back to the base when the stream ends, even by an error.
     """
-    if config.stream is None:
-        raise UserError("the config has no `stream:` section: add one (e.g. stream: {rounds: 10}) to run a stream")
-    stream = load_stream(config.stream, config.data.edits, data_format=config.data.format, limit=config.data.limit,
-                         skip_invalid=config.data.skip_invalid)
+    stream = _load(config)
     settings = round_settings(config, len(stream.rounds))
     sizes = [len(r) for r in stream.rounds]
     log(f"{len(stream.rounds)} rounds of {sizes} edits; base {config.model.name}")
@@ -79,9 +97,18 @@ def run_stream_config(config: SweepConfig, folder: str | Path, *, device: str = 
     if resume:
         log(f"resuming after round {kept} of {len(stream.rounds)}" if done is not None
             else f"nothing to resume in {folder} (no stream.json): starting from the base")
-    edits_file = write_stream_edits(stream, folder)
-    evaluator = StreamEvaluator(eval_settings(config, device), edits_file, stream.round_of())  # loads the model
-    model, tokenizer = evaluator.model, evaluator.tokenizer
+    finished = kept == len(stream.rounds)  # a resume with nothing left to run: no model to load
+    evaluator = base = None
+    if finished:
+        log(f"every round of {kept} is kept: nothing left to run")
+    else:
+        edits_file = write_stream_edits(stream, folder)
+        if shared is not None:
+            shared.check(eval_settings(config, device), edits_file, stream.round_of())
+            evaluator, base = shared.evaluator, shared.weights
+        else:
+            evaluator = StreamEvaluator(eval_settings(config, device), edits_file, stream.round_of())
+    model, tokenizer = (evaluator.model, evaluator.tokenizer) if evaluator else (None, None)
     tracker = None
     if track:
         from mm4ke_ray.tracking.stream_run import (  # MLflow: only when tracking
@@ -100,8 +127,13 @@ def run_stream_config(config: SweepConfig, folder: str | Path, *, device: str = 
             watch(t, model)
 
     try:
-        result = run_stream(model, tokenizer, stream, settings, folder, evaluator=evaluator, info=info,
-                            on_round=on_round, done=done)
+        if finished:
+            result = StreamResult.from_manifest(done)
+            for t, metrics in enumerate(result.curve_rows()):
+                on_round(t, metrics)
+        else:
+            result = run_stream(model, tokenizer, stream, settings, folder, evaluator=evaluator, info=info,
+                                on_round=on_round, done=done, base=base)
         rows = result.curve_rows()
         table = curve_table(rows)
         (folder / TABLE).write_text(table)
@@ -111,6 +143,9 @@ def run_stream_config(config: SweepConfig, folder: str | Path, *, device: str = 
         if tracker is not None:
             tracker.finish("FAILED")
         raise
+    finally:
+        if base is not None:
+            base.restore_()
     run_id = None
     if tracker is not None:
         tracker.log_sweep_metrics(result.summary(), step=len(result.rounds))
