@@ -58,6 +58,9 @@ def arguments():
     p.add_argument("--tune", type=int, default=0, metavar="N",
                    help="also tune (stream --tune) N short streams over TUNED_SPACE and stream the choice in full "
                         "as setting 'tuned' (default 0: no; --smoke-test: 2)")
+    p.add_argument("--tuned-only", action="store_true",
+                   help="with --tune: run the tuning and its choice only, not the --setting streams (another "
+                        "process runs those into the same --out; a later run without it joins them all)")
     p.add_argument("--tune-rounds", type=int, default=3, help="rounds of each tuning stream (default 3)")
     p.add_argument("--warm", type=Path, metavar="JSON", help="warm-start the tuning with the best settings of a "
                    "one-round sweep of the same model: a bench_real.py result (results/real.json), its "
@@ -200,6 +203,10 @@ def main() -> None:
     paper = SMOKE_PAPER if args.smoke_test else PAPER
     texts = args.setting or ["paper:", "alpha0.5:alpha=0.5"]
     settings = [parse_setting(t, paper) for t in texts]
+    if args.tuned_only:
+        if not args.tune:
+            raise SystemExit("--tuned-only goes with --tune N")
+        settings = []
     device = resolve_device(args.device)
     tuning = None
     n_tune = args.tune or (2 if args.smoke_test else 0)
