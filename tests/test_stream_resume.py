@@ -82,7 +82,7 @@ def _copy(folder: Path, tmp_path: Path) -> Path:
 
 
 def test_a_killed_stream_resumes_to_the_uninterrupted_result_without_evaluating_the_base(streams, evaluated,
-                                                                                           tmp_path):
+                                                                                           tmp_path, monkeypatch):
     from mlflow import MlflowClient
 
     from mm4ke_ray.stream.run import run_stream_config
@@ -92,11 +92,21 @@ def test_a_killed_stream_resumes_to_the_uninterrupted_result_without_evaluating_
     assert len(read_manifest(folder)["rounds"]) == KILLED_IN - 1
     assert (round_dir(folder, KILLED_IN) / DELTA_FILE).is_file()  # saved, but not in the manifest: redone
     lines = []
+
+    def measured_again(*args, **kwargs):
+        raise AssertionError("the resume measured the base's references again")
+
+    from mm4ke_ray.evaluate.edit_metrics import EditEvaluator
+    from mm4ke_ray.evaluate.generation import GenerationEvaluator
+
+    monkeypatch.setattr(EditEvaluator, "base_predictions", measured_again)
+    monkeypatch.setattr(GenerationEvaluator, "base_generations", measured_again)
     # Another name (the MLflow run's) does not make it another stream.
     resumed = run_stream_config(config.with_overrides(name="stream-test-resumed"), folder, resume=True,
                                 log=lines.append)
     assert evaluated.calls == [KILLED_IN]  # only the round it had not finished
     assert f"resuming after round {KILLED_IN - 1} of 3" in lines
+    assert "the base's references read back from the kept stream" in lines
     got, want = resumed.result, whole.result
     assert got.resumed_after == KILLED_IN - 1 and want.resumed_after is None
     assert got.base_metrics == want.base_metrics

@@ -30,6 +30,7 @@ from pathlib import Path
 from mm4ke_ray.data import write_edit_records
 from mm4ke_ray.evaluate.candidate import CandidateEvaluator, EvalSettings
 from mm4ke_ray.evaluate.general import general_score, retention
+from mm4ke_ray.evaluate.rung_views import Reference
 from mm4ke_ray.evaluate.scores import edit_family, objective_values
 from mm4ke_ray.schema import GEN_PREFIX, GENERAL_PREFIX, RETENTION_PREFIX, TEACHER_FORCED
 from mm4ke_ray.stream.rounds import Stream
@@ -80,10 +81,12 @@ class StreamEvaluator:
     its evaluators' per-record rows and groups them by round.
     """
 
-    def __init__(self, settings: EvalSettings, edits_file: str | Path, rounds: list[int]):
+    def __init__(self, settings: EvalSettings, edits_file: str | Path, rounds: list[int],
+                 reference: Reference | None = None):
+        """`reference`: the base's, measured before (`kept_reference`), instead of measuring them here."""
         self.candidate = CandidateEvaluator(replace(settings, edits=str(edits_file), limit=None, data_format=None,
                                                     skip_invalid=False, fidelity_rungs=1),
-                                            base_metrics=False)  # round 0 scores the base itself
+                                            reference=reference, base_metrics=False)  # round 0 scores the base
         if len(self.candidate.records) != len(rounds):
             raise ValueError(f"{edits_file} holds {len(self.candidate.records)} records, the rounds {len(rounds)}")
         self.settings, self.rounds = settings, list(rounds)

@@ -17,6 +17,7 @@ from mm4ke_ray.evaluate.candidate import eval_settings
 from mm4ke_ray.stream.curves import curve_table, draw_retention
 from mm4ke_ray.stream.evaluation import StreamEvaluator, write_stream_edits
 from mm4ke_ray.stream.kept import MANIFEST, read_manifest
+from mm4ke_ray.stream.kept_reference import load_reference, save_reference
 from mm4ke_ray.stream.protocol import StreamResult, run_stream
 from mm4ke_ray.stream.resume_rounds import check_same_stream
 from mm4ke_ray.stream.rounds import Stream, load_stream
@@ -106,8 +107,13 @@ def run_stream_config(config: SweepConfig, folder: str | Path, *, device: str = 
         if shared is not None:
             shared.check(eval_settings(config, device), edits_file, stream.round_of())
             evaluator, base = shared.evaluator, shared.weights
-        else:
-            evaluator = StreamEvaluator(eval_settings(config, device), edits_file, stream.round_of())
+        else:  # a resume reads the base's references back instead of measuring them again
+            reference = load_reference(folder) if done is not None else None
+            evaluator = StreamEvaluator(eval_settings(config, device), edits_file, stream.round_of(), reference)
+            if reference is None:
+                save_reference(folder, evaluator.candidate.reference)
+            else:
+                log("the base's references read back from the kept stream")
     model, tokenizer = (evaluator.model, evaluator.tokenizer) if evaluator else (None, None)
     tracker = None
     if track:
