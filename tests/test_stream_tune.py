@@ -133,3 +133,24 @@ def test_resuming_the_tuning_of_another_config_is_refused(demo, tmp_path):
     (tmp_path / "tune" / TUNE_FILE).write_text(json.dumps({"key": {"name": "another"}, "trials": []}))
     with pytest.raises(UserError, match="written for another config"):
         tune_stream(_config(demo, tmp_path), tmp_path / "tune", 2, track=False, resume=True)
+
+
+def test_cli_tune_resume_goes_on_and_refuses_a_folder_without_a_tuning(demo, tmp_path, capsys):
+    import yaml
+
+    from mm4ke_ray.cli import main
+
+    config = _config(demo, tmp_path, evaluation={"mode": "teacher-forced"})
+    path = tmp_path / "tune.yaml"
+    path.write_text(yaml.safe_dump(config.model_dump(mode="json")))
+    stray = tmp_path / "stray"
+    stray.mkdir()
+    (stray / "notes.txt").write_text("mine")
+    assert main(["stream", str(path), "--tune", "1", "--resume", "--out", str(stray)]) == 2
+    assert "holds no tune.json, so there is no tuning to resume there" in capsys.readouterr().err
+    out = tmp_path / "tune"
+    assert main(["stream", str(path), "--tune", "1", "--out", str(out)]) == 0
+    assert main(["stream", str(path), "--tune", "2", "--resume", "--out", str(out)]) == 0
+    doc = json.loads((out / "tune.json").read_text())
+    assert [r["candidate"] for r in doc["trials"]] == ["t00", "t01"]
+    assert "resuming after trial 0 of 2" in capsys.readouterr().out
