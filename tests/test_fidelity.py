@@ -28,6 +28,7 @@ from mm4ke_ray.evaluate.fidelity import (
     beaten_by_exact,
     dominates_beyond_doubt,
     edit_score_stderr,
+    general_exact,
     mean_stderr,
     nested_subsets,
     paired_stderrs,
@@ -147,6 +148,27 @@ def test_identical_items_or_one_differing_document_is_no_evidence():
     six_better = [1.4] * 6 + docs[6:]  # six of the zeros of the first documents answered right
     b6 = _with_items("b", b_edit, [1.4 if i % 2 else v for i, v in enumerate(six_better)], 200)
     assert dominates_beyond_doubt(b6, a, 0.05)  # enough discordant items, all one way
+
+
+def test_a_general_score_of_every_document_is_exact_so_as_good_there_suffices():
+    # WikiText-2 cut to 2 articles: every rung scores both (rung_plan), so the rung's general
+    # score is the full one. b leads a on 6 of 9 records, behind on none.
+    a_edit = [0.0, 0.1, 0.9, 1.0, 0.2, 0.8, 0.0, 1.0, 0.5]
+    b_edit = [x + 0.5 if x <= 0.5 else x for x in a_edit]
+    a = _with_items("a", a_edit, [0.95, 1.0], docs_population=2)
+    assert general_exact(a.items) and not general_exact(_with_items("s", a_edit, [0.95, 1.0], 30).items)
+    assert dominates_beyond_doubt(_with_items("b", b_edit, [0.95, 1.0], 2), a, 0.05)  # tied, exactly
+    assert dominates_beyond_doubt(_with_items("b", b_edit, [0.96, 1.0], 2), a, 0.05)
+    assert not dominates_beyond_doubt(_with_items("b", b_edit, [0.94, 1.0], 2), a, 0.05)  # a trade-off
+    # The same two documents as a sample of 30: a tie there is no evidence (as before).
+    sampled = _with_items("a", a_edit, [0.95, 1.0], docs_population=30)
+    assert not dominates_beyond_doubt(_with_items("b", b_edit, [0.95, 1.0], 30), sampled, 0.05)
+    # Against an exact front point: at least as good in the exact objective, ahead beyond doubt in
+    # the other.
+    assert beaten_by_exact(a, (0.95, a.general), 0.05)
+    assert not beaten_by_exact(a, (0.95, a.general - 0.001), 0.05)
+    assert not beaten_by_exact(sampled, (0.95, sampled.general), 0.05)
+    assert not beaten_by_exact(a, (a.edit + 0.01, a.general + 0.01), 0.05)  # edit: not beyond doubt
 
 
 def test_paired_items_drop_a_candidate_the_unpaired_test_keeps():

@@ -76,3 +76,37 @@ def test_a_perplexity_task_pairs_at_a_lower_rung(evaluator):
     assert diff == pytest.approx(math.log(a["general.wikitext"] / b["general.wikitext"]), rel=1e-9, abs=1e-12)
     _, paired = paired_stderrs(ib, ia)
     assert paired is not None and paired >= 0 and a[GENERAL_SE] > 0
+
+
+def test_wikitext_with_fewer_articles_than_the_sign_test_needs_is_exact_at_every_rung(
+        tiny_model_dir, tmp_path_factory, monkeypatch_module):
+    """The real config's WikiText-2 (a few articles): every rung scores all of them, so halving
+    runs on the records' evidence instead of skipping both lower rungs, and a promoted candidate
+    reads the perplexity back whole and scores only its new records, with the same numbers."""
+    from mm4ke_ray.evaluate.fidelity import general_exact
+    from mm4ke_ray.evaluate.rung_reuse import REUSE, scored_items
+
+    monkeypatch_module.setenv("MM4KE_CACHE", str(tmp_path_factory.mktemp("cache-few")))
+    local = (LocalTaskSpec("wikitext", str(GENERAL / "wikitext-2" / "test.txt"), max_words=3000),)
+    common = dict(model=str(tiny_model_dir), edits=str(ZSRE), limit=27, batch_size=8, general_tasks=("wikitext",),
+                  local_tasks=local)
+    plain = CandidateEvaluator(EvalSettings(**common))
+    halving = CandidateEvaluator(EvalSettings(**common, fidelity_rungs=3, fidelity_reduction_factor=3.0,
+                                              fidelity_seed=1, fidelity_min_items=5), reference=plain.reference)
+    plan = halving.rung_plan()
+    n_docs = plain.reference.general_result.n_docs["wikitext"]
+    assert n_docs < 5 and plan.skipped == () and [len(r) for r in plan.edit_records] == [5, 9, 27]
+    assert [len(d) for d in plan.general_docs["wikitext"]] == [n_docs] * 3
+    delta = _delta(halving.model, 1, 7, 0.05)
+    low = halving.evaluate(delta, 0.4, 0.1, seed=3, rung=0)
+    assert general_exact(RungItems.from_dict(low[RUNG_ITEMS]))
+    joined = halving.evaluate(delta, 0.4, 0.1, seed=3, rung=1, prior=low[REUSE])
+    direct = halving.evaluate(delta, 0.4, 0.1, seed=3, rung=1)
+    assert scored_items(joined) == (4, 0) and scored_items(direct) == (9, n_docs)
+    for key in ("edit_score", "general_score", "general.wikitext", "edit_succ", "locality"):
+        assert joined[key] == direct[key], key
+    top = halving.evaluate(delta, 0.4, 0.1, seed=3, rung=2, prior=joined[REUSE])
+    full = plain.evaluate(delta, 0.4, 0.1, seed=3)
+    assert scored_items(top) == (18, 0)
+    for key in ("edit_score", "general_score", "general.wikitext", "combined_score"):
+        assert top[key] == full[key], key

@@ -137,9 +137,13 @@ def test_the_sign_test_minimum_raises_small_rungs_and_skips_those_that_cannot_gi
     # Raised to the rung above in every list: the same items, skipped.
     same = plan_rungs(9, {"t": 18}, 3, 3.0, seed=0, min_items=6)
     assert same.skipped == (0,) and "same items as rung 1" in same.describe()[0]
-    # Fewer records than the sign test needs in the whole edit set, or documents over all tasks.
+    # Fewer records than the sign test needs in the whole edit set: skipped.
     assert plan_rungs(4, {"t": 400}, 3, 3.0, seed=0, min_items=5).skipped == (0, 1)
-    assert plan_rungs(30, {"a": 2, "b": 2}, 3, 3.0, seed=0, min_items=5).skipped == (0, 1)
+    # Fewer documents than that: all of them at every rung (exact there), the records sampled.
+    few = plan_rungs(30, {"a": 2, "b": 2}, 3, 3.0, seed=0, min_items=5)
+    assert few.skipped == () and [len(r) for r in few.edit_records] == [5, 10, 30]
+    assert few.general_samples(0) == {"a": [0, 1], "b": [0, 1]} == few.general_samples(1)
+    assert "every document of a, b: exact there" in few.describe()[0]
     assert plan_rungs(30, {"a": 2, "b": 3}, 3, 3.0, seed=0, min_items=5).skipped == ()
     assert plan_rungs(30, {}, 3, 3.0, seed=0, min_items=5).skipped == ()  # no tasks: records only
     assert "fewer than 5" in plan_rungs(4, {}, 2, 3.0, seed=0, min_items=5).describe()[0]

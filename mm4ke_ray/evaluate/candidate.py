@@ -216,7 +216,8 @@ class CandidateEvaluator(RungViews):
                                                                fluency=self.settings.fluency, first_layer=first_layer)
         if view.gen_eval:
             measured[GENERATION] = view.gen_eval.evaluate(self.model, view.reference.generation)
-        if self.general_eval:
+        no_docs = view.samples is not None and not any(view.samples.values())  # a chunk of records only
+        if self.general_eval and not no_docs:
             reuse = first_layer if self.settings.prefix_cache else None  # as for the edit metrics above
             with self.general_eval.layers_below_unchanged(reuse):
                 result = self.general_eval.evaluate_result(view.samples)
@@ -322,7 +323,7 @@ class CandidateEvaluator(RungViews):
         if not full:
             families, result = measured
             out[REUSE] = payload(rung, {mode: f.per_record for mode, f in families.items()}, result,
-                                 self.general_eval is not None)
+                                 self.general_eval is not None, every_doc=self._every_doc(rung))
         return out
 
 

@@ -152,6 +152,16 @@ def _paired_groups(b: RungItems | None, a: RungItems | None) -> tuple[list | Non
     return edit, general
 
 
+def general_exact(items: RungItems | None) -> bool:
+    """Whether the rung scored every document of every task (`rung_plan`: a task with fewer
+    documents than the sign test needs has all of them at every rung): its general score is then
+    the full evaluation's, known rather than estimated."""
+    if items is None or not items.general:
+        return False
+    population = items.general_population or {}
+    return all(len(v) == population.get(t, -1) for t, v in items.general.items())
+
+
 def dominates_beyond_doubt(b: RungResult, a: RungResult, error_rate: float) -> bool:
     """Whether the rung's items show b better than a in both objectives, each at `error_rate`.
 
@@ -161,13 +171,19 @@ def dominates_beyond_doubt(b: RungResult, a: RungResult, error_rate: float) -> b
     as good in one: "as good" would rest on ties, and two merges that answer every document of a
     small rung alike may still differ on the documents it has not seen (the most conservative
     merge of a trial is then the one wrongly dropped). The general items are uncapped
-    retentions: b's uncapped general above a's means b's capped one is at least a's.
+    retentions: b's uncapped general above a's means b's capped one is at least a's. Where both
+    general scores are exact (`general_exact`: no document unseen), b at least as good as a there
+    is known, not a tie that rests on chance, and suffices.
     """
     groups = _paired_groups(b.items, a.items)
     unpaired = [None if sa is None or sb is None else math.hypot(sa, sb)
                 for sa, sb in zip(a.stderrs(), b.stderrs(), strict=True)]
-    for vb, va, group, se in zip(b.values(), a.values(), groups, unpaired, strict=True):
-        if group is not None:
+    exact = (False, general_exact(a.items) and general_exact(b.items))
+    for vb, va, group, se, known in zip(b.values(), a.values(), groups, unpaired, exact, strict=True):
+        if known:
+            if vb < va:
+                return False
+        elif group is not None:
             if not paired_beats(group, error_rate):
                 return False
         elif not unpaired_beats(vb - va, se, error_rate):
@@ -222,11 +238,17 @@ def beaten_by_exact(a: RungResult, point: Sequence[float], error_rate: float) ->
     score estimates a's full score. In an objective where the point sits at its ceiling (1) a
     cannot end above it, so no margin is asked there (general score is capped at 1, and merges
     that keep everything tie there); the other objective must then show the point strictly
-    ahead. An unknown SE protects a.
+    ahead. Where a's general score is exact (`general_exact`), the point at least as good there
+    suffices. An unknown SE protects a.
     """
     z, strictly = z_for(error_rate), False
-    for vb, va, sa in zip(point, a.values(), _estimate_stderrs(a), strict=True):
-        if sa is not None and vb - va > 0 and vb - va >= z * sa:
+    exact = (False, general_exact(a.items))
+    for vb, va, sa, known in zip(point, a.values(), _estimate_stderrs(a), exact, strict=True):
+        if known:
+            if vb < va:
+                return False
+            strictly = strictly or vb > va
+        elif sa is not None and vb - va > 0 and vb - va >= z * sa:
             strictly = True
         elif not vb >= OBJECTIVE_MAX >= va:
             return False

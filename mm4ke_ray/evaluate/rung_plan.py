@@ -6,8 +6,11 @@ test on the items where two candidates differ reaches the error rate (`evidence.
 needs at least `evidence.min_sign_items(error_rate)` items (5 at 0.05). A rung with fewer items
 could never drop anything within its trial, so its size is raised to that minimum (`min_items`),
 and a lower rung is skipped (not evaluated at all) when even so it cannot give that evidence
-(the edit set, or the documents of all tasks together, are smaller than the minimum) or when it
-would score the same items as the rung above it. Pure Python.
+(the edit set is smaller than the minimum) or when it would score the same items as the rung
+above it. A task with fewer documents than the minimum (WikiText-2 cut to a few articles) has
+all of them scored at every rung: its score there is exact, not an estimate (`fidelity`
+compares exact general scores as they are), so it never keeps a rung from dropping on the edit
+records' evidence. Pure Python.
 """
 
 from __future__ import annotations
@@ -50,11 +53,12 @@ def rung_sizes(n_items: int, rungs: int, reduction_factor: float, min_items: int
 
 def skipped_rungs(records: Sequence[int], docs: Sequence[Sequence[int]], min_items: int) -> tuple[int, ...]:
     """Lower rungs not worth evaluating, from each list's size per rung (`rung_sizes`): fewer
-    than `min_items` records, or (with tasks) documents over all tasks, so the sign test can never
-    drop a candidate there; or the same items as the next rung in every list."""
+    than `min_items` records, so the sign test can never drop a candidate there; or the same items
+    as the next rung in every list. (A task's documents are never too few: `rung_sizes` raises a
+    sampled rung to `min_items`, and a task with fewer has all of them, exact, at every rung.)"""
     out = []
     for r in range(len(records) - 1):
-        too_few = records[r] < min_items or (bool(docs) and sum(d[r] for d in docs) < min_items)
+        too_few = records[r] < min_items
         same = records[r] == records[r + 1] and all(d[r] == d[r + 1] for d in docs)
         if too_few or same:
             out.append(r)
@@ -143,6 +147,9 @@ class RungPlan:
             size = len(self.edit_records[r])
             docs = sum(len(d[r]) for d in self.general_docs.values())
             line = f"rung {r}: {size} of {n} records" + (f", {docs} documents" if self.general_docs else "")
+            exact = sorted(t for t, d in self.general_docs.items() if len(d[r]) == len(d[-1]))
+            if exact:
+                line += f" (every document of {', '.join(exact)}: exact there)"
             if size > asked[r]:
                 line += (f" (raised from {asked[r]}: the sign test needs {self.min_items} differing items at "
                          "this error rate)")
@@ -164,10 +171,8 @@ class RungPlan:
                 f"{kept} rung(s) (set evaluation.fidelity.rungs: {kept}, or give more records)")
 
     def skip_reason(self, rung: int) -> str:
-        docs = sum(len(d[rung]) for d in self.general_docs.values())
-        if len(self.edit_records[rung]) < self.min_items or (self.general_docs and docs < self.min_items):
-            return (f"fewer than {self.min_items} records or documents, so the sign test could never show a "
-                    "candidate worse there")
+        if len(self.edit_records[rung]) < self.min_items:
+            return f"fewer than {self.min_items} records, so the sign test could never show a candidate worse there"
         return f"it would score the same items as rung {rung + 1}"
 
     def _check_rung(self, rung: int) -> None:

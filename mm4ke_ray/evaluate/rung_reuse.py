@@ -9,15 +9,22 @@ items, and joins the two into the rows and task results that scoring the whole r
 (tests/test_rung_reuse.py). The rung then reports how many of its items were read back
 (`REUSED_RECORDS`, `REUSED_DOCS`): evaluation compute counts only the scored ones (`scored_items`).
 
+Where a lower rung already scored every document of every task (`rung_plan`: tasks with fewer
+documents than the sign test needs), the next rung adds records only: its general result is the
+lower rung's, read back whole (`general_whole`; any task, a perplexity too), and only the new
+records are scored.
+
 Not reused (the rung is scored whole, as before): an lm-eval group among the general outputs (its
 score is lm-eval's own combination of its tasks), a task without a mean of per-document values
-(halving refuses those anyway), or a rung that adds no record, or no document of some task.
+(halving refuses those anyway), or a rung that adds no record, or no document of some task while
+adding documents of another.
 Pure Python (lm-eval's `mean` is imported where a task's score is recomputed).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import asdict
 
 from mm4ke_ray.evaluate.fidelity import EVAL_DOCS, EVAL_RECORDS
 from mm4ke_ray.evaluate.general import GeneralResult
@@ -54,18 +61,30 @@ def general_payload(result: GeneralResult | None) -> dict | None:
             for key in result.scores}
 
 
-def payload(rung: int, rows: Mapping[str, list[dict]], general: GeneralResult | None, has_tasks: bool) -> dict:
-    """A lower rung's `REUSE` entry: the rung, per metric family its rows, its tasks' items."""
+def payload(rung: int, rows: Mapping[str, list[dict]], general: GeneralResult | None, has_tasks: bool,
+            every_doc: bool = False) -> dict:
+    """A lower rung's `REUSE` entry: the rung, per metric family its rows, its tasks' items, and
+    with `every_doc` (the rung scored every document of every task) its whole general result."""
+    whole = asdict(general) if has_tasks and every_doc and general is not None else None
     return {"rung": rung, "rows": {mode: [slim_row(r) for r in rs] for mode, rs in rows.items()},
-            "general": general_payload(general) if has_tasks else None, "has_tasks": has_tasks}
+            "general": general_payload(general) if has_tasks else None, "has_tasks": has_tasks,
+            "general_whole": whole}
+
+
+def whole_general(prior: Mapping) -> GeneralResult:
+    """The general result a lower rung that scored every document kept (`payload(every_doc=True)`)."""
+    return GeneralResult(**prior["general_whole"])
 
 
 def can_join(prior: Mapping | None, new_records: Sequence[int], new_docs: Mapping[str, Sequence[int]]) -> bool:
     """Whether `prior` can be joined with a scoring of the new items only: it holds every task's
-    items (when there are tasks) and the rung adds at least one record and one document per task."""
+    items (when there are tasks) and the rung adds at least one record and one document per task;
+    or it scored every document already (`general_whole`) and the rung adds records only."""
     if not prior or not new_records:
         return False
     if prior.get("has_tasks"):
+        if prior.get("general_whole") is not None and not any(new_docs.values()):
+            return True
         return prior.get("general") is not None and all(new_docs.get(t) for t in prior["general"]) \
             and set(prior["general"]) == set(new_docs)
     return True

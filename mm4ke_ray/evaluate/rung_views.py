@@ -29,7 +29,7 @@ from mm4ke_ray.evaluate.generation import (
     GenerationMetrics,
     GenerationReference,
 )
-from mm4ke_ray.evaluate.rung_reuse import join_general, join_rows
+from mm4ke_ray.evaluate.rung_reuse import join_general, join_rows, whole_general
 from mm4ke_ray.evaluate.task_stats import paired_log_items
 from mm4ke_ray.schema import GENERATION, TEACHER_FORCED
 
@@ -100,6 +100,14 @@ class RungViews:
                                            dict(full.n_docs) if full else None)
         return self._rung_views[rung]
 
+    def _every_doc(self, rung: int) -> bool:
+        """Whether rung `rung` scores every document of every task (so a rung above adds records only)."""
+        if not self.general_eval:
+            return False
+        plan = self.rung_plan()
+        last = plan.general_samples(plan.rungs - 1)
+        return all(len(docs) == len(last[t]) for t, docs in plan.general_samples(rung).items())
+
     def _new_items(self, below: int, rung: int) -> tuple[list[int], dict[str, list[int]]]:
         """The records and, per task, documents that rung `rung` adds to rung `below`."""
         plan = self.rung_plan()
@@ -135,7 +143,9 @@ class RungViews:
         kinds = {TEACHER_FORCED: EditMetrics, GENERATION: GenerationMetrics}
         joined = {mode: kinds[mode].from_rows(join_rows(prior["rows"][mode], plan.records(below), m.per_record, ids))
                   for mode, m in measured.items()}
-        if result is not None:
+        if prior.get("general_whole") is not None and not any(docs.values()):
+            result = whole_general(prior)  # the same documents, all of them, scored below
+        elif result is not None:
             result = join_general(prior["general"], plan.general_samples(below), result, docs)
         return joined, result
 
