@@ -250,8 +250,10 @@ def test_mlflow_run_has_every_metric_at_step_round(streamed):
     assert {"retention.png", "retention.md", "stream.json", "config.yaml"} <= artifacts
 
 
-def test_cli_stream_then_export_of_round_t_equals_that_round(demo, tmp_path, capsys):
+def test_cli_stream_then_export_of_round_t_equals_that_round(demo, tmp_path, capsys, monkeypatch):
     from transformers import AutoModelForCausalLM
+
+    monkeypatch.setenv("COLUMNS", "80")
 
     cfg = _config(demo, tmp_path)
     cfg["stream"]["rounds"] = 2
@@ -261,7 +263,12 @@ def test_cli_stream_then_export_of_round_t_equals_that_round(demo, tmp_path, cap
     path.write_text(yaml.safe_dump(cfg))
     out = tmp_path / "stream-out"
     assert main(["stream", str(path), "--out", str(out), "--device", "cpu"]) == 0
-    assert "round" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    table = printed[printed.index("┏"):printed.index("wrote ")].splitlines()
+    rounds = [line for line in printed.splitlines() if line.startswith("round ")]
+    assert len(rounds) == 3 and max(map(len, table + rounds)) <= 80  # every curve, in 80 columns
+    assert rounds[1].startswith("round 1: succ all ") and " (tf " in rounds[1] and "general " in rounds[1]
+    assert any(line.strip("│ ").startswith("2 ") for line in table) and "tf.succ" in printed
     exported = tmp_path / "round1"
     assert main(["stream-export", str(out), "--round", "1", "--out", str(exported), "--device", "cpu"]) == 0
     recipe = json.loads((exported / "mm4ke_merge.json").read_text())

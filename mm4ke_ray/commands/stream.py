@@ -64,7 +64,9 @@ def run(args) -> int:
     if args.tune is not None:
         return _tune(config, out, device, args)
     outcome = run_stream_config(config, out, device=device, resume=args.resume)
-    print(outcome.table, end="")
+    from mm4ke_ray.stream.curves import print_curve_table
+
+    print_curve_table(outcome.result.curve_rows())
     print(f"wrote {outcome.folder} ({len(outcome.result.rounds)} rounds; picture {outcome.picture}); MLflow run "
           f"{outcome.run_id}; export round t with: mm4ke-ray stream-export {outcome.folder} --round T --out DIR")
     return 0

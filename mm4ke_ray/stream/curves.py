@@ -48,6 +48,30 @@ def curve_table(per_round: list[dict]) -> str:
     return "\n".join([head, rule, *rows]) + "\n"
 
 
+# Terminal headers (two lines each, so ten rounds of every curve fit 80 columns), and what they mean.
+SHORT = {"seen.gen.edit_succ": "succ\nall", "current.gen.edit_succ": "succ\nnew", "round1.gen.edit_succ": "succ\nr1",
+         "seen.edit_succ": "tf.succ\nall", "gen.locality": "local", "locality": "tf.local", "general_score": "general"}
+SHORT_CAPTION = ("succ, local: generated answers (WILD); tf.*: teacher-forced; all: every edit so far, new: "
+                 "this round's, r1: round 1's; locality vs the base; 0..1")
+
+
+def print_curve_table(per_round: list[dict], console=None) -> None:
+    """The curves as a terminal table (rich), at most 80 columns wide for every measured curve."""
+    from rich.console import Console
+    from rich.table import Table
+
+    console = console or Console()
+    curves = present_curves(per_round)
+    table = Table(caption=SHORT_CAPTION, caption_justify="left")
+    table.add_column("round", no_wrap=True)
+    for metric, _ in curves:
+        table.add_column(SHORT.get(metric, metric), justify="right", no_wrap=True)
+    for t, row in enumerate(per_round):
+        cells = [_unit(m, row.get(m)) for m, _ in curves]
+        table.add_row("0 base" if t == 0 else str(t), *("-" if v is None else f"{v:.3f}" for v in cells))
+    console.print(table)
+
+
 def draw_retention(per_round: list[dict], path: str | Path, title: str = "retention over rounds",
                    extra: dict[str, list[dict]] | None = None, name: str = "this stream") -> Path:
     """PNG of the curves over rounds 0..T: every measured one for a single stream; with `extra`

@@ -38,8 +38,19 @@ class StreamOutcome:
 
 
 def _summary(metrics: dict) -> str:
-    keys = ("seen.gen.edit_succ", "seen.edit_succ", "gen.locality", "locality", "general_score")
-    return ", ".join(f"{k} {metrics[k]:.3g}" for k in keys if k in metrics)
+    """One round in a line that fits 80 columns, in the terminal table's words (`curves.SHORT`)
+    and its 0..1 scale: generated first, teacher-forced in brackets."""
+    parts = []
+    for name, generated, forced in (("succ all", "seen.gen.edit_succ", "seen.edit_succ"),
+                                    ("local", "gen.locality", "locality")):
+        if generated in metrics:
+            parts.append(f"{name} {metrics[generated] / 100:.3f}"
+                         + (f" (tf {metrics[forced] / 100:.3f})" if forced in metrics else ""))
+        elif forced in metrics:
+            parts.append(f"tf.{name} {metrics[forced] / 100:.3f}")
+    if "general_score" in metrics:
+        parts.append(f"general {metrics['general_score']:.3f}")
+    return ", ".join(parts)
 
 
 def _kept_stream(folder: Path, info: dict, stream: Stream, settings: list[RoundSettings]) -> dict | None:
