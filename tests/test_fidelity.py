@@ -277,6 +277,10 @@ def test_halving_refuses_general_tasks_that_can_never_give_evidence():
     with pytest.raises(UserError) as err:
         check_halving_evidence({"boolq": 0.02, "squadv2": None, "wikitext": 0.3}, {"wikitext": False})
     assert "['squadv2', 'wikitext']" in str(err.value) and "evaluation.fidelity.enabled: false" in str(err.value)
+    # Scored in full at every rung (fewer documents than the sign test needs): exact, no evidence needed.
+    check_halving_evidence({"boolq": 0.02, "squadv2": None, "wikitext": 0.3}, {"wikitext": False},
+                           exact=plan_rungs(25, {"boolq": 400, "squadv2": 3, "wikitext": 2}, 3, 3.0, seed=0,
+                                            min_items=5).exact_tasks())
 
 
 def test_promotion_refuses_bad_arguments():

@@ -22,7 +22,7 @@ Pure Python (no Ray, no model).
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from statistics import NormalDist
 
 from mm4ke_ray.errors import UserError
@@ -112,12 +112,16 @@ def jeffreys_floor(items: Sequence[float], population: int) -> float:
     return s * math.sqrt(m * (1 - m) / n) * _fpc(n, population)
 
 
-def check_halving_evidence(stderr: dict[str, float | None], higher_is_better: dict[str, bool]) -> None:
+def check_halving_evidence(stderr: dict[str, float | None], higher_is_better: dict[str, bool],
+                           exact: Collection[str] = ()) -> None:
     """UserError naming the general outputs (the base's, per task) on which no lower rung can show a
     candidate worse: no standard error (no per-document values, e.g. SQuAD 2.0's), or
     lower-is-better (retention b / c is not linear in the candidate's score). Halving with them
-    would never drop anything on evidence (both objectives must show it), at extra cost."""
-    blind = sorted(t for t, se in stderr.items() if se is None or not higher_is_better.get(t, True))
+    would never drop anything on evidence (both objectives must show it), at extra cost. Tasks in
+    `exact` (every rung scores all their documents: `RungPlan.exact_tasks`) need no evidence:
+    their scores at a lower rung are the full ones."""
+    blind = sorted(t for t, se in stderr.items()
+                   if t not in exact and (se is None or not higher_is_better.get(t, True)))
     if blind:
         raise UserError(f"evaluation.fidelity: general task(s) {blind} report no per-document values or are "
                         "lower-is-better, so no lower rung can show a candidate worse on them and halving would "

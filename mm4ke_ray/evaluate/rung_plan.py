@@ -128,6 +128,10 @@ class RungPlan:
         self._check_rung(rung)
         return rung == self.rungs - 1
 
+    def exact_tasks(self) -> set[str]:
+        """Tasks every rung scores in full (fewer documents than the minimum): exact at every rung."""
+        return {t for t, docs in self.general_docs.items() if all(len(d) == len(docs[-1]) for d in docs)}
+
     def evaluated(self) -> list[int]:
         """The rungs a candidate may be scored at, in order (the last always)."""
         return [r for r in range(self.rungs) if r not in self.skipped]

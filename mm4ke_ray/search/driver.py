@@ -209,7 +209,8 @@ def _tune_environment() -> None:
 def _check_base(run: SweepRun) -> None:
     """The base model's general tasks: printed, and refused when they cannot tell candidates apart;
     halving rungs beyond what the edit set and documents support: said (they are skipped)."""
-    if run.settings.fidelity_rungs > 1 and (warning := ray.get(run.pool.actors[0].rung_plan.remote()).cap_warning()):
+    plan = ray.get(run.pool.actors[0].rung_plan.remote()) if run.settings.fidelity_rungs > 1 else None
+    if plan is not None and (warning := plan.cap_warning()):
         console.print(f"[yellow]{warning}[/]")
     result = run.pool.reference.general_result
     if result is None:
@@ -219,8 +220,8 @@ def _check_base(run: SweepRun) -> None:
     result.check_noise()
     for line in precision_warnings(result.__dict__, run.config.evaluation.general_se_threshold):
         console.print(f"[yellow]{line}[/]")
-    if run.settings.fidelity_rungs > 1:
-        check_halving_evidence(result.stderr, result.higher_is_better)
+    if plan is not None:
+        check_halving_evidence(result.stderr, result.higher_is_better, plan.exact_tasks())
 
 
 def _open_parent_run(run: SweepRun) -> None:
