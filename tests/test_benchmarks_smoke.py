@@ -29,6 +29,7 @@ SCRIPTS = {  # the slowest first (smoke walls one at a time on this 2-core machi
     "table_build": "build_real_table.py",
     "sweep": "bench_sweep.py",  # ~70 s
     "plan": "bench_plan.py",  # ~90 s: a probe (Ray start, an empty trial) and a 1-trial demo sweep
+    "runner": "bench_runner.py",  # two 1-trial demo sweeps, runners train and train-local
     "memory": "bench_memory.py",
     "mergekit": "bench_mergekit.py",
     "generation": "bench_generation.py",
@@ -189,3 +190,10 @@ def test_stream_smoke_has_retention_curves_per_round_for_each_setting(runs):
         assert curves["locality"][0] == 100.0 and [r["merge"]["alpha"] for r in stream["rounds"]] == \
             [stream["setting"]["alpha"]] * 3
     assert (out / "stream.png").stat().st_size > 10_000
+
+
+def test_runner_smoke_gives_the_same_candidates_by_both_runners(runs):
+    doc = _result(runs, "runner")
+    assert doc["same_candidates"] is True
+    assert set(doc["wall_s"]) == {"train", "train-local"} and all(v > 0 for v in doc["wall_s"].values())
+

@@ -129,8 +129,11 @@ class SearchSpace(Section):
 
 class RSFTFixed(Section):
     optimizer: Literal["adamw", "sgd"] = Field("adamw", description="adamw (LLaMA-Factory's) or sgd (eq. 2).")
-    runner: Literal["train", "task"] = Field(
-        "train", description="'train': a Ray Train TorchTrainer per trial; 'task': a plain Ray task (less start-up)."
+    runner: Literal["train", "train-local", "task"] = Field(
+        "train", description="'train': a Ray Train trainer per trial, its one worker a fresh process; 'train-local': "
+        "Ray Train's local mode (ScalingConfig(num_workers=0)), R-SFT in the trial's own process, which Tune "
+        "keeps for the next trial (no worker group to start; the trial holds R-SFT's CPUs/GPU); 'task': a plain "
+        "Ray task."
     )
     # The fixed form of earlier configs, still accepted: moved into search.space (searchable there).
     lr_schedule: LRSchedule | None = Field(None, description="Fixes search.space.lr_schedule (the older form).")

@@ -83,11 +83,15 @@ def estimate(work: Workload, units: UnitCosts, fixed: FixedCosts, gpus: int, cpu
     per_trial = fixed.driver_per_trial_s.get(work.runner, max(fixed.driver_per_trial_s.values()))
     ray_start = fixed.ray_start_s if local_ray else 0.0
     here = "probe" if fixed.probed else "bench"
+    # Runner 'train-local': Tune keeps the trial process (reuse_actors), so its start and imports
+    # are paid by the first wave only; the model is still loaded per trial.
+    starts = 1 if work.runner == "train-local" else waves
+    start_total = starts * startup + waves * units.worker_load_s
     phases = [
         Phase("Ray start", 1, ray_start, ray_start, ray_start, here if local_ray else "cluster up"),
         Phase("eval pool start", 1, units.pool_start_s, units.pool_start_s, units.pool_start_s, source),
-        Phase("trial start-up", waves, startup + units.worker_load_s, waves * (startup + units.worker_load_s),
-              waves * (startup + units.worker_load_s), f"{here}+{source}" if here != source else here),
+        Phase("trial start-up", waves, start_total / waves, start_total, start_total,
+              f"{here}+{source}" if here != source else here),
         Phase("R-SFT", waves, rsft, waves * rsft, waves * rsft_upper, source),
         Phase("eval rounds", rounds, candidate, rounds * candidate, rounds * candidate * eval_upper, source),
         Phase("sweep start/end", 1, fixed.driver_per_sweep_s, fixed.driver_per_sweep_s, fixed.driver_per_sweep_s,

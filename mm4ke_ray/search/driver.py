@@ -41,7 +41,7 @@ from mm4ke_ray.search.front_board import drop_front, new_front_key, publish_fron
 from mm4ke_ray.search.interrupt import catch_interrupt
 from mm4ke_ray.search.local_ray import init_local_ray
 from mm4ke_ray.search.outcome import SweepOutcome, sweep_outcome
-from mm4ke_ray.search.resources import TRIAL_RESOURCES, Plan, plan_resources
+from mm4ke_ray.search.resources import Plan, plan_resources, trial_resources
 from mm4ke_ray.search.resume import (
     MANIFEST,
     Manifest,
@@ -291,7 +291,8 @@ def _fit(run: SweepRun) -> SweepOutcome:
     callback.earlier = list(run.warm_rows)
     if run.resumed:
         callback.resume_from(run.rows, run.finished)
-    trainable = tune.with_resources(tune.with_parameters(sweep_trial, ctx=_trial_context(run)), TRIAL_RESOURCES)
+    trainable = tune.with_resources(tune.with_parameters(sweep_trial, ctx=_trial_context(run)),
+                                    trial_resources(run.config.resources, run.config.search.rsft.runner))
     status, reason = "FAILED", None
     fit_clock, tracker.in_fit = time.perf_counter(), True
     try:

@@ -25,6 +25,15 @@ TRIAL_RESOURCES: dict[str, float] = {"CPU": 0, "memory": 1 << 20}
 _EPS = 1e-9
 
 
+def trial_resources(cfg: ResourcesConfig, runner: str) -> dict[str, float]:
+    """What one Tune trial reserves: TRIAL_RESOURCES, and with runner 'train-local', whose R-SFT
+    runs in the trial's own process (Ray Train's local mode), R-SFT's CPUs and GPU too, so that
+    Ray gives that process its device (CUDA_VISIBLE_DEVICES) and threads."""
+    if runner == "train-local":
+        return {**TRIAL_RESOURCES, **rsft_demand(cfg)}
+    return dict(TRIAL_RESOURCES)
+
+
 @dataclass(frozen=True)
 class Plan:
     actors: int  # merge-eval actors in the pool

@@ -52,3 +52,21 @@ def rsft_train_loop(cfg: dict) -> None:
         (Path(out) / SUMMARY_FILE).write_text(json.dumps(summary))
         checkpoint = ray.train.Checkpoint.from_directory(out)
     ray.train.report(summary, checkpoint=checkpoint)
+
+
+def rsft_local_loop(cfg: dict) -> dict:
+    """Runner 'train-local' body (Ray Train's local mode, in the trial's own process): R-SFT on the
+    device Ray gave the trial, its summary and delta folder returned (`Result.return_value`).
+
+    Ray 2.60 refuses `ray.train.report` and `get_checkpoint` inside a Tune trial, so the result
+    travels as the function's return value; there is no Ray Train retry to restore from here (a
+    failed R-SFT fails the trial, which Tune retries: search.max_failures)."""
+    import torch
+
+    from mm4ke_ray.rsft.to_folder import rsft_to_folder
+
+    out = tempfile.mkdtemp(prefix="mm4ke-delta-")
+    device = "cuda" if torch.cuda.is_available() else "cpu"  # CUDA_VISIBLE_DEVICES: the trial's own GPU
+    summary = rsft_to_folder(out, device=device, **cloudpickle.loads(cfg["job"])).summary()
+    return {"summary": summary, "folder": out if summary["status"] == "ok" else None}
+

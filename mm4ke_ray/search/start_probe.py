@@ -27,9 +27,10 @@ def _worker_body(_config: dict | None = None) -> None:
 
 
 def _trial_body(runner: str, storage: str) -> None:
-    if runner == "train":
-        DataParallelTrainer(_worker_body, backend_config=BackendConfig(),
-                            scaling_config=ScalingConfig(num_workers=1, resources_per_worker={"CPU": 1}),
+    if runner in ("train", "train-local"):  # local mode: no worker, the body runs here
+        workers = ScalingConfig(num_workers=0) if runner == "train-local" else ScalingConfig(
+            num_workers=1, resources_per_worker={"CPU": 1})
+        DataParallelTrainer(_worker_body, backend_config=BackendConfig(), scaling_config=workers,
                             run_config=RunConfig(storage_path=storage, name="probe")).fit()
 
 
