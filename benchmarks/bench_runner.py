@@ -41,20 +41,16 @@ def main() -> None:
     p.add_argument("--runs", type=int, default=2, help="sweeps per runner, interleaved (default 2)")
     args = p.parse_args()
     common.setup(args)
-    runs, trials, extra = (1, 1, 1) if args.smoke_test else (args.runs, None, None)
+    from mm4ke_ray.config import load_config
+
+    demo = load_config(common.REPO / "search_spaces" / "demo.yaml")  # the demo's own size
+    runs, trials, extra = (1, 1, 1) if args.smoke_test else (args.runs, demo.search.num_trials,
+                                                             demo.merge.extra_candidates)
     work = Path(tempfile.mkdtemp(prefix="mm4ke-runner-"))
     results: dict[str, list[dict]] = {r: [] for r in RUNNERS}
     for i in range(runs):
         for runner in RUNNERS:
-            name = f"{runner.replace('-', '')}{i}"
-            config = demo_config(work, name, trials or 0, extra or 0, runner)
-            if trials is None:  # the demo's own size
-                from mm4ke_ray.config import load_config
-
-                demo = load_config(common.REPO / "search_spaces" / "demo.yaml")
-                config = config.with_overrides(**{"search.num_trials": demo.search.num_trials,
-                                                  "merge.extra_candidates": demo.merge.extra_candidates})
-            measured = run_timed(config)
+            measured = run_timed(demo_config(work, f"{runner.replace('-', '')}{i}", trials, extra, runner))
             print(f"{runner:12s} run {i}: wall {measured['wall_s']:.1f} s, outside R-SFT + evaluation "
                   f"{measured['outside_share']:.3f}, {measured['candidates']} candidates", flush=True)
             results[runner].append(measured)
