@@ -128,9 +128,15 @@ class RungPlan:
         self._check_rung(rung)
         return rung == self.rungs - 1
 
+    def whole_tasks(self, rung: int) -> set[str]:
+        """The tasks whose every document rung `rung` scores (its score there is the full one)."""
+        self._check_rung(rung)
+        return {t for t, docs in self.general_docs.items() if len(docs[rung]) == len(docs[-1])}
+
     def exact_tasks(self) -> set[str]:
-        """Tasks every rung scores in full (fewer documents than the minimum): exact at every rung."""
-        return {t for t, docs in self.general_docs.items() if all(len(d) == len(docs[-1]) for d in docs)}
+        """Tasks every rung scores in full (fewer documents than the minimum): exact at every rung.
+        Rungs are nested, so those whole at rung 0."""
+        return self.whole_tasks(0)
 
     def evaluated(self) -> list[int]:
         """The rungs a candidate may be scored at, in order (the last always)."""
@@ -151,7 +157,7 @@ class RungPlan:
             size = len(self.edit_records[r])
             docs = sum(len(d[r]) for d in self.general_docs.values())
             line = f"rung {r}: {size} of {n} records" + (f", {docs} documents" if self.general_docs else "")
-            exact = sorted(t for t, d in self.general_docs.items() if len(d[r]) == len(d[-1]))
+            exact = sorted(self.whole_tasks(r))
             if exact:
                 line += f" (every document of {', '.join(exact)}: exact there)"
             if size > asked[r]:

@@ -105,8 +105,7 @@ class RungViews:
         if not self.general_eval:
             return False
         plan = self.rung_plan()
-        last = plan.general_samples(plan.rungs - 1)
-        return all(len(docs) == len(last[t]) for t, docs in plan.general_samples(rung).items())
+        return plan.whole_tasks(rung) == set(plan.general_docs)
 
     def _new_items(self, below: int, rung: int) -> tuple[list[int], dict[str, list[int]]]:
         """The records and, per task, documents that rung `rung` adds to rung `below`."""

@@ -69,4 +69,3 @@ def rsft_local_loop(cfg: dict) -> dict:
     device = "cuda" if torch.cuda.is_available() else "cpu"  # CUDA_VISIBLE_DEVICES: the trial's own GPU
     summary = rsft_to_folder(out, device=device, **cloudpickle.loads(cfg["job"])).summary()
     return {"summary": summary, "folder": out if summary["status"] == "ok" else None}
-

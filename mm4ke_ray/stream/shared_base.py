@@ -10,17 +10,13 @@ ends (`BaseWeights`), so the next one starts from the same weights the reference
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
 from mm4ke_ray.evaluate.candidate import EvalSettings
+from mm4ke_ray.export.verify import sha256_file
 from mm4ke_ray.stream.base_weights import BaseWeights
 from mm4ke_ray.stream.evaluation import StreamEvaluator
-
-
-def file_digest(path: str | Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 @dataclass
@@ -33,7 +29,7 @@ class SharedBase:
     @classmethod
     def build(cls, settings: EvalSettings, edits_file: str | Path, rounds: list[int]) -> SharedBase:
         evaluator = StreamEvaluator(settings, edits_file, rounds)
-        return cls(evaluator, settings, file_digest(edits_file), BaseWeights(evaluator.model))
+        return cls(evaluator, settings, sha256_file(Path(edits_file)), BaseWeights(evaluator.model))
 
     def check(self, settings: EvalSettings, edits_file: str | Path, rounds: list[int]) -> None:
         """Refuse a stream this base does not describe (other records, rounds or evaluation settings)."""
@@ -41,5 +37,5 @@ class SharedBase:
             raise ValueError("a shared base serves streams of one split into rounds: this stream's differs")
         if settings != self.settings:
             raise ValueError("a shared base serves streams of one evaluation setting: this stream's differs")
-        if file_digest(edits_file) != self.edits_digest:
+        if sha256_file(Path(edits_file)) != self.edits_digest:
             raise ValueError(f"a shared base serves streams of one edit set: {edits_file} holds other records")
