@@ -15,13 +15,14 @@ argmax token moves a percent metric by 100 / (answer tokens).
 
 from __future__ import annotations
 
-import hashlib
 import math
 import re
 from pathlib import Path
 
 import torch
 from safetensors import safe_open
+
+from mm4ke_ray.digest import sha256_file
 
 CHECKSUM_FILE = "checksums.sha256"
 # Timings and counters differ run to run; everything else the candidate run recorded is compared.
@@ -105,14 +106,6 @@ def compare_metrics(recorded: dict, measured: dict, tolerance: float) -> tuple[d
                 f"{key}: recorded {want:.10g}, re-evaluated {got:.10g} (|diff| {diff:.3g} > tolerance {tolerance:g})"
             )
     return table, problems
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def write_checksums(out: Path) -> Path:

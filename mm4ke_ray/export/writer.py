@@ -21,6 +21,7 @@ from pathlib import Path
 
 from mm4ke_ray import __version__
 from mm4ke_ray.delta import DELTA_FILE
+from mm4ke_ray.digest import sha256_file
 from mm4ke_ray.errors import UserError
 from mm4ke_ray.evaluate.candidate import CandidateEvaluator
 from mm4ke_ray.export import DEFAULT_TOLERANCE
@@ -33,7 +34,6 @@ from mm4ke_ray.export.verify import (
     ExportVerificationError,
     check_weights,
     compare_metrics,
-    sha256_file,
     verify_checksums,
     write_checksums,
 )

@@ -11,7 +11,6 @@ sibling under a file lock and renamed into place, so two processes never race on
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -22,6 +21,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from mm4ke_ray.cache import default_cache_root
+from mm4ke_ray.digest import sha256_file
 from mm4ke_ray.errors import UserError
 from mm4ke_ray.modeling.tokenizer_check import check_auto_tokenizer
 
@@ -65,11 +65,7 @@ def file_sha256(name: str | os.PathLike) -> str:
 
 @lru_cache(maxsize=32)
 def _sha256(path: str, size: int, mtime_ns: int) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    return sha256_file(path)
 
 
 def _reader(path: Path):

@@ -13,8 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from mm4ke_ray.digest import sha256_file
 from mm4ke_ray.evaluate.candidate import EvalSettings
-from mm4ke_ray.export.verify import sha256_file
 from mm4ke_ray.stream.base_weights import BaseWeights
 from mm4ke_ray.stream.evaluation import StreamEvaluator
 
