@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import tempfile
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from mm4ke_ray.atomic_write import write_text_atomic
 from mm4ke_ray.data.fields import FieldError
 from mm4ke_ray.data.formats import FORMATS, EditFormat
 from mm4ke_ray.data.records import QA, EditRecord
@@ -169,16 +168,4 @@ def write_edit_records(records: Iterable[EditRecord], path: str | Path) -> Path:
     rows = [record_to_knowedit(r) for r in records]
     if not rows:
         raise UserError(f"{path}: no edit records to write")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(rows, f, ensure_ascii=False, indent=1)
-            f.write("\n")
-        os.chmod(tmp, 0o644)  # mkstemp makes it owner-only; a data file is meant to be shared
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return write_text_atomic(path, json.dumps(rows, ensure_ascii=False, indent=1) + "\n")

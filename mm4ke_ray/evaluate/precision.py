@@ -21,6 +21,7 @@ import math
 from collections.abc import Mapping
 from pathlib import Path
 
+from mm4ke_ray.atomic_write import write_text_atomic
 from mm4ke_ray.config import DEMO, SweepConfig
 from mm4ke_ray.evaluate.real_tasks import local_task_specs, task_cache_root
 
@@ -89,10 +90,7 @@ def save_base_measurement(settings, result) -> None:
     summary = {k: getattr(result, k) for k in ("scores", "stderr", "chance", "n_docs", "higher_is_better", "metrics")}
     path = _path(settings)
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".{id(result)}.tmp")
-        tmp.write_text(json.dumps(summary))
-        tmp.replace(path)
+        write_text_atomic(path, json.dumps(summary))
     except OSError:
         pass
 

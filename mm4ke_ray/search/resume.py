@@ -17,6 +17,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from mm4ke_ray.atomic_write import write_bytes_atomic, write_text_atomic
 from mm4ke_ray.errors import UserError
 from mm4ke_ray.storage import filesystem, is_uri
 from mm4ke_ray.tracking.store_check import absolute_uri
@@ -101,10 +102,7 @@ def write_manifest(manifest: Manifest) -> str:
         with fs.open_output_stream(p) as out:
             out.write(text.encode())
     else:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(path).with_suffix(".tmp")
-        tmp.write_text(text)
-        tmp.replace(path)
+        write_text_atomic(path, text)
     return path
 
 
@@ -250,10 +248,7 @@ def _repoint_search_state(experiment_dir: str) -> None:
             continue
         storage.storage_filesystem = LocalFileSystem()
         storage.storage_fs_path, storage.experiment_dir_name = str(folder.parent), folder.name
-        tmp = state_file.with_name(f".{state_file.name}.tmp")
-        with tmp.open("wb") as f:
-            cloudpickle.dump(state, f)
-        tmp.replace(state_file)
+        write_bytes_atomic(state_file, cloudpickle.dumps(state))
 
 
 def restored_searcher(tuner):

@@ -18,12 +18,11 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import uuid
 from collections.abc import Mapping
 
 import torch
 
+from mm4ke_ray.atomic_write import write_bytes_atomic
 from mm4ke_ray.storage import filesystem, is_uri
 
 log = logging.getLogger(__name__)
@@ -109,9 +108,6 @@ class RungStore:
                 with fs.open_output_stream(path) as f:  # an object store writes an object whole
                     f.write(data)
                 return
-            tmp = f"{path}.{uuid.uuid4().hex[:8]}.tmp"
-            with open(tmp, "wb") as f:
-                f.write(data)
-            os.replace(tmp, path)
+            write_bytes_atomic(path, data)
         except OSError as exc:  # a lost record costs a re-evaluation on restart, never the trial
             log.warning("could not write the rung record %s: %s", self.path, exc)

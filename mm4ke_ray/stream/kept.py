@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from mm4ke_ray.atomic_write import write_text_atomic
 from mm4ke_ray.delta import DELTA_FILE, load_delta, save_delta
 from mm4ke_ray.errors import UserError
 from mm4ke_ray.merge import add_update_, prepare_delta
@@ -80,8 +81,4 @@ def read_manifest(root: str | Path) -> dict:
 
 
 def write_manifest(root: str | Path, manifest: dict) -> Path:
-    path = Path(root) / MANIFEST
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(manifest, indent=2, default=str) + "\n")
-    tmp.replace(path)  # a reader never sees half a manifest
-    return path
+    return write_text_atomic(Path(root) / MANIFEST, json.dumps(manifest, indent=2, default=str) + "\n")

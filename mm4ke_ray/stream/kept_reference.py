@@ -15,6 +15,7 @@ from pathlib import Path
 
 from safetensors.torch import load_file, save_file
 
+from mm4ke_ray.atomic_write import write_text_atomic
 from mm4ke_ray.evaluate.edit_metrics import LocalityReference
 from mm4ke_ray.evaluate.general import GeneralResult
 from mm4ke_ray.evaluate.generation import GenerationReference
@@ -34,9 +35,7 @@ def save_reference(folder: str | Path, reference: Reference) -> None:
            "locality_signature": reference.locality.signature if reference.locality else None}
     if reference.locality is not None:
         save_file({"predictions": reference.locality.predictions.contiguous()}, str(folder / REFERENCE_TENSORS))
-    tmp = folder / f"{REFERENCE_JSON}.tmp"
-    tmp.write_text(json.dumps(doc) + "\n")
-    tmp.replace(folder / REFERENCE_JSON)  # written last: its presence means the tensors are whole
+    write_text_atomic(folder / REFERENCE_JSON, json.dumps(doc) + "\n")  # last: its presence means the tensors are whole
 
 
 def load_reference(folder: str | Path) -> Reference | None:

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import optuna
 
+from mm4ke_ray.atomic_write import write_text_atomic
 from mm4ke_ray.config import Param, ScheduleParam, SweepConfig
 from mm4ke_ray.errors import UserError
 from mm4ke_ray.evaluate.pareto_front import ON_FRONT, split_front
@@ -136,10 +137,7 @@ def _write(folder: Path, key: dict, rows: list[dict], running: dict | None,
     doc = {"objective": f"{objective}.{EDIT.name} (over rounds) and final.{GENERAL.name}", "trials": marked,
            "front": [r["candidate"] for r in front], "choice": choice and choice["candidate"],
            "choice_params": choice and choice["params"], "running": running, "key": key}
-    folder.mkdir(parents=True, exist_ok=True)
-    tmp = folder / f"{TUNE_FILE}.tmp"
-    tmp.write_text(json.dumps(doc, indent=2, default=str) + "\n")
-    tmp.replace(folder / TUNE_FILE)  # a killed tuning never leaves half a file
+    write_text_atomic(folder / TUNE_FILE, json.dumps(doc, indent=2, default=str) + "\n")
     return marked, front, choice
 
 

@@ -24,6 +24,7 @@ from pathlib import Path
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
 
+from mm4ke_ray.atomic_write import write_text_atomic
 from mm4ke_ray.errors import UserError
 from mm4ke_ray.schema import ROLE_TRIAL, Tag
 from mm4ke_ray.tracking.health import reachable
@@ -213,9 +214,7 @@ class Spool:
             self.path.unlink(missing_ok=True)
             _remove_if_empty(self.files)  # only the copies this spool made were removed (`_sent`)
             return
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text("".join(json.dumps(r) + "\n" for r in [self._header(), *map(self._stored, records)]))
-        tmp.replace(self.path)
+        write_text_atomic(self.path, "".join(json.dumps(r) + "\n" for r in [self._header(), *map(self._stored, records)]))
 
     def flush(self, client, on_sent=None) -> bool:
         """Send waiting records in order; True when none is left. Stops at the first failure
