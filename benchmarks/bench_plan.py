@@ -1,6 +1,6 @@
 """Benchmark — the planner against measured sweeps (issue 28 §4): `plan --probe` vs the wall.
 
-Demo: the demo config (runner `train`, as `mm4ke-ray demo` runs it) at 2 trials x 3 candidates,
+Demo: the demo config (its own runner, as `mm4ke-ray demo` runs it) at 2 trials x 3 candidates,
 `--runs` times: each run probes (`plan_sweep(..., probe=True)`), then sweeps the same config on
 a fresh local Ray (`bench_sweep.run_timed`: ray.init to shutdown). Error = plan / measured - 1,
 with the load average at both ends and the plan's phases next to the sweep's own time table.
@@ -9,9 +9,12 @@ with the load average at both ends and the plan's phases next to the sweep's own
 GGUF), against the real 12-trial sweep recorded in `results/real.json` (its trials' R-SFT and
 evaluation seconds; the sweep ran resumed across two sessions, so no single wall exists) and,
 with `--real-trials N`, a fresh N-trial sweep of it (15-25 min a trial on this shared machine).
+`--resume` keeps the runs already in `results/plan_real.json` (each run is written as it ends)
+and adds runs until there are `--real-runs`.
 
     python benchmarks/bench_plan.py                # 3 demo runs -> results/plan.json
     python benchmarks/bench_plan.py --runs 0 --real-runs 1 --real-trials 1   # -> results/plan_real.json
+    python benchmarks/bench_plan.py --runs 0 --real-runs 3 --real-trials 1 --resume  # up to 3 runs in all
     python benchmarks/bench_plan.py --smoke-test   # 1 demo run at 1 trial x 2 candidates
 """
 
@@ -54,9 +57,11 @@ def compare(plan, measured: dict) -> dict:
 
 
 def demo_run(workdir: Path, i: int, trials: int, extra: int) -> dict:
+    from mm4ke_ray.config import load_config
     from mm4ke_ray.planning import plan_sweep
 
-    config = demo_config(workdir, f"plan{i}", trials, extra, "train")
+    runner = load_config(common.REPO / "search_spaces" / "demo.yaml").search.rsft.runner
+    config = demo_config(workdir, f"plan{i}", trials, extra, runner)
     load_start = os.getloadavg()
     plan = plan_sweep(common.REPO / "search_spaces" / "demo.yaml", config=config, probe=True, cpus=2)
     measured = run_timed(config)
@@ -81,7 +86,9 @@ def recorded_real_sweep(path: Path) -> dict:
             "wall_s": (rsft + evaluation) / 0.97}
 
 
-def real_runs(workdir: Path, runs: int, trials: int) -> dict:
+def real_runs(workdir: Path, runs: int, trials: int, done: list[dict], save) -> dict:
+    """`runs` real runs in all: those in `done` (kept from an earlier invocation) and new ones,
+    each handed to `save` as it ends so an interrupted benchmark keeps what it measured."""
     from bench_real import CONFIG, offline_overrides
 
     from mm4ke_ray.config import load_config
@@ -89,8 +96,8 @@ def real_runs(workdir: Path, runs: int, trials: int) -> dict:
 
     overrides = offline_overrides()
     recorded = recorded_real_sweep(common.RESULTS / "real.json")
-    out = {"recorded_sweep": recorded, "runs": []}
-    for i in range(runs):
+    out = {"recorded_sweep": recorded, "runs": list(done)}
+    for i in range(len(done), runs):
         sets = {**overrides, "tracking.uri": f"sqlite:///{workdir}/real{i}.db", "tracking.experiment": f"real{i}",
                 "tracking.artifact_location": str(workdir / f"real{i}-artifacts"), "name": f"real{i}",
                 "storage_path": str(workdir / f"real{i}-ray")}
@@ -98,18 +105,38 @@ def real_runs(workdir: Path, runs: int, trials: int) -> dict:
         plan12 = plan_sweep(CONFIG, config=load_config(CONFIG, sets), probe=True, cpus=2)
         run = {"plan12_s": plan12.estimate.wall_s, "recorded_s": recorded["wall_s"],
                "error_vs_recorded": plan12.estimate.wall_s / recorded["wall_s"] - 1, "load_start": load_start,
-               "phases12": _phases(plan12), "unit_costs": plan12.units.as_json(), "fixed_costs": plan12.fixed.as_json()}
+               "phases12": _phases(plan12), "unit_costs": plan12.units.as_json(), "fixed_costs": plan12.fixed.as_json(),
+               "date": common.machine()["date"]}
         print(f"real plan {i}: {plan12.estimate.wall_s / 60:.0f} min for 12 trials vs the recorded sweep "
               f"{recorded['wall_s'] / 60:.0f} min ({100 * run['error_vs_recorded']:+.0f} %), load {load_start[0]:.1f}")
         if trials:
             config = load_config(CONFIG, {**sets, "search.num_trials": trials})
             plan = plan_sweep(CONFIG, config=config, cpus=2, units=plan12.units, fixed=plan12.fixed)
             # The fresh sweep: the same probe's figures for `trials` trials (plan_s, phases, error).
-            run.update(compare(plan, run_timed(config)), load_end=os.getloadavg(), trials=trials)
+            run.update(compare(plan, run_timed(config)), trials=trials)
             print(f"  fresh {trials}-trial sweep: plan {run['plan_s']:.0f} s, measured {run['measured_s']:.0f} s "
-                  f"({100 * run['error']:+.0f} %), load -> {run['load_end'][0]:.1f}")
+                  f"({100 * run['error']:+.0f} %)")
+        run["load_end"] = os.getloadavg()
         out["runs"].append(run)
+        save(out)
     return out
+
+
+def kept_real_runs(path: Path) -> tuple[list[dict], dict]:
+    """The runs and the other fields (e.g. a note) of an earlier plan_real.json, if any."""
+    if not path.is_file():
+        return [], {}
+    doc = json.loads(path.read_text())
+    recorded = recorded_real_sweep(common.RESULTS / "real.json")
+    if doc["real"]["recorded_sweep"] != recorded:
+        raise SystemExit(f"{path} compares with another recorded sweep than results/real.json holds: "
+                         "move it away or run without --resume")
+    return doc["real"]["runs"], {k: v for k, v in doc.items() if k == "note"}
+
+
+def real_goals(real: dict) -> list[dict]:
+    return [common.goal_line(f"plan vs fresh real sweep, run {i} (|plan/measured - 1|)", abs(r["error"]), GOAL,
+                             higher_is_better=False) for i, r in enumerate(real["runs"]) if "error" in r]
 
 
 def main() -> None:
@@ -117,6 +144,7 @@ def main() -> None:
     p.add_argument("--runs", type=int, default=3, help="demo runs (default 3; 0: none)")
     p.add_argument("--real-runs", type=int, default=0, help="probes of the real config (see above; default 0)")
     p.add_argument("--real-trials", type=int, default=0, help="with --real-runs: a fresh sweep of N trials per run")
+    p.add_argument("--resume", action="store_true", help="keep the real runs already in results/plan_real.json")
     args = p.parse_args()
     common.setup(args)
     from mm4ke_ray.demo.build import build_demo
@@ -134,10 +162,10 @@ def main() -> None:
                                    higher_is_better=False) for i, r in enumerate(demo)]
         common.write_result("plan", args, {"demo": demo, "goals": goals})
     if args.real_runs:
-        real = real_runs(workdir, args.real_runs, args.real_trials)
-        goals = [common.goal_line(f"plan vs fresh real sweep, run {i} (|plan/measured - 1|)", abs(r["error"]),
-                                  GOAL, higher_is_better=False) for i, r in enumerate(real["runs"]) if "error" in r]
-        common.write_result("plan_real", args, {"real": real, "goals": goals})
+        done, kept = kept_real_runs((args.out or common.RESULTS) / "plan_real.json") if args.resume else ([], {})
+        real_runs(workdir, args.real_runs, args.real_trials, done,
+                  save=lambda real: common.write_result("plan_real", args, {"real": real, "goals": real_goals(real),
+                                                                             **kept}))
 
 
 if __name__ == "__main__":

@@ -61,11 +61,11 @@ def main() -> None:
     print(f"median wall: train {walls['train']:.1f} s, train-local {walls['train-local']:.1f} s ({ratio:.2f}x); "
           f"same candidates and scores: {same}")
     goals = [
-        common.goal_line("demo sweep wall, runner train-local (s)", walls["train-local"], GOAL_WALL_S,
+        common.goal_line("start-up: demo sweep wall, runner train-local (s)", walls["train-local"], GOAL_WALL_S,
                          higher_is_better=False),
-        common.goal_line("demo sweep share outside R-SFT + evaluation, runner train-local",
+        common.goal_line("start-up: demo sweep share outside R-SFT + evaluation, runner train-local",
                          shares["train-local"], GOAL_OUTSIDE, higher_is_better=False),
-        {"goal": "same candidates and scores as runner train", "measured": same, "target": True,
+        {"goal": "start-up: same candidates and scores with runner train-local as with train", "measured": same, "target": True,
          "higher_is_better": True, "met": same},
     ]
     common.write_result("runner", args, {

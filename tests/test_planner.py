@@ -105,7 +105,7 @@ def test_trials_run_in_waves_and_their_candidates_share_the_actors():
     from mm4ke_ray.planning.workload import workload
 
     work = replace(workload(load_config(DEMO), records=10, gpus=0, cpus=2), trials=5, concurrent_trials=2,
-                   candidates_per_delta=3, eval_actors=2, layers=(0, 1))
+                   candidates_per_delta=3, eval_actors=2, layers=(0, 1), runner="train")
     units = UnitCosts(update_s={0: 0.02, 1: 0.01}, candidate_s=1.0, pool_start_s=5.0, worker_load_s=0.5)
     fixed = FixedCosts(ray_start_s=4.0, trial_startup_s={"train": 20.0}, driver_per_trial_s={"train": 2.0},
                        driver_per_sweep_s=10.0, dispatch_per_candidate_s=0.0, basis="hand-made")
@@ -116,6 +116,10 @@ def test_trials_run_in_waves_and_their_candidates_share_the_actors():
     assert phase["R-SFT"].wall_s == pytest.approx(3 * work.updates_expected * 0.015)
     assert phase["R-SFT"].upper_s == pytest.approx(3 * work.updates_max * 0.02)  # the costliest layer
     assert est.wall_s == pytest.approx(4 + 5 + 61.5 + 3 * work.updates_expected * 0.015 + 8 + 10 + 5 * 2)
+    # 'train-local': the trial processes and their loaded model are kept, so only the first wave starts
+    local = estimate(replace(work, runner="train-local"), units, replace(fixed, trial_startup_s={"train-local": 2.0}),
+                     gpus=0, cpus=2, local_ray=True, source="probe")
+    assert {p.name: p for p in local.phases}["trial start-up"].wall_s == 2.5
 
 
 def test_fixed_costs_probed_now_replace_the_benchmarks_and_say_so():
@@ -128,7 +132,8 @@ def test_fixed_costs_probed_now_replace_the_benchmarks_and_say_so():
     from mm4ke_ray.planning.fixed_costs import FixedCosts
     from mm4ke_ray.planning.workload import workload
 
-    work = replace(workload(load_config(DEMO), records=10, gpus=0, cpus=2), trials=2, concurrent_trials=1)
+    work = replace(workload(load_config(DEMO), records=10, gpus=0, cpus=2), trials=2, concurrent_trials=1,
+                   runner="train")
     units = UnitCosts(update_s=dict.fromkeys(work.layers, 0.01), candidate_s=1.0, pool_start_s=5.0,
                       worker_load_s=0.5)
     stored = FixedCosts(ray_start_s=4.0, trial_startup_s={"train": 20.0, "task": 5.0},
@@ -270,7 +275,7 @@ def test_the_command_module_imports_nothing_heavy():
 @pytest.mark.slow
 @pytest.mark.ray
 def test_probe_estimate_is_the_measured_demo_sweep_within_a_factor_of_three(tmp_path):
-    """The demo (runner train, as `mm4ke-ray demo` runs it), reduced to 2 trials x 3 candidates:
+    """The demo (its own runner, as `mm4ke-ray demo` runs it), reduced to 2 trials x 3 candidates:
     the probe runs here first, then the same config sweeps on a fresh local Ray, timed as the
     sweep benchmark times it (ray.init to shutdown)."""
     import ray

@@ -325,3 +325,25 @@ def test_final_loss_can_be_skipped(qwen, tiny_tokenizer, records):
     assert [s["losses"][:3] for s in with_final.samples] == [s["losses"] for s in without.samples]
     assert all(torch.equal(with_final.delta[n], without.delta[n]) for n in without.delta)
     assert without.as_json()["final_loss"] is False
+
+
+def test_a_kept_model_trains_the_next_run_as_a_fresh_load_does(tmp_path, tiny_model_dir, zsre_raw):
+    """Runner 'train-local' keeps the loaded base in the trial process (`keep_loaded`): the second
+    run reads no model and its delta is bit-identical to that of a run on a freshly loaded base."""
+    from mm4ke_ray.data import write_edit_records
+    from mm4ke_ray.delta import load_delta
+    from mm4ke_ray.rsft import to_folder
+
+    edits = write_edit_records([EditRecord(prompt=r["prompt"], target_new=r["target_new"], source=f"zsre:{i}")
+                                for i, r in enumerate(zsre_raw[:N])], tmp_path / "edits.json")
+    args = {"model": str(tiny_model_dir), "edits": str(edits), "device": "cpu"}
+    first = to_folder.rsft_to_folder(tmp_path / "a", config=cfg(lr=1e-2), keep_loaded=True, **args)
+    kept = next(iter(to_folder._kept.values()))[1]
+    second = to_folder.rsft_to_folder(tmp_path / "b", config=cfg(lr=3e-3, layer=2), keep_loaded=True, **args)
+    assert next(iter(to_folder._kept.values()))[1] is kept  # the same loaded model, trained again
+    fresh = to_folder.rsft_to_folder(tmp_path / "c", config=cfg(lr=3e-3, layer=2), **args)
+    assert not to_folder._kept  # a run that keeps nothing frees the kept model
+    assert first.result.updates > 0 and second.result.updates == fresh.result.updates > 0
+    kept_delta, fresh_delta = load_delta(tmp_path / "b")[0], load_delta(tmp_path / "c")[0]
+    assert kept_delta.keys() == fresh_delta.keys()
+    assert all(torch.equal(kept_delta[k], fresh_delta[k]) for k in kept_delta)

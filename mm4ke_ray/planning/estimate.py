@@ -83,10 +83,11 @@ def estimate(work: Workload, units: UnitCosts, fixed: FixedCosts, gpus: int, cpu
     per_trial = fixed.driver_per_trial_s.get(work.runner, max(fixed.driver_per_trial_s.values()))
     ray_start = fixed.ray_start_s if local_ray else 0.0
     here = "probe" if fixed.probed else "bench"
-    # Runner 'train-local': Tune keeps the trial process (reuse_actors), so its start and imports
-    # are paid by the first wave only; the model is still loaded per trial.
+    # Runner 'train-local': Tune keeps the trial process (reuse_actors) and the process keeps its
+    # loaded model (rsft_to_folder's keep_loaded), so start, imports and load are paid by the
+    # first wave only.
     starts = 1 if work.runner == "train-local" else waves
-    start_total = starts * startup + waves * units.worker_load_s
+    start_total = starts * (startup + units.worker_load_s)
     phases = [
         Phase("Ray start", 1, ray_start, ray_start, ray_start, here if local_ray else "cluster up"),
         Phase("eval pool start", 1, units.pool_start_s, units.pool_start_s, units.pool_start_s, source),

@@ -3,6 +3,12 @@
 
 A diverged run (NaN/inf loss) is an outcome, not a crash: status 'diverged' with the reason,
 and nothing is written.
+
+`keep_loaded=True` keeps the last loaded model and tokenizer in this process for the next call
+with the same model, dtype, device and loading flags: runner 'train-local' runs R-SFT in a trial
+process that Tune keeps from trial to trial, and `run_rsft` gives the model back bit-exactly as
+it came (its trained tensors, `requires_grad` flags and mode restored), so the next trial can
+train the same loaded base instead of reading it again.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ from mm4ke_ray.rsft.config import RSFTConfig
 from mm4ke_ray.rsft.trainer import DivergedError, RSFTResult, run_rsft
 
 RSFT_LOG = "rsft.json"
+_kept: dict[tuple, tuple] = {}  # at most one entry: loading key -> (tokenizer, model)
 
 
 @dataclass
@@ -42,15 +49,14 @@ def rsft_to_folder(out: str | Path, *, model: str, edits: str, config: RSFTConfi
                    dtype: str = "float32", trust_remote_code: bool = False, allow_pickle: bool = False,
                    limit: int | None = None, skip_invalid: bool = False, data_format: str | None = None,
                    progress: Callable[[dict], None] | None = None, before_training: Callable[[int], object] | None = None,
-                   ) -> RSFTRun:
+                   keep_loaded: bool = False) -> RSFTRun:
     """Train R-SFT of `model` on `edits` and write the delta and its log into `out`.
 
     `before_training(total)` (optional) is called with the number of record-epochs once the data
     is read and returns a context manager (or None) held around training, e.g. a progress bar.
     """
     dataset = load_edit_records(edits, limit=limit, skip_invalid=skip_invalid, fmt=data_format)
-    tokenizer = load_tokenizer(model, trust_remote_code=trust_remote_code)
-    net = load_model(model, dtype=dtype, device=device, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle)
+    tokenizer, net = _load(model, dtype, device, trust_remote_code, allow_pickle, keep_loaded)
     around = before_training(config.epochs * len(dataset.records)) if before_training else None
     try:
         with around or nullcontext():
@@ -66,6 +72,19 @@ def rsft_to_folder(out: str | Path, *, model: str, edits: str, config: RSFTConfi
     save_delta(out, result.delta, meta)
     (out / RSFT_LOG).write_text(json.dumps({**info, **result.as_json()}, indent=2) + "\n")
     return RSFTRun("ok", dataset, result)
+
+
+def _load(model: str, dtype: str, device: str, trust_remote_code: bool, allow_pickle: bool, keep: bool) -> tuple:
+    key = (model, dtype, device, trust_remote_code, allow_pickle)
+    if keep and key in _kept:
+        return _kept[key]
+    _kept.clear()  # another model replaces the kept one; a caller that keeps nothing frees it
+    loaded = (load_tokenizer(model, trust_remote_code=trust_remote_code),
+              load_model(model, dtype=dtype, device=device, trust_remote_code=trust_remote_code,
+                         allow_pickle=allow_pickle))
+    if keep:
+        _kept[key] = loaded
+    return loaded
 
 
 __all__ = ["DELTA_FILE", "RSFT_LOG", "RSFTRun", "rsft_to_folder"]

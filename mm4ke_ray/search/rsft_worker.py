@@ -67,5 +67,6 @@ def rsft_local_loop(cfg: dict) -> dict:
 
     out = tempfile.mkdtemp(prefix="mm4ke-delta-")
     device = "cuda" if torch.cuda.is_available() else "cpu"  # CUDA_VISIBLE_DEVICES: the trial's own GPU
-    summary = rsft_to_folder(out, device=device, **cloudpickle.loads(cfg["job"])).summary()
+    # The trial process outlives the trial (reuse_actors): the next trial trains the same loaded base.
+    summary = rsft_to_folder(out, device=device, keep_loaded=True, **cloudpickle.loads(cfg["job"])).summary()
     return {"summary": summary, "folder": out if summary["status"] == "ok" else None}
