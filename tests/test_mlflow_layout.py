@@ -419,3 +419,16 @@ def test_candidate_runs_nest_under_one_run_per_rsft_trial_also_after_a_resume_an
     resumed.log_candidate(late["candidate"] + "x", *candidate_run(late, "e5f6a7b8"), run_name=late["run_name"],
                           trial=trial_run("e5f6a7b8", "t04", other["params"]))
     assert len([r for r in trial_runs() if r.data.tags[Tag.TRIAL_ID] == "e5f6a7b8"]) == 2
+
+
+def test_a_relative_store_is_the_one_in_the_current_directory_after_a_chdir(tmp_path, monkeypatch):
+    """MLflow keeps one store per URI string for the process: the default `sqlite:///runs/mlflow.db`
+    used from a second directory must not write into the first directory's file."""
+    first, second = tmp_path / "a", tmp_path / "b"
+    for folder, name in ((first, "first"), (second, "second")):
+        folder.mkdir()
+        monkeypatch.chdir(folder)
+        tracker = SweepTracker("sqlite:///runs/mlflow.db", name, str(folder / "artifacts"))
+        assert tracker.uri == f"sqlite:///{folder}/runs/mlflow.db"
+    names = {e.name for e in MlflowClient(f"sqlite:///{second}/runs/mlflow.db").search_experiments()}
+    assert "second" in names and "first" not in names

@@ -42,6 +42,7 @@ from mm4ke_ray.tracking.buffer import ReplayReport, Spool, reachable, replay_spo
 from mm4ke_ray.tracking.pareto_artifacts import publish_pareto
 from mm4ke_ray.tracking.query import load_sweep
 from mm4ke_ray.tracking.system_samples import SYSTEM_METRICS, TRIAL_END_MS, TRIAL_START_MS
+from mm4ke_ray.tracking.ui_command import absolute_store_uri
 
 _MAX_PARAM_LEN = 6000
 _SECRET_NAME = re.compile(r"TOKEN|SECRET|PASSWORD|PASSWD|API_?KEY|ACCESS_?KEY|CREDENTIAL|PRIVATE|AUTH", re.I)
@@ -86,9 +87,13 @@ def _tag_items(values: dict) -> list[list]:
 
 
 def resolve_local_uri(uri: str) -> str:
-    """Make a relative sqlite:/// URI's folder exist (MLflow does not create it)."""
+    """A sqlite:/// URI with an absolute path, its folder created (MLflow does not create it).
+
+    Absolute because MLflow keeps one store per URI string for the life of the process: after a
+    chdir, a relative URI would go on writing to the file of the first directory it was used in."""
     if uri.startswith("sqlite:///"):
-        Path(uri.removeprefix("sqlite:///")).expanduser().resolve().parent.mkdir(parents=True, exist_ok=True)
+        uri = absolute_store_uri(uri)
+        Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     return uri
 
 
