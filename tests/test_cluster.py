@@ -744,6 +744,8 @@ def test_second_node_hosts_the_merge_eval_actors(tmp_path, ray_nodes):
             "2",
             "--set",
             "resources.eval_resource=evalnode",
+            "--set",
+            "search.rsft.runner=train",  # on a cluster: one Ray Train worker per R-SFT run
             *_sweep_overrides(tmp_path),
         ],
         timeout=900,
