@@ -5,20 +5,24 @@ evaluated as 8 merge candidates on the resident-model actor pool (`merge.extra_c
 Naive: the same sweep machinery with one candidate per R-SFT run (`extra_candidates: 0`), 8T
 trials: the same number of candidates, each paying for its own R-SFT. Candidates per minute of
 wall time, each sweep on a fresh local Ray (2 CPUs; `ray.init` counted in the wall time).
-Run for both R-SFT runners: `task` (a plain Ray task) and `train` (a Ray Train TorchTrainer per
-trial, ~15-25 s of start-up each on this machine).
+Run for the R-SFT runners: `task` (a plain Ray task), `train` (a Ray Train TorchTrainer per
+trial, ~15-25 s of start-up each on this machine) and `train-local` (Ray Train's local mode in
+the trial's own process, the demo's runner). The planner fits its fixed costs per runner from
+this file (`planning/fixed_costs.py`).
 
 Also the share of our sweep's wall time spent outside R-SFT and evaluation (Ray start, Train or
 task start-up, model loads, Tune, MLflow): 1 - (sum of R-SFT seconds + sum of candidate
 evaluation seconds) / wall. On 2 CPUs the plan runs one trial at a time and one actor, so the
 two never overlap and the sum is a union.
 
-    python benchmarks/bench_sweep.py               # T = 4 (task), T = 2 (train)
+    python benchmarks/bench_sweep.py               # T = 4 (task), T = 2 (train), T = 4 (train-local)
+    python benchmarks/bench_sweep.py --runners train-local   # that runner again; the others kept
     python benchmarks/bench_sweep.py --smoke-test  # 1 trial x 2 candidates vs 2 trials, task only
 """
 
 from __future__ import annotations
 
+import json
 import tempfile
 import time
 from pathlib import Path
@@ -28,6 +32,7 @@ import common
 GOAL_THROUGHPUT = 3.0
 GOAL_OVERHEAD = 0.15
 CANDIDATES_PER_RSFT = 8
+TRIALS = {"task": 4, "train": 2, "train-local": 4}  # R-SFT runs of "ours" per runner (naive: 8x as many)
 
 
 def demo_config(workdir: Path, name: str, trials: int, extra: int, runner: str, sampler: str = "tpe", seed: int = 0):
@@ -86,8 +91,6 @@ def run_timed(config) -> dict:
 
 def _trial_walls(experiment: Path) -> list[dict]:
     """Each trial's last reported result (rsft_wall_seconds, eval_wall_seconds) from Tune's files."""
-    import json
-
     out = []
     for path in experiment.glob("*/result.json"):
         lines = [ln for ln in path.read_text().splitlines() if ln.strip()]
@@ -133,8 +136,21 @@ def paper_scale(ours: dict) -> dict:
     }
 
 
+def _kept_runs(args) -> dict:
+    """The runs of an earlier full result, for a benchmark of some runners only."""
+    path = (args.out or common.RESULTS) / "sweep.json"
+    if not path.is_file():
+        return {}
+    doc = json.loads(path.read_text())
+    date = doc.get("machine", {}).get("date")
+    return {r: {"date": date, **run} for r, run in (doc.get("runs") or {}).items()}
+
+
 def main() -> None:
-    args = common.parser(__doc__.split("\n\n")[0]).parse_args()
+    p = common.parser(__doc__.split("\n\n")[0])
+    p.add_argument("--runners", nargs="+", choices=list(TRIALS), default=list(TRIALS),
+                   help="runners to measure (default all); the others' results in results/sweep.json are kept")
+    args = p.parse_args()
     common.setup(args)
     from mm4ke_ray.demo.build import build_demo
 
@@ -143,8 +159,10 @@ def main() -> None:
     if args.smoke_test:
         runs = {"task": compare(workdir, "task", trials=1, per_rsft=2)}
     else:
-        runs = {"task": compare(workdir, "task", trials=4, per_rsft=CANDIDATES_PER_RSFT),
-                "train": compare(workdir, "train", trials=2, per_rsft=CANDIDATES_PER_RSFT)}
+        kept = _kept_runs(args) if set(args.runners) != set(TRIALS) else {}
+        runs = {r: kept[r] if r in kept and r not in args.runners else
+                {**compare(workdir, r, trials=TRIALS[r], per_rsft=CANDIDATES_PER_RSFT), "date": common.machine()["date"]}
+                for r in TRIALS if r in args.runners or r in kept}
     goals = []
     for runner, r in runs.items():
         goals.append(common.goal_line(f"sweep throughput, runner {runner} (x, candidates/min vs naive)",

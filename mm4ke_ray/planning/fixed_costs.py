@@ -72,8 +72,11 @@ def load_fixed_costs(path: Path | None = None) -> FixedCosts:
     if not startup:
         raise UserError(f"{path}: no runs; rerun python benchmarks/bench_sweep.py")
     machine = data.get("machine", {})
-    basis = (f"{path.name}: demo sweeps of {machine.get('date', '?')[:10]} on {machine.get('cpu_count', '?')} CPUs "
-             f"(runners {', '.join(sorted(startup))})")
+    # A runner measured on its own later (bench_sweep.py --runners) carries its own date.
+    dates = {r: str(runs[r].get("date") or machine.get("date", "?"))[:10] for r in startup}
+    by_date = {d: [r for r in sorted(startup) if dates[r] == d] for d in sorted(set(dates.values()))}
+    basis = (f"{path.name}: demo sweeps on {machine.get('cpu_count', '?')} CPUs of "
+             + "; ".join(f"{d} (runners {', '.join(rs)})" for d, rs in by_date.items()))
     return FixedCosts(
         ray_start_s=statistics.median(ray_start), trial_startup_s=startup, driver_per_trial_s=per_trial,
         driver_per_sweep_s=statistics.mean(per_sweep), dispatch_per_candidate_s=statistics.mean(dispatch),
