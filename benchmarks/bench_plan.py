@@ -86,7 +86,7 @@ def recorded_real_sweep(path: Path) -> dict:
             "wall_s": (rsft + evaluation) / 0.97}
 
 
-def real_runs(workdir: Path, runs: int, trials: int, done: list[dict], save) -> dict:
+def real_runs(workdir: Path, runs: int, trials: int, recorded: dict, done: list[dict], save) -> dict:
     """`runs` real runs in all: those in `done` (kept from an earlier invocation) and new ones,
     each handed to `save` as it ends so an interrupted benchmark keeps what it measured."""
     from bench_real import CONFIG, offline_overrides
@@ -95,7 +95,6 @@ def real_runs(workdir: Path, runs: int, trials: int, done: list[dict], save) -> 
     from mm4ke_ray.planning import plan_sweep
 
     overrides = offline_overrides()
-    recorded = recorded_real_sweep(common.RESULTS / "real.json")
     out = {"recorded_sweep": recorded, "runs": list(done)}
     for i in range(len(done), runs):
         sets = {**overrides, "tracking.uri": f"sqlite:///{workdir}/real{i}.db", "tracking.experiment": f"real{i}",
@@ -122,16 +121,15 @@ def real_runs(workdir: Path, runs: int, trials: int, done: list[dict], save) -> 
     return out
 
 
-def kept_real_runs(path: Path) -> tuple[list[dict], dict]:
-    """The runs and the other fields (e.g. a note) of an earlier plan_real.json, if any."""
+def kept_real_runs(path: Path, recorded: dict) -> tuple[list[dict], dict]:
+    """The runs and the note of an earlier plan_real.json, if any."""
     if not path.is_file():
         return [], {}
     doc = json.loads(path.read_text())
-    recorded = recorded_real_sweep(common.RESULTS / "real.json")
     if doc["real"]["recorded_sweep"] != recorded:
         raise SystemExit(f"{path} compares with another recorded sweep than results/real.json holds: "
                          "move it away or run without --resume")
-    return doc["real"]["runs"], {k: v for k, v in doc.items() if k == "note"}
+    return doc["real"]["runs"], {"note": doc["note"]} if "note" in doc else {}
 
 
 def real_goals(real: dict) -> list[dict]:
@@ -162,8 +160,9 @@ def main() -> None:
                                    higher_is_better=False) for i, r in enumerate(demo)]
         common.write_result("plan", args, {"demo": demo, "goals": goals})
     if args.real_runs:
-        done, kept = kept_real_runs((args.out or common.RESULTS) / "plan_real.json") if args.resume else ([], {})
-        real_runs(workdir, args.real_runs, args.real_trials, done,
+        recorded = recorded_real_sweep(common.RESULTS / "real.json")
+        done, kept = kept_real_runs((args.out or common.RESULTS) / "plan_real.json", recorded) if args.resume else ([], {})
+        real_runs(workdir, args.real_runs, args.real_trials, recorded, done,
                   save=lambda real: common.write_result("plan_real", args, {"real": real, "goals": real_goals(real),
                                                                              **kept}))
 

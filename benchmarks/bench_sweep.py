@@ -159,10 +159,13 @@ def main() -> None:
     if args.smoke_test:
         runs = {"task": compare(workdir, "task", trials=1, per_rsft=2)}
     else:
-        kept = _kept_runs(args) if set(args.runners) != set(TRIALS) else {}
-        runs = {r: kept[r] if r in kept and r not in args.runners else
-                {**compare(workdir, r, trials=TRIALS[r], per_rsft=CANDIDATES_PER_RSFT), "date": common.machine()["date"]}
-                for r in TRIALS if r in args.runners or r in kept}
+        kept, runs = _kept_runs(args), {}
+        for r in TRIALS:  # in this order, measured or kept
+            if r in args.runners:
+                runs[r] = {**compare(workdir, r, trials=TRIALS[r], per_rsft=CANDIDATES_PER_RSFT),
+                           "date": common.machine()["date"]}
+            elif r in kept:
+                runs[r] = kept[r]
     goals = []
     for runner, r in runs.items():
         goals.append(common.goal_line(f"sweep throughput, runner {runner} (x, candidates/min vs naive)",

@@ -38,6 +38,7 @@ import yaml
 
 from mm4ke_ray.cache import default_cache_root
 from mm4ke_ray.config import SweepConfig
+from mm4ke_ray.digest import sha256_file
 from mm4ke_ray.errors import DataError, UserError
 
 BUILDER_VERSION = 1  # bump when a conversion changes (it is part of every cache key)
@@ -219,7 +220,7 @@ def read_documents(spec: LocalTaskSpec) -> list[dict]:
 def _cache_key(spec: LocalTaskSpec) -> str:
     import lm_eval
 
-    digest = hashlib.sha256(Path(spec.path).expanduser().read_bytes()).hexdigest()
+    digest = sha256_file(Path(spec.path).expanduser())
     blob = json.dumps([BUILDER_VERSION, spec.name, digest, spec.limit, spec.max_words,
                        getattr(lm_eval, "__version__", "?"), str(_lm_eval_yaml(""))])
     return hashlib.sha256(blob.encode()).hexdigest()[:16]

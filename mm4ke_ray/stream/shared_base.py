@@ -29,7 +29,7 @@ class SharedBase:
     @classmethod
     def build(cls, settings: EvalSettings, edits_file: str | Path, rounds: list[int]) -> SharedBase:
         evaluator = StreamEvaluator(settings, edits_file, rounds)
-        return cls(evaluator, settings, sha256_file(Path(edits_file)), BaseWeights(evaluator.model))
+        return cls(evaluator, settings, sha256_file(edits_file), BaseWeights(evaluator.model))
 
     def check(self, settings: EvalSettings, edits_file: str | Path, rounds: list[int]) -> None:
         """Refuse a stream this base does not describe (other records, rounds or evaluation settings)."""
@@ -37,5 +37,5 @@ class SharedBase:
             raise ValueError("a shared base serves streams of one split into rounds: this stream's differs")
         if settings != self.settings:
             raise ValueError("a shared base serves streams of one evaluation setting: this stream's differs")
-        if sha256_file(Path(edits_file)) != self.edits_digest:
+        if sha256_file(edits_file) != self.edits_digest:
             raise ValueError(f"a shared base serves streams of one edit set: {edits_file} holds other records")
